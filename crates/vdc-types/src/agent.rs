@@ -1,0 +1,143 @@
+//! The agent protocol: what a host's agent reports to the server and the
+//! requests the server sends to an agent (`/agent/v1`).
+//!
+//! Every request carries `Authorization: Bearer <cluster token>`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Accelerator, GuestInfo, UnixMillis, VmConfig, VmPowerState};
+use crate::vm::VmStats;
+
+/// A datastore as one host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DatastoreReport {
+    /// Name.
+    pub name: String,
+    /// Mount path on this host.
+    pub path: String,
+    /// Whether every host mounts it (shared) or only this one (local).
+    pub shared: bool,
+    /// Size of the file system.
+    pub capacity_bytes: u64,
+    /// Free space.
+    pub free_bytes: u64,
+}
+
+/// One VM as its host sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmRuntime {
+    /// VM id.
+    pub id: String,
+    /// VM name.
+    pub name: String,
+    /// Power state, following QMP events.
+    pub state: VmPowerState,
+    /// PID of the QEMU process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// What the guest reports.
+    #[serde(default)]
+    pub guest: GuestInfo,
+    /// Resource usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<VmStats>,
+    /// When the state last changed.
+    pub since_ms: UnixMillis,
+}
+
+/// The agent's heartbeat: sent to `POST /api/v1/agent/report` every second
+/// and at once whenever a VM changes state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostReport {
+    /// Host name.
+    pub name: String,
+    /// Management address.
+    pub address: String,
+    /// Base URL of this agent's API.
+    pub agent_url: String,
+    /// Accelerator in use.
+    pub accelerator: Accelerator,
+    /// QEMU version.
+    pub qemu_version: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Physical memory, MiB.
+    pub memory_mib: u64,
+    /// Available memory, MiB.
+    pub memory_free_mib: u64,
+    /// CPU use, percent of all CPUs.
+    pub cpu_percent: f64,
+    /// Datastores.
+    pub datastores: Vec<DatastoreReport>,
+    /// VMs with a process or a suspended state on this host.
+    pub vms: Vec<VmRuntime>,
+    /// When this agent process started (a change means a restart).
+    pub agent_started_ms: UnixMillis,
+}
+
+/// Where the boot disk of a VM being provisioned comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum DiskSource {
+    /// An empty disk.
+    Blank,
+    /// A copy of (or a linked clone on) a template's disk.
+    Template {
+        /// Datastore of the template.
+        datastore: String,
+        /// Path relative to that datastore.
+        path: String,
+        /// Linked clone (backing file) instead of a full copy.
+        linked: bool,
+    },
+}
+
+/// `PUT /agent/v1/vms/{id}`: create the VM's directory, disks and `vm.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProvisionVmRequest {
+    /// Configuration.
+    pub config: VmConfig,
+    /// Source of the boot disk (`disks[0]`); other disks are blank.
+    pub boot_source: DiskSource,
+}
+
+/// `POST /agent/v1/vms/{id}/start`: take the VM's lock and launch QEMU (or
+/// resume from the suspended state file if there is one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentStartRequest {
+    /// Configuration (rewritten to `vm.json`).
+    pub config: VmConfig,
+}
+
+/// `POST /agent/v1/vms/{id}/shutdown`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentShutdownRequest {
+    /// Seconds before falling back to power-off.
+    pub timeout_s: u64,
+}
+
+/// `DELETE /agent/v1/vms/{id}`: remove the VM's files (it must be stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DestroyVmRequest {
+    /// Configuration naming the files.
+    pub config: VmConfig,
+}
+
+/// `POST /agent/v1/templates/import`: copy an image into a datastore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImportImageRequest {
+    /// Source file on this host.
+    pub source: String,
+    /// Target datastore.
+    pub datastore: String,
+    /// Target path relative to the datastore.
+    pub path: String,
+}
+
+/// Answer of an image import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImportImageResponse {
+    /// Virtual size of the imported disk.
+    pub size_bytes: u64,
+}

@@ -1,0 +1,113 @@
+//! Hosts, datastores and networks.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::UnixMillis;
+
+/// How a host runs guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Accelerator {
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulator (slow, always available).
+    Tcg,
+}
+
+impl Accelerator {
+    /// QEMU's name for it (`-accel NAME`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+}
+
+/// Connection state of a host as seen by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Heartbeats arrive.
+    Connected,
+    /// No heartbeat for longer than the timeout.
+    Disconnected,
+}
+
+/// A hypervisor host running a `vdc agent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    /// Name (unique).
+    pub name: String,
+    /// Management address of the host.
+    pub address: String,
+    /// Base URL of the host's agent API.
+    pub agent_url: String,
+    /// Connection state.
+    pub state: HostState,
+    /// Accelerator its VMs use.
+    pub accelerator: Accelerator,
+    /// QEMU version on the host.
+    pub qemu_version: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Physical memory, MiB.
+    pub memory_mib: u64,
+    /// Memory available for new VMs, MiB, as the host measures it.
+    pub memory_free_mib: u64,
+    /// Host CPU use, percent of all CPUs.
+    pub cpu_percent: f64,
+    /// Number of VMs with a QEMU process on this host.
+    pub vm_count: u32,
+    /// Datastores the host can reach.
+    pub datastores: Vec<String>,
+    /// Last heartbeat.
+    pub last_seen_ms: UnixMillis,
+}
+
+/// Whether a datastore is reachable from one host or from all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum DatastoreKind {
+    /// A directory on one host's own disk.
+    Local {
+        /// The host that has it.
+        host: String,
+    },
+    /// A directory every host mounts at the same path (NFS in production).
+    Shared,
+}
+
+/// A directory holding VM directories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Datastore {
+    /// Name (unique).
+    pub name: String,
+    /// Local or shared.
+    pub kind: DatastoreKind,
+    /// Mount path on the hosts that reach it.
+    pub path: String,
+    /// Capacity in bytes (as last reported).
+    pub capacity_bytes: u64,
+    /// Free bytes (as last reported).
+    pub free_bytes: u64,
+}
+
+/// A network (port group) VMs connect to: a bridge present on every host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    /// Name (unique).
+    pub name: String,
+    /// Linux bridge on each host that VM NICs are attached to.
+    pub bridge: String,
+    /// Subnet in CIDR notation, e.g. `10.77.0.0/24`.
+    pub subnet: String,
+    /// Gateway handed to guests, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// First address handed out to VMs.
+    pub pool_start: String,
+    /// Last address handed out to VMs.
+    pub pool_end: String,
+}

@@ -1,0 +1,38 @@
+//! Domain and API types shared by the vdc server, agents and clients.
+//!
+//! Everything that crosses a process boundary (REST API, agent API, events,
+//! records in the store, the VM configuration file on a datastore) is defined
+//! here, so that server, agent and CLI cannot disagree on a field name.
+//! Field names are part of the public API: renaming one is a breaking change.
+
+pub mod agent;
+pub mod api;
+pub mod error;
+pub mod event;
+pub mod host;
+pub mod names;
+pub mod task;
+pub mod vm;
+
+pub use error::{ApiError, ErrorCode};
+pub use event::Event;
+pub use host::{Accelerator, Datastore, DatastoreKind, Host, HostState, Network};
+pub use task::{Task, TaskState};
+pub use vm::{DiskSpec, GuestInfo, NicSpec, Vm, VmConfig, VmPowerState};
+
+/// Milliseconds since the Unix epoch; the one time format of the API.
+pub type UnixMillis = u64;
+
+/// The current time in [`UnixMillis`].
+pub fn now_ms() -> UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// TCP port of the guest image's identity service (see `guest/README.md`).
+pub const GUEST_SERVICE_PORT: u16 = 7777;
+
+/// Name of the virtio-serial port the guest uses to report to the host.
+pub const GUEST_CHANNEL_NAME: &str = "org.vdc.guest.0";

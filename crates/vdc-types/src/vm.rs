@@ -1,0 +1,206 @@
+//! Virtual machines: the configuration an administrator chooses
+//! ([`VmConfig`]), what the cluster observes ([`Vm`]) and the power state
+//! machine ([`VmPowerState`]).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::UnixMillis;
+
+/// Version of the [`VmConfig`] format written to `vm.json` on the datastore.
+/// Bump it (and keep reading the old one) whenever a field changes meaning.
+pub const VM_CONFIG_VERSION: u32 = 1;
+
+/// Power state of a VM.
+///
+/// ```text
+///            start                  pause
+///  Stopped ─────────► Running ◄──────────► Paused
+///     ▲  ▲               │  │ suspend
+///     │  │  shutdown/stop│  └─────────► Suspended ──start──► Running
+///     │  └───────────────┘               (state file on datastore)
+///     │ QEMU exits / host lost
+///  Crashed / Unknown
+/// ```
+///
+/// `Starting`, `ShuttingDown` and `Suspending` are transitional: a task is
+/// working on the VM. `Unknown` means the VM's host stopped reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmPowerState {
+    /// No QEMU process; disks closed.
+    Stopped,
+    /// QEMU is being launched.
+    Starting,
+    /// The guest's vCPUs run.
+    Running,
+    /// vCPUs stopped by the administrator; memory kept in QEMU.
+    Paused,
+    /// ACPI power-button pressed; waiting for the guest to power off.
+    ShuttingDown,
+    /// Memory being saved to the state file.
+    Suspending,
+    /// Memory saved to the VM directory; no QEMU process.
+    Suspended,
+    /// QEMU exited without being asked to (or the guest panicked).
+    Crashed,
+    /// The host running the VM stopped reporting.
+    Unknown,
+}
+
+impl VmPowerState {
+    /// Whether a QEMU process exists for the VM in this state.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            VmPowerState::Starting
+                | VmPowerState::Running
+                | VmPowerState::Paused
+                | VmPowerState::ShuttingDown
+                | VmPowerState::Suspending
+        )
+    }
+
+    /// Lower-case name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmPowerState::Stopped => "stopped",
+            VmPowerState::Starting => "starting",
+            VmPowerState::Running => "running",
+            VmPowerState::Paused => "paused",
+            VmPowerState::ShuttingDown => "shutting_down",
+            VmPowerState::Suspending => "suspending",
+            VmPowerState::Suspended => "suspended",
+            VmPowerState::Crashed => "crashed",
+            VmPowerState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for VmPowerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A virtual disk of a VM: a thin qcow2 file inside the VM's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskSpec {
+    /// Device name inside the VM, e.g. `disk0` (the boot disk).
+    pub name: String,
+    /// Datastore holding the file.
+    pub datastore: String,
+    /// Path relative to the datastore root, e.g. `web-1/disk0.qcow2`.
+    pub path: String,
+    /// Virtual size in bytes.
+    pub size_bytes: u64,
+}
+
+/// A virtual NIC of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NicSpec {
+    /// Network (port group) the NIC is connected to.
+    pub network: String,
+    /// MAC address, `52:54:00:xx:xx:xx`.
+    pub mac: String,
+    /// Static address given to the guest, CIDR notation (`10.77.0.100/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Gateway given to the guest, if the network has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+/// Everything needed to run a VM on any host: written by the server, kept in
+/// the store and copied to `vm.json` in the VM's directory (the datastore is
+/// the second source of truth).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmConfig {
+    /// Format version, [`VM_CONFIG_VERSION`].
+    pub version: u32,
+    /// Immutable identifier (UUID).
+    pub id: String,
+    /// Unique, user-chosen name.
+    pub name: String,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Datastore holding the VM's directory (config, logs, state files).
+    pub datastore: String,
+    /// Directory of the VM relative to its datastore's root.
+    pub dir: String,
+    /// Disks, boot disk first.
+    pub disks: Vec<DiskSpec>,
+    /// NICs.
+    pub nics: Vec<NicSpec>,
+    /// Hostname given to the guest.
+    pub hostname: String,
+    /// Template the VM was deployed from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Creation time.
+    pub created_ms: UnixMillis,
+}
+
+/// What the guest reports about itself over the guest channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestInfo {
+    /// The guest finished booting and its services run.
+    pub ready: bool,
+    /// Hostname the guest runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Address of the guest's first NIC (no prefix length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Kernel boot id: changes on every boot, kept across live migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Time of the last heartbeat the host received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ms: Option<UnixMillis>,
+}
+
+/// Resource usage of a running VM, as measured on its host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmStats {
+    /// CPU used by the QEMU process, percent of one core (sampled).
+    pub cpu_percent: f64,
+    /// Resident memory of the QEMU process.
+    pub rss_bytes: u64,
+}
+
+/// A VM as the API shows it: configuration plus observed state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    /// Identifier.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Power state.
+    pub state: VmPowerState,
+    /// Host running the VM (or that last ran it / holds its suspended state).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Home datastore.
+    pub datastore: String,
+    /// Disks.
+    pub disks: Vec<DiskSpec>,
+    /// NICs.
+    pub nics: Vec<NicSpec>,
+    /// What the guest reports.
+    pub guest: GuestInfo,
+    /// Latest resource usage, when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<VmStats>,
+    /// Template the VM was deployed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Creation time.
+    pub created_ms: UnixMillis,
+}
