@@ -1,1 +1,70 @@
-//! vdc-agent
+//! `vdc agent`: the per-host daemon that runs a host's VMs.
+//!
+//! The agent launches and supervises QEMU processes (through `vdc-qemu`),
+//! creates disks and VM directories on datastores (`vdc-disk`) and tap
+//! devices on bridges (`vdc-net`), and reports the host and its VMs to the
+//! server every second. It decides nothing cluster-wide: the server tells
+//! it what to run over a small HTTP API (`/agent/v1`, see
+//! `docs/contracts.md`).
+//!
+//! # Running
+//! 1. [`AgentArgs::into_config`] turns the flags into an [`AgentConfig`].
+//! 2. [`run`] checks the datastores, probes QEMU, re-attaches to the VMs
+//!    still running from a previous agent process (QEMU runs detached, so
+//!    killing the agent never stops a VM), starts the reporter and serves
+//!    the API until the server fails.
+//!
+//! # Modules
+//! - `agent`: the operations (provision, start, stop, suspend, destroy, …)
+//! - `supervisor`: one task per running VM (events, guest, stats, lease)
+//! - `state`: the pure power state machine
+//! - `api`: the HTTP routes, token check and JSON errors
+//! - `reporter`: the heartbeat to the server
+//! - `hoststats`: `/proc` measurements
+
+mod agent;
+mod api;
+mod config;
+mod error;
+mod hoststats;
+mod reporter;
+mod slot;
+pub mod state;
+mod supervisor;
+
+pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig};
+pub use error::AgentError;
+
+/// Runs the agent: binds `config.listen` and serves until the API server
+/// fails. See [`run_with_listener`].
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| AgentError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    run_with_listener(config, listener).await
+}
+
+/// Runs the agent on an already bound listener (tests bind port 0 and read
+/// the address back; `config.listen` should name the same address, it is
+/// what the agent reports as its URL).
+pub async fn run_with_listener(
+    config: AgentConfig,
+    listener: tokio::net::TcpListener,
+) -> Result<(), AgentError> {
+    let agent = agent::Agent::new(config).await?;
+    tracing::info!(
+        host = %agent.config.name,
+        accelerator = agent.accelerator.as_str(),
+        qemu = %agent.qemu_version,
+        url = %agent.agent_url(),
+        "agent starting"
+    );
+    agent.recover().await;
+    tokio::spawn(reporter::run(agent.clone()));
+    axum::serve(listener, api::router(agent))
+        .await
+        .map_err(AgentError::Serve)
+}

@@ -1,1 +1,15 @@
-//! vdc-api
+//! The vdc REST API (`/api/v1`), its OpenAPI document, the event stream
+//! (Server-Sent Events) and the web page, on top of [`vdc_control`].
+//!
+//! Every `/api/v1` route but `/version` and `/openapi.json` needs
+//! `Authorization: Bearer <token>` (the event stream also takes
+//! `?access_token=` because browsers' `EventSource` cannot set headers).
+//! Errors are always `{code, message, details?}` with the status chosen in
+//! [`error::ApiErr`].
+
+pub mod error;
+mod routes;
+mod server;
+
+pub use routes::{router, ApiDoc, AppState};
+pub use server::{run_server, ServerArgs};

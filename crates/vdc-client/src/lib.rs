@@ -1,1 +1,415 @@
-//! vdc-client
+//! Client of the vdc REST API (`/api/v1`), used by the CLI, the lab and the
+//! end-to-end tests.
+//!
+//! Every call returns the server's own error body ([`ApiError`]) when the
+//! server refused the request, so callers can show the administrator exactly
+//! what was wrong.
+
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vdc_types::api::{CreateTemplateRequest, CreateVmRequest, Template, VersionInfo};
+use vdc_types::{ApiError, Datastore, Event, Host, Network, Task, TaskState, Vm};
+
+/// Default API URL of the lab.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8500";
+/// Default token file of the lab.
+pub const DEFAULT_TOKEN_FILE: &str = "/run/vdc/lab/token";
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused the request; the body says why.
+    #[error("{0}")]
+    Api(ApiError),
+    /// The server could not be reached.
+    #[error("cannot reach the vdc server at {url}; is it running? ('vdc lab status')")]
+    Transport {
+        /// URL tried.
+        url: String,
+        /// Cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer was not what the API documents.
+    #[error("unexpected answer from the server")]
+    Decode(#[source] serde_json::Error),
+    /// The client is misconfigured (URL, token).
+    #[error("{0}")]
+    Config(String),
+    /// A waited-for task failed or was cancelled.
+    #[error("task {} ({} {}) {}: {}", .0.id, .0.kind, .0.target, .0.state_word(), .0.error.as_ref().map(|e| e.message.as_str()).unwrap_or("no reason given"))]
+    TaskFailed(Box<Task>),
+    /// Waiting ran out of time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+}
+
+trait StateWord {
+    fn state_word(&self) -> &'static str;
+}
+impl StateWord for Task {
+    fn state_word(&self) -> &'static str {
+        match self.state {
+            TaskState::Cancelled => "was cancelled",
+            _ => "failed",
+        }
+    }
+}
+
+impl ClientError {
+    /// The API error code, when the server answered with one.
+    pub fn code(&self) -> Option<vdc_types::ErrorCode> {
+        match self {
+            ClientError::Api(e) => Some(e.code),
+            ClientError::TaskFailed(t) => t.error.as_ref().map(|e| e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one vdc server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8500`).
+    pub fn new(base_url: &str, token: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        Client {
+            base: base_url.trim_end_matches('/').to_string(),
+            token,
+            http,
+        }
+    }
+
+    /// A client configured from `VDC_URL`, `VDC_TOKEN` or `VDC_TOKEN_FILE`.
+    pub fn from_env() -> Result<Client, ClientError> {
+        let url = std::env::var("VDC_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ClientError::Config(format!(
+                "VDC_URL '{url}' must start with http:// or https://"
+            )));
+        }
+        let token = match std::env::var("VDC_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            _ => {
+                let explicit = std::env::var("VDC_TOKEN_FILE").ok();
+                let path = explicit
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_TOKEN_FILE.to_string());
+                match std::fs::read_to_string(&path) {
+                    Ok(t) => Some(t.trim().to_string()),
+                    Err(e) if explicit.is_some() => {
+                        return Err(ClientError::Config(format!(
+                            "cannot read the token file {path} named by VDC_TOKEN_FILE: {e}"
+                        )))
+                    }
+                    Err(_) => None,
+                }
+            }
+        };
+        Ok(Client::new(&url, token))
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{}", self.base, path)
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, self.url(path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = rb.send().await.map_err(|source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            let err = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                ApiError::internal(format!(
+                    "server answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                ))
+            });
+            return Err(ClientError::Api(err));
+        }
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(body).map_err(ClientError::Decode)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.req(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    /// `GET /version`.
+    pub async fn version(&self) -> Result<VersionInfo, ClientError> {
+        self.get("/version").await
+    }
+    /// `GET /hosts`.
+    pub async fn list_hosts(&self) -> Result<Vec<Host>, ClientError> {
+        self.get("/hosts").await
+    }
+    /// `GET /hosts/{name}`.
+    pub async fn get_host(&self, name: &str) -> Result<Host, ClientError> {
+        self.get(&format!("/hosts/{}", seg(name))).await
+    }
+    /// `GET /datastores`.
+    pub async fn list_datastores(&self) -> Result<Vec<Datastore>, ClientError> {
+        self.get("/datastores").await
+    }
+    /// `GET /networks`.
+    pub async fn list_networks(&self) -> Result<Vec<Network>, ClientError> {
+        self.get("/networks").await
+    }
+    /// `POST /networks`.
+    pub async fn create_network(&self, n: &Network) -> Result<Network, ClientError> {
+        self.post("/networks", n).await
+    }
+    /// `GET /templates`.
+    pub async fn list_templates(&self) -> Result<Vec<Template>, ClientError> {
+        self.get("/templates").await
+    }
+    /// `POST /templates` (a task).
+    pub async fn create_template(&self, req: &CreateTemplateRequest) -> Result<Task, ClientError> {
+        self.post("/templates", req).await
+    }
+    /// `GET /vms`.
+    pub async fn list_vms(&self) -> Result<Vec<Vm>, ClientError> {
+        self.get("/vms").await
+    }
+    /// `GET /vms/{name}`.
+    pub async fn get_vm(&self, name: &str) -> Result<Vm, ClientError> {
+        self.get(&format!("/vms/{}", seg(name))).await
+    }
+    /// `POST /vms` (a task).
+    pub async fn create_vm(&self, req: &CreateVmRequest) -> Result<Task, ClientError> {
+        self.post("/vms", req).await
+    }
+    /// `POST /vms/{name}/{action}` (a task); `action` is one of start, stop,
+    /// shutdown, reset, suspend, resume, pause.
+    pub async fn vm_action(
+        &self,
+        name: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> Result<Task, ClientError> {
+        self.post(&format!("/vms/{}/{}", seg(name), seg(action)), &body)
+            .await
+    }
+    /// `DELETE /vms/{name}` (a task).
+    pub async fn delete_vm(&self, name: &str) -> Result<Task, ClientError> {
+        self.send(self.req(reqwest::Method::DELETE, &format!("/vms/{}", seg(name))))
+            .await
+    }
+    /// `GET /vms/{name}/console?bytes=N`: the tail of the serial console.
+    pub async fn console(&self, name: &str, bytes: u64) -> Result<String, ClientError> {
+        let rb = self.req(
+            reqwest::Method::GET,
+            &format!("/vms/{}/console?bytes={bytes}", seg(name)),
+        );
+        let resp = rb.send().await.map_err(|source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        })?;
+        if !status.is_success() {
+            return Err(ClientError::Api(
+                serde_json::from_str(&text).unwrap_or_else(|_| ApiError::internal(text)),
+            ));
+        }
+        Ok(text)
+    }
+    /// `GET /tasks`.
+    pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {
+        self.get("/tasks").await
+    }
+    /// `GET /tasks/{id}`.
+    pub async fn get_task(&self, id: &str) -> Result<Task, ClientError> {
+        self.get(&format!("/tasks/{}", seg(id))).await
+    }
+    /// `POST /tasks/{id}/cancel`.
+    pub async fn cancel_task(&self, id: &str) -> Result<Task, ClientError> {
+        self.post(
+            &format!("/tasks/{}/cancel", seg(id)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Polls a task until it ends or `timeout` passes; `on_progress` sees
+    /// every poll. A failed or cancelled task is `Err(TaskFailed)`.
+    pub async fn wait_task(
+        &self,
+        id: &str,
+        timeout: Duration,
+        mut on_progress: impl FnMut(&Task),
+    ) -> Result<Task, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let t = self.get_task(id).await?;
+            on_progress(&t);
+            match t.state {
+                TaskState::Succeeded => return Ok(t),
+                TaskState::Failed | TaskState::Cancelled => {
+                    return Err(ClientError::TaskFailed(Box::new(t)))
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(timeout, format!("task {id}")));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Subscribes to the event stream (Server-Sent Events), filtered by topic
+    /// patterns such as `vm.*` (all events when `topics` is empty).
+    pub async fn events(
+        &self,
+        topics: &[String],
+    ) -> Result<impl Stream<Item = Result<Event, ClientError>>, ClientError> {
+        let mut path = "/events/stream".to_string();
+        if !topics.is_empty() {
+            path.push_str("?topics=");
+            path.push_str(&topics.iter().map(|t| seg(t)).collect::<Vec<_>>().join(","));
+        }
+        let resp = self
+            .req(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api(
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|_| ApiError::internal(format!("server answered {status}"))),
+            ));
+        }
+        let base = self.base.clone();
+        Ok(async_stream::stream! {
+            use futures::StreamExt;
+            let mut body = resp.bytes_stream();
+            let mut buf = String::new();
+            while let Some(chunk) = body.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(source) => {
+                        yield Err(ClientError::Transport { url: base.clone(), source });
+                        return;
+                    }
+                };
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    if let Some(data) = sse_data(&frame) {
+                        yield serde_json::from_str::<Event>(&data).map_err(ClientError::Decode);
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The `data:` payload of one SSE frame, if it has one.
+fn sse_data(frame: &str) -> Option<String> {
+    let lines: Vec<&str> = frame
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect();
+    if lines.is_empty() {
+        None
+    } else {
+        Some(lines.join("\n"))
+    }
+}
+
+/// Percent-encodes one URL path segment.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'*') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_frames() {
+        assert_eq!(
+            sse_data("data: {\"a\":1}\n\n").as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(sse_data(": keep-alive\n\n"), None);
+        assert_eq!(
+            sse_data("event: x\ndata:a\ndata: b\n\n").as_deref(),
+            Some("a\nb")
+        );
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(seg("web-1"), "web-1");
+        assert_eq!(seg("a/b c"), "a%2Fb%20c");
+        assert_eq!(seg("vm.*"), "vm.*");
+    }
+}

@@ -1,1 +1,33 @@
-//! vdc-lab
+//! The lab: a whole vdc cluster on one Linux machine (`vdc lab up`).
+//!
+//! Why: every feature of vdc (HA, live migration, maintenance mode) needs
+//! several hosts. The lab makes them out of network namespaces: each host is
+//! a namespace with its own address and virtual switch (`vmbr0`), joined to
+//! the others and to the root namespace by a lab bridge, running its own
+//! `vdc agent`; the `vdc server` runs in the root namespace. Cutting a
+//! host's veth, killing its agent or its QEMU processes is how tests inject
+//! faults.
+//!
+//! Layout of the crate:
+//! - [`plan`]: pure naming and addressing rules (unit-tested);
+//! - [`ip`], [`net`]: the network, through the `ip` command;
+//! - [`process`]: detached processes, liveness, termination;
+//! - [`state`]: the versioned state file and the status view;
+//! - [`lifecycle`]: `up`, `status`, `down`;
+//! - [`cli`]: the `vdc lab` subcommand.
+//!
+//! Everything needs root.
+
+pub mod cli;
+pub mod error;
+pub mod ip;
+pub mod lifecycle;
+pub mod net;
+pub mod plan;
+pub mod process;
+pub mod state;
+
+pub use cli::{run, LabArgs, LabCommand};
+pub use error::LabError;
+pub use lifecycle::{client, down, down_blocking, read_token, status, up, LabSpec};
+pub use state::{HostStatus, LabInfo, ServerStatus};

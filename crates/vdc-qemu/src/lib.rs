@@ -1,1 +1,32 @@
-//! vdc-qemu
+//! The QEMU driver: one VM is one QEMU process.
+//!
+//! - [`host`]: which QEMU binary and version, which accelerator
+//!   ([`detect_accelerator`]).
+//! - [`spec`]: what to run ([`MachineSpec`]), where its files live
+//!   ([`VmPaths`]) and the resulting command line ([`command_line`], pure).
+//! - [`vm`]: a running QEMU ([`Vm`]): launch detached from the caller,
+//!   re-attach after an agent restart, power operations, suspend to a file
+//!   and resume from it. Power state is announced by QMP events
+//!   ([`Vm::events`]).
+//! - [`guest`]: the guest channel, heartbeats from the guest image
+//!   ([`GuestChannel`], [`spawn_guest_channel`]).
+//! - [`tail_file`]: the end of the serial console log.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod guest;
+pub mod host;
+mod log;
+mod process;
+pub mod spec;
+pub mod vm;
+
+pub use error::QemuError;
+pub use guest::{parse_heartbeat, spawn_guest_channel, GuestChannel, Heartbeat};
+pub use host::{choose_accelerator, detect_accelerator, qemu_binary, qemu_version};
+pub use log::tail_file;
+pub use spec::{command_line, DriveSpec, Incoming, MachineSpec, NicDevice, VmPaths};
+pub use vdc_qmp::{Qmp, QmpError, QmpEvent};
+pub use vdc_types::Accelerator;
+pub use vm::{RunState, ShutdownOutcome, Vm};

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{Accelerator, GuestInfo, UnixMillis, VmConfig, VmPowerState};
 use crate::vm::VmStats;
+use crate::{Accelerator, GuestInfo, UnixMillis, VmConfig, VmPowerState};
 
 /// A datastore as one host sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -52,6 +52,24 @@ pub struct CreateVmRequest {
     /// Power the VM on once created.
     #[serde(default)]
     pub start: bool,
+    /// Extra (data) disks, blank.
+    #[serde(default)]
+    pub disks: Vec<DiskRequest>,
+}
+
+/// An extra blank disk of a new VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRequest {
+    /// Size in GiB.
+    pub size_gib: u64,
+    /// Datastore (default: the VM's).
+    #[serde(default)]
+    pub datastore: Option<String>,
+    /// File path relative to the datastore (default `<vm>/diskN.qcow2`);
+    /// must stay inside the datastore.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// `POST /api/v1/vms/{name}/start`.

@@ -83,7 +83,10 @@ impl ApiError {
     pub fn not_found(kind: &str, name: &str) -> Self {
         Self::new(
             ErrorCode::NotFound,
-            format!("{kind} '{name}' not found; list them with 'vdc {} list'", kind.to_lowercase()),
+            format!(
+                "{kind} '{name}' not found; list them with 'vdc {} list'",
+                kind.to_lowercase()
+            ),
         )
     }
     /// `InvalidState` shorthand.

@@ -34,9 +34,11 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
         return true;
     }
     match pattern.strip_suffix(".*") {
-        Some(prefix) => topic.len() > prefix.len() + 1
-            && topic.starts_with(prefix)
-            && topic.as_bytes()[prefix.len()] == b'.',
+        Some(prefix) => {
+            topic.len() > prefix.len() + 1
+                && topic.starts_with(prefix)
+                && topic.as_bytes()[prefix.len()] == b'.'
+        }
         None => pattern == topic,
     }
 }

@@ -15,7 +15,11 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     if name.len() > MAX_NAME_LEN {
         return Err(format!(
             "{kind} name '{}…' is {} characters long; at most {MAX_NAME_LEN} are allowed",
-            &name[..name.char_indices().nth(16).map(|(i, _)| i).unwrap_or(name.len())],
+            &name[..name
+                .char_indices()
+                .nth(16)
+                .map(|(i, _)| i)
+                .unwrap_or(name.len())],
             name.chars().count()
         ));
     }

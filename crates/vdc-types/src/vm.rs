@@ -109,6 +109,11 @@ pub struct NicSpec {
     /// Gateway given to the guest, if the network has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// Linux bridge of the network on the host, filled in by the server from
+    /// the [`Network`](crate::Network) object; the agent attaches the NIC's
+    /// tap device to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in

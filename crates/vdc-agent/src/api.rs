@@ -1,0 +1,224 @@
+//! The agent's HTTP API (`/agent/v1`, see `docs/contracts.md`).
+//!
+//! Every route wants `Authorization: Bearer <cluster token>` (401
+//! otherwise). Every error is an [`ApiError`] JSON body with the status of
+//! its code, including malformed JSON bodies (400) and unknown routes (404):
+//! axum's own plain-text rejections never reach a client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use vdc_types::agent::{
+    AgentShutdownRequest, AgentStartRequest, DestroyVmRequest, HostReport, ImportImageRequest,
+    ImportImageResponse, ProvisionVmRequest, VmRuntime,
+};
+use vdc_types::{ApiError, ErrorCode};
+
+use crate::agent::Agent;
+
+/// Default and largest console tail.
+const CONSOLE_DEFAULT: u64 = 16 * 1024;
+const CONSOLE_MAX: u64 = 4 * 1024 * 1024;
+
+/// An [`ApiError`] as a response.
+pub(crate) struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, Failure>;
+
+/// A JSON body whose rejection is an [`ApiError`] (400).
+pub(crate) struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rej) => Err(Failure(ApiError::invalid(format!(
+                "malformed request body: {}",
+                rej.body_text()
+            )))),
+        }
+    }
+}
+
+/// The API router for `agent`.
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
+    let vms = Router::new()
+        .route("/", get(list_vms))
+        .route("/{id}", put(provision).delete(destroy))
+        .route("/{id}/start", post(start))
+        .route("/{id}/shutdown", post(shutdown))
+        .route("/{id}/poweroff", post(power_off))
+        .route("/{id}/reset", post(reset))
+        .route("/{id}/pause", post(pause))
+        .route("/{id}/resume", post(resume))
+        .route("/{id}/suspend", post(suspend))
+        .route("/{id}/console", get(console));
+    Router::new()
+        .route("/agent/v1/host", get(host))
+        .route("/agent/v1/vms", get(list_vms))
+        .nest("/agent/v1/vms", vms)
+        .route("/agent/v1/images/import", post(import_image))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), auth))
+        .with_state(agent)
+}
+
+/// Bearer-token check in front of every route.
+async fn auth(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), agent.config.token.as_bytes()) => {
+            next.run(req).await
+        }
+        _ => Failure(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong token; send 'Authorization: Bearer <cluster token>'",
+        ))
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(req: Request) -> Failure {
+    Failure(ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    ))
+}
+
+async fn host(State(agent): State<Arc<Agent>>) -> Json<HostReport> {
+    Json(agent.host_report(false))
+}
+
+async fn list_vms(State(agent): State<Arc<Agent>>) -> Json<Vec<VmRuntime>> {
+    Json(agent.runtimes())
+}
+
+async fn provision(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<ProvisionVmRequest>,
+) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.provision(&id, req).await?))
+}
+
+async fn start(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<AgentStartRequest>,
+) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.start(&id, req.config).await?))
+}
+
+async fn shutdown(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<AgentShutdownRequest>,
+) -> ApiResult<VmRuntime> {
+    Ok(Json(
+        agent
+            .shutdown(&id, Duration::from_secs(req.timeout_s))
+            .await?,
+    ))
+}
+
+async fn power_off(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.power_off(&id).await?))
+}
+
+async fn reset(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.reset(&id).await?))
+}
+
+async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.pause(&id).await?))
+}
+
+async fn resume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.resume(&id).await?))
+}
+
+#[axum::debug_handler]
+async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.suspend(&id).await?))
+}
+
+async fn destroy(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<DestroyVmRequest>,
+) -> Result<StatusCode, Failure> {
+    agent.destroy(&id, req.config).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ConsoleQuery {
+    bytes: Option<String>,
+}
+
+async fn console(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Query(query): Query<ConsoleQuery>,
+) -> Result<Response, Failure> {
+    let bytes = match query.bytes {
+        None => CONSOLE_DEFAULT,
+        Some(b) => b
+            .parse::<u64>()
+            .map_err(|_| ApiError::invalid(format!("bytes='{b}' is not a number")))?
+            .min(CONSOLE_MAX),
+    };
+    let body = agent.console(&id, bytes)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+async fn import_image(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<ImportImageRequest>,
+) -> ApiResult<ImportImageResponse> {
+    Ok(Json(agent.import_image(req).await?))
+}

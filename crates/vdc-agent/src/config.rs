@@ -1,0 +1,251 @@
+//! Agent configuration: the `vdc agent` flags ([`AgentArgs`]) and the
+//! resolved configuration ([`AgentConfig`]) that [`crate::run`] takes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use vdc_types::Accelerator;
+
+use crate::AgentError;
+
+/// One `--datastore NAME=PATH:shared|local` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreConfig {
+    /// Datastore name.
+    pub name: String,
+    /// Root directory on this host.
+    pub path: PathBuf,
+    /// Mounted by every host.
+    pub shared: bool,
+}
+
+impl std::str::FromStr for DatastoreConfig {
+    type Err = String;
+
+    /// Parses `NAME=PATH:shared` or `NAME=PATH:local`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}' is not NAME=PATH:shared|local"))?;
+        let (path, kind) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("'{s}' lacks ':shared' or ':local'"))?;
+        let shared = match kind {
+            "shared" => true,
+            "local" => false,
+            other => {
+                return Err(format!(
+                    "datastore kind '{other}' is neither 'shared' nor 'local'"
+                ))
+            }
+        };
+        vdc_types::names::validate_name("datastore", name)?;
+        if path.is_empty() {
+            return Err(format!("datastore '{name}' has an empty path"));
+        }
+        Ok(DatastoreConfig {
+            name: name.to_string(),
+            path: PathBuf::from(path),
+            shared,
+        })
+    }
+}
+
+/// `--accel` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelArg {
+    /// KVM if the CPU supports it, TCG otherwise.
+    Auto,
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// Flags of `vdc agent` (embed with `#[command(flatten)]` or as a
+/// subcommand's arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Host name, unique in the cluster.
+    #[arg(long)]
+    pub name: String,
+    /// Management address of the host.
+    #[arg(long)]
+    pub address: String,
+    /// Address and port of the agent API.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Base URL of the server, e.g. http://10.77.0.1:8500.
+    #[arg(long = "server")]
+    pub server: String,
+    /// File holding the cluster token.
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Directory for runtime files (sockets, pidfiles).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Datastore, NAME=PATH:shared|local (repeatable).
+    #[arg(long = "datastore")]
+    pub datastores: Vec<DatastoreConfig>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelArg,
+    /// Bridge for NICs of a network whose NIC spec names no bridge,
+    /// NETWORK=BRIDGE (repeatable).
+    #[arg(long = "bridge")]
+    pub bridges: Vec<String>,
+}
+
+impl AgentArgs {
+    /// Reads the token file and checks the flags.
+    pub fn into_config(self) -> Result<AgentConfig, AgentError> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|source| AgentError::TokenFile {
+                path: self.token_file.clone(),
+                source,
+            })?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err(AgentError::Config(format!(
+                "token file {} is empty",
+                self.token_file.display()
+            )));
+        }
+        let mut bridge_for_network = BTreeMap::new();
+        for b in &self.bridges {
+            let (net, br) = b.split_once('=').ok_or_else(|| {
+                AgentError::Config(format!("--bridge '{b}' is not NETWORK=BRIDGE"))
+            })?;
+            bridge_for_network.insert(net.to_string(), br.to_string());
+        }
+        let config = AgentConfig {
+            name: self.name,
+            address: self.address,
+            listen: self.listen,
+            server_url: self.server.trim_end_matches('/').to_string(),
+            token,
+            state_dir: self.state_dir,
+            datastores: self.datastores,
+            accel: match self.accel {
+                AccelArg::Auto => None,
+                AccelArg::Kvm => Some(Accelerator::Kvm),
+                AccelArg::Tcg => Some(Accelerator::Tcg),
+            },
+            bridge_for_network,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Host name.
+    pub name: String,
+    /// Management address.
+    pub address: String,
+    /// Address the agent API listens on.
+    pub listen: SocketAddr,
+    /// Base URL of the server (no trailing slash).
+    pub server_url: String,
+    /// Cluster token (bearer token of both APIs).
+    pub token: String,
+    /// Directory for runtime files.
+    pub state_dir: PathBuf,
+    /// Datastores this host mounts.
+    pub datastores: Vec<DatastoreConfig>,
+    /// Forced accelerator; `None` detects it.
+    pub accel: Option<Accelerator>,
+    /// Fallback bridge per network for NICs that name none.
+    pub bridge_for_network: BTreeMap<String, String>,
+}
+
+impl AgentConfig {
+    /// Checks names and that datastore names are unique.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        vdc_types::names::validate_name("host", &self.name).map_err(AgentError::Config)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for ds in &self.datastores {
+            if !seen.insert(ds.name.as_str()) {
+                return Err(AgentError::Config(format!(
+                    "datastore '{}' is given twice",
+                    ds.name
+                )));
+            }
+        }
+        if self.token.is_empty() {
+            return Err(AgentError::Config("the cluster token is empty".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn parses_datastore_flags() {
+        let d: DatastoreConfig = "shared=/srv/vdc/shared:shared".parse().unwrap();
+        assert_eq!(d.name, "shared");
+        assert_eq!(d.path, PathBuf::from("/srv/vdc/shared"));
+        assert!(d.shared);
+        let d: DatastoreConfig = "l1=/a:b/c:local".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/a:b/c"));
+        assert!(!d.shared);
+        for bad in [
+            "x",
+            "x=/a",
+            "x=/a:nfs",
+            "=/a:local",
+            "x=:local",
+            "a b=/x:local",
+        ] {
+            assert!(bad.parse::<DatastoreConfig>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_become_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "sekrit\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "agent",
+            "--name",
+            "host-1",
+            "--address",
+            "10.77.0.11",
+            "--listen",
+            "10.77.0.11:8600",
+            "--server",
+            "http://10.77.0.1:8500/",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--state-dir",
+            "/run/x",
+            "--datastore",
+            "shared=/srv/s:shared",
+            "--datastore",
+            "local-host-1=/srv/h1:local",
+            "--accel",
+            "tcg",
+        ])
+        .unwrap();
+        let c = cli.agent.into_config().unwrap();
+        assert_eq!(c.token, "sekrit");
+        assert_eq!(c.server_url, "http://10.77.0.1:8500");
+        assert_eq!(c.datastores.len(), 2);
+        assert_eq!(c.accel, Some(Accelerator::Tcg));
+    }
+}

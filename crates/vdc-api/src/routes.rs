@@ -1,0 +1,519 @@
+//! Routes of the REST API.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
+use vdc_control::Cluster;
+use vdc_types::agent::HostReport;
+use vdc_types::api::{
+    CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest, StartVmRequest,
+    Template, VersionInfo,
+};
+use vdc_types::event::topic_matches;
+use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
+
+use crate::error::{ApiErr, ApiJson, ApiQuery, ApiResult};
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The control plane.
+    pub cluster: Arc<Cluster>,
+    /// The cluster token clients must present.
+    pub token: Arc<String>,
+}
+
+/// The OpenAPI document, generated from the handlers and types below.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vdc API",
+        description = "Virtual datacenter with business continuity built in"
+    ),
+    paths(
+        version,
+        list_hosts,
+        get_host,
+        list_datastores,
+        list_networks,
+        create_network,
+        get_network,
+        delete_network,
+        list_templates,
+        create_template,
+        list_vms,
+        create_vm,
+        get_vm,
+        delete_vm,
+        vm_action,
+        vm_console,
+        list_tasks,
+        get_task,
+        cancel_task,
+        list_events,
+        stream_events,
+        agent_report
+    ),
+    components(schemas(
+        VersionInfo,
+        Host,
+        Datastore,
+        Network,
+        Template,
+        Vm,
+        Task,
+        Event,
+        ApiError,
+        ErrorCode,
+        CreateVmRequest,
+        DiskRequest,
+        CreateTemplateRequest,
+        StartVmRequest,
+        ShutdownVmRequest,
+        HostReport
+    ))
+)]
+pub struct ApiDoc;
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/hosts", get(list_hosts))
+        .route("/hosts/{name}", get(get_host))
+        .route("/datastores", get(list_datastores))
+        .route("/networks", get(list_networks).post(create_network))
+        .route("/networks/{name}", get(get_network).delete(delete_network))
+        .route("/templates", get(list_templates).post(create_template))
+        .route("/vms", get(list_vms).post(create_vm))
+        .route("/vms/{name}", get(get_vm).delete(delete_vm))
+        .route("/vms/{name}/console", get(vm_console))
+        .route("/vms/{name}/{action}", post(vm_action))
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}", get(get_task))
+        .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/events", get(list_events))
+        .route("/events/stream", get(stream_events))
+        .route("/agent/report", post(agent_report))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route("/version", get(version))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/", get(web_page))
+        .route("/ui", get(web_page))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let header_token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let query_token = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
+    let given = header_token.or(query_token);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiErr(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the API token is wrong; use the cluster token (VDC_TOKEN or VDC_TOKEN_FILE)",
+        ))
+        .into_response(),
+        None => ApiErr(ApiError::new(
+            ErrorCode::Unauthorized,
+            "this API needs 'Authorization: Bearer <token>'; set VDC_TOKEN or VDC_TOKEN_FILE",
+        ))
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiErr {
+    ApiErr(ApiError::new(
+        ErrorCode::NotFound,
+        "no such API path; see /api/v1/openapi.json",
+    ))
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r = ApiErr(ApiError::invalid(
+        "this method is not allowed on this path; see /api/v1/openapi.json",
+    ))
+    .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn web_page() -> Html<&'static str> {
+    Html(include_str!("../web/index.html"))
+}
+
+/// Version of the server and its API.
+#[utoipa::path(get, path = "/api/v1/version", responses((status = 200, body = VersionInfo)))]
+async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        api: "v1".to_string(),
+    })
+}
+
+/// Every host.
+#[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = [Host])))]
+async fn list_hosts(State(st): State<AppState>) -> ApiResult<Json<Vec<Host>>> {
+    Ok(Json(st.cluster.list_hosts().await?))
+}
+
+/// One host.
+#[utoipa::path(get, path = "/api/v1/hosts/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Host), (status = 404, body = ApiError)))]
+async fn get_host(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Host>> {
+    Ok(Json(st.cluster.get_host(&name).await?))
+}
+
+/// Every datastore.
+#[utoipa::path(get, path = "/api/v1/datastores", responses((status = 200, body = [Datastore])))]
+async fn list_datastores(State(st): State<AppState>) -> ApiResult<Json<Vec<Datastore>>> {
+    Ok(Json(st.cluster.list_datastores().await?))
+}
+
+/// Every network.
+#[utoipa::path(get, path = "/api/v1/networks", responses((status = 200, body = [Network])))]
+async fn list_networks(State(st): State<AppState>) -> ApiResult<Json<Vec<Network>>> {
+    Ok(Json(st.cluster.list_networks().await?))
+}
+
+/// Creates a network (a bridge present on every host, with an address pool).
+#[utoipa::path(post, path = "/api/v1/networks", request_body = Network,
+    responses((status = 201, body = Network), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_network(
+    State(st): State<AppState>,
+    ApiJson(n): ApiJson<Network>,
+) -> ApiResult<(StatusCode, Json<Network>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.cluster.create_network(n).await?),
+    ))
+}
+
+/// One network.
+#[utoipa::path(get, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Network), (status = 404, body = ApiError)))]
+async fn get_network(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Network>> {
+    Ok(Json(st.cluster.get_network(&name).await?))
+}
+
+/// Deletes a network no VM uses.
+#[utoipa::path(delete, path = "/api/v1/networks/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn delete_network(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.cluster.delete_network(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every template.
+#[utoipa::path(get, path = "/api/v1/templates", responses((status = 200, body = [Template])))]
+async fn list_templates(State(st): State<AppState>) -> ApiResult<Json<Vec<Template>>> {
+    Ok(Json(st.cluster.list_templates().await?))
+}
+
+/// Imports a disk image as a template (returns a task).
+#[utoipa::path(post, path = "/api/v1/templates", request_body = CreateTemplateRequest,
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_template(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateTemplateRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.cluster.create_template(req).await?),
+    ))
+}
+
+/// Every VM.
+#[utoipa::path(get, path = "/api/v1/vms", responses((status = 200, body = [Vm])))]
+async fn list_vms(State(st): State<AppState>) -> ApiResult<Json<Vec<Vm>>> {
+    Ok(Json(st.cluster.list_vms().await?))
+}
+
+/// Creates a VM (returns a task).
+#[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_vm(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateVmRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    Ok((StatusCode::ACCEPTED, Json(st.cluster.create_vm(req).await?)))
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
+async fn get_vm(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
+    Ok(Json(st.cluster.get_vm(&name).await?))
+}
+
+/// Deletes a stopped VM and its files (returns a task).
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn delete_vm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.cluster.delete_vm(&name).await?),
+    ))
+}
+
+/// A power action: `start` (body [`StartVmRequest`]), `stop` (power off),
+/// `shutdown` (body [`ShutdownVmRequest`]), `reset`, `pause`, `resume`
+/// (a paused or a suspended VM), `suspend` (memory to the datastore).
+#[utoipa::path(post, path = "/api/v1/vms/{name}/{action}",
+    request_body(content = Option<ShutdownVmRequest>, description = "start: StartVmRequest; shutdown: ShutdownVmRequest; others: none"),
+    params(("name" = String, Path), ("action" = String, Path, description = "start|stop|shutdown|reset|pause|resume|suspend")),
+    responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn vm_action(
+    State(st): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let body: serde_json::Value = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiErr(ApiError::invalid(format!(
+                "the request body is not valid JSON: {e}"
+            )))
+        })?
+    };
+    let body = if body.is_null() {
+        serde_json::json!({})
+    } else {
+        body
+    };
+    let task = match action.as_str() {
+        "start" => {
+            let req: StartVmRequest = parse_body(body)?;
+            st.cluster.start_vm(&name, req.host).await?
+        }
+        "shutdown" => {
+            let req: ShutdownVmRequest = parse_body(body)?;
+            st.cluster
+                .vm_action(&name, "shutdown", req.timeout_s)
+                .await?
+        }
+        other => st.cluster.vm_action(&name, other, None).await?,
+    };
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiErr> {
+    serde_json::from_value(v).map_err(|e| {
+        ApiErr(ApiError::invalid(format!(
+            "the request body has a wrong field: {e}"
+        )))
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ConsoleQuery {
+    /// How many bytes of the end of the console log (default 16384, at most 1 MiB).
+    bytes: Option<u64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+/// The tail of the VM's serial console log (text).
+#[utoipa::path(get, path = "/api/v1/vms/{name}/console", params(("name" = String, Path), ConsoleQuery),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ApiError)))]
+async fn vm_console(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ConsoleQuery>,
+) -> ApiResult<Response> {
+    let bytes = q.bytes.unwrap_or(16384);
+    if bytes == 0 || bytes > 1 << 20 {
+        return Err(ApiErr(ApiError::invalid(format!(
+            "bytes must be between 1 and 1048576, not {bytes}"
+        ))));
+    }
+    let text = st.cluster.vm_console(&name, bytes).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// Tasks, newest first.
+#[utoipa::path(get, path = "/api/v1/tasks", responses((status = 200, body = [Task])))]
+async fn list_tasks(State(st): State<AppState>) -> ApiResult<Json<Vec<Task>>> {
+    Ok(Json(st.cluster.tasks.list().await?))
+}
+
+/// One task.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = ApiError)))]
+async fn get_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(st.cluster.tasks.get(&id).await?))
+}
+
+/// Requests cancellation of a task.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    Ok(Json(st.cluster.tasks.cancel(&id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    /// Comma-separated topic patterns (`vm.*`, `host.connected`, `*`).
+    topics: Option<String>,
+    /// Only events with a larger sequence number.
+    after: Option<u64>,
+    /// At most this many (history only; default 200, at most 2000).
+    limit: Option<usize>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+fn topic_filter(q: &Option<String>) -> Result<Vec<String>, ApiErr> {
+    let Some(s) = q else { return Ok(vec![]) };
+    let v: Vec<String> = s
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for t in &v {
+        let ok = t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '*' | '-'))
+            && (!t.contains('*') || t == "*" || (t.ends_with(".*") && t.matches('*').count() == 1));
+        if !ok {
+            return Err(ApiErr(ApiError::invalid(format!(
+                "topic filter '{t}' is not valid; use e.g. 'vm.*', 'host.connected' or '*'"
+            ))));
+        }
+    }
+    Ok(v)
+}
+
+fn wanted(filters: &[String], ev: &Event) -> bool {
+    filters.is_empty() || filters.iter().any(|f| topic_matches(f, &ev.topic))
+}
+
+/// Event history, oldest first.
+#[utoipa::path(get, path = "/api/v1/events", params(EventQuery), responses((status = 200, body = [Event])))]
+async fn list_events(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Json<Vec<Event>>> {
+    let filters = topic_filter(&q.topics)?;
+    let limit = q.limit.unwrap_or(200);
+    if limit == 0 || limit > 2000 {
+        return Err(ApiErr(ApiError::invalid(format!(
+            "limit must be between 1 and 2000, not {limit}"
+        ))));
+    }
+    let all = st
+        .cluster
+        .events
+        .history(q.after.unwrap_or(0), usize::MAX)
+        .await;
+    let v: Vec<Event> = all.into_iter().filter(|e| wanted(&filters, e)).collect();
+    let skip = v.len().saturating_sub(limit);
+    Ok(Json(v.into_iter().skip(skip).collect()))
+}
+
+/// Live events as Server-Sent Events (`data:` is an [`Event`] in JSON);
+/// with `after`, stored events after that number are sent first.
+#[utoipa::path(get, path = "/api/v1/events/stream", params(EventQuery),
+    responses((status = 200, description = "text/event-stream of Event")))]
+async fn stream_events(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let filters = topic_filter(&q.topics)?;
+    let mut rx = st.cluster.events.subscribe();
+    let backlog = match q.after {
+        Some(a) => st.cluster.events.history(a, usize::MAX).await,
+        None => vec![],
+    };
+    let stream = async_stream::stream! {
+        let mut last = 0u64;
+        for ev in backlog {
+            last = ev.seq;
+            if wanted(&filters, &ev) {
+                yield Ok(to_sse(&ev));
+            }
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if ev.seq <= last { continue; }
+                    last = ev.seq;
+                    if wanted(&filters, &ev) {
+                        yield Ok(to_sse(&ev));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    yield Ok(SseEvent::default().event("lagged").data(format!("{n} events were dropped; resume with ?after={last}")));
+                }
+                Err(_) => break,
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+fn to_sse(ev: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(ev.seq.to_string())
+        .event(ev.topic.clone())
+        .data(serde_json::to_string(ev).unwrap_or_default())
+}
+
+/// An agent's heartbeat report (agents only).
+#[utoipa::path(post, path = "/api/v1/agent/report", request_body = HostReport,
+    responses((status = 204), (status = 400, body = ApiError)))]
+async fn agent_report(
+    State(st): State<AppState>,
+    ApiJson(r): ApiJson<HostReport>,
+) -> ApiResult<StatusCode> {
+    st.cluster.ingest_report(r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,69 @@
+//! `vdc server`: opens the store, starts the control plane and serves the
+//! API on every `--listen` address.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use vdc_control::Cluster;
+use vdc_store::RedbStore;
+
+use crate::routes::{router, AppState};
+
+/// Flags of `vdc server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Address to serve the API on (repeat for several).
+    #[arg(long = "listen", default_value = "127.0.0.1:8500")]
+    pub listen: Vec<SocketAddr>,
+    /// Directory of the server's state (the embedded store).
+    #[arg(long, default_value = "/var/lib/vdc/server")]
+    pub data_dir: PathBuf,
+    /// File holding the cluster token (one line).
+    #[arg(long)]
+    pub token_file: PathBuf,
+}
+
+/// Runs the server until the process is stopped.
+pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read token file {}", args.token_file.display()))?
+        .trim()
+        .to_string();
+    anyhow::ensure!(
+        token.len() >= 16,
+        "the token in {} is shorter than 16 characters",
+        args.token_file.display()
+    );
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let store = RedbStore::open(args.data_dir.join("state.redb"))
+        .await
+        .context("cannot open the cluster store")?;
+    let cluster = Cluster::open(Arc::new(store), token.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?;
+    cluster.spawn_monitor();
+    let app = router(AppState {
+        cluster,
+        token: Arc::new(token),
+    });
+    let mut servers = Vec::new();
+    for addr in &args.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(%addr, "API listening");
+        let app = app.clone();
+        servers.push(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ));
+    }
+    for s in servers {
+        s.await
+            .context("server task failed")?
+            .context("server failed")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! Hosts: folding agent reports into cluster state, host liveness, and the
+//! capacity view placement works from.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_json::json;
+use vdc_sched::HostCapacity;
+use vdc_store::StoreExt;
+use vdc_types::agent::{HostReport, VmRuntime};
+use vdc_types::{
+    now_ms, ApiError, Datastore, DatastoreKind, ErrorCode, Host, HostState, VmPowerState,
+};
+
+use crate::{store_err, Cluster, HostLive, HostRecord, VmRecord, HOST_TIMEOUT};
+
+fn host_key(name: &str) -> String {
+    format!("/hosts/{name}")
+}
+
+impl Cluster {
+    /// Folds one agent report into the cluster state.
+    pub async fn ingest_report(&self, report: HostReport) -> Result<(), ApiError> {
+        vdc_types::names::validate_name("host", &report.name).map_err(ApiError::invalid)?;
+        let name = report.name.clone();
+        let record = HostRecord {
+            name: name.clone(),
+            address: report.address.clone(),
+            agent_url: report.agent_url.trim_end_matches('/').to_string(),
+            accelerator: report.accelerator,
+            qemu_version: report.qemu_version.clone(),
+            cpus: report.cpus,
+            memory_mib: report.memory_mib,
+            datastores: report.datastores.iter().map(|d| d.name.clone()).collect(),
+            last_seen_ms: now_ms(),
+        };
+        let was_connected = {
+            let live = self.live.read().await;
+            live.get(&name).map(|l| l.connected).unwrap_or(false)
+        };
+        if !was_connected {
+            self.store
+                .put_json(&host_key(&name), &record)
+                .await
+                .map_err(store_err)?;
+            for ds in &report.datastores {
+                let d = Datastore {
+                    name: ds.name.clone(),
+                    kind: if ds.shared {
+                        DatastoreKind::Shared
+                    } else {
+                        DatastoreKind::Local { host: name.clone() }
+                    },
+                    path: ds.path.clone(),
+                    capacity_bytes: ds.capacity_bytes,
+                    free_bytes: ds.free_bytes,
+                };
+                self.store
+                    .put_json(&format!("/datastores/{}", ds.name), &d)
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
+        let vms = report.vms.clone();
+        {
+            let mut live = self.live.write().await;
+            live.insert(
+                name.clone(),
+                HostLive {
+                    report,
+                    seen: Instant::now(),
+                    connected: true,
+                },
+            );
+        }
+        if !was_connected {
+            self.events
+                .publish(
+                    "host.connected",
+                    &name,
+                    format!("host {name} connected"),
+                    json!({"address": record.address}),
+                )
+                .await;
+        }
+        self.reconcile_vms(&name, &vms).await
+    }
+
+    /// Brings VM records in line with what their host reports.
+    async fn reconcile_vms(&self, host: &str, vms: &[VmRuntime]) -> Result<(), ApiError> {
+        let by_id: HashMap<&str, &VmRuntime> = vms.iter().map(|v| (v.id.as_str(), v)).collect();
+        let records: Vec<(String, VmRecord)> =
+            self.store.list_json("/vms/").await.map_err(store_err)?;
+        let busy = self.busy.lock().await.clone();
+        for (key, rec) in records {
+            let name = rec.config.name.clone();
+            let rt = by_id.get(rec.config.id.as_str()).copied();
+            let mut new = rec.clone();
+            match rt {
+                Some(rt) => {
+                    if !busy.contains_key(&name) {
+                        new.state = rt.state;
+                        new.host = Some(host.to_string());
+                    }
+                    let mut g = rt.guest.clone();
+                    g.last_heartbeat_ms = None;
+                    new.guest = g;
+                }
+                None => {
+                    if rec.host.as_deref() == Some(host)
+                        && !busy.contains_key(&name)
+                        && (rec.state.has_process() || rec.state == VmPowerState::Unknown)
+                    {
+                        new.state = VmPowerState::Stopped;
+                        new.guest = Default::default();
+                    }
+                }
+            }
+            if new != rec {
+                self.store.put_json(&key, &new).await.map_err(store_err)?;
+                if new.state != rec.state {
+                    self.events
+                        .publish(
+                            "vm.state_changed",
+                            &name,
+                            format!("VM {name} is {} on {host}", new.state),
+                            json!({"from": rec.state, "to": new.state, "host": host}),
+                        )
+                        .await;
+                }
+                if new.guest.ready && !rec.guest.ready {
+                    self.events
+                        .publish(
+                            "vm.guest_ready",
+                            &name,
+                            format!(
+                                "guest of VM {name} is ready{}",
+                                new.guest
+                                    .address
+                                    .as_deref()
+                                    .map(|a| format!(" at {a}"))
+                                    .unwrap_or_default()
+                            ),
+                            json!({"address": new.guest.address, "boot_id": new.guest.boot_id}),
+                        )
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks hosts without recent reports as disconnected.
+    pub(crate) async fn check_hosts(&self) {
+        let lost: Vec<String> = {
+            let mut live = self.live.write().await;
+            live.iter_mut()
+                .filter(|(_, l)| l.connected && l.seen.elapsed() > HOST_TIMEOUT)
+                .map(|(n, l)| {
+                    l.connected = false;
+                    n.clone()
+                })
+                .collect()
+        };
+        for host in lost {
+            self.events
+                .publish(
+                    "host.disconnected",
+                    &host,
+                    format!("host {host} stopped reporting"),
+                    serde_json::Value::Null,
+                )
+                .await;
+            let Ok(records) = self.store.list_json::<VmRecord>("/vms/").await else {
+                continue;
+            };
+            for (key, mut rec) in records {
+                if rec.host.as_deref() == Some(host.as_str()) && rec.state.has_process() {
+                    let from = rec.state;
+                    rec.state = VmPowerState::Unknown;
+                    if self.store.put_json(&key, &rec).await.is_ok() {
+                        self.events
+                            .publish(
+                                "vm.state_changed",
+                                &rec.config.name,
+                                format!(
+                                    "VM {} is unknown: host {host} stopped reporting",
+                                    rec.config.name
+                                ),
+                                json!({"from": from, "to": rec.state, "host": host}),
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn host_view(rec: &HostRecord, live: Option<&HostLive>) -> Host {
+        let connected = live.map(|l| l.connected).unwrap_or(false);
+        let r = live.map(|l| &l.report);
+        Host {
+            name: rec.name.clone(),
+            address: rec.address.clone(),
+            agent_url: rec.agent_url.clone(),
+            state: if connected {
+                HostState::Connected
+            } else {
+                HostState::Disconnected
+            },
+            accelerator: rec.accelerator,
+            qemu_version: rec.qemu_version.clone(),
+            cpus: rec.cpus,
+            memory_mib: rec.memory_mib,
+            memory_free_mib: r.map(|r| r.memory_free_mib).unwrap_or(0),
+            cpu_percent: r.map(|r| r.cpu_percent).unwrap_or(0.0),
+            vm_count: r
+                .map(|r| r.vms.iter().filter(|v| v.state.has_process()).count() as u32)
+                .unwrap_or(0),
+            datastores: rec.datastores.clone(),
+            last_seen_ms: r.map(|_| now_ms()).unwrap_or(rec.last_seen_ms),
+        }
+    }
+
+    /// Every known host.
+    pub async fn list_hosts(&self) -> Result<Vec<Host>, ApiError> {
+        let recs: Vec<(String, HostRecord)> =
+            self.store.list_json("/hosts/").await.map_err(store_err)?;
+        let live = self.live.read().await;
+        Ok(recs
+            .iter()
+            .map(|(_, r)| Self::host_view(r, live.get(&r.name)))
+            .collect())
+    }
+
+    /// One host.
+    pub async fn get_host(&self, name: &str) -> Result<Host, ApiError> {
+        let rec: HostRecord = self
+            .store
+            .get_json(&host_key(name))
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::not_found("Host", name))?;
+        let live = self.live.read().await;
+        Ok(Self::host_view(&rec, live.get(name)))
+    }
+
+    /// The agent URL of a connected host, or why it can't be used.
+    pub(crate) async fn agent_url(&self, host: &str) -> Result<String, ApiError> {
+        let live = self.live.read().await;
+        match live.get(host) {
+            Some(l) if l.connected => Ok(l.report.agent_url.trim_end_matches('/').to_string()),
+            Some(_) => Err(ApiError::new(
+                ErrorCode::HostUnavailable,
+                format!(
+                    "host '{host}' is disconnected; wait for it to come back or use another host"
+                ),
+            )),
+            None => {
+                if self
+                    .store
+                    .get(&host_key(host))
+                    .await
+                    .map_err(store_err)?
+                    .is_some()
+                {
+                    Err(ApiError::new(
+                        ErrorCode::HostUnavailable,
+                        format!("host '{host}' is not connected"),
+                    ))
+                } else {
+                    Err(ApiError::not_found("Host", host))
+                }
+            }
+        }
+    }
+
+    /// Capacity of every known host, for placement.
+    pub(crate) async fn capacities(&self) -> Vec<HostCapacity> {
+        let pending = self.pending_mib.lock().await.clone();
+        let live = self.live.read().await;
+        live.values()
+            .map(|l| HostCapacity {
+                name: l.report.name.clone(),
+                available: l.connected,
+                cpus: l.report.cpus,
+                memory_mib: l.report.memory_mib,
+                memory_free_mib: l.report.memory_free_mib,
+                memory_pending_mib: pending.get(&l.report.name).copied().unwrap_or(0),
+                vcpus_committed: 0,
+                datastores: l.report.datastores.iter().map(|d| d.name.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// Every datastore, with the latest free-space figures.
+    pub async fn list_datastores(&self) -> Result<Vec<Datastore>, ApiError> {
+        let mut v: Vec<Datastore> = self
+            .store
+            .list_json::<Datastore>("/datastores/")
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        let live = self.live.read().await;
+        for d in &mut v {
+            if let Some(r) = live
+                .values()
+                .filter(|l| l.connected)
+                .flat_map(|l| l.report.datastores.iter())
+                .find(|r| r.name == d.name)
+            {
+                d.capacity_bytes = r.capacity_bytes;
+                d.free_bytes = r.free_bytes;
+            }
+        }
+        Ok(v)
+    }
+
+    /// One datastore.
+    pub async fn get_datastore(&self, name: &str) -> Result<Datastore, ApiError> {
+        self.list_datastores()
+            .await?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| ApiError::not_found("Datastore", name))
+    }
+
+    /// Connected hosts that reach `datastore`, best first (most free memory).
+    pub(crate) async fn hosts_reaching(&self, datastore: &str) -> Vec<String> {
+        let live = self.live.read().await;
+        let mut v: Vec<(&String, u64)> = live
+            .iter()
+            .filter(|(_, l)| l.connected && l.report.datastores.iter().any(|d| d.name == datastore))
+            .map(|(n, l)| (n, l.report.memory_free_mib))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.into_iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Live runtime data of a VM from its host's latest report.
+    pub(crate) async fn runtime(&self, host: &str, id: &str) -> Option<VmRuntime> {
+        let live = self.live.read().await;
+        live.get(host)
+            .and_then(|l| l.report.vms.iter().find(|v| v.id == id).cloned())
+    }
+}

@@ -1,0 +1,293 @@
+//! `vdc lab up|status|down`: the command-line face of the lab, embedded by
+//! the `vdc` binary as its `lab` subcommand.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::lifecycle::{self, LabSpec, DEFAULT_DATA_ROOT, DEFAULT_STATE_ROOT};
+use crate::plan::{DEFAULT_LAB_ID, DEFAULT_PORT};
+use crate::state::LabInfo;
+
+/// `vdc lab ...`: a whole cluster on this machine.
+#[derive(Debug, Clone, Args)]
+pub struct LabArgs {
+    /// What to do with the lab.
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+/// The lab's subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum LabCommand {
+    /// Start a server and N hosts (agents in network namespaces), import the
+    /// guest image and start demo VMs.
+    Up(UpArgs),
+    /// Show the lab's hosts, processes and addresses.
+    Status(StatusArgs),
+    /// Stop everything the lab started and remove its namespaces, bridges,
+    /// state and data.
+    Down(DownArgs),
+}
+
+/// Options of `vdc lab up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Number of hosts.
+    #[arg(long, default_value_t = 3)]
+    pub hosts: usize,
+    /// Lab id (1–4 characters a-z0-9; part of interface names).
+    #[arg(long, default_value = DEFAULT_LAB_ID)]
+    pub lab_id: String,
+    /// N of the lab subnet 10.77.N.0/24 (default: 0 for lab "lab", derived
+    /// from the id otherwise).
+    #[arg(long)]
+    pub subnet_index: Option<u8>,
+    /// Guest image to import as the template (default: the cached image,
+    /// built if missing).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Create no demo VMs.
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Number of demo VMs.
+    #[arg(long, default_value_t = 2)]
+    pub demo_vms: usize,
+    /// Port of the REST API and web page.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Directory for pids, token, logs and agent state.
+    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: PathBuf,
+    /// Directory for the server's data and the datastores.
+    #[arg(long, default_value = DEFAULT_DATA_ROOT)]
+    pub data_root: PathBuf,
+    /// Longest wait for each start-up step, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Only create the network (namespaces, bridges, veths).
+    #[arg(long, hide = true)]
+    pub net_only: bool,
+}
+
+/// Output format of `vdc lab status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable table.
+    Table,
+    /// JSON with stable field names.
+    Json,
+}
+
+/// Options of `vdc lab status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Lab id.
+    #[arg(long, default_value = DEFAULT_LAB_ID)]
+    pub lab_id: String,
+    /// State root the lab was started with.
+    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Options of `vdc lab down`.
+#[derive(Debug, Clone, Args)]
+pub struct DownArgs {
+    /// Lab id.
+    #[arg(long, default_value = DEFAULT_LAB_ID)]
+    pub lab_id: String,
+    /// State root the lab was started with.
+    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: PathBuf,
+}
+
+/// Runs `vdc lab ...` with the current executable as the `vdc` binary.
+pub async fn run(args: LabArgs) -> anyhow::Result<()> {
+    match args.command {
+        LabCommand::Up(a) => {
+            let vdc = std::env::current_exe()?;
+            let spec = LabSpec {
+                lab_id: a.lab_id,
+                hosts: a.hosts,
+                subnet_index: a.subnet_index,
+                state_root: a.state_root,
+                data_root: a.data_root,
+                image: a.image,
+                import_template: true,
+                demo_vms: if a.no_demo { 0 } else { a.demo_vms },
+                port: a.port,
+                vdc_binary: vdc,
+                net_only: a.net_only,
+                step_timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+            };
+            eprintln!(
+                "starting lab '{}' with {} host(s)...",
+                spec.lab_id, spec.hosts
+            );
+            let info = lifecycle::up(&spec).await?;
+            print!("{}", tour(&info, spec.demo_vms, spec.net_only));
+        }
+        LabCommand::Status(a) => {
+            let info = lifecycle::status(&a.lab_id, &a.state_root)?;
+            let text = match a.output {
+                OutputFormat::Json => serde_json::to_string_pretty(&info)? + "\n",
+                OutputFormat::Table => status_table(&info),
+            };
+            std::io::stdout().write_all(text.as_bytes())?;
+        }
+        LabCommand::Down(a) => {
+            lifecycle::down(&a.lab_id, &a.state_root).await?;
+            println!("lab '{}' is down", a.lab_id);
+        }
+    }
+    Ok(())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn pid(p: Option<u32>) -> String {
+    p.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The `vdc lab status` table.
+pub fn status_table(info: &LabInfo) -> String {
+    let mut out = format!(
+        "lab {}  subnet {}  bridge {}\nserver  {}  pid {}  alive {}\n\n",
+        info.lab_id,
+        info.subnet,
+        info.bridge,
+        info.server.url,
+        pid(info.server.pid),
+        yes_no(info.server.alive)
+    );
+    out += &format!(
+        "{:<10} {:<16} {:<14} {:>8}  {}\n",
+        "HOST", "NETNS", "ADDRESS", "AGENT", "ALIVE"
+    );
+    for h in &info.hosts {
+        out += &format!(
+            "{:<10} {:<16} {:<14} {:>8}  {}\n",
+            h.name,
+            h.netns,
+            h.address,
+            pid(h.agent_pid),
+            yes_no(h.agent_alive)
+        );
+    }
+    out
+}
+
+/// The short tour printed after `vdc lab up`.
+pub fn tour(info: &LabInfo, demo_vms: usize, net_only: bool) -> String {
+    let token = info.token_file.display();
+    let down = if info.lab_id == DEFAULT_LAB_ID {
+        "vdc lab down".to_string()
+    } else {
+        format!("vdc lab down --lab-id {}", info.lab_id)
+    };
+    let mut out = format!(
+        "\nlab '{}' is up: {} host(s) on {} (bridge {})\n",
+        info.lab_id,
+        info.hosts.len(),
+        info.subnet,
+        info.bridge
+    );
+    for h in &info.hosts {
+        out += &format!("  {:<8} {:<14} netns {}\n", h.name, h.address, h.netns);
+    }
+    if net_only {
+        out += &format!("\nnetwork only (no server, no agents). Remove it with: {down}\n");
+        return out;
+    }
+    out += &format!(
+        "\nAPI      {api}/api/v1\nweb page {api}/\ntoken    {token}\n\n\
+         Try:\n  export VDC_URL={api} VDC_TOKEN_FILE={token}\n  vdc host list\n  vdc vm list\n",
+        api = info.api_url
+    );
+    if demo_vms > 0 {
+        out += "  vdc vm console demo-1\n";
+    }
+    out += &format!(
+        "  curl -H \"Authorization: Bearer $(cat {token})\" {}/api/v1/vms\n  \
+         vdc lab status\n\nWhen done: {down}\n",
+        info.api_url
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Top,
+    }
+    #[derive(Subcommand)]
+    enum Top {
+        Lab(LabArgs),
+    }
+
+    fn parse(args: &[&str]) -> LabCommand {
+        let mut all = vec!["vdc", "lab"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).expect("parses").cmd {
+            Top::Lab(l) => l.command,
+        }
+    }
+
+    #[test]
+    fn up_defaults_follow_the_contract() {
+        let LabCommand::Up(a) = parse(&["up"]) else {
+            panic!("not up")
+        };
+        assert_eq!(a.hosts, 3);
+        assert_eq!(a.lab_id, "lab");
+        assert_eq!(a.port, 8500);
+        assert_eq!(a.demo_vms, 2);
+        assert!(!a.no_demo && !a.net_only);
+        assert_eq!(a.state_root, PathBuf::from("/run/vdc"));
+        assert_eq!(a.data_root, PathBuf::from("/var/lib/vdc"));
+    }
+
+    #[test]
+    fn status_and_down_options_parse() {
+        let LabCommand::Status(s) = parse(&["status", "-o", "json", "--lab-id", "t1"]) else {
+            panic!("not status")
+        };
+        assert_eq!(s.output, OutputFormat::Json);
+        assert_eq!(s.lab_id, "t1");
+        let LabCommand::Down(d) = parse(&["down"]) else {
+            panic!("not down")
+        };
+        assert_eq!(d.lab_id, "lab");
+    }
+
+    #[test]
+    fn tour_names_the_url_token_and_teardown() {
+        let dir = std::path::Path::new("/s");
+        let plan = crate::plan::LabPlan::new("lab", 2, 0, 8500, dir, dir).expect("plan");
+        let info = crate::state::LabState::from_plan(&plan, false).info();
+        let t = tour(&info, 2, false);
+        assert!(t.contains("export VDC_URL=http://127.0.0.1:8500 VDC_TOKEN_FILE=/s/lab/token"));
+        assert!(t.contains("vdc vm console demo-1"));
+        assert!(t.contains("When done: vdc lab down\n"));
+        let table = status_table(&info);
+        assert!(
+            table.contains("host-2     vdc-lab-h2       10.77.0.12"),
+            "{table}"
+        );
+    }
+}

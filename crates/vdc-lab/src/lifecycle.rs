@@ -1,0 +1,584 @@
+//! Bringing a lab up, reading its status and tearing it down.
+//!
+//! `up` steps:
+//! 1. refuse if the lab runs; clean up a stale one (processes dead);
+//! 2. create the directories, the token (0600) and the state file — from
+//!    here on, any failure tears everything down again;
+//! 3. create the network ([`crate::net`]);
+//! 4. start the server, wait until its API answers;
+//! 5. start one agent per host inside its namespace, wait until every host
+//!    is connected;
+//! 6. through the API: create the `lab` network, import the guest image as
+//!    the `debian-busybox` template, create and start the demo VMs.
+//!
+//! `down` steps (each one best effort, so `down` works on any half-made lab
+//! and can be repeated): stop the agents, kill every QEMU of the lab (from
+//! the agents' pidfiles, then anything still inside a host namespace), stop
+//! the server, delete the namespaces, veths and bridge, remove the state
+//! and data directories.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use vdc_client::{Client, ClientError};
+use vdc_types::api::{CreateTemplateRequest, CreateVmRequest};
+use vdc_types::HostState;
+
+use crate::error::{LabError, Result};
+use crate::plan::{self, LabPlan, LAB_NETWORK, SHARED_DATASTORE, TEMPLATE_NAME};
+use crate::process::{self, ProcessHandle};
+use crate::state::{self, LabInfo, LabState};
+
+/// Where `scripts/build-guest-image.sh` caches the guest image.
+pub const DEFAULT_IMAGE: &str = "/var/cache/vdc/images/vdc-guest.qcow2";
+/// The script that builds the guest image, relative to the repository.
+pub const BUILD_IMAGE_SCRIPT: &str = "scripts/build-guest-image.sh";
+/// Default state root (pids, token, logs, agent state).
+pub const DEFAULT_STATE_ROOT: &str = "/run/vdc";
+/// Default data root (server data, datastores).
+pub const DEFAULT_DATA_ROOT: &str = "/var/lib/vdc";
+/// Memory of a demo VM, MiB.
+pub const DEMO_VM_MEMORY_MIB: u64 = 128;
+/// Lines of log shown in errors.
+const LOG_TAIL_LINES: usize = 30;
+
+/// What lab to bring up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Lab id (1–4 characters `[a-z0-9]`).
+    pub lab_id: String,
+    /// Number of hosts.
+    pub hosts: usize,
+    /// `N` of `10.77.N.0/24`; default derived from the id
+    /// ([`plan::default_subnet_index`]).
+    pub subnet_index: Option<u8>,
+    /// State root (`<root>/<id>` holds pids, token, logs).
+    pub state_root: PathBuf,
+    /// Data root (`<root>/<id>` holds the server data and the datastores).
+    pub data_root: PathBuf,
+    /// Guest image to import as the template; default: the cached image,
+    /// built on demand. Ignored with `net_only`.
+    pub image: Option<PathBuf>,
+    /// Whether to import the guest image as a template.
+    pub import_template: bool,
+    /// Number of demo VMs to create and start (needs the template).
+    pub demo_vms: usize,
+    /// API port.
+    pub port: u16,
+    /// The `vdc` binary to run the server and agents with.
+    pub vdc_binary: PathBuf,
+    /// Only create the network: no server, no agents.
+    pub net_only: bool,
+    /// Longest wait for each start-up step (API up, hosts connected, each
+    /// task).
+    pub step_timeout: Duration,
+}
+
+impl LabSpec {
+    /// The defaults of `vdc lab up`: lab `lab`, 3 hosts, 2 demo VMs,
+    /// port 8500, `/run/vdc` and `/var/lib/vdc`.
+    pub fn new(vdc_binary: PathBuf) -> Self {
+        Self {
+            lab_id: plan::DEFAULT_LAB_ID.to_string(),
+            hosts: 3,
+            subnet_index: None,
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            data_root: PathBuf::from(DEFAULT_DATA_ROOT),
+            image: None,
+            import_template: true,
+            demo_vms: 2,
+            port: plan::DEFAULT_PORT,
+            vdc_binary,
+            net_only: false,
+            step_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// The plan of this lab.
+    pub fn plan(&self) -> Result<LabPlan> {
+        let index = self
+            .subnet_index
+            .unwrap_or_else(|| plan::default_subnet_index(&self.lab_id));
+        LabPlan::new(
+            &self.lab_id,
+            self.hosts,
+            index,
+            self.port,
+            &self.state_root,
+            &self.data_root,
+        )
+    }
+}
+
+fn require_root() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(LabError::NotRoot)
+    }
+}
+
+fn mkdir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| LabError::Io {
+        what: "create",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Brings a lab up (see the module docs). On failure everything created so
+/// far is torn down and the error says which step failed, with a log tail.
+pub async fn up(spec: &LabSpec) -> Result<LabInfo> {
+    require_root()?;
+    let plan = spec.plan()?;
+    match LabState::load(&plan.lab_id, &spec.state_root) {
+        Ok(Some(old)) if is_running(&old) => return Err(LabError::AlreadyUp(plan.lab_id)),
+        Ok(Some(_)) | Err(_) => down_blocking(&plan.lab_id, &spec.state_root)?,
+        Ok(None) => {
+            // Leftovers without a state file (e.g. the state root was wiped).
+            let failures = crate::net::destroy(&plan.lab_id, &[]);
+            if !failures.is_empty() {
+                return Err(LabError::Teardown {
+                    lab_id: plan.lab_id,
+                    failures,
+                });
+            }
+        }
+    }
+    // Resolve the image before creating anything: a missing image is the
+    // most likely failure and needs no cleanup.
+    let image = if spec.net_only || !spec.import_template {
+        None
+    } else {
+        Some(match &spec.image {
+            Some(p) if p.is_file() => p.clone(),
+            Some(p) => return Err(LabError::ImageMissing(p.clone())),
+            None => default_image(&spec.vdc_binary)?,
+        })
+    };
+    let mut state = LabState::from_plan(&plan, spec.net_only);
+    let result = async {
+        prepare_dirs(&plan)?;
+        state.save()?;
+        crate::net::create(&plan)?;
+        if !spec.net_only {
+            start_cluster(spec, &plan, &mut state, image.as_deref()).await?;
+        }
+        Ok(state.info())
+    }
+    .await;
+    if result.is_err() {
+        // Keep the original error; teardown failures would hide it.
+        let _ = down_blocking(&plan.lab_id, &spec.state_root);
+    }
+    result
+}
+
+/// Whether a lab is up: one of its processes runs, or, for a network-only
+/// lab, its bridge exists.
+fn is_running(state: &LabState) -> bool {
+    state.any_alive() || (state.net_only && crate::ip::link_exists(&state.bridge).unwrap_or(true))
+}
+
+fn prepare_dirs(plan: &LabPlan) -> Result<()> {
+    for dir in [
+        &plan.state_dir,
+        &plan.logs_dir(),
+        &plan.data_dir,
+        &plan.shared_datastore_dir,
+        &plan.server_data_dir,
+    ] {
+        mkdir(dir)?;
+    }
+    for h in &plan.hosts {
+        mkdir(&h.state_dir)?;
+        mkdir(&h.local_datastore_dir)?;
+    }
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    state::write_private(&plan.token_file(), &format!("{token}\n"))
+}
+
+/// Reads a lab's token file.
+pub fn read_token(token_file: &Path) -> Result<String> {
+    std::fs::read_to_string(token_file)
+        .map(|t| t.trim().to_string())
+        .map_err(|source| LabError::Io {
+            what: "read",
+            path: token_file.to_path_buf(),
+            source,
+        })
+}
+
+/// A REST client of the lab described by `info`, with its token.
+pub fn client(info: &LabInfo) -> Result<Client> {
+    Ok(Client::new(
+        &info.api_url,
+        Some(read_token(&info.token_file)?),
+    ))
+}
+
+async fn start_cluster(
+    spec: &LabSpec,
+    plan: &LabPlan,
+    state: &mut LabState,
+    image: Option<&Path>,
+) -> Result<()> {
+    let timeout = spec.step_timeout;
+    let server = process::spawn_detached(
+        &spec.vdc_binary,
+        &plan.server_args(),
+        &plan.server_log,
+        None,
+    )?;
+    state.server = Some(server);
+    state.save()?;
+    let client = Client::new(&plan.api_url(), Some(read_token(&plan.token_file())?));
+    wait_for(
+        "the vdc server API",
+        timeout,
+        &plan.server_log,
+        || check_alive("the vdc server", &server, &plan.server_log),
+        || async { client.version().await.ok().map(|_| ()) },
+    )
+    .await?;
+
+    for (host, record) in plan.hosts.iter().zip(state.hosts.iter_mut()) {
+        let agent = process::spawn_detached(
+            &spec.vdc_binary,
+            &plan.agent_args(host),
+            &host.log_file,
+            Some(&host.netns),
+        )?;
+        record.agent = Some(agent);
+    }
+    state.save()?;
+    let names: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
+    let last_log = plan
+        .hosts
+        .last()
+        .map(|h| h.log_file.clone())
+        .unwrap_or_else(|| plan.server_log.clone());
+    let agents: Vec<(String, ProcessHandle, PathBuf)> = state
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            h.agent
+                .map(|a| (format!("the agent of {}", h.name), a, h.log.clone()))
+        })
+        .collect();
+    wait_for(
+        "all hosts to connect",
+        timeout,
+        &last_log,
+        || {
+            check_alive("the vdc server", &server, &plan.server_log)?;
+            agents
+                .iter()
+                .try_for_each(|(what, p, log)| check_alive(what, p, log))
+        },
+        || async {
+            let hosts = client.list_hosts().await.ok()?;
+            names
+                .iter()
+                .all(|n| {
+                    hosts
+                        .iter()
+                        .any(|h| h.name == *n && h.state == HostState::Connected)
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let api = |what: &str| {
+        let what = what.to_string();
+        move |source: ClientError| LabError::Api { what, source }
+    };
+    let networks = client
+        .list_networks()
+        .await
+        .map_err(api("listing networks"))?;
+    if !networks.iter().any(|n| n.name == LAB_NETWORK) {
+        client
+            .create_network(&plan.network())
+            .await
+            .map_err(api("creating the lab network"))?;
+    }
+    let Some(image) = image else {
+        return Ok(());
+    };
+    let task = client
+        .create_template(&CreateTemplateRequest {
+            name: TEMPLATE_NAME.to_string(),
+            datastore: SHARED_DATASTORE.to_string(),
+            source: image.display().to_string(),
+            host: None,
+        })
+        .await
+        .map_err(api("importing the guest image"))?;
+    client
+        .wait_task(&task.id, timeout, |_| {})
+        .await
+        .map_err(api("importing the guest image"))?;
+
+    let mut tasks = Vec::new();
+    for i in 1..=spec.demo_vms {
+        let task = client
+            .create_vm(&CreateVmRequest {
+                name: format!("demo-{i}"),
+                memory_mib: Some(DEMO_VM_MEMORY_MIB),
+                template: Some(TEMPLATE_NAME.to_string()),
+                linked_clone: true,
+                network: Some(LAB_NETWORK.to_string()),
+                start: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(api("creating a demo VM"))?;
+        tasks.push(task);
+    }
+    let waits = tasks
+        .iter()
+        .map(|t| client.wait_task(&t.id, timeout * 2, |_| {}));
+    for result in futures::future::join_all(waits).await {
+        result.map_err(api("creating a demo VM"))?;
+    }
+    Ok(())
+}
+
+fn check_alive(what: &str, p: &ProcessHandle, log: &Path) -> Result<()> {
+    if p.is_alive() {
+        Ok(())
+    } else {
+        Err(LabError::ProcessExited {
+            what: what.to_string(),
+            log: log.to_path_buf(),
+            tail: process::tail(log, LOG_TAIL_LINES),
+        })
+    }
+}
+
+/// Polls `probe` until it yields `Some`, failing early when `alive` fails
+/// and with a log tail at the deadline.
+async fn wait_for<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    log: &Path,
+    alive: impl Fn() -> Result<()>,
+    probe: F,
+) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if probe().await.is_some() {
+            return Ok(());
+        }
+        alive()?;
+        if Instant::now() >= deadline {
+            return Err(LabError::Timeout {
+                what: what.to_string(),
+                secs: timeout.as_secs(),
+                log: log.to_path_buf(),
+                tail: process::tail(log, LOG_TAIL_LINES),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The guest image to import when none is given: the cached image, built
+/// first with the repository's script if it is missing and the script can
+/// be found next to the `vdc` binary (`<repo>/target/<profile>/vdc`).
+pub fn default_image(vdc_binary: &Path) -> Result<PathBuf> {
+    let cached = PathBuf::from(DEFAULT_IMAGE);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let binary = vdc_binary
+        .canonicalize()
+        .unwrap_or_else(|_| vdc_binary.to_path_buf());
+    let script = binary
+        .ancestors()
+        .map(|dir| dir.join(BUILD_IMAGE_SCRIPT))
+        .find(|s| s.is_file())
+        .ok_or_else(|| LabError::ImageMissing(cached.clone()))?;
+    build_image(&script)
+}
+
+/// Runs the guest image build script; returns the image it built (the last
+/// line of its output if that names a file, else [`DEFAULT_IMAGE`]).
+pub fn build_image(script: &Path) -> Result<PathBuf> {
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| LabError::Spawn {
+            command: format!("bash {}", script.display()),
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        return Err(LabError::ImageBuild {
+            script: script.to_path_buf(),
+            stderr: lines[lines.len().saturating_sub(10)..].join("\n"),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let printed = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    let image = printed.unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE));
+    if image.is_file() {
+        Ok(image)
+    } else {
+        Err(LabError::ImageMissing(image))
+    }
+}
+
+/// The status of lab `lab_id` under `state_root`, liveness checked now.
+pub fn status(lab_id: &str, state_root: &Path) -> Result<LabInfo> {
+    plan::validate_lab_id(lab_id)?;
+    LabState::load(lab_id, state_root)?
+        .map(|s| s.info())
+        .ok_or_else(|| LabError::NotUp(lab_id.to_string()))
+}
+
+/// Tears lab `lab_id` down (see the module docs); idempotent.
+pub async fn down(lab_id: &str, state_root: &Path) -> Result<()> {
+    let lab_id = lab_id.to_string();
+    let state_root = state_root.to_path_buf();
+    tokio::task::spawn_blocking(move || down_blocking(&lab_id, &state_root))
+        .await
+        .map_err(LabError::Join)?
+}
+
+/// [`down`] for callers without an async runtime (e.g. `Drop`).
+pub fn down_blocking(lab_id: &str, state_root: &Path) -> Result<()> {
+    plan::validate_lab_id(lab_id)?;
+    require_root()?;
+    let mut failures = Vec::new();
+    let state = match LabState::load(lab_id, state_root) {
+        Ok(s) => s,
+        Err(e) => {
+            failures.push(e.to_string());
+            None
+        }
+    };
+    let state_dir = state_root.join(lab_id);
+    let grace = Duration::from_secs(5);
+
+    if let Some(s) = &state {
+        for h in &s.hosts {
+            if let Some(agent) = h.agent {
+                if !agent.terminate(grace) {
+                    failures.push(format!(
+                        "agent of {} (pid {}) survived SIGKILL",
+                        h.name, agent.pid
+                    ));
+                }
+            }
+        }
+    }
+    for qemu in qemu_processes(&state_dir) {
+        if !qemu.kill() {
+            failures.push(format!("QEMU pid {} survived SIGKILL", qemu.pid));
+        }
+    }
+    let mut namespaces: Vec<String> = state
+        .as_ref()
+        .map(|s| s.hosts.iter().map(|h| h.netns.clone()).collect())
+        .unwrap_or_default();
+    if let Ok(all) = crate::ip::netns_list() {
+        namespaces.extend(all.into_iter().filter(|n| plan::is_lab_netns(lab_id, n)));
+    }
+    namespaces.sort();
+    namespaces.dedup();
+    for ns in &namespaces {
+        // Only namespaces that still exist have processes to kill.
+        let Ok(pids) = crate::ip::netns_pids(ns) else {
+            continue;
+        };
+        for pid in pids.into_iter().filter_map(|p| u32::try_from(p).ok()) {
+            let p = ProcessHandle::of(pid);
+            if !p.kill() {
+                failures.push(format!("pid {pid} in {ns} survived SIGKILL"));
+            }
+        }
+    }
+    if let Some(server) = state.as_ref().and_then(|s| s.server) {
+        if !server.terminate(grace) {
+            failures.push(format!("server (pid {}) survived SIGKILL", server.pid));
+        }
+    }
+    failures.extend(crate::net::destroy(lab_id, &namespaces));
+
+    if let Some(s) = &state {
+        // Only ever the lab's own directory, never the data root itself.
+        if s.data_dir.file_name().is_some_and(|n| n == lab_id) {
+            remove_dir(&s.data_dir, &mut failures);
+        } else {
+            failures.push(format!(
+                "data directory {} does not belong to lab '{lab_id}'; left in place",
+                s.data_dir.display()
+            ));
+        }
+    }
+    remove_dir(&state_dir, &mut failures);
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Teardown {
+            lab_id: lab_id.to_string(),
+            failures,
+        })
+    }
+}
+
+fn remove_dir(dir: &Path, failures: &mut Vec<String>) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => failures.push(format!("cannot remove {}: {e}", dir.display())),
+    }
+}
+
+/// QEMU processes of the lab, from the agents' pidfiles
+/// (`<state-dir>/host-*/vms/*/qemu.pid`); pids that no longer run QEMU are
+/// skipped.
+fn qemu_processes(state_dir: &Path) -> Vec<ProcessHandle> {
+    let mut found = Vec::new();
+    let Ok(hosts) = std::fs::read_dir(state_dir) else {
+        return found;
+    };
+    for host in hosts.flatten() {
+        if !host.file_name().to_string_lossy().starts_with("host-") {
+            continue;
+        }
+        let Ok(vms) = std::fs::read_dir(host.path().join("vms")) else {
+            continue;
+        };
+        for vm in vms.flatten() {
+            let Ok(text) = std::fs::read_to_string(vm.path().join("qemu.pid")) else {
+                continue;
+            };
+            let Ok(pid) = text.trim().parse::<u32>() else {
+                continue;
+            };
+            if process::cmdline(pid).is_some_and(|c| c.contains("qemu")) {
+                found.push(ProcessHandle::of(pid));
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,182 @@
+//! Facts about this host's QEMU: which binary, which version, which
+//! accelerator.
+//!
+//! The accelerator decision is a pure function ([`choose_accelerator`]) of
+//! what the host offers so that it can be tested; [`detect_accelerator`]
+//! only gathers the inputs. KVM is chosen only when `/dev/kvm` opens
+//! read-write *and* the CPU advertises hardware virtualization (`vmx` or
+//! `svm`): some nested setups expose a `/dev/kvm` that cannot run a stock
+//! guest, and they lack those flags.
+
+use std::path::{Path, PathBuf};
+
+use vdc_types::Accelerator;
+
+use crate::error::QemuError;
+
+/// Environment variable naming the QEMU binary.
+pub const ENV_QEMU: &str = "VDC_QEMU";
+/// Environment variable forcing the accelerator (`kvm` or `tcg`).
+pub const ENV_ACCEL: &str = "VDC_ACCEL";
+/// Binary used when [`ENV_QEMU`] is not set.
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+
+/// Chooses the accelerator: an explicit `override_` wins, then the value of
+/// `VDC_ACCEL` (`env`, ignored unless `kvm` or `tcg`), then KVM if
+/// `kvm_openable` and `cpuinfo` (the text of `/proc/cpuinfo`) lists the
+/// `vmx` or `svm` flag, else TCG.
+pub fn choose_accelerator(
+    override_: Option<Accelerator>,
+    env: Option<&str>,
+    kvm_openable: bool,
+    cpuinfo: &str,
+) -> Accelerator {
+    if let Some(a) = override_ {
+        return a;
+    }
+    match env.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        Some("kvm") => return Accelerator::Kvm,
+        Some("tcg") => return Accelerator::Tcg,
+        _ => {}
+    }
+    if kvm_openable && cpu_has_virtualization(cpuinfo) {
+        Accelerator::Kvm
+    } else {
+        Accelerator::Tcg
+    }
+}
+
+/// Whether a `flags` line of `/proc/cpuinfo` lists `vmx` or `svm`.
+pub fn cpu_has_virtualization(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim() == "flags")
+        .any(|(_, flags)| flags.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// Decides the accelerator for this host (see [`choose_accelerator`]).
+pub fn detect_accelerator(override_: Option<Accelerator>) -> Accelerator {
+    let env = std::env::var(ENV_ACCEL).ok();
+    let kvm_openable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let accel = choose_accelerator(override_, env.as_deref(), kvm_openable, &cpuinfo);
+    tracing::info!(
+        accelerator = accel.as_str(),
+        kvm_openable,
+        "accelerator chosen"
+    );
+    accel
+}
+
+/// The QEMU binary: `$VDC_QEMU`, else `qemu-system-x86_64` found in `PATH`
+/// (the bare name if it is not there, so that spawning reports the error).
+pub fn qemu_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os(ENV_QEMU).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(DEFAULT_QEMU))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_QEMU))
+}
+
+/// The version of a QEMU binary, e.g. `10.0.2`, from `--version`.
+pub async fn qemu_version(binary: &Path) -> Result<String, QemuError> {
+    let out = tokio::process::Command::new(binary)
+        .arg("--version")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| QemuError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_qemu_version(&text).ok_or(QemuError::Version { output: text })
+}
+
+/// Extracts `X.Y.Z` from `QEMU emulator version X.Y.Z (…)`.
+pub fn parse_qemu_version(output: &str) -> Option<String> {
+    let rest = output.split("version").nth(1)?;
+    let word = rest.split_whitespace().next()?;
+    let ok = !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && word.chars().next().is_some_and(|c| c.is_ascii_digit());
+    ok.then(|| word.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WITH_VMX: &str = "processor\t: 0\nflags\t\t: fpu vme de vmx sse2\n\nprocessor\t: 1\n";
+    const NO_VIRT: &str =
+        "processor\t: 0\nflags\t\t: fpu vme de sse2 hypervisor\nbugs\t\t: svm_gone\n";
+
+    #[test]
+    fn kvm_needs_device_and_cpu_flag() {
+        assert_eq!(
+            choose_accelerator(None, None, true, WITH_VMX),
+            Accelerator::Kvm
+        );
+        assert_eq!(
+            choose_accelerator(None, None, true, "flags : svm lm"),
+            Accelerator::Kvm
+        );
+        assert_eq!(
+            choose_accelerator(None, None, false, WITH_VMX),
+            Accelerator::Tcg
+        );
+        assert_eq!(
+            choose_accelerator(None, None, true, NO_VIRT),
+            Accelerator::Tcg
+        );
+        assert_eq!(choose_accelerator(None, None, true, ""), Accelerator::Tcg);
+    }
+
+    #[test]
+    fn overrides_take_precedence() {
+        assert_eq!(
+            choose_accelerator(Some(Accelerator::Tcg), Some("kvm"), true, WITH_VMX),
+            Accelerator::Tcg
+        );
+        assert_eq!(
+            choose_accelerator(Some(Accelerator::Kvm), None, false, NO_VIRT),
+            Accelerator::Kvm
+        );
+        assert_eq!(
+            choose_accelerator(None, Some("TCG"), true, WITH_VMX),
+            Accelerator::Tcg
+        );
+        assert_eq!(
+            choose_accelerator(None, Some("kvm"), false, ""),
+            Accelerator::Kvm
+        );
+        // Unknown values are ignored.
+        assert_eq!(
+            choose_accelerator(None, Some("auto"), true, WITH_VMX),
+            Accelerator::Kvm
+        );
+    }
+
+    #[test]
+    fn version_parsing() {
+        assert_eq!(
+            parse_qemu_version(
+                "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright"
+            )
+            .as_deref(),
+            Some("10.0.2")
+        );
+        assert_eq!(parse_qemu_version("garbage"), None);
+        assert_eq!(parse_qemu_version("version (x)"), None);
+    }
+}

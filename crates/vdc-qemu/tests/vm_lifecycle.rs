@@ -1,0 +1,229 @@
+//! Boots the vdc guest image under real QEMU (TCG) and drives it through the
+//! driver: pause/resume, suspend to a file and resume from it, graceful
+//! shutdown, re-attach after the handle is dropped (an agent restart) and
+//! power off. What is asserted is what the guest shows: its console, its
+//! heartbeats (whose `seq` counts up while it runs) and its boot id.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use vdc_qemu::{
+    tail_file, Accelerator, DriveSpec, GuestChannel, Incoming, MachineSpec, QmpEvent, RunState,
+    ShutdownOutcome, Vm, VmPaths,
+};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The guest image, built (or found in the cache) by the repository script.
+fn guest_image() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(root.join("scripts/build-guest-image.sh"))
+        .output()
+        .expect("run scripts/build-guest-image.sh");
+    assert!(
+        out.status.success(),
+        "guest image build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("script prints the image path")
+            .trim(),
+    );
+    assert!(path.is_file(), "no guest image at {}", path.display());
+    path
+}
+
+/// A private qcow2 overlay on the shared image.
+fn overlay(dir: &Path, image: &Path) -> PathBuf {
+    let path = dir.join("disk0.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image)
+        .arg(&path)
+        .status()
+        .expect("run qemu-img");
+    assert!(st.success(), "qemu-img create failed");
+    path
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    spec: MachineSpec,
+    paths: VmPaths,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vm_dir = dir.path().join("ds");
+    std::fs::create_dir_all(&vm_dir).expect("vm dir");
+    let disk = overlay(&vm_dir, &guest_image());
+    let paths = VmPaths::new(dir.path().join("run"), vm_dir);
+    let spec = MachineSpec {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_string(),
+        cpus: 1,
+        memory_mib: 256,
+        accelerator: Accelerator::Tcg,
+        disks: vec![DriveSpec {
+            node_name: "disk0".into(),
+            path: disk,
+            read_only: false,
+        }],
+        nics: vec![],
+        smbios_oem_strings: vec![format!("vdc.hostname={name}")],
+        incoming: None,
+    };
+    Fixture {
+        _dir: dir,
+        spec,
+        paths,
+    }
+}
+
+fn console(paths: &VmPaths) -> String {
+    tail_file(&paths.console_log(), 1 << 20).unwrap_or_default()
+}
+
+/// Waits until the console log contains `text` `count` times.
+async fn wait_console(paths: &VmPaths, text: &str, count: usize) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while console(paths).matches(text).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "console never showed {text:?} x{count}; console:\n{}\nqemu.log:\n{}",
+            console(paths),
+            tail_file(&paths.qemu_log(), 4096).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_event(rx: &mut broadcast::Receiver<QmpEvent>, name: &str) -> QmpEvent {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(ev)) if ev.name == name => return ev,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("event stream broke waiting for {name}: {e}"),
+            Err(_) => panic!("no {name} event within {EVENT_TIMEOUT:?}"),
+        }
+    }
+}
+
+/// Waits for a heartbeat with `seq > after`; returns it.
+async fn wait_seq_above(ch: &GuestChannel, after: u64) -> u64 {
+    let mut rx = ch.seq();
+    let seq = tokio::time::timeout(BOOT_TIMEOUT, rx.wait_for(|s| *s > after))
+        .await
+        .unwrap_or_else(|_| panic!("no heartbeat with seq > {after}"))
+        .expect("guest channel alive");
+    *seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_suspend_resume_and_graceful_shutdown() {
+    let fx = fixture("lifecycle");
+    let t0 = Instant::now();
+    let vm = Vm::launch(&fx.spec, &fx.paths).await.expect("launch");
+    let guest = GuestChannel::spawn(&fx.paths);
+    assert_eq!(vm.run_state().await.expect("status"), RunState::Running);
+    wait_console(&fx.paths, "VDC-GUEST-READY", 1).await;
+    let first = wait_seq_above(&guest, 0).await;
+    eprintln!("guest ready after {:?}", t0.elapsed());
+    let info = guest.info();
+    assert!(info.ready);
+    assert_eq!(info.hostname.as_deref(), Some("lifecycle"));
+    let boot_id = info.boot_id.clone().expect("boot id");
+
+    // Pause and resume follow QMP events.
+    let mut events = vm.events();
+    vm.pause().await.expect("pause");
+    wait_event(&mut events, "STOP").await;
+    assert_eq!(vm.run_state().await.expect("status"), RunState::Paused);
+    vm.resume().await.expect("resume");
+    wait_event(&mut events, "RESUME").await;
+    assert_eq!(vm.run_state().await.expect("status"), RunState::Running);
+    let before_suspend = wait_seq_above(&guest, first).await;
+
+    // Suspend to a file: QEMU goes away, the state file stays.
+    let seen = std::sync::Mutex::new(Vec::new());
+    vm.suspend_to_file(|p| seen.lock().expect("lock").push(p))
+        .await
+        .expect("suspend");
+    assert!(vm.has_exited(), "QEMU exits after suspend");
+    let progress = seen.into_inner().expect("lock");
+    assert_eq!(progress.last(), Some(&100), "progress {progress:?}");
+    assert!(fx.paths.suspend_state().is_file());
+    let last_seq = *guest.seq().borrow();
+    assert!(last_seq >= before_suspend);
+    drop(vm);
+
+    // Resume: the same boot continues, the counter goes on.
+    let mut spec = fx.spec.clone();
+    spec.incoming = Some(Incoming::StateFile(fx.paths.suspend_state()));
+    let vm = Vm::launch(&spec, &fx.paths).await.expect("resume launch");
+    assert_eq!(vm.run_state().await.expect("status"), RunState::Running);
+    assert!(!fx.paths.suspend_state().exists(), "state file consumed");
+    let after = wait_seq_above(&guest, last_seq).await;
+    assert!(after > last_seq);
+    assert_eq!(guest.info().boot_id.as_deref(), Some(boot_id.as_str()));
+    assert_eq!(
+        console(&fx.paths).matches("VDC-GUEST-READY").count(),
+        1,
+        "the guest did not boot again"
+    );
+
+    // Graceful shutdown through the ACPI power button.
+    let mut events = vm.events();
+    let outcome = vm
+        .shutdown(Duration::from_secs(60))
+        .await
+        .expect("shutdown");
+    assert_eq!(outcome, ShutdownOutcome::Graceful);
+    assert!(vm.has_exited());
+    wait_event(&mut events, "POWERDOWN").await;
+    assert!(console(&fx.paths).contains("power button pressed"));
+    assert!(Vm::attach(&fx.paths).await.expect("attach").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_handle_drop_then_power_off() {
+    let fx = fixture("attach");
+    let vm = Vm::launch(&fx.spec, &fx.paths).await.expect("launch");
+    let pid = vm.pid();
+    assert!(
+        Vm::launch(&fx.spec, &fx.paths).await.is_err(),
+        "no second QEMU"
+    );
+    wait_console(&fx.paths, "VDC-GUEST-READY", 1).await;
+
+    // The agent goes away: the handle (and its QMP connection) is dropped.
+    drop(vm);
+    let vm = Vm::attach(&fx.paths)
+        .await
+        .expect("attach")
+        .expect("QEMU still runs");
+    assert_eq!(vm.pid(), pid);
+    assert_eq!(vm.id(), fx.spec.id);
+    assert_eq!(vm.run_state().await.expect("status"), RunState::Running);
+    let guest = GuestChannel::spawn(&fx.paths);
+    wait_seq_above(&guest, 0).await;
+
+    let mut events = vm.events();
+    vm.power_off().await.expect("power off");
+    assert!(vm.has_exited());
+    wait_event(&mut events, "SHUTDOWN").await;
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || Vm::attach(&fx.paths).await.expect("attach").is_none()
+    );
+    assert!(Vm::attach(&fx.paths).await.expect("attach").is_none());
+}

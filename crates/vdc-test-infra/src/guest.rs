@@ -1,0 +1,106 @@
+//! Talking to a guest's TCP service from inside a host's network namespace.
+//!
+//! Guests live on a host's `vmbr0`. The test connects from the namespace
+//! the test names, as a client on that host would: a dedicated thread
+//! enters the namespace with `setns` (a namespace switch affects only the
+//! calling thread, so the test's other threads stay where they are), then
+//! uses an ordinary `TcpStream` with timeouts.
+//!
+//! Protocol (see the guest image docs): the guest answers one line on
+//! connect and one line per line received.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use nix::sched::{setns, CloneFlags};
+
+use crate::error::TestInfraError;
+
+/// Default timeout of [`guest_request`] for connecting and for each answer.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects from namespace `netns` to `addr:port`, sends `lines` one by one
+/// and returns every answer line: the greeting first, then one per line
+/// sent.
+pub fn guest_request(
+    netns: &str,
+    addr: &str,
+    port: u16,
+    lines: &[&str],
+) -> Result<Vec<String>, TestInfraError> {
+    guest_request_timeout(netns, addr, port, lines, DEFAULT_TIMEOUT)
+}
+
+/// [`guest_request`] with an explicit timeout for the connection and for
+/// each answer.
+pub fn guest_request_timeout(
+    netns: &str,
+    addr: &str,
+    port: u16,
+    lines: &[&str],
+    timeout: Duration,
+) -> Result<Vec<String>, TestInfraError> {
+    let netns = netns.to_string();
+    let target = format!("{addr}:{port}");
+    let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::thread::spawn(move || {
+        enter_netns(&netns)?;
+        exchange(&target, &lines, timeout)
+    })
+    .join()
+    .map_err(|_| TestInfraError::Thread)?
+}
+
+fn enter_netns(netns: &str) -> Result<(), TestInfraError> {
+    let err = |source| TestInfraError::Netns {
+        netns: netns.to_string(),
+        source,
+    };
+    let file = File::open(format!("/run/netns/{netns}")).map_err(err)?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| err(e.into()))
+}
+
+fn exchange(
+    target: &str,
+    lines: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, TestInfraError> {
+    let io = |what| {
+        let addr = target.to_string();
+        move |source| TestInfraError::Guest { addr, what, source }
+    };
+    let sock: SocketAddr = target.parse().map_err(|_| TestInfraError::Guest {
+        addr: target.to_string(),
+        what: "parse address",
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    let stream = TcpStream::connect_timeout(&sock, timeout).map_err(io("connect"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(io("set timeout"))?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(io("set timeout"))?;
+    let mut writer = stream.try_clone().map_err(io("clone socket"))?;
+    let mut reader = BufReader::new(stream);
+    let mut answers = Vec::with_capacity(lines.len() + 1);
+    let mut read_line = |answers: &mut Vec<String>| -> Result<(), TestInfraError> {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).map_err(io("read"))?;
+        if n == 0 {
+            return Err(TestInfraError::GuestClosed(target.to_string()));
+        }
+        answers.push(line.trim_end_matches(['\r', '\n']).to_string());
+        Ok(())
+    };
+    read_line(&mut answers)?;
+    for l in lines {
+        writer
+            .write_all(format!("{l}\n").as_bytes())
+            .map_err(io("write"))?;
+        read_line(&mut answers)?;
+    }
+    Ok(answers)
+}

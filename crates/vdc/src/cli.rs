@@ -1,0 +1,430 @@
+//! The command tree of `vdc`, declared with clap's derive API.
+//!
+//! Three subcommands start long-running processes (`server`, `agent`, `lab`)
+//! and take their arguments from the crates that implement them; every other
+//! subcommand is a verb of the REST API client. The connection flags
+//! (`--url`, `--token`) and the output format (`-o`) are global, so they are
+//! accepted after any subcommand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::format::{parse_memory_mib, parse_pool};
+
+/// Command line of `vdc`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vdc",
+    version,
+    about = "vdc: a virtual datacenter with business continuity built in",
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// URL of the vdc server's REST API.
+    #[arg(long, global = true, env = "VDC_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// API token (default: read from the file named by VDC_TOKEN_FILE or the
+    /// lab's token file).
+    #[arg(
+        long,
+        global = true,
+        env = "VDC_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Output::Table
+    )]
+    pub output: Output,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format: `table` (aligned columns for people) or `json` (the API's
+/// own objects, for scripts).
+///
+/// It is the lab's type on purpose: `vdc lab status` declares its own
+/// `-o/--output`, and clap hands the value of a global argument to the
+/// subcommand (and back) under the same id, so both must have one type.
+pub use vdc_lab::cli::OutputFormat as Output;
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole cluster on this machine (server + agents in namespaces).
+    Lab(Box<vdc_lab::LabArgs>),
+    /// Hypervisor hosts.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Datastores.
+    #[command(subcommand)]
+    Datastore(DatastoreCmd),
+    /// Networks (port groups).
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Templates VMs are deployed from.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Long-running operations.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Stream cluster events until interrupted.
+    Events(EventsArgs),
+    /// Print the client's and the server's versions.
+    Version,
+}
+
+/// `vdc host ...`
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// List hosts.
+    #[command(alias = "ls")]
+    List,
+    /// Show one host.
+    Show {
+        /// Host name.
+        name: String,
+    },
+}
+
+/// `vdc datastore ...`
+#[derive(Debug, Subcommand)]
+pub enum DatastoreCmd {
+    /// List datastores.
+    #[command(alias = "ls")]
+    List,
+}
+
+/// `vdc network ...`
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// List networks.
+    #[command(alias = "ls")]
+    List,
+    /// Create a network on a bridge present on every host.
+    Create(NetworkCreateArgs),
+}
+
+/// `vdc network create`.
+#[derive(Debug, Args)]
+pub struct NetworkCreateArgs {
+    /// Network name.
+    pub name: String,
+    /// Linux bridge on each host.
+    #[arg(long)]
+    pub bridge: String,
+    /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: String,
+    /// Address pool for VMs, START-END (e.g. 10.77.0.100-10.77.0.199).
+    #[arg(long, value_name = "START-END", value_parser = parse_pool)]
+    pub pool: (String, String),
+    /// Gateway handed to guests.
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<std::net::IpAddr>,
+}
+
+/// `vdc template ...`
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// List templates.
+    #[command(alias = "ls")]
+    List,
+    /// Import a disk image (qcow2, raw, vmdk, vhdx…) as a template.
+    Import(TemplateImportArgs),
+}
+
+/// `vdc template import`.
+#[derive(Debug, Args)]
+pub struct TemplateImportArgs {
+    /// Template name.
+    pub name: String,
+    /// Shared datastore to keep the template in.
+    #[arg(long)]
+    pub datastore: String,
+    /// Image file, a path on the host doing the import.
+    #[arg(long, value_name = "PATH")]
+    pub source: PathBuf,
+    /// Host that reads the image (default: any connected host).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Whether to wait for the task an operation starts.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Print the task and return at once instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Longest time to wait for the task, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub wait_timeout: u64,
+}
+
+impl WaitArgs {
+    /// The wait timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.wait_timeout)
+    }
+}
+
+/// `vdc vm ...`
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Create a VM from a template or with a blank disk.
+    Create(VmCreateArgs),
+    /// List VMs.
+    #[command(alias = "ls")]
+    List,
+    /// Show one VM.
+    Show {
+        /// VM name.
+        name: String,
+    },
+    /// Power a VM on (or restore it from its suspended state).
+    Start {
+        /// VM name.
+        name: String,
+        /// Host to start on (default: placement decides).
+        #[arg(long)]
+        host: Option<String>,
+        /// Waiting behaviour.
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Power a VM off at once (pull the plug).
+    Stop(VmNameArgs),
+    /// Ask the guest to shut down; power off after the timeout.
+    Shutdown {
+        /// VM name.
+        name: String,
+        /// Seconds to wait for the guest before powering it off.
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=vdc_types::api::MAX_SHUTDOWN_TIMEOUT_S))]
+        timeout: Option<u64>,
+        /// Waiting behaviour.
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Hard-reset a running VM.
+    Reset(VmNameArgs),
+    /// Stop a VM's vCPUs, keeping it in memory.
+    Pause(VmNameArgs),
+    /// Save a VM's memory to its datastore and stop its process.
+    Suspend(VmNameArgs),
+    /// Continue a paused VM or start a suspended one.
+    Resume(VmNameArgs),
+    /// Delete a stopped VM and its disks.
+    #[command(alias = "rm")]
+    Delete {
+        /// VM name.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long)]
+        yes: bool,
+        /// Waiting behaviour.
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Print the tail of a VM's serial console.
+    Console {
+        /// VM name.
+        name: String,
+        /// How many bytes of the console's end to print.
+        #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
+        bytes: u64,
+        /// Keep printing new console output until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+}
+
+/// A VM operation that only needs the VM's name.
+#[derive(Debug, Args)]
+pub struct VmNameArgs {
+    /// VM name.
+    pub name: String,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `vdc vm create`.
+#[derive(Debug, Args)]
+pub struct VmCreateArgs {
+    /// VM name: letters, digits, '-', '_', '.'.
+    pub name: String,
+    /// Template to deploy from (default: a blank disk).
+    #[arg(long, short = 't')]
+    pub template: Option<String>,
+    /// Deploy as a linked clone of the template.
+    #[arg(long, requires = "template")]
+    pub linked: bool,
+    /// Virtual CPUs.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=vdc_types::api::MAX_CPUS as i64))]
+    pub cpus: Option<u32>,
+    /// Memory: MiB, or with a unit (256M, 1G, 1.5G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_mib)]
+    pub memory: Option<u64>,
+    /// Boot disk size in GiB.
+    #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(u64).range(1..=vdc_types::api::MAX_DISK_GIB))]
+    pub disk_gib: Option<u64>,
+    /// An extra blank data disk of this many GiB (repeatable).
+    #[arg(long = "data-disk", value_name = "GIB", value_parser = clap::value_parser!(u64).range(1..=vdc_types::api::MAX_DISK_GIB))]
+    pub data_disks: Vec<u64>,
+    /// Datastore for the VM's files.
+    #[arg(long)]
+    pub datastore: Option<String>,
+    /// Network of the first NIC.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Host to run on (default: placement decides).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Power the VM on once created.
+    #[arg(long)]
+    pub start: bool,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `vdc task ...`
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// List tasks.
+    #[command(alias = "ls")]
+    List,
+    /// Show one task.
+    Show {
+        /// Task id.
+        id: String,
+    },
+    /// Wait for a task to end; fails if the task fails.
+    Wait {
+        /// Task id.
+        id: String,
+        /// Longest time to wait, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        wait_timeout: u64,
+    },
+    /// Ask a task to stop; it undoes its partial work.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+}
+
+/// `vdc events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Topic filter, e.g. `vm.*` or `host.connected` (repeatable; default all).
+    #[arg(long = "topic", short = 't', value_name = "PATTERN")]
+    pub topics: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn output_is_accepted_after_any_verb() {
+        let cli = Cli::try_parse_from(["vdc", "vm", "list", "-o", "json"]).expect("parses");
+        assert_eq!(cli.output, Output::Json);
+        let cli = Cli::try_parse_from(["vdc", "-o", "json", "host", "show", "h1"]).expect("parses");
+        assert_eq!(cli.output, Output::Json);
+    }
+
+    #[test]
+    fn lab_status_shares_the_output_flag() {
+        for args in [
+            &["vdc", "lab", "status", "-o", "json"][..],
+            &["vdc", "-o", "json", "lab", "status"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert_eq!(cli.output, Output::Json, "{args:?}");
+            match cli.command {
+                Command::Lab(lab) => match lab.command {
+                    vdc_lab::LabCommand::Status(s) => assert_eq!(s.output, Output::Json),
+                    other => panic!("unexpected {other:?}"),
+                },
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let cli = Cli::try_parse_from(["vdc", "lab", "status"]).expect("parses");
+        assert_eq!(cli.output, Output::Table);
+    }
+
+    #[test]
+    fn create_parses_memory_forms() {
+        let cli = Cli::try_parse_from([
+            "vdc",
+            "vm",
+            "create",
+            "web-1",
+            "--template",
+            "t",
+            "--linked",
+            "--memory",
+            "1G",
+            "--cpus",
+            "2",
+            "--start",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Vm(VmCmd::Create(a)) => {
+                assert_eq!(a.memory, Some(1024));
+                assert_eq!(a.cpus, Some(2));
+                assert!(a.linked && a.start);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["vdc", "vm", "create", "a", "--memory", "lots"][..],
+            &["vdc", "vm", "create", "a", "--cpus", "0"],
+            &["vdc", "vm", "create", "a", "--linked"],
+            &[
+                "vdc",
+                "network",
+                "create",
+                "n",
+                "--bridge",
+                "b",
+                "--subnet",
+                "10.0.0.0/24",
+                "--pool",
+                "x",
+            ],
+            &["vdc", "vm", "list", "-o", "yaml"],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("must fail");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

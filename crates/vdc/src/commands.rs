@@ -1,0 +1,817 @@
+//! The client verbs: each one calls the REST API through [`Client`] and
+//! prints the answer as a table or as the API's own JSON.
+//!
+//! Operations that start a task wait for it unless `--no-wait` is given
+//! (see [`crate::wait`]); with `-o json` a waited VM operation prints the VM
+//! as it is after the task, other waited operations print the task.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use vdc_client::Client;
+use vdc_types::api::{
+    CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest, StartVmRequest,
+    Template,
+};
+use vdc_types::names::validate_name;
+use vdc_types::{now_ms, Datastore, DatastoreKind, Event, Host, Network, Task, Vm};
+
+use crate::cli::{
+    Command, DatastoreCmd, EventsArgs, HostCmd, NetworkCmd, NetworkCreateArgs, Output, TaskCmd,
+    TemplateCmd, TemplateImportArgs, VmCmd, VmCreateArgs, WaitArgs,
+};
+use crate::error::CliError;
+use crate::format::{
+    age, bytes, check_cidr, console_overlap, key_values, mib, or_dash, utc_time, Table,
+};
+use crate::wait::{state_word, wait_task};
+
+/// How often `vm console --follow` polls.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+/// How much of the console `--follow` fetches per poll; new output is found
+/// by overlapping it with the previous fetch, so it must exceed what a guest
+/// prints in one interval.
+const FOLLOW_WINDOW: u64 = 256 * 1024;
+
+/// What every client verb needs: the API client and the output format.
+pub struct Ctx {
+    /// REST API client.
+    pub client: Client,
+    /// Output format.
+    pub output: Output,
+}
+
+impl Ctx {
+    fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// Runs one client verb. `server`, `agent` and `lab` are handled by the
+/// caller and never reach here.
+pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Host(HostCmd::List) => host_list(ctx).await,
+        Command::Host(HostCmd::Show { name }) => host_show(ctx, &name).await,
+        Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
+        Command::Network(NetworkCmd::List) => network_list(ctx).await,
+        Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
+        Command::Template(TemplateCmd::List) => template_list(ctx).await,
+        Command::Template(TemplateCmd::Import(a)) => template_import(ctx, a).await,
+        Command::Vm(cmd) => vm(ctx, cmd).await,
+        Command::Task(cmd) => task(ctx, cmd).await,
+        Command::Events(a) => events(ctx, a).await,
+        Command::Version => version(ctx).await,
+        Command::Lab(_) => Err(CliError::Usage(
+            "server, agent and lab are not client verbs".to_string(),
+        )),
+    }
+}
+
+/// Writes `text` to standard output.
+pub fn out(text: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+        .map_err(|e| CliError::Io("write to standard output", e))
+}
+
+/// Prints `value` as pretty JSON followed by a newline.
+pub fn out_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).map_err(CliError::Json)?;
+    out(&format!("{text}\n"))
+}
+
+/// The API's word for a serde enum value (`connected`, `kvm`…).
+fn word<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), CliError> {
+    validate_name(kind, name).map_err(CliError::Usage)
+}
+
+// ---- hosts, datastores, networks, templates ----
+
+async fn host_list(ctx: &Ctx) -> Result<(), CliError> {
+    let mut hosts = ctx.client.list_hosts().await?;
+    if ctx.json() {
+        return out_json(&hosts);
+    }
+    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    out(&host_table(&hosts))
+}
+
+/// `host list` as a table.
+pub fn host_table(hosts: &[Host]) -> String {
+    let mut t = Table::new(&[
+        "NAME", "STATE", "ADDRESS", "ACCEL", "CPUS", "MEMORY", "FREE", "VMS",
+    ]);
+    for h in hosts {
+        t.row(vec![
+            h.name.clone(),
+            word(&h.state),
+            h.address.clone(),
+            h.accelerator.as_str().to_string(),
+            h.cpus.to_string(),
+            mib(h.memory_mib),
+            mib(h.memory_free_mib),
+            h.vm_count.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
+    let h = ctx.client.get_host(name).await?;
+    if ctx.json() {
+        return out_json(&h);
+    }
+    out(&key_values(&[
+        ("name", h.name.clone()),
+        ("state", word(&h.state)),
+        ("address", h.address.clone()),
+        ("agent", h.agent_url.clone()),
+        ("accelerator", h.accelerator.as_str().to_string()),
+        ("qemu", h.qemu_version.clone()),
+        ("cpus", format!("{} ({:.0}% used)", h.cpus, h.cpu_percent)),
+        (
+            "memory",
+            format!("{} ({} free)", mib(h.memory_mib), mib(h.memory_free_mib)),
+        ),
+        ("vms", h.vm_count.to_string()),
+        ("datastores", h.datastores.join(", ")),
+        (
+            "last seen",
+            format!("{} ago", age(h.last_seen_ms, now_ms())),
+        ),
+    ]))
+}
+
+async fn datastore_list(ctx: &Ctx) -> Result<(), CliError> {
+    let mut ds = ctx.client.list_datastores().await?;
+    if ctx.json() {
+        return out_json(&ds);
+    }
+    ds.sort_by(|a, b| a.name.cmp(&b.name));
+    out(&datastore_table(&ds))
+}
+
+/// `datastore list` as a table.
+pub fn datastore_table(ds: &[Datastore]) -> String {
+    let mut t = Table::new(&["NAME", "KIND", "HOST", "PATH", "CAPACITY", "FREE"]);
+    for d in ds {
+        let (kind, host) = match &d.kind {
+            DatastoreKind::Shared => ("shared", "-".to_string()),
+            DatastoreKind::Local { host } => ("local", host.clone()),
+        };
+        t.row(vec![
+            d.name.clone(),
+            kind.to_string(),
+            host,
+            d.path.clone(),
+            bytes(d.capacity_bytes),
+            bytes(d.free_bytes),
+        ]);
+    }
+    t.render()
+}
+
+async fn network_list(ctx: &Ctx) -> Result<(), CliError> {
+    let mut nets = ctx.client.list_networks().await?;
+    if ctx.json() {
+        return out_json(&nets);
+    }
+    nets.sort_by(|a, b| a.name.cmp(&b.name));
+    out(&network_table(&nets))
+}
+
+/// `network list` as a table.
+pub fn network_table(nets: &[Network]) -> String {
+    let mut t = Table::new(&["NAME", "BRIDGE", "SUBNET", "GATEWAY", "POOL"]);
+    for n in nets {
+        t.row(vec![
+            n.name.clone(),
+            n.bridge.clone(),
+            n.subnet.clone(),
+            or_dash(n.gateway.as_deref()),
+            format!("{}-{}", n.pool_start, n.pool_end),
+        ]);
+    }
+    t.render()
+}
+
+async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError> {
+    check_name("network", &a.name)?;
+    check_cidr(&a.subnet).map_err(CliError::Usage)?;
+    let net = Network {
+        name: a.name,
+        bridge: a.bridge,
+        subnet: a.subnet,
+        gateway: a.gateway.map(|g| g.to_string()),
+        pool_start: a.pool.0,
+        pool_end: a.pool.1,
+    };
+    let created = ctx.client.create_network(&net).await?;
+    if ctx.json() {
+        return out_json(&created);
+    }
+    out(&network_table(std::slice::from_ref(&created)))
+}
+
+async fn template_list(ctx: &Ctx) -> Result<(), CliError> {
+    let mut ts = ctx.client.list_templates().await?;
+    if ctx.json() {
+        return out_json(&ts);
+    }
+    ts.sort_by(|a, b| a.name.cmp(&b.name));
+    out(&template_table(&ts))
+}
+
+/// `template list` as a table.
+pub fn template_table(ts: &[Template]) -> String {
+    let mut t = Table::new(&["NAME", "DATASTORE", "PATH", "SIZE", "CREATED"]);
+    for tp in ts {
+        t.row(vec![
+            tp.name.clone(),
+            tp.datastore.clone(),
+            tp.path.clone(),
+            bytes(tp.size_bytes),
+            utc_time(tp.created_ms),
+        ]);
+    }
+    t.render()
+}
+
+async fn template_import(ctx: &Ctx, a: TemplateImportArgs) -> Result<(), CliError> {
+    check_name("template", &a.name)?;
+    let source =
+        std::path::absolute(&a.source).map_err(|e| CliError::Io("resolve the image path", e))?;
+    let source = source
+        .to_str()
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "image path '{}' is not valid UTF-8",
+                source.display()
+            ))
+        })?
+        .to_string();
+    let req = CreateTemplateRequest {
+        name: a.name,
+        datastore: a.datastore,
+        source,
+        host: a.host,
+    };
+    let task = ctx.client.create_template(&req).await?;
+    finish_task(ctx, task, a.wait).await
+}
+
+/// Waits for `task` (unless told not to) and prints the task.
+async fn finish_task(ctx: &Ctx, task: Task, wait: WaitArgs) -> Result<(), CliError> {
+    if wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    let done = wait_task(&ctx.client, &task, wait.timeout()).await?;
+    if ctx.json() {
+        out_json(&done)
+    } else {
+        Ok(())
+    }
+}
+
+fn print_started(ctx: &Ctx, task: &Task) -> Result<(), CliError> {
+    if ctx.json() {
+        out_json(task)
+    } else {
+        out(&format!("{}\n", task.id))
+    }
+}
+
+// ---- VMs ----
+
+async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
+    match cmd {
+        VmCmd::Create(a) => vm_create(ctx, a).await,
+        VmCmd::List => vm_list(ctx).await,
+        VmCmd::Show { name } => vm_show(ctx, &name).await,
+        VmCmd::Start { name, host, wait } => {
+            let body = serde_json::to_value(StartVmRequest { host }).map_err(CliError::Json)?;
+            vm_action(ctx, &name, "start", body, wait).await
+        }
+        VmCmd::Stop(a) => vm_action(ctx, &a.name, "stop", empty(), a.wait).await,
+        VmCmd::Shutdown {
+            name,
+            timeout,
+            wait,
+        } => {
+            let body = serde_json::to_value(ShutdownVmRequest { timeout_s: timeout })
+                .map_err(CliError::Json)?;
+            vm_action(ctx, &name, "shutdown", body, wait).await
+        }
+        VmCmd::Reset(a) => vm_action(ctx, &a.name, "reset", empty(), a.wait).await,
+        VmCmd::Pause(a) => vm_action(ctx, &a.name, "pause", empty(), a.wait).await,
+        VmCmd::Suspend(a) => vm_action(ctx, &a.name, "suspend", empty(), a.wait).await,
+        VmCmd::Resume(a) => vm_action(ctx, &a.name, "resume", empty(), a.wait).await,
+        VmCmd::Delete { name, yes, wait } => vm_delete(ctx, &name, yes, wait).await,
+        VmCmd::Console {
+            name,
+            bytes,
+            follow,
+        } => vm_console(ctx, &name, bytes, follow).await,
+    }
+}
+
+fn empty() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+async fn vm_create(ctx: &Ctx, a: VmCreateArgs) -> Result<(), CliError> {
+    check_name("VM", &a.name)?;
+    let req = CreateVmRequest {
+        name: a.name.clone(),
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        template: a.template,
+        linked_clone: a.linked,
+        disk_gib: a.disk_gib,
+        datastore: a.datastore,
+        network: a.network,
+        host: a.host,
+        start: a.start,
+        disks: a
+            .data_disks
+            .iter()
+            .map(|&size_gib| DiskRequest {
+                size_gib,
+                ..DiskRequest::default()
+            })
+            .collect(),
+    };
+    let task = ctx.client.create_vm(&req).await?;
+    finish_vm_task(ctx, &a.name, task, a.wait).await
+}
+
+async fn vm_action(
+    ctx: &Ctx,
+    name: &str,
+    action: &str,
+    body: serde_json::Value,
+    wait: WaitArgs,
+) -> Result<(), CliError> {
+    let task = ctx.client.vm_action(name, action, body).await?;
+    finish_vm_task(ctx, name, task, wait).await
+}
+
+/// Waits for a VM task, then prints the VM as it is now.
+async fn finish_vm_task(ctx: &Ctx, name: &str, task: Task, wait: WaitArgs) -> Result<(), CliError> {
+    if wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    wait_task(&ctx.client, &task, wait.timeout()).await?;
+    let vm = ctx.client.get_vm(name).await?;
+    if ctx.json() {
+        out_json(&vm)
+    } else {
+        out(&vm_table(std::slice::from_ref(&vm)))
+    }
+}
+
+async fn vm_list(ctx: &Ctx) -> Result<(), CliError> {
+    let mut vms = ctx.client.list_vms().await?;
+    if ctx.json() {
+        return out_json(&vms);
+    }
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    out(&vm_table(&vms))
+}
+
+/// `vm list` as a table.
+pub fn vm_table(vms: &[Vm]) -> String {
+    let mut t = Table::new(&["NAME", "STATE", "HOST", "CPUS", "MEMORY", "IP", "READY"]);
+    for v in vms {
+        t.row(vec![
+            v.name.clone(),
+            v.state.as_str().to_string(),
+            or_dash(v.host.as_deref()),
+            v.cpus.to_string(),
+            mib(v.memory_mib),
+            or_dash(v.guest.address.as_deref()),
+            if v.guest.ready { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+async fn vm_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
+    let vm = ctx.client.get_vm(name).await?;
+    if ctx.json() {
+        return out_json(&vm);
+    }
+    out(&vm_details(&vm, now_ms()))
+}
+
+/// `vm show` as `key: value` lines.
+pub fn vm_details(v: &Vm, now: u64) -> String {
+    let mut pairs: Vec<(&str, String)> = vec![
+        ("name", v.name.clone()),
+        ("id", v.id.clone()),
+        ("state", v.state.as_str().to_string()),
+        ("host", or_dash(v.host.as_deref())),
+        ("cpus", v.cpus.to_string()),
+        ("memory", mib(v.memory_mib)),
+        ("datastore", v.datastore.clone()),
+        ("template", or_dash(v.template.as_deref())),
+    ];
+    for d in &v.disks {
+        pairs.push((
+            "disk",
+            format!(
+                "{} {}:{} ({})",
+                d.name,
+                d.datastore,
+                d.path,
+                bytes(d.size_bytes)
+            ),
+        ));
+    }
+    for n in &v.nics {
+        pairs.push((
+            "nic",
+            format!(
+                "{} {} ip {} gw {}",
+                n.network,
+                n.mac,
+                or_dash(n.ip.as_deref()),
+                or_dash(n.gateway.as_deref())
+            ),
+        ));
+    }
+    let g = &v.guest;
+    pairs.push((
+        "guest ready",
+        if g.ready { "yes" } else { "no" }.to_string(),
+    ));
+    pairs.push(("guest hostname", or_dash(g.hostname.as_deref())));
+    pairs.push(("guest address", or_dash(g.address.as_deref())));
+    pairs.push(("guest boot id", or_dash(g.boot_id.as_deref())));
+    pairs.push((
+        "guest heartbeat",
+        g.last_heartbeat_ms
+            .map(|t| format!("{} ago", age(t, now)))
+            .unwrap_or_else(|| "-".to_string()),
+    ));
+    if let Some(s) = &v.stats {
+        pairs.push((
+            "usage",
+            format!("cpu {:.0}%, rss {}", s.cpu_percent, bytes(s.rss_bytes)),
+        ));
+    }
+    pairs.push(("created", utc_time(v.created_ms)));
+    key_values(&pairs)
+}
+
+async fn vm_delete(ctx: &Ctx, name: &str, yes: bool, wait: WaitArgs) -> Result<(), CliError> {
+    if !yes && !confirm(&format!("Delete VM '{name}' and its disks? [y/N] "))? {
+        return Err(CliError::Usage(if std::io::stdin().is_terminal() {
+            format!("VM '{name}' was not deleted")
+        } else {
+            format!("refusing to delete VM '{name}' without confirmation; pass --yes")
+        }));
+    }
+    let task = ctx.client.delete_vm(name).await?;
+    if wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    let done = wait_task(&ctx.client, &task, wait.timeout()).await?;
+    if ctx.json() {
+        out_json(&done)
+    } else {
+        out(&format!("vm {name} deleted\n"))
+    }
+}
+
+/// Asks a yes/no question on the terminal; `false` when stdin is not one.
+fn confirm(question: &str) -> Result<bool, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::Io("read the answer", e))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+async fn vm_console(ctx: &Ctx, name: &str, n: u64, follow: bool) -> Result<(), CliError> {
+    let window = if follow { n.max(FOLLOW_WINDOW) } else { n };
+    let first = ctx.client.console(name, window).await?;
+    let first_bytes = first.as_bytes();
+    let shown = &first_bytes[first_bytes.len().saturating_sub(n as usize)..];
+    print_console(ctx, name, shown)?;
+    if !follow {
+        return Ok(());
+    }
+    let mut prev = first;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+        }
+        let cur = ctx.client.console(name, window).await?;
+        let skip = console_overlap(prev.as_bytes(), cur.as_bytes());
+        let new = &cur.as_bytes()[skip..];
+        if !new.is_empty() {
+            print_console(ctx, name, new)?;
+        }
+        prev = cur;
+    }
+}
+
+fn print_console(ctx: &Ctx, name: &str, data: &[u8]) -> Result<(), CliError> {
+    let text = String::from_utf8_lossy(data);
+    if ctx.json() {
+        let line = serde_json::json!({ "vm": name, "console": text });
+        out(&format!("{line}\n"))
+    } else {
+        out(&text)
+    }
+}
+
+// ---- tasks ----
+
+async fn task(ctx: &Ctx, cmd: TaskCmd) -> Result<(), CliError> {
+    match cmd {
+        TaskCmd::List => {
+            let mut tasks = ctx.client.list_tasks().await?;
+            if ctx.json() {
+                return out_json(&tasks);
+            }
+            tasks.sort_by_key(|t| t.created_ms);
+            out(&task_table(&tasks, now_ms()))
+        }
+        TaskCmd::Show { id } => {
+            let t = ctx.client.get_task(&id).await?;
+            print_task(ctx, &t)
+        }
+        TaskCmd::Wait { id, wait_timeout } => {
+            let t = ctx.client.get_task(&id).await?;
+            let done = wait_task(&ctx.client, &t, Duration::from_secs(wait_timeout)).await?;
+            print_task(ctx, &done)
+        }
+        TaskCmd::Cancel { id } => {
+            let t = ctx.client.cancel_task(&id).await?;
+            print_task(ctx, &t)
+        }
+    }
+}
+
+fn print_task(ctx: &Ctx, t: &Task) -> Result<(), CliError> {
+    if ctx.json() {
+        out_json(t)
+    } else {
+        out(&task_details(t))
+    }
+}
+
+/// `task list` as a table.
+pub fn task_table(tasks: &[Task], now: u64) -> String {
+    let mut t = Table::new(&["ID", "KIND", "TARGET", "STATE", "PROGRESS", "AGE", "STAGE"]);
+    for task in tasks {
+        t.row(vec![
+            task.id.clone(),
+            task.kind.clone(),
+            task.target.clone(),
+            state_word(task.state).to_string(),
+            format!("{}%", task.progress),
+            age(task.created_ms, now),
+            or_dash(task.stage.as_deref()),
+        ]);
+    }
+    t.render()
+}
+
+/// `task show` as `key: value` lines.
+pub fn task_details(t: &Task) -> String {
+    let mut pairs: Vec<(&str, String)> = vec![
+        ("id", t.id.clone()),
+        ("kind", t.kind.clone()),
+        ("target", format!("{} {}", t.target_kind, t.target)),
+        ("state", state_word(t.state).to_string()),
+        ("progress", format!("{}%", t.progress)),
+        ("stage", or_dash(t.stage.as_deref())),
+    ];
+    if let Some(e) = &t.error {
+        pairs.push(("error", format!("{} ({})", e.message, word(&e.code))));
+    }
+    if t.cancel_requested {
+        pairs.push(("cancel", "requested".to_string()));
+    }
+    pairs.push(("created", utc_time(t.created_ms)));
+    if let Some(s) = t.started_ms {
+        pairs.push(("started", utc_time(s)));
+    }
+    if let Some(f) = t.finished_ms {
+        pairs.push(("finished", utc_time(f)));
+    }
+    key_values(&pairs)
+}
+
+// ---- events, version ----
+
+async fn events(ctx: &Ctx, a: EventsArgs) -> Result<(), CliError> {
+    for t in &a.topics {
+        if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
+            return Err(CliError::Usage(format!(
+                "topic pattern '{t}' is not valid; use e.g. 'vm.*' or 'host.connected'"
+            )));
+        }
+    }
+    let stream = ctx.client.events(&a.topics).await?;
+    tokio::pin!(stream);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let next = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            n = stream.next() => n,
+        };
+        match next {
+            None => return Err(CliError::StreamClosed),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(ev)) => {
+                if ctx.json() {
+                    let line = serde_json::to_string(&ev).map_err(CliError::Json)?;
+                    out(&format!("{line}\n"))?;
+                } else {
+                    out(&event_line(&ev))?;
+                }
+            }
+        }
+    }
+}
+
+/// One event as a line: time, topic, object, message.
+pub fn event_line(ev: &Event) -> String {
+    format!(
+        "{}  {:<20}  {:<16}  {}\n",
+        utc_time(ev.time_ms),
+        ev.topic,
+        ev.object,
+        ev.message.replace('\n', " ")
+    )
+}
+
+async fn version(ctx: &Ctx) -> Result<(), CliError> {
+    let client_version = env!("CARGO_PKG_VERSION");
+    let server = ctx.client.version().await;
+    if ctx.json() {
+        let server = server.as_ref().ok();
+        return out_json(&serde_json::json!({
+            "client": { "version": client_version },
+            "server": server,
+        }));
+    }
+    let mut text = format!("client: vdc {client_version}\n");
+    match server {
+        Ok(v) => text.push_str(&format!("server: vdc {} (api {})\n", v.version, v.api)),
+        Err(e) => text.push_str(&format!("server: unknown ({e})\n")),
+    }
+    out(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdc_types::{Accelerator, GuestInfo, HostState, VmPowerState};
+
+    fn vm(name: &str, state: VmPowerState, addr: Option<&str>) -> Vm {
+        Vm {
+            id: format!("id-{name}"),
+            name: name.into(),
+            state,
+            host: addr.map(|_| "host-1".to_string()),
+            cpus: 2,
+            memory_mib: 1536,
+            datastore: "shared".into(),
+            disks: vec![],
+            nics: vec![],
+            guest: GuestInfo {
+                ready: addr.is_some(),
+                address: addr.map(str::to_string),
+                ..GuestInfo::default()
+            },
+            stats: None,
+            template: None,
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn vm_table_columns() {
+        let out = vm_table(&[
+            vm("web-1", VmPowerState::Running, Some("10.77.0.100")),
+            vm("db", VmPowerState::Stopped, None),
+        ]);
+        let lines: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            ["NAME", "STATE", "HOST", "CPUS", "MEMORY", "IP", "READY"]
+        );
+        assert_eq!(
+            lines[1],
+            [
+                "web-1",
+                "running",
+                "host-1",
+                "2",
+                "1.5G",
+                "10.77.0.100",
+                "yes"
+            ]
+        );
+        assert_eq!(lines[2], ["db", "stopped", "-", "2", "1.5G", "-", "no"]);
+    }
+
+    #[test]
+    fn host_table_columns() {
+        let h = Host {
+            name: "host-1".into(),
+            address: "10.77.0.11".into(),
+            agent_url: "http://10.77.0.11:8600".into(),
+            state: HostState::Connected,
+            accelerator: Accelerator::Tcg,
+            qemu_version: "10.0".into(),
+            cpus: 2,
+            memory_mib: 4096,
+            memory_free_mib: 3000,
+            cpu_percent: 3.0,
+            vm_count: 1,
+            datastores: vec!["shared".into()],
+            last_seen_ms: 0,
+        };
+        let out = host_table(&[h]);
+        let lines: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0],
+            ["NAME", "STATE", "ADDRESS", "ACCEL", "CPUS", "MEMORY", "FREE", "VMS"]
+        );
+        assert_eq!(
+            lines[1],
+            [
+                "host-1",
+                "connected",
+                "10.77.0.11",
+                "tcg",
+                "2",
+                "4G",
+                "2.9G",
+                "1"
+            ]
+        );
+    }
+
+    #[test]
+    fn vm_details_show_guest() {
+        let text = vm_details(&vm("web-1", VmPowerState::Running, Some("10.77.0.100")), 0);
+        assert!(text.contains("state:"), "{text}");
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("guest address:") && l.ends_with("10.77.0.100")));
+    }
+
+    #[test]
+    fn event_lines() {
+        let ev = Event {
+            seq: 1,
+            time_ms: 0,
+            topic: "vm.state_changed".into(),
+            object: "web-1".into(),
+            message: "web-1 is running\non host-1".into(),
+            data: serde_json::Value::Null,
+        };
+        let line = event_line(&ev);
+        assert!(line.starts_with("1970-01-01T00:00:00.000Z  vm.state_changed"));
+        assert!(line.ends_with("web-1 is running on host-1\n"));
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+}

@@ -1,0 +1,112 @@
+#!/bin/bash
+# Prepare a Debian 12 (bookworm) machine to run vdc. Run as root.
+#
+# Usage: scripts/setup.sh [--deps-only | --image-only] [--lab]
+#
+#   (no flag)      install packages, build the vdc binary, build the guest image
+#   --deps-only    install packages only
+#   --image-only   build the guest image only
+#   --lab          at the end, exec `target/release/vdc lab up`
+#
+# Steps:
+#   1. add the bookworm-backports suite to apt unless a source already lists
+#      it: the preinstalled qemu-utils 10 (from backports) breaks bookworm's
+#      qemu-system-x86 7.2, so QEMU and the kernel come from backports;
+#   2. install only the packages that are missing (dpkg-query), running
+#      `apt-get update` only when something must be installed;
+#   3. `cargo build --release -p vdc`;
+#   4. scripts/build-guest-image.sh (cached: a re-run costs nothing).
+# Every step checks before it acts, so a re-run is fast and changes nothing.
+set -euo pipefail
+
+log() { echo "setup: $*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+repo=$(dirname "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")")
+
+do_deps=1
+do_build=1
+do_image=1
+do_lab=0
+for arg in "$@"; do
+    case "$arg" in
+        --deps-only) do_build=0 do_image=0 ;;
+        --image-only) do_deps=0 do_build=0 ;;
+        --lab) do_lab=1 ;;
+        -h | --help)
+            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *) die "unknown argument: $arg (see --help)" ;;
+    esac
+done
+
+# Packages taken from bookworm-backports (QEMU 10, kernel 6.12).
+backports_pkgs=(qemu-system-x86 linux-image-amd64)
+# Packages from bookworm: guest image tools.
+base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlinux
+    dosfstools mtools fdisk e2fsprogs)
+
+installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]
+}
+
+have_backports_source() {
+    grep -rqs --include='*.list' --include='*.sources' 'bookworm-backports' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null
+}
+
+install_deps() {
+    [ "$(id -u)" = 0 ] || die "installing packages needs root"
+    local missing_bp=() missing_base=() p
+    for p in "${backports_pkgs[@]}"; do installed "$p" || missing_bp+=("$p"); done
+    for p in "${base_pkgs[@]}"; do installed "$p" || missing_base+=("$p"); done
+    if [ ${#missing_bp[@]} -eq 0 ] && [ ${#missing_base[@]} -eq 0 ]; then
+        log "packages: all present"
+        return
+    fi
+    if ! have_backports_source; then
+        log "adding bookworm-backports to apt sources"
+        cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    log "apt-get update"
+    apt-get update -qq >&2
+    if [ ${#missing_bp[@]} -gt 0 ]; then
+        log "installing from bookworm-backports: ${missing_bp[*]}"
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports "${missing_bp[@]}" >&2
+    fi
+    if [ ${#missing_base[@]} -gt 0 ]; then
+        log "installing: ${missing_base[*]}"
+        apt-get install -y -qq --no-install-recommends "${missing_base[@]}" >&2
+    fi
+}
+
+build_vdc() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, e.g. rustup)"
+    log "cargo build --release -p vdc"
+    (cd "$repo" && cargo build --release -p vdc) >&2
+}
+
+build_image() {
+    log "guest image"
+    "$repo/scripts/build-guest-image.sh"
+}
+
+if [ $do_deps = 1 ]; then install_deps; fi
+if [ $do_build = 1 ]; then build_vdc; fi
+if [ $do_image = 1 ]; then build_image; fi
+if [ $do_lab = 1 ]; then
+    cd "$repo"
+    exec target/release/vdc lab up
+fi
+exit 0
