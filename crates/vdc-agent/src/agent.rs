@@ -829,10 +829,14 @@ impl Agent {
             )));
         }
         slot.apply(Input::SuspendStarted);
-        match vm
-            .suspend_to_file(|p| tracing::debug!(vm = %id, percent = p, "suspending"))
-            .await
-        {
+        let v = vm.clone();
+        let vm_id = id.to_string();
+        let saved = off_task(move || async move {
+            v.suspend_to_file(|p| tracing::debug!(vm = %vm_id, percent = p, "suspending"))
+                .await
+        })
+        .await;
+        match saved {
             Ok(()) => {
                 self.wait_supervisor(&slot).await;
                 Ok(slot.apply(Input::SuspendDone))

@@ -181,7 +181,6 @@ async fn resume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiR
     Ok(Json(agent.resume(&id).await?))
 }
 
-#[axum::debug_handler]
 async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
     Ok(Json(agent.suspend(&id).await?))
 }

@@ -35,8 +35,9 @@ pub(crate) async fn run(agent: Arc<Agent>) {
         let sample_cpu = now >= next_sample;
         if sample_cpu {
             next_sample = now + PERIOD;
-            ticks = ticks.wrapping_add(1);
-            if ticks % MOVED_CHECK_EVERY == 0 {
+            ticks += 1;
+            if ticks >= MOVED_CHECK_EVERY {
+                ticks = 0;
                 agent.forget_moved_vms();
             }
         }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use vdc_types::agent::VmRuntime;
 use vdc_types::{VmConfig, VmPowerState};
@@ -61,7 +61,6 @@ pub(crate) struct VmSlot {
     /// Serializes operations on this VM.
     pub op: tokio::sync::Mutex<()>,
     inner: Mutex<SlotInner>,
-    state_tx: watch::Sender<VmPowerState>,
     run_dir: PathBuf,
     changed: Arc<Notify>,
 }
@@ -83,7 +82,6 @@ impl VmSlot {
             stats: None,
             since_ms: vdc_types::now_ms(),
         };
-        let (state_tx, _) = watch::channel(state);
         VmSlot {
             id: config.id.clone(),
             op: tokio::sync::Mutex::new(()),
@@ -96,7 +94,6 @@ impl VmSlot {
                 supervisor: None,
                 guest_task: None,
             }),
-            state_tx,
             run_dir,
             changed,
         }
@@ -106,11 +103,6 @@ impl VmSlot {
     /// plain state that every writer leaves consistent).
     pub fn inner(&self) -> MutexGuard<'_, SlotInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The runtime directory.
-    pub fn run_dir(&self) -> &Path {
-        &self.run_dir
     }
 
     /// Current runtime view.
@@ -148,7 +140,6 @@ impl VmSlot {
         };
         if changed {
             self.persist_state(&rt, taps);
-            self.state_tx.send_replace(rt.state);
             self.changed.notify_one();
         }
         rt
@@ -163,7 +154,6 @@ impl VmSlot {
             (inner.runtime.clone(), inner.taps.clone())
         };
         self.persist_state(&rt, taps);
-        self.state_tx.send_replace(state);
         self.changed.notify_one();
     }
 
@@ -196,20 +186,6 @@ impl VmSlot {
         if let Err(e) = res {
             tracing::warn!(vm = %self.id, error = %e, "cannot record VM state in the state directory");
         }
-    }
-
-    /// Waits until the state satisfies `pred`, at most `timeout`; returns
-    /// whether it did.
-    pub async fn wait_state(
-        &self,
-        timeout: std::time::Duration,
-        pred: impl Fn(VmPowerState) -> bool,
-    ) -> bool {
-        let mut rx = self.state_tx.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|s| pred(*s)))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
     }
 }
 

@@ -398,7 +398,9 @@ where
 pub fn default_image(vdc_binary: &Path) -> Result<PathBuf> {
     let cached = PathBuf::from(DEFAULT_IMAGE);
     if cached.is_file() {
-        return Ok(cached);
+        // The cache path is a symlink to the latest build; import the build
+        // itself so the template's source stays what it was.
+        return Ok(cached.canonicalize().unwrap_or(cached));
     }
     let binary = vdc_binary
         .canonicalize()

@@ -221,9 +221,26 @@ async fn survives_handle_drop_then_power_off() {
     vm.power_off().await.expect("power off");
     assert!(vm.has_exited());
     wait_event(&mut events, "SHUTDOWN").await;
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists()
-            || Vm::attach(&fx.paths).await.expect("attach").is_none()
-    );
     assert!(Vm::attach(&fx.paths).await.expect("attach").is_none());
+}
+
+#[tokio::test]
+async fn a_failed_start_reports_the_qemu_log() {
+    let mut fx = fixture("broken");
+    fx.spec.disks[0].path = fx.paths.vm_dir.join("missing.qcow2");
+    let err = Vm::launch(&fx.spec, &fx.paths)
+        .await
+        .expect_err("QEMU cannot open the disk");
+    let text = err.to_string();
+    assert!(text.contains("missing.qcow2"), "{text}");
+    assert!(Vm::attach(&fx.paths).await.expect("attach").is_none());
+
+    let long = VmPaths::new(fx.paths.run_dir.join("x".repeat(120)), &fx.paths.vm_dir);
+    let err = Vm::launch(&fx.spec, &long)
+        .await
+        .expect_err("path too long");
+    assert!(
+        matches!(err, vdc_qemu::QemuError::SocketPathTooLong { .. }),
+        "{err}"
+    );
 }

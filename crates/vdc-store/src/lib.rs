@@ -28,6 +28,26 @@
 //! Implementations: [`RedbStore`] (embedded, default). The [`conformance`]
 //! module holds the behaviour every implementation must show; an
 //! implementation proves itself with [`store_conformance_tests!`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vdc_store::{RedbStore, Store, StoreError, StoreExt, WatchEvent};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), StoreError> {
+//! let store: Arc<dyn Store> = Arc::new(RedbStore::open_in_memory().await?);
+//! store.create_json("/hosts/h1", &3u32).await?;
+//! let n = store
+//!     .update_json("/hosts/h1", |n: u32| Ok::<_, StoreError>(n + 1))
+//!     .await?;
+//! assert_eq!(n, 4);
+//! let mut watch = store.watch("/hosts/").await?;
+//! store.delete("/hosts/h1").await?;
+//! assert!(matches!(watch.recv().await, Some(Ok(WatchEvent::Delete { .. }))));
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod conformance;
 mod error;

@@ -61,6 +61,10 @@ pub use vdc_lab::cli::OutputFormat as Output;
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the control plane (REST API, tasks, placement).
+    Server(Box<vdc_api::ServerArgs>),
+    /// Run a host's agent (QEMU supervision, heartbeats).
+    Agent(Box<vdc_agent::AgentArgs>),
     /// Run a whole cluster on this machine (server + agents in namespaces).
     Lab(Box<vdc_lab::LabArgs>),
     /// Hypervisor hosts.

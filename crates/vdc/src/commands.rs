@@ -64,7 +64,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,
         Command::Version => version(ctx).await,
-        Command::Lab(_) => Err(CliError::Usage(
+        Command::Server(_) | Command::Agent(_) | Command::Lab(_) => Err(CliError::Usage(
             "server, agent and lab are not client verbs".to_string(),
         )),
     }

@@ -61,6 +61,19 @@ fn main() -> ExitCode {
 /// Runs the parsed command.
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Server(args) => {
+            init_tracing();
+            vdc_api::run_server(*args).await.map_err(CliError::Process)
+        }
+        Command::Agent(args) => {
+            init_tracing();
+            let config = args
+                .into_config()
+                .map_err(|e| CliError::Process(e.into()))?;
+            vdc_agent::run(config)
+                .await
+                .map_err(|e| CliError::Process(e.into()))
+        }
         Command::Lab(args) => vdc_lab::run(*args).await.map_err(CliError::Process),
         command => {
             let client = vdc_client::Client::from_env()?;

@@ -1,0 +1,232 @@
+//! Every kind of bad input gets a 4xx with a `{code, message}` body that says
+//! what was wrong, and nothing is left half-created.
+//!
+//! The server runs in-process on an embedded store; one host reports in the
+//! way an agent does (no VM is started here: the end-to-end tests in the
+//! `vdc` crate do that on real guests).
+
+use std::sync::Arc;
+
+use serde_json::json;
+use vdc_api::{router, AppState};
+use vdc_client::{Client, ClientError};
+use vdc_control::Cluster;
+use vdc_store::RedbStore;
+use vdc_types::agent::{DatastoreReport, HostReport};
+use vdc_types::api::{CreateVmRequest, DiskRequest};
+use vdc_types::{Accelerator, ErrorCode, Network};
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+async fn server() -> (String, Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("state.redb")).await.unwrap();
+    let cluster = Cluster::open(Arc::new(store), TOKEN.into()).await.unwrap();
+    let app = router(AppState { cluster, token: Arc::new(TOKEN.into()) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = Client::new(&url, Some(TOKEN.into()));
+    let report = HostReport {
+        name: "host-1".into(),
+        address: "127.0.0.1".into(),
+        agent_url: "http://127.0.0.1:9".into(),
+        accelerator: Accelerator::Tcg,
+        qemu_version: "10.0.2".into(),
+        cpus: 2,
+        memory_mib: 4096,
+        memory_free_mib: 3000,
+        cpu_percent: 1.0,
+        datastores: vec![DatastoreReport {
+            name: "shared".into(),
+            path: "/srv/shared".into(),
+            shared: true,
+            capacity_bytes: 1 << 40,
+            free_bytes: 1 << 39,
+        }],
+        vms: vec![],
+        agent_started_ms: 1,
+    };
+    let r = reqwest::Client::new()
+        .post(format!("{url}/api/v1/agent/report"))
+        .bearer_auth(TOKEN)
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    (url, client, dir)
+}
+
+fn api_code(r: Result<impl std::fmt::Debug, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Api(e)) => {
+            assert!(!e.message.is_empty());
+            (e.code, e.message)
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn vm(name: &str) -> CreateVmRequest {
+    CreateVmRequest { name: name.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn bad_vm_requests_are_refused_and_leave_nothing() {
+    let (_url, c, _d) = server().await;
+
+    let (code, msg) = api_code(c.get_vm("nope").await);
+    assert_eq!(code, ErrorCode::NotFound);
+    assert!(msg.contains("nope"), "{msg}");
+
+    for bad in ["", "-x", "a b", "x/y", "ä", &"a".repeat(64)] {
+        let (code, _) = api_code(c.create_vm(&vm(bad)).await);
+        assert_eq!(code, ErrorCode::InvalidInput, "name {bad:?}");
+    }
+
+    let (code, msg) = api_code(c.create_vm(&CreateVmRequest { memory_mib: Some(0), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::InvalidInput);
+    assert!(msg.contains("memory"), "{msg}");
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { cpus: Some(0), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::InvalidInput);
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { cpus: Some(1000), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::InvalidInput);
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { disk_gib: Some(0), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::InvalidInput);
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { cpus: Some(64), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::InsufficientCapacity, "more vCPUs than any host");
+
+    let (code, msg) = api_code(c.create_vm(&CreateVmRequest { memory_mib: Some(1 << 30), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::InsufficientCapacity);
+    assert!(msg.contains("more than any host"), "{msg}");
+
+    for path in ["/etc/passwd.qcow2", "../escape.qcow2", "a/../../b.qcow2"] {
+        let req = CreateVmRequest {
+            disks: vec![DiskRequest { size_gib: 1, datastore: None, path: Some(path.into()) }],
+            ..vm("a")
+        };
+        let (code, msg) = api_code(c.create_vm(&req).await);
+        assert_eq!(code, ErrorCode::InvalidInput, "{path}");
+        assert!(msg.contains("outside datastore"), "{msg}");
+    }
+
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { template: Some("missing".into()), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { datastore: Some("missing".into()), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { network: Some("missing".into()), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = api_code(c.create_vm(&CreateVmRequest { host: Some("missing".into()), ..vm("a") }).await);
+    assert_eq!(code, ErrorCode::NotFound);
+
+    let (code, _) = api_code(c.vm_action("nope", "start", json!({})).await);
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = api_code(c.delete_vm("nope").await);
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = api_code(c.get_task("no-such-task").await);
+    assert_eq!(code, ErrorCode::NotFound);
+
+    assert!(c.list_vms().await.unwrap().is_empty(), "a refused request left a VM behind");
+    assert!(c.list_tasks().await.unwrap().is_empty(), "a refused request started a task");
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_json_errors() {
+    let (url, _c, _d) = server().await;
+    let http = reqwest::Client::new();
+    let cases: Vec<(&str, &str)> = vec![
+        ("{not json", "not valid JSON"),
+        ("{\"name\": 5}", "wrong field"),
+        ("{\"name\": \"a\", \"colour\": \"red\"}", "wrong field"),
+        ("[]", "wrong field"),
+    ];
+    for (body, want) in cases {
+        let r = http
+            .post(format!("{url}/api/v1/vms"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: vdc_types::ApiError = r.json().await.expect("JSON error body");
+        assert_eq!(e.code, ErrorCode::InvalidInput);
+        assert!(e.message.contains(want), "{body}: {}", e.message);
+    }
+    let r = http.post(format!("{url}/api/v1/vms/x/start")).bearer_auth(TOKEN).body("{oops").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.get(format!("{url}/api/v1/vms")).bearer_auth("wrong-token").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let e: vdc_types::ApiError = r.json().await.unwrap();
+    assert_eq!(e.code, ErrorCode::Unauthorized);
+    let r = http.get(format!("{url}/api/v1/vms")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(format!("{url}/api/v1/no/such/path")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let _: vdc_types::ApiError = r.json().await.unwrap();
+    let r = http.get(format!("{url}/api/v1/events?topics=vm.x*")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http.get(format!("{url}/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = r.json().await.unwrap();
+    assert!(doc["paths"]["/api/v1/vms"].is_object());
+}
+
+#[tokio::test]
+async fn networks_are_validated() {
+    let (_url, c, _d) = server().await;
+    let good = Network {
+        name: "lab".into(),
+        bridge: "vmbr0".into(),
+        subnet: "10.77.9.0/24".into(),
+        gateway: None,
+        pool_start: "10.77.9.100".into(),
+        pool_end: "10.77.9.199".into(),
+    };
+    c.create_network(&good).await.unwrap();
+    let (code, msg) = api_code(c.create_network(&good).await);
+    assert_eq!(code, ErrorCode::AlreadyExists);
+    assert!(msg.contains("already exists"));
+    let bad = [
+        Network { name: "bad name".into(), ..good.clone() },
+        Network { name: "n2".into(), bridge: "this-bridge-name-is-too-long".into(), ..good.clone() },
+        Network { name: "n2".into(), subnet: "10.77.9.1/24".into(), ..good.clone() },
+        Network { name: "n2".into(), subnet: "banana".into(), ..good.clone() },
+        Network { name: "n2".into(), pool_start: "10.77.10.1".into(), ..good.clone() },
+        Network { name: "n2".into(), pool_start: "10.77.9.200".into(), ..good.clone() },
+        Network { name: "n2".into(), gateway: Some("1.2.3.4".into()), ..good.clone() },
+    ];
+    for n in bad {
+        let (code, _) = api_code(c.create_network(&n).await);
+        assert_eq!(code, ErrorCode::InvalidInput, "{n:?}");
+    }
+    assert_eq!(c.list_networks().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn events_stream_filters_topics() {
+    use futures::StreamExt;
+    let (_url, c, _d) = server().await;
+    let stream = c.events(&["network.*".to_string()]).await.unwrap();
+    let mut stream = Box::pin(stream);
+    let n = Network {
+        name: "ev".into(),
+        bridge: "vmbr0".into(),
+        subnet: "10.77.8.0/24".into(),
+        gateway: None,
+        pool_start: "10.77.8.10".into(),
+        pool_end: "10.77.8.20".into(),
+    };
+    c.create_network(&n).await.unwrap();
+    let ev = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream open")
+        .expect("valid event");
+    assert_eq!(ev.topic, "network.created");
+    assert_eq!(ev.object, "ev");
+    let hist = c.list_hosts().await.unwrap();
+    assert_eq!(hist.len(), 1);
+}

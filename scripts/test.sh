@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs vdc's whole test suite: unit, store conformance, API, and end-to-end
+# tests that boot real guests under QEMU (KVM where it works, TCG otherwise).
+# Needs root (network namespaces, bridges, taps). Installs what is missing
+# first, so it works on a fresh Debian 12 machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: the test suite needs root (it creates network namespaces and bridges)" >&2
+  exit 2
+fi
+
+scripts/setup.sh --deps-only
+scripts/build-guest-image.sh >/dev/null
+
+export RUST_BACKTRACE=1
+# Debug builds; the e2e tests find the binary through Cargo.
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast -- --test-threads="${VDC_TEST_THREADS:-4}"
