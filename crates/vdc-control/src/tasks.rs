@@ -245,7 +245,7 @@ impl TaskEngine {
             .into_iter()
             .map(|(_, t)| t)
             .collect();
-        v.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        v.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
         Ok(v)
     }
 

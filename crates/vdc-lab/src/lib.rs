@@ -18,6 +18,8 @@
 //!
 //! Everything needs root.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod error;
 pub mod ip;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TestInfraError {
     /// The lab failed.
-    #[error("test lab failed")]
+    #[error("starting the test lab failed")]
     Lab(#[from] vdc_lab::LabError),
     /// The temporary directory could not be made.
     #[error("cannot create a temporary directory")]

@@ -15,6 +15,8 @@
 //! 3. drops the lab: everything is torn down, and if the test panicked the
 //!    server, agent and VM console logs are printed first.
 
+#![warn(missing_docs)]
+
 mod error;
 mod guest;
 mod wait;
@@ -142,7 +144,7 @@ impl TestLabBuilder {
     pub async fn start(self) -> TestLab {
         match self.try_start().await {
             Ok(lab) => lab,
-            Err(e) => panic!("starting a test lab failed: {}", error_chain(&e)),
+            Err(e) => panic!("{}", error_chain(&e)),
         }
     }
 

@@ -23,8 +23,14 @@ use crate::format::{parse_memory_mib, parse_pool};
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// URL of the vdc server's REST API.
-    #[arg(long, global = true, env = "VDC_URL", value_name = "URL")]
+    /// URL of the vdc server's REST API [default: http://127.0.0.1:8500].
+    #[arg(
+        long,
+        global = true,
+        env = "VDC_URL",
+        value_name = "URL",
+        help_heading = "Client options"
+    )]
     pub url: Option<String>,
     /// API token (default: read from the file named by VDC_TOKEN_FILE or the
     /// lab's token file).
@@ -33,7 +39,8 @@ pub struct Cli {
         global = true,
         env = "VDC_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        help_heading = "Client options"
     )]
     pub token: Option<String>,
     /// Output format.
@@ -42,7 +49,8 @@ pub struct Cli {
         long,
         global = true,
         value_enum,
-        default_value_t = Output::Table
+        default_value_t = Output::Table,
+        help_heading = "Client options"
     )]
     pub output: Output,
     /// What to do.

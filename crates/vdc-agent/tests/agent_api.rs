@@ -1,0 +1,575 @@
+//! The agent driven through its HTTP API against a real QEMU guest (TCG, no
+//! NICs): provision from a template, start, pause/resume, suspend and
+//! resume with the same boot, agent "kill -9" and re-attach, the lock
+//! refusing a second host, graceful shutdown and destroy; plus the error
+//! bodies of bad requests.
+//!
+//! The server is a tiny axum app in the test that records the reports.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use vdc_agent::{AgentConfig, DatastoreConfig};
+use vdc_types::agent::{HostReport, VmRuntime};
+use vdc_types::{Accelerator, ApiError, DiskSpec, ErrorCode, VmConfig, VmPowerState};
+
+const TOKEN: &str = "test-cluster-token";
+const MIB: u64 = 1 << 20;
+
+/// Reports received by the fake server, latest per host.
+#[derive(Clone, Default)]
+struct Reports(Arc<Mutex<HashMap<String, HostReport>>>);
+
+impl Reports {
+    fn latest(&self, host: &str) -> Option<HostReport> {
+        self.0.lock().unwrap().get(host).cloned()
+    }
+    fn vm(&self, host: &str, id: &str) -> Option<VmRuntime> {
+        self.latest(host)?.vms.into_iter().find(|v| v.id == id)
+    }
+}
+
+async fn start_server() -> (String, Reports) {
+    let reports = Reports::default();
+    async fn report(
+        State(r): State<Reports>,
+        headers: HeaderMap,
+        Json(rep): Json<HostReport>,
+    ) -> axum::http::StatusCode {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {TOKEN}")) {
+            return axum::http::StatusCode::UNAUTHORIZED;
+        }
+        r.0.lock().unwrap().insert(rep.name.clone(), rep);
+        axum::http::StatusCode::NO_CONTENT
+    }
+    let app = Router::new()
+        .route("/api/v1/agent/report", post(report))
+        .with_state(reports.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), reports)
+}
+
+/// An agent on its own runtime, so that the test can drop it as abruptly as
+/// `kill -9` would (no destructor of the agent runs).
+struct TestAgent {
+    rt: Option<tokio::runtime::Runtime>,
+    url: String,
+}
+
+impl TestAgent {
+    fn start(name: &str, state_dir: &Path, datastore: &Path, server: &str) -> TestAgent {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr: SocketAddr = std_listener.local_addr().unwrap();
+        let config = AgentConfig {
+            name: name.into(),
+            address: "127.0.0.1".into(),
+            listen: addr,
+            server_url: server.into(),
+            token: TOKEN.into(),
+            state_dir: state_dir.into(),
+            datastores: vec![DatastoreConfig {
+                name: "shared".into(),
+                path: datastore.into(),
+                shared: true,
+            }],
+            accel: Some(Accelerator::Tcg),
+            bridge_for_network: Default::default(),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            if let Err(e) = vdc_agent::run_with_listener(config, listener).await {
+                eprintln!("agent failed: {e}");
+            }
+        });
+        TestAgent {
+            rt: Some(rt),
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// Drops the agent's runtime: every task of the agent vanishes at once.
+    fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Kills the QEMU of the test VM if the test fails half-way.
+struct QemuGuard(Vec<PathBuf>);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        for pidfile in &self.0 {
+            if let Some(pid) = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, url).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("agent reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn ok<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+    ) -> T {
+        let (status, v) = self.call(method, url.clone(), body).await;
+        assert!((200..300).contains(&status), "{url}: {status} {v}");
+        serde_json::from_value(v).unwrap()
+    }
+}
+
+async fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_agent_up(url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(r) = http
+            .get(format!("{url}/agent/v1/host"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent at {url} did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn guest_image() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-guest-image.sh");
+    let out = std::process::Command::new(&script)
+        .output()
+        .expect("run build-guest-image.sh");
+    assert!(
+        out.status.success(),
+        "guest image build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().expect("image path").trim())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_lifecycle_through_the_agent_api() {
+    let image = guest_image();
+    let root = tempfile::tempdir().unwrap();
+    let ds = root.path().join("ds");
+    std::fs::create_dir(&ds).unwrap();
+    let (server, reports) = start_server().await;
+    let c = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(180))
+            .build()
+            .unwrap(),
+    };
+    use reqwest::Method as M;
+
+    let agent = TestAgent::start("host-a", &root.path().join("sa"), &ds, &server);
+    let a = agent.url.clone();
+    wait_agent_up(&a).await;
+    wait_until("a first report", Duration::from_secs(10), || {
+        reports.latest("host-a")
+    })
+    .await;
+
+    // --- bad requests --------------------------------------------------
+    let r = c
+        .http
+        .get(format!("{a}/agent/v1/vms"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let e: ApiError = r.json().await.unwrap();
+    assert_eq!(e.code, ErrorCode::Unauthorized);
+    let r = c
+        .http
+        .get(format!("{a}/agent/v1/vms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    let r = c
+        .http
+        .put(format!("{a}/agent/v1/vms/x"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let e: ApiError = r.json().await.unwrap();
+    assert_eq!(e.code, ErrorCode::InvalidInput);
+
+    let (status, v) = c
+        .call(M::POST, format!("{a}/agent/v1/vms/no-such-vm/pause"), None)
+        .await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        serde_json::from_value::<ApiError>(v).unwrap().code,
+        ErrorCode::NotFound
+    );
+
+    // --- template ------------------------------------------------------
+    let imported: Value = c
+        .ok(
+            M::POST,
+            format!("{a}/agent/v1/images/import"),
+            Some(json!({"source": image, "datastore": "shared", "path": "templates/guest.qcow2"})),
+        )
+        .await;
+    let template_size = imported["size_bytes"].as_u64().unwrap();
+    assert!(template_size > 0);
+    assert!(ds.join("templates/guest.qcow2").is_file());
+
+    // --- provision -----------------------------------------------------
+    let id = uuid::Uuid::new_v4().to_string();
+    let config = VmConfig {
+        version: 1,
+        id: id.clone(),
+        name: "t1".into(),
+        cpus: 1,
+        memory_mib: 256,
+        datastore: "shared".into(),
+        dir: "t1".into(),
+        disks: vec![DiskSpec {
+            name: "disk0".into(),
+            datastore: "shared".into(),
+            path: "t1/disk0.qcow2".into(),
+            size_bytes: template_size + 64 * MIB,
+        }],
+        nics: vec![],
+        hostname: "t1".into(),
+        template: Some("guest".into()),
+        created_ms: vdc_types::now_ms(),
+    };
+    let mut escaping = config.clone();
+    escaping.disks[0].path = "../escape.qcow2".into();
+    let (status, v) = c
+        .call(
+            M::PUT,
+            format!("{a}/agent/v1/vms/{id}"),
+            Some(json!({"config": escaping, "boot_source": {"type": "blank"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(!root.path().join("escape.qcow2").exists());
+    assert!(
+        !ds.join("t1").exists(),
+        "a refused provision leaves nothing"
+    );
+
+    let rt: VmRuntime = c
+        .ok(
+            M::PUT,
+            format!("{a}/agent/v1/vms/{id}"),
+            Some(json!({"config": config, "boot_source": {"type": "template", "datastore": "shared", "path": "templates/guest.qcow2", "linked": true}})),
+        )
+        .await;
+    assert_eq!(rt.state, VmPowerState::Stopped);
+    assert!(ds.join("t1/vm.json").is_file());
+    let disk_info = vdc_disk::qemu_img::info(&ds.join("t1/disk0.qcow2"))
+        .await
+        .unwrap();
+    assert_eq!(disk_info.virtual_size, template_size + 64 * MIB);
+    assert!(disk_info
+        .backing_file
+        .unwrap()
+        .ends_with("templates/guest.qcow2"));
+
+    let pidfiles = vec![
+        root.path().join("sa/vms").join(&id).join("qemu.pid"),
+        root.path().join("sb/vms").join(&id).join("qemu.pid"),
+    ];
+    let _guard = QemuGuard(pidfiles);
+
+    // --- start, guest ready --------------------------------------------
+    let start_body = json!({ "config": config });
+    let rt: VmRuntime = c
+        .ok(
+            M::POST,
+            format!("{a}/agent/v1/vms/{id}/start"),
+            Some(start_body.clone()),
+        )
+        .await;
+    assert_eq!(rt.state, VmPowerState::Running);
+    let pid = rt.pid.expect("pid of a running VM");
+    assert!(ds.join("t1/vm.lock").is_file());
+    let boot_id = wait_until(
+        "the guest's heartbeat in a report",
+        Duration::from_secs(120),
+        || {
+            reports
+                .vm("host-a", &id)
+                .filter(|v| v.state == VmPowerState::Running && v.guest.ready)
+                .and_then(|v| v.guest.boot_id)
+        },
+    )
+    .await;
+    assert_eq!(
+        reports.vm("host-a", &id).unwrap().guest.hostname.as_deref(),
+        Some("t1")
+    );
+    wait_until("stats", Duration::from_secs(10), || {
+        reports
+            .vm("host-a", &id)
+            .and_then(|v| v.stats)
+            .filter(|s| s.rss_bytes > 0)
+    })
+    .await;
+    let console = c
+        .http
+        .get(format!("{a}/agent/v1/vms/{id}/console?bytes=65536"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(console.text().await.unwrap().contains("VDC-GUEST-READY"));
+
+    // --- pause / resume ------------------------------------------------
+    let rt: VmRuntime = c
+        .ok(M::POST, format!("{a}/agent/v1/vms/{id}/pause"), None)
+        .await;
+    assert_eq!(rt.state, VmPowerState::Paused);
+    wait_until("paused in a report", Duration::from_secs(10), || {
+        reports
+            .vm("host-a", &id)
+            .filter(|v| v.state == VmPowerState::Paused)
+    })
+    .await;
+    let rt: VmRuntime = c
+        .ok(M::POST, format!("{a}/agent/v1/vms/{id}/resume"), None)
+        .await;
+    assert_eq!(rt.state, VmPowerState::Running);
+
+    // --- suspend, resume from the state file ---------------------------
+    let rt: VmRuntime = c
+        .ok(M::POST, format!("{a}/agent/v1/vms/{id}/suspend"), None)
+        .await;
+    assert_eq!(rt.state, VmPowerState::Suspended);
+    assert!(rt.pid.is_none());
+    assert!(ds.join("t1/suspend.state").is_file());
+    assert!(
+        !ds.join("t1/vm.lock").exists(),
+        "a suspended VM holds no lease"
+    );
+    assert!(!pid_alive(pid));
+    wait_until("suspended in a report", Duration::from_secs(10), || {
+        reports
+            .vm("host-a", &id)
+            .filter(|v| v.state == VmPowerState::Suspended)
+    })
+    .await;
+
+    let resumed_at = vdc_types::now_ms();
+    let rt: VmRuntime = c
+        .ok(
+            M::POST,
+            format!("{a}/agent/v1/vms/{id}/start"),
+            Some(start_body.clone()),
+        )
+        .await;
+    assert_eq!(rt.state, VmPowerState::Running);
+    let pid = rt.pid.unwrap();
+    assert!(
+        !ds.join("t1/suspend.state").exists(),
+        "state file removed after the resume"
+    );
+    let info = wait_until(
+        "a heartbeat after the resume",
+        Duration::from_secs(60),
+        || {
+            reports
+                .vm("host-a", &id)
+                .map(|v| v.guest)
+                .filter(|g| g.last_heartbeat_ms.is_some_and(|t| t > resumed_at))
+        },
+    )
+    .await;
+    assert_eq!(
+        info.boot_id.as_deref(),
+        Some(boot_id.as_str()),
+        "the guest did not reboot"
+    );
+
+    // --- agent killed, a new one re-attaches ---------------------------
+    let first_started = reports.latest("host-a").unwrap().agent_started_ms;
+    agent.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(pid_alive(pid), "killing the agent must not stop the VM");
+    let agent = TestAgent::start("host-a", &root.path().join("sa"), &ds, &server);
+    let a = agent.url.clone();
+    wait_agent_up(&a).await;
+    let vms: Vec<VmRuntime> = c.ok(M::GET, format!("{a}/agent/v1/vms"), None).await;
+    let vm = vms
+        .iter()
+        .find(|v| v.id == id)
+        .expect("VM known after restart");
+    assert_eq!(vm.state, VmPowerState::Running);
+    assert_eq!(vm.pid, Some(pid));
+    wait_until(
+        "a report of the new agent with the guest alive",
+        Duration::from_secs(30),
+        || {
+            let r = reports.latest("host-a")?;
+            let v = r.vms.iter().find(|v| v.id == id)?;
+            (r.agent_started_ms != first_started
+                && v.guest.ready
+                && v.guest.boot_id.as_deref() == Some(boot_id.as_str()))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // --- another host is refused by the lock ---------------------------
+    let other = TestAgent::start("host-b", &root.path().join("sb"), &ds, &server);
+    wait_agent_up(&other.url).await;
+    let (status, v) = c
+        .call(
+            M::POST,
+            format!("{}/agent/v1/vms/{id}/start", other.url),
+            Some(start_body.clone()),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    let e: ApiError = serde_json::from_value(v).unwrap();
+    assert_eq!(e.code, ErrorCode::Locked);
+    assert!(e.message.contains("host-a"), "{}", e.message);
+    assert!(pid_alive(pid));
+    other.kill();
+
+    // --- graceful shutdown, destroy ------------------------------------
+    let (status, v) = c
+        .call(
+            M::DELETE,
+            format!("{a}/agent/v1/vms/{id}"),
+            Some(json!({"config": config})),
+        )
+        .await;
+    assert_eq!(status, 409, "a running VM cannot be destroyed: {v}");
+    let rt: VmRuntime = c
+        .ok(
+            M::POST,
+            format!("{a}/agent/v1/vms/{id}/shutdown"),
+            Some(json!({"timeout_s": 60})),
+        )
+        .await;
+    assert_eq!(rt.state, VmPowerState::Stopped);
+    assert!(!pid_alive(pid));
+    assert!(!ds.join("t1/vm.lock").exists());
+    wait_until("stopped in a report", Duration::from_secs(10), || {
+        reports
+            .vm("host-a", &id)
+            .filter(|v| v.state == VmPowerState::Stopped)
+    })
+    .await;
+
+    let (status, v) = c
+        .call(
+            M::DELETE,
+            format!("{a}/agent/v1/vms/{id}"),
+            Some(json!({"config": config})),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    assert!(!ds.join("t1").exists());
+    assert!(
+        ds.join("templates/guest.qcow2").is_file(),
+        "the template stays"
+    );
+    let (status, _) = c
+        .call(
+            M::DELETE,
+            format!("{a}/agent/v1/vms/{id}"),
+            Some(json!({"config": config})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    agent.kill();
+}
