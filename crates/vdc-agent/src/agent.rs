@@ -547,7 +547,23 @@ impl Agent {
                 ),
             ));
         }
+        let known = self.vms().contains_key(id);
         let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
+        let result = self.start_in_slot(&slot, &layout, config).await;
+        if result.is_err() && !known && !slot.state().has_process() {
+            // A VM this host did not know and could not start stays unknown
+            // here (e.g. it runs on the host holding its lock).
+            self.forget(id);
+        }
+        result
+    }
+
+    async fn start_in_slot(
+        self: &Arc<Self>,
+        slot: &Arc<VmSlot>,
+        layout: &Layout,
+        config: VmConfig,
+    ) -> Result<VmRuntime, ApiError> {
         let _op = slot.op.lock().await;
         let current = slot.state();
         if matches!(current, VmPowerState::Running | VmPowerState::Paused) {
@@ -592,14 +608,6 @@ impl Agent {
             });
         }
 
-        layout
-            .vm_dir
-            .write_config(&config)
-            .map_err(|e| disk_error("cannot write vm.json", e))?;
-        slot.inner().config = config.clone();
-        slot.persist_config()
-            .map_err(|e| host_error("cannot write the runtime directory", &e))?;
-
         let lock = layout.vm_dir.lock();
         match lock
             .acquire(&self.config.name, &self.agent_id, LEASE_TTL)
@@ -623,6 +631,22 @@ impl Agent {
                 .with_details(serde_json::json!({ "holder_host": holder_host, "expires_ms": expires_ms })));
             }
             Err(e) => return Err(disk_error(format!("cannot lock VM '{}'", config.name), e)),
+        }
+        // Only the lease holder may rewrite the VM's files.
+        let saved = layout
+            .vm_dir
+            .write_config(&config)
+            .map_err(|e| disk_error("cannot write vm.json", e))
+            .and_then(|()| {
+                slot.inner().config = config.clone();
+                slot.persist_config()
+                    .map_err(|e| host_error("cannot write the runtime directory", &e))
+            });
+        if let Err(e) = saved {
+            if let Err(le) = lock.release(&self.config.name) {
+                tracing::warn!(error = %crate::error::chain(&le), "cannot release lease after a failed start");
+            }
+            return Err(e);
         }
 
         let suspended = layout.vm_dir.suspend_state().exists();
@@ -718,7 +742,7 @@ impl Agent {
             inner.runtime.pid = Some(vm.pid());
             inner.runtime.guest = Default::default();
         }
-        supervisor::start(self.clone(), slot.clone(), vm, &layout);
+        supervisor::start(self.clone(), slot.clone(), vm, layout);
         tracing::info!(vm = %config.name, resumed = suspended, "started");
         Ok(slot.apply(Input::Launched))
     }

@@ -70,21 +70,19 @@ where
 
 /// The API router for `agent`.
 pub(crate) fn router(agent: Arc<Agent>) -> Router {
-    let vms = Router::new()
-        .route("/", get(list_vms))
-        .route("/{id}", put(provision).delete(destroy))
-        .route("/{id}/start", post(start))
-        .route("/{id}/shutdown", post(shutdown))
-        .route("/{id}/poweroff", post(power_off))
-        .route("/{id}/reset", post(reset))
-        .route("/{id}/pause", post(pause))
-        .route("/{id}/resume", post(resume))
-        .route("/{id}/suspend", post(suspend))
-        .route("/{id}/console", get(console));
+    const VM: &str = "/agent/v1/vms/{id}";
     Router::new()
         .route("/agent/v1/host", get(host))
         .route("/agent/v1/vms", get(list_vms))
-        .nest("/agent/v1/vms", vms)
+        .route(VM, put(provision).delete(destroy))
+        .route(&format!("{VM}/start"), post(start))
+        .route(&format!("{VM}/shutdown"), post(shutdown))
+        .route(&format!("{VM}/poweroff"), post(power_off))
+        .route(&format!("{VM}/reset"), post(reset))
+        .route(&format!("{VM}/pause"), post(pause))
+        .route(&format!("{VM}/resume"), post(resume))
+        .route(&format!("{VM}/suspend"), post(suspend))
+        .route(&format!("{VM}/console"), get(console))
         .route("/agent/v1/images/import", post(import_image))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(agent.clone(), auth))

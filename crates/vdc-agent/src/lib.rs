@@ -22,6 +22,8 @@
 //! - `reporter`: the heartbeat to the server
 //! - `hoststats`: `/proc` measurements
 
+#![warn(missing_docs)]
+
 mod agent;
 mod api;
 mod config;

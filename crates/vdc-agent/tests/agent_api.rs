@@ -234,6 +234,12 @@ fn pid_alive(pid: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_lifecycle_through_the_agent_api() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let image = guest_image();
     let root = tempfile::tempdir().unwrap();
     let ds = root.path().join("ds");
@@ -368,6 +374,37 @@ async fn vm_lifecycle_through_the_agent_api() {
         root.path().join("sb/vms").join(&id).join("qemu.pid"),
     ];
     let _guard = QemuGuard(pidfiles);
+
+    // --- a failed start leaves nothing behind -------------------------
+    let mut with_nic = config.clone();
+    with_nic.nics.push(vdc_types::NicSpec {
+        network: "lab".into(),
+        mac: "52:54:00:12:34:56".into(),
+        ip: Some("10.99.0.10/24".into()),
+        gateway: None,
+        bridge: Some("vdcnobridge0".into()),
+    });
+    let (status, v) = c
+        .call(
+            M::POST,
+            format!("{a}/agent/v1/vms/{id}/start"),
+            Some(json!({ "config": with_nic })),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("vdcnobridge0"),
+        "{v}"
+    );
+    assert!(
+        !ds.join("t1/vm.lock").exists(),
+        "lease released after a failed start"
+    );
+    let vms: Vec<VmRuntime> = c.ok(M::GET, format!("{a}/agent/v1/vms"), None).await;
+    assert_eq!(
+        vms.iter().find(|v| v.id == id).unwrap().state,
+        VmPowerState::Stopped
+    );
 
     // --- start, guest ready --------------------------------------------
     let start_body = json!({ "config": config });
@@ -522,6 +559,13 @@ async fn vm_lifecycle_through_the_agent_api() {
     assert_eq!(e.code, ErrorCode::Locked);
     assert!(e.message.contains("host-a"), "{}", e.message);
     assert!(pid_alive(pid));
+    let vms: Vec<VmRuntime> = c
+        .ok(M::GET, format!("{}/agent/v1/vms", other.url), None)
+        .await;
+    assert!(
+        vms.is_empty(),
+        "the refused host does not adopt the VM: {vms:?}"
+    );
     other.kill();
 
     // --- graceful shutdown, destroy ------------------------------------
@@ -549,6 +593,31 @@ async fn vm_lifecycle_through_the_agent_api() {
             .filter(|v| v.state == VmPowerState::Stopped)
     })
     .await;
+
+    // --- QEMU killed behind the agent's back: crashed ------------------
+    let rt: VmRuntime = c
+        .ok(
+            M::POST,
+            format!("{a}/agent/v1/vms/{id}/start"),
+            Some(start_body.clone()),
+        )
+        .await;
+    let pid = rt.pid.unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_until("crashed in a report", Duration::from_secs(15), || {
+        reports
+            .vm("host-a", &id)
+            .filter(|v| v.state == VmPowerState::Crashed)
+    })
+    .await;
+    assert!(
+        !ds.join("t1/vm.lock").exists(),
+        "a crashed VM's lease is released"
+    );
 
     let (status, v) = c
         .call(

@@ -22,7 +22,8 @@ async fn sequence_numbers_increase_by_one_and_continue_after_reopening() {
         let seqs: Vec<u64> = [
             bus.publish("vm.created", "a", "VM a created", json!({"id": 1}))
                 .await,
-            bus.publish("vm.created", "b", "VM b created", json!({})).await,
+            bus.publish("vm.created", "b", "VM b created", json!({}))
+                .await,
             bus.publish("host.connected", "h", "host h connected", json!(null))
                 .await,
         ]
@@ -33,7 +34,9 @@ async fn sequence_numbers_increase_by_one_and_continue_after_reopening() {
     }
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).await.expect("reopen"));
     let bus = EventBus::open(store).await.expect("bus");
-    let e = bus.publish("vm.deleted", "a", "VM a deleted", json!({})).await;
+    let e = bus
+        .publish("vm.deleted", "a", "VM a deleted", json!({}))
+        .await;
     assert_eq!(e.seq, 4, "numbering restarted after reopening");
 
     let h = bus.history(0, usize::MAX).await;
@@ -67,11 +70,17 @@ async fn history_returns_the_events_after_a_sequence_number_oldest_first() {
 #[tokio::test]
 async fn subscribers_receive_what_is_published_after_they_subscribe() {
     let bus = EventBus::open(memory_store().await).await.expect("bus");
-    bus.publish("vm.created", "before", "earlier", json!({})).await;
+    bus.publish("vm.created", "before", "earlier", json!({}))
+        .await;
     let mut a = bus.subscribe();
     let mut b = bus.subscribe();
     let sent = bus
-        .publish("host.disconnected", "host-2", "host host-2 stopped reporting", json!({"x": 1}))
+        .publish(
+            "host.disconnected",
+            "host-2",
+            "host host-2 stopped reporting",
+            json!({"x": 1}),
+        )
         .await;
     for rx in [&mut a, &mut b] {
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -80,7 +89,10 @@ async fn subscribers_receive_what_is_published_after_they_subscribe() {
             .expect("bus open");
         assert_eq!(got, sent);
     }
-    assert!(a.try_recv().is_err(), "the earlier event was not replayed live");
+    assert!(
+        a.try_recv().is_err(),
+        "the earlier event was not replayed live"
+    );
 }
 
 #[tokio::test]
@@ -89,11 +101,16 @@ async fn the_history_is_bounded() {
     let extra = 7u64;
     let total = HISTORY as u64 + extra;
     for i in 0..total {
-        bus.publish("test.tick", "t", format!("tick {i}"), json!(i)).await;
+        bus.publish("test.tick", "t", format!("tick {i}"), json!(i))
+            .await;
     }
     let h = bus.history(0, usize::MAX).await;
     assert_eq!(h.len(), HISTORY);
-    assert_eq!(h.first().map(|e| e.seq), Some(extra + 1), "oldest events go first");
+    assert_eq!(
+        h.first().map(|e| e.seq),
+        Some(extra + 1),
+        "oldest events go first"
+    );
     assert_eq!(h.last().map(|e| e.seq), Some(total));
     // Consecutive: nothing in the middle was dropped.
     assert!(h.windows(2).all(|w| w[1].seq == w[0].seq + 1));

@@ -57,7 +57,10 @@ async fn a_task_goes_queued_running_succeeded_with_its_progress_recorded() {
         .await
         .expect("spawn");
     assert_eq!(t.state, TaskState::Queued);
-    assert_eq!((t.kind.as_str(), t.target_kind.as_str(), t.target.as_str()), ("test.work", "vm", "web-1"));
+    assert_eq!(
+        (t.kind.as_str(), t.target_kind.as_str(), t.target.as_str()),
+        ("test.work", "vm", "web-1")
+    );
     assert_eq!(t.progress, 0);
     assert!(t.started_ms.is_none() && t.finished_ms.is_none());
 
@@ -73,7 +76,12 @@ async fn a_task_goes_queued_running_succeeded_with_its_progress_recorded() {
     assert_eq!(running.progress, 40, "progress went backwards");
     assert!(running.started_ms.is_some());
     assert!(running.finished_ms.is_none());
-    assert!(tasks.list().await.expect("list").iter().any(|x| x.id == t.id));
+    assert!(tasks
+        .list()
+        .await
+        .expect("list")
+        .iter()
+        .any(|x| x.id == t.id));
 
     go.send(()).expect("body waits");
     let done = wait_final(&tasks, &t.id).await;
@@ -133,7 +141,10 @@ async fn a_failing_body_fails_the_task_with_its_error() {
     let err = done.error.expect("error recorded");
     assert_eq!(err.code, ErrorCode::HostError);
     assert_eq!(err.message, "disk full on host-2");
-    assert_eq!(done.progress, 20, "a failed task keeps the progress it reached");
+    assert_eq!(
+        done.progress, 20,
+        "a failed task keeps the progress it reached"
+    );
     assert!(done.finished_ms.is_some());
 }
 
@@ -206,16 +217,25 @@ async fn cancelling_a_finished_or_unknown_task_is_refused() {
     let done = wait_final(&tasks, &t.id).await;
     assert_eq!(done.state, TaskState::Succeeded);
 
-    let err = tasks.cancel(&t.id).await.expect_err("cancel of an ended task");
+    let err = tasks
+        .cancel(&t.id)
+        .await
+        .expect_err("cancel of an ended task");
     assert_eq!(err.code, ErrorCode::InvalidState);
     assert!(err.message.contains("succeeded"), "{}", err.message);
     let after = tasks.get(&t.id).await.expect("get");
     assert_eq!(after.state, TaskState::Succeeded);
     assert!(!after.cancel_requested);
 
-    let err = tasks.cancel("no-such-task").await.expect_err("unknown task");
+    let err = tasks
+        .cancel("no-such-task")
+        .await
+        .expect_err("unknown task");
     assert_eq!(err.code, ErrorCode::NotFound);
-    assert_eq!(tasks.get("no-such-task").await.expect_err("get").code, ErrorCode::NotFound);
+    assert_eq!(
+        tasks.get("no-such-task").await.expect_err("get").code,
+        ErrorCode::NotFound
+    );
 }
 
 #[tokio::test]
@@ -224,7 +244,9 @@ async fn tasks_are_listed_newest_first() {
     let mut ids = Vec::new();
     for i in 0..3 {
         let t = tasks
-            .spawn("test.list", "vm", &format!("vm-{i}"), |_ctx| async move { Ok(()) })
+            .spawn("test.list", "vm", &format!("vm-{i}"), |_ctx| async move {
+                Ok(())
+            })
             .await
             .expect("spawn");
         wait_final(&tasks, &t.id).await;
@@ -232,11 +254,19 @@ async fn tasks_are_listed_newest_first() {
         // created_ms has millisecond resolution: make the order unambiguous.
         let before = now_ms();
         eventually("the clock to move", WAIT, || async {
-            (now_ms() > before).then_some(()).ok_or_else(|| "same ms".to_string())
+            (now_ms() > before)
+                .then_some(())
+                .ok_or_else(|| "same ms".to_string())
         })
         .await;
     }
-    let listed: Vec<String> = tasks.list().await.expect("list").into_iter().map(|t| t.id).collect();
+    let listed: Vec<String> = tasks
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
     ids.reverse();
     assert_eq!(listed, ids);
 }
@@ -283,7 +313,10 @@ fn tasks_left_running_by_a_stopped_server_are_failed_on_open() {
             started_ms: None,
             finished_ms: None,
         };
-        store.put_json("/tasks/queued-task", &queued).await.expect("put");
+        store
+            .put_json("/tasks/queued-task", &queued)
+            .await
+            .expect("put");
         (t.id, queued.id)
     });
     drop(first);

@@ -14,6 +14,8 @@
 //!   back, remove the directory.
 //! - [`lock`]: the VM lease, race-safe between hosts on a shared directory.
 
+#![warn(missing_docs)]
+
 pub mod datastore;
 pub mod error;
 pub mod lock;

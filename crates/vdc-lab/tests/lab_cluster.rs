@@ -1,5 +1,5 @@
-//! A whole lab on the real machine (needs root, the guest image and a `vdc`
-//! binary with `server` and `agent`): two hosts connect, a demo VM boots
+//! A whole lab on the real machine (needs root, the guest image and an
+//! up-to-date `vdc` binary: `cargo build -p vdc` first): two hosts connect, a demo VM boots
 //! from the imported template and answers from every host's namespace, and
 //! dropping the lab kills its QEMU and removes its namespaces.
 
@@ -25,7 +25,6 @@ fn qemu_pids(lab: &TestLab) -> Vec<u32> {
 }
 
 #[tokio::test]
-#[ignore = "needs `cargo build -p vdc` with server and agent; run with --ignored"]
 async fn two_host_lab_runs_a_demo_vm_reachable_from_every_host() {
     let lab = TestLab::builder(2).demo_vms(1).start().await;
 
@@ -61,6 +60,16 @@ async fn two_host_lab_runs_a_demo_vm_reachable_from_every_host() {
         assert_eq!(fields.len(), 3, "{answers:?}");
         assert_eq!(fields[0], "demo-1", "{answers:?}");
     }
+
+    // What a failing test would print: every log, the VM's console included.
+    let tails = lab.log_tails(50);
+    assert!(tails.contains("----- server log"), "{tails}");
+    assert!(tails.contains("----- agent log of host-2"), "{tails}");
+    assert!(
+        tails.contains("----- console of demo-1 on shared"),
+        "{tails}"
+    );
+    assert!(tails.contains("VDC-GUEST-READY"), "{tails}");
 
     let qemu = qemu_pids(&lab);
     assert!(!qemu.is_empty(), "no QEMU pidfile found");

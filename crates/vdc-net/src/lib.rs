@@ -13,6 +13,8 @@
 //! `ip link set NAME master BRIDGE up`; if the second step fails the tap is
 //! deleted again.
 
+#![warn(missing_docs)]
+
 use tokio::process::Command;
 
 /// The program run; found on `PATH`.

@@ -1,0 +1,84 @@
+//! Fault injection on a [`TestLab`]: killing and restarting a host's agent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::TestLab;
+
+/// The raw arguments of a process (`/proc/PID/cmdline`).
+fn args_of(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Whether `args` are those of `vdc agent` with this state directory.
+fn is_agent_of(args: &[String], state_dir: &Path) -> bool {
+    let dir = state_dir.to_string_lossy();
+    args.iter().any(|a| a == "agent")
+        && args
+            .windows(2)
+            .any(|w| w[0] == "--state-dir" && w[1] == dir.as_ref())
+}
+
+impl TestLab {
+    fn host_status(&self, host: &str) -> &vdc_lab::HostStatus {
+        match self.info.hosts.iter().find(|h| h.name == host) {
+            Some(h) => h,
+            None => panic!("the test lab has no host '{host}'"),
+        }
+    }
+
+    fn saved_args(&self, host: &str) -> PathBuf {
+        let h = self.host_status(host);
+        h.log.with_extension("cmdline")
+    }
+
+    /// The pid of the agent now running for `host`, if any.
+    pub fn agent_pid(&self, host: &str) -> Option<u32> {
+        let state_dir = &self.host_status(host).state_dir;
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| args_of(*pid).is_some_and(|a| is_agent_of(&a, state_dir)))
+    }
+
+    /// Kills the agent of `host` with SIGKILL (as a crash would) and waits
+    /// until it is gone. Its command line is kept for [`Self::restart_agent`].
+    ///
+    /// # Panics
+    /// If the host has no running agent or it does not die.
+    pub fn kill_agent(&self, host: &str) {
+        let pid = self
+            .agent_pid(host)
+            .unwrap_or_else(|| panic!("no agent runs for {host}"));
+        let args = args_of(pid).unwrap_or_else(|| panic!("agent {pid} vanished"));
+        std::fs::write(self.saved_args(host), args.join("\0")).expect("save agent command line");
+        let p = vdc_lab::process::ProcessHandle::of(pid);
+        p.kill();
+        assert!(
+            p.wait_gone(Duration::from_secs(10)),
+            "agent {pid} of {host} survived SIGKILL"
+        );
+    }
+
+    /// Starts the agent of `host` again with the command line it had when
+    /// [`Self::kill_agent`] killed it.
+    ///
+    /// # Panics
+    /// If the agent was not killed first or cannot be started.
+    pub fn restart_agent(&self, host: &str) {
+        let saved = std::fs::read_to_string(self.saved_args(host))
+            .unwrap_or_else(|_| panic!("restart_agent({host}) needs kill_agent({host}) first"));
+        let args: Vec<String> = saved.split('\0').map(str::to_string).collect();
+        let (program, rest) = args.split_first().expect("a saved command line");
+        let h = self.host_status(host);
+        vdc_lab::process::spawn_detached(Path::new(program), rest, &h.log, Some(&h.netns))
+            .unwrap_or_else(|e| panic!("restarting the agent of {host}: {e}"));
+    }
+}
