@@ -719,8 +719,7 @@ impl Agent {
                 .then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
         };
         let paths = layout.paths.clone();
-        let launched =
-            off_task(move || async move { vdc_qemu::Vm::launch(&spec, &paths).await }).await;
+        let launched = vdc_qemu::Vm::launch(&spec, &paths).await;
         let vm = match launched {
             Ok(vm) => Arc::new(vm),
             Err(e) => {
@@ -855,11 +854,9 @@ impl Agent {
         slot.apply(Input::SuspendStarted);
         let v = vm.clone();
         let vm_id = id.to_string();
-        let saved = off_task(move || async move {
-            v.suspend_to_file(|p| tracing::debug!(vm = %vm_id, percent = p, "suspending"))
-                .await
-        })
-        .await;
+        let saved = v
+            .suspend_to_file(|p| tracing::debug!(vm = %vm_id, percent = p, "suspending"))
+            .await;
         match saved {
             Ok(()) => {
                 self.wait_supervisor(&slot).await;
@@ -900,6 +897,19 @@ impl Agent {
         let layout = self.layout(&config)?;
         if slot.is_none() && !layout.vm_dir.exists() {
             return Err(ApiError::not_found("VM", &config.name));
+        }
+        // Never remove the files of another VM that happens to use the
+        // same directory (a name reused on a shared datastore).
+        if let Ok(on_disk) = layout.vm_dir.read_config() {
+            if on_disk.id != config.id {
+                return Err(ApiError::new(
+                    vdc_types::ErrorCode::InvalidState,
+                    format!(
+                        "the directory of VM '{}' holds another VM (id {}); nothing was removed",
+                        config.name, on_disk.id
+                    ),
+                ));
+            }
         }
         let mut in_dir = Vec::new();
         for disk in &layout.disks {
@@ -993,22 +1003,6 @@ impl Agent {
                 Err(disk_error(what, e))
             }
         }
-    }
-}
-
-/// Runs a future that is not `Send` (the QEMU driver's launch and
-/// suspend futures hold a `&dyn Fn` across an await) on a blocking thread
-/// of the current runtime, so that the API handlers stay `Send`.
-async fn off_task<F, Fut, T>(make: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T>,
-    T: Send + 'static,
-{
-    let handle = tokio::runtime::Handle::current();
-    match tokio::task::spawn_blocking(move || handle.block_on(make())).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

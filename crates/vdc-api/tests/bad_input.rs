@@ -20,9 +20,14 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 async fn server() -> (String, Client, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = RedbStore::open(dir.path().join("state.redb")).await.unwrap();
+    let store = RedbStore::open(dir.path().join("state.redb"))
+        .await
+        .unwrap();
     let cluster = Cluster::open(Arc::new(store), TOKEN.into()).await.unwrap();
-    let app = router(AppState { cluster, token: Arc::new(TOKEN.into()) });
+    let app = router(AppState {
+        cluster,
+        token: Arc::new(TOKEN.into()),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -69,7 +74,10 @@ fn api_code(r: Result<impl std::fmt::Debug, ClientError>) -> (ErrorCode, String)
 }
 
 fn vm(name: &str) -> CreateVmRequest {
-    CreateVmRequest { name: name.into(), ..Default::default() }
+    CreateVmRequest {
+        name: name.into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -85,25 +93,69 @@ async fn bad_vm_requests_are_refused_and_leave_nothing() {
         assert_eq!(code, ErrorCode::InvalidInput, "name {bad:?}");
     }
 
-    let (code, msg) = api_code(c.create_vm(&CreateVmRequest { memory_mib: Some(0), ..vm("a") }).await);
+    let (code, msg) = api_code(
+        c.create_vm(&CreateVmRequest {
+            memory_mib: Some(0),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::InvalidInput);
     assert!(msg.contains("memory"), "{msg}");
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { cpus: Some(0), ..vm("a") }).await);
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            cpus: Some(0),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::InvalidInput);
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { cpus: Some(1000), ..vm("a") }).await);
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            cpus: Some(1000),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::InvalidInput);
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { disk_gib: Some(0), ..vm("a") }).await);
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            disk_gib: Some(0),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::InvalidInput);
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { cpus: Some(64), ..vm("a") }).await);
-    assert_eq!(code, ErrorCode::InsufficientCapacity, "more vCPUs than any host");
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            cpus: Some(64),
+            ..vm("a")
+        })
+        .await,
+    );
+    assert_eq!(
+        code,
+        ErrorCode::InsufficientCapacity,
+        "more vCPUs than any host"
+    );
 
-    let (code, msg) = api_code(c.create_vm(&CreateVmRequest { memory_mib: Some(1 << 30), ..vm("a") }).await);
+    let (code, msg) = api_code(
+        c.create_vm(&CreateVmRequest {
+            memory_mib: Some(1 << 30),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::InsufficientCapacity);
     assert!(msg.contains("more than any host"), "{msg}");
 
     for path in ["/etc/passwd.qcow2", "../escape.qcow2", "a/../../b.qcow2"] {
         let req = CreateVmRequest {
-            disks: vec![DiskRequest { size_gib: 1, datastore: None, path: Some(path.into()) }],
+            disks: vec![DiskRequest {
+                size_gib: 1,
+                datastore: None,
+                path: Some(path.into()),
+            }],
             ..vm("a")
         };
         let (code, msg) = api_code(c.create_vm(&req).await);
@@ -111,13 +163,37 @@ async fn bad_vm_requests_are_refused_and_leave_nothing() {
         assert!(msg.contains("outside datastore"), "{msg}");
     }
 
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { template: Some("missing".into()), ..vm("a") }).await);
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            template: Some("missing".into()),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::NotFound);
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { datastore: Some("missing".into()), ..vm("a") }).await);
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            datastore: Some("missing".into()),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::NotFound);
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { network: Some("missing".into()), ..vm("a") }).await);
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            network: Some("missing".into()),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::NotFound);
-    let (code, _) = api_code(c.create_vm(&CreateVmRequest { host: Some("missing".into()), ..vm("a") }).await);
+    let (code, _) = api_code(
+        c.create_vm(&CreateVmRequest {
+            host: Some("missing".into()),
+            ..vm("a")
+        })
+        .await,
+    );
     assert_eq!(code, ErrorCode::NotFound);
 
     let (code, _) = api_code(c.vm_action("nope", "start", json!({})).await);
@@ -127,8 +203,14 @@ async fn bad_vm_requests_are_refused_and_leave_nothing() {
     let (code, _) = api_code(c.get_task("no-such-task").await);
     assert_eq!(code, ErrorCode::NotFound);
 
-    assert!(c.list_vms().await.unwrap().is_empty(), "a refused request left a VM behind");
-    assert!(c.list_tasks().await.unwrap().is_empty(), "a refused request started a task");
+    assert!(
+        c.list_vms().await.unwrap().is_empty(),
+        "a refused request left a VM behind"
+    );
+    assert!(
+        c.list_tasks().await.unwrap().is_empty(),
+        "a refused request started a task"
+    );
 }
 
 #[tokio::test]
@@ -155,20 +237,45 @@ async fn malformed_bodies_get_json_errors() {
         assert_eq!(e.code, ErrorCode::InvalidInput);
         assert!(e.message.contains(want), "{body}: {}", e.message);
     }
-    let r = http.post(format!("{url}/api/v1/vms/x/start")).bearer_auth(TOKEN).body("{oops").send().await.unwrap();
+    let r = http
+        .post(format!("{url}/api/v1/vms/x/start"))
+        .bearer_auth(TOKEN)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = http.get(format!("{url}/api/v1/vms")).bearer_auth("wrong-token").send().await.unwrap();
+    let r = http
+        .get(format!("{url}/api/v1/vms"))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let e: vdc_types::ApiError = r.json().await.unwrap();
     assert_eq!(e.code, ErrorCode::Unauthorized);
     let r = http.get(format!("{url}/api/v1/vms")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.get(format!("{url}/api/v1/no/such/path")).bearer_auth(TOKEN).send().await.unwrap();
+    let r = http
+        .get(format!("{url}/api/v1/no/such/path"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let _: vdc_types::ApiError = r.json().await.unwrap();
-    let r = http.get(format!("{url}/api/v1/events?topics=vm.x*")).bearer_auth(TOKEN).send().await.unwrap();
+    let r = http
+        .get(format!("{url}/api/v1/events?topics=vm.x*"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = http.get(format!("{url}/api/v1/openapi.json")).send().await.unwrap();
+    let r = http
+        .get(format!("{url}/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let doc: serde_json::Value = r.json().await.unwrap();
     assert!(doc["paths"]["/api/v1/vms"].is_object());
@@ -190,13 +297,40 @@ async fn networks_are_validated() {
     assert_eq!(code, ErrorCode::AlreadyExists);
     assert!(msg.contains("already exists"));
     let bad = [
-        Network { name: "bad name".into(), ..good.clone() },
-        Network { name: "n2".into(), bridge: "this-bridge-name-is-too-long".into(), ..good.clone() },
-        Network { name: "n2".into(), subnet: "10.77.9.1/24".into(), ..good.clone() },
-        Network { name: "n2".into(), subnet: "banana".into(), ..good.clone() },
-        Network { name: "n2".into(), pool_start: "10.77.10.1".into(), ..good.clone() },
-        Network { name: "n2".into(), pool_start: "10.77.9.200".into(), ..good.clone() },
-        Network { name: "n2".into(), gateway: Some("1.2.3.4".into()), ..good.clone() },
+        Network {
+            name: "bad name".into(),
+            ..good.clone()
+        },
+        Network {
+            name: "n2".into(),
+            bridge: "this-bridge-name-is-too-long".into(),
+            ..good.clone()
+        },
+        Network {
+            name: "n2".into(),
+            subnet: "10.77.9.1/24".into(),
+            ..good.clone()
+        },
+        Network {
+            name: "n2".into(),
+            subnet: "banana".into(),
+            ..good.clone()
+        },
+        Network {
+            name: "n2".into(),
+            pool_start: "10.77.10.1".into(),
+            ..good.clone()
+        },
+        Network {
+            name: "n2".into(),
+            pool_start: "10.77.9.200".into(),
+            ..good.clone()
+        },
+        Network {
+            name: "n2".into(),
+            gateway: Some("1.2.3.4".into()),
+            ..good.clone()
+        },
     ];
     for n in bad {
         let (code, _) = api_code(c.create_network(&n).await);

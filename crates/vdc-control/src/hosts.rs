@@ -69,6 +69,7 @@ impl Cluster {
                 HostLive {
                     report,
                     seen: Instant::now(),
+                    seen_ms: now_ms(),
                     connected: true,
                 },
             );
@@ -91,20 +92,28 @@ impl Cluster {
         let by_id: HashMap<&str, &VmRuntime> = vms.iter().map(|v| (v.id.as_str(), v)).collect();
         let records: Vec<(String, VmRecord)> =
             self.store.list_json("/vms/").await.map_err(store_err)?;
-        let busy = self.busy.lock().await.clone();
+        let busy = self.busy.lock().map(|b| b.clone()).unwrap_or_default();
         for (key, rec) in records {
             let name = rec.config.name.clone();
             let rt = by_id.get(rec.config.id.as_str()).copied();
             let mut new = rec.clone();
             match rt {
                 Some(rt) => {
-                    if !busy.contains_key(&name) {
+                    // A host with a process for the VM is authoritative (the
+                    // datastore lock makes it the only one); a host that
+                    // merely remembers the VM stopped speaks only for itself.
+                    let speaks = rt.state.has_process()
+                        || rec.host.is_none()
+                        || rec.host.as_deref() == Some(host);
+                    if speaks && !busy.contains_key(&name) {
                         new.state = rt.state;
                         new.host = Some(host.to_string());
                     }
-                    let mut g = rt.guest.clone();
-                    g.last_heartbeat_ms = None;
-                    new.guest = g;
+                    if speaks {
+                        let mut g = rt.guest.clone();
+                        g.last_heartbeat_ms = None;
+                        new.guest = g;
+                    }
                 }
                 None => {
                     if rec.host.as_deref() == Some(host)
@@ -218,7 +227,7 @@ impl Cluster {
                 .map(|r| r.vms.iter().filter(|v| v.state.has_process()).count() as u32)
                 .unwrap_or(0),
             datastores: rec.datastores.clone(),
-            last_seen_ms: r.map(|_| now_ms()).unwrap_or(rec.last_seen_ms),
+            last_seen_ms: live.map(|l| l.seen_ms).unwrap_or(rec.last_seen_ms),
         }
     }
 

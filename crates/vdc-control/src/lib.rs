@@ -84,6 +84,7 @@ pub struct VmRecord {
 pub(crate) struct HostLive {
     pub report: HostReport,
     pub seen: Instant,
+    pub seen_ms: UnixMillis,
     pub connected: bool,
 }
 
@@ -97,7 +98,7 @@ pub struct Cluster {
     pub(crate) agents: AgentClient,
     pub(crate) live: RwLock<HashMap<String, HostLive>>,
     /// VMs an operation is working on (name → task kind).
-    pub(crate) busy: Mutex<HashMap<String, String>>,
+    pub(crate) busy: std::sync::Mutex<HashMap<String, String>>,
     /// Memory promised to VMs being started, per host.
     pub(crate) pending_mib: Mutex<HashMap<String, u64>>,
 }
@@ -122,7 +123,7 @@ impl Cluster {
             tasks,
             agents: AgentClient::new(token),
             live: RwLock::new(HashMap::new()),
-            busy: Mutex::new(HashMap::new()),
+            busy: std::sync::Mutex::new(HashMap::new()),
             pending_mib: Mutex::new(HashMap::new()),
         });
         cluster

@@ -32,6 +32,10 @@ use crate::{store_err, Cluster, VmRecord};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
+/// How long memory promised to a started VM stays counted after the start,
+/// until the host's own reports include the new QEMU process.
+const PENDING_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn vm_key(name: &str) -> String {
     format!("/vms/{name}")
 }
@@ -80,11 +84,9 @@ struct BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        let c = self.cluster.clone();
-        let n = std::mem::take(&mut self.name);
-        tokio::spawn(async move {
-            c.busy.lock().await.remove(&n);
-        });
+        if let Ok(mut busy) = self.cluster.busy.lock() {
+            busy.remove(&self.name);
+        }
     }
 }
 
@@ -100,6 +102,9 @@ impl Drop for PendingGuard {
         let c = self.cluster.clone();
         let (h, m) = (std::mem::take(&mut self.host), self.mib);
         tokio::spawn(async move {
+            // Keep the promise until a few reports show the new process's
+            // memory in the host's free figure.
+            tokio::time::sleep(PENDING_HOLD).await;
             let mut p = c.pending_mib.lock().await;
             if let Some(v) = p.get_mut(&h) {
                 *v = v.saturating_sub(m);
@@ -110,7 +115,10 @@ impl Drop for PendingGuard {
 
 impl Cluster {
     async fn mark_busy(self: &Arc<Self>, name: &str, what: &str) -> Result<BusyGuard, ApiError> {
-        let mut busy = self.busy.lock().await;
+        let mut busy = self
+            .busy
+            .lock()
+            .map_err(|_| ApiError::internal("busy table poisoned"))?;
         if let Some(other) = busy.get(name) {
             return Err(ApiError::invalid_state(format!(
                 "VM '{name}' is busy with {other}; wait for that task to end ('vdc task list')"
@@ -749,7 +757,6 @@ impl Cluster {
                 },
                 None => DiskSource::Blank,
             };
-            provisioned_on = Some((host.clone(), url.clone()));
             self.agents
                 .provision(
                     &host,
@@ -760,6 +767,7 @@ impl Cluster {
                     },
                 )
                 .await?;
+            provisioned_on = Some((host.clone(), url.clone()));
             ctx.check_cancel()?;
             self.events
                 .publish(

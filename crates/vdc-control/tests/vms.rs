@@ -321,7 +321,6 @@ async fn a_second_create_with_the_same_name_is_refused_while_the_first_runs() {
 /// A create with `start: true` whose provisioning fails must be rolled
 /// back like any other failed create.
 #[tokio::test]
-#[ignore = "bug: create_body sets provisioned_on before the provision call, so a failed provision with start=true keeps the VM record and its address"]
 async fn a_create_and_start_whose_provisioning_fails_leaves_nothing() {
     let store = memory_store().await;
     let cluster = Cluster::open(store.clone(), TOKEN.into())

@@ -153,7 +153,6 @@ async fn create_makes_the_vm_directory_and_delete_removes_it() {
 /// another VM. The agent refuses the provisioning (`already_exists`); the
 /// create's rollback must then leave that directory alone.
 #[tokio::test]
-#[ignore = "bug: a create whose provisioning is refused with already_exists still calls destroy, and the agent deletes the other VM's files"]
 async fn a_refused_create_does_not_delete_the_files_of_the_vm_already_there() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (state, ds) = (tmp.path().join("state"), tmp.path().join("shared"));

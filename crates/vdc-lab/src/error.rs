@@ -36,6 +36,9 @@ pub enum LabError {
     /// The lab is already running.
     #[error("lab '{0}' is already up; see 'vdc lab status' or run 'vdc lab down --lab-id {0}'")]
     AlreadyUp(String),
+    /// The lab's namespaces or bridge exist but its state file does not.
+    #[error("network namespaces or bridge of lab '{0}' exist without a state file; remove them with 'vdc lab down --lab-id {0}'")]
+    Leftovers(String),
     /// There is no state file for the lab.
     #[error("lab '{0}' is not up (no state file); start it with 'vdc lab up'")]
     NotUp(String),

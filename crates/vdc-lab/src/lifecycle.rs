@@ -1,7 +1,8 @@
 //! Bringing a lab up, reading its status and tearing it down.
 //!
 //! `up` steps:
-//! 1. refuse if the lab runs; clean up a stale one (processes dead);
+//! 1. refuse if the lab runs; clean up a stale one (state file, processes
+//!    dead); refuse if its network exists without a state file;
 //! 2. create the directories, the token (0600) and the state file — from
 //!    here on, any failure tears everything down again;
 //! 3. create the network ([`crate::net`]);
@@ -136,13 +137,13 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo> {
         Ok(Some(old)) if is_running(&old) => return Err(LabError::AlreadyUp(plan.lab_id)),
         Ok(Some(_)) | Err(_) => down_blocking(&plan.lab_id, &spec.state_root)?,
         Ok(None) => {
-            // Leftovers without a state file (e.g. the state root was wiped).
-            let failures = crate::net::destroy(&plan.lab_id, &[]);
-            if !failures.is_empty() {
-                return Err(LabError::Teardown {
-                    lab_id: plan.lab_id,
-                    failures,
-                });
+            // Network objects without a state file here: another state root's
+            // lab, or a crash. Either way not ours to remove silently.
+            let netns = crate::ip::netns_list()?;
+            if crate::ip::link_exists(&plan.bridge)?
+                || netns.iter().any(|n| plan::is_lab_netns(&plan.lab_id, n))
+            {
+                return Err(LabError::Leftovers(plan.lab_id));
             }
         }
     }

@@ -133,7 +133,13 @@ async fn failed_up_leaves_nothing_and_down_is_idempotent() {
     let first = TestLab::builder(1).net_only(true).start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = LabSpec::new("/nonexistent/vdc".into());
-    spec.lab_id = format!("{}x", &first.info.lab_id[..3]);
+    // Another id than the first lab's: change its last character.
+    let suffix = if first.info.lab_id.ends_with('x') {
+        'y'
+    } else {
+        'x'
+    };
+    spec.lab_id = format!("{}{suffix}", &first.info.lab_id[..3]);
     spec.hosts = 2;
     spec.subnet_index = Some(first.info.subnet_index);
     spec.state_root = dir.path().join("run");
@@ -165,8 +171,12 @@ async fn down_cleans_leftovers_without_a_state_file() {
     let lab = TestLab::builder(2).net_only(true).start().await;
     let id = lab.info.lab_id.clone();
     let netns = lab.info.hosts[0].netns.clone();
-    // Lose the state file: `down` must still find the lab by its names.
+    // Lose the state file: `up` refuses to touch the orphaned network...
     std::fs::remove_dir_all(&lab.info.state_dir).expect("remove state");
+    let err = vdc_lab::up(&lab.spec).await.expect_err("leftovers");
+    assert!(matches!(err, LabError::Leftovers(_)), "{err}");
+    assert!(netns_exists(&netns));
+    // ...and `down` finds the lab by its names.
     vdc_lab::down(&id, &lab.spec.state_root)
         .await
         .expect("down");

@@ -360,7 +360,7 @@ impl Vm {
     /// Saves the VM's memory to `suspend.state` in its directory and ends
     /// QEMU. `progress` is called with the percentage done. On failure the
     /// partial file is removed and the VM resumes if it was running.
-    pub async fn suspend_to_file(&self, progress: impl Fn(u8)) -> Result<(), QemuError> {
+    pub async fn suspend_to_file(&self, progress: impl Fn(u8) + Sync) -> Result<(), QemuError> {
         let state = self.paths.suspend_state();
         let was_running = self
             .qmp
@@ -442,7 +442,7 @@ impl Vm {
         &self,
         events: &mut broadcast::Receiver<QmpEvent>,
         direction: &'static str,
-        progress: &dyn Fn(u8),
+        progress: &(dyn Fn(u8) + Sync),
     ) -> Result<(), QemuError> {
         let deadline = tokio::time::Instant::now() + MIGRATION_TIMEOUT;
         let mut tick = tokio::time::interval(Duration::from_millis(250));

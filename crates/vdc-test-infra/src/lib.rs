@@ -332,7 +332,8 @@ impl Drop for TestLab {
 /// file behind).
 fn reserve_lab_id() -> Result<(String, UnixListener), TestInfraError> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let existing = vdc_lab::ip::link_names()?;
+    let links = vdc_lab::ip::link_names()?;
+    let namespaces = vdc_lab::ip::netns_list()?;
     let start = std::process::id().wrapping_mul(7919);
     for _ in 0..1000 {
         let n = start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed)) % (36 * 36 * 36);
@@ -342,7 +343,12 @@ fn reserve_lab_id() -> Result<(String, UnixListener), TestInfraError> {
         let Ok(lock) = UnixListener::bind_addr(&name) else {
             continue;
         };
-        if existing.contains(&vdc_lab::plan::bridge_name(&id)) {
+        // Skip ids with leftovers of a crashed test (up would refuse them).
+        if links.contains(&vdc_lab::plan::bridge_name(&id))
+            || namespaces
+                .iter()
+                .any(|n| vdc_lab::plan::is_lab_netns(&id, n))
+        {
             continue;
         }
         return Ok((id, lock));

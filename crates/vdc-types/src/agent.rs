@@ -70,7 +70,8 @@ pub struct HostReport {
     pub cpu_percent: f64,
     /// Datastores.
     pub datastores: Vec<DatastoreReport>,
-    /// VMs with a process or a suspended state on this host.
+    /// Every VM this agent knows (running, paused, stopped, crashed,
+    /// suspended) until it is destroyed here or another host holds its lock.
     pub vms: Vec<VmRuntime>,
     /// When this agent process started (a change means a restart).
     pub agent_started_ms: UnixMillis,
@@ -124,7 +125,7 @@ pub struct DestroyVmRequest {
     pub config: VmConfig,
 }
 
-/// `POST /agent/v1/templates/import`: copy an image into a datastore.
+/// `POST /agent/v1/images/import`: copy an image into a datastore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImportImageRequest {
     /// Source file on this host.

@@ -127,15 +127,31 @@ async fn vm_lifecycle_on_a_real_guest() {
         c.get_vm("web-1").await.unwrap().state,
         VmPowerState::Stopped
     );
-    action(c, "web-1", "start").await;
+    // Start it on the other host this time (shared datastore).
+    let t = c
+        .vm_action("web-1", "start", json!({"host": "host-2"}))
+        .await
+        .unwrap();
+    run_task(c, t).await;
     let vm = wait_vm(c, "web-1", |v| {
         v.state == VmPowerState::Running && v.guest.ready
     })
     .await;
-    let (_, boot4, _) = identity(&lab, "host-2", &addr(&vm));
+    assert_eq!(vm.host.as_deref(), Some("host-2"));
+    let (_, boot4, _) = identity(&lab, "host-1", &addr(&vm));
     assert_ne!(boot4, boot1, "a stop/start must boot the guest anew");
+    // Host 1 still remembers the VM as stopped: its reports must not flip
+    // the state the cluster shows (several report rounds).
+    for _ in 0..8 {
+        let v = c.get_vm("web-1").await.unwrap();
+        assert_eq!(
+            (v.state, v.host.as_deref()),
+            (VmPowerState::Running, Some("host-2"))
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let out = lab
-        .guest_request("host-2", &addr(&vm), &["read note"])
+        .guest_request("host-1", &addr(&vm), &["read note"])
         .unwrap();
     assert_eq!(
         out.get(1).map(String::as_str),
@@ -143,7 +159,9 @@ async fn vm_lifecycle_on_a_real_guest() {
         "{out:?}"
     );
 
-    // Reset reboots; power off stops; delete removes it.
+    // Reset keeps it running; power off stops; delete removes it.
+    action(c, "web-1", "reset").await;
+    wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
     action(c, "web-1", "stop").await;
     assert_eq!(
         c.get_vm("web-1").await.unwrap().state,
