@@ -287,6 +287,14 @@ impl Cluster {
     /// Capacity of every known host, for placement.
     pub(crate) async fn capacities(&self) -> Vec<HostCapacity> {
         let pending = self.pending_mib.lock().await.clone();
+        let mut vcpus: HashMap<String, u32> = HashMap::new();
+        let records: Vec<(String, VmRecord)> =
+            self.store.list_json("/vms/").await.unwrap_or_default();
+        for (_, r) in records {
+            if let (Some(h), true) = (r.host, r.state.has_process()) {
+                *vcpus.entry(h).or_default() += r.config.cpus;
+            }
+        }
         let live = self.live.read().await;
         live.values()
             .map(|l| HostCapacity {
@@ -296,7 +304,7 @@ impl Cluster {
                 memory_mib: l.report.memory_mib,
                 memory_free_mib: l.report.memory_free_mib,
                 memory_pending_mib: pending.get(&l.report.name).copied().unwrap_or(0),
-                vcpus_committed: 0,
+                vcpus_committed: vcpus.get(&l.report.name).copied().unwrap_or(0),
                 datastores: l.report.datastores.iter().map(|d| d.name.clone()).collect(),
             })
             .collect()

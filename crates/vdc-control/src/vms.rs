@@ -114,6 +114,22 @@ impl Drop for PendingGuard {
 }
 
 impl Cluster {
+    /// Writes a new record, or fails with `AlreadyExists` and `message`.
+    async fn create_unique<T: serde::Serialize + Sync>(
+        &self,
+        key: &str,
+        value: &T,
+        message: String,
+    ) -> Result<(), ApiError> {
+        match self.store.create_json(key, value).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::AlreadyExists(_)) => {
+                Err(ApiError::new(ErrorCode::AlreadyExists, message))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
     async fn mark_busy(self: &Arc<Self>, name: &str, what: &str) -> Result<BusyGuard, ApiError> {
         let mut busy = self
             .busy
@@ -275,20 +291,12 @@ impl Cluster {
         if let Some(g) = &n.gateway {
             ipam::parse_host(&sn, g, "gateway").map_err(ApiError::invalid)?;
         }
-        match self
-            .store
-            .create_json(&format!("/networks/{}", n.name), &n)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::AlreadyExists(_)) => {
-                return Err(ApiError::new(
-                    ErrorCode::AlreadyExists,
-                    format!("network '{}' already exists; choose another name", n.name),
-                ))
-            }
-            Err(e) => return Err(store_err(e)),
-        }
+        self.create_unique(
+            &format!("/networks/{}", n.name),
+            &n,
+            format!("network '{}' already exists; choose another name", n.name),
+        )
+        .await?;
         self.events
             .publish(
                 "network.created",
@@ -438,19 +446,15 @@ impl Cluster {
             created_ms: now_ms(),
         };
         let key = format!("/templates/{}", req.name);
-        match self.store.create_json(&key, &tpl).await {
-            Ok(_) => {}
-            Err(StoreError::AlreadyExists(_)) => {
-                return Err(ApiError::new(
-                    ErrorCode::AlreadyExists,
-                    format!(
-                        "template '{}' already exists; choose another name",
-                        req.name
-                    ),
-                ))
-            }
-            Err(e) => return Err(store_err(e)),
-        }
+        self.create_unique(
+            &key,
+            &tpl,
+            format!(
+                "template '{}' already exists; choose another name",
+                req.name
+            ),
+        )
+        .await?;
         let me = self.clone();
         let tname = req.name.clone();
         self.tasks
@@ -676,19 +680,15 @@ impl Cluster {
             host: None,
             guest: Default::default(),
         };
-        match self.store.create_json(&vm_key(&req.name), &rec).await {
-            Ok(_) => {}
-            Err(StoreError::AlreadyExists(_)) => {
-                return Err(ApiError::new(
-                    ErrorCode::AlreadyExists,
-                    format!(
-                        "a VM named '{}' already exists; choose another name",
-                        req.name
-                    ),
-                ))
-            }
-            Err(e) => return Err(store_err(e)),
-        }
+        self.create_unique(
+            &vm_key(&req.name),
+            &rec,
+            format!(
+                "a VM named '{}' already exists; choose another name",
+                req.name
+            ),
+        )
+        .await?;
         let busy = match self.mark_busy(&req.name, "vm.create").await {
             Ok(b) => b,
             Err(e) => {

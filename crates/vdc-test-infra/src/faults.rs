@@ -82,3 +82,55 @@ impl TestLab {
             .unwrap_or_else(|e| panic!("restarting the agent of {host}: {e}"));
     }
 }
+
+impl TestLab {
+    /// The pid of the lab's `vdc server`, if it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        let token = self.info.token_file.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                args_of(*pid).is_some_and(|a| {
+                    a.iter().any(|x| x == "server")
+                        && a.windows(2)
+                            .any(|w| w[0] == "--token-file" && w[1] == token)
+                })
+            })
+    }
+
+    /// Kills the lab's server with SIGKILL and waits until it is gone; its
+    /// command line is kept for [`Self::restart_server`].
+    ///
+    /// # Panics
+    /// If no server runs or it does not die.
+    pub fn kill_server(&self) {
+        let pid = self.server_pid().expect("the lab's server runs");
+        let args = args_of(pid).expect("server command line");
+        std::fs::write(
+            self.info.server.log.with_extension("cmdline"),
+            args.join("\0"),
+        )
+        .expect("save server command line");
+        let p = vdc_lab::process::ProcessHandle::of(pid);
+        p.kill();
+        assert!(
+            p.wait_gone(Duration::from_secs(10)),
+            "server {pid} survived SIGKILL"
+        );
+    }
+
+    /// Starts the server again as it was before [`Self::kill_server`].
+    ///
+    /// # Panics
+    /// If the server was not killed first or cannot be started.
+    pub fn restart_server(&self) {
+        let saved = std::fs::read_to_string(self.info.server.log.with_extension("cmdline"))
+            .expect("restart_server needs kill_server first");
+        let args: Vec<String> = saved.split('\0').map(str::to_string).collect();
+        let (program, rest) = args.split_first().expect("a saved command line");
+        vdc_lab::process::spawn_detached(Path::new(program), rest, &self.info.server.log, None)
+            .unwrap_or_else(|e| panic!("restarting the server: {e}"));
+    }
+}

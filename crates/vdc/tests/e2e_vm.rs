@@ -237,6 +237,22 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
     .await;
     let (_, boot3, _) = identity(&lab, "host-2", &ip);
     assert_eq!(boot3, boot1);
+    // The control plane dies and comes back: the VM keeps running and the
+    // new server learns its state from the agents' reports.
+    lab.kill_server();
+    let (_, boot_s, _) = identity(&lab, "host-2", &ip);
+    assert_eq!(boot_s, boot1, "the guest restarted when the server died");
+    lab.restart_server();
+    vdc_test_infra::wait_until_async(Duration::from_secs(60), "the restarted server", || async {
+        c.list_hosts().await.ok().filter(|h| {
+            h.len() == 2 && h.iter().all(|h| h.state == vdc_types::HostState::Connected)
+        })
+    })
+    .await;
+    wait_vm(c, "db-1", |v| {
+        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-1")
+    })
+    .await;
     action(c, "db-1", "pause").await;
     action(c, "db-1", "resume").await;
     action(c, "db-1", "stop").await;
