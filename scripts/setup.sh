@@ -14,7 +14,7 @@
 #      qemu-system-x86 7.2, so QEMU and the kernel come from backports;
 #   2. install only the packages that are missing (dpkg-query), running
 #      `apt-get update` only when something must be installed;
-#   3. `cargo build --release -p vdc`;
+#   3. `cargo build --release -p vdc`, linked as /usr/local/bin/vdc;
 #   4. scripts/build-guest-image.sh (cached: a re-run costs nothing).
 # Every step checks before it acts, so a re-run is fast and changes nothing.
 set -euo pipefail
@@ -95,6 +95,11 @@ build_vdc() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, e.g. rustup)"
     log "cargo build --release -p vdc"
     (cd "$repo" && cargo build --release -p vdc) >&2
+    # Put the CLI on the PATH (a link, so a rebuild is picked up).
+    if [ -w /usr/local/bin ] && [ "$(readlink /usr/local/bin/vdc 2>/dev/null)" != "$repo/target/release/vdc" ]; then
+        ln -sfn "$repo/target/release/vdc" /usr/local/bin/vdc
+        log "linked /usr/local/bin/vdc"
+    fi
 }
 
 build_image() {
@@ -107,6 +112,11 @@ if [ $do_build = 1 ]; then build_vdc; fi
 if [ $do_image = 1 ]; then build_image; fi
 if [ $do_lab = 1 ]; then
     cd "$repo"
+    if status=$(target/release/vdc lab status -o json 2>/dev/null) &&
+        printf '%s' "$status" | tr -d ' \n' | grep -q '"server":{[^}]*"alive":true'; then
+        log "the lab is already up (restart it with: vdc lab down && scripts/setup.sh --lab)"
+        exec target/release/vdc lab status
+    fi
     exec target/release/vdc lab up
 fi
 exit 0

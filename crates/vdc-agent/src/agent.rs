@@ -36,6 +36,7 @@ use vdc_types::agent::{
 };
 use vdc_types::{Accelerator, ApiError, ErrorCode, VmConfig, VmPowerState};
 
+use crate::console::ConsoleLinks;
 use crate::error::{disk_error, host_error};
 use crate::hoststats::{self, HostCpu};
 use crate::slot::{read_persisted_state, VmSlot, RUNTIME_CONFIG};
@@ -68,6 +69,8 @@ pub(crate) struct Agent {
     /// Woken whenever something worth reporting changed.
     pub changed: Arc<Notify>,
     host_cpu: Mutex<HostCpu>,
+    /// Serial console connections (see `console`).
+    pub consoles: ConsoleLinks,
 }
 
 impl Agent {
@@ -108,6 +111,7 @@ impl Agent {
             vms: Mutex::new(BTreeMap::new()),
             changed: Arc::new(Notify::new()),
             host_cpu: Mutex::new(host_cpu),
+            consoles: ConsoleLinks::default(),
             config,
         }))
     }
@@ -142,6 +146,7 @@ impl Agent {
 
     fn forget(&self, id: &str) {
         self.vms().remove(id);
+        self.consoles.forget(id);
         let dir = self.run_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -944,15 +949,6 @@ impl Agent {
         Ok(())
     }
 
-    /// `GET /vms/{id}/console?bytes=N`.
-    pub fn console(&self, id: &str, bytes: u64) -> Result<Vec<u8>, ApiError> {
-        let slot = self.slot(id)?;
-        let config = slot.inner().config.clone();
-        let layout = self.layout(&config)?;
-        let path = layout.vm_dir.console_log();
-        tail(&path, bytes).map_err(|e| host_error("cannot read console.log", &e))
-    }
-
     /// `POST /images/import`: convert `source` into a qcow2 in a datastore.
     pub async fn import_image(
         &self,
@@ -1057,35 +1053,4 @@ fn check_config(id: &str, config: &VmConfig) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-/// The last `bytes` bytes of `path` (empty if the file does not exist).
-fn tail(path: &Path, bytes: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let start = len.saturating_sub(bytes);
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::with_capacity((len - start) as usize);
-    f.take(bytes).read_to_end(&mut buf)?;
-    Ok(buf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_returns_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("console.log");
-        assert!(tail(&p, 10).unwrap().is_empty());
-        std::fs::write(&p, b"hello world").unwrap();
-        assert_eq!(tail(&p, 5).unwrap(), b"world");
-        assert_eq!(tail(&p, 100).unwrap(), b"hello world");
-    }
 }

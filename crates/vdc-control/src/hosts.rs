@@ -34,11 +34,27 @@ impl Cluster {
             datastores: report.datastores.iter().map(|d| d.name.clone()).collect(),
             last_seen_ms: now_ms(),
         };
-        let was_connected = {
+        let (was_connected, changed) = {
             let live = self.live.read().await;
-            live.get(&name).map(|l| l.connected).unwrap_or(false)
+            match live.get(&name) {
+                Some(l) => {
+                    let p = &l.report;
+                    let changed = p.address != report.address
+                        || p.agent_url != report.agent_url
+                        || p.accelerator != report.accelerator
+                        || p.qemu_version != report.qemu_version
+                        || p.cpus != report.cpus
+                        || p.memory_mib != report.memory_mib
+                        || p.datastores.iter().map(|d| (&d.name, &d.path, d.shared)).ne(report
+                            .datastores
+                            .iter()
+                            .map(|d| (&d.name, &d.path, d.shared)));
+                    (l.connected, changed)
+                }
+                None => (false, true),
+            }
         };
-        if !was_connected {
+        if !was_connected || changed {
             self.store
                 .put_json(&host_key(&name), &record)
                 .await
@@ -105,7 +121,11 @@ impl Cluster {
                     let speaks = rt.state.has_process()
                         || rec.host.is_none()
                         || rec.host.as_deref() == Some(host);
-                    if speaks && !busy.contains_key(&name) {
+                    // A report sent before a task's answer arrives after it:
+                    // older than what the record knows.
+                    let fresh = rt.since_ms >= rec.since_ms || rec.host.as_deref() != Some(host);
+                    if speaks && fresh && !busy.contains_key(&name) {
+                        new.since_ms = rt.since_ms;
                         new.state = rt.state;
                         new.host = Some(host.to_string());
                     }

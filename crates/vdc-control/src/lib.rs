@@ -78,6 +78,11 @@ pub struct VmRecord {
     pub host: Option<String>,
     /// Last known guest report (heartbeat time not persisted).
     pub guest: GuestInfo,
+    /// When the host saw `state` begin, in the host's clock (from
+    /// [`vdc_types::agent::VmRuntime::since_ms`]); a report about an older
+    /// state is stale and ignored.
+    #[serde(default)]
+    pub since_ms: UnixMillis,
 }
 
 /// Live data of a connected host (memory only).

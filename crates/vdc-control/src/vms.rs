@@ -130,6 +130,18 @@ impl Cluster {
         }
     }
 
+    /// Counts a VM's memory as taken on `host` until the guard is dropped
+    /// (plus [`PENDING_HOLD`]).
+    async fn promise_memory(self: &Arc<Self>, host: &str, memory_mib: u64) -> PendingGuard {
+        let mib = vdc_sched::footprint_mib(memory_mib);
+        *self.pending_mib.lock().await.entry(host.to_string()).or_default() += mib;
+        PendingGuard {
+            cluster: self.clone(),
+            host: host.to_string(),
+            mib,
+        }
+    }
+
     async fn mark_busy(self: &Arc<Self>, name: &str, what: &str) -> Result<BusyGuard, ApiError> {
         let mut busy = self
             .busy
@@ -163,15 +175,34 @@ impl Cluster {
             .map_err(store_err)
     }
 
+    /// Records a state the server decided (`since` = None) or a host
+    /// answered with (`since` = the host's time of that state).
     async fn set_state(
         &self,
         name: &str,
         state: VmPowerState,
         host: Option<String>,
     ) -> Result<(), ApiError> {
+        self.set_state_since(name, state, host, None).await
+    }
+
+    async fn set_runtime(&self, name: &str, rt: &vdc_types::agent::VmRuntime, host: Option<String>) -> Result<(), ApiError> {
+        self.set_state_since(name, rt.state, host, Some(rt.since_ms)).await
+    }
+
+    async fn set_state_since(
+        &self,
+        name: &str,
+        state: VmPowerState,
+        host: Option<String>,
+        since: Option<vdc_types::UnixMillis>,
+    ) -> Result<(), ApiError> {
         let mut rec = self.record(name).await?;
         let from = rec.state;
         rec.state = state;
+        if let Some(t) = since {
+            rec.since_ms = t;
+        }
         if host.is_some() {
             rec.host = host;
         }
@@ -679,6 +710,7 @@ impl Cluster {
             state: VmPowerState::Stopped,
             host: None,
             guest: Default::default(),
+            since_ms: 0,
         };
         self.create_unique(
             &vm_key(&req.name),
@@ -747,6 +779,12 @@ impl Cluster {
                     };
                     vdc_sched::place(&demand, &self.capacities().await).map_err(placement_err)?
                 }
+            };
+            // Promise the memory now, so that concurrent creates spread out.
+            let _pending = if req.start {
+                Some(self.promise_memory(&host, rec.config.memory_mib).await)
+            } else {
+                None
             };
             let url = self.agent_url(&host).await?;
             let boot_source = match &template {
@@ -883,18 +921,7 @@ impl Cluster {
             }
             None => vdc_sched::place(&demand, &caps).map_err(placement_err)?,
         };
-        let footprint = vdc_sched::footprint_mib(rec.config.memory_mib);
-        *self
-            .pending_mib
-            .lock()
-            .await
-            .entry(host.clone())
-            .or_default() += footprint;
-        let _pending = PendingGuard {
-            cluster: self.clone(),
-            host: host.clone(),
-            mib: footprint,
-        };
+        let _pending = self.promise_memory(&host, rec.config.memory_mib).await;
         let url = self.agent_url(&host).await?;
         ctx.check_cancel()?;
         let resuming = rec.state == VmPowerState::Suspended;
@@ -928,7 +955,7 @@ impl Cluster {
             .await
         {
             Ok(rt) => {
-                self.set_state(name, rt.state, Some(host.clone())).await?;
+                self.set_runtime(name, &rt, Some(host.clone())).await?;
                 self.events
                     .publish(
                         "vm.started",
@@ -1035,13 +1062,13 @@ impl Cluster {
                 };
                 match r {
                     Ok(rt) => {
-                        me.set_state(&n, rt.state, None).await?;
+                        me.set_runtime(&n, &rt, None).await?;
                         Ok(())
                     }
                     Err(e) => {
                         // Whatever happened, the next report tells the truth.
                         if let Some(rt) = me.runtime(&host, &id).await {
-                            let _ = me.set_state(&n, rt.state, None).await;
+                            let _ = me.set_runtime(&n, &rt, None).await;
                         } else if act == "shutdown" || act == "suspend" {
                             let _ = me.set_state(&n, S::Running, None).await;
                         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, get_vm, memory_store, put_vm, report, runtime, TOKEN};
 use vdc_control::{Cluster, HOST_TIMEOUT};
+use vdc_store::StoreExt;
 use vdc_types::{
     now_ms, DatastoreKind, ErrorCode, Event, GuestInfo, HostState, TaskState, VmPowerState,
 };
@@ -404,4 +405,36 @@ async fn a_start_whose_agent_does_not_answer_fails_and_leaves_the_vm_stopped() {
     assert_eq!(web.state, VmPowerState::Stopped);
     let h = cluster.events.history(0, usize::MAX).await;
     assert_eq!(topics(&h, "vm.started", "web"), 0);
+}
+
+#[tokio::test]
+async fn a_stale_report_does_not_undo_a_newer_state() {
+    let store = memory_store().await;
+    put_vm(&store, "web", VmPowerState::Paused, Some("host-1")).await;
+    let mut rec = get_vm(&store, "web").await.expect("record");
+    rec.since_ms = 1_000;
+    store.put_json("/vms/web", &rec).await.expect("write");
+    let cluster = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("open");
+
+    // A report taken before the pause (state since 900) arrives late.
+    let mut old = runtime("web", VmPowerState::Running, GuestInfo::default());
+    old.since_ms = 900;
+    cluster
+        .ingest_report(report("host-1", vec![old]))
+        .await
+        .expect("ingest");
+    let rec = get_vm(&store, "web").await.expect("record");
+    assert_eq!(rec.state, VmPowerState::Paused, "a stale report won");
+
+    // A newer one (resumed at 1100) is taken.
+    let mut new = runtime("web", VmPowerState::Running, GuestInfo::default());
+    new.since_ms = 1_100;
+    cluster
+        .ingest_report(report("host-1", vec![new]))
+        .await
+        .expect("ingest");
+    let rec = get_vm(&store, "web").await.expect("record");
+    assert_eq!((rec.state, rec.since_ms), (VmPowerState::Running, 1_100));
 }

@@ -10,12 +10,17 @@
 //! 2. keep those with room for the VM's memory (what the host reports free,
 //!    less what other placements have already promised but not yet started,
 //!    less a per-VM overhead for QEMU itself);
-//! 3. prefer the host with the most memory left afterwards, then the lowest
-//!    vCPU commitment per core, then the name (so the choice is stable).
+//! 3. prefer the host with the most memory left afterwards (compared in
+//!    [`MEMORY_BUCKET_MIB`] steps, so that report noise does not decide),
+//!    then the lowest vCPU commitment per core, then the name (so the
+//!    choice is stable).
 
 /// Memory QEMU itself needs beyond the guest's RAM, MiB (device model,
 /// TCG translation cache); measured ~100 MiB under TCG for small guests.
 pub const QEMU_OVERHEAD_MIB: u64 = 128;
+
+/// Granularity of free-memory comparisons between hosts, MiB.
+pub const MEMORY_BUCKET_MIB: u64 = 512;
 
 /// What placement needs to know about one host.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,7 +171,9 @@ pub fn place(demand: &Demand, hosts: &[HostCapacity]) -> Result<String, Placemen
     let best = fitting
         .into_iter()
         .max_by(|a, b| {
-            let left = |h: &HostCapacity| free(h) - needed;
+            // Memory left, in buckets: a few MiB of noise between two
+            // reports must not outweigh a real difference in CPU load.
+            let left = |h: &HostCapacity| (free(h) - needed) / MEMORY_BUCKET_MIB;
             let cpu_load = |h: &HostCapacity| {
                 (h.vcpus_committed as f64 + demand.cpus as f64) / h.cpus.max(1) as f64
             };
@@ -247,6 +254,16 @@ mod tests {
     }
 
     #[test]
+    fn equal_memory_goes_to_the_least_loaded_cpu() {
+        let mut a = host("a", 5000);
+        a.vcpus_committed = 2;
+        let b = host("b", 5010);
+        let mut c = host("c", 5020);
+        c.vcpus_committed = 1;
+        assert_eq!(place(&demand(256), &[a, b, c]).unwrap(), "b");
+    }
+
+    #[test]
     fn no_hosts() {
         assert_eq!(place(&demand(1), &[]), Err(PlacementError::NoHosts));
     }
@@ -259,7 +276,8 @@ mod tests {
                 Ok(name) => {
                     let h = hosts.iter().find(|h| h.name == name).unwrap();
                     prop_assert!(h.memory_free_mib >= footprint_mib(mem));
-                    prop_assert!(hosts.iter().all(|o| o.memory_free_mib <= h.memory_free_mib));
+                    let bucket = |f: u64| (f - footprint_mib(mem)) / MEMORY_BUCKET_MIB;
+                    prop_assert!(hosts.iter().filter(|o| o.memory_free_mib >= footprint_mib(mem)).all(|o| bucket(o.memory_free_mib) <= bucket(h.memory_free_mib)));
                 }
                 Err(_) => prop_assert!(hosts.iter().all(|h| h.memory_free_mib < footprint_mib(mem))),
             }

@@ -96,6 +96,39 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 60;
 /// Longest graceful-shutdown timeout, seconds.
 pub const MAX_SHUTDOWN_TIMEOUT_S: u64 = 3600;
 
+/// Largest serial console input accepted by one request, bytes.
+pub const CONSOLE_INPUT_MAX_BYTES: usize = 4096;
+/// Header of a console read (server and agent): the console log offset
+/// just past the bytes returned, where the next read should start.
+pub const CONSOLE_OFFSET_HEADER: &str = "x-console-offset";
+
+/// `POST /api/v1/vms/{name}/console/input` (and the agent's
+/// `POST /agent/v1/vms/{id}/console/input`): keystrokes for the VM's serial
+/// console.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleInputRequest {
+    /// UTF-8 text sent to the guest as typed, 1 to 4096 bytes; end a
+    /// command line with `\n` (or `\r`, what the Enter key sends).
+    pub data: String,
+}
+
+impl ConsoleInputRequest {
+    /// Checks the size limits; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data.is_empty() {
+            return Err("console input 'data' is empty; send at least one character".into());
+        }
+        if self.data.len() > CONSOLE_INPUT_MAX_BYTES {
+            return Err(format!(
+                "console input is {} bytes; at most {CONSOLE_INPUT_MAX_BYTES} bytes per request",
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `POST /api/v1/templates`: import a disk image file as a template.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

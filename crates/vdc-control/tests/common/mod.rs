@@ -105,6 +105,7 @@ pub async fn put_vm(store: &Arc<dyn Store>, name: &str, state: VmPowerState, hos
         state,
         host: host.map(str::to_string),
         guest: GuestInfo::default(),
+        since_ms: 0,
     };
     store
         .put_json(&format!("/vms/{name}"), &rec)
