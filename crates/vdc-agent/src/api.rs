@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -20,13 +20,18 @@ use vdc_types::agent::{
     AgentShutdownRequest, AgentStartRequest, DestroyVmRequest, HostReport, ImportImageRequest,
     ImportImageResponse, ProvisionVmRequest, VmRuntime,
 };
+use vdc_types::api::{ConsoleInputRequest, CONSOLE_OFFSET_HEADER};
 use vdc_types::{ApiError, ErrorCode};
 
 use crate::agent::Agent;
+use crate::console::ConsoleRange;
 
 /// Default and largest console tail.
 const CONSOLE_DEFAULT: u64 = 16 * 1024;
 const CONSOLE_MAX: u64 = 4 * 1024 * 1024;
+/// Largest console input body accepted before parsing (the data itself is
+/// limited to `CONSOLE_INPUT_MAX_BYTES`; JSON escapes may triple it).
+const CONSOLE_INPUT_BODY_MAX: usize = 64 * 1024;
 
 /// An [`ApiError`] as a response.
 pub(crate) struct Failure(pub ApiError);
@@ -83,6 +88,10 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
         .route(&format!("{VM}/console"), get(console))
+        .route(
+            &format!("{VM}/console/input"),
+            post(console_input).layer(DefaultBodyLimit::max(CONSOLE_INPUT_BODY_MAX)),
+        )
         .route("/agent/v1/images/import", post(import_image))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(agent.clone(), auth))
@@ -195,22 +204,55 @@ async fn destroy(
 #[derive(Deserialize)]
 struct ConsoleQuery {
     bytes: Option<String>,
+    offset: Option<String>,
 }
 
+fn parse_number(what: &str, v: &str) -> Result<u64, Failure> {
+    v.parse::<u64>()
+        .map_err(|_| Failure(ApiError::invalid(format!("{what}='{v}' is not a number"))))
+}
+
+/// `?bytes=N` (tail, default) or `?offset=N` (from that offset); the answer
+/// carries the offset just past its bytes in `X-Console-Offset`.
 async fn console(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
     Query(query): Query<ConsoleQuery>,
 ) -> Result<Response, Failure> {
-    let bytes = match query.bytes {
-        None => CONSOLE_DEFAULT,
-        Some(b) => b
-            .parse::<u64>()
-            .map_err(|_| ApiError::invalid(format!("bytes='{b}' is not a number")))?
-            .min(CONSOLE_MAX),
+    let range = match (query.bytes, query.offset) {
+        (Some(_), Some(_)) => {
+            return Err(Failure(ApiError::invalid(
+                "give either bytes (the tail) or offset (read on from there), not both",
+            )))
+        }
+        (None, Some(o)) => ConsoleRange::From(parse_number("offset", &o)?),
+        (Some(b), None) => ConsoleRange::Tail(parse_number("bytes", &b)?.min(CONSOLE_MAX)),
+        (None, None) => ConsoleRange::Tail(CONSOLE_DEFAULT),
     };
-    let body = agent.console(&id, bytes)?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+    let (body, end) = agent.console_read(&id, range)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::HeaderName::from_static(CONSOLE_OFFSET_HEADER),
+                end.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn console_input(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<ConsoleInputRequest>,
+) -> Result<StatusCode, Failure> {
+    agent.console_input(&id, &req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn import_image(

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,6 +89,9 @@ struct Input {
 #[derive(Default)]
 pub(crate) struct ConsoleLinks {
     links: Mutex<HashMap<String, mpsc::Sender<Input>>>,
+    /// Held while connecting, so that concurrent first inputs share one
+    /// connection (a second one would wait in QEMU's backlog).
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl ConsoleLinks {
@@ -144,10 +147,12 @@ impl ConsoleLinks {
 
     /// The live connection of `id`, or a new one.
     async fn sender(&self, id: &str, socket: &Path) -> Result<mpsc::Sender<Input>, ConsoleError> {
-        if let Some(s) = self.links().get(id) {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = self.live(id) {
+            return Ok(s);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(s) = self.live(id) {
+            return Ok(s);
         }
         let connect_err = |source| ConsoleError::Connect {
             path: socket.display().to_string(),
@@ -158,16 +163,14 @@ impl ConsoleLinks {
             .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_err)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let mut links = self.links();
-        // Another request may have connected meanwhile: keep the first.
-        if let Some(s) = links.get(id) {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
-        }
         tokio::spawn(run_link(stream, rx, id.to_string()));
-        links.insert(id.to_string(), tx.clone());
+        self.links().insert(id.to_string(), tx.clone());
         Ok(tx)
+    }
+
+    /// The connection of `id` if its task still runs.
+    fn live(&self, id: &str) -> Option<mpsc::Sender<Input>> {
+        self.links().get(id).filter(|s| !s.is_closed()).cloned()
     }
 }
 
@@ -186,13 +189,12 @@ async fn run_link(stream: UnixStream, mut inputs: mpsc::Receiver<Input>, id: Str
     };
     let write = async {
         while let Some(input) = inputs.recv().await {
-            let result = match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&input.data))
-                .await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ConsoleError::Write(e)),
-                Err(_) => Err(ConsoleError::Timeout(WRITE_TIMEOUT)),
-            };
+            let result =
+                match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&input.data)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(ConsoleError::Write(e)),
+                    Err(_) => Err(ConsoleError::Timeout(WRITE_TIMEOUT)),
+                };
             let failed = result.is_err();
             let _ = input.done.send(result);
             if failed {
@@ -294,6 +296,7 @@ fn complete_utf8_len(buf: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn tail_and_offsets() {
@@ -337,7 +340,10 @@ mod tests {
         );
         // A log ending inside a character: the end offset stops before it.
         std::fs::write(&p, [b'a', 0xE2, 0x82]).unwrap();
-        assert_eq!(read_log(&p, ConsoleRange::From(0)).unwrap(), (b"a".to_vec(), 1));
+        assert_eq!(
+            read_log(&p, ConsoleRange::From(0)).unwrap(),
+            (b"a".to_vec(), 1)
+        );
         // Invalid bytes are passed through, not held back forever.
         std::fs::write(&p, [b'a', 0xFF]).unwrap();
         assert_eq!(

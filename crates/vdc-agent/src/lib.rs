@@ -18,6 +18,8 @@
 //! - `agent`: the operations (provision, start, stop, suspend, destroy, …)
 //! - `supervisor`: one task per running VM (events, guest, stats, lease)
 //! - `state`: the pure power state machine
+//! - `console`: the serial console (log reads by offset, input over the
+//!   console socket)
 //! - `api`: the HTTP routes, token check and JSON errors
 //! - `reporter`: the heartbeat to the server
 //! - `hoststats`: `/proc` measurements
@@ -27,6 +29,7 @@
 mod agent;
 mod api;
 mod config;
+mod console;
 mod error;
 mod hoststats;
 mod reporter;

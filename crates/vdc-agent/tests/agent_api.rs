@@ -406,6 +406,25 @@ async fn vm_lifecycle_through_the_agent_api() {
         VmPowerState::Stopped
     );
 
+    // --- console input needs a process; bad input is refused ----------
+    let input_url = format!("{a}/agent/v1/vms/{id}/console/input");
+    let (status, v) = c
+        .call(M::POST, input_url.clone(), Some(json!({ "data": "ls\n" })))
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["code"], "invalid_state", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("start it"), "{v}");
+    for bad in [
+        json!({ "data": "x".repeat(4097) }),
+        json!({ "data": "" }),
+        json!({ "text": "ls" }),
+        json!(42),
+    ] {
+        let (status, v) = c.call(M::POST, input_url.clone(), Some(bad)).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["code"], "invalid_input", "{v}");
+    }
+
     // --- start, guest ready --------------------------------------------
     let start_body = json!({ "config": config });
     let rt: VmRuntime = c
@@ -447,7 +466,52 @@ async fn vm_lifecycle_through_the_agent_api() {
         .send()
         .await
         .unwrap();
+    let end: u64 = console.headers()["x-console-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(console.text().await.unwrap().contains("VDC-GUEST-READY"));
+
+    // --- console input: the guest's root shell runs it -----------------
+    let (status, v) = c
+        .call(
+            M::POST,
+            input_url.clone(),
+            Some(json!({ "data": "echo agent-$((20+22))\n" })),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    let mut seen = String::new();
+    let mut offset = end;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains("agent-42") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the console never showed the command's output; after offset {end}:\n{seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = c
+            .http
+            .get(format!("{a}/agent/v1/vms/{id}/console?offset={offset}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let next: u64 = resp.headers()["x-console-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let chunk = resp.text().await.unwrap();
+        assert_eq!(next, offset + chunk.len() as u64, "offsets are contiguous");
+        offset = next;
+        seen.push_str(&chunk);
+    }
+    assert!(
+        seen.contains("echo agent-$((20+22))"),
+        "echoed input: {seen}"
+    );
 
     // --- pause / resume ------------------------------------------------
     let rt: VmRuntime = c

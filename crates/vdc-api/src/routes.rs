@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -14,11 +14,11 @@ use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
-use vdc_control::Cluster;
+use vdc_control::{Cluster, ConsoleRange};
 use vdc_types::agent::HostReport;
 use vdc_types::api::{
-    CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest, StartVmRequest,
-    Template, VersionInfo,
+    ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
+    StartVmRequest, Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
 use vdc_types::event::topic_matches;
 use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
@@ -58,6 +58,7 @@ pub struct AppState {
         delete_vm,
         vm_action,
         vm_console,
+        vm_console_input,
         list_tasks,
         get_task,
         cancel_task,
@@ -81,6 +82,7 @@ pub struct AppState {
         CreateTemplateRequest,
         StartVmRequest,
         ShutdownVmRequest,
+        ConsoleInputRequest,
         HostReport
     ))
 )]
@@ -98,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         .route("/vms", get(list_vms).post(create_vm))
         .route("/vms/{name}", get(get_vm).delete(delete_vm))
         .route("/vms/{name}/console", get(vm_console))
+        .route(
+            "/vms/{name}/console/input",
+            post(vm_console_input).layer(DefaultBodyLimit::max(CONSOLE_INPUT_BODY_MAX)),
+        )
         .route("/vms/{name}/{action}", post(vm_action))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
@@ -349,32 +355,88 @@ fn parse_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T,
     })
 }
 
+/// Largest console input body read before parsing (the text itself is
+/// limited to 4096 bytes; JSON escapes may make the body longer).
+const CONSOLE_INPUT_BODY_MAX: usize = 64 * 1024;
+/// Largest console tail.
+const CONSOLE_TAIL_MAX: u64 = 1 << 20;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ConsoleQuery {
-    /// How many bytes of the end of the console log (default 16384, at most 1 MiB).
+    /// How many bytes of the end of the console log (default 16384, at most
+    /// 1 MiB; 0 returns nothing but the end offset).
     bytes: Option<u64>,
+    /// Instead of a tail: the bytes from this log offset on (at most 1 MiB
+    /// per call), taken from a previous answer's `X-Console-Offset`. An
+    /// offset past the end (the log was replaced) reads from the start.
+    offset: Option<u64>,
     #[serde(default)]
     #[allow(dead_code)]
     access_token: Option<String>,
 }
 
-/// The tail of the VM's serial console log (text).
+/// Part of the VM's serial console log (text): the tail, or everything
+/// after an offset. The `X-Console-Offset` header holds the log offset just
+/// past the returned bytes; pass it as `offset` to read on without missing
+/// or repeating output.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console", params(("name" = String, Path), ConsoleQuery),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ApiError)))]
+    responses((status = 200, body = String, content_type = "text/plain",
+        headers(("X-Console-Offset" = u64, description = "log offset just past the returned bytes"))),
+        (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn vm_console(
     State(st): State<AppState>,
     Path(name): Path<String>,
     ApiQuery(q): ApiQuery<ConsoleQuery>,
 ) -> ApiResult<Response> {
-    let bytes = q.bytes.unwrap_or(16384);
-    if bytes == 0 || bytes > 1 << 20 {
-        return Err(ApiErr(ApiError::invalid(format!(
-            "bytes must be between 1 and 1048576, not {bytes}"
-        ))));
-    }
-    let text = st.cluster.vm_console(&name, bytes).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    let range = match (q.bytes, q.offset) {
+        (Some(_), Some(_)) => {
+            return Err(ApiErr(ApiError::invalid(
+                "give either bytes (the tail) or offset (read on from there), not both",
+            )))
+        }
+        (None, Some(o)) => ConsoleRange::From(o),
+        (b, None) => {
+            let bytes = b.unwrap_or(16384);
+            if bytes > CONSOLE_TAIL_MAX {
+                return Err(ApiErr(ApiError::invalid(format!(
+                    "bytes must be between 0 and {CONSOLE_TAIL_MAX}, not {bytes}"
+                ))));
+            }
+            ConsoleRange::Tail(bytes)
+        }
+    };
+    let (body, end) = st.cluster.vm_console_read(&name, range).await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::HeaderName::from_static(CONSOLE_OFFSET_HEADER),
+                end.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Types text on the VM's serial console (keystrokes for the guest's
+/// ttyS0; end a command with "\n"). The VM must be running; its output
+/// appears in the console log.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/console/input", params(("name" = String, Path)),
+    request_body = ConsoleInputRequest,
+    responses((status = 204, description = "the guest's console took the input"),
+        (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn vm_console_input(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ConsoleInputRequest>,
+) -> ApiResult<StatusCode> {
+    st.cluster.vm_console_input(&name, &req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Tasks, newest first.

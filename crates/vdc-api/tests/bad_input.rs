@@ -364,3 +364,70 @@ async fn events_stream_filters_topics() {
     let hist = c.list_hosts().await.unwrap();
     assert_eq!(hist.len(), 1);
 }
+
+#[tokio::test]
+async fn console_requests_are_validated() {
+    let (url, c, _d) = server().await;
+    let http = reqwest::Client::new();
+    let input = |body: String| {
+        http.post(format!("{url}/api/v1/vms/nope/console/input"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let too_long = json!({ "data": "x".repeat(4097) }).to_string();
+    for (body, want) in [
+        (too_long.as_str(), "at most 4096 bytes"),
+        (r#"{"data": ""}"#, "empty"),
+        (r#"{"data": 5}"#, "wrong field"),
+        (r#"{"text": "ls"}"#, "wrong field"),
+        ("{oops", "not valid JSON"),
+    ] {
+        let r = input(body.to_string()).await.unwrap();
+        assert_eq!(r.status(), 400, "{body:.40}");
+        let e: vdc_types::ApiError = r.json().await.expect("JSON error body");
+        assert_eq!(e.code, ErrorCode::InvalidInput);
+        assert!(e.message.contains(want), "{body:.40}: {}", e.message);
+    }
+    // Far over the body limit: still a JSON 400, not a dropped connection.
+    let huge = json!({ "data": "x".repeat(200_000) }).to_string();
+    let r = input(huge).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let _: vdc_types::ApiError = r.json().await.expect("JSON error body");
+    // Valid input to a VM that does not exist.
+    let (code, msg) = api_code(c.console_input("nope", "ls\n").await);
+    assert_eq!(code, ErrorCode::NotFound);
+    assert!(msg.contains("nope"), "{msg}");
+    let (code, _) = api_code(c.console_from("nope", 0).await);
+    assert_eq!(code, ErrorCode::NotFound);
+
+    for query in [
+        "bytes=10&offset=0",
+        "bytes=2000000",
+        "offset=-1",
+        "offset=x",
+        "colour=red",
+    ] {
+        let r = http
+            .get(format!("{url}/api/v1/vms/nope/console?{query}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let e: vdc_types::ApiError = r.json().await.expect("JSON error body");
+        assert_eq!(e.code, ErrorCode::InvalidInput, "{query}");
+    }
+
+    let doc: serde_json::Value = http
+        .get(format!("{url}/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/api/v1/vms/{name}/console/input"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["ConsoleInputRequest"].is_object());
+}

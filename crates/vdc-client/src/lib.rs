@@ -245,25 +245,69 @@ impl Client {
     }
     /// `GET /vms/{name}/console?bytes=N`: the tail of the serial console.
     pub async fn console(&self, name: &str, bytes: u64) -> Result<String, ClientError> {
-        let rb = self.req(
-            reqwest::Method::GET,
-            &format!("/vms/{}/console?bytes={bytes}", seg(name)),
-        );
-        let resp = rb.send().await.map_err(|source| ClientError::Transport {
-            url: self.base.clone(),
-            source,
-        })?;
+        Ok(self.console_tail(name, bytes).await?.0)
+    }
+    /// `GET /vms/{name}/console?bytes=N`: the tail of the serial console and
+    /// the log offset just past it (`bytes` 0: only the end offset).
+    pub async fn console_tail(&self, name: &str, bytes: u64) -> Result<(String, u64), ClientError> {
+        self.console_get(&format!("/vms/{}/console?bytes={bytes}", seg(name)))
+            .await
+    }
+    /// `GET /vms/{name}/console?offset=N`: the console output written since
+    /// log offset `offset` (at most 1 MiB) and the offset to read on from.
+    /// Feeding the returned offset back never misses or repeats output.
+    pub async fn console_from(
+        &self,
+        name: &str,
+        offset: u64,
+    ) -> Result<(String, u64), ClientError> {
+        self.console_get(&format!("/vms/{}/console?offset={offset}", seg(name)))
+            .await
+    }
+    async fn console_get(&self, path: &str) -> Result<(String, u64), ClientError> {
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|source| ClientError::Transport {
-            url: self.base.clone(),
-            source,
-        })?;
+        let offset = resp
+            .headers()
+            .get(vdc_types::api::CONSOLE_OFFSET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.base.clone(),
+                source,
+            })?;
         if !status.is_success() {
             return Err(ClientError::Api(
-                serde_json::from_str(&text).unwrap_or_else(|_| ApiError::internal(text)),
+                serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                    ApiError::internal(String::from_utf8_lossy(&bytes).into_owned())
+                }),
             ));
         }
-        Ok(text)
+        let offset = offset.ok_or_else(|| {
+            ClientError::Api(ApiError::internal(
+                "the server sent no X-Console-Offset header; is it older than this client?",
+            ))
+        })?;
+        Ok((String::from_utf8_lossy(&bytes).into_owned(), offset))
+    }
+    /// `POST /vms/{name}/console/input`: types `data` on the VM's serial
+    /// console (1 to 4096 bytes; the VM must be running).
+    pub async fn console_input(&self, name: &str, data: &str) -> Result<(), ClientError> {
+        let body = vdc_types::api::ConsoleInputRequest {
+            data: data.to_string(),
+        };
+        self.post(&format!("/vms/{}/console/input", seg(name)), &body)
+            .await
     }
     /// `GET /tasks`.
     pub async fn list_tasks(&self) -> Result<Vec<Task>, ClientError> {

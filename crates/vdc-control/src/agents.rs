@@ -197,15 +197,23 @@ impl AgentClient {
         .await
     }
 
-    /// The tail of a VM's serial console.
-    pub async fn console(
+    /// Part of a VM's serial console log, as raw bytes, and the log offset
+    /// just past them. `query` is the agent's query string
+    /// (`bytes=N` or `offset=N`).
+    pub async fn console_read(
         &self,
         host: &str,
         url: &str,
         id: &str,
-        bytes: u64,
-    ) -> Result<String, ApiError> {
-        let u = format!("{url}/agent/v1/vms/{id}/console?bytes={bytes}");
+        query: &str,
+    ) -> Result<(Vec<u8>, u64), ApiError> {
+        let u = format!("{url}/agent/v1/vms/{id}/console?{query}");
+        let unavailable = |e: reqwest::Error| {
+            ApiError::new(
+                ErrorCode::HostUnavailable,
+                format!("host '{host}' did not answer ({e})"),
+            )
+        };
         let resp = self
             .http
             .get(&u)
@@ -213,22 +221,51 @@ impl AgentClient {
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::HostUnavailable,
-                    format!("host '{host}' did not answer ({e})"),
-                )
-            })?;
+            .map_err(unavailable)?;
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let offset = resp
+            .headers()
+            .get(vdc_types::api::CONSOLE_OFFSET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = resp.bytes().await.map_err(unavailable)?;
         if !status.is_success() {
-            return Err(serde_json::from_str(&text).unwrap_or_else(|_| {
+            return Err(serde_json::from_slice(&body).unwrap_or_else(|_| {
                 ApiError::new(
                     ErrorCode::HostError,
                     format!("host '{host}' answered {status}"),
                 )
             }));
         }
-        Ok(text)
+        let offset = offset.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::HostError,
+                format!(
+                    "host '{host}' sent no console offset; is its agent older than this server?"
+                ),
+            )
+        })?;
+        Ok((body.to_vec(), offset))
+    }
+
+    /// Types `req.data` on a VM's serial console.
+    pub async fn console_input(
+        &self,
+        host: &str,
+        url: &str,
+        id: &str,
+        req: &vdc_types::api::ConsoleInputRequest,
+    ) -> Result<(), ApiError> {
+        let u = format!("{url}/agent/v1/vms/{id}/console/input");
+        let _: serde_json::Value = self
+            .call(
+                host,
+                reqwest::Method::POST,
+                u,
+                Some(req),
+                Duration::from_secs(15),
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -45,10 +45,13 @@ impl Cluster {
                         || p.qemu_version != report.qemu_version
                         || p.cpus != report.cpus
                         || p.memory_mib != report.memory_mib
-                        || p.datastores.iter().map(|d| (&d.name, &d.path, d.shared)).ne(report
-                            .datastores
+                        || p.datastores
                             .iter()
-                            .map(|d| (&d.name, &d.path, d.shared)));
+                            .map(|d| (&d.name, &d.path, d.shared))
+                            .ne(report
+                                .datastores
+                                .iter()
+                                .map(|d| (&d.name, &d.path, d.shared)));
                     (l.connected, changed)
                 }
                 None => (false, true),

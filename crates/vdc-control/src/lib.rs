@@ -21,6 +21,7 @@
 //! | `/events/<seq>` | [`vdc_types::Event`] |
 
 pub mod agents;
+mod console;
 pub mod events;
 mod hosts;
 pub mod ipam;
@@ -38,6 +39,7 @@ use vdc_types::agent::HostReport;
 use vdc_types::{Accelerator, ApiError, GuestInfo, UnixMillis, VmConfig, VmPowerState};
 
 pub use agents::AgentClient;
+pub use console::ConsoleRange;
 pub use events::EventBus;
 pub use tasks::{TaskCtx, TaskEngine};
 

@@ -134,7 +134,12 @@ impl Cluster {
     /// (plus [`PENDING_HOLD`]).
     async fn promise_memory(self: &Arc<Self>, host: &str, memory_mib: u64) -> PendingGuard {
         let mib = vdc_sched::footprint_mib(memory_mib);
-        *self.pending_mib.lock().await.entry(host.to_string()).or_default() += mib;
+        *self
+            .pending_mib
+            .lock()
+            .await
+            .entry(host.to_string())
+            .or_default() += mib;
         PendingGuard {
             cluster: self.clone(),
             host: host.to_string(),
@@ -186,8 +191,14 @@ impl Cluster {
         self.set_state_since(name, state, host, None).await
     }
 
-    async fn set_runtime(&self, name: &str, rt: &vdc_types::agent::VmRuntime, host: Option<String>) -> Result<(), ApiError> {
-        self.set_state_since(name, rt.state, host, Some(rt.since_ms)).await
+    async fn set_runtime(
+        &self,
+        name: &str,
+        rt: &vdc_types::agent::VmRuntime,
+        host: Option<String>,
+    ) -> Result<(), ApiError> {
+        self.set_state_since(name, rt.state, host, Some(rt.since_ms))
+            .await
     }
 
     async fn set_state_since(
@@ -1137,29 +1148,6 @@ impl Cluster {
                     .await;
                 Ok(())
             })
-            .await
-    }
-
-    /// The tail of a VM's serial console.
-    pub async fn vm_console(&self, name: &str, bytes: u64) -> Result<String, ApiError> {
-        let rec = self.record(name).await?;
-        let host = match rec.host.clone() {
-            Some(h) if self.agent_url(&h).await.is_ok() => h,
-            _ => self
-                .hosts_reaching(&rec.config.datastore)
-                .await
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::HostUnavailable,
-                        "no connected host reaches the VM's datastore",
-                    )
-                })?,
-        };
-        let url = self.agent_url(&host).await?;
-        self.agents
-            .console(&host, &url, &rec.config.id, bytes)
             .await
     }
 }

@@ -14,6 +14,9 @@
 //!    [`guest_request`];
 //! 3. drops the lab: everything is torn down, and if the test panicked the
 //!    server, agent and VM console logs are printed first.
+//!
+//! Tests of the web page drive a real headless Chromium with
+//! [`webdriver::Browser`].
 
 #![warn(missing_docs)]
 
@@ -21,6 +24,7 @@ mod error;
 mod faults;
 mod guest;
 mod wait;
+pub mod webdriver;
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener};

@@ -253,16 +253,32 @@ pub enum VmCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Print the tail of a VM's serial console.
+    /// Attach to a VM's serial console (on a terminal; detach with Ctrl-]),
+    /// or print its tail, follow it, or send a line to it.
+    ///
+    /// On a terminal, with none of --bytes, --follow or --send, the console
+    /// is interactive like `virsh console`: keystrokes go to the guest and
+    /// its output is shown until Ctrl-] detaches. Otherwise the end of the
+    /// console is printed (`--bytes`), followed (`--follow`), or a line is
+    /// sent and the output that comes back within `--wait` seconds printed
+    /// (`--send`).
     Console {
         /// VM name.
         name: String,
-        /// How many bytes of the console's end to print.
-        #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
-        bytes: u64,
+        /// Print this many bytes of the console's end (default 16384).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
+        bytes: Option<u64>,
         /// Keep printing new console output until interrupted.
-        #[arg(short = 'f', long)]
+        #[arg(short = 'f', long, conflicts_with = "send")]
         follow: bool,
+        /// Type TEXT and a newline on the console, then print the output that
+        /// arrives within --wait seconds.
+        #[arg(long, value_name = "TEXT", conflicts_with = "bytes")]
+        send: Option<String>,
+        /// Seconds to collect output after --send.
+        #[arg(long, value_name = "S", default_value_t = 3, requires = "send",
+              value_parser = clap::value_parser!(u64).range(0..=3600))]
+        wait: u64,
     },
 }
 

@@ -22,18 +22,10 @@ use crate::cli::{
     Command, DatastoreCmd, EventsArgs, HostCmd, NetworkCmd, NetworkCreateArgs, Output, TaskCmd,
     TemplateCmd, TemplateImportArgs, VmCmd, VmCreateArgs, WaitArgs,
 };
+use crate::console::ConsoleArgs;
 use crate::error::CliError;
-use crate::format::{
-    age, bytes, check_cidr, console_overlap, key_values, mib, or_dash, utc_time, Table,
-};
+use crate::format::{age, bytes, check_cidr, key_values, mib, or_dash, utc_time, Table};
 use crate::wait::{state_word, wait_task};
-
-/// How often `vm console --follow` polls.
-const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
-/// How much of the console `--follow` fetches per poll; new output is found
-/// by overlapping it with the previous fetch, so it must exceed what a guest
-/// prints in one interval.
-const FOLLOW_WINDOW: u64 = 256 * 1024;
 
 /// What every client verb needs: the API client and the output format.
 pub struct Ctx {
@@ -44,7 +36,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn json(&self) -> bool {
+    /// Whether JSON output was asked for.
+    pub(crate) fn json(&self) -> bool {
         self.output == Output::Json
     }
 }
@@ -323,7 +316,18 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
             name,
             bytes,
             follow,
-        } => vm_console(ctx, &name, bytes, follow).await,
+            send,
+            wait,
+        } => {
+            let args = ConsoleArgs {
+                name,
+                bytes,
+                follow,
+                send,
+                wait,
+            };
+            crate::console::run(ctx, args).await
+        }
     }
 }
 
@@ -512,43 +516,6 @@ fn confirm(question: &str) -> Result<bool, CliError> {
         answer.trim().to_ascii_lowercase().as_str(),
         "y" | "yes"
     ))
-}
-
-async fn vm_console(ctx: &Ctx, name: &str, n: u64, follow: bool) -> Result<(), CliError> {
-    let window = if follow { n.max(FOLLOW_WINDOW) } else { n };
-    let first = ctx.client.console(name, window).await?;
-    let first_bytes = first.as_bytes();
-    let shown = &first_bytes[first_bytes.len().saturating_sub(n as usize)..];
-    print_console(ctx, name, shown)?;
-    if !follow {
-        return Ok(());
-    }
-    let mut prev = first;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-        }
-        let cur = ctx.client.console(name, window).await?;
-        let skip = console_overlap(prev.as_bytes(), cur.as_bytes());
-        let new = &cur.as_bytes()[skip..];
-        if !new.is_empty() {
-            print_console(ctx, name, new)?;
-        }
-        prev = cur;
-    }
-}
-
-fn print_console(ctx: &Ctx, name: &str, data: &[u8]) -> Result<(), CliError> {
-    let text = String::from_utf8_lossy(data);
-    if ctx.json() {
-        let line = serde_json::json!({ "vm": name, "console": text });
-        out(&format!("{line}\n"))
-    } else {
-        out(&text)
-    }
 }
 
 // ---- tasks ----

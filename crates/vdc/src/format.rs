@@ -1,6 +1,5 @@
 //! Pure parsing and formatting: sizes given on the command line, aligned
-//! tables, human-readable sizes and times, and the console-tail overlap used
-//! by `vdc vm console --follow`.
+//! tables, human-readable sizes and times.
 //!
 //! Nothing here does I/O, so every rule is unit-tested.
 
@@ -252,37 +251,6 @@ pub fn or_dash(v: Option<&str>) -> String {
     v.filter(|s| !s.is_empty()).unwrap_or("-").to_string()
 }
 
-/// Which part of the console tail `cur` is new, given the previous tail
-/// `prev`: the length of the longest suffix of `prev` that is also a prefix
-/// of `cur` (computed with the Knuth–Morris–Pratt failure function, in linear
-/// time). Everything in `cur` after that many bytes is new.
-pub fn console_overlap(prev: &[u8], cur: &[u8]) -> usize {
-    if prev.is_empty() || cur.is_empty() {
-        return 0;
-    }
-    let mut fail = vec![0usize; cur.len()];
-    let mut k = 0;
-    for i in 1..cur.len() {
-        while k > 0 && cur[i] != cur[k] {
-            k = fail[k - 1];
-        }
-        if cur[i] == cur[k] {
-            k += 1;
-        }
-        fail[i] = k;
-    }
-    let mut k = 0;
-    for &b in prev {
-        while k > 0 && (k == cur.len() || b != cur[k]) {
-            k = fail[k - 1];
-        }
-        if k < cur.len() && b == cur[k] {
-            k += 1;
-        }
-    }
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,21 +352,5 @@ mod tests {
         assert_eq!(utc_time(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(utc_time(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(utc_time(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
-    }
-
-    #[test]
-    fn console_overlap_finds_new_bytes() {
-        // The log grew by "DEF": the old tail's end is the new tail's start.
-        assert_eq!(console_overlap(b"xxABC", b"ABCDEF"), 3);
-        // Nothing new.
-        assert_eq!(console_overlap(b"ABCDEF", b"ABCDEF"), 6);
-        // Whole log returned both times, grown.
-        assert_eq!(console_overlap(b"boot", b"boot ok"), 4);
-        // No overlap at all: everything is new.
-        assert_eq!(console_overlap(b"aaaa", b"zzzz"), 0);
-        assert_eq!(console_overlap(b"", b"new"), 0);
-        assert_eq!(console_overlap(b"old", b""), 0);
-        // Repeated content: the longest overlap wins.
-        assert_eq!(console_overlap(b"abab", b"ababab"), 4);
     }
 }

@@ -15,6 +15,7 @@
 
 mod cli;
 mod commands;
+mod console;
 mod error;
 mod format;
 mod wait;

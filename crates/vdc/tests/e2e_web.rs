@@ -1,0 +1,310 @@
+//! End-to-end test of the web page in a real headless Chromium: the page the
+//! server serves at `/`, driven over WebDriver against a lab with a real
+//! guest, checked both in what the page shows and through the API.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::FutureExt;
+use vdc_test_infra::webdriver::{Browser, WebDriverError};
+use vdc_test_infra::{error_chain, wait_until_async, wait_vm, TestLab};
+use vdc_types::{TaskState, Vm, VmPowerState};
+
+/// Longest wait for the page to show something (it refreshes on every
+/// event and every 5 s).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a VM task the page started.
+const TASK_TIMEOUT: Duration = Duration::from_secs(240);
+const TEMPLATE: &str = "debian-busybox";
+
+/// Columns of the page's VM table.
+const NAME: usize = 0;
+const STATE: usize = 1;
+const HOST: usize = 2;
+const ADDRESS: usize = 5;
+const READY: usize = 6;
+const ACTIONS: usize = 7;
+
+fn cell(row: &[String], i: usize) -> &str {
+    row.get(i).map(String::as_str).unwrap_or_default()
+}
+
+fn vm_row<'a>(name: &'a str, state: &'a str) -> impl Fn(&[String]) -> bool + 'a {
+    move |r| cell(r, NAME) == name && cell(r, STATE) == state
+}
+
+/// The value of a browser step, or a panic naming the step and the cause.
+fn page<T>(step: &str, r: Result<T, WebDriverError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{step}: {}", error_chain(&e)),
+    }
+}
+
+fn button(vm: &str, action: &str) -> String {
+    format!(r#"#vms tr[data-vm="{vm}"] button[data-action="{action}"]"#)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn web_page_drives_the_cluster_in_chromium() {
+    let lab = TestLab::builder(1)
+        .demo_vms(1)
+        .vdc_binary(env!("CARGO_BIN_EXE_vdc"))
+        .start()
+        .await;
+    let vm = wait_vm(&lab.client, "demo-1", |v| {
+        v.state == VmPowerState::Running && v.guest.ready
+    })
+    .await;
+    let browser = match Browser::start().await {
+        Ok(b) => b,
+        Err(e) => panic!("starting headless Chromium: {}", error_chain(&e)),
+    };
+    let outcome = AssertUnwindSafe(drive_page(&lab, &browser, &vm))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = outcome {
+        save_diagnostics(&lab, &browser).await;
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
+    let c = &lab.client;
+    let host = vm.host.clone().expect("demo-1 runs on a host");
+    let address = vm
+        .guest
+        .address
+        .clone()
+        .expect("demo-1 reports its address");
+    let token = std::fs::read_to_string(&lab.info.token_file).expect("the lab's token file");
+    let token = token.trim();
+
+    // The page takes the token from the fragment and drops it from the URL.
+    page(
+        "opening the page",
+        browser
+            .goto(&format!("{}/#token={token}", lab.info.api_url))
+            .await,
+    );
+    let url = page("reading the URL", browser.current_url().await);
+    assert!(!url.contains(token), "the token stays in the URL: {url}");
+    page(
+        "the live event stream",
+        browser
+            .wait_text("#live", PAGE_TIMEOUT, |t| t == "connected")
+            .await,
+    );
+
+    // The VM table shows the running guest where the API says it is.
+    let row = page(
+        "demo-1 running in the VM table",
+        browser
+            .wait_row("#vms tbody tr", PAGE_TIMEOUT, |r| {
+                vm_row("demo-1", "running")(r)
+                    && cell(r, HOST) == host
+                    && cell(r, ADDRESS) == address
+                    && cell(r, READY) == "yes"
+            })
+            .await,
+    );
+    assert!(cell(&row, ACTIONS).contains("pause"), "{row:?}");
+    page(
+        "host-1 connected in the host table",
+        browser
+            .wait_row("#hosts tbody tr", PAGE_TIMEOUT, |r| {
+                cell(r, 0) == "host-1" && cell(r, 1) == "connected"
+            })
+            .await,
+    );
+
+    // Pause from the page: the page and the API agree.
+    page(
+        "clicking pause",
+        browser
+            .click_css(&button("demo-1", "pause"), PAGE_TIMEOUT)
+            .await,
+    );
+    let row = page(
+        "demo-1 paused in the VM table",
+        browser
+            .wait_row("#vms tbody tr", TASK_TIMEOUT, vm_row("demo-1", "paused"))
+            .await,
+    );
+    assert!(
+        cell(&row, ACTIONS).contains("resume") && !cell(&row, ACTIONS).contains("pause"),
+        "a paused VM offers resume, not pause: {row:?}"
+    );
+    wait_vm(c, "demo-1", |v| v.state == VmPowerState::Paused).await;
+
+    // Resume from the page.
+    page(
+        "clicking resume",
+        browser
+            .click_css(&button("demo-1", "resume"), PAGE_TIMEOUT)
+            .await,
+    );
+    page(
+        "demo-1 running again in the VM table",
+        browser
+            .wait_row("#vms tbody tr", TASK_TIMEOUT, vm_row("demo-1", "running"))
+            .await,
+    );
+    wait_vm(c, "demo-1", |v| v.state == VmPowerState::Running).await;
+
+    // Both changes arrived as live events, the newest on top.
+    page(
+        "vm.state_changed events of demo-1",
+        browser
+            .wait_text("#events", PAGE_TIMEOUT, |t| {
+                let mut changes = t
+                    .lines()
+                    .filter(|l| l.contains("vm.state_changed") && l.contains("VM demo-1 is "));
+                changes
+                    .next()
+                    .is_some_and(|l| l.contains("demo-1 is running"))
+                    && changes
+                        .next()
+                        .is_some_and(|l| l.contains("demo-1 is paused"))
+            })
+            .await,
+    );
+
+    // Create a VM with the form: the template is preselected; leave it off.
+    let template = page(
+        "the template list",
+        browser.find("#create select[name=template]").await,
+    );
+    let chosen = page(
+        "the preselected template",
+        browser.property(&template, "value").await,
+    );
+    assert_eq!(chosen.as_str(), Some(TEMPLATE));
+    let name = page(
+        "the name field",
+        browser.find("#create input[name=name]").await,
+    );
+    page("typing a name", browser.send_keys(&name, "web-ui-1").await);
+    let start = page(
+        "the start box",
+        browser.find("#create input[name=start]").await,
+    );
+    if page(
+        "reading the start box",
+        browser.property(&start, "checked").await,
+    ) == serde_json::json!(true)
+    {
+        page("unchecking start", browser.click(&start).await);
+    }
+    page(
+        "clicking create",
+        browser.click_css("#create button", PAGE_TIMEOUT).await,
+    );
+    page(
+        "web-ui-1 stopped in the VM table",
+        browser
+            .wait_row("#vms tbody tr", TASK_TIMEOUT, vm_row("web-ui-1", "stopped"))
+            .await,
+    );
+    let task = wait_until_async(TASK_TIMEOUT, "the create task of web-ui-1", || async {
+        c.list_tasks().await.ok().and_then(|tasks| {
+            tasks
+                .into_iter()
+                .find(|t| t.target == "web-ui-1" && t.state.is_final())
+        })
+    })
+    .await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    let created = c.get_vm("web-ui-1").await.expect("web-ui-1 exists");
+    assert_eq!(created.state, VmPowerState::Stopped);
+    assert_eq!(created.template.as_deref(), Some(TEMPLATE));
+    let msg = page("the message area", browser.find("#msg").await);
+    assert_eq!(page("reading it", browser.text(&msg).await), "");
+
+    // Delete it from the page, through the confirm() prompt.
+    page(
+        "clicking delete",
+        browser
+            .click_css(&button("web-ui-1", "delete"), PAGE_TIMEOUT)
+            .await,
+    );
+    let prompt = page(
+        "the delete prompt",
+        browser.accept_alert(PAGE_TIMEOUT).await,
+    );
+    assert!(prompt.contains("web-ui-1"), "{prompt}");
+    wait_until_async(TASK_TIMEOUT, "web-ui-1 to be deleted", || async {
+        c.get_vm("web-ui-1").await.is_err().then_some(())
+    })
+    .await;
+    page(
+        "web-ui-1 gone from the VM table",
+        browser
+            .wait_text("#vms tbody", PAGE_TIMEOUT, |t| !t.contains("web-ui-1"))
+            .await,
+    );
+
+    // A link with a wrong token: the page shows the API's own message.
+    let expected = reqwest::Client::new()
+        .get(format!("{}/api/v1/vms", lab.info.api_url))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(expected.status(), 401);
+    let expected: vdc_types::ApiError = expected.json().await.expect("an API error body");
+    assert_eq!(expected.code, vdc_types::ErrorCode::Unauthorized);
+    page(
+        "opening the page with a wrong token",
+        browser
+            .goto(&format!("{}/#token=not-the-token", lab.info.api_url))
+            .await,
+    );
+    page(
+        "the unauthorized message",
+        browser
+            .wait_text("#msg", PAGE_TIMEOUT, |t| t == expected.message)
+            .await,
+    );
+    page(
+        "the VM table emptied",
+        browser
+            .wait_text("#vms tbody", PAGE_TIMEOUT, str::is_empty)
+            .await,
+    );
+    page(
+        "the event stream refused",
+        browser
+            .wait_text("#live", PAGE_TIMEOUT, |t| t == "disconnected")
+            .await,
+    );
+}
+
+/// Saves a screenshot and the page's HTML next to the lab's temporary
+/// directory (which is removed with the lab) and prints where.
+async fn save_diagnostics(lab: &TestLab, browser: &Browser) {
+    let base: PathBuf = lab
+        .spec
+        .state_root
+        .parent()
+        .map(|dir| PathBuf::from(format!("{}-web-failure", dir.display())))
+        .unwrap_or_else(|| std::env::temp_dir().join("vdc-e2e-web-failure"));
+    let png = base.with_extension("png");
+    match browser.save_screenshot(&png).await {
+        Ok(()) => eprintln!("screenshot of the page at failure: {}", png.display()),
+        Err(e) => eprintln!("no screenshot: {}", error_chain(&e)),
+    }
+    let html = base.with_extension("html");
+    match browser.page_source().await {
+        Ok(source) => match std::fs::write(&html, source) {
+            Ok(()) => eprintln!("HTML of the page at failure: {}", html.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", html.display()),
+        },
+        Err(e) => eprintln!("no page source: {}", error_chain(&e)),
+    }
+    eprintln!(
+        "----- chromedriver log -----\n{}",
+        browser.driver_log_tail(30)
+    );
+}
