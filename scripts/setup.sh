@@ -1,11 +1,12 @@
 #!/bin/bash
 # Prepare a Debian 12 (bookworm) machine to run vdc. Run as root.
 #
-# Usage: scripts/setup.sh [--deps-only | --image-only] [--lab]
+# Usage: scripts/setup.sh [--deps-only | --image-only] [--test-deps] [--lab]
 #
 #   (no flag)      install packages, build the vdc binary, build the guest image
 #   --deps-only    install packages only
 #   --image-only   build the guest image only
+#   --test-deps    also install what the tests need (chromium, chromium-driver)
 #   --lab          at the end, exec `target/release/vdc lab up`
 #
 # Steps:
@@ -31,13 +32,15 @@ do_deps=1
 do_build=1
 do_image=1
 do_lab=0
+do_test_deps=0
 for arg in "$@"; do
     case "$arg" in
         --deps-only) do_build=0 do_image=0 ;;
         --image-only) do_deps=0 do_build=0 ;;
         --lab) do_lab=1 ;;
+        --test-deps) do_test_deps=1 ;;
         -h | --help)
-            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) die "unknown argument: $arg (see --help)" ;;
@@ -49,6 +52,9 @@ backports_pkgs=(qemu-system-x86 linux-image-amd64)
 # Packages from bookworm: guest image tools.
 base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlinux
     dosfstools mtools fdisk e2fsprogs)
+# Packages from bookworm for the tests (--test-deps): the web page's
+# end-to-end test drives a headless Chromium over WebDriver.
+test_pkgs=(chromium chromium-driver)
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]
@@ -64,6 +70,9 @@ install_deps() {
     local missing_bp=() missing_base=() p
     for p in "${backports_pkgs[@]}"; do installed "$p" || missing_bp+=("$p"); done
     for p in "${base_pkgs[@]}"; do installed "$p" || missing_base+=("$p"); done
+    if [ $do_test_deps = 1 ]; then
+        for p in "${test_pkgs[@]}"; do installed "$p" || missing_base+=("$p"); done
+    fi
     if [ ${#missing_bp[@]} -eq 0 ] && [ ${#missing_base[@]} -eq 0 ]; then
         log "packages: all present"
         return

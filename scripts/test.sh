@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-scripts/setup.sh --deps-only
+scripts/setup.sh --deps-only --test-deps
 scripts/build-guest-image.sh >/dev/null
 
 export RUST_BACKTRACE=1

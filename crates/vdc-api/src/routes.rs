@@ -131,11 +131,12 @@ async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let query_token = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")));
-    let given = header_token.or(query_token);
+    let query_token = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    });
+    let given = header_token.map(str::to_string).or(query_token);
     match given {
         Some(t) if constant_time_eq(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
         Some(_) => ApiErr(ApiError::new(
@@ -527,11 +528,17 @@ async fn list_events(
     responses((status = 200, description = "text/event-stream of Event")))]
 async fn stream_events(
     State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let filters = topic_filter(&q.topics)?;
     let mut rx = st.cluster.events.subscribe();
-    let backlog = match q.after {
+    // A browser's EventSource reconnects with the id of the last event it saw.
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let backlog = match q.after.or(last_event_id) {
         Some(a) => st.cluster.events.history(a, usize::MAX).await,
         None => vec![],
     };

@@ -59,7 +59,10 @@ async fn web_page_drives_the_cluster_in_chromium() {
     .await;
     let browser = match Browser::start().await {
         Ok(b) => b,
-        Err(e) => panic!("starting headless Chromium: {}", error_chain(&e)),
+        Err(e) => panic!(
+            "starting headless Chromium (install it with scripts/setup.sh --deps-only --test-deps): {}",
+            error_chain(&e)
+        ),
     };
     let outcome = AssertUnwindSafe(drive_page(&lab, &browser, &vm))
         .catch_unwind()
@@ -197,6 +200,13 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
     {
         page("unchecking start", browser.click(&start).await);
     }
+    assert_eq!(
+        page(
+            "reading the start box",
+            browser.property(&start, "checked").await
+        ),
+        serde_json::json!(false)
+    );
     page(
         "clicking create",
         browser.click_css("#create button", PAGE_TIMEOUT).await,
