@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use vdc_sched::HostCapacity;
-use vdc_store::StoreExt;
+use vdc_store::{StoreError, StoreExt};
 use vdc_types::agent::{HostReport, VmRuntime};
 use vdc_types::{
     now_ms, ApiError, Datastore, DatastoreKind, ErrorCode, Host, HostState, VmPowerState,
@@ -111,75 +111,69 @@ impl Cluster {
         let by_id: HashMap<&str, &VmRuntime> = vms.iter().map(|v| (v.id.as_str(), v)).collect();
         let records: Vec<(String, VmRecord)> =
             self.store.list_json("/vms/").await.map_err(store_err)?;
-        let busy = self.busy.lock().map(|b| b.clone()).unwrap_or_default();
-        for (key, rec) in records {
-            let name = rec.config.name.clone();
-            let rt = by_id.get(rec.config.id.as_str()).copied();
-            let mut new = rec.clone();
-            match rt {
-                Some(rt) => {
-                    // A host with a process for the VM is authoritative (the
-                    // datastore lock makes it the only one); a host that
-                    // merely remembers the VM stopped speaks only for itself.
-                    let speaks = rt.state.has_process()
-                        || rec.host.is_none()
-                        || rec.host.as_deref() == Some(host);
-                    // A report sent before a task's answer arrives after it:
-                    // older than what the record knows.
-                    let fresh = rt.since_ms >= rec.since_ms || rec.host.as_deref() != Some(host);
-                    if speaks && fresh && !busy.contains_key(&name) {
-                        new.since_ms = rt.since_ms;
-                        new.state = rt.state;
-                        new.host = Some(host.to_string());
-                    }
-                    if speaks {
-                        let mut g = rt.guest.clone();
-                        g.last_heartbeat_ms = None;
-                        new.guest = g;
-                    }
-                }
-                None => {
-                    if rec.host.as_deref() == Some(host)
-                        && !busy.contains_key(&name)
-                        && (rec.state.has_process() || rec.state == VmPowerState::Unknown)
-                    {
-                        new.state = VmPowerState::Stopped;
-                        new.guest = Default::default();
-                    }
-                }
+        for (key, snapshot) in records {
+            let name = snapshot.config.name.clone();
+            let rt = by_id.get(snapshot.config.id.as_str()).copied();
+            if fold_report(&snapshot, rt, host, self.is_busy(&name)) == snapshot {
+                continue;
             }
-            if new != rec {
-                self.store.put_json(&key, &new).await.map_err(store_err)?;
-                if new.state != rec.state {
-                    self.events
-                        .publish(
-                            "vm.state_changed",
-                            &name,
-                            format!("VM {name} is {} on {host}", new.state),
-                            json!({"from": rec.state, "to": new.state, "host": host}),
-                        )
-                        .await;
-                }
-                if new.guest.ready && !rec.guest.ready {
-                    self.events
-                        .publish(
-                            "vm.guest_ready",
-                            &name,
-                            format!(
-                                "guest of VM {name} is ready{}",
-                                new.guest
-                                    .address
-                                    .as_deref()
-                                    .map(|a| format!(" at {a}"))
-                                    .unwrap_or_default()
-                            ),
-                            json!({"address": new.guest.address, "boot_id": new.guest.boot_id}),
-                        )
-                        .await;
-                }
+            // Compare-and-swap: a task may have written the record since the
+            // snapshot; the fold is redone on what is there now.
+            let mut before = None;
+            let r: Result<VmRecord, Unchanged> = self
+                .store
+                .update_json(&key, |cur: VmRecord| {
+                    let new = fold_report(&cur, rt, host, self.is_busy(&name));
+                    if new == cur {
+                        return Err(Unchanged::Yes);
+                    }
+                    before = Some(cur);
+                    Ok(new)
+                })
+                .await;
+            let new = match r {
+                Ok(new) => new,
+                Err(Unchanged::Yes) => continue,
+                Err(Unchanged::Store(StoreError::NotFound(_))) => continue,
+                Err(Unchanged::Store(e)) => return Err(store_err(e)),
+            };
+            let Some(rec) = before else { continue };
+            if new.state != rec.state {
+                self.events
+                    .publish(
+                        "vm.state_changed",
+                        &name,
+                        format!("VM {name} is {} on {host}", new.state),
+                        json!({"from": rec.state, "to": new.state, "host": host}),
+                    )
+                    .await;
+            }
+            if new.guest.ready && !rec.guest.ready {
+                self.events
+                    .publish(
+                        "vm.guest_ready",
+                        &name,
+                        format!(
+                            "guest of VM {name} is ready{}",
+                            new.guest
+                                .address
+                                .as_deref()
+                                .map(|a| format!(" at {a}"))
+                                .unwrap_or_default()
+                        ),
+                        json!({"address": new.guest.address, "boot_id": new.guest.boot_id}),
+                    )
+                    .await;
             }
         }
         Ok(())
+    }
+
+    fn is_busy(&self, name: &str) -> bool {
+        self.busy
+            .lock()
+            .map(|b| b.contains_key(name))
+            .unwrap_or(false)
     }
 
     /// Marks hosts without recent reports as disconnected.
@@ -384,5 +378,167 @@ impl Cluster {
         let live = self.live.read().await;
         live.get(host)
             .and_then(|l| l.report.vms.iter().find(|v| v.id == id).cloned())
+    }
+}
+
+/// Why a report changed nothing in a VM record.
+enum Unchanged {
+    /// The record already says what the report says.
+    Yes,
+    /// The store failed (or the record is gone).
+    Store(StoreError),
+}
+
+impl From<StoreError> for Unchanged {
+    fn from(e: StoreError) -> Self {
+        Unchanged::Store(e)
+    }
+}
+
+/// The VM record after one host's report (pure).
+///
+/// - A host with a QEMU process for the VM is authoritative (the datastore
+///   lock makes it the only one); a host that merely remembers the VM
+///   stopped or suspended speaks only if the record names it (or no host).
+/// - A report about a state older than the one recorded (by the host's own
+///   clock) is stale: it was sent before a task's answer and arrived after.
+/// - While a task works on the VM (`busy`) only guest information is taken.
+/// - A VM the record places on this host with a process, but that the
+///   report does not list, has stopped.
+pub(crate) fn fold_report(
+    rec: &VmRecord,
+    rt: Option<&VmRuntime>,
+    host: &str,
+    busy: bool,
+) -> VmRecord {
+    let mut new = rec.clone();
+    let here = rec.host.as_deref() == Some(host);
+    match rt {
+        Some(rt) => {
+            let speaks = rt.state.has_process() || rec.host.is_none() || here;
+            let fresh = rt.since_ms >= rec.since_ms || !here;
+            if speaks && fresh && !busy {
+                new.since_ms = rt.since_ms;
+                new.state = rt.state;
+                new.host = Some(host.to_string());
+            }
+            if speaks {
+                let mut g = rt.guest.clone();
+                g.last_heartbeat_ms = None;
+                new.guest = g;
+            }
+        }
+        None => {
+            if here && !busy && (rec.state.has_process() || rec.state == VmPowerState::Unknown) {
+                new.state = VmPowerState::Stopped;
+                new.guest = Default::default();
+            }
+        }
+    }
+    new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold_report;
+    use crate::VmRecord;
+    use vdc_types::agent::VmRuntime;
+    use vdc_types::vm::VM_CONFIG_VERSION;
+    use vdc_types::{VmConfig, VmPowerState as S};
+
+    fn rec(state: S, host: Option<&str>, since: u64) -> VmRecord {
+        VmRecord {
+            config: VmConfig {
+                version: VM_CONFIG_VERSION,
+                id: "id".into(),
+                name: "vm".into(),
+                cpus: 1,
+                memory_mib: 128,
+                datastore: "shared".into(),
+                dir: "vm".into(),
+                disks: vec![],
+                nics: vec![],
+                hostname: "vm".into(),
+                template: None,
+                created_ms: 0,
+            },
+            state,
+            host: host.map(str::to_string),
+            guest: Default::default(),
+            since_ms: since,
+        }
+    }
+
+    fn rt(state: S, since: u64) -> VmRuntime {
+        VmRuntime {
+            id: "id".into(),
+            name: "vm".into(),
+            state,
+            pid: None,
+            guest: Default::default(),
+            stats: None,
+            since_ms: since,
+        }
+    }
+
+    #[test]
+    fn fresh_reports_from_the_vms_host_apply() {
+        let r = fold_report(
+            &rec(S::Running, Some("a"), 10),
+            Some(&rt(S::Paused, 20)),
+            "a",
+            false,
+        );
+        assert_eq!((r.state, r.since_ms), (S::Paused, 20));
+    }
+
+    #[test]
+    fn stale_reports_do_not() {
+        let r = fold_report(
+            &rec(S::Stopped, Some("a"), 30),
+            Some(&rt(S::Running, 20)),
+            "a",
+            false,
+        );
+        assert_eq!(r.state, S::Stopped);
+    }
+
+    #[test]
+    fn a_host_remembering_a_stopped_vm_does_not_speak_for_another() {
+        let r = fold_report(
+            &rec(S::Running, Some("b"), 10),
+            Some(&rt(S::Stopped, 50)),
+            "a",
+            false,
+        );
+        assert_eq!((r.state, r.host.as_deref()), (S::Running, Some("b")));
+    }
+
+    #[test]
+    fn a_host_with_a_process_wins_whatever_the_clock() {
+        let r = fold_report(
+            &rec(S::Stopped, Some("b"), 1000),
+            Some(&rt(S::Running, 5)),
+            "a",
+            false,
+        );
+        assert_eq!((r.state, r.host.as_deref()), (S::Running, Some("a")));
+    }
+
+    #[test]
+    fn busy_vms_keep_their_state_and_missing_ones_stop() {
+        let r = fold_report(
+            &rec(S::Starting, Some("a"), 1),
+            Some(&rt(S::Running, 5)),
+            "a",
+            true,
+        );
+        assert_eq!(r.state, S::Starting);
+        let r = fold_report(&rec(S::Running, Some("a"), 1), None, "a", false);
+        assert_eq!(r.state, S::Stopped);
+        let r = fold_report(&rec(S::Suspended, Some("a"), 1), None, "a", false);
+        assert_eq!(r.state, S::Suspended);
+        let r = fold_report(&rec(S::Running, Some("b"), 1), None, "a", false);
+        assert_eq!(r.state, S::Running);
     }
 }

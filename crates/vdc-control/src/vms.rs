@@ -208,19 +208,28 @@ impl Cluster {
         host: Option<String>,
         since: Option<vdc_types::UnixMillis>,
     ) -> Result<(), ApiError> {
-        let mut rec = self.record(name).await?;
-        let from = rec.state;
-        rec.state = state;
-        if let Some(t) = since {
-            rec.since_ms = t;
-        }
-        if host.is_some() {
-            rec.host = host;
-        }
-        if !state.has_process() {
-            rec.guest = Default::default();
-        }
-        self.save(&rec).await?;
+        let mut from = state;
+        let rec: VmRecord = self
+            .store
+            .update_json(&vm_key(name), |mut rec: VmRecord| {
+                from = rec.state;
+                rec.state = state;
+                if let Some(t) = since {
+                    rec.since_ms = t;
+                }
+                if host.is_some() {
+                    rec.host = host.clone();
+                }
+                if !state.has_process() {
+                    rec.guest = Default::default();
+                }
+                Ok::<_, StoreError>(rec)
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(_) => ApiError::not_found("VM", name),
+                e => store_err(e),
+            })?;
         if from != state {
             self.events
                 .publish(
