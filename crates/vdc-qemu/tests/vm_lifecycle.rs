@@ -224,6 +224,24 @@ async fn survives_handle_drop_then_power_off() {
     assert!(Vm::attach(&fx.paths).await.expect("attach").is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_falls_back_to_power_off_when_the_guest_does_not_answer() {
+    let fx = fixture("deaf");
+    let vm = Vm::launch(&fx.spec, &fx.paths).await.expect("launch");
+    wait_console(&fx.paths, "VDC-GUEST-READY", 1).await;
+    // With its vCPUs stopped the guest cannot act on the power button.
+    vm.pause().await.expect("pause");
+    let started = Instant::now();
+    let outcome = vm.shutdown(Duration::from_secs(2)).await.expect("shutdown");
+    assert_eq!(outcome, ShutdownOutcome::Forced);
+    assert!(vm.has_exited(), "QEMU still runs after a forced shutdown");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "powered off before the timeout"
+    );
+    assert!(Vm::attach(&fx.paths).await.expect("attach").is_none());
+}
+
 #[tokio::test]
 async fn a_failed_start_reports_the_qemu_log() {
     let mut fx = fixture("broken");
