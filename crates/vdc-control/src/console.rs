@@ -52,24 +52,7 @@ impl Cluster {
         range: ConsoleRange,
     ) -> Result<(Vec<u8>, u64), ApiError> {
         let rec = self.console_record(name).await?;
-        let host = match rec.host.clone() {
-            Some(h) if self.agent_url(&h).await.is_ok() => h,
-            _ => self
-                .hosts_reaching(&rec.config.datastore)
-                .await
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::HostUnavailable,
-                        format!(
-                            "no connected host reaches datastore '{}' holding VM '{name}'",
-                            rec.config.datastore
-                        ),
-                    )
-                })?,
-        };
-        let url = self.agent_url(&host).await?;
+        let (host, url) = self.host_for_files(&rec).await?;
         self.agents
             .console_read(&host, &url, &rec.config.id, &range.agent_query())
             .await

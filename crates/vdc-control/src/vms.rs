@@ -114,6 +114,35 @@ impl Drop for PendingGuard {
 }
 
 impl Cluster {
+    /// A connected host that can reach the VM's files: the one that last ran
+    /// it, else any host reaching its datastore. Returns it with its agent URL.
+    pub(crate) async fn host_for_files(
+        &self,
+        rec: &VmRecord,
+    ) -> Result<(String, String), ApiError> {
+        if let Some(h) = &rec.host {
+            if let Ok(url) = self.agent_url(h).await {
+                return Ok((h.clone(), url));
+            }
+        }
+        let host = self
+            .hosts_reaching(&rec.config.datastore)
+            .await
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::HostUnavailable,
+                    format!(
+                        "no connected host reaches datastore '{}' holding VM '{}'",
+                        rec.config.datastore, rec.config.name
+                    ),
+                )
+            })?;
+        let url = self.agent_url(&host).await?;
+        Ok((host, url))
+    }
+
     /// Writes a new record, or fails with `AlreadyExists` and `message`.
     async fn create_unique<T: serde::Serialize + Sync>(
         &self,
@@ -1118,24 +1147,7 @@ impl Cluster {
             .spawn("vm.delete", "vm", name, move |ctx| async move {
                 let _busy = busy;
                 ctx.progress(10, "removing files").await;
-                let host = match rec.host.clone() {
-                    Some(h) if me.agent_url(&h).await.is_ok() => h,
-                    _ => me
-                        .hosts_reaching(&rec.config.datastore)
-                        .await
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| {
-                            ApiError::new(
-                                ErrorCode::HostUnavailable,
-                                format!(
-                                    "no connected host reaches datastore '{}'",
-                                    rec.config.datastore
-                                ),
-                            )
-                        })?,
-                };
-                let url = me.agent_url(&host).await?;
+                let (host, url) = me.host_for_files(&rec).await?;
                 me.agents
                     .destroy(
                         &host,
