@@ -427,6 +427,10 @@ pub(crate) fn fold_report(
                 g.last_heartbeat_ms = None;
                 new.guest = g;
             }
+            if !new.state.has_process() {
+                // No process, no guest: whatever the host still remembers.
+                new.guest = Default::default();
+            }
         }
         None => {
             if here && !busy && (rec.state.has_process() || rec.state == VmPowerState::Unknown) {
@@ -523,6 +527,16 @@ mod tests {
             false,
         );
         assert_eq!((r.state, r.host.as_deref()), (S::Running, Some("a")));
+    }
+
+    #[test]
+    fn a_vm_without_a_process_has_no_guest() {
+        let mut report = rt(S::Suspended, 20);
+        report.guest.ready = true;
+        report.guest.address = Some("10.0.0.5".into());
+        let r = fold_report(&rec(S::Running, Some("a"), 10), Some(&report), "a", false);
+        assert_eq!(r.state, S::Suspended);
+        assert!(!r.guest.ready && r.guest.address.is_none());
     }
 
     #[test]

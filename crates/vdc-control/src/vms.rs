@@ -959,6 +959,14 @@ impl Cluster {
             },
         };
         let caps = self.capacities().await;
+        // A suspended VM resumes where it was suspended when that host can
+        // take it: the saved CPU state matches that host's CPU.
+        let host = host.or_else(|| {
+            let last = rec.host.as_ref()?;
+            let cap = caps.iter().find(|c| &c.name == last && c.available)?;
+            (rec.state == VmPowerState::Suspended && vdc_sched::check_host(&demand, cap).is_ok())
+                .then(|| last.clone())
+        });
         let host = match host {
             Some(h) => {
                 let cap = caps

@@ -111,8 +111,34 @@ async fn vm_lifecycle_on_a_real_guest() {
     action(c, "web-1", "suspend").await;
     let v = c.get_vm("web-1").await.unwrap();
     assert_eq!(v.state, VmPowerState::Suspended);
+    let shared = lab
+        .info
+        .datastores
+        .iter()
+        .find(|d| d.kind == "shared")
+        .unwrap();
+    assert!(
+        shared.path.join("web-1/suspend.state").is_file(),
+        "no state file in the VM directory"
+    );
+    // Reports from its host must not bring back a guest that no longer runs.
+    for _ in 0..4 {
+        let v = c.get_vm("web-1").await.unwrap();
+        assert_eq!(v.state, VmPowerState::Suspended);
+        assert!(!v.guest.ready, "a suspended VM shows a ready guest");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     action(c, "web-1", "resume").await;
-    wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
+    let v = wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
+    assert_eq!(
+        v.host.as_deref(),
+        Some("host-1"),
+        "resumed on another host than it was suspended on"
+    );
+    assert!(
+        !shared.path.join("web-1/suspend.state").exists(),
+        "the used state file was left behind"
+    );
     let (_, boot3, n3) = identity(&lab, "host-2", &ip);
     assert_eq!(boot3, boot1, "suspend/resume rebooted the guest");
     assert!(n3 >= n2, "counter went back: {n2} -> {n3}");
