@@ -205,7 +205,15 @@ mod tests {
         let p = Process::from_child(child, pid);
         assert!(!p.has_exited());
         assert!(pid_alive(pid));
-        assert!(cmdline(pid).expect("cmdline").contains(&"30".to_string()));
+        // Right after fork the child may not have exec'd `sleep` yet.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !cmdline(pid).is_some_and(|c| c.contains(&"30".to_string())) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cmdline of sleep never seen"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         p.signal(libc::SIGKILL);
         assert!(p.wait_for(Duration::from_secs(5)).await, "exit seen");
     }
