@@ -23,6 +23,12 @@ use vdc_types::{Accelerator, ApiError, DiskSpec, ErrorCode, VmConfig, VmPowerSta
 
 const TOKEN: &str = "test-cluster-token";
 const MIB: u64 = 1 << 20;
+/// Longest wait for something the next agent report shows (reports go out
+/// every few seconds; a loaded machine stretches that).
+const REPORT_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait for a guest to boot (or come back) under TCG on a loaded
+/// machine.
+const BOOT_WAIT: Duration = Duration::from_secs(120);
 
 /// Reports received by the fake server, latest per host.
 #[derive(Clone, Default)]
@@ -188,7 +194,7 @@ async fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opt
 }
 
 async fn wait_agent_up(url: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let http = reqwest::Client::new();
     loop {
         if let Ok(r) = http
@@ -256,10 +262,7 @@ async fn vm_lifecycle_through_the_agent_api() {
     let agent = TestAgent::start("host-a", &root.path().join("sa"), &ds, &server);
     let a = agent.url.clone();
     wait_agent_up(&a).await;
-    wait_until("a first report", Duration::from_secs(10), || {
-        reports.latest("host-a")
-    })
-    .await;
+    wait_until("a first report", REPORT_WAIT, || reports.latest("host-a")).await;
 
     // --- bad requests --------------------------------------------------
     let r = c
@@ -437,22 +440,18 @@ async fn vm_lifecycle_through_the_agent_api() {
     assert_eq!(rt.state, VmPowerState::Running);
     let pid = rt.pid.expect("pid of a running VM");
     assert!(ds.join("t1/vm.lock").is_file());
-    let boot_id = wait_until(
-        "the guest's heartbeat in a report",
-        Duration::from_secs(120),
-        || {
-            reports
-                .vm("host-a", &id)
-                .filter(|v| v.state == VmPowerState::Running && v.guest.ready)
-                .and_then(|v| v.guest.boot_id)
-        },
-    )
+    let boot_id = wait_until("the guest's heartbeat in a report", BOOT_WAIT, || {
+        reports
+            .vm("host-a", &id)
+            .filter(|v| v.state == VmPowerState::Running && v.guest.ready)
+            .and_then(|v| v.guest.boot_id)
+    })
     .await;
     assert_eq!(
         reports.vm("host-a", &id).unwrap().guest.hostname.as_deref(),
         Some("t1")
     );
-    wait_until("stats", Duration::from_secs(10), || {
+    wait_until("stats", REPORT_WAIT, || {
         reports
             .vm("host-a", &id)
             .and_then(|v| v.stats)
@@ -484,7 +483,7 @@ async fn vm_lifecycle_through_the_agent_api() {
     assert_eq!(status, 204, "{v}");
     let mut seen = String::new();
     let mut offset = end;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !seen.contains("agent-42") {
         assert!(
             std::time::Instant::now() < deadline,
@@ -518,7 +517,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         .ok(M::POST, format!("{a}/agent/v1/vms/{id}/pause"), None)
         .await;
     assert_eq!(rt.state, VmPowerState::Paused);
-    wait_until("paused in a report", Duration::from_secs(10), || {
+    wait_until("paused in a report", REPORT_WAIT, || {
         reports
             .vm("host-a", &id)
             .filter(|v| v.state == VmPowerState::Paused)
@@ -541,7 +540,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         "a suspended VM holds no lease"
     );
     assert!(!pid_alive(pid));
-    wait_until("suspended in a report", Duration::from_secs(10), || {
+    wait_until("suspended in a report", REPORT_WAIT, || {
         reports
             .vm("host-a", &id)
             .filter(|v| v.state == VmPowerState::Suspended)
@@ -562,16 +561,12 @@ async fn vm_lifecycle_through_the_agent_api() {
         !ds.join("t1/suspend.state").exists(),
         "state file removed after the resume"
     );
-    let info = wait_until(
-        "a heartbeat after the resume",
-        Duration::from_secs(60),
-        || {
-            reports
-                .vm("host-a", &id)
-                .map(|v| v.guest)
-                .filter(|g| g.last_heartbeat_ms.is_some_and(|t| t > resumed_at))
-        },
-    )
+    let info = wait_until("a heartbeat after the resume", BOOT_WAIT, || {
+        reports
+            .vm("host-a", &id)
+            .map(|v| v.guest)
+            .filter(|g| g.last_heartbeat_ms.is_some_and(|t| t > resumed_at))
+    })
     .await;
     assert_eq!(
         info.boot_id.as_deref(),
@@ -596,7 +591,7 @@ async fn vm_lifecycle_through_the_agent_api() {
     assert_eq!(vm.pid, Some(pid));
     wait_until(
         "a report of the new agent with the guest alive",
-        Duration::from_secs(30),
+        REPORT_WAIT,
         || {
             let r = reports.latest("host-a")?;
             let v = r.vms.iter().find(|v| v.id == id)?;
@@ -651,7 +646,7 @@ async fn vm_lifecycle_through_the_agent_api() {
     assert_eq!(rt.state, VmPowerState::Stopped);
     assert!(!pid_alive(pid));
     assert!(!ds.join("t1/vm.lock").exists());
-    wait_until("stopped in a report", Duration::from_secs(10), || {
+    wait_until("stopped in a report", REPORT_WAIT, || {
         reports
             .vm("host-a", &id)
             .filter(|v| v.state == VmPowerState::Stopped)
@@ -672,7 +667,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         .status()
         .unwrap();
     assert!(killed.success());
-    wait_until("crashed in a report", Duration::from_secs(15), || {
+    wait_until("crashed in a report", REPORT_WAIT, || {
         reports
             .vm("host-a", &id)
             .filter(|v| v.state == VmPowerState::Crashed)

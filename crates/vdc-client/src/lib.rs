@@ -356,14 +356,86 @@ impl Client {
 
     /// Subscribes to the event stream (Server-Sent Events), filtered by topic
     /// patterns such as `vm.*` (all events when `topics` is empty).
+    ///
+    /// When the server says this subscriber fell behind (an `event: lagged`
+    /// frame), the stream reconnects by itself and resumes after the last
+    /// event it delivered, from the server's history.
     pub async fn events(
         &self,
         topics: &[String],
     ) -> Result<impl Stream<Item = Result<Event, ClientError>>, ClientError> {
-        let mut path = "/events/stream".to_string();
+        let topics = topics.to_vec();
+        let first = self.open_event_stream(&topics, None).await?;
+        let me = self.clone();
+        Ok(async_stream::stream! {
+            use futures::StreamExt;
+            let mut resp = first;
+            let mut last: Option<u64> = None;
+            loop {
+                let mut body = resp.bytes_stream();
+                let mut buf: Vec<u8> = Vec::new();
+                let mut lagged = false;
+                'read: while let Some(chunk) = body.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(source) => {
+                            yield Err(ClientError::Transport { url: me.base.clone(), source });
+                            return;
+                        }
+                    };
+                    buf.extend_from_slice(&chunk);
+                    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                        let frame = String::from_utf8_lossy(&frame);
+                        match sse_frame(&frame) {
+                            SseFrame::Lagged => {
+                                lagged = true;
+                                break 'read;
+                            }
+                            SseFrame::Data(data) => {
+                                let ev = serde_json::from_str::<Event>(&data).map_err(ClientError::Decode);
+                                if let Ok(e) = &ev {
+                                    last = Some(e.seq);
+                                }
+                                yield ev;
+                            }
+                            SseFrame::Other => {}
+                        }
+                    }
+                }
+                if !lagged {
+                    return;
+                }
+                resp = match me.open_event_stream(&topics, Some(last.unwrap_or(0))).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        yield Err(e);
+                        return;
+                    }
+                };
+            }
+        })
+    }
+
+    async fn open_event_stream(
+        &self,
+        topics: &[String],
+        after: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut query = Vec::new();
         if !topics.is_empty() {
-            path.push_str("?topics=");
-            path.push_str(&topics.iter().map(|t| seg(t)).collect::<Vec<_>>().join(","));
+            query.push(format!(
+                "topics={}",
+                topics.iter().map(|t| seg(t)).collect::<Vec<_>>().join(",")
+            ));
+        }
+        if let Some(a) = after {
+            query.push(format!("after={a}"));
+        }
+        let mut path = "/events/stream".to_string();
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
         }
         let resp = self
             .req(reqwest::Method::GET, &path)
@@ -381,28 +453,32 @@ impl Client {
                     .unwrap_or_else(|_| ApiError::internal(format!("server answered {status}"))),
             ));
         }
-        let base = self.base.clone();
-        Ok(async_stream::stream! {
-            use futures::StreamExt;
-            let mut body = resp.bytes_stream();
-            let mut buf = String::new();
-            while let Some(chunk) = body.next().await {
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(source) => {
-                        yield Err(ClientError::Transport { url: base.clone(), source });
-                        return;
-                    }
-                };
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let frame: String = buf.drain(..end + 2).collect();
-                    if let Some(data) = sse_data(&frame) {
-                        yield serde_json::from_str::<Event>(&data).map_err(ClientError::Decode);
-                    }
-                }
-            }
-        })
+        Ok(resp)
+    }
+}
+
+/// What one SSE frame carries.
+#[derive(Debug, PartialEq, Eq)]
+enum SseFrame {
+    /// The server dropped events for this subscriber.
+    Lagged,
+    /// An event's JSON.
+    Data(String),
+    /// A comment or keep-alive.
+    Other,
+}
+
+fn sse_frame(frame: &str) -> SseFrame {
+    let kind = frame
+        .lines()
+        .find_map(|l| l.strip_prefix("event:"))
+        .map(str::trim);
+    if kind == Some("lagged") {
+        return SseFrame::Lagged;
+    }
+    match sse_data(frame) {
+        Some(d) => SseFrame::Data(d),
+        None => SseFrame::Other,
     }
 }
 
@@ -448,6 +524,19 @@ mod tests {
             sse_data("event: x\ndata:a\ndata: b\n\n").as_deref(),
             Some("a\nb")
         );
+    }
+
+    #[test]
+    fn lagged_frames_are_recognised() {
+        assert_eq!(
+            sse_frame("event: lagged\ndata: 3 events were dropped\n\n"),
+            SseFrame::Lagged
+        );
+        assert_eq!(
+            sse_frame("id: 4\nevent: vm.created\ndata: {}\n\n"),
+            SseFrame::Data("{}".into())
+        );
+        assert_eq!(sse_frame(": keep-alive\n\n"), SseFrame::Other);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use vdc_types::{
     now_ms, DatastoreKind, ErrorCode, Event, GuestInfo, HostState, TaskState, VmPowerState,
 };
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(30);
 
 fn topics(events: &[Event], topic: &str, object: &str) -> usize {
     events
@@ -215,6 +215,11 @@ async fn a_silent_host_is_disconnected_and_its_running_vms_become_unknown() {
     let mut sub = cluster.events.subscribe();
 
     let vms = || vec![runtime("web", VmPowerState::Running, GuestInfo::default())];
+    // Taken before the last report of host-1 is folded in, so that the
+    // server's own "last seen" is not earlier than this: the time from here
+    // to the disconnection is at least what the server waited.
+    let last_report = Instant::now();
+    let last_report_ms = now_ms();
     cluster
         .ingest_report(report("host-1", vms()))
         .await
@@ -223,8 +228,6 @@ async fn a_silent_host_is_disconnected_and_its_running_vms_become_unknown() {
         .ingest_report(report("host-2", vec![]))
         .await
         .expect("ingest");
-    let last_report = Instant::now();
-    let last_report_ms = now_ms();
     assert_eq!(
         cluster.get_vm("web").await.expect("web").state,
         VmPowerState::Running
@@ -374,6 +377,10 @@ async fn a_disconnected_host_shows_when_it_was_last_seen() {
 
 /// Starting a VM whose host reports are fine but whose agent does not
 /// answer fails the task, and puts the VM back to stopped.
+///
+/// The agent's port accepts the call and holds it until the test closes it
+/// (the agent dies): the first start is surely still running when the
+/// second one is tried, however slowly the machine runs.
 #[tokio::test]
 async fn a_start_whose_agent_does_not_answer_fails_and_leaves_the_vm_stopped() {
     let store = memory_store().await;
@@ -381,16 +388,25 @@ async fn a_start_whose_agent_does_not_answer_fails_and_leaves_the_vm_stopped() {
     let cluster = Cluster::open(store.clone(), TOKEN.into())
         .await
         .expect("open");
-    cluster
-        .ingest_report(report("host-1", vec![]))
+    let agent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("ingest");
+        .expect("bind");
+    let mut r = report("host-1", vec![]);
+    r.agent_url = format!("http://{}", agent.local_addr().expect("addr"));
+    cluster.ingest_report(r).await.expect("ingest");
     let t = cluster.start_vm("web", None).await.expect("start accepted");
+    let (call, _) = tokio::time::timeout(WAIT, agent.accept())
+        .await
+        .expect("the start task calls the agent in time")
+        .expect("accept");
     let err = cluster
         .start_vm("web", None)
         .await
         .expect_err("second start while the first runs");
     assert_eq!(err.code, ErrorCode::InvalidState);
+    // The agent dies without answering.
+    drop(call);
+    drop(agent);
     let done = eventually("the start task to end", WAIT, || async {
         let t = cluster.tasks.get(&t.id).await.map_err(|e| e.to_string())?;
         t.state

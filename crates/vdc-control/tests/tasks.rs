@@ -14,7 +14,7 @@ use vdc_control::EventBus;
 use vdc_store::{RedbStore, Store, StoreExt, WatchEvent};
 use vdc_types::{now_ms, ApiError, ErrorCode, Task, TaskState};
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(30);
 
 async fn engine(store: Arc<dyn Store>) -> (Arc<EventBus>, Arc<TaskEngine>) {
     let events = Arc::new(EventBus::open(store.clone()).await.expect("event bus"));

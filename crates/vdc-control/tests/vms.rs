@@ -19,7 +19,7 @@ use vdc_store::{Store, StoreExt};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::{ErrorCode, Network, Task, TaskState};
 
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(30);
 
 fn lan() -> Network {
     Network {

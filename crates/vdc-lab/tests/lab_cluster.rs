@@ -3,13 +3,17 @@
 //! from the imported template and answers from every host's namespace, and
 //! dropping the lab kills its QEMU and removes its namespaces.
 
+use std::time::Duration;
+
 use vdc_lab::ip;
-use vdc_test_infra::{guest_request, wait_vm, TestLab};
+use vdc_lab::process::ProcessHandle;
+use vdc_test_infra::{guest_request, wait_until, wait_vm, TestLab};
 use vdc_types::{HostState, VmPowerState, GUEST_SERVICE_PORT};
 
-/// Pids of the QEMU processes whose pidfiles are in the lab's agents' state
-/// directories.
-fn qemu_pids(lab: &TestLab) -> Vec<u32> {
+/// The QEMU processes whose pidfiles are in the lab's agents' state
+/// directories (with their start times, so a reused pid is not taken for a
+/// surviving QEMU).
+fn qemu_processes(lab: &TestLab) -> Vec<ProcessHandle> {
     let mut pids = Vec::new();
     for h in &lab.info.hosts {
         let Ok(vms) = std::fs::read_dir(h.state_dir.join("vms")) else {
@@ -17,7 +21,7 @@ fn qemu_pids(lab: &TestLab) -> Vec<u32> {
         };
         for vm in vms.flatten() {
             if let Ok(text) = std::fs::read_to_string(vm.path().join("qemu.pid")) {
-                pids.extend(text.trim().parse::<u32>().ok());
+                pids.extend(text.trim().parse::<u32>().ok().map(ProcessHandle::of));
             }
         }
     }
@@ -55,7 +59,13 @@ async fn two_host_lab_runs_a_demo_vm_reachable_from_every_host() {
         .expect("demo-1 has an address")
         .to_string();
     for h in &lab.info.hosts {
-        let answers = guest_request(&h.netns, &ip, GUEST_SERVICE_PORT, &[]).expect("guest answers");
+        // The guest reports ready once its services are launched; its TCP
+        // service may still be a moment from listening.
+        let answers = wait_until(
+            Duration::from_secs(60),
+            &format!("demo-1 to answer from {}", h.name),
+            || guest_request(&h.netns, &ip, GUEST_SERVICE_PORT, &[]).ok(),
+        );
         let fields: Vec<&str> = answers[0].split_whitespace().collect();
         assert_eq!(fields.len(), 3, "{answers:?}");
         assert_eq!(fields[0], "demo-1", "{answers:?}");
@@ -71,16 +81,16 @@ async fn two_host_lab_runs_a_demo_vm_reachable_from_every_host() {
     );
     assert!(tails.contains("VDC-GUEST-READY"), "{tails}");
 
-    let qemu = qemu_pids(&lab);
+    let qemu = qemu_processes(&lab);
     assert!(!qemu.is_empty(), "no QEMU pidfile found");
+    assert!(
+        qemu.iter().all(|p| p.start_time.is_some() && p.is_alive()),
+        "QEMU not running before lab down: {qemu:?}"
+    );
     let netns: Vec<String> = lab.info.hosts.iter().map(|h| h.netns.clone()).collect();
     drop(lab);
-    for pid in qemu {
-        let p = vdc_lab::process::ProcessHandle {
-            pid,
-            start_time: None,
-        };
-        assert!(!p.is_alive(), "QEMU {pid} survived lab down");
+    for p in qemu {
+        assert!(!p.is_alive(), "QEMU {} survived lab down", p.pid);
     }
     let left = ip::netns_list().expect("netns list");
     assert!(netns.iter().all(|n| !left.contains(n)), "{left:?}");

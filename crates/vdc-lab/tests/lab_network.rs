@@ -77,10 +77,16 @@ async fn net_only_lab_connects_hosts_and_down_removes_everything() {
     assert!(uplink.contains("master vmbr0"), "{uplink}");
 
     // ICMP: host to host and host to the root namespace.
-    wait_until(Duration::from_secs(10), "host-1 to ping host-2", || {
+    wait_until(Duration::from_secs(30), "host-1 to ping host-2", || {
         ping(&h1.netns, &h2.address).then_some(())
     });
-    assert!(ping(&h2.netns, &info.gateway));
+    // One ping waits 1 s for its answer (ARP first): on a loaded machine a
+    // single try may miss it, so poll with a deadline.
+    wait_until(
+        Duration::from_secs(30),
+        "host-2 to ping the gateway",
+        || ping(&h2.netns, &info.gateway).then_some(()),
+    );
 
     // TCP from a host namespace to the root namespace (where the server
     // listens) and from host to host.
@@ -133,13 +139,12 @@ async fn failed_up_leaves_nothing_and_down_is_idempotent() {
     let first = TestLab::builder(1).net_only(true).start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = LabSpec::new("/nonexistent/vdc".into());
-    // Another id than the first lab's: change its last character.
-    let suffix = if first.info.lab_id.ends_with('x') {
-        'y'
-    } else {
-        'x'
-    };
-    spec.lab_id = format!("{}{suffix}", &first.info.lab_id[..3]);
+    // An id of its own, reserved like a test lab's: `down` below removes
+    // whatever carries this id, so a made-up id could be another running
+    // test's lab.
+    let second_id = vdc_test_infra::reserve_test_lab_id().expect("a second lab id");
+    spec.lab_id = second_id.id().to_string();
+    assert_ne!(spec.lab_id, first.info.lab_id);
     spec.hosts = 2;
     spec.subnet_index = Some(first.info.subnet_index);
     spec.state_root = dir.path().join("run");

@@ -19,6 +19,9 @@ fn fake_vdc(dir: &Path, body: &str) -> std::path::PathBuf {
 
 /// A spec for lab `id` on the first free subnet among `candidates` (the
 /// tests of this file scan different ranges, so they don't race each other).
+/// `id` comes from [`vdc_test_infra::reserve_test_lab_id`]: a fixed id could
+/// meet the leftovers of a crashed run, and `down` removes whatever carries
+/// the id.
 fn spec(
     dir: &Path,
     id: &str,
@@ -58,7 +61,8 @@ fn assert_nothing_left(spec: &LabSpec) {
 async fn a_server_that_exits_fails_up_with_its_log_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let vdc = fake_vdc(dir.path(), "echo \"cannot start: $1 $2 $3\" >&2; exit 3");
-    let spec = spec(dir.path(), "pq1", (230..=254).rev(), vdc);
+    let id = vdc_test_infra::reserve_test_lab_id().expect("a lab id");
+    let spec = spec(dir.path(), id.id(), (230..=254).rev(), vdc);
     let err = vdc_lab::up(&spec).await.expect_err("server exits");
     match &err {
         LabError::ProcessExited { what, tail, .. } => {
@@ -84,7 +88,8 @@ async fn a_server_that_never_answers_times_out_and_is_killed() {
             pidfile.display()
         ),
     );
-    let spec = spec(dir.path(), "pq2", 201..230, vdc);
+    let id = vdc_test_infra::reserve_test_lab_id().expect("a lab id");
+    let spec = spec(dir.path(), id.id(), 201..230, vdc);
     let err = vdc_lab::up(&spec).await.expect_err("no API");
     match &err {
         LabError::Timeout { what, tail, .. } => {

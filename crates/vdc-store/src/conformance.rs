@@ -537,16 +537,18 @@ pub async fn lease_expiry_deletes_keys(store: Arc<dyn Store>) {
         Err(StoreError::InvalidTtl)
     ));
     let mut watch = s.watch("l/").await.expect("watch");
-    let lease = s.grant_lease(Duration::from_secs(1)).await.expect("grant");
+    // The unleased key first: with the TTL running from the grant, a slow
+    // machine could otherwise see the expiry before this put.
+    s.put("l/keep", b"".to_vec()).await.expect("put");
+    let lease = s.grant_lease(Duration::from_secs(2)).await.expect("grant");
     s.put_with_lease("l/a", b"1".to_vec(), lease)
         .await
         .expect("put");
-    s.put("l/keep", b"".to_vec()).await.expect("put");
+    assert!(matches!(next_event(&mut watch).await, WatchEvent::Put(kv) if kv.key == "l/keep"));
     match next_event(&mut watch).await {
         WatchEvent::Put(kv) => assert_eq!((kv.key.as_str(), kv.lease), ("l/a", Some(lease))),
         other => panic!("expected the leased put, got {other:?}"),
     }
-    assert!(matches!(next_event(&mut watch).await, WatchEvent::Put(kv) if kv.key == "l/keep"));
     match next_event(&mut watch).await {
         WatchEvent::Delete { key, .. } => assert_eq!(key, "l/a"),
         other => panic!("expected the lease delete, got {other:?}"),
@@ -565,12 +567,14 @@ pub async fn lease_expiry_deletes_keys(store: Arc<dyn Store>) {
 /// Keep-alives hold a lease past its TTL; stopping them lets it expire.
 pub async fn keep_alive_extends_lease(store: Arc<dyn Store>) {
     let s = &*store;
-    let ttl = Duration::from_secs(2);
+    // Keep-alives go every 300 ms; the TTL leaves a loaded machine seconds
+    // of slack between two of them.
+    let ttl = Duration::from_secs(3);
     let lease = s.grant_lease(ttl).await.expect("grant");
     s.put_with_lease("k", b"".to_vec(), lease)
         .await
         .expect("put");
-    let until = tokio::time::Instant::now() + ttl * 5 / 2;
+    let until = tokio::time::Instant::now() + ttl * 2;
     while tokio::time::Instant::now() < until {
         s.keep_alive(lease).await.expect("keep alive");
         assert!(

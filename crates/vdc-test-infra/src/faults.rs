@@ -78,8 +78,30 @@ impl TestLab {
         let args: Vec<String> = saved.split('\0').map(str::to_string).collect();
         let (program, rest) = args.split_first().expect("a saved command line");
         let h = self.host_status(host);
-        vdc_lab::process::spawn_detached(Path::new(program), rest, &h.log, Some(&h.netns))
-            .unwrap_or_else(|e| panic!("restarting the agent of {host}: {e}"));
+        let agent =
+            vdc_lab::process::spawn_detached(Path::new(program), rest, &h.log, Some(&h.netns))
+                .unwrap_or_else(|e| panic!("restarting the agent of {host}: {e}"));
+        self.record_process(|state| {
+            if let Some(record) = state.hosts.iter_mut().find(|r| r.name == host) {
+                record.agent = Some(agent);
+            }
+        });
+    }
+
+    /// Records a process started by a test in the lab's state file, so the
+    /// teardown stops it like the ones `up` started (a restarted server runs
+    /// outside every host namespace: without this it would outlive the lab).
+    fn record_process(&self, update: impl FnOnce(&mut vdc_lab::state::LabState)) {
+        let mut state =
+            match vdc_lab::state::LabState::load(&self.info.lab_id, &self.spec.state_root) {
+                Ok(Some(state)) => state,
+                Ok(None) => panic!("the state file of lab '{}' is gone", self.info.lab_id),
+                Err(e) => panic!("reading the lab state: {}", crate::error_chain(&e)),
+            };
+        update(&mut state);
+        if let Err(e) = state.save() {
+            panic!("saving the lab state: {}", crate::error_chain(&e));
+        }
     }
 }
 
@@ -130,7 +152,9 @@ impl TestLab {
             .expect("restart_server needs kill_server first");
         let args: Vec<String> = saved.split('\0').map(str::to_string).collect();
         let (program, rest) = args.split_first().expect("a saved command line");
-        vdc_lab::process::spawn_detached(Path::new(program), rest, &self.info.server.log, None)
-            .unwrap_or_else(|e| panic!("restarting the server: {e}"));
+        let server =
+            vdc_lab::process::spawn_detached(Path::new(program), rest, &self.info.server.log, None)
+                .unwrap_or_else(|e| panic!("restarting the server: {e}"));
+        self.record_process(|state| state.server = Some(server));
     }
 }

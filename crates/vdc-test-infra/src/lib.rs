@@ -176,41 +176,62 @@ impl TestLabBuilder {
             if !vdc_lab::net::subnet_is_free(index) {
                 continue;
             }
-            let spec = LabSpec {
-                lab_id: lab_id.clone(),
-                hosts: self.hosts,
-                subnet_index: Some(index),
-                state_root: dir.path().join("run"),
-                data_root: dir.path().join("data"),
-                image: image.clone(),
-                import_template: image.is_some(),
-                demo_vms: self.demo_vms,
-                port: free_port()?,
-                vdc_binary: binary.clone(),
-                net_only: self.net_only,
-                step_timeout: self.step_timeout,
-            };
-            match vdc_lab::up(&spec).await {
-                Ok(info) => {
-                    let client = if self.net_only {
-                        Client::new(&info.api_url, None)
-                    } else {
-                        vdc_lab::client(&info)?
-                    };
-                    return Ok(TestLab {
-                        info,
-                        client,
-                        spec,
-                        _id_lock: id_lock,
-                        _dir: dir,
-                    });
+            // The API port is free when picked, but another process may bind
+            // it (or use it as the local port of a connection) before the
+            // server does: the server then exits and we pick another port.
+            let mut port_attempts = 0;
+            loop {
+                let spec = LabSpec {
+                    lab_id: lab_id.clone(),
+                    hosts: self.hosts,
+                    subnet_index: Some(index),
+                    state_root: dir.path().join("run"),
+                    data_root: dir.path().join("data"),
+                    image: image.clone(),
+                    import_template: image.is_some(),
+                    demo_vms: self.demo_vms,
+                    port: free_port()?,
+                    vdc_binary: binary.clone(),
+                    net_only: self.net_only,
+                    step_timeout: self.step_timeout,
+                };
+                match vdc_lab::up(&spec).await {
+                    Ok(info) => {
+                        let client = if self.net_only {
+                            Client::new(&info.api_url, None)
+                        } else {
+                            vdc_lab::client(&info)?
+                        };
+                        return Ok(TestLab {
+                            info,
+                            client,
+                            spec,
+                            _id_lock: id_lock,
+                            _dir: dir,
+                        });
+                    }
+                    Err(e) if port_attempts < PORT_ATTEMPTS && is_port_clash(&e) => {
+                        port_attempts += 1;
+                    }
+                    Err(e @ LabError::SubnetInUse { .. }) => {
+                        last_error = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e @ LabError::SubnetInUse { .. }) => last_error = Some(e),
-                Err(e) => return Err(e.into()),
             }
         }
         Err(last_error.map_or(TestInfraError::NoFreeSubnet, TestInfraError::from))
     }
+}
+
+/// How many times a lab start is retried with another API port.
+const PORT_ATTEMPTS: u32 = 3;
+
+/// Whether `up` failed because the server could not bind its port.
+fn is_port_clash(e: &LabError) -> bool {
+    matches!(e, LabError::ProcessExited { what, tail, .. }
+        if what == "the vdc server" && tail.contains("cannot listen on"))
 }
 
 /// A lab of its own for one test; torn down on drop (also on panic).
@@ -330,6 +351,29 @@ impl Drop for TestLab {
     }
 }
 
+/// A lab id held for this process until dropped: no [`TestLab`] (in this
+/// or another test process) gets the same id meanwhile. For tests that call
+/// `vdc_lab::up`/`down` themselves: `down` removes whatever carries the
+/// lab's id, so an id made up by a test could tear down another test's lab.
+pub struct LabIdReservation {
+    id: String,
+    _lock: UnixListener,
+}
+
+impl LabIdReservation {
+    /// The reserved lab id (4 characters, `t` then 3 of `[0-9a-z]`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Reserves a lab id no other lab on the machine uses, with no leftover
+/// network objects of a crashed test.
+pub fn reserve_test_lab_id() -> Result<LabIdReservation, TestInfraError> {
+    let (id, lock) = reserve_lab_id()?;
+    Ok(LabIdReservation { id, _lock: lock })
+}
+
 /// Picks a lab id no other lab on the machine uses and holds it: an
 /// abstract Unix socket named after the id is the lock (only one process
 /// can bind a name; it goes away with the lab or the process, and leaves no
@@ -403,6 +447,35 @@ mod tests {
         assert_eq!(all.len(), 54);
         assert_eq!(all.first(), Some(&201));
         assert_eq!(all.last(), Some(&254));
+    }
+
+    #[test]
+    fn reserved_lab_ids_are_distinct_while_held() {
+        let a = reserve_test_lab_id().expect("an id");
+        let b = reserve_test_lab_id().expect("another id");
+        assert_ne!(a.id(), b.id());
+        assert!(vdc_lab::plan::validate_lab_id(a.id()).is_ok(), "{}", a.id());
+    }
+
+    #[test]
+    fn only_a_server_that_cannot_bind_is_a_port_clash() {
+        let exited = |what: &str, tail: &str| LabError::ProcessExited {
+            what: what.into(),
+            log: PathBuf::from("server.log"),
+            tail: tail.into(),
+        };
+        assert!(is_port_clash(&exited(
+            "the vdc server",
+            "Error: cannot listen on 127.0.0.1:4000\n\nCaused by:\n    Address already in use"
+        )));
+        assert!(!is_port_clash(&exited(
+            "the vdc server",
+            "cannot open the cluster store"
+        )));
+        assert!(!is_port_clash(&exited(
+            "the agent of host-1",
+            "cannot listen on"
+        )));
     }
 
     #[test]

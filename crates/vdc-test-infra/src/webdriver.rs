@@ -43,6 +43,8 @@ pub const DRIVER_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one WebDriver command (starting the browser is the
 /// slowest: seconds on a busy two-core machine).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+/// How many chromedriver processes are tried before giving up.
+const DRIVER_ATTEMPTS: u32 = 3;
 /// Interval of every polling loop here.
 const POLL: Duration = Duration::from_millis(100);
 /// The key of an element reference in WebDriver's JSON.
@@ -287,8 +289,20 @@ impl Browser {
                 request: "client".into(),
                 source,
             })?;
-        let mut driver = Driver::spawn(chromedriver, dir.path())?;
-        driver.wait_ready(&http).await?;
+        // The port is free when picked, but another process may take it
+        // before chromedriver binds it; chromedriver then exits, and a new
+        // port is tried.
+        let mut attempts = 1;
+        let driver = loop {
+            let mut driver = Driver::spawn(chromedriver, dir.path())?;
+            match driver.wait_ready(&http).await {
+                Ok(()) => break driver,
+                Err(WebDriverError::DriverExited { .. }) if attempts < DRIVER_ATTEMPTS => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let profile = dir.path().join("profile");
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));

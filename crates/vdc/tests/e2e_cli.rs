@@ -24,8 +24,9 @@ const TEMPLATE: &str = "debian-busybox";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest wait for a VM to be running with its guest ready.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest wait for a state the server should show within seconds.
-const SHORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a state the server should show within seconds (a
+/// loaded machine stretches seconds).
+const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(250);
 
 /// Exit codes of the CLI (see `crates/vdc/src/error.rs`).

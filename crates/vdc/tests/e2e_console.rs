@@ -63,6 +63,38 @@ async fn post_input(lab: &TestLab, name: &str, body: &str) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Waits until the root shell on the guest's ttyS0 runs what is typed.
+///
+/// The guest reports ready once its services are launched; busybox init
+/// starts the console shell only after that, and on a loaded machine a
+/// while later. Typing is retried every few seconds until the answer (which
+/// only the shell can compute) shows on the console, for at most two
+/// minutes.
+async fn shell_answers(c: &Client) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (_, mut offset) = c.console_tail(VM, 0).await.expect("console offset");
+    let mut seen = String::new();
+    loop {
+        c.console_input(VM, "echo shell-$((5*5))\n")
+            .await
+            .expect("console input");
+        let retry = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < retry {
+            let (text, next) = c.console_from(VM, offset).await.expect("console");
+            offset = next;
+            seen.push_str(&text);
+            if seen.contains("shell-25") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest's console shell never answered; console after the ready marker:\n{seen}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn serial_console_runs_commands_in_the_guest() {
     let lab = TestLab::start(1).await;
@@ -79,6 +111,7 @@ async fn serial_console_runs_commands_in_the_guest() {
         .expect("create accepted");
     run_task(c, t).await;
     wait_vm(c, VM, |v| v.state == VmPowerState::Running && v.guest.ready).await;
+    shell_answers(c).await;
 
     // A command typed through the CLI runs in the guest's shell: the
     // arithmetic is done by the guest, so "marker-42" cannot be our echo.

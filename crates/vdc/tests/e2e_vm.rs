@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use vdc_client::Client;
-use vdc_test_infra::{wait_vm, TestLab};
+use vdc_test_infra::{wait_vm, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::{Vm, VmPowerState};
 
@@ -50,7 +50,7 @@ async fn action(c: &Client, name: &str, act: &str) {
 /// `(hostname, boot_id, counter)` as the guest's service answers it, asked
 /// from inside another host's network namespace.
 fn identity(lab: &TestLab, from_host: &str, addr: &str) -> (String, String, u64) {
-    let lines = vdc_test_infra::wait_until(Duration::from_secs(60), "the guest's service", || {
+    let lines = vdc_test_infra::wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
         lab.guest_request(from_host, addr, &[]).ok()
     });
     let first = lines.first().expect("a greeting line");
@@ -269,7 +269,7 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
     let (_, boot_s, _) = identity(&lab, "host-2", &ip);
     assert_eq!(boot_s, boot1, "the guest restarted when the server died");
     lab.restart_server();
-    vdc_test_infra::wait_until_async(Duration::from_secs(60), "the restarted server", || async {
+    vdc_test_infra::wait_until_async(VM_WAIT_TIMEOUT, "the restarted server", || async {
         c.list_hosts().await.ok().filter(|h| {
             h.len() == 2 && h.iter().all(|h| h.state == vdc_types::HostState::Connected)
         })
