@@ -187,6 +187,10 @@ pub struct WaitArgs {
     /// Longest time to wait for the task, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub wait_timeout: u64,
+    /// When the VM ends up running, also wait (within --wait-timeout) until
+    /// its guest reports ready.
+    #[arg(long, conflicts_with = "no_wait")]
+    pub wait_ready: bool,
 }
 
 impl WaitArgs {

@@ -377,8 +377,21 @@ async fn finish_vm_task(ctx: &Ctx, name: &str, task: Task, wait: WaitArgs) -> Re
     if wait.no_wait {
         return print_started(ctx, &task);
     }
+    let started = std::time::Instant::now();
     wait_task(&ctx.client, &task, wait.timeout()).await?;
-    let vm = ctx.client.get_vm(name).await?;
+    let mut vm = ctx.client.get_vm(name).await?;
+    if wait.wait_ready {
+        while vm.state.has_process() && !vm.guest.ready {
+            if started.elapsed() >= wait.timeout() {
+                return Err(CliError::Client(vdc_client::ClientError::Timeout(
+                    wait.timeout(),
+                    format!("the guest of VM '{name}' to report ready"),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            vm = ctx.client.get_vm(name).await?;
+        }
+    }
     if ctx.json() {
         out_json(&vm)
     } else {

@@ -605,13 +605,27 @@ async fn cli_runs_a_vm_through_its_life() {
     .await
     .fails_with("already exists");
 
-    vdc.run(&["vm", "start", "cli-1"]).await.success();
+    // --wait-ready returns once the guest itself reports ready.
     let vm = vdc
-        .wait_vm("cli-1", BOOT_TIMEOUT, |v| {
-            str_field(v, &["state"]) == Some("running")
-                && v.pointer("/guest/ready") == Some(&Value::Bool(true))
-        })
-        .await;
+        .run(&[
+            "vm",
+            "start",
+            "cli-1",
+            "--wait-ready",
+            "--wait-timeout",
+            "300",
+            "-o",
+            "json",
+        ])
+        .await
+        .success()
+        .json();
+    assert_eq!(str_field(&vm, &["state"]), Some("running"), "{vm:#}");
+    assert_eq!(
+        vm.pointer("/guest/ready"),
+        Some(&Value::Bool(true)),
+        "{vm:#}"
+    );
     let host = str_field(&vm, &["host"]).unwrap_or_else(|| panic!("no host: {vm:#}"));
     assert!(host_names.iter().any(|h| h == host), "{vm:#}");
     let address = str_field(&vm, &["guest", "address"])
