@@ -22,8 +22,6 @@ use vdc_test_infra::TestLab;
 const TEMPLATE: &str = "debian-busybox";
 /// Longest run of one command (task waits included).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest wait for a VM to be running with its guest ready.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for a state the server should show within seconds (a
 /// loaded machine stretches seconds).
 const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
