@@ -121,6 +121,13 @@ impl Client {
         Ok(Client::new(&url, token))
     }
 
+    fn transport(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        }
+    }
+
     /// The server's base URL.
     pub fn base_url(&self) -> &str {
         &self.base
@@ -142,18 +149,12 @@ impl Client {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let resp = rb.send().await.map_err(|source| ClientError::Transport {
-            url: self.base.clone(),
-            source,
-        })?;
+        let resp = rb.send().await.map_err(|source| self.transport(source))?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|source| self.transport(source))?;
         if !status.is_success() {
             let err = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
                 ApiError::internal(format!(
@@ -269,10 +270,7 @@ impl Client {
             .req(reqwest::Method::GET, path)
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|source| self.transport(source))?;
         let status = resp.status();
         let offset = resp
             .headers()
@@ -282,10 +280,7 @@ impl Client {
         let bytes = resp
             .bytes()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|source| self.transport(source))?;
         if !status.is_success() {
             return Err(ClientError::Api(
                 serde_json::from_slice(&bytes).unwrap_or_else(|_| {
@@ -441,10 +436,7 @@ impl Client {
             .req(reqwest::Method::GET, &path)
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|source| self.transport(source))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
