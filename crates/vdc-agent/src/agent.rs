@@ -811,36 +811,57 @@ impl Agent {
 
     /// `POST /vms/{id}/reset`.
     pub async fn reset(&self, id: &str) -> Result<VmRuntime, ApiError> {
-        let slot = self.slot(id)?;
-        let _op = slot.op.lock().await;
-        let (slot, vm) = self.running(id)?;
-        vm.reset()
-            .await
-            .map_err(|e| host_error("reset failed", &e))?;
-        slot.inner().runtime.guest.ready = false;
-        Ok(slot.apply(Input::Reset))
+        self.qemu_op(
+            id,
+            "reset",
+            Input::Reset,
+            |vm| async move { vm.reset().await },
+        )
+        .await
     }
 
     /// `POST /vms/{id}/pause`.
     pub async fn pause(&self, id: &str) -> Result<VmRuntime, ApiError> {
-        let slot = self.slot(id)?;
-        let _op = slot.op.lock().await;
-        let (slot, vm) = self.running(id)?;
-        vm.pause()
-            .await
-            .map_err(|e| host_error("pause failed", &e))?;
-        Ok(slot.apply(Input::Paused))
+        self.qemu_op(
+            id,
+            "pause",
+            Input::Paused,
+            |vm| async move { vm.pause().await },
+        )
+        .await
     }
 
     /// `POST /vms/{id}/resume`.
     pub async fn resume(&self, id: &str) -> Result<VmRuntime, ApiError> {
+        self.qemu_op(id, "resume", Input::Resumed, |vm| async move {
+            vm.resume().await
+        })
+        .await
+    }
+
+    /// Runs one QMP operation on a VM with a process, under the VM's
+    /// operation lock, then feeds `input` to its state machine.
+    async fn qemu_op<F, Fut>(
+        &self,
+        id: &str,
+        what: &str,
+        input: Input,
+        op: F,
+    ) -> Result<VmRuntime, ApiError>
+    where
+        F: FnOnce(Arc<vdc_qemu::Vm>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), vdc_qemu::QemuError>>,
+    {
         let slot = self.slot(id)?;
         let _op = slot.op.lock().await;
         let (slot, vm) = self.running(id)?;
-        vm.resume()
+        op(vm)
             .await
-            .map_err(|e| host_error("resume failed", &e))?;
-        Ok(slot.apply(Input::Resumed))
+            .map_err(|e| host_error(format!("{what} failed"), &e))?;
+        if matches!(input, Input::Reset) {
+            slot.inner().runtime.guest.ready = false;
+        }
+        Ok(slot.apply(input))
     }
 
     /// `POST /vms/{id}/suspend`: memory to `suspend.state`, QEMU exits, the

@@ -329,14 +329,7 @@ impl Cluster {
 
     /// Every datastore, with the latest free-space figures.
     pub async fn list_datastores(&self) -> Result<Vec<Datastore>, ApiError> {
-        let mut v: Vec<Datastore> = self
-            .store
-            .list_json::<Datastore>("/datastores/")
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect();
+        let mut v: Vec<Datastore> = self.list_values::<Datastore>("/datastores/").await?;
         let live = self.live.read().await;
         for d in &mut v {
             if let Some(r) = live

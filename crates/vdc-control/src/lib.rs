@@ -115,6 +115,24 @@ pub(crate) fn store_err(e: StoreError) -> ApiError {
 }
 
 impl Cluster {
+    /// Every record under `prefix`, decoded, in key order.
+    pub(crate) async fn list_values<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, ApiError> {
+        use vdc_store::StoreExt;
+        Ok(self
+            .store
+            .list_json::<T>(prefix)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+}
+
+impl Cluster {
     /// Opens the control plane on `store`; `token` authenticates the server
     /// to the agents.
     pub async fn open(store: Arc<dyn Store>, token: String) -> Result<Arc<Cluster>, ApiError> {

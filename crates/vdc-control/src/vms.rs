@@ -326,14 +326,7 @@ impl Cluster {
 
     /// Every network.
     pub async fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
-        Ok(self
-            .store
-            .list_json::<Network>("/networks/")
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect())
+        self.list_values("/networks/").await
     }
 
     /// One network.
@@ -463,14 +456,7 @@ impl Cluster {
 
     /// Every template.
     pub async fn list_templates(&self) -> Result<Vec<Template>, ApiError> {
-        Ok(self
-            .store
-            .list_json::<Template>("/templates/")
-            .await
-            .map_err(store_err)?
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect())
+        self.list_values("/templates/").await
     }
 
     async fn get_template(&self, name: &str) -> Result<Template, ApiError> {
