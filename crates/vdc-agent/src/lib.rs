@@ -15,7 +15,10 @@
 //!    the API until the server fails.
 //!
 //! # Modules
-//! - `agent`: the operations (provision, start, stop, suspend, destroy, …)
+//! - `agent`: the agent's state (datastores, VM slots) and host report
+//! - `power`: start, shutdown, power off, reset, pause, resume, suspend
+//! - `provision`: VM directories and disks, destroy, image import
+//! - `recover`: re-attach to running VMs on agent start
 //! - `supervisor`: one task per running VM (events, guest, stats, lease)
 //! - `state`: the pure power state machine
 //! - `console`: the serial console (log reads by offset, input over the
@@ -32,6 +35,9 @@ mod config;
 mod console;
 mod error;
 mod hoststats;
+mod power;
+mod provision;
+mod recover;
 mod reporter;
 mod slot;
 pub mod state;

@@ -25,7 +25,9 @@ mod console;
 pub mod events;
 mod hosts;
 pub mod ipam;
+mod networks;
 pub mod tasks;
+mod templates;
 mod vms;
 
 use std::collections::HashMap;

@@ -1,23 +1,19 @@
-//! VM, network and template operations.
+//! VM operations: create, start, power actions and delete.
 //!
 //! Each operation validates its input synchronously (so a bad request gets
 //! a 4xx at once and nothing is created), marks the VM busy, and runs the
 //! work as a task. A failed create removes everything it made: the VM's
 //! files on the datastore, its address reservation and its record.
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use serde_json::json;
 use vdc_sched::{Demand, PlacementError};
 use vdc_store::{StoreError, StoreExt};
-use vdc_types::agent::{
-    AgentStartRequest, DestroyVmRequest, DiskSource, ImportImageRequest, ProvisionVmRequest,
-};
+use vdc_types::agent::{AgentStartRequest, DestroyVmRequest, DiskSource, ProvisionVmRequest};
 use vdc_types::api::{
-    CreateTemplateRequest, CreateVmRequest, Template, DEFAULT_CPUS, DEFAULT_DISK_GIB,
-    DEFAULT_MEMORY_MIB, DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_CPUS, MAX_DISK_GIB, MAX_SHUTDOWN_TIMEOUT_S,
-    MIN_MEMORY_MIB,
+    CreateVmRequest, Template, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB,
+    DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_CPUS, MAX_DISK_GIB, MAX_SHUTDOWN_TIMEOUT_S, MIN_MEMORY_MIB,
 };
 use vdc_types::names::validate_name;
 use vdc_types::vm::VM_CONFIG_VERSION;
@@ -26,7 +22,6 @@ use vdc_types::{
     VmPowerState,
 };
 
-use crate::ipam::{self, Subnet};
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
 
@@ -144,7 +139,7 @@ impl Cluster {
     }
 
     /// Writes a new record, or fails with `AlreadyExists` and `message`.
-    async fn create_unique<T: serde::Serialize + Sync>(
+    pub(crate) async fn create_unique<T: serde::Serialize + Sync>(
         &self,
         key: &str,
         value: &T,
@@ -320,257 +315,6 @@ impl Cluster {
     pub async fn get_vm(&self, name: &str) -> Result<Vm, ApiError> {
         let r = self.record(name).await?;
         Ok(self.vm_view(r).await)
-    }
-
-    // ---- networks ------------------------------------------------------
-
-    /// Every network.
-    pub async fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
-        self.list_values("/networks/").await
-    }
-
-    /// One network.
-    pub async fn get_network(&self, name: &str) -> Result<Network, ApiError> {
-        self.store
-            .get_json(&format!("/networks/{name}"))
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| ApiError::not_found("Network", name))
-    }
-
-    /// Creates a network after checking every field.
-    pub async fn create_network(&self, n: Network) -> Result<Network, ApiError> {
-        validate_name("network", &n.name).map_err(ApiError::invalid)?;
-        let bridge_ok = !n.bridge.is_empty()
-            && n.bridge.len() <= 15
-            && n.bridge
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !bridge_ok {
-            return Err(ApiError::invalid(format!(
-                "bridge '{}' is not a valid Linux interface name (1-15 letters, digits, '-', '_', '.')",
-                n.bridge.escape_default()
-            )));
-        }
-        let sn = Subnet::parse(&n.subnet).map_err(ApiError::invalid)?;
-        let start =
-            ipam::parse_host(&sn, &n.pool_start, "pool start").map_err(ApiError::invalid)?;
-        let end = ipam::parse_host(&sn, &n.pool_end, "pool end").map_err(ApiError::invalid)?;
-        if u32::from(start) > u32::from(end) {
-            return Err(ApiError::invalid(format!(
-                "pool start {start} comes after pool end {end}"
-            )));
-        }
-        if let Some(g) = &n.gateway {
-            ipam::parse_host(&sn, g, "gateway").map_err(ApiError::invalid)?;
-        }
-        self.create_unique(
-            &format!("/networks/{}", n.name),
-            &n,
-            format!("network '{}' already exists; choose another name", n.name),
-        )
-        .await?;
-        self.events
-            .publish(
-                "network.created",
-                &n.name,
-                format!("network {} created", n.name),
-                json!({"subnet": n.subnet}),
-            )
-            .await;
-        Ok(n)
-    }
-
-    /// Deletes a network no VM uses.
-    pub async fn delete_network(&self, name: &str) -> Result<(), ApiError> {
-        self.get_network(name).await?;
-        let users: Vec<String> = self
-            .list_vms()
-            .await?
-            .into_iter()
-            .filter(|v| v.nics.iter().any(|n| n.network == name))
-            .map(|v| v.name)
-            .collect();
-        if !users.is_empty() {
-            return Err(ApiError::invalid_state(format!(
-                "network '{name}' is used by VM(s) {}; delete them first",
-                users.join(", ")
-            )));
-        }
-        self.store
-            .delete(&format!("/networks/{name}"))
-            .await
-            .map_err(store_err)?;
-        self.store
-            .txn(
-                vec![],
-                vec![vdc_store::Op::DeletePrefix(format!("/ipam/{name}/"))],
-                vec![],
-            )
-            .await
-            .map_err(store_err)?;
-        Ok(())
-    }
-
-    async fn allocate_ip(&self, net: &Network, vm: &str) -> Result<String, ApiError> {
-        let sn = Subnet::parse(&net.subnet).map_err(ApiError::internal)?;
-        let start: Ipv4Addr = net
-            .pool_start
-            .parse()
-            .map_err(|_| ApiError::internal("bad pool"))?;
-        let end: Ipv4Addr = net
-            .pool_end
-            .parse()
-            .map_err(|_| ApiError::internal("bad pool"))?;
-        let gw = net.gateway.as_deref().and_then(|g| g.parse().ok());
-        for a in ipam::pool(start, end, gw) {
-            let key = format!("/ipam/{}/{a}", net.name);
-            match self.store.create_json(&key, &vm).await {
-                Ok(_) => return Ok(format!("{a}/{}", sn.prefix)),
-                Err(StoreError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(store_err(e)),
-            }
-        }
-        Err(ApiError::new(
-            ErrorCode::InsufficientCapacity,
-            format!(
-                "network '{}' has no free address left in its pool {}–{}",
-                net.name, net.pool_start, net.pool_end
-            ),
-        ))
-    }
-
-    async fn release_ips(&self, nics: &[NicSpec]) {
-        for n in nics {
-            if let Some(ip) = &n.ip {
-                let addr = ip.split('/').next().unwrap_or(ip);
-                let _ = self
-                    .store
-                    .delete(&format!("/ipam/{}/{addr}", n.network))
-                    .await;
-            }
-        }
-    }
-
-    // ---- templates -----------------------------------------------------
-
-    /// Every template.
-    pub async fn list_templates(&self) -> Result<Vec<Template>, ApiError> {
-        self.list_values("/templates/").await
-    }
-
-    async fn get_template(&self, name: &str) -> Result<Template, ApiError> {
-        self.store
-            .get_json(&format!("/templates/{name}"))
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| ApiError::not_found("Template", name))
-    }
-
-    /// Imports an image file as a template (a task).
-    pub async fn create_template(
-        self: &Arc<Self>,
-        req: CreateTemplateRequest,
-    ) -> Result<Task, ApiError> {
-        validate_name("template", &req.name).map_err(ApiError::invalid)?;
-        let ds = self.get_datastore(&req.datastore).await?;
-        if ds.kind != DatastoreKind::Shared {
-            return Err(ApiError::invalid(format!(
-                "datastore '{}' is local to one host; keep templates on a shared datastore so every host can deploy them",
-                req.datastore
-            )));
-        }
-        if !req.source.starts_with('/') {
-            return Err(ApiError::invalid(format!(
-                "source '{}' must be an absolute path of an image file on the importing host",
-                req.source
-            )));
-        }
-        let host = match &req.host {
-            Some(h) => {
-                self.agent_url(h).await?;
-                h.clone()
-            }
-            None => self
-                .hosts_reaching(&req.datastore)
-                .await
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::HostUnavailable,
-                        "no connected host reaches that datastore",
-                    )
-                })?,
-        };
-        let path = format!("templates/{}.qcow2", req.name);
-        let tpl = Template {
-            name: req.name.clone(),
-            datastore: req.datastore.clone(),
-            path: path.clone(),
-            size_bytes: 0,
-            created_ms: now_ms(),
-        };
-        let key = format!("/templates/{}", req.name);
-        self.create_unique(
-            &key,
-            &tpl,
-            format!(
-                "template '{}' already exists; choose another name",
-                req.name
-            ),
-        )
-        .await?;
-        let me = self.clone();
-        let tname = req.name.clone();
-        self.tasks
-            .spawn(
-                "template.import",
-                "template",
-                &tname,
-                move |ctx| async move {
-                    ctx.progress(5, "copying the image into the datastore")
-                        .await;
-                    let r = async {
-                        let url = me.agent_url(&host).await?;
-                        let resp = me
-                            .agents
-                            .import_image(
-                                &host,
-                                &url,
-                                &ImportImageRequest {
-                                    source: req.source.clone(),
-                                    datastore: req.datastore.clone(),
-                                    path: path.clone(),
-                                },
-                            )
-                            .await?;
-                        let mut t = tpl.clone();
-                        t.size_bytes = resp.size_bytes;
-                        me.store.put_json(&key, &t).await.map_err(store_err)?;
-                        Ok::<(), ApiError>(())
-                    }
-                    .await;
-                    match r {
-                        Ok(()) => {
-                            me.events
-                                .publish(
-                                    "template.created",
-                                    &req.name,
-                                    format!("template {} imported", req.name),
-                                    json!({}),
-                                )
-                                .await;
-                            Ok(())
-                        }
-                        Err(e) => {
-                            let _ = me.store.delete(&key).await;
-                            Err(e)
-                        }
-                    }
-                },
-            )
-            .await
     }
 
     // ---- VM create -------------------------------------------------------

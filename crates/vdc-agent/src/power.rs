@@ -1,0 +1,387 @@
+//! Power operations on a VM: start (lease, taps, QEMU, supervisor),
+//! shutdown, power off, reset, pause, resume and suspend to disk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vdc_disk::DiskError;
+use vdc_types::agent::VmRuntime;
+use vdc_types::{ApiError, ErrorCode, VmConfig, VmPowerState};
+
+use crate::error::{disk_error, host_error};
+use crate::slot::VmSlot;
+use crate::state::Input;
+use crate::supervisor;
+
+use crate::agent::{Agent, Layout, EXIT_WAIT, LEASE_TTL};
+use crate::provision::check_config;
+
+impl Agent {
+    /// `POST /vms/{id}/start`.
+    pub async fn start(
+        self: &Arc<Self>,
+        id: &str,
+        config: VmConfig,
+    ) -> Result<VmRuntime, ApiError> {
+        check_config(id, &config)?;
+        let layout = self.layout(&config)?;
+        if !layout.vm_dir.exists() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "directory of VM '{}' ('{}' on datastore '{}') not found; provision the VM first",
+                    config.name, config.dir, config.datastore
+                ),
+            ));
+        }
+        let known = self.vms().contains_key(id);
+        let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
+        let result = self.start_in_slot(&slot, &layout, config).await;
+        if result.is_err() && !known && !slot.state().has_process() {
+            // A VM this host did not know and could not start stays unknown
+            // here (e.g. it runs on the host holding its lock).
+            self.forget(id);
+        }
+        result
+    }
+
+    async fn start_in_slot(
+        self: &Arc<Self>,
+        slot: &Arc<VmSlot>,
+        layout: &Layout,
+        config: VmConfig,
+    ) -> Result<VmRuntime, ApiError> {
+        let _op = slot.op.lock().await;
+        let current = slot.state();
+        if matches!(current, VmPowerState::Running | VmPowerState::Paused) {
+            return Ok(slot.runtime());
+        }
+        if current.has_process() {
+            return Err(ApiError::invalid_state(format!(
+                "VM '{}' is {current}; wait for it to finish",
+                config.name
+            )));
+        }
+        for (disk, path) in config.disks.iter().zip(&layout.disks) {
+            if !path.is_file() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "disk '{}' ('{}' on datastore '{}') not found",
+                        disk.name, disk.path, disk.datastore
+                    ),
+                ));
+            }
+        }
+        let mut taps = Vec::new();
+        let mut nics = Vec::new();
+        for (i, nic) in config.nics.iter().enumerate() {
+            let bridge = nic
+                .bridge
+                .clone()
+                .or_else(|| self.config.bridge_for_network.get(&nic.network).cloned())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "NIC {i} of VM '{}' (network '{}') names no bridge",
+                        config.name, nic.network
+                    ))
+                })?;
+            let tap = vdc_net::tap_name(&config.id, i as u32);
+            taps.push((tap.clone(), bridge));
+            nics.push(vdc_qemu::NicDevice {
+                id: format!("net{i}"),
+                mac: nic.mac.clone(),
+                tap,
+            });
+        }
+
+        let lock = layout.vm_dir.lock();
+        match lock
+            .acquire(&self.config.name, &self.agent_id, LEASE_TTL)
+            .await
+        {
+            Ok(_) => {}
+            Err(DiskError::Locked {
+                holder_host,
+                expires_ms,
+            }) => {
+                let secs = expires_ms
+                    .saturating_sub(vdc_types::now_ms())
+                    .div_ceil(1000);
+                return Err(ApiError::new(
+                    ErrorCode::Locked,
+                    format!(
+                        "VM '{}' is locked by host '{holder_host}' (lease expires in {secs} s); stop it there first",
+                        config.name
+                    ),
+                )
+                .with_details(serde_json::json!({ "holder_host": holder_host, "expires_ms": expires_ms })));
+            }
+            Err(e) => return Err(disk_error(format!("cannot lock VM '{}'", config.name), e)),
+        }
+        // Only the lease holder may rewrite the VM's files.
+        let saved = layout
+            .vm_dir
+            .write_config(&config)
+            .map_err(|e| disk_error("cannot write vm.json", e))
+            .and_then(|()| {
+                slot.inner().config = config.clone();
+                slot.persist_config()
+                    .map_err(|e| host_error("cannot write the runtime directory", &e))
+            });
+        if let Err(e) = saved {
+            if let Err(le) = lock.release(&self.config.name) {
+                tracing::warn!(error = %crate::error::chain(&le), "cannot release lease after a failed start");
+            }
+            return Err(e);
+        }
+
+        let suspended = layout.vm_dir.suspend_state().exists();
+        let previous = if suspended {
+            VmPowerState::Suspended
+        } else {
+            VmPowerState::Stopped
+        };
+        slot.apply(Input::Launch);
+        let fail = |e: ApiError, created: Vec<String>| {
+            let lock = lock.clone();
+            let host = self.config.name.clone();
+            let slot = slot.clone();
+            async move {
+                supervisor::cleanup_network(&created).await;
+                if let Err(le) = lock.release(&host) {
+                    tracing::warn!(error = %crate::error::chain(&le), "cannot release lease after a failed start");
+                }
+                slot.inner().taps.clear();
+                slot.apply(Input::LaunchFailed { previous });
+                e
+            }
+        };
+
+        let mut created = Vec::new();
+        for (tap, bridge) in &taps {
+            if let Err(e) = vdc_net::create_tap(tap, bridge).await {
+                let err = match e {
+                    vdc_net::NetError::NoBridge(_) => ApiError::invalid(format!(
+                        "cannot start VM '{}': {}",
+                        config.name,
+                        crate::error::chain(&e)
+                    )),
+                    _ => host_error(format!("cannot create tap device '{tap}'"), &e),
+                };
+                return Err(fail(err, created).await);
+            }
+            created.push(tap.clone());
+        }
+        slot.inner().taps = created.clone();
+
+        let mut oem = vec![format!("vdc.hostname={}", config.hostname)];
+        if let Some(nic) = config.nics.first() {
+            if let Some(ip) = &nic.ip {
+                oem.push(format!("vdc.ip={ip}"));
+            }
+            if let Some(gw) = &nic.gateway {
+                oem.push(format!("vdc.gw={gw}"));
+            }
+        }
+        let spec = vdc_qemu::MachineSpec {
+            id: config.id.clone(),
+            name: config.name.clone(),
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            accelerator: self.accelerator,
+            disks: config
+                .disks
+                .iter()
+                .zip(&layout.disks)
+                .map(|(d, p)| vdc_qemu::DriveSpec {
+                    node_name: d.name.clone(),
+                    path: p.clone(),
+                    read_only: false,
+                })
+                .collect(),
+            nics,
+            smbios_oem_strings: oem,
+            incoming: suspended
+                .then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
+        };
+        let paths = layout.paths.clone();
+        let launched = vdc_qemu::Vm::launch(&spec, &paths).await;
+        let vm = match launched {
+            Ok(vm) => Arc::new(vm),
+            Err(e) => {
+                let err = host_error(format!("cannot start VM '{}'", config.name), &e);
+                return Err(fail(err, created).await);
+            }
+        };
+        if suspended {
+            let state = layout.vm_dir.suspend_state();
+            if let Err(e) = std::fs::remove_file(&state) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %state.display(), error = %e, "cannot remove the used state file");
+                }
+            }
+        }
+        {
+            let mut inner = slot.inner();
+            inner.exit_requested = false;
+            inner.runtime.pid = Some(vm.pid());
+            inner.runtime.guest = Default::default();
+        }
+        supervisor::start(self.clone(), slot.clone(), vm, layout);
+        tracing::info!(vm = %config.name, resumed = suspended, "started");
+        Ok(slot.apply(Input::Launched))
+    }
+
+    /// The slot and its QEMU handle, or 404 / 409.
+    pub(crate) fn running(&self, id: &str) -> Result<(Arc<VmSlot>, Arc<vdc_qemu::Vm>), ApiError> {
+        let slot = self.slot(id)?;
+        match slot.vm() {
+            Some(vm) => Ok((slot, vm)),
+            None => Err(ApiError::invalid_state(format!(
+                "VM '{}' is {}; it has no process on host '{}'",
+                slot.inner().config.name,
+                slot.state(),
+                self.config.name
+            ))),
+        }
+    }
+
+    /// Waits for the supervisor of `slot` to finish after QEMU exited.
+    pub(crate) async fn wait_supervisor(&self, slot: &VmSlot) {
+        let handle = slot.inner().supervisor.take();
+        if let Some(h) = handle {
+            if tokio::time::timeout(EXIT_WAIT, h).await.is_err() {
+                tracing::warn!(vm = %slot.id, "supervisor did not finish in time");
+            }
+        }
+    }
+
+    /// `POST /vms/{id}/shutdown`: ACPI power button, power off after
+    /// `timeout`.
+    pub async fn shutdown(&self, id: &str, timeout: Duration) -> Result<VmRuntime, ApiError> {
+        let slot = self.slot(id)?;
+        let _op = slot.op.lock().await;
+        if !slot.state().has_process() {
+            return Ok(slot.runtime());
+        }
+        let (slot, vm) = self.running(id)?;
+        slot.inner().exit_requested = true;
+        slot.apply(Input::PowerdownRequested);
+        if let Err(e) = vm.shutdown(timeout).await {
+            return Err(host_error("shutdown failed", &e));
+        }
+        self.wait_supervisor(&slot).await;
+        Ok(slot.runtime())
+    }
+
+    /// `POST /vms/{id}/poweroff`.
+    pub async fn power_off(&self, id: &str) -> Result<VmRuntime, ApiError> {
+        let slot = self.slot(id)?;
+        let _op = slot.op.lock().await;
+        if !slot.state().has_process() {
+            return Ok(slot.runtime());
+        }
+        let (slot, vm) = self.running(id)?;
+        slot.inner().exit_requested = true;
+        if let Err(e) = vm.power_off().await {
+            return Err(host_error("power off failed", &e));
+        }
+        self.wait_supervisor(&slot).await;
+        Ok(slot.runtime())
+    }
+
+    /// `POST /vms/{id}/reset`.
+    pub async fn reset(&self, id: &str) -> Result<VmRuntime, ApiError> {
+        self.qemu_op(
+            id,
+            "reset",
+            Input::Reset,
+            |vm| async move { vm.reset().await },
+        )
+        .await
+    }
+
+    /// `POST /vms/{id}/pause`.
+    pub async fn pause(&self, id: &str) -> Result<VmRuntime, ApiError> {
+        self.qemu_op(
+            id,
+            "pause",
+            Input::Paused,
+            |vm| async move { vm.pause().await },
+        )
+        .await
+    }
+
+    /// `POST /vms/{id}/resume`.
+    pub async fn resume(&self, id: &str) -> Result<VmRuntime, ApiError> {
+        self.qemu_op(id, "resume", Input::Resumed, |vm| async move {
+            vm.resume().await
+        })
+        .await
+    }
+
+    /// Runs one QMP operation on a VM with a process, under the VM's
+    /// operation lock, then feeds `input` to its state machine.
+    async fn qemu_op<F, Fut>(
+        &self,
+        id: &str,
+        what: &str,
+        input: Input,
+        op: F,
+    ) -> Result<VmRuntime, ApiError>
+    where
+        F: FnOnce(Arc<vdc_qemu::Vm>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), vdc_qemu::QemuError>>,
+    {
+        let slot = self.slot(id)?;
+        let _op = slot.op.lock().await;
+        let (slot, vm) = self.running(id)?;
+        op(vm)
+            .await
+            .map_err(|e| host_error(format!("{what} failed"), &e))?;
+        if matches!(input, Input::Reset) {
+            slot.inner().runtime.guest.ready = false;
+        }
+        Ok(slot.apply(input))
+    }
+
+    /// `POST /vms/{id}/suspend`: memory to `suspend.state`, QEMU exits, the
+    /// lease is released.
+    pub async fn suspend(&self, id: &str) -> Result<VmRuntime, ApiError> {
+        let slot = self.slot(id)?;
+        let _op = slot.op.lock().await;
+        let (slot, vm) = self.running(id)?;
+        if !matches!(slot.state(), VmPowerState::Running | VmPowerState::Paused) {
+            return Err(ApiError::invalid_state(format!(
+                "VM '{}' is {}; only a running or paused VM can be suspended",
+                slot.inner().config.name,
+                slot.state()
+            )));
+        }
+        slot.apply(Input::SuspendStarted);
+        let v = vm.clone();
+        let vm_id = id.to_string();
+        let saved = v
+            .suspend_to_file(|p| tracing::debug!(vm = %vm_id, percent = p, "suspending"))
+            .await;
+        match saved {
+            Ok(()) => {
+                self.wait_supervisor(&slot).await;
+                Ok(slot.apply(Input::SuspendDone))
+            }
+            Err(e) => {
+                let err = host_error("suspend failed", &e);
+                if vm.has_exited() {
+                    self.wait_supervisor(&slot).await;
+                    slot.apply(Input::SuspendFailed { running: false });
+                    slot.apply(Input::Exited { expected: false });
+                } else {
+                    let running = matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Running));
+                    slot.apply(Input::SuspendFailed { running });
+                }
+                Err(err)
+            }
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! VM files on a datastore: provision (directory, disks, `vm.json`),
+//! destroy, and image import for templates.
+
+use std::path::PathBuf;
+
+use vdc_disk::qemu_img;
+use vdc_types::agent::{
+    DiskSource, ImportImageRequest, ImportImageResponse, ProvisionVmRequest, VmRuntime,
+};
+use vdc_types::{ApiError, ErrorCode, VmConfig, VmPowerState};
+
+use crate::error::{disk_error, host_error};
+
+use crate::agent::{Agent, Layout};
+
+impl Agent {
+    /// `PUT /vms/{id}`: create directory, disks and `vm.json`.
+    pub async fn provision(
+        &self,
+        id: &str,
+        req: ProvisionVmRequest,
+    ) -> Result<VmRuntime, ApiError> {
+        let config = req.config;
+        check_config(id, &config)?;
+        if let Ok(slot) = self.slot(id) {
+            if slot.state().has_process() {
+                return Err(ApiError::invalid_state(format!(
+                    "VM '{}' is {}; stop it before provisioning it again",
+                    config.name,
+                    slot.state()
+                )));
+            }
+        }
+        let layout = self.layout(&config)?;
+        if layout.vm_dir.exists() {
+            return match layout.vm_dir.read_config() {
+                Ok(existing) if existing.id == config.id => {
+                    let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
+                    let _op = slot.op.lock().await;
+                    slot.inner().config = config;
+                    slot.persist_config()
+                        .map_err(|e| host_error("cannot write the runtime directory", &e))?;
+                    Ok(slot.runtime())
+                }
+                _ => Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "directory '{}' on datastore '{}' already exists and belongs to another VM",
+                        config.dir, config.datastore
+                    ),
+                )),
+            };
+        }
+        for (disk, path) in config.disks.iter().zip(&layout.disks) {
+            if path.exists() {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "disk file '{}' on datastore '{}' already exists",
+                        disk.path, disk.datastore
+                    ),
+                ));
+            }
+        }
+        let template = match &req.boot_source {
+            DiskSource::Blank => None,
+            DiskSource::Template {
+                datastore,
+                path,
+                linked,
+            } => {
+                let p = self.resolve(datastore, path)?;
+                if !p.is_file() {
+                    return Err(ApiError::new(
+                        ErrorCode::NotFound,
+                        format!("template disk '{path}' not found on datastore '{datastore}'"),
+                    ));
+                }
+                Some((p, *linked))
+            }
+        };
+        layout.vm_dir.create().map_err(|e| {
+            disk_error(
+                format!("cannot create the directory of VM '{}'", config.name),
+                e,
+            )
+        })?;
+        let made = self
+            .make_disks(&config, &layout, template)
+            .await
+            .and_then(|()| {
+                layout
+                    .vm_dir
+                    .write_config(&config)
+                    .map_err(|e| disk_error("cannot write vm.json", e))
+            });
+        if let Err(e) = made {
+            for p in &layout.disks {
+                let _ = std::fs::remove_file(p);
+            }
+            let _ = std::fs::remove_file(layout.vm_dir.config_path());
+            let _ = std::fs::remove_dir(layout.vm_dir.path());
+            return Err(e);
+        }
+        let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
+        slot.inner().config = config.clone();
+        slot.persist_config()
+            .map_err(|e| host_error("cannot write the runtime directory", &e))?;
+        self.changed.notify_one();
+        tracing::info!(vm = %config.name, "provisioned");
+        Ok(slot.runtime())
+    }
+
+    async fn make_disks(
+        &self,
+        config: &VmConfig,
+        layout: &Layout,
+        template: Option<(PathBuf, bool)>,
+    ) -> Result<(), ApiError> {
+        for (i, (disk, path)) in config.disks.iter().zip(&layout.disks).enumerate() {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    host_error(
+                        format!("cannot create the directory of disk '{}'", disk.name),
+                        &e,
+                    )
+                })?;
+            }
+            let what = format!("cannot create disk '{}'", disk.name);
+            match (i, &template) {
+                (0, Some((src, linked))) => {
+                    if *linked {
+                        qemu_img::create_linked_clone(path, src).await
+                    } else {
+                        qemu_img::convert_to_qcow2(src, path).await
+                    }
+                    .map_err(|e| disk_error(&what, e))?;
+                    let size = qemu_img::info(path)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?
+                        .virtual_size;
+                    if disk.size_bytes > size {
+                        qemu_img::grow(path, disk.size_bytes)
+                            .await
+                            .map_err(|e| disk_error(&what, e))?;
+                    }
+                }
+                _ => qemu_img::create_qcow2(path, disk.size_bytes)
+                    .await
+                    .map_err(|e| disk_error(&what, e))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `DELETE /vms/{id}`: remove the VM's files; it must have no process.
+    pub async fn destroy(&self, id: &str, config: VmConfig) -> Result<(), ApiError> {
+        check_config(id, &config)?;
+        let slot = self.slot(id).ok();
+        let _op = match &slot {
+            Some(s) => Some(s.op.lock().await),
+            None => None,
+        };
+        if let Some(s) = &slot {
+            if s.state().has_process() {
+                return Err(ApiError::invalid_state(format!(
+                    "VM '{}' is {}; stop it before destroying it",
+                    config.name,
+                    s.state()
+                )));
+            }
+        }
+        let layout = self.layout(&config)?;
+        if slot.is_none() && !layout.vm_dir.exists() {
+            return Err(ApiError::not_found("VM", &config.name));
+        }
+        // Never remove the files of another VM that happens to use the
+        // same directory (a name reused on a shared datastore).
+        if let Ok(on_disk) = layout.vm_dir.read_config() {
+            if on_disk.id != config.id {
+                return Err(ApiError::new(
+                    vdc_types::ErrorCode::InvalidState,
+                    format!(
+                        "the directory of VM '{}' holds another VM (id {}); nothing was removed",
+                        config.name, on_disk.id
+                    ),
+                ));
+            }
+        }
+        let mut in_dir = Vec::new();
+        for disk in &layout.disks {
+            if disk.parent() == Some(layout.vm_dir.path()) {
+                if let Some(name) = disk.file_name() {
+                    in_dir.push(name.to_string_lossy().into_owned());
+                }
+            } else {
+                match std::fs::remove_file(disk) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(host_error(
+                            format!("cannot remove disk {}", disk.display()),
+                            &e,
+                        ))
+                    }
+                }
+            }
+        }
+        layout
+            .vm_dir
+            .remove(&self.config.name, &in_dir)
+            .map_err(|e| {
+                disk_error(
+                    format!("cannot remove the directory of VM '{}'", config.name),
+                    e,
+                )
+            })?;
+        self.forget(id);
+        tracing::info!(vm = %config.name, "destroyed");
+        Ok(())
+    }
+
+    /// `POST /images/import`: convert `source` into a qcow2 in a datastore.
+    pub async fn import_image(
+        &self,
+        req: ImportImageRequest,
+    ) -> Result<ImportImageResponse, ApiError> {
+        let source = PathBuf::from(&req.source);
+        if !source.is_absolute() {
+            return Err(ApiError::invalid(format!(
+                "image source '{}' must be an absolute path on host '{}'",
+                req.source, self.config.name
+            )));
+        }
+        if !source.is_file() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "image '{}' not found on host '{}'",
+                    req.source, self.config.name
+                ),
+            ));
+        }
+        let dest = self.resolve(&req.datastore, &req.path)?;
+        if dest.exists() {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "'{}' already exists on datastore '{}'",
+                    req.path, req.datastore
+                ),
+            ));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| host_error("cannot create the target directory", &e))?;
+        }
+        let what = format!("cannot import '{}'", req.source);
+        let result = async {
+            qemu_img::convert_to_qcow2(&source, &dest).await?;
+            qemu_img::info(&dest).await
+        }
+        .await;
+        match result {
+            Ok(info) => Ok(ImportImageResponse {
+                size_bytes: info.virtual_size,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&dest);
+                Err(disk_error(what, e))
+            }
+        }
+    }
+}
+/// Checks a configuration against the id in the URL and basic sanity.
+pub(crate) fn check_config(id: &str, config: &VmConfig) -> Result<(), ApiError> {
+    if config.id != id {
+        return Err(ApiError::invalid(format!(
+            "config id '{}' does not match the VM id '{id}' in the URL",
+            config.id
+        )));
+    }
+    if config.version > vdc_types::vm::VM_CONFIG_VERSION {
+        return Err(ApiError::invalid(format!(
+            "config version {} is newer than this agent understands ({})",
+            config.version,
+            vdc_types::vm::VM_CONFIG_VERSION
+        )));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || id.is_empty() || id.len() > 64
+    {
+        return Err(ApiError::invalid(format!(
+            "VM id '{id}' must be letters, digits and '-'"
+        )));
+    }
+    vdc_types::names::validate_name("VM", &config.name).map_err(ApiError::invalid)?;
+    if config.disks.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "VM '{}' has no disk",
+            config.name
+        )));
+    }
+    for d in &config.disks {
+        let ok = d.name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && d.name.len() <= 31
+            && d.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(ApiError::invalid(format!(
+                "disk name '{}' must start with a letter and hold letters, digits, '-' or '_'",
+                d.name
+            )));
+        }
+        if d.size_bytes == 0 {
+            return Err(ApiError::invalid(format!("disk '{}' has size 0", d.name)));
+        }
+    }
+    if config.cpus == 0 || config.memory_mib < 16 {
+        return Err(ApiError::invalid(format!(
+            "VM '{}' needs at least 1 CPU and 16 MiB of memory",
+            config.name
+        )));
+    }
+    Ok(())
+}

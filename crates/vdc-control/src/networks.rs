@@ -1,0 +1,141 @@
+//! Networks: create, list, delete, and the address pools behind them.
+
+use std::net::Ipv4Addr;
+
+use serde_json::json;
+use vdc_store::{StoreError, StoreExt};
+use vdc_types::names::validate_name;
+use vdc_types::{ApiError, ErrorCode, Network, NicSpec};
+
+use crate::ipam::{self, Subnet};
+use crate::{store_err, Cluster};
+
+impl Cluster {
+    /// Every network.
+    pub async fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
+        self.list_values("/networks/").await
+    }
+
+    /// One network.
+    pub async fn get_network(&self, name: &str) -> Result<Network, ApiError> {
+        self.store
+            .get_json(&format!("/networks/{name}"))
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::not_found("Network", name))
+    }
+
+    /// Creates a network after checking every field.
+    pub async fn create_network(&self, n: Network) -> Result<Network, ApiError> {
+        validate_name("network", &n.name).map_err(ApiError::invalid)?;
+        let bridge_ok = !n.bridge.is_empty()
+            && n.bridge.len() <= 15
+            && n.bridge
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !bridge_ok {
+            return Err(ApiError::invalid(format!(
+                "bridge '{}' is not a valid Linux interface name (1-15 letters, digits, '-', '_', '.')",
+                n.bridge.escape_default()
+            )));
+        }
+        let sn = Subnet::parse(&n.subnet).map_err(ApiError::invalid)?;
+        let start =
+            ipam::parse_host(&sn, &n.pool_start, "pool start").map_err(ApiError::invalid)?;
+        let end = ipam::parse_host(&sn, &n.pool_end, "pool end").map_err(ApiError::invalid)?;
+        if u32::from(start) > u32::from(end) {
+            return Err(ApiError::invalid(format!(
+                "pool start {start} comes after pool end {end}"
+            )));
+        }
+        if let Some(g) = &n.gateway {
+            ipam::parse_host(&sn, g, "gateway").map_err(ApiError::invalid)?;
+        }
+        self.create_unique(
+            &format!("/networks/{}", n.name),
+            &n,
+            format!("network '{}' already exists; choose another name", n.name),
+        )
+        .await?;
+        self.events
+            .publish(
+                "network.created",
+                &n.name,
+                format!("network {} created", n.name),
+                json!({"subnet": n.subnet}),
+            )
+            .await;
+        Ok(n)
+    }
+
+    /// Deletes a network no VM uses.
+    pub async fn delete_network(&self, name: &str) -> Result<(), ApiError> {
+        self.get_network(name).await?;
+        let users: Vec<String> = self
+            .list_vms()
+            .await?
+            .into_iter()
+            .filter(|v| v.nics.iter().any(|n| n.network == name))
+            .map(|v| v.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::invalid_state(format!(
+                "network '{name}' is used by VM(s) {}; delete them first",
+                users.join(", ")
+            )));
+        }
+        self.store
+            .delete(&format!("/networks/{name}"))
+            .await
+            .map_err(store_err)?;
+        self.store
+            .txn(
+                vec![],
+                vec![vdc_store::Op::DeletePrefix(format!("/ipam/{name}/"))],
+                vec![],
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    pub(crate) async fn allocate_ip(&self, net: &Network, vm: &str) -> Result<String, ApiError> {
+        let sn = Subnet::parse(&net.subnet).map_err(ApiError::internal)?;
+        let start: Ipv4Addr = net
+            .pool_start
+            .parse()
+            .map_err(|_| ApiError::internal("bad pool"))?;
+        let end: Ipv4Addr = net
+            .pool_end
+            .parse()
+            .map_err(|_| ApiError::internal("bad pool"))?;
+        let gw = net.gateway.as_deref().and_then(|g| g.parse().ok());
+        for a in ipam::pool(start, end, gw) {
+            let key = format!("/ipam/{}/{a}", net.name);
+            match self.store.create_json(&key, &vm).await {
+                Ok(_) => return Ok(format!("{a}/{}", sn.prefix)),
+                Err(StoreError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(store_err(e)),
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::InsufficientCapacity,
+            format!(
+                "network '{}' has no free address left in its pool {}–{}",
+                net.name, net.pool_start, net.pool_end
+            ),
+        ))
+    }
+
+    pub(crate) async fn release_ips(&self, nics: &[NicSpec]) {
+        for n in nics {
+            if let Some(ip) = &n.ip {
+                let addr = ip.split('/').next().unwrap_or(ip);
+                let _ = self
+                    .store
+                    .delete(&format!("/ipam/{}/{addr}", n.network))
+                    .await;
+            }
+        }
+    }
+}
