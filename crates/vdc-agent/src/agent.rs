@@ -68,6 +68,8 @@ pub(crate) struct Agent {
     pub(crate) host_cpu: Mutex<HostCpu>,
     /// Serial console connections (see `console`).
     pub consoles: ConsoleLinks,
+    /// Jobs submitted by the server (see `jobs`).
+    pub(crate) jobs: crate::jobs::Jobs,
 }
 
 impl Agent {
@@ -109,6 +111,7 @@ impl Agent {
             changed: Arc::new(Notify::new()),
             host_cpu: Mutex::new(host_cpu),
             consoles: ConsoleLinks::default(),
+            jobs: Default::default(),
             config,
         }))
     }

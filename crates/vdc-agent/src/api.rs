@@ -21,6 +21,7 @@ use vdc_types::agent::{
     ImportImageResponse, ProvisionVmRequest, VmRuntime,
 };
 use vdc_types::api::{ConsoleInputRequest, CONSOLE_OFFSET_HEADER};
+use vdc_types::job::{Job, JobRequest, MAX_JOB_WAIT_S};
 use vdc_types::{ApiError, ErrorCode};
 
 use crate::agent::Agent;
@@ -93,6 +94,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
             post(console_input).layer(DefaultBodyLimit::max(CONSOLE_INPUT_BODY_MAX)),
         )
         .route("/agent/v1/images/import", post(import_image))
+        .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
+        .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent)
@@ -260,4 +263,57 @@ async fn import_image(
     Body(req): Body<ImportImageRequest>,
 ) -> ApiResult<ImportImageResponse> {
     Ok(Json(agent.import_image(req).await?))
+}
+
+/// Starts a job (201) or attaches to the one with that operation id (200).
+async fn submit_job(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<JobRequest>,
+) -> Result<(StatusCode, Json<Job>), Failure> {
+    let (job, new) = agent.submit_job(req)?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(job)))
+}
+
+async fn list_jobs(State(agent): State<Arc<Agent>>) -> Json<Vec<Job>> {
+    Json(agent.jobs().list())
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    wait_s: Option<String>,
+}
+
+/// `?wait_s=N` (at most `MAX_JOB_WAIT_S`): answer when the job changes or
+/// after N seconds, whichever comes first.
+async fn get_job(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Query(query): Query<JobQuery>,
+) -> ApiResult<Job> {
+    let wait = match query.wait_s {
+        Some(w) => {
+            let w = parse_number("wait_s", &w)?;
+            if w > MAX_JOB_WAIT_S {
+                return Err(Failure(ApiError::invalid(format!(
+                    "wait_s must be at most {MAX_JOB_WAIT_S}, not {w}"
+                ))));
+            }
+            Some(Duration::from_secs(w))
+        }
+        None => None,
+    };
+    Ok(Json(agent.jobs().get(&id, wait).await?))
+}
+
+/// Cancels a running job at once (202); an ended job is returned as it is.
+async fn cancel_job(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Job>), Failure> {
+    Ok((StatusCode::ACCEPTED, Json(agent.jobs().cancel(&id)?)))
 }

@@ -35,6 +35,7 @@ mod config;
 mod console;
 mod error;
 mod hoststats;
+mod jobs;
 mod power;
 mod provision;
 mod recover;

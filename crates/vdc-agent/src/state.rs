@@ -12,6 +12,9 @@
 //!       Exited{!expected} ─► Crashed ◄──────┘ (any state with a process)
 //! ```
 //!
+//! A cancelled shutdown (`ShutdownCancelled`) takes `ShuttingDown` back to
+//! `Running` (or `Paused` when the vCPUs were stopped).
+//!
 //! A guest reset keeps the VM running (it is a `RESET` event inside the same
 //! QEMU process). An exit is "expected" when the administrator asked for
 //! it (shutdown, power off) or the guest powered itself off (a `SHUTDOWN`
@@ -49,6 +52,12 @@ pub enum Input {
         /// Whether the vCPUs run.
         running: bool,
     },
+    /// A shutdown was cancelled before the guest powered off; the vCPUs
+    /// are `running` or not.
+    ShutdownCancelled {
+        /// Whether the vCPUs run.
+        running: bool,
+    },
     /// The QEMU process is gone.
     Exited {
         /// Asked for (shutdown, power off, guest power-off).
@@ -72,6 +81,13 @@ pub fn next(state: VmPowerState, input: Input) -> VmPowerState {
         (S::Running | S::Paused, I::SuspendStarted) => S::Suspending,
         (S::Suspending, I::SuspendDone) => S::Suspended,
         (S::Suspending, I::SuspendFailed { running }) => {
+            if running {
+                S::Running
+            } else {
+                S::Paused
+            }
+        }
+        (S::ShuttingDown, I::ShutdownCancelled { running }) => {
             if running {
                 S::Running
             } else {
@@ -113,6 +129,18 @@ mod tests {
             s = next(s, input);
             assert_eq!(s, want, "after {input:?}");
         }
+    }
+
+    #[test]
+    fn a_cancelled_shutdown_returns_to_the_run_state() {
+        let s = next(S::Running, I::PowerdownRequested);
+        assert_eq!(next(s, I::ShutdownCancelled { running: true }), S::Running);
+        assert_eq!(next(s, I::ShutdownCancelled { running: false }), S::Paused);
+        // Too late: the VM already stopped.
+        assert_eq!(
+            next(S::Stopped, I::ShutdownCancelled { running: true }),
+            S::Stopped
+        );
     }
 
     #[test]

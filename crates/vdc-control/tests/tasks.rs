@@ -312,6 +312,7 @@ fn tasks_left_running_by_a_stopped_server_are_failed_on_open() {
             created_ms: now_ms(),
             started_ms: None,
             finished_ms: None,
+            journal: None,
         };
         store
             .put_json("/tasks/queued-task", &queued)

@@ -10,6 +10,7 @@ pub mod api;
 pub mod error;
 pub mod event;
 pub mod host;
+pub mod job;
 pub mod names;
 pub mod task;
 pub mod vm;
@@ -17,7 +18,7 @@ pub mod vm;
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
 pub use host::{Accelerator, Datastore, DatastoreKind, Host, HostState, Network};
-pub use task::{Task, TaskState};
+pub use task::{Step, Task, TaskJournal, TaskParams, TaskState, TaskStep};
 pub use vm::{DiskSpec, GuestInfo, NicSpec, Vm, VmConfig, VmPowerState};
 
 /// Milliseconds since the Unix epoch; the one time format of the API.

@@ -3,7 +3,13 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::agent::DiskSource;
+use crate::job::{JobKind, JobState};
 use crate::{ApiError, UnixMillis};
+
+/// Version of the task journal format ([`TaskJournal`]); a server refuses
+/// to resume a journal of a newer version.
+pub const JOURNAL_VERSION: u32 = 1;
 
 /// Life cycle of a task.
 ///
@@ -68,4 +74,158 @@ pub struct Task {
     /// End time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<UnixMillis>,
+    /// What the task was asked and the steps it has done, journaled as
+    /// they happen so that a restarted server can resume or undo it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<TaskJournal>,
+}
+
+/// A task's journal: its parameters and the steps done, with the data
+/// needed to continue or undo them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskJournal {
+    /// Format version ([`JOURNAL_VERSION`]).
+    pub version: u32,
+    /// What the task was asked to do.
+    pub params: TaskParams,
+    /// Steps done, oldest first.
+    pub steps: Vec<TaskStep>,
+}
+
+impl TaskJournal {
+    /// A journal of `params` with no step yet.
+    pub fn new(params: TaskParams) -> TaskJournal {
+        TaskJournal {
+            version: JOURNAL_VERSION,
+            params,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Every step, without the times.
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().map(|s| &s.step)
+    }
+}
+
+/// What a task was asked to do, as much as resuming it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TaskParams {
+    /// `vm.create`: the VM's record holds its configuration.
+    VmCreate {
+        /// Id of the VM being created.
+        vm_id: String,
+        /// Start it once made.
+        start: bool,
+        /// Host asked for, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// Network of its NIC, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+        /// Source of the boot disk.
+        boot_source: DiskSource,
+    },
+    /// A power operation on a VM (`vm.start`, `vm.stop`, `vm.shutdown`,
+    /// `vm.suspend`, …; the task's kind says which).
+    VmPower {
+        /// Id of the VM.
+        vm_id: String,
+        /// Host it runs on or is asked to run on, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+    /// `vm.delete`.
+    VmDelete {
+        /// Id of the VM.
+        vm_id: String,
+    },
+    /// `template.import`.
+    TemplateImport {
+        /// Host doing the copy.
+        host: String,
+    },
+}
+
+/// One journaled step and when it was recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskStep {
+    /// When the step was recorded (server clock).
+    pub at_ms: UnixMillis,
+    /// The step.
+    pub step: Step,
+}
+
+/// A step of a task, with the data needed to continue or undo it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "step")]
+pub enum Step {
+    /// An address was reserved for the VM.
+    AddressAllocated {
+        /// Network.
+        network: String,
+        /// Address reserved.
+        address: String,
+    },
+    /// The VM was placed on a host.
+    Placed {
+        /// Host chosen.
+        host: String,
+    },
+    /// An agent job is submitted (recorded before the request is sent, so
+    /// that a restarted server attaches to it instead of repeating it).
+    JobSubmitted {
+        /// Host running it.
+        host: String,
+        /// Operation id, which is the job's id.
+        operation_id: String,
+        /// What it does.
+        job: JobKind,
+    },
+    /// An agent job ended.
+    JobEnded {
+        /// Operation id.
+        operation_id: String,
+        /// How it ended.
+        state: JobState,
+    },
+    /// The VM's files exist on the datastore.
+    Provisioned {
+        /// Host that made them.
+        host: String,
+    },
+    /// Undoing began.
+    RollingBack {
+        /// Why.
+        reason: String,
+    },
+    /// A restarted server took the task over.
+    Resumed {
+        /// What it decided to do.
+        decision: String,
+    },
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::AddressAllocated { network, address } => {
+                write!(f, "address {address} allocated on network {network}")
+            }
+            Step::Placed { host } => write!(f, "placed on {host}"),
+            Step::JobSubmitted {
+                host,
+                operation_id,
+                job,
+            } => write!(f, "agent job {operation_id} ({job}) started on {host}"),
+            Step::JobEnded {
+                operation_id,
+                state,
+            } => write!(f, "agent job {operation_id} {state}"),
+            Step::Provisioned { host } => write!(f, "files made by {host}"),
+            Step::RollingBack { reason } => write!(f, "rolling back: {reason}"),
+            Step::Resumed { decision } => write!(f, "resumed after a server restart: {decision}"),
+        }
+    }
 }

@@ -197,6 +197,7 @@ mod tests {
             created_ms: 0,
             started_ms: None,
             finished_ms: None,
+            journal: None,
         };
         let e = CliError::Client(ClientError::TaskFailed(Box::new(task)));
         assert_eq!(e.exit_code(), 4);

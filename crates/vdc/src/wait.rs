@@ -108,6 +108,7 @@ mod tests {
             created_ms: 1000,
             started_ms: Some(1500),
             finished_ms: Some(4700),
+            journal: None,
         };
         assert_eq!(final_line(&t), "vm.start web-1: succeeded in 3.2s");
         let mut t = t;

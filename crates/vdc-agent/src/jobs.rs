@@ -1,0 +1,379 @@
+//! Agent-side jobs: long operations run in the background, named by the
+//! operation id the server chose (see `vdc_types::job` and
+//! `docs/contracts.md`).
+//!
+//! # Why
+//! A provision that copies a large template, a suspend that writes guest
+//! memory, a shutdown that waits for a guest: none of them should hang on
+//! one HTTP request. The server submits a job, gets an answer at once, and
+//! follows it with short (long-polling) requests; a lost answer or a server
+//! restart costs nothing, because submitting the same operation id again
+//! attaches to the job instead of running it twice.
+//!
+//! # Cancellation
+//! `DELETE /agent/v1/jobs/{id}` fires the job's cancellation token; each
+//! kind reacts at once, in its own way:
+//! - provision: the running `qemu-img` is killed (dropped with
+//!   `kill_on_drop`) and the files the job made are removed;
+//! - image import: the same, for the partial image;
+//! - suspend: QMP `migrate_cancel`, repeated until the suspend returns; QEMU
+//!   resumes the guest and the VM is running again;
+//! - shutdown: the wait for the guest ends, the VM goes back to running;
+//! - start: launching QEMU takes seconds and is not cut in the middle; a
+//!   VM started despite the cancel is powered off again.
+//!
+//! Finished jobs are kept for [`KEEP_FINISHED`] so that the server can read
+//! their outcome after a restart; an agent restart forgets them (the server
+//! then finds the VM's state in the reports).
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use vdc_types::agent::ProvisionVmRequest;
+use vdc_types::job::{validate_operation_id, Job, JobOp, JobRequest, JobResult, JobState};
+use vdc_types::{now_ms, ApiError, ErrorCode, VmPowerState};
+
+use crate::agent::Agent;
+use crate::state::Input;
+
+/// How long a finished job stays readable.
+pub(crate) const KEEP_FINISHED: Duration = Duration::from_secs(3600);
+/// How often a running job samples its progress.
+const PROGRESS_TICK: Duration = Duration::from_millis(250);
+
+/// One job: what it does, its status (watched by long polls) and its
+/// cancellation token.
+struct JobCell {
+    op: JobOp,
+    status: watch::Sender<Job>,
+    cancel: CancellationToken,
+    finished: Mutex<Option<Instant>>,
+}
+
+impl JobCell {
+    fn snapshot(&self) -> Job {
+        self.status.borrow().clone()
+    }
+
+    fn progress(&self, percent: u8, stage: &str) {
+        self.status.send_if_modified(|j| {
+            let p = percent.min(99).max(j.progress);
+            let changed = p != j.progress || j.stage.as_deref() != Some(stage);
+            j.progress = p;
+            j.stage = Some(stage.to_string());
+            changed
+        });
+    }
+}
+
+/// The jobs of one agent.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    cells: Mutex<HashMap<String, Arc<JobCell>>>,
+}
+
+impl Jobs {
+    fn cells(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<JobCell>>> {
+        self.cells.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cell(&self, id: &str) -> Result<Arc<JobCell>, ApiError> {
+        self.cells().get(id).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("job '{id}' not found on this host (never submitted, or the agent restarted)"),
+            )
+        })
+    }
+
+    fn prune(&self) {
+        self.cells().retain(|_, c| {
+            c.finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map_or(true, |at| at.elapsed() < KEEP_FINISHED)
+        });
+    }
+
+    /// Every job, newest first.
+    pub fn list(&self) -> Vec<Job> {
+        let mut v: Vec<Job> = self.cells().values().map(|c| c.snapshot()).collect();
+        v.sort_by_key(|j| std::cmp::Reverse(j.started_ms));
+        v
+    }
+
+    /// One job; with `wait`, waits up to that long for it to change
+    /// (progress or end) before answering.
+    pub async fn get(&self, id: &str, wait: Option<Duration>) -> Result<Job, ApiError> {
+        let cell = self.cell(id)?;
+        let mut rx = cell.status.subscribe();
+        let now = rx.borrow_and_update().clone();
+        if let Some(wait) = wait.filter(|_| !now.state.is_final()) {
+            if let Ok(Ok(())) = tokio::time::timeout(wait, rx.changed()).await {
+                return Ok(rx.borrow().clone());
+            }
+        }
+        Ok(now)
+    }
+
+    /// Requests cancellation; the job's operation sees it at once.
+    pub fn cancel(&self, id: &str) -> Result<Job, ApiError> {
+        let cell = self.cell(id)?;
+        if !cell.snapshot().state.is_final() {
+            cell.status.send_modify(|j| j.cancel_requested = true);
+            cell.cancel.cancel();
+        }
+        Ok(cell.snapshot())
+    }
+}
+
+impl Agent {
+    /// `POST /agent/v1/jobs`: starts the job, or returns the one already
+    /// known under that operation id (`false` = not new).
+    pub fn submit_job(self: &Arc<Self>, req: JobRequest) -> Result<(Job, bool), ApiError> {
+        validate_operation_id(&req.operation_id).map_err(ApiError::invalid)?;
+        if let Some(id) = req.op.vm_id() {
+            if id.is_empty() {
+                return Err(ApiError::invalid("the job names an empty VM id"));
+            }
+        }
+        self.jobs.prune();
+        let mut cells = self.jobs.cells();
+        if let Some(cell) = cells.get(&req.operation_id) {
+            if cell.op.kind() != req.op.kind() || cell.op.vm_id() != req.op.vm_id() {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "operation id '{}' is already used by a {} job; choose a new operation id",
+                        req.operation_id,
+                        cell.op.kind()
+                    ),
+                ));
+            }
+            return Ok((cell.snapshot(), false));
+        }
+        let job = Job {
+            id: req.operation_id.clone(),
+            kind: req.op.kind(),
+            vm_id: req.op.vm_id().map(str::to_string),
+            state: JobState::Running,
+            progress: 0,
+            stage: None,
+            cancel_requested: false,
+            error: None,
+            result: None,
+            started_ms: now_ms(),
+            finished_ms: None,
+        };
+        let cell = Arc::new(JobCell {
+            op: req.op,
+            status: watch::Sender::new(job.clone()),
+            cancel: CancellationToken::new(),
+            finished: Mutex::new(None),
+        });
+        cells.insert(job.id.clone(), cell.clone());
+        drop(cells);
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let result = agent.run_job(&cell).await;
+            let id = cell.snapshot().id;
+            match &result {
+                Ok(_) => tracing::info!(job = %id, "job succeeded"),
+                Err(e) => tracing::info!(job = %id, error = %e, "job ended without success"),
+            }
+            cell.status.send_modify(|j| {
+                j.finished_ms = Some(now_ms());
+                match result {
+                    Ok(r) => {
+                        j.state = JobState::Succeeded;
+                        j.progress = 100;
+                        j.result = Some(r);
+                    }
+                    Err(e) if e.code == ErrorCode::Cancelled => {
+                        j.state = JobState::Cancelled;
+                        j.error = Some(e);
+                    }
+                    Err(e) => {
+                        j.state = JobState::Failed;
+                        j.error = Some(e);
+                    }
+                }
+            });
+            *cell.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        });
+        tracing::info!(job = %job.id, kind = %job.kind, "job started");
+        Ok((job, true))
+    }
+
+    /// The jobs of this agent.
+    pub(crate) fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    async fn run_job(self: &Arc<Self>, cell: &JobCell) -> Result<JobResult, ApiError> {
+        match cell.op.clone() {
+            JobOp::Provision { request } => self.provision_job(cell, request).await,
+            JobOp::Start { request } => {
+                cell.progress(10, "launching QEMU");
+                let id = request.config.id.clone();
+                let started = self.start(&id, request.config).await;
+                if cell.cancel.is_cancelled() {
+                    if started.is_ok() {
+                        if let Err(e) = self.power_off(&id).await {
+                            tracing::warn!(vm = %id, error = %e, "cannot power off a VM whose start was cancelled");
+                        }
+                    }
+                    return Err(job_cancelled());
+                }
+                started.map(JobResult::Vm)
+            }
+            JobOp::Shutdown { vm_id, timeout_s } => {
+                cell.progress(10, "waiting for the guest to power off");
+                let shutdown = self.shutdown(&vm_id, Duration::from_secs(timeout_s));
+                tokio::select! {
+                    r = shutdown => r.map(JobResult::Vm),
+                    _ = cell.cancel.cancelled() => {
+                        self.undo_shutdown(&vm_id).await;
+                        Err(job_cancelled())
+                    }
+                }
+            }
+            JobOp::Suspend { vm_id } => self.suspend_job(cell, &vm_id).await,
+            JobOp::ImportImage { request } => {
+                cell.progress(10, "copying the image");
+                let dest = self.resolve(&request.datastore, &request.path)?;
+                let existed = dest.exists();
+                tokio::select! {
+                    r = self.import_image(request) => r.map(JobResult::Image),
+                    _ = cell.cancel.cancelled() => {
+                        if !existed {
+                            remove_logged(&dest);
+                        }
+                        Err(job_cancelled())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Provision with progress (size of the boot disk copied so far) and a
+    /// cancel that kills `qemu-img` and removes what the job made.
+    async fn provision_job(
+        self: &Arc<Self>,
+        cell: &JobCell,
+        request: ProvisionVmRequest,
+    ) -> Result<JobResult, ApiError> {
+        let config = request.config.clone();
+        let layout = self.layout(&config)?;
+        let made_here = !layout.vm_dir.exists();
+        let source_size = match &request.boot_source {
+            vdc_types::agent::DiskSource::Template { datastore, path, .. } => self
+                .resolve(datastore, path)
+                .ok()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len()),
+            vdc_types::agent::DiskSource::Blank => None,
+        };
+        cell.progress(5, "creating disks");
+        let mut work = pin!(self.provision(&config.id, request));
+        let mut tick = tokio::time::interval(PROGRESS_TICK);
+        loop {
+            tokio::select! {
+                r = &mut work => return r.map(JobResult::Vm),
+                _ = cell.cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    let copied = layout.disks.first().and_then(|d| std::fs::metadata(d).ok()).map(|m| m.len());
+                    if let (Some(total), Some(done)) = (source_size.filter(|t| *t > 0), copied) {
+                        cell.progress((done.saturating_mul(95) / total).min(95) as u8, "copying the template");
+                    }
+                }
+            }
+        }
+        // Cancelled: the dropped future killed qemu-img; remove its files.
+        drop(work);
+        if made_here {
+            match self.destroy(&config.id, config.clone()).await {
+                Ok(()) => {}
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(vm = %config.name, error = %e, "cannot remove the files of a cancelled provision")
+                }
+            }
+        }
+        Err(job_cancelled())
+    }
+
+    /// Suspend with progress from `query-migrate`, and a cancel by
+    /// `migrate_cancel` (the suspend then fails its own way: the state
+    /// file is removed and the guest resumes).
+    async fn suspend_job(&self, cell: &JobCell, vm_id: &str) -> Result<JobResult, ApiError> {
+        cell.progress(5, "saving memory to the datastore");
+        let mut work = pin!(self.suspend(vm_id));
+        let mut tick = tokio::time::interval(PROGRESS_TICK);
+        let mut cancelling = false;
+        loop {
+            tokio::select! {
+                r = &mut work => {
+                    return match r {
+                        Err(_) if cancelling => Err(job_cancelled()),
+                        r => r.map(JobResult::Vm),
+                    };
+                }
+                _ = cell.cancel.cancelled(), if !cancelling => {
+                    cancelling = true;
+                    self.cancel_migration(vm_id).await;
+                }
+                _ = tick.tick() => {
+                    let Ok((_, vm)) = self.running(vm_id) else { continue };
+                    if cancelling {
+                        // The migration may not have begun at the first
+                        // cancel; repeat until the suspend gives up.
+                        self.cancel_migration(vm_id).await;
+                    } else if let Ok(info) = vm.qmp().query_migrate().await {
+                        cell.progress(info.percent().min(95), "saving memory to the datastore");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cancel_migration(&self, vm_id: &str) {
+        if let Ok((_, vm)) = self.running(vm_id) {
+            if let Err(e) = vm.qmp().migrate_cancel().await {
+                tracing::debug!(vm = %vm_id, error = %e, "migrate_cancel");
+            }
+        }
+    }
+
+    /// After a cancelled shutdown: the guest keeps running.
+    async fn undo_shutdown(&self, vm_id: &str) {
+        let Ok((slot, vm)) = self.running(vm_id) else {
+            return;
+        };
+        if slot.state() != VmPowerState::ShuttingDown {
+            return;
+        }
+        let running = matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Running));
+        slot.inner().exit_requested = false;
+        slot.apply(Input::ShutdownCancelled { running });
+    }
+}
+
+fn job_cancelled() -> ApiError {
+    ApiError::new(
+        ErrorCode::Cancelled,
+        "the job was cancelled and its work undone",
+    )
+}
+
+fn remove_logged(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a partial file");
+        }
+    }
+}

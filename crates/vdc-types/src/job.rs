@@ -1,0 +1,241 @@
+//! Agent-side jobs: the long operations an agent runs on the server's
+//! behalf (disk copies, starts, suspends, shutdowns, image imports).
+//!
+//! The server submits a job with an *operation id* of its own choosing and
+//! the agent answers at once. Submitting the same operation id again
+//! attaches to the job already known instead of running it twice, so a
+//! retry after a lost answer or a server restart is safe. The job's id is
+//! its operation id.
+//!
+//! ```text
+//!   submit ──► running ──► succeeded   (result: the VM's runtime or the image)
+//!                 ├──────► failed      (error)
+//!                 └──────► cancelled   (DELETE: the operation was stopped and undone)
+//! ```
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::agent::{
+    AgentStartRequest, ImportImageRequest, ImportImageResponse, ProvisionVmRequest, VmRuntime,
+};
+use crate::{ApiError, UnixMillis};
+
+/// Longest operation id an agent accepts.
+pub const MAX_OPERATION_ID_LEN: usize = 128;
+
+/// Longest long-poll wait of `GET /agent/v1/jobs/{id}?wait_s=N`.
+pub const MAX_JOB_WAIT_S: u64 = 20;
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Create a VM's directory, disks and `vm.json`.
+    Provision,
+    /// Take the VM's lease and launch QEMU (or resume from suspend).
+    Start,
+    /// ACPI power button, power off after a timeout.
+    Shutdown,
+    /// Save memory to `suspend.state` and end QEMU.
+    Suspend,
+    /// Copy an image into a datastore.
+    ImportImage,
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobKind::Provision => "provision",
+            JobKind::Start => "start",
+            JobKind::Shutdown => "shutdown",
+            JobKind::Suspend => "suspend",
+            JobKind::ImportImage => "image import",
+        })
+    }
+}
+
+/// The operation of a job and its parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum JobOp {
+    /// See [`JobKind::Provision`].
+    Provision {
+        /// The request of `PUT /agent/v1/vms/{id}`.
+        request: ProvisionVmRequest,
+    },
+    /// See [`JobKind::Start`].
+    Start {
+        /// The request of `POST /agent/v1/vms/{id}/start`.
+        request: AgentStartRequest,
+    },
+    /// See [`JobKind::Shutdown`].
+    Shutdown {
+        /// VM id.
+        vm_id: String,
+        /// Seconds before falling back to power-off.
+        timeout_s: u64,
+    },
+    /// See [`JobKind::Suspend`].
+    Suspend {
+        /// VM id.
+        vm_id: String,
+    },
+    /// See [`JobKind::ImportImage`].
+    ImportImage {
+        /// The request of `POST /agent/v1/images/import`.
+        request: ImportImageRequest,
+    },
+}
+
+impl JobOp {
+    /// What the operation does.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobOp::Provision { .. } => JobKind::Provision,
+            JobOp::Start { .. } => JobKind::Start,
+            JobOp::Shutdown { .. } => JobKind::Shutdown,
+            JobOp::Suspend { .. } => JobKind::Suspend,
+            JobOp::ImportImage { .. } => JobKind::ImportImage,
+        }
+    }
+
+    /// The VM it works on, if any.
+    pub fn vm_id(&self) -> Option<&str> {
+        match self {
+            JobOp::Provision { request } => Some(&request.config.id),
+            JobOp::Start { request } => Some(&request.config.id),
+            JobOp::Shutdown { vm_id, .. } | JobOp::Suspend { vm_id } => Some(vm_id),
+            JobOp::ImportImage { .. } => None,
+        }
+    }
+}
+
+/// `POST /agent/v1/jobs`: start a job (or attach to the one with that
+/// operation id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobRequest {
+    /// Chosen by the server, unique per operation; becomes the job id.
+    /// Letters, digits, '-', '.' and '_', at most [`MAX_OPERATION_ID_LEN`].
+    pub operation_id: String,
+    /// What to do.
+    pub op: JobOp,
+}
+
+/// Life cycle of a job (see the module diagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// In progress.
+    Running,
+    /// Done; see `result`.
+    Succeeded,
+    /// Ended with an error; see `error`.
+    Failed,
+    /// Stopped on request; the operation undid what it had done.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        self != JobState::Running
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// What a successful job produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum JobResult {
+    /// The VM after the operation.
+    Vm(VmRuntime),
+    /// The imported image.
+    Image(ImportImageResponse),
+}
+
+/// A job as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// The operation id it was submitted with.
+    pub id: String,
+    /// What it does.
+    pub kind: JobKind,
+    /// The VM it works on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    /// State.
+    pub state: JobState,
+    /// Progress, 0–100.
+    pub progress: u8,
+    /// What it is doing now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Cancellation was requested.
+    pub cancel_requested: bool,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    /// What it produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+    /// Start time (agent clock).
+    pub started_ms: UnixMillis,
+    /// End time (agent clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<UnixMillis>,
+}
+
+/// Checks an operation id: 1–[`MAX_OPERATION_ID_LEN`] characters of
+/// letters, digits, '-', '.' and '_'.
+pub fn validate_operation_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_OPERATION_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "operation id '{}' must be 1 to {MAX_OPERATION_ID_LEN} letters, digits, '-', '.' or '_'",
+            id.escape_default()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_ids() {
+        assert!(validate_operation_id("0f3c-1.2_x").is_ok());
+        for bad in ["", "a/b", "a b", &"x".repeat(MAX_OPERATION_ID_LEN + 1)] {
+            assert!(validate_operation_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_job_request_reads_back() {
+        let r = JobRequest {
+            operation_id: "t1.0".into(),
+            op: JobOp::Suspend {
+                vm_id: "abc".into(),
+            },
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains("\"kind\":\"suspend\""), "{s}");
+        assert_eq!(serde_json::from_str::<JobRequest>(&s).unwrap(), r);
+    }
+}
