@@ -1,4 +1,10 @@
 //! Calls from the server to the agents' API (`/agent/v1`).
+//!
+//! Long operations (provision, start, shutdown, suspend, image import) are
+//! agent-side jobs ([`AgentClient::run_job`]): one short request submits
+//! the job under the task's operation id, then short long-polls follow it,
+//! forwarding its progress to the task and a task cancel to the job. No
+//! request waits longer than [`JOB_POLL_WAIT_S`] plus [`JOB_CALL_TIMEOUT`].
 
 use std::time::Duration;
 
@@ -8,7 +14,20 @@ use vdc_types::agent::{
     AgentShutdownRequest, AgentStartRequest, DestroyVmRequest, ImportImageRequest,
     ImportImageResponse, ProvisionVmRequest, VmRuntime,
 };
+use vdc_types::job::{Job, JobRequest, JobResult, JobState};
 use vdc_types::{ApiError, ErrorCode};
+
+use crate::tasks::{cancelled, TaskCtx};
+
+/// Timeout of one job request beyond its long-poll wait.
+pub const JOB_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Long-poll wait of one job status request.
+pub const JOB_POLL_WAIT_S: u64 = 5;
+/// How long a job's host may stay unreachable before the task gives up on
+/// the job (the journal keeps it, so a later resume can still attach).
+pub const JOB_UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
+/// How often a job the agent forgot (it restarted) is submitted again.
+const JOB_RESUBMITS: u32 = 3;
 
 /// HTTP client of every agent, sharing one connection pool and the token.
 #[derive(Clone)]
@@ -159,6 +178,13 @@ impl AgentClient {
         .await
     }
 
+    /// Every VM the host knows, as it sees them now.
+    pub async fn vms(&self, host: &str, url: &str) -> Result<Vec<VmRuntime>, ApiError> {
+        let u = format!("{url}/agent/v1/vms");
+        self.call::<(), _>(host, reqwest::Method::GET, u, None, JOB_CALL_TIMEOUT)
+            .await
+    }
+
     /// Removes the VM's files.
     pub async fn destroy(
         &self,
@@ -267,5 +293,133 @@ impl AgentClient {
             )
             .await?;
         Ok(())
+    }
+
+    /// Submits a job (or attaches to the job with the same operation id).
+    pub async fn submit_job(&self, host: &str, url: &str, req: &JobRequest) -> Result<Job, ApiError> {
+        let u = format!("{url}/agent/v1/jobs");
+        self.call(host, reqwest::Method::POST, u, Some(req), JOB_CALL_TIMEOUT)
+            .await
+    }
+
+    /// A job's status, once it changes or after `wait_s` seconds.
+    pub async fn job(&self, host: &str, url: &str, id: &str, wait_s: u64) -> Result<Job, ApiError> {
+        let u = format!("{url}/agent/v1/jobs/{id}?wait_s={wait_s}");
+        self.call::<(), Job>(
+            host,
+            reqwest::Method::GET,
+            u,
+            None,
+            JOB_CALL_TIMEOUT + Duration::from_secs(wait_s),
+        )
+        .await
+    }
+
+    /// Cancels a job.
+    pub async fn cancel_job(&self, host: &str, url: &str, id: &str) -> Result<Job, ApiError> {
+        let u = format!("{url}/agent/v1/jobs/{id}");
+        self.call::<(), Job>(host, reqwest::Method::DELETE, u, None, JOB_CALL_TIMEOUT)
+            .await
+    }
+
+    /// Runs `req` as a job on `host` and follows it to its end: progress
+    /// goes to the task, scaled into `range` percent; a task cancel is sent
+    /// to the job at once; a host that stops answering is waited for up to
+    /// [`JOB_UNREACHABLE_LIMIT`]; a job the agent forgot (it restarted) is
+    /// submitted again under the same operation id.
+    pub async fn run_job(
+        &self,
+        host: &str,
+        url: &str,
+        req: &JobRequest,
+        ctx: &TaskCtx,
+        range: (u8, u8),
+    ) -> Result<JobResult, ApiError> {
+        let id = req.operation_id.as_str();
+        let mut resubmits = 0;
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
+        let mut cancel_sent = false;
+        let mut job: Option<Job> = None;
+        loop {
+            let answer = match &job {
+                None => self.submit_job(host, url, req).await,
+                Some(j) if j.state.is_final() => return job_outcome(host, j.clone()),
+                Some(j) => {
+                    let (lo, hi) = range;
+                    let pct = lo as u32 + (hi.saturating_sub(lo) as u32 * j.progress as u32) / 100;
+                    if let Some(stage) = &j.stage {
+                        ctx.progress(pct as u8, stage).await;
+                    }
+                    if ctx.is_cancelled() && !cancel_sent {
+                        Err(ApiError::new(ErrorCode::Cancelled, "cancel"))
+                    } else {
+                        tokio::select! {
+                            r = self.job(host, url, id, JOB_POLL_WAIT_S) => r,
+                            _ = ctx.cancelled(), if !cancel_sent => {
+                                Err(ApiError::new(ErrorCode::Cancelled, "cancel"))
+                            }
+                        }
+                    }
+                }
+            };
+            match answer {
+                Ok(j) => {
+                    unreachable_since = None;
+                    job = Some(j);
+                }
+                Err(e) if e.code == ErrorCode::Cancelled => {
+                    // Forward the task's cancel to the job.
+                    match self.cancel_job(host, url, id).await {
+                        Ok(j) => {
+                            cancel_sent = true;
+                            job = Some(j);
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %e, "cannot cancel the agent job yet");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+                Err(e) if e.code == ErrorCode::HostUnavailable => {
+                    let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > JOB_UNREACHABLE_LIMIT {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) if e.code == ErrorCode::NotFound && job.is_some() && resubmits < JOB_RESUBMITS => {
+                    tracing::warn!(job = %id, host, "the agent lost the job (restarted?); submitting it again");
+                    resubmits += 1;
+                    job = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The outcome of an ended job.
+fn job_outcome(host: &str, job: Job) -> Result<JobResult, ApiError> {
+    match job.state {
+        JobState::Succeeded => job.result.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::HostError,
+                format!("host '{host}' ended job {} without a result", job.id),
+            )
+        }),
+        JobState::Cancelled => Err(cancelled()),
+        JobState::Failed | JobState::Running => {
+            let mut err = job.error.unwrap_or_else(|| {
+                ApiError::new(
+                    ErrorCode::HostError,
+                    format!("job {} failed on host '{host}'", job.id),
+                )
+            });
+            if err.code == ErrorCode::Internal {
+                err.code = ErrorCode::HostError;
+                err.message = format!("host '{host}': {}", err.message);
+            }
+            Err(err)
+        }
     }
 }

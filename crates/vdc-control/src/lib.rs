@@ -17,7 +17,7 @@
 //! | `/templates/<name>` | [`vdc_types::api::Template`] |
 //! | `/vms/<name>` | [`VmRecord`] |
 //! | `/ipam/<network>/<address>` | name of the VM holding the address |
-//! | `/tasks/<id>` | [`vdc_types::Task`] |
+//! | `/tasks/<id>` | [`vdc_types::Task`], with its journal |
 //! | `/events/<seq>` | [`vdc_types::Event`] |
 
 pub mod agents;
@@ -25,9 +25,13 @@ mod console;
 pub mod events;
 mod hosts;
 pub mod ipam;
+mod jobs;
+pub mod journal;
 mod networks;
+pub mod resume;
 pub mod tasks;
 mod templates;
+mod undo;
 mod vms;
 
 use std::collections::HashMap;
@@ -162,6 +166,9 @@ impl Cluster {
                 serde_json::Value::Null,
             )
             .await;
+        // Tasks a previous server left unfinished: resumed or reconciled
+        // once the hosts have reported (see `resume`).
+        cluster.spawn_resume();
         Ok(cluster)
     }
 

@@ -1,20 +1,31 @@
 //! The task engine: long operations run in the background and are visible
-//! as [`Task`] records (state, progress, stage, error) that clients poll or
-//! follow on the event stream.
+//! as [`Task`] records (state, progress, stage, error, journal) that
+//! clients poll or follow on the event stream.
 //!
-//! A task body receives a [`TaskCtx`] to report progress and to check for
-//! cancellation at its safe points; a body that sees a cancellation undoes
-//! its partial work and returns [`cancelled`]. Tasks left running by a
-//! server that stopped are marked failed when the next server starts.
+//! A task body receives a [`TaskCtx`] to report progress, to journal its
+//! steps and to see cancellation. Each step that makes something (an
+//! address, a host's files, an agent job) is written to the task's
+//! [`TaskJournal`] with compare-and-swap *before* the body relies on it, so
+//! that a server killed at any point leaves a record of what exists. A
+//! cancel fires the task's cancellation token at once: a body waiting on an
+//! agent job forwards it to the job, and every body undoes its partial work
+//! and returns [`cancelled`].
+//!
+//! Tasks left unfinished by a server that stopped are not failed blindly:
+//! [`TaskEngine::open`] keeps them aside ([`TaskEngine::take_unfinished`])
+//! for the cluster to resume or reconcile (see `resume`), and
+//! [`TaskEngine::adopt`] runs the continuation under the same task id.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use vdc_store::{Store, StoreExt};
-use vdc_types::{now_ms, ApiError, ErrorCode, Task, TaskState};
+use vdc_types::{
+    now_ms, ApiError, ErrorCode, Step, Task, TaskJournal, TaskParams, TaskState, TaskStep,
+};
 
 use crate::events::EventBus;
 
@@ -31,15 +42,17 @@ pub fn cancelled() -> ApiError {
 pub struct TaskEngine {
     store: Arc<dyn Store>,
     events: Arc<EventBus>,
-    cancel_flags: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    cancel_tokens: Mutex<HashMap<String, CancellationToken>>,
+    unfinished: Mutex<Vec<Task>>,
 }
 
-/// Handle a task body uses to report progress and see cancellation.
+/// Handle a task body uses to report progress, journal steps and see
+/// cancellation.
 #[derive(Clone)]
 pub struct TaskCtx {
     id: String,
     store: Arc<dyn Store>,
-    cancel: Arc<AtomicBool>,
+    cancel: CancellationToken,
 }
 
 impl TaskCtx {
@@ -64,9 +77,48 @@ impl TaskCtx {
         }
     }
 
+    /// Appends `step` to the task's journal (compare-and-swap). A body must
+    /// not go on when its journal cannot be written: the error says so.
+    pub async fn journal(&self, step: Step) -> Result<(), ApiError> {
+        let described = step.to_string();
+        self.store
+            .update_json(&key(&self.id), |mut t: Task| {
+                match &mut t.journal {
+                    Some(j) => j.steps.push(TaskStep {
+                        at_ms: now_ms(),
+                        step: step.clone(),
+                    }),
+                    None => {
+                        return Err(vdc_store::StoreError::Backend(
+                            format!("task {} has no journal", self.id).into(),
+                        ))
+                    }
+                }
+                Ok(t)
+            })
+            .await
+            .map(|_| tracing::debug!(task = %self.id, step = %described, "journaled"))
+            .map_err(|e| ApiError::internal(format!("cannot journal a task step: {e}")))
+    }
+
+    /// The task's journal as recorded now.
+    pub async fn journal_now(&self) -> Result<TaskJournal, ApiError> {
+        self.store
+            .get_json::<Task>(&key(&self.id))
+            .await
+            .map_err(|e| ApiError::internal(format!("cannot read the task: {e}")))?
+            .and_then(|t| t.journal)
+            .ok_or_else(|| ApiError::internal(format!("task {} has no journal", self.id)))
+    }
+
     /// Whether cancellation was requested.
     pub fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when cancellation is requested.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
     }
 
     /// `Err(cancelled())` if cancellation was requested: use with `?` at a
@@ -85,36 +137,58 @@ fn key(id: &str) -> String {
 }
 
 impl TaskEngine {
-    /// Opens the engine; tasks a previous server left unfinished are failed.
+    /// Opens the engine. Tasks a previous server left unfinished stay as
+    /// they are, set aside for [`Self::take_unfinished`].
     pub async fn open(
         store: Arc<dyn Store>,
         events: Arc<EventBus>,
     ) -> Result<TaskEngine, vdc_store::StoreError> {
-        let tasks: Vec<(String, Task)> = store.list_json(PREFIX).await?;
-        for (k, mut t) in tasks {
-            if !t.state.is_final() {
-                t.state = TaskState::Failed;
-                t.finished_ms = Some(now_ms());
-                t.error = Some(ApiError::internal(
-                    "the server stopped while this task ran; check the object's state and retry",
-                ));
-                store.put_json(&k, &t).await?;
-            }
-        }
+        let unfinished: Vec<Task> = store
+            .list_json::<Task>(PREFIX)
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| !t.state.is_final())
+            .collect();
         Ok(TaskEngine {
             store,
             events,
-            cancel_flags: Mutex::new(HashMap::new()),
+            cancel_tokens: Mutex::new(HashMap::new()),
+            unfinished: Mutex::new(unfinished),
         })
     }
 
-    /// Creates a task and runs `body` in the background. Returns the task as
-    /// recorded (queued).
+    /// The tasks a previous server left unfinished (once; later calls
+    /// return nothing).
+    pub async fn take_unfinished(&self) -> Vec<Task> {
+        std::mem::take(&mut *self.unfinished.lock().await)
+    }
+
+    /// Creates a task without a journal and runs `body` in the background.
+    /// Returns the task as recorded (queued).
     pub async fn spawn<F, Fut>(
         self: &Arc<Self>,
         kind: &str,
         target_kind: &str,
         target: &str,
+        body: F,
+    ) -> Result<Task, ApiError>
+    where
+        F: FnOnce(TaskCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+    {
+        self.spawn_journaled(kind, target_kind, target, None, body)
+            .await
+    }
+
+    /// Creates a task whose journal starts with `params` and runs `body` in
+    /// the background. Returns the task as recorded (queued).
+    pub async fn spawn_journaled<F, Fut>(
+        self: &Arc<Self>,
+        kind: &str,
+        target_kind: &str,
+        target: &str,
+        params: Option<TaskParams>,
         body: F,
     ) -> Result<Task, ApiError>
     where
@@ -134,28 +208,52 @@ impl TaskEngine {
             created_ms: now_ms(),
             started_ms: None,
             finished_ms: None,
+            journal: params.map(TaskJournal::new),
         };
         self.store
             .put_json(&key(&task.id), &task)
             .await
             .map_err(|e| ApiError::internal(format!("cannot record task: {e}")))?;
-        let flag = Arc::new(AtomicBool::new(false));
-        self.cancel_flags
+        self.run(&task.id, false, body).await;
+        Ok(task)
+    }
+
+    /// Runs `body` for a task a previous server left unfinished, under the
+    /// same id; a cancel asked before the restart is seen by the body at
+    /// once.
+    pub async fn adopt<F, Fut>(self: &Arc<Self>, task: &Task, body: F)
+    where
+        F: FnOnce(TaskCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+    {
+        self.run(&task.id, task.cancel_requested, body).await;
+    }
+
+    async fn run<F, Fut>(self: &Arc<Self>, id: &str, cancel_requested: bool, body: F)
+    where
+        F: FnOnce(TaskCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+    {
+        let token = CancellationToken::new();
+        if cancel_requested {
+            token.cancel();
+        }
+        self.cancel_tokens
             .lock()
             .await
-            .insert(task.id.clone(), flag.clone());
+            .insert(id.to_string(), token.clone());
         let ctx = TaskCtx {
-            id: task.id.clone(),
+            id: id.to_string(),
             store: self.store.clone(),
-            cancel: flag,
+            cancel: token,
         };
         let engine = self.clone();
-        let id = task.id.clone();
+        let id = id.to_string();
         tokio::spawn(async move {
             engine
                 .set(&id, |t| {
                     t.state = TaskState::Running;
-                    t.started_ms = Some(now_ms());
+                    t.started_ms.get_or_insert(now_ms());
                 })
                 .await;
             let result = tokio::spawn(body(ctx)).await.unwrap_or_else(|e| {
@@ -163,45 +261,47 @@ impl TaskEngine {
                     "task body failed unexpectedly: {e}"
                 )))
             });
-            let finished = engine
-                .set(&id, |t| {
-                    t.finished_ms = Some(now_ms());
-                    match &result {
-                        Ok(()) => {
-                            t.state = TaskState::Succeeded;
-                            t.progress = 100;
-                            t.stage = None;
-                        }
-                        Err(e) if e.code == ErrorCode::Cancelled => {
-                            t.state = TaskState::Cancelled;
-                            t.error = Some(e.clone());
-                        }
-                        Err(e) => {
-                            t.state = TaskState::Failed;
-                            t.error = Some(e.clone());
-                        }
-                    }
-                })
-                .await;
-            engine.cancel_flags.lock().await.remove(&id);
-            if let Some(t) = finished {
-                let msg = match &t.error {
-                    None => format!("{} {} succeeded", t.kind, t.target),
-                    Some(e) => format!("{} {} {}: {}", t.kind, t.target, t.state_str(), e.message),
-                };
-                engine
-                    .events
-                    .publish(
-                        "task.finished",
-                        &t.target,
-                        msg,
-                        serde_json::to_value(&t).unwrap_or_default(),
-                    )
-                    .await;
-            }
-            engine.prune().await;
+            engine.finish(&id, result).await;
         });
-        Ok(task)
+    }
+
+    async fn finish(&self, id: &str, result: Result<(), ApiError>) {
+        let finished = self
+            .set(id, |t| {
+                t.finished_ms = Some(now_ms());
+                match &result {
+                    Ok(()) => {
+                        t.state = TaskState::Succeeded;
+                        t.progress = 100;
+                        t.stage = None;
+                    }
+                    Err(e) if e.code == ErrorCode::Cancelled => {
+                        t.state = TaskState::Cancelled;
+                        t.error = Some(e.clone());
+                    }
+                    Err(e) => {
+                        t.state = TaskState::Failed;
+                        t.error = Some(e.clone());
+                    }
+                }
+            })
+            .await;
+        self.cancel_tokens.lock().await.remove(id);
+        if let Some(t) = finished {
+            let msg = match &t.error {
+                None => format!("{} {} succeeded", t.kind, t.target),
+                Some(e) => format!("{} {} {}: {}", t.kind, t.target, t.state_str(), e.message),
+            };
+            self.events
+                .publish(
+                    "task.finished",
+                    &t.target,
+                    msg,
+                    serde_json::to_value(&t).unwrap_or_default(),
+                )
+                .await;
+        }
+        self.prune().await;
     }
 
     async fn set(&self, id: &str, f: impl Fn(&mut Task) + Send + Sync) -> Option<Task> {
@@ -249,7 +349,8 @@ impl TaskEngine {
         Ok(v)
     }
 
-    /// Requests cancellation of a running task.
+    /// Requests cancellation of a running task: recorded, and the task's
+    /// body sees it at once.
     pub async fn cancel(&self, id: &str) -> Result<Task, ApiError> {
         let t = self.get(id).await?;
         if t.state.is_final() {
@@ -258,13 +359,11 @@ impl TaskEngine {
                 t.state_str()
             )));
         }
-        if let Some(flag) = self.cancel_flags.lock().await.get(id) {
-            flag.store(true, Ordering::SeqCst);
+        let recorded = self.set(id, |t| t.cancel_requested = true).await;
+        if let Some(token) = self.cancel_tokens.lock().await.get(id) {
+            token.cancel();
         }
-        Ok(self
-            .set(id, |t| t.cancel_requested = true)
-            .await
-            .unwrap_or(t))
+        Ok(recorded.unwrap_or(t))
     }
 
     async fn prune(&self) {
@@ -273,12 +372,15 @@ impl TaskEngine {
         };
         all.retain(|t| t.state.is_final());
         for t in all.iter().skip(KEEP_FINISHED) {
-            let _ = self.store.delete(&key(&t.id)).await;
+            if let Err(e) = self.store.delete(&key(&t.id)).await {
+                tracing::warn!(task = %t.id, error = %e, "cannot prune an old task");
+            }
         }
     }
 }
 
-trait StateStr {
+/// The state of a task as a word.
+pub(crate) trait StateStr {
     fn state_str(&self) -> &'static str;
 }
 impl StateStr for Task {

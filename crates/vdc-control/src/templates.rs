@@ -7,8 +7,10 @@ use vdc_store::StoreExt;
 use vdc_types::agent::ImportImageRequest;
 use vdc_types::api::{CreateTemplateRequest, Template};
 use vdc_types::names::validate_name;
-use vdc_types::{now_ms, ApiError, DatastoreKind, ErrorCode, Task};
+use vdc_types::job::{JobOp, JobResult};
+use vdc_types::{now_ms, ApiError, DatastoreKind, ErrorCode, Task, TaskParams};
 
+use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster};
 
 impl Cluster {
@@ -81,53 +83,81 @@ impl Cluster {
         .await?;
         let me = self.clone();
         let tname = req.name.clone();
+        let params = TaskParams::TemplateImport {
+            host: host.clone(),
+            source: req.source.clone(),
+        };
         self.tasks
-            .spawn(
+            .spawn_journaled(
                 "template.import",
                 "template",
-                &tname,
-                move |ctx| async move {
-                    ctx.progress(5, "copying the image into the datastore")
-                        .await;
-                    let r = async {
-                        let url = me.agent_url(&host).await?;
-                        let resp = me
-                            .agents
-                            .import_image(
-                                &host,
-                                &url,
-                                &ImportImageRequest {
-                                    source: req.source.clone(),
-                                    datastore: req.datastore.clone(),
-                                    path: path.clone(),
-                                },
-                            )
-                            .await?;
-                        let mut t = tpl.clone();
-                        t.size_bytes = resp.size_bytes;
-                        me.store.put_json(&key, &t).await.map_err(store_err)?;
-                        Ok::<(), ApiError>(())
-                    }
-                    .await;
-                    match r {
-                        Ok(()) => {
-                            me.events
-                                .publish(
-                                    "template.created",
-                                    &req.name,
-                                    format!("template {} imported", req.name),
-                                    json!({}),
-                                )
-                                .await;
-                            Ok(())
-                        }
-                        Err(e) => {
-                            let _ = me.store.delete(&key).await;
-                            Err(e)
-                        }
-                    }
-                },
+                &req.name,
+                Some(params),
+                move |ctx| async move { me.import_body(&ctx, &tname, &host, &req.source).await },
             )
             .await
+    }
+
+    /// The body of `template.import` (also run again by a restarted server,
+    /// attaching to its job): copy the image as an agent job, then record
+    /// its size; on failure or cancel the template record is deleted.
+    pub(crate) async fn import_body(
+        &self,
+        ctx: &TaskCtx,
+        name: &str,
+        host: &str,
+        source: &str,
+    ) -> Result<(), ApiError> {
+        let key = format!("/templates/{name}");
+        ctx.progress(5, "copying the image into the datastore").await;
+        let r = async {
+            let tpl = self.get_template(name).await?;
+            let url = self.agent_url(host).await?;
+            let request = ImportImageRequest {
+                source: source.to_string(),
+                datastore: tpl.datastore.clone(),
+                path: tpl.path.clone(),
+            };
+            let size_bytes = match self
+                .agent_job(ctx, host, &url, JobOp::ImportImage { request }, (5, 95))
+                .await?
+            {
+                JobResult::Image(i) => i.size_bytes,
+                JobResult::Vm(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::HostError,
+                        "the host answered an image import with a VM",
+                    ))
+                }
+            };
+            let t = Template { size_bytes, ..tpl };
+            self.store.put_json(&key, &t).await.map_err(store_err)?;
+            Ok::<(), ApiError>(())
+        }
+        .await;
+        match r {
+            Ok(()) => {
+                self.events
+                    .publish(
+                        "template.created",
+                        name,
+                        format!("template {name} imported"),
+                        json!({}),
+                    )
+                    .await;
+                Ok(())
+            }
+            Err(e) => {
+                self.forget_template(name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes a template record whose import did not complete.
+    pub(crate) async fn forget_template(&self, name: &str) {
+        if let Err(e) = self.store.delete(&format!("/templates/{name}")).await {
+            tracing::warn!(template = %name, error = %e, "cannot delete the record of a failed import");
+        }
     }
 }

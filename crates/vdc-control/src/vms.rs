@@ -11,17 +11,19 @@ use serde_json::json;
 use vdc_sched::{Demand, PlacementError};
 use vdc_store::{StoreError, StoreExt};
 use vdc_types::agent::{AgentStartRequest, DestroyVmRequest, DiskSource, ProvisionVmRequest};
+use vdc_types::job::{JobKind, JobOp};
 use vdc_types::api::{
-    CreateVmRequest, Template, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB,
+    CreateVmRequest, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB,
     DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_CPUS, MAX_DISK_GIB, MAX_SHUTDOWN_TIMEOUT_S, MIN_MEMORY_MIB,
 };
 use vdc_types::names::validate_name;
 use vdc_types::vm::VM_CONFIG_VERSION;
 use vdc_types::{
-    now_ms, ApiError, DatastoreKind, DiskSpec, ErrorCode, Network, NicSpec, Task, Vm, VmConfig,
-    VmPowerState,
+    now_ms, ApiError, DatastoreKind, DiskSpec, ErrorCode, NicSpec, Step, Task, TaskParams, Vm,
+    VmConfig, VmPowerState,
 };
 
+use crate::journal;
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
 
@@ -72,7 +74,7 @@ fn random_mac() -> String {
 }
 
 /// Releases a VM's busy mark when dropped.
-struct BusyGuard {
+pub(crate) struct BusyGuard {
     cluster: Arc<Cluster>,
     name: String,
 }
@@ -171,7 +173,11 @@ impl Cluster {
         }
     }
 
-    async fn mark_busy(self: &Arc<Self>, name: &str, what: &str) -> Result<BusyGuard, ApiError> {
+    pub(crate) async fn mark_busy(
+        self: &Arc<Self>,
+        name: &str,
+        what: &str,
+    ) -> Result<BusyGuard, ApiError> {
         let mut busy = self
             .busy
             .lock()
@@ -188,7 +194,7 @@ impl Cluster {
         })
     }
 
-    async fn record(&self, name: &str) -> Result<VmRecord, ApiError> {
+    pub(crate) async fn record(&self, name: &str) -> Result<VmRecord, ApiError> {
         self.store
             .get_json::<VmRecord>(&vm_key(name))
             .await
@@ -206,7 +212,7 @@ impl Cluster {
 
     /// Records a state the server decided (`since` = None) or a host
     /// answered with (`since` = the host's time of that state).
-    async fn set_state(
+    pub(crate) async fn set_state(
         &self,
         name: &str,
         state: VmPowerState,
@@ -507,127 +513,185 @@ impl Cluster {
                 return Err(e);
             }
         };
-        let me = self.clone();
-        let name = req.name.clone();
-        self.tasks
-            .spawn("vm.create", "vm", &name, move |ctx| async move {
-                let _busy = busy;
-                let r = me.create_body(&ctx, rec, template, network, req).await;
-                r
-            })
-            .await
-    }
-
-    async fn create_body(
-        self: &Arc<Self>,
-        ctx: &TaskCtx,
-        mut rec: VmRecord,
-        template: Option<Template>,
-        network: Option<Network>,
-        req: CreateVmRequest,
-    ) -> Result<(), ApiError> {
-        let name = rec.config.name.clone();
-        let mut provisioned_on: Option<(String, String)> = None;
-        let result = async {
-            if let Some(net) = &network {
-                ctx.progress(5, "allocating an address").await;
-                let ip = self.allocate_ip(net, &name).await?;
-                rec.config.nics.push(NicSpec {
-                    network: net.name.clone(),
-                    mac: random_mac(),
-                    ip: Some(ip),
-                    gateway: net.gateway.clone(),
-                    bridge: Some(net.bridge.clone()),
-                });
-                self.save(&rec).await?;
-            }
-            ctx.check_cancel()?;
-            ctx.progress(10, "creating disks").await;
-            let host = match &req.host {
-                Some(h) => h.clone(),
-                None => {
-                    let demand = Demand {
-                        cpus: rec.config.cpus,
-                        memory_mib: rec.config.memory_mib,
-                        datastores: rec
-                            .config
-                            .disks
-                            .iter()
-                            .map(|d| d.datastore.clone())
-                            .collect(),
-                    };
-                    vdc_sched::place(&demand, &self.capacities().await).map_err(placement_err)?
-                }
-            };
-            // Promise the memory now, so that concurrent creates spread out.
-            let _pending = if req.start {
-                Some(self.promise_memory(&host, rec.config.memory_mib).await)
-            } else {
-                None
-            };
-            let url = self.agent_url(&host).await?;
-            let boot_source = match &template {
+        let params = TaskParams::VmCreate {
+            vm_id: rec.config.id.clone(),
+            start: req.start,
+            host: req.host.clone(),
+            network: network.as_ref().map(|n| n.name.clone()),
+            boot_source: match &template {
                 Some(t) => DiskSource::Template {
                     datastore: t.datastore.clone(),
                     path: t.path.clone(),
                     linked: req.linked_clone,
                 },
                 None => DiskSource::Blank,
+            },
+        };
+        let me = self.clone();
+        let name = req.name.clone();
+        self.tasks
+            .spawn_journaled(
+                "vm.create",
+                "vm",
+                &req.name,
+                Some(params),
+                move |ctx| async move {
+                    let _busy = busy;
+                    me.create_body(&ctx, &name).await
+                },
+            )
+            .await
+    }
+
+    /// The body of `vm.create`, also run again by a restarted server: each
+    /// step journaled as done is skipped, a submitted job is attached to.
+    /// On failure or cancel everything made is rolled back, except that a
+    /// VM made but failing to start is kept, stopped.
+    pub(crate) async fn create_body(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let params = ctx.journal_now().await?.params;
+        let TaskParams::VmCreate {
+            start,
+            host,
+            network,
+            boot_source,
+            ..
+        } = params
+        else {
+            return Err(ApiError::internal("vm.create task without create parameters"));
+        };
+        let result = self
+            .create_steps(ctx, name, start, host, network, boot_source)
+            .await;
+        let Err(e) = result else {
+            return Ok(());
+        };
+        let made = ctx
+            .journal_now()
+            .await
+            .is_ok_and(|j| journal::job_succeeded(&j, JobKind::Provision));
+        if start && made && e.code != ErrorCode::Cancelled {
+            // The VM was made; only starting it failed. Keep it, stopped.
+            if let Ok(r) = self.record(name).await {
+                if r.state == VmPowerState::Stopped || r.state == VmPowerState::Starting {
+                    if let Err(se) = self.set_state(name, VmPowerState::Stopped, None).await {
+                        tracing::warn!(vm = %name, error = %se, "cannot record the VM stopped");
+                    }
+                }
+            }
+            return Err(e);
+        }
+        tracing::warn!(vm = %name, error = %e, "create failed, rolling back");
+        self.roll_back_create(ctx, name, &e.message).await;
+        Err(e)
+    }
+
+    async fn create_steps(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        name: &str,
+        start: bool,
+        host: Option<String>,
+        network: Option<String>,
+        boot_source: DiskSource,
+    ) -> Result<(), ApiError> {
+        let mut rec = self.record(name).await?;
+        let done = ctx.journal_now().await?;
+        if let Some(net_name) = &network {
+            if rec.config.nics.is_empty() {
+                let net = self.get_network(net_name).await?;
+                let ip = match journal::addresses(&done).into_iter().next() {
+                    Some((_, address)) => address,
+                    None => {
+                        ctx.progress(5, "allocating an address").await;
+                        let ip = self.allocate_ip(&net, name).await?;
+                        ctx.journal(Step::AddressAllocated {
+                            network: net.name.clone(),
+                            address: ip.clone(),
+                        })
+                        .await?;
+                        ip
+                    }
+                };
+                let nic = NicSpec {
+                    network: net.name.clone(),
+                    mac: random_mac(),
+                    ip: Some(ip),
+                    gateway: net.gateway.clone(),
+                    bridge: Some(net.bridge.clone()),
+                };
+                rec = self
+                    .store
+                    .update_json(&vm_key(name), |mut r: VmRecord| {
+                        if r.config.nics.is_empty() {
+                            r.config.nics.push(nic.clone());
+                        }
+                        Ok::<_, StoreError>(r)
+                    })
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
+        ctx.check_cancel()?;
+        let host = match journal::placed(&done) {
+            Some(h) => h,
+            None => {
+                let h = match host {
+                    Some(h) => h,
+                    None => {
+                        let demand = Demand {
+                            cpus: rec.config.cpus,
+                            memory_mib: rec.config.memory_mib,
+                            datastores: rec
+                                .config
+                                .disks
+                                .iter()
+                                .map(|d| d.datastore.clone())
+                                .collect(),
+                        };
+                        vdc_sched::place(&demand, &self.capacities().await)
+                            .map_err(placement_err)?
+                    }
+                };
+                ctx.journal(Step::Placed { host: h.clone() }).await?;
+                h
+            }
+        };
+        if !journal::job_succeeded(&done, JobKind::Provision) {
+            ctx.progress(10, "creating disks").await;
+            // Promise the memory now, so that concurrent creates spread out.
+            let _pending = if start {
+                Some(self.promise_memory(&host, rec.config.memory_mib).await)
+            } else {
+                None
             };
-            self.agents
-                .provision(
-                    &host,
-                    &url,
-                    &ProvisionVmRequest {
-                        config: rec.config.clone(),
-                        boot_source,
-                    },
-                )
+            let url = self.agent_url(&host).await?;
+            let request = ProvisionVmRequest {
+                config: rec.config.clone(),
+                boot_source,
+            };
+            self.agent_job(ctx, &host, &url, JobOp::Provision { request }, (10, 45))
                 .await?;
-            provisioned_on = Some((host.clone(), url.clone()));
-            ctx.check_cancel()?;
+            ctx.journal(Step::Provisioned { host: host.clone() })
+                .await?;
             self.events
                 .publish(
                     "vm.created",
-                    &name,
+                    name,
                     format!("VM {name} created"),
                     json!({"id": rec.config.id}),
                 )
                 .await;
-            if req.start {
-                ctx.progress(50, "starting").await;
-                self.start_body(ctx, &name, Some(host)).await?;
-            }
-            Ok::<(), ApiError>(())
         }
-        .await;
-        if let Err(e) = &result {
-            if req.start && provisioned_on.is_some() && e.code != ErrorCode::Cancelled {
-                // The VM was made; only starting it failed. Keep it, stopped.
-                if let Ok(r) = self.record(&name).await {
-                    if r.state == VmPowerState::Stopped || r.state == VmPowerState::Starting {
-                        let _ = self.set_state(&name, VmPowerState::Stopped, None).await;
-                    }
-                }
-                return result;
-            }
-            tracing::warn!(vm = %name, error = %e, "create failed, rolling back");
-            if let Some((host, url)) = provisioned_on {
-                let _ = self
-                    .agents
-                    .destroy(
-                        &host,
-                        &url,
-                        &DestroyVmRequest {
-                            config: rec.config.clone(),
-                        },
-                    )
-                    .await;
-            }
-            self.release_ips(&rec.config.nics).await;
-            let _ = self.store.delete(&vm_key(&name)).await;
+        ctx.check_cancel()?;
+        if start {
+            ctx.progress(50, "starting").await;
+            self.start_body(ctx, name, Some(host)).await?;
         }
-        result
+        Ok(())
     }
 
     // ---- power operations ---------------------------------------------
@@ -657,21 +721,32 @@ impl Cluster {
         let busy = self.mark_busy(name, "vm.start").await?;
         let me = self.clone();
         let n = name.to_string();
+        let params = TaskParams::VmPower {
+            vm_id: rec.config.id.clone(),
+            host: host.clone(),
+        };
         self.tasks
-            .spawn("vm.start", "vm", name, move |ctx| async move {
+            .spawn_journaled("vm.start", "vm", name, Some(params), move |ctx| async move {
                 let _busy = busy;
                 me.start_body(&ctx, &n, host).await
             })
             .await
     }
 
-    async fn start_body(
+    /// The body of `vm.start` (and of a create's start). A start job the
+    /// journal shows pending (a resumed task) is attached to on its host.
+    pub(crate) async fn start_body(
         self: &Arc<Self>,
         ctx: &TaskCtx,
         name: &str,
         host: Option<String>,
     ) -> Result<(), ApiError> {
         let mut rec = self.record(name).await?;
+        let pending = journal::pending_job(&ctx.journal_now().await?, JobKind::Start);
+        let host = match pending {
+            Some(p) => Some(p.host),
+            None => host,
+        };
         let demand = Demand {
             cpus: rec.config.cpus,
             memory_mib: rec.config.memory_mib,
@@ -698,6 +773,7 @@ impl Cluster {
                 .then(|| last.clone())
         });
         let host = match host {
+            Some(h) if rec.state == VmPowerState::Starting => h,
             Some(h) => {
                 let cap = caps
                     .iter()
@@ -730,16 +806,13 @@ impl Cluster {
         self.save(&rec).await?;
         self.set_state(name, VmPowerState::Starting, Some(host.clone()))
             .await?;
+        let request = AgentStartRequest {
+            config: rec.config.clone(),
+        };
         match self
-            .agents
-            .start(
-                &host,
-                &url,
-                &AgentStartRequest {
-                    config: rec.config.clone(),
-                },
-            )
+            .agent_job(ctx, &host, &url, JobOp::Start { request }, (60, 95))
             .await
+            .and_then(crate::jobs::vm_result)
         {
             Ok(rt) => {
                 self.set_runtime(name, &rt, Some(host.clone())).await?;
@@ -817,53 +890,96 @@ impl Cluster {
             .host
             .clone()
             .ok_or_else(|| ApiError::internal(format!("VM '{name}' has a process but no host")))?;
-        let url = self.agent_url(&host).await?;
+        self.agent_url(&host).await?;
         let busy = self.mark_busy(name, &format!("vm.{action}")).await?;
         let me = self.clone();
         let n = name.to_string();
         let act = action.to_string();
-        let id = rec.config.id.clone();
+        let params = TaskParams::VmPower {
+            vm_id: rec.config.id.clone(),
+            host: Some(host.clone()),
+        };
         self.tasks
-            .spawn(&format!("vm.{action}"), "vm", name, move |ctx| async move {
-                let _busy = busy;
-                let stage = match act.as_str() {
-                    "shutdown" => "waiting for the guest to power off",
-                    "suspend" => "saving memory to the datastore",
-                    _ => "asking the host",
-                };
-                ctx.progress(10, stage).await;
-                if act == "shutdown" {
-                    me.set_state(&n, S::ShuttingDown, None).await?;
-                } else if act == "suspend" {
-                    me.set_state(&n, S::Suspending, None).await?;
-                }
-                let r = if act == "shutdown" {
-                    me.agents.shutdown(&host, &url, &id, timeout).await
-                } else {
-                    let agent_action = if act == "stop" {
-                        "poweroff"
-                    } else {
-                        act.as_str()
-                    };
-                    me.agents.action(&host, &url, &id, agent_action).await
-                };
-                match r {
-                    Ok(rt) => {
-                        me.set_runtime(&n, &rt, None).await?;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // Whatever happened, the next report tells the truth.
-                        if let Some(rt) = me.runtime(&host, &id).await {
-                            let _ = me.set_runtime(&n, &rt, None).await;
-                        } else if act == "shutdown" || act == "suspend" {
-                            let _ = me.set_state(&n, S::Running, None).await;
-                        }
-                        Err(e)
-                    }
-                }
-            })
+            .spawn_journaled(
+                &format!("vm.{action}"),
+                "vm",
+                name,
+                Some(params),
+                move |ctx| async move {
+                    let _busy = busy;
+                    me.power_body(&ctx, &n, &act, &host, timeout).await
+                },
+            )
             .await
+    }
+
+    /// The body of a power action on a VM with a process; shutdown and
+    /// suspend run as agent jobs (attached to again by a resumed task).
+    pub(crate) async fn power_body(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        name: &str,
+        act: &str,
+        host: &str,
+        timeout: u64,
+    ) -> Result<(), ApiError> {
+        use VmPowerState as S;
+        let id = self.record(name).await?.config.id;
+        let url = self.agent_url(host).await?;
+        let stage = match act {
+            "shutdown" => "waiting for the guest to power off",
+            "suspend" => "saving memory to the datastore",
+            _ => "asking the host",
+        };
+        ctx.progress(10, stage).await;
+        let r = match act {
+            "shutdown" => {
+                self.set_state(name, S::ShuttingDown, None).await?;
+                let op = JobOp::Shutdown {
+                    vm_id: id.clone(),
+                    timeout_s: timeout,
+                };
+                self.agent_job(ctx, host, &url, op, (10, 95))
+                    .await
+                    .and_then(crate::jobs::vm_result)
+            }
+            "suspend" => {
+                self.set_state(name, S::Suspending, None).await?;
+                let op = JobOp::Suspend { vm_id: id.clone() };
+                self.agent_job(ctx, host, &url, op, (10, 95))
+                    .await
+                    .and_then(crate::jobs::vm_result)
+            }
+            "stop" => self.agents.action(host, &url, &id, "poweroff").await,
+            other => self.agents.action(host, &url, &id, other).await,
+        };
+        match r {
+            Ok(rt) => {
+                self.set_runtime(name, &rt, None).await?;
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever happened, the host tells the truth.
+                match self.agents.vms(host, &url).await {
+                    Ok(vms) => {
+                        if let Some(rt) = vms.iter().find(|v| v.id == id) {
+                            if let Err(se) = self.set_runtime(name, rt, None).await {
+                                tracing::warn!(vm = %name, error = %se, "cannot record the VM's state");
+                            }
+                        }
+                    }
+                    Err(he) => {
+                        tracing::warn!(vm = %name, error = %he, "cannot read the VM's state from its host");
+                        if act == "shutdown" || act == "suspend" {
+                            if let Err(se) = self.set_state(name, S::Running, None).await {
+                                tracing::warn!(vm = %name, error = %se, "cannot record the VM's state");
+                            }
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Deletes a VM that is not running: its files, addresses and record.
@@ -881,33 +997,53 @@ impl Cluster {
         let busy = self.mark_busy(name, "vm.delete").await?;
         let me = self.clone();
         let n = name.to_string();
+        let params = TaskParams::VmDelete {
+            vm_id: rec.config.id.clone(),
+        };
         self.tasks
-            .spawn("vm.delete", "vm", name, move |ctx| async move {
+            .spawn_journaled("vm.delete", "vm", name, Some(params), move |ctx| async move {
                 let _busy = busy;
-                ctx.progress(10, "removing files").await;
-                let (host, url) = me.host_for_files(&rec).await?;
-                me.agents
-                    .destroy(
-                        &host,
-                        &url,
-                        &DestroyVmRequest {
-                            config: rec.config.clone(),
-                        },
-                    )
-                    .await?;
-                me.release_ips(&rec.config.nics).await;
-                me.store.delete(&vm_key(&n)).await.map_err(store_err)?;
-                me.events
-                    .publish(
-                        "vm.deleted",
-                        &n,
-                        format!("VM {n} deleted"),
-                        json!({"id": rec.config.id}),
-                    )
-                    .await;
-                Ok(())
+                me.delete_body(&ctx, &n).await
             })
             .await
+    }
+
+    /// The body of `vm.delete`; files already gone count as removed, so a
+    /// resumed delete can run it again.
+    pub(crate) async fn delete_body(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let rec = self.record(name).await?;
+        ctx.progress(10, "removing files").await;
+        let (host, url) = self.host_for_files(&rec).await?;
+        let destroyed = self
+            .agents
+            .destroy(
+                &host,
+                &url,
+                &DestroyVmRequest {
+                    config: rec.config.clone(),
+                },
+            )
+            .await;
+        match destroyed {
+            Ok(()) => {}
+            Err(e) if e.code == ErrorCode::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.release_ips(&rec.config.nics).await;
+        self.store.delete(&vm_key(name)).await.map_err(store_err)?;
+        self.events
+            .publish(
+                "vm.deleted",
+                name,
+                format!("VM {name} deleted"),
+                json!({"id": rec.config.id}),
+            )
+            .await;
+        Ok(())
     }
 }
 

@@ -141,10 +141,12 @@ pub enum TaskParams {
         /// Id of the VM.
         vm_id: String,
     },
-    /// `template.import`.
+    /// `template.import`: the template's record names the target.
     TemplateImport {
         /// Host doing the copy.
         host: String,
+        /// Source file on that host.
+        source: String,
     },
 }
 

@@ -1,0 +1,217 @@
+//! Carrying out the resume rules after a server restart:
+//!
+//! 1. take the tasks the previous server left unfinished and mark their
+//!    VMs busy at once (reports and new operations keep off them);
+//! 2. wait until every recorded host has reported, or
+//!    [`RESUME_HOST_WAIT`] passed (a host still missing is unreachable);
+//! 3. per task, observe the world (the record, the pending job on its
+//!    host, the VM as its host reports it), [`decide`], journal the
+//!    decision, publish `task.resumed`, and run the continuation under the
+//!    same task id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use vdc_types::api::DEFAULT_SHUTDOWN_TIMEOUT_S;
+use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams};
+
+use super::{decide, Decision, JobSeen, Outcome, TaskKind, VmSeen, World};
+use crate::tasks::{cancelled, TaskCtx};
+use crate::{journal, Cluster, HostRecord};
+
+/// Longest wait for the recorded hosts to report after a restart.
+pub const RESUME_HOST_WAIT: Duration = Duration::from_secs(20);
+
+impl Cluster {
+    /// Resumes or reconciles, in the background, every task a previous
+    /// server left unfinished.
+    pub fn spawn_resume(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move { me.resume_unfinished().await })
+    }
+
+    async fn resume_unfinished(self: Arc<Self>) {
+        let tasks = self.tasks.take_unfinished().await;
+        if tasks.is_empty() {
+            return;
+        }
+        tracing::info!(count = tasks.len(), "resuming tasks left unfinished");
+        let mut held = Vec::new();
+        for t in tasks {
+            let busy = if t.target_kind == "vm" {
+                match self.mark_busy(&t.target, &t.kind).await {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        tracing::warn!(task = %t.id, error = %e, "cannot mark the VM busy");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            held.push((t, busy));
+        }
+        self.wait_for_hosts(RESUME_HOST_WAIT).await;
+        for (t, busy) in held {
+            let world = self.observe(&t).await;
+            let kind = TaskKind::parse(&t.kind);
+            let decision = decide(kind, t.journal.as_ref(), t.cancel_requested, &world);
+            tracing::info!(task = %t.id, kind = %t.kind, target = %t.target, ?world, %decision, "resuming task");
+            self.events
+                .publish(
+                    "task.resumed",
+                    &t.target,
+                    format!("{} {} resumed after a server restart: {decision}", t.kind, t.target),
+                    json!({"task": t.id, "kind": t.kind, "decision": decision.to_string()}),
+                )
+                .await;
+            let me = self.clone();
+            let task = t.clone();
+            self.tasks
+                .adopt(&t, move |ctx| async move {
+                    let _busy = busy;
+                    if task.journal.is_some() {
+                        ctx.journal(Step::Resumed {
+                            decision: decision.to_string(),
+                        })
+                        .await?;
+                    }
+                    me.carry_out(&ctx, &task, kind, decision).await
+                })
+                .await;
+        }
+    }
+
+    /// Waits until every recorded host is connected, or `limit` passed.
+    async fn wait_for_hosts(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let recorded: Vec<HostRecord> = self.list_values("/hosts/").await.unwrap_or_default();
+            let all = {
+                let live = self.live.read().await;
+                recorded
+                    .iter()
+                    .all(|h| live.get(&h.name).is_some_and(|l| l.connected))
+            };
+            if all || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// What the restarted server sees of a task's object, job and VM.
+    async fn observe(&self, t: &Task) -> World {
+        let mut vm_id = None;
+        let mut vm_host = None;
+        let record = match t.target_kind.as_str() {
+            "vm" => match self.record(&t.target).await {
+                Ok(r) => {
+                    vm_id = Some(r.config.id.clone());
+                    vm_host = r.host.clone();
+                    Some(Some(r.state))
+                }
+                Err(_) => None,
+            },
+            _ => self.get_template(&t.target).await.ok().map(|_| None),
+        };
+        let pending = t.journal.as_ref().and_then(journal::any_pending_job);
+        let job = match &pending {
+            None => None,
+            Some(p) => Some(match self.agent_url(&p.host).await {
+                Err(_) => JobSeen::Unreachable,
+                Ok(url) => match self.agents.job(&p.host, &url, &p.operation_id, 0).await {
+                    Ok(j) => JobSeen::Known(j.state),
+                    Err(e) if e.code == ErrorCode::HostUnavailable => JobSeen::Unreachable,
+                    Err(_) => JobSeen::Unknown,
+                },
+            }),
+        };
+        let host = pending
+            .map(|p| p.host)
+            .or(vm_host)
+            .or_else(|| match t.journal.as_ref().map(|j| &j.params) {
+                Some(TaskParams::VmPower { host, .. }) => host.clone(),
+                _ => None,
+            });
+        let vm = match (host, vm_id) {
+            (Some(h), Some(id)) => match self.agent_url(&h).await {
+                Err(_) => VmSeen::Unreachable,
+                Ok(_) => match self.runtime(&h, &id).await {
+                    Some(rt) => VmSeen::Reported(rt.state),
+                    None => VmSeen::NotReported,
+                },
+            },
+            _ => VmSeen::NotReported,
+        };
+        World { record, job, vm }
+    }
+
+    async fn carry_out(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        task: &Task,
+        kind: TaskKind,
+        decision: Decision,
+    ) -> Result<(), ApiError> {
+        let name = task.target.as_str();
+        match decision {
+            Decision::Continue => self.continue_task(ctx, task, kind).await,
+            Decision::RollBack { reason } => {
+                match kind {
+                    TaskKind::TemplateImport => self.forget_template(name).await,
+                    _ => self.roll_back_create(ctx, name, &reason).await,
+                }
+                if task.cancel_requested {
+                    Err(cancelled())
+                } else {
+                    Err(ApiError::internal(format!(
+                        "rolled back after a server restart: {reason}"
+                    )))
+                }
+            }
+            Decision::Finish { outcome, record } => {
+                if let Some(state) = record {
+                    if let Err(e) = self.set_state(name, state, None).await {
+                        tracing::warn!(vm = %name, error = %e, "cannot record the reconciled state");
+                    }
+                }
+                match outcome {
+                    Outcome::Succeeded => Ok(()),
+                    Outcome::Cancelled => Err(cancelled()),
+                    Outcome::Failed(why) => Err(ApiError::internal(why)),
+                }
+            }
+        }
+    }
+
+    async fn continue_task(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        task: &Task,
+        kind: TaskKind,
+    ) -> Result<(), ApiError> {
+        let name = task.target.as_str();
+        let params = task.journal.as_ref().map(|j| j.params.clone());
+        match (kind, params) {
+            (TaskKind::VmCreate, _) => self.create_body(ctx, name).await,
+            (TaskKind::VmDelete, _) => self.delete_body(ctx, name).await,
+            (TaskKind::VmStart, Some(TaskParams::VmPower { host, .. })) => {
+                self.start_body(ctx, name, host).await
+            }
+            (TaskKind::TemplateImport, Some(TaskParams::TemplateImport { host, source })) => {
+                self.import_body(ctx, name, &host, &source).await
+            }
+            (_, Some(TaskParams::VmPower { host: Some(host), .. })) => {
+                let act = task.kind.trim_start_matches("vm.");
+                self.power_body(ctx, name, act, &host, DEFAULT_SHUTDOWN_TIMEOUT_S)
+                    .await
+            }
+            _ => Err(ApiError::internal(format!(
+                "task {} cannot be continued: its journal lacks its parameters",
+                task.id
+            ))),
+        }
+    }
+}

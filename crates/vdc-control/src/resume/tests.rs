@@ -1,0 +1,309 @@
+//! The resume rules, case by case.
+
+use super::*;
+use vdc_types::agent::DiskSource;
+use vdc_types::{Step, TaskParams, TaskStep};
+use VmPowerState as S;
+
+fn create_journal(steps: Vec<Step>) -> TaskJournal {
+    let mut j = TaskJournal::new(TaskParams::VmCreate {
+        vm_id: "id".into(),
+        start: false,
+        host: None,
+        network: Some("lab".into()),
+        boot_source: DiskSource::Blank,
+    });
+    j.steps = steps
+        .into_iter()
+        .map(|step| TaskStep { at_ms: 1, step })
+        .collect();
+    j
+}
+
+fn power_journal(steps: Vec<Step>) -> TaskJournal {
+    let mut j = create_journal(steps);
+    j.params = TaskParams::VmPower {
+        vm_id: "id".into(),
+        host: Some("host-1".into()),
+    };
+    j
+}
+
+fn submitted(op: &str, job: JobKind) -> Step {
+    Step::JobSubmitted {
+        host: "host-1".into(),
+        operation_id: op.into(),
+        job,
+    }
+}
+
+fn world(record: Option<VmPowerState>, job: Option<JobSeen>, vm: VmSeen) -> World {
+    World {
+        record: record.map(Some),
+        job,
+        vm,
+    }
+}
+
+fn failed_with(d: &Decision, record: Option<VmPowerState>, words: &str) {
+    match d {
+        Decision::Finish {
+            outcome: Outcome::Failed(why),
+            record: r,
+        } => {
+            assert_eq!(*r, record, "{d}");
+            assert!(why.contains(words), "{why}");
+        }
+        d => panic!("expected a failure, got {d:?}"),
+    }
+}
+
+#[test]
+fn a_task_without_journal_fails_as_before() {
+    let w = world(Some(S::Running), None, VmSeen::Reported(S::Running));
+    for kind in [TaskKind::VmCreate, TaskKind::VmSuspend, TaskKind::Other] {
+        failed_with(
+            &decide(kind, None, false, &w),
+            None,
+            "server stopped while this task ran",
+        );
+    }
+    let mut newer = create_journal(vec![]);
+    newer.version = JOURNAL_VERSION + 1;
+    failed_with(
+        &decide(TaskKind::VmCreate, Some(&newer), false, &w),
+        None,
+        "server stopped",
+    );
+}
+
+#[test]
+fn a_create_continues_from_its_journal() {
+    let w = world(Some(S::Stopped), None, VmSeen::NotReported);
+    // Killed before anything, after the address, while the job ran.
+    for steps in [
+        vec![],
+        vec![Step::AddressAllocated {
+            network: "lab".into(),
+            address: "10.0.0.5".into(),
+        }],
+    ] {
+        let j = create_journal(steps);
+        assert_eq!(
+            decide(TaskKind::VmCreate, Some(&j), false, &w),
+            Decision::Continue
+        );
+    }
+    let j = create_journal(vec![submitted("t.0", JobKind::Provision)]);
+    for job in [
+        JobSeen::Known(JobState::Running),
+        JobSeen::Known(JobState::Succeeded),
+        JobSeen::Known(JobState::Failed),
+        JobSeen::Unknown,
+    ] {
+        let w = world(Some(S::Stopped), Some(job), VmSeen::NotReported);
+        assert_eq!(
+            decide(TaskKind::VmCreate, Some(&j), false, &w),
+            Decision::Continue,
+            "{job:?}"
+        );
+    }
+}
+
+#[test]
+fn a_create_rolls_back_when_cancelled_gone_or_already_rolling_back() {
+    let j = create_journal(vec![submitted("t.0", JobKind::Provision)]);
+    let running = Some(JobSeen::Known(JobState::Running));
+    let w = world(Some(S::Stopped), running, VmSeen::NotReported);
+    assert!(matches!(
+        decide(TaskKind::VmCreate, Some(&j), true, &w),
+        Decision::RollBack { .. }
+    ));
+    let gone = world(None, running, VmSeen::NotReported);
+    assert!(matches!(
+        decide(TaskKind::VmCreate, Some(&j), false, &gone),
+        Decision::RollBack { .. }
+    ));
+    let mut rolling = j.clone();
+    rolling.steps.push(TaskStep {
+        at_ms: 2,
+        step: Step::RollingBack {
+            reason: "provision failed".into(),
+        },
+    });
+    assert!(matches!(
+        decide(TaskKind::VmCreate, Some(&rolling), false, &w),
+        Decision::RollBack { .. }
+    ));
+}
+
+#[test]
+fn a_create_whose_host_is_gone_keeps_the_vm_and_says_so() {
+    let j = create_journal(vec![submitted("t.0", JobKind::Provision)]);
+    let w = world(
+        Some(S::Stopped),
+        Some(JobSeen::Unreachable),
+        VmSeen::Unreachable,
+    );
+    failed_with(
+        &decide(TaskKind::VmCreate, Some(&j), false, &w),
+        Some(S::Stopped),
+        "delete it",
+    );
+    let j = create_journal(vec![
+        submitted("t.0", JobKind::Provision),
+        Step::JobEnded {
+            operation_id: "t.0".into(),
+            state: JobState::Succeeded,
+        },
+        submitted("t.1", JobKind::Start),
+    ]);
+    failed_with(
+        &decide(TaskKind::VmCreate, Some(&j), false, &w),
+        Some(S::Unknown),
+        "start it or delete it",
+    );
+}
+
+#[test]
+fn a_suspend_is_reconciled_with_the_host() {
+    let j = power_journal(vec![submitted("t.0", JobKind::Suspend)]);
+    // The agent still runs (or finished) the job: attach to it.
+    for state in [JobState::Running, JobState::Succeeded, JobState::Failed] {
+        let w = world(
+            Some(S::Suspending),
+            Some(JobSeen::Known(state)),
+            VmSeen::Reported(S::Suspending),
+        );
+        assert_eq!(
+            decide(TaskKind::VmSuspend, Some(&j), false, &w),
+            Decision::Continue
+        );
+    }
+    // The agent forgot the job; the VM is suspended: done.
+    let w = world(
+        Some(S::Suspending),
+        Some(JobSeen::Unknown),
+        VmSeen::Reported(S::Suspended),
+    );
+    assert_eq!(
+        decide(TaskKind::VmSuspend, Some(&j), false, &w),
+        Decision::Finish {
+            outcome: Outcome::Succeeded,
+            record: Some(S::Suspended)
+        }
+    );
+    // The VM still runs: recorded running, the task says so.
+    let w = world(
+        Some(S::Suspending),
+        Some(JobSeen::Unknown),
+        VmSeen::Reported(S::Running),
+    );
+    failed_with(
+        &decide(TaskKind::VmSuspend, Some(&j), false, &w),
+        Some(S::Running),
+        "still runs",
+    );
+    // Killed before the job was submitted.
+    let j = power_journal(vec![]);
+    failed_with(
+        &decide(TaskKind::VmSuspend, Some(&j), false, &w),
+        Some(S::Running),
+        "suspend it again",
+    );
+    // A cancel asked before the restart, the suspend did not happen.
+    assert_eq!(
+        decide(TaskKind::VmSuspend, Some(&j), true, &w),
+        Decision::Finish {
+            outcome: Outcome::Cancelled,
+            record: Some(S::Running)
+        }
+    );
+}
+
+#[test]
+fn power_tasks_reach_a_defined_end_whatever_the_host_says() {
+    let j = power_journal(vec![submitted("t.0", JobKind::Shutdown)]);
+    let kinds = [
+        TaskKind::VmStart,
+        TaskKind::VmStop,
+        TaskKind::VmShutdown,
+        TaskKind::VmSuspend,
+        TaskKind::VmReset,
+        TaskKind::VmPause,
+        TaskKind::VmResume,
+    ];
+    let vms = [
+        VmSeen::Unreachable,
+        VmSeen::NotReported,
+        VmSeen::Reported(S::Running),
+        VmSeen::Reported(S::Stopped),
+        VmSeen::Reported(S::Paused),
+        VmSeen::Reported(S::Suspended),
+        VmSeen::Reported(S::Crashed),
+    ];
+    for kind in kinds {
+        for vm in vms {
+            for job in [None, Some(JobSeen::Unknown), Some(JobSeen::Unreachable)] {
+                let w = world(Some(S::ShuttingDown), job, vm);
+                let d = decide(kind, Some(&j), false, &w);
+                let Decision::Finish { outcome, record } = &d else {
+                    panic!("{kind:?} {vm:?} {job:?}: {d:?}");
+                };
+                // Never a transitional state recorded.
+                assert!(
+                    record.is_none_or(|s| !matches!(
+                        s,
+                        S::Starting | S::ShuttingDown | S::Suspending
+                    )),
+                    "{d}"
+                );
+                match vm {
+                    VmSeen::Reported(s) if kind.goal().contains(&s) => {
+                        assert_eq!(*outcome, Outcome::Succeeded)
+                    }
+                    VmSeen::Unreachable => assert_eq!(*record, Some(S::Unknown)),
+                    _ => assert!(matches!(outcome, Outcome::Failed(_)), "{d}"),
+                }
+            }
+        }
+        let gone = world(None, None, VmSeen::NotReported);
+        failed_with(&decide(kind, Some(&j), false, &gone), None, "no longer");
+    }
+}
+
+#[test]
+fn delete_and_import() {
+    let j = power_journal(vec![]);
+    let w = world(Some(S::Stopped), None, VmSeen::NotReported);
+    assert_eq!(
+        decide(TaskKind::VmDelete, Some(&j), false, &w),
+        Decision::Continue
+    );
+    let gone = world(None, None, VmSeen::NotReported);
+    assert_eq!(
+        decide(TaskKind::VmDelete, Some(&j), false, &gone),
+        Decision::Finish {
+            outcome: Outcome::Succeeded,
+            record: None
+        }
+    );
+    let j = power_journal(vec![submitted("t.0", JobKind::ImportImage)]);
+    let known = World {
+        record: Some(None),
+        job: Some(JobSeen::Known(JobState::Running)),
+        vm: VmSeen::Unreachable,
+    };
+    assert_eq!(
+        decide(TaskKind::TemplateImport, Some(&j), true, &known),
+        Decision::Continue
+    );
+    let lost = World {
+        job: Some(JobSeen::Unknown),
+        ..known
+    };
+    assert!(matches!(
+        decide(TaskKind::TemplateImport, Some(&j), false, &lost),
+        Decision::RollBack { .. }
+    ));
+}
