@@ -272,10 +272,12 @@ async fn tasks_are_listed_newest_first() {
 }
 
 /// A server that stops (here: its runtime is dropped) while a task runs
-/// leaves the task "running" in the store file; the next server opening
-/// that file marks it failed with an error that says why.
+/// leaves the task "running" in the store file. The next task engine keeps
+/// it aside, untouched; the next cluster decides its end: a task that kept
+/// no journal (nothing to resume from) is failed with an error that says
+/// why.
 #[test]
-fn tasks_left_running_by_a_stopped_server_are_failed_on_open() {
+fn tasks_left_running_without_a_journal_are_failed_by_the_next_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.redb");
 
@@ -325,9 +327,25 @@ fn tasks_left_running_by_a_stopped_server_are_failed_on_open() {
     let second = tokio::runtime::Runtime::new().expect("runtime");
     second.block_on(async {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&path).await.expect("reopen"));
-        let (_events, tasks) = engine(store).await;
+        let (_events, engine_only) = engine(store.clone()).await;
+        let mut kept: Vec<String> = engine_only
+            .take_unfinished()
+            .await
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        kept.sort();
+        let mut want = vec![running_id.clone(), queued_id.clone()];
+        want.sort();
+        assert_eq!(kept, want, "the engine sets unfinished tasks aside");
+        assert!(engine_only.take_unfinished().await.is_empty(), "only once");
+
+        let cluster = vdc_control::Cluster::open(store, common::TOKEN.into())
+            .await
+            .expect("open");
+        let tasks = &cluster.tasks;
         for id in [&running_id, &queued_id] {
-            let t = tasks.get(id).await.expect("task kept");
+            let t = wait_final(tasks, id).await;
             assert_eq!(t.state, TaskState::Failed, "{t:?}");
             assert!(t.finished_ms.is_some());
             let err = t.error.expect("error recorded");
