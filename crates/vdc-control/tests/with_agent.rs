@@ -20,7 +20,8 @@ use vdc_control::{Cluster, VmRecord};
 use vdc_store::{Store, StoreExt};
 use vdc_types::agent::HostReport;
 use vdc_types::api::CreateVmRequest;
-use vdc_types::{Accelerator, ErrorCode, Task, TaskState, VmConfig, VmPowerState};
+use vdc_types::job::{Job, JobKind, JobOp, JobRequest, JobState};
+use vdc_types::{Accelerator, ErrorCode, Step, Task, TaskState, VmConfig, VmPowerState};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -140,6 +141,30 @@ async fn create_makes_the_vm_directory_and_delete_removes_it() {
         .iter()
         .any(|e| e.topic == "vm.created" && e.object == "web"));
 
+    // The task journaled each step it made, with what undoing it needs.
+    let journal = done.journal.expect("a create keeps a journal");
+    let steps: Vec<&Step> = journal.steps().collect();
+    assert!(
+        matches!(steps.first(), Some(Step::Placed { host }) if host == "host-1"),
+        "{steps:?}"
+    );
+    let op = match steps.get(1) {
+        Some(Step::JobSubmitted {
+            host,
+            operation_id,
+            job: JobKind::Provision,
+        }) if host == "host-1" => operation_id.clone(),
+        s => panic!("expected the provision job, got {s:?}"),
+    };
+    assert!(op.starts_with(&done.id), "operation id {op} of task {}", done.id);
+    assert!(steps.contains(&&Step::JobEnded {
+        operation_id: op,
+        state: JobState::Succeeded
+    }));
+    assert!(steps.contains(&&Step::Provisioned {
+        host: "host-1".into()
+    }));
+
     let t = cluster.delete_vm("web").await.expect("delete");
     let done = wait_task(&cluster, &t).await;
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
@@ -187,5 +212,124 @@ async fn a_refused_create_does_not_delete_the_files_of_the_vm_already_there() {
     )
     .expect("vm.json parses");
     assert_eq!(kept.id, first_id);
+    reporter.abort();
+}
+
+/// A job submitted twice under one operation id (a retry after a lost
+/// answer, or by a restarted server) is one job: the second submission
+/// attaches to it, even after it ended; the id cannot be reused for
+/// another operation.
+#[tokio::test]
+async fn the_same_operation_id_twice_is_one_job() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (state, ds) = (tmp.path().join("state"), tmp.path().join("shared"));
+    std::fs::create_dir_all(&ds).expect("mkdir");
+    let (cluster, _store, reporter) = cluster_with_agent(&state, &ds).await;
+    let host = cluster
+        .list_hosts()
+        .await
+        .expect("hosts")
+        .into_iter()
+        .next()
+        .expect("host-1");
+    let config = VmConfig {
+        version: vdc_types::vm::VM_CONFIG_VERSION,
+        id: "0b9f6c3e-job-test".into(),
+        name: "jobvm".into(),
+        cpus: 1,
+        memory_mib: 64,
+        datastore: "shared".into(),
+        dir: "jobvm".into(),
+        disks: vec![vdc_types::DiskSpec {
+            name: "disk0".into(),
+            datastore: "shared".into(),
+            path: "jobvm/disk0.qcow2".into(),
+            size_bytes: 1 << 30,
+        }],
+        nics: vec![],
+        hostname: "jobvm".into(),
+        template: None,
+        created_ms: 0,
+    };
+    let req = JobRequest {
+        operation_id: "task-1.0".into(),
+        op: JobOp::Provision {
+            request: vdc_types::agent::ProvisionVmRequest {
+                config: config.clone(),
+                boot_source: vdc_types::agent::DiskSource::Blank,
+            },
+        },
+    };
+    let http = reqwest::Client::new();
+    let submit = |req: JobRequest| {
+        let http = http.clone();
+        let url = format!("{}/agent/v1/jobs", host.agent_url);
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(TOKEN)
+                .json(&req)
+                .send()
+                .await
+                .expect("agent answers");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("json"))
+        }
+    };
+    let (s1, first) = submit(req.clone()).await;
+    let (s2, second) = submit(req.clone()).await;
+    assert_eq!(s1, 201, "{first}");
+    assert_eq!(s2, 200, "the retry made a new job: {second}");
+    let first: Job = serde_json::from_value(first).expect("job");
+    let second: Job = serde_json::from_value(second).expect("job");
+    assert_eq!((first.id.as_str(), first.kind), ("task-1.0", JobKind::Provision));
+    assert_eq!(second.started_ms, first.started_ms, "one job, not two");
+
+    let ended = eventually("the job to end", WAIT, || async {
+        let r = http
+            .get(format!("{}/agent/v1/jobs/task-1.0?wait_s=2", host.agent_url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let j: Job = r.json().await.map_err(|e| e.to_string())?;
+        j.state.is_final().then_some(j.clone()).ok_or(format!("{j:?}"))
+    })
+    .await;
+    assert_eq!(ended.state, JobState::Succeeded, "{ended:?}");
+    assert!(ds.join("jobvm/disk0.qcow2").is_file());
+    let made = std::fs::metadata(ds.join("jobvm/vm.json"))
+        .and_then(|m| m.modified())
+        .expect("vm.json");
+
+    // After its end, the same submission still attaches: nothing is redone.
+    let (s3, third) = submit(req.clone()).await;
+    assert_eq!(s3, 200, "{third}");
+    let third: Job = serde_json::from_value(third).expect("job");
+    assert_eq!(third.state, JobState::Succeeded);
+    assert_eq!(third.started_ms, first.started_ms);
+    let again = std::fs::metadata(ds.join("jobvm/vm.json"))
+        .and_then(|m| m.modified())
+        .expect("vm.json");
+    assert_eq!(again, made, "the provision ran twice");
+
+    // The id is taken: another operation under it is refused.
+    let other = JobRequest {
+        operation_id: "task-1.0".into(),
+        op: JobOp::Suspend {
+            vm_id: config.id.clone(),
+        },
+    };
+    let (s4, refused) = submit(other).await;
+    assert_eq!(s4, 409, "{refused}");
+    assert_eq!(refused["code"], "already_exists", "{refused}");
+    // A malformed operation id is a clear 400.
+    let bad = JobRequest {
+        operation_id: "no/slashes".into(),
+        ..req
+    };
+    let (s5, body) = submit(bad).await;
+    assert_eq!(s5, 400, "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("operation id"), "{body}");
     reporter.abort();
 }
