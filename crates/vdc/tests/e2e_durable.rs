@@ -193,7 +193,10 @@ async fn a_server_killed_during_a_create_and_a_suspend_finishes_them_after_resta
     c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
         .await
         .expect("resumed");
-    let vm = wait_vm(c, "dur-1", |v| v.state == VmPowerState::Running).await;
+    let vm = wait_vm(c, "dur-1", |v| {
+        v.state == VmPowerState::Running && v.guest.address.is_some()
+    })
+    .await;
     let (_, boot_after) = identity(&lab, &addr(&vm));
     assert_eq!(boot_after, boot, "the guest rebooted instead of resuming");
     let t = c.vm_action("dur-1", "stop", json!({})).await.expect("stop");
@@ -260,7 +263,10 @@ async fn cancelling_a_shutdown_the_guest_ignores_ends_it_at_once() {
         steps(&done)
     );
     // Rolled back: the guest runs on, same boot.
-    let vm = wait_vm(c, "acpi-1", |v| v.state == VmPowerState::Running).await;
+    let vm = wait_vm(c, "acpi-1", |v| {
+        v.state == VmPowerState::Running && v.guest.address.is_some()
+    })
+    .await;
     let (_, boot_after) = identity(&lab, &addr(&vm));
     assert_eq!(boot_after, boot, "the guest was powered off");
     let t = c.vm_action("acpi-1", "stop", json!({})).await.expect("stop");
