@@ -85,7 +85,9 @@ impl Jobs {
         self.cells().get(id).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NotFound,
-                format!("job '{id}' not found on this host (never submitted, or the agent restarted)"),
+                format!(
+                    "job '{id}' not found on this host (never submitted, or the agent restarted)"
+                ),
             )
         })
     }
@@ -271,7 +273,9 @@ impl Agent {
         let layout = self.layout(&config)?;
         let made_here = !layout.vm_dir.exists();
         let source_size = match &request.boot_source {
-            vdc_types::agent::DiskSource::Template { datastore, path, .. } => self
+            vdc_types::agent::DiskSource::Template {
+                datastore, path, ..
+            } => self
                 .resolve(datastore, path)
                 .ok()
                 .and_then(|p| std::fs::metadata(p).ok())

@@ -430,6 +430,21 @@ async fn console_requests_are_validated() {
         .unwrap();
     assert!(doc["paths"]["/api/v1/vms/{name}/console/input"]["post"].is_object());
     assert!(doc["components"]["schemas"]["ConsoleInputRequest"].is_object());
+    // A task's journal is part of the documented task.
+    for schema in [
+        "TaskJournal",
+        "TaskParams",
+        "TaskStep",
+        "Step",
+        "JobKind",
+        "JobState",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Task"]["properties"]["journal"].is_object());
 }
 
 #[tokio::test]

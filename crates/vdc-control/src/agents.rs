@@ -296,7 +296,12 @@ impl AgentClient {
     }
 
     /// Submits a job (or attaches to the job with the same operation id).
-    pub async fn submit_job(&self, host: &str, url: &str, req: &JobRequest) -> Result<Job, ApiError> {
+    pub async fn submit_job(
+        &self,
+        host: &str,
+        url: &str,
+        req: &JobRequest,
+    ) -> Result<Job, ApiError> {
         let u = format!("{url}/agent/v1/jobs");
         self.call(host, reqwest::Method::POST, u, Some(req), JOB_CALL_TIMEOUT)
             .await
@@ -387,7 +392,11 @@ impl AgentClient {
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err(e) if e.code == ErrorCode::NotFound && job.is_some() && resubmits < JOB_RESUBMITS => {
+                Err(e)
+                    if e.code == ErrorCode::NotFound
+                        && job.is_some()
+                        && resubmits < JOB_RESUBMITS =>
+                {
                     tracing::warn!(job = %id, host, "the agent lost the job (restarted?); submitting it again");
                     resubmits += 1;
                     job = None;

@@ -65,9 +65,7 @@ impl Cluster {
 }
 
 /// The VM runtime a VM job produced.
-pub(crate) fn vm_result(
-    r: JobResult,
-) -> Result<vdc_types::agent::VmRuntime, ApiError> {
+pub(crate) fn vm_result(r: JobResult) -> Result<vdc_types::agent::VmRuntime, ApiError> {
     match r {
         JobResult::Vm(rt) => Ok(rt),
         JobResult::Image(_) => Err(ApiError::new(

@@ -80,9 +80,7 @@ pub fn addresses(journal: &TaskJournal) -> Vec<(String, String)> {
     journal
         .steps()
         .filter_map(|s| match s {
-            Step::AddressAllocated { network, address } => {
-                Some((network.clone(), address.clone()))
-            }
+            Step::AddressAllocated { network, address } => Some((network.clone(), address.clone())),
             _ => None,
         })
         .collect()

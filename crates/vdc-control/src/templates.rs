@@ -6,8 +6,8 @@ use serde_json::json;
 use vdc_store::StoreExt;
 use vdc_types::agent::ImportImageRequest;
 use vdc_types::api::{CreateTemplateRequest, Template};
-use vdc_types::names::validate_name;
 use vdc_types::job::{JobOp, JobResult};
+use vdc_types::names::validate_name;
 use vdc_types::{now_ms, ApiError, DatastoreKind, ErrorCode, Task, TaskParams};
 
 use crate::tasks::TaskCtx;
@@ -109,7 +109,8 @@ impl Cluster {
         source: &str,
     ) -> Result<(), ApiError> {
         let key = format!("/templates/{name}");
-        ctx.progress(5, "copying the image into the datastore").await;
+        ctx.progress(5, "copying the image into the datastore")
+            .await;
         let r = async {
             let tpl = self.get_template(name).await?;
             let url = self.agent_url(host).await?;

@@ -16,7 +16,12 @@ use crate::{journal, Cluster, VmRecord};
 
 impl Cluster {
     /// Rolls back the create of VM `name` (see the module docs).
-    pub(crate) async fn roll_back_create(self: &Arc<Self>, ctx: &TaskCtx, name: &str, reason: &str) {
+    pub(crate) async fn roll_back_create(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        name: &str,
+        reason: &str,
+    ) {
         if let Err(e) = ctx
             .journal(Step::RollingBack {
                 reason: reason.to_string(),

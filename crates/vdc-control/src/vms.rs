@@ -11,11 +11,11 @@ use serde_json::json;
 use vdc_sched::{Demand, PlacementError};
 use vdc_store::{StoreError, StoreExt};
 use vdc_types::agent::{AgentStartRequest, DestroyVmRequest, DiskSource, ProvisionVmRequest};
-use vdc_types::job::{JobKind, JobOp};
 use vdc_types::api::{
     CreateVmRequest, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB,
     DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_CPUS, MAX_DISK_GIB, MAX_SHUTDOWN_TIMEOUT_S, MIN_MEMORY_MIB,
 };
+use vdc_types::job::{JobKind, JobOp};
 use vdc_types::names::validate_name;
 use vdc_types::vm::VM_CONFIG_VERSION;
 use vdc_types::{
@@ -561,7 +561,9 @@ impl Cluster {
             ..
         } = params
         else {
-            return Err(ApiError::internal("vm.create task without create parameters"));
+            return Err(ApiError::internal(
+                "vm.create task without create parameters",
+            ));
         };
         let result = self
             .create_steps(ctx, name, start, host, network, boot_source)
@@ -726,10 +728,16 @@ impl Cluster {
             host: host.clone(),
         };
         self.tasks
-            .spawn_journaled("vm.start", "vm", name, Some(params), move |ctx| async move {
-                let _busy = busy;
-                me.start_body(&ctx, &n, host).await
-            })
+            .spawn_journaled(
+                "vm.start",
+                "vm",
+                name,
+                Some(params),
+                move |ctx| async move {
+                    let _busy = busy;
+                    me.start_body(&ctx, &n, host).await
+                },
+            )
             .await
     }
 
@@ -1001,10 +1009,16 @@ impl Cluster {
             vm_id: rec.config.id.clone(),
         };
         self.tasks
-            .spawn_journaled("vm.delete", "vm", name, Some(params), move |ctx| async move {
-                let _busy = busy;
-                me.delete_body(&ctx, &n).await
-            })
+            .spawn_journaled(
+                "vm.delete",
+                "vm",
+                name,
+                Some(params),
+                move |ctx| async move {
+                    let _busy = busy;
+                    me.delete_body(&ctx, &n).await
+                },
+            )
             .await
     }
 

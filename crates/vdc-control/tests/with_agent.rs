@@ -156,7 +156,11 @@ async fn create_makes_the_vm_directory_and_delete_removes_it() {
         }) if host == "host-1" => operation_id.clone(),
         s => panic!("expected the provision job, got {s:?}"),
     };
-    assert!(op.starts_with(&done.id), "operation id {op} of task {}", done.id);
+    assert!(
+        op.starts_with(&done.id),
+        "operation id {op} of task {}",
+        done.id
+    );
     assert!(steps.contains(&&Step::JobEnded {
         operation_id: op,
         state: JobState::Succeeded
@@ -282,18 +286,27 @@ async fn the_same_operation_id_twice_is_one_job() {
     assert_eq!(s2, 200, "the retry made a new job: {second}");
     let first: Job = serde_json::from_value(first).expect("job");
     let second: Job = serde_json::from_value(second).expect("job");
-    assert_eq!((first.id.as_str(), first.kind), ("task-1.0", JobKind::Provision));
+    assert_eq!(
+        (first.id.as_str(), first.kind),
+        ("task-1.0", JobKind::Provision)
+    );
     assert_eq!(second.started_ms, first.started_ms, "one job, not two");
 
     let ended = eventually("the job to end", WAIT, || async {
         let r = http
-            .get(format!("{}/agent/v1/jobs/task-1.0?wait_s=2", host.agent_url))
+            .get(format!(
+                "{}/agent/v1/jobs/task-1.0?wait_s=2",
+                host.agent_url
+            ))
             .bearer_auth(TOKEN)
             .send()
             .await
             .map_err(|e| e.to_string())?;
         let j: Job = r.json().await.map_err(|e| e.to_string())?;
-        j.state.is_final().then_some(j.clone()).ok_or(format!("{j:?}"))
+        j.state
+            .is_final()
+            .then_some(j.clone())
+            .ok_or(format!("{j:?}"))
     })
     .await;
     assert_eq!(ended.state, JobState::Succeeded, "{ended:?}");
@@ -330,6 +343,12 @@ async fn the_same_operation_id_twice_is_one_job() {
     };
     let (s5, body) = submit(bad).await;
     assert_eq!(s5, 400, "{body}");
-    assert!(body["message"].as_str().unwrap_or("").contains("operation id"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("operation id"),
+        "{body}"
+    );
     reporter.abort();
 }

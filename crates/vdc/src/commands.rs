@@ -607,7 +607,14 @@ pub fn task_details(t: &Task) -> String {
     if let Some(f) = t.finished_ms {
         pairs.push(("finished", utc_time(f)));
     }
-    key_values(&pairs)
+    let mut text = key_values(&pairs);
+    if let Some(j) = t.journal.as_ref().filter(|j| !j.steps.is_empty()) {
+        text.push_str("steps:\n");
+        for s in &j.steps {
+            text.push_str(&format!("  {}  {}\n", utc_time(s.at_ms), s.step));
+        }
+    }
+    text
 }
 
 // ---- events, version ----
@@ -698,6 +705,56 @@ mod tests {
             template: None,
             created_ms: 0,
         }
+    }
+
+    #[test]
+    fn task_show_lists_the_journaled_steps() {
+        use vdc_types::job::JobKind;
+        use vdc_types::{Step, TaskJournal, TaskParams, TaskState, TaskStep};
+        let mut journal = TaskJournal::new(TaskParams::VmDelete { vm_id: "x".into() });
+        journal.steps = vec![
+            TaskStep {
+                at_ms: 0,
+                step: Step::AddressAllocated {
+                    network: "lab".into(),
+                    address: "10.0.0.5/24".into(),
+                },
+            },
+            TaskStep {
+                at_ms: 1000,
+                step: Step::JobSubmitted {
+                    host: "host-2".into(),
+                    operation_id: "t.0".into(),
+                    job: JobKind::Provision,
+                },
+            },
+        ];
+        let t = Task {
+            id: "t".into(),
+            kind: "vm.create".into(),
+            target_kind: "vm".into(),
+            target: "web-1".into(),
+            state: TaskState::Running,
+            progress: 10,
+            stage: None,
+            error: None,
+            cancel_requested: false,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms: None,
+            journal: Some(journal),
+        };
+        let out = task_details(&t);
+        let steps: Vec<&str> = out.lines().skip_while(|l| *l != "steps:").collect();
+        assert_eq!(steps.len(), 3, "{out}");
+        assert!(
+            steps[1].ends_with("address 10.0.0.5/24 allocated on network lab"),
+            "{out}"
+        );
+        assert!(
+            steps[2].ends_with("agent job t.0 (provision) started on host-2"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -97,7 +97,10 @@ fn identity(lab: &TestLab, addr: &str) -> (String, String) {
 }
 
 fn addr(vm: &Vm) -> String {
-    vm.guest.address.clone().expect("the guest reports its address")
+    vm.guest
+        .address
+        .clone()
+        .expect("the guest reports its address")
 }
 
 fn shared_dir(lab: &TestLab) -> std::path::PathBuf {
@@ -200,7 +203,9 @@ async fn a_server_killed_during_a_create_and_a_suspend_finishes_them_after_resta
     let (_, boot_after) = identity(&lab, &addr(&vm));
     assert_eq!(boot_after, boot, "the guest rebooted instead of resuming");
     let t = c.vm_action("dur-1", "stop", json!({})).await.expect("stop");
-    c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await.expect("stopped");
+    c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("stopped");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,12 +236,16 @@ async fn cancelling_a_shutdown_the_guest_ignores_ends_it_at_once() {
     c.console_input("acpi-1", "killall dd; echo acpi-off-$((6*7))\n")
         .await
         .expect("console input");
-    wait_until_async(VM_WAIT_TIMEOUT, "the guest to drop its power button", || async {
-        c.console("acpi-1", 4000)
-            .await
-            .ok()
-            .filter(|out| out.contains("acpi-off-42"))
-    })
+    wait_until_async(
+        VM_WAIT_TIMEOUT,
+        "the guest to drop its power button",
+        || async {
+            c.console("acpi-1", 4000)
+                .await
+                .ok()
+                .filter(|out| out.contains("acpi-off-42"))
+        },
+    )
     .await;
 
     let t = c
@@ -269,6 +278,11 @@ async fn cancelling_a_shutdown_the_guest_ignores_ends_it_at_once() {
     .await;
     let (_, boot_after) = identity(&lab, &addr(&vm));
     assert_eq!(boot_after, boot, "the guest was powered off");
-    let t = c.vm_action("acpi-1", "stop", json!({})).await.expect("stop");
-    c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await.expect("stopped");
+    let t = c
+        .vm_action("acpi-1", "stop", json!({}))
+        .await
+        .expect("stop");
+    c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("stopped");
 }

@@ -62,7 +62,10 @@ impl Cluster {
                 .publish(
                     "task.resumed",
                     &t.target,
-                    format!("{} {} resumed after a server restart: {decision}", t.kind, t.target),
+                    format!(
+                        "{} {} resumed after a server restart: {decision}",
+                        t.kind, t.target
+                    ),
                     json!({"task": t.id, "kind": t.kind, "decision": decision.to_string()}),
                 )
                 .await;
@@ -128,13 +131,12 @@ impl Cluster {
                 },
             }),
         };
-        let host = pending
-            .map(|p| p.host)
-            .or(vm_host)
-            .or_else(|| match t.journal.as_ref().map(|j| &j.params) {
+        let host = pending.map(|p| p.host).or(vm_host).or_else(|| {
+            match t.journal.as_ref().map(|j| &j.params) {
                 Some(TaskParams::VmPower { host, .. }) => host.clone(),
                 _ => None,
-            });
+            }
+        });
         let vm = match (host, vm_id) {
             (Some(h), Some(id)) => match self.agent_url(&h).await {
                 Err(_) => VmSeen::Unreachable,
@@ -203,7 +205,12 @@ impl Cluster {
             (TaskKind::TemplateImport, Some(TaskParams::TemplateImport { host, source })) => {
                 self.import_body(ctx, name, &host, &source).await
             }
-            (_, Some(TaskParams::VmPower { host: Some(host), .. })) => {
+            (
+                _,
+                Some(TaskParams::VmPower {
+                    host: Some(host), ..
+                }),
+            ) => {
                 let act = task.kind.trim_start_matches("vm.");
                 self.power_body(ctx, name, act, &host, DEFAULT_SHUTDOWN_TIMEOUT_S)
                     .await
