@@ -94,10 +94,8 @@ impl Jobs {
 
     fn prune(&self) {
         self.cells().retain(|_, c| {
-            c.finished
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map_or(true, |at| at.elapsed() < KEEP_FINISHED)
+            let finished = *c.finished.lock().unwrap_or_else(|p| p.into_inner());
+            !matches!(finished, Some(at) if at.elapsed() >= KEEP_FINISHED)
         });
     }
 
@@ -283,11 +281,12 @@ impl Agent {
             vdc_types::agent::DiskSource::Blank => None,
         };
         cell.progress(5, "creating disks");
-        let mut work = pin!(self.provision(&config.id, request));
+        // Boxed, so that dropping it below really ends `qemu-img`.
+        let mut work = Box::pin(self.provision(&config.id, request));
         let mut tick = tokio::time::interval(PROGRESS_TICK);
         loop {
             tokio::select! {
-                r = &mut work => return r.map(JobResult::Vm),
+                r = work.as_mut() => return r.map(JobResult::Vm),
                 _ = cell.cancel.cancelled() => break,
                 _ = tick.tick() => {
                     let copied = layout.disks.first().and_then(|d| std::fs::metadata(d).ok()).map(|m| m.len());

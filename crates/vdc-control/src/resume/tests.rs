@@ -252,10 +252,7 @@ fn power_tasks_reach_a_defined_end_whatever_the_host_says() {
                 };
                 // Never a transitional state recorded.
                 assert!(
-                    record.is_none_or(|s| !matches!(
-                        s,
-                        S::Starting | S::ShuttingDown | S::Suspending
-                    )),
+                    !matches!(record, Some(S::Starting | S::ShuttingDown | S::Suspending)),
                     "{d}"
                 );
                 match vm {
