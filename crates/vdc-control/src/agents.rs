@@ -10,10 +10,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vdc_types::agent::{
-    AgentShutdownRequest, AgentStartRequest, DestroyVmRequest, ImportImageRequest,
-    ImportImageResponse, ProvisionVmRequest, VmRuntime,
-};
+use vdc_types::agent::{DestroyVmRequest, VmRuntime};
 use vdc_types::job::{Job, JobRequest, JobResult, JobState};
 use vdc_types::{ApiError, ErrorCode};
 
@@ -26,6 +23,8 @@ pub const JOB_POLL_WAIT_S: u64 = 5;
 /// How long a job's host may stay unreachable before the task gives up on
 /// the job (the journal keeps it, so a later resume can still attach).
 pub const JOB_UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
+/// Timeout of a short VM action (power off waits for QEMU to exit).
+const ACTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often a job the agent forgot (it restarted) is submitted again.
 const JOB_RESUBMITS: u32 = 3;
 
@@ -103,63 +102,9 @@ impl AgentClient {
         })
     }
 
-    /// Creates the VM's directory and disks.
-    pub async fn provision(
-        &self,
-        host: &str,
-        url: &str,
-        req: &ProvisionVmRequest,
-    ) -> Result<VmRuntime, ApiError> {
-        let u = format!("{url}/agent/v1/vms/{}", req.config.id);
-        self.call(
-            host,
-            reqwest::Method::PUT,
-            u,
-            Some(req),
-            Duration::from_secs(600),
-        )
-        .await
-    }
-
-    /// Starts (or resumes from suspend) the VM.
-    pub async fn start(
-        &self,
-        host: &str,
-        url: &str,
-        req: &AgentStartRequest,
-    ) -> Result<VmRuntime, ApiError> {
-        let u = format!("{url}/agent/v1/vms/{}/start", req.config.id);
-        self.call(
-            host,
-            reqwest::Method::POST,
-            u,
-            Some(req),
-            Duration::from_secs(300),
-        )
-        .await
-    }
-
-    /// Graceful shutdown with a power-off fallback.
-    pub async fn shutdown(
-        &self,
-        host: &str,
-        url: &str,
-        id: &str,
-        timeout_s: u64,
-    ) -> Result<VmRuntime, ApiError> {
-        let u = format!("{url}/agent/v1/vms/{id}/shutdown");
-        let body = AgentShutdownRequest { timeout_s };
-        self.call(
-            host,
-            reqwest::Method::POST,
-            u,
-            Some(&body),
-            Duration::from_secs(timeout_s + 60),
-        )
-        .await
-    }
-
-    /// A body-less VM action: poweroff, reset, pause, resume, suspend.
+    /// A short body-less VM action: poweroff, reset, pause, resume (the
+    /// agent waits at most a few seconds for QEMU, plus the supervisor's
+    /// clean-up after a power off).
     pub async fn action(
         &self,
         host: &str,
@@ -173,7 +118,7 @@ impl AgentClient {
             reqwest::Method::POST,
             u,
             Some(&serde_json::json!({})),
-            Duration::from_secs(600),
+            ACTION_TIMEOUT,
         )
         .await
     }
@@ -203,24 +148,6 @@ impl AgentClient {
             )
             .await?;
         Ok(())
-    }
-
-    /// Imports an image file into a datastore.
-    pub async fn import_image(
-        &self,
-        host: &str,
-        url: &str,
-        req: &ImportImageRequest,
-    ) -> Result<ImportImageResponse, ApiError> {
-        let u = format!("{url}/agent/v1/images/import");
-        self.call(
-            host,
-            reqwest::Method::POST,
-            u,
-            Some(req),
-            Duration::from_secs(1800),
-        )
-        .await
     }
 
     /// Part of a VM's serial console log, as raw bytes, and the log offset
