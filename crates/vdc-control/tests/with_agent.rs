@@ -352,3 +352,80 @@ async fn the_same_operation_id_twice_is_one_job() {
     );
     reporter.abort();
 }
+
+/// A server died while a create ran, after a cancel was asked: the next
+/// server (same store) rolls everything back — the files on the host the
+/// provision went to, every address held in the VM's name (even one never
+/// journaled), the record — and ends the task cancelled.
+#[tokio::test]
+async fn a_create_cancelled_before_a_restart_is_rolled_back_by_the_next_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (state, ds) = (tmp.path().join("state"), tmp.path().join("shared"));
+    std::fs::create_dir_all(&ds).expect("mkdir");
+    let (cluster, store, reporter) = cluster_with_agent(&state, &ds).await;
+    let t = cluster.create_vm(small_vm("half")).await.expect("create");
+    let done = wait_task(&cluster, &t).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    assert!(ds.join("half/disk0.qcow2").is_file());
+
+    // As the dead server left it: running, cancel asked, the provision's
+    // end not journaled, and an address reserved just before the crash.
+    let mut left = done.clone();
+    left.state = TaskState::Running;
+    left.finished_ms = None;
+    left.cancel_requested = true;
+    if let Some(j) = left.journal.as_mut() {
+        j.steps
+            .retain(|s| !matches!(s.step, Step::JobEnded { .. } | Step::Provisioned { .. }));
+    }
+    store
+        .put_json(&format!("/tasks/{}", t.id), &left)
+        .await
+        .expect("put task");
+    store
+        .put_json("/ipam/lab/10.0.0.9", &"half")
+        .await
+        .expect("put address");
+    reporter.abort();
+
+    let next = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("reopen");
+    let host = cluster.list_hosts().await.expect("hosts").remove(0);
+    let report: HostReport = reqwest::Client::new()
+        .get(format!("{}/agent/v1/host", host.agent_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("agent answers")
+        .json()
+        .await
+        .expect("report");
+    next.ingest_report(report).await.expect("ingest");
+
+    let ended = wait_task(&next, &t).await;
+    assert_eq!(ended.state, TaskState::Cancelled, "{ended:?}");
+    let steps: Vec<Step> = ended.journal.expect("journal").steps().cloned().collect();
+    assert!(
+        steps.iter().any(|s| matches!(s, Step::Resumed { .. })),
+        "{steps:?}"
+    );
+    assert!(
+        steps.iter().any(|s| matches!(s, Step::RollingBack { .. })),
+        "{steps:?}"
+    );
+    assert!(!ds.join("half").exists(), "the VM's files were left behind");
+    assert!(store.get("/vms/half").await.expect("read").is_none());
+    assert!(
+        store
+            .get("/ipam/lab/10.0.0.9")
+            .await
+            .expect("read")
+            .is_none(),
+        "the address stayed reserved"
+    );
+    let events = next.events.history(0, usize::MAX).await;
+    assert!(events
+        .iter()
+        .any(|e| e.topic == "task.resumed" && e.object == "half"));
+}
