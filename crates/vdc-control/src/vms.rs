@@ -509,7 +509,9 @@ impl Cluster {
         let busy = match self.mark_busy(&req.name, "vm.create").await {
             Ok(b) => b,
             Err(e) => {
-                let _ = self.store.delete(&vm_key(&req.name)).await;
+                if let Err(de) = self.store.delete(&vm_key(&req.name)).await {
+                    tracing::warn!(vm = %req.name, error = %de, "cannot delete the record of a refused create");
+                }
                 return Err(e);
             }
         };
