@@ -226,7 +226,12 @@ impl TaskEngine {
         F: FnOnce(TaskCtx) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
     {
-        self.run(&task.id, task.cancel_requested, body).await;
+        // A cancel may have been recorded since the task was set aside.
+        let cancel_requested = match self.get(&task.id).await {
+            Ok(t) => t.cancel_requested,
+            Err(_) => task.cancel_requested,
+        };
+        self.run(&task.id, cancel_requested, body).await;
     }
 
     async fn run<F, Fut>(self: &Arc<Self>, id: &str, cancel_requested: bool, body: F)

@@ -573,10 +573,31 @@ impl Cluster {
         let Err(e) = result else {
             return Ok(());
         };
-        let made = ctx
-            .journal_now()
-            .await
-            .is_ok_and(|j| journal::job_succeeded(&j, JobKind::Provision));
+        let done = ctx.journal_now().await.ok();
+        if e.code == ErrorCode::HostUnavailable {
+            if let Some(p) = done.as_ref().and_then(journal::any_pending_job) {
+                // The host stopped answering while its job ran: what it made
+                // or runs is unknown. Keep the VM, as the resume rules do.
+                let state = if p.kind == JobKind::Start {
+                    VmPowerState::Unknown
+                } else {
+                    VmPowerState::Stopped
+                };
+                if let Err(se) = self.set_state(name, state, None).await {
+                    tracing::warn!(vm = %name, error = %se, "cannot record the VM's state");
+                }
+                return Err(ApiError::new(
+                    ErrorCode::HostUnavailable,
+                    format!(
+                        "host '{}' stopped answering during the create; VM '{name}' is kept; delete it or start it once the host is back",
+                        p.host
+                    ),
+                ));
+            }
+        }
+        let made = done
+            .as_ref()
+            .is_some_and(|j| journal::job_succeeded(j, JobKind::Provision));
         if start && made && e.code != ErrorCode::Cancelled {
             // The VM was made; only starting it failed. Keep it, stopped.
             if let Ok(r) = self.record(name).await {

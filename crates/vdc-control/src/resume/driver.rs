@@ -54,6 +54,8 @@ impl Cluster {
         }
         self.wait_for_hosts(RESUME_HOST_WAIT).await;
         for (t, busy) in held {
+            // Read again: a cancel may have come while the hosts reported.
+            let t = self.tasks.get(&t.id).await.unwrap_or(t);
             let world = self.observe(&t).await;
             let kind = TaskKind::parse(&t.kind);
             let decision = decide(kind, t.journal.as_ref(), t.cancel_requested, &world);
