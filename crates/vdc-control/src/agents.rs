@@ -22,7 +22,7 @@ pub const JOB_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const JOB_POLL_WAIT_S: u64 = 5;
 /// How long a job's host may stay unreachable before the task gives up on
 /// the job (the journal keeps it, so a later resume can still attach).
-pub const JOB_UNREACHABLE_LIMIT: Duration = Duration::from_secs(60);
+pub const JOB_UNREACHABLE_LIMIT: Duration = Duration::from_secs(15);
 /// Timeout of a short VM action (power off waits for QEMU to exit).
 const ACTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often a job the agent forgot (it restarted) is submitted again.
@@ -274,6 +274,14 @@ impl AgentClient {
         let mut job: Option<Job> = None;
         loop {
             let answer = match &job {
+                // Cancelled before the job was seen: stop it if it started.
+                None if ctx.is_cancelled() => match self.cancel_job(host, url, id).await {
+                    Err(e) if e.code == ErrorCode::NotFound => return Err(cancelled()),
+                    r => {
+                        cancel_sent = r.is_ok();
+                        r
+                    }
+                },
                 None => self.submit_job(host, url, req).await,
                 Some(j) if j.state.is_final() => return job_outcome(host, j.clone()),
                 Some(j) => {
