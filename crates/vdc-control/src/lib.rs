@@ -168,7 +168,7 @@ impl Cluster {
             .await;
         // Tasks a previous server left unfinished: resumed or reconciled
         // once the hosts have reported (see `resume`).
-        cluster.spawn_resume();
+        cluster.spawn_resume().await;
         Ok(cluster)
     }
 

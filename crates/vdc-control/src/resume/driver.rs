@@ -18,25 +18,18 @@ use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams};
 
 use super::{decide, Decision, JobSeen, Outcome, TaskKind, VmSeen, World};
 use crate::tasks::{cancelled, TaskCtx};
+use crate::vms::BusyGuard;
 use crate::{journal, Cluster, HostRecord};
 
 /// Longest wait for the recorded hosts to report after a restart.
 pub const RESUME_HOST_WAIT: Duration = Duration::from_secs(20);
 
 impl Cluster {
-    /// Resumes or reconciles, in the background, every task a previous
-    /// server left unfinished.
-    pub fn spawn_resume(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move { me.resume_unfinished().await })
-    }
-
-    async fn resume_unfinished(self: Arc<Self>) {
+    /// Takes the tasks a previous server left unfinished and marks their
+    /// VMs busy now (before any request is served), then resumes or
+    /// reconciles them in the background.
+    pub async fn spawn_resume(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let tasks = self.tasks.take_unfinished().await;
-        if tasks.is_empty() {
-            return;
-        }
-        tracing::info!(count = tasks.len(), "resuming tasks left unfinished");
         let mut held = Vec::new();
         for t in tasks {
             let busy = if t.target_kind == "vm" {
@@ -52,6 +45,15 @@ impl Cluster {
             };
             held.push((t, busy));
         }
+        let me = self.clone();
+        tokio::spawn(async move { me.resume_unfinished(held).await })
+    }
+
+    async fn resume_unfinished(self: Arc<Self>, held: Vec<(Task, Option<BusyGuard>)>) {
+        if held.is_empty() {
+            return;
+        }
+        tracing::info!(count = held.len(), "resuming tasks left unfinished");
         self.wait_for_hosts(RESUME_HOST_WAIT).await;
         for (t, busy) in held {
             // Read again: a cancel may have come while the hosts reported.
