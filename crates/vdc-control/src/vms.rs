@@ -749,6 +749,7 @@ impl Cluster {
         let params = TaskParams::VmPower {
             vm_id: rec.config.id.clone(),
             host: host.clone(),
+            shutdown_timeout_s: None,
         };
         self.tasks
             .spawn_journaled(
@@ -929,6 +930,7 @@ impl Cluster {
         let params = TaskParams::VmPower {
             vm_id: rec.config.id.clone(),
             host: Some(host.clone()),
+            shutdown_timeout_s: (action == "shutdown").then_some(timeout),
         };
         self.tasks
             .spawn_journaled(

@@ -135,6 +135,9 @@ pub enum TaskParams {
         /// Host it runs on or is asked to run on, if known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host: Option<String>,
+        /// Seconds a shutdown waits for the guest before powering off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shutdown_timeout_s: Option<u64>,
     },
     /// `vm.delete`.
     VmDelete {

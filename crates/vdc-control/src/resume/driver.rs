@@ -212,12 +212,14 @@ impl Cluster {
             (
                 _,
                 Some(TaskParams::VmPower {
-                    host: Some(host), ..
+                    host: Some(host),
+                    shutdown_timeout_s,
+                    ..
                 }),
             ) => {
                 let act = task.kind.trim_start_matches("vm.");
-                self.power_body(ctx, name, act, &host, DEFAULT_SHUTDOWN_TIMEOUT_S)
-                    .await
+                let timeout = shutdown_timeout_s.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S);
+                self.power_body(ctx, name, act, &host, timeout).await
             }
             _ => Err(ApiError::internal(format!(
                 "task {} cannot be continued: its journal lacks its parameters",

@@ -25,6 +25,7 @@ fn power_journal(steps: Vec<Step>) -> TaskJournal {
     j.params = TaskParams::VmPower {
         vm_id: "id".into(),
         host: Some("host-1".into()),
+        shutdown_timeout_s: None,
     };
     j
 }
