@@ -226,6 +226,19 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
     })
     .await;
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    // The task table shows the create's journaled steps.
+    let steps = task.journal.as_ref().map_or(0, |j| j.steps.len());
+    assert!(steps > 0, "{task:?}");
+    page(
+        "the create's steps in the task table",
+        browser
+            .wait_row("#tasks tbody tr", TASK_TIMEOUT, |r| {
+                cell(r, 0) == "vm.create"
+                    && cell(r, 1) == "web-ui-1"
+                    && cell(r, 5) == format!("{steps} steps")
+            })
+            .await,
+    );
     let created = c.get_vm("web-ui-1").await.expect("web-ui-1 exists");
     assert_eq!(created.state, VmPowerState::Stopped);
     assert_eq!(created.template.as_deref(), Some(TEMPLATE));
