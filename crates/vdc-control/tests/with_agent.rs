@@ -429,3 +429,171 @@ async fn a_create_cancelled_before_a_restart_is_rolled_back_by_the_next_server()
         .iter()
         .any(|e| e.topic == "task.resumed" && e.object == "half"));
 }
+
+/// Kills the QEMU processes of an agent's state directory if a test fails
+/// half-way.
+struct QemuGuard(std::path::PathBuf);
+
+impl Drop for QemuGuard {
+    fn drop(&mut self) {
+        let Ok(dirs) = std::fs::read_dir(self.0.join("vms")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let pid = std::fs::read_to_string(d.path().join("qemu.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                if let Err(e) = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                {
+                    eprintln!("cannot kill QEMU {pid}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Feeds the agent's reports to `cluster` until aborted.
+fn pump_reports(cluster: Arc<Cluster>, agent_url: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            let report = http
+                .get(format!("{agent_url}/agent/v1/host"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await;
+            if let Ok(r) = report {
+                if let Ok(rep) = r.json::<HostReport>().await {
+                    if let Err(e) = cluster.ingest_report(rep).await {
+                        eprintln!("report refused: {e}");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// A suspend left unfinished by a dead server, whose job the agent does
+/// not know (it never arrived, or the agent restarted): the next server
+/// reconciles it with what the host runs. The VM still runs → recorded
+/// running and the task fails saying so; the VM is suspended → recorded
+/// suspended and the task succeeds.
+#[tokio::test]
+async fn an_unfinished_suspend_is_reconciled_with_what_the_host_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (state, ds) = (tmp.path().join("state"), tmp.path().join("shared"));
+    std::fs::create_dir_all(&ds).expect("mkdir");
+    let _qemu = QemuGuard(state.clone());
+    let (cluster, store, reporter) = cluster_with_agent(&state, &ds).await;
+    let agent_url = cluster.list_hosts().await.expect("hosts")[0]
+        .agent_url
+        .clone();
+    let t = cluster
+        .create_vm(CreateVmRequest {
+            memory_mib: Some(64),
+            start: true,
+            ..small_vm("sus")
+        })
+        .await
+        .expect("create");
+    let done = wait_task(&cluster, &t).await;
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    reporter.abort();
+
+    // What a server killed right after submitting a suspend leaves behind.
+    let leave_suspend = |n: &str| {
+        let store = store.clone();
+        let id = format!("left-{n}");
+        async move {
+            let rec: VmRecord = store
+                .get_json("/vms/sus")
+                .await
+                .expect("read")
+                .expect("record");
+            let mut journal = vdc_types::TaskJournal::new(vdc_types::TaskParams::VmPower {
+                vm_id: rec.config.id.clone(),
+                host: Some("host-1".into()),
+                shutdown_timeout_s: None,
+            });
+            journal.steps.push(vdc_types::TaskStep {
+                at_ms: vdc_types::now_ms(),
+                step: Step::JobSubmitted {
+                    host: "host-1".into(),
+                    operation_id: format!("{id}.0"),
+                    job: JobKind::Suspend,
+                },
+            });
+            let task = Task {
+                id: id.clone(),
+                kind: "vm.suspend".into(),
+                target_kind: "vm".into(),
+                target: "sus".into(),
+                state: TaskState::Running,
+                progress: 10,
+                stage: None,
+                error: None,
+                cancel_requested: false,
+                created_ms: vdc_types::now_ms(),
+                started_ms: Some(vdc_types::now_ms()),
+                finished_ms: None,
+                journal: Some(journal),
+            };
+            store
+                .put_json(&format!("/tasks/{id}"), &task)
+                .await
+                .expect("put task");
+            store
+                .update_json("/vms/sus", |mut r: VmRecord| {
+                    r.state = VmPowerState::Suspending;
+                    Ok::<_, vdc_store::StoreError>(r)
+                })
+                .await
+                .expect("record suspending");
+            task
+        }
+    };
+
+    // 1. The suspend never happened: the VM still runs.
+    let left = leave_suspend("1").await;
+    let next = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("reopen");
+    let pump = pump_reports(next.clone(), agent_url.clone());
+    let ended = wait_task(&next, &left).await;
+    assert_eq!(ended.state, TaskState::Failed, "{ended:?}");
+    let why = ended.error.expect("error").message;
+    assert!(why.contains("still runs"), "{why}");
+    let vm = next.get_vm("sus").await.expect("vm");
+    assert_eq!(vm.state, VmPowerState::Running, "{vm:?}");
+
+    // 2. The suspend happened, the server never saw it end.
+    let t = next
+        .vm_action("sus", "suspend", None)
+        .await
+        .expect("suspend");
+    assert_eq!(wait_task(&next, &t).await.state, TaskState::Succeeded);
+    pump.abort();
+    let left = leave_suspend("2").await;
+    let third = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("reopen");
+    let pump = pump_reports(third.clone(), agent_url.clone());
+    let ended = wait_task(&third, &left).await;
+    assert_eq!(ended.state, TaskState::Succeeded, "{ended:?}");
+    assert!(ended
+        .journal
+        .expect("journal")
+        .steps()
+        .any(|s| matches!(s, Step::Resumed { .. })));
+    let vm = third.get_vm("sus").await.expect("vm");
+    assert_eq!(vm.state, VmPowerState::Suspended, "{vm:?}");
+    assert!(ds.join("sus/suspend.state").is_file());
+
+    let t = third.delete_vm("sus").await.expect("delete");
+    assert_eq!(wait_task(&third, &t).await.state, TaskState::Succeeded);
+    pump.abort();
+}
