@@ -314,6 +314,12 @@ impl Agent {
     /// `migrate_cancel` (the suspend then fails its own way: the state
     /// file is removed and the guest resumes).
     async fn suspend_job(&self, cell: &JobCell, vm_id: &str) -> Result<JobResult, ApiError> {
+        // Already done (a job submitted again after the agent restarted).
+        if let Ok(slot) = self.slot(vm_id) {
+            if slot.state() == VmPowerState::Suspended {
+                return Ok(JobResult::Vm(slot.runtime()));
+            }
+        }
         cell.progress(5, "saving memory to the datastore");
         let mut work = pin!(self.suspend(vm_id));
         let mut tick = tokio::time::interval(PROGRESS_TICK);
@@ -327,6 +333,13 @@ impl Agent {
                     };
                 }
                 _ = cell.cancel.cancelled(), if !cancelling => {
+                    let started = self
+                        .slot(vm_id)
+                        .is_ok_and(|s| s.state() == VmPowerState::Suspending);
+                    if !started {
+                        // Still waiting for the VM's operation lock: nothing to undo.
+                        return Err(job_cancelled());
+                    }
                     cancelling = true;
                     self.cancel_migration(vm_id).await;
                 }
