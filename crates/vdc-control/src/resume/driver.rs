@@ -3,7 +3,10 @@
 //! 1. take the tasks the previous server left unfinished and mark their
 //!    VMs busy at once (reports and new operations keep off them);
 //! 2. wait until every recorded host has reported, or
-//!    [`RESUME_HOST_WAIT`] passed (a host still missing is unreachable);
+//!    [`RESUME_HOST_WAIT`] passed; a host that does not answer while a
+//!    task is observed is asked again every second for up to as long
+//!    (an agent busy writing a suspend file can be slow); only then is it
+//!    unreachable;
 //! 3. per task, observe the world (the record, the pending job on its
 //!    host, the VM as its host reports it), [`decide`], journal the
 //!    decision, publish `task.resumed`, and run the continuation under the
@@ -55,10 +58,11 @@ impl Cluster {
         }
         tracing::info!(count = held.len(), "resuming tasks left unfinished");
         self.wait_for_hosts(RESUME_HOST_WAIT).await;
+        let patience = tokio::time::Instant::now() + RESUME_HOST_WAIT;
         for (t, busy) in held {
             // Read again: a cancel may have come while the hosts reported.
             let t = self.tasks.get(&t.id).await.unwrap_or(t);
-            let world = self.observe(&t).await;
+            let world = self.observe_patiently(&t, patience).await;
             let kind = TaskKind::parse(&t.kind);
             let decision = decide(kind, t.journal.as_ref(), t.cancel_requested, &world);
             tracing::info!(task = %t.id, kind = %t.kind, target = %t.target, ?world, %decision, "resuming task");
@@ -105,6 +109,20 @@ impl Cluster {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// [`Self::observe`], again every second while a host does not answer
+    /// (a busy agent may be slow for a while), until `patience` passes.
+    async fn observe_patiently(&self, t: &Task, patience: tokio::time::Instant) -> World {
+        loop {
+            let world = self.observe(t).await;
+            let unsure = world.job == Some(JobSeen::Unreachable) || world.vm == VmSeen::Unreachable;
+            if !unsure || tokio::time::Instant::now() >= patience {
+                return world;
+            }
+            tracing::info!(task = %t.id, ?world, "a host does not answer yet; looking again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
