@@ -575,21 +575,17 @@ impl Cluster {
         };
         let done = ctx.journal_now().await.ok();
         if e.code == ErrorCode::HostUnavailable {
-            if let Some(p) = done.as_ref().and_then(journal::any_pending_job) {
-                // The host stopped answering while its job ran: what it made
-                // or runs is unknown. Keep the VM, as the resume rules do.
-                let state = if p.kind == JobKind::Start {
-                    VmPowerState::Unknown
-                } else {
-                    VmPowerState::Stopped
-                };
-                if let Err(se) = self.set_state(name, state, None).await {
+            let pending = done.as_ref().and_then(journal::any_pending_job);
+            if let Some(p) = pending.filter(|p| p.kind == JobKind::Start) {
+                // The host stopped answering while it started the VM: it may
+                // run there. Keep the VM, as the resume rules do.
+                if let Err(se) = self.set_state(name, VmPowerState::Unknown, None).await {
                     tracing::warn!(vm = %name, error = %se, "cannot record the VM's state");
                 }
                 return Err(ApiError::new(
                     ErrorCode::HostUnavailable,
                     format!(
-                        "host '{}' stopped answering during the create; VM '{name}' is kept; delete it or start it once the host is back",
+                        "host '{}' stopped answering while starting VM '{name}'; the VM is kept; start or delete it once the host is back",
                         p.host
                     ),
                 ));
@@ -990,6 +986,11 @@ impl Cluster {
             Ok(rt) => {
                 self.set_runtime(name, &rt, None).await?;
                 Ok(())
+            }
+            Err(e) if e.code == ErrorCode::HostUnavailable => {
+                // The job may still run there: the host's next reports (or
+                // the host monitor) decide the VM's state.
+                Err(e)
             }
             Err(e) => {
                 // Whatever happened, the host tells the truth.

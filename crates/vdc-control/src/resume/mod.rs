@@ -10,7 +10,8 @@
 //! |---|---|---|
 //! | any | no journal, or a newer journal version | fail: "the server stopped while this task ran" |
 //! | `vm.create` | record gone, rollback under way, or cancel asked | roll back: destroy the files on the host a provision was sent to, release the journaled addresses, delete the record |
-//! | `vm.create` | the pending job's host does not answer | fail; record `stopped` (`unknown` if a start was pending): the user deletes or starts it once the host is back |
+//! | `vm.create` | the pending provision's host does not answer | roll back (files on that host may remain; logged) |
+//! | `vm.create` | the pending start's host does not answer | fail; record `unknown`, the VM is kept (it may run there): the user starts or deletes it once the host is back |
 //! | `vm.create` | otherwise | continue: rerun the body; it skips the journaled steps and resubmits its pending job under the same operation id (the agent attaches to it, or runs it again if it restarted) |
 //! | power (`vm.start`, `stop`, `shutdown`, `suspend`, `reset`, `pause`, `resume`) | VM record gone | fail |
 //! | power | the pending job is running or ended on the agent | continue: attach to the job and finish as the live task would |
@@ -216,18 +217,21 @@ pub fn decide(
                 };
             }
             if let (Some(p), Some(JobSeen::Unreachable)) = (&pending, world.job) {
-                let (state, what) = if p.kind == JobKind::Start {
-                    (VmPowerState::Unknown, "start it or delete it")
-                } else {
-                    (VmPowerState::Stopped, "delete it")
-                };
-                return fail(
-                    format!(
-                        "host '{}' did not answer after the server restarted; the VM is kept; {what} once the host is back",
+                if p.kind == JobKind::Start {
+                    return fail(
+                        format!(
+                            "host '{}' did not answer after the server restarted while it started the VM; the VM is kept; start or delete it once the host is back",
+                            p.host
+                        ),
+                        Some(VmPowerState::Unknown),
+                    );
+                }
+                return Decision::RollBack {
+                    reason: format!(
+                        "host '{}' did not answer after the server restarted; files it made may remain there",
                         p.host
                     ),
-                    Some(state),
-                );
+                };
             }
             Decision::Continue
         }

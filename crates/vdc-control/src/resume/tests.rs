@@ -139,18 +139,17 @@ fn a_create_rolls_back_when_cancelled_gone_or_already_rolling_back() {
 }
 
 #[test]
-fn a_create_whose_host_is_gone_keeps_the_vm_and_says_so() {
+fn a_create_whose_host_is_gone_rolls_back_unless_the_vm_may_run_there() {
     let j = create_journal(vec![submitted("t.0", JobKind::Provision)]);
     let w = world(
         Some(S::Stopped),
         Some(JobSeen::Unreachable),
         VmSeen::Unreachable,
     );
-    failed_with(
-        &decide(TaskKind::VmCreate, Some(&j), false, &w),
-        Some(S::Stopped),
-        "delete it",
-    );
+    assert!(matches!(
+        decide(TaskKind::VmCreate, Some(&j), false, &w),
+        Decision::RollBack { .. }
+    ));
     let j = create_journal(vec![
         submitted("t.0", JobKind::Provision),
         Step::JobEnded {
@@ -162,7 +161,7 @@ fn a_create_whose_host_is_gone_keeps_the_vm_and_says_so() {
     failed_with(
         &decide(TaskKind::VmCreate, Some(&j), false, &w),
         Some(S::Unknown),
-        "start it or delete it",
+        "start or delete it",
     );
 }
 
