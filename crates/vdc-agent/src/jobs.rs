@@ -92,10 +92,11 @@ impl Jobs {
         })
     }
 
-    fn prune(&self) {
+    /// Forgets the jobs that ended more than [`KEEP_FINISHED`] before `now`.
+    fn prune(&self, now: Instant) {
         self.cells().retain(|_, c| {
             let finished = *c.finished.lock().unwrap_or_else(|p| p.into_inner());
-            !matches!(finished, Some(at) if at.elapsed() >= KEEP_FINISHED)
+            !matches!(finished, Some(at) if now.saturating_duration_since(at) >= KEEP_FINISHED)
         });
     }
 
@@ -141,7 +142,7 @@ impl Agent {
                 return Err(ApiError::invalid("the job names an empty VM id"));
             }
         }
-        self.jobs.prune();
+        self.jobs.prune(Instant::now());
         let mut cells = self.jobs.cells();
         if let Some(cell) = cells.get(&req.operation_id) {
             if cell.op.kind() != req.op.kind() || cell.op.vm_id() != req.op.vm_id() {
@@ -391,5 +392,90 @@ fn remove_logged(path: &std::path::Path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove a partial file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running_cell(id: &str) -> Arc<JobCell> {
+        Arc::new(JobCell {
+            op: JobOp::Suspend { vm_id: "vm".into() },
+            status: watch::Sender::new(Job {
+                id: id.into(),
+                kind: vdc_types::job::JobKind::Suspend,
+                vm_id: Some("vm".into()),
+                state: JobState::Running,
+                progress: 0,
+                stage: None,
+                cancel_requested: false,
+                error: None,
+                result: None,
+                started_ms: 1,
+                finished_ms: None,
+            }),
+            cancel: CancellationToken::new(),
+            finished: Mutex::new(None),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_answers_when_the_job_moves() {
+        let jobs = Jobs::default();
+        let cell = running_cell("j1");
+        jobs.cells().insert("j1".into(), cell.clone());
+        let poll = jobs.get("j1", Some(Duration::from_secs(20)));
+        let mover = async {
+            tokio::task::yield_now().await;
+            cell.progress(40, "saving memory");
+        };
+        let (job, ()) = tokio::join!(poll, mover);
+        let job = job.expect("job");
+        assert_eq!(
+            (job.progress, job.stage.as_deref()),
+            (40, Some("saving memory"))
+        );
+        // Progress never goes back, nor reaches 100 before the end.
+        cell.progress(10, "saving memory");
+        cell.progress(100, "saving memory");
+        assert_eq!(jobs.get("j1", None).await.expect("job").progress, 99);
+        assert_eq!(
+            jobs.get("nope", None).await.expect_err("unknown").code,
+            ErrorCode::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_fires_the_token_of_a_running_job_only() {
+        let jobs = Jobs::default();
+        let cell = running_cell("j2");
+        jobs.cells().insert("j2".into(), cell.clone());
+        let seen = jobs.cancel("j2").expect("cancel");
+        assert!(seen.cancel_requested);
+        assert!(cell.cancel.is_cancelled());
+
+        let ended = running_cell("j3");
+        ended.status.send_modify(|j| j.state = JobState::Succeeded);
+        jobs.cells().insert("j3".into(), ended.clone());
+        let seen = jobs.cancel("j3").expect("cancel of an ended job");
+        assert_eq!(seen.state, JobState::Succeeded);
+        assert!(!seen.cancel_requested && !ended.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn finished_jobs_are_pruned_after_their_keep_time() {
+        let jobs = Jobs::default();
+        let now = Instant::now();
+        let ended = running_cell("ended");
+        *ended.finished.lock().unwrap() = Some(now);
+        jobs.cells().insert("ended".into(), ended);
+        jobs.cells()
+            .insert("running".into(), running_cell("running"));
+        jobs.prune(now + KEEP_FINISHED - Duration::from_secs(1));
+        assert_eq!(jobs.cells().len(), 2, "pruned too early");
+        jobs.prune(now + KEEP_FINISHED);
+        let kept: Vec<String> = jobs.cells().keys().cloned().collect();
+        assert_eq!(kept, ["running"]);
     }
 }
