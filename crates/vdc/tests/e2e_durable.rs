@@ -286,3 +286,87 @@ async fn cancelling_a_shutdown_the_guest_ignores_ends_it_at_once() {
         .await
         .expect("stopped");
 }
+
+/// A create (with start) cancelled while it runs ends cancelled with
+/// everything it made undone: no record, no files, no address, nothing on
+/// the host. A cancel needs the task in flight: if this machine was so slow
+/// that the create ended first, the VM is deleted and the cancel tried
+/// again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_cancelled_in_flight_leaves_nothing() {
+    let lab = TestLab::start(1).await;
+    let c = &lab.client;
+    let mut cancelled = None;
+    for attempt in 0..3 {
+        let t = c
+            .create_vm(&CreateVmRequest {
+                name: "gone-1".into(),
+                template: Some(TEMPLATE.into()),
+                memory_mib: Some(160),
+                start: true,
+                ..Default::default()
+            })
+            .await
+            .expect("create accepted");
+        match c.cancel_task(&t.id).await {
+            Ok(_) => {
+                cancelled = Some(t);
+                break;
+            }
+            Err(e) => {
+                eprintln!("attempt {attempt}: the create ended before its cancel ({e}); again");
+                c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
+                    .await
+                    .expect("created");
+                let s = c
+                    .vm_action("gone-1", "stop", json!({}))
+                    .await
+                    .expect("stop");
+                c.wait_task(&s.id, TASK_TIMEOUT, |_| {})
+                    .await
+                    .expect("stopped");
+                let d = c.delete_vm("gone-1").await.expect("delete");
+                c.wait_task(&d.id, TASK_TIMEOUT, |_| {})
+                    .await
+                    .expect("deleted");
+            }
+        }
+    }
+    let t = cancelled.expect("a cancel landed while the create ran");
+    let done = wait_final(c, &t.id).await;
+    assert_eq!(done.state, TaskState::Cancelled, "{done:?}");
+    assert!(
+        steps(&done)
+            .iter()
+            .any(|s| matches!(s, Step::RollingBack { .. })),
+        "{:?}",
+        steps(&done)
+    );
+    assert!(c.get_vm("gone-1").await.is_err(), "the record was kept");
+    assert!(
+        !shared_dir(&lab).join("gone-1").exists(),
+        "the VM's files were left"
+    );
+    wait_until_async(VM_WAIT_TIMEOUT, "host-1 to report no VM", || async {
+        c.get_host("host-1").await.ok().filter(|h| h.vm_count == 0)
+    })
+    .await;
+    // The address came back: the next VM gets the first one of the pool.
+    let pool_start = c.list_networks().await.expect("networks")[0]
+        .pool_start
+        .clone();
+    let p = c
+        .create_vm(&CreateVmRequest {
+            name: "probe-1".into(),
+            disk_gib: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect("probe accepted");
+    c.wait_task(&p.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("probe created");
+    let probe = c.get_vm("probe-1").await.expect("probe");
+    let ip = probe.nics[0].ip.clone().expect("an address");
+    assert_eq!(ip.split('/').next(), Some(pool_start.as_str()));
+}
