@@ -86,6 +86,28 @@ impl Cluster {
         }
     }
 
+    /// The address of `network` reserved for VM `name`, as `addr/prefix`,
+    /// if there is one: a create killed between reserving an address and
+    /// journaling it finds it again instead of reserving a second one.
+    pub(crate) async fn address_held_by(
+        &self,
+        network: &vdc_types::Network,
+        name: &str,
+    ) -> Result<Option<String>, vdc_types::ApiError> {
+        let prefix = crate::ipam::Subnet::parse(&network.subnet)
+            .map_err(vdc_types::ApiError::internal)?
+            .prefix;
+        let held: Vec<(String, String)> = self
+            .store
+            .list_json(&format!("/ipam/{}/", network.name))
+            .await
+            .map_err(crate::store_err)?;
+        Ok(held
+            .into_iter()
+            .find(|(_, holder)| holder == name)
+            .and_then(|(key, _)| key.rsplit('/').next().map(|a| format!("{a}/{prefix}"))))
+    }
+
     /// Releases every address reserved for VM `name` (the address keys
     /// hold the VM's name), including one reserved just before a crash
     /// and never journaled.

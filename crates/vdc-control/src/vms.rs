@@ -628,7 +628,10 @@ impl Cluster {
                     Some((_, address)) => address,
                     None => {
                         ctx.progress(5, "allocating an address").await;
-                        let ip = self.allocate_ip(&net, name).await?;
+                        let ip = match self.address_held_by(&net, name).await? {
+                            Some(ip) => ip,
+                            None => self.allocate_ip(&net, name).await?,
+                        };
                         ctx.journal(Step::AddressAllocated {
                             network: net.name.clone(),
                             address: ip.clone(),

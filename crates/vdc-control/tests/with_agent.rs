@@ -597,3 +597,44 @@ async fn an_unfinished_suspend_is_reconciled_with_what_the_host_runs() {
     assert_eq!(wait_task(&third, &t).await.state, TaskState::Succeeded);
     pump.abort();
 }
+
+/// A create killed between reserving its address and journaling it left
+/// the reservation in the VM's name: the resumed (or repeated) create takes
+/// that address again instead of holding two.
+#[tokio::test]
+async fn a_create_finds_the_address_it_reserved_before_a_crash() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (state, ds) = (tmp.path().join("state"), tmp.path().join("shared"));
+    std::fs::create_dir_all(&ds).expect("mkdir");
+    let (cluster, store, reporter) = cluster_with_agent(&state, &ds).await;
+    cluster
+        .create_network(vdc_types::Network {
+            name: "lan".into(),
+            bridge: "vdcbr0".into(),
+            subnet: "10.77.0.0/24".into(),
+            gateway: None,
+            pool_start: "10.77.0.10".into(),
+            pool_end: "10.77.0.20".into(),
+        })
+        .await
+        .expect("network");
+    store
+        .put_json("/ipam/lan/10.77.0.13", &"web")
+        .await
+        .expect("reserve");
+    let t = cluster.create_vm(small_vm("web")).await.expect("create");
+    assert_eq!(wait_task(&cluster, &t).await.state, TaskState::Succeeded);
+    let rec: VmRecord = store
+        .get_json("/vms/web")
+        .await
+        .expect("read")
+        .expect("record");
+    assert_eq!(rec.config.nics[0].ip.as_deref(), Some("10.77.0.13/24"));
+    let held: Vec<(String, String)> = store.list_json("/ipam/").await.expect("list");
+    assert_eq!(
+        held,
+        [("/ipam/lan/10.77.0.13".to_string(), "web".to_string())],
+        "a second address was reserved"
+    );
+    reporter.abort();
+}
