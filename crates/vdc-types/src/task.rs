@@ -234,3 +234,43 @@ impl std::fmt::Display for Step {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_reads_back_in_its_documented_shape() {
+        let mut j = TaskJournal::new(TaskParams::VmPower {
+            vm_id: "id".into(),
+            host: Some("host-1".into()),
+            shutdown_timeout_s: Some(60),
+        });
+        j.steps.push(TaskStep {
+            at_ms: 5,
+            step: Step::JobSubmitted {
+                host: "host-1".into(),
+                operation_id: "t.0".into(),
+                job: JobKind::Shutdown,
+            },
+        });
+        let v = serde_json::to_value(&j).unwrap();
+        assert_eq!(v["version"], JOURNAL_VERSION);
+        assert_eq!(v["params"]["kind"], "vm_power");
+        assert_eq!(v["steps"][0]["step"]["step"], "job_submitted");
+        assert_eq!(v["steps"][0]["step"]["job"], "shutdown");
+        assert_eq!(serde_json::from_value::<TaskJournal>(v).unwrap(), j);
+        assert_eq!(
+            j.steps[0].step.to_string(),
+            "agent job t.0 (shutdown) started on host-1"
+        );
+    }
+
+    #[test]
+    fn a_task_written_before_journals_existed_still_reads() {
+        let old = r#"{"id":"1","kind":"vm.start","target_kind":"vm","target":"a",
+            "state":"running","progress":5,"cancel_requested":false,"created_ms":1}"#;
+        let t: Task = serde_json::from_str(old).unwrap();
+        assert!(t.journal.is_none());
+    }
+}
