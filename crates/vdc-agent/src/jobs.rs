@@ -179,35 +179,44 @@ impl Agent {
         cells.insert(job.id.clone(), cell.clone());
         drop(cells);
         let agent = self.clone();
-        tokio::spawn(async move {
-            let result = agent.run_job(&cell).await;
-            let id = cell.snapshot().id;
-            match &result {
-                Ok(_) => tracing::info!(job = %id, "job succeeded"),
-                Err(e) => tracing::info!(job = %id, error = %e, "job ended without success"),
-            }
-            cell.status.send_modify(|j| {
-                j.finished_ms = Some(now_ms());
-                match result {
-                    Ok(r) => {
-                        j.state = JobState::Succeeded;
-                        j.progress = 100;
-                        j.result = Some(r);
-                    }
-                    Err(e) if e.code == ErrorCode::Cancelled => {
-                        j.state = JobState::Cancelled;
-                        j.error = Some(e);
-                    }
-                    Err(e) => {
-                        j.state = JobState::Failed;
-                        j.error = Some(e);
-                    }
-                }
-            });
-            *cell.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        // Each job runs on a thread of its own: the blocking file I/O inside
+        // some operations (the suspend file's fsync on a busy datastore)
+        // must not stall the threads that serve the API and send reports.
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(agent.finish_job(cell));
         });
         tracing::info!(job = %job.id, kind = %job.kind, "job started");
         Ok((job, true))
+    }
+
+    /// Runs a job to its end and records the outcome.
+    async fn finish_job(self: Arc<Self>, cell: Arc<JobCell>) {
+        let result = self.run_job(&cell).await;
+        let id = cell.snapshot().id;
+        match &result {
+            Ok(_) => tracing::info!(job = %id, "job succeeded"),
+            Err(e) => tracing::info!(job = %id, error = %e, "job ended without success"),
+        }
+        cell.status.send_modify(|j| {
+            j.finished_ms = Some(now_ms());
+            match result {
+                Ok(r) => {
+                    j.state = JobState::Succeeded;
+                    j.progress = 100;
+                    j.result = Some(r);
+                }
+                Err(e) if e.code == ErrorCode::Cancelled => {
+                    j.state = JobState::Cancelled;
+                    j.error = Some(e);
+                }
+                Err(e) => {
+                    j.state = JobState::Failed;
+                    j.error = Some(e);
+                }
+            }
+        });
+        *cell.finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
     /// The jobs of this agent.
