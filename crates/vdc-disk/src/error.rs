@@ -49,6 +49,15 @@ pub enum DiskError {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// An image from outside vdc breaks the rules of [`crate::image`].
+    #[error("image {path} refused")]
+    ImageRefused {
+        /// The image as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        reason: crate::image::ImageRefusal,
+    },
     /// A file system operation failed.
     #[error("cannot {action} {path}")]
     Io {

@@ -128,8 +128,12 @@ pub struct DestroyVmRequest {
 /// `POST /agent/v1/images/import`: copy an image into a datastore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImportImageRequest {
-    /// Source file on this host.
+    /// Source file on this host: an absolute path inside an import
+    /// directory or a datastore of the agent.
     pub source: String,
+    /// Format of the source (default: what `qemu-img` finds in it).
+    #[serde(default)]
+    pub format: Option<crate::api::ImageFormat>,
     /// Target datastore.
     pub datastore: String,
     /// Target path relative to the datastore.
@@ -141,4 +145,6 @@ pub struct ImportImageRequest {
 pub struct ImportImageResponse {
     /// Virtual size of the imported disk.
     pub size_bytes: u64,
+    /// Format the source was read as.
+    pub format: crate::api::ImageFormat,
 }

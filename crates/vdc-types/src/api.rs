@@ -129,6 +129,56 @@ impl ConsoleInputRequest {
     }
 }
 
+/// Format of a disk image file being imported. The importing host always
+/// hands it to `qemu-img` explicitly (`-f`), never letting the tool guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// A plain disk image, byte for byte.
+    Raw,
+    /// QEMU copy-on-write v2.
+    Qcow2,
+    /// VMware (a single-file sparse image).
+    Vmdk,
+    /// Hyper-V.
+    Vhdx,
+    /// Virtual PC / Hyper-V legacy (`.vhd`).
+    Vpc,
+}
+
+impl ImageFormat {
+    /// Every format vdc imports.
+    pub const ALL: [ImageFormat; 5] = [
+        ImageFormat::Raw,
+        ImageFormat::Qcow2,
+        ImageFormat::Vmdk,
+        ImageFormat::Vhdx,
+        ImageFormat::Vpc,
+    ];
+
+    /// The name `qemu-img` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vmdk => "vmdk",
+            ImageFormat::Vhdx => "vhdx",
+            ImageFormat::Vpc => "vpc",
+        }
+    }
+
+    /// The format `qemu-img` calls `name`, if vdc imports it.
+    pub fn from_qemu_name(name: &str) -> Option<ImageFormat> {
+        ImageFormat::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `POST /api/v1/templates`: import a disk image file as a template.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -137,9 +187,14 @@ pub struct CreateTemplateRequest {
     pub name: String,
     /// Datastore to keep the template in (must be shared).
     pub datastore: String,
-    /// Image file to import (qcow2, raw, vmdk, vhdx…); a path on the host
-    /// that does the import.
+    /// Image file to import: an absolute path, on the host that does the
+    /// import, inside one of its import directories (`vdc agent
+    /// --import-dir`) or datastores.
     pub source: String,
+    /// Format of the file (default: what `qemu-img` finds in it). A stated
+    /// format that differs from the file's content is refused.
+    #[serde(default)]
+    pub format: Option<ImageFormat>,
     /// Host that reads `source` (default: any connected host).
     #[serde(default)]
     pub host: Option<String>,
