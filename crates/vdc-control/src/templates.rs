@@ -40,7 +40,7 @@ impl Cluster {
         }
         if !req.source.starts_with('/') {
             return Err(ApiError::invalid(format!(
-                "source '{}' must be an absolute path of an image file on the importing host",
+                "source '{}' must be an absolute path of an image file on the importing host, inside one of its import directories or datastores",
                 req.source
             )));
         }
@@ -98,6 +98,7 @@ impl Cluster {
                                 &url,
                                 &ImportImageRequest {
                                     source: req.source.clone(),
+                                    format: req.format,
                                     datastore: req.datastore.clone(),
                                     path: path.clone(),
                                 },
@@ -122,7 +123,9 @@ impl Cluster {
                             Ok(())
                         }
                         Err(e) => {
-                            let _ = me.store.delete(&key).await;
+                            if let Err(de) = me.store.delete(&key).await {
+                                tracing::warn!(template = %req.name, error = %de, "cannot remove the record of a failed import");
+                            }
                             Err(e)
                         }
                     }

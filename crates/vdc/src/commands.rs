@@ -259,6 +259,7 @@ async fn template_import(ctx: &Ctx, a: TemplateImportArgs) -> Result<(), CliErro
         name: a.name,
         datastore: a.datastore,
         source,
+        format: a.format.map(Into::into),
         host: a.host,
     };
     let task = ctx.client.create_template(&req).await?;
