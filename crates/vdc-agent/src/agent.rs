@@ -81,12 +81,19 @@ impl Agent {
         })?;
         let mut datastores = Vec::new();
         for d in &config.datastores {
-            let ds = Datastore::new(d.name.clone(), d.path.clone(), d.shared);
+            let mut ds = Datastore::new(d.name.clone(), d.path.clone(), d.shared);
             ds.capacity().map_err(|source| AgentError::Datastore {
                 name: d.name.clone(),
                 path: d.path.clone(),
                 source,
             })?;
+            ds.probe_cache();
+            match &ds.cache_reason {
+                None => tracing::info!(datastore = %ds.name, cache = %ds.cache, "disk cache mode"),
+                Some(reason) => {
+                    tracing::warn!(datastore = %ds.name, cache = %ds.cache, %reason, "disk cache mode")
+                }
+            }
             datastores.push(ds);
         }
         let accelerator = vdc_qemu::detect_accelerator(config.accel);
@@ -228,6 +235,8 @@ impl Agent {
                     shared: d.shared,
                     capacity_bytes: cap.total_bytes,
                     free_bytes: cap.free_bytes,
+                    cache_mode: d.cache,
+                    cache_reason: d.cache_reason.clone(),
                 }
             })
             .collect();

@@ -190,6 +190,8 @@ impl Agent {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             accelerator: self.accelerator,
+            machine_type: config.machine_type.clone(),
+            cpu_model: config.cpu_model.clone(),
             disks: config
                 .disks
                 .iter()
@@ -198,6 +200,10 @@ impl Agent {
                     node_name: d.name.clone(),
                     path: p.clone(),
                     read_only: false,
+                    cache: self
+                        .datastore(&d.datastore)
+                        .map(|ds| ds.cache)
+                        .unwrap_or_default(),
                 })
                 .collect(),
             nics,

@@ -376,6 +376,10 @@ pub(crate) fn check_config(id: &str, config: &VmConfig) -> Result<(), ApiError> 
         )));
     }
     vdc_types::names::validate_name("VM", &config.name).map_err(ApiError::invalid)?;
+    vdc_types::vm::validate_qemu_model("machine type", &config.machine_type)
+        .map_err(ApiError::invalid)?;
+    vdc_types::vm::validate_qemu_model("CPU model", &config.cpu_model)
+        .map_err(ApiError::invalid)?;
     if config.disks.is_empty() {
         return Err(ApiError::invalid(format!(
             "VM '{}' has no disk",

@@ -339,7 +339,7 @@ async fn vm_lifecycle_through_the_agent_api() {
     // --- provision -----------------------------------------------------
     let id = uuid::Uuid::new_v4().to_string();
     let config = VmConfig {
-        version: 1,
+        version: vdc_types::vm::VM_CONFIG_VERSION,
         id: id.clone(),
         name: "t1".into(),
         cpus: 1,
@@ -356,6 +356,8 @@ async fn vm_lifecycle_through_the_agent_api() {
         hostname: "t1".into(),
         template: Some("guest".into()),
         created_ms: vdc_types::now_ms(),
+        machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+        cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
     };
     let mut escaping = config.clone();
     escaping.disks[0].path = "../escape.qcow2".into();
@@ -462,6 +464,29 @@ async fn vm_lifecycle_through_the_agent_api() {
     assert_eq!(rt.state, VmPowerState::Running);
     let pid = rt.pid.expect("pid of a running VM");
     assert!(ds.join("t1/vm.lock").is_file());
+    // QEMU runs the VM's pinned machine type and named CPU model, with
+    // direct I/O on this datastore (the test directory takes O_DIRECT),
+    // as the datastore's report says.
+    let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let arg = |flag: &str| {
+        cmdline
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(arg("-machine"), [vdc_types::vm::DEFAULT_MACHINE_TYPE]);
+    assert_eq!(arg("-cpu"), [vdc_types::vm::DEFAULT_CPU_MODEL]);
+    let ds_report = reports.latest("host-a").unwrap().datastores;
+    assert_eq!(ds_report[0].cache_mode, vdc_types::DiskCacheMode::None);
+    for node in arg("-blockdev") {
+        let node: Value = serde_json::from_str(&node).unwrap();
+        assert_eq!(node["cache"]["direct"], true, "{node}");
+    }
     let boot_id = wait_until("the guest's heartbeat in a report", BOOT_WAIT, || {
         reports
             .vm("host-a", &id)
@@ -874,6 +899,8 @@ async fn image_import_and_destroy_stay_inside_allowed_places() {
         hostname: "d1".into(),
         template: None,
         created_ms: vdc_types::now_ms(),
+        machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+        cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
     };
     let _: VmRuntime = c
         .ok(

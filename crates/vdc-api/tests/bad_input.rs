@@ -48,6 +48,8 @@ async fn server() -> (String, Client, tempfile::TempDir) {
             shared: true,
             capacity_bytes: 1 << 40,
             free_bytes: 1 << 39,
+            cache_mode: Default::default(),
+            cache_reason: None,
         }],
         vms: vec![],
         agent_started_ms: 1,

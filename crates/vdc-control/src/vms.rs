@@ -297,6 +297,8 @@ impl Cluster {
             stats,
             template: c.template,
             created_ms: c.created_ms,
+            machine_type: c.machine_type,
+            cpu_model: c.cpu_model,
         }
     }
 
@@ -483,6 +485,8 @@ impl Cluster {
             hostname: req.name.clone(),
             template: template.as_ref().map(|t| t.name.clone()),
             created_ms: now_ms(),
+            machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+            cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         };
         let rec = VmRecord {
             config,

@@ -22,6 +22,12 @@ pub struct DatastoreReport {
     pub capacity_bytes: u64,
     /// Free space.
     pub free_bytes: u64,
+    /// Cache mode of disks here (`none` where direct I/O works).
+    #[serde(default)]
+    pub cache_mode: crate::host::DiskCacheMode,
+    /// Why direct I/O is not used, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_reason: Option<String>,
 }
 
 /// One VM as its host sees it.

@@ -16,7 +16,7 @@ use vdc_types::api::{
     Template,
 };
 use vdc_types::names::validate_name;
-use vdc_types::{now_ms, Datastore, DatastoreKind, Event, Host, Network, Task, Vm};
+use vdc_types::{now_ms, Datastore, DatastoreKind, DiskCacheMode, Event, Host, Network, Task, Vm};
 
 use crate::cli::{
     Command, DatastoreCmd, EventsArgs, HostCmd, NetworkCmd, NetworkCreateArgs, Output, TaskCmd,
@@ -158,7 +158,9 @@ async fn datastore_list(ctx: &Ctx) -> Result<(), CliError> {
 
 /// `datastore list` as a table.
 pub fn datastore_table(ds: &[Datastore]) -> String {
-    let mut t = Table::new(&["NAME", "KIND", "HOST", "PATH", "CAPACITY", "FREE"]);
+    let mut t = Table::new(&[
+        "NAME", "KIND", "HOST", "PATH", "CAPACITY", "FREE", "CACHE", "DIRECT-IO",
+    ]);
     for d in ds {
         let (kind, host) = match &d.kind {
             DatastoreKind::Shared => ("shared", "-".to_string()),
@@ -171,6 +173,12 @@ pub fn datastore_table(ds: &[Datastore]) -> String {
             d.path.clone(),
             bytes(d.capacity_bytes),
             bytes(d.free_bytes),
+            d.cache_mode.to_string(),
+            match (&d.cache_mode, &d.cache_reason) {
+                (DiskCacheMode::None, _) => "yes".to_string(),
+                (_, Some(reason)) => format!("no: {reason}"),
+                (_, None) => "no".to_string(),
+            },
         ]);
     }
     t.render()
@@ -443,6 +451,8 @@ pub fn vm_details(v: &Vm, now: u64) -> String {
         ("host", or_dash(v.host.as_deref())),
         ("cpus", v.cpus.to_string()),
         ("memory", mib(v.memory_mib)),
+        ("machine", v.machine_type.clone()),
+        ("cpu model", v.cpu_model.clone()),
         ("datastore", v.datastore.clone()),
         ("template", or_dash(v.template.as_deref())),
     ];
@@ -698,6 +708,8 @@ mod tests {
             stats: None,
             template: None,
             created_ms: 0,
+            machine_type: "pc-q35-10.0".into(),
+            cpu_model: "Nehalem-v1".into(),
         }
     }
 
