@@ -245,11 +245,6 @@ async fn boots_with_pinned_machine_named_cpu_and_direct_io() {
         .unwrap_or_else(|| panic!("disk0 in {blocks}"));
     assert_eq!(disk["inserted"]["cache"]["direct"], true, "{disk}");
     assert_eq!(disk["inserted"]["cache"]["no-flush"], false, "{disk}");
-    // The guest sees the named model.
-    assert!(
-        console(&fx.paths).contains("Nehalem"),
-        "the guest kernel names its CPU"
-    );
     vm.power_off().await.expect("power off");
 }
 
