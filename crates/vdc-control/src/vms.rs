@@ -44,17 +44,20 @@ fn placement_err(e: PlacementError) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
-/// Checks that a datastore-relative path stays inside the datastore.
+/// Checks that a datastore-relative path stays inside the datastore: at
+/// most 1024 bytes, components of letters, digits, `.`, `_` and `-` that do
+/// not start with `.` or `-` (so no `..`, no hidden files), ending in
+/// `.qcow2` (the pattern the OpenAPI document states for `DiskRequest.path`).
 pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> {
-    let bad = path.is_empty()
-        || path.starts_with('/')
-        || path.contains('\0')
-        || path
-            .split('/')
-            .any(|c| c == ".." || c == "." || c.is_empty());
-    if bad {
+    let component_ok = |c: &str| {
+        c.starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
+            && c
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+    };
+    if path.len() > 1024 || !path.split('/').all(component_ok) {
         return Err(ApiError::invalid(format!(
-            "disk path '{}' is outside datastore '{datastore}': give a path relative to the datastore, without '..', e.g. 'myvm/data.qcow2'",
+            "disk path '{}' is not a path inside datastore '{datastore}': give a relative path of letters, digits, '.', '_' and '-' (no '..', no component starting with '.' or '-'), e.g. 'myvm/data.qcow2'",
             path.escape_default()
         )));
     }

@@ -23,15 +23,19 @@ pub const MAX_DISK_GIB: u64 = 64 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// Unique name: letters, digits, `-`, `_`, `.`; at most 63 characters.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub name: String,
     /// vCPUs (default 1, at most 64).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub cpus: Option<u32>,
     /// Memory in MiB (default 256, at least 32).
     #[serde(default)]
+    #[schema(minimum = 32)]
     pub memory_mib: Option<u64>,
     /// Template to deploy from; without it the VM gets a blank disk.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub template: Option<String>,
     /// Deploy as a linked clone (qcow2 backing file on the template) instead
     /// of a full copy.
@@ -39,15 +43,19 @@ pub struct CreateVmRequest {
     pub linked_clone: bool,
     /// Size of the boot disk in GiB (blank disk size, or grow the template's).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65536)]
     pub disk_gib: Option<u64>,
     /// Datastore for the VM's directory (default: the first shared one).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub datastore: Option<String>,
     /// Network for the first NIC (default: the first network).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub network: Option<String>,
     /// Host to run on (default: placement picks one).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub host: Option<String>,
     /// Power the VM on once created.
     #[serde(default)]
@@ -62,13 +70,16 @@ pub struct CreateVmRequest {
 #[serde(deny_unknown_fields)]
 pub struct DiskRequest {
     /// Size in GiB.
+    #[schema(minimum = 1, maximum = 65536)]
     pub size_gib: u64,
     /// Datastore (default: the VM's).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub datastore: Option<String>,
     /// File path relative to the datastore (default `<vm>/diskN.qcow2`);
     /// must stay inside the datastore.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\\.qcow2$", max_length = 1024)]
     pub path: Option<String>,
 }
 
@@ -79,6 +90,7 @@ pub struct StartVmRequest {
     /// Host to start on (default: placement, or the host holding its
     /// suspended state).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub host: Option<String>,
 }
 
@@ -88,6 +100,7 @@ pub struct StartVmRequest {
 pub struct ShutdownVmRequest {
     /// Seconds to wait for the guest before powering it off (default 60).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_s: Option<u64>,
 }
 
@@ -110,6 +123,7 @@ pub const CONSOLE_OFFSET_HEADER: &str = "x-console-offset";
 pub struct ConsoleInputRequest {
     /// UTF-8 text sent to the guest as typed, 1 to 4096 bytes; end a
     /// command line with `\n` (or `\r`, what the Enter key sends).
+    #[schema(min_length = 1)]
     pub data: String,
 }
 
@@ -184,12 +198,15 @@ impl std::fmt::Display for ImageFormat {
 #[serde(deny_unknown_fields)]
 pub struct CreateTemplateRequest {
     /// Unique name.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub name: String,
     /// Datastore to keep the template in (must be shared).
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub datastore: String,
     /// Image file to import: an absolute path, on the host that does the
     /// import, inside one of its import directories (`vdc agent
     /// --import-dir`) or datastores.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub source: String,
     /// Format of the file (default: what `qemu-img` finds in it). A stated
     /// format that differs from the file's content is refused.
@@ -197,6 +214,7 @@ pub struct CreateTemplateRequest {
     pub format: Option<ImageFormat>,
     /// Host that reads `source` (default: any connected host).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
     pub host: Option<String>,
 }
 

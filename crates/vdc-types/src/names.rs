@@ -3,6 +3,11 @@
 /// Longest accepted name.
 pub const MAX_NAME_LEN: usize = 63;
 
+/// [`validate_name`]'s rule as the regular expression the OpenAPI document
+/// states (with a length of 1 to [`MAX_NAME_LEN`]); every name field of the
+/// API types carries it.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]*$";
+
 /// Checks that `name` is a valid object name: 1–63 characters, ASCII letters,
 /// digits, `-`, `_` and `.`, starting with a letter or digit. Such a name is
 /// safe as a file name, a hostname label prefix and a URL path segment.
