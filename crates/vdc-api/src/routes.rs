@@ -468,11 +468,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiErr> {
-    serde_json::from_value(v).map_err(|e| {
-        ApiErr(ApiError::invalid(format!(
-            "the request body has a wrong field: {e}"
-        )))
-    })
+    crate::error::from_json_value(v)
 }
 
 /// Largest console input body read before parsing (the text itself is
