@@ -106,14 +106,13 @@ impl Agent {
                     .map_err(|e| disk_error("cannot write vm.json", e))
             });
         if let Err(e) = made {
-            for p in layout
-                .disks
-                .iter()
-                .chain([&layout.vm_dir.config_path()])
-            {
+            for p in layout.disks.iter().chain([&layout.vm_dir.config_path()]) {
                 remove_made(p, std::fs::remove_file(p));
             }
-            remove_made(layout.vm_dir.path(), std::fs::remove_dir(layout.vm_dir.path()));
+            remove_made(
+                layout.vm_dir.path(),
+                std::fs::remove_dir(layout.vm_dir.path()),
+            );
             return Err(e);
         }
         let slot = self.slot_or_insert(&config, VmPowerState::Stopped);

@@ -581,7 +581,9 @@ async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
 #[into_params(parameter_in = Query)]
 struct EventQuery {
     /// Comma-separated topic patterns (`vm.*`, `host.connected`, `*`).
-    #[param(pattern = "^ *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *(, *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *)*$")]
+    #[param(
+        pattern = "^ *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *(, *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *)*$"
+    )]
     topics: Option<String>,
     /// Only events with a larger sequence number.
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]

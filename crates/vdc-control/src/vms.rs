@@ -51,13 +51,12 @@ fn placement_err(e: PlacementError) -> ApiError {
 pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> {
     let component_ok = |c: &str| {
         c.starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
-            && c
-                .chars()
+            && c.chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
     };
     if path.len() > 1024 || !path.split('/').all(component_ok) {
         return Err(ApiError::invalid(format!(
-            "disk path '{}' is not a path inside datastore '{datastore}': give a relative path of letters, digits, '.', '_' and '-' (no '..', no component starting with '.' or '-'), e.g. 'myvm/data.qcow2'",
+            "disk path '{}' is outside datastore '{datastore}' or badly formed: give a relative path of letters, digits, '.', '_' and '-' (no '..', no component starting with '.' or '-'), e.g. 'myvm/data.qcow2'",
             path.escape_default()
         )));
     }

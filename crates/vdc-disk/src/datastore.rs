@@ -256,10 +256,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let missing = probe_direct_io(&dir.path().join("missing"));
         assert!(missing.unwrap_err().contains("direct I/O"));
-        assert_eq!(
-            cache_choice(Ok(())),
-            (DiskCacheMode::None, None)
-        );
+        assert_eq!(cache_choice(Ok(())), (DiskCacheMode::None, None));
         assert_eq!(
             cache_choice(Err("no".into())),
             (DiskCacheMode::Writeback, Some("no".into()))

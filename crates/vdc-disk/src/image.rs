@@ -248,7 +248,10 @@ mod tests {
         i.backing_format = Some("qcow2".into());
         assert_eq!(
             backing_of(Path::new("/ds/t/a.qcow2"), &i),
-            Ok(Some((PathBuf::from("/ds/t/base.qcow2"), ImageFormat::Qcow2)))
+            Ok(Some((
+                PathBuf::from("/ds/t/base.qcow2"),
+                ImageFormat::Qcow2
+            )))
         );
         i.backing_file = Some("/etc/shadow".into());
         i.backing_format = Some("raw".into());

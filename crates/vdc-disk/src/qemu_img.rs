@@ -321,7 +321,10 @@ mod tests {
 
         grow(&linked, 128 * MIB).await.unwrap();
         assert_eq!(
-            info(&linked, ImageFormat::Qcow2).await.unwrap().virtual_size,
+            info(&linked, ImageFormat::Qcow2)
+                .await
+                .unwrap()
+                .virtual_size,
             128 * MIB
         );
         grow(&linked, 128 * MIB).await.unwrap();

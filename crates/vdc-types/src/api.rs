@@ -23,7 +23,11 @@ pub const MAX_DISK_GIB: u64 = 64 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// Unique name: letters, digits, `-`, `_`, `.`; at most 63 characters.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// vCPUs (default 1, at most 64).
     #[serde(default)]
@@ -35,7 +39,11 @@ pub struct CreateVmRequest {
     pub memory_mib: Option<u64>,
     /// Template to deploy from; without it the VM gets a blank disk.
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub template: Option<String>,
     /// Deploy as a linked clone (qcow2 backing file on the template) instead
     /// of a full copy.
@@ -47,15 +55,27 @@ pub struct CreateVmRequest {
     pub disk_gib: Option<u64>,
     /// Datastore for the VM's directory (default: the first shared one).
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub datastore: Option<String>,
     /// Network for the first NIC (default: the first network).
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub network: Option<String>,
     /// Host to run on (default: placement picks one).
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub host: Option<String>,
     /// Power the VM on once created.
     #[serde(default)]
@@ -74,12 +94,19 @@ pub struct DiskRequest {
     pub size_gib: u64,
     /// Datastore (default: the VM's).
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub datastore: Option<String>,
     /// File path relative to the datastore (default `<vm>/diskN.qcow2`);
     /// must stay inside the datastore.
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\\.qcow2$", max_length = 1024)]
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\\.qcow2$",
+        max_length = 1024
+    )]
     pub path: Option<String>,
 }
 
@@ -90,7 +117,11 @@ pub struct StartVmRequest {
     /// Host to start on (default: placement, or the host holding its
     /// suspended state).
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub host: Option<String>,
 }
 
@@ -198,10 +229,18 @@ impl std::fmt::Display for ImageFormat {
 #[serde(deny_unknown_fields)]
 pub struct CreateTemplateRequest {
     /// Unique name.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Datastore to keep the template in (must be shared).
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub datastore: String,
     /// Image file to import: an absolute path, on the host that does the
     /// import, inside one of its import directories (`vdc agent
@@ -214,7 +253,11 @@ pub struct CreateTemplateRequest {
     pub format: Option<ImageFormat>,
     /// Host that reads `source` (default: any connected host).
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub host: Option<String>,
 }
 

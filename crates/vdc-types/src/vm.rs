@@ -285,7 +285,12 @@ mod tests {
 
     #[test]
     fn qemu_model_names_cannot_carry_options() {
-        for ok in [DEFAULT_MACHINE_TYPE, DEFAULT_CPU_MODEL, "qemu64", "pc-i440fx-9.2"] {
+        for ok in [
+            DEFAULT_MACHINE_TYPE,
+            DEFAULT_CPU_MODEL,
+            "qemu64",
+            "pc-i440fx-9.2",
+        ] {
             assert!(validate_qemu_model("x", ok).is_ok(), "{ok}");
         }
         for bad in ["", "q35,accel=kvm", "host -x", "a=b", &"x".repeat(65)] {

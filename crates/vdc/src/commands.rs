@@ -159,7 +159,14 @@ async fn datastore_list(ctx: &Ctx) -> Result<(), CliError> {
 /// `datastore list` as a table.
 pub fn datastore_table(ds: &[Datastore]) -> String {
     let mut t = Table::new(&[
-        "NAME", "KIND", "HOST", "PATH", "CAPACITY", "FREE", "CACHE", "DIRECT-IO",
+        "NAME",
+        "KIND",
+        "HOST",
+        "PATH",
+        "CAPACITY",
+        "FREE",
+        "CACHE",
+        "DIRECT-IO",
     ]);
     for d in ds {
         let (kind, host) = match &d.kind {
