@@ -25,9 +25,12 @@
 //!   alive. They are how a process says "I am here" (host heartbeats, leader
 //!   election, VM ownership).
 //!
-//! Implementations: [`RedbStore`] (embedded, default). The [`conformance`]
+//! Implementations: [`RedbStore`] (embedded, default). The `conformance`
 //! module holds the behaviour every implementation must show; an
-//! implementation proves itself with [`store_conformance_tests!`].
+//! implementation proves itself with `store_conformance_tests!`. Both exist
+//! only with the `conformance` feature, which the crate's own tests (and an
+//! implementation's) enable as a dev-dependency: the suite is compiled for
+//! tests, never into the server.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -49,6 +52,7 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
 pub mod format;
