@@ -446,11 +446,15 @@ async fn vm_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
     if ctx.json() {
         return out_json(&vm);
     }
-    out(&vm_details(&vm, now_ms()))
+    // The disks' cache mode is their datastore's; without the list the
+    // details go without it.
+    let datastores = ctx.client.list_datastores().await.unwrap_or_default();
+    out(&vm_details(&vm, &datastores, now_ms()))
 }
 
-/// `vm show` as `key: value` lines.
-pub fn vm_details(v: &Vm, now: u64) -> String {
+/// `vm show` as `key: value` lines; `datastores` give each disk's cache
+/// mode.
+pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
     let mut pairs: Vec<(&str, String)> = vec![
         ("name", v.name.clone()),
         ("id", v.id.clone()),
@@ -464,10 +468,15 @@ pub fn vm_details(v: &Vm, now: u64) -> String {
         ("template", or_dash(v.template.as_deref())),
     ];
     for d in &v.disks {
+        let cache = datastores
+            .iter()
+            .find(|ds| ds.name == d.datastore)
+            .map(|ds| format!(", cache {}", ds.cache_mode))
+            .unwrap_or_default();
         pairs.push((
             "disk",
             format!(
-                "{} {}:{} ({})",
+                "{} {}:{} ({}{cache})",
                 d.name,
                 d.datastore,
                 d.path,
@@ -791,9 +800,40 @@ mod tests {
     }
 
     #[test]
-    fn vm_details_show_guest() {
-        let text = vm_details(&vm("web-1", VmPowerState::Running, Some("10.77.0.100")), 0);
+    fn vm_details_show_guest_hardware_and_cache() {
+        let mut v = vm("web-1", VmPowerState::Running, Some("10.77.0.100"));
+        v.disks.push(vdc_types::DiskSpec {
+            name: "disk0".into(),
+            datastore: "shared".into(),
+            path: "web-1/disk0.qcow2".into(),
+            size_bytes: 1 << 30,
+        });
+        let ds = Datastore {
+            name: "shared".into(),
+            kind: DatastoreKind::Shared,
+            path: "/srv/shared".into(),
+            capacity_bytes: 0,
+            free_bytes: 0,
+            cache_mode: DiskCacheMode::None,
+            cache_reason: None,
+        };
+        let text = vm_details(&v, &[ds], 0);
         assert!(text.contains("state:"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("machine:") && l.ends_with("pc-q35-10.0")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("cpu model:") && l.ends_with("Nehalem-v1")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("disk:") && l.contains("cache none")),
+            "{text}"
+        );
         assert!(text
             .lines()
             .any(|l| l.starts_with("guest address:") && l.ends_with("10.77.0.100")));

@@ -654,7 +654,8 @@ async fn cli_shows_the_cluster_and_refuses_bad_input() {
     let shown = vdc.run(&["vm", "show", "cli-0"]).await.success();
     assert!(
         shown.stdout.contains(vdc_types::vm::DEFAULT_MACHINE_TYPE)
-            && shown.stdout.contains(vdc_types::vm::DEFAULT_CPU_MODEL),
+            && shown.stdout.contains(vdc_types::vm::DEFAULT_CPU_MODEL)
+            && shown.stdout.contains("cache none"),
         "{}",
         shown.describe()
     );
