@@ -552,6 +552,10 @@ async fn openapi_states_the_enforced_rules() {
         );
         assert_eq!(f["minLength"], 1, "{schema}.{field}");
     }
+    assert_eq!(
+        schemas["DiskRequest"]["properties"]["path"]["pattern"],
+        vdc_types::api::DISK_PATH_PATTERN
+    );
     let cpus = &schemas["CreateVmRequest"]["properties"]["cpus"];
     assert_eq!(
         (cpus["minimum"].clone(), cpus["maximum"].clone()),

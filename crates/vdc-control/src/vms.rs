@@ -936,4 +936,17 @@ mod tests {
             assert!(check_relative_path("s", bad).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        /// The OpenAPI document's pattern for disk paths states exactly
+        /// what the server accepts.
+        #[test]
+        fn the_stated_path_pattern_is_the_rule(
+            path in "([a-z0-9._-]{0,4}/){0,3}[a-z0-9._-]{0,4}(\\.qcow2)?|\\PC{0,8}"
+        ) {
+            let re = regex::Regex::new(vdc_types::api::DISK_PATH_PATTERN).unwrap();
+            let stated = re.is_match(&path) && path.len() <= 1024;
+            proptest::prop_assert_eq!(check_relative_path("s", &path).is_ok(), stated, "{:?}", path);
+        }
+    }
 }

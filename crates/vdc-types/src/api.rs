@@ -17,6 +17,12 @@ pub const MAX_CPUS: u32 = 64;
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// Largest disk, GiB (64 TiB, qcow2's practical limit).
 pub const MAX_DISK_GIB: u64 = 64 * 1024;
+/// The rule for a disk path inside a datastore, as the OpenAPI document
+/// states it on [`DiskRequest::path`] (at most 1024 bytes): components of
+/// letters, digits, `.`, `_`, `-` not starting with `.` or `-`, ending in
+/// `.qcow2`.
+pub const DISK_PATH_PATTERN: &str =
+    r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\.qcow2$";
 
 /// `POST /api/v1/vms`: create a VM, from a template or with a blank disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

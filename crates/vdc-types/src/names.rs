@@ -58,6 +58,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The OpenAPI document's pattern and length state exactly what
+        /// `validate_name` accepts.
+        #[test]
+        fn the_stated_pattern_is_the_rule(name in "[A-Za-z0-9._ /\\-]{0,70}|\\PC{0,5}") {
+            let re = regex::Regex::new(NAME_PATTERN).unwrap();
+            let stated = re.is_match(&name) && (1..=MAX_NAME_LEN).contains(&name.chars().count());
+            proptest::prop_assert_eq!(validate_name("VM", &name).is_ok(), stated, "{:?}", name);
+        }
+    }
+
     #[test]
     fn rejects_bad_names() {
         for n in ["", "-a", ".a", "a b", "a/b", "ü", &"a".repeat(64), "a\n"] {
