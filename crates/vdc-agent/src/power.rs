@@ -62,6 +62,14 @@ impl Agent {
                 config.name
             )));
         }
+        if let Some(models) = &self.qemu_models {
+            models.check(&config.machine_type, &config.cpu_model).map_err(|why| {
+                ApiError::invalid_state(format!(
+                    "VM '{}' cannot run on host '{}': {why}; start it on a host whose QEMU offers it",
+                    config.name, self.config.name
+                ))
+            })?;
+        }
         for (disk, path) in config.disks.iter().zip(&layout.disks) {
             if !path.is_file() {
                 return Err(ApiError::new(

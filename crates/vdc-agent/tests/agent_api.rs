@@ -911,6 +911,25 @@ async fn image_import_and_destroy_stay_inside_allowed_places() {
         .await;
     assert!(ds.join("d1/disk0.qcow2").is_file());
     assert!(ds.join("keep/data.qcow2").is_file());
+    // A machine type this host's QEMU does not offer: refused before any
+    // process or lease exists.
+    let mut old_machine = config.clone();
+    old_machine.machine_type = "pc-q35-1.0".into();
+    let (status, v) = c
+        .call(
+            M::POST,
+            format!("{a}/agent/v1/vms/{id}/start"),
+            Some(json!({ "config": old_machine })),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    let e: ApiError = serde_json::from_value(v).unwrap();
+    assert!(
+        e.message.contains("no machine type 'pc-q35-1.0'"),
+        "{}",
+        e.message
+    );
+    assert!(!ds.join("d1/vm.lock").exists());
     // Without a readable vm.json the agent still removes only the VM's
     // directory.
     std::fs::remove_file(ds.join("d1/vm.json")).unwrap();
