@@ -13,13 +13,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use vdc_control::{Cluster, ConsoleRange};
 use vdc_types::agent::HostReport;
 use vdc_types::api::{
-    ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
-    StartVmRequest, Template, VersionInfo, CONSOLE_OFFSET_HEADER,
+    ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, ShutdownVmRequest, StartVmRequest,
+    Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
 use vdc_types::event::topic_matches;
 use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
@@ -35,124 +34,6 @@ pub struct AppState {
     pub token: Arc<String>,
 }
 
-/// The OpenAPI document, generated from the handlers and types below.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "vdc API",
-        description = "Virtual datacenter with business continuity built in"
-    ),
-    paths(
-        version,
-        list_hosts,
-        get_host,
-        list_datastores,
-        list_networks,
-        create_network,
-        get_network,
-        delete_network,
-        list_templates,
-        create_template,
-        list_vms,
-        create_vm,
-        get_vm,
-        delete_vm,
-        start_vm,
-        shutdown_vm,
-        vm_action,
-        vm_console,
-        vm_console_input,
-        list_tasks,
-        get_task,
-        cancel_task,
-        list_events,
-        stream_events,
-        agent_report
-    ),
-    components(schemas(
-        VersionInfo,
-        Host,
-        Datastore,
-        Network,
-        Template,
-        Vm,
-        Task,
-        Event,
-        ApiError,
-        ErrorCode,
-        CreateVmRequest,
-        DiskRequest,
-        CreateTemplateRequest,
-        StartVmRequest,
-        ShutdownVmRequest,
-        ConsoleInputRequest,
-        HostReport,
-        VmActionName
-    )),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;
-
-/// Paths that need no token.
-const PUBLIC_PATHS: [&str; 2] = ["/api/v1/version", "/api/v1/openapi.json"];
-
-/// Declares the bearer token and adds to every operation what any of them
-/// may answer: 401 without a valid token (all but [`PUBLIC_PATHS`]) and
-/// 500 when the store fails.
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{RefOr, ResponseBuilder};
-        let components = doc.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        let error = |what: &str| {
-            RefOr::T(
-                ResponseBuilder::new()
-                    .description(what)
-                    .content(
-                        "application/json",
-                        utoipa::openapi::ContentBuilder::new()
-                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError")))
-                            .build(),
-                    )
-                    .build(),
-            )
-        };
-        for (path, item) in doc.paths.paths.iter_mut() {
-            let public = PUBLIC_PATHS.contains(&path.as_str());
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if !public {
-                    op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
-                        "token",
-                        Vec::<String>::new(),
-                    )]);
-                    op.responses
-                        .responses
-                        .entry("401".into())
-                        .or_insert_with(|| error("missing or wrong API token"));
-                }
-                op.responses
-                    .responses
-                    .entry("500".into())
-                    .or_insert_with(|| error("the server failed (its store)"));
-            }
-        }
-    }
-}
-
 /// The power actions of `POST /api/v1/vms/{name}/{action}` that take no
 /// body (documentation of the path parameter; the server answers 400 to
 /// any other).
@@ -160,7 +41,7 @@ impl Modify for BearerAuth {
 #[schema(as = VmActionName)]
 #[allow(dead_code)]
 #[serde(rename_all = "snake_case")]
-enum VmActionName {
+pub(crate) enum VmActionName {
     /// Power off at once.
     Stop,
     /// Hard reset.
@@ -263,7 +144,7 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(crate::openapi::ApiDoc::openapi())
 }
 
 async fn web_page() -> Html<&'static str> {
