@@ -178,7 +178,7 @@ impl WatchEvent {
 /// The cluster state store. Object safe: share it as `Arc<dyn Store>`.
 ///
 /// See the crate documentation for the revision, transaction, watch and
-/// lease semantics every implementation follows; [`conformance`] checks them.
+/// lease semantics every implementation follows; the `conformance` suite checks them.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Read one key.
