@@ -68,6 +68,7 @@ impl Cluster {
             path: path.clone(),
             size_bytes: 0,
             created_ms: now_ms(),
+            source_format: None,
         };
         let key = format!("/templates/{}", req.name);
         self.create_unique(
@@ -106,6 +107,7 @@ impl Cluster {
                             .await?;
                         let mut t = tpl.clone();
                         t.size_bytes = resp.size_bytes;
+                        t.source_format = Some(resp.format);
                         me.store.put_json(&key, &t).await.map_err(store_err)?;
                         Ok::<(), ApiError>(())
                     }

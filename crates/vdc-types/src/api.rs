@@ -280,6 +280,9 @@ pub struct Template {
     pub size_bytes: u64,
     /// Creation time.
     pub created_ms: UnixMillis,
+    /// Format the source image was read as (absent while importing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_format: Option<ImageFormat>,
 }
 
 /// Answer of `GET /api/v1/version`.

@@ -244,13 +244,16 @@ async fn template_list(ctx: &Ctx) -> Result<(), CliError> {
 
 /// `template list` as a table.
 pub fn template_table(ts: &[Template]) -> String {
-    let mut t = Table::new(&["NAME", "DATASTORE", "PATH", "SIZE", "CREATED"]);
+    let mut t = Table::new(&["NAME", "DATASTORE", "PATH", "SIZE", "FROM", "CREATED"]);
     for tp in ts {
         t.row(vec![
             tp.name.clone(),
             tp.datastore.clone(),
             tp.path.clone(),
             bytes(tp.size_bytes),
+            tp.source_format
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "-".into()),
             utc_time(tp.created_ms),
         ]);
     }

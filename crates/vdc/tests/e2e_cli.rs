@@ -574,6 +574,11 @@ async fn cli_shows_the_cluster_and_refuses_bad_input() {
         [TEMPLATE],
         "{templates:#}"
     );
+    assert_eq!(
+        str_field(&array(&templates)[0], &["source_format"]),
+        Some("qcow2"),
+        "{templates:#}"
+    );
 
     // Nothing was created by the refused commands.
     let vms = vdc
