@@ -79,6 +79,13 @@ pub enum ImageRefusal {
         /// The backing file as recorded in the image.
         backing: String,
     },
+    /// `qemu-img` could not read the image in time: it names a pipe or a
+    /// device that does not answer.
+    #[error("qemu-img could not read it within {seconds} s; does it refer to a pipe or a device?")]
+    Unreadable {
+        /// The time allowed.
+        seconds: u64,
+    },
     /// More backing files than [`MAX_CHAIN`].
     #[error("its backing chain is longer than {MAX_CHAIN} images")]
     ChainTooLong,
@@ -161,6 +168,16 @@ pub async fn inspect(
     stated: Option<ImageFormat>,
     datastores: &[PathBuf],
 ) -> Result<ImageFormat, DiskError> {
+    inspect_within(source, stated, datastores, qemu_img::INFO_TIMEOUT).await
+}
+
+/// [`inspect`] with each `qemu-img info` bounded by `timeout`.
+pub async fn inspect_within(
+    source: &Path,
+    stated: Option<ImageFormat>,
+    datastores: &[PathBuf],
+    timeout: std::time::Duration,
+) -> Result<ImageFormat, DiskError> {
     let refuse = |path: &Path, reason| DiskError::ImageRefused {
         path: path.to_path_buf(),
         reason,
@@ -169,7 +186,12 @@ pub async fn inspect(
     let mut stated = stated;
     let mut top = None;
     for _ in 0..MAX_CHAIN {
-        let probed = qemu_img::probe(&current).await?;
+        let probed = match qemu_img::probe(&current, timeout).await {
+            Err(DiskError::QemuImgTimeout { seconds, .. }) => {
+                return Err(refuse(source, ImageRefusal::Unreadable { seconds }))
+            }
+            other => other?,
+        };
         let format = check_layer(stated, &probed).map_err(|r| refuse(source, r))?;
         top.get_or_insert(format);
         let Some((backing, backing_format)) =
@@ -375,6 +397,28 @@ mod tests {
             refused(inspect(&desc, None, &roots).await.unwrap_err()),
             ImageRefusal::OtherFiles { .. }
         ));
+
+        // A vmdk whose extent is a FIFO nobody writes: qemu-img would wait
+        // forever; the probe gives up and the image is refused.
+        let fifo = out_root.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let fifo_vmdk = out_root.join("fifo.vmdk");
+        std::fs::write(
+            &fifo_vmdk,
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                 createType=\"monolithicFlat\"\nRW 8 FLAT \"{}\" 0\n",
+                fifo.display()
+            ),
+        )
+        .unwrap();
+        let err = inspect_within(&fifo_vmdk, None, &roots, std::time::Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused(err), ImageRefusal::Unreadable { seconds: 2 }),
+            "a FIFO extent is refused"
+        );
 
         // A backing file inside a datastore is vdc's own: accepted.
         let base = ds_root.join("base.qcow2");

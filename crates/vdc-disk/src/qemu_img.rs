@@ -10,6 +10,7 @@
 //! message.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::process::Command;
@@ -20,6 +21,10 @@ use crate::DiskError;
 
 /// The program run; found on `PATH`.
 const QEMU_IMG: &str = "qemu-img";
+/// Longest `qemu-img info` may take: reading an image's metadata is quick,
+/// unless the image makes the tool open a pipe or a device that never
+/// answers (a vmdk extent naming a FIFO).
+pub const INFO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `qemu-img info` says about an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,13 +135,34 @@ async fn run(
     path: &Path,
     args: &[&std::ffi::OsStr],
 ) -> Result<Vec<u8>, DiskError> {
-    let out = Command::new(QEMU_IMG)
+    run_within(operation, path, args, None).await
+}
+
+/// [`run`], killing qemu-img after `timeout` if one is given.
+async fn run_within(
+    operation: &'static str,
+    path: &Path,
+    args: &[&std::ffi::OsStr],
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>, DiskError> {
+    let output = Command::new(QEMU_IMG)
         .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(DiskError::QemuImgSpawn)?;
+        .output();
+    let out = match timeout {
+        None => output.await,
+        Some(t) => {
+            tokio::time::timeout(t, output)
+                .await
+                .map_err(|_| DiskError::QemuImgTimeout {
+                    operation,
+                    path: path.to_path_buf(),
+                    seconds: t.as_secs(),
+                })?
+        }
+    }
+    .map_err(DiskError::QemuImgSpawn)?;
     if !out.status.success() {
         return Err(DiskError::QemuImg {
             operation,
@@ -254,17 +280,22 @@ pub async fn grow(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
 /// Sizes, backing file and referenced files of an image read as `format`.
 /// Uses `-U` so that it works on an image a running QEMU holds locked.
 pub async fn info(path: &Path, format: ImageFormat) -> Result<ImageInfo, DiskError> {
-    info_args(path, Some(format)).await
+    info_args(path, Some(format), INFO_TIMEOUT).await
 }
 
-/// What `qemu-img` guesses `path` to be, without being told its format.
-/// Only to compare with a format the caller believes in: never open an
-/// image with a guessed format. Backing files are not opened.
-pub async fn probe(path: &Path) -> Result<ImageInfo, DiskError> {
-    info_args(path, None).await
+/// What `qemu-img` guesses `path` to be, without being told its format,
+/// within `timeout` ([`INFO_TIMEOUT`] is the usual bound). Only to compare
+/// with a format the caller believes in: never open an image with a
+/// guessed format. Backing files are not opened.
+pub async fn probe(path: &Path, timeout: Duration) -> Result<ImageInfo, DiskError> {
+    info_args(path, None, timeout).await
 }
 
-async fn info_args(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo, DiskError> {
+async fn info_args(
+    path: &Path,
+    format: Option<ImageFormat>,
+    timeout: Duration,
+) -> Result<ImageInfo, DiskError> {
     let mut args: Vec<&std::ffi::OsStr> =
         vec!["info".as_ref(), "--output=json".as_ref(), "-U".as_ref()];
     if let Some(f) = format {
@@ -272,7 +303,7 @@ async fn info_args(path: &Path, format: Option<ImageFormat>) -> Result<ImageInfo
         args.push(f.as_str().as_ref());
     }
     args.push(path.as_os_str());
-    let out = run("info", path, &args).await?;
+    let out = run_within("info", path, &args, Some(timeout)).await?;
     let raw: RawInfo = serde_json::from_slice(&out).map_err(|source| DiskError::QemuImgOutput {
         path: path.to_path_buf(),
         source,
@@ -341,7 +372,7 @@ mod tests {
         convert_to_qcow2(&raw, ImageFormat::Raw, &out)
             .await
             .unwrap();
-        assert_eq!(probe(&out).await.unwrap().format, "qcow2");
+        assert_eq!(probe(&out, INFO_TIMEOUT).await.unwrap().format, "qcow2");
 
         let err = info(&dir.path().join("missing.qcow2"), ImageFormat::Qcow2)
             .await
