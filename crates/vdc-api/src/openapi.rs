@@ -113,10 +113,13 @@ impl Modify for BearerAuth {
             .flatten()
             {
                 if !public {
-                    op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
-                        "token",
-                        Vec::<String>::new(),
-                    )]);
+                    // An operation that names its own credential keeps it.
+                    op.security.get_or_insert_with(|| {
+                        vec![utoipa::openapi::security::SecurityRequirement::new(
+                            "token",
+                            Vec::<String>::new(),
+                        )]
+                    });
                     op.responses
                         .responses
                         .entry("401".into())
