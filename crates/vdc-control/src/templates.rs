@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::json;
 use vdc_store::StoreExt;
 use vdc_types::agent::ImportImageRequest;
-use vdc_types::api::{CreateTemplateRequest, Template};
+use vdc_types::api::{CreateTemplateRequest, ImageFormat, Template};
 use vdc_types::job::{JobOp, JobResult};
 use vdc_types::names::validate_name;
 use vdc_types::{now_ms, ApiError, DatastoreKind, ErrorCode, Task, TaskParams};
@@ -42,7 +42,7 @@ impl Cluster {
         }
         if !req.source.starts_with('/') {
             return Err(ApiError::invalid(format!(
-                "source '{}' must be an absolute path of an image file on the importing host",
+                "source '{}' must be an absolute path of an image file on the importing host, inside one of its import directories or datastores",
                 req.source
             )));
         }
@@ -70,6 +70,7 @@ impl Cluster {
             path: path.clone(),
             size_bytes: 0,
             created_ms: now_ms(),
+            source_format: None,
         };
         let key = format!("/templates/{}", req.name);
         self.create_unique(
@@ -86,6 +87,7 @@ impl Cluster {
         let params = TaskParams::TemplateImport {
             host: host.clone(),
             source: req.source.clone(),
+            format: req.format,
         };
         self.tasks
             .spawn_journaled(
@@ -93,7 +95,10 @@ impl Cluster {
                 "template",
                 &req.name,
                 Some(params),
-                move |ctx| async move { me.import_body(&ctx, &tname, &host, &req.source).await },
+                move |ctx| async move {
+                    me.import_body(&ctx, &tname, &host, &req.source, req.format)
+                        .await
+                },
             )
             .await
     }
@@ -107,6 +112,7 @@ impl Cluster {
         name: &str,
         host: &str,
         source: &str,
+        format: Option<ImageFormat>,
     ) -> Result<(), ApiError> {
         let key = format!("/templates/{name}");
         ctx.progress(5, "copying the image into the datastore")
@@ -116,14 +122,15 @@ impl Cluster {
             let url = self.agent_url(host).await?;
             let request = ImportImageRequest {
                 source: source.to_string(),
+                format,
                 datastore: tpl.datastore.clone(),
                 path: tpl.path.clone(),
             };
-            let size_bytes = match self
+            let image = match self
                 .agent_job(ctx, host, &url, JobOp::ImportImage { request }, (5, 95))
                 .await?
             {
-                JobResult::Image(i) => i.size_bytes,
+                JobResult::Image(i) => i,
                 JobResult::Vm(_) => {
                     return Err(ApiError::new(
                         ErrorCode::HostError,
@@ -131,7 +138,11 @@ impl Cluster {
                     ))
                 }
             };
-            let t = Template { size_bytes, ..tpl };
+            let t = Template {
+                size_bytes: image.size_bytes,
+                source_format: Some(image.format),
+                ..tpl
+            };
             self.store.put_json(&key, &t).await.map_err(store_err)?;
             Ok::<(), ApiError>(())
         }

@@ -49,6 +49,7 @@ async fn cluster_with_agent(
         }],
         accel: Some(Accelerator::Tcg),
         bridge_for_network: Default::default(),
+        import_dirs: vec![],
     };
     tokio::spawn(async move {
         if let Err(e) = vdc_agent::run_with_listener(config, listener).await {
@@ -254,6 +255,8 @@ async fn the_same_operation_id_twice_is_one_job() {
         hostname: "jobvm".into(),
         template: None,
         created_ms: 0,
+        machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+        cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
     };
     let req = JobRequest {
         operation_id: "task-1.0".into(),

@@ -150,6 +150,9 @@ pub enum TaskParams {
         host: String,
         /// Source file on that host.
         source: String,
+        /// Format of the source, if stated.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<crate::api::ImageFormat>,
     },
 }
 

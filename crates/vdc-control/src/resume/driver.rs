@@ -224,9 +224,14 @@ impl Cluster {
             (TaskKind::VmStart, Some(TaskParams::VmPower { host, .. })) => {
                 self.start_body(ctx, name, host).await
             }
-            (TaskKind::TemplateImport, Some(TaskParams::TemplateImport { host, source })) => {
-                self.import_body(ctx, name, &host, &source).await
-            }
+            (
+                TaskKind::TemplateImport,
+                Some(TaskParams::TemplateImport {
+                    host,
+                    source,
+                    format,
+                }),
+            ) => self.import_body(ctx, name, &host, &source, format).await,
             (
                 _,
                 Some(TaskParams::VmPower {
