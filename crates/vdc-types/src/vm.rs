@@ -185,9 +185,20 @@ pub struct Vm {
     pub name: String,
     /// Power state.
     pub state: VmPowerState,
-    /// Host running the VM (or that last ran it / holds its suspended state).
+    /// Host that owns the VM: runs it, or last ran it (holds its suspended
+    /// state). Only the owner's reports change the VM's state.
     #[serde(default)]
-    pub host: Option<String>,
+    pub owner: Option<String>,
+    /// During a move (live migration), the host the VM is moving to; it
+    /// becomes the owner when the move commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The operation in flight, if any (at most one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<crate::InFlight>,
+    /// Actions allowed now, by the lifecycle's transition function.
+    #[serde(default)]
+    pub actions: Vec<crate::VmAction>,
     /// Virtual CPUs.
     pub cpus: u32,
     /// Memory in MiB.

@@ -1,0 +1,421 @@
+//! VM create: validation, then a task that allocates an address, places
+//! the VM, has its host make its directory and disks, and starts it if
+//! asked.
+//!
+//! The record is written at once with the operation `creating`, so the
+//! name is taken and no other action runs until the task ends. A failed
+//! create removes everything it made: the VM's files on the datastore, its
+//! address reservation and its record (compare-and-swap: only while the
+//! record is still this task's).
+
+use std::sync::Arc;
+
+use serde_json::json;
+use vdc_sched::Demand;
+use vdc_types::agent::{DestroyVmRequest, DiskSource, ProvisionVmRequest};
+use vdc_types::api::{
+    CreateVmRequest, Template, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB, MAX_CPUS,
+    MAX_DISK_GIB, MIN_MEMORY_MIB,
+};
+use vdc_types::names::validate_name;
+use vdc_types::vm::VM_CONFIG_VERSION;
+use vdc_types::{
+    now_ms, ApiError, DatastoreKind, DiskSpec, ErrorCode, InFlight, Network, NicSpec, Task,
+    VmConfig, VmOperation, VmPowerState,
+};
+
+use super::placement_err;
+use super::records::holds;
+use crate::record::vm_key;
+use crate::tasks::TaskCtx;
+use crate::{store_err, Cluster, VmRecord};
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Checks that a datastore-relative path stays inside the datastore.
+pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\0')
+        || path
+            .split('/')
+            .any(|c| c == ".." || c == "." || c.is_empty());
+    if bad {
+        return Err(ApiError::invalid(format!(
+            "disk path '{}' is outside datastore '{datastore}': give a path relative to the datastore, without '..', e.g. 'myvm/data.qcow2'",
+            path.escape_default()
+        )));
+    }
+    if !path.ends_with(".qcow2") {
+        return Err(ApiError::invalid(format!(
+            "disk path '{path}' must end in .qcow2 (disks are thin qcow2 files)"
+        )));
+    }
+    Ok(())
+}
+
+fn random_mac() -> String {
+    let b: [u8; 3] = rand::random();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+impl Cluster {
+    // ---- VM create -------------------------------------------------------
+
+    /// Validates a create request and starts the task that carries it out.
+    pub async fn create_vm(self: &Arc<Self>, req: CreateVmRequest) -> Result<Task, ApiError> {
+        validate_name("VM", &req.name).map_err(ApiError::invalid)?;
+        let cpus = req.cpus.unwrap_or(DEFAULT_CPUS);
+        if cpus == 0 || cpus > MAX_CPUS {
+            return Err(ApiError::invalid(format!(
+                "cpus must be between 1 and {MAX_CPUS}, not {cpus}"
+            )));
+        }
+        let memory_mib = req.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if memory_mib < MIN_MEMORY_MIB {
+            return Err(ApiError::invalid(format!(
+                "memory must be at least {MIN_MEMORY_MIB} MiB, not {memory_mib}"
+            )));
+        }
+        if self
+            .store
+            .get(&vm_key(&req.name))
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "a VM named '{}' already exists; choose another name",
+                    req.name
+                ),
+            ));
+        }
+        let caps = self.capacities().await;
+        let connected: Vec<_> = caps.iter().filter(|c| c.available).cloned().collect();
+        if connected.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::HostUnavailable,
+                "no host is connected; start an agent ('vdc lab status')",
+            ));
+        }
+        let template = match &req.template {
+            Some(t) => Some(self.get_template(t).await?),
+            None => None,
+        };
+        if let Some(t) = &template {
+            if t.size_bytes == 0 {
+                return Err(ApiError::invalid_state(format!(
+                    "template '{}' is still being imported",
+                    t.name
+                )));
+            }
+        }
+        if req.linked_clone && template.is_none() {
+            return Err(ApiError::invalid(
+                "a linked clone needs a template (--template)",
+            ));
+        }
+        let datastore = match &req.datastore {
+            Some(d) => self.get_datastore(d).await?,
+            None => self
+                .list_datastores()
+                .await?
+                .into_iter()
+                .find(|d| d.kind == DatastoreKind::Shared)
+                .ok_or_else(|| {
+                    ApiError::invalid("no shared datastore exists; name one with 'datastore'")
+                })?,
+        };
+        let disk_bytes = match (req.disk_gib, &template) {
+            (Some(g), _) if g == 0 || g > MAX_DISK_GIB => {
+                return Err(ApiError::invalid(format!("disk size must be between 1 and {MAX_DISK_GIB} GiB, not {g}")))
+            }
+            (Some(g), Some(t)) if g * GIB < t.size_bytes => {
+                return Err(ApiError::invalid(format!(
+                    "disk size {g} GiB is smaller than template '{}' ({:.1} GiB); disks can only grow",
+                    t.name,
+                    t.size_bytes as f64 / GIB as f64
+                )))
+            }
+            (Some(g), _) => g * GIB,
+            (None, Some(t)) => t.size_bytes,
+            (None, None) => DEFAULT_DISK_GIB * GIB,
+        };
+        let network = match &req.network {
+            Some(n) => Some(self.get_network(n).await?),
+            None => self.list_networks().await?.into_iter().next(),
+        };
+        let mut datastores = vec![datastore.name.clone()];
+        let mut disks = vec![DiskSpec {
+            name: "disk0".into(),
+            datastore: datastore.name.clone(),
+            path: format!("{}/disk0.qcow2", req.name),
+            size_bytes: disk_bytes,
+        }];
+        for (i, d) in req.disks.iter().enumerate() {
+            let ds_name = d
+                .datastore
+                .clone()
+                .unwrap_or_else(|| datastore.name.clone());
+            self.get_datastore(&ds_name).await?;
+            if d.size_gib == 0 || d.size_gib > MAX_DISK_GIB {
+                return Err(ApiError::invalid(format!(
+                    "size of disk {} must be between 1 and {MAX_DISK_GIB} GiB, not {}",
+                    i + 1,
+                    d.size_gib
+                )));
+            }
+            let path = d
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("{}/disk{}.qcow2", req.name, i + 1));
+            check_relative_path(&ds_name, &path)?;
+            if disks
+                .iter()
+                .any(|x| x.datastore == ds_name && x.path == path)
+            {
+                return Err(ApiError::invalid(format!(
+                    "disk path '{path}' is given twice"
+                )));
+            }
+            if !datastores.contains(&ds_name) {
+                datastores.push(ds_name.clone());
+            }
+            disks.push(DiskSpec {
+                name: format!("disk{}", i + 1),
+                datastore: ds_name,
+                path,
+                size_bytes: d.size_gib * GIB,
+            });
+        }
+        let demand = Demand {
+            cpus,
+            memory_mib,
+            datastores: datastores.clone(),
+        };
+        vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
+        if let Some(h) = &req.host {
+            let cap = caps
+                .iter()
+                .find(|c| &c.name == h)
+                .ok_or_else(|| ApiError::not_found("Host", h))?;
+            if !cap.available {
+                return Err(ApiError::new(
+                    ErrorCode::HostUnavailable,
+                    format!("host '{h}' is disconnected"),
+                ));
+            }
+            if let Some(d) = datastores.iter().find(|d| !cap.datastores.contains(d)) {
+                return Err(ApiError::invalid(format!(
+                    "host '{h}' does not reach datastore '{d}'"
+                )));
+            }
+        }
+        let config = VmConfig {
+            version: VM_CONFIG_VERSION,
+            id: uuid::Uuid::new_v4().to_string(),
+            name: req.name.clone(),
+            cpus,
+            memory_mib,
+            datastore: datastore.name.clone(),
+            dir: req.name.clone(),
+            disks,
+            nics: Vec::new(),
+            hostname: req.name.clone(),
+            template: template.as_ref().map(|t| t.name.clone()),
+            created_ms: now_ms(),
+        };
+        let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
+        rec.operation = Some(InFlight {
+            operation: VmOperation::Creating,
+            task: None,
+            since_ms: now_ms(),
+        });
+        self.create_unique(
+            &vm_key(&req.name),
+            &rec,
+            format!(
+                "a VM named '{}' already exists; choose another name",
+                req.name
+            ),
+        )
+        .await?;
+        let me = self.clone();
+        let name = req.name.clone();
+        let spawned = self
+            .spawn_operation(&name, "vm.create", move |ctx| async move {
+                me.create_body(&ctx, rec, template, network, req).await
+            })
+            .await;
+        if spawned.is_err() {
+            // The task never ran: the record it would have filled goes.
+            let gone = self
+                .delete_record_if(&name, |r| {
+                    r.owner.is_none() && r.state == VmPowerState::Stopped
+                })
+                .await;
+            if let Err(e) = gone {
+                tracing::warn!(vm = %name, error = %e, "cannot remove the record of a create that did not start");
+            }
+        }
+        spawned
+    }
+
+    async fn create_body(
+        self: &Arc<Self>,
+        ctx: &TaskCtx,
+        mut rec: VmRecord,
+        template: Option<Template>,
+        network: Option<Network>,
+        req: CreateVmRequest,
+    ) -> Result<(), ApiError> {
+        let name = rec.config.name.clone();
+        let mut provisioned_on: Option<(String, String)> = None;
+        let result = async {
+            if let Some(net) = &network {
+                ctx.progress(5, "allocating an address").await;
+                let ip = self.allocate_ip(net, &name).await?;
+                rec.config.nics.push(NicSpec {
+                    network: net.name.clone(),
+                    mac: random_mac(),
+                    ip: Some(ip),
+                    gateway: net.gateway.clone(),
+                    bridge: Some(net.bridge.clone()),
+                });
+                let nics = rec.config.nics.clone();
+                self.update_record(&name, |mut r| {
+                    r.config.nics = nics.clone();
+                    Ok(r)
+                })
+                .await?;
+            }
+            ctx.check_cancel()?;
+            ctx.progress(10, "creating disks").await;
+            let host = match &req.host {
+                Some(h) => h.clone(),
+                None => {
+                    let demand = Demand {
+                        cpus: rec.config.cpus,
+                        memory_mib: rec.config.memory_mib,
+                        datastores: rec
+                            .config
+                            .disks
+                            .iter()
+                            .map(|d| d.datastore.clone())
+                            .collect(),
+                    };
+                    vdc_sched::place(&demand, &self.capacities().await).map_err(placement_err)?
+                }
+            };
+            // Promise the memory now, so that concurrent creates spread out.
+            let _pending = if req.start {
+                Some(self.promise_memory(&host, rec.config.memory_mib).await)
+            } else {
+                None
+            };
+            let url = self.agent_url(&host).await?;
+            let boot_source = match &template {
+                Some(t) => DiskSource::Template {
+                    datastore: t.datastore.clone(),
+                    path: t.path.clone(),
+                    linked: req.linked_clone,
+                },
+                None => DiskSource::Blank,
+            };
+            self.agents
+                .provision(
+                    &host,
+                    &url,
+                    &ProvisionVmRequest {
+                        config: rec.config.clone(),
+                        boot_source,
+                    },
+                )
+                .await?;
+            provisioned_on = Some((host.clone(), url.clone()));
+            // The host that made the VM owns it: its reports now count.
+            self.update_record(&name, |mut r| {
+                r.set_owner(&host);
+                Ok(r)
+            })
+            .await?;
+            ctx.check_cancel()?;
+            self.events
+                .publish(
+                    "vm.created",
+                    &name,
+                    format!("VM {name} created"),
+                    json!({"id": rec.config.id}),
+                )
+                .await;
+            if req.start {
+                ctx.progress(50, "starting").await;
+                self.start_body(ctx, &name, Some(host), VmPowerState::Stopped)
+                    .await?;
+            }
+            Ok::<(), ApiError>(())
+        }
+        .await;
+        if let Err(e) = &result {
+            if req.start && provisioned_on.is_some() && e.code != ErrorCode::Cancelled {
+                // The VM was made; only starting it failed. Keep it, stopped.
+                if let Ok(r) = self.record(&name).await {
+                    if r.state == VmPowerState::Stopped || r.state == VmPowerState::Starting {
+                        if let Err(e) = self.set_state(&name, VmPowerState::Stopped, None).await {
+                            tracing::warn!(vm = %name, error = %e, "cannot record the VM stopped after its start failed");
+                        }
+                    }
+                }
+                return result;
+            }
+            tracing::warn!(vm = %name, error = %e, "create failed, rolling back");
+            if let Some((host, url)) = provisioned_on {
+                let destroyed = self
+                    .agents
+                    .destroy(
+                        &host,
+                        &url,
+                        &DestroyVmRequest {
+                            config: rec.config.clone(),
+                        },
+                    )
+                    .await;
+                if let Err(e) = destroyed {
+                    tracing::warn!(vm = %name, %host, error = %e, "rollback: cannot remove the VM's files");
+                }
+            }
+            self.release_ips(&rec.config.nics).await;
+            let task = ctx.id().to_string();
+            let gone = self
+                .delete_record_if(&name, |r| holds(r, &VmOperation::Creating, Some(&task)))
+                .await;
+            if let Err(e) = gone {
+                tracing::warn!(vm = %name, error = %e, "rollback: cannot remove the VM's record");
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_relative_path;
+
+    #[test]
+    fn disk_paths_stay_inside() {
+        assert!(check_relative_path("s", "vm/data.qcow2").is_ok());
+        for bad in [
+            "/etc/passwd.qcow2",
+            "../x.qcow2",
+            "vm/../../x.qcow2",
+            "vm//x.qcow2",
+            "",
+            "vm/x.raw",
+            "./x.qcow2",
+        ] {
+            assert!(check_relative_path("s", bad).is_err(), "{bad}");
+        }
+    }
+}
