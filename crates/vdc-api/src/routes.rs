@@ -21,7 +21,9 @@ use vdc_types::api::{
     StartVmRequest, Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
 use vdc_types::event::topic_matches;
-use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
+use vdc_types::{
+    ApiError, Datastore, ErrorCode, Event, Host, InFlight, Network, Task, Vm, VmAction, VmOperation,
+};
 
 use crate::error::{ApiErr, ApiJson, ApiQuery, ApiResult};
 
@@ -73,6 +75,9 @@ pub struct AppState {
         Network,
         Template,
         Vm,
+        VmAction,
+        VmOperation,
+        InFlight,
         Task,
         Event,
         ApiError,
@@ -309,10 +314,15 @@ async fn delete_vm(
 /// A power action: `start` (body [`StartVmRequest`]), `stop` (power off),
 /// `shutdown` (body [`ShutdownVmRequest`]), `reset`, `pause`, `resume`
 /// (a paused or a suspended VM), `suspend` (memory to the datastore).
+/// Which action is allowed in which state is the VM lifecycle's rule; the
+/// VM's `actions` lists those allowed now. While an operation is in flight
+/// every action is refused (409); on a VM whose host stopped reporting,
+/// 503.
 #[utoipa::path(post, path = "/api/v1/vms/{name}/{action}",
     request_body(content = Option<ShutdownVmRequest>, description = "start: StartVmRequest; shutdown: ShutdownVmRequest; others: none"),
     params(("name" = String, Path), ("action" = String, Path, description = "start|stop|shutdown|reset|pause|resume|suspend")),
-    responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 async fn vm_action(
     State(st): State<AppState>,
     Path((name, action)): Path<(String, String)>,
@@ -332,20 +342,40 @@ async fn vm_action(
     } else {
         body
     };
-    let task = match action.as_str() {
-        "start" => {
+    let action = posted_action(&action)?;
+    let task = match action {
+        VmAction::Start => {
             let req: StartVmRequest = parse_body(body)?;
             st.cluster.start_vm(&name, req.host).await?
         }
-        "shutdown" => {
+        VmAction::Shutdown => {
             let req: ShutdownVmRequest = parse_body(body)?;
-            st.cluster
-                .vm_action(&name, "shutdown", req.timeout_s)
-                .await?
+            st.cluster.vm_action(&name, action, req.timeout_s).await?
         }
         other => st.cluster.vm_action(&name, other, None).await?,
     };
     Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// The action named in `POST /vms/{name}/{action}`: a power action, or one
+/// not offered yet (refused by the cluster with a clear message).
+fn posted_action(name: &str) -> Result<VmAction, ApiErr> {
+    let posted: Vec<&str> = VmAction::POSTED.iter().map(|a| a.as_str()).collect();
+    match name.parse::<VmAction>() {
+        Ok(VmAction::Delete) => Err(ApiErr(ApiError::new(
+            ErrorCode::NotFound,
+            "a VM is deleted with DELETE /api/v1/vms/{name}, not POST",
+        ))),
+        Ok(a) => Ok(a),
+        Err(_) => Err(ApiErr(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "unknown VM action '{}'; use {}",
+                name.escape_default(),
+                posted.join(", ")
+            ),
+        ))),
+    }
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiErr> {

@@ -624,7 +624,7 @@ async fn cli_runs_a_vm_through_its_life() {
         Some(&Value::Bool(true)),
         "{vm:#}"
     );
-    let host = str_field(&vm, &["host"]).unwrap_or_else(|| panic!("no host: {vm:#}"));
+    let host = str_field(&vm, &["owner"]).unwrap_or_else(|| panic!("no host: {vm:#}"));
     assert!(host_names.iter().any(|h| h == host), "{vm:#}");
     let address = str_field(&vm, &["guest", "address"])
         .unwrap_or_else(|| panic!("no guest address: {vm:#}"))
@@ -639,7 +639,7 @@ async fn cli_runs_a_vm_through_its_life() {
         .json();
     let listed = find_by_name(&vms, "cli-1").unwrap_or_else(|| panic!("cli-1 not listed: {vms:#}"));
     assert_eq!(str_field(listed, &["state"]), Some("running"), "{listed:#}");
-    assert_eq!(str_field(listed, &["host"]), Some(host), "{listed:#}");
+    assert_eq!(str_field(listed, &["owner"]), Some(host), "{listed:#}");
     assert_eq!(
         str_field(listed, &["guest", "address"]),
         Some(address.as_str()),

@@ -75,7 +75,7 @@ async fn vm_lifecycle_on_a_real_guest() {
     let lab = TestLab::start(2).await;
     let c = &lab.client;
     let vm = create(&lab, "web-1", "host-1").await;
-    assert_eq!(vm.host.as_deref(), Some("host-1"));
+    assert_eq!(vm.owner.as_deref(), Some("host-1"));
     let ip = addr(&vm);
     assert_eq!(
         Some(ip.clone()),
@@ -131,7 +131,7 @@ async fn vm_lifecycle_on_a_real_guest() {
     action(c, "web-1", "resume").await;
     let v = wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
     assert_eq!(
-        v.host.as_deref(),
+        v.owner.as_deref(),
         Some("host-1"),
         "resumed on another host than it was suspended on"
     );
@@ -163,7 +163,7 @@ async fn vm_lifecycle_on_a_real_guest() {
         v.state == VmPowerState::Running && v.guest.ready
     })
     .await;
-    assert_eq!(vm.host.as_deref(), Some("host-2"));
+    assert_eq!(vm.owner.as_deref(), Some("host-2"));
     let (_, boot4, _) = identity(&lab, "host-1", &addr(&vm));
     assert_ne!(boot4, boot1, "a stop/start must boot the guest anew");
     // Host 1 still remembers the VM as stopped: its reports must not flip
@@ -171,7 +171,7 @@ async fn vm_lifecycle_on_a_real_guest() {
     for _ in 0..8 {
         let v = c.get_vm("web-1").await.unwrap();
         assert_eq!(
-            (v.state, v.host.as_deref()),
+            (v.state, v.owner.as_deref()),
             (VmPowerState::Running, Some("host-2"))
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -258,7 +258,7 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
     // A new agent re-attaches and manages the VM again.
     lab.restart_agent("host-1");
     wait_vm(c, "db-1", |v| {
-        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-1")
+        v.state == VmPowerState::Running && v.owner.as_deref() == Some("host-1")
     })
     .await;
     let (_, boot3, _) = identity(&lab, "host-2", &ip);
@@ -276,7 +276,7 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
     })
     .await;
     wait_vm(c, "db-1", |v| {
-        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-1")
+        v.state == VmPowerState::Running && v.owner.as_deref() == Some("host-1")
     })
     .await;
     action(c, "db-1", "pause").await;
