@@ -24,7 +24,10 @@ pub const VM_CONFIG_VERSION: u32 = 1;
 /// ```
 ///
 /// `Starting`, `ShuttingDown` and `Suspending` are transitional: a task is
-/// working on the VM. `Unknown` means the VM's host stopped reporting.
+/// working on the VM. `Unknown` means the VM's owner host stopped
+/// reporting. Which action is allowed in which state, and the operation in
+/// flight ([`crate::VmOperation`]), are decided by the control plane's
+/// lifecycle (`vdc_control::lifecycle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmPowerState {
