@@ -328,7 +328,10 @@ impl Cluster {
             .tasks
             .spawn(kind, "vm", name, move |ctx| async move {
                 let id = ctx.id().to_string();
-                me.attach_task(&n, &id).await?;
+                if let Err(e) = me.attach_task(&n, &id).await {
+                    me.end_operation(&n, None).await;
+                    return Err(e);
+                }
                 let result = tokio::spawn(body(ctx)).await.unwrap_or_else(|e| {
                     Err(ApiError::internal(format!(
                         "operation failed unexpectedly: {e}"
