@@ -8,7 +8,7 @@ use serde_json::json;
 use vdc_client::Client;
 use vdc_test_infra::{wait_vm, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
-use vdc_types::{Vm, VmPowerState};
+use vdc_types::{Vm, VmAction, VmPowerState};
 
 const TEMPLATE: &str = "debian-busybox";
 const TASK_TIMEOUT: Duration = Duration::from_secs(240);
@@ -39,7 +39,7 @@ async fn create(lab: &TestLab, name: &str, host: &str) -> Vm {
     .await
 }
 
-async fn action(c: &Client, name: &str, act: &str) {
+async fn action(c: &Client, name: &str, act: VmAction) {
     let t = c
         .vm_action(name, act, json!({}))
         .await
@@ -100,15 +100,31 @@ async fn vm_lifecycle_on_a_real_guest() {
     assert_eq!(out.get(1).map(String::as_str), Some("ok"), "{out:?}");
 
     // Pause and resume: same boot, the counter goes on.
-    action(c, "web-1", "pause").await;
-    assert_eq!(c.get_vm("web-1").await.unwrap().state, VmPowerState::Paused);
-    action(c, "web-1", "resume").await;
+    action(c, "web-1", VmAction::Pause).await;
+    let v = c.get_vm("web-1").await.unwrap();
+    assert_eq!(v.state, VmPowerState::Paused);
+    assert!(
+        v.operation.is_none(),
+        "the operation outlived its task: {v:?}"
+    );
+    assert!(
+        v.actions.contains(&VmAction::Resume) && !v.actions.contains(&VmAction::Pause),
+        "{:?}",
+        v.actions
+    );
+    // The lifecycle refuses what the state does not allow, and says why.
+    let err = c
+        .vm_action("web-1", VmAction::Pause, json!({}))
+        .await
+        .expect_err("a paused VM cannot be paused");
+    assert!(err.to_string().contains("it must be running"), "{err}");
+    action(c, "web-1", VmAction::Resume).await;
     let (_, boot2, n2) = identity(&lab, "host-2", &ip);
     assert_eq!(boot2, boot1, "pause/resume rebooted the guest");
     assert!(n2 >= n1, "counter went back: {n1} -> {n2}");
 
     // Suspend to disk and resume: same boot, the counter goes on.
-    action(c, "web-1", "suspend").await;
+    action(c, "web-1", VmAction::Suspend).await;
     let v = c.get_vm("web-1").await.unwrap();
     assert_eq!(v.state, VmPowerState::Suspended);
     let shared = lab
@@ -128,7 +144,7 @@ async fn vm_lifecycle_on_a_real_guest() {
         assert!(!v.guest.ready, "a suspended VM shows a ready guest");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    action(c, "web-1", "resume").await;
+    action(c, "web-1", VmAction::Resume).await;
     let v = wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
     assert_eq!(
         v.owner.as_deref(),
@@ -186,9 +202,9 @@ async fn vm_lifecycle_on_a_real_guest() {
     );
 
     // Reset keeps it running; power off stops; delete removes it.
-    action(c, "web-1", "reset").await;
+    action(c, "web-1", VmAction::Reset).await;
     wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
-    action(c, "web-1", "stop").await;
+    action(c, "web-1", VmAction::Stop).await;
     assert_eq!(
         c.get_vm("web-1").await.unwrap().state,
         VmPowerState::Stopped
@@ -279,9 +295,9 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
         v.state == VmPowerState::Running && v.owner.as_deref() == Some("host-1")
     })
     .await;
-    action(c, "db-1", "pause").await;
-    action(c, "db-1", "resume").await;
-    action(c, "db-1", "stop").await;
+    action(c, "db-1", VmAction::Pause).await;
+    action(c, "db-1", VmAction::Resume).await;
+    action(c, "db-1", VmAction::Stop).await;
     assert_eq!(c.get_vm("db-1").await.unwrap().state, VmPowerState::Stopped);
     assert!(
         lab.guest_request("host-2", &ip, &[]).is_err(),
