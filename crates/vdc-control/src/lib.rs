@@ -49,6 +49,10 @@ pub use events::EventBus;
 pub use record::VmRecord;
 pub use tasks::{TaskCtx, TaskEngine};
 
+/// Monitor ticks (500 ms each) between two looks for VM operations whose
+/// task ended without releasing them.
+const ORPHAN_SWEEP_TICKS: u64 = 20;
+
 /// A host stops being "connected" when no report came for this long.
 pub const HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -140,7 +144,7 @@ impl Cluster {
             conflicts: std::sync::Mutex::new(Default::default()),
             pending_mib: Mutex::new(HashMap::new()),
         });
-        cluster.release_orphaned_operations().await?;
+        cluster.release_orphaned_operations(true).await?;
         cluster
             .events
             .publish(
@@ -154,14 +158,22 @@ impl Cluster {
     }
 
     /// Runs the host monitor until the process ends: marks hosts whose
-    /// reports stopped as disconnected and their VMs as unknown.
+    /// reports stopped as disconnected and their VMs as unknown, and
+    /// releases VM operations whose task ended without releasing them.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            let mut n: u64 = 0;
             loop {
                 tick.tick().await;
                 me.check_hosts().await;
+                n += 1;
+                if n % ORPHAN_SWEEP_TICKS == 0 {
+                    if let Err(e) = me.release_orphaned_operations(false).await {
+                        tracing::warn!(error = %e, "cannot look for left-over VM operations");
+                    }
+                }
             }
         })
     }

@@ -91,6 +91,15 @@ async fn one_operation_at_a_time_shown_in_the_vm_and_released_when_its_task_ends
     .await;
     let op = vm.operation.clone().expect("in flight").operation;
     assert_eq!(op.task_kind(), task.kind);
+    let started: Vec<_> = cluster
+        .events
+        .history(0, usize::MAX)
+        .await
+        .into_iter()
+        .filter(|e| e.topic == "vm.operation_started" && e.object == "web")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].data["task"], task.id.as_str());
     assert!(
         vm.actions.is_empty(),
         "nothing is allowed beside it: {vm:?}"
@@ -183,4 +192,53 @@ async fn actions_not_built_yet_are_refused_clearly() {
         .expect("web")
         .operation
         .is_none());
+}
+
+#[tokio::test]
+async fn an_operation_whose_task_ended_without_releasing_it_is_released_by_the_monitor() {
+    let store = memory_store().await;
+    put_vm(&store, "web", VmPowerState::Running, Some("host-1")).await;
+    let cluster = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("open");
+    // A task that ends without touching the VM's record, as one resumed by
+    // a new server could.
+    let t = cluster
+        .tasks
+        .spawn("vm.snapshot", "vm", "web", |_| async { Ok(()) })
+        .await
+        .expect("task");
+    eventually("the task to end", WAIT, || async {
+        let t = cluster.tasks.get(&t.id).await.map_err(|e| e.to_string())?;
+        if t.state.is_final() {
+            Ok(())
+        } else {
+            Err(format!("{:?}", t.state))
+        }
+    })
+    .await;
+    let mut rec = get_vm(&store, "web").await.expect("record");
+    rec.operation = Some(InFlight {
+        operation: VmOperation::Snapshotting,
+        task: Some(t.id.clone()),
+        since_ms: 1,
+    });
+    store.put_json("/vms/web", &rec).await.expect("write");
+    assert!(cluster.get_vm("web").await.expect("web").actions.is_empty());
+
+    let _monitor = cluster.spawn_monitor();
+    eventually("the left-over operation to be released", WAIT, || async {
+        let vm = cluster.get_vm("web").await.map_err(|e| e.to_string())?;
+        match vm.operation {
+            None => Ok(()),
+            Some(o) => Err(format!("{o:?}")),
+        }
+    })
+    .await;
+    assert!(cluster
+        .get_vm("web")
+        .await
+        .expect("web")
+        .actions
+        .contains(&VmAction::Pause));
 }

@@ -11,8 +11,8 @@
 //!    operation, runs the body, and releases the operation however the body
 //!    ended (even by a panic).
 //! 3. An operation whose task ended without releasing it (server stopped)
-//!    is released when the next server opens ([`Cluster::release_orphaned_operations`])
-//!    and counts as ended when seen.
+//!    is released when the next server opens, and by the host monitor
+//!    ([`Cluster::release_orphaned_operations`]); it counts as ended when seen.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -348,30 +348,44 @@ impl Cluster {
     }
 
     async fn attach_task(&self, name: &str, task: &str) -> Result<(), ApiError> {
-        self.update_record(name, |mut rec| {
-            match rec.operation.as_mut() {
-                Some(o) if o.task.is_none() => o.task = Some(task.to_string()),
-                _ => {
-                    return Err(ApiError::internal(format!(
-                        "VM '{name}' lost its claimed operation before task {task} began"
-                    )))
+        let (_, rec) = self
+            .update_record(name, |mut rec| {
+                match rec.operation.as_mut() {
+                    Some(o) if o.task.is_none() => o.task = Some(task.to_string()),
+                    _ => {
+                        return Err(ApiError::internal(format!(
+                            "VM '{name}' lost its claimed operation before task {task} began"
+                        )))
+                    }
                 }
-            }
-            Ok(rec)
-        })
-        .await
-        .map(|_| ())
+                Ok(rec)
+            })
+            .await?;
+        if let Some(o) = &rec.operation {
+            self.events
+                .publish(
+                    "vm.operation_started",
+                    name,
+                    format!("VM {name}: {} (task {task})", o.operation),
+                    json!({"operation": o.operation, "task": task, "owner": rec.owner}),
+                )
+                .await;
+        }
+        Ok(())
     }
 
-    /// Releases the operations whose task is no longer running (the server
-    /// that ran it stopped): their VMs follow their hosts' reports again.
-    pub(crate) async fn release_orphaned_operations(&self) -> Result<(), ApiError> {
+    /// Releases the operations whose task is no longer running: at open
+    /// (`at_open`), also those claimed without a task (the server that
+    /// claimed them stopped); later, only those whose task has ended
+    /// without releasing them (a task resumed by a new server, a failed
+    /// release). Their VMs follow their owners' reports again.
+    pub(crate) async fn release_orphaned_operations(&self, at_open: bool) -> Result<(), ApiError> {
         let recs: Vec<(String, VmRecord)> =
             self.store.list_json("/vms/").await.map_err(store_err)?;
         for (_, rec) in recs {
             let Some(op) = &rec.operation else { continue };
             let orphan = match &op.task {
-                None => true,
+                None => at_open,
                 Some(_) => self.ended_task(&rec).await.is_some(),
             };
             if orphan {
