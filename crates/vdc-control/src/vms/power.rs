@@ -156,15 +156,10 @@ impl Cluster {
         let previous_owner = rec.owner.clone();
         let result = self.start_on_a_host(ctx, name, host, from).await;
         if result.is_err() {
-            let back = if from == VmPowerState::Suspended {
-                VmPowerState::Suspended
-            } else {
-                VmPowerState::Stopped
-            };
             let restored = self
                 .update_record(name, |mut r| {
                     if r.state == VmPowerState::Starting {
-                        r.state = back;
+                        r.state = from;
                         r.owner = previous_owner.clone();
                     }
                     Ok(r)
