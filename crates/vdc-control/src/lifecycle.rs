@@ -1,7 +1,8 @@
 //! The VM lifecycle: which action is allowed in which state, and what it
 //! leads to. Pure: a function of the VM's power state, owner and operation
-//! in flight, tested in milliseconds; the handlers in `power.rs`,
-//! `create.rs` and `delete.rs` carry out what it decides.
+//! in flight, tested in milliseconds; the handlers in `vms.rs` (create)
+//! and `vms/` (power actions, delete) carry out what it decides, and
+//! `vms/records.rs` claims each operation with it.
 //!
 //! ```text
 //!  power state    action                   operation in flight     then

@@ -1,4 +1,14 @@
-//! VM create: validation, then a task that allocates an address, places
+//! VM operations, by concern: create (here), the records and their
+//! operations (`records`), the power actions and start (`power`), and
+//! delete (`delete`).
+//!
+//! Each operation validates its input synchronously (so a bad request gets
+//! a 4xx at once and nothing is created), claims the VM through the
+//! lifecycle ([`crate::lifecycle`]) in one compare-and-swap write of its
+//! record, and runs the work as a task that releases the claim when it
+//! ends.
+//!
+//! Create: validation, then a task that allocates an address, places
 //! the VM, has its host make its directory and disks, and starts it if
 //! asked.
 //!
@@ -8,10 +18,15 @@
 //! address reservation and its record (compare-and-swap: only while the
 //! record is still this task's).
 
+mod delete;
+mod power;
+pub(crate) mod records;
+
 use std::sync::Arc;
 
 use serde_json::json;
-use vdc_sched::Demand;
+use vdc_sched::{Demand, PlacementError};
+use vdc_store::{StoreError, StoreExt};
 use vdc_types::agent::{DestroyVmRequest, DiskSource, ProvisionVmRequest};
 use vdc_types::api::{
     CreateVmRequest, Template, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB, MAX_CPUS,
@@ -24,11 +39,66 @@ use vdc_types::{
     VmConfig, VmOperation, VmPowerState,
 };
 
-use super::placement_err;
-use super::records::holds;
 use crate::record::vm_key;
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
+use records::holds;
+
+fn placement_err(e: PlacementError) -> ApiError {
+    let code = match e {
+        PlacementError::NoHosts => ErrorCode::HostUnavailable,
+        PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
+        _ => ErrorCode::InsufficientCapacity,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+impl Cluster {
+    /// A connected host that can reach the VM's files: its owner, else any
+    /// host reaching its datastore. Returns it with its agent URL.
+    pub(crate) async fn host_for_files(
+        &self,
+        rec: &VmRecord,
+    ) -> Result<(String, String), ApiError> {
+        if let Some(h) = &rec.owner {
+            if let Ok(url) = self.agent_url(h).await {
+                return Ok((h.clone(), url));
+            }
+        }
+        let host = self
+            .hosts_reaching(&rec.config.datastore)
+            .await
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::HostUnavailable,
+                    format!(
+                        "no connected host reaches datastore '{}' holding VM '{}'",
+                        rec.config.datastore, rec.config.name
+                    ),
+                )
+            })?;
+        let url = self.agent_url(&host).await?;
+        Ok((host, url))
+    }
+
+    /// Writes a new record, or fails with `AlreadyExists` and `message`.
+    pub(crate) async fn create_unique<T: serde::Serialize + Sync>(
+        &self,
+        key: &str,
+        value: &T,
+        message: String,
+    ) -> Result<(), ApiError> {
+        match self.store.create_json(key, value).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::AlreadyExists(_)) => {
+                Err(ApiError::new(ErrorCode::AlreadyExists, message))
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
