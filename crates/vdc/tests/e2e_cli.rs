@@ -660,6 +660,29 @@ async fn cli_runs_a_vm_through_its_life() {
         table.describe()
     );
 
+    // `vm show` names its owner, no operation in flight, and what can be
+    // done with it now; a refused action says why.
+    let show = vdc.run(&["vm", "show", "cli-1"]).await.success();
+    let line = |key: &str| {
+        show.stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} line: {}", show.describe()))
+            .to_string()
+    };
+    assert!(line("owner:").ends_with(host), "{}", show.describe());
+    assert!(line("operation:").ends_with('-'), "{}", show.describe());
+    let actions = line("actions:");
+    assert!(
+        actions.contains("pause") && actions.contains("suspend") && !actions.contains("start"),
+        "{}",
+        show.describe()
+    );
+    vdc.run(&["vm", "start", "cli-1"])
+        .await
+        .fails_with("cannot start a VM that is running")
+        .exit(EXIT_CONFLICT);
+
     // The guest's ready marker on its serial console.
     let deadline = Instant::now() + SHORT_TIMEOUT;
     loop {
