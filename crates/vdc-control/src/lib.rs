@@ -169,7 +169,7 @@ impl Cluster {
                 tick.tick().await;
                 me.check_hosts().await;
                 n += 1;
-                if n % ORPHAN_SWEEP_TICKS == 0 {
+                if n.is_multiple_of(ORPHAN_SWEEP_TICKS) {
                     if let Err(e) = me.release_orphaned_operations(false).await {
                         tracing::warn!(error = %e, "cannot look for left-over VM operations");
                     }
