@@ -96,13 +96,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The API error for VM `name`: what was wrong and what to do.
-    pub fn to_api_error(&self, name: &str) -> ApiError {
+    /// The API error for VM `name`: what was wrong and what to do. `task`
+    /// is the task of the operation in flight, if known.
+    pub fn to_api_error(&self, name: &str, task: Option<&str>) -> ApiError {
         let what = format!("VM '{name}': {self}");
         match self {
-            Refusal::Busy(_) => ApiError::invalid_state(format!(
-                "{what}; wait for that operation to end ('vdc task list')"
-            )),
+            Refusal::Busy(_) => ApiError::invalid_state(match task {
+                Some(t) => format!("{what}; wait for task {t} to end ('vdc task wait {t}')"),
+                None => format!("{what}; wait for that operation to end ('vdc task list')"),
+            }),
             Refusal::HostLost(_) => ApiError::new(
                 ErrorCode::HostUnavailable,
                 format!("VM '{name}' is unknown: {self}; wait for the host to come back"),
@@ -351,7 +353,7 @@ mod tests {
             } else {
                 assert_eq!(r, Err(Refusal::HostLost(Some("a".into()))), "{a}");
                 assert_eq!(
-                    Refusal::HostLost(None).to_api_error("vm").code,
+                    Refusal::HostLost(None).to_api_error("vm", None).code,
                     ErrorCode::HostUnavailable
                 );
             }
@@ -395,12 +397,12 @@ mod tests {
         }
         let e = decide(&now(S::Running), VmAction::Delete, None)
             .unwrap_err()
-            .to_api_error("web");
+            .to_api_error("web", None);
         assert_eq!(e.code, ErrorCode::InvalidState);
         assert!(e.message.contains("vdc vm stop web"), "{}", e.message);
         let e = decide(&now(S::Stopped), VmAction::Pause, None)
             .unwrap_err()
-            .to_api_error("web");
+            .to_api_error("web", None);
         assert!(e.message.contains("it must be running"), "{}", e.message);
         let e = decide(&now(S::Stopped), VmAction::Start, None).map(|s| s.undo);
         assert_eq!(e, Ok(S::Stopped));

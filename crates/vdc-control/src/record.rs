@@ -11,9 +11,9 @@
 //! | 2 | `host` renamed `owner` (only the owner's reports count); `operation` in flight |
 
 use serde::{Deserialize, Deserializer, Serialize};
-use vdc_types::{GuestInfo, InFlight, UnixMillis, VmConfig, VmPowerState};
+use vdc_types::{ApiError, GuestInfo, InFlight, UnixMillis, VmAction, VmConfig, VmPowerState};
 
-use crate::lifecycle::Now;
+use crate::lifecycle::{self, Now, Step};
 
 /// Version of the [`VmRecord`] format. Bump it when a field changes
 /// meaning, and keep reading the older ones.
@@ -87,6 +87,16 @@ impl VmRecord {
             owner: self.owner.as_deref(),
             operation: self.operation.as_ref().map(|o| &o.operation),
         }
+    }
+
+    /// The lifecycle's decision on `action` for this VM (`target`: a
+    /// move's target host); a refusal as the API error, naming the task in
+    /// flight.
+    pub fn decide(&self, action: VmAction, target: Option<&str>) -> Result<Step, ApiError> {
+        lifecycle::decide(&self.now(), action, target).map_err(|r| {
+            let task = self.operation.as_ref().and_then(|o| o.task.as_deref());
+            r.to_api_error(&self.config.name, task)
+        })
     }
 
     /// The host a move in flight takes the VM to.

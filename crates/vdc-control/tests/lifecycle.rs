@@ -106,6 +106,11 @@ async fn one_operation_at_a_time_shown_in_the_vm_and_released_when_its_task_ends
     );
     let err = cluster.delete_vm("web").await.expect_err("busy");
     assert!(err.message.contains(&op.to_string()), "{}", err.message);
+    assert!(
+        err.message.contains(&task.id),
+        "names its task: {}",
+        err.message
+    );
 
     // The owner keeps reporting the VM running: the operation's task, not
     // the report, decides the state while it is in flight.

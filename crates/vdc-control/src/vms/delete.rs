@@ -9,14 +9,13 @@ use vdc_types::agent::DestroyVmRequest;
 use vdc_types::{ApiError, Task, VmAction, VmOperation};
 
 use super::records::holds;
-use crate::lifecycle;
 use crate::Cluster;
 
 impl Cluster {
     /// Deletes a VM that does not run: its files, addresses and record.
     pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<Task, ApiError> {
         let rec = self.record(name).await?;
-        lifecycle::decide(&rec.now(), VmAction::Delete, None).map_err(|r| r.to_api_error(name))?;
+        rec.decide(VmAction::Delete, None)?;
         let (rec, step) = self.begin_operation(name, VmAction::Delete, None).await?;
         let me = self.clone();
         let n = name.to_string();

@@ -12,7 +12,6 @@ use vdc_types::api::{DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_SHUTDOWN_TIMEOUT_S};
 use vdc_types::{ApiError, Task, VmAction, VmOperation, VmPowerState};
 
 use super::placement_err;
-use crate::lifecycle;
 use crate::tasks::TaskCtx;
 use crate::Cluster;
 
@@ -129,7 +128,7 @@ impl Cluster {
         host: Option<String>,
     ) -> Result<Task, ApiError> {
         let rec = self.record(name).await?;
-        lifecycle::decide(&rec.now(), action, None).map_err(|r| r.to_api_error(name))?;
+        rec.decide(action, None)?;
         if let Some(h) = &host {
             self.agent_url(h).await?;
         }
@@ -298,7 +297,7 @@ impl Cluster {
             _ => {}
         }
         let rec = self.record(name).await?;
-        let step = lifecycle::decide(&rec.now(), action, None).map_err(|r| r.to_api_error(name))?;
+        let step = rec.decide(action, None)?;
         if step.operation == VmOperation::Starting {
             // Resume of a suspended VM: a start.
             return self.start_action(name, action, None).await;

@@ -267,8 +267,7 @@ impl Cluster {
                 {
                     rec.operation = None;
                 }
-                let s = lifecycle::decide(&rec.now(), action, target)
-                    .map_err(|r| r.to_api_error(name))?;
+                let s = rec.decide(action, target)?;
                 rec.operation = Some(InFlight {
                     operation: s.operation.clone(),
                     task: None,
