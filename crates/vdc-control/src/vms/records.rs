@@ -291,20 +291,18 @@ impl Cluster {
     /// (`None`: the claim whose task never started). Logs what it cannot do.
     pub(crate) async fn end_operation(&self, name: &str, task: Option<&str>) {
         let r = self
-            .update_record(name, |mut rec| {
-                match &rec.operation {
-                    Some(o) if o.task.as_deref() == task => rec.operation = None,
-                    _ => return Err(ApiError::invalid_state("not this task's operation")),
+            .change_record(name, |rec| match &rec.operation {
+                Some(o) if o.task.as_deref() == task => {
+                    let mut new = rec.clone();
+                    new.operation = None;
+                    Some(new)
                 }
-                Ok(rec)
+                // Gone with its record (delete), or released already.
+                _ => None,
             })
             .await;
-        match r {
-            Ok(_) => {}
-            Err(e) if e.code == ErrorCode::NotFound => {}
-            Err(e) => {
-                tracing::warn!(vm = %name, ?task, error = %e, "cannot release the VM's operation")
-            }
+        if let Err(e) = r {
+            tracing::warn!(vm = %name, ?task, error = %e, "cannot release the VM's operation");
         }
     }
 
