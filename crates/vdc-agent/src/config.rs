@@ -95,6 +95,11 @@ pub struct AgentArgs {
     /// NETWORK=BRIDGE (repeatable).
     #[arg(long = "bridge")]
     pub bridges: Vec<String>,
+    /// Directory whose image files may be imported as templates
+    /// (repeatable). Images inside a datastore may always be imported; any
+    /// other path is refused.
+    #[arg(long = "import-dir", value_name = "DIR")]
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl AgentArgs {
@@ -134,6 +139,7 @@ impl AgentArgs {
                 AccelArg::Tcg => Some(Accelerator::Tcg),
             },
             bridge_for_network,
+            import_dirs: self.import_dirs,
         };
         config.validate()?;
         Ok(config)
@@ -161,6 +167,8 @@ pub struct AgentConfig {
     pub accel: Option<Accelerator>,
     /// Fallback bridge per network for NICs that name none.
     pub bridge_for_network: BTreeMap<String, String>,
+    /// Directories images may be imported from, besides the datastores.
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -178,6 +186,12 @@ impl AgentConfig {
         }
         if self.token.is_empty() {
             return Err(AgentError::Config("the cluster token is empty".into()));
+        }
+        if let Some(d) = self.import_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(AgentError::Config(format!(
+                "import directory '{}' is not an absolute path",
+                d.display()
+            )));
         }
         Ok(())
     }
@@ -240,9 +254,12 @@ mod tests {
             "local-host-1=/srv/h1:local",
             "--accel",
             "tcg",
+            "--import-dir",
+            "/srv/images",
         ])
         .unwrap();
         let c = cli.agent.into_config().unwrap();
+        assert_eq!(c.import_dirs, vec![PathBuf::from("/srv/images")]);
         assert_eq!(c.token, "sekrit");
         assert_eq!(c.server_url, "http://10.77.0.1:8500");
         assert_eq!(c.datastores.len(), 2);

@@ -71,6 +71,8 @@ impl Cluster {
                     path: ds.path.clone(),
                     capacity_bytes: ds.capacity_bytes,
                     free_bytes: ds.free_bytes,
+                    cache_mode: ds.cache_mode,
+                    cache_reason: ds.cache_reason.clone(),
                 };
                 self.store
                     .put_json(&format!("/datastores/{}", ds.name), &d)
@@ -365,6 +367,8 @@ impl Cluster {
             {
                 d.capacity_bytes = r.capacity_bytes;
                 d.free_bytes = r.free_bytes;
+                d.cache_mode = r.cache_mode;
+                d.cache_reason = r.cache_reason.clone();
             }
         }
         Ok(v)

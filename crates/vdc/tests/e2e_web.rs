@@ -25,7 +25,8 @@ const OWNER: usize = 2;
 const OPERATION: usize = 3;
 const ADDRESS: usize = 6;
 const READY: usize = 7;
-const ACTIONS: usize = 8;
+const HARDWARE: usize = 8;
+const ACTIONS: usize = 9;
 
 fn cell(row: &[String], i: usize) -> &str {
     row.get(i).map(String::as_str).unwrap_or_default()
@@ -113,6 +114,15 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
                     && cell(r, READY) == "yes"
             })
             .await,
+    );
+    assert_eq!(
+        cell(&row, HARDWARE),
+        format!(
+            "{} {}",
+            vdc_types::vm::DEFAULT_MACHINE_TYPE,
+            vdc_types::vm::DEFAULT_CPU_MODEL
+        ),
+        "{row:?}"
     );
     assert!(cell(&row, ACTIONS).contains("pause"), "{row:?}");
     page(

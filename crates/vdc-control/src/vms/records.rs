@@ -425,6 +425,8 @@ impl Cluster {
             stats,
             template: c.template,
             created_ms: c.created_ms,
+            machine_type: c.machine_type,
+            cpu_model: c.cpu_model,
         }
     }
 
