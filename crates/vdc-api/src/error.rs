@@ -45,7 +45,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The error for a body over the route's limit (413).
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the request body is too large for this route (no route reads more than {} bytes; console input at most 64 KiB); send less",
+            crate::API_BODY_MAX
+        ),
+    )
+}
+
 fn json_rejection(rej: JsonRejection) -> ApiError {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return body_too_large();
+    }
     let (msg, code) = match &rej {
         JsonRejection::MissingJsonContentType(_) => (
             "the request body must be JSON with 'Content-Type: application/json'".to_string(),
@@ -65,6 +79,26 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         ),
     };
     ApiError::new(code, msg)
+}
+
+/// A raw body whose rejection (too large, broken off) is an [`ApiError`].
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => Ok(ApiBytes(b)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiErr(body_too_large()))
+            }
+            Err(rej) => Err(ApiErr(ApiError::invalid(format!(
+                "cannot read the request body: {}",
+                rej.body_text()
+            )))),
+        }
+    }
 }
 
 /// Query parameters whose rejection is an [`ApiError`].

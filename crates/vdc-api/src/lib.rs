@@ -2,14 +2,19 @@
 //! (Server-Sent Events) and the web page, on top of [`vdc_control`].
 //!
 //! Every `/api/v1` route but `/version` and `/openapi.json` needs
-//! `Authorization: Bearer <token>` (the event stream also takes
-//! `?access_token=` because browsers' `EventSource` cannot set headers).
+//! `Authorization: Bearer <secret>` (the event stream also takes
+//! `?access_token=` because browsers' `EventSource` cannot set headers):
+//! a user token for the user routes, a host's agent credential for the
+//! agent routes (see [`auth`] and [`credentials`]).
 //! Errors are always `{code, message, details?}` with the status chosen in
 //! [`error::ApiErr`].
 
+pub mod auth;
+pub mod credentials;
 pub mod error;
 mod routes;
 mod server;
 
-pub use routes::{router, ApiDoc, AppState};
+pub use credentials::Credentials;
+pub use routes::{router, ApiDoc, AppState, API_BODY_MAX};
 pub use server::{run_server, ServerArgs};

@@ -4,13 +4,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
@@ -20,18 +20,40 @@ use vdc_types::api::{
     ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
     StartVmRequest, Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
+use vdc_types::auth::{
+    AddHostRequest, HostCredential, HostJoin, JoinRequest, JoinResponse, Principal,
+};
 use vdc_types::event::topic_matches;
 use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
 
-use crate::error::{ApiErr, ApiJson, ApiQuery, ApiResult};
+use crate::auth::check_report_host;
+use crate::credentials::Credentials;
+use crate::error::{ApiBytes, ApiErr, ApiJson, ApiQuery, ApiResult};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     /// The control plane.
     pub cluster: Arc<Cluster>,
-    /// The cluster token clients must present.
-    pub token: Arc<String>,
+    /// Who holds which credential.
+    pub credentials: Arc<Credentials>,
+}
+
+impl AppState {
+    /// Opens the credential registry and the control plane on `store`;
+    /// `user_token` is the administrator's token. The control plane calls
+    /// agents with the server credential.
+    pub async fn open(
+        store: Arc<dyn vdc_store::Store>,
+        user_token: &str,
+    ) -> Result<AppState, ApiError> {
+        let credentials = Credentials::open(store.clone(), user_token).await?;
+        let cluster = Cluster::open(store, credentials.server_credential().to_string()).await?;
+        Ok(AppState {
+            cluster,
+            credentials: Arc::new(credentials),
+        })
+    }
 }
 
 /// The OpenAPI document, generated from the handlers and types below.
@@ -64,7 +86,10 @@ pub struct AppState {
         cancel_task,
         list_events,
         stream_events,
-        agent_report
+        agent_report,
+        add_host,
+        list_agents,
+        agent_join
     ),
     components(schemas(
         VersionInfo,
@@ -83,15 +108,60 @@ pub struct AppState {
         StartVmRequest,
         ShutdownVmRequest,
         ConsoleInputRequest,
-        HostReport
-    ))
+        HostReport,
+        AddHostRequest,
+        HostCredential,
+        HostJoin,
+        JoinRequest,
+        JoinResponse
+    )),
+    modifiers(&SecuritySchemes),
+    security(("user_token" = []))
 )]
 pub struct ApiDoc;
+
+/// Adds the two bearer schemes: the user token (every route but the
+/// agent routes) and a host's agent credential (report, join).
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "user_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A user token (VDC_TOKEN); today every user token has the administrator role",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "agent_credential",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A host's agent credential (vdca.<host>.<secret>), made by POST /api/v1/hosts",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Largest request body any route reads (a host report with many VMs is
+/// the largest legitimate body).
+pub const API_BODY_MAX: usize = 1 << 20;
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/hosts", get(list_hosts))
+        .route("/hosts", get(list_hosts).post(add_host))
+        .route("/agents", get(list_agents))
         .route("/hosts/{name}", get(get_host))
         .route("/datastores", get(list_datastores))
         .route("/networks", get(list_networks).post(create_network))
@@ -111,52 +181,22 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(list_events))
         .route("/events/stream", get(stream_events))
         .route("/agent/report", post(agent_report))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route("/agent/join", post(agent_join))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::auth,
+        ))
         .route("/version", get(version))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(API_BODY_MAX));
     Router::new()
         .nest("/api/v1", api)
         .route("/", get(web_page))
         .route("/ui", get(web_page))
         .fallback(not_found)
         .with_state(state)
-}
-
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let header_token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let query_token = req.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v.into_owned())
-    });
-    let given = header_token.map(str::to_string).or(query_token);
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiErr(ApiError::new(
-            ErrorCode::Unauthorized,
-            "the API token is wrong; use the cluster token (VDC_TOKEN or VDC_TOKEN_FILE)",
-        ))
-        .into_response(),
-        None => ApiErr(ApiError::new(
-            ErrorCode::Unauthorized,
-            "this API needs 'Authorization: Bearer <token>'; set VDC_TOKEN or VDC_TOKEN_FILE",
-        ))
-        .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found() -> ApiErr {
@@ -316,7 +356,7 @@ async fn delete_vm(
 async fn vm_action(
     State(st): State<AppState>,
     Path((name, action)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let body: serde_json::Value = if body.iter().all(|b| b.is_ascii_whitespace()) {
         serde_json::json!({})
@@ -576,13 +616,83 @@ fn to_sse(ev: &Event) -> SseEvent {
         .data(serde_json::to_string(ev).unwrap_or_default())
 }
 
-/// An agent's heartbeat report (agents only).
+/// An agent's heartbeat report (agents only, for their own host).
 #[utoipa::path(post, path = "/api/v1/agent/report", request_body = HostReport,
-    responses((status = 204), (status = 400, body = ApiError)))]
+    security(("agent_credential" = [])),
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError),
+        (status = 403, body = ApiError, description = "a user token, or a report for another host")))]
 async fn agent_report(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     ApiJson(r): ApiJson<HostReport>,
 ) -> ApiResult<StatusCode> {
+    check_report_host(&who, &r.name)?;
     st.cluster.ingest_report(r).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An agent joins the cluster: the server checks its credential's host and
+/// answers with the credential it will present to the agent's API.
+#[utoipa::path(post, path = "/api/v1/agent/join", request_body = JoinRequest,
+    security(("agent_credential" = [])),
+    responses((status = 200, body = JoinResponse), (status = 400, body = ApiError),
+        (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+async fn agent_join(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> ApiResult<Json<JoinResponse>> {
+    check_report_host(&who, &req.host)?;
+    st.credentials
+        .record_join(&req.host)
+        .await
+        .map_err(|e| ApiErr(e.into()))?;
+    st.cluster
+        .events
+        .publish(
+            "host.joined",
+            &req.host,
+            format!("the agent of host '{}' joined", req.host),
+            serde_json::Value::Null,
+        )
+        .await;
+    Ok(Json(JoinResponse {
+        server_credential: st.credentials.server_credential().to_string(),
+    }))
+}
+
+/// Adds a host: makes its agent credential, shown only in this answer
+/// (administrators only). Start the host's agent with it.
+#[utoipa::path(post, path = "/api/v1/hosts", request_body = AddHostRequest,
+    responses((status = 201, body = HostCredential), (status = 400, body = ApiError),
+        (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+async fn add_host(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<AddHostRequest>,
+) -> ApiResult<(StatusCode, Json<HostCredential>)> {
+    let credential = st.credentials.add_host(&req.name).await?;
+    st.cluster
+        .events
+        .publish(
+            "host.added",
+            &req.name,
+            format!("host '{}' was added; its agent may join", req.name),
+            serde_json::Value::Null,
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(HostCredential {
+            host: req.name,
+            credential,
+        }),
+    ))
+}
+
+/// Every added host's agent and when it last joined.
+#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = [HostJoin])))]
+async fn list_agents(State(st): State<AppState>) -> ApiResult<Json<Vec<HostJoin>>> {
+    Ok(Json(
+        st.credentials.hosts().await.map_err(|e| ApiErr(e.into()))?,
+    ))
 }

@@ -7,9 +7,11 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod event;
 pub mod host;
+pub mod limits;
 pub mod names;
 pub mod task;
 pub mod vm;

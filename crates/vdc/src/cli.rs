@@ -110,6 +110,18 @@ pub enum HostCmd {
         /// Host name.
         name: String,
     },
+    /// Add a host: make the credential its agent joins with (shown once;
+    /// start the agent with `--credential-file`).
+    Add {
+        /// Host name (the agent's `--name`).
+        name: String,
+        /// Write the credential to this file (mode 0600) instead of
+        /// printing it.
+        #[arg(long)]
+        credential_file: Option<std::path::PathBuf>,
+    },
+    /// List added hosts and whether their agents joined.
+    Agents,
 }
 
 /// `vdc datastore ...`
