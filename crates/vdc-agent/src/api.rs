@@ -27,7 +27,7 @@ use vdc_types::api::{ConsoleInputRequest, CONSOLE_OFFSET_HEADER};
 use vdc_types::{ApiError, ErrorCode};
 
 use crate::agent::Agent;
-use crate::console::ConsoleRange;
+use crate::console_log::ConsoleRange;
 
 /// Default and largest console tail.
 const CONSOLE_DEFAULT: u64 = 16 * 1024;
