@@ -5,7 +5,7 @@
 //!   vm.json        VmConfig (versioned), written atomically
 //!   disk0.qcow2    disks named in the config
 //!   vm.lock        lease (see [`crate::lock`])
-//!   console.log    serial console
+//!   console.log    serial console (rotated: console.log.1, console.log.offset)
 //!   qemu.log       QEMU's stderr
 //!   suspend.state  memory state while suspended
 //! ```
