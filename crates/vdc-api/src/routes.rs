@@ -224,7 +224,7 @@ async fn web_page() -> Html<&'static str> {
 }
 
 /// Version of the server and its API.
-#[utoipa::path(get, path = "/api/v1/version", responses((status = 200, body = VersionInfo)))]
+#[utoipa::path(get, path = "/api/v1/version", security(()), responses((status = 200, body = VersionInfo)))]
 async fn version() -> Json<VersionInfo> {
     Json(VersionInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -142,6 +142,9 @@ async fn a_flooding_guest_does_not_grow_the_agent() {
         peak = peak.max(rss_bytes(agent));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    eprintln!(
+        "agent RSS over the flood: {baseline} → peak {peak} bytes; console at {console_end} bytes"
+    );
     assert_eq!(hostname.as_deref(), Some(last.as_str()));
     assert!(
         peak < baseline + RSS_GROWTH_MAX,
