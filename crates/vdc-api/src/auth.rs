@@ -93,7 +93,7 @@ pub(crate) async fn auth(State(st): State<AppState>, mut req: Request, next: Nex
         Ok(None) => {
             return ApiErr(ApiError::new(
                 ErrorCode::Unauthorized,
-                "the API token is wrong; use the cluster token (VDC_TOKEN or VDC_TOKEN_FILE)",
+                "the API token is wrong: it is neither a user token nor an agent credential this server made; set VDC_TOKEN or VDC_TOKEN_FILE",
             ))
             .into_response()
         }

@@ -297,4 +297,16 @@ async fn agent_joins_and_its_api_takes_only_the_server_credential() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+
+    // The agent caps request bodies too.
+    let r = http
+        .post(format!("http://{addr}/agent/v1/vms/x/start"))
+        .bearer_auth(&join.server_credential)
+        .header("content-type", "application/json")
+        .body(format!("{{\"config\": \"{}\"}}", "x".repeat(2 << 20)))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = refused(r).await;
+    assert_eq!((status, e.code), (413, ErrorCode::PayloadTooLarge));
 }
