@@ -36,3 +36,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An "agent" that answers with an endless body: the server stops
+    /// reading at the cap and says so.
+    #[tokio::test]
+    async fn an_oversized_answer_is_dropped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                64 * AGENT_ANSWER_MAX
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            while s.write_all(&chunk).await.is_ok() {}
+        });
+        let resp = reqwest::get(format!("http://{addr}/agent/v1/host"))
+            .await
+            .unwrap();
+        let e = read_agent_answer("host-1", resp).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::HostError);
+        assert!(e.message.contains("larger than"), "{}", e.message);
+    }
+}
