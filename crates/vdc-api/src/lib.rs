@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod credentials;
 pub mod error;
+mod join;
 mod routes;
 mod server;
 

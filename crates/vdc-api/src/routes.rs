@@ -10,7 +10,7 @@ use axum::middleware;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
@@ -20,15 +20,13 @@ use vdc_types::api::{
     ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
     StartVmRequest, Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
-use vdc_types::auth::{
-    AddHostRequest, HostCredential, HostJoin, JoinRequest, JoinResponse, Principal,
-};
+use vdc_types::auth::{AddHostRequest, HostCredential, HostJoin, JoinRequest, JoinResponse};
 use vdc_types::event::topic_matches;
 use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
 
-use crate::auth::check_report_host;
 use crate::credentials::Credentials;
 use crate::error::{ApiBytes, ApiErr, ApiJson, ApiQuery, ApiResult};
+use crate::join::{self, SecuritySchemes};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -86,10 +84,10 @@ impl AppState {
         cancel_task,
         list_events,
         stream_events,
-        agent_report,
-        add_host,
-        list_agents,
-        agent_join
+        join::agent_report,
+        join::add_host,
+        join::list_agents,
+        join::agent_join
     ),
     components(schemas(
         VersionInfo,
@@ -120,39 +118,6 @@ impl AppState {
 )]
 pub struct ApiDoc;
 
-/// Adds the two bearer schemes: the user token (every route but the
-/// agent routes) and a host's agent credential (report, join).
-struct SecuritySchemes;
-
-impl utoipa::Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "user_token",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "A user token (VDC_TOKEN); today every user token has the administrator role",
-                    ))
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "agent_credential",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "A host's agent credential (vdca.<host>.<secret>), made by POST /api/v1/hosts",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
-
 /// Largest request body any route reads (a host report with many VMs is
 /// the largest legitimate body).
 pub const API_BODY_MAX: usize = 1 << 20;
@@ -160,8 +125,8 @@ pub const API_BODY_MAX: usize = 1 << 20;
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/hosts", get(list_hosts).post(add_host))
-        .route("/agents", get(list_agents))
+        .route("/hosts", get(list_hosts).post(join::add_host))
+        .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route("/datastores", get(list_datastores))
         .route("/networks", get(list_networks).post(create_network))
@@ -180,8 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/cancel", post(cancel_task))
         .route("/events", get(list_events))
         .route("/events/stream", get(stream_events))
-        .route("/agent/report", post(agent_report))
-        .route("/agent/join", post(agent_join))
+        .route("/agent/report", post(join::agent_report))
+        .route("/agent/join", post(join::agent_join))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,
@@ -614,85 +579,4 @@ fn to_sse(ev: &Event) -> SseEvent {
         .id(ev.seq.to_string())
         .event(ev.topic.clone())
         .data(serde_json::to_string(ev).unwrap_or_default())
-}
-
-/// An agent's heartbeat report (agents only, for their own host).
-#[utoipa::path(post, path = "/api/v1/agent/report", request_body = HostReport,
-    security(("agent_credential" = [])),
-    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError),
-        (status = 403, body = ApiError, description = "a user token, or a report for another host")))]
-async fn agent_report(
-    State(st): State<AppState>,
-    Extension(who): Extension<Principal>,
-    ApiJson(r): ApiJson<HostReport>,
-) -> ApiResult<StatusCode> {
-    check_report_host(&who, &r.name)?;
-    st.cluster.ingest_report(r).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// An agent joins the cluster: the server checks its credential's host and
-/// answers with the credential it will present to the agent's API.
-#[utoipa::path(post, path = "/api/v1/agent/join", request_body = JoinRequest,
-    security(("agent_credential" = [])),
-    responses((status = 200, body = JoinResponse), (status = 400, body = ApiError),
-        (status = 401, body = ApiError), (status = 403, body = ApiError)))]
-async fn agent_join(
-    State(st): State<AppState>,
-    Extension(who): Extension<Principal>,
-    ApiJson(req): ApiJson<JoinRequest>,
-) -> ApiResult<Json<JoinResponse>> {
-    check_report_host(&who, &req.host)?;
-    st.credentials
-        .record_join(&req.host)
-        .await
-        .map_err(|e| ApiErr(e.into()))?;
-    st.cluster
-        .events
-        .publish(
-            "host.joined",
-            &req.host,
-            format!("the agent of host '{}' joined", req.host),
-            serde_json::Value::Null,
-        )
-        .await;
-    Ok(Json(JoinResponse {
-        server_credential: st.credentials.server_credential().to_string(),
-    }))
-}
-
-/// Adds a host: makes its agent credential, shown only in this answer
-/// (administrators only). Start the host's agent with it.
-#[utoipa::path(post, path = "/api/v1/hosts", request_body = AddHostRequest,
-    responses((status = 201, body = HostCredential), (status = 400, body = ApiError),
-        (status = 403, body = ApiError), (status = 409, body = ApiError)))]
-async fn add_host(
-    State(st): State<AppState>,
-    ApiJson(req): ApiJson<AddHostRequest>,
-) -> ApiResult<(StatusCode, Json<HostCredential>)> {
-    let credential = st.credentials.add_host(&req.name).await?;
-    st.cluster
-        .events
-        .publish(
-            "host.added",
-            &req.name,
-            format!("host '{}' was added; its agent may join", req.name),
-            serde_json::Value::Null,
-        )
-        .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(HostCredential {
-            host: req.name,
-            credential,
-        }),
-    ))
-}
-
-/// Every added host's agent and when it last joined.
-#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = [HostJoin])))]
-async fn list_agents(State(st): State<AppState>) -> ApiResult<Json<Vec<HostJoin>>> {
-    Ok(Json(
-        st.credentials.hosts().await.map_err(|e| ApiErr(e.into()))?,
-    ))
 }
