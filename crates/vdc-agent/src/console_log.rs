@@ -13,21 +13,26 @@
 //! kept byte. A follower that falls behind what is kept is told how many
 //! bytes were rotated away (a marker line before the bytes).
 //!
-//! # Rotation ([`rotate_if_large`])
+//! # Rotation ([`ConsoleLog::rotate_if_large`])
 //! When `console.log` reaches [`CONSOLE_LOG_MAX`] bytes:
-//! 1. copy its first `len` bytes to `console.log.1.tmp`, fsync, rename over
+//! 1. choose a prefix of `n` bytes: whole filesystem blocks, leaving at
+//!    least one byte (what `FALLOC_FL_COLLAPSE_RANGE` can remove);
+//! 2. copy those `n` bytes to `console.log.1.tmp`, fsync, rename over
 //!    `console.log.1` (the previous rotation's bytes are gone);
-//! 2. truncate `console.log` to 0 (QEMU's appends go on at the new end);
-//! 3. write the new base (`base + len`) to `console.log.offset` (temp file,
+//! 3. remove them from the front of `console.log` with
+//!    `fallocate(FALLOC_FL_COLLAPSE_RANGE)`: atomic against QEMU's appends,
+//!    so nothing is lost. On a filesystem without it (e.g. tmpfs, NFS) the
+//!    file is truncated instead, and bytes QEMU appended since step 2 are
+//!    lost (`n` is then the whole length read);
+//! 4. write the new base (`base + n`) to `console.log.offset` (temp file,
 //!    fsync, rename, fsync directory).
 //!
-//! Bytes QEMU appends between the copy and the truncate (a few
-//! microseconds) are lost; offsets stay consistent. A crash between steps 2
-//! and 3 makes offsets go back, which readers take as a replaced log (they
-//! read from the start of what is kept).
+//! A crash between steps 3 and 4 makes offsets go back, which readers take
+//! as a replaced log (they read from the start of what is kept).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -147,14 +152,33 @@ impl ConsoleLog {
             return Ok(false);
         }
         let base = self.base()?;
+        let block = current.metadata()?.blksize().max(1);
+        let collapsible = (len - 1) / block * block;
+        let n = if collapsible > 0 { collapsible } else { len };
+        self.copy_prefix(&mut current, n)?;
+        let removed = if n == collapsible && collapse_front(&current, n)? {
+            n
+        } else {
+            // No collapse here: copy everything and truncate.
+            if n != len {
+                current.seek(SeekFrom::Start(0))?;
+                self.copy_prefix(&mut current, len)?;
+            }
+            current.set_len(0)?;
+            len
+        };
+        self.write_base(base + removed)?;
+        Ok(true)
+    }
+
+    /// Copies the first `n` bytes of `current` to `console.log.1` (temp
+    /// file, fsync, rename).
+    fn copy_prefix(&self, current: &mut File, n: u64) -> std::io::Result<()> {
         let tmp = self.sibling(".1.tmp");
         let mut copy = File::create(&tmp)?;
-        std::io::copy(&mut (&mut current).take(len), &mut copy)?;
+        std::io::copy(&mut current.take(n), &mut copy)?;
         copy.sync_all()?;
-        std::fs::rename(&tmp, self.previous())?;
-        current.set_len(0)?;
-        self.write_base(base + len)?;
-        Ok(true)
+        std::fs::rename(&tmp, self.previous())
     }
 
     /// Reads `range` of the kept output: the bytes (preceded by a marker
@@ -226,6 +250,24 @@ impl ConsoleLog {
             buf = marked;
         }
         Ok((buf, end))
+    }
+}
+
+/// Removes the first `n` bytes of `file` (a multiple of its block size,
+/// short of its end) atomically; `false` where the filesystem cannot.
+fn collapse_front(file: &File, n: u64) -> std::io::Result<bool> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let len = i64::try_from(n).map_err(std::io::Error::other)?;
+    match fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_COLLAPSE_RANGE,
+        0,
+        len,
+    ) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -393,6 +435,31 @@ mod tests {
         append(&log, b"x\n");
         let (tail, _) = log.read(ConsoleRange::Tail(6)).unwrap();
         assert_eq!(tail, b"new\nx\n");
+    }
+
+    /// Where the filesystem can collapse a range, whole blocks move to
+    /// `console.log.1` and the rest stays: every byte is still readable, in
+    /// order, across both files.
+    #[test]
+    fn rotation_by_whole_blocks_keeps_every_byte() {
+        let (_d, log) = log();
+        let written: Vec<u8> = (0..3 * 4096 + 100).map(|i| b'a' + (i % 26) as u8).collect();
+        append(&log, &written);
+        assert!(log.rotate_at(8192).unwrap());
+        let current = std::fs::metadata(&log.current).unwrap().len();
+        let previous = std::fs::metadata(log.previous()).unwrap().len();
+        assert_eq!(current + previous, written.len() as u64);
+        let mut seen = Vec::new();
+        let mut offset = 0;
+        loop {
+            let (bytes, end) = log.read(ConsoleRange::From(offset)).unwrap();
+            if bytes.is_empty() {
+                break;
+            }
+            seen.extend_from_slice(&bytes);
+            offset = end;
+        }
+        assert_eq!(seen, written);
     }
 
     #[test]
