@@ -108,16 +108,26 @@ pub(crate) async fn auth(State(st): State<AppState>, mut req: Request, next: Nex
         return ApiErr(ApiError::new(ErrorCode::Forbidden, denied.to_string())).into_response();
     }
     req.extensions_mut().insert(who);
-    if !has_deadline(&route) {
-        return next.run(req).await;
+    with_deadline(&route, REQUEST_DEADLINE, next.run(req)).await
+}
+
+/// Runs the handler of `route`, answering 503 `timeout` if it takes longer
+/// than `deadline` (routes without [`has_deadline`] run unbounded).
+async fn with_deadline(
+    route: &str,
+    deadline: Duration,
+    handler: impl std::future::Future<Output = Response>,
+) -> Response {
+    if !has_deadline(route) {
+        return handler.await;
     }
-    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+    match tokio::time::timeout(deadline, handler).await {
         Ok(r) => r,
         Err(_) => ApiErr(ApiError::new(
             ErrorCode::Timeout,
             format!(
                 "the server did not finish this request within {} s; see 'vdc task list' for what it started, then retry",
-                REQUEST_DEADLINE.as_secs()
+                deadline.as_secs()
             ),
         ))
         .into_response(),
@@ -147,6 +157,21 @@ mod tests {
         );
         assert!(!has_deadline("/api/v1/events/stream"));
         assert!(has_deadline("/api/v1/vms"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_requests_end_at_the_deadline_but_streams_do_not() {
+        let slow = || async {
+            tokio::time::sleep(REQUEST_DEADLINE * 2).await;
+            axum::http::StatusCode::NO_CONTENT.into_response()
+        };
+        let r = with_deadline("/api/v1/vms", REQUEST_DEADLINE, slow()).await;
+        assert_eq!(r.status(), 503);
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let e: ApiError = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.code, ErrorCode::Timeout);
+        let r = with_deadline("/api/v1/events/stream", REQUEST_DEADLINE, slow()).await;
+        assert_eq!(r.status(), 204);
     }
 
     #[test]
