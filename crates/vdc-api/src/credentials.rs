@@ -173,8 +173,9 @@ impl Credentials {
         Ok(rec)
     }
 
-    /// Mints the agent credential of a new host; 409 if the host has one.
-    pub async fn add_host(&self, host: &str) -> Result<String, ApiError> {
+    /// Mints the agent credential of a host; 409 if the host has one,
+    /// unless `replace`, which makes the old one stop working.
+    pub async fn add_host(&self, host: &str, replace: bool) -> Result<String, ApiError> {
         vdc_types::names::validate_name("host", host).map_err(ApiError::invalid)?;
         let credential = agent_credential(host, &new_secret());
         let rec = AgentCredentialRecord {
@@ -184,11 +185,15 @@ impl Credentials {
             added_ms: vdc_types::now_ms(),
             joined_ms: None,
         };
-        match self
-            .store
-            .create_json(&format!("{AGENTS_PREFIX}{host}"), &rec)
-            .await
-        {
+        let key = format!("{AGENTS_PREFIX}{host}");
+        if replace {
+            self.store
+                .put_json(&key, &rec)
+                .await
+                .map_err(CredentialError::Store)?;
+            return Ok(credential);
+        }
+        match self.store.create_json(&key, &rec).await {
             Ok(_) => Ok(credential),
             Err(StoreError::AlreadyExists(_)) => Err(ApiError::new(
                 ErrorCode::AlreadyExists,

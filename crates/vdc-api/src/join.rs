@@ -102,13 +102,18 @@ pub(crate) async fn add_host(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<AddHostRequest>,
 ) -> ApiResult<(StatusCode, Json<HostCredential>)> {
-    let credential = st.credentials.add_host(&req.name).await?;
+    let credential = st.credentials.add_host(&req.name, req.replace).await?;
+    let what = if req.replace {
+        "its credential was replaced; restart its agent with the new one"
+    } else {
+        "its agent may join"
+    };
     st.cluster
         .events
         .publish(
             "host.added",
             &req.name,
-            format!("host '{}' was added; its agent may join", req.name),
+            format!("host '{}' was added; {what}", req.name),
             serde_json::Value::Null,
         )
         .await;

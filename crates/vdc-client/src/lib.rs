@@ -226,6 +226,19 @@ impl Client {
             "/hosts",
             &AddHostRequest {
                 name: name.to_string(),
+                replace: false,
+            },
+        )
+        .await
+    }
+    /// `POST /hosts` with `replace`: a new agent credential for a host; the
+    /// old one stops working at once.
+    pub async fn replace_host_credential(&self, name: &str) -> Result<HostCredential, ClientError> {
+        self.post(
+            "/hosts",
+            &AddHostRequest {
+                name: name.to_string(),
+                replace: true,
             },
         )
         .await

@@ -150,6 +150,10 @@ pub fn agent_credential_host(credential: &str) -> Option<&str> {
 pub struct AddHostRequest {
     /// Host name (the agent's `--name`).
     pub name: String,
+    /// Replace the host's credential if it has one: the old one stops
+    /// working at once (restart the agent with the new one).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// The answer of `POST /api/v1/hosts`: the only time the credential is

@@ -119,6 +119,10 @@ pub enum HostCmd {
         /// printing it.
         #[arg(long)]
         credential_file: Option<std::path::PathBuf>,
+        /// Make a new credential for a host that has one (the old one
+        /// stops working at once; restart the agent with the new one).
+        #[arg(long)]
+        replace: bool,
     },
     /// List added hosts and whether their agents joined.
     Agents,

@@ -51,7 +51,8 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Host(HostCmd::Add {
             name,
             credential_file,
-        }) => crate::join::host_add(ctx, &name, credential_file.as_deref()).await,
+            replace,
+        }) => crate::join::host_add(ctx, &name, credential_file.as_deref(), replace).await,
         Command::Host(HostCmd::Agents) => crate::join::host_agents(ctx).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,

@@ -7,14 +7,19 @@ use crate::commands::{check_name, out, out_json, Ctx};
 use crate::error::CliError;
 use crate::format::Table;
 
-/// `vdc host add NAME [--credential-file FILE]`.
+/// `vdc host add NAME [--credential-file FILE] [--replace]`.
 pub(crate) async fn host_add(
     ctx: &Ctx,
     name: &str,
     credential_file: Option<&std::path::Path>,
+    replace: bool,
 ) -> Result<(), CliError> {
     check_name("host", name)?;
-    let added = ctx.client.add_host(name).await?;
+    let added = if replace {
+        ctx.client.replace_host_credential(name).await?
+    } else {
+        ctx.client.add_host(name).await?
+    };
     let Some(path) = credential_file else {
         if ctx.json() {
             return out_json(&added);

@@ -94,4 +94,31 @@ async fn host_add_writes_a_private_credential_and_agents_lists_it() {
     assert!(err.contains("already"), "{err}");
     let (code, _, _) = vdc(&url, &["host", "add", "bad name"]).await;
     assert_eq!(code, Some(2));
+
+    // Replacing the credential: the old one stops working, the new one joins.
+    let (code, out, err) = vdc(
+        &url,
+        &[
+            "host",
+            "add",
+            "host-9",
+            "--replace",
+            "--credential-file",
+            file_arg,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let renewed = std::fs::read_to_string(&file).unwrap();
+    let renewed = renewed.trim().to_string();
+    assert_ne!(renewed, credential);
+    assert_eq!(join("host-9").await.unwrap().status(), 401);
+    let r = http
+        .post(format!("{url}/api/v1/agent/join"))
+        .bearer_auth(&renewed)
+        .json(&serde_json::json!({ "host": "host-9" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
