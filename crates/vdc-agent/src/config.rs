@@ -95,6 +95,11 @@ pub struct AgentArgs {
     /// NETWORK=BRIDGE (repeatable).
     #[arg(long = "bridge")]
     pub bridges: Vec<String>,
+    /// Directory whose image files may be imported as templates
+    /// (repeatable). Images inside a datastore may always be imported; any
+    /// other path is refused.
+    #[arg(long = "import-dir", value_name = "DIR")]
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl AgentArgs {
@@ -135,6 +140,7 @@ impl AgentArgs {
                 AccelArg::Tcg => Some(Accelerator::Tcg),
             },
             bridge_for_network,
+            import_dirs: self.import_dirs,
         };
         config.validate()?;
         Ok(config)
@@ -166,6 +172,8 @@ pub struct AgentConfig {
     pub accel: Option<Accelerator>,
     /// Fallback bridge per network for NICs that name none.
     pub bridge_for_network: BTreeMap<String, String>,
+    /// Directories images may be imported from, besides the datastores.
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -195,6 +203,12 @@ impl AgentConfig {
                     self.name
                 )))
             }
+        }
+        if let Some(d) = self.import_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(AgentError::Config(format!(
+                "import directory '{}' is not an absolute path",
+                d.display()
+            )));
         }
         Ok(())
     }
@@ -257,9 +271,12 @@ mod tests {
             "local-host-1=/srv/h1:local",
             "--accel",
             "tcg",
+            "--import-dir",
+            "/srv/images",
         ])
         .unwrap();
         let c = cli.agent.into_config().unwrap();
+        assert_eq!(c.import_dirs, vec![PathBuf::from("/srv/images")]);
         assert_eq!(c.credential, "vdca.host-1.sekrit");
         assert_eq!(c.server_url, "http://10.77.0.1:8500");
         assert_eq!(c.datastores.len(), 2);

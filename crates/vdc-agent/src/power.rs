@@ -62,6 +62,14 @@ impl Agent {
                 config.name
             )));
         }
+        if let Some(models) = &self.qemu_models {
+            models.check(&config.machine_type, &config.cpu_model).map_err(|why| {
+                ApiError::invalid_state(format!(
+                    "VM '{}' cannot run on host '{}': {why}; start it on a host whose QEMU offers it",
+                    config.name, self.config.name
+                ))
+            })?;
+        }
         for (disk, path) in config.disks.iter().zip(&layout.disks) {
             if !path.is_file() {
                 return Err(ApiError::new(
@@ -190,6 +198,8 @@ impl Agent {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             accelerator: self.accelerator,
+            machine_type: config.machine_type.clone(),
+            cpu_model: config.cpu_model.clone(),
             disks: config
                 .disks
                 .iter()
@@ -198,6 +208,10 @@ impl Agent {
                     node_name: d.name.clone(),
                     path: p.clone(),
                     read_only: false,
+                    cache: self
+                        .datastore(&d.datastore)
+                        .map(|ds| ds.cache)
+                        .unwrap_or_default(),
                 })
                 .collect(),
             nics,

@@ -1,6 +1,5 @@
 //! Routes of hosts joining: adding a host (its agent credential), the
-//! agents' join and reports, the list of agents and whether they joined;
-//! and the OpenAPI security schemes of the two kinds of credential.
+//! agents' join and reports, the list of agents and whether they joined.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,39 +13,6 @@ use vdc_types::ApiError;
 use crate::auth::check_report_host;
 use crate::error::{ApiErr, ApiJson, ApiResult};
 use crate::routes::AppState;
-
-/// Adds the two bearer schemes: the user token (every route but the
-/// agent routes) and a host's agent credential (report, join).
-pub(crate) struct SecuritySchemes;
-
-impl utoipa::Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "user_token",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "A user token (VDC_TOKEN); today every user token has the administrator role",
-                    ))
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "agent_credential",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "A host's agent credential (vdca.<host>.<secret>), made by POST /api/v1/hosts",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
 
 /// An agent's heartbeat report (agents only, for their own host).
 #[utoipa::path(post, path = "/api/v1/agent/report", request_body = HostReport,

@@ -13,9 +13,11 @@ pub mod auth;
 pub mod credentials;
 pub mod error;
 mod join;
+mod openapi;
 mod routes;
 mod server;
 
 pub use credentials::Credentials;
-pub use routes::{router, ApiDoc, AppState, API_BODY_MAX};
+pub use openapi::ApiDoc;
+pub use routes::{router, AppState, API_BODY_MAX};
 pub use server::{run_server, ServerArgs};

@@ -189,7 +189,7 @@ async fn openapi_names_both_security_schemes() {
         .await
         .unwrap();
     let schemes = &doc["components"]["securitySchemes"];
-    assert_eq!(schemes["user_token"]["scheme"], "bearer");
+    assert_eq!(schemes["token"]["scheme"], "bearer");
     assert_eq!(schemes["agent_credential"]["scheme"], "bearer");
     assert!(doc["paths"]["/api/v1/agent/report"]["post"]["security"]
         .to_string()
@@ -223,6 +223,7 @@ async fn agent_joins_and_its_api_takes_only_the_server_credential() {
         }],
         accel: Some(Accelerator::Tcg),
         bridge_for_network: Default::default(),
+        import_dirs: vec![],
     };
     tokio::spawn(async move {
         if let Err(e) = vdc_agent::run_with_listener(config, listener).await {

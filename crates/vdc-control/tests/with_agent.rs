@@ -50,6 +50,7 @@ async fn cluster_with_agent(
         }],
         accel: Some(Accelerator::Tcg),
         bridge_for_network: Default::default(),
+        import_dirs: vec![],
     };
     tokio::spawn(async move {
         if let Err(e) = vdc_agent::run_with_listener(config, listener).await {

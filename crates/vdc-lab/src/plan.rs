@@ -142,6 +142,9 @@ pub struct LabPlan {
     pub shared_datastore_dir: PathBuf,
     /// Server's data directory.
     pub server_data_dir: PathBuf,
+    /// Directory the agents may import images from (`--import-dir`): the
+    /// guest image is placed there for the template import.
+    pub import_dir: PathBuf,
     /// Server's log file.
     pub server_log: PathBuf,
     /// The hosts, in order.
@@ -193,6 +196,7 @@ impl LabPlan {
             gateway: lab_address(subnet_index, 1),
             shared_datastore_dir: data_dir.join("shared"),
             server_data_dir: data_dir.join("server"),
+            import_dir: data_dir.join("import"),
             server_log: logs.join("server.log"),
             state_dir,
             data_dir,
@@ -272,6 +276,8 @@ impl LabPlan {
                 host.local_datastore,
                 host.local_datastore_dir.display()
             ),
+            "--import-dir".into(),
+            self.import_dir.display().to_string(),
         ]
     }
 
@@ -473,7 +479,8 @@ mod tests {
              --server http://10.77.0.1:8500 --credential-file /state/lab/host-1/credential \
              --state-dir /state/lab/host-1 \
              --datastore shared=/data/lab/shared:shared \
-             --datastore local-host-1=/data/lab/host-1:local"
+             --datastore local-host-1=/data/lab/host-1:local \
+             --import-dir /data/lab/import"
         );
     }
 
