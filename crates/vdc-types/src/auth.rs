@@ -136,11 +136,11 @@ pub fn agent_credential(host: &str, secret: &str) -> String {
 }
 
 /// The host an agent credential names, if `credential` has the agent form.
-/// (Host names never contain dots.)
+/// Host names may contain dots; the secret (hex) never does.
 pub fn agent_credential_host(credential: &str) -> Option<&str> {
     let rest = credential.strip_prefix(AGENT_CREDENTIAL_PREFIX)?;
     let rest = rest.strip_prefix('.')?;
-    let (host, secret) = rest.split_once('.')?;
+    let (host, secret) = rest.rsplit_once('.')?;
     (!host.is_empty() && !secret.is_empty()).then_some(host)
 }
 
@@ -148,7 +148,13 @@ pub fn agent_credential_host(credential: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddHostRequest {
-    /// Host name (the agent's `--name`).
+    /// Host name (the agent's `--name`): letters, digits, `-`, `_`, `.`; at
+    /// most 63 characters.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Replace the host's credential if it has one: the old one stops
     /// working at once (restart the agent with the new one).
@@ -182,6 +188,11 @@ pub struct HostJoin {
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// The joining host; must be the credential's host.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub host: String,
 }
 
@@ -234,6 +245,8 @@ mod tests {
     fn agent_credentials_name_their_host() {
         let c = agent_credential("host-1", "abc");
         assert_eq!(agent_credential_host(&c), Some("host-1"));
+        let dotted = agent_credential("h1.example.org", "abc");
+        assert_eq!(agent_credential_host(&dotted), Some("h1.example.org"));
         for bad in [
             "",
             "vdca",
