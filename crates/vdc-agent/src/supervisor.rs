@@ -18,6 +18,7 @@ use vdc_disk::{DiskError, VmLock};
 use vdc_types::{GuestInfo, VmPowerState};
 
 use crate::agent::{Agent, Layout, LEASE_RENEW, LEASE_TTL};
+use crate::console_log::ConsoleLog;
 use crate::hoststats::ProcessSampler;
 use crate::slot::VmSlot;
 use crate::state::Input;
@@ -26,7 +27,15 @@ use crate::state::Input;
 pub(crate) fn start(agent: Arc<Agent>, slot: Arc<VmSlot>, vm: Arc<vdc_qemu::Vm>, layout: &Layout) {
     let (guest_rx, guest_task) = vdc_qemu::spawn_guest_channel(&layout.paths);
     let lock = layout.vm_dir.lock();
-    let task = tokio::spawn(supervise(agent, slot.clone(), vm.clone(), lock, guest_rx));
+    let console_log = ConsoleLog::new(layout.vm_dir.console_log());
+    let task = tokio::spawn(supervise(
+        agent,
+        slot.clone(),
+        vm.clone(),
+        lock,
+        guest_rx,
+        console_log,
+    ));
     let mut inner = slot.inner();
     inner.vm = Some(vm);
     if let Some(old) = inner.guest_task.replace(guest_task) {
@@ -52,6 +61,7 @@ async fn supervise(
     vm: Arc<vdc_qemu::Vm>,
     lock: VmLock,
     mut guest_rx: tokio::sync::watch::Receiver<GuestInfo>,
+    console_log: ConsoleLog,
 ) {
     let host = agent.config.name.clone();
     let mut events = vm.events();
@@ -108,6 +118,13 @@ async fn supervise(
             _ = stats.tick() => {
                 if let Some((cpu_percent, rss_bytes)) = sampler.sample() {
                     slot.inner().runtime.stats = Some(vdc_types::vm::VmStats { cpu_percent, rss_bytes });
+                }
+                let log = console_log.clone();
+                match tokio::task::spawn_blocking(move || log.rotate_if_large()).await {
+                    Ok(Ok(true)) => tracing::debug!(vm = %slot.id, "console log rotated"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!(vm = %slot.id, error = %e, "cannot rotate the console log"),
+                    Err(e) => tracing::warn!(vm = %slot.id, error = %e, "console log rotation failed"),
                 }
             }
             _ = renew.tick() => {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use vdc_store::StoreExt;
 use vdc_types::agent::DestroyVmRequest;
-use vdc_types::{ErrorCode, Step};
+use vdc_types::{ErrorCode, Step, VmOperation};
 
 use crate::tasks::TaskCtx;
+use crate::vms::records::holds;
 use crate::{journal, Cluster, VmRecord};
 
 impl Cluster {
@@ -49,7 +50,7 @@ impl Cluster {
         let files_on = done
             .as_ref()
             .and_then(journal::files_on)
-            .or_else(|| rec.as_ref().and_then(|r| r.host.clone()));
+            .or_else(|| rec.as_ref().and_then(|r| r.owner.clone()));
         match (&rec, files_on) {
             (Some(rec), Some(host)) => self.destroy_made_files(rec, &host).await,
             (None, Some(host)) => {
@@ -59,7 +60,12 @@ impl Cluster {
         }
         self.release_addresses_of(name).await;
         if rec.is_some() {
-            if let Err(e) = self.store.delete(&key).await {
+            // Only while the record is still this task's.
+            let task = ctx.id().to_string();
+            let gone = self
+                .delete_record_if(name, |r| holds(r, &VmOperation::Creating, Some(&task)))
+                .await;
+            if let Err(e) = gone {
                 tracing::warn!(vm = %name, error = %e, "cannot delete the VM record during rollback");
             }
         }

@@ -38,9 +38,11 @@ async fn cluster_with_agent(
         name: "host-1".into(),
         address: "127.0.0.1".into(),
         listen: addr,
-        // Reports are pulled by the test; pushes go nowhere.
+        // Reports are pulled by the test; pushes (and the join) go nowhere,
+        // so the agent is given the server credential up front.
         server_url: "http://127.0.0.1:9".into(),
-        token: TOKEN.into(),
+        credential: vdc_types::auth::agent_credential("host-1", "test"),
+        server_credential: Some(TOKEN.into()),
         state_dir: state_dir.into(),
         datastores: vec![DatastoreConfig {
             name: "shared".into(),
@@ -385,6 +387,19 @@ async fn a_create_cancelled_before_a_restart_is_rolled_back_by_the_next_server()
         .put_json(&format!("/tasks/{}", t.id), &left)
         .await
         .expect("put task");
+    // The VM is still claimed by the create, as the dead server left it.
+    let task_id = t.id.clone();
+    store
+        .update_json("/vms/half", |mut r: VmRecord| {
+            r.operation = Some(vdc_types::InFlight {
+                operation: vdc_types::VmOperation::Creating,
+                task: Some(task_id.clone()),
+                since_ms: vdc_types::now_ms(),
+            });
+            Ok::<_, vdc_store::StoreError>(r)
+        })
+        .await
+        .expect("claim");
     store
         .put_json("/ipam/lab/10.0.0.9", &"half")
         .await
@@ -552,6 +567,11 @@ async fn an_unfinished_suspend_is_reconciled_with_what_the_host_runs() {
             store
                 .update_json("/vms/sus", |mut r: VmRecord| {
                     r.state = VmPowerState::Suspending;
+                    r.operation = Some(vdc_types::InFlight {
+                        operation: vdc_types::VmOperation::Suspending,
+                        task: Some(id.clone()),
+                        since_ms: vdc_types::now_ms(),
+                    });
                     Ok::<_, vdc_store::StoreError>(r)
                 })
                 .await
@@ -575,7 +595,7 @@ async fn an_unfinished_suspend_is_reconciled_with_what_the_host_runs() {
 
     // 2. The suspend happened, the server never saw it end.
     let t = next
-        .vm_action("sus", "suspend", None)
+        .vm_action("sus", vdc_types::VmAction::Suspend, None)
         .await
         .expect("suspend");
     assert_eq!(wait_task(&next, &t).await.state, TaskState::Succeeded);

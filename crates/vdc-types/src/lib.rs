@@ -7,10 +7,13 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod event;
 pub mod host;
 pub mod job;
+pub mod lifecycle;
+pub mod limits;
 pub mod names;
 pub mod task;
 pub mod vm;
@@ -18,6 +21,7 @@ pub mod vm;
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
 pub use host::{Accelerator, Datastore, DatastoreKind, DiskCacheMode, Host, HostState, Network};
+pub use lifecycle::{InFlight, VmAction, VmOperation};
 pub use task::{Step, Task, TaskJournal, TaskParams, TaskState, TaskStep};
 pub use vm::{DiskSpec, GuestInfo, NicSpec, Vm, VmConfig, VmPowerState};
 

@@ -18,6 +18,7 @@ mod commands;
 mod console;
 mod error;
 mod format;
+mod join;
 mod wait;
 
 use std::ffi::OsString;

@@ -147,7 +147,7 @@ async fn a_server_killed_during_a_create_and_a_suspend_finishes_them_after_resta
         v.state == VmPowerState::Running && v.guest.ready
     })
     .await;
-    assert_eq!(vm.host.as_deref(), Some("host-1"));
+    assert_eq!(vm.owner.as_deref(), Some("host-1"));
     let ip = addr(&vm);
     let recorded_ip = vm.nics[0].ip.clone().expect("an address recorded");
     assert_eq!(recorded_ip.split('/').next(), Some(ip.as_str()));
@@ -182,7 +182,7 @@ async fn a_server_killed_during_a_create_and_a_suspend_finishes_them_after_resta
         steps(&done)
     );
     let vm = wait_vm(c, "dur-1", |v| v.state == VmPowerState::Suspended).await;
-    assert_eq!(vm.host.as_deref(), Some("host-1"));
+    assert_eq!(vm.owner.as_deref(), Some("host-1"));
     assert!(
         shared_dir(&lab).join("dur-1/suspend.state").is_file(),
         "a suspended VM keeps its memory in suspend.state"

@@ -1,7 +1,9 @@
 //! Carrying out the resume rules after a server restart:
 //!
-//! 1. take the tasks the previous server left unfinished and mark their
-//!    VMs busy at once (reports and new operations keep off them);
+//! 1. take the tasks the previous server left unfinished (their VMs stay
+//!    claimed: each VM's record names the operation and its task, so
+//!    reports and new operations keep off them until the task ends and
+//!    releases it);
 //! 2. wait until every recorded host has reported, or
 //!    [`RESUME_HOST_WAIT`] passed; a host that does not answer while a
 //!    task is observed is asked again every second for up to as long
@@ -17,11 +19,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use vdc_types::api::DEFAULT_SHUTDOWN_TIMEOUT_S;
-use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams};
+use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams, VmPowerState};
 
 use super::{decide, Decision, JobSeen, Outcome, TaskKind, VmSeen, World};
 use crate::tasks::{cancelled, TaskCtx};
-use crate::vms::BusyGuard;
 use crate::{journal, Cluster, HostRecord};
 
 /// Longest wait for the recorded hosts to report after a restart.
@@ -32,34 +33,21 @@ impl Cluster {
     /// VMs busy now (before any request is served), then resumes or
     /// reconciles them in the background.
     pub async fn spawn_resume(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let tasks = self.tasks.take_unfinished().await;
-        let mut held = Vec::new();
-        for t in tasks {
-            let busy = if t.target_kind == "vm" {
-                match self.mark_busy(&t.target, &t.kind).await {
-                    Ok(b) => Some(b),
-                    Err(e) => {
-                        tracing::warn!(task = %t.id, error = %e, "cannot mark the VM busy");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            held.push((t, busy));
-        }
+        // Their VMs stay claimed: the operation recorded in each VM's
+        // record names the task, which has not ended.
+        let held = self.tasks.take_unfinished().await;
         let me = self.clone();
         tokio::spawn(async move { me.resume_unfinished(held).await })
     }
 
-    async fn resume_unfinished(self: Arc<Self>, held: Vec<(Task, Option<BusyGuard>)>) {
+    async fn resume_unfinished(self: Arc<Self>, held: Vec<Task>) {
         if held.is_empty() {
             return;
         }
         tracing::info!(count = held.len(), "resuming tasks left unfinished");
         self.wait_for_hosts(RESUME_HOST_WAIT).await;
         let patience = tokio::time::Instant::now() + RESUME_HOST_WAIT;
-        for (t, busy) in held {
+        for t in held {
             // Read again: a cancel may have come while the hosts reported.
             let t = self.tasks.get(&t.id).await.unwrap_or(t);
             let world = self.observe_patiently(&t, patience).await;
@@ -81,14 +69,21 @@ impl Cluster {
             let task = t.clone();
             self.tasks
                 .adopt(&t, move |ctx| async move {
-                    let _busy = busy;
-                    if task.journal.is_some() {
-                        ctx.journal(Step::Resumed {
-                            decision: decision.to_string(),
-                        })
-                        .await?;
+                    let result = async {
+                        if task.journal.is_some() {
+                            ctx.journal(Step::Resumed {
+                                decision: decision.to_string(),
+                            })
+                            .await?;
+                        }
+                        me.carry_out(&ctx, &task, kind, decision).await
                     }
-                    me.carry_out(&ctx, &task, kind, decision).await
+                    .await;
+                    if task.target_kind == "vm" {
+                        // Release the VM's operation this task claimed.
+                        me.end_operation(&task.target, Some(&task.id)).await;
+                    }
+                    result
                 })
                 .await;
         }
@@ -134,7 +129,7 @@ impl Cluster {
             "vm" => match self.record(&t.target).await {
                 Ok(r) => {
                     vm_id = Some(r.config.id.clone());
-                    vm_host = r.host.clone();
+                    vm_host = r.owner.clone();
                     Some(Some(r.state))
                 }
                 Err(_) => None,
@@ -222,7 +217,8 @@ impl Cluster {
             (TaskKind::VmCreate, _) => self.create_body(ctx, name).await,
             (TaskKind::VmDelete, _) => self.delete_body(ctx, name).await,
             (TaskKind::VmStart, Some(TaskParams::VmPower { host, .. })) => {
-                self.start_body(ctx, name, host).await
+                self.start_body(ctx, name, host, VmPowerState::Stopped)
+                    .await
             }
             (
                 TaskKind::TemplateImport,
@@ -240,9 +236,9 @@ impl Cluster {
                     ..
                 }),
             ) => {
-                let act = task.kind.trim_start_matches("vm.");
                 let timeout = shutdown_timeout_s.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S);
-                self.power_body(ctx, name, act, &host, timeout).await
+                self.resume_power_body(ctx, name, &task.kind, &host, timeout)
+                    .await
             }
             _ => Err(ApiError::internal(format!(
                 "task {} cannot be continued: its journal lacks its parameters",
