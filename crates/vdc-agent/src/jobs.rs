@@ -44,6 +44,8 @@ use crate::state::Input;
 pub(crate) const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 /// How often a running job samples its progress.
 const PROGRESS_TICK: Duration = Duration::from_millis(250);
+/// Longest wait for one QMP question asked beside a running operation.
+const QMP_SAMPLE: Duration = Duration::from_secs(1);
 
 /// One job: what it does, its status (watched by long polls) and its
 /// cancellation token.
@@ -179,13 +181,7 @@ impl Agent {
         cells.insert(job.id.clone(), cell.clone());
         drop(cells);
         let agent = self.clone();
-        // Each job runs on a thread of its own: the blocking file I/O inside
-        // some operations (the suspend file's fsync on a busy datastore)
-        // must not stall the threads that serve the API and send reports.
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            runtime.block_on(agent.finish_job(cell));
-        });
+        tokio::spawn(agent.finish_job(cell));
         tracing::info!(job = %job.id, kind = %job.kind, "job started");
         Ok((job, true))
     }
@@ -359,7 +355,10 @@ impl Agent {
                         // The migration may not have begun at the first
                         // cancel; repeat until the suspend gives up.
                         self.cancel_migration(vm_id).await;
-                    } else if let Ok(info) = vm.qmp().query_migrate().await {
+                    } else if let Ok(Ok(info)) =
+                        tokio::time::timeout(QMP_SAMPLE, vm.qmp().query_migrate()).await
+                    {
+                        // Bounded: the suspend itself is not polled meanwhile.
                         cell.progress(info.percent().min(95), "saving memory to the datastore");
                     }
                 }
@@ -369,8 +368,10 @@ impl Agent {
 
     async fn cancel_migration(&self, vm_id: &str) {
         if let Ok((_, vm)) = self.running(vm_id) {
-            if let Err(e) = vm.qmp().migrate_cancel().await {
-                tracing::debug!(vm = %vm_id, error = %e, "migrate_cancel");
+            match tokio::time::timeout(QMP_SAMPLE, vm.qmp().migrate_cancel()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(vm = %vm_id, error = %e, "migrate_cancel"),
+                Err(_) => tracing::debug!(vm = %vm_id, "migrate_cancel took too long"),
             }
         }
     }
