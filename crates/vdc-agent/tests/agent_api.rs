@@ -92,6 +92,7 @@ impl TestAgent {
             }],
             accel: Some(Accelerator::Tcg),
             bridge_for_network: Default::default(),
+            supervision: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -475,6 +475,7 @@ mod tests {
             guest: Default::default(),
             stats: None,
             since_ms: since,
+            fenced: None,
         }
     }
 

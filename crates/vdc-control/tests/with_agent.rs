@@ -48,6 +48,7 @@ async fn cluster_with_agent(
         }],
         accel: Some(Accelerator::Tcg),
         bridge_for_network: Default::default(),
+        supervision: Default::default(),
     };
     tokio::spawn(async move {
         if let Err(e) = vdc_agent::run_with_listener(config, listener).await {

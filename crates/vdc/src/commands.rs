@@ -57,9 +57,11 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,
         Command::Version => version(ctx).await,
-        Command::Server(_) | Command::Agent(_) | Command::Lab(_) => Err(CliError::Usage(
-            "server, agent and lab are not client verbs".to_string(),
-        )),
+        Command::Server(_) | Command::Agent(_) | Command::Lab(_) | Command::VmSupervisor(_) => {
+            Err(CliError::Usage(
+                "server, agent, lab and vm-supervisor are not client verbs".to_string(),
+            ))
+        }
     }
 }
 
