@@ -276,10 +276,12 @@ impl Cluster {
     async fn vm_view(&self, rec: VmRecord) -> Vm {
         let mut guest = rec.guest.clone();
         let mut stats = None;
+        let mut fenced = None;
         if let Some(h) = &rec.host {
             if let Some(rt) = self.runtime(h, &rec.config.id).await {
                 guest.last_heartbeat_ms = rt.guest.last_heartbeat_ms;
                 stats = rt.stats;
+                fenced = rt.fenced.filter(|_| !rec.state.has_process());
             }
         }
         let c = rec.config;
@@ -297,6 +299,7 @@ impl Cluster {
             stats,
             template: c.template,
             created_ms: c.created_ms,
+            fenced,
         }
     }
 

@@ -208,4 +208,9 @@ pub struct Vm {
     pub template: Option<String>,
     /// Creation time.
     pub created_ms: UnixMillis,
+    /// Why the VM's QEMU was stopped by its host's supervisor (the host
+    /// could not keep the VM's lease, e.g. its datastore hung), as its host
+    /// reports it; only while the VM has no process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }

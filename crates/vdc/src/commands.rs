@@ -447,6 +447,9 @@ pub fn vm_details(v: &Vm, now: u64) -> String {
         ("datastore", v.datastore.clone()),
         ("template", or_dash(v.template.as_deref())),
     ];
+    if let Some(reason) = &v.fenced {
+        pairs.push(("fenced", reason.clone()));
+    }
     for d in &v.disks {
         pairs.push((
             "disk",
@@ -698,6 +701,7 @@ mod tests {
             },
             stats: None,
             template: None,
+            fenced: None,
             created_ms: 0,
         }
     }
