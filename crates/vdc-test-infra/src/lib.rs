@@ -22,6 +22,7 @@
 
 mod error;
 mod faults;
+pub mod fencing;
 mod guest;
 mod wait;
 pub mod webdriver;

@@ -1,0 +1,292 @@
+//! Fencing on real guests: the VM lease is held by a supervisor process
+//! beside QEMU, so a frozen or killed agent leaves its VMs running and
+//! leased, a foreign lease is respected, a stale one is taken only after
+//! its TTL, and a VM whose lease cannot be renewed (a frozen datastore)
+//! stops before anyone else could take it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vdc_client::Client;
+use vdc_test_infra::fencing::{pid_killed, pid_running, read_lease, read_pid, LoopDatastore};
+use vdc_test_infra::{wait_until, wait_vm, TestLab, VM_WAIT_TIMEOUT};
+use vdc_types::api::CreateVmRequest;
+use vdc_types::{ErrorCode, Vm, VmPowerState};
+
+const TEMPLATE: &str = "debian-busybox";
+const TASK_TIMEOUT: Duration = Duration::from_secs(240);
+/// The agents' default lease TTL.
+const TTL: Duration = Duration::from_secs(10);
+/// Longest wait for a few lease renewals on a loaded machine.
+const RENEW_WAIT: Duration = Duration::from_secs(60);
+
+async fn lab(hosts: usize) -> TestLab {
+    TestLab::builder(hosts)
+        .vdc_binary(env!("CARGO_BIN_EXE_vdc"))
+        .start()
+        .await
+}
+
+async fn create(lab: &TestLab, name: &str, datastore: Option<&str>, start: bool) -> Vm {
+    let c = &lab.client;
+    let t = c
+        .create_vm(&CreateVmRequest {
+            name: name.into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(160),
+            host: Some("host-1".into()),
+            datastore: datastore.map(str::to_string),
+            start,
+            ..Default::default()
+        })
+        .await
+        .expect("create accepted");
+    if let Err(e) = c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await {
+        panic!("create {name} failed: {e}");
+    }
+    if start {
+        wait_vm(c, name, |v| v.state == VmPowerState::Running && v.guest.ready).await
+    } else {
+        c.get_vm(name).await.expect("VM record")
+    }
+}
+
+/// `(boot_id, counter)` as the guest's service answers from host `from`.
+fn identity(lab: &TestLab, from: &str, vm: &Vm) -> (String, u64) {
+    let addr = vm.guest.address.clone().expect("the guest reports its address");
+    let lines = wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
+        lab.guest_request(from, &addr, &[]).ok()
+    });
+    let parts: Vec<String> = lines[0].split_whitespace().map(str::to_string).collect();
+    (parts[1].clone(), parts[2].parse().expect("a counter"))
+}
+
+/// Waits until the lease of `vm_dir` is held by `host` with a generation
+/// at least `at_least`; returns that generation.
+fn wait_lease(vm_dir: &Path, host: &str, at_least: u64) -> u64 {
+    wait_until(RENEW_WAIT, &format!("a lease of {host} at generation {at_least}"), || {
+        read_lease(vm_dir)
+            .filter(|l| l.host == host && l.generation >= at_least)
+            .map(|l| l.generation)
+    })
+}
+
+/// Asks `host`'s agent directly to start the VM of `vm_dir` (bypassing the
+/// server's bookkeeping); returns the status and error body.
+async fn agent_start(lab: &TestLab, host: &str, vm_dir: &Path) -> (u16, vdc_types::ApiError) {
+    let config: vdc_types::VmConfig =
+        serde_json::from_slice(&std::fs::read(vm_dir.join("vm.json")).unwrap()).unwrap();
+    let url = lab.client.get_host(host).await.unwrap().agent_url;
+    let token = std::fs::read_to_string(&lab.info.token_file).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{url}/agent/v1/vms/{}/start", config.id))
+        .bearer_auth(token.trim())
+        .json(&vdc_types::agent::AgentStartRequest { config })
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    let err = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status}: {body}"));
+    (status, err)
+}
+
+fn run_dir(lab: &TestLab, vm: &Vm) -> PathBuf {
+    lab.agent_state_dir("host-1").join("vms").join(&vm.id)
+}
+
+async fn action(c: &Client, name: &str, act: &str) -> Result<(), String> {
+    let t = c
+        .vm_action(name, act, json!({}))
+        .await
+        .map_err(|e| e.to_string())?;
+    c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frozen_or_killed_agent_leaves_vms_running_and_leased() {
+    let lab = lab(2).await;
+    let c = &lab.client;
+    let vm = create(&lab, "fz-1", None, true).await;
+    let vm_dir = lab.datastore_path("shared").join("fz-1");
+    let (boot, _) = identity(&lab, "host-2", &vm);
+    let supervisor = read_pid(&run_dir(&lab, &vm).join("supervisor.pid")).expect("a supervisor");
+    let qemu = vm_pid(&lab, &vm);
+
+    // Frozen agent: the supervisor keeps renewing, the guest keeps running.
+    let frozen = lab.freeze_agent("host-1");
+    let g0 = wait_lease(&vm_dir, "host-1", 1);
+    wait_lease(&vm_dir, "host-1", g0 + 3);
+    assert_eq!(identity(&lab, "host-2", &vm).0, boot);
+    wait_vm(c, "fz-1", |v| v.state == VmPowerState::Unknown).await;
+    // Nothing runs twice: host-2 sees the lease renewing and refuses.
+    let (status, e) = agent_start(&lab, "host-2", &vm_dir).await;
+    assert_eq!((status, e.code), (409, ErrorCode::Locked), "{}", e.message);
+    assert!(e.message.contains("host-1"), "{}", e.message);
+    assert!(pid_running(qemu), "QEMU runs on");
+    frozen.thaw();
+    wait_vm(c, "fz-1", |v| {
+        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-1") && v.guest.ready
+    })
+    .await;
+    assert_eq!(identity(&lab, "host-2", &vm).0, boot);
+
+    // Killed agent: the same; a new agent re-attaches to QEMU and to the
+    // same supervisor.
+    lab.kill_agent("host-1");
+    let g1 = wait_lease(&vm_dir, "host-1", 1);
+    wait_lease(&vm_dir, "host-1", g1 + 2);
+    assert_eq!(identity(&lab, "host-2", &vm).0, boot);
+    lab.restart_agent("host-1");
+    wait_vm(c, "fz-1", |v| {
+        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-1") && v.guest.ready
+    })
+    .await;
+    assert_eq!(identity(&lab, "host-2", &vm).0, boot);
+    assert_eq!(
+        read_pid(&run_dir(&lab, &vm).join("supervisor.pid")),
+        Some(supervisor),
+        "the supervisor was replaced"
+    );
+    assert!(pid_running(supervisor) && pid_running(qemu));
+
+    // A power-off releases the lease and ends the supervisor.
+    action(c, "fz-1", "stop").await.expect("stop");
+    assert_eq!(read_lease(&vm_dir), None, "lease released");
+    wait_until(VM_WAIT_TIMEOUT, "the supervisor to exit", || {
+        (!pid_running(supervisor)).then_some(())
+    });
+}
+
+fn vm_pid(lab: &TestLab, vm: &Vm) -> u32 {
+    read_pid(&run_dir(lab, vm).join("qemu.pid")).expect("a QEMU pid")
+}
+
+/// Writes a version 2 lease of `host` at `generation` the way a holder
+/// does (temporary file, rename).
+fn plant_lease(vm_dir: &Path, host: &str, generation: u64) {
+    let tmp = vm_dir.join("vm.lock.planted.tmp");
+    let body = json!({
+        "version": 2, "host": host, "holder": "planted", "generation": generation,
+        "ttl_ms": TTL.as_millis() as u64, "renewed_ms": vdc_types::now_ms(),
+    });
+    std::fs::write(&tmp, body.to_string()).unwrap();
+    std::fs::rename(&tmp, vm_dir.join("vm.lock")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planted_leases_live_refused_stale_taken_after_the_ttl() {
+    let lab = lab(1).await;
+    let c = &lab.client;
+    let vm = create(&lab, "pl-1", None, false).await;
+    let vm_dir = lab.datastore_path("shared").join("pl-1");
+
+    // Another host's lease, renewed: the start is refused, nothing runs.
+    let renewing = Arc::new(AtomicBool::new(true));
+    let renewer = {
+        let (renewing, vm_dir) = (renewing.clone(), vm_dir.clone());
+        std::thread::spawn(move || {
+            let mut g = 100;
+            while renewing.load(Ordering::SeqCst) {
+                plant_lease(&vm_dir, "host-9", g);
+                g += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let (status, e) = agent_start(&lab, "host-1", &vm_dir).await;
+    assert_eq!((status, e.code), (409, ErrorCode::Locked), "{}", e.message);
+    assert!(e.message.contains("host-9"), "{}", e.message);
+    assert_eq!(e.details.as_ref().unwrap()["holder_host"], "host-9");
+    let err = action(c, "pl-1", "start").await.expect_err("start refused");
+    assert!(err.contains("host-9"), "{err}");
+    let run = run_dir(&lab, &vm);
+    assert!(
+        read_pid(&run.join("qemu.pid")).map_or(true, |p| !pid_running(p)),
+        "a QEMU was started"
+    );
+    assert_eq!(c.get_vm("pl-1").await.unwrap().state, VmPowerState::Stopped);
+    assert_eq!(read_lease(&vm_dir).unwrap().host, "host-9");
+
+    // The holder stops renewing: the lease is stale only once it stayed
+    // unchanged for a TTL; then host-1 takes it and the VM runs.
+    renewing.store(false, Ordering::SeqCst);
+    renewer.join().unwrap();
+    let last = read_lease(&vm_dir).unwrap();
+    let began = Instant::now();
+    action(c, "pl-1", "start").await.expect("start after the TTL");
+    assert!(
+        began.elapsed() > TTL,
+        "a lease unchanged for only {:?} was taken",
+        began.elapsed()
+    );
+    let lease = read_lease(&vm_dir).unwrap();
+    assert_eq!(lease.host, "host-1");
+    assert!(lease.generation > last.generation);
+    let vm = wait_vm(c, "pl-1", |v| v.state == VmPowerState::Running && v.guest.ready).await;
+    identity(&lab, "host-1", &vm);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
+    let lab = lab(1).await;
+    let c = &lab.client;
+    let local = lab.datastore_path("local-host-1");
+    let mut ds = LoopDatastore::mount_over(&local, 512);
+    let vm = create(&lab, "st-1", Some("local-host-1"), true).await;
+    let vm_dir = local.join("st-1");
+    let run = run_dir(&lab, &vm);
+    let qemu = vm_pid(&lab, &vm);
+    identity(&lab, "host-1", &vm);
+
+    // Watch the lease as a contender would, noting when its last
+    // generation was first seen; then stall the datastore.
+    let mut last = wait_lease(&vm_dir, "host-1", 1);
+    let mut seen_at = Instant::now();
+    ds.freeze();
+    let deadline = Instant::now() + RENEW_WAIT;
+    let killed_at = loop {
+        let now = Instant::now();
+        if let Some(l) = read_lease(&vm_dir) {
+            if l.generation != last {
+                last = l.generation;
+                seen_at = now;
+            }
+        }
+        if pid_killed(qemu) {
+            break now;
+        }
+        assert!(now < deadline, "QEMU still runs on a frozen datastore");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // A contender may take the lease only after seeing it unchanged for a
+    // TTL: QEMU was stopped before that.
+    assert!(
+        killed_at < seen_at + TTL,
+        "QEMU stopped {:?} after the lease last changed (TTL {TTL:?})",
+        killed_at - seen_at
+    );
+    let fence: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("fence.json")).expect("fence.json"))
+            .unwrap();
+    assert_eq!(fence["kind"], "fenced", "{fence}");
+    let lease = read_lease(&vm_dir).unwrap();
+    assert_eq!((lease.host.as_str(), lease.generation), ("host-1", last));
+
+    ds.thaw();
+    wait_until(VM_WAIT_TIMEOUT, "QEMU to exit", || {
+        (!pid_running(qemu)).then_some(())
+    });
+    let vm = wait_vm(c, "st-1", |v| v.state == VmPowerState::Crashed).await;
+    let reason = vm.fenced.expect("the server shows why the VM stopped");
+    assert!(reason.contains("lease"), "{reason}");
+    // The fenced lease is left for its TTL to run out, never released.
+    assert_eq!(read_lease(&vm_dir).map(|l| l.host).as_deref(), Some("host-1"));
+}
