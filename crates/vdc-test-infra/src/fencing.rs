@@ -141,10 +141,22 @@ impl TestLab {
 /// then hang in the kernel as on a stalled shared datastore. On drop it is
 /// thawed and unmounted (lazily, so a process still using it does not
 /// stop the teardown).
+///
+/// A lab's agent runs in a mount namespace of its own (`ip netns exec`
+/// makes one), so the mount is made there, and read back by tests through
+/// `/proc/PID/root` ([`LoopDatastore::seen`]).
 pub struct LoopDatastore {
     mount: PathBuf,
+    ns_pid: u32,
     _image_dir: tempfile::TempDir,
     frozen: bool,
+}
+
+/// `nsenter -t PID -m` (the mount namespace of `pid`) then `program`.
+fn in_ns(pid: u32, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.args(["-t", &pid.to_string(), "-m", program]);
+    c
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -161,11 +173,11 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 impl LoopDatastore {
     /// Makes a `size_mib` ext4 image and mounts it over `mount` (which must
-    /// be an empty directory).
+    /// be an empty directory) in the mount namespace of process `ns_pid`.
     ///
     /// # Panics
     /// If any step fails.
-    pub fn mount_over(mount: &Path, size_mib: u64) -> LoopDatastore {
+    pub fn mount_over(mount: &Path, size_mib: u64, ns_pid: u32) -> LoopDatastore {
         let dir = tempfile::Builder::new()
             .prefix("vdc-test-ds-")
             .tempdir()
@@ -175,13 +187,20 @@ impl LoopDatastore {
         f.set_len(size_mib << 20).expect("image size");
         drop(f);
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image)).expect("mkfs.ext4");
-        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(mount))
+        run(in_ns(ns_pid, "mount").args(["-o", "loop"]).arg(&image).arg(mount))
             .expect("loop mount");
         LoopDatastore {
             mount: mount.to_path_buf(),
+            ns_pid,
             _image_dir: dir,
             frozen: false,
         }
+    }
+
+    /// `path` (inside the mount) as the namespace's processes see it.
+    pub fn seen(&self, path: &Path) -> PathBuf {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.ns_pid)).join(rel)
     }
 
     /// Freezes the file system: every write blocks until [`Self::thaw`].
@@ -189,7 +208,7 @@ impl LoopDatastore {
     /// # Panics
     /// If `fsfreeze` fails.
     pub fn freeze(&mut self) {
-        run(Command::new("fsfreeze").arg("--freeze").arg(&self.mount)).expect("fsfreeze");
+        run(in_ns(self.ns_pid, "fsfreeze").arg("--freeze").arg(&self.mount)).expect("fsfreeze");
         self.frozen = true;
     }
 
@@ -198,7 +217,8 @@ impl LoopDatastore {
     /// # Panics
     /// If `fsfreeze` fails.
     pub fn thaw(&mut self) {
-        run(Command::new("fsfreeze").arg("--unfreeze").arg(&self.mount)).expect("fsfreeze");
+        run(in_ns(self.ns_pid, "fsfreeze").arg("--unfreeze").arg(&self.mount))
+            .expect("fsfreeze");
         self.frozen = false;
     }
 }
@@ -206,11 +226,11 @@ impl LoopDatastore {
 impl Drop for LoopDatastore {
     fn drop(&mut self) {
         if self.frozen {
-            if let Err(e) = run(Command::new("fsfreeze").arg("--unfreeze").arg(&self.mount)) {
+            if let Err(e) = run(in_ns(self.ns_pid, "fsfreeze").arg("--unfreeze").arg(&self.mount)) {
                 eprintln!("cannot thaw {}: {e}", self.mount.display());
             }
         }
-        if let Err(e) = run(Command::new("umount").arg("-l").arg(&self.mount)) {
+        if let Err(e) = run(in_ns(self.ns_pid, "umount").arg("-l").arg(&self.mount)) {
             eprintln!("cannot unmount {}: {e}", self.mount.display());
         }
     }

@@ -239,9 +239,10 @@ async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
     let lab = lab(1).await;
     let c = &lab.client;
     let local = lab.datastore_path("local-host-1");
-    let mut ds = LoopDatastore::mount_over(&local, 512);
+    let agent = lab.agent_pid("host-1").expect("an agent");
+    let mut ds = LoopDatastore::mount_over(&local, 512, agent);
     let vm = create(&lab, "st-1", Some("local-host-1"), true).await;
-    let vm_dir = local.join("st-1");
+    let vm_dir = ds.seen(&local.join("st-1"));
     let run = run_dir(&lab, &vm);
     let qemu = vm_pid(&lab, &vm);
     identity(&lab, "host-1", &vm);
