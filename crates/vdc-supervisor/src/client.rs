@@ -217,3 +217,42 @@ pub async fn request(
         .await
         .map_err(|_| SupervisorError::Protocol(format!("no answer within {timeout:?}")))?
 }
+
+/// Hands the VM of `run_dir` over to host `successor`: its supervisor names
+/// the successor in the lease and stops renewing, so that host may take the
+/// lease at once (and nobody else may). Only for a VM whose vCPUs are
+/// stopped (a migration's switchover): the old QEMU is killed when its
+/// supervisor sees the successor's lease, within one renewal interval.
+/// Returns once the lease names the successor.
+pub async fn hand_over(
+    run_dir: &Path,
+    successor: &str,
+    timeout: Duration,
+) -> Result<crate::SupervisorStatus, SupervisorError> {
+    status_of(
+        request(
+            run_dir,
+            &ControlRequest::HandOver {
+                successor: successor.to_string(),
+            },
+            timeout,
+        )
+        .await?,
+    )
+}
+
+/// Withdraws a hand-over while the lease is still this host's (e.g. the
+/// migration failed): renewals resume.
+pub async fn cancel_hand_over(
+    run_dir: &Path,
+    timeout: Duration,
+) -> Result<crate::SupervisorStatus, SupervisorError> {
+    status_of(request(run_dir, &ControlRequest::CancelHandOver, timeout).await?)
+}
+
+fn status_of(reply: ControlReply) -> Result<crate::SupervisorStatus, SupervisorError> {
+    match reply {
+        ControlReply::Status(s) => Ok(s),
+        ControlReply::Error { message } => Err(SupervisorError::Refused(message)),
+    }
+}

@@ -260,6 +260,9 @@ pub enum SupervisorError {
     /// The lease could not be taken or released.
     #[error("lease of the VM")]
     Lease(#[source] vdc_disk::DiskError),
+    /// The supervisor refused a control request.
+    #[error("the VM supervisor refused: {0}")]
+    Refused(String),
 }
 
 impl SupervisorError {

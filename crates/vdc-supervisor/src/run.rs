@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
-use vdc_disk::lock::rule::{holder_deadline, must_fence};
+use vdc_disk::lock::rule::{holder_deadline, holding, must_fence, Holding};
 use vdc_disk::lock::{acquire, monotonic_now, TakeOver};
 use vdc_disk::{DiskError, Lease, LeaseIo, LeaseTiming, VmLock};
 use vdc_qemu::process::Process;
@@ -120,8 +120,9 @@ async fn supervise(args: &SupervisorArgs, timing: LeaseTiming) -> Result<(), Sup
     sup.main_loop(term).await
 }
 
-/// Result of one renewal: when it started and what it wrote.
-type Renewal = (Duration, Result<Lease, DiskError>);
+/// Result of one renewal (or, while handing over, one look at the lease):
+/// when it started, whether it wrote, and the lease if still ours.
+type Renewal = (Duration, bool, Result<Option<Lease>, DiskError>);
 
 struct Supervisor<'a> {
     args: &'a SupervisorArgs,
@@ -132,8 +133,11 @@ struct Supervisor<'a> {
     paths: VmPaths,
     lease: Option<Lease>,
     last_ok: Duration,
-    /// Successor named in the lease (renewals stopped).
+    /// Successor to name in the lease.
     successor: Option<String>,
+    /// The lease names the successor: renewals stopped, the lease is only
+    /// watched for the successor taking it.
+    handed: bool,
     renewing: bool,
     renew_again: bool,
     waiting_reply: Option<oneshot::Sender<ControlReply>>,
@@ -165,6 +169,7 @@ impl<'a> Supervisor<'a> {
             lease,
             last_ok,
             successor: None,
+            handed: false,
             renewing: false,
             renew_again: false,
             waiting_reply: None,
@@ -229,13 +234,9 @@ impl<'a> Supervisor<'a> {
                     }
                     tracing::warn!(vm = %self.args.vm_id, "SIGTERM ignored: the supervisor stays while QEMU runs");
                 }
-                _ = renew.tick() => {
-                    if self.successor.is_none() {
-                        self.start_renewal(&renewal_tx);
-                    }
-                }
-                Some((started, result)) = renewal_rx.recv() => {
-                    self.renewed(started, result);
+                _ = renew.tick() => self.start_renewal(&renewal_tx),
+                Some((started, wrote, result)) = renewal_rx.recv() => {
+                    self.renewed(started, wrote, result);
                     if std::mem::take(&mut self.renew_again) {
                         self.start_renewal(&renewal_tx);
                     }
@@ -287,45 +288,67 @@ impl<'a> Supervisor<'a> {
         let holder = self.holder.clone();
         let successor = self.successor.clone();
         let ttl = self.timing.ttl;
+        let write = !self.handed;
         let tx = tx.clone();
         tokio::spawn(async move {
             let started = monotonic_now();
             let result = io
-                .run(move || match lock.renew(&host, &holder, successor) {
-                    // Removed by hand: create it again.
-                    Err(DiskError::LeaseLost { holder_host }) if holder_host.is_empty() => {
-                        let lease = Lease::new(&host, &holder, ttl, Some(&last));
-                        if lock.create(&lease)? {
-                            lock.verify(&lease)
-                        } else {
-                            Err(DiskError::LeaseLost {
-                                holder_host: lock.read()?.map(|l| l.host).unwrap_or_default(),
-                            })
-                        }
+                .run(move || {
+                    if !write {
+                        // Handing over: only look whether the successor
+                        // took the lease.
+                        let current = lock.read()?;
+                        return match holding(current.as_ref(), &host, &holder) {
+                            Holding::Ours => Ok(current),
+                            Holding::Vanished => Ok(None),
+                            Holding::Lost { holder_host, .. } => {
+                                Err(DiskError::LeaseLost { holder_host })
+                            }
+                        };
                     }
-                    other => other,
+                    match lock.renew(&host, &holder, successor) {
+                        // Removed by hand: create it again.
+                        Err(DiskError::LeaseLost { holder_host }) if holder_host.is_empty() => {
+                            let lease = Lease::new(&host, &holder, ttl, Some(&last));
+                            if lock.create(&lease)? {
+                                lock.verify(&lease).map(Some)
+                            } else {
+                                Err(DiskError::LeaseLost {
+                                    holder_host: lock
+                                        .read()?
+                                        .map(|l| l.host)
+                                        .unwrap_or_default(),
+                                })
+                            }
+                        }
+                        other => other.map(Some),
+                    }
                 })
                 .await;
-            if tx.send((started, result)).await.is_err() {
+            if tx.send((started, write, result)).await.is_err() {
                 tracing::debug!("renewal finished after the supervisor stopped");
             }
         });
     }
 
-    fn renewed(&mut self, started: Duration, result: Result<Lease, DiskError>) {
+    fn renewed(&mut self, started: Duration, wrote: bool, result: Result<Option<Lease>, DiskError>) {
         self.renewing = false;
         match result {
-            Ok(lease) => {
+            Ok(Some(lease)) if wrote => {
                 self.last_ok = self.last_ok.max(started);
                 tracing::debug!(generation = lease.generation, "lease renewed");
+                self.handed = lease.successor.is_some();
+                let asked = lease.successor == self.successor;
                 self.lease = Some(lease);
-                if let Some(reply) = self.waiting_reply.take() {
+                // Answer a hand-over (or its cancel) once the lease says so.
+                if let Some(reply) = self.waiting_reply.take_if(|_| asked) {
                     let status = self.status();
                     if reply.send(ControlReply::Status(status)).is_err() {
                         tracing::debug!("control client left before the answer");
                     }
                 }
             }
+            Ok(_) => {}
             Err(DiskError::LeaseLost { holder_host }) => {
                 let handed = self.successor.as_deref() == Some(holder_host.as_str());
                 if handed {
@@ -382,6 +405,9 @@ impl<'a> Supervisor<'a> {
                 if successor == self.args.host {
                     return refuse(reply, "the successor is this host".into());
                 }
+                if self.qemu.is_none() {
+                    return refuse(reply, "QEMU does not run yet".into());
+                }
                 tracing::info!(vm = %self.args.vm_id, %successor, "handing the lease over");
                 self.successor = Some(successor);
                 self.waiting_reply = Some(reply);
@@ -389,6 +415,7 @@ impl<'a> Supervisor<'a> {
             }
             ControlRequest::CancelHandOver => {
                 self.successor = None;
+                self.handed = false;
                 self.waiting_reply = Some(reply);
                 self.start_renewal(tx);
             }

@@ -291,3 +291,82 @@ async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
     // The fenced lease is left for its TTL to run out, never released.
     assert_eq!(read_lease(&vm_dir).map(|l| l.host).as_deref(), Some("host-1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handed_over_lease_is_taken_at_once_by_the_successor_only() {
+    let lab = lab(2).await;
+    let c = &lab.client;
+    let vm = create(&lab, "ho-1", None, true).await;
+    let vm_dir = lab.datastore_path("shared").join("ho-1");
+    let run = run_dir(&lab, &vm);
+    let qemu = vm_pid(&lab, &vm);
+    let (boot, _) = identity(&lab, "host-2", &vm);
+    // A hand-over is for a VM whose vCPUs are stopped (a switchover).
+    action(c, "ho-1", "pause").await.expect("pause");
+
+    let status = vdc_supervisor::client::hand_over(&run, "host-2", Duration::from_secs(30))
+        .await
+        .expect("hand-over accepted");
+    assert_eq!(status.successor.as_deref(), Some("host-2"));
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vm_dir.join("vm.lock")).unwrap()).unwrap();
+    assert_eq!(lock["successor"], "host-2", "{lock}");
+    assert_eq!(lock["host"], "host-1", "{lock}");
+
+    // The successor takes it without watching it for a TTL. (Its supervisor
+    // is started here as the agent would; both "hosts" share this machine,
+    // where QEMU's image lock would refuse a second QEMU until the first is
+    // gone: a migration's incoming QEMU does not take it.)
+    let successor_dir = tempfile::tempdir().unwrap();
+    let began = Instant::now();
+    let successor = vdc_supervisor::client::start(&vdc_supervisor::client::Launch {
+        program: env!("CARGO_BIN_EXE_vdc").into(),
+        host: "host-2".into(),
+        vm_id: vm.id.clone(),
+        vm_dir: vm_dir.clone(),
+        run_dir: successor_dir.path().to_path_buf(),
+        timing: vdc_disk::LeaseTiming::default(),
+        qemu_pid: None,
+    })
+    .await
+    .expect("the successor's supervisor");
+    assert_eq!(
+        successor.hello,
+        vdc_supervisor::Hello::Leased {
+            generation: read_lease(&vm_dir).unwrap().generation,
+            took_over: Some("handed_over".into())
+        }
+    );
+    assert!(began.elapsed() < TTL, "the successor waited {:?}", began.elapsed());
+    assert_eq!(read_lease(&vm_dir).unwrap().host, "host-2");
+    // The old QEMU is stopped: the VM is the successor's now.
+    wait_until(VM_WAIT_TIMEOUT, "host-1's QEMU to stop", || {
+        (!pid_running(qemu)).then_some(())
+    });
+    let fence: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("fence.json")).expect("fence.json"))
+            .unwrap();
+    assert_eq!(fence["kind"], "handed_over", "{fence}");
+    let stopped = wait_vm(c, "ho-1", |v| v.state == VmPowerState::Stopped).await;
+    assert!(
+        stopped.fenced.as_deref().is_some_and(|f| f.contains("host-2")),
+        "{:?}",
+        stopped.fenced
+    );
+    // The successor runs it (here: the agent of host-2 starts it afresh).
+    successor.abort().await;
+    let t = c
+        .vm_action("ho-1", "start", json!({ "host": "host-2" }))
+        .await
+        .expect("start accepted");
+    c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("started on host-2");
+    let vm = wait_vm(c, "ho-1", |v| {
+        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-2") && v.guest.ready
+    })
+    .await;
+    assert_eq!(read_lease(&vm_dir).unwrap().host, "host-2");
+    // Not a migration: the successor booted the VM afresh.
+    assert_ne!(identity(&lab, "host-1", &vm).0, boot);
+}

@@ -214,6 +214,12 @@ impl VmLock {
         self.verify(&next)
     }
 
+    /// Names `successor` in the lease `holder` on `host` holds (a renewal):
+    /// that host may take it at once ([`rule::TakeOver::HandedOver`]).
+    pub fn hand_over(&self, host: &str, holder: &str, successor: &str) -> Result<Lease, DiskError> {
+        self.renew(host, holder, Some(successor.to_string()))
+    }
+
     /// Gives the lease up if `host` holds it (and, when given, `holder`);
     /// a lease of anyone else (or none) is left alone. Returns whether a
     /// lease was removed.
@@ -323,7 +329,7 @@ mod tests {
 
         let l2 = lock.renew("h1", "s1", None).unwrap();
         assert_eq!(l2.generation, l1.generation + 1);
-        let l3 = lock.renew("h1", "s1", Some("h2".into())).unwrap();
+        let l3 = lock.hand_over("h1", "s1", "h2").unwrap();
         assert_eq!(l3.successor.as_deref(), Some("h2"));
         assert!(matches!(
             lock.renew("h2", "s2", None),
