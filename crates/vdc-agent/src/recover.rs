@@ -103,8 +103,7 @@ impl Agent {
                 let fence = FenceRecord::read(&self.run_dir(&config.id));
                 let state = if layout.vm_dir.suspend_state().exists() {
                     VmPowerState::Suspended
-                } else if last.has_process() || last == VmPowerState::Crashed || fence.is_some()
-                {
+                } else if last.has_process() || last == VmPowerState::Crashed || fence.is_some() {
                     VmPowerState::Crashed
                 } else {
                     last

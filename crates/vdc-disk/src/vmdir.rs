@@ -254,12 +254,7 @@ mod tests {
         std::fs::write(dir.console_log(), b"boot").unwrap();
         assert!(dir
             .lock()
-            .create(&crate::Lease::new(
-                "h1",
-                "a",
-                Duration::from_secs(10),
-                None
-            ))
+            .create(&crate::Lease::new("h1", "a", Duration::from_secs(10), None))
             .unwrap());
 
         assert!(matches!(

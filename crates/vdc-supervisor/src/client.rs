@@ -128,10 +128,16 @@ pub async fn start(launch: &Launch) -> Result<Started, SupervisorError> {
         }),
         Ok(Ok(_)) => Err(SupervisorError::Protocol(format!(
             "it exited without an answer; its log: {}",
-            vdc_qemu::tail_file(&log_path, 1024).unwrap_or_default().trim()
+            vdc_qemu::tail_file(&log_path, 1024)
+                .unwrap_or_default()
+                .trim()
         ))),
-        Ok(Err(e)) => Err(SupervisorError::Protocol(format!("cannot read its answer: {e}"))),
-        Err(_) => Err(SupervisorError::Protocol(format!("no answer within {wait:?}"))),
+        Ok(Err(e)) => Err(SupervisorError::Protocol(format!(
+            "cannot read its answer: {e}"
+        ))),
+        Err(_) => Err(SupervisorError::Protocol(format!(
+            "no answer within {wait:?}"
+        ))),
     };
     match hello {
         Ok(hello) => Ok(Started {
@@ -150,7 +156,9 @@ impl Started {
     /// Tells the supervisor QEMU's pid: from now on it guards that QEMU.
     pub async fn attach(&mut self, qemu_pid: u32) -> Result<(), SupervisorError> {
         let Some(mut stdin) = self.stdin.take() else {
-            return Err(SupervisorError::Protocol("QEMU's pid was already given".into()));
+            return Err(SupervisorError::Protocol(
+                "QEMU's pid was already given".into(),
+            ));
         };
         let line = format!("qemu {qemu_pid}\n");
         stdin
@@ -165,7 +173,10 @@ impl Started {
     pub async fn abort(mut self) {
         drop(self.stdin.take());
         if !self.process.wait_for(ABORT_WAIT).await {
-            tracing::warn!(pid = self.process.pid(), "an abandoned VM supervisor did not exit; killing it (its lease will expire)");
+            tracing::warn!(
+                pid = self.process.pid(),
+                "an abandoned VM supervisor did not exit; killing it (its lease will expire)"
+            );
             self.process.signal(libc::SIGKILL);
         }
     }
@@ -198,8 +209,8 @@ pub async fn request(
             .await
             .map_err(SupervisorError::io(&socket))?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_string(req)
-            .map_err(|e| SupervisorError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_string(req).map_err(|e| SupervisorError::Protocol(e.to_string()))?;
         line.push('\n');
         write
             .write_all(line.as_bytes())

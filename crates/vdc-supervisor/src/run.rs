@@ -20,8 +20,7 @@ use vdc_qemu::VmPaths;
 
 use crate::{
     write_atomic, ControlReply, ControlRequest, FenceKind, FenceRecord, Hello, SupervisorArgs,
-    SupervisorError, SupervisorStatus, FENCE_FILE, FENCE_VERSION, MAX_LINE, PID_FILE,
-    SOCKET_FILE,
+    SupervisorError, SupervisorStatus, FENCE_FILE, FENCE_VERSION, MAX_LINE, PID_FILE, SOCKET_FILE,
 };
 
 /// How often the holder checks its fence deadline.
@@ -60,7 +59,11 @@ fn hello(h: &Hello) {
 }
 
 async fn supervise(args: &SupervisorArgs, timing: LeaseTiming) -> Result<(), SupervisorError> {
-    let holder = format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let holder = format!(
+        "{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let io = Arc::new(
         LeaseIo::start("lease-io", timing.ttl.saturating_sub(timing.margin))
             .map_err(SupervisorError::io("lease I/O thread"))?,
@@ -97,7 +100,10 @@ async fn supervise(args: &SupervisorArgs, timing: LeaseTiming) -> Result<(), Sup
                 // must not keep running.
                 let mut sup = Supervisor::new(args, timing, holder, io, lock, paths, None);
                 sup.qemu = Some(Arc::new(Process::from_pid(pid)));
-                sup.fence(FenceKind::Fenced, format!("cannot hold the lease on re-attach: {}", chain(&e)));
+                sup.fence(
+                    FenceKind::Fenced,
+                    format!("cannot hold the lease on re-attach: {}", chain(&e)),
+                );
                 if let Some(q) = &sup.qemu {
                     q.wait_for(Duration::from_secs(30)).await;
                 }
@@ -183,7 +189,8 @@ impl<'a> Supervisor<'a> {
         mut term: tokio::signal::unix::Signal,
     ) -> Result<(), SupervisorError> {
         let (renewal_tx, mut renewal_rx) = mpsc::channel::<Renewal>(4);
-        let (ctl_tx, mut ctl_rx) = mpsc::channel::<(ControlRequest, oneshot::Sender<ControlReply>)>(8);
+        let (ctl_tx, mut ctl_rx) =
+            mpsc::channel::<(ControlRequest, oneshot::Sender<ControlReply>)>(8);
         let socket = self.args.run_dir.join(SOCKET_FILE);
         let listener = bind(&socket)?;
         tokio::spawn(serve_control(listener, ctl_tx));
@@ -192,7 +199,8 @@ impl<'a> Supervisor<'a> {
         if self.qemu.is_none() {
             tokio::spawn(read_qemu_pid(pid_tx));
         }
-        let launch_deadline = tokio::time::Instant::now() + Duration::from_secs(self.args.launch_timeout_s);
+        let launch_deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.args.launch_timeout_s);
         let mut renew = tokio::time::interval(self.timing.renew_every);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(FENCE_CHECK);
@@ -314,10 +322,7 @@ impl<'a> Supervisor<'a> {
                                 lock.verify(&lease).map(Some)
                             } else {
                                 Err(DiskError::LeaseLost {
-                                    holder_host: lock
-                                        .read()?
-                                        .map(|l| l.host)
-                                        .unwrap_or_default(),
+                                    holder_host: lock.read()?.map(|l| l.host).unwrap_or_default(),
                                 })
                             }
                         }
@@ -331,7 +336,12 @@ impl<'a> Supervisor<'a> {
         });
     }
 
-    fn renewed(&mut self, started: Duration, wrote: bool, result: Result<Option<Lease>, DiskError>) {
+    fn renewed(
+        &mut self,
+        started: Duration,
+        wrote: bool,
+        result: Result<Option<Lease>, DiskError>,
+    ) {
         self.renewing = false;
         match result {
             Ok(Some(lease)) if wrote => {
@@ -352,9 +362,15 @@ impl<'a> Supervisor<'a> {
             Err(DiskError::LeaseLost { holder_host }) => {
                 let handed = self.successor.as_deref() == Some(holder_host.as_str());
                 if handed {
-                    self.fence(FenceKind::HandedOver, format!("handed over to host '{holder_host}'"));
+                    self.fence(
+                        FenceKind::HandedOver,
+                        format!("handed over to host '{holder_host}'"),
+                    );
                 } else {
-                    self.fence(FenceKind::Fenced, format!("lease taken by host '{holder_host}'"));
+                    self.fence(
+                        FenceKind::Fenced,
+                        format!("lease taken by host '{holder_host}'"),
+                    );
                 }
                 self.answer_error(format!("lease lost to host '{holder_host}'"));
             }

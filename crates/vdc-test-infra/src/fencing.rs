@@ -187,8 +187,11 @@ impl LoopDatastore {
         f.set_len(size_mib << 20).expect("image size");
         drop(f);
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image)).expect("mkfs.ext4");
-        run(in_ns(ns_pid, "mount").args(["-o", "loop"]).arg(&image).arg(mount))
-            .expect("loop mount");
+        run(in_ns(ns_pid, "mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(mount))
+        .expect("loop mount");
         LoopDatastore {
             mount: mount.to_path_buf(),
             ns_pid,
@@ -208,7 +211,10 @@ impl LoopDatastore {
     /// # Panics
     /// If `fsfreeze` fails.
     pub fn freeze(&mut self) {
-        run(in_ns(self.ns_pid, "fsfreeze").arg("--freeze").arg(&self.mount)).expect("fsfreeze");
+        run(in_ns(self.ns_pid, "fsfreeze")
+            .arg("--freeze")
+            .arg(&self.mount))
+        .expect("fsfreeze");
         self.frozen = true;
     }
 
@@ -217,8 +223,10 @@ impl LoopDatastore {
     /// # Panics
     /// If `fsfreeze` fails.
     pub fn thaw(&mut self) {
-        run(in_ns(self.ns_pid, "fsfreeze").arg("--unfreeze").arg(&self.mount))
-            .expect("fsfreeze");
+        run(in_ns(self.ns_pid, "fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.mount))
+        .expect("fsfreeze");
         self.frozen = false;
     }
 }
@@ -226,7 +234,10 @@ impl LoopDatastore {
 impl Drop for LoopDatastore {
     fn drop(&mut self) {
         if self.frozen {
-            if let Err(e) = run(in_ns(self.ns_pid, "fsfreeze").arg("--unfreeze").arg(&self.mount)) {
+            if let Err(e) = run(in_ns(self.ns_pid, "fsfreeze")
+                .arg("--unfreeze")
+                .arg(&self.mount))
+            {
                 eprintln!("cannot thaw {}: {e}", self.mount.display());
             }
         }

@@ -48,7 +48,10 @@ async fn create(lab: &TestLab, name: &str, datastore: Option<&str>, start: bool)
         panic!("create {name} failed: {e}");
     }
     if start {
-        wait_vm(c, name, |v| v.state == VmPowerState::Running && v.guest.ready).await
+        wait_vm(c, name, |v| {
+            v.state == VmPowerState::Running && v.guest.ready
+        })
+        .await
     } else {
         c.get_vm(name).await.expect("VM record")
     }
@@ -56,7 +59,11 @@ async fn create(lab: &TestLab, name: &str, datastore: Option<&str>, start: bool)
 
 /// `(boot_id, counter)` as the guest's service answers from host `from`.
 fn identity(lab: &TestLab, from: &str, vm: &Vm) -> (String, u64) {
-    let addr = vm.guest.address.clone().expect("the guest reports its address");
+    let addr = vm
+        .guest
+        .address
+        .clone()
+        .expect("the guest reports its address");
     let lines = wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
         lab.guest_request(from, &addr, &[]).ok()
     });
@@ -67,11 +74,15 @@ fn identity(lab: &TestLab, from: &str, vm: &Vm) -> (String, u64) {
 /// Waits until the lease of `vm_dir` is held by `host` with a generation
 /// at least `at_least`; returns that generation.
 fn wait_lease(vm_dir: &Path, host: &str, at_least: u64) -> u64 {
-    wait_until(RENEW_WAIT, &format!("a lease of {host} at generation {at_least}"), || {
-        read_lease(vm_dir)
-            .filter(|l| l.host == host && l.generation >= at_least)
-            .map(|l| l.generation)
-    })
+    wait_until(
+        RENEW_WAIT,
+        &format!("a lease of {host} at generation {at_least}"),
+        || {
+            read_lease(vm_dir)
+                .filter(|l| l.host == host && l.generation >= at_least)
+                .map(|l| l.generation)
+        },
+    )
 }
 
 /// Asks `host`'s agent directly to start the VM of `vm_dir` (bypassing the
@@ -221,7 +232,9 @@ async fn planted_leases_live_refused_stale_taken_after_the_ttl() {
     renewer.join().unwrap();
     let last = read_lease(&vm_dir).unwrap();
     let began = Instant::now();
-    action(c, "pl-1", "start").await.expect("start after the TTL");
+    action(c, "pl-1", "start")
+        .await
+        .expect("start after the TTL");
     assert!(
         began.elapsed() > TTL,
         "a lease unchanged for only {:?} was taken",
@@ -230,7 +243,10 @@ async fn planted_leases_live_refused_stale_taken_after_the_ttl() {
     let lease = read_lease(&vm_dir).unwrap();
     assert_eq!(lease.host, "host-1");
     assert!(lease.generation > last.generation);
-    let vm = wait_vm(c, "pl-1", |v| v.state == VmPowerState::Running && v.guest.ready).await;
+    let vm = wait_vm(c, "pl-1", |v| {
+        v.state == VmPowerState::Running && v.guest.ready
+    })
+    .await;
     identity(&lab, "host-1", &vm);
 }
 
@@ -289,7 +305,10 @@ async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
     let reason = vm.fenced.expect("the server shows why the VM stopped");
     assert!(reason.contains("lease"), "{reason}");
     // The fenced lease is left for its TTL to run out, never released.
-    assert_eq!(read_lease(&vm_dir).map(|l| l.host).as_deref(), Some("host-1"));
+    assert_eq!(
+        read_lease(&vm_dir).map(|l| l.host).as_deref(),
+        Some("host-1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -337,7 +356,11 @@ async fn a_handed_over_lease_is_taken_at_once_by_the_successor_only() {
             took_over: Some("handed_over".into())
         }
     );
-    assert!(began.elapsed() < TTL, "the successor waited {:?}", began.elapsed());
+    assert!(
+        began.elapsed() < TTL,
+        "the successor waited {:?}",
+        began.elapsed()
+    );
     assert_eq!(read_lease(&vm_dir).unwrap().host, "host-2");
     // The old QEMU is stopped: the VM is the successor's now.
     wait_until(VM_WAIT_TIMEOUT, "host-1's QEMU to stop", || {
@@ -349,7 +372,10 @@ async fn a_handed_over_lease_is_taken_at_once_by_the_successor_only() {
     assert_eq!(fence["kind"], "handed_over", "{fence}");
     let stopped = wait_vm(c, "ho-1", |v| v.state == VmPowerState::Stopped).await;
     assert!(
-        stopped.fenced.as_deref().is_some_and(|f| f.contains("host-2")),
+        stopped
+            .fenced
+            .as_deref()
+            .is_some_and(|f| f.contains("host-2")),
         "{:?}",
         stopped.fenced
     );

@@ -225,7 +225,7 @@ impl VmLock {
     /// lease was removed.
     pub fn release(&self, host: &str, holder: Option<&str>) -> Result<bool, DiskError> {
         match self.read()? {
-            Some(l) if l.host == host && holder.map_or(true, |h| h == l.holder) => {
+            Some(l) if l.host == host && holder.is_none_or(|h| h == l.holder) => {
                 match std::fs::remove_file(&self.path) {
                     Ok(()) => Ok(true),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -374,15 +374,18 @@ mod tests {
         )
         .unwrap();
         let l = lock.read().unwrap().unwrap();
-        assert_eq!((l.host.as_str(), l.generation, l.ttl_ms), ("old", 5000, 30_000));
-        std::fs::write(
-            lock.path(),
-            r#"{"version":3,"host":"new","future":true}"#,
-        )
-        .unwrap();
+        assert_eq!(
+            (l.host.as_str(), l.generation, l.ttl_ms),
+            ("old", 5000, 30_000)
+        );
+        std::fs::write(lock.path(), r#"{"version":3,"host":"new","future":true}"#).unwrap();
         assert!(matches!(
             lock.read(),
-            Err(DiskError::UnsupportedVersion { found: 3, supported: 2, .. })
+            Err(DiskError::UnsupportedVersion {
+                found: 3,
+                supported: 2,
+                ..
+            })
         ));
         std::fs::write(lock.path(), "garbage").unwrap();
         assert!(matches!(lock.read(), Err(DiskError::Parse { .. })));

@@ -362,7 +362,10 @@ mod tests {
         assert_eq!(holder_deadline(S(100), &t), S(107));
         assert!(!must_fence(S(106), S(100), &t));
         assert!(must_fence(S(107), S(100), &t));
-        assert_eq!(holding(Some(&lease("h1", 1)), "h1", "h1-sup"), Holding::Ours);
+        assert_eq!(
+            holding(Some(&lease("h1", 1)), "h1", "h1-sup"),
+            Holding::Ours
+        );
         assert_eq!(holding(None, "h1", "h1-sup"), Holding::Vanished);
         assert!(matches!(
             holding(Some(&lease("h1", 1)), "h1", "other"),
@@ -373,10 +376,7 @@ mod tests {
                 margin: Duration::ZERO,
                 ..t
             },
-            LeaseTiming {
-                margin: S(10),
-                ..t
-            },
+            LeaseTiming { margin: S(10), ..t },
             LeaseTiming {
                 renew_every: S(4),
                 ..t
