@@ -139,12 +139,20 @@ impl Cluster {
             };
             let Some(rec) = before else { continue };
             if new.state != rec.state {
+                // Why its host's supervisor stopped it, if it did.
+                let fenced = rt
+                    .and_then(|r| r.fenced.clone())
+                    .filter(|_| !new.state.has_process());
+                let why = fenced
+                    .as_ref()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default();
                 self.events
                     .publish(
                         "vm.state_changed",
                         &name,
-                        format!("VM {name} is {} on {host}", new.state),
-                        json!({"from": rec.state, "to": new.state, "host": host}),
+                        format!("VM {name} is {} on {host}{why}", new.state),
+                        json!({"from": rec.state, "to": new.state, "host": host, "fenced": fenced}),
                     )
                     .await;
             }

@@ -263,6 +263,11 @@ async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
     let qemu = vm_pid(&lab, &vm);
     identity(&lab, "host-1", &vm);
 
+    let mut events = Box::pin(
+        c.events(&["vm.state_changed".to_string()])
+            .await
+            .expect("event stream"),
+    );
     // Watch the lease as a contender would, noting when its last
     // generation was first seen; then stall the datastore.
     let mut last = wait_lease(&vm_dir, "host-1", 1);
@@ -304,6 +309,23 @@ async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
     let vm = wait_vm(c, "st-1", |v| v.state == VmPowerState::Crashed).await;
     let reason = vm.fenced.expect("the server shows why the VM stopped");
     assert!(reason.contains("lease"), "{reason}");
+    // The event stream says so too.
+    let event = tokio::time::timeout(VM_WAIT_TIMEOUT, async {
+        use futures::StreamExt;
+        while let Some(e) = events.next().await {
+            let e = e.expect("an event");
+            if e.object == "st-1" && e.data["to"] == "crashed" {
+                return e;
+            }
+        }
+        panic!("the event stream ended");
+    })
+    .await
+    .expect("a crashed event");
+    assert!(
+        event.data["fenced"].as_str().is_some_and(|f| f.contains("lease")),
+        "{event:?}"
+    );
     // The fenced lease is left for its TTL to run out, never released.
     assert_eq!(
         read_lease(&vm_dir).map(|l| l.host).as_deref(),
