@@ -783,6 +783,19 @@ mod tests {
         assert!(text
             .lines()
             .any(|l| l.starts_with("guest address:") && l.ends_with("10.77.0.100")));
+        assert!(!text.contains("fenced"), "{text}");
+    }
+
+    #[test]
+    fn vm_details_show_why_a_vm_was_fenced() {
+        let mut v = vm("db-1", VmPowerState::Crashed, None);
+        v.fenced = Some("lease not renewed for 7000 ms".into());
+        let text = vm_details(&v, 0);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("fenced:") && l.ends_with("lease not renewed for 7000 ms")),
+            "{text}"
+        );
     }
 
     #[test]

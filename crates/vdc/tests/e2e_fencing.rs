@@ -323,7 +323,9 @@ async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
     .await
     .expect("a crashed event");
     assert!(
-        event.data["fenced"].as_str().is_some_and(|f| f.contains("lease")),
+        event.data["fenced"]
+            .as_str()
+            .is_some_and(|f| f.contains("lease")),
         "{event:?}"
     );
     // The fenced lease is left for its TTL to run out, never released.
