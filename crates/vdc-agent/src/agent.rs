@@ -71,6 +71,8 @@ pub(crate) struct Agent {
     pub(crate) host_cpu: Mutex<HostCpu>,
     /// Serial console connections (see `console`).
     pub consoles: ConsoleLinks,
+    /// A check for VMs moved to other hosts is running.
+    moved_check: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Agent {
@@ -112,6 +114,7 @@ impl Agent {
             changed: Arc::new(Notify::new()),
             host_cpu: Mutex::new(host_cpu),
             consoles: ConsoleLinks::default(),
+            moved_check: Arc::default(),
             config,
         }))
     }
@@ -263,28 +266,44 @@ impl Agent {
     /// Drops VMs that stopped here and were since taken by another host
     /// (a lease of another host is in their directory: it runs them now, or
     /// ran them last). The reads run off the async runtime, each bounded.
+    /// At most one check runs at a time, and it stops at the first lease
+    /// read that times out, so a hung datastore holds at most one blocked
+    /// thread.
     pub fn forget_moved_vms(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.moved_check.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let agent = self.clone();
         tokio::spawn(async move {
-            let slots: Vec<_> = agent.vms().values().cloned().collect();
-            for slot in slots {
-                if slot.state().has_process() || slot.op.try_lock().is_err() {
-                    continue;
-                }
-                let config = slot.inner().config.clone();
-                let Ok(layout) = agent.layout(&config) else {
-                    continue;
-                };
-                let lock = layout.vm_dir.lock();
-                let read = blocking_lease_io(move || lock.read()).await;
-                if let Ok(Some(lease)) = read {
-                    if lease.host != agent.config.name {
-                        tracing::info!(vm = %config.name, host = %lease.host, "VM now runs on another host; forgetting it");
-                        agent.forget(&slot.id);
-                    }
-                }
-            }
+            agent.check_moved_vms().await;
+            agent.moved_check.store(false, Ordering::SeqCst);
         });
+    }
+
+    async fn check_moved_vms(&self) {
+        let slots: Vec<_> = self.vms().values().cloned().collect();
+        for slot in slots {
+            if slot.state().has_process() || slot.op.try_lock().is_err() {
+                continue;
+            }
+            let config = slot.inner().config.clone();
+            let Ok(layout) = self.layout(&config) else {
+                continue;
+            };
+            let lock = layout.vm_dir.lock();
+            match blocking_lease_io(move || lock.read()).await {
+                Ok(Some(lease)) if lease.host != self.config.name => {
+                    tracing::info!(vm = %config.name, host = %lease.host, "VM now runs on another host; forgetting it");
+                    self.forget(&slot.id);
+                }
+                Err(e @ vdc_disk::DiskError::LeaseIoTimeout { .. }) => {
+                    tracing::warn!(vm = %config.name, error = %e, "datastore does not answer; moved-VM check stopped");
+                    return;
+                }
+                _ => {}
+            }
+        }
     }
 
     /// How to start the supervisor of VM `id` whose directory is `vm_dir`
