@@ -168,6 +168,18 @@ async fn frozen_or_killed_agent_leaves_vms_running_and_leased() {
     );
     assert!(pid_running(supervisor) && pid_running(qemu));
 
+    // A supervisor that dies is replaced at once; the VM keeps running and
+    // leased.
+    vdc_test_infra::fencing::signal(supervisor, nix::sys::signal::Signal::SIGKILL);
+    let supervisor = wait_until(RENEW_WAIT, "a new supervisor", || {
+        read_pid(&run_dir(&lab, &vm).join("supervisor.pid"))
+            .filter(|p| *p != supervisor && pid_running(*p))
+    });
+    let g2 = wait_lease(&vm_dir, "host-1", 1);
+    wait_lease(&vm_dir, "host-1", g2 + 2);
+    assert!(pid_running(qemu));
+    assert_eq!(identity(&lab, "host-2", &vm).0, boot);
+
     // A power-off releases the lease and ends the supervisor.
     action(c, "fz-1", "stop").await.expect("stop");
     assert_eq!(read_lease(&vm_dir), None, "lease released");
