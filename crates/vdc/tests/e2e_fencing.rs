@@ -188,6 +188,11 @@ async fn frozen_or_killed_agent_leaves_vms_running_and_leased() {
     });
 }
 
+/// The supervisor's `fence.json` in a VM's runtime directory, once written.
+fn fence_record(run_dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(run_dir.join("fence.json")).ok()?).ok()
+}
+
 fn vm_pid(lab: &TestLab, vm: &Vm) -> u32 {
     read_pid(&run_dir(lab, vm).join("qemu.pid")).expect("a QEMU pid")
 }
@@ -307,9 +312,8 @@ async fn a_vm_that_cannot_renew_its_lease_stops_before_the_ttl() {
         "QEMU stopped {:?} after the lease last changed (TTL {TTL:?})",
         killed_at - seen_at
     );
-    let fence: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("fence.json")).expect("fence.json"))
-            .unwrap();
+    // The supervisor records why right after the kill.
+    let fence = wait_until(VM_WAIT_TIMEOUT, "fence.json", || fence_record(&run));
     assert_eq!(fence["kind"], "fenced", "{fence}");
     let lease = read_lease(&vm_dir).unwrap();
     assert_eq!((lease.host.as_str(), lease.generation), ("host-1", last));
@@ -402,9 +406,7 @@ async fn a_handed_over_lease_is_taken_at_once_by_the_successor_only() {
     wait_until(VM_WAIT_TIMEOUT, "host-1's QEMU to stop", || {
         (!pid_running(qemu)).then_some(())
     });
-    let fence: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("fence.json")).expect("fence.json"))
-            .unwrap();
+    let fence = wait_until(VM_WAIT_TIMEOUT, "fence.json", || fence_record(&run));
     assert_eq!(fence["kind"], "handed_over", "{fence}");
     let stopped = wait_vm(c, "ho-1", |v| v.state == VmPowerState::Stopped).await;
     assert!(
