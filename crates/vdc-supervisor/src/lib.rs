@@ -24,7 +24,8 @@
 //!        successor takes the lease at once (QEMU is killed when it does)
 //! ```
 //! With `--qemu-pid` (re-attaching to a QEMU whose supervisor died) the
-//! supervisor starts in Supervising; if it cannot take the lease, QEMU is
+//! supervisor starts in Supervising; if another host holds the lease (the
+//! VM was taken over meanwhile) or it cannot take the lease, QEMU is
 //! fenced at once.
 //!
 //! # Files in the VM's runtime directory (local to the host)
@@ -36,7 +37,7 @@
 //!
 //! # Modules
 //! - [`client`]: the agent's side (spawn, attach, abort, find, control).
-//! - `run`: the process itself.
+//! - `run`: the process itself; `control`: its stdin and control socket.
 
 #![warn(missing_docs)]
 
@@ -47,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use vdc_disk::LeaseTiming;
 
 pub mod client;
+mod control;
 mod run;
 
 pub use run::run;

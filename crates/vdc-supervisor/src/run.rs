@@ -4,23 +4,22 @@
 //! the lease I/O thread, control connections, stdin) talks to it through
 //! channels, so the fence check is never blocked behind I/O.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use vdc_disk::lock::rule::{holder_deadline, holding, must_fence, Holding};
 use vdc_disk::lock::{acquire, monotonic_now, TakeOver};
+
+use crate::control::{bind, read_qemu_pid, serve_control};
 use vdc_disk::{DiskError, Lease, LeaseIo, LeaseTiming, VmLock};
 use vdc_qemu::process::Process;
 use vdc_qemu::VmPaths;
 
 use crate::{
     write_atomic, ControlReply, ControlRequest, FenceKind, FenceRecord, Hello, SupervisorArgs,
-    SupervisorError, SupervisorStatus, FENCE_FILE, FENCE_VERSION, MAX_LINE, PID_FILE, SOCKET_FILE,
+    SupervisorError, SupervisorStatus, FENCE_FILE, FENCE_VERSION, PID_FILE, SOCKET_FILE,
 };
 
 /// How often the holder checks its fence deadline.
@@ -73,7 +72,7 @@ async fn supervise(args: &SupervisorArgs, timing: LeaseTiming) -> Result<(), Sup
     let mut term = signal(SignalKind::terminate()).map_err(SupervisorError::io("SIGTERM"))?;
 
     let acquired = tokio::select! {
-        a = acquire(&io, &lock, &args.host, &holder, &timing) => a,
+        a = take_lease(args, &io, &lock, &holder, &timing) => a,
         _ = term.recv() => {
             hello(&Hello::Failed { message: "stopped while taking the lease".into() });
             return Ok(());
@@ -124,6 +123,30 @@ async fn supervise(args: &SupervisorArgs, timing: LeaseTiming) -> Result<(), Sup
         sup.attach(pid);
     }
     sup.main_loop(term).await
+}
+
+/// Takes the lease; when re-attaching to a running QEMU, another host's
+/// lease means the VM was taken over meanwhile: refused at once, without
+/// watching it (that QEMU must stop now).
+async fn take_lease(
+    args: &SupervisorArgs,
+    io: &LeaseIo,
+    lock: &VmLock,
+    holder: &str,
+    timing: &LeaseTiming,
+) -> Result<vdc_disk::lock::Acquired, DiskError> {
+    if args.qemu_pid.is_some() {
+        let l = lock.clone();
+        if let Some(current) = io.run(move || l.read()).await? {
+            if current.host != args.host {
+                return Err(DiskError::Locked {
+                    holder_host: current.host,
+                    generation: current.generation,
+                });
+            }
+        }
+    }
+    acquire(io, lock, &args.host, holder, timing).await
 }
 
 /// Result of one renewal (or, while handing over, one look at the lease):
@@ -500,86 +523,6 @@ impl<'a> Supervisor<'a> {
                 after: RELEASE_WAIT,
             })),
         }
-    }
-}
-
-fn bind(socket: &PathBuf) -> Result<UnixListener, SupervisorError> {
-    match std::fs::remove_file(socket) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(SupervisorError::Io {
-                path: socket.clone(),
-                source: e,
-            })
-        }
-        _ => {}
-    }
-    UnixListener::bind(socket).map_err(SupervisorError::io(socket))
-}
-
-/// Reads `qemu PID` from stdin; `None` on EOF, `abort` or nonsense.
-async fn read_qemu_pid(tx: mpsc::Sender<Option<u32>>) {
-    let mut line = String::new();
-    let mut stdin = BufReader::new(tokio::io::stdin().take(MAX_LINE as u64));
-    let pid = match stdin.read_line(&mut line).await {
-        Ok(_) => line
-            .trim()
-            .strip_prefix("qemu ")
-            .and_then(|p| p.parse::<u32>().ok())
-            .filter(|p| *p > 0),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read stdin");
-            None
-        }
-    };
-    if tx.send(pid).await.is_err() {
-        tracing::debug!("supervisor stopped before QEMU's pid arrived");
-    }
-}
-
-/// Serves the control socket: one JSON request line, one JSON answer line.
-async fn serve_control(
-    listener: UnixListener,
-    tx: mpsc::Sender<(ControlRequest, oneshot::Sender<ControlReply>)>,
-) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "control socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = BufReader::new(read.take(MAX_LINE as u64));
-            let answer = match reader.read_line(&mut line).await {
-                Ok(_) => match serde_json::from_str::<ControlRequest>(line.trim()) {
-                    Ok(req) => {
-                        let (reply_tx, reply_rx) = oneshot::channel();
-                        if tx.send((req, reply_tx)).await.is_err() {
-                            return;
-                        }
-                        reply_rx.await.unwrap_or(ControlReply::Error {
-                            message: "the supervisor is stopping".into(),
-                        })
-                    }
-                    Err(e) => ControlReply::Error {
-                        message: format!("not a control request: {e}"),
-                    },
-                },
-                Err(e) => ControlReply::Error {
-                    message: format!("cannot read the request: {e}"),
-                },
-            };
-            let mut out = serde_json::to_string(&answer).unwrap_or_default();
-            out.push('\n');
-            if let Err(e) = write.write_all(out.as_bytes()).await {
-                tracing::debug!(error = %e, "control client left");
-            }
-        });
     }
 }
 

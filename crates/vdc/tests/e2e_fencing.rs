@@ -210,7 +210,7 @@ fn plant_lease(vm_dir: &Path, host: &str, generation: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn planted_leases_live_refused_stale_taken_after_the_ttl() {
+async fn foreign_leases_are_respected_live_stale_and_after_a_takeover() {
     let lab = lab(1).await;
     let c = &lab.client;
     let vm = create(&lab, "pl-1", None, false).await;
