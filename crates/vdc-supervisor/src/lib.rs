@@ -37,7 +37,8 @@
 //!
 //! # Modules
 //! - [`client`]: the agent's side (spawn, attach, abort, find, control).
-//! - `run`: the process itself; `control`: its stdin and control socket.
+//! - `run`: the process itself; `control`: its stdin and control socket;
+//!   `reaction`: what it does about each lease operation's outcome (pure).
 
 #![warn(missing_docs)]
 
@@ -49,6 +50,7 @@ use vdc_disk::LeaseTiming;
 
 pub mod client;
 mod control;
+mod reaction;
 mod run;
 
 pub use run::run;

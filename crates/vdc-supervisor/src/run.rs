@@ -13,6 +13,7 @@ use vdc_disk::lock::rule::{holder_deadline, holding, must_fence, Holding};
 use vdc_disk::lock::{acquire, monotonic_now, TakeOver};
 
 use crate::control::{bind, read_qemu_pid, serve_control};
+use crate::reaction::{react, Reaction};
 use vdc_disk::{DiskError, Lease, LeaseIo, LeaseTiming, VmLock};
 use vdc_qemu::process::Process;
 use vdc_qemu::VmPaths;
@@ -366,43 +367,34 @@ impl<'a> Supervisor<'a> {
         result: Result<Option<Lease>, DiskError>,
     ) {
         self.renewing = false;
-        match result {
-            Ok(Some(lease)) if wrote => {
+        match react(self.successor.as_deref(), wrote, &result) {
+            Reaction::Renewed { handing_over } => {
                 self.last_ok = self.last_ok.max(started);
-                tracing::debug!(generation = lease.generation, "lease renewed");
-                self.handed = lease.successor.is_some();
-                let asked = lease.successor == self.successor;
-                self.lease = Some(lease);
-                // Answer a hand-over (or its cancel) once the lease says so.
-                if let Some(reply) = self.waiting_reply.take_if(|_| asked) {
-                    let status = self.status();
-                    if reply.send(ControlReply::Status(status)).is_err() {
-                        tracing::debug!("control client left before the answer");
+                self.handed = handing_over;
+                if let Ok(Some(lease)) = result {
+                    tracing::debug!(generation = lease.generation, "lease renewed");
+                    let asked = lease.successor == self.successor;
+                    self.lease = Some(lease);
+                    // Answer a hand-over (or its cancel) once the lease says so.
+                    if let Some(reply) = self.waiting_reply.take_if(|_| asked) {
+                        let status = self.status();
+                        if reply.send(ControlReply::Status(status)).is_err() {
+                            tracing::debug!("control client left before the answer");
+                        }
                     }
                 }
             }
-            Ok(_) => {}
-            Err(DiskError::LeaseLost { holder_host }) => {
-                let handed = self.successor.as_deref() == Some(holder_host.as_str());
-                if handed {
-                    self.fence(
-                        FenceKind::HandedOver,
-                        format!("handed over to host '{holder_host}'"),
-                    );
-                } else {
-                    self.fence(
-                        FenceKind::Fenced,
-                        format!("lease taken by host '{holder_host}'"),
-                    );
-                }
-                self.answer_error(format!("lease lost to host '{holder_host}'"));
+            Reaction::Unchanged => {}
+            Reaction::Fence(kind, reason) => {
+                self.answer_error(reason.clone());
+                self.fence(kind, reason);
             }
-            Err(e) => {
+            Reaction::Retry(why) => {
                 let deadline = holder_deadline(self.last_ok, &self.timing);
-                tracing::warn!(vm = %self.args.vm_id, error = %chain(&e),
+                tracing::warn!(vm = %self.args.vm_id, error = %why,
                     fence_in_ms = deadline.saturating_sub(monotonic_now()).as_millis() as u64,
                     "cannot renew the lease");
-                self.answer_error(chain(&e));
+                self.answer_error(why);
             }
         }
     }
