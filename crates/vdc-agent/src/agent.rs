@@ -336,6 +336,29 @@ impl Agent {
     }
 }
 
+/// Longest the agent waits for a datastore during an operation.
+pub(crate) const DATASTORE_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs blocking datastore I/O (`what` names it in errors) on the blocking
+/// pool, waiting at most [`DATASTORE_WAIT`]: a hung datastore fails the
+/// operation instead of stalling the agent.
+pub(crate) async fn datastore_io<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(DATASTORE_WAIT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::new(ErrorCode::HostError, format!("{what}: {e}"))),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::HostError,
+            format!(
+                "{what}: the datastore did not answer within {} s; check its mount",
+                DATASTORE_WAIT.as_secs()
+            ),
+        )),
+    }
+}
+
 /// Runs blocking lease I/O on the blocking pool, waiting at most
 /// [`LEASE_IO_WAIT`] (a hung call keeps its thread, not the runtime).
 pub(crate) async fn blocking_lease_io<T: Send + 'static>(

@@ -13,7 +13,7 @@ use crate::slot::VmSlot;
 use crate::state::Input;
 use crate::supervisor;
 
-use crate::agent::{Agent, Layout, EXIT_WAIT};
+use crate::agent::{datastore_io, Agent, Layout, EXIT_WAIT};
 use crate::provision::check_config;
 
 impl Agent {
@@ -25,7 +25,8 @@ impl Agent {
     ) -> Result<VmRuntime, ApiError> {
         check_config(id, &config)?;
         let layout = self.layout(&config)?;
-        if !layout.vm_dir.exists() {
+        let vm_dir = layout.vm_dir.clone();
+        if !datastore_io("cannot read the VM directory", move || vm_dir.exists()).await? {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!(
@@ -62,16 +63,19 @@ impl Agent {
                 config.name
             )));
         }
-        for (disk, path) in config.disks.iter().zip(&layout.disks) {
-            if !path.is_file() {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "disk '{}' ('{}' on datastore '{}') not found",
-                        disk.name, disk.path, disk.datastore
-                    ),
-                ));
-            }
+        let disks = layout.disks.clone();
+        let missing = datastore_io("cannot read the VM's disks", move || {
+            disks.iter().position(|p| !p.is_file())
+        })
+        .await?;
+        if let Some(disk) = missing.and_then(|i| config.disks.get(i)) {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "disk '{}' ('{}' on datastore '{}') not found",
+                    disk.name, disk.path, disk.datastore
+                ),
+            ));
         }
         let mut taps = Vec::new();
         let mut nics = Vec::new();
@@ -136,21 +140,31 @@ impl Agent {
             }
         };
         // Only the lease holder may rewrite the VM's files.
-        let saved = layout
-            .vm_dir
-            .write_config(&config)
-            .map_err(|e| disk_error("cannot write vm.json", e))
-            .and_then(|()| {
-                slot.inner().config = config.clone();
-                slot.persist_config()
-                    .map_err(|e| host_error("cannot write the runtime directory", &e))
-            });
+        let (vm_dir, to_save) = (layout.vm_dir.clone(), config.clone());
+        let saved = datastore_io("cannot write vm.json", move || {
+            vm_dir.write_config(&to_save)
+        })
+        .await
+        .and_then(|r| r.map_err(|e| disk_error("cannot write vm.json", e)))
+        .and_then(|()| {
+            slot.inner().config = config.clone();
+            slot.persist_config()
+                .map_err(|e| host_error("cannot write the runtime directory", &e))
+        });
         if let Err(e) = saved {
             guard.abort().await;
             return Err(e);
         }
 
-        let suspended = layout.vm_dir.suspend_state().exists();
+        let state_file = layout.vm_dir.suspend_state();
+        let suspended =
+            match datastore_io("cannot read the VM directory", move || state_file.exists()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    guard.abort().await;
+                    return Err(e);
+                }
+            };
         let previous = if suspended {
             VmPowerState::Suspended
         } else {
