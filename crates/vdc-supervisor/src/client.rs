@@ -267,3 +267,55 @@ fn status_of(reply: ControlReply) -> Result<crate::SupervisorStatus, SupervisorE
         ControlReply::Error { message } => Err(SupervisorError::Refused(message)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Sub {
+        #[command(name = "vm-supervisor")]
+        VmSupervisor(crate::SupervisorArgs),
+    }
+
+    #[test]
+    fn the_agent_starts_the_supervisor_with_flags_it_parses() {
+        let launch = Launch {
+            program: "vdc".into(),
+            host: "host-1".into(),
+            vm_id: "id-1".into(),
+            vm_dir: "/ds/vm-1".into(),
+            run_dir: "/run/vms/id-1".into(),
+            timing: LeaseTiming {
+                ttl: Duration::from_secs(12),
+                renew_every: Duration::from_millis(1500),
+                margin: Duration::from_secs(4),
+            },
+            qemu_pid: Some(42),
+        };
+        let args = std::iter::once("vdc".to_string()).chain(launch.args());
+        let Sub::VmSupervisor(parsed) = Cli::try_parse_from(args).unwrap().command;
+        assert_eq!(parsed.host, "host-1");
+        assert_eq!(parsed.vm_id, "id-1");
+        assert_eq!(parsed.vm_dir, PathBuf::from("/ds/vm-1"));
+        assert_eq!(parsed.run_dir, PathBuf::from("/run/vms/id-1"));
+        assert_eq!(parsed.timing(), launch.timing);
+        assert_eq!(parsed.qemu_pid, Some(42));
+    }
+
+    #[test]
+    fn a_pidfile_of_something_else_is_no_supervisor() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(find(dir.path()), None);
+        // This test process is alive but is not `vdc vm-supervisor`.
+        std::fs::write(dir.path().join(PID_FILE), std::process::id().to_string()).unwrap();
+        assert_eq!(find(dir.path()), None);
+    }
+}
