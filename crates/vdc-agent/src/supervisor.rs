@@ -34,6 +34,9 @@ use crate::state::Input;
 /// How long the VM's supervisor may take to release the lease and exit
 /// after QEMU exited.
 const SUPERVISOR_EXIT_WAIT: Duration = Duration::from_secs(15);
+/// How many times a dead supervisor is replaced for one QEMU before the
+/// VM is powered off instead.
+const MAX_REPLACEMENTS: u32 = 3;
 
 /// Starts following `vm`: the guest channel and the monitor task.
 pub(crate) fn start(agent: Arc<Agent>, slot: Arc<VmSlot>, vm: Arc<vdc_qemu::Vm>, layout: &Layout) {
@@ -82,6 +85,7 @@ async fn monitor(
     let mut stats = tokio::time::interval(Duration::from_secs(1));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sampler = ProcessSampler::new(vm.pid());
+    let mut replaced = 0u32;
     let exited = vm.wait_exit();
     tokio::pin!(exited);
 
@@ -94,8 +98,18 @@ async fn monitor(
                 if vm.has_exited() {
                     continue;
                 }
-                tracing::error!(vm = %slot.id, "the VM's supervisor died while QEMU runs; starting another");
                 slot.inner().vm_supervisor = None;
+                replaced += 1;
+                if replaced > MAX_REPLACEMENTS {
+                    // A VM nobody can guard must not run.
+                    tracing::error!(vm = %slot.id, replaced, "the VM's supervisors keep dying; powering the VM off");
+                    slot.inner().exit_requested = true;
+                    if let Err(e) = vm.power_off().await {
+                        tracing::error!(vm = %slot.id, error = %e, "cannot power off an unsupervised VM");
+                    }
+                    continue;
+                }
+                tracing::error!(vm = %slot.id, "the VM's supervisor died while QEMU runs; starting another");
                 agent.resupervise(&slot, &vm, &vm_dir).await;
             }
             ev = events.recv(), if events_open => match ev {

@@ -216,8 +216,16 @@ impl<'a> Supervisor<'a> {
         let (ctl_tx, mut ctl_rx) =
             mpsc::channel::<(ControlRequest, oneshot::Sender<ControlReply>)>(8);
         let socket = self.args.run_dir.join(SOCKET_FILE);
-        let listener = bind(&socket)?;
-        tokio::spawn(serve_control(listener, ctl_tx));
+        // Without its control socket the supervisor still guards QEMU; only
+        // hand-overs and status requests are unavailable.
+        match bind(&socket) {
+            Ok(listener) => {
+                tokio::spawn(serve_control(listener, ctl_tx));
+            }
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "no control socket; hand-overs are unavailable")
+            }
+        }
 
         let (pid_tx, mut pid_rx) = mpsc::channel::<Option<u32>>(1);
         if self.qemu.is_none() {
