@@ -6,7 +6,8 @@
 #   (no flag)      install packages, build the vdc binary, build the guest image
 #   --deps-only    install packages only
 #   --image-only   build the guest image only
-#   --test-deps    also install what the tests need (chromium, chromium-driver)
+#   --test-deps    also install what the tests need (chromium, chromium-driver,
+#                  python3-venv; schemathesis from PyPI into its own venv)
 #   --lab          at the end, exec `target/release/vdc lab up`
 #
 # Steps:
@@ -16,7 +17,9 @@
 #   2. install only the packages that are missing (dpkg-query), running
 #      `apt-get update` only when something must be installed;
 #   3. `cargo build --release -p vdc`, linked as /usr/local/bin/vdc;
-#   4. scripts/build-guest-image.sh (cached: a re-run costs nothing).
+#   4. scripts/build-guest-image.sh (cached: a re-run costs nothing);
+#   with --test-deps, schemathesis (pinned major version) into a venv of its
+#   own, where scripts/schemathesis.sh looks for it.
 # Every step checks before it acts, so a re-run is fast and changes nothing.
 set -euo pipefail
 
@@ -40,7 +43,7 @@ for arg in "$@"; do
         --lab) do_lab=1 ;;
         --test-deps) do_test_deps=1 ;;
         -h | --help)
-            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) die "unknown argument: $arg (see --help)" ;;
@@ -53,8 +56,12 @@ backports_pkgs=(qemu-system-x86 linux-image-amd64)
 base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlinux
     dosfstools mtools fdisk e2fsprogs)
 # Packages from bookworm for the tests (--test-deps): the web page's
-# end-to-end test drives a headless Chromium over WebDriver.
-test_pkgs=(chromium chromium-driver)
+# end-to-end test drives a headless Chromium over WebDriver; schemathesis
+# (the API contract check) lives in a Python venv.
+test_pkgs=(chromium chromium-driver python3-venv)
+# Where scripts/schemathesis.sh finds schemathesis, and which version.
+schemathesis_venv=/var/cache/vdc/schemathesis
+schemathesis_req='schemathesis>=4.32,<5'
 
 installed() {
     [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null)" = "ii " ]
@@ -100,6 +107,17 @@ EOF
     fi
 }
 
+install_schemathesis() {
+    if "$schemathesis_venv/bin/schemathesis" --version >/dev/null 2>&1; then
+        log "schemathesis: present"
+        return
+    fi
+    log "installing schemathesis into $schemathesis_venv"
+    mkdir -p "$(dirname "$schemathesis_venv")"
+    /usr/bin/python3 -m venv "$schemathesis_venv" >&2
+    "$schemathesis_venv/bin/pip" install -q "$schemathesis_req" >&2
+}
+
 build_vdc() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust, e.g. rustup)"
     log "cargo build --release -p vdc"
@@ -117,6 +135,7 @@ build_image() {
 }
 
 if [ $do_deps = 1 ]; then install_deps; fi
+if [ $do_deps = 1 ] && [ $do_test_deps = 1 ]; then install_schemathesis; fi
 if [ $do_build = 1 ]; then build_vdc; fi
 if [ $do_image = 1 ]; then build_image; fi
 if [ $do_lab = 1 ]; then

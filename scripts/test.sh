@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs vdc's whole test suite: unit, store conformance, API, and end-to-end
-# tests that boot real guests under QEMU (KVM where it works, TCG otherwise).
+# Runs vdc's whole test suite: formatting and lints, unit, store
+# conformance, API, the API contract (schemathesis against a real server),
+# and end-to-end tests that boot real guests under QEMU (KVM where it works,
+# TCG otherwise).
 # Needs root (network namespaces, bridges, taps). Installs what is missing
 # first, so it works on a fresh Debian 12 machine.
 set -euo pipefail
@@ -15,6 +17,9 @@ scripts/setup.sh --deps-only --test-deps
 scripts/build-guest-image.sh >/dev/null
 
 export RUST_BACKTRACE=1
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 # Debug builds; the e2e tests find the binary through Cargo.
 cargo build --workspace --all-targets
+scripts/schemathesis.sh target/debug/vdc
 cargo test --workspace --no-fail-fast -- --test-threads="${VDC_TEST_THREADS:-4}"

@@ -64,6 +64,9 @@ pub(crate) struct Agent {
     pub started_ms: u64,
     pub accelerator: Accelerator,
     pub qemu_version: String,
+    /// Machine types and CPU models this host's QEMU offers (`None` if
+    /// they could not be read: QEMU's own error then tells).
+    pub qemu_models: Option<vdc_qemu::QemuModels>,
     pub datastores: Vec<Datastore>,
     pub(crate) vms: Mutex<BTreeMap<String, Arc<VmSlot>>>,
     /// Woken whenever something worth reporting changed.
@@ -86,12 +89,19 @@ impl Agent {
         })?;
         let mut datastores = Vec::new();
         for d in &config.datastores {
-            let ds = Datastore::new(d.name.clone(), d.path.clone(), d.shared);
+            let mut ds = Datastore::new(d.name.clone(), d.path.clone(), d.shared);
             ds.capacity().map_err(|source| AgentError::Datastore {
                 name: d.name.clone(),
                 path: d.path.clone(),
                 source,
             })?;
+            ds.probe_cache();
+            match &ds.cache_reason {
+                None => tracing::info!(datastore = %ds.name, cache = %ds.cache, "disk cache mode"),
+                Some(reason) => {
+                    tracing::warn!(datastore = %ds.name, cache = %ds.cache, %reason, "disk cache mode")
+                }
+            }
             datastores.push(ds);
         }
         let accelerator = vdc_qemu::detect_accelerator(config.accel);
@@ -102,6 +112,13 @@ impl Agent {
                 "unknown".to_string()
             }
         };
+        let qemu_models = match vdc_qemu::qemu_models(&vdc_qemu::qemu_binary()).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), "cannot read the QEMU machine types and CPU models");
+                None
+            }
+        };
         let mut host_cpu = HostCpu::default();
         host_cpu.sample();
         Ok(Arc::new(Agent {
@@ -109,6 +126,7 @@ impl Agent {
             started_ms: vdc_types::now_ms(),
             accelerator,
             qemu_version,
+            qemu_models,
             datastores,
             vms: Mutex::new(BTreeMap::new()),
             changed: Arc::new(Notify::new()),
@@ -234,6 +252,8 @@ impl Agent {
                     shared: d.shared,
                     capacity_bytes: cap.total_bytes,
                     free_bytes: cap.free_bytes,
+                    cache_mode: d.cache,
+                    cache_reason: d.cache_reason.clone(),
                 }
             })
             .collect();

@@ -107,6 +107,11 @@ pub struct AgentArgs {
     /// VM, milliseconds.
     #[arg(long, default_value_t = 3_000)]
     pub lease_margin_ms: u64,
+    /// Directory whose image files may be imported as templates
+    /// (repeatable). Images inside a datastore may always be imported; any
+    /// other path is refused.
+    #[arg(long = "import-dir", value_name = "DIR")]
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl AgentArgs {
@@ -154,6 +159,7 @@ impl AgentArgs {
                 },
                 program: None,
             },
+            import_dirs: self.import_dirs,
         };
         config.validate()?;
         Ok(config)
@@ -181,6 +187,8 @@ pub struct AgentConfig {
     pub accel: Option<Accelerator>,
     /// Fallback bridge per network for NICs that name none.
     pub bridge_for_network: BTreeMap<String, String>,
+    /// Directories images may be imported from, besides the datastores.
+    pub import_dirs: Vec<PathBuf>,
     /// The VM supervisors: lease timing and program.
     pub supervision: Supervision,
 }
@@ -232,6 +240,12 @@ impl AgentConfig {
             return Err(AgentError::Config("the cluster token is empty".into()));
         }
         self.supervision.lease.check().map_err(AgentError::Config)?;
+        if let Some(d) = self.import_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(AgentError::Config(format!(
+                "import directory '{}' is not an absolute path",
+                d.display()
+            )));
+        }
         Ok(())
     }
 }
@@ -293,9 +307,12 @@ mod tests {
             "local-host-1=/srv/h1:local",
             "--accel",
             "tcg",
+            "--import-dir",
+            "/srv/images",
         ])
         .unwrap();
         let c = cli.agent.into_config().unwrap();
+        assert_eq!(c.import_dirs, vec![PathBuf::from("/srv/images")]);
         assert_eq!(c.token, "sekrit");
         assert_eq!(c.server_url, "http://10.77.0.1:8500");
         assert_eq!(c.datastores.len(), 2);

@@ -88,12 +88,16 @@ pub(crate) fn host_error(
     e
 }
 
-/// A storage error as an API error: a path outside a datastore is the
-/// caller's mistake (400), a held lock is 409, the rest is a host failure.
+/// A storage error as an API error: a path outside a datastore or a
+/// refused image is the caller's mistake (400), a held lock is 409, the
+/// rest is a host failure.
 pub(crate) fn disk_error(what: impl std::fmt::Display, err: vdc_disk::DiskError) -> ApiError {
     match &err {
         vdc_disk::DiskError::PathOutsideDatastore { .. } => {
             ApiError::invalid(format!("{what}: {err}"))
+        }
+        vdc_disk::DiskError::ImageRefused { .. } => {
+            ApiError::invalid(format!("{what}: {}", chain(&err)))
         }
         vdc_disk::DiskError::Locked { .. } | vdc_disk::DiskError::UnknownFiles { .. } => {
             ApiError::invalid_state(format!("{what}: {err}"))

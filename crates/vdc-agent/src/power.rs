@@ -63,6 +63,14 @@ impl Agent {
                 config.name
             )));
         }
+        if let Some(models) = &self.qemu_models {
+            models.check(&config.machine_type, &config.cpu_model).map_err(|why| {
+                ApiError::invalid_state(format!(
+                    "VM '{}' cannot run on host '{}': {why}; start it on a host whose QEMU offers it",
+                    config.name, self.config.name
+                ))
+            })?;
+        }
         let disks = layout.disks.clone();
         let missing = datastore_io("cannot read the VM's disks", move || {
             disks.iter().position(|p| !p.is_file())
@@ -214,6 +222,8 @@ impl Agent {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             accelerator: self.accelerator,
+            machine_type: config.machine_type.clone(),
+            cpu_model: config.cpu_model.clone(),
             disks: config
                 .disks
                 .iter()
@@ -222,6 +232,10 @@ impl Agent {
                     node_name: d.name.clone(),
                     path: p.clone(),
                     read_only: false,
+                    cache: self
+                        .datastore(&d.datastore)
+                        .map(|ds| ds.cache)
+                        .unwrap_or_default(),
                 })
                 .collect(),
             nics,

@@ -1,12 +1,20 @@
 //! VM files on a datastore: provision (directory, disks, `vm.json`),
 //! destroy, and image import for templates.
+//!
+//! Import reads a file from outside vdc, so it follows the rules of
+//! [`vdc_disk::image`]: the path (symbolic links resolved) must be inside an
+//! import directory (`--import-dir`) or a datastore, the format is checked
+//! against the file's content and always given to `qemu-img`, and backing
+//! files must be vdc's own. Destroy removes files only inside the VM's
+//! directory on each datastore; a disk kept elsewhere is left in place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use vdc_disk::qemu_img;
+use vdc_disk::{image, qemu_img};
 use vdc_types::agent::{
     DiskSource, ImportImageRequest, ImportImageResponse, ProvisionVmRequest, VmRuntime,
 };
+use vdc_types::api::ImageFormat;
 use vdc_types::{ApiError, ErrorCode, VmConfig, VmPowerState};
 
 use crate::error::{disk_error, host_error};
@@ -76,6 +84,9 @@ impl Agent {
                         format!("template disk '{path}' not found on datastore '{datastore}'"),
                     ));
                 }
+                image::inspect(&p, Some(ImageFormat::Qcow2), &self.datastore_roots())
+                    .await
+                    .map_err(|e| disk_error(format!("template disk '{path}'"), e))?;
                 Some((p, *linked))
             }
         };
@@ -95,11 +106,13 @@ impl Agent {
                     .map_err(|e| disk_error("cannot write vm.json", e))
             });
         if let Err(e) = made {
-            for p in &layout.disks {
-                let _ = std::fs::remove_file(p);
+            for p in layout.disks.iter().chain([&layout.vm_dir.config_path()]) {
+                remove_made(p, std::fs::remove_file(p));
             }
-            let _ = std::fs::remove_file(layout.vm_dir.config_path());
-            let _ = std::fs::remove_dir(layout.vm_dir.path());
+            remove_made(
+                layout.vm_dir.path(),
+                std::fs::remove_dir(layout.vm_dir.path()),
+            );
             return Err(e);
         }
         let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
@@ -132,10 +145,10 @@ impl Agent {
                     if *linked {
                         qemu_img::create_linked_clone(path, src).await
                     } else {
-                        qemu_img::convert_to_qcow2(src, path).await
+                        qemu_img::convert_to_qcow2(src, ImageFormat::Qcow2, path).await
                     }
                     .map_err(|e| disk_error(&what, e))?;
-                    let size = qemu_img::info(path)
+                    let size = qemu_img::info(path, ImageFormat::Qcow2)
                         .await
                         .map_err(|e| disk_error(&what, e))?
                         .virtual_size;
@@ -187,23 +200,21 @@ impl Agent {
                 ));
             }
         }
+        // Only files inside the VM's directory are removed: a disk the
+        // configuration places anywhere else is left where it is.
         let mut in_dir = Vec::new();
-        for disk in &layout.disks {
-            if disk.parent() == Some(layout.vm_dir.path()) {
-                if let Some(name) = disk.file_name() {
+        for (disk, path) in config.disks.iter().zip(&layout.disks) {
+            match path.file_name() {
+                Some(name) if path.parent() == Some(layout.vm_dir.path()) => {
                     in_dir.push(name.to_string_lossy().into_owned());
                 }
-            } else {
-                match std::fs::remove_file(disk) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(host_error(
-                            format!("cannot remove disk {}", disk.display()),
-                            &e,
-                        ))
-                    }
-                }
+                _ => tracing::warn!(
+                    vm = %config.name,
+                    disk = %disk.name,
+                    path = %disk.path,
+                    datastore = %disk.datastore,
+                    "disk is outside the VM directory; left in place"
+                ),
             }
         }
         layout
@@ -220,27 +231,62 @@ impl Agent {
         Ok(())
     }
 
-    /// `POST /images/import`: convert `source` into a qcow2 in a datastore.
+    /// `POST /images/import`: convert `source` into a qcow2 in a datastore,
+    /// by the rules of the module docs.
     pub async fn import_image(
         &self,
         req: ImportImageRequest,
     ) -> Result<ImportImageResponse, ApiError> {
-        let source = PathBuf::from(&req.source);
-        if !source.is_absolute() {
+        let given = PathBuf::from(&req.source);
+        if !given.is_absolute() {
             return Err(ApiError::invalid(format!(
                 "image source '{}' must be an absolute path on host '{}'",
                 req.source, self.config.name
             )));
         }
-        if !source.is_file() {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "image '{}' not found on host '{}'",
-                    req.source, self.config.name
-                ),
-            ));
+        let source = match std::fs::canonicalize(&given) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "image '{}' not found on host '{}'",
+                        req.source, self.config.name
+                    ),
+                ))
+            }
+            Err(e) => return Err(host_error(format!("cannot resolve '{}'", req.source), &e)),
+        };
+        let refused = |reason| {
+            disk_error(
+                format!("cannot import '{}'", req.source),
+                vdc_disk::DiskError::ImageRefused {
+                    path: given.clone(),
+                    reason,
+                },
+            )
+        };
+        let datastores = self.datastore_roots();
+        let allowed: Vec<PathBuf> = datastores
+            .iter()
+            .cloned()
+            .chain(self.import_roots())
+            .collect();
+        if !image::within(&source, &allowed) {
+            return Err(refused(image::ImageRefusal::SourceOutside {
+                allowed: allowed
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }));
         }
+        if !source.is_file() {
+            return Err(refused(image::ImageRefusal::NotAFile));
+        }
+        let format = image::inspect(&source, req.format, &datastores)
+            .await
+            .map_err(|e| disk_error(format!("cannot import '{}'", req.source), e))?;
         let dest = self.resolve(&req.datastore, &req.path)?;
         if dest.exists() {
             return Err(ApiError::new(
@@ -257,21 +303,56 @@ impl Agent {
         }
         let what = format!("cannot import '{}'", req.source);
         let result = async {
-            qemu_img::convert_to_qcow2(&source, &dest).await?;
-            qemu_img::info(&dest).await
+            qemu_img::convert_to_qcow2(&source, format, &dest).await?;
+            qemu_img::info(&dest, ImageFormat::Qcow2).await
         }
         .await;
         match result {
-            Ok(info) => Ok(ImportImageResponse {
-                size_bytes: info.virtual_size,
-            }),
+            Ok(info) => {
+                tracing::info!(source = %source.display(), %format, dest = %dest.display(), "image imported");
+                Ok(ImportImageResponse {
+                    size_bytes: info.virtual_size,
+                    format,
+                })
+            }
             Err(e) => {
-                let _ = std::fs::remove_file(&dest);
+                remove_made(&dest, std::fs::remove_file(&dest));
                 Err(disk_error(what, e))
             }
         }
     }
+
+    /// The datastores' roots, symbolic links resolved (those that resolve).
+    pub(crate) fn datastore_roots(&self) -> Vec<PathBuf> {
+        canonical_roots(self.datastores.iter().map(|d| d.path.as_path()))
+    }
+
+    /// The import directories, symbolic links resolved (those that exist).
+    fn import_roots(&self) -> Vec<PathBuf> {
+        canonical_roots(self.config.import_dirs.iter().map(PathBuf::as_path))
+    }
 }
+
+fn canonical_roots<'a>(dirs: impl Iterator<Item = &'a Path>) -> Vec<PathBuf> {
+    dirs.filter_map(|d| match std::fs::canonicalize(d) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %d.display(), error = %e, "cannot resolve directory");
+            None
+        }
+    })
+    .collect()
+}
+
+/// Logs a failed removal during a rollback (a missing file is fine).
+fn remove_made(path: &Path, result: std::io::Result<()>) {
+    if let Err(e) = result {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a file made by a failed operation");
+        }
+    }
+}
+
 /// Checks a configuration against the id in the URL and basic sanity.
 pub(crate) fn check_config(id: &str, config: &VmConfig) -> Result<(), ApiError> {
     if config.id != id {
@@ -294,6 +375,10 @@ pub(crate) fn check_config(id: &str, config: &VmConfig) -> Result<(), ApiError> 
         )));
     }
     vdc_types::names::validate_name("VM", &config.name).map_err(ApiError::invalid)?;
+    vdc_types::vm::validate_qemu_model("machine type", &config.machine_type)
+        .map_err(ApiError::invalid)?;
+    vdc_types::vm::validate_qemu_model("CPU model", &config.cpu_model)
+        .map_err(ApiError::invalid)?;
     if config.disks.is_empty() {
         return Err(ApiError::invalid(format!(
             "VM '{}' has no disk",

@@ -75,6 +75,17 @@ struct TestAgent {
 
 impl TestAgent {
     fn start(name: &str, state_dir: &Path, datastore: &Path, server: &str) -> TestAgent {
+        TestAgent::start_importing(name, state_dir, datastore, server, &[])
+    }
+
+    /// An agent that may import images from `import_dirs`.
+    fn start_importing(
+        name: &str,
+        state_dir: &Path,
+        datastore: &Path,
+        server: &str,
+        import_dirs: &[PathBuf],
+    ) -> TestAgent {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr: SocketAddr = std_listener.local_addr().unwrap();
@@ -92,6 +103,7 @@ impl TestAgent {
             }],
             accel: Some(Accelerator::Tcg),
             bridge_for_network: Default::default(),
+            import_dirs: import_dirs.to_vec(),
             supervision: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -260,7 +272,14 @@ async fn vm_lifecycle_through_the_agent_api() {
     };
     use reqwest::Method as M;
 
-    let agent = TestAgent::start("host-a", &root.path().join("sa"), &ds, &server);
+    let image_dir = image.parent().unwrap().to_path_buf();
+    let agent = TestAgent::start_importing(
+        "host-a",
+        &root.path().join("sa"),
+        &ds,
+        &server,
+        &[image_dir],
+    );
     let a = agent.url.clone();
     wait_agent_up(&a).await;
     wait_until("a first report", REPORT_WAIT, || reports.latest("host-a")).await;
@@ -321,7 +340,7 @@ async fn vm_lifecycle_through_the_agent_api() {
     // --- provision -----------------------------------------------------
     let id = uuid::Uuid::new_v4().to_string();
     let config = VmConfig {
-        version: 1,
+        version: vdc_types::vm::VM_CONFIG_VERSION,
         id: id.clone(),
         name: "t1".into(),
         cpus: 1,
@@ -338,6 +357,8 @@ async fn vm_lifecycle_through_the_agent_api() {
         hostname: "t1".into(),
         template: Some("guest".into()),
         created_ms: vdc_types::now_ms(),
+        machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+        cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
     };
     let mut escaping = config.clone();
     escaping.disks[0].path = "../escape.qcow2".into();
@@ -364,9 +385,12 @@ async fn vm_lifecycle_through_the_agent_api() {
         .await;
     assert_eq!(rt.state, VmPowerState::Stopped);
     assert!(ds.join("t1/vm.json").is_file());
-    let disk_info = vdc_disk::qemu_img::info(&ds.join("t1/disk0.qcow2"))
-        .await
-        .unwrap();
+    let disk_info = vdc_disk::qemu_img::info(
+        &ds.join("t1/disk0.qcow2"),
+        vdc_types::api::ImageFormat::Qcow2,
+    )
+    .await
+    .unwrap();
     assert_eq!(disk_info.virtual_size, template_size + 64 * MIB);
     assert!(disk_info
         .backing_file
@@ -441,6 +465,29 @@ async fn vm_lifecycle_through_the_agent_api() {
     assert_eq!(rt.state, VmPowerState::Running);
     let pid = rt.pid.expect("pid of a running VM");
     assert!(ds.join("t1/vm.lock").is_file());
+    // QEMU runs the VM's pinned machine type and named CPU model, with
+    // direct I/O on this datastore (the test directory takes O_DIRECT),
+    // as the datastore's report says.
+    let cmdline: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let arg = |flag: &str| {
+        cmdline
+            .windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(arg("-machine"), [vdc_types::vm::DEFAULT_MACHINE_TYPE]);
+    assert_eq!(arg("-cpu"), [vdc_types::vm::DEFAULT_CPU_MODEL]);
+    let ds_report = reports.latest("host-a").unwrap().datastores;
+    assert_eq!(ds_report[0].cache_mode, vdc_types::DiskCacheMode::None);
+    for node in arg("-blockdev") {
+        let node: Value = serde_json::from_str(&node).unwrap();
+        assert_eq!(node["cache"]["direct"], true, "{node}");
+    }
     let boot_id = wait_until("the guest's heartbeat in a report", BOOT_WAIT, || {
         reports
             .vm("host-a", &id)
@@ -700,5 +747,206 @@ async fn vm_lifecycle_through_the_agent_api() {
         )
         .await;
     assert_eq!(status, 404);
+    agent.kill();
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("run qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Image import reads only from the import directory and the datastores,
+/// refuses images that would read a host file (a qcow2 backed by it, a raw
+/// file holding such a qcow2 header, a link leading out), and destroy
+/// removes nothing outside the VM's directory. Images made with the real
+/// qemu-img; no guest is booted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_import_and_destroy_stay_inside_allowed_places() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let ds = root_path.join("ds");
+    let import = root_path.join("import");
+    let elsewhere = root_path.join("elsewhere");
+    for d in [&ds, &import, &elsewhere] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let secret = elsewhere.join("shadow");
+    std::fs::write(&secret, "root:SECRET-HASH:19000:0:99999:7:::\n".repeat(64)).unwrap();
+    let (server, _reports) = start_server().await;
+    let agent = TestAgent::start_importing(
+        "host-i",
+        &root_path.join("state"),
+        &ds,
+        &server,
+        std::slice::from_ref(&import),
+    );
+    let a = agent.url.clone();
+    wait_agent_up(&a).await;
+    let c = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap(),
+    };
+    use reqwest::Method as M;
+    let import_call = |source: &Path, format: Option<&str>, dest: &str| {
+        let mut body = json!({"source": source, "datastore": "shared", "path": dest});
+        if let Some(f) = format {
+            body["format"] = json!(f);
+        }
+        c.call(M::POST, format!("{a}/agent/v1/images/import"), Some(body))
+    };
+    let refused = |status: u16, v: Value, what: &str| -> String {
+        assert_eq!(status, 400, "{what}: {v}");
+        let e: ApiError = serde_json::from_value(v).unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidInput, "{what}");
+        e.message
+    };
+
+    // A qcow2 whose backing file is a host file: refused, nothing written.
+    let evil = import.join("evil.img");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        secret.to_str().unwrap(),
+        "-F",
+        "raw",
+        evil.to_str().unwrap(),
+        "1M",
+    ]);
+    let (status, v) = import_call(&evil, None, "templates/evil.qcow2").await;
+    let msg = refused(status, v, "qcow2 backed by a host file");
+    assert!(
+        msg.contains("backing file") && msg.contains(secret.to_str().unwrap()),
+        "{msg}"
+    );
+    assert!(!ds.join("templates/evil.qcow2").exists());
+
+    // The same bytes given as raw: a raw file holding a qcow2 header.
+    let (status, v) = import_call(&evil, Some("raw"), "templates/evil.qcow2").await;
+    let msg = refused(status, v, "raw file holding a qcow2 header");
+    assert!(msg.contains("qcow2 image header"), "{msg}");
+    assert!(!ds.join("templates/evil.qcow2").exists());
+
+    // A plain image outside the import directory and the datastores.
+    let outside = elsewhere.join("plain.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        outside.to_str().unwrap(),
+        "1M",
+    ]);
+    let (status, v) = import_call(&outside, None, "templates/outside.qcow2").await;
+    let msg = refused(status, v, "a path outside the allowed places");
+    assert!(msg.contains("not inside an import directory"), "{msg}");
+    let (status, v) = import_call(&secret, Some("raw"), "templates/shadow.qcow2").await;
+    refused(status, v, "a host file outside the allowed places");
+
+    // A symbolic link in the import directory leading out: resolved first.
+    std::os::unix::fs::symlink(&secret, import.join("link.img")).unwrap();
+    let (status, v) = import_call(&import.join("link.img"), Some("raw"), "templates/l.qcow2").await;
+    let msg = refused(status, v, "a link leading out of the import directory");
+    assert!(msg.contains("not inside an import directory"), "{msg}");
+    assert!(!ds.join("templates/l.qcow2").exists());
+
+    // A clean raw image in the import directory is imported as raw.
+    let good = import.join("good.img");
+    std::fs::write(&good, vec![0u8; 4 * MIB as usize]).unwrap();
+    let (status, v) = import_call(&good, Some("raw"), "templates/good.qcow2").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["format"], "raw");
+    assert_eq!(v["size_bytes"], 4 * MIB);
+    let (status, v) = import_call(&good, Some("qcow2"), "templates/good2.qcow2").await;
+    let msg = refused(status, v, "a raw image given as qcow2");
+    assert!(msg.contains("holds a raw image"), "{msg}");
+
+    // Destroy removes the VM's directory but not a disk kept elsewhere.
+    let id = uuid::Uuid::new_v4().to_string();
+    let config = VmConfig {
+        version: vdc_types::vm::VM_CONFIG_VERSION,
+        id: id.clone(),
+        name: "d1".into(),
+        cpus: 1,
+        memory_mib: 128,
+        datastore: "shared".into(),
+        dir: "d1".into(),
+        disks: vec![
+            DiskSpec {
+                name: "disk0".into(),
+                datastore: "shared".into(),
+                path: "d1/disk0.qcow2".into(),
+                size_bytes: 8 * MIB,
+            },
+            DiskSpec {
+                name: "data".into(),
+                datastore: "shared".into(),
+                path: "keep/data.qcow2".into(),
+                size_bytes: 8 * MIB,
+            },
+        ],
+        nics: vec![],
+        hostname: "d1".into(),
+        template: None,
+        created_ms: vdc_types::now_ms(),
+        machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+        cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+    };
+    let _: VmRuntime = c
+        .ok(
+            M::PUT,
+            format!("{a}/agent/v1/vms/{id}"),
+            Some(json!({"config": config, "boot_source": {"type": "blank"}})),
+        )
+        .await;
+    assert!(ds.join("d1/disk0.qcow2").is_file());
+    assert!(ds.join("keep/data.qcow2").is_file());
+    // A machine type this host's QEMU does not offer: refused before any
+    // process or lease exists.
+    let mut old_machine = config.clone();
+    old_machine.machine_type = "pc-q35-1.0".into();
+    let (status, v) = c
+        .call(
+            M::POST,
+            format!("{a}/agent/v1/vms/{id}/start"),
+            Some(json!({ "config": old_machine })),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    let e: ApiError = serde_json::from_value(v).unwrap();
+    assert!(
+        e.message.contains("no machine type 'pc-q35-1.0'"),
+        "{}",
+        e.message
+    );
+    assert!(!ds.join("d1/vm.lock").exists());
+    // Without a readable vm.json the agent still removes only the VM's
+    // directory.
+    std::fs::remove_file(ds.join("d1/vm.json")).unwrap();
+    let (status, v) = c
+        .call(
+            M::DELETE,
+            format!("{a}/agent/v1/vms/{id}"),
+            Some(json!({"config": config})),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    assert!(!ds.join("d1").exists());
+    assert!(
+        ds.join("keep/data.qcow2").is_file(),
+        "a disk outside the VM directory is left in place"
+    );
+    assert!(secret.is_file());
     agent.kill();
 }

@@ -38,10 +38,44 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiErr;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => from_json_value(v).map(ApiJson),
             Err(rej) => Err(ApiErr(json_rejection(rej))),
         }
+    }
+}
+
+/// Deserializes a parsed body into `T`, reading integral floats (`5.0`) as
+/// the integers they are: JSON Schema, and so the OpenAPI document, counts
+/// them as integers.
+pub fn from_json_value<T: DeserializeOwned>(mut v: serde_json::Value) -> Result<T, ApiErr> {
+    integral_floats_to_integers(&mut v);
+    serde_json::from_value(v).map_err(|e| {
+        ApiErr(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("the request body has a wrong field: {e}"),
+        ))
+    })
+}
+
+/// Replaces every float with no fractional part that fits a 64-bit integer
+/// by that integer, throughout `v`.
+pub fn integral_floats_to_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 {
+                if (0.0..u64::MAX as f64).contains(&f) {
+                    *v = Value::from(f as u64);
+                } else if (i64::MIN as f64..0.0).contains(&f) {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
     }
 }
 
@@ -83,4 +117,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
 fn query_rejection(rej: QueryRejection) -> ApiError {
     ApiError::invalid(format!("bad query parameters: {}", rej.body_text()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn integral_floats_read_as_integers() {
+        let mut v = json!({"a": 5.0, "b": [1.0, -2.0, 2.5], "c": {"d": 1e300}, "e": "5.0"});
+        integral_floats_to_integers(&mut v);
+        assert_eq!(v["a"], json!(5));
+        assert!(v["a"].is_u64());
+        assert_eq!(v["b"], json!([1, -2, 2.5]));
+        assert!(v["c"]["d"].is_f64(), "too large for an integer: left alone");
+        assert_eq!(v["e"], json!("5.0"));
+    }
 }

@@ -8,8 +8,10 @@
 //! [`error::ApiErr`].
 
 pub mod error;
+mod openapi;
 mod routes;
 mod server;
 
-pub use routes::{router, ApiDoc, AppState};
+pub use openapi::ApiDoc;
+pub use routes::{router, AppState};
 pub use server::{run_server, ServerArgs};

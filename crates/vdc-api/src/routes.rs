@@ -13,12 +13,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use serde::Deserialize;
-use utoipa::{IntoParams, OpenApi};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use vdc_control::{Cluster, ConsoleRange};
 use vdc_types::agent::HostReport;
 use vdc_types::api::{
-    ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
-    StartVmRequest, Template, VersionInfo, CONSOLE_OFFSET_HEADER,
+    ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, ShutdownVmRequest, StartVmRequest,
+    Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
 use vdc_types::event::topic_matches;
 use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
@@ -34,59 +34,25 @@ pub struct AppState {
     pub token: Arc<String>,
 }
 
-/// The OpenAPI document, generated from the handlers and types below.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "vdc API",
-        description = "Virtual datacenter with business continuity built in"
-    ),
-    paths(
-        version,
-        list_hosts,
-        get_host,
-        list_datastores,
-        list_networks,
-        create_network,
-        get_network,
-        delete_network,
-        list_templates,
-        create_template,
-        list_vms,
-        create_vm,
-        get_vm,
-        delete_vm,
-        vm_action,
-        vm_console,
-        vm_console_input,
-        list_tasks,
-        get_task,
-        cancel_task,
-        list_events,
-        stream_events,
-        agent_report
-    ),
-    components(schemas(
-        VersionInfo,
-        Host,
-        Datastore,
-        Network,
-        Template,
-        Vm,
-        Task,
-        Event,
-        ApiError,
-        ErrorCode,
-        CreateVmRequest,
-        DiskRequest,
-        CreateTemplateRequest,
-        StartVmRequest,
-        ShutdownVmRequest,
-        ConsoleInputRequest,
-        HostReport
-    ))
-)]
-pub struct ApiDoc;
+/// The power actions of `POST /api/v1/vms/{name}/{action}` that take no
+/// body (documentation of the path parameter; the server answers 400 to
+/// any other).
+#[derive(ToSchema)]
+#[schema(as = VmActionName)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum VmActionName {
+    /// Power off at once.
+    Stop,
+    /// Hard reset.
+    Reset,
+    /// Stop the vCPUs.
+    Pause,
+    /// Continue a paused or a suspended VM.
+    Resume,
+    /// Save memory to the datastore and stop.
+    Suspend,
+}
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
@@ -104,6 +70,8 @@ pub fn router(state: AppState) -> Router {
             "/vms/{name}/console/input",
             post(vm_console_input).layer(DefaultBodyLimit::max(CONSOLE_INPUT_BODY_MAX)),
         )
+        .route("/vms/{name}/start", post(start_vm))
+        .route("/vms/{name}/shutdown", post(shutdown_vm))
         .route("/vms/{name}/{action}", post(vm_action))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
@@ -176,7 +144,7 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(crate::openapi::ApiDoc::openapi())
 }
 
 async fn web_page() -> Html<&'static str> {
@@ -219,7 +187,7 @@ async fn list_networks(State(st): State<AppState>) -> ApiResult<Json<Vec<Network
 
 /// Creates a network (a bridge present on every host, with an address pool).
 #[utoipa::path(post, path = "/api/v1/networks", request_body = Network,
-    responses((status = 201, body = Network), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 201, body = Network), (status = 400, body = ApiError, description = "a field breaks its pattern, or the pool or gateway is outside the subnet or the pool is reversed"), (status = 409, body = ApiError)))]
 async fn create_network(
     State(st): State<AppState>,
     ApiJson(n): ApiJson<Network>,
@@ -259,7 +227,7 @@ async fn list_templates(State(st): State<AppState>) -> ApiResult<Json<Vec<Templa
 
 /// Imports a disk image as a template (returns a task).
 #[utoipa::path(post, path = "/api/v1/templates", request_body = CreateTemplateRequest,
-    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError, description = "no such datastore or host"), (status = 409, body = ApiError), (status = 503, body = ApiError, description = "no connected host reaches the datastore")))]
 async fn create_template(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<CreateTemplateRequest>,
@@ -278,7 +246,7 @@ async fn list_vms(State(st): State<AppState>) -> ApiResult<Json<Vec<Vm>>> {
 
 /// Creates a VM (returns a task).
 #[utoipa::path(post, path = "/api/v1/vms", request_body = CreateVmRequest,
-    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError, description = "no such template, datastore, network or host"), (status = 409, body = ApiError), (status = 503, body = ApiError, description = "no host is connected")))]
 async fn create_vm(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<CreateVmRequest>,
@@ -295,7 +263,7 @@ async fn get_vm(State(st): State<AppState>, Path(name): Path<String>) -> ApiResu
 
 /// Deletes a stopped VM and its files (returns a task).
 #[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
-    responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
 async fn delete_vm(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -306,54 +274,82 @@ async fn delete_vm(
     ))
 }
 
-/// A power action: `start` (body [`StartVmRequest`]), `stop` (power off),
-/// `shutdown` (body [`ShutdownVmRequest`]), `reset`, `pause`, `resume`
-/// (a paused or a suspended VM), `suspend` (memory to the datastore).
-#[utoipa::path(post, path = "/api/v1/vms/{name}/{action}",
-    request_body(content = Option<ShutdownVmRequest>, description = "start: StartVmRequest; shutdown: ShutdownVmRequest; others: none"),
-    params(("name" = String, Path), ("action" = String, Path, description = "start|stop|shutdown|reset|pause|resume|suspend")),
-    responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn vm_action(
+/// Powers a VM on (returns a task): on the host given, else the host
+/// holding its suspended state, else where placement finds room. The body
+/// is optional.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/start",
+    request_body(content = Option<StartVmRequest>, description = "optional"),
+    params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError, description = "no connected host can run it")))]
+async fn start_vm(
     State(st): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
+    Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
-    let body: serde_json::Value = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        serde_json::json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiErr(ApiError::invalid(format!(
-                "the request body is not valid JSON: {e}"
-            )))
-        })?
-    };
-    let body = if body.is_null() {
-        serde_json::json!({})
-    } else {
-        body
-    };
-    let task = match action.as_str() {
-        "start" => {
-            let req: StartVmRequest = parse_body(body)?;
-            st.cluster.start_vm(&name, req.host).await?
-        }
-        "shutdown" => {
-            let req: ShutdownVmRequest = parse_body(body)?;
-            st.cluster
-                .vm_action(&name, "shutdown", req.timeout_s)
-                .await?
-        }
-        other => st.cluster.vm_action(&name, other, None).await?,
-    };
+    let req: StartVmRequest = optional_body(&body)?;
+    let task = st.cluster.start_vm(&name, req.host).await?;
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiErr> {
-    serde_json::from_value(v).map_err(|e| {
+/// Presses the VM's ACPI power button and powers it off after the timeout
+/// (returns a task). The body is optional.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/shutdown",
+    request_body(content = Option<ShutdownVmRequest>, description = "optional"),
+    params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError, description = "the VM's host is not connected")))]
+async fn shutdown_vm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let req: ShutdownVmRequest = optional_body(&body)?;
+    let task = st
+        .cluster
+        .vm_action(&name, "shutdown", req.timeout_s)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// A power action without a body (returns a task): `stop` (power off at
+/// once), `reset`, `pause`, `resume` (a paused or a suspended VM),
+/// `suspend` (memory to the datastore). `start` and `shutdown` have their
+/// own operations.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/{action}",
+    params(("name" = String, Path), ("action" = VmActionName, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError, description = "unknown action"), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError, description = "the VM's host is not connected")))]
+async fn vm_action(
+    State(st): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let known = ["stop", "reset", "pause", "resume", "suspend"];
+    if !known.contains(&action.as_str()) {
+        return Err(ApiErr(ApiError::invalid(format!(
+            "unknown action '{}'; use start, stop, shutdown, reset, pause, resume or suspend",
+            action.escape_default()
+        ))));
+    }
+    let task = st.cluster.vm_action(&name, &action, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// An optional JSON body: empty (or `null`) means every field's default.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiErr> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ApiErr(ApiError::invalid(format!(
-            "the request body has a wrong field: {e}"
+            "the request body is not valid JSON: {e}"
         )))
-    })
+    })?;
+    if v.is_null() {
+        return Ok(T::default());
+    }
+    parse_body(v)
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiErr> {
+    crate::error::from_json_value(v)
 }
 
 /// Largest console input body read before parsing (the text itself is
@@ -364,14 +360,18 @@ const CONSOLE_TAIL_MAX: u64 = 1 << 20;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ConsoleQuery {
     /// How many bytes of the end of the console log (default 16384, at most
     /// 1 MiB; 0 returns nothing but the end offset).
+    #[param(minimum = 0, maximum = 1048576)]
     bytes: Option<u64>,
     /// Instead of a tail: the bytes from this log offset on (at most 1 MiB
     /// per call), taken from a previous answer's `X-Console-Offset`. An
     /// offset past the end (the log was replaced) reads from the start.
     offset: Option<u64>,
+    /// The API token, for clients that cannot set a header (a browser's
+    /// `EventSource`); prefer `Authorization: Bearer`.
     #[serde(default)]
     #[allow(dead_code)]
     access_token: Option<String>,
@@ -382,9 +382,7 @@ struct ConsoleQuery {
 /// past the returned bytes; pass it as `offset` to read on without missing
 /// or repeating output.
 #[utoipa::path(get, path = "/api/v1/vms/{name}/console", params(("name" = String, Path), ConsoleQuery),
-    responses((status = 200, body = String, content_type = "text/plain",
-        headers(("X-Console-Offset" = u64, description = "log offset just past the returned bytes"))),
-        (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+    responses((status = 200, body = String, content_type = "text/plain", headers(("X-Console-Offset" = u64, description = "log offset just past the returned bytes"))), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 502, body = ApiError), (status = 503, body = ApiError)))]
 async fn vm_console(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -429,8 +427,7 @@ async fn vm_console(
 /// appears in the console log.
 #[utoipa::path(post, path = "/api/v1/vms/{name}/console/input", params(("name" = String, Path)),
     request_body = ConsoleInputRequest,
-    responses((status = 204, description = "the guest's console took the input"),
-        (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 204, description = "the guest's console took the input"), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 502, body = ApiError), (status = 503, body = ApiError)))]
 async fn vm_console_input(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -462,23 +459,43 @@ async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
     /// Comma-separated topic patterns (`vm.*`, `host.connected`, `*`).
+    #[param(
+        pattern = "^ *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *(, *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *)*$"
+    )]
     topics: Option<String>,
     /// Only events with a larger sequence number.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     after: Option<u64>,
     /// At most this many (history only; default 200, at most 2000).
+    #[param(minimum = 1, maximum = 2000)]
     limit: Option<usize>,
+    /// The API token, for clients that cannot set a header (a browser's
+    /// `EventSource`); prefer `Authorization: Bearer`.
     #[serde(default)]
     #[allow(dead_code)]
     access_token: Option<String>,
+}
+
+/// Checks the sequence number a history or stream starts after: at most
+/// `i64::MAX`, the OpenAPI document's integer range.
+fn check_after(after: Option<u64>) -> Result<(), ApiErr> {
+    match after {
+        Some(a) if a > i64::MAX as u64 => Err(ApiErr(ApiError::invalid(format!(
+            "after must be between 0 and {}, not {a}",
+            i64::MAX
+        )))),
+        _ => Ok(()),
+    }
 }
 
 fn topic_filter(q: &Option<String>) -> Result<Vec<String>, ApiErr> {
     let Some(s) = q else { return Ok(vec![]) };
     let v: Vec<String> = s
         .split(',')
-        .map(|t| t.trim().to_string())
+        .map(|t| t.trim_matches(' ').to_string())
         .filter(|t| !t.is_empty())
         .collect();
     for t in &v {
@@ -500,12 +517,13 @@ fn wanted(filters: &[String], ev: &Event) -> bool {
 }
 
 /// Event history, oldest first.
-#[utoipa::path(get, path = "/api/v1/events", params(EventQuery), responses((status = 200, body = [Event])))]
+#[utoipa::path(get, path = "/api/v1/events", params(EventQuery), responses((status = 200, body = [Event]), (status = 400, body = ApiError)))]
 async fn list_events(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Json<Vec<Event>>> {
     let filters = topic_filter(&q.topics)?;
+    check_after(q.after)?;
     let limit = q.limit.unwrap_or(200);
     if limit == 0 || limit > 2000 {
         return Err(ApiErr(ApiError::invalid(format!(
@@ -525,13 +543,14 @@ async fn list_events(
 /// Live events as Server-Sent Events (`data:` is an [`Event`] in JSON);
 /// with `after`, stored events after that number are sent first.
 #[utoipa::path(get, path = "/api/v1/events/stream", params(EventQuery),
-    responses((status = 200, description = "text/event-stream of Event")))]
+    responses((status = 200, description = "text/event-stream of Event"), (status = 400, body = ApiError)))]
 async fn stream_events(
     State(st): State<AppState>,
     headers: axum::http::HeaderMap,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let filters = topic_filter(&q.topics)?;
+    check_after(q.after)?;
     let mut rx = st.cluster.events.subscribe();
     // A browser's EventSource reconnects with the id of the last event it saw.
     let last_event_id = headers

@@ -48,6 +48,8 @@ async fn server() -> (String, Client, tempfile::TempDir) {
             shared: true,
             capacity_bytes: 1 << 40,
             free_bytes: 1 << 39,
+            cache_mode: Default::default(),
+            cache_reason: None,
         }],
         vms: vec![],
         agent_started_ms: 1,
@@ -509,4 +511,88 @@ async fn query_tokens_are_url_decoded_and_streams_resume() {
         !text.contains("\"n1\""),
         "an event before Last-Event-ID was replayed: {text}"
     );
+}
+
+/// The served OpenAPI document states the rules the server enforces: the
+/// name pattern and lengths on every name field, ranges, the bearer token
+/// with 401 on every operation but the public ones, and the 400 a bad body
+/// gets. (scripts/schemathesis.sh checks the whole document against the
+/// server.)
+#[tokio::test]
+async fn openapi_states_the_enforced_rules() {
+    let (url, _c, _dir) = server().await;
+    let doc: serde_json::Value = reqwest::get(format!("{url}/api/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field) in [
+        ("CreateVmRequest", "name"),
+        ("CreateVmRequest", "template"),
+        ("CreateVmRequest", "datastore"),
+        ("CreateVmRequest", "network"),
+        ("CreateVmRequest", "host"),
+        ("CreateTemplateRequest", "name"),
+        ("CreateTemplateRequest", "datastore"),
+        ("Network", "name"),
+        ("HostReport", "name"),
+    ] {
+        let f = &schemas[schema]["properties"][field];
+        assert_eq!(
+            f["pattern"],
+            vdc_types::names::NAME_PATTERN,
+            "{schema}.{field}: {f}"
+        );
+        assert_eq!(
+            f["maxLength"],
+            vdc_types::names::MAX_NAME_LEN,
+            "{schema}.{field}"
+        );
+        assert_eq!(f["minLength"], 1, "{schema}.{field}");
+    }
+    assert_eq!(
+        schemas["DiskRequest"]["properties"]["path"]["pattern"],
+        vdc_types::api::DISK_PATH_PATTERN
+    );
+    let cpus = &schemas["CreateVmRequest"]["properties"]["cpus"];
+    assert_eq!(
+        (cpus["minimum"].clone(), cpus["maximum"].clone()),
+        (json!(1), json!(64))
+    );
+    assert_eq!(
+        schemas["CreateTemplateRequest"]["properties"]["format"]["oneOf"][1]["$ref"],
+        "#/components/schemas/ImageFormat",
+        "{}",
+        schemas["CreateTemplateRequest"]["properties"]["format"]
+    );
+    assert_eq!(
+        schemas["Vm"]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| *f == "machine_type" || *f == "cpu_model")
+            .count(),
+        2
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let public = path == "/api/v1/version";
+            assert_eq!(
+                op["responses"].get("401").is_some(),
+                !public,
+                "{method} {path}: 401"
+            );
+            assert_eq!(op["security"].is_array(), !public, "{method} {path}");
+            if op.get("requestBody").is_some() {
+                assert!(
+                    op["responses"].get("400").is_some(),
+                    "{method} {path} takes a body and can answer 400"
+                );
+            }
+        }
+    }
+    assert!(doc["components"]["securitySchemes"]["token"]["scheme"] == "bearer");
 }

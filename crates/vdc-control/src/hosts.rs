@@ -73,6 +73,8 @@ impl Cluster {
                     path: ds.path.clone(),
                     capacity_bytes: ds.capacity_bytes,
                     free_bytes: ds.free_bytes,
+                    cache_mode: ds.cache_mode,
+                    cache_reason: ds.cache_reason.clone(),
                 };
                 self.store
                     .put_json(&format!("/datastores/{}", ds.name), &d)
@@ -348,6 +350,8 @@ impl Cluster {
             {
                 d.capacity_bytes = r.capacity_bytes;
                 d.free_bytes = r.free_bytes;
+                d.cache_mode = r.cache_mode;
+                d.cache_reason = r.cache_reason.clone();
             }
         }
         Ok(v)
@@ -466,6 +470,8 @@ mod tests {
                 hostname: "vm".into(),
                 template: None,
                 created_ms: 0,
+                machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+                cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             },
             state,
             host: host.map(str::to_string),

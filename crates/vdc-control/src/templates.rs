@@ -40,7 +40,7 @@ impl Cluster {
         }
         if !req.source.starts_with('/') {
             return Err(ApiError::invalid(format!(
-                "source '{}' must be an absolute path of an image file on the importing host",
+                "source '{}' must be an absolute path of an image file on the importing host, inside one of its import directories or datastores",
                 req.source
             )));
         }
@@ -68,6 +68,7 @@ impl Cluster {
             path: path.clone(),
             size_bytes: 0,
             created_ms: now_ms(),
+            source_format: None,
         };
         let key = format!("/templates/{}", req.name);
         self.create_unique(
@@ -98,6 +99,7 @@ impl Cluster {
                                 &url,
                                 &ImportImageRequest {
                                     source: req.source.clone(),
+                                    format: req.format,
                                     datastore: req.datastore.clone(),
                                     path: path.clone(),
                                 },
@@ -105,6 +107,7 @@ impl Cluster {
                             .await?;
                         let mut t = tpl.clone();
                         t.size_bytes = resp.size_bytes;
+                        t.source_format = Some(resp.format);
                         me.store.put_json(&key, &t).await.map_err(store_err)?;
                         Ok::<(), ApiError>(())
                     }
@@ -122,7 +125,9 @@ impl Cluster {
                             Ok(())
                         }
                         Err(e) => {
-                            let _ = me.store.delete(&key).await;
+                            if let Err(de) = me.store.delete(&key).await {
+                                tracing::warn!(template = %req.name, error = %de, "cannot remove the record of a failed import");
+                            }
                             Err(e)
                         }
                     }

@@ -44,17 +44,19 @@ fn placement_err(e: PlacementError) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
-/// Checks that a datastore-relative path stays inside the datastore.
+/// Checks that a datastore-relative path stays inside the datastore: at
+/// most 1024 bytes, components of letters, digits, `.`, `_` and `-` that do
+/// not start with `.` or `-` (so no `..`, no hidden files), ending in
+/// `.qcow2` (the pattern the OpenAPI document states for `DiskRequest.path`).
 pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> {
-    let bad = path.is_empty()
-        || path.starts_with('/')
-        || path.contains('\0')
-        || path
-            .split('/')
-            .any(|c| c == ".." || c == "." || c.is_empty());
-    if bad {
+    let component_ok = |c: &str| {
+        c.starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+    };
+    if path.len() > 1024 || !path.split('/').all(component_ok) {
         return Err(ApiError::invalid(format!(
-            "disk path '{}' is outside datastore '{datastore}': give a path relative to the datastore, without '..', e.g. 'myvm/data.qcow2'",
+            "disk path '{}' is outside datastore '{datastore}' or badly formed: give a relative path of letters, digits, '.', '_' and '-' (no '..', no component starting with '.' or '-'), e.g. 'myvm/data.qcow2'",
             path.escape_default()
         )));
     }
@@ -299,6 +301,8 @@ impl Cluster {
             stats,
             template: c.template,
             created_ms: c.created_ms,
+            machine_type: c.machine_type,
+            cpu_model: c.cpu_model,
             fenced,
         }
     }
@@ -486,6 +490,8 @@ impl Cluster {
             hostname: req.name.clone(),
             template: template.as_ref().map(|t| t.name.clone()),
             created_ms: now_ms(),
+            machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+            cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         };
         let rec = VmRecord {
             config,
@@ -931,6 +937,19 @@ mod tests {
             "./x.qcow2",
         ] {
             assert!(check_relative_path("s", bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The OpenAPI document's pattern for disk paths states exactly
+        /// what the server accepts.
+        #[test]
+        fn the_stated_path_pattern_is_the_rule(
+            path in "([a-z0-9._-]{0,4}/){0,3}[a-z0-9._-]{0,4}(\\.qcow2)?|\\PC{0,8}"
+        ) {
+            let re = regex::Regex::new(vdc_types::api::DISK_PATH_PATTERN).unwrap();
+            let stated = re.is_match(&path) && path.len() <= 1024;
+            proptest::prop_assert_eq!(check_relative_path("s", &path).is_ok(), stated, "{:?}", path);
         }
     }
 }

@@ -5,10 +5,24 @@
 //! would land outside the datastore: absolute paths, `..` components, and
 //! symbolic links inside the datastore that point out of it. This is what
 //! backs the API rule "a disk path outside a datastore is refused".
+//!
+//! [`Datastore::probe_cache`] finds, once, whether the file system takes
+//! direct I/O (`O_DIRECT`): disks there then run with `cache=none`, else
+//! with `writeback`, and the reason is kept for the report.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
+use vdc_types::DiskCacheMode;
+
 use crate::DiskError;
+
+/// Name prefix of the file the direct I/O probe writes (then removes).
+const PROBE_PREFIX: &str = ".vdc-direct-io-probe";
+/// Size and alignment of the probe's write: a multiple of every logical
+/// block size in use.
+const PROBE_BLOCK: usize = 4096;
 
 /// A datastore as this host mounts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +33,11 @@ pub struct Datastore {
     pub path: PathBuf,
     /// Mounted by every host (true) or only by this one.
     pub shared: bool,
+    /// Cache mode of disks here ([`Datastore::probe_cache`]; `writeback`
+    /// until probed).
+    pub cache: DiskCacheMode,
+    /// Why direct I/O is not used, when it is not.
+    pub cache_reason: Option<String>,
 }
 
 /// Size and free space of a datastore's file system.
@@ -37,7 +56,19 @@ impl Datastore {
             name: name.into(),
             path: path.into(),
             shared,
+            cache: DiskCacheMode::Writeback,
+            cache_reason: Some("direct I/O not probed yet".into()),
         }
+    }
+
+    /// Probes whether the datastore's file system takes direct I/O (writes
+    /// and removes a small file opened with `O_DIRECT`) and sets
+    /// [`Datastore::cache`] accordingly: `none` if it does, `writeback`
+    /// with the reason if not.
+    pub fn probe_cache(&mut self) {
+        let (cache, reason) = cache_choice(probe_direct_io(&self.path));
+        self.cache = cache;
+        self.cache_reason = reason;
     }
 
     /// Size and free space of the file system holding the datastore (statvfs).
@@ -87,6 +118,42 @@ impl Datastore {
         }
         Ok(rest.iter().rev().fold(real, |p, name| p.join(name)))
     }
+}
+
+/// The cache mode that follows from a direct I/O probe, and the reason
+/// when direct I/O cannot be used.
+pub fn cache_choice(probe: Result<(), String>) -> (DiskCacheMode, Option<String>) {
+    match probe {
+        Ok(()) => (DiskCacheMode::None, None),
+        Err(reason) => (DiskCacheMode::Writeback, Some(reason)),
+    }
+}
+
+/// Writes one aligned block with `O_DIRECT` in `dir`; the reason it failed.
+pub fn probe_direct_io(dir: &Path) -> Result<(), String> {
+    let path = dir.join(format!(
+        "{PROBE_PREFIX}.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)?;
+        // Direct I/O wants aligned memory: take an aligned block inside a
+        // buffer twice its size.
+        let buf = vec![0u8; 2 * PROBE_BLOCK];
+        let offset = buf.as_ptr().align_offset(PROBE_BLOCK);
+        f.write_all(&buf[offset..offset + PROBE_BLOCK])?;
+        f.sync_all()
+    })();
+    if let Err(e) = std::fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the direct I/O probe file");
+        }
+    }
+    result.map_err(|e| format!("the file system refuses direct I/O (O_DIRECT): {e}"))
 }
 
 /// Lexical checks of a datastore-relative path; the reason for refusal.
@@ -172,6 +239,28 @@ mod tests {
         std::fs::create_dir(dir.path().join("real")).unwrap();
         std::os::unix::fs::symlink("real", dir.path().join("alias")).unwrap();
         assert!(ds.resolve("alias/d.qcow2").is_ok());
+    }
+
+    #[test]
+    fn direct_io_is_probed() {
+        let (dir, mut ds) = ds();
+        assert_eq!(ds.cache, DiskCacheMode::Writeback);
+        ds.probe_cache();
+        // The test directory is on an ext4 (or similar) file system here;
+        // whatever the outcome, the probe leaves no file behind and a
+        // writeback choice says why.
+        match ds.cache {
+            DiskCacheMode::None => assert_eq!(ds.cache_reason, None),
+            DiskCacheMode::Writeback => assert!(ds.cache_reason.is_some()),
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let missing = probe_direct_io(&dir.path().join("missing"));
+        assert!(missing.unwrap_err().contains("direct I/O"));
+        assert_eq!(cache_choice(Ok(())), (DiskCacheMode::None, None));
+        assert_eq!(
+            cache_choice(Err("no".into())),
+            (DiskCacheMode::Writeback, Some("no".into()))
+        );
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub enum DiskError {
         /// What qemu-img wrote to stderr.
         stderr: String,
     },
+    /// `qemu-img` did not finish in time (and was killed).
+    #[error("qemu-img {operation} of {path} did not finish within {seconds} s")]
+    QemuImgTimeout {
+        /// Subcommand.
+        operation: &'static str,
+        /// Image.
+        path: PathBuf,
+        /// The time allowed.
+        seconds: u64,
+    },
     /// `qemu-img info` printed something that is not the expected JSON.
     #[error("cannot parse qemu-img info output for {path}")]
     QemuImgOutput {
@@ -48,6 +58,15 @@ pub enum DiskError {
         path: String,
         /// Why it was refused.
         reason: &'static str,
+    },
+    /// An image from outside vdc breaks the rules of [`crate::image`].
+    #[error("image {path} refused")]
+    ImageRefused {
+        /// The image as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        reason: crate::image::ImageRefusal,
     },
     /// A file system operation failed.
     #[error("cannot {action} {path}")]

@@ -8,6 +8,8 @@
 //!
 //! - [`datastore`]: a named directory, its free space, and path resolution
 //!   that refuses anything escaping the datastore root.
+//! - [`image`]: which images from outside vdc may be imported, and as
+//!   what format (no foreign backing files, no raw files posing as images).
 //! - [`qemu_img`]: the `qemu-img` operations the agent needs (create, full
 //!   and linked clone, grow, info).
 //! - [`vmdir`]: create a VM directory, write `vm.json` atomically, read it
@@ -19,6 +21,7 @@
 
 pub mod datastore;
 pub mod error;
+pub mod image;
 pub mod lock;
 pub mod qemu_img;
 pub mod vmdir;

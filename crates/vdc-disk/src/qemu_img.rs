@@ -1,20 +1,30 @@
 //! The `qemu-img` operations the agent needs.
 //!
-//! Thin provisioning, cloning and resizing all go through `qemu-img` so that
-//! any format QEMU understands (raw, qcow2, vmdk, vhd/vhdx) can be a source.
+//! Thin provisioning, cloning and resizing all go through `qemu-img`. Every
+//! call that opens an image names its format (`-f`): letting the tool guess
+//! would let a raw file that starts with an image header be read as that
+//! image, backing file and all. Only [`probe`] guesses, and only to compare
+//! the guess with what the caller believes (see [`crate::image`]).
 //! Each call runs the tool asynchronously; on failure the error keeps
 //! qemu-img's stderr in a field ([`DiskError::QemuImg`]) rather than in the
 //! message.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::process::Command;
+
+use vdc_types::api::ImageFormat;
 
 use crate::DiskError;
 
 /// The program run; found on `PATH`.
 const QEMU_IMG: &str = "qemu-img";
+/// Longest `qemu-img info` may take: reading an image's metadata is quick,
+/// unless the image makes the tool open a pipe or a device that never
+/// answers (a vmdk extent naming a FIFO).
+pub const INFO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `qemu-img info` says about an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +39,10 @@ pub struct ImageInfo {
     pub backing_file: Option<String>,
     /// Format of the backing file, if recorded.
     pub backing_format: Option<String>,
+    /// Other files the image reads its data from (a qcow2 external data
+    /// file, vmdk extents other than the image itself, any child node but
+    /// the image's own file).
+    pub other_files: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +58,75 @@ struct RawInfo {
     full_backing_filename: Option<String>,
     #[serde(rename = "backing-filename-format", default)]
     backing_format: Option<String>,
+    #[serde(default)]
+    filename: String,
+    #[serde(default)]
+    children: Vec<RawChild>,
+    #[serde(rename = "format-specific", default)]
+    format_specific: Option<RawFormatSpecific>,
+}
+
+#[derive(Deserialize)]
+struct RawChild {
+    name: String,
+    #[serde(default)]
+    info: Option<RawChildInfo>,
+}
+
+#[derive(Deserialize)]
+struct RawChildInfo {
+    #[serde(default)]
+    filename: String,
+}
+
+#[derive(Deserialize)]
+struct RawFormatSpecific {
+    #[serde(default)]
+    data: RawFormatData,
+}
+
+#[derive(Deserialize, Default)]
+struct RawFormatData {
+    #[serde(rename = "data-file", default)]
+    data_file: Option<String>,
+    #[serde(default)]
+    extents: Vec<RawExtent>,
+}
+
+#[derive(Deserialize)]
+struct RawExtent {
+    #[serde(default)]
+    filename: String,
+}
+
+impl RawInfo {
+    /// Files other than the image itself that the image refers to.
+    fn other_files(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        for c in &self.children {
+            if c.name != "file" {
+                files.push(
+                    c.info
+                        .as_ref()
+                        .map(|i| i.filename.clone())
+                        .unwrap_or_else(|| c.name.clone()),
+                );
+            }
+        }
+        if let Some(fs) = &self.format_specific {
+            files.extend(fs.data.data_file.iter().cloned());
+            files.extend(
+                fs.data
+                    .extents
+                    .iter()
+                    .filter(|e| e.filename != self.filename)
+                    .map(|e| e.filename.clone()),
+            );
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
 }
 
 /// Runs qemu-img with `args`; stdout on success.
@@ -52,13 +135,34 @@ async fn run(
     path: &Path,
     args: &[&std::ffi::OsStr],
 ) -> Result<Vec<u8>, DiskError> {
-    let out = Command::new(QEMU_IMG)
+    run_within(operation, path, args, None).await
+}
+
+/// [`run`], killing qemu-img after `timeout` if one is given.
+async fn run_within(
+    operation: &'static str,
+    path: &Path,
+    args: &[&std::ffi::OsStr],
+    timeout: Option<Duration>,
+) -> Result<Vec<u8>, DiskError> {
+    let output = Command::new(QEMU_IMG)
         .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(DiskError::QemuImgSpawn)?;
+        .output();
+    let out = match timeout {
+        None => output.await,
+        Some(t) => {
+            tokio::time::timeout(t, output)
+                .await
+                .map_err(|_| DiskError::QemuImgTimeout {
+                    operation,
+                    path: path.to_path_buf(),
+                    seconds: t.as_secs(),
+                })?
+        }
+    }
+    .map_err(DiskError::QemuImgSpawn)?;
     if !out.status.success() {
         return Err(DiskError::QemuImg {
             operation,
@@ -89,15 +193,22 @@ pub async fn create_qcow2(path: &Path, size_bytes: u64) -> Result<(), DiskError>
     .map(drop)
 }
 
-/// Copies `source` (any format qemu-img detects) into a new, independent
-/// qcow2 image at `dest` (a full clone).
-pub async fn convert_to_qcow2(source: &Path, dest: &Path) -> Result<(), DiskError> {
+/// Copies `source`, read as `format`, into a new, independent qcow2 image
+/// at `dest` (a full clone). Check an image that is not vdc's own with
+/// [`crate::image::inspect`] first: a backing chain is copied too.
+pub async fn convert_to_qcow2(
+    source: &Path,
+    format: ImageFormat,
+    dest: &Path,
+) -> Result<(), DiskError> {
     run(
         "convert",
         dest,
         &[
             "convert".as_ref(),
             "-q".as_ref(),
+            "-f".as_ref(),
+            format.as_str().as_ref(),
             "-O".as_ref(),
             "qcow2".as_ref(),
             source.as_os_str(),
@@ -108,13 +219,13 @@ pub async fn convert_to_qcow2(source: &Path, dest: &Path) -> Result<(), DiskErro
     .map(drop)
 }
 
-/// Creates a qcow2 image at `dest` whose backing file is `backing` (a linked
-/// clone). `backing` is made absolute so the clone works from any directory;
-/// its format is read with [`info`].
+/// Creates a qcow2 image at `dest` whose backing file is `backing`, a
+/// qcow2 image (a linked clone of a template). `backing` is made absolute so
+/// the clone works from any directory.
 pub async fn create_linked_clone(dest: &Path, backing: &Path) -> Result<(), DiskError> {
     let backing: PathBuf =
         std::path::absolute(backing).map_err(|e| DiskError::io("resolve", backing, e))?;
-    let fmt = info(&backing).await?.format;
+    let fmt = ImageFormat::Qcow2.as_str();
     run(
         "create",
         dest,
@@ -134,11 +245,11 @@ pub async fn create_linked_clone(dest: &Path, backing: &Path) -> Result<(), Disk
     .map(drop)
 }
 
-/// Grows the image's virtual size to `size_bytes`. Equal size is a no-op; a
-/// smaller size is refused ([`DiskError::Shrink`]) because shrinking loses
-/// guest data.
+/// Grows the qcow2 image's virtual size to `size_bytes`. Equal size is a
+/// no-op; a smaller size is refused ([`DiskError::Shrink`]) because
+/// shrinking loses guest data.
 pub async fn grow(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
-    let current = info(path).await?.virtual_size;
+    let current = info(path, ImageFormat::Qcow2).await?.virtual_size;
     if size_bytes == current {
         return Ok(());
     }
@@ -156,6 +267,8 @@ pub async fn grow(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
         &[
             "resize".as_ref(),
             "-q".as_ref(),
+            "-f".as_ref(),
+            ImageFormat::Qcow2.as_str().as_ref(),
             path.as_os_str(),
             size.as_ref(),
         ],
@@ -164,30 +277,45 @@ pub async fn grow(path: &Path, size_bytes: u64) -> Result<(), DiskError> {
     .map(drop)
 }
 
-/// Format, sizes and backing file of an image. Uses `-U` so that it works on
-/// an image a running QEMU holds locked.
-pub async fn info(path: &Path) -> Result<ImageInfo, DiskError> {
-    let out = run(
-        "info",
-        path,
-        &[
-            "info".as_ref(),
-            "--output=json".as_ref(),
-            "-U".as_ref(),
-            path.as_os_str(),
-        ],
-    )
-    .await?;
+/// Sizes, backing file and referenced files of an image read as `format`.
+/// Uses `-U` so that it works on an image a running QEMU holds locked.
+pub async fn info(path: &Path, format: ImageFormat) -> Result<ImageInfo, DiskError> {
+    info_args(path, Some(format), INFO_TIMEOUT).await
+}
+
+/// What `qemu-img` guesses `path` to be, without being told its format,
+/// within `timeout` ([`INFO_TIMEOUT`] is the usual bound). Only to compare
+/// with a format the caller believes in: never open an image with a
+/// guessed format. Backing files are not opened.
+pub async fn probe(path: &Path, timeout: Duration) -> Result<ImageInfo, DiskError> {
+    info_args(path, None, timeout).await
+}
+
+async fn info_args(
+    path: &Path,
+    format: Option<ImageFormat>,
+    timeout: Duration,
+) -> Result<ImageInfo, DiskError> {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["info".as_ref(), "--output=json".as_ref(), "-U".as_ref()];
+    if let Some(f) = format {
+        args.push("-f".as_ref());
+        args.push(f.as_str().as_ref());
+    }
+    args.push(path.as_os_str());
+    let out = run_within("info", path, &args, Some(timeout)).await?;
     let raw: RawInfo = serde_json::from_slice(&out).map_err(|source| DiskError::QemuImgOutput {
         path: path.to_path_buf(),
         source,
     })?;
+    let other_files = raw.other_files();
     Ok(ImageInfo {
         format: raw.format,
         virtual_size: raw.virtual_size,
         actual_size: raw.actual_size,
         backing_file: raw.full_backing_filename.or(raw.backing_filename),
         backing_format: raw.backing_format,
+        other_files,
     })
 }
 
@@ -202,23 +330,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.qcow2");
         create_qcow2(&base, 64 * MIB).await.unwrap();
-        let i = info(&base).await.unwrap();
+        let i = info(&base, ImageFormat::Qcow2).await.unwrap();
         assert_eq!(i.format, "qcow2");
         assert_eq!(i.virtual_size, 64 * MIB);
         assert!(i.backing_file.is_none());
 
         let full = dir.path().join("full.qcow2");
-        convert_to_qcow2(&base, &full).await.unwrap();
-        assert_eq!(info(&full).await.unwrap().virtual_size, 64 * MIB);
+        convert_to_qcow2(&base, ImageFormat::Qcow2, &full)
+            .await
+            .unwrap();
+        assert_eq!(
+            info(&full, ImageFormat::Qcow2).await.unwrap().virtual_size,
+            64 * MIB
+        );
 
         let linked = dir.path().join("linked.qcow2");
         create_linked_clone(&linked, &base).await.unwrap();
-        let li = info(&linked).await.unwrap();
+        let li = info(&linked, ImageFormat::Qcow2).await.unwrap();
         assert_eq!(li.backing_file.as_deref(), Some(base.to_str().unwrap()));
         assert_eq!(li.backing_format.as_deref(), Some("qcow2"));
 
         grow(&linked, 128 * MIB).await.unwrap();
-        assert_eq!(info(&linked).await.unwrap().virtual_size, 128 * MIB);
+        assert_eq!(
+            info(&linked, ImageFormat::Qcow2)
+                .await
+                .unwrap()
+                .virtual_size,
+            128 * MIB
+        );
         grow(&linked, 128 * MIB).await.unwrap();
         let err = grow(&linked, 32 * MIB).await.unwrap_err();
         assert!(matches!(err, DiskError::Shrink { .. }), "{err:?}");
@@ -230,10 +369,14 @@ mod tests {
         let raw = dir.path().join("disk.img");
         std::fs::write(&raw, vec![0u8; 4 * MIB as usize]).unwrap();
         let out = dir.path().join("disk.qcow2");
-        convert_to_qcow2(&raw, &out).await.unwrap();
-        assert_eq!(info(&out).await.unwrap().format, "qcow2");
+        convert_to_qcow2(&raw, ImageFormat::Raw, &out)
+            .await
+            .unwrap();
+        assert_eq!(probe(&out, INFO_TIMEOUT).await.unwrap().format, "qcow2");
 
-        let err = info(&dir.path().join("missing.qcow2")).await.unwrap_err();
+        let err = info(&dir.path().join("missing.qcow2"), ImageFormat::Qcow2)
+            .await
+            .unwrap_err();
         match err {
             DiskError::QemuImg {
                 operation, stderr, ..

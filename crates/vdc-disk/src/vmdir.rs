@@ -217,6 +217,8 @@ mod tests {
             hostname: "web-1".into(),
             template: None,
             created_ms: 1,
+            machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+            cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         }
     }
 

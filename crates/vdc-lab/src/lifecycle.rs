@@ -189,6 +189,7 @@ fn prepare_dirs(plan: &LabPlan) -> Result<()> {
         &plan.data_dir,
         &plan.shared_datastore_dir,
         &plan.server_data_dir,
+        &plan.import_dir,
     ] {
         mkdir(dir)?;
     }
@@ -200,6 +201,30 @@ fn prepare_dirs(plan: &LabPlan) -> Result<()> {
     rand::thread_rng().fill_bytes(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     state::write_private(&plan.token_file(), &format!("{token}\n"))
+}
+
+/// Puts the guest image into the agents' import directory (a hard link, or
+/// a copy across file systems) and returns its path there.
+fn place_for_import(image: &Path, import_dir: &Path) -> Result<PathBuf> {
+    let name = image
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("guest.qcow2"));
+    let dest = import_dir.join(name);
+    let io = |source| LabError::Io {
+        what: "place the guest image in",
+        path: dest.clone(),
+        source,
+    };
+    match std::fs::remove_file(&dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    if std::fs::hard_link(image, &dest).is_err() {
+        std::fs::copy(image, &dest).map_err(io)?;
+    }
+    Ok(dest)
 }
 
 /// Reads a lab's token file.
@@ -311,11 +336,13 @@ async fn start_cluster(
     let Some(image) = image else {
         return Ok(());
     };
+    let image = place_for_import(image, &plan.import_dir)?;
     let task = client
         .create_template(&CreateTemplateRequest {
             name: TEMPLATE_NAME.to_string(),
             datastore: SHARED_DATASTORE.to_string(),
             source: image.display().to_string(),
+            format: Some(vdc_types::api::ImageFormat::Qcow2),
             host: None,
         })
         .await

@@ -137,6 +137,9 @@ pub struct LabPlan {
     pub shared_datastore_dir: PathBuf,
     /// Server's data directory.
     pub server_data_dir: PathBuf,
+    /// Directory the agents may import images from (`--import-dir`): the
+    /// guest image is placed there for the template import.
+    pub import_dir: PathBuf,
     /// Server's log file.
     pub server_log: PathBuf,
     /// The hosts, in order.
@@ -188,6 +191,7 @@ impl LabPlan {
             gateway: lab_address(subnet_index, 1),
             shared_datastore_dir: data_dir.join("shared"),
             server_data_dir: data_dir.join("server"),
+            import_dir: data_dir.join("import"),
             server_log: logs.join("server.log"),
             state_dir,
             data_dir,
@@ -267,6 +271,8 @@ impl LabPlan {
                 host.local_datastore,
                 host.local_datastore_dir.display()
             ),
+            "--import-dir".into(),
+            self.import_dir.display().to_string(),
         ]
     }
 
@@ -468,7 +474,8 @@ mod tests {
              --server http://10.77.0.1:8500 --token-file /state/lab/token \
              --state-dir /state/lab/host-1 \
              --datastore shared=/data/lab/shared:shared \
-             --datastore local-host-1=/data/lab/host-1:local"
+             --datastore local-host-1=/data/lab/host-1:local \
+             --import-dir /data/lab/import"
         );
     }
 

@@ -1,5 +1,5 @@
 //! Facts about this host's QEMU: which binary, which version, which
-//! accelerator.
+//! accelerator, which machine types and CPU models it offers.
 //!
 //! The accelerator decision is a pure function ([`choose_accelerator`]) of
 //! what the host offers so that it can be tested; [`detect_accelerator`]
@@ -103,6 +103,79 @@ pub async fn qemu_version(binary: &Path) -> Result<String, QemuError> {
     parse_qemu_version(&text).ok_or(QemuError::Version { output: text })
 }
 
+/// The machine types and CPU models a QEMU binary offers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QemuModels {
+    /// Machine types (`-machine help`), aliases included.
+    pub machine_types: Vec<String>,
+    /// CPU models (`-cpu help`), aliases included.
+    pub cpu_models: Vec<String>,
+}
+
+impl QemuModels {
+    /// Whether a VM with this machine type and CPU model can run here; the
+    /// sentence saying what is missing if not.
+    pub fn check(&self, machine_type: &str, cpu_model: &str) -> Result<(), String> {
+        if !self.machine_types.iter().any(|m| m == machine_type) {
+            return Err(format!(
+                "this host's QEMU offers no machine type '{machine_type}'"
+            ));
+        }
+        if !self.cpu_models.iter().any(|c| c == cpu_model) {
+            return Err(format!(
+                "this host's QEMU offers no CPU model '{cpu_model}'"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Asks a QEMU binary which machine types and CPU models it offers.
+pub async fn qemu_models(binary: &Path) -> Result<QemuModels, QemuError> {
+    let help = |what: &'static str| async move {
+        let out = tokio::process::Command::new(binary)
+            .args([what, "help"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| QemuError::Spawn {
+                binary: binary.to_path_buf(),
+                source,
+            })?;
+        Ok::<_, QemuError>(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    Ok(QemuModels {
+        machine_types: parse_machine_help(&help("-machine").await?),
+        cpu_models: parse_cpu_help(&help("-cpu").await?),
+    })
+}
+
+/// Machine type names from `-machine help` (the first word of each line
+/// after the heading).
+pub fn parse_machine_help(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .skip_while(|l| !l.starts_with("Supported machines"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// CPU model names from `-cpu help` (the first word of each indented line
+/// of the `Available CPUs:` section).
+pub fn parse_cpu_help(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .skip_while(|l| !l.starts_with("Available CPUs"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Extracts `X.Y.Z` from `QEMU emulator version X.Y.Z (…)`.
 pub fn parse_qemu_version(output: &str) -> Option<String> {
     let rest = output.split("version").nth(1)?;
@@ -165,6 +238,46 @@ mod tests {
             choose_accelerator(None, Some("auto"), true, WITH_VMX),
             Accelerator::Kvm
         );
+    }
+
+    #[test]
+    fn model_lists_are_parsed() {
+        let machines = "Supported machines are:\nmicrovm              microvm (i386)\n\
+                        q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-10.0)\n\
+                        pc-q35-10.0          Standard PC (Q35 + ICH9, 2009)\n";
+        assert_eq!(
+            parse_machine_help(machines),
+            ["microvm", "q35", "pc-q35-10.0"]
+        );
+        let cpus = "Available CPUs:\n  486                   (alias configured by machine type)\n\
+                    \x20 Nehalem-v1            Intel Core i7 9xx (Nehalem Class Core i7)\n\
+                    \nRecognized CPUID flags:\n  3dnow 3dnowext\n";
+        assert_eq!(parse_cpu_help(cpus), ["486", "Nehalem-v1"]);
+        let m = QemuModels {
+            machine_types: parse_machine_help(machines),
+            cpu_models: parse_cpu_help(cpus),
+        };
+        assert!(m.check("pc-q35-10.0", "Nehalem-v1").is_ok());
+        assert!(m
+            .check("pc-q35-1.0", "Nehalem-v1")
+            .unwrap_err()
+            .contains("pc-q35-1.0"));
+        assert!(m
+            .check("pc-q35-10.0", "host-x")
+            .unwrap_err()
+            .contains("CPU model"));
+    }
+
+    /// The cluster defaults are offered by this host's QEMU.
+    #[tokio::test]
+    async fn this_hosts_qemu_offers_the_cluster_defaults() {
+        let models = qemu_models(&qemu_binary()).await.unwrap();
+        models
+            .check(
+                vdc_types::vm::DEFAULT_MACHINE_TYPE,
+                vdc_types::vm::DEFAULT_CPU_MODEL,
+            )
+            .unwrap();
     }
 
     #[test]

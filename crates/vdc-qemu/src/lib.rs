@@ -26,7 +26,9 @@ pub mod vm;
 
 pub use error::QemuError;
 pub use guest::{parse_heartbeat, spawn_guest_channel, GuestChannel, Heartbeat};
-pub use host::{choose_accelerator, detect_accelerator, qemu_binary, qemu_version};
+pub use host::{
+    choose_accelerator, detect_accelerator, qemu_binary, qemu_models, qemu_version, QemuModels,
+};
 pub use log::tail_file;
 pub use spec::{command_line, DriveSpec, Incoming, MachineSpec, NicDevice, VmPaths};
 pub use vdc_qmp::{Qmp, QmpError, QmpEvent};

@@ -2,13 +2,14 @@
 //! QEMU command line that results ([`command_line`]).
 //!
 //! Choices baked into the command line, and why:
-//! - `-machine q35`: PCIe machine type, the default of modern management
-//!   stacks; the alias resolves to the newest versioned type of the
-//!   installed QEMU, so all hosts of a cluster must run the same QEMU for
-//!   migration (they do: one Debian package).
-//! - CPU model: `host` under KVM, `qemu64` under TCG. `qemu64` is the same
-//!   on every QEMU build and migratable; `max` under TCG changes with the
-//!   QEMU version and is not.
+//! - `-machine` the VM's pinned, versioned machine type (e.g.
+//!   `pc-q35-10.0`, Q35 being the PCIe machine of modern management
+//!   stacks), never an alias such as `q35`, which moves to a newer type
+//!   when QEMU is upgraded: the virtual hardware stays the same across
+//!   upgrades, suspend/resume and migration.
+//! - `-cpu` the VM's named CPU model (e.g. `Nehalem-v1`), the same under KVM
+//!   and TCG and on every host; never `host` (differs between hosts, cannot
+//!   migrate) nor `max` (changes with the QEMU version).
 //! - `-nodefaults -no-user-config`: only the devices listed here exist, so
 //!   the machine is identical on every host (a migration requirement).
 //! - No `-S`: a fresh VM runs as soon as QEMU is up. An incoming VM
@@ -17,10 +18,12 @@
 //!   how the agent learns the VM stopped; a guest reboot is a `RESET` inside
 //!   the same process and needs nothing from us.
 //! - Disks as `-blockdev` JSON (a `file` node below a `qcow2` node with
-//!   explicit node names, so later block jobs can name them), cache
-//!   writeback (`cache.direct=false`: works on every file system, including
-//!   tmpfs and NFS, where O_DIRECT may not) with `discard=unmap` so guest
-//!   TRIM keeps images thin.
+//!   explicit node names, so later block jobs can name them) with
+//!   `discard=unmap` so guest TRIM keeps images thin. Cache mode per disk:
+//!   `none` (`cache.direct=true`: O_DIRECT, no host page cache, so nothing
+//!   a host holds back can be lost or hidden from another host on shared
+//!   storage) where the datastore's file system supports it, else
+//!   `writeback` (`cache.direct=false`, e.g. on tmpfs).
 //! - Serial console through a socket chardev with a logfile, so the console
 //!   is both recorded and attachable; the guest channel is a virtio-serial
 //!   port on its own socket.
@@ -28,7 +31,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use vdc_types::{Accelerator, GUEST_CHANNEL_NAME};
+use vdc_types::{Accelerator, DiskCacheMode, GUEST_CHANNEL_NAME};
 
 use crate::error::QemuError;
 
@@ -48,6 +51,10 @@ pub struct MachineSpec {
     pub memory_mib: u64,
     /// Accelerator ([`crate::detect_accelerator`]).
     pub accelerator: Accelerator,
+    /// Pinned machine type, e.g. `pc-q35-10.0`.
+    pub machine_type: String,
+    /// Named CPU model, e.g. `Nehalem-v1`.
+    pub cpu_model: String,
     /// Disks; the first one boots.
     pub disks: Vec<DriveSpec>,
     /// NICs.
@@ -68,6 +75,8 @@ pub struct DriveSpec {
     pub path: PathBuf,
     /// Open read-only.
     pub read_only: bool,
+    /// Cache mode (direct I/O or the host page cache).
+    pub cache: DiskCacheMode,
 }
 
 /// One virtio NIC on a tap device the caller already created.
@@ -176,14 +185,6 @@ fn path_opt(path: &Path) -> String {
     escape_opt(&path.to_string_lossy())
 }
 
-/// The CPU model used with an accelerator (see the module docs).
-pub fn cpu_model(accel: Accelerator) -> &'static str {
-    match accel {
-        Accelerator::Kvm => "host",
-        Accelerator::Tcg => "qemu64",
-    }
-}
-
 /// The QEMU arguments (without the binary) that run `spec` with its files
 /// at `paths`. Pure: no file is touched.
 pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
@@ -195,9 +196,9 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
         &format!("guest={},debug-threads=on", escape_opt(&spec.name)),
     ]);
     push(&["-uuid", &spec.id]);
-    push(&["-machine", "q35"]);
+    push(&["-machine", &escape_opt(&spec.machine_type)]);
     push(&["-accel", spec.accelerator.as_str()]);
-    push(&["-cpu", cpu_model(spec.accelerator)]);
+    push(&["-cpu", &escape_opt(&spec.cpu_model)]);
     push(&["-smp", &spec.cpus.max(1).to_string()]);
     push(&["-m", &format!("{}M", spec.memory_mib)]);
     push(&[
@@ -242,11 +243,12 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
 
     for (i, disk) in spec.disks.iter().enumerate() {
         let file_node = format!("{}-file", disk.node_name);
+        let cache = json!({"direct": disk.cache == DiskCacheMode::None, "no-flush": false});
         let file = json!({
             "driver": "file",
             "node-name": file_node,
             "filename": disk.path.to_string_lossy(),
-            "cache": {"direct": false, "no-flush": false},
+            "cache": cache,
             "discard": "unmap",
             "read-only": disk.read_only,
         });
@@ -254,7 +256,7 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
             "driver": "qcow2",
             "node-name": disk.node_name,
             "file": file_node,
-            "cache": {"direct": false, "no-flush": false},
+            "cache": cache,
             "discard": "unmap",
             "read-only": disk.read_only,
         });
@@ -319,16 +321,20 @@ mod tests {
             cpus: 2,
             memory_mib: 256,
             accelerator: Accelerator::Tcg,
+            machine_type: "pc-q35-10.0".into(),
+            cpu_model: "Nehalem-v1".into(),
             disks: vec![
                 DriveSpec {
                     node_name: "disk0".into(),
                     path: "/ds/web-1/disk0.qcow2".into(),
                     read_only: false,
+                    cache: DiskCacheMode::None,
                 },
                 DriveSpec {
                     node_name: "disk1".into(),
                     path: "/ds/web,1/disk1.qcow2".into(),
                     read_only: true,
+                    cache: DiskCacheMode::Writeback,
                 },
             ],
             nics: vec![NicDevice {
@@ -362,7 +368,8 @@ mod tests {
         );
         assert_eq!(values(&args, "-name"), ["guest=web-1,debug-threads=on"]);
         assert_eq!(values(&args, "-accel"), ["tcg"]);
-        assert_eq!(values(&args, "-cpu"), ["qemu64"]);
+        assert_eq!(values(&args, "-machine"), ["pc-q35-10.0"]);
+        assert_eq!(values(&args, "-cpu"), ["Nehalem-v1"]);
         assert_eq!(values(&args, "-smp"), ["2"]);
         assert_eq!(values(&args, "-m"), ["256M"]);
         assert_eq!(values(&args, "-pidfile"), ["/run/vdc/vms/abc/qemu.pid"]);
@@ -381,12 +388,13 @@ mod tests {
     }
 
     #[test]
-    fn kvm_uses_host_cpu() {
+    fn kvm_keeps_the_named_cpu_model_and_machine_type() {
         let mut s = spec();
         s.accelerator = Accelerator::Kvm;
         let args = command_line(&s, &paths());
         assert_eq!(values(&args, "-accel"), ["kvm"]);
-        assert_eq!(values(&args, "-cpu"), ["host"]);
+        assert_eq!(values(&args, "-cpu"), ["Nehalem-v1"]);
+        assert_eq!(values(&args, "-machine"), ["pc-q35-10.0"]);
     }
 
     #[test]
@@ -404,6 +412,12 @@ mod tests {
         assert_eq!(nodes[1]["file"], "disk0-file");
         assert_eq!(nodes[1]["discard"], "unmap");
         assert_eq!(nodes[1]["read-only"], false);
+        // Direct I/O on the first disk's datastore, the page cache on the
+        // second's, on both nodes of each.
+        for (n, direct) in [(0, true), (1, true), (2, false), (3, false)] {
+            assert_eq!(nodes[n]["cache"]["direct"], direct, "node {n}");
+            assert_eq!(nodes[n]["cache"]["no-flush"], false, "node {n}");
+        }
         // A comma in a path needs no escaping in JSON.
         assert_eq!(nodes[2]["filename"], "/ds/web,1/disk1.qcow2");
         assert_eq!(nodes[3]["read-only"], true);

@@ -74,10 +74,13 @@ fn fixture(name: &str) -> Fixture {
         cpus: 1,
         memory_mib: 256,
         accelerator: Accelerator::Tcg,
+        machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+        cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         disks: vec![DriveSpec {
             node_name: "disk0".into(),
             path: disk,
             read_only: false,
+            cache: vdc_types::DiskCacheMode::None,
         }],
         nics: vec![],
         smbios_oem_strings: vec![format!("vdc.hostname={name}")],
@@ -199,6 +202,50 @@ async fn pause_suspend_resume_and_graceful_shutdown() {
     wait_event(&mut events, "POWERDOWN").await;
     assert!(console(&fx.paths).contains("power button pressed"));
     assert!(Vm::attach(&fx.paths).await.expect("attach").is_none());
+}
+
+/// A guest boots on the pinned machine type and the named CPU model, and
+/// QEMU opened its disk with direct I/O (`cache=none`), as QMP reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_with_pinned_machine_named_cpu_and_direct_io() {
+    let fx = fixture("pinned");
+    let vm = Vm::launch(&fx.spec, &fx.paths).await.expect("launch");
+    wait_console(&fx.paths, "VDC-GUEST-READY", 1).await;
+    let qmp = vm.qmp();
+    let machine = qmp
+        .execute(
+            "qom-get",
+            serde_json::json!({"path": "/machine", "property": "type"}),
+        )
+        .await
+        .expect("machine type");
+    assert_eq!(machine, "pc-q35-10.0-machine");
+    let cpus = qmp
+        .execute("query-cpus-fast", serde_json::json!({}))
+        .await
+        .expect("cpus");
+    let cpu_path = cpus[0]["qom-path"].as_str().expect("qom path").to_string();
+    let cpu_type = qmp
+        .execute(
+            "qom-get",
+            serde_json::json!({"path": cpu_path, "property": "type"}),
+        )
+        .await
+        .expect("cpu type");
+    assert_eq!(cpu_type, "Nehalem-v1-x86_64-cpu");
+    let blocks = qmp
+        .execute("query-block", serde_json::json!({}))
+        .await
+        .expect("query-block");
+    let disk = blocks
+        .as_array()
+        .expect("block list")
+        .iter()
+        .find(|b| b["inserted"]["node-name"] == "disk0")
+        .unwrap_or_else(|| panic!("disk0 in {blocks}"));
+    assert_eq!(disk["inserted"]["cache"]["direct"], true, "{disk}");
+    assert_eq!(disk["inserted"]["cache"]["no-flush"], false, "{disk}");
+    vm.power_off().await.expect("power off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,9 +25,12 @@
 //!   alive. They are how a process says "I am here" (host heartbeats, leader
 //!   election, VM ownership).
 //!
-//! Implementations: [`RedbStore`] (embedded, default). The [`conformance`]
+//! Implementations: [`RedbStore`] (embedded, default). The `conformance`
 //! module holds the behaviour every implementation must show; an
-//! implementation proves itself with [`store_conformance_tests!`].
+//! implementation proves itself with `store_conformance_tests!`. Both exist
+//! only with the `conformance` feature, which the crate's own tests (and an
+//! implementation's) enable as a dev-dependency: the suite is compiled for
+//! tests, never into the server.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -49,6 +52,7 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
 pub mod format;
@@ -174,7 +178,7 @@ impl WatchEvent {
 /// The cluster state store. Object safe: share it as `Arc<dyn Store>`.
 ///
 /// See the crate documentation for the revision, transaction, watch and
-/// lease semantics every implementation follows; [`conformance`] checks them.
+/// lease semantics every implementation follows; the `conformance` suite checks them.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Read one key.

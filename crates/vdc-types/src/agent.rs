@@ -22,6 +22,12 @@ pub struct DatastoreReport {
     pub capacity_bytes: u64,
     /// Free space.
     pub free_bytes: u64,
+    /// Cache mode of disks here (`none` where direct I/O works).
+    #[serde(default)]
+    pub cache_mode: crate::host::DiskCacheMode,
+    /// Why direct I/O is not used, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_reason: Option<String>,
 }
 
 /// One VM as its host sees it.
@@ -56,6 +62,11 @@ pub struct VmRuntime {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HostReport {
     /// Host name.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Management address.
     pub address: String,
@@ -133,8 +144,12 @@ pub struct DestroyVmRequest {
 /// `POST /agent/v1/images/import`: copy an image into a datastore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImportImageRequest {
-    /// Source file on this host.
+    /// Source file on this host: an absolute path inside an import
+    /// directory or a datastore of the agent.
     pub source: String,
+    /// Format of the source (default: what `qemu-img` finds in it).
+    #[serde(default)]
+    pub format: Option<crate::api::ImageFormat>,
     /// Target datastore.
     pub datastore: String,
     /// Target path relative to the datastore.
@@ -146,4 +161,6 @@ pub struct ImportImageRequest {
 pub struct ImportImageResponse {
     /// Virtual size of the imported disk.
     pub size_bytes: u64,
+    /// Format the source was read as.
+    pub format: crate::api::ImageFormat,
 }

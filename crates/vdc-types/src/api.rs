@@ -17,21 +17,39 @@ pub const MAX_CPUS: u32 = 64;
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// Largest disk, GiB (64 TiB, qcow2's practical limit).
 pub const MAX_DISK_GIB: u64 = 64 * 1024;
+/// The rule for a disk path inside a datastore, as the OpenAPI document
+/// states it on [`DiskRequest::path`] (at most 1024 bytes): components of
+/// letters, digits, `.`, `_`, `-` not starting with `.` or `-`, ending in
+/// `.qcow2`.
+pub const DISK_PATH_PATTERN: &str =
+    r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\.qcow2$";
 
 /// `POST /api/v1/vms`: create a VM, from a template or with a blank disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
     /// Unique name: letters, digits, `-`, `_`, `.`; at most 63 characters.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// vCPUs (default 1, at most 64).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 64)]
     pub cpus: Option<u32>,
     /// Memory in MiB (default 256, at least 32).
     #[serde(default)]
+    #[schema(minimum = 32)]
     pub memory_mib: Option<u64>,
     /// Template to deploy from; without it the VM gets a blank disk.
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub template: Option<String>,
     /// Deploy as a linked clone (qcow2 backing file on the template) instead
     /// of a full copy.
@@ -39,15 +57,31 @@ pub struct CreateVmRequest {
     pub linked_clone: bool,
     /// Size of the boot disk in GiB (blank disk size, or grow the template's).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 65536)]
     pub disk_gib: Option<u64>,
     /// Datastore for the VM's directory (default: the first shared one).
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub datastore: Option<String>,
     /// Network for the first NIC (default: the first network).
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub network: Option<String>,
     /// Host to run on (default: placement picks one).
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub host: Option<String>,
     /// Power the VM on once created.
     #[serde(default)]
@@ -62,13 +96,23 @@ pub struct CreateVmRequest {
 #[serde(deny_unknown_fields)]
 pub struct DiskRequest {
     /// Size in GiB.
+    #[schema(minimum = 1, maximum = 65536)]
     pub size_gib: u64,
     /// Datastore (default: the VM's).
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub datastore: Option<String>,
     /// File path relative to the datastore (default `<vm>/diskN.qcow2`);
     /// must stay inside the datastore.
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\\.qcow2$",
+        max_length = 1024
+    )]
     pub path: Option<String>,
 }
 
@@ -79,6 +123,11 @@ pub struct StartVmRequest {
     /// Host to start on (default: placement, or the host holding its
     /// suspended state).
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub host: Option<String>,
 }
 
@@ -88,6 +137,7 @@ pub struct StartVmRequest {
 pub struct ShutdownVmRequest {
     /// Seconds to wait for the guest before powering it off (default 60).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_s: Option<u64>,
 }
 
@@ -110,6 +160,7 @@ pub const CONSOLE_OFFSET_HEADER: &str = "x-console-offset";
 pub struct ConsoleInputRequest {
     /// UTF-8 text sent to the guest as typed, 1 to 4096 bytes; end a
     /// command line with `\n` (or `\r`, what the Enter key sends).
+    #[schema(min_length = 1)]
     pub data: String,
 }
 
@@ -129,19 +180,90 @@ impl ConsoleInputRequest {
     }
 }
 
+/// Format of a disk image file being imported. The importing host always
+/// hands it to `qemu-img` explicitly (`-f`), never letting the tool guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// A plain disk image, byte for byte.
+    Raw,
+    /// QEMU copy-on-write v2.
+    Qcow2,
+    /// VMware (a single-file sparse image).
+    Vmdk,
+    /// Hyper-V.
+    Vhdx,
+    /// Virtual PC / Hyper-V legacy (`.vhd`).
+    Vpc,
+}
+
+impl ImageFormat {
+    /// Every format vdc imports.
+    pub const ALL: [ImageFormat; 5] = [
+        ImageFormat::Raw,
+        ImageFormat::Qcow2,
+        ImageFormat::Vmdk,
+        ImageFormat::Vhdx,
+        ImageFormat::Vpc,
+    ];
+
+    /// The name `qemu-img` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vmdk => "vmdk",
+            ImageFormat::Vhdx => "vhdx",
+            ImageFormat::Vpc => "vpc",
+        }
+    }
+
+    /// The format `qemu-img` calls `name`, if vdc imports it.
+    pub fn from_qemu_name(name: &str) -> Option<ImageFormat> {
+        ImageFormat::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `POST /api/v1/templates`: import a disk image file as a template.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTemplateRequest {
     /// Unique name.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Datastore to keep the template in (must be shared).
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub datastore: String,
-    /// Image file to import (qcow2, raw, vmdk, vhdx…); a path on the host
-    /// that does the import.
+    /// Image file to import: an absolute path, on the host that does the
+    /// import, inside one of its import directories (`vdc agent
+    /// --import-dir`) or datastores.
+    #[schema(pattern = "^/", max_length = 4096)]
     pub source: String,
+    /// Format of the file (default: what `qemu-img` finds in it). A stated
+    /// format that differs from the file's content is refused.
+    #[serde(default)]
+    pub format: Option<ImageFormat>,
     /// Host that reads `source` (default: any connected host).
     #[serde(default)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub host: Option<String>,
 }
 
@@ -158,6 +280,9 @@ pub struct Template {
     pub size_bytes: u64,
     /// Creation time.
     pub created_ms: UnixMillis,
+    /// Format the source image was read as (absent while importing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_format: Option<ImageFormat>,
 }
 
 /// Answer of `GET /api/v1/version`.

@@ -21,9 +21,9 @@ pub struct Event {
     pub object: String,
     /// Human-readable sentence.
     pub message: String,
-    /// Structured payload.
+    /// Structured payload (`null` when the event has none).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub data: serde_json::Value,
 }
 

@@ -79,6 +79,36 @@ pub enum DatastoreKind {
     Shared,
 }
 
+/// How QEMU opens the disk images of a datastore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskCacheMode {
+    /// `cache=none`: direct I/O (`O_DIRECT`), bypassing the host's page
+    /// cache, so no host holds writes another host cannot see (shared
+    /// storage, migration).
+    None,
+    /// `cache=writeback`: through the host's page cache; used where the
+    /// file system refuses direct I/O.
+    #[default]
+    Writeback,
+}
+
+impl DiskCacheMode {
+    /// Lower-case name, as in the API and QEMU's `cache=` option.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskCacheMode::None => "none",
+            DiskCacheMode::Writeback => "writeback",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskCacheMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A directory holding VM directories.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Datastore {
@@ -92,22 +122,48 @@ pub struct Datastore {
     pub capacity_bytes: u64,
     /// Free bytes (as last reported).
     pub free_bytes: u64,
+    /// Cache mode of disks on this datastore: `none` (direct I/O) where the
+    /// file system supports it, probed by each agent at start (as last
+    /// reported).
+    #[serde(default)]
+    pub cache_mode: DiskCacheMode,
+    /// Why direct I/O is not used, when `cache_mode` is `writeback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_reason: Option<String>,
 }
 
 /// A network (port group) VMs connect to: a bridge present on every host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Network {
     /// Name (unique).
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Linux bridge on each host that VM NICs are attached to.
+    #[schema(pattern = "^[A-Za-z0-9._-]+$", min_length = 1, max_length = 15)]
     pub bridge: String,
     /// Subnet in CIDR notation, e.g. `10.77.0.0/24`.
+    #[schema(
+        pattern = "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/([89]|[12][0-9]|30)$"
+    )]
     pub subnet: String,
     /// Gateway handed to guests, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
+    )]
     pub gateway: Option<String>,
     /// First address handed out to VMs.
+    #[schema(
+        pattern = "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
+    )]
     pub pool_start: String,
     /// Last address handed out to VMs.
+    #[schema(
+        pattern = "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
+    )]
     pub pool_end: String,
 }

@@ -16,7 +16,7 @@ pub mod vm;
 
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
-pub use host::{Accelerator, Datastore, DatastoreKind, Host, HostState, Network};
+pub use host::{Accelerator, Datastore, DatastoreKind, DiskCacheMode, Host, HostState, Network};
 pub use task::{Task, TaskState};
 pub use vm::{DiskSpec, GuestInfo, NicSpec, Vm, VmConfig, VmPowerState};
 

@@ -9,7 +9,53 @@ use crate::UnixMillis;
 
 /// Version of the [`VmConfig`] format written to `vm.json` on the datastore.
 /// Bump it (and keep reading the old one) whenever a field changes meaning.
-pub const VM_CONFIG_VERSION: u32 = 1;
+///
+/// - 1: no machine type or CPU model recorded; QEMU ran `-machine q35`
+///   (the alias of `pc-q35-10.0` on the QEMU 10.0 vdc needs) and, under
+///   TCG, `-cpu qemu64`.
+/// - 2: [`VmConfig::machine_type`] and [`VmConfig::cpu_model`] recorded.
+///   A version 1 configuration is read with [`V1_MACHINE_TYPE`] and
+///   [`V1_CPU_MODEL`], the hardware it ran with, so a suspended VM resumes
+///   on the same virtual hardware.
+pub const VM_CONFIG_VERSION: u32 = 2;
+
+/// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
+/// hardware never changes under a VM (upgrades, migration between hosts).
+pub const DEFAULT_MACHINE_TYPE: &str = "pc-q35-10.0";
+/// CPU model of new VMs: a named, versioned model every x86-64 host of the
+/// cluster can offer, under KVM and under TCG alike (never `host`, which
+/// differs from host to host and cannot migrate).
+pub const DEFAULT_CPU_MODEL: &str = "Nehalem-v1";
+/// Machine type a version 1 configuration ran with.
+pub const V1_MACHINE_TYPE: &str = "pc-q35-10.0";
+/// CPU model a version 1 configuration ran with (under TCG).
+pub const V1_CPU_MODEL: &str = "qemu64";
+
+fn v1_machine_type() -> String {
+    V1_MACHINE_TYPE.to_string()
+}
+
+fn v1_cpu_model() -> String {
+    V1_CPU_MODEL.to_string()
+}
+
+/// Checks a QEMU machine type or CPU model name: letters, digits, `.`,
+/// `_` and `-`, 1 to 64 characters (nothing QEMU's option syntax would
+/// read as another option).
+pub fn validate_qemu_model(what: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} '{value}' must be 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
 
 /// Power state of a VM.
 ///
@@ -146,6 +192,12 @@ pub struct VmConfig {
     pub template: Option<String>,
     /// Creation time.
     pub created_ms: UnixMillis,
+    /// QEMU machine type, pinned with its version (e.g. `pc-q35-10.0`).
+    #[serde(default = "v1_machine_type")]
+    pub machine_type: String,
+    /// Named CPU model (e.g. `Nehalem-v1`).
+    #[serde(default = "v1_cpu_model")]
+    pub cpu_model: String,
 }
 
 /// What the guest reports about itself over the guest channel.
@@ -208,9 +260,46 @@ pub struct Vm {
     pub template: Option<String>,
     /// Creation time.
     pub created_ms: UnixMillis,
+    /// QEMU machine type, pinned with its version.
+    pub machine_type: String,
+    /// Named CPU model.
+    pub cpu_model: String,
     /// Why the VM's QEMU was stopped by its host's supervisor (the host
     /// could not keep the VM's lease, e.g. its datastore hung), as its host
     /// reports it; only while the VM has no process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_1_configs_read_with_the_hardware_they_ran_with() {
+        let v1 = r#"{"version":1,"id":"i","name":"web-1","cpus":1,"memory_mib":128,
+            "datastore":"shared","dir":"web-1","disks":[],"nics":[],
+            "hostname":"web-1","created_ms":5}"#;
+        let c: VmConfig = serde_json::from_str(v1).unwrap();
+        assert_eq!(c.version, 1);
+        assert_eq!(c.machine_type, V1_MACHINE_TYPE);
+        assert_eq!(c.cpu_model, V1_CPU_MODEL);
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn qemu_model_names_cannot_carry_options() {
+        for ok in [
+            DEFAULT_MACHINE_TYPE,
+            DEFAULT_CPU_MODEL,
+            "qemu64",
+            "pc-i440fx-9.2",
+        ] {
+            assert!(validate_qemu_model("x", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "q35,accel=kvm", "host -x", "a=b", &"x".repeat(65)] {
+            assert!(validate_qemu_model("x", bad).is_err(), "{bad}");
+        }
+    }
 }

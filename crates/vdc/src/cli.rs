@@ -170,15 +170,48 @@ pub struct TemplateImportArgs {
     /// Shared datastore to keep the template in.
     #[arg(long)]
     pub datastore: String,
-    /// Image file, a path on the host doing the import.
+    /// Image file, a path on the host doing the import, inside one of its
+    /// import directories (`vdc agent --import-dir`) or datastores.
     #[arg(long, value_name = "PATH")]
     pub source: PathBuf,
+    /// Format of the image (default: what qemu-img finds in it); a stated
+    /// format the file's content contradicts is refused.
+    #[arg(long, value_enum)]
+    pub format: Option<ImageFormatArg>,
     /// Host that reads the image (default: any connected host).
     #[arg(long)]
     pub host: Option<String>,
     /// Waiting behaviour.
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `--format` values of `vdc template import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormatArg {
+    /// Plain disk image.
+    Raw,
+    /// QEMU copy-on-write v2.
+    Qcow2,
+    /// VMware, single file.
+    Vmdk,
+    /// Hyper-V.
+    Vhdx,
+    /// Virtual PC (.vhd).
+    Vpc,
+}
+
+impl From<ImageFormatArg> for vdc_types::api::ImageFormat {
+    fn from(a: ImageFormatArg) -> Self {
+        use vdc_types::api::ImageFormat as F;
+        match a {
+            ImageFormatArg::Raw => F::Raw,
+            ImageFormatArg::Qcow2 => F::Qcow2,
+            ImageFormatArg::Vmdk => F::Vmdk,
+            ImageFormatArg::Vhdx => F::Vhdx,
+            ImageFormatArg::Vpc => F::Vpc,
+        }
+    }
 }
 
 /// Whether to wait for the task an operation starts.

@@ -16,7 +16,7 @@ use vdc_types::api::{
     Template,
 };
 use vdc_types::names::validate_name;
-use vdc_types::{now_ms, Datastore, DatastoreKind, Event, Host, Network, Task, Vm};
+use vdc_types::{now_ms, Datastore, DatastoreKind, DiskCacheMode, Event, Host, Network, Task, Vm};
 
 use crate::cli::{
     Command, DatastoreCmd, EventsArgs, HostCmd, NetworkCmd, NetworkCreateArgs, Output, TaskCmd,
@@ -160,7 +160,16 @@ async fn datastore_list(ctx: &Ctx) -> Result<(), CliError> {
 
 /// `datastore list` as a table.
 pub fn datastore_table(ds: &[Datastore]) -> String {
-    let mut t = Table::new(&["NAME", "KIND", "HOST", "PATH", "CAPACITY", "FREE"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "KIND",
+        "HOST",
+        "PATH",
+        "CAPACITY",
+        "FREE",
+        "CACHE",
+        "DIRECT-IO",
+    ]);
     for d in ds {
         let (kind, host) = match &d.kind {
             DatastoreKind::Shared => ("shared", "-".to_string()),
@@ -173,6 +182,12 @@ pub fn datastore_table(ds: &[Datastore]) -> String {
             d.path.clone(),
             bytes(d.capacity_bytes),
             bytes(d.free_bytes),
+            d.cache_mode.to_string(),
+            match (&d.cache_mode, &d.cache_reason) {
+                (DiskCacheMode::None, _) => "yes".to_string(),
+                (_, Some(reason)) => format!("no: {reason}"),
+                (_, None) => "no".to_string(),
+            },
         ]);
     }
     t.render()
@@ -231,13 +246,16 @@ async fn template_list(ctx: &Ctx) -> Result<(), CliError> {
 
 /// `template list` as a table.
 pub fn template_table(ts: &[Template]) -> String {
-    let mut t = Table::new(&["NAME", "DATASTORE", "PATH", "SIZE", "CREATED"]);
+    let mut t = Table::new(&["NAME", "DATASTORE", "PATH", "SIZE", "FROM", "CREATED"]);
     for tp in ts {
         t.row(vec![
             tp.name.clone(),
             tp.datastore.clone(),
             tp.path.clone(),
             bytes(tp.size_bytes),
+            tp.source_format
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "-".into()),
             utc_time(tp.created_ms),
         ]);
     }
@@ -261,6 +279,7 @@ async fn template_import(ctx: &Ctx, a: TemplateImportArgs) -> Result<(), CliErro
         name: a.name,
         datastore: a.datastore,
         source,
+        format: a.format.map(Into::into),
         host: a.host,
     };
     let task = ctx.client.create_template(&req).await?;
@@ -432,11 +451,15 @@ async fn vm_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
     if ctx.json() {
         return out_json(&vm);
     }
-    out(&vm_details(&vm, now_ms()))
+    // The disks' cache mode is their datastore's; without the list the
+    // details go without it.
+    let datastores = ctx.client.list_datastores().await.unwrap_or_default();
+    out(&vm_details(&vm, &datastores, now_ms()))
 }
 
-/// `vm show` as `key: value` lines.
-pub fn vm_details(v: &Vm, now: u64) -> String {
+/// `vm show` as `key: value` lines; `datastores` give each disk's cache
+/// mode.
+pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
     let mut pairs: Vec<(&str, String)> = vec![
         ("name", v.name.clone()),
         ("id", v.id.clone()),
@@ -444,6 +467,8 @@ pub fn vm_details(v: &Vm, now: u64) -> String {
         ("host", or_dash(v.host.as_deref())),
         ("cpus", v.cpus.to_string()),
         ("memory", mib(v.memory_mib)),
+        ("machine", v.machine_type.clone()),
+        ("cpu model", v.cpu_model.clone()),
         ("datastore", v.datastore.clone()),
         ("template", or_dash(v.template.as_deref())),
     ];
@@ -451,10 +476,15 @@ pub fn vm_details(v: &Vm, now: u64) -> String {
         pairs.push(("fenced", reason.clone()));
     }
     for d in &v.disks {
+        let cache = datastores
+            .iter()
+            .find(|ds| ds.name == d.datastore)
+            .map(|ds| format!(", cache {}", ds.cache_mode))
+            .unwrap_or_default();
         pairs.push((
             "disk",
             format!(
-                "{} {}:{} ({})",
+                "{} {}:{} ({}{cache})",
                 d.name,
                 d.datastore,
                 d.path,
@@ -703,6 +733,8 @@ mod tests {
             template: None,
             fenced: None,
             created_ms: 0,
+            machine_type: "pc-q35-10.0".into(),
+            cpu_model: "Nehalem-v1".into(),
         }
     }
 
@@ -777,9 +809,40 @@ mod tests {
     }
 
     #[test]
-    fn vm_details_show_guest() {
-        let text = vm_details(&vm("web-1", VmPowerState::Running, Some("10.77.0.100")), 0);
+    fn vm_details_show_guest_hardware_and_cache() {
+        let mut v = vm("web-1", VmPowerState::Running, Some("10.77.0.100"));
+        v.disks.push(vdc_types::DiskSpec {
+            name: "disk0".into(),
+            datastore: "shared".into(),
+            path: "web-1/disk0.qcow2".into(),
+            size_bytes: 1 << 30,
+        });
+        let ds = Datastore {
+            name: "shared".into(),
+            kind: DatastoreKind::Shared,
+            path: "/srv/shared".into(),
+            capacity_bytes: 0,
+            free_bytes: 0,
+            cache_mode: DiskCacheMode::None,
+            cache_reason: None,
+        };
+        let text = vm_details(&v, &[ds], 0);
         assert!(text.contains("state:"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("machine:") && l.ends_with("pc-q35-10.0")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("cpu model:") && l.ends_with("Nehalem-v1")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("disk:") && l.contains("cache none")),
+            "{text}"
+        );
         assert!(text
             .lines()
             .any(|l| l.starts_with("guest address:") && l.ends_with("10.77.0.100")));
@@ -790,7 +853,7 @@ mod tests {
     fn vm_details_show_why_a_vm_was_fenced() {
         let mut v = vm("db-1", VmPowerState::Crashed, None);
         v.fenced = Some("lease not renewed for 7000 ms".into());
-        let text = vm_details(&v, 0);
+        let text = vm_details(&v, &[], 0);
         assert!(
             text.lines()
                 .any(|l| l.starts_with("fenced:") && l.ends_with("lease not renewed for 7000 ms")),

@@ -405,6 +405,21 @@ async fn cli_shows_the_cluster_and_refuses_bad_input() {
         );
     }
     assert_eq!(kinds.len(), 3, "{ds:#}");
+    // The lab's datastores are on a file system that takes direct I/O, so
+    // their disks run with cache=none; the table says so.
+    for d in array(&ds) {
+        assert_eq!(str_field(d, &["cache_mode"]), Some("none"), "{d:#}");
+    }
+    let table = vdc.run(&["datastore", "list"]).await.success();
+    assert!(
+        table
+            .stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("CACHE") && l.contains("DIRECT-IO")),
+        "{}",
+        table.describe()
+    );
 
     // The lab's own view: each host's name, namespace and address.
     let state_root = lab.spec.state_root.to_string_lossy().into_owned();
@@ -477,6 +492,94 @@ async fn cli_shows_the_cluster_and_refuses_bad_input() {
         "{}",
         run.describe()
     );
+    // Images the agents refuse to import: a qcow2 whose backing file is a
+    // host file (as probed, and given as raw: a raw file holding a qcow2
+    // header), and a plain image outside the import directory and the
+    // datastores. No template is left.
+    let import_dir = lab.info.data_dir.join("import");
+    let evil = import_dir.join("evil.img");
+    let made = std::process::Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/shadow",
+            "-F",
+            "raw",
+        ])
+        .arg(&evil)
+        .arg("1M")
+        .status()
+        .expect("run qemu-img");
+    assert!(made.success());
+    let evil_path = evil.to_string_lossy().into_owned();
+    vdc.run(&[
+        "template",
+        "import",
+        "stolen",
+        "--datastore",
+        "shared",
+        "--source",
+        &evil_path,
+    ])
+    .await
+    .fails_with("backing file '/etc/shadow'")
+    .exit(EXIT_USAGE);
+    vdc.run(&[
+        "template",
+        "import",
+        "stolen",
+        "--datastore",
+        "shared",
+        "--source",
+        &evil_path,
+        "--format",
+        "raw",
+    ])
+    .await
+    .fails_with("qcow2 image header")
+    .exit(EXIT_USAGE);
+    let outside = lab.info.state_dir.join("outside.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&outside)
+        .arg("1M")
+        .status()
+        .expect("run qemu-img");
+    assert!(made.success());
+    vdc.run(&[
+        "template",
+        "import",
+        "outside",
+        "--datastore",
+        "shared",
+        "--source",
+        &outside.to_string_lossy(),
+    ])
+    .await
+    .fails_with("not inside an import directory")
+    .exit(EXIT_USAGE);
+    let templates = vdc
+        .run(&["template", "list", "-o", "json"])
+        .await
+        .success()
+        .json();
+    assert_eq!(
+        array(&templates)
+            .iter()
+            .filter_map(|t| str_field(t, &["name"]))
+            .collect::<Vec<_>>(),
+        [TEMPLATE],
+        "{templates:#}"
+    );
+    assert_eq!(
+        str_field(&array(&templates)[0], &["source_format"]),
+        Some("qcow2"),
+        "{templates:#}"
+    );
+
     // Nothing was created by the refused commands.
     let vms = vdc
         .run(&["vm", "list", "-o", "json"])
@@ -517,6 +620,16 @@ async fn cli_shows_the_cluster_and_refuses_bad_input() {
         Some(TEMPLATE),
         "{created:#}"
     );
+    assert_eq!(
+        str_field(&created, &["machine_type"]),
+        Some(vdc_types::vm::DEFAULT_MACHINE_TYPE),
+        "{created:#}"
+    );
+    assert_eq!(
+        str_field(&created, &["cpu_model"]),
+        Some(vdc_types::vm::DEFAULT_CPU_MODEL),
+        "{created:#}"
+    );
     vdc.run(&[
         "vm",
         "create",
@@ -543,7 +656,14 @@ async fn cli_shows_the_cluster_and_refuses_bad_input() {
     vdc.run(&["vm", "delete", "cli-0"])
         .await
         .fails_with("--yes");
-    vdc.run(&["vm", "show", "cli-0"]).await.success();
+    let shown = vdc.run(&["vm", "show", "cli-0"]).await.success();
+    assert!(
+        shown.stdout.contains(vdc_types::vm::DEFAULT_MACHINE_TYPE)
+            && shown.stdout.contains(vdc_types::vm::DEFAULT_CPU_MODEL)
+            && shown.stdout.contains("cache none"),
+        "{}",
+        shown.describe()
+    );
     let run = vdc.run(&["vm", "delete", "cli-0", "--yes"]).await.success();
     assert!(run.stdout.contains("cli-0"), "{}", run.describe());
     vdc.run(&["vm", "show", "cli-0"]).await.exit(EXIT_NOT_FOUND);

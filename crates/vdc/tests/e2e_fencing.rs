@@ -376,14 +376,15 @@ async fn a_handed_over_lease_is_taken_at_once_by_the_successor_only() {
     // is started here as the agent would; both "hosts" share this machine,
     // where QEMU's image lock would refuse a second QEMU until the first is
     // gone: a migration's incoming QEMU does not take it.)
-    let successor_dir = tempfile::tempdir().unwrap();
+    // Its runtime directory: beside host-2's agent's own (not under `vms/`).
+    let successor_dir = lab.agent_state_dir("host-2").join("successor");
     let began = Instant::now();
     let successor = vdc_supervisor::client::start(&vdc_supervisor::client::Launch {
         program: env!("CARGO_BIN_EXE_vdc").into(),
         host: "host-2".into(),
         vm_id: vm.id.clone(),
         vm_dir: vm_dir.clone(),
-        run_dir: successor_dir.path().to_path_buf(),
+        run_dir: successor_dir,
         timing: vdc_disk::LeaseTiming::default(),
         qemu_pid: None,
     })

@@ -24,7 +24,8 @@ const STATE: usize = 1;
 const HOST: usize = 2;
 const ADDRESS: usize = 5;
 const READY: usize = 6;
-const ACTIONS: usize = 7;
+const HARDWARE: usize = 7;
+const ACTIONS: usize = 8;
 
 fn cell(row: &[String], i: usize) -> &str {
     row.get(i).map(String::as_str).unwrap_or_default()
@@ -111,6 +112,15 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
                     && cell(r, READY) == "yes"
             })
             .await,
+    );
+    assert_eq!(
+        cell(&row, HARDWARE),
+        format!(
+            "{} {}",
+            vdc_types::vm::DEFAULT_MACHINE_TYPE,
+            vdc_types::vm::DEFAULT_CPU_MODEL
+        ),
+        "{row:?}"
     );
     assert!(cell(&row, ACTIONS).contains("pause"), "{row:?}");
     page(

@@ -61,6 +61,8 @@ pub fn report(name: &str, vms: Vec<VmRuntime>) -> HostReport {
                 shared: true,
                 capacity_bytes: 1 << 40,
                 free_bytes: 1 << 39,
+                cache_mode: Default::default(),
+                cache_reason: None,
             },
             DatastoreReport {
                 name: format!("local-{name}"),
@@ -68,6 +70,8 @@ pub fn report(name: &str, vms: Vec<VmRuntime>) -> HostReport {
                 shared: false,
                 capacity_bytes: 1 << 38,
                 free_bytes: 1 << 37,
+                cache_mode: Default::default(),
+                cache_reason: None,
             },
         ],
         vms,
@@ -95,6 +99,8 @@ pub fn config(name: &str) -> VmConfig {
         hostname: name.into(),
         template: None,
         created_ms: now_ms(),
+        machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
+        cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
     }
 }
 

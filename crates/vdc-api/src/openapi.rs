@@ -1,0 +1,135 @@
+//! The OpenAPI document of the REST API, generated from the handlers in
+//! [`crate::routes`] and the types of `vdc_types`, plus what holds for
+//! every operation (the bearer token, 401 and 500).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use vdc_types::agent::HostReport;
+use vdc_types::api::{
+    ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
+    StartVmRequest, Template, VersionInfo,
+};
+use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
+
+use crate::routes::*;
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vdc API",
+        description = "Virtual datacenter with business continuity built in"
+    ),
+    paths(
+        version,
+        list_hosts,
+        get_host,
+        list_datastores,
+        list_networks,
+        create_network,
+        get_network,
+        delete_network,
+        list_templates,
+        create_template,
+        list_vms,
+        create_vm,
+        get_vm,
+        delete_vm,
+        start_vm,
+        shutdown_vm,
+        vm_action,
+        vm_console,
+        vm_console_input,
+        list_tasks,
+        get_task,
+        cancel_task,
+        list_events,
+        stream_events,
+        agent_report
+    ),
+    components(schemas(
+        VersionInfo,
+        Host,
+        Datastore,
+        Network,
+        Template,
+        Vm,
+        Task,
+        Event,
+        ApiError,
+        ErrorCode,
+        CreateVmRequest,
+        DiskRequest,
+        CreateTemplateRequest,
+        StartVmRequest,
+        ShutdownVmRequest,
+        ConsoleInputRequest,
+        HostReport,
+        VmActionName
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// Paths that need no token.
+const PUBLIC_PATHS: [&str; 2] = ["/api/v1/version", "/api/v1/openapi.json"];
+
+/// Declares the bearer token and adds to every operation what any of them
+/// may answer: 401 without a valid token (all but [`PUBLIC_PATHS`]) and
+/// 500 when the store fails.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let error = |what: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(what)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = PUBLIC_PATHS.contains(&path.as_str());
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !public {
+                    // An operation that names its own credential keeps it.
+                    op.security.get_or_insert_with(|| {
+                        vec![utoipa::openapi::security::SecurityRequirement::new(
+                            "token",
+                            Vec::<String>::new(),
+                        )]
+                    });
+                    op.responses
+                        .responses
+                        .entry("401".into())
+                        .or_insert_with(|| error("missing or wrong API token"));
+                }
+                op.responses
+                    .responses
+                    .entry("500".into())
+                    .or_insert_with(|| error("the server failed (its store)"));
+            }
+        }
+    }
+}
