@@ -9,7 +9,9 @@ use vdc_types::api::{
     ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
     StartVmRequest, Template, VersionInfo,
 };
-use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm};
+use vdc_types::{
+    ApiError, Datastore, ErrorCode, Event, Host, InFlight, Network, Task, Vm, VmAction, VmOperation,
+};
 
 use crate::routes::*;
 
@@ -54,6 +56,9 @@ use crate::routes::*;
         Network,
         Template,
         Vm,
+        VmAction,
+        VmOperation,
+        InFlight,
         Task,
         Event,
         ApiError,

@@ -596,3 +596,45 @@ async fn openapi_states_the_enforced_rules() {
     }
     assert!(doc["components"]["securitySchemes"]["token"]["scheme"] == "bearer");
 }
+
+/// The power actions are the lifecycle's `VmAction`s: an unknown name or
+/// delete by POST is a 400 that lists the actions, the modelled ones not
+/// built yet are refused clearly, and the VM's lifecycle is documented.
+#[tokio::test]
+async fn vm_actions_are_the_lifecycles_and_documented() {
+    let (url, c, _d) = server().await;
+    let (code, msg) = api_code(c.vm_action("web", "reboot", json!({})).await);
+    assert_eq!(code, ErrorCode::InvalidInput);
+    assert!(msg.contains("unknown action 'reboot'"), "{msg}");
+    assert!(msg.contains("start, stop, shutdown"), "{msg}");
+    let (code, msg) = api_code(c.vm_action("web", "delete", json!({})).await);
+    assert_eq!(code, ErrorCode::InvalidInput);
+    assert!(msg.contains("DELETE"), "{msg}");
+    for modelled in ["migrate", "failover", "snapshot", "backup"] {
+        let (code, msg) = api_code(c.vm_action("web", modelled, json!({})).await);
+        assert_eq!(code, ErrorCode::InvalidInput, "{modelled}");
+        assert!(msg.contains("not available yet"), "{msg}");
+    }
+    assert!(c.list_tasks().await.unwrap().is_empty());
+
+    let doc: serde_json::Value = reqwest::get(format!("{url}/api/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for field in ["owner", "target", "operation", "actions"] {
+        assert!(
+            schemas["Vm"]["properties"][field].is_object(),
+            "Vm.{field} is not documented"
+        );
+    }
+    for schema in ["VmAction", "VmOperation", "InFlight"] {
+        assert!(schemas[schema].is_object(), "{schema} is not documented");
+    }
+    let action = &doc["paths"]["/api/v1/vms/{name}/{action}"]["post"]["responses"];
+    for status in ["202", "400", "404", "409", "503"] {
+        assert!(action[status].is_object(), "status {status} undocumented");
+    }
+}

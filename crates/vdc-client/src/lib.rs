@@ -228,16 +228,19 @@ impl Client {
     pub async fn create_vm(&self, req: &CreateVmRequest) -> Result<Task, ClientError> {
         self.post("/vms", req).await
     }
-    /// `POST /vms/{name}/{action}` (a task); `action` is one of start, stop,
-    /// shutdown, reset, suspend, resume, pause.
+    /// `POST /vms/{name}/{action}` (a task); `action` is a
+    /// [`vdc_types::VmAction`] (any name may be sent, to test the server).
     pub async fn vm_action(
         &self,
         name: &str,
-        action: &str,
+        action: impl AsRef<str>,
         body: serde_json::Value,
     ) -> Result<Task, ClientError> {
-        self.post(&format!("/vms/{}/{}", seg(name), seg(action)), &body)
-            .await
+        self.post(
+            &format!("/vms/{}/{}", seg(name), seg(action.as_ref())),
+            &body,
+        )
+        .await
     }
     /// `DELETE /vms/{name}` (a task).
     pub async fn delete_vm(&self, name: &str) -> Result<Task, ClientError> {

@@ -71,11 +71,11 @@ impl Cluster {
                 ErrorCode::HostUnavailable,
                 format!(
                     "VM '{name}' is on host '{}', which stopped reporting; its console is unreachable",
-                    rec.host.as_deref().unwrap_or("-")
+                    rec.owner.as_deref().unwrap_or("-")
                 ),
             ));
         }
-        let host = match (&rec.host, rec.state.has_process()) {
+        let host = match (&rec.owner, rec.state.has_process()) {
             (Some(h), true) => h.clone(),
             _ => {
                 return Err(ApiError::invalid_state(format!(

@@ -6,13 +6,11 @@ use std::time::Instant;
 
 use serde_json::json;
 use vdc_sched::HostCapacity;
-use vdc_store::{StoreError, StoreExt};
+use vdc_store::StoreExt;
 use vdc_types::agent::{HostReport, VmRuntime};
-use vdc_types::{
-    now_ms, ApiError, Datastore, DatastoreKind, ErrorCode, Host, HostState, VmPowerState,
-};
+use vdc_types::{now_ms, ApiError, Datastore, DatastoreKind, ErrorCode, Host, HostState};
 
-use crate::{store_err, Cluster, HostLive, HostRecord, VmRecord, HOST_TIMEOUT};
+use crate::{ownership, store_err, Cluster, HostLive, HostRecord, VmRecord, HOST_TIMEOUT};
 
 fn host_key(name: &str) -> String {
     format!("/hosts/{name}")
@@ -108,55 +106,44 @@ impl Cluster {
         self.reconcile_vms(&name, &vms).await
     }
 
-    /// Brings VM records in line with what their host reports.
+    /// Brings VM records in line with what their host reports, by the
+    /// rules of [`ownership::fold_report`]; each change is a
+    /// compare-and-swap write, the fold redone on fresh data on conflict.
     async fn reconcile_vms(&self, host: &str, vms: &[VmRuntime]) -> Result<(), ApiError> {
         let by_id: HashMap<&str, &VmRuntime> = vms.iter().map(|v| (v.id.as_str(), v)).collect();
         let records: Vec<(String, VmRecord)> =
             self.store.list_json("/vms/").await.map_err(store_err)?;
-        for (key, snapshot) in records {
+        for (_, snapshot) in records {
             let name = snapshot.config.name.clone();
             let rt = by_id.get(snapshot.config.id.as_str()).copied();
-            if fold_report(&snapshot, rt, host, self.is_busy(&name)) == snapshot {
+            let (folded, conflict) = ownership::fold_report(&snapshot, rt, host);
+            self.note_conflict(&snapshot, host, conflict).await;
+            if folded == snapshot {
                 continue;
             }
-            // Compare-and-swap: a task may have written the record since the
-            // snapshot; the fold is redone on what is there now.
-            let mut before = None;
-            let r: Result<VmRecord, Unchanged> = self
-                .store
-                .update_json(&key, |cur: VmRecord| {
-                    let new = fold_report(&cur, rt, host, self.is_busy(&name));
-                    if new == cur {
-                        return Err(Unchanged::Yes);
-                    }
-                    before = Some(cur);
-                    Ok(new)
+            let changed = self
+                .change_record(&name, |cur| {
+                    let (new, _) = ownership::fold_report(cur, rt, host);
+                    (new != *cur).then_some(new)
                 })
-                .await;
-            let new = match r {
-                Ok(new) => new,
-                Err(Unchanged::Yes) => continue,
-                Err(Unchanged::Store(StoreError::NotFound(_))) => continue,
-                Err(Unchanged::Store(e)) => return Err(store_err(e)),
-            };
-            let Some(rec) = before else { continue };
+                .await?;
+            let Some((rec, new)) = changed else { continue };
             if new.state != rec.state {
+                self.publish_state_change(&name, rec.state, &new).await;
                 // Why its host's supervisor stopped it, if it did.
-                let fenced = rt
+                if let Some(reason) = rt
                     .and_then(|r| r.fenced.clone())
-                    .filter(|_| !new.state.has_process());
-                let why = fenced
-                    .as_ref()
-                    .map(|f| format!(" ({f})"))
-                    .unwrap_or_default();
-                self.events
-                    .publish(
-                        "vm.state_changed",
-                        &name,
-                        format!("VM {name} is {} on {host}{why}", new.state),
-                        json!({"from": rec.state, "to": new.state, "host": host, "fenced": fenced}),
-                    )
-                    .await;
+                    .filter(|_| !new.state.has_process())
+                {
+                    self.events
+                        .publish(
+                            "vm.fenced",
+                            &name,
+                            format!("VM {name} was stopped on {host}: {reason}"),
+                            json!({"host": host, "reason": reason}),
+                        )
+                        .await;
+                }
             }
             if new.guest.ready && !rec.guest.ready {
                 self.events
@@ -179,14 +166,48 @@ impl Cluster {
         Ok(())
     }
 
-    fn is_busy(&self, name: &str) -> bool {
-        self.busy
-            .lock()
-            .map(|b| b.contains_key(name))
-            .unwrap_or(false)
+    /// Logs and publishes (once, until it clears) a host reporting a QEMU
+    /// process for a VM it does not own.
+    async fn note_conflict(
+        &self,
+        rec: &VmRecord,
+        host: &str,
+        conflict: Option<ownership::Conflict>,
+    ) {
+        let pair = (rec.config.id.clone(), host.to_string());
+        let new = {
+            let Ok(mut seen) = self.conflicts.lock() else {
+                return;
+            };
+            match &conflict {
+                Some(_) => seen.insert(pair),
+                None => {
+                    seen.remove(&pair);
+                    false
+                }
+            }
+        };
+        let (Some(c), true) = (conflict, new) else {
+            return;
+        };
+        let name = &rec.config.name;
+        let owner = c.owner.as_deref().unwrap_or("no host");
+        tracing::warn!(vm = %name, %host, %owner, state = %c.state, "a host reports a process for a VM it does not own; ignored");
+        self.events
+            .publish(
+                "vm.ownership_conflict",
+                name,
+                format!(
+                    "host {host} reports VM {name} {} but {owner} owns it; the report is ignored",
+                    c.state
+                ),
+                json!({"host": host, "state": c.state, "owner": c.owner}),
+            )
+            .await;
     }
 
-    /// Marks hosts without recent reports as disconnected.
+    /// Marks hosts without recent reports as disconnected, and the VMs they
+    /// own with a process as unknown (compare-and-swap).
     pub(crate) async fn check_hosts(&self) {
         let lost: Vec<String> = {
             let mut live = self.live.write().await;
@@ -207,25 +228,35 @@ impl Cluster {
                     serde_json::Value::Null,
                 )
                 .await;
-            let Ok(records) = self.store.list_json::<VmRecord>("/vms/").await else {
-                continue;
+            let records = match self.store.list_json::<VmRecord>("/vms/").await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "cannot read VM records to mark the host's VMs unknown");
+                    continue;
+                }
             };
-            for (key, mut rec) in records {
-                if rec.host.as_deref() == Some(host.as_str()) && rec.state.has_process() {
-                    let from = rec.state;
-                    rec.state = VmPowerState::Unknown;
-                    if self.store.put_json(&key, &rec).await.is_ok() {
+            for (_, snapshot) in records {
+                if ownership::host_lost(&snapshot, &host).is_none() {
+                    continue;
+                }
+                let name = snapshot.config.name.clone();
+                let r = self
+                    .change_record(&name, |cur| ownership::host_lost(cur, &host))
+                    .await;
+                match r {
+                    Ok(Some((before, rec))) => {
                         self.events
                             .publish(
                                 "vm.state_changed",
-                                &rec.config.name,
-                                format!(
-                                    "VM {} is unknown: host {host} stopped reporting",
-                                    rec.config.name
-                                ),
-                                json!({"from": from, "to": rec.state, "host": host}),
+                                &name,
+                                format!("VM {name} is unknown: host {host} stopped reporting"),
+                                json!({"from": before.state, "to": rec.state, "host": host, "owner": host}),
                             )
                             .await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(vm = %name, %host, error = %e, "cannot mark the VM unknown")
                     }
                 }
             }
@@ -318,7 +349,7 @@ impl Cluster {
         let records: Vec<(String, VmRecord)> =
             self.store.list_json("/vms/").await.unwrap_or_default();
         for (_, r) in records {
-            if let (Some(h), true) = (r.host, r.state.has_process()) {
+            if let (Some(h), true) = (r.owner, r.state.has_process()) {
                 *vcpus.entry(h).or_default() += r.config.cpus;
             }
         }
@@ -383,184 +414,5 @@ impl Cluster {
         let live = self.live.read().await;
         live.get(host)
             .and_then(|l| l.report.vms.iter().find(|v| v.id == id).cloned())
-    }
-}
-
-/// Why a report changed nothing in a VM record.
-enum Unchanged {
-    /// The record already says what the report says.
-    Yes,
-    /// The store failed (or the record is gone).
-    Store(StoreError),
-}
-
-impl From<StoreError> for Unchanged {
-    fn from(e: StoreError) -> Self {
-        Unchanged::Store(e)
-    }
-}
-
-/// The VM record after one host's report (pure).
-///
-/// - A host with a QEMU process for the VM is authoritative (the datastore
-///   lock makes it the only one); a host that merely remembers the VM
-///   stopped or suspended speaks only if the record names it (or no host).
-/// - A report about a state older than the one recorded (by the host's own
-///   clock) is stale: it was sent before a task's answer and arrived after.
-/// - While a task works on the VM (`busy`) only guest information is taken.
-/// - A VM the record places on this host with a process, but that the
-///   report does not list, has stopped.
-pub(crate) fn fold_report(
-    rec: &VmRecord,
-    rt: Option<&VmRuntime>,
-    host: &str,
-    busy: bool,
-) -> VmRecord {
-    let mut new = rec.clone();
-    let here = rec.host.as_deref() == Some(host);
-    match rt {
-        Some(rt) => {
-            let speaks = rt.state.has_process() || rec.host.is_none() || here;
-            let fresh = rt.since_ms >= rec.since_ms || !here;
-            if speaks && fresh && !busy {
-                new.since_ms = rt.since_ms;
-                new.state = rt.state;
-                new.host = Some(host.to_string());
-            }
-            if speaks {
-                let mut g = rt.guest.clone();
-                g.last_heartbeat_ms = None;
-                new.guest = g;
-            }
-            if !new.state.has_process() {
-                // No process, no guest: whatever the host still remembers.
-                new.guest = Default::default();
-            }
-        }
-        None => {
-            if here && !busy && (rec.state.has_process() || rec.state == VmPowerState::Unknown) {
-                new.state = VmPowerState::Stopped;
-                new.guest = Default::default();
-            }
-        }
-    }
-    new
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fold_report;
-    use crate::VmRecord;
-    use vdc_types::agent::VmRuntime;
-    use vdc_types::vm::VM_CONFIG_VERSION;
-    use vdc_types::{VmConfig, VmPowerState as S};
-
-    fn rec(state: S, host: Option<&str>, since: u64) -> VmRecord {
-        VmRecord {
-            config: VmConfig {
-                version: VM_CONFIG_VERSION,
-                id: "id".into(),
-                name: "vm".into(),
-                cpus: 1,
-                memory_mib: 128,
-                datastore: "shared".into(),
-                dir: "vm".into(),
-                disks: vec![],
-                nics: vec![],
-                hostname: "vm".into(),
-                template: None,
-                created_ms: 0,
-                machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
-                cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
-            },
-            state,
-            host: host.map(str::to_string),
-            guest: Default::default(),
-            since_ms: since,
-        }
-    }
-
-    fn rt(state: S, since: u64) -> VmRuntime {
-        VmRuntime {
-            id: "id".into(),
-            name: "vm".into(),
-            state,
-            pid: None,
-            guest: Default::default(),
-            stats: None,
-            since_ms: since,
-            fenced: None,
-        }
-    }
-
-    #[test]
-    fn fresh_reports_from_the_vms_host_apply() {
-        let r = fold_report(
-            &rec(S::Running, Some("a"), 10),
-            Some(&rt(S::Paused, 20)),
-            "a",
-            false,
-        );
-        assert_eq!((r.state, r.since_ms), (S::Paused, 20));
-    }
-
-    #[test]
-    fn stale_reports_do_not() {
-        let r = fold_report(
-            &rec(S::Stopped, Some("a"), 30),
-            Some(&rt(S::Running, 20)),
-            "a",
-            false,
-        );
-        assert_eq!(r.state, S::Stopped);
-    }
-
-    #[test]
-    fn a_host_remembering_a_stopped_vm_does_not_speak_for_another() {
-        let r = fold_report(
-            &rec(S::Running, Some("b"), 10),
-            Some(&rt(S::Stopped, 50)),
-            "a",
-            false,
-        );
-        assert_eq!((r.state, r.host.as_deref()), (S::Running, Some("b")));
-    }
-
-    #[test]
-    fn a_host_with_a_process_wins_whatever_the_clock() {
-        let r = fold_report(
-            &rec(S::Stopped, Some("b"), 1000),
-            Some(&rt(S::Running, 5)),
-            "a",
-            false,
-        );
-        assert_eq!((r.state, r.host.as_deref()), (S::Running, Some("a")));
-    }
-
-    #[test]
-    fn a_vm_without_a_process_has_no_guest() {
-        let mut report = rt(S::Suspended, 20);
-        report.guest.ready = true;
-        report.guest.address = Some("10.0.0.5".into());
-        let r = fold_report(&rec(S::Running, Some("a"), 10), Some(&report), "a", false);
-        assert_eq!(r.state, S::Suspended);
-        assert!(!r.guest.ready && r.guest.address.is_none());
-    }
-
-    #[test]
-    fn busy_vms_keep_their_state_and_missing_ones_stop() {
-        let r = fold_report(
-            &rec(S::Starting, Some("a"), 1),
-            Some(&rt(S::Running, 5)),
-            "a",
-            true,
-        );
-        assert_eq!(r.state, S::Starting);
-        let r = fold_report(&rec(S::Running, Some("a"), 1), None, "a", false);
-        assert_eq!(r.state, S::Stopped);
-        let r = fold_report(&rec(S::Suspended, Some("a"), 1), None, "a", false);
-        assert_eq!(r.state, S::Suspended);
-        let r = fold_report(&rec(S::Running, Some("b"), 1), None, "a", false);
-        assert_eq!(r.state, S::Running);
     }
 }

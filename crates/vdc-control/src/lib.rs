@@ -15,7 +15,7 @@
 //! | `/datastores/<name>` | [`vdc_types::Datastore`] |
 //! | `/networks/<name>` | [`vdc_types::Network`] |
 //! | `/templates/<name>` | [`vdc_types::api::Template`] |
-//! | `/vms/<name>` | [`VmRecord`] |
+//! | `/vms/<name>` | [`VmRecord`] (versioned, see [`record`]) |
 //! | `/ipam/<network>/<address>` | name of the VM holding the address |
 //! | `/tasks/<id>` | [`vdc_types::Task`] |
 //! | `/events/<seq>` | [`vdc_types::Event`] |
@@ -25,7 +25,10 @@ mod console;
 pub mod events;
 mod hosts;
 pub mod ipam;
+pub mod lifecycle;
 mod networks;
+pub mod ownership;
+pub mod record;
 pub mod tasks;
 mod templates;
 mod vms;
@@ -38,12 +41,17 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
 use vdc_store::{Store, StoreError};
 use vdc_types::agent::HostReport;
-use vdc_types::{Accelerator, ApiError, GuestInfo, UnixMillis, VmConfig, VmPowerState};
+use vdc_types::{Accelerator, ApiError, UnixMillis};
 
 pub use agents::AgentClient;
 pub use console::ConsoleRange;
 pub use events::EventBus;
+pub use record::VmRecord;
 pub use tasks::{TaskCtx, TaskEngine};
+
+/// Monitor ticks (500 ms each) between two looks for VM operations whose
+/// task ended without releasing them.
+const ORPHAN_SWEEP_TICKS: u64 = 20;
 
 /// A host stops being "connected" when no report came for this long.
 pub const HOST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -71,24 +79,6 @@ pub struct HostRecord {
     pub last_seen_ms: UnixMillis,
 }
 
-/// A VM as recorded in the store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VmRecord {
-    /// Configuration.
-    pub config: VmConfig,
-    /// Last known power state.
-    pub state: VmPowerState,
-    /// Host running it, or that last ran it.
-    pub host: Option<String>,
-    /// Last known guest report (heartbeat time not persisted).
-    pub guest: GuestInfo,
-    /// When the host saw `state` begin, in the host's clock (from
-    /// [`vdc_types::agent::VmRuntime::since_ms`]); a report about an older
-    /// state is stale and ignored.
-    #[serde(default)]
-    pub since_ms: UnixMillis,
-}
-
 /// Live data of a connected host (memory only).
 pub(crate) struct HostLive {
     pub report: HostReport,
@@ -106,8 +96,9 @@ pub struct Cluster {
     pub tasks: Arc<TaskEngine>,
     pub(crate) agents: AgentClient,
     pub(crate) live: RwLock<HashMap<String, HostLive>>,
-    /// VMs an operation is working on (name → task kind).
-    pub(crate) busy: std::sync::Mutex<HashMap<String, String>>,
+    /// Ownership conflicts seen and not yet cleared: (VM id, host) pairs
+    /// whose conflict was already logged and published.
+    pub(crate) conflicts: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Memory promised to VMs being started, per host.
     pub(crate) pending_mib: Mutex<HashMap<String, u64>>,
 }
@@ -150,9 +141,10 @@ impl Cluster {
             tasks,
             agents: AgentClient::new(token),
             live: RwLock::new(HashMap::new()),
-            busy: std::sync::Mutex::new(HashMap::new()),
+            conflicts: std::sync::Mutex::new(Default::default()),
             pending_mib: Mutex::new(HashMap::new()),
         });
+        cluster.release_orphaned_operations(true).await?;
         cluster
             .events
             .publish(
@@ -166,14 +158,22 @@ impl Cluster {
     }
 
     /// Runs the host monitor until the process ends: marks hosts whose
-    /// reports stopped as disconnected and their VMs as unknown.
+    /// reports stopped as disconnected and their VMs as unknown, and
+    /// releases VM operations whose task ended without releasing them.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            let mut n: u64 = 0;
             loop {
                 tick.tick().await;
                 me.check_hosts().await;
+                n += 1;
+                if n.is_multiple_of(ORPHAN_SWEEP_TICKS) {
+                    if let Err(e) = me.release_orphaned_operations(false).await {
+                        tracing::warn!(error = %e, "cannot look for left-over VM operations");
+                    }
+                }
             }
         })
     }

@@ -1,39 +1,48 @@
-//! VM operations: create, start, power actions and delete.
+//! VM operations, by concern: create (here), the records and their
+//! operations (`records`), the power actions and start (`power`), and
+//! delete (`delete`).
 //!
 //! Each operation validates its input synchronously (so a bad request gets
-//! a 4xx at once and nothing is created), marks the VM busy, and runs the
-//! work as a task. A failed create removes everything it made: the VM's
-//! files on the datastore, its address reservation and its record.
+//! a 4xx at once and nothing is created), claims the VM through the
+//! lifecycle ([`crate::lifecycle`]) in one compare-and-swap write of its
+//! record, and runs the work as a task that releases the claim when it
+//! ends.
+//!
+//! Create: validation, then a task that allocates an address, places
+//! the VM, has its host make its directory and disks, and starts it if
+//! asked.
+//!
+//! The record is written at once with the operation `creating`, so the
+//! name is taken and no other action runs until the task ends. A failed
+//! create removes everything it made: the VM's files on the datastore, its
+//! address reservation and its record (compare-and-swap: only while the
+//! record is still this task's).
+
+mod delete;
+mod power;
+pub(crate) mod records;
 
 use std::sync::Arc;
 
 use serde_json::json;
 use vdc_sched::{Demand, PlacementError};
 use vdc_store::{StoreError, StoreExt};
-use vdc_types::agent::{AgentStartRequest, DestroyVmRequest, DiskSource, ProvisionVmRequest};
+use vdc_types::agent::{DestroyVmRequest, DiskSource, ProvisionVmRequest};
 use vdc_types::api::{
-    CreateVmRequest, Template, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB,
-    DEFAULT_SHUTDOWN_TIMEOUT_S, MAX_CPUS, MAX_DISK_GIB, MAX_SHUTDOWN_TIMEOUT_S, MIN_MEMORY_MIB,
+    CreateVmRequest, Template, DEFAULT_CPUS, DEFAULT_DISK_GIB, DEFAULT_MEMORY_MIB, MAX_CPUS,
+    MAX_DISK_GIB, MIN_MEMORY_MIB,
 };
 use vdc_types::names::validate_name;
 use vdc_types::vm::VM_CONFIG_VERSION;
 use vdc_types::{
-    now_ms, ApiError, DatastoreKind, DiskSpec, ErrorCode, Network, NicSpec, Task, Vm, VmConfig,
-    VmPowerState,
+    now_ms, ApiError, DatastoreKind, DiskSpec, ErrorCode, InFlight, Network, NicSpec, Task,
+    VmConfig, VmOperation, VmPowerState,
 };
 
+use crate::record::vm_key;
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
-
-const GIB: u64 = 1024 * 1024 * 1024;
-
-/// How long memory promised to a started VM stays counted after the start,
-/// until the host's own reports include the new QEMU process.
-const PENDING_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
-
-fn vm_key(name: &str) -> String {
-    format!("/vms/{name}")
-}
+use records::holds;
 
 fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
@@ -44,80 +53,14 @@ fn placement_err(e: PlacementError) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
-/// Checks that a datastore-relative path stays inside the datastore: at
-/// most 1024 bytes, components of letters, digits, `.`, `_` and `-` that do
-/// not start with `.` or `-` (so no `..`, no hidden files), ending in
-/// `.qcow2` (the pattern the OpenAPI document states for `DiskRequest.path`).
-pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> {
-    let component_ok = |c: &str| {
-        c.starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
-            && c.chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
-    };
-    if path.len() > 1024 || !path.split('/').all(component_ok) {
-        return Err(ApiError::invalid(format!(
-            "disk path '{}' is outside datastore '{datastore}' or badly formed: give a relative path of letters, digits, '.', '_' and '-' (no '..', no component starting with '.' or '-'), e.g. 'myvm/data.qcow2'",
-            path.escape_default()
-        )));
-    }
-    if !path.ends_with(".qcow2") {
-        return Err(ApiError::invalid(format!(
-            "disk path '{path}' must end in .qcow2 (disks are thin qcow2 files)"
-        )));
-    }
-    Ok(())
-}
-
-fn random_mac() -> String {
-    let b: [u8; 3] = rand::random();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
-}
-
-/// Releases a VM's busy mark when dropped.
-struct BusyGuard {
-    cluster: Arc<Cluster>,
-    name: String,
-}
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        if let Ok(mut busy) = self.cluster.busy.lock() {
-            busy.remove(&self.name);
-        }
-    }
-}
-
-/// Releases pending memory when dropped.
-struct PendingGuard {
-    cluster: Arc<Cluster>,
-    host: String,
-    mib: u64,
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        let c = self.cluster.clone();
-        let (h, m) = (std::mem::take(&mut self.host), self.mib);
-        tokio::spawn(async move {
-            // Keep the promise until a few reports show the new process's
-            // memory in the host's free figure.
-            tokio::time::sleep(PENDING_HOLD).await;
-            let mut p = c.pending_mib.lock().await;
-            if let Some(v) = p.get_mut(&h) {
-                *v = v.saturating_sub(m);
-            }
-        });
-    }
-}
-
 impl Cluster {
-    /// A connected host that can reach the VM's files: the one that last ran
-    /// it, else any host reaching its datastore. Returns it with its agent URL.
+    /// A connected host that can reach the VM's files: its owner, else any
+    /// host reaching its datastore. Returns it with its agent URL.
     pub(crate) async fn host_for_files(
         &self,
         rec: &VmRecord,
     ) -> Result<(String, String), ApiError> {
-        if let Some(h) = &rec.host {
+        if let Some(h) = &rec.owner {
             if let Ok(url) = self.agent_url(h).await {
                 return Ok((h.clone(), url));
             }
@@ -155,175 +98,40 @@ impl Cluster {
             Err(e) => Err(store_err(e)),
         }
     }
+}
 
-    /// Counts a VM's memory as taken on `host` until the guard is dropped
-    /// (plus [`PENDING_HOLD`]).
-    async fn promise_memory(self: &Arc<Self>, host: &str, memory_mib: u64) -> PendingGuard {
-        let mib = vdc_sched::footprint_mib(memory_mib);
-        *self
-            .pending_mib
-            .lock()
-            .await
-            .entry(host.to_string())
-            .or_default() += mib;
-        PendingGuard {
-            cluster: self.clone(),
-            host: host.to_string(),
-            mib,
-        }
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// Checks that a datastore-relative path stays inside the datastore: at
+/// most 1024 bytes, components of letters, digits, `.`, `_` and `-` that do
+/// not start with `.` or `-` (so no `..`, no hidden files), ending in
+/// `.qcow2` (the pattern the OpenAPI document states for `DiskRequest.path`).
+pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> {
+    let component_ok = |c: &str| {
+        c.starts_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_')
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+    };
+    if path.len() > 1024 || !path.split('/').all(component_ok) {
+        return Err(ApiError::invalid(format!(
+            "disk path '{}' is outside datastore '{datastore}' or badly formed: give a relative path of letters, digits, '.', '_' and '-' (no '..', no component starting with '.' or '-'), e.g. 'myvm/data.qcow2'",
+            path.escape_default()
+        )));
     }
-
-    async fn mark_busy(self: &Arc<Self>, name: &str, what: &str) -> Result<BusyGuard, ApiError> {
-        let mut busy = self
-            .busy
-            .lock()
-            .map_err(|_| ApiError::internal("busy table poisoned"))?;
-        if let Some(other) = busy.get(name) {
-            return Err(ApiError::invalid_state(format!(
-                "VM '{name}' is busy with {other}; wait for that task to end ('vdc task list')"
-            )));
-        }
-        busy.insert(name.to_string(), what.to_string());
-        Ok(BusyGuard {
-            cluster: self.clone(),
-            name: name.to_string(),
-        })
+    if !path.ends_with(".qcow2") {
+        return Err(ApiError::invalid(format!(
+            "disk path '{path}' must end in .qcow2 (disks are thin qcow2 files)"
+        )));
     }
+    Ok(())
+}
 
-    async fn record(&self, name: &str) -> Result<VmRecord, ApiError> {
-        self.store
-            .get_json::<VmRecord>(&vm_key(name))
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| ApiError::not_found("VM", name))
-    }
+fn random_mac() -> String {
+    let b: [u8; 3] = rand::random();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
 
-    async fn save(&self, rec: &VmRecord) -> Result<(), ApiError> {
-        self.store
-            .put_json(&vm_key(&rec.config.name), rec)
-            .await
-            .map(|_| ())
-            .map_err(store_err)
-    }
-
-    /// Records a state the server decided (`since` = None) or a host
-    /// answered with (`since` = the host's time of that state).
-    async fn set_state(
-        &self,
-        name: &str,
-        state: VmPowerState,
-        host: Option<String>,
-    ) -> Result<(), ApiError> {
-        self.set_state_since(name, state, host, None).await
-    }
-
-    async fn set_runtime(
-        &self,
-        name: &str,
-        rt: &vdc_types::agent::VmRuntime,
-        host: Option<String>,
-    ) -> Result<(), ApiError> {
-        self.set_state_since(name, rt.state, host, Some(rt.since_ms))
-            .await
-    }
-
-    async fn set_state_since(
-        &self,
-        name: &str,
-        state: VmPowerState,
-        host: Option<String>,
-        since: Option<vdc_types::UnixMillis>,
-    ) -> Result<(), ApiError> {
-        let mut from = state;
-        let rec: VmRecord = self
-            .store
-            .update_json(&vm_key(name), |mut rec: VmRecord| {
-                from = rec.state;
-                rec.state = state;
-                if let Some(t) = since {
-                    rec.since_ms = t;
-                }
-                if host.is_some() {
-                    rec.host = host.clone();
-                }
-                if !state.has_process() {
-                    rec.guest = Default::default();
-                }
-                Ok::<_, StoreError>(rec)
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::NotFound(_) => ApiError::not_found("VM", name),
-                e => store_err(e),
-            })?;
-        if from != state {
-            self.events
-                .publish(
-                    "vm.state_changed",
-                    name,
-                    format!(
-                        "VM {name} is {state}{}",
-                        rec.host
-                            .as_deref()
-                            .map(|h| format!(" on {h}"))
-                            .unwrap_or_default()
-                    ),
-                    json!({"from": from, "to": state, "host": rec.host}),
-                )
-                .await;
-        }
-        Ok(())
-    }
-
-    async fn vm_view(&self, rec: VmRecord) -> Vm {
-        let mut guest = rec.guest.clone();
-        let mut stats = None;
-        let mut fenced = None;
-        if let Some(h) = &rec.host {
-            if let Some(rt) = self.runtime(h, &rec.config.id).await {
-                guest.last_heartbeat_ms = rt.guest.last_heartbeat_ms;
-                stats = rt.stats;
-                fenced = rt.fenced.filter(|_| !rec.state.has_process());
-            }
-        }
-        let c = rec.config;
-        Vm {
-            id: c.id,
-            name: c.name,
-            state: rec.state,
-            host: rec.host,
-            cpus: c.cpus,
-            memory_mib: c.memory_mib,
-            datastore: c.datastore,
-            disks: c.disks,
-            nics: c.nics,
-            guest,
-            stats,
-            template: c.template,
-            created_ms: c.created_ms,
-            machine_type: c.machine_type,
-            cpu_model: c.cpu_model,
-            fenced,
-        }
-    }
-
-    /// Every VM.
-    pub async fn list_vms(&self) -> Result<Vec<Vm>, ApiError> {
-        let recs: Vec<(String, VmRecord)> =
-            self.store.list_json("/vms/").await.map_err(store_err)?;
-        let mut out = Vec::with_capacity(recs.len());
-        for (_, r) in recs {
-            out.push(self.vm_view(r).await);
-        }
-        Ok(out)
-    }
-
-    /// One VM.
-    pub async fn get_vm(&self, name: &str) -> Result<Vm, ApiError> {
-        let r = self.record(name).await?;
-        Ok(self.vm_view(r).await)
-    }
-
+impl Cluster {
     // ---- VM create -------------------------------------------------------
 
     /// Validates a create request and starts the task that carries it out.
@@ -493,13 +301,12 @@ impl Cluster {
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         };
-        let rec = VmRecord {
-            config,
-            state: VmPowerState::Stopped,
-            host: None,
-            guest: Default::default(),
-            since_ms: 0,
-        };
+        let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
+        rec.operation = Some(InFlight {
+            operation: VmOperation::Creating,
+            task: None,
+            since_ms: now_ms(),
+        });
         self.create_unique(
             &vm_key(&req.name),
             &rec,
@@ -509,22 +316,25 @@ impl Cluster {
             ),
         )
         .await?;
-        let busy = match self.mark_busy(&req.name, "vm.create").await {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = self.store.delete(&vm_key(&req.name)).await;
-                return Err(e);
-            }
-        };
         let me = self.clone();
         let name = req.name.clone();
-        self.tasks
-            .spawn("vm.create", "vm", &name, move |ctx| async move {
-                let _busy = busy;
-                let r = me.create_body(&ctx, rec, template, network, req).await;
-                r
+        let spawned = self
+            .spawn_operation(&name, "vm.create", move |ctx| async move {
+                me.create_body(&ctx, rec, template, network, req).await
             })
-            .await
+            .await;
+        if spawned.is_err() {
+            // The task never ran: the record it would have filled goes.
+            let gone = self
+                .delete_record_if(&name, |r| {
+                    r.owner.is_none() && r.state == VmPowerState::Stopped
+                })
+                .await;
+            if let Err(e) = gone {
+                tracing::warn!(vm = %name, error = %e, "cannot remove the record of a create that did not start");
+            }
+        }
+        spawned
     }
 
     async fn create_body(
@@ -548,7 +358,12 @@ impl Cluster {
                     gateway: net.gateway.clone(),
                     bridge: Some(net.bridge.clone()),
                 });
-                self.save(&rec).await?;
+                let nics = rec.config.nics.clone();
+                self.update_record(&name, |mut r| {
+                    r.config.nics = nics.clone();
+                    Ok(r)
+                })
+                .await?;
             }
             ctx.check_cancel()?;
             ctx.progress(10, "creating disks").await;
@@ -594,6 +409,12 @@ impl Cluster {
                 )
                 .await?;
             provisioned_on = Some((host.clone(), url.clone()));
+            // The host that made the VM owns it: its reports now count.
+            self.update_record(&name, |mut r| {
+                r.set_owner(&host);
+                Ok(r)
+            })
+            .await?;
             ctx.check_cancel()?;
             self.events
                 .publish(
@@ -605,7 +426,8 @@ impl Cluster {
                 .await;
             if req.start {
                 ctx.progress(50, "starting").await;
-                self.start_body(ctx, &name, Some(host)).await?;
+                self.start_body(ctx, &name, Some(host), VmPowerState::Stopped)
+                    .await?;
             }
             Ok::<(), ApiError>(())
         }
@@ -615,14 +437,16 @@ impl Cluster {
                 // The VM was made; only starting it failed. Keep it, stopped.
                 if let Ok(r) = self.record(&name).await {
                     if r.state == VmPowerState::Stopped || r.state == VmPowerState::Starting {
-                        let _ = self.set_state(&name, VmPowerState::Stopped, None).await;
+                        if let Err(e) = self.set_state(&name, VmPowerState::Stopped, None).await {
+                            tracing::warn!(vm = %name, error = %e, "cannot record the VM stopped after its start failed");
+                        }
                     }
                 }
                 return result;
             }
             tracing::warn!(vm = %name, error = %e, "create failed, rolling back");
             if let Some((host, url)) = provisioned_on {
-                let _ = self
+                let destroyed = self
                     .agents
                     .destroy(
                         &host,
@@ -632,291 +456,20 @@ impl Cluster {
                         },
                     )
                     .await;
+                if let Err(e) = destroyed {
+                    tracing::warn!(vm = %name, %host, error = %e, "rollback: cannot remove the VM's files");
+                }
             }
             self.release_ips(&rec.config.nics).await;
-            let _ = self.store.delete(&vm_key(&name)).await;
+            let task = ctx.id().to_string();
+            let gone = self
+                .delete_record_if(&name, |r| holds(r, &VmOperation::Creating, Some(&task)))
+                .await;
+            if let Err(e) = gone {
+                tracing::warn!(vm = %name, error = %e, "rollback: cannot remove the VM's record");
+            }
         }
         result
-    }
-
-    // ---- power operations ---------------------------------------------
-
-    /// Starts a stopped, crashed or suspended VM (a task).
-    pub async fn start_vm(
-        self: &Arc<Self>,
-        name: &str,
-        host: Option<String>,
-    ) -> Result<Task, ApiError> {
-        let rec = self.record(name).await?;
-        match rec.state {
-            VmPowerState::Stopped | VmPowerState::Suspended | VmPowerState::Crashed => {}
-            s => {
-                return Err(ApiError::invalid_state(format!(
-                    "VM '{name}' is {s}{}; only a stopped, suspended or crashed VM can be started",
-                    rec.host
-                        .as_deref()
-                        .map(|h| format!(" on {h}"))
-                        .unwrap_or_default()
-                )))
-            }
-        }
-        if let Some(h) = &host {
-            self.agent_url(h).await?;
-        }
-        let busy = self.mark_busy(name, "vm.start").await?;
-        let me = self.clone();
-        let n = name.to_string();
-        self.tasks
-            .spawn("vm.start", "vm", name, move |ctx| async move {
-                let _busy = busy;
-                me.start_body(&ctx, &n, host).await
-            })
-            .await
-    }
-
-    async fn start_body(
-        self: &Arc<Self>,
-        ctx: &TaskCtx,
-        name: &str,
-        host: Option<String>,
-    ) -> Result<(), ApiError> {
-        let mut rec = self.record(name).await?;
-        let demand = Demand {
-            cpus: rec.config.cpus,
-            memory_mib: rec.config.memory_mib,
-            datastores: {
-                let mut d: Vec<String> = rec
-                    .config
-                    .disks
-                    .iter()
-                    .map(|d| d.datastore.clone())
-                    .collect();
-                d.push(rec.config.datastore.clone());
-                d.sort();
-                d.dedup();
-                d
-            },
-        };
-        let caps = self.capacities().await;
-        // A suspended VM resumes where it was suspended when that host can
-        // take it: the saved CPU state matches that host's CPU.
-        let host = host.or_else(|| {
-            let last = rec.host.as_ref()?;
-            let cap = caps.iter().find(|c| &c.name == last && c.available)?;
-            (rec.state == VmPowerState::Suspended && vdc_sched::check_host(&demand, cap).is_ok())
-                .then(|| last.clone())
-        });
-        let host = match host {
-            Some(h) => {
-                let cap = caps
-                    .iter()
-                    .find(|c| c.name == h)
-                    .ok_or_else(|| ApiError::not_found("Host", &h))?;
-                vdc_sched::check_host(&demand, cap).map_err(placement_err)?;
-                h
-            }
-            None => vdc_sched::place(&demand, &caps).map_err(placement_err)?,
-        };
-        let _pending = self.promise_memory(&host, rec.config.memory_mib).await;
-        let url = self.agent_url(&host).await?;
-        ctx.check_cancel()?;
-        let resuming = rec.state == VmPowerState::Suspended;
-        ctx.progress(
-            60,
-            if resuming {
-                "resuming from the suspended state"
-            } else {
-                "starting QEMU"
-            },
-        )
-        .await;
-        // Fill in bridges from the current network definitions.
-        for nic in &mut rec.config.nics {
-            if let Ok(net) = self.get_network(&nic.network).await {
-                nic.bridge = Some(net.bridge);
-            }
-        }
-        self.save(&rec).await?;
-        self.set_state(name, VmPowerState::Starting, Some(host.clone()))
-            .await?;
-        match self
-            .agents
-            .start(
-                &host,
-                &url,
-                &AgentStartRequest {
-                    config: rec.config.clone(),
-                },
-            )
-            .await
-        {
-            Ok(rt) => {
-                self.set_runtime(name, &rt, Some(host.clone())).await?;
-                self.events
-                    .publish(
-                        "vm.started",
-                        name,
-                        format!("VM {name} started on {host}"),
-                        json!({"host": host}),
-                    )
-                    .await;
-                Ok(())
-            }
-            Err(e) => {
-                let back = if resuming {
-                    VmPowerState::Suspended
-                } else {
-                    VmPowerState::Stopped
-                };
-                self.set_state(name, back, None).await?;
-                Err(e)
-            }
-        }
-    }
-
-    /// Runs a power action on a VM with a process: `stop` (power off),
-    /// `shutdown`, `reset`, `pause`, `resume`, `suspend`.
-    pub async fn vm_action(
-        self: &Arc<Self>,
-        name: &str,
-        action: &str,
-        shutdown_timeout_s: Option<u64>,
-    ) -> Result<Task, ApiError> {
-        let rec = self.record(name).await?;
-        use VmPowerState as S;
-        if action == "resume" && rec.state == S::Suspended {
-            return self.start_vm(name, None).await;
-        }
-        let allowed: &[S] = match action {
-            "stop" => &[S::Running, S::Paused, S::ShuttingDown, S::Starting, S::Suspending],
-            "shutdown" => &[S::Running],
-            "reset" => &[S::Running, S::Paused],
-            "pause" => &[S::Running],
-            "resume" => &[S::Paused],
-            "suspend" => &[S::Running, S::Paused],
-            _ => {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("unknown VM action '{action}'; use start, stop, shutdown, reset, pause, resume or suspend"),
-                ))
-            }
-        };
-        if rec.state == S::Unknown {
-            return Err(ApiError::new(
-                ErrorCode::HostUnavailable,
-                format!(
-                    "VM '{name}' is unknown: its host {} stopped reporting",
-                    rec.host.as_deref().unwrap_or("?")
-                ),
-            ));
-        }
-        if !allowed.contains(&rec.state) {
-            return Err(ApiError::invalid_state(format!(
-                "cannot {action} VM '{name}' while it is {}",
-                rec.state
-            )));
-        }
-        let timeout = shutdown_timeout_s.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S);
-        if timeout == 0 || timeout > MAX_SHUTDOWN_TIMEOUT_S {
-            return Err(ApiError::invalid(format!(
-                "shutdown timeout must be between 1 and {MAX_SHUTDOWN_TIMEOUT_S} seconds, not {timeout}"
-            )));
-        }
-        let host = rec
-            .host
-            .clone()
-            .ok_or_else(|| ApiError::internal(format!("VM '{name}' has a process but no host")))?;
-        let url = self.agent_url(&host).await?;
-        let busy = self.mark_busy(name, &format!("vm.{action}")).await?;
-        let me = self.clone();
-        let n = name.to_string();
-        let act = action.to_string();
-        let id = rec.config.id.clone();
-        self.tasks
-            .spawn(&format!("vm.{action}"), "vm", name, move |ctx| async move {
-                let _busy = busy;
-                let stage = match act.as_str() {
-                    "shutdown" => "waiting for the guest to power off",
-                    "suspend" => "saving memory to the datastore",
-                    _ => "asking the host",
-                };
-                ctx.progress(10, stage).await;
-                if act == "shutdown" {
-                    me.set_state(&n, S::ShuttingDown, None).await?;
-                } else if act == "suspend" {
-                    me.set_state(&n, S::Suspending, None).await?;
-                }
-                let r = if act == "shutdown" {
-                    me.agents.shutdown(&host, &url, &id, timeout).await
-                } else {
-                    let agent_action = if act == "stop" {
-                        "poweroff"
-                    } else {
-                        act.as_str()
-                    };
-                    me.agents.action(&host, &url, &id, agent_action).await
-                };
-                match r {
-                    Ok(rt) => {
-                        me.set_runtime(&n, &rt, None).await?;
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // Whatever happened, the next report tells the truth.
-                        if let Some(rt) = me.runtime(&host, &id).await {
-                            let _ = me.set_runtime(&n, &rt, None).await;
-                        } else if act == "shutdown" || act == "suspend" {
-                            let _ = me.set_state(&n, S::Running, None).await;
-                        }
-                        Err(e)
-                    }
-                }
-            })
-            .await
-    }
-
-    /// Deletes a VM that is not running: its files, addresses and record.
-    pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<Task, ApiError> {
-        let rec = self.record(name).await?;
-        if !matches!(
-            rec.state,
-            VmPowerState::Stopped | VmPowerState::Suspended | VmPowerState::Crashed
-        ) {
-            return Err(ApiError::invalid_state(format!(
-                "VM '{name}' is {}; stop it first ('vdc vm stop {name}')",
-                rec.state
-            )));
-        }
-        let busy = self.mark_busy(name, "vm.delete").await?;
-        let me = self.clone();
-        let n = name.to_string();
-        self.tasks
-            .spawn("vm.delete", "vm", name, move |ctx| async move {
-                let _busy = busy;
-                ctx.progress(10, "removing files").await;
-                let (host, url) = me.host_for_files(&rec).await?;
-                me.agents
-                    .destroy(
-                        &host,
-                        &url,
-                        &DestroyVmRequest {
-                            config: rec.config.clone(),
-                        },
-                    )
-                    .await?;
-                me.release_ips(&rec.config.nics).await;
-                me.store.delete(&vm_key(&n)).await.map_err(store_err)?;
-                me.events
-                    .publish(
-                        "vm.deleted",
-                        &n,
-                        format!("VM {n} deleted"),
-                        json!({"id": rec.config.id}),
-                    )
-                    .await;
-                Ok(())
-            })
-            .await
     }
 }
 

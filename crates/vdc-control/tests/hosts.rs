@@ -109,7 +109,7 @@ async fn a_report_with_a_bad_host_name_is_refused_and_records_nothing() {
 #[tokio::test]
 async fn vm_records_follow_what_their_host_reports() {
     let store = memory_store().await;
-    put_vm(&store, "web", VmPowerState::Stopped, None).await;
+    put_vm(&store, "web", VmPowerState::Stopped, Some("host-1")).await;
     put_vm(&store, "gone", VmPowerState::Running, Some("host-1")).await;
     put_vm(&store, "parked", VmPowerState::Suspended, Some("host-1")).await;
     put_vm(&store, "elsewhere", VmPowerState::Running, Some("host-2")).await;
@@ -134,7 +134,7 @@ async fn vm_records_follow_what_their_host_reports() {
 
     let web = cluster.get_vm("web").await.expect("web");
     assert_eq!(web.state, VmPowerState::Running);
-    assert_eq!(web.host.as_deref(), Some("host-1"));
+    assert_eq!(web.owner.as_deref(), Some("host-1"));
     assert!(web.guest.ready);
     assert_eq!(web.guest.address.as_deref(), Some("10.77.0.100"));
     assert_eq!(
@@ -206,7 +206,7 @@ async fn vm_records_follow_what_their_host_reports() {
 #[tokio::test]
 async fn a_silent_host_is_disconnected_and_its_running_vms_become_unknown() {
     let store = memory_store().await;
-    put_vm(&store, "web", VmPowerState::Stopped, None).await;
+    put_vm(&store, "web", VmPowerState::Stopped, Some("host-1")).await;
     put_vm(&store, "parked", VmPowerState::Suspended, Some("host-1")).await;
     let cluster = Cluster::open(store.clone(), TOKEN.into())
         .await
@@ -269,7 +269,7 @@ async fn a_silent_host_is_disconnected_and_its_running_vms_become_unknown() {
     assert_eq!(host.state, HostState::Disconnected);
     let web = cluster.get_vm("web").await.expect("web");
     assert_eq!(
-        web.host.as_deref(),
+        web.owner.as_deref(),
         Some("host-1"),
         "the VM keeps its last host"
     );
@@ -285,15 +285,16 @@ async fn a_silent_host_is_disconnected_and_its_running_vms_become_unknown() {
 
     // Operations on the unknown VM say why they can't run.
     let err = cluster
-        .vm_action("web", "stop", None)
+        .vm_action("web", vdc_types::VmAction::Stop, None)
         .await
         .expect_err("host is gone");
     assert_eq!(err.code, ErrorCode::HostUnavailable);
     let err = cluster
         .start_vm("web", None)
         .await
-        .expect_err("not stopped");
-    assert_eq!(err.code, ErrorCode::InvalidState);
+        .expect_err("may still run on its silent host");
+    assert_eq!(err.code, ErrorCode::HostUnavailable);
+    assert!(err.message.contains("host-1"), "{}", err.message);
 
     let seen: Vec<Event> = {
         let mut v = Vec::new();
@@ -453,4 +454,73 @@ async fn a_stale_report_does_not_undo_a_newer_state() {
         .expect("ingest");
     let rec = get_vm(&store, "web").await.expect("record");
     assert_eq!((rec.state, rec.since_ms), (VmPowerState::Running, 1_100));
+}
+
+#[tokio::test]
+async fn a_host_reporting_a_process_for_a_vm_it_does_not_own_is_a_conflict_not_obeyed() {
+    let store = memory_store().await;
+    put_vm(&store, "web", VmPowerState::Stopped, Some("host-2")).await;
+    put_vm(&store, "orphan", VmPowerState::Stopped, None).await;
+    let cluster = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("open");
+    let before = get_vm(&store, "web").await.expect("record");
+    let claim = || {
+        report(
+            "host-1",
+            vec![
+                runtime("web", VmPowerState::Running, GuestInfo::default()),
+                runtime("orphan", VmPowerState::Running, GuestInfo::default()),
+            ],
+        )
+    };
+    for _ in 0..3 {
+        cluster.ingest_report(claim()).await.expect("ingest");
+    }
+    assert_eq!(
+        get_vm(&store, "web").await.expect("record"),
+        before,
+        "a non-owner's report changed the record"
+    );
+    let orphan = cluster.get_vm("orphan").await.expect("orphan");
+    assert_eq!(
+        (orphan.state, orphan.owner.as_deref()),
+        (VmPowerState::Stopped, None)
+    );
+    let h = cluster.events.history(0, usize::MAX).await;
+    let conflicts: Vec<&Event> = h
+        .iter()
+        .filter(|e| e.topic == "vm.ownership_conflict" && e.object == "web")
+        .collect();
+    assert_eq!(conflicts.len(), 1, "published once while it lasts: {h:?}");
+    assert_eq!(conflicts[0].data["host"], "host-1");
+    assert_eq!(conflicts[0].data["owner"], "host-2");
+    assert_eq!(topics(&h, "vm.ownership_conflict", "orphan"), 1, "{h:?}");
+    assert_eq!(topics(&h, "vm.state_changed", "web"), 0, "{h:?}");
+
+    // The owner speaks; host-1 stops claiming, and a new claim is a new
+    // conflict.
+    cluster
+        .ingest_report(report(
+            "host-2",
+            vec![runtime("web", VmPowerState::Running, GuestInfo::default())],
+        ))
+        .await
+        .expect("ingest");
+    let web = cluster.get_vm("web").await.expect("web");
+    assert_eq!(
+        (web.state, web.owner.as_deref()),
+        (VmPowerState::Running, Some("host-2"))
+    );
+    cluster
+        .ingest_report(report("host-1", vec![]))
+        .await
+        .expect("ingest");
+    cluster.ingest_report(claim()).await.expect("ingest");
+    let h = cluster.events.history(0, usize::MAX).await;
+    assert_eq!(topics(&h, "vm.ownership_conflict", "web"), 2, "{h:?}");
+    assert_eq!(
+        cluster.get_vm("web").await.expect("web").owner.as_deref(),
+        Some("host-2")
+    );
 }

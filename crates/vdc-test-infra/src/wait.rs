@@ -74,7 +74,7 @@ pub async fn wait_vm_timeout(
     loop {
         let last = match client.get_vm(name).await {
             Ok(vm) if pred(&vm) => return vm,
-            Ok(vm) => format!("state {} on {:?}, guest {:?}", vm.state, vm.host, vm.guest),
+            Ok(vm) => format!("state {} on {:?}, guest {:?}", vm.state, vm.owner, vm.guest),
             Err(e) => format!("error: {}", crate::error_chain(&e)),
         };
         if Instant::now() >= deadline {

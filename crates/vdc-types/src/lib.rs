@@ -10,6 +10,7 @@ pub mod api;
 pub mod error;
 pub mod event;
 pub mod host;
+pub mod lifecycle;
 pub mod names;
 pub mod task;
 pub mod vm;
@@ -17,6 +18,7 @@ pub mod vm;
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
 pub use host::{Accelerator, Datastore, DatastoreKind, DiskCacheMode, Host, HostState, Network};
+pub use lifecycle::{InFlight, VmAction, VmOperation};
 pub use task::{Task, TaskState};
 pub use vm::{DiskSpec, GuestInfo, NicSpec, Vm, VmConfig, VmPowerState};
 

@@ -70,7 +70,10 @@ pub fn validate_qemu_model(what: &str, value: &str) -> Result<(), String> {
 /// ```
 ///
 /// `Starting`, `ShuttingDown` and `Suspending` are transitional: a task is
-/// working on the VM. `Unknown` means the VM's host stopped reporting.
+/// working on the VM. `Unknown` means the VM's owner host stopped
+/// reporting. Which action is allowed in which state, and the operation in
+/// flight ([`crate::VmOperation`]), are decided by the control plane's
+/// lifecycle (`vdc_control::lifecycle`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmPowerState {
@@ -237,9 +240,20 @@ pub struct Vm {
     pub name: String,
     /// Power state.
     pub state: VmPowerState,
-    /// Host running the VM (or that last ran it / holds its suspended state).
+    /// Host that owns the VM: runs it, or last ran it (holds its suspended
+    /// state). Only the owner's reports change the VM's state.
     #[serde(default)]
-    pub host: Option<String>,
+    pub owner: Option<String>,
+    /// During a move (live migration), the host the VM is moving to; it
+    /// becomes the owner when the move commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The operation in flight, if any (at most one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<crate::InFlight>,
+    /// Actions allowed now, by the lifecycle's transition function.
+    #[serde(default)]
+    pub actions: Vec<crate::VmAction>,
     /// Virtual CPUs.
     pub cpus: u32,
     /// Memory in MiB.

@@ -16,7 +16,10 @@ use vdc_types::api::{
     Template,
 };
 use vdc_types::names::validate_name;
-use vdc_types::{now_ms, Datastore, DatastoreKind, DiskCacheMode, Event, Host, Network, Task, Vm};
+use vdc_types::{
+    now_ms, Datastore, DatastoreKind, DiskCacheMode, Event, Host, Network, Task, Vm, VmAction,
+    VmOperation,
+};
 
 use crate::cli::{
     Command, DatastoreCmd, EventsArgs, HostCmd, NetworkCmd, NetworkCreateArgs, Output, TaskCmd,
@@ -316,9 +319,9 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
         VmCmd::Show { name } => vm_show(ctx, &name).await,
         VmCmd::Start { name, host, wait } => {
             let body = serde_json::to_value(StartVmRequest { host }).map_err(CliError::Json)?;
-            vm_action(ctx, &name, "start", body, wait).await
+            vm_action(ctx, &name, VmAction::Start, body, wait).await
         }
-        VmCmd::Stop(a) => vm_action(ctx, &a.name, "stop", empty(), a.wait).await,
+        VmCmd::Stop(a) => vm_action(ctx, &a.name, VmAction::Stop, empty(), a.wait).await,
         VmCmd::Shutdown {
             name,
             timeout,
@@ -326,12 +329,12 @@ async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
         } => {
             let body = serde_json::to_value(ShutdownVmRequest { timeout_s: timeout })
                 .map_err(CliError::Json)?;
-            vm_action(ctx, &name, "shutdown", body, wait).await
+            vm_action(ctx, &name, VmAction::Shutdown, body, wait).await
         }
-        VmCmd::Reset(a) => vm_action(ctx, &a.name, "reset", empty(), a.wait).await,
-        VmCmd::Pause(a) => vm_action(ctx, &a.name, "pause", empty(), a.wait).await,
-        VmCmd::Suspend(a) => vm_action(ctx, &a.name, "suspend", empty(), a.wait).await,
-        VmCmd::Resume(a) => vm_action(ctx, &a.name, "resume", empty(), a.wait).await,
+        VmCmd::Reset(a) => vm_action(ctx, &a.name, VmAction::Reset, empty(), a.wait).await,
+        VmCmd::Pause(a) => vm_action(ctx, &a.name, VmAction::Pause, empty(), a.wait).await,
+        VmCmd::Suspend(a) => vm_action(ctx, &a.name, VmAction::Suspend, empty(), a.wait).await,
+        VmCmd::Resume(a) => vm_action(ctx, &a.name, VmAction::Resume, empty(), a.wait).await,
         VmCmd::Delete { name, yes, wait } => vm_delete(ctx, &name, yes, wait).await,
         VmCmd::Console {
             name,
@@ -385,7 +388,7 @@ async fn vm_create(ctx: &Ctx, a: VmCreateArgs) -> Result<(), CliError> {
 async fn vm_action(
     ctx: &Ctx,
     name: &str,
-    action: &str,
+    action: VmAction,
     body: serde_json::Value,
     wait: WaitArgs,
 ) -> Result<(), CliError> {
@@ -431,12 +434,25 @@ async fn vm_list(ctx: &Ctx) -> Result<(), CliError> {
 
 /// `vm list` as a table.
 pub fn vm_table(vms: &[Vm]) -> String {
-    let mut t = Table::new(&["NAME", "STATE", "HOST", "CPUS", "MEMORY", "IP", "READY"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "OWNER",
+        "OPERATION",
+        "CPUS",
+        "MEMORY",
+        "IP",
+        "READY",
+    ]);
     for v in vms {
         t.row(vec![
             v.name.clone(),
             v.state.as_str().to_string(),
-            or_dash(v.host.as_deref()),
+            or_dash(v.owner.as_deref()),
+            v.operation
+                .as_ref()
+                .map(|o| operation_word(&o.operation))
+                .unwrap_or_else(|| "-".to_string()),
             v.cpus.to_string(),
             mib(v.memory_mib),
             or_dash(v.guest.address.as_deref()),
@@ -444,6 +460,14 @@ pub fn vm_table(vms: &[Vm]) -> String {
         ]);
     }
     t.render()
+}
+
+/// An operation in one word for a table cell (`migrating→host-2`).
+pub fn operation_word(op: &VmOperation) -> String {
+    match op.target() {
+        Some(t) => format!("{}→{t}", op.as_str()),
+        None => op.as_str().to_string(),
+    }
 }
 
 async fn vm_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
@@ -464,7 +488,27 @@ pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
         ("name", v.name.clone()),
         ("id", v.id.clone()),
         ("state", v.state.as_str().to_string()),
-        ("host", or_dash(v.host.as_deref())),
+        ("owner", or_dash(v.owner.as_deref())),
+        ("target", or_dash(v.target.as_deref())),
+        (
+            "operation",
+            v.operation
+                .as_ref()
+                .map(|o| match &o.task {
+                    Some(t) => format!("{} (task {t})", o.operation),
+                    None => o.operation.to_string(),
+                })
+                .unwrap_or_else(|| "-".to_string()),
+        ),
+        (
+            "actions",
+            if v.actions.is_empty() {
+                "-".to_string()
+            } else {
+                let names: Vec<&str> = v.actions.iter().map(|a| a.as_str()).collect();
+                names.join(", ")
+            },
+        ),
         ("cpus", v.cpus.to_string()),
         ("memory", mib(v.memory_mib)),
         ("machine", v.machine_type.clone()),
@@ -718,7 +762,10 @@ mod tests {
             id: format!("id-{name}"),
             name: name.into(),
             state,
-            host: addr.map(|_| "host-1".to_string()),
+            owner: addr.map(|_| "host-1".to_string()),
+            target: None,
+            operation: None,
+            actions: vec![],
             cpus: 2,
             memory_mib: 1536,
             datastore: "shared".into(),
@@ -750,7 +797,16 @@ mod tests {
             .collect();
         assert_eq!(
             lines[0],
-            ["NAME", "STATE", "HOST", "CPUS", "MEMORY", "IP", "READY"]
+            [
+                "NAME",
+                "STATE",
+                "OWNER",
+                "OPERATION",
+                "CPUS",
+                "MEMORY",
+                "IP",
+                "READY"
+            ]
         );
         assert_eq!(
             lines[1],
@@ -758,13 +814,17 @@ mod tests {
                 "web-1",
                 "running",
                 "host-1",
+                "-",
                 "2",
                 "1.5G",
                 "10.77.0.100",
                 "yes"
             ]
         );
-        assert_eq!(lines[2], ["db", "stopped", "-", "2", "1.5G", "-", "no"]);
+        assert_eq!(
+            lines[2],
+            ["db", "stopped", "-", "-", "2", "1.5G", "-", "no"]
+        );
     }
 
     #[test]
@@ -806,6 +866,41 @@ mod tests {
                 "1"
             ]
         );
+    }
+
+    #[test]
+    fn a_move_in_flight_shows_owner_target_and_operation() {
+        let mut v = vm("web-1", VmPowerState::Running, Some("10.77.0.100"));
+        v.operation = Some(vdc_types::InFlight {
+            operation: VmOperation::Migrating {
+                source: "host-1".into(),
+                target: "host-2".into(),
+            },
+            task: Some("t-1".into()),
+            since_ms: 0,
+        });
+        v.target = Some("host-2".into());
+        let table = vm_table(std::slice::from_ref(&v));
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .expect("row")
+            .split_whitespace()
+            .collect();
+        assert_eq!(row[2..4], ["host-1", "migrating→host-2"]);
+        let text = vm_details(&v, &[], 0);
+        for want in [
+            "owner:",
+            "target:",
+            "migrating from host-1 to host-2 (task t-1)",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        v.operation = None;
+        v.actions = vec![VmAction::Stop, VmAction::Pause];
+        assert!(vm_details(&v, &[], 0)
+            .lines()
+            .any(|l| l.starts_with("actions:") && l.ends_with("stop, pause")));
     }
 
     #[test]

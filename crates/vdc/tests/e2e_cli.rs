@@ -744,7 +744,7 @@ async fn cli_runs_a_vm_through_its_life() {
         Some(&Value::Bool(true)),
         "{vm:#}"
     );
-    let host = str_field(&vm, &["host"]).unwrap_or_else(|| panic!("no host: {vm:#}"));
+    let host = str_field(&vm, &["owner"]).unwrap_or_else(|| panic!("no host: {vm:#}"));
     assert!(host_names.iter().any(|h| h == host), "{vm:#}");
     let address = str_field(&vm, &["guest", "address"])
         .unwrap_or_else(|| panic!("no guest address: {vm:#}"))
@@ -759,7 +759,7 @@ async fn cli_runs_a_vm_through_its_life() {
         .json();
     let listed = find_by_name(&vms, "cli-1").unwrap_or_else(|| panic!("cli-1 not listed: {vms:#}"));
     assert_eq!(str_field(listed, &["state"]), Some("running"), "{listed:#}");
-    assert_eq!(str_field(listed, &["host"]), Some(host), "{listed:#}");
+    assert_eq!(str_field(listed, &["owner"]), Some(host), "{listed:#}");
     assert_eq!(
         str_field(listed, &["guest", "address"]),
         Some(address.as_str()),
@@ -779,6 +779,29 @@ async fn cli_runs_a_vm_through_its_life() {
         "{}",
         table.describe()
     );
+
+    // `vm show` names its owner, no operation in flight, and what can be
+    // done with it now; a refused action says why.
+    let show = vdc.run(&["vm", "show", "cli-1"]).await.success();
+    let line = |key: &str| {
+        show.stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} line: {}", show.describe()))
+            .to_string()
+    };
+    assert!(line("owner:").ends_with(host), "{}", show.describe());
+    assert!(line("operation:").ends_with('-'), "{}", show.describe());
+    let actions = line("actions:");
+    assert!(
+        actions.contains("pause") && actions.contains("suspend") && !actions.contains("start"),
+        "{}",
+        show.describe()
+    );
+    vdc.run(&["vm", "start", "cli-1"])
+        .await
+        .fails_with("cannot start a VM that is running")
+        .exit(EXIT_CONFLICT);
 
     // The guest's ready marker on its serial console.
     let deadline = Instant::now() + SHORT_TIMEOUT;

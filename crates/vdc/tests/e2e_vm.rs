@@ -8,7 +8,7 @@ use serde_json::json;
 use vdc_client::Client;
 use vdc_test_infra::{wait_vm, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
-use vdc_types::{Vm, VmPowerState};
+use vdc_types::{Vm, VmAction, VmPowerState};
 
 const TEMPLATE: &str = "debian-busybox";
 const TASK_TIMEOUT: Duration = Duration::from_secs(240);
@@ -39,7 +39,7 @@ async fn create(lab: &TestLab, name: &str, host: &str) -> Vm {
     .await
 }
 
-async fn action(c: &Client, name: &str, act: &str) {
+async fn action(c: &Client, name: &str, act: VmAction) {
     let t = c
         .vm_action(name, act, json!({}))
         .await
@@ -75,7 +75,7 @@ async fn vm_lifecycle_on_a_real_guest() {
     let lab = TestLab::start(2).await;
     let c = &lab.client;
     let vm = create(&lab, "web-1", "host-1").await;
-    assert_eq!(vm.host.as_deref(), Some("host-1"));
+    assert_eq!(vm.owner.as_deref(), Some("host-1"));
     let ip = addr(&vm);
     assert_eq!(
         Some(ip.clone()),
@@ -100,15 +100,31 @@ async fn vm_lifecycle_on_a_real_guest() {
     assert_eq!(out.get(1).map(String::as_str), Some("ok"), "{out:?}");
 
     // Pause and resume: same boot, the counter goes on.
-    action(c, "web-1", "pause").await;
-    assert_eq!(c.get_vm("web-1").await.unwrap().state, VmPowerState::Paused);
-    action(c, "web-1", "resume").await;
+    action(c, "web-1", VmAction::Pause).await;
+    let v = c.get_vm("web-1").await.unwrap();
+    assert_eq!(v.state, VmPowerState::Paused);
+    assert!(
+        v.operation.is_none(),
+        "the operation outlived its task: {v:?}"
+    );
+    assert!(
+        v.actions.contains(&VmAction::Resume) && !v.actions.contains(&VmAction::Pause),
+        "{:?}",
+        v.actions
+    );
+    // The lifecycle refuses what the state does not allow, and says why.
+    let err = c
+        .vm_action("web-1", VmAction::Pause, json!({}))
+        .await
+        .expect_err("a paused VM cannot be paused");
+    assert!(err.to_string().contains("it must be running"), "{err}");
+    action(c, "web-1", VmAction::Resume).await;
     let (_, boot2, n2) = identity(&lab, "host-2", &ip);
     assert_eq!(boot2, boot1, "pause/resume rebooted the guest");
     assert!(n2 >= n1, "counter went back: {n1} -> {n2}");
 
     // Suspend to disk and resume: same boot, the counter goes on.
-    action(c, "web-1", "suspend").await;
+    action(c, "web-1", VmAction::Suspend).await;
     let v = c.get_vm("web-1").await.unwrap();
     assert_eq!(v.state, VmPowerState::Suspended);
     let shared = lab
@@ -128,10 +144,10 @@ async fn vm_lifecycle_on_a_real_guest() {
         assert!(!v.guest.ready, "a suspended VM shows a ready guest");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    action(c, "web-1", "resume").await;
+    action(c, "web-1", VmAction::Resume).await;
     let v = wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
     assert_eq!(
-        v.host.as_deref(),
+        v.owner.as_deref(),
         Some("host-1"),
         "resumed on another host than it was suspended on"
     );
@@ -163,7 +179,7 @@ async fn vm_lifecycle_on_a_real_guest() {
         v.state == VmPowerState::Running && v.guest.ready
     })
     .await;
-    assert_eq!(vm.host.as_deref(), Some("host-2"));
+    assert_eq!(vm.owner.as_deref(), Some("host-2"));
     let (_, boot4, _) = identity(&lab, "host-1", &addr(&vm));
     assert_ne!(boot4, boot1, "a stop/start must boot the guest anew");
     // Host 1 still remembers the VM as stopped: its reports must not flip
@@ -171,7 +187,7 @@ async fn vm_lifecycle_on_a_real_guest() {
     for _ in 0..8 {
         let v = c.get_vm("web-1").await.unwrap();
         assert_eq!(
-            (v.state, v.host.as_deref()),
+            (v.state, v.owner.as_deref()),
             (VmPowerState::Running, Some("host-2"))
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -186,9 +202,9 @@ async fn vm_lifecycle_on_a_real_guest() {
     );
 
     // Reset keeps it running; power off stops; delete removes it.
-    action(c, "web-1", "reset").await;
+    action(c, "web-1", VmAction::Reset).await;
     wait_vm(c, "web-1", |v| v.state == VmPowerState::Running).await;
-    action(c, "web-1", "stop").await;
+    action(c, "web-1", VmAction::Stop).await;
     assert_eq!(
         c.get_vm("web-1").await.unwrap().state,
         VmPowerState::Stopped
@@ -258,7 +274,7 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
     // A new agent re-attaches and manages the VM again.
     lab.restart_agent("host-1");
     wait_vm(c, "db-1", |v| {
-        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-1")
+        v.state == VmPowerState::Running && v.owner.as_deref() == Some("host-1")
     })
     .await;
     let (_, boot3, _) = identity(&lab, "host-2", &ip);
@@ -276,12 +292,12 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
     })
     .await;
     wait_vm(c, "db-1", |v| {
-        v.state == VmPowerState::Running && v.host.as_deref() == Some("host-1")
+        v.state == VmPowerState::Running && v.owner.as_deref() == Some("host-1")
     })
     .await;
-    action(c, "db-1", "pause").await;
-    action(c, "db-1", "resume").await;
-    action(c, "db-1", "stop").await;
+    action(c, "db-1", VmAction::Pause).await;
+    action(c, "db-1", VmAction::Resume).await;
+    action(c, "db-1", VmAction::Stop).await;
     assert_eq!(c.get_vm("db-1").await.unwrap().state, VmPowerState::Stopped);
     assert!(
         lab.guest_request("host-2", &ip, &[]).is_err(),

@@ -21,11 +21,12 @@ const TEMPLATE: &str = "debian-busybox";
 /// Columns of the page's VM table.
 const NAME: usize = 0;
 const STATE: usize = 1;
-const HOST: usize = 2;
-const ADDRESS: usize = 5;
-const READY: usize = 6;
-const HARDWARE: usize = 7;
-const ACTIONS: usize = 8;
+const OWNER: usize = 2;
+const OPERATION: usize = 3;
+const ADDRESS: usize = 6;
+const READY: usize = 7;
+const HARDWARE: usize = 8;
+const ACTIONS: usize = 9;
 
 fn cell(row: &[String], i: usize) -> &str {
     row.get(i).map(String::as_str).unwrap_or_default()
@@ -76,7 +77,7 @@ async fn web_page_drives_the_cluster_in_chromium() {
 
 async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
     let c = &lab.client;
-    let host = vm.host.clone().expect("demo-1 runs on a host");
+    let host = vm.owner.clone().expect("demo-1 runs on a host");
     let address = vm
         .guest
         .address
@@ -107,7 +108,8 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
         browser
             .wait_row("#vms tbody tr", PAGE_TIMEOUT, |r| {
                 vm_row("demo-1", "running")(r)
-                    && cell(r, HOST) == host
+                    && cell(r, OWNER) == host
+                    && cell(r, OPERATION) == "-"
                     && cell(r, ADDRESS) == address
                     && cell(r, READY) == "yes"
             })

@@ -106,13 +106,7 @@ pub fn config(name: &str) -> VmConfig {
 
 /// Writes a VM record at `/vms/<name>`, as the create operation does.
 pub async fn put_vm(store: &Arc<dyn Store>, name: &str, state: VmPowerState, host: Option<&str>) {
-    let rec = VmRecord {
-        config: config(name),
-        state,
-        host: host.map(str::to_string),
-        guest: GuestInfo::default(),
-        since_ms: 0,
-    };
+    let rec = VmRecord::new(config(name), state, host.map(str::to_string));
     store
         .put_json(&format!("/vms/{name}"), &rec)
         .await
