@@ -3,8 +3,9 @@
 # starts a `vdc server` of its own (empty store, no hosts, a port of its
 # own), runs a bounded, seeded run over every operation except the
 # streaming ones (the SSE event stream and the console) and the agents'
-# report (agents only: each report would connect a made-up host for a few
-# seconds and change what every other operation answers), and fails on any
+# report and join (agents only, with an agent credential: each report would
+# connect a made-up host for a few seconds and change what every other
+# operation answers), and fails on any
 # failed check. Rules the schema can only state in words are listed in
 # scripts/schemathesis.toml. Installed by `scripts/setup.sh --test-deps`.
 #
@@ -70,6 +71,7 @@ status=0
   --exclude-path /api/v1/events/stream \
   --exclude-path-regex '/console' \
   --exclude-path /api/v1/agent/report \
+  --exclude-path /api/v1/agent/join \
   --phases examples,coverage,fuzzing \
   --max-examples "$examples" \
   --seed "$seed" \

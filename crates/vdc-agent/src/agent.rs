@@ -38,6 +38,8 @@ use vdc_disk::{Datastore, VmDir};
 use vdc_types::agent::{DatastoreReport, HostReport, VmRuntime};
 use vdc_types::{Accelerator, ApiError, ErrorCode, VmConfig, VmPowerState};
 
+use vdc_types::auth::SecretHash;
+
 use crate::console::ConsoleLinks;
 use crate::error::disk_error;
 use crate::hoststats::{self, HostCpu};
@@ -76,6 +78,8 @@ pub(crate) struct Agent {
     pub consoles: ConsoleLinks,
     /// A check for VMs moved to other hosts is running.
     moved_check: Arc<std::sync::atomic::AtomicBool>,
+    /// Hash of the credential the server presents; `None` until joined.
+    server_credential: Mutex<Option<SecretHash>>,
 }
 
 impl Agent {
@@ -133,8 +137,34 @@ impl Agent {
             host_cpu: Mutex::new(host_cpu),
             consoles: ConsoleLinks::default(),
             moved_check: Arc::default(),
+            server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
             config,
         }))
+    }
+
+    /// Keeps the server credential learned at join.
+    pub fn set_server_credential(&self, credential: &str) {
+        *self
+            .server_credential
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(SecretHash::of(credential));
+    }
+
+    /// Whether the agent knows the server credential (has joined).
+    pub fn joined(&self) -> bool {
+        self.server_credential
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Whether `given` is the server credential (constant time).
+    pub fn is_server(&self, given: &str) -> bool {
+        self.server_credential
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|h| h.matches(given))
     }
 
     pub(crate) fn vms(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<VmSlot>>> {

@@ -1,7 +1,10 @@
 //! The agent's HTTP API (`/agent/v1`, see `docs/contracts.md`).
 //!
-//! Every route wants `Authorization: Bearer <cluster token>` (401
-//! otherwise). Every error is an [`ApiError`] JSON body with the status of
+//! Every route wants `Authorization: Bearer <server credential>`, the
+//! credential the server handed over when this agent joined (401 otherwise,
+//! and for every call before the agent has joined): neither a user token
+//! nor an agent credential is accepted. Bodies are capped at
+//! [`AGENT_BODY_MAX`] (413). Every error is an [`ApiError`] JSON body with the status of
 //! its code, including malformed JSON bodies (400) and unknown routes (404):
 //! axum's own plain-text rejections never reach a client.
 
@@ -24,7 +27,7 @@ use vdc_types::api::{ConsoleInputRequest, CONSOLE_OFFSET_HEADER};
 use vdc_types::{ApiError, ErrorCode};
 
 use crate::agent::Agent;
-use crate::console::ConsoleRange;
+use crate::console_log::ConsoleRange;
 
 /// Default and largest console tail.
 const CONSOLE_DEFAULT: u64 = 16 * 1024;
@@ -32,6 +35,9 @@ const CONSOLE_MAX: u64 = 4 * 1024 * 1024;
 /// Largest console input body accepted before parsing (the data itself is
 /// limited to `CONSOLE_INPUT_MAX_BYTES`; JSON escapes may triple it).
 const CONSOLE_INPUT_BODY_MAX: usize = 64 * 1024;
+
+/// Largest request body any agent route reads.
+pub(crate) const AGENT_BODY_MAX: usize = 1 << 20;
 
 /// An [`ApiError`] as a response.
 pub(crate) struct Failure(pub ApiError);
@@ -65,6 +71,12 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Failure(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is larger than {AGENT_BODY_MAX} bytes"),
+                )))
+            }
             Err(rej) => Err(Failure(ApiError::invalid(format!(
                 "malformed request body: {}",
                 rej.body_text()
@@ -94,11 +106,12 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/agent/v1/images/import", post(import_image))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(AGENT_BODY_MAX))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), auth))
         .with_state(agent)
 }
 
-/// Bearer-token check in front of every route.
+/// Server-credential check in front of every route.
 async fn auth(
     State(agent): State<Arc<Agent>>,
     headers: HeaderMap,
@@ -111,19 +124,18 @@ async fn auth(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(t) if constant_time_eq(t.as_bytes(), agent.config.token.as_bytes()) => {
-            next.run(req).await
-        }
+        Some(t) if agent.is_server(t) => next.run(req).await,
+        _ if !agent.joined() => Failure(ApiError::new(
+            ErrorCode::Unauthorized,
+            "this agent has not joined the cluster yet; it accepts calls only from the server it joined",
+        ))
+        .into_response(),
         _ => Failure(ApiError::new(
             ErrorCode::Unauthorized,
-            "missing or wrong token; send 'Authorization: Bearer <cluster token>'",
+            "only the vdc server may call the agent API; send 'Authorization: Bearer <server credential>'",
         ))
         .into_response(),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found(req: Request) -> Failure {

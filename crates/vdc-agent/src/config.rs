@@ -80,9 +80,9 @@ pub struct AgentArgs {
     /// Base URL of the server, e.g. http://10.77.0.1:8500.
     #[arg(long = "server")]
     pub server: String,
-    /// File holding the cluster token.
+    /// File holding this host's agent credential (made by `vdc host add`).
     #[arg(long)]
-    pub token_file: PathBuf,
+    pub credential_file: PathBuf,
     /// Directory for runtime files (sockets, pidfiles).
     #[arg(long)]
     pub state_dir: PathBuf,
@@ -115,19 +115,19 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    /// Reads the token file and checks the flags.
+    /// Reads the credential file and checks the flags.
     pub fn into_config(self) -> Result<AgentConfig, AgentError> {
-        let token = std::fs::read_to_string(&self.token_file)
-            .map_err(|source| AgentError::TokenFile {
-                path: self.token_file.clone(),
+        let credential = std::fs::read_to_string(&self.credential_file)
+            .map_err(|source| AgentError::CredentialFile {
+                path: self.credential_file.clone(),
                 source,
             })?
             .trim()
             .to_string();
-        if token.is_empty() {
+        if credential.is_empty() {
             return Err(AgentError::Config(format!(
-                "token file {} is empty",
-                self.token_file.display()
+                "credential file {} is empty",
+                self.credential_file.display()
             )));
         }
         let mut bridge_for_network = BTreeMap::new();
@@ -142,7 +142,8 @@ impl AgentArgs {
             address: self.address,
             listen: self.listen,
             server_url: self.server.trim_end_matches('/').to_string(),
-            token,
+            credential,
+            server_credential: None,
             state_dir: self.state_dir,
             datastores: self.datastores,
             accel: match self.accel {
@@ -177,8 +178,12 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Base URL of the server (no trailing slash).
     pub server_url: String,
-    /// Cluster token (bearer token of both APIs).
-    pub token: String,
+    /// This host's agent credential, presented to the server.
+    pub credential: String,
+    /// The credential the server presents to this agent's API, when it is
+    /// known before joining (an agent run without a server); `None` learns
+    /// it at join.
+    pub server_credential: Option<String>,
     /// Directory for runtime files.
     pub state_dir: PathBuf,
     /// Datastores this host mounts.
@@ -236,8 +241,20 @@ impl AgentConfig {
                 )));
             }
         }
-        if self.token.is_empty() {
-            return Err(AgentError::Config("the cluster token is empty".into()));
+        match vdc_types::auth::agent_credential_host(&self.credential) {
+            Some(h) if h == self.name => {}
+            Some(h) => {
+                return Err(AgentError::Config(format!(
+                    "the agent credential is for host '{h}', not '{}'; use the one 'vdc host add {}' made",
+                    self.name, self.name
+                )))
+            }
+            None => {
+                return Err(AgentError::Config(format!(
+                    "the agent credential is not one 'vdc host add' makes (vdca.<host>.<secret>); run 'vdc host add {}'",
+                    self.name
+                )))
+            }
         }
         self.supervision.lease.check().map_err(AgentError::Config)?;
         if let Some(d) = self.import_dirs.iter().find(|d| !d.is_absolute()) {
@@ -285,8 +302,8 @@ mod tests {
     #[test]
     fn flags_become_a_config() {
         let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("token");
-        std::fs::write(&token, "sekrit\n").unwrap();
+        let token = dir.path().join("credential");
+        std::fs::write(&token, "vdca.host-1.sekrit\n").unwrap();
         let cli = Cli::try_parse_from([
             "agent",
             "--name",
@@ -297,7 +314,7 @@ mod tests {
             "10.77.0.11:8600",
             "--server",
             "http://10.77.0.1:8500/",
-            "--token-file",
+            "--credential-file",
             token.to_str().unwrap(),
             "--state-dir",
             "/run/x",
@@ -313,7 +330,7 @@ mod tests {
         .unwrap();
         let c = cli.agent.into_config().unwrap();
         assert_eq!(c.import_dirs, vec![PathBuf::from("/srv/images")]);
-        assert_eq!(c.token, "sekrit");
+        assert_eq!(c.credential, "vdca.host-1.sekrit");
         assert_eq!(c.server_url, "http://10.77.0.1:8500");
         assert_eq!(c.datastores.len(), 2);
         assert_eq!(c.accel, Some(Accelerator::Tcg));

@@ -3,7 +3,8 @@
 //! QEMU exposes the guest's ttyS0 as a unix socket server
 //! (`<run-dir>/console.sock`) and appends everything the guest writes to
 //! `console.log`. Output is therefore always read from the log, by offset
-//! (a follower never misses or repeats bytes) or as a tail.
+//! (a follower never misses or repeats bytes) or as a tail; the log is kept
+//! bounded by rotation (`console_log`).
 //!
 //! Input goes through the socket, and the socket has two traps, seen on
 //! QEMU 10:
@@ -26,7 +27,6 @@
 //! different VMs are independent.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -38,26 +38,15 @@ use vdc_types::api::ConsoleInputRequest;
 use vdc_types::ApiError;
 
 use crate::agent::Agent;
+use crate::console_log::{ConsoleLog, ConsoleRange};
 use crate::error::host_error;
 
-/// Largest chunk returned by one read from an offset (a follower reads on).
-pub(crate) const CONSOLE_CHUNK_MAX: u64 = 1024 * 1024;
 /// How long connecting to the console socket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one input may wait for the guest to take it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Inputs queued per VM before callers wait.
 const QUEUE_DEPTH: usize = 16;
-
-/// Which part of the console log to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ConsoleRange {
-    /// The last N bytes.
-    Tail(u64),
-    /// From this offset on (at most [`CONSOLE_CHUNK_MAX`] bytes); an offset
-    /// past the end means the log was replaced, and reading restarts at 0.
-    From(u64),
-}
 
 /// Why console input failed.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +204,8 @@ impl Agent {
         let slot = self.slot(id)?;
         let config = slot.inner().config.clone();
         let layout = self.layout(&config)?;
-        read_log(&layout.vm_dir.console_log(), range)
+        ConsoleLog::new(layout.vm_dir.console_log())
+            .read(range)
             .map_err(|e| host_error("cannot read console.log", &e))
     }
 
@@ -239,128 +229,10 @@ impl Agent {
     }
 }
 
-/// Reads `range` of the log at `path` (nothing, at offset 0, if the file
-/// does not exist). The chunk is cut to whole UTF-8 characters where it can
-/// be: a character split by the range is left for the next read.
-pub(crate) fn read_log(path: &Path, range: ConsoleRange) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata()?.len();
-    let (start, max) = match range {
-        ConsoleRange::Tail(n) => (len.saturating_sub(n), n),
-        ConsoleRange::From(off) if off > len => (0, CONSOLE_CHUNK_MAX),
-        ConsoleRange::From(off) => (off, CONSOLE_CHUNK_MAX),
-    };
-    f.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::with_capacity(len.saturating_sub(start).min(max) as usize);
-    f.take(max).read_to_end(&mut buf)?;
-    let mut start = start;
-    if matches!(range, ConsoleRange::Tail(_)) {
-        // A tail may begin inside a character: skip its continuation bytes.
-        let skip = buf
-            .iter()
-            .take(3)
-            .take_while(|b| (**b & 0xC0) == 0x80)
-            .count();
-        buf.drain(..skip);
-        start += skip as u64;
-    }
-    buf.truncate(complete_utf8_len(&buf));
-    let end = start + buf.len() as u64;
-    Ok((buf, end))
-}
-
-/// Length of `buf` without a trailing incomplete (but so far valid) UTF-8
-/// sequence.
-fn complete_utf8_len(buf: &[u8]) -> usize {
-    let n = buf.len();
-    for back in 1..=3.min(n) {
-        let b = buf[n - back];
-        if b & 0xC0 == 0x80 {
-            continue;
-        }
-        let need = match b {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => return n,
-        };
-        return if need > back { n - back } else { n };
-    }
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
-
-    #[test]
-    fn tail_and_offsets() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("console.log");
-        assert_eq!(read_log(&p, ConsoleRange::Tail(10)).unwrap(), (vec![], 0));
-        assert_eq!(read_log(&p, ConsoleRange::From(5)).unwrap(), (vec![], 0));
-        std::fs::write(&p, b"hello world").unwrap();
-        assert_eq!(
-            read_log(&p, ConsoleRange::Tail(5)).unwrap(),
-            (b"world".to_vec(), 11)
-        );
-        assert_eq!(
-            read_log(&p, ConsoleRange::Tail(100)).unwrap(),
-            (b"hello world".to_vec(), 11)
-        );
-        assert_eq!(read_log(&p, ConsoleRange::Tail(0)).unwrap(), (vec![], 11));
-        assert_eq!(
-            read_log(&p, ConsoleRange::From(6)).unwrap(),
-            (b"world".to_vec(), 11)
-        );
-        assert_eq!(read_log(&p, ConsoleRange::From(11)).unwrap(), (vec![], 11));
-        // Past the end: the log was replaced, read it again from the start.
-        assert_eq!(
-            read_log(&p, ConsoleRange::From(99)).unwrap(),
-            (b"hello world".to_vec(), 11)
-        );
-    }
-
-    #[test]
-    fn characters_are_never_split() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("console.log");
-        // "é" is C3 A9; "€" is E2 82 AC.
-        std::fs::write(&p, "aé€".as_bytes()).unwrap();
-        // A tail starting inside "€" skips its continuation bytes.
-        assert_eq!(read_log(&p, ConsoleRange::Tail(2)).unwrap(), (vec![], 6));
-        assert_eq!(
-            read_log(&p, ConsoleRange::Tail(3)).unwrap(),
-            ("€".as_bytes().to_vec(), 6)
-        );
-        // A log ending inside a character: the end offset stops before it.
-        std::fs::write(&p, [b'a', 0xE2, 0x82]).unwrap();
-        assert_eq!(
-            read_log(&p, ConsoleRange::From(0)).unwrap(),
-            (b"a".to_vec(), 1)
-        );
-        // Invalid bytes are passed through, not held back forever.
-        std::fs::write(&p, [b'a', 0xFF]).unwrap();
-        assert_eq!(
-            read_log(&p, ConsoleRange::From(0)).unwrap(),
-            (vec![b'a', 0xFF], 2)
-        );
-    }
-
-    #[test]
-    fn utf8_completeness() {
-        assert_eq!(complete_utf8_len(b""), 0);
-        assert_eq!(complete_utf8_len(b"abc"), 3);
-        assert_eq!(complete_utf8_len("é".as_bytes()), 2);
-        assert_eq!(complete_utf8_len(&[b'x', 0xC3]), 1);
-        assert_eq!(complete_utf8_len(&[b'x', 0xF0, 0x9F, 0x98]), 1);
-        assert_eq!(complete_utf8_len("😀".as_bytes()), 4);
-    }
 
     #[tokio::test]
     async fn input_reaches_the_socket_over_one_connection() {

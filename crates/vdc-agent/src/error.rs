@@ -12,9 +12,9 @@ pub enum AgentError {
     /// A flag or configuration value is wrong.
     #[error("invalid agent configuration: {0}")]
     Config(String),
-    /// The token file cannot be read.
-    #[error("cannot read token file {path}")]
-    TokenFile {
+    /// The credential file cannot be read.
+    #[error("cannot read credential file {path}")]
+    CredentialFile {
         /// The file.
         path: PathBuf,
         /// Cause.

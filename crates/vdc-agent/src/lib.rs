@@ -22,8 +22,8 @@
 //! - `supervisor`: one task per running VM (events, guest, stats) and the
 //!   VM's supervisor process beside QEMU (lease, fencing; `vdc-supervisor`)
 //! - `state`: the pure power state machine
-//! - `console`: the serial console (log reads by offset, input over the
-//!   console socket)
+//! - `console`: the serial console (input over the console socket)
+//! - `console_log`: the console log, rotated, read by offset
 //! - `api`: the HTTP routes, token check and JSON errors
 //! - `reporter`: the heartbeat to the server
 //! - `hoststats`: `/proc` measurements
@@ -34,6 +34,7 @@ mod agent;
 mod api;
 mod config;
 mod console;
+mod console_log;
 mod error;
 mod hoststats;
 mod power;

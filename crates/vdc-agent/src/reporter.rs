@@ -1,7 +1,14 @@
-//! Pushes the [`HostReport`](vdc_types::agent::HostReport) to the server:
-//! every second, and at once (at most every 100 ms) when a VM changes
-//! state. Failures are logged once per outage and retried on the next
-//! tick; they never stop the agent.
+//! Joins the cluster, then pushes the
+//! [`HostReport`](vdc_types::agent::HostReport) to the server: every second,
+//! and at once (at most every 100 ms) when a VM changes state. Failures are
+//! logged once per outage and retried on the next tick; they never stop the
+//! agent.
+//!
+//! # Join
+//! Before its first report (and again whenever the server refuses a report
+//! with 401 or 403, e.g. after the server's store was replaced) the agent
+//! calls `POST /api/v1/agent/join` with its agent credential; the answer
+//! holds the server credential, the only one its API accepts from then on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +34,8 @@ pub(crate) async fn run(agent: Arc<Agent>) {
         }
     };
     let url = format!("{}/api/v1/agent/report", agent.config.server_url);
+    let join_url = format!("{}/api/v1/agent/join", agent.config.server_url);
+    let mut must_join = true;
     let mut failing = false;
     let mut ticks = 0u32;
     let mut next_sample = tokio::time::Instant::now();
@@ -41,14 +50,35 @@ pub(crate) async fn run(agent: Arc<Agent>) {
                 agent.forget_moved_vms();
             }
         }
+        if must_join {
+            match join(&client, &join_url, &agent).await {
+                Ok(()) => {
+                    tracing::info!(url = %join_url, "joined the cluster");
+                    must_join = false;
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(url = %join_url, error = %e, "cannot join the cluster; retrying every second");
+                        failing = true;
+                    }
+                    tokio::time::sleep(PERIOD).await;
+                    continue;
+                }
+            }
+        }
         let report = agent.host_report(sample_cpu);
         let sent = client
             .post(&url)
-            .bearer_auth(&agent.config.token)
+            .bearer_auth(&agent.config.credential)
             .json(&report)
             .send()
             .await
             .and_then(|r| r.error_for_status());
+        if let Err(e) = &sent {
+            if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) {
+                must_join = true;
+            }
+        }
         match sent {
             Ok(_) if failing => {
                 tracing::info!(%url, "reports reach the server again");
@@ -64,4 +94,52 @@ pub(crate) async fn run(agent: Arc<Agent>) {
         tokio::time::sleep(MIN_GAP).await;
         let _ = tokio::time::timeout_at(next_sample, agent.changed.notified()).await;
     }
+}
+
+/// Largest join answer read.
+const JOIN_ANSWER_MAX: usize = 64 * 1024;
+
+/// Errors of a join.
+#[derive(Debug, thiserror::Error)]
+enum JoinError {
+    /// The server could not be reached or broke off.
+    #[error("the server did not answer")]
+    Transport(#[source] reqwest::Error),
+    /// The server refused the join.
+    #[error("the server refused the join ({status}): {body}")]
+    Refused {
+        /// HTTP status.
+        status: reqwest::StatusCode,
+        /// Start of its answer.
+        body: String,
+    },
+    /// The answer was too large or not a join answer.
+    #[error("the server's join answer is not understood")]
+    Answer(#[source] vdc_types::limits::BoundedError),
+}
+
+async fn join(client: &reqwest::Client, url: &str, agent: &Agent) -> Result<(), JoinError> {
+    let resp = client
+        .post(url)
+        .bearer_auth(&agent.config.credential)
+        .json(&vdc_types::auth::JoinRequest {
+            host: agent.config.name.clone(),
+        })
+        .send()
+        .await
+        .map_err(JoinError::Transport)?;
+    let status = resp.status();
+    let body = vdc_types::limits::read_capped(resp.bytes_stream(), JOIN_ANSWER_MAX)
+        .await
+        .map_err(JoinError::Answer)?;
+    if !status.is_success() {
+        return Err(JoinError::Refused {
+            status,
+            body: String::from_utf8_lossy(&body).chars().take(300).collect(),
+        });
+    }
+    let answer: vdc_types::auth::JoinResponse = serde_json::from_slice(&body)
+        .map_err(|e| JoinError::Answer(vdc_types::limits::BoundedError::Decode(e)))?;
+    agent.set_server_credential(&answer.server_credential);
+    Ok(())
 }

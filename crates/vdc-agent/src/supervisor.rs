@@ -27,6 +27,7 @@ use vdc_supervisor::{FenceKind, FenceRecord, Hello};
 use vdc_types::{GuestInfo, VmPowerState};
 
 use crate::agent::{Agent, Layout};
+use crate::console_log::ConsoleLog;
 use crate::hoststats::ProcessSampler;
 use crate::slot::VmSlot;
 use crate::state::Input;
@@ -42,7 +43,15 @@ const MAX_REPLACEMENTS: u32 = 3;
 pub(crate) fn start(agent: Arc<Agent>, slot: Arc<VmSlot>, vm: Arc<vdc_qemu::Vm>, layout: &Layout) {
     let (guest_rx, guest_task) = vdc_qemu::spawn_guest_channel(&layout.paths);
     let vm_dir = layout.vm_dir.path().to_path_buf();
-    let task = tokio::spawn(monitor(agent, slot.clone(), vm.clone(), vm_dir, guest_rx));
+    let console_log = ConsoleLog::new(layout.vm_dir.console_log());
+    let task = tokio::spawn(monitor(
+        agent,
+        slot.clone(),
+        vm.clone(),
+        vm_dir,
+        guest_rx,
+        console_log,
+    ));
     let mut inner = slot.inner();
     inner.vm = Some(vm);
     if let Some(old) = inner.guest_task.replace(guest_task) {
@@ -76,6 +85,7 @@ async fn monitor(
     vm: Arc<vdc_qemu::Vm>,
     vm_dir: std::path::PathBuf,
     mut guest_rx: tokio::sync::watch::Receiver<GuestInfo>,
+    console_log: ConsoleLog,
 ) {
     let mut events = vm.events();
     let mut events_open = true;
@@ -150,6 +160,13 @@ async fn monitor(
             _ = stats.tick() => {
                 if let Some((cpu_percent, rss_bytes)) = sampler.sample() {
                     slot.inner().runtime.stats = Some(vdc_types::vm::VmStats { cpu_percent, rss_bytes });
+                }
+                let log = console_log.clone();
+                match tokio::task::spawn_blocking(move || log.rotate_if_large()).await {
+                    Ok(Ok(true)) => tracing::debug!(vm = %slot.id, "console log rotated"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!(vm = %slot.id, error = %e, "cannot rotate the console log"),
+                    Err(e) => tracing::warn!(vm = %slot.id, error = %e, "console log rotation failed"),
                 }
             }
         }

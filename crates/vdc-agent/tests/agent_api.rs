@@ -21,7 +21,13 @@ use vdc_agent::{AgentConfig, DatastoreConfig};
 use vdc_types::agent::{HostReport, VmRuntime};
 use vdc_types::{Accelerator, ApiError, DiskSpec, ErrorCode, VmConfig, VmPowerState};
 
-const TOKEN: &str = "test-cluster-token";
+/// The server credential the fake server hands over at join.
+const TOKEN: &str = "test-server-credential";
+
+/// The agent credential of `host` in these tests.
+fn credential(host: &str) -> String {
+    vdc_types::auth::agent_credential(host, "test")
+}
 const MIB: u64 = 1 << 20;
 /// Longest wait for something the next agent report shows (reports go out
 /// every few seconds; a loaded machine stretches that).
@@ -51,14 +57,27 @@ async fn start_server() -> (String, Reports) {
         Json(rep): Json<HostReport>,
     ) -> axum::http::StatusCode {
         let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-        if auth != Some(&format!("Bearer {TOKEN}")) {
+        if auth != Some(&format!("Bearer {}", credential(&rep.name))) {
             return axum::http::StatusCode::UNAUTHORIZED;
         }
         r.0.lock().unwrap().insert(rep.name.clone(), rep);
         axum::http::StatusCode::NO_CONTENT
     }
+    async fn join(
+        headers: HeaderMap,
+        Json(req): Json<vdc_types::auth::JoinRequest>,
+    ) -> Result<Json<vdc_types::auth::JoinResponse>, axum::http::StatusCode> {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {}", credential(&req.host))) {
+            return Err(axum::http::StatusCode::UNAUTHORIZED);
+        }
+        Ok(Json(vdc_types::auth::JoinResponse {
+            server_credential: TOKEN.into(),
+        }))
+    }
     let app = Router::new()
         .route("/api/v1/agent/report", post(report))
+        .route("/api/v1/agent/join", post(join))
         .with_state(reports.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -94,7 +113,8 @@ impl TestAgent {
             address: "127.0.0.1".into(),
             listen: addr,
             server_url: server.into(),
-            token: TOKEN.into(),
+            credential: credential(name),
+            server_credential: None,
             state_dir: state_dir.into(),
             datastores: vec![DatastoreConfig {
                 name: "shared".into(),

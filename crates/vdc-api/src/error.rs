@@ -45,6 +45,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The error for a body over the route's limit (413).
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the request body is too large for this route (no route reads more than {} bytes; console input at most 64 KiB); send less",
+            crate::API_BODY_MAX
+        ),
+    )
+}
+
 /// Deserializes a parsed body into `T`, reading integral floats (`5.0`) as
 /// the integers they are: JSON Schema, and so the OpenAPI document, counts
 /// them as integers.
@@ -80,6 +91,9 @@ pub fn integral_floats_to_integers(v: &mut serde_json::Value) {
 }
 
 fn json_rejection(rej: JsonRejection) -> ApiError {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return body_too_large();
+    }
     let (msg, code) = match &rej {
         JsonRejection::MissingJsonContentType(_) => (
             "the request body must be JSON with 'Content-Type: application/json'".to_string(),
@@ -99,6 +113,26 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
         ),
     };
     ApiError::new(code, msg)
+}
+
+/// A raw body whose rejection (too large, broken off) is an [`ApiError`].
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => Ok(ApiBytes(b)),
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiErr(body_too_large()))
+            }
+            Err(rej) => Err(ApiErr(ApiError::invalid(format!(
+                "cannot read the request body: {}",
+                rej.body_text()
+            )))),
+        }
+    }
 }
 
 /// Query parameters whose rejection is an [`ApiError`].

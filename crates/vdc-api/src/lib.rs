@@ -2,16 +2,22 @@
 //! (Server-Sent Events) and the web page, on top of [`vdc_control`].
 //!
 //! Every `/api/v1` route but `/version` and `/openapi.json` needs
-//! `Authorization: Bearer <token>` (the event stream also takes
-//! `?access_token=` because browsers' `EventSource` cannot set headers).
+//! `Authorization: Bearer <secret>` (the event stream also takes
+//! `?access_token=` because browsers' `EventSource` cannot set headers):
+//! a user token for the user routes, a host's agent credential for the
+//! agent routes (see [`auth`] and [`credentials`]).
 //! Errors are always `{code, message, details?}` with the status chosen in
 //! [`error::ApiErr`].
 
+pub mod auth;
+pub mod credentials;
 pub mod error;
+mod join;
 mod openapi;
 mod routes;
 mod server;
 
+pub use credentials::Credentials;
 pub use openapi::ApiDoc;
-pub use routes::{router, AppState};
+pub use routes::{router, AppState, API_BODY_MAX};
 pub use server::{run_server, ServerArgs};

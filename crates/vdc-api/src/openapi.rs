@@ -9,10 +9,12 @@ use vdc_types::api::{
     ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, DiskRequest, ShutdownVmRequest,
     StartVmRequest, Template, VersionInfo,
 };
+use vdc_types::auth::{AddHostRequest, HostCredential, HostJoin, JoinRequest, JoinResponse};
 use vdc_types::{
     ApiError, Datastore, ErrorCode, Event, Host, InFlight, Network, Task, Vm, VmAction, VmOperation,
 };
 
+use crate::join;
 use crate::routes::*;
 
 /// The OpenAPI document.
@@ -47,7 +49,10 @@ use crate::routes::*;
         cancel_task,
         list_events,
         stream_events,
-        agent_report
+        join::agent_report,
+        join::agent_join,
+        join::add_host,
+        join::list_agents
     ),
     components(schemas(
         VersionInfo,
@@ -70,7 +75,12 @@ use crate::routes::*;
         ShutdownVmRequest,
         ConsoleInputRequest,
         HostReport,
-        VmActionName
+        VmActionName,
+        AddHostRequest,
+        HostCredential,
+        HostJoin,
+        JoinRequest,
+        JoinResponse
     )),
     modifiers(&BearerAuth)
 )]
@@ -79,9 +89,12 @@ pub struct ApiDoc;
 /// Paths that need no token.
 const PUBLIC_PATHS: [&str; 2] = ["/api/v1/version", "/api/v1/openapi.json"];
 
-/// Declares the bearer token and adds to every operation what any of them
-/// may answer: 401 without a valid token (all but [`PUBLIC_PATHS`]) and
-/// 500 when the store fails.
+/// Declares the two bearer schemes (user token, agent credential) and adds
+/// to every operation what any of them may answer: 401 without a valid
+/// credential and 403 with one that may not call it (all but
+/// [`PUBLIC_PATHS`]), 503 past the request deadline (all but the streams),
+/// 413 for a body too large (operations with a body) and 500 when the
+/// store fails.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -90,7 +103,25 @@ impl Modify for BearerAuth {
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A user token (VDC_TOKEN); today every user token has the administrator role",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "agent_credential",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A host's agent credential (vdca.<host>.<secret>), made by POST /api/v1/hosts; only for the agent routes",
+                    ))
+                    .build(),
+            ),
         );
         let error = |what: &str| {
             RefOr::T(
@@ -129,6 +160,23 @@ impl Modify for BearerAuth {
                         .responses
                         .entry("401".into())
                         .or_insert_with(|| error("missing or wrong API token"));
+                    op.responses.responses.entry("403".into()).or_insert_with(|| {
+                        error("the credential may not call this operation (an agent credential on a user route, a user token on an agent route, a report for another host)")
+                    });
+                    if crate::auth::has_deadline(path) {
+                        op.responses
+                            .responses
+                            .entry("503".into())
+                            .or_insert_with(|| {
+                                error("the server did not finish the request within its deadline")
+                            });
+                    }
+                }
+                if op.request_body.is_some() {
+                    op.responses
+                        .responses
+                        .entry("413".into())
+                        .or_insert_with(|| error("the request body is too large"));
                 }
                 op.responses
                     .responses

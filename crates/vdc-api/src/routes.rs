@@ -4,9 +4,9 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,6 @@ use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use vdc_control::{Cluster, ConsoleRange};
-use vdc_types::agent::HostReport;
 use vdc_types::api::{
     ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, ShutdownVmRequest, StartVmRequest,
     Template, VersionInfo, CONSOLE_OFFSET_HEADER,
@@ -23,15 +22,34 @@ use vdc_types::api::{
 use vdc_types::event::topic_matches;
 use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm, VmAction};
 
-use crate::error::{ApiErr, ApiJson, ApiQuery, ApiResult};
+use crate::credentials::Credentials;
+use crate::error::{ApiBytes, ApiErr, ApiJson, ApiQuery, ApiResult};
+use crate::join;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     /// The control plane.
     pub cluster: Arc<Cluster>,
-    /// The cluster token clients must present.
-    pub token: Arc<String>,
+    /// Who holds which credential.
+    pub credentials: Arc<Credentials>,
+}
+
+impl AppState {
+    /// Opens the credential registry and the control plane on `store`;
+    /// `user_token` is the administrator's token. The control plane calls
+    /// agents with the server credential.
+    pub async fn open(
+        store: Arc<dyn vdc_store::Store>,
+        user_token: &str,
+    ) -> Result<AppState, ApiError> {
+        let credentials = Credentials::open(store.clone(), user_token).await?;
+        let cluster = Cluster::open(store, credentials.server_credential().to_string()).await?;
+        Ok(AppState {
+            cluster,
+            credentials: Arc::new(credentials),
+        })
+    }
 }
 
 /// The power actions of `POST /api/v1/vms/{name}/{action}` that take no
@@ -54,10 +72,15 @@ pub(crate) enum VmActionName {
     Suspend,
 }
 
+/// Largest request body any route reads (a host report with many VMs is
+/// the largest legitimate body).
+pub const API_BODY_MAX: usize = 1 << 20;
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/hosts", get(list_hosts))
+        .route("/hosts", get(list_hosts).post(join::add_host))
+        .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route("/datastores", get(list_datastores))
         .route("/networks", get(list_networks).post(create_network))
@@ -78,53 +101,23 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/cancel", post(cancel_task))
         .route("/events", get(list_events))
         .route("/events/stream", get(stream_events))
-        .route("/agent/report", post(agent_report))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route("/agent/report", post(join::agent_report))
+        .route("/agent/join", post(join::agent_join))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::auth,
+        ))
         .route("/version", get(version))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(API_BODY_MAX));
     Router::new()
         .nest("/api/v1", api)
         .route("/", get(web_page))
         .route("/ui", get(web_page))
         .fallback(not_found)
         .with_state(state)
-}
-
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let header_token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let query_token = req.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v.into_owned())
-    });
-    let given = header_token.map(str::to_string).or(query_token);
-    match given {
-        Some(t) if constant_time_eq(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiErr(ApiError::new(
-            ErrorCode::Unauthorized,
-            "the API token is wrong; use the cluster token (VDC_TOKEN or VDC_TOKEN_FILE)",
-        ))
-        .into_response(),
-        None => ApiErr(ApiError::new(
-            ErrorCode::Unauthorized,
-            "this API needs 'Authorization: Bearer <token>'; set VDC_TOKEN or VDC_TOKEN_FILE",
-        ))
-        .into_response(),
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found() -> ApiErr {
@@ -284,7 +277,7 @@ async fn delete_vm(
 async fn start_vm(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let req: StartVmRequest = optional_body(&body)?;
     let task = st.cluster.start_vm(&name, req.host).await?;
@@ -300,7 +293,7 @@ async fn start_vm(
 async fn shutdown_vm(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let req: ShutdownVmRequest = optional_body(&body)?;
     let task = st
@@ -607,15 +600,4 @@ fn to_sse(ev: &Event) -> SseEvent {
         .id(ev.seq.to_string())
         .event(ev.topic.clone())
         .data(serde_json::to_string(ev).unwrap_or_default())
-}
-
-/// An agent's heartbeat report (agents only).
-#[utoipa::path(post, path = "/api/v1/agent/report", request_body = HostReport,
-    responses((status = 204), (status = 400, body = ApiError)))]
-async fn agent_report(
-    State(st): State<AppState>,
-    ApiJson(r): ApiJson<HostReport>,
-) -> ApiResult<StatusCode> {
-    st.cluster.ingest_report(r).await?;
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use vdc_control::Cluster;
 use vdc_store::RedbStore;
 
 use crate::routes::{router, AppState};
@@ -20,7 +19,8 @@ pub struct ServerArgs {
     /// Directory of the server's state (the embedded store).
     #[arg(long, default_value = "/var/lib/vdc/server")]
     pub data_dir: PathBuf,
-    /// File holding the cluster token (one line).
+    /// File holding the administrator's user token (one line, at least 16
+    /// characters). Agents use their own credentials (`vdc host add`).
     #[arg(long)]
     pub token_file: PathBuf,
 }
@@ -41,14 +41,11 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let store = RedbStore::open(args.data_dir.join("state.redb"))
         .await
         .context("cannot open the cluster store")?;
-    let cluster = Cluster::open(Arc::new(store), token.clone())
+    let state = AppState::open(Arc::new(store), &token)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?;
-    cluster.spawn_monitor();
-    let app = router(AppState {
-        cluster,
-        token: Arc::new(token),
-    });
+    state.cluster.spawn_monitor();
+    let app = router(state);
     let mut servers = Vec::new();
     for addr in &args.listen {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use serde_json::json;
 use vdc_api::{router, AppState};
 use vdc_client::{Client, ClientError};
-use vdc_control::Cluster;
 use vdc_store::RedbStore;
 use vdc_types::agent::{DatastoreReport, HostReport};
 use vdc_types::api::{CreateVmRequest, DiskRequest};
@@ -23,11 +22,7 @@ async fn server() -> (String, Client, tempfile::TempDir) {
     let store = RedbStore::open(dir.path().join("state.redb"))
         .await
         .unwrap();
-    let cluster = Cluster::open(Arc::new(store), TOKEN.into()).await.unwrap();
-    let app = router(AppState {
-        cluster,
-        token: Arc::new(TOKEN.into()),
-    });
+    let app = router(AppState::open(Arc::new(store), TOKEN).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -54,9 +49,10 @@ async fn server() -> (String, Client, tempfile::TempDir) {
         vms: vec![],
         agent_started_ms: 1,
     };
+    let credential = client.add_host("host-1").await.unwrap().credential;
     let r = reqwest::Client::new()
         .post(format!("{url}/api/v1/agent/report"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(credential)
         .json(&report)
         .send()
         .await
@@ -392,11 +388,12 @@ async fn console_requests_are_validated() {
         assert_eq!(e.code, ErrorCode::InvalidInput);
         assert!(e.message.contains(want), "{body:.40}: {}", e.message);
     }
-    // Far over the body limit: still a JSON 400, not a dropped connection.
+    // Far over the body limit: a JSON 413, not a dropped connection.
     let huge = json!({ "data": "x".repeat(200_000) }).to_string();
     let r = input(huge).await.unwrap();
-    assert_eq!(r.status(), 400);
-    let _: vdc_types::ApiError = r.json().await.expect("JSON error body");
+    assert_eq!(r.status(), 413);
+    let e: vdc_types::ApiError = r.json().await.expect("JSON error body");
+    assert_eq!(e.code, ErrorCode::PayloadTooLarge);
     // Valid input to a VM that does not exist.
     let (code, msg) = api_code(c.console_input("nope", "ls\n").await);
     assert_eq!(code, ErrorCode::NotFound);
@@ -442,11 +439,7 @@ async fn query_tokens_are_url_decoded_and_streams_resume() {
     let store = RedbStore::open(dir.path().join("state.redb"))
         .await
         .unwrap();
-    let cluster = Cluster::open(Arc::new(store), token.into()).await.unwrap();
-    let app = router(AppState {
-        cluster,
-        token: Arc::new(token.into()),
-    });
+    let app = router(AppState::open(Arc::new(store), token).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -11,10 +11,16 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vdc_types::api::{CreateTemplateRequest, CreateVmRequest, Template, VersionInfo};
+use vdc_types::auth::{AddHostRequest, HostCredential, HostJoin};
 use vdc_types::{ApiError, Datastore, Event, Host, Network, Task, TaskState, Vm};
 
 /// Default API URL of the lab.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8500";
+/// Largest answer the client reads (event history, long lists).
+pub const ANSWER_MAX: usize = 32 << 20;
+/// Largest event-stream frame the client buffers.
+pub const EVENT_FRAME_MAX: usize = 1 << 20;
+
 /// Default token file of the lab.
 pub const DEFAULT_TOKEN_FILE: &str = "/run/vdc/lab/token";
 
@@ -42,6 +48,14 @@ pub enum ClientError {
     /// A waited-for task failed or was cancelled.
     #[error("task {} ({} {}) {}: {}", .0.id, .0.kind, .0.target, .0.state_word(), .0.error.as_ref().map(|e| e.message.as_str()).unwrap_or("no reason given"))]
     TaskFailed(Box<Task>),
+    /// The server's answer was larger than this client reads.
+    #[error("the server's answer from {url} is larger than {max} bytes; it was dropped")]
+    TooLarge {
+        /// URL called.
+        url: String,
+        /// The cap.
+        max: usize,
+    },
     /// Waiting ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
@@ -121,6 +135,22 @@ impl Client {
         Ok(Client::new(&url, token))
     }
 
+    /// The body of `resp`, at most [`ANSWER_MAX`] bytes.
+    async fn read_answer(&self, resp: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+        use vdc_types::limits::{read_capped, BoundedError};
+        let url = resp.url().to_string();
+        read_capped(resp.bytes_stream(), ANSWER_MAX)
+            .await
+            .map_err(|e| match e {
+                BoundedError::TooLarge { max } => ClientError::TooLarge { url, max },
+                BoundedError::Read(e) => match e.downcast::<reqwest::Error>() {
+                    Ok(source) => self.transport(*source),
+                    Err(e) => ClientError::Config(format!("reading the answer failed: {e}")),
+                },
+                BoundedError::Decode(e) => ClientError::Decode(e),
+            })
+    }
+
     fn transport(&self, source: reqwest::Error) -> ClientError {
         ClientError::Transport {
             url: self.base.clone(),
@@ -151,10 +181,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let resp = rb.send().await.map_err(|source| self.transport(source))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| self.transport(source))?;
+        let bytes = self.read_answer(resp).await?;
         if !status.is_success() {
             let err = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
                 ApiError::internal(format!(
@@ -191,6 +218,34 @@ impl Client {
     /// `GET /hosts`.
     pub async fn list_hosts(&self) -> Result<Vec<Host>, ClientError> {
         self.get("/hosts").await
+    }
+    /// `POST /hosts`: adds a host and returns its agent credential (shown
+    /// only once).
+    pub async fn add_host(&self, name: &str) -> Result<HostCredential, ClientError> {
+        self.post(
+            "/hosts",
+            &AddHostRequest {
+                name: name.to_string(),
+                replace: false,
+            },
+        )
+        .await
+    }
+    /// `POST /hosts` with `replace`: a new agent credential for a host; the
+    /// old one stops working at once.
+    pub async fn replace_host_credential(&self, name: &str) -> Result<HostCredential, ClientError> {
+        self.post(
+            "/hosts",
+            &AddHostRequest {
+                name: name.to_string(),
+                replace: true,
+            },
+        )
+        .await
+    }
+    /// `GET /agents`: every added host and when its agent joined.
+    pub async fn list_agents(&self) -> Result<Vec<HostJoin>, ClientError> {
+        self.get("/agents").await
     }
     /// `GET /hosts/{name}`.
     pub async fn get_host(&self, name: &str) -> Result<Host, ClientError> {
@@ -280,10 +335,7 @@ impl Client {
             .get(vdc_types::api::CONSOLE_OFFSET_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| self.transport(source))?;
+        let bytes = self.read_answer(resp).await?;
         if !status.is_success() {
             return Err(ClientError::Api(
                 serde_json::from_slice(&bytes).unwrap_or_else(|_| {
@@ -382,6 +434,10 @@ impl Client {
                         }
                     };
                     buf.extend_from_slice(&chunk);
+                    if buf.len() > EVENT_FRAME_MAX && !buf.windows(2).any(|w| w == b"\n\n") {
+                        yield Err(ClientError::TooLarge { url: me.base.clone(), max: EVENT_FRAME_MAX });
+                        return;
+                    }
                     while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
                         let frame: Vec<u8> = buf.drain(..end + 2).collect();
                         let frame = String::from_utf8_lossy(&frame);

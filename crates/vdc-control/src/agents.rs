@@ -50,12 +50,7 @@ impl AgentClient {
             )
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| {
-            ApiError::new(
-                ErrorCode::HostUnavailable,
-                format!("host '{host}' broke off its answer: {e}"),
-            )
-        })?;
+        let bytes = crate::answers::read_agent_answer(host, resp).await?;
         if !status.is_success() {
             let mut err = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
                 ApiError::new(
@@ -228,7 +223,7 @@ impl AgentClient {
             .get(vdc_types::api::CONSOLE_OFFSET_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let body = resp.bytes().await.map_err(unavailable)?;
+        let body = crate::answers::read_agent_answer(host, resp).await?;
         if !status.is_success() {
             return Err(serde_json::from_slice(&body).unwrap_or_else(|_| {
                 ApiError::new(
@@ -245,7 +240,7 @@ impl AgentClient {
                 ),
             )
         })?;
-        Ok((body.to_vec(), offset))
+        Ok((body, offset))
     }
 
     /// Types `req.data` on a VM's serial console.

@@ -37,9 +37,11 @@ async fn cluster_with_agent(
         name: "host-1".into(),
         address: "127.0.0.1".into(),
         listen: addr,
-        // Reports are pulled by the test; pushes go nowhere.
+        // Reports are pulled by the test; pushes (and the join) go nowhere,
+        // so the agent is given the server credential up front.
         server_url: "http://127.0.0.1:9".into(),
-        token: TOKEN.into(),
+        credential: vdc_types::auth::agent_credential("host-1", "test"),
+        server_credential: Some(TOKEN.into()),
         state_dir: state_dir.into(),
         datastores: vec![DatastoreConfig {
             name: "shared".into(),

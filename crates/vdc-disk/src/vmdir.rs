@@ -5,7 +5,7 @@
 //!   vm.json        VmConfig (versioned), written atomically
 //!   disk0.qcow2    disks named in the config
 //!   vm.lock        lease (see [`crate::lock`])
-//!   console.log    serial console
+//!   console.log    serial console (rotated: console.log.1, console.log.offset)
 //!   qemu.log       QEMU's stderr
 //!   suspend.state  memory state while suspended
 //! ```
@@ -28,6 +28,10 @@ use crate::DiskError;
 pub const CONFIG_FILE: &str = "vm.json";
 /// File name of the serial console log.
 pub const CONSOLE_LOG: &str = "console.log";
+/// The console log's previous part, after a rotation.
+pub const CONSOLE_LOG_PREVIOUS: &str = "console.log.1";
+/// The console offset of the first byte of `console.log`.
+pub const CONSOLE_LOG_OFFSET: &str = "console.log.offset";
 /// File name of QEMU's stderr log.
 pub const QEMU_LOG: &str = "qemu.log";
 /// File name of the suspended memory state.
@@ -160,10 +164,19 @@ impl VmDir {
             });
         }
         let known = |name: &str| {
-            [CONFIG_FILE, CONSOLE_LOG, QEMU_LOG, SUSPEND_STATE].contains(&name)
+            [
+                CONFIG_FILE,
+                CONSOLE_LOG,
+                CONSOLE_LOG_PREVIOUS,
+                CONSOLE_LOG_OFFSET,
+                QEMU_LOG,
+                SUSPEND_STATE,
+            ]
+            .contains(&name)
                 || disk_files.iter().any(|d| d == name)
                 || (name.starts_with(&format!(".{CONFIG_FILE}.")) && name.ends_with(".tmp"))
                 || (name.starts_with(&format!("{LOCK_FILE}.")) && name.ends_with(".tmp"))
+                || (name.starts_with(&format!("{CONSOLE_LOG}.")) && name.ends_with(".tmp"))
         };
         let entries =
             std::fs::read_dir(&self.path).map_err(|e| DiskError::io("list", &self.path, e))?;

@@ -7,8 +7,9 @@
 //!    here on, any failure tears everything down again;
 //! 3. create the network ([`crate::net`]);
 //! 4. start the server, wait until its API answers;
-//! 5. start one agent per host inside its namespace, wait until every host
-//!    is connected;
+//! 5. add every host through the API (its agent credential goes to
+//!    `<state>/<host>/credential`, 0600), start one agent per host inside its
+//!    namespace with that credential, wait until every host is connected;
 //! 6. through the API: create the `lab` network, import the guest image as
 //!    the `debian-busybox` template, create and start the demo VMs.
 //!
@@ -271,6 +272,16 @@ async fn start_cluster(
     )
     .await?;
 
+    for host in &plan.hosts {
+        let added = client
+            .add_host(&host.name)
+            .await
+            .map_err(|source| LabError::Api {
+                what: format!("add host {}", host.name),
+                source,
+            })?;
+        state::write_private(&host.credential_file(), &format!("{}\n", added.credential))?;
+    }
     for (host, record) in plan.hosts.iter().zip(state.hosts.iter_mut()) {
         let agent = process::spawn_detached(
             &spec.vdc_binary,

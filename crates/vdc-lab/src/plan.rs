@@ -114,6 +114,11 @@ impl HostPlan {
     pub fn agent_listen(&self) -> String {
         format!("{}:{AGENT_PORT}", self.address)
     }
+
+    /// The agent credential file (made by `vdc host add` during `up`).
+    pub fn credential_file(&self) -> PathBuf {
+        self.state_dir.join("credential")
+    }
 }
 
 /// Every name, address and path of one lab.
@@ -256,8 +261,8 @@ impl LabPlan {
             host.agent_listen(),
             "--server".into(),
             self.lab_api_url(),
-            "--token-file".into(),
-            self.token_file().display().to_string(),
+            "--credential-file".into(),
+            host.credential_file().display().to_string(),
             "--state-dir".into(),
             host.state_dir.display().to_string(),
             "--datastore".into(),
@@ -471,7 +476,7 @@ mod tests {
         assert_eq!(
             p.agent_args(&p.hosts[0]).join(" "),
             "agent --name host-1 --address 10.77.0.11 --listen 10.77.0.11:8600 \
-             --server http://10.77.0.1:8500 --token-file /state/lab/token \
+             --server http://10.77.0.1:8500 --credential-file /state/lab/host-1/credential \
              --state-dir /state/lab/host-1 \
              --datastore shared=/data/lab/shared:shared \
              --datastore local-host-1=/data/lab/host-1:local \

@@ -10,13 +10,20 @@
 //! exited, was restarted for a resume) or is not there yet, the task
 //! retries every half second, keeping the last information published. It
 //! ends when every receiver is dropped.
+//!
+//! The guest is untrusted: lines are framed by a
+//! [`LineFramer`](vdc_types::limits::LineFramer) that holds at most
+//! [`MAX_LINE`] bytes, so a guest writing an endless line costs a fixed
+//! amount of memory; such a line is dropped and reading resumes after its
+//! newline.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use vdc_types::limits::{Framed, LineFramer};
 use vdc_types::GuestInfo;
 
 use crate::spec::VmPaths;
@@ -24,7 +31,9 @@ use crate::spec::VmPaths;
 /// Pause between connection attempts.
 const RETRY: Duration = Duration::from_millis(500);
 /// Longest heartbeat line accepted; longer lines are dropped.
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 8192;
 
 /// One parsed heartbeat line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,26 +154,33 @@ async fn run(
             _ = info.closed() => return,
         };
         match stream {
-            Ok(stream) => {
+            Ok(mut stream) => {
                 tracing::debug!(socket = %socket.display(), "guest channel connected");
-                let mut lines = BufReader::new(stream).lines();
+                let mut framer = LineFramer::new(MAX_LINE);
+                let mut chunk = vec![0u8; READ_CHUNK];
+                let mut framed = Vec::new();
                 loop {
-                    let line = tokio::select! {
-                        l = lines.next_line() => l,
+                    let n = tokio::select! {
+                        n = stream.read(&mut chunk) => n,
                         _ = info.closed() => return,
                     };
-                    match line {
-                        Ok(Some(line)) if line.len() <= MAX_LINE => {
-                            if let Some(hb) = parse_heartbeat(&line) {
-                                let now = vdc_types::now_ms();
-                                info.send_modify(|g| hb.apply(g, now));
-                                if let Some(seq) = &seq {
-                                    seq.send_replace(hb.seq);
-                                }
+                    let n = match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    framer.push(&chunk[..n], &mut framed);
+                    for f in framed.drain(..) {
+                        let Framed::Line(line) = f else {
+                            tracing::debug!(socket = %socket.display(), max = MAX_LINE, "guest wrote an overlong line; dropped");
+                            continue;
+                        };
+                        if let Some(hb) = parse_heartbeat(&String::from_utf8_lossy(&line)) {
+                            let now = vdc_types::now_ms();
+                            info.send_modify(|g| hb.apply(g, now));
+                            if let Some(seq) = &seq {
+                                seq.send_replace(hb.seq);
                             }
                         }
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => break,
                     }
                 }
                 tracing::debug!(socket = %socket.display(), "guest channel closed");
@@ -208,6 +224,36 @@ mod tests {
         assert_eq!(parse_heartbeat("vdc-guest v1 hb seq=x"), None);
         assert_eq!(parse_heartbeat("VDC-GUEST-READY"), None);
         assert_eq!(parse_heartbeat(""), None);
+    }
+
+    /// A guest writing megabytes without a newline, then a heartbeat: the
+    /// overlong line is dropped and the heartbeat after it still counts.
+    #[tokio::test]
+    async fn an_endless_line_is_dropped_and_reading_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = VmPaths::new(dir.path(), dir.path());
+        let listener = tokio::net::UnixListener::bind(paths.guest_socket()).expect("bind");
+        let ch = GuestChannel::spawn(&paths);
+        let mut rx = ch.subscribe();
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("channel connects")
+            .expect("accept");
+        let junk = vec![b'x'; 64 * 1024];
+        for _ in 0..64 {
+            s.write_all(&junk).await.expect("write");
+        }
+        s.write_all(b"\nvdc-guest v1 hb seq=7 ready=1 hostname=after boot_id=b ip=\n")
+            .await
+            .expect("write");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|g| g.hostname.as_deref() == Some("after")),
+        )
+        .await
+        .expect("heartbeat after the endless line published")
+        .expect("channel alive");
+        assert_eq!(*ch.seq().borrow(), 7);
     }
 
     #[tokio::test]

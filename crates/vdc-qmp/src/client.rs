@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot, watch};
@@ -19,6 +20,10 @@ use crate::types::{MigrationInfo, QmpEvent, QmpVersion, StatusInfo};
 /// How long [`Qmp::execute`] waits for an answer unless told otherwise
 /// ([`Qmp::set_default_timeout`], [`Qmp::execute_timeout`]).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest QMP message (one line of JSON) read; a peer sending a longer one
+/// is disconnected ([`QmpError::TooLarge`]).
+pub const MAX_MESSAGE: usize = 1 << 20;
 
 /// Events kept for a subscriber that falls behind.
 const EVENT_BUFFER: usize = 256;
@@ -390,27 +395,58 @@ async fn handshake(
     }
 }
 
-async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> Result<Value, QmpError> {
-    let mut line = String::new();
+/// Reads one line into `line` (newline kept), holding at most `max` bytes:
+/// `Ok(false)` at end of stream, [`QmpError::TooLarge`] once the line grows
+/// past `max`.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> Result<bool, QmpError> {
+    line.clear();
     loop {
-        line.clear();
-        let n = reader.read_line(&mut line).await.map_err(QmpError::Io)?;
-        if n == 0 {
+        let available = reader.fill_buf().await.map_err(QmpError::Io)?;
+        if available.is_empty() {
+            return Ok(!line.is_empty());
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        if line.len() + take > max {
+            return Err(QmpError::TooLarge { max });
+        }
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
+async fn read_message(reader: &mut BufReader<OwnedReadHalf>) -> Result<Value, QmpError> {
+    let mut line = Vec::new();
+    loop {
+        if !read_line_bounded(reader, &mut line, MAX_MESSAGE).await? {
             return Err(QmpError::Disconnected);
         }
-        if !line.trim().is_empty() {
-            return serde_json::from_str(line.trim()).map_err(QmpError::Json);
+        let text = String::from_utf8_lossy(&line);
+        if !text.trim().is_empty() {
+            return serde_json::from_str(text.trim()).map_err(QmpError::Json);
         }
     }
 }
 
 async fn read_loop(mut reader: BufReader<OwnedReadHalf>, shared: Arc<Shared>) {
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
-        line.clear();
-        match reader.read_line(&mut line).await {
-            Ok(0) => break,
-            Ok(_) => shared.dispatch(&line),
+        match read_line_bounded(&mut reader, &mut line, MAX_MESSAGE).await {
+            Ok(false) => break,
+            Ok(true) => shared.dispatch(&String::from_utf8_lossy(&line)),
+            Err(e @ QmpError::TooLarge { .. }) => {
+                tracing::warn!(error = %e, "disconnecting from QEMU's QMP socket");
+                break;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "QMP read failed");
                 break;
@@ -554,6 +590,49 @@ mod tests {
         assert!(qmp.is_closed());
         let later = qmp.execute("query-status", Value::Null).await;
         assert!(matches!(later, Err(QmpError::Disconnected)), "{later:?}");
+    }
+
+    /// A peer streaming an endless message is cut off at the cap: pending
+    /// calls fail and the connection reports closed.
+    #[tokio::test]
+    async fn an_oversized_message_disconnects() {
+        let (qmp, mut fake) = connected().await;
+        let call = tokio::spawn({
+            let qmp = qmp.clone();
+            async move { qmp.execute("query-status", Value::Null).await }
+        });
+        let _ = fake.recv().await;
+        let chunk = vec![b' '; 64 * 1024];
+        let writer = tokio::spawn(async move {
+            // Stops when the client hangs up.
+            for _ in 0..(4 * MAX_MESSAGE / chunk.len()) {
+                if fake.writer.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let res = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ends")
+            .expect("join");
+        assert!(matches!(res, Err(QmpError::Disconnected)), "{res:?}");
+        tokio::time::timeout(Duration::from_secs(5), qmp.closed())
+            .await
+            .expect("closed() resolves");
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn reads_lines_up_to_the_cap() {
+        let data: &[u8] = b"{\"a\":1}\n0123456789\n";
+        let mut r = BufReader::with_capacity(3, data);
+        let mut line = Vec::new();
+        assert!(read_line_bounded(&mut r, &mut line, 8).await.unwrap());
+        assert_eq!(line, b"{\"a\":1}\n");
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut line, 8).await,
+            Err(QmpError::TooLarge { max: 8 })
+        ));
     }
 
     #[tokio::test]

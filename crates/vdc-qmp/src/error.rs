@@ -32,6 +32,13 @@ pub enum QmpError {
         /// Human-readable description from QEMU.
         desc: String,
     },
+    /// QEMU sent a message longer than the client reads; the connection
+    /// was dropped.
+    #[error("QMP message larger than {max} bytes")]
+    TooLarge {
+        /// The cap ([`crate::MAX_MESSAGE`]).
+        max: usize,
+    },
     /// The connection closed (QEMU exited or the socket broke) before the
     /// answer arrived.
     #[error("QMP connection closed")]

@@ -30,6 +30,6 @@ mod client;
 mod error;
 mod types;
 
-pub use client::{Qmp, DEFAULT_TIMEOUT};
+pub use client::{Qmp, DEFAULT_TIMEOUT, MAX_MESSAGE};
 pub use error::QmpError;
 pub use types::{MigrationInfo, MigrationRamStats, QmpEvent, QmpVersion, StatusInfo};

@@ -1,7 +1,8 @@
 //! The agent protocol: what a host's agent reports to the server and the
 //! requests the server sends to an agent (`/agent/v1`).
 //!
-//! Every request carries `Authorization: Bearer <cluster token>`.
+//! Every request to an agent carries `Authorization: Bearer <server
+//! credential>` (learned by the agent at join, see [`crate::auth`]).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

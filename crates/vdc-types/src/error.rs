@@ -12,6 +12,8 @@ pub enum ErrorCode {
     InvalidInput,
     /// Missing or wrong API token (401).
     Unauthorized,
+    /// The credential is valid but may not do this (403).
+    Forbidden,
     /// The named object does not exist (404).
     NotFound,
     /// An object with that name already exists (409).
@@ -28,6 +30,10 @@ pub enum ErrorCode {
     HostUnavailable,
     /// The operation was cancelled (409).
     Cancelled,
+    /// The request body is larger than the route accepts (413).
+    PayloadTooLarge,
+    /// The request took longer than the server allows (503).
+    Timeout,
     /// An unexpected server-side failure (500).
     Internal,
 }
@@ -38,6 +44,9 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidInput => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Timeout => 503,
             ErrorCode::NotFound => 404,
             ErrorCode::AlreadyExists
             | ErrorCode::InvalidState

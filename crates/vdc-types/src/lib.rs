@@ -7,10 +7,12 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod event;
 pub mod host;
 pub mod lifecycle;
+pub mod limits;
 pub mod names;
 pub mod task;
 pub mod vm;

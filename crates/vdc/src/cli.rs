@@ -113,6 +113,22 @@ pub enum HostCmd {
         /// Host name.
         name: String,
     },
+    /// Add a host: make the credential its agent joins with (shown once;
+    /// start the agent with `--credential-file`).
+    Add {
+        /// Host name (the agent's `--name`).
+        name: String,
+        /// Write the credential to this file (mode 0600) instead of
+        /// printing it.
+        #[arg(long)]
+        credential_file: Option<std::path::PathBuf>,
+        /// Make a new credential for a host that has one (the old one
+        /// stops working at once; restart the agent with the new one).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List added hosts and whether their agents joined.
+    Agents,
 }
 
 /// `vdc datastore ...`

@@ -51,6 +51,12 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     match command {
         Command::Host(HostCmd::List) => host_list(ctx).await,
         Command::Host(HostCmd::Show { name }) => host_show(ctx, &name).await,
+        Command::Host(HostCmd::Add {
+            name,
+            credential_file,
+            replace,
+        }) => crate::join::host_add(ctx, &name, credential_file.as_deref(), replace).await,
+        Command::Host(HostCmd::Agents) => crate::join::host_agents(ctx).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
@@ -91,7 +97,7 @@ fn word<T: Serialize>(v: &T) -> String {
         .unwrap_or_else(|| "?".to_string())
 }
 
-fn check_name(kind: &str, name: &str) -> Result<(), CliError> {
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), CliError> {
     validate_name(kind, name).map_err(CliError::Usage)
 }
 

@@ -117,7 +117,10 @@ pub fn api_exit_code(code: ErrorCode) -> u8 {
         | ErrorCode::InvalidState
         | ErrorCode::Locked
         | ErrorCode::InsufficientCapacity => EXIT_CONFLICT,
+        ErrorCode::PayloadTooLarge => EXIT_USAGE,
         ErrorCode::Unauthorized
+        | ErrorCode::Forbidden
+        | ErrorCode::Timeout
         | ErrorCode::HostError
         | ErrorCode::HostUnavailable
         | ErrorCode::Cancelled
@@ -130,7 +133,9 @@ pub fn client_exit_code(e: &ClientError) -> u8 {
     match e {
         ClientError::Transport { .. } => EXIT_UNREACHABLE,
         ClientError::Config(_) => EXIT_USAGE,
-        ClientError::Decode(_) | ClientError::Timeout(..) => EXIT_OTHER,
+        ClientError::Decode(_) | ClientError::TooLarge { .. } | ClientError::Timeout(..) => {
+            EXIT_OTHER
+        }
         ClientError::Api(_) | ClientError::TaskFailed(_) => {
             e.code().map(api_exit_code).unwrap_or(EXIT_OTHER)
         }

@@ -19,6 +19,7 @@ mod commands;
 mod console;
 mod error;
 mod format;
+mod join;
 mod wait;
 
 use std::ffi::OsString;

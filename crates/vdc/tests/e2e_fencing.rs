@@ -91,10 +91,24 @@ async fn agent_start(lab: &TestLab, host: &str, vm_dir: &Path) -> (u16, vdc_type
     let config: vdc_types::VmConfig =
         serde_json::from_slice(&std::fs::read(vm_dir.join("vm.json")).unwrap()).unwrap();
     let url = lab.client.get_host(host).await.unwrap().agent_url;
-    let token = std::fs::read_to_string(&lab.info.token_file).unwrap();
-    let r = reqwest::Client::new()
+    let http = reqwest::Client::new();
+    // The agent API takes only the server's credential, which a join with
+    // the host's own agent credential returns.
+    let state_dir = lab.agent_state_dir(host);
+    let agent_credential = std::fs::read_to_string(state_dir.join("credential")).unwrap();
+    let joined: vdc_types::auth::JoinResponse = http
+        .post(format!("{}/api/v1/agent/join", lab.info.api_url))
+        .bearer_auth(agent_credential.trim())
+        .json(&json!({ "host": host }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
         .post(format!("{url}/agent/v1/vms/{}/start", config.id))
-        .bearer_auth(token.trim())
+        .bearer_auth(&joined.server_credential)
         .json(&vdc_types::agent::AgentStartRequest { config })
         .timeout(Duration::from_secs(120))
         .send()

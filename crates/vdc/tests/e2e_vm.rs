@@ -243,14 +243,42 @@ async fn agent_crash_keeps_vms_and_locks_hold() {
     let config: vdc_types::VmConfig =
         serde_json::from_slice(&std::fs::read(shared.path.join("db-1/vm.json")).unwrap()).unwrap();
     let host2 = c.get_host("host-2").await.unwrap();
+    let http = reqwest::Client::new();
+    let start_url = format!("{}/agent/v1/vms/{}/start", host2.agent_url, config.id);
+    let start = vdc_types::agent::AgentStartRequest { config };
+    // The agent API takes only the server's credential: the user token is
+    // refused; the credential comes from a join with host 2's own.
     let token = std::fs::read_to_string(&lab.info.token_file).unwrap();
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/agent/v1/vms/{}/start",
-            host2.agent_url, config.id
-        ))
+    let r = http
+        .post(&start_url)
         .bearer_auth(token.trim())
-        .json(&vdc_types::agent::AgentStartRequest { config })
+        .json(&start)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let host2_dir = &lab
+        .info
+        .hosts
+        .iter()
+        .find(|h| h.name == "host-2")
+        .unwrap()
+        .state_dir;
+    let agent_credential = std::fs::read_to_string(host2_dir.join("credential")).unwrap();
+    let joined: vdc_types::auth::JoinResponse = http
+        .post(format!("{}/api/v1/agent/join", lab.info.api_url))
+        .bearer_auth(agent_credential.trim())
+        .json(&json!({"host": "host-2"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(&start_url)
+        .bearer_auth(&joined.server_credential)
+        .json(&start)
         .send()
         .await
         .unwrap();

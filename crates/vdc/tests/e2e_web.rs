@@ -129,7 +129,9 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
         "host-1 connected in the host table",
         browser
             .wait_row("#hosts tbody tr", PAGE_TIMEOUT, |r| {
-                cell(r, 0) == "host-1" && cell(r, 1) == "connected"
+                cell(r, 0) == "host-1"
+                    && cell(r, 1) == "connected"
+                    && cell(r, 7).starts_with("joined")
             })
             .await,
     );
