@@ -4,14 +4,18 @@
 //! # Start
 //! 1. Resolve the VM directory and disks through the datastores (a path
 //!    outside every datastore is refused).
-//! 2. Write `vm.json`, take the VM's lease (`vm.lock`); another host's live
-//!    lease refuses the start with [`ErrorCode::Locked`].
+//! 2. Start the VM's supervisor process (`vdc vm-supervisor`), which takes
+//!    the VM's lease (`vm.lock`) by the rules of `vdc_disk::lock::rule`;
+//!    another host's lease seen renewing refuses the start with
+//!    [`ErrorCode::Locked`]; a stale one is taken after watching it a TTL.
+//!    Then write `vm.json` (only the lease holder may).
 //! 3. Create the NICs' tap devices on their bridges.
 //! 4. Launch QEMU (resuming from `suspend.state` if the VM was suspended),
-//!    then hand the process to a supervisor task that follows its events,
-//!    renews the lease and samples its resource use.
-//! 5. If anything fails: delete the taps, release the lease, leave no
-//!    process.
+//!    give its pid to the supervisor (which renews the lease and fences
+//!    QEMU if it cannot), and follow the process in a monitor task (events,
+//!    guest channel, resource use).
+//! 5. If anything fails: delete the taps, abandon the supervisor (it
+//!    releases the lease and exits), leave no process.
 //!
 //! # Suspended VMs and the lease
 //! A suspended VM has no process; its memory is in `suspend.state` in its
@@ -20,8 +24,8 @@
 //!
 //! # Restart
 //! On start-up the agent reads `<state-dir>/vms/*/` and re-attaches to every
-//! QEMU still running (pidfile + QMP socket), takes its lease again and
-//! resumes supervision. A VM whose process vanished while the agent was
+//! QEMU still running (pidfile + QMP socket) and to its supervisor (pidfile),
+//! starting a new supervisor for a QEMU that has none. A VM whose process vanished while the agent was
 //! away is reported crashed (or suspended, if its state file is there).
 
 use std::collections::BTreeMap;
@@ -42,10 +46,9 @@ use crate::hoststats::{self, HostCpu};
 use crate::slot::VmSlot;
 use crate::{AgentConfig, AgentError};
 
-/// Lifetime of a VM lease; renewed every [`LEASE_RENEW`].
-pub(crate) const LEASE_TTL: Duration = Duration::from_secs(30);
-/// How often a running VM's lease is renewed.
-pub(crate) const LEASE_RENEW: Duration = Duration::from_secs(5);
+/// Longest the agent waits for a lease read or release of its own (the
+/// VM supervisors do the renewals); a hung datastore costs no more.
+pub(crate) const LEASE_IO_WAIT: Duration = Duration::from_secs(5);
 /// How long an operation waits for the supervisor to see QEMU exit.
 pub(crate) const EXIT_WAIT: Duration = Duration::from_secs(30);
 
@@ -75,6 +78,8 @@ pub(crate) struct Agent {
     pub consoles: ConsoleLinks,
     /// Jobs submitted by the server (see `jobs`).
     pub(crate) jobs: crate::jobs::Jobs,
+    /// A check for VMs moved to other hosts is running.
+    moved_check: Arc<std::sync::atomic::AtomicBool>,
     /// Hash of the credential the server presents; `None` until joined.
     server_credential: Mutex<Option<SecretHash>>,
 }
@@ -134,6 +139,7 @@ impl Agent {
             host_cpu: Mutex::new(host_cpu),
             consoles: ConsoleLinks::default(),
             jobs: Default::default(),
+            moved_check: Arc::default(),
             server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
             config,
         }))
@@ -311,8 +317,24 @@ impl Agent {
     }
 
     /// Drops VMs that stopped here and were since taken by another host
-    /// (it holds their live lease): the other host reports them now.
-    pub fn forget_moved_vms(&self) {
+    /// (a lease of another host is in their directory: it runs them now, or
+    /// ran them last). The reads run off the async runtime, each bounded.
+    /// At most one check runs at a time, and it stops at the first lease
+    /// read that times out, so a hung datastore holds at most one blocked
+    /// thread.
+    pub fn forget_moved_vms(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.moved_check.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let agent = self.clone();
+        tokio::spawn(async move {
+            agent.check_moved_vms().await;
+            agent.moved_check.store(false, Ordering::SeqCst);
+        });
+    }
+
+    async fn check_moved_vms(&self) {
         let slots: Vec<_> = self.vms().values().cloned().collect();
         for slot in slots {
             if slot.state().has_process() || slot.op.try_lock().is_err() {
@@ -322,12 +344,84 @@ impl Agent {
             let Ok(layout) = self.layout(&config) else {
                 continue;
             };
-            if let Ok(Some(lease)) = layout.vm_dir.lock().read() {
-                if lease.host != self.config.name && lease.expires_ms > vdc_types::now_ms() {
+            let lock = layout.vm_dir.lock();
+            match blocking_lease_io(move || lock.read()).await {
+                Ok(Some(lease)) if lease.host != self.config.name => {
                     tracing::info!(vm = %config.name, host = %lease.host, "VM now runs on another host; forgetting it");
                     self.forget(&slot.id);
                 }
+                Err(e @ vdc_disk::DiskError::LeaseIoTimeout { .. }) => {
+                    tracing::warn!(vm = %config.name, error = %e, "datastore does not answer; moved-VM check stopped");
+                    return;
+                }
+                _ => {}
             }
         }
+    }
+
+    /// How to start the supervisor of VM `id` whose directory is `vm_dir`
+    /// (for an already running QEMU if `qemu_pid` is given).
+    pub(crate) fn supervisor_launch(
+        &self,
+        id: &str,
+        vm_dir: &std::path::Path,
+        qemu_pid: Option<u32>,
+    ) -> vdc_supervisor::client::Launch {
+        vdc_supervisor::client::Launch {
+            program: self.config.supervision.program(),
+            host: self.config.name.clone(),
+            vm_id: id.to_string(),
+            vm_dir: vm_dir.to_path_buf(),
+            run_dir: self.run_dir(id),
+            timing: self.config.supervision.lease,
+            qemu_pid,
+        }
+    }
+
+    /// Releases this host's lease on the VM directory `vm_dir` (when no
+    /// supervisor did), off the runtime and bounded; failures are logged.
+    pub(crate) async fn release_lease(&self, id: &str, vm_dir: &std::path::Path) {
+        let lock = vdc_disk::VmLock::new(vm_dir);
+        let host = self.config.name.clone();
+        if let Err(e) = blocking_lease_io(move || lock.release(&host, None)).await {
+            tracing::warn!(vm = %id, error = %crate::error::chain(&e), "cannot release the lease");
+        }
+    }
+}
+
+/// Longest the agent waits for a datastore during an operation.
+pub(crate) const DATASTORE_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs blocking datastore I/O (`what` names it in errors) on the blocking
+/// pool, waiting at most [`DATASTORE_WAIT`]: a hung datastore fails the
+/// operation instead of stalling the agent.
+pub(crate) async fn datastore_io<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(DATASTORE_WAIT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::new(ErrorCode::HostError, format!("{what}: {e}"))),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::HostError,
+            format!(
+                "{what}: the datastore did not answer within {} s; check its mount",
+                DATASTORE_WAIT.as_secs()
+            ),
+        )),
+    }
+}
+
+/// Runs blocking lease I/O on the blocking pool, waiting at most
+/// [`LEASE_IO_WAIT`] (a hung call keeps its thread, not the runtime).
+pub(crate) async fn blocking_lease_io<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, vdc_disk::DiskError> + Send + 'static,
+) -> Result<T, vdc_disk::DiskError> {
+    match tokio::time::timeout(LEASE_IO_WAIT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(vdc_disk::DiskError::LeaseIoStopped),
+        Err(_) => Err(vdc_disk::DiskError::LeaseIoTimeout {
+            after: LEASE_IO_WAIT,
+        }),
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use vdc_disk::LeaseTiming;
 use vdc_types::Accelerator;
 
 use crate::AgentError;
@@ -95,6 +96,17 @@ pub struct AgentArgs {
     /// NETWORK=BRIDGE (repeatable).
     #[arg(long = "bridge")]
     pub bridges: Vec<String>,
+    /// VM lease TTL, milliseconds: another host may take a VM whose lease
+    /// did not change for this long.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+    /// How often a VM's supervisor renews its lease, milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub lease_renew_ms: u64,
+    /// How long before the TTL a supervisor that could not renew stops its
+    /// VM, milliseconds.
+    #[arg(long, default_value_t = 3_000)]
+    pub lease_margin_ms: u64,
     /// Directory whose image files may be imported as templates
     /// (repeatable). Images inside a datastore may always be imported; any
     /// other path is refused.
@@ -140,6 +152,14 @@ impl AgentArgs {
                 AccelArg::Tcg => Some(Accelerator::Tcg),
             },
             bridge_for_network,
+            supervision: Supervision {
+                lease: LeaseTiming {
+                    ttl: std::time::Duration::from_millis(self.lease_ttl_ms),
+                    renew_every: std::time::Duration::from_millis(self.lease_renew_ms),
+                    margin: std::time::Duration::from_millis(self.lease_margin_ms),
+                },
+                program: None,
+            },
             import_dirs: self.import_dirs,
         };
         config.validate()?;
@@ -174,6 +194,38 @@ pub struct AgentConfig {
     pub bridge_for_network: BTreeMap<String, String>,
     /// Directories images may be imported from, besides the datastores.
     pub import_dirs: Vec<PathBuf>,
+    /// The VM supervisors: lease timing and program.
+    pub supervision: Supervision,
+}
+
+/// How the agent runs the supervisor beside each VM.
+#[derive(Debug, Clone, Default)]
+pub struct Supervision {
+    /// Lease timing handed to every supervisor.
+    pub lease: LeaseTiming,
+    /// The `vdc` binary whose hidden `vm-supervisor` subcommand is run;
+    /// `None`: see [`Supervision::program`].
+    pub program: Option<PathBuf>,
+}
+
+impl Supervision {
+    /// The `vdc` binary: the configured one, else this process's own
+    /// executable when it is `vdc`, else `vdc` one directory above it
+    /// (where Cargo puts the binary next to test executables).
+    pub fn program(&self) -> PathBuf {
+        if let Some(p) = &self.program {
+            return p.clone();
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("vdc"));
+        if exe.file_name().is_some_and(|n| n == "vdc") {
+            return exe;
+        }
+        exe.parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("vdc"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("vdc"))
+    }
 }
 
 impl AgentConfig {
@@ -204,6 +256,7 @@ impl AgentConfig {
                 )))
             }
         }
+        self.supervision.lease.check().map_err(AgentError::Config)?;
         if let Some(d) = self.import_dirs.iter().find(|d| !d.is_absolute()) {
             return Err(AgentError::Config(format!(
                 "import directory '{}' is not an absolute path",

@@ -19,7 +19,8 @@
 //! - `power`: start, shutdown, power off, reset, pause, resume, suspend
 //! - `provision`: VM directories and disks, destroy, image import
 //! - `recover`: re-attach to running VMs on agent start
-//! - `supervisor`: one task per running VM (events, guest, stats, lease)
+//! - `supervisor`: one task per running VM (events, guest, stats) and the
+//!   VM's supervisor process beside QEMU (lease, fencing; `vdc-supervisor`)
 //! - `state`: the pure power state machine
 //! - `console`: the serial console (input over the console socket)
 //! - `console_log`: the console log, rotated, read by offset
@@ -45,7 +46,7 @@ mod slot;
 pub mod state;
 mod supervisor;
 
-pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig};
+pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Supervision};
 pub use error::AgentError;
 
 /// Runs the agent: binds `config.listen` and serves until the API server
@@ -70,6 +71,7 @@ pub async fn run_with_listener(
     let agent = agent::Agent::new(config).await?;
     tracing::info!(
         host = %agent.config.name,
+        agent_id = %agent.agent_id,
         accelerator = agent.accelerator.as_str(),
         qemu = %agent.qemu_version,
         url = %agent.agent_url(),

@@ -1,10 +1,10 @@
-//! Power operations on a VM: start (lease, taps, QEMU, supervisor),
-//! shutdown, power off, reset, pause, resume and suspend to disk.
+//! Power operations on a VM: start (the VM's supervisor and its lease,
+//! taps, QEMU, monitor), shutdown, power off, reset, pause, resume and
+//! suspend to disk.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use vdc_disk::DiskError;
 use vdc_types::agent::VmRuntime;
 use vdc_types::{ApiError, ErrorCode, VmConfig, VmPowerState};
 
@@ -13,7 +13,7 @@ use crate::slot::VmSlot;
 use crate::state::Input;
 use crate::supervisor;
 
-use crate::agent::{Agent, Layout, EXIT_WAIT, LEASE_TTL};
+use crate::agent::{datastore_io, Agent, Layout, EXIT_WAIT};
 use crate::provision::check_config;
 
 impl Agent {
@@ -25,7 +25,8 @@ impl Agent {
     ) -> Result<VmRuntime, ApiError> {
         check_config(id, &config)?;
         let layout = self.layout(&config)?;
-        if !layout.vm_dir.exists() {
+        let vm_dir = layout.vm_dir.clone();
+        if !datastore_io("cannot read the VM directory", move || vm_dir.exists()).await? {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!(
@@ -70,16 +71,19 @@ impl Agent {
                 ))
             })?;
         }
-        for (disk, path) in config.disks.iter().zip(&layout.disks) {
-            if !path.is_file() {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "disk '{}' ('{}' on datastore '{}') not found",
-                        disk.name, disk.path, disk.datastore
-                    ),
-                ));
-            }
+        let disks = layout.disks.clone();
+        let missing = datastore_io("cannot read the VM's disks", move || {
+            disks.iter().position(|p| !p.is_file())
+        })
+        .await?;
+        if let Some(disk) = missing.and_then(|i| config.disks.get(i)) {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "disk '{}' ('{}' on datastore '{}') not found",
+                    disk.name, disk.path, disk.datastore
+                ),
+            ));
         }
         let mut taps = Vec::new();
         let mut nics = Vec::new();
@@ -103,63 +107,83 @@ impl Agent {
             });
         }
 
-        let lock = layout.vm_dir.lock();
-        match lock
-            .acquire(&self.config.name, &self.agent_id, LEASE_TTL)
-            .await
-        {
-            Ok(_) => {}
-            Err(DiskError::Locked {
-                holder_host,
-                expires_ms,
-            }) => {
-                let secs = expires_ms
-                    .saturating_sub(vdc_types::now_ms())
-                    .div_ceil(1000);
-                return Err(ApiError::new(
-                    ErrorCode::Locked,
-                    format!(
-                        "VM '{}' is locked by host '{holder_host}' (lease expires in {secs} s); stop it there first",
-                        config.name
-                    ),
-                )
-                .with_details(serde_json::json!({ "holder_host": holder_host, "expires_ms": expires_ms })));
-            }
-            Err(e) => return Err(disk_error(format!("cannot lock VM '{}'", config.name), e)),
+        // A supervisor left from an abandoned start of this VM (no QEMU
+        // runs, or the state would have a process) must not guard the new
+        // QEMU next to ours.
+        if let Some(pid) = vdc_supervisor::client::find(&self.run_dir(&config.id)) {
+            tracing::warn!(vm = %config.name, pid, "stopping a leftover VM supervisor");
+            let old = vdc_qemu::process::Process::from_pid(pid);
+            old.signal(libc::SIGKILL);
+            old.wait_for(Duration::from_secs(5)).await;
         }
-        // Only the lease holder may rewrite the VM's files.
-        let saved = layout
-            .vm_dir
-            .write_config(&config)
-            .map_err(|e| disk_error("cannot write vm.json", e))
-            .and_then(|()| {
-                slot.inner().config = config.clone();
-                slot.persist_config()
-                    .map_err(|e| host_error("cannot write the runtime directory", &e))
-            });
-        if let Err(e) = saved {
-            if let Err(le) = lock.release(&self.config.name) {
-                tracing::warn!(error = %crate::error::chain(&le), "cannot release lease after a failed start");
+        let launch = self.supervisor_launch(&config.id, layout.vm_dir.path(), None);
+        let mut guard = match vdc_supervisor::client::start(&launch).await {
+            Ok(started) => match &started.hello {
+                vdc_supervisor::Hello::Leased { .. } => started,
+                vdc_supervisor::Hello::Locked {
+                    holder_host,
+                    generation,
+                } => {
+                    return Err(ApiError::new(
+                        ErrorCode::Locked,
+                        format!(
+                            "VM '{}' is locked by host '{holder_host}', which keeps renewing its lease; stop it there first",
+                            config.name
+                        ),
+                    )
+                    .with_details(serde_json::json!({ "holder_host": holder_host, "generation": generation })));
+                }
+                vdc_supervisor::Hello::Failed { message } => {
+                    return Err(ApiError::new(
+                        ErrorCode::HostError,
+                        format!("cannot take the lease of VM '{}': {message}", config.name),
+                    ));
+                }
+            },
+            Err(e) => {
+                return Err(host_error(
+                    format!("cannot start the supervisor of VM '{}'", config.name),
+                    &e,
+                ))
             }
+        };
+        // Only the lease holder may rewrite the VM's files.
+        let (vm_dir, to_save) = (layout.vm_dir.clone(), config.clone());
+        let saved = datastore_io("cannot write vm.json", move || {
+            vm_dir.write_config(&to_save)
+        })
+        .await
+        .and_then(|r| r.map_err(|e| disk_error("cannot write vm.json", e)))
+        .and_then(|()| {
+            slot.inner().config = config.clone();
+            slot.persist_config()
+                .map_err(|e| host_error("cannot write the runtime directory", &e))
+        });
+        if let Err(e) = saved {
+            guard.abort().await;
             return Err(e);
         }
 
-        let suspended = layout.vm_dir.suspend_state().exists();
+        let state_file = layout.vm_dir.suspend_state();
+        let suspended =
+            match datastore_io("cannot read the VM directory", move || state_file.exists()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    guard.abort().await;
+                    return Err(e);
+                }
+            };
         let previous = if suspended {
             VmPowerState::Suspended
         } else {
             VmPowerState::Stopped
         };
         slot.apply(Input::Launch);
-        let fail = |e: ApiError, created: Vec<String>| {
-            let lock = lock.clone();
-            let host = self.config.name.clone();
+        let fail = |e: ApiError, created: Vec<String>, guard: vdc_supervisor::client::Started| {
             let slot = slot.clone();
             async move {
                 supervisor::cleanup_network(&created).await;
-                if let Err(le) = lock.release(&host) {
-                    tracing::warn!(error = %crate::error::chain(&le), "cannot release lease after a failed start");
-                }
+                guard.abort().await;
                 slot.inner().taps.clear();
                 slot.apply(Input::LaunchFailed { previous });
                 e
@@ -177,7 +201,7 @@ impl Agent {
                     )),
                     _ => host_error(format!("cannot create tap device '{tap}'"), &e),
                 };
-                return Err(fail(err, created).await);
+                return Err(fail(err, created, guard).await);
             }
             created.push(tap.clone());
         }
@@ -225,9 +249,13 @@ impl Agent {
             Ok(vm) => Arc::new(vm),
             Err(e) => {
                 let err = host_error(format!("cannot start VM '{}'", config.name), &e);
-                return Err(fail(err, created).await);
+                return Err(fail(err, created, guard).await);
             }
         };
+        if let Err(e) = guard.attach(vm.pid()).await {
+            // The supervisor then finds QEMU by its pidfile.
+            tracing::warn!(vm = %config.name, error = %crate::error::chain(&e), "cannot give QEMU's pid to its supervisor");
+        }
         if suspended {
             let state = layout.vm_dir.suspend_state();
             if let Err(e) = std::fs::remove_file(&state) {
@@ -242,6 +270,7 @@ impl Agent {
             inner.runtime.pid = Some(vm.pid());
             inner.runtime.guest = Default::default();
         }
+        slot.inner().vm_supervisor = Some(guard.process.clone());
         supervisor::start(self.clone(), slot.clone(), vm, layout);
         tracing::info!(vm = %config.name, resumed = suspended, "started");
         Ok(slot.apply(Input::Launched))
@@ -261,9 +290,9 @@ impl Agent {
         }
     }
 
-    /// Waits for the supervisor of `slot` to finish after QEMU exited.
+    /// Waits for the monitor of `slot` to finish after QEMU exited.
     pub(crate) async fn wait_supervisor(&self, slot: &VmSlot) {
-        let handle = slot.inner().supervisor.take();
+        let handle = slot.inner().monitor.take();
         if let Some(h) = handle {
             if tokio::time::timeout(EXIT_WAIT, h).await.is_err() {
                 tracing::warn!(vm = %slot.id, "supervisor did not finish in time");

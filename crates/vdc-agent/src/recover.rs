@@ -1,18 +1,20 @@
 //! Re-attach on agent start: VMs recorded in the state directory whose
-//! QEMU still runs are supervised again; the others are reported as they
-//! were left (crashed, suspended or stopped).
+//! QEMU still runs are followed again, with the supervisor that kept
+//! their lease meanwhile (or a new one if it died); the others are
+//! reported as they were left (crashed, with the fence reason if their
+//! supervisor stopped them, suspended or stopped).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use vdc_disk::DiskError;
+use vdc_supervisor::FenceRecord;
 use vdc_types::{ApiError, VmConfig, VmPowerState};
 
 use crate::error::host_error;
 use crate::slot::{read_persisted_state, RUNTIME_CONFIG};
 use crate::supervisor;
 
-use crate::agent::{Agent, LEASE_TTL};
+use crate::agent::Agent;
 
 impl Agent {
     /// Re-attaches to the VMs recorded in the state directory.
@@ -61,29 +63,21 @@ impl Agent {
         let attached = vdc_qemu::Vm::attach(&layout.paths)
             .await
             .map_err(|e| host_error("re-attach to QEMU", &e))?;
-        let lock = layout.vm_dir.lock();
         match attached {
             Some(vm) => {
                 let vm = Arc::new(vm);
-                match lock
-                    .acquire(&self.config.name, &self.agent_id, LEASE_TTL)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(DiskError::Locked { holder_host, .. }) => {
-                        // Another host took the VM over while this agent was
-                        // away: this copy must not keep running.
-                        tracing::error!(vm = %config.name, holder = %holder_host, "VM lease held by another host; powering off the local copy");
-                        slot.inner().exit_requested = true;
-                        if let Err(e) = vm.power_off().await {
-                            tracing::error!(vm = %config.name, error = %e, "cannot power off fenced VM");
-                        }
-                        supervisor::cleanup_network(&taps).await;
-                        slot.set_state(VmPowerState::Stopped);
-                        return Ok(());
+                let run_dir = self.run_dir(&config.id);
+                match vdc_supervisor::client::find(&run_dir) {
+                    Some(pid) => {
+                        slot.inner().vm_supervisor =
+                            Some(Arc::new(vdc_qemu::process::Process::from_pid(pid)));
                     }
-                    Err(e) => {
-                        tracing::warn!(vm = %config.name, error = %crate::error::chain(&e), "cannot renew the lease after restart")
+                    None => {
+                        // QEMU lost its supervisor while the agent was away:
+                        // a new one re-takes the lease, or fences QEMU if
+                        // another host holds it.
+                        tracing::warn!(vm = %config.name, "QEMU runs without a supervisor; starting one");
+                        self.resupervise(&slot, &vm, layout.vm_dir.path()).await;
                     }
                 }
                 let state = match vm.run_state().await {
@@ -106,20 +100,25 @@ impl Agent {
                 tracing::info!(vm = %config.name, "re-attached");
             }
             None => {
+                let fence = FenceRecord::read(&self.run_dir(&config.id));
                 let state = if layout.vm_dir.suspend_state().exists() {
                     VmPowerState::Suspended
-                } else if last.has_process() || last == VmPowerState::Crashed {
+                } else if last.has_process() || last == VmPowerState::Crashed || fence.is_some() {
                     VmPowerState::Crashed
                 } else {
                     last
                 };
                 if last.has_process() {
                     supervisor::cleanup_network(&taps).await;
-                    if let Err(e) = lock.release(&self.config.name) {
-                        tracing::warn!(vm = %config.name, error = %crate::error::chain(&e), "cannot release lease");
+                    if fence.is_none() {
+                        self.release_lease(&config.id, layout.vm_dir.path()).await;
                     }
                 }
-                slot.inner().taps.clear();
+                {
+                    let mut inner = slot.inner();
+                    inner.taps.clear();
+                    inner.runtime.fenced = fence.map(|f| f.reason);
+                }
                 slot.set_state(state);
             }
         }

@@ -1,6 +1,6 @@
 //! The agent's record of one VM ([`VmSlot`]): configuration, observed
-//! runtime state, the QEMU handle while a process exists, and the tasks
-//! following it.
+//! runtime state, the QEMU handle while a process exists, the VM's
+//! supervisor process beside it, and the tasks following them.
 //!
 //! Operations on a VM hold the slot's operation mutex for their whole
 //! duration, so concurrent API requests on one VM run one after the other.
@@ -49,8 +49,10 @@ pub(crate) struct SlotInner {
     pub exit_requested: bool,
     /// Tap devices created for the NICs.
     pub taps: Vec<String>,
-    /// Supervisor task of the running process.
-    pub supervisor: Option<JoinHandle<()>>,
+    /// Task following the running process (QMP events, guest, stats).
+    pub monitor: Option<JoinHandle<()>>,
+    /// The VM's supervisor process (lease holder, fencing) beside QEMU.
+    pub vm_supervisor: Option<Arc<vdc_qemu::process::Process>>,
     /// Guest channel reader of the running process.
     pub guest_task: Option<JoinHandle<()>>,
 }
@@ -81,6 +83,7 @@ impl VmSlot {
             guest: Default::default(),
             stats: None,
             since_ms: vdc_types::now_ms(),
+            fenced: None,
         };
         VmSlot {
             id: config.id.clone(),
@@ -91,7 +94,8 @@ impl VmSlot {
                 vm: None,
                 exit_requested: false,
                 taps: Vec::new(),
-                supervisor: None,
+                monitor: None,
+                vm_supervisor: None,
                 guest_task: None,
             }),
             run_dir,
@@ -131,6 +135,9 @@ impl VmSlot {
                 tracing::info!(vm = %inner.config.name, from = %old, to = %new, ?input, "VM state changed");
                 inner.runtime.state = new;
                 inner.runtime.since_ms = vdc_types::now_ms();
+                if new == VmPowerState::Starting {
+                    inner.runtime.fenced = None;
+                }
                 if !new.has_process() {
                     inner.runtime.pid = None;
                     inner.runtime.stats = None;

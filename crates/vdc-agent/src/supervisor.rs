@@ -1,38 +1,54 @@
-//! One task per running VM: follows QEMU's QMP events into the state
-//! machine, reads the guest channel, samples the process's CPU and memory
-//! every second and renews the VM's lease every few seconds.
+//! The agent's side of a running VM: one task per QEMU process that
+//! follows its QMP events into the state machine, reads the guest channel,
+//! samples the process's CPU and memory every second, and keeps an eye on
+//! the VM's supervisor process (`vdc vm-supervisor`, crate
+//! `vdc-supervisor`).
 //!
-//! When QEMU exits the supervisor cleans up before it records the new
-//! state, so an operation waiting for "stopped" finds the host clean: the
-//! taps are deleted and the lease is released.
+//! The lease and fencing are not here: the VM's supervisor holds the lease
+//! and stops QEMU when it cannot renew, so an agent that crashes, freezes
+//! or hangs on a datastore neither stops its VMs nor lets them run twice.
+//! If that supervisor dies while QEMU runs, a new one is started for the
+//! same QEMU at once (it re-takes this host's lease, or fences QEMU if it
+//! cannot).
 //!
-//! Fencing: if renewing the lease finds that another host holds it, that
-//! host has taken the VM over (this host was presumed dead); the local QEMU
-//! is powered off at once so the VM never runs twice.
+//! When QEMU exits the task cleans up before it records the new state, so
+//! an operation waiting for "stopped" finds the host clean: the taps are
+//! deleted, and the VM's supervisor has released the lease and exited (the
+//! agent releases it itself only if no supervisor did). If the supervisor
+//! stopped QEMU, its record (`fence.json`) makes the VM `crashed` with the
+//! reason in [`vdc_types::agent::VmRuntime::fenced`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use vdc_disk::{DiskError, VmLock};
+use vdc_qemu::process::Process;
+use vdc_supervisor::{FenceKind, FenceRecord, Hello};
 use vdc_types::{GuestInfo, VmPowerState};
 
-use crate::agent::{Agent, Layout, LEASE_RENEW, LEASE_TTL};
+use crate::agent::{Agent, Layout};
 use crate::console_log::ConsoleLog;
 use crate::hoststats::ProcessSampler;
 use crate::slot::VmSlot;
 use crate::state::Input;
 
-/// Starts following `vm`: the guest channel and the supervisor task.
+/// How long the VM's supervisor may take to release the lease and exit
+/// after QEMU exited.
+const SUPERVISOR_EXIT_WAIT: Duration = Duration::from_secs(15);
+/// How many times a dead supervisor is replaced for one QEMU before the
+/// VM is powered off instead.
+const MAX_REPLACEMENTS: u32 = 3;
+
+/// Starts following `vm`: the guest channel and the monitor task.
 pub(crate) fn start(agent: Arc<Agent>, slot: Arc<VmSlot>, vm: Arc<vdc_qemu::Vm>, layout: &Layout) {
     let (guest_rx, guest_task) = vdc_qemu::spawn_guest_channel(&layout.paths);
-    let lock = layout.vm_dir.lock();
+    let vm_dir = layout.vm_dir.path().to_path_buf();
     let console_log = ConsoleLog::new(layout.vm_dir.console_log());
-    let task = tokio::spawn(supervise(
+    let task = tokio::spawn(monitor(
         agent,
         slot.clone(),
         vm.clone(),
-        lock,
+        vm_dir,
         guest_rx,
         console_log,
     ));
@@ -41,7 +57,7 @@ pub(crate) fn start(agent: Arc<Agent>, slot: Arc<VmSlot>, vm: Arc<vdc_qemu::Vm>,
     if let Some(old) = inner.guest_task.replace(guest_task) {
         old.abort();
     }
-    if let Some(old) = inner.supervisor.replace(task) {
+    if let Some(old) = inner.monitor.replace(task) {
         old.abort();
     }
 }
@@ -55,31 +71,57 @@ pub(crate) async fn cleanup_network(taps: &[String]) {
     }
 }
 
-async fn supervise(
+/// Resolves when the VM's supervisor process exits (never if there is none).
+async fn supervisor_exit(process: Option<Arc<Process>>) {
+    match process {
+        Some(p) => p.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn monitor(
     agent: Arc<Agent>,
     slot: Arc<VmSlot>,
     vm: Arc<vdc_qemu::Vm>,
-    lock: VmLock,
+    vm_dir: std::path::PathBuf,
     mut guest_rx: tokio::sync::watch::Receiver<GuestInfo>,
     console_log: ConsoleLog,
 ) {
-    let host = agent.config.name.clone();
     let mut events = vm.events();
     let mut events_open = true;
     let mut guest_open = true;
     let mut shutdown_seen = false;
     let mut panicked = false;
-    let mut renew = tokio::time::interval(LEASE_RENEW);
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats = tokio::time::interval(Duration::from_secs(1));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sampler = ProcessSampler::new(vm.pid());
+    let mut replaced = 0u32;
     let exited = vm.wait_exit();
     tokio::pin!(exited);
 
     loop {
+        let sup = slot.inner().vm_supervisor.clone();
         tokio::select! {
+            biased;
             _ = &mut exited => break,
+            _ = supervisor_exit(sup) => {
+                if vm.has_exited() {
+                    continue;
+                }
+                slot.inner().vm_supervisor = None;
+                replaced += 1;
+                if replaced > MAX_REPLACEMENTS {
+                    // A VM nobody can guard must not run.
+                    tracing::error!(vm = %slot.id, replaced, "the VM's supervisors keep dying; powering the VM off");
+                    slot.inner().exit_requested = true;
+                    if let Err(e) = vm.power_off().await {
+                        tracing::error!(vm = %slot.id, error = %e, "cannot power off an unsupervised VM");
+                    }
+                    continue;
+                }
+                tracing::error!(vm = %slot.id, "the VM's supervisor died while QEMU runs; starting another");
+                agent.resupervise(&slot, &vm, &vm_dir).await;
+            }
             ev = events.recv(), if events_open => match ev {
                 Ok(ev) => match ev.name.as_str() {
                     "STOP" => { slot.apply(Input::Paused); }
@@ -127,49 +169,86 @@ async fn supervise(
                     Err(e) => tracing::warn!(vm = %slot.id, error = %e, "console log rotation failed"),
                 }
             }
-            _ = renew.tick() => {
-                match lock.renew(&host, &agent.agent_id, LEASE_TTL) {
-                    Ok(_) => {}
-                    Err(DiskError::LeaseLost { holder_host }) if !holder_host.is_empty() => {
-                        tracing::error!(vm = %slot.id, holder = %holder_host, "lease taken by another host; powering the VM off");
-                        if let Err(e) = vm.power_off().await {
-                            tracing::error!(vm = %slot.id, error = %e, "cannot power off fenced VM");
-                        }
-                    }
-                    Err(DiskError::LeaseLost { .. }) => {
-                        // The lease file vanished (e.g. removed by hand): take it again.
-                        if let Err(e) = lock.acquire(&host, &agent.agent_id, LEASE_TTL).await {
-                            tracing::warn!(vm = %slot.id, error = %crate::error::chain(&e), "cannot retake the lease");
-                        }
-                    }
-                    Err(e) => tracing::warn!(vm = %slot.id, error = %crate::error::chain(&e), "cannot renew the lease"),
-                }
-            }
         }
     }
 
     // QEMU is gone: clean up, then record the new state.
-    let (taps, requested, guest_task) = {
+    let (taps, requested, guest_task, sup) = {
         let mut inner = slot.inner();
         inner.vm = None;
         (
             std::mem::take(&mut inner.taps),
             inner.exit_requested,
             inner.guest_task.take(),
+            inner.vm_supervisor.take(),
         )
     };
     if let Some(t) = guest_task {
         t.abort();
     }
     cleanup_network(&taps).await;
-    if let Err(e) = lock.release(&host) {
-        tracing::warn!(vm = %slot.id, error = %crate::error::chain(&e), "cannot release the lease");
+    let supervised = match &sup {
+        Some(p) => {
+            if !p.wait_for(SUPERVISOR_EXIT_WAIT).await {
+                tracing::warn!(vm = %slot.id, pid = p.pid(), "the VM's supervisor did not exit after QEMU");
+            }
+            true
+        }
+        None => false,
+    };
+    let fence = FenceRecord::read(&agent.run_dir(&slot.id));
+    if !supervised && fence.is_none() {
+        // Nobody released the lease: do it here, off the runtime.
+        agent.release_lease(&slot.id, &vm_dir).await;
     }
     let expected = (requested || shutdown_seen) && !panicked;
-    if !expected && slot.state() != VmPowerState::Suspending {
-        tracing::error!(vm = %slot.id, "QEMU exited unexpectedly");
+    match &fence {
+        Some(f) => {
+            tracing::error!(vm = %slot.id, reason = %f.reason, "QEMU was stopped by the VM's supervisor");
+            slot.inner().runtime.fenced = Some(f.reason.clone());
+        }
+        None if !expected && slot.state() != VmPowerState::Suspending => {
+            tracing::error!(vm = %slot.id, "QEMU exited unexpectedly");
+        }
+        None => {}
     }
+    let expected = match fence.map(|f| f.kind) {
+        Some(FenceKind::Fenced) => false,
+        Some(FenceKind::HandedOver) => true,
+        None => expected,
+    };
     slot.apply(Input::Exited { expected });
+}
+
+impl Agent {
+    /// Starts a new supervisor for a QEMU that runs without one.
+    pub(crate) async fn resupervise(
+        self: &Arc<Self>,
+        slot: &Arc<VmSlot>,
+        vm: &vdc_qemu::Vm,
+        vm_dir: &std::path::Path,
+    ) {
+        let launch = self.supervisor_launch(&slot.id, vm_dir, Some(vm.pid()));
+        match vdc_supervisor::client::start(&launch).await {
+            Ok(started) => {
+                match &started.hello {
+                    Hello::Leased { generation, .. } => {
+                        tracing::info!(vm = %slot.id, generation, "a new supervisor holds the lease")
+                    }
+                    other => {
+                        tracing::error!(vm = %slot.id, answer = ?other, "the new supervisor cannot hold the lease; it stops QEMU")
+                    }
+                }
+                slot.inner().vm_supervisor = Some(started.process);
+            }
+            Err(e) => {
+                tracing::error!(vm = %slot.id, error = %crate::error::chain(&e), "cannot start a supervisor; the lease will lapse, stopping QEMU");
+                if let Err(e) = vm.power_off().await {
+                    tracing::error!(vm = %slot.id, error = %e, "cannot power off an unsupervised VM");
+                }
+            }
+        }
+    }
 }
 
 /// Re-reads QEMU's run state after missed events.

@@ -130,6 +130,20 @@ impl Cluster {
             let Some((rec, new)) = changed else { continue };
             if new.state != rec.state {
                 self.publish_state_change(&name, rec.state, &new).await;
+                // Why its host's supervisor stopped it, if it did.
+                if let Some(reason) = rt
+                    .and_then(|r| r.fenced.clone())
+                    .filter(|_| !new.state.has_process())
+                {
+                    self.events
+                        .publish(
+                            "vm.fenced",
+                            &name,
+                            format!("VM {name} was stopped on {host}: {reason}"),
+                            json!({"host": host, "reason": reason}),
+                        )
+                        .await;
+                }
             }
             if new.guest.ready && !rec.guest.ready {
                 self.events

@@ -200,6 +200,7 @@ mod tests {
             guest: Default::default(),
             stats: None,
             since_ms: since,
+            fenced: None,
         }
     }
 

@@ -112,9 +112,21 @@ pub enum DiskError {
     Locked {
         /// Host holding the lease.
         holder_host: String,
-        /// When its lease expires (Unix ms).
-        expires_ms: u64,
+        /// Generation of its lease seen last.
+        generation: u64,
     },
+    /// Lease I/O did not finish in time (the datastore may hang).
+    #[error("lease I/O on the datastore did not finish within {after:?}")]
+    LeaseIoTimeout {
+        /// The deadline.
+        after: std::time::Duration,
+    },
+    /// An earlier lease I/O call still hangs.
+    #[error("an earlier lease I/O on the datastore has not finished")]
+    LeaseIoPending,
+    /// The lease I/O thread is gone.
+    #[error("the lease I/O thread stopped")]
+    LeaseIoStopped,
     /// The lease this host held was taken by another host.
     #[error("lease on the VM directory was lost to host '{holder_host}'")]
     LeaseLost {

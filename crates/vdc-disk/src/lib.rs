@@ -14,7 +14,8 @@
 //!   and linked clone, grow, info).
 //! - [`vmdir`]: create a VM directory, write `vm.json` atomically, read it
 //!   back, remove the directory.
-//! - [`lock`]: the VM lease, race-safe between hosts on a shared directory.
+//! - [`lock`]: the VM lease (format, pure rules, I/O off the async runtime),
+//!   race-safe between hosts on a shared directory.
 
 #![warn(missing_docs)]
 
@@ -27,6 +28,6 @@ pub mod vmdir;
 
 pub use datastore::{Capacity, Datastore};
 pub use error::DiskError;
-pub use lock::{Lease, LeaseDecision, VmLock};
+pub use lock::{Lease, LeaseDecision, LeaseIo, LeaseTiming, VmLock};
 pub use qemu_img::ImageInfo;
 pub use vmdir::VmDir;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use vdc_types::vm::VM_CONFIG_VERSION;
 use vdc_types::VmConfig;
 
-use crate::lock::{decide, LeaseDecision, VmLock, LOCK_FILE};
+use crate::lock::{VmLock, LOCK_FILE};
 use crate::DiskError;
 
 /// File name of the VM configuration.
@@ -145,8 +145,8 @@ impl VmDir {
 
     /// Removes the VM directory: the files vdc creates plus `disk_files`
     /// (disk file names inside the directory), then the directory itself.
-    /// Refused with [`DiskError::Locked`] while another host holds a live
-    /// lease; a lease of `host` itself (or an expired one) is removed.
+    /// Refused with [`DiskError::Locked`] while another host holds a
+    /// lease; a lease of `host` itself is removed.
     /// Unknown files are left in place and reported
     /// ([`DiskError::UnknownFiles`]).
     pub fn remove(&self, host: &str, disk_files: &[String]) -> Result<(), DiskError> {
@@ -154,14 +154,13 @@ impl VmDir {
             return Ok(());
         }
         let lock = self.lock();
-        if let LeaseDecision::Refuse {
-            holder_host,
-            expires_ms,
-        } = decide(lock.read()?.as_ref(), host, vdc_types::now_ms())
-        {
+        // Whether another host's lease is live or stale takes a TTL of
+        // watching to tell; a destroy never waits: any other host's lease
+        // refuses it (a start there, or a take-over, clears it first).
+        if let Some(lease) = lock.read()?.filter(|l| l.host != host) {
             return Err(DiskError::Locked {
-                holder_host,
-                expires_ms,
+                holder_host: lease.host,
+                generation: lease.generation,
             });
         }
         let known = |name: &str| {
@@ -268,10 +267,10 @@ mod tests {
         dir.write_config(&config()).unwrap();
         std::fs::write(dir.path().join("disk0.qcow2"), b"x").unwrap();
         std::fs::write(dir.console_log(), b"boot").unwrap();
-        dir.lock()
-            .acquire("h1", "a", Duration::from_secs(30))
-            .await
-            .unwrap();
+        assert!(dir
+            .lock()
+            .create(&crate::Lease::new("h1", "a", Duration::from_secs(10), None))
+            .unwrap());
 
         assert!(matches!(
             dir.remove("h2", &["disk0.qcow2".into()]),

@@ -10,6 +10,8 @@
 //!   ([`Vm::events`]).
 //! - [`guest`]: the guest channel, heartbeats from the guest image
 //!   ([`GuestChannel`], [`spawn_guest_channel`]).
+//! - [`process`]: watching and signalling a process by pidfd (QEMU, and
+//!   the VM supervisor beside it).
 //! - [`tail_file`]: the end of the serial console log.
 
 #![warn(missing_docs)]
@@ -18,7 +20,7 @@ mod error;
 pub mod guest;
 pub mod host;
 mod log;
-mod process;
+pub mod process;
 pub mod spec;
 pub mod vm;
 
@@ -31,4 +33,4 @@ pub use log::tail_file;
 pub use spec::{command_line, DriveSpec, Incoming, MachineSpec, NicDevice, VmPaths};
 pub use vdc_qmp::{Qmp, QmpError, QmpEvent};
 pub use vdc_types::Accelerator;
-pub use vm::{RunState, ShutdownOutcome, Vm};
+pub use vm::{running_pid, RunState, ShutdownOutcome, Vm};

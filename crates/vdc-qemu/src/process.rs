@@ -1,5 +1,5 @@
-//! Watching a QEMU process and signalling it, whether we spawned it or
-//! found it again after an agent restart.
+//! Watching a process (QEMU, or a VM's supervisor) and signalling it,
+//! whether we spawned it or found it again after a restart.
 //!
 //! Exit is observed through a pidfd (readable once the process has exited),
 //! which works for any process, child or not, and is immune to pid reuse;
@@ -17,9 +17,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// A QEMU process and a flag that turns true once it has exited.
+/// A process and a flag that turns true once it has exited.
 #[derive(Debug)]
-pub(crate) struct Process {
+pub struct Process {
     pid: u32,
     pidfd: Option<Arc<OwnedFd>>,
     exited: watch::Receiver<bool>,
@@ -44,7 +44,7 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 /// Whether `/proc/PID` exists and is not a zombie.
-pub(crate) fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
         Ok(stat) => stat
@@ -56,7 +56,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 }
 
 /// The command line of process `pid`, split into arguments.
-pub(crate) fn cmdline(pid: u32) -> Option<Vec<String>> {
+pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(
         raw.split(|b| *b == 0)
@@ -67,7 +67,7 @@ pub(crate) fn cmdline(pid: u32) -> Option<Vec<String>> {
 }
 
 /// Reads a pidfile; `None` if absent or not a pid.
-pub(crate) fn read_pidfile(path: &Path) -> Option<u32> {
+pub fn read_pidfile(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path)
         .ok()?
         .trim()
@@ -104,13 +104,13 @@ impl AsRawFd for PidFd {
 
 impl Process {
     /// Watches a child we spawned.
-    pub(crate) fn from_child(mut child: tokio::process::Child, pid: u32) -> Process {
+    pub fn from_child(mut child: tokio::process::Child, pid: u32) -> Process {
         let pidfd = pidfd_open(pid).map(Arc::new);
         let (tx, exited) = watch::channel(false);
         let monitor = tokio::spawn(async move {
             match child.wait().await {
-                Ok(status) => tracing::info!(pid, %status, "QEMU exited"),
-                Err(e) => tracing::warn!(pid, error = %e, "waiting for QEMU failed"),
+                Ok(status) => tracing::info!(pid, %status, "process exited"),
+                Err(e) => tracing::warn!(pid, error = %e, "waiting for a child failed"),
             }
             tx.send_replace(true);
         });
@@ -123,7 +123,7 @@ impl Process {
     }
 
     /// Watches a process that is not our child (found after a restart).
-    pub(crate) fn from_pid(pid: u32) -> Process {
+    pub fn from_pid(pid: u32) -> Process {
         let pidfd = pidfd_open(pid).map(Arc::new);
         let (tx, exited) = watch::channel(!pid_alive(pid));
         let fd = pidfd.clone();
@@ -135,7 +135,7 @@ impl Process {
             if !watched {
                 poll_proc(pid).await;
             }
-            tracing::info!(pid, "QEMU exited");
+            tracing::info!(pid, "process exited");
             tx.send_replace(true);
         });
         Process {
@@ -146,28 +146,30 @@ impl Process {
         }
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    pub(crate) fn has_exited(&self) -> bool {
+    /// Whether the process has exited.
+    pub fn has_exited(&self) -> bool {
         *self.exited.borrow()
     }
 
     /// Resolves once the process is gone.
-    pub(crate) async fn wait(&self) {
+    pub async fn wait(&self) {
         let mut rx = self.exited.clone();
         // An error means the monitor is gone, which only happens on drop.
         let _ = rx.wait_for(|e| *e).await;
     }
 
     /// Waits at most `limit` for the exit; true if it happened.
-    pub(crate) async fn wait_for(&self, limit: Duration) -> bool {
+    pub async fn wait_for(&self, limit: Duration) -> bool {
         tokio::time::timeout(limit, self.wait()).await.is_ok()
     }
 
     /// Sends `signal` unless the process already exited.
-    pub(crate) fn signal(&self, signal: i32) {
+    pub fn signal(&self, signal: i32) {
         if self.has_exited() {
             return;
         }

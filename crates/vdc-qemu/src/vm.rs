@@ -506,7 +506,7 @@ fn file_uri(path: &Path) -> String {
 
 /// The pid from the pidfile if that process is alive and is the QEMU of
 /// these paths (its command line names our QMP socket).
-fn running_pid(paths: &VmPaths) -> Option<u32> {
+pub fn running_pid(paths: &VmPaths) -> Option<u32> {
     let pid = read_pidfile(&paths.pidfile())?;
     if !pid_alive(pid) {
         return None;

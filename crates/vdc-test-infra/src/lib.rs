@@ -22,6 +22,7 @@
 
 mod error;
 mod faults;
+pub mod fencing;
 mod guest;
 mod wait;
 pub mod webdriver;
@@ -293,6 +294,22 @@ impl TestLab {
         section("server log".into(), &self.info.server.log);
         for h in &self.info.hosts {
             section(format!("agent log of {}", h.name), &h.log);
+            let Ok(vms) = std::fs::read_dir(h.state_dir.join("vms")) else {
+                continue;
+            };
+            for vm in vms.flatten() {
+                let log = vm.path().join("supervisor.log");
+                if log.is_file() {
+                    section(
+                        format!(
+                            "VM supervisor of {} on {}",
+                            vm.file_name().to_string_lossy(),
+                            h.name
+                        ),
+                        &log,
+                    );
+                }
+            }
         }
         for ds in &self.info.datastores {
             let Ok(entries) = std::fs::read_dir(&ds.path) else {

@@ -51,6 +51,11 @@ pub struct VmRuntime {
     pub stats: Option<VmStats>,
     /// When the state last changed.
     pub since_ms: UnixMillis,
+    /// Why the VM's supervisor stopped its QEMU (it could not keep the
+    /// VM's lease, or handed the VM over to another host); set while the
+    /// VM is crashed (or stopped) for that reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }
 
 /// The agent's heartbeat: sent to `POST /api/v1/agent/report` every second

@@ -278,6 +278,11 @@ pub struct Vm {
     pub machine_type: String,
     /// Named CPU model.
     pub cpu_model: String,
+    /// Why the VM's QEMU was stopped by its host's supervisor (the host
+    /// could not keep the VM's lease, e.g. its datastore hung), as its host
+    /// reports it; only while the VM has no process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }
 
 #[cfg(test)]

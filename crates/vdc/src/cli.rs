@@ -75,6 +75,9 @@ pub enum Command {
     Agent(Box<vdc_agent::AgentArgs>),
     /// Run a whole cluster on this machine (server + agents in namespaces).
     Lab(Box<vdc_lab::LabArgs>),
+    /// The supervisor beside one VM's QEMU (started by the agent).
+    #[command(name = "vm-supervisor", hide = true)]
+    VmSupervisor(Box<vdc_supervisor::SupervisorArgs>),
     /// Hypervisor hosts.
     #[command(subcommand)]
     Host(HostCmd),

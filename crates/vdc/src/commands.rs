@@ -66,9 +66,11 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,
         Command::Version => version(ctx).await,
-        Command::Server(_) | Command::Agent(_) | Command::Lab(_) => Err(CliError::Usage(
-            "server, agent and lab are not client verbs".to_string(),
-        )),
+        Command::Server(_) | Command::Agent(_) | Command::Lab(_) | Command::VmSupervisor(_) => {
+            Err(CliError::Usage(
+                "server, agent, lab and vm-supervisor are not client verbs".to_string(),
+            ))
+        }
     }
 }
 
@@ -520,6 +522,9 @@ pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
         ("datastore", v.datastore.clone()),
         ("template", or_dash(v.template.as_deref())),
     ];
+    if let Some(reason) = &v.fenced {
+        pairs.push(("fenced", reason.clone()));
+    }
     for d in &v.disks {
         let cache = datastores
             .iter()
@@ -786,6 +791,7 @@ mod tests {
             },
             stats: None,
             template: None,
+            fenced: None,
             created_ms: 0,
             machine_type: "pc-q35-10.0".into(),
             cpu_model: "Nehalem-v1".into(),
@@ -998,6 +1004,19 @@ mod tests {
         assert!(text
             .lines()
             .any(|l| l.starts_with("guest address:") && l.ends_with("10.77.0.100")));
+        assert!(!text.contains("fenced"), "{text}");
+    }
+
+    #[test]
+    fn vm_details_show_why_a_vm_was_fenced() {
+        let mut v = vm("db-1", VmPowerState::Crashed, None);
+        v.fenced = Some("lease not renewed for 7000 ms".into());
+        let text = vm_details(&v, &[], 0);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("fenced:") && l.ends_with("lease not renewed for 7000 ms")),
+            "{text}"
+        );
     }
 
     #[test]

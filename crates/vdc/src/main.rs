@@ -2,7 +2,8 @@
 //!
 //! - `vdc server` runs the control plane, `vdc agent` a host's agent and
 //!   `vdc lab` a whole cluster on this machine; their arguments and code live
-//!   in the crates that implement them.
+//!   in the crates that implement them. `vdc vm-supervisor` (hidden) is the
+//!   process the agent keeps beside each VM's QEMU (`vdc-supervisor`).
 //! - Every other subcommand is a client of the REST API (`vdc vm create`,
 //!   `vdc host list`…): it prints tables for people or the API's JSON for
 //!   scripts, waits for tasks with a progress bar, and exits with a code that
@@ -78,6 +79,12 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(|e| CliError::Process(e.into()))
         }
         Command::Lab(args) => vdc_lab::run(*args).await.map_err(CliError::Process),
+        Command::VmSupervisor(args) => {
+            init_tracing();
+            vdc_supervisor::run(*args)
+                .await
+                .map_err(|e| CliError::Process(e.into()))
+        }
         command => {
             let client = vdc_client::Client::from_env()?;
             let ctx = Ctx {

@@ -400,10 +400,12 @@ impl Cluster {
     async fn vm_view(&self, rec: VmRecord) -> Vm {
         let mut guest = rec.guest.clone();
         let mut stats = None;
+        let mut fenced = None;
         if let Some(h) = &rec.owner {
             if let Some(rt) = self.runtime(h, &rec.config.id).await {
                 guest.last_heartbeat_ms = rt.guest.last_heartbeat_ms;
                 stats = rt.stats;
+                fenced = rt.fenced.filter(|_| !rec.state.has_process());
             }
         }
         let actions = lifecycle::allowed_actions(&rec.now());
@@ -428,6 +430,7 @@ impl Cluster {
             created_ms: c.created_ms,
             machine_type: c.machine_type,
             cpu_model: c.cpu_model,
+            fenced,
         }
     }
 

@@ -131,5 +131,6 @@ pub fn runtime(name: &str, state: VmPowerState, guest: GuestInfo) -> VmRuntime {
         guest,
         stats: None,
         since_ms: now_ms(),
+        fenced: None,
     }
 }
