@@ -415,8 +415,15 @@ impl Cluster {
         match r {
             Ok(rt) => self.set_runtime(name, &rt, None).await,
             Err(e) if e.code == ErrorCode::HostUnavailable => {
-                // The job may still run there: the host's next reports (or
-                // the host monitor) decide the VM's state.
+                // The job may still run there. Until the host's next
+                // reports (or the host monitor) say otherwise, the VM is
+                // what its host last reported: the state before the action,
+                // never an operation's state with no operation in flight.
+                if let Some(s) = undo {
+                    if let Err(b) = self.set_state(name, s, None).await {
+                        tracing::warn!(vm = %name, error = %b, "cannot record the VM's state after an unanswered {}", call.path());
+                    }
+                }
                 Err(e)
             }
             Err(e) => {
