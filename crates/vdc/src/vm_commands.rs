@@ -1,0 +1,315 @@
+//! `vdc vm …`: create, list, show, power actions and delete.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use vdc_types::api::{CreateVmRequest, DiskRequest, ShutdownVmRequest, StartVmRequest};
+use vdc_types::{now_ms, Datastore, Task, Vm, VmAction, VmOperation};
+
+use crate::cli::{VmCmd, VmCreateArgs, WaitArgs};
+use crate::console::ConsoleArgs;
+use crate::error::CliError;
+use crate::format::{age, bytes, key_values, mib, or_dash, utc_time, Table};
+use crate::wait::wait_task;
+
+use crate::commands::*;
+
+pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
+    match cmd {
+        VmCmd::Create(a) => vm_create(ctx, a).await,
+        VmCmd::List => vm_list(ctx).await,
+        VmCmd::Show { name } => vm_show(ctx, &name).await,
+        VmCmd::Start { name, host, wait } => {
+            let body = serde_json::to_value(StartVmRequest { host }).map_err(CliError::Json)?;
+            vm_action(ctx, &name, VmAction::Start, body, wait).await
+        }
+        VmCmd::Stop(a) => vm_action(ctx, &a.name, VmAction::Stop, empty(), a.wait).await,
+        VmCmd::Shutdown {
+            name,
+            timeout,
+            wait,
+        } => {
+            let body = serde_json::to_value(ShutdownVmRequest { timeout_s: timeout })
+                .map_err(CliError::Json)?;
+            vm_action(ctx, &name, VmAction::Shutdown, body, wait).await
+        }
+        VmCmd::Reset(a) => vm_action(ctx, &a.name, VmAction::Reset, empty(), a.wait).await,
+        VmCmd::Pause(a) => vm_action(ctx, &a.name, VmAction::Pause, empty(), a.wait).await,
+        VmCmd::Suspend(a) => vm_action(ctx, &a.name, VmAction::Suspend, empty(), a.wait).await,
+        VmCmd::Resume(a) => vm_action(ctx, &a.name, VmAction::Resume, empty(), a.wait).await,
+        VmCmd::Delete { name, yes, wait } => vm_delete(ctx, &name, yes, wait).await,
+        VmCmd::Console {
+            name,
+            bytes,
+            follow,
+            send,
+            wait,
+        } => {
+            let args = ConsoleArgs {
+                name,
+                bytes,
+                follow,
+                send,
+                wait,
+            };
+            crate::console::run(ctx, args).await
+        }
+    }
+}
+
+pub(crate) fn empty() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+async fn vm_create(ctx: &Ctx, a: VmCreateArgs) -> Result<(), CliError> {
+    check_name("VM", &a.name)?;
+    let req = CreateVmRequest {
+        name: a.name.clone(),
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        template: a.template,
+        linked_clone: a.linked,
+        disk_gib: a.disk_gib,
+        datastore: a.datastore,
+        network: a.network,
+        host: a.host,
+        start: a.start,
+        disks: a
+            .data_disks
+            .iter()
+            .map(|&size_gib| DiskRequest {
+                size_gib,
+                ..DiskRequest::default()
+            })
+            .collect(),
+    };
+    let task = ctx.client.create_vm(&req).await?;
+    finish_vm_task(ctx, &a.name, task, a.wait).await
+}
+
+async fn vm_action(
+    ctx: &Ctx,
+    name: &str,
+    action: VmAction,
+    body: serde_json::Value,
+    wait: WaitArgs,
+) -> Result<(), CliError> {
+    let task = ctx.client.vm_action(name, action, body).await?;
+    finish_vm_task(ctx, name, task, wait).await
+}
+
+/// Waits for a VM task, then prints the VM as it is now.
+async fn finish_vm_task(ctx: &Ctx, name: &str, task: Task, wait: WaitArgs) -> Result<(), CliError> {
+    if wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    let started = std::time::Instant::now();
+    wait_task(&ctx.client, &task, wait.timeout()).await?;
+    let mut vm = ctx.client.get_vm(name).await?;
+    if wait.wait_ready {
+        while vm.state.has_process() && !vm.guest.ready {
+            if started.elapsed() >= wait.timeout() {
+                return Err(CliError::Client(vdc_client::ClientError::Timeout(
+                    wait.timeout(),
+                    format!("the guest of VM '{name}' to report ready"),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            vm = ctx.client.get_vm(name).await?;
+        }
+    }
+    if ctx.json() {
+        out_json(&vm)
+    } else {
+        out(&vm_table(std::slice::from_ref(&vm)))
+    }
+}
+
+async fn vm_list(ctx: &Ctx) -> Result<(), CliError> {
+    let mut vms = ctx.client.list_vms().await?;
+    if ctx.json() {
+        return out_json(&vms);
+    }
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    out(&vm_table(&vms))
+}
+
+/// `vm list` as a table.
+pub fn vm_table(vms: &[Vm]) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "OWNER",
+        "OPERATION",
+        "CPUS",
+        "MEMORY",
+        "IP",
+        "READY",
+    ]);
+    for v in vms {
+        t.row(vec![
+            v.name.clone(),
+            v.state.as_str().to_string(),
+            or_dash(v.owner.as_deref()),
+            v.operation
+                .as_ref()
+                .map(|o| operation_word(&o.operation))
+                .unwrap_or_else(|| "-".to_string()),
+            v.cpus.to_string(),
+            mib(v.memory_mib),
+            or_dash(v.guest.address.as_deref()),
+            if v.guest.ready { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// An operation in one word for a table cell (`migrating→host-2`).
+pub fn operation_word(op: &VmOperation) -> String {
+    match op.target() {
+        Some(t) => format!("{}→{t}", op.as_str()),
+        None => op.as_str().to_string(),
+    }
+}
+
+async fn vm_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
+    let vm = ctx.client.get_vm(name).await?;
+    if ctx.json() {
+        return out_json(&vm);
+    }
+    // The disks' cache mode is their datastore's; without the list the
+    // details go without it.
+    let datastores = ctx.client.list_datastores().await.unwrap_or_default();
+    out(&vm_details(&vm, &datastores, now_ms()))
+}
+
+/// `vm show` as `key: value` lines; `datastores` give each disk's cache
+/// mode.
+pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
+    let mut pairs: Vec<(&str, String)> = vec![
+        ("name", v.name.clone()),
+        ("id", v.id.clone()),
+        ("state", v.state.as_str().to_string()),
+        ("owner", or_dash(v.owner.as_deref())),
+        ("target", or_dash(v.target.as_deref())),
+        (
+            "operation",
+            v.operation
+                .as_ref()
+                .map(|o| match &o.task {
+                    Some(t) => format!("{} (task {t})", o.operation),
+                    None => o.operation.to_string(),
+                })
+                .unwrap_or_else(|| "-".to_string()),
+        ),
+        (
+            "actions",
+            if v.actions.is_empty() {
+                "-".to_string()
+            } else {
+                let names: Vec<&str> = v.actions.iter().map(|a| a.as_str()).collect();
+                names.join(", ")
+            },
+        ),
+        ("cpus", v.cpus.to_string()),
+        ("memory", mib(v.memory_mib)),
+        ("machine", v.machine_type.clone()),
+        ("cpu model", v.cpu_model.clone()),
+        ("datastore", v.datastore.clone()),
+        ("template", or_dash(v.template.as_deref())),
+    ];
+    if let Some(reason) = &v.fenced {
+        pairs.push(("fenced", reason.clone()));
+    }
+    for d in &v.disks {
+        let cache = datastores
+            .iter()
+            .find(|ds| ds.name == d.datastore)
+            .map(|ds| format!(", cache {}", ds.cache_mode))
+            .unwrap_or_default();
+        pairs.push((
+            "disk",
+            format!(
+                "{} {}:{} ({}{cache})",
+                d.name,
+                d.datastore,
+                d.path,
+                bytes(d.size_bytes)
+            ),
+        ));
+    }
+    for n in &v.nics {
+        pairs.push((
+            "nic",
+            format!(
+                "{} {} ip {} gw {}",
+                n.network,
+                n.mac,
+                or_dash(n.ip.as_deref()),
+                or_dash(n.gateway.as_deref())
+            ),
+        ));
+    }
+    let g = &v.guest;
+    pairs.push((
+        "guest ready",
+        if g.ready { "yes" } else { "no" }.to_string(),
+    ));
+    pairs.push(("guest hostname", or_dash(g.hostname.as_deref())));
+    pairs.push(("guest address", or_dash(g.address.as_deref())));
+    pairs.push(("guest boot id", or_dash(g.boot_id.as_deref())));
+    pairs.push((
+        "guest heartbeat",
+        g.last_heartbeat_ms
+            .map(|t| format!("{} ago", age(t, now)))
+            .unwrap_or_else(|| "-".to_string()),
+    ));
+    if let Some(s) = &v.stats {
+        pairs.push((
+            "usage",
+            format!("cpu {:.0}%, rss {}", s.cpu_percent, bytes(s.rss_bytes)),
+        ));
+    }
+    pairs.push(("created", utc_time(v.created_ms)));
+    key_values(&pairs)
+}
+
+async fn vm_delete(ctx: &Ctx, name: &str, yes: bool, wait: WaitArgs) -> Result<(), CliError> {
+    if !yes && !confirm(&format!("Delete VM '{name}' and its disks? [y/N] "))? {
+        return Err(CliError::Usage(if std::io::stdin().is_terminal() {
+            format!("VM '{name}' was not deleted")
+        } else {
+            format!("refusing to delete VM '{name}' without confirmation; pass --yes")
+        }));
+    }
+    let task = ctx.client.delete_vm(name).await?;
+    if wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    let done = wait_task(&ctx.client, &task, wait.timeout()).await?;
+    if ctx.json() {
+        out_json(&done)
+    } else {
+        out(&format!("vm {name} deleted\n"))
+    }
+}
+
+/// Asks a yes/no question on the terminal; `false` when stdin is not one.
+fn confirm(question: &str) -> Result<bool, CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::Io("read the answer", e))?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+// ---- tasks ----
