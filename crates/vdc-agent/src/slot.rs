@@ -184,15 +184,31 @@ impl VmSlot {
             since_ms: rt.since_ms,
             taps,
         };
-        let res = serde_json::to_vec(&rec)
-            .map_err(std::io::Error::other)
-            .and_then(|b| {
-                std::fs::create_dir_all(&self.run_dir)?;
-                write_atomic(&self.run_dir.join(RUNTIME_STATE), &b)
-            });
+        let write = || {
+            serde_json::to_vec(&rec)
+                .map_err(std::io::Error::other)
+                .and_then(|b| {
+                    std::fs::create_dir_all(&self.run_dir)?;
+                    write_atomic(&self.run_dir.join(RUNTIME_STATE), &b)
+                })
+        };
+        let res = blocking_io(write);
         if let Err(e) = res {
             tracing::warn!(vm = %self.id, error = %e, "cannot record VM state in the state directory");
         }
+    }
+}
+
+/// Runs synchronous file I/O (an fsync can wait seconds behind a large
+/// write on the same filesystem, e.g. a suspend's state file) without
+/// holding a worker of a multi-threaded runtime: its other tasks (the
+/// reporter, the API) move to another thread meanwhile.
+pub(crate) fn blocking_io<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 

@@ -390,8 +390,17 @@ impl Vm {
             self.wait_migration(&mut events, "to file", &progress)
                 .await?;
             // QEMU wrote the file; make it durable before the process goes.
-            let f = std::fs::File::open(&state).map_err(QemuError::io("open", &state))?;
-            f.sync_all().map_err(QemuError::io("sync", &state))?;
+            // On a blocking thread: flushing the whole guest memory can take
+            // seconds on a busy disk, and must not hold a runtime worker.
+            let path = state.clone();
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&path)
+                    .map_err(QemuError::io("open", &path))?
+                    .sync_all()
+                    .map_err(QemuError::io("sync", &path))
+            })
+            .await
+            .map_err(|e| QemuError::io("sync", &state)(std::io::Error::other(e)))??;
             Ok(())
         }
         .await;
