@@ -128,7 +128,9 @@ async fn supervise(args: &SupervisorArgs, timing: LeaseTiming) -> Result<(), Sup
 
 /// Takes the lease; when re-attaching to a running QEMU, another host's
 /// lease means the VM was taken over meanwhile: refused at once, without
-/// watching it (that QEMU must stop now).
+/// watching it (that QEMU must stop now), unless that lease names this
+/// host as its successor (the destination of a live migration guarding
+/// the QEMU that just received the VM).
 async fn take_lease(
     args: &SupervisorArgs,
     io: &LeaseIo,
@@ -139,7 +141,7 @@ async fn take_lease(
     if args.qemu_pid.is_some() {
         let l = lock.clone();
         if let Some(current) = io.run(move || l.read()).await? {
-            if current.host != args.host {
+            if current.host != args.host && current.successor.as_deref() != Some(&args.host) {
                 return Err(DiskError::Locked {
                     holder_host: current.host,
                     generation: current.generation,
