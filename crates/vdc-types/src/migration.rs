@@ -35,6 +35,11 @@ pub struct MigrateRequest {
     /// memory is split between the two hosts.
     #[serde(default)]
     pub allow_postcopy: Option<bool>,
+    /// Bandwidth limit of this live migration's stream, MiB/s (default:
+    /// the server's; 0: unlimited).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1048576)]
+    pub bandwidth_mib_s: Option<u64>,
 }
 
 /// Which kind of move a migration request becomes, decided from the VM's

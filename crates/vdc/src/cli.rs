@@ -312,6 +312,10 @@ pub enum VmCmd {
         /// during post-copy is lost.
         #[arg(long, value_name = "BOOL")]
         allow_postcopy: Option<bool>,
+        /// Bandwidth limit of the stream, MiB/s (default: the server's; 0:
+        /// unlimited).
+        #[arg(long, value_name = "MIB_S")]
+        bandwidth: Option<u64>,
         /// Waiting behaviour (waits for the task by default).
         #[command(flatten)]
         wait: WaitArgs,

@@ -43,12 +43,14 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
             to,
             datastore,
             allow_postcopy,
+            bandwidth,
             wait,
         } => {
             let req = MigrateRequest {
                 to,
                 datastore,
                 allow_postcopy,
+                bandwidth_mib_s: bandwidth,
             };
             let task = ctx.client.migrate_vm(&name, &req).await?;
             finish_vm_task(ctx, &name, task, wait).await

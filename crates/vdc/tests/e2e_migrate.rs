@@ -259,15 +259,25 @@ async fn a_cancelled_or_broken_migration_leaves_the_guest_on_the_source() {
     }
     still_on_the_source(&lab, &vm, &ip, &boot).await;
 
-    // With the guest still dirtying memory, a migration converges by
-    // policy (post-copy allowed) and reports the steps it took.
-    let t = migrate(c, "mig-2", &to("host-2")).await;
+    // With the guest still dirtying memory faster than a 16 MiB/s stream
+    // carries it, pre-copy cannot converge: the policy switches to
+    // post-copy and the task reports the steps it took.
+    let slow = MigrateRequest {
+        to: Some("host-2".into()),
+        bandwidth_mib_s: Some(16),
+        ..Default::default()
+    };
+    let t = migrate(c, "mig-2", &slow).await;
     let report = t.migration.expect("report");
     assert!(
-        report.policy_steps.len() >= 2,
+        report
+            .policy_steps
+            .iter()
+            .any(|s| s.contains("post-copy started")),
         "policy steps: {:?}",
         report.policy_steps
     );
+    assert!(report.outcome.expect("outcome").postcopy);
     let v = c.get_vm("mig-2").await.unwrap();
     assert_eq!(v.owner.as_deref(), Some("host-2"));
     let (_, b, _) = identity(&lab, "host-3", &ip);
@@ -275,12 +285,12 @@ async fn a_cancelled_or_broken_migration_leaves_the_guest_on_the_source() {
     eprintln!("policy steps under load: {:?}", report.policy_steps);
 }
 
-/// Starts a loop in the guest's shell that rewrites 64 MiB of memory with
+/// Starts a loop in the guest's shell that rewrites 48 MiB of memory with
 /// non-zero data as fast as it can.
 async fn dirty_memory(c: &Client, name: &str) {
     c.console_input(
         name,
-        "mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm; dd if=/dev/urandom of=/dev/shm/src bs=1M count=64 2>/dev/null; (while true; do cp /dev/shm/src /dev/shm/dst; done) &\n",
+        "mkdir -p /dev/shm && mount -t tmpfs -o size=120m tmpfs /dev/shm; dd if=/dev/urandom of=/dev/shm/src bs=1M count=48 2>/dev/null; (while true; do cp /dev/shm/src /dev/shm/dst; done) &\n",
     )
     .await
     .expect("console input");
@@ -297,6 +307,12 @@ async fn wait_streaming(c: &Client, id: &str) {
     wait_until_async(VM_WAIT_TIMEOUT, "the migration to stream", || async {
         let t = c.get_task(id).await.ok()?;
         assert!(!t.state.is_final(), "the migration ended early: {t:?}");
+        eprintln!(
+            "migration task: {:?} {:?} {:?}",
+            t.state,
+            t.stage,
+            t.migration.as_ref().and_then(|m| m.progress.as_ref())
+        );
         let p = t.migration?.progress?;
         (p.bytes_sent > 0).then_some(())
     })

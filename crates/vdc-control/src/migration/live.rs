@@ -31,8 +31,8 @@ use serde_json::json;
 use vdc_sched::Demand;
 use vdc_types::job::{Job, JobKind, JobOp, JobRequest, JobResult, JobState};
 use vdc_types::migration::{
-    IncomingRequest, MigrateRequest, MigrationKind, MigrationOutcome, MigrationReport,
-    OutgoingRequest,
+    IncomingRequest, MigrateRequest, MigrationKind, MigrationOutcome, MigrationPolicy,
+    MigrationReport, OutgoingRequest,
 };
 use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams, VmAction};
 
@@ -85,9 +85,20 @@ impl Cluster {
         let target = self
             .pick_target(name, &rec, &source, req.to.as_deref())
             .await?;
-        let allow_postcopy = req
-            .allow_postcopy
-            .unwrap_or(self.migration_settings().policy.allow_postcopy);
+        let mut policy = self.migration_settings().policy;
+        if let Some(p) = req.allow_postcopy {
+            policy.allow_postcopy = p;
+        }
+        if let Some(b) = req.bandwidth_mib_s {
+            if b > 1 << 20 {
+                return Err(ApiError::invalid(format!(
+                    "bandwidth {b} MiB/s is more than {} MiB/s; use 0 for unlimited",
+                    1 << 20
+                )));
+            }
+            policy.max_bandwidth_mib_s = b;
+        }
+        let allow_postcopy = policy.allow_postcopy;
         let (_, step) = self
             .begin_operation(name, VmAction::Migrate, Some(&target))
             .await?;
@@ -105,10 +116,7 @@ impl Cluster {
             name,
             step.operation.task_kind(),
             Some(params),
-            move |ctx| async move {
-                me.live_body(&ctx, &n, &source, &target, allow_postcopy)
-                    .await
-            },
+            move |ctx| async move { me.live_body(&ctx, &n, &source, &target, policy).await },
         )
         .await
     }
@@ -172,9 +180,10 @@ impl Cluster {
         name: &str,
         source: &str,
         target: &str,
-        allow_postcopy: bool,
+        policy: MigrationPolicy,
     ) -> Result<(), ApiError> {
         let begun = Instant::now();
+        let allow_postcopy = policy.allow_postcopy;
         let mut report = MigrationReport {
             kind: Some(MigrationKind::Live),
             source: source.to_string(),
@@ -215,7 +224,7 @@ impl Cluster {
                 target,
                 &dst_url,
                 &in_id,
-                allow_postcopy,
+                policy,
                 &mut report,
             )
             .await;
@@ -388,7 +397,7 @@ impl Cluster {
         target: &str,
         dst_url: &str,
         in_id: &str,
-        allow_postcopy: bool,
+        policy: MigrationPolicy,
         report: &mut MigrationReport,
     ) -> Result<vdc_types::agent::VmRuntime, ApiError> {
         // 1. The destination listens.
@@ -411,8 +420,6 @@ impl Cluster {
         };
         ctx.progress(10, "sending memory").await;
         // 2. The source sends.
-        let mut policy = self.migration_settings().policy;
-        policy.allow_postcopy = allow_postcopy;
         let vm_id = self.record(name).await?.config.id;
         let outgoing = JobOp::MigrateOut {
             request: OutgoingRequest {
