@@ -107,7 +107,23 @@ pub fn create(plan: &LabPlan) -> Result<()> {
         ])?;
         ip(&["link", "set", &host.veth, "master", &plan.bridge])?;
         ip(&["link", "set", &host.veth, "up"])?;
-        ip_in(ns, &["link", "add", HOST_BRIDGE, "type", "bridge"])?;
+        // A fixed address: a bridge left to choose takes the lowest of its
+        // ports' addresses, so a VM's tap joining or leaving (a migration's
+        // destination) would change the host's address under its peers'
+        // ARP caches and cut host-to-host traffic for half a minute.
+        let mac = host_bridge_mac(&host.address);
+        ip_in(
+            ns,
+            &[
+                "link",
+                "add",
+                HOST_BRIDGE,
+                "address",
+                &mac,
+                "type",
+                "bridge",
+            ],
+        )?;
         ip_in(ns, &["link", "set", HOST_UPLINK, "master", HOST_BRIDGE])?;
         ip_in(ns, &["link", "set", HOST_UPLINK, "up"])?;
         let addr = format!("{}/24", host.address);
@@ -162,4 +178,11 @@ pub fn destroy(lab_id: &str, known_netns: &[String]) -> Vec<String> {
         failures.push(e.to_string());
     }
     failures
+}
+
+/// The fixed MAC address of a host's `vmbr0`: locally administered,
+/// derived from the host's address (unique in the lab's subnets).
+pub fn host_bridge_mac(address: &std::net::Ipv4Addr) -> String {
+    let o = address.octets();
+    format!("02:76:64:{:02x}:{:02x}:{:02x}", o[1], o[2], o[3])
 }

@@ -344,3 +344,74 @@ async fn still_on_the_source(lab: &TestLab, vm: &Vm, ip: &str, boot: &str) {
         gone.then_some(())
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_the_limit_a_migration_waits_its_turn() {
+    // The server reads its limits from its flags or environment; the lab
+    // starts it with this process's environment.
+    std::env::set_var("VDC_MIGRATIONS_PER_CLUSTER", "2");
+    let lab = TestLab::start(3).await;
+    std::env::remove_var("VDC_MIGRATIONS_PER_CLUSTER");
+    let c = &lab.client;
+    let moves = [
+        ("lim-1", "host-1", "host-2"),
+        ("lim-2", "host-2", "host-3"),
+        ("lim-3", "host-3", "host-1"),
+    ];
+    for (name, from, _) in moves {
+        create(&lab, name, from, 128).await;
+    }
+    // Slow streams, so that the first two are still running when the
+    // third is asked.
+    let mut tasks = Vec::new();
+    for (name, _, dest) in moves {
+        let req = MigrateRequest {
+            to: Some(dest.into()),
+            bandwidth_mib_s: Some(8),
+            ..Default::default()
+        };
+        tasks.push(c.migrate_vm(name, &req).await.expect("accepted"));
+    }
+    let third = wait_until_async(VM_WAIT_TIMEOUT, "the third migration to wait", || async {
+        let t = c.get_task(&tasks[2].id).await.ok()?;
+        (t.state == TaskState::Queued).then_some(t)
+    })
+    .await;
+    assert!(
+        third
+            .stage
+            .as_deref()
+            .unwrap_or("")
+            .contains("waiting for a migration slot"),
+        "{third:?}"
+    );
+    for t in &tasks[..2] {
+        let t = c.get_task(&t.id).await.unwrap();
+        assert!(
+            !t.state.is_final(),
+            "a first migration ended before the third was seen waiting: {t:?}"
+        );
+    }
+    // All three complete; the third only after one of the first two.
+    let mut ended = Vec::new();
+    for t in &tasks {
+        match c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await {
+            Ok(t) => ended.push(t),
+            Err(e) => panic!("migration failed: {e}"),
+        }
+    }
+    let first_end = ended[..2]
+        .iter()
+        .filter_map(|t| t.finished_ms)
+        .min()
+        .expect("finish times");
+    let third_sent = ended[2].journal.as_ref().expect("journal").steps[0].at_ms;
+    assert!(
+        third_sent >= first_end,
+        "the third began ({third_sent}) before a slot freed ({first_end})"
+    );
+    for (name, _, dest) in moves {
+        let v = c.get_vm(name).await.unwrap();
+        assert_eq!(v.owner.as_deref(), Some(dest), "{name}");
+    }
+}
