@@ -1,0 +1,112 @@
+//! Every refusal of a migration request, each a clear 4xx with nothing
+//! changed: the hosts are reports as their agents send them, the VM a
+//! record as the create operation writes it. (The moves themselves are
+//! proven on real guests in `crates/vdc/tests/e2e_migrate.rs`.)
+
+mod common;
+
+use common::{memory_store, put_vm, report, runtime, TOKEN};
+use vdc_control::Cluster;
+use vdc_types::migration::MigrateRequest;
+use vdc_types::{ApiError, ErrorCode, GuestInfo, VmPowerState};
+
+fn to(host: &str) -> MigrateRequest {
+    MigrateRequest {
+        to: Some(host.into()),
+        ..Default::default()
+    }
+}
+
+async fn refused(cluster: &std::sync::Arc<Cluster>, vm: &str, req: MigrateRequest) -> ApiError {
+    let e = cluster
+        .migrate_vm(vm, req)
+        .await
+        .expect_err("the migration is refused");
+    let v = cluster.get_vm(vm).await.expect("the VM");
+    assert!(v.operation.is_none(), "a refusal changed the VM: {v:?}");
+    assert!(
+        cluster.tasks.list().await.unwrap().is_empty(),
+        "a task was made"
+    );
+    e
+}
+
+#[tokio::test]
+async fn refusals_say_what_is_wrong_and_change_nothing() {
+    let store = memory_store().await;
+    put_vm(&store, "web", VmPowerState::Running, Some("host-1")).await;
+    put_vm(&store, "off", VmPowerState::Stopped, Some("host-1")).await;
+    let cluster = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("open");
+    let running = runtime("web", VmPowerState::Running, GuestInfo::default());
+    let stopped = runtime("off", VmPowerState::Stopped, GuestInfo::default());
+    cluster
+        .ingest_report(report("host-1", vec![running, stopped]))
+        .await
+        .unwrap();
+    // host-2 has no room for a 256 MiB guest (+ QEMU's overhead).
+    let mut small = report("host-2", vec![]);
+    small.memory_free_mib = 200;
+    cluster.ingest_report(small).await.unwrap();
+    // host-3 does not reach the shared datastore holding the VM.
+    let mut far = report("host-3", vec![]);
+    far.datastores.retain(|d| d.name != "shared");
+    cluster.ingest_report(far).await.unwrap();
+
+    let e = refused(&cluster, "web", to("nowhere")).await;
+    assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+    assert!(e.message.contains("nowhere"), "{}", e.message);
+
+    let e = refused(&cluster, "web", to("host-1")).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput);
+    assert!(
+        e.message.contains("already runs on host 'host-1'"),
+        "{}",
+        e.message
+    );
+
+    let e = refused(&cluster, "web", to("host-2")).await;
+    assert_eq!(e.code, ErrorCode::InsufficientCapacity, "{e:?}");
+    assert!(
+        e.message.contains("host 'host-2' cannot take VM 'web'"),
+        "{}",
+        e.message
+    );
+
+    let e = refused(&cluster, "web", to("host-3")).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
+    assert!(e.message.contains("shared"), "{}", e.message);
+
+    // Without a destination, placement finds none of them fit.
+    let e = refused(&cluster, "web", MigrateRequest::default()).await;
+    assert!(
+        e.message.contains("no other host can take VM 'web'"),
+        "{}",
+        e.message
+    );
+
+    let e = refused(&cluster, "web", to("bad name!")).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput);
+
+    // A stopped VM is not migrated live: cold migration is its own kind.
+    let e = refused(&cluster, "off", to("host-3")).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput);
+    assert!(e.message.contains("cold migration"), "{}", e.message);
+
+    // A host that stopped reporting is not a destination.
+    cluster.spawn_monitor();
+    common::eventually(
+        "host-3 to be disconnected",
+        std::time::Duration::from_secs(30),
+        || async {
+            match cluster.get_host("host-3").await {
+                Ok(h) if h.state == vdc_types::HostState::Disconnected => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let e = refused(&cluster, "web", to("host-3")).await;
+    assert_eq!(e.code, ErrorCode::HostUnavailable, "{e:?}");
+}

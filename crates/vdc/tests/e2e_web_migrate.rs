@@ -1,0 +1,133 @@
+//! The web page's Migrate action in a real headless Chromium: a host
+//! picked in the VM's row, the move started from the page, its progress
+//! and outcome shown, checked against the API.
+
+use std::time::Duration;
+
+use vdc_test_infra::webdriver::{Browser, WebDriverError};
+use vdc_test_infra::{error_chain, wait_vm, TestLab};
+use vdc_types::api::CreateVmRequest;
+use vdc_types::VmPowerState;
+
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+const TASK_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Columns of the VM table and of the task table.
+const NAME: usize = 0;
+const STATE: usize = 1;
+const OWNER: usize = 2;
+const TASK_KIND: usize = 0;
+const TASK_STATE: usize = 2;
+const TASK_MIGRATION: usize = 6;
+
+fn cell(row: &[String], i: usize) -> &str {
+    row.get(i).map(String::as_str).unwrap_or_default()
+}
+
+fn page<T>(step: &str, r: Result<T, WebDriverError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{step}: {}", error_chain(&e)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_migrates_a_vm_to_the_host_picked() {
+    let lab = TestLab::builder(2)
+        .vdc_binary(env!("CARGO_BIN_EXE_vdc"))
+        .start()
+        .await;
+    let c = &lab.client;
+    let t = c
+        .create_vm(&CreateVmRequest {
+            name: "web-mig".into(),
+            template: Some("debian-busybox".into()),
+            memory_mib: Some(128),
+            host: Some("host-1".into()),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create accepted");
+    c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("created");
+    wait_vm(c, "web-mig", |v| v.state == VmPowerState::Running).await;
+
+    let browser = match Browser::start().await {
+        Ok(b) => b,
+        Err(e) => panic!("starting headless Chromium: {}", error_chain(&e)),
+    };
+    let token = std::fs::read_to_string(&lab.info.token_file).expect("the lab's token file");
+    page(
+        "opening the page",
+        browser
+            .goto(&format!("{}/#token={}", lab.info.api_url, token.trim()))
+            .await,
+    );
+    page(
+        "web-mig running on host-1",
+        browser
+            .wait_row("#vms tbody tr", PAGE_TIMEOUT, |r| {
+                cell(r, NAME) == "web-mig"
+                    && cell(r, STATE) == "running"
+                    && cell(r, OWNER) == "host-1"
+            })
+            .await,
+    );
+    // Pick host-2 in the row's host picker, then Migrate.
+    page(
+        "picking host-2",
+        browser
+            .click_css(
+                r#"#vms tr[data-vm="web-mig"] select[data-migrate-to="web-mig"] option[value="host-2"]"#,
+                PAGE_TIMEOUT,
+            )
+            .await,
+    );
+    page(
+        "clicking migrate",
+        browser
+            .click_css(
+                r#"#vms tr[data-vm="web-mig"] button[data-action="migrate"]"#,
+                PAGE_TIMEOUT,
+            )
+            .await,
+    );
+    page(
+        "web-mig running on host-2 in the VM table",
+        browser
+            .wait_row("#vms tbody tr", TASK_TIMEOUT, |r| {
+                cell(r, NAME) == "web-mig"
+                    && cell(r, STATE) == "running"
+                    && cell(r, OWNER) == "host-2"
+            })
+            .await,
+    );
+    let row = page(
+        "the migration task with its figures",
+        browser
+            .wait_row("#tasks tbody tr", PAGE_TIMEOUT, |r| {
+                cell(r, TASK_KIND) == "vm.migrate"
+                    && cell(r, TASK_STATE) == "succeeded"
+                    && cell(r, TASK_MIGRATION).contains("downtime")
+            })
+            .await,
+    );
+    assert!(
+        cell(&row, TASK_MIGRATION).contains("host-1 \u{2192} host-2"),
+        "{row:?}"
+    );
+    assert!(cell(&row, TASK_MIGRATION).contains("policy:"), "{row:?}");
+    let v = c.get_vm("web-mig").await.unwrap();
+    assert_eq!(v.owner.as_deref(), Some("host-2"));
+    page(
+        "the vm.migrated event on the page",
+        browser
+            .wait_text("#events", PAGE_TIMEOUT, |t| {
+                t.lines()
+                    .any(|l| l.contains("vm.migrated") && l.contains("web-mig"))
+            })
+            .await,
+    );
+}
