@@ -45,7 +45,7 @@ use crate::record::vm_key;
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
 
-fn placement_err(e: PlacementError) -> ApiError {
+pub(crate) fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,

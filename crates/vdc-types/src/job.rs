@@ -41,6 +41,10 @@ pub enum JobKind {
     Suspend,
     /// Copy an image into a datastore.
     ImportImage,
+    /// Receive a live migration (destination).
+    MigrateIn,
+    /// Send a live migration (source).
+    MigrateOut,
 }
 
 impl std::fmt::Display for JobKind {
@@ -51,6 +55,8 @@ impl std::fmt::Display for JobKind {
             JobKind::Shutdown => "shutdown",
             JobKind::Suspend => "suspend",
             JobKind::ImportImage => "image import",
+            JobKind::MigrateIn => "incoming migration",
+            JobKind::MigrateOut => "outgoing migration",
         })
     }
 }
@@ -86,6 +92,16 @@ pub enum JobOp {
         /// The request of `POST /agent/v1/images/import`.
         request: ImportImageRequest,
     },
+    /// See [`JobKind::MigrateIn`].
+    MigrateIn {
+        /// What to receive.
+        request: crate::migration::IncomingRequest,
+    },
+    /// See [`JobKind::MigrateOut`].
+    MigrateOut {
+        /// What to send, where, and how.
+        request: crate::migration::OutgoingRequest,
+    },
 }
 
 impl JobOp {
@@ -97,6 +113,8 @@ impl JobOp {
             JobOp::Shutdown { .. } => JobKind::Shutdown,
             JobOp::Suspend { .. } => JobKind::Suspend,
             JobOp::ImportImage { .. } => JobKind::ImportImage,
+            JobOp::MigrateIn { .. } => JobKind::MigrateIn,
+            JobOp::MigrateOut { .. } => JobKind::MigrateOut,
         }
     }
 
@@ -107,6 +125,8 @@ impl JobOp {
             JobOp::Start { request } => Some(&request.config.id),
             JobOp::Shutdown { vm_id, .. } | JobOp::Suspend { vm_id } => Some(vm_id),
             JobOp::ImportImage { .. } => None,
+            JobOp::MigrateIn { request } => Some(&request.config.id),
+            JobOp::MigrateOut { request } => Some(&request.vm_id),
         }
     }
 }
@@ -162,6 +182,8 @@ pub enum JobResult {
     Vm(VmRuntime),
     /// The imported image.
     Image(ImportImageResponse),
+    /// A migration sent (the source's job).
+    Migration(crate::migration::MigrationJobInfo),
 }
 
 /// A job as the agent reports it.
@@ -194,6 +216,9 @@ pub struct Job {
     /// End time (agent clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<UnixMillis>,
+    /// A migration job's figures while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::migration::MigrationJobInfo>,
 }
 
 /// Checks an operation id: 1–[`MAX_OPERATION_ID_LEN`] characters of

@@ -15,8 +15,11 @@
 //! ([`crate::lifecycle::decide`], operation `migrating {source, target}`).
 
 mod cold;
+pub mod limits;
 mod live;
 mod storage;
+
+pub use limits::MigrationSettings;
 
 use std::sync::Arc;
 
