@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use crate::agent::{
     AgentStartRequest, ImportImageRequest, ImportImageResponse, ProvisionVmRequest, VmRuntime,
 };
+use crate::transfer::{MirrorDisksRequest, ReceiveVmRequest};
 use crate::{ApiError, UnixMillis};
 
 /// Longest operation id an agent accepts.
@@ -41,6 +42,10 @@ pub enum JobKind {
     Suspend,
     /// Copy an image into a datastore.
     ImportImage,
+    /// Storage migration of a running VM's disks to another datastore.
+    MirrorDisks,
+    /// Copy a stopped or suspended VM's files from another host's export.
+    ReceiveVm,
 }
 
 impl std::fmt::Display for JobKind {
@@ -51,6 +56,8 @@ impl std::fmt::Display for JobKind {
             JobKind::Shutdown => "shutdown",
             JobKind::Suspend => "suspend",
             JobKind::ImportImage => "image import",
+            JobKind::MirrorDisks => "disk mirror",
+            JobKind::ReceiveVm => "VM copy",
         })
     }
 }
@@ -86,6 +93,16 @@ pub enum JobOp {
         /// The request of `POST /agent/v1/images/import`.
         request: ImportImageRequest,
     },
+    /// See [`JobKind::MirrorDisks`].
+    MirrorDisks {
+        /// Which VM, and where its disks go.
+        request: MirrorDisksRequest,
+    },
+    /// See [`JobKind::ReceiveVm`].
+    ReceiveVm {
+        /// What to copy from where.
+        request: ReceiveVmRequest,
+    },
 }
 
 impl JobOp {
@@ -97,6 +114,8 @@ impl JobOp {
             JobOp::Shutdown { .. } => JobKind::Shutdown,
             JobOp::Suspend { .. } => JobKind::Suspend,
             JobOp::ImportImage { .. } => JobKind::ImportImage,
+            JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
+            JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
         }
     }
 
@@ -107,6 +126,8 @@ impl JobOp {
             JobOp::Start { request } => Some(&request.config.id),
             JobOp::Shutdown { vm_id, .. } | JobOp::Suspend { vm_id } => Some(vm_id),
             JobOp::ImportImage { .. } => None,
+            JobOp::MirrorDisks { request } => Some(&request.config.id),
+            JobOp::ReceiveVm { request } => Some(&request.config.id),
         }
     }
 }
@@ -162,6 +183,8 @@ pub enum JobResult {
     Vm(VmRuntime),
     /// The imported image.
     Image(ImportImageResponse),
+    /// The VM's configuration after the operation (a storage migration).
+    Config(crate::vm::VmConfig),
 }
 
 /// A job as the agent reports it.

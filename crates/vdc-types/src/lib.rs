@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod names;
 pub mod task;
+pub mod transfer;
 pub mod vm;
 
 pub use error::{ApiError, ErrorCode};
