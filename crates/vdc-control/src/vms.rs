@@ -49,6 +49,7 @@ fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
+        PlacementError::Unavailable(_) => ErrorCode::InvalidState,
         _ => ErrorCode::InsufficientCapacity,
     };
     ApiError::new(code, e.to_string())
