@@ -34,6 +34,7 @@ pub mod ownership;
 pub mod record;
 pub mod resume;
 pub mod tasks;
+pub mod maintenance;
 mod moves;
 mod templates;
 mod undo;

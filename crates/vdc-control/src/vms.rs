@@ -275,6 +275,7 @@ impl Cluster {
                 .iter()
                 .find(|c| &c.name == h)
                 .ok_or_else(|| ApiError::not_found("Host", h))?;
+            self.check_placeable(h).await?;
             if !cap.available {
                 return Err(ApiError::new(
                     ErrorCode::HostUnavailable,

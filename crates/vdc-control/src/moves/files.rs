@@ -256,9 +256,4 @@ impl Cluster {
             )
         })
     }
-
-    /// Whether new VMs may be placed on `host` (not in maintenance).
-    pub(crate) async fn check_placeable(&self, _host: &str) -> Result<(), ApiError> {
-        Ok(())
-    }
 }
