@@ -118,10 +118,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
     // Read by another agent with the export's one-time token, not the
     // server credential (see `transfer`).
     let exports = Router::new()
-        .route(
-            "/agent/v1/exports/{id}/files/{name}",
-            get(export_file),
-        )
+        .route("/agent/v1/exports/{id}/files/{name}", get(export_file))
         .with_state(agent);
     exports.merge(authed)
 }
@@ -378,10 +375,8 @@ async fn export_file(
         .await
         .map_err(|e| Failure(crate::error::host_error("cannot read a file's size", &e)))?
         .len();
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file,
-        1 << 20,
-    ));
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),

@@ -258,7 +258,11 @@ impl Agent {
             JobOp::ReceiveVm { request } => {
                 cell.progress(1, "copying the VM's files");
                 let progress = |done: u64, total: u64| {
-                    let p = if total == 0 { 0 } else { done.min(total) * 95 / total };
+                    let p = if total == 0 {
+                        0
+                    } else {
+                        done.min(total) * 95 / total
+                    };
                     cell.progress(p as u8, "copying the VM's files");
                 };
                 self.receive_vm(request, &cell.cancel, progress).await

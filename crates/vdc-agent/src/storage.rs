@@ -91,9 +91,8 @@ impl Agent {
             }
             let made_dir = match dir {
                 Some(d) if !d.exists() => {
-                    std::fs::create_dir_all(&d).map_err(|e| {
-                        host_error(format!("cannot create {}", d.display()), &e)
-                    })?;
+                    std::fs::create_dir_all(&d)
+                        .map_err(|e| host_error(format!("cannot create {}", d.display()), &e))?;
                     Some(d)
                 }
                 _ => None,
@@ -113,8 +112,16 @@ impl Agent {
                 .virtual_size;
             qemu_img::create_qcow2(&new_path, virtual_size)
                 .await
-                .map_err(|e| undo(disk_error(format!("cannot create the new image of disk '{}'", old_disk.name), e)))?;
-            let stage = format!("mirroring disk '{}' to datastore '{}'", old_disk.name, new_disk.datastore);
+                .map_err(|e| {
+                    undo(disk_error(
+                        format!("cannot create the new image of disk '{}'", old_disk.name),
+                        e,
+                    ))
+                })?;
+            let stage = format!(
+                "mirroring disk '{}' to datastore '{}'",
+                old_disk.name, new_disk.datastore
+            );
             progress((i * 100 / count) as u8, &stage);
             let mirrored = vm
                 .mirror_disk(
@@ -122,7 +129,11 @@ impl Agent {
                     &new_path,
                     target_ds.cache,
                     |p| {
-                        let part = if p.total == 0 { 0 } else { p.done.min(p.total) * 95 / p.total };
+                        let part = if p.total == 0 {
+                            0
+                        } else {
+                            p.done.min(p.total) * 95 / p.total
+                        };
                         progress(((i as u64 * 100 + part) / count as u64) as u8, &stage);
                     },
                     cancel.cancelled(),
@@ -142,9 +153,11 @@ impl Agent {
             }
             let layout = self.layout(&now)?;
             let (vm_dir, to_save) = (layout.vm_dir.clone(), now.clone());
-            let saved = datastore_io("cannot write vm.json", move || vm_dir.write_config(&to_save))
-                .await
-                .and_then(|r| r.map_err(|e| disk_error("cannot write vm.json", e)));
+            let saved = datastore_io("cannot write vm.json", move || {
+                vm_dir.write_config(&to_save)
+            })
+            .await
+            .and_then(|r| r.map_err(|e| disk_error("cannot write vm.json", e)));
             if let Err(e) = saved {
                 tracing::warn!(vm = %now.name, error = %e.message, "the VM runs on its new image, but vm.json still names the old one");
             }

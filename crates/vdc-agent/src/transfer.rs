@@ -319,7 +319,12 @@ async fn fetch(
         .bearer_auth(token)
         .send()
         .await
-        .map_err(|e| host_error(format!("cannot read '{}' from the source host", file.name), &e))?;
+        .map_err(|e| {
+            host_error(
+                format!("cannot read '{}' from the source host", file.name),
+                &e,
+            )
+        })?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -335,8 +340,8 @@ async fn fetch(
     let mut got = 0u64;
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| host_error(format!("the copy of '{}' broke off", file.name), &e))?;
+        let chunk =
+            chunk.map_err(|e| host_error(format!("the copy of '{}' broke off", file.name), &e))?;
         hash.update(&chunk);
         got += chunk.len() as u64;
         out.write_all(&chunk)
@@ -442,7 +447,11 @@ mod tests {
             "op-1".into(),
             Export {
                 token: SecretHash::of("0123456789abcdef"),
-                files: [("disk.disk0".to_string(), PathBuf::from("/ds/vm/disk0.qcow2"))].into(),
+                files: [(
+                    "disk.disk0".to_string(),
+                    PathBuf::from("/ds/vm/disk0.qcow2"),
+                )]
+                .into(),
                 expires: Instant::now() + Duration::from_secs(60),
             },
         );
@@ -457,7 +466,9 @@ mod tests {
         let other = exports.file("op-1", "0123456789abcdef", "vm.lock");
         assert_eq!(other.expect_err("name").code, ErrorCode::NotFound);
         exports.close("op-1");
-        assert!(exports.file("op-1", "0123456789abcdef", "disk.disk0").is_err());
+        assert!(exports
+            .file("op-1", "0123456789abcdef", "disk.disk0")
+            .is_err());
     }
 
     #[test]

@@ -155,8 +155,14 @@ impl AgentClient {
         req: &vdc_types::transfer::ExportRequest,
     ) -> Result<vdc_types::transfer::ExportResponse, ApiError> {
         let u = format!("{url}/agent/v1/exports");
-        self.call(host, reqwest::Method::POST, u, Some(req), Duration::from_secs(300))
-            .await
+        self.call(
+            host,
+            reqwest::Method::POST,
+            u,
+            Some(req),
+            Duration::from_secs(300),
+        )
+        .await
     }
 
     /// Closes an export: its token stops working.

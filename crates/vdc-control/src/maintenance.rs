@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vdc_store::StoreExt;
 use vdc_sched::evacuate::{plan_evacuation, EvacuatedVm, Evacuation};
+use vdc_store::StoreExt;
 use vdc_types::{now_ms, ApiError, ErrorCode, Host, MaintenanceState, Task, TaskState};
 
 use crate::tasks::TaskCtx;
@@ -86,7 +86,12 @@ impl Cluster {
         self.get_host(host).await?;
         let running = self.maintenance_record(host).await?;
         if let Some(task) = running.as_ref().and_then(|r| r.task.clone()) {
-            if self.tasks.get(&task).await.is_ok_and(|t| !t.state.is_final()) {
+            if self
+                .tasks
+                .get(&task)
+                .await
+                .is_ok_and(|t| !t.state.is_final())
+            {
                 return Err(ApiError::invalid_state(format!(
                     "host '{host}' is already entering maintenance (task {task})"
                 )));
@@ -131,7 +136,12 @@ impl Cluster {
             )));
         };
         if let Some(task) = &rec.task {
-            if self.tasks.get(task).await.is_ok_and(|t| !t.state.is_final()) {
+            if self
+                .tasks
+                .get(task)
+                .await
+                .is_ok_and(|t| !t.state.is_final())
+            {
                 if let Err(e) = self.tasks.cancel(task).await {
                     tracing::warn!(host, task, error = %e, "cannot cancel the evacuation");
                 }
@@ -188,7 +198,10 @@ impl Cluster {
                 .await;
             let moved = match decision {
                 Evacuation::Stays { reason } => Err(reason),
-                Evacuation::Live { to } => self.run_move(ctx, &vm, self.live_move(&vm, &to).await).await,
+                Evacuation::Live { to } => {
+                    self.run_move(ctx, &vm, self.live_move(&vm, &to).await)
+                        .await
+                }
                 Evacuation::Ownership { to } | Evacuation::Cold { to } => {
                     let t = self.move_vm_files(&vm, Some(to), None).await;
                     self.run_move(ctx, &vm, t).await
@@ -229,14 +242,20 @@ impl Cluster {
             .publish(
                 "host.maintenance_entered",
                 host,
-                format!("host {host} is in maintenance; {} VM(s) could not move", stayed.len()),
+                format!(
+                    "host {host} is in maintenance; {} VM(s) could not move",
+                    stayed.len()
+                ),
                 json!({"host": host, "not_moved": left}),
             )
             .await;
         if stayed.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = stayed.iter().map(|(vm, why)| format!("{vm}: {why}")).collect();
+        let list: Vec<String> = stayed
+            .iter()
+            .map(|(vm, why)| format!("{vm}: {why}"))
+            .collect();
         Err(ApiError::new(
             ErrorCode::InvalidState,
             format!(
@@ -281,11 +300,13 @@ impl Cluster {
         }
     }
 
-    /// Starts the live migration of `vm` to `to`.
-    async fn live_move(self: &Arc<Self>, vm: &str, _to: &str) -> Result<Task, ApiError> {
-        Err(ApiError::invalid(format!(
-            "VM '{vm}' runs, and live migration is not available yet; stop or suspend it first"
-        )))
+    /// Starts the live migration of `vm` to `to` (the live migration flow).
+    async fn live_move(self: &Arc<Self>, vm: &str, to: &str) -> Result<Task, ApiError> {
+        let req = vdc_types::migration::MigrateRequest {
+            to: Some(to.to_string()),
+            ..Default::default()
+        };
+        self.migrate_vm(vm, req).await
     }
 }
 

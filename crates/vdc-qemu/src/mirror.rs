@@ -227,7 +227,9 @@ impl Vm {
             .map_err(QemuError::qmp("block-job-complete"))?;
         let end = self.wait_end(job, events).await?;
         match end {
-            Some(ev) if ev.name == "BLOCK_JOB_COMPLETED" && ev.data.get("error").is_none() => Ok(()),
+            Some(ev) if ev.name == "BLOCK_JOB_COMPLETED" && ev.data.get("error").is_none() => {
+                Ok(())
+            }
             Some(ev) => Err(job_ended_error(&ev)),
             None => Ok(()),
         }

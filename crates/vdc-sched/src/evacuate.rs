@@ -79,7 +79,11 @@ pub fn plan_evacuation(
     let mut plan = Vec::new();
     for vm in order {
         let reaching: Vec<usize> = (0..others.len())
-            .filter(|&i| vm.datastores.iter().all(|d| others[i].datastores.contains(d)))
+            .filter(|&i| {
+                vm.datastores
+                    .iter()
+                    .all(|d| others[i].datastores.contains(d))
+            })
             .collect();
         let decision = if others.is_empty() {
             Evacuation::Stays {

@@ -98,14 +98,6 @@ impl MaintenanceState {
     }
 }
 
-/// `POST /api/v1/hosts/{name}/maintenance`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MaintenanceRequest {
-    /// `true`: enter maintenance (evacuate, a task); `false`: exit.
-    pub enter: bool,
-}
-
 /// Whether a datastore is reachable from one host or from all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "type")]

@@ -33,7 +33,9 @@ impl Cluster {
             )));
         }
         let source = rec.owner.clone().ok_or_else(|| {
-            ApiError::invalid_state(format!("VM '{name}' has no owner host; start it once first"))
+            ApiError::invalid_state(format!(
+                "VM '{name}' has no owner host; start it once first"
+            ))
         })?;
         let target = match to {
             Some(t) => t,
@@ -69,10 +71,15 @@ impl Cluster {
         } else {
             "cold"
         };
-        self.spawn_operation(name, step.operation.task_kind(), None, move |ctx| async move {
-            me.move_files_body(&ctx, &n, kind, &source, &target, plan)
-                .await
-        })
+        self.spawn_operation(
+            name,
+            step.operation.task_kind(),
+            None,
+            move |ctx| async move {
+                me.move_files_body(&ctx, &n, kind, &source, &target, plan)
+                    .await
+            },
+        )
         .await
     }
 
@@ -125,7 +132,10 @@ impl Cluster {
                     files: export.files.clone(),
                 },
             };
-            match self.agent_job(ctx, target, &target_url, op, (5, 95)).await? {
+            match self
+                .agent_job(ctx, target, &target_url, op, (5, 95))
+                .await?
+            {
                 JobResult::Vm(_) => Ok(()),
                 other => Err(ApiError::internal(format!(
                     "the copy answered {other:?} instead of the VM"

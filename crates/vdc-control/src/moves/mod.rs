@@ -31,7 +31,6 @@ mod files;
 pub mod plan;
 mod storage;
 
-
 use serde_json::json;
 use vdc_types::{now_ms, ApiError, InFlight, VmAction, VmOperation};
 

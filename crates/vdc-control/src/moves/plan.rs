@@ -45,9 +45,7 @@ pub fn plan_files(
     let reaches = |ds: &str| target_reaches.iter().any(|d| d == ds);
     let all_reached =
         reaches(&config.datastore) && config.disks.iter().all(|d| reaches(&d.datastore));
-    let on = |ds: &str| {
-        config.datastore == ds && config.disks.iter().all(|d| d.datastore == ds)
-    };
+    let on = |ds: &str| config.datastore == ds && config.disks.iter().all(|d| d.datastore == ds);
     if let Some(ds) = requested {
         if !known.iter().any(|k| k.name == ds) {
             return Err(ApiError::not_found("Datastore", ds));
@@ -187,18 +185,38 @@ mod tests {
             .expect_err("absent");
         assert_eq!(absent.code, ErrorCode::InvalidInput);
         assert!(absent.message.contains("not present on host 'host-2'"));
-        let same = plan_files(&config("shared"), true, "host-1", &h2, Some("shared"), &known());
-        assert_eq!(same.expect_err("nothing to move").code, ErrorCode::InvalidInput);
+        let same = plan_files(
+            &config("shared"),
+            true,
+            "host-1",
+            &h2,
+            Some("shared"),
+            &known(),
+        );
+        assert_eq!(
+            same.expect_err("nothing to move").code,
+            ErrorCode::InvalidInput
+        );
         let none = plan_files(&c, false, "host-2", &[], None, &known());
-        assert_eq!(none.expect_err("no datastore").code, ErrorCode::InvalidInput);
+        assert_eq!(
+            none.expect_err("no datastore").code,
+            ErrorCode::InvalidInput
+        );
     }
 
     #[test]
     fn a_same_host_move_to_another_datastore_copies() {
         let h1 = reaches(&["shared", "local-host-1"]);
         assert_eq!(
-            plan_files(&config("local-host-1"), true, "host-1", &h1, Some("shared"), &known())
-                .expect("plan"),
+            plan_files(
+                &config("local-host-1"),
+                true,
+                "host-1",
+                &h1,
+                Some("shared"),
+                &known()
+            )
+            .expect("plan"),
             FilesPlan::Copy {
                 datastore: "shared".into()
             }

@@ -27,16 +27,22 @@ impl Cluster {
                 rec.state
             )));
         }
-        let host = rec.owner.clone().ok_or_else(|| {
-            ApiError::invalid_state(format!("VM '{name}' has no owner host"))
-        })?;
+        let host = rec
+            .owner
+            .clone()
+            .ok_or_else(|| ApiError::invalid_state(format!("VM '{name}' has no owner host")))?;
         if to.as_deref().is_some_and(|t| t != host) {
             return Err(ApiError::invalid(format!(
                 "moving a running VM's disks together with a host move is not available yet; migrate VM '{name}' to the host first, then its disks with --datastore"
             )));
         }
         self.get_datastore(datastore).await?;
-        if !self.host_datastores(&host).await.iter().any(|d| d == datastore) {
+        if !self
+            .host_datastores(&host)
+            .await
+            .iter()
+            .any(|d| d == datastore)
+        {
             return Err(ApiError::invalid(format!(
                 "datastore '{datastore}' is not present on host '{host}', where VM '{name}' runs"
             )));
@@ -67,9 +73,12 @@ impl Cluster {
         let me = self.clone();
         let n = name.to_string();
         let ds = datastore.to_string();
-        self.spawn_operation(name, step.operation.task_kind(), None, move |ctx| async move {
-            me.move_storage_body(&ctx, &n, &host, &url, &ds).await
-        })
+        self.spawn_operation(
+            name,
+            step.operation.task_kind(),
+            None,
+            move |ctx| async move { me.move_storage_body(&ctx, &n, &host, &url, &ds).await },
+        )
         .await
     }
 
