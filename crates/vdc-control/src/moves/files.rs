@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use vdc_types::agent::DestroyVmRequest;
 use vdc_types::job::{JobOp, JobResult};
+use vdc_types::migration::MigrationKind;
 use vdc_types::transfer::{relocate, ExportRequest, ReceiveVmRequest};
 use vdc_types::{ApiError, ErrorCode, Task, VmPowerState};
 
@@ -66,15 +67,20 @@ impl Cluster {
         let (_, step) = self.claim_move(name, &target).await?;
         let me = self.clone();
         let n = name.to_string();
-        let kind = if rec.state == VmPowerState::Suspended {
-            "suspended"
+        let (kind, migration) = if rec.state == VmPowerState::Suspended {
+            ("suspended", MigrationKind::Suspended)
         } else {
-            "cold"
+            ("cold", MigrationKind::Cold)
         };
+        let copy_to = match &plan {
+            FilesPlan::Copy { datastore } => Some(datastore.as_str()),
+            FilesPlan::OwnershipOnly => None,
+        };
+        let params = super::move_params(&rec, migration, &source, &target, copy_to);
         self.spawn_operation(
             name,
             step.operation.task_kind(),
-            None,
+            Some(params),
             move |ctx| async move {
                 me.move_files_body(&ctx, &n, kind, &source, &target, plan)
                     .await

@@ -38,6 +38,24 @@ use crate::lifecycle::Step;
 
 use crate::{Cluster, VmRecord};
 
+/// The journal parameters of a move's `vm.migrate` task.
+pub(crate) fn move_params(
+    rec: &VmRecord,
+    kind: vdc_types::migration::MigrationKind,
+    source: &str,
+    target: &str,
+    datastore: Option<&str>,
+) -> vdc_types::TaskParams {
+    vdc_types::TaskParams::VmMigrate {
+        vm_id: rec.config.id.clone(),
+        migration: kind,
+        source: source.to_string(),
+        target: target.to_string(),
+        datastore: datastore.map(str::to_string),
+        allow_postcopy: false,
+    }
+}
+
 /// A host name no host can have (names start with a letter or digit),
 /// used to ask the lifecycle whether a move may begin at all.
 const ANY_OTHER_HOST: &str = "-";

@@ -70,13 +70,20 @@ impl Cluster {
         }
         let url = self.agent_url(&host).await?;
         let (_, step) = self.claim_move(name, &host).await?;
+        let params = super::move_params(
+            &rec,
+            vdc_types::migration::MigrationKind::Storage,
+            &host,
+            &host,
+            Some(datastore),
+        );
         let me = self.clone();
         let n = name.to_string();
         let ds = datastore.to_string();
         self.spawn_operation(
             name,
             step.operation.task_kind(),
-            None,
+            Some(params),
             move |ctx| async move { me.move_storage_body(&ctx, &n, &host, &url, &ds).await },
         )
         .await
