@@ -244,3 +244,106 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
         "{again}"
     );
 }
+
+/// The text of cell `i` of a table row.
+fn cell(row: &[String], i: usize) -> &str {
+    row.get(i).map(String::as_str).unwrap_or_default()
+}
+
+/// Column of the host table's maintenance state and button.
+const MAINTENANCE: usize = 8;
+
+/// The web page (headless Chromium): a host's maintenance state and its
+/// button, and the migrate form's datastore choice moving a stopped VM's
+/// files to another host's local datastore.
+#[tokio::test(flavor = "multi_thread")]
+async fn web_page_enters_and_exits_maintenance_and_moves_storage() {
+    use vdc_test_infra::webdriver::Browser;
+    const PAGE: Duration = Duration::from_secs(60);
+    let lab = TestLab::builder(2)
+        .vdc_binary(env!("CARGO_BIN_EXE_vdc"))
+        .start()
+        .await;
+    let c = &lab.client;
+    create(c, "parked", "local-host-1", false).await;
+    let browser = Browser::start().await.unwrap_or_else(|e| {
+        panic!(
+            "starting headless Chromium: {}",
+            vdc_test_infra::error_chain(&e)
+        )
+    });
+    let token = std::fs::read_to_string(&lab.info.token_file).expect("token");
+    browser
+        .goto(&format!("{}/#token={}", lab.info.api_url, token.trim()))
+        .await
+        .expect("page");
+    browser
+        .wait_row("#hosts tbody tr", PAGE, |r| {
+            cell(r, 0) == "host-1" && cell(r, MAINTENANCE).starts_with("- enter")
+        })
+        .await
+        .expect("host-1 out of maintenance, with its button");
+
+    // The migrate form: VM, host and datastore chosen from the cluster's.
+    let choose = "document.querySelector('#mig-vm').value = 'parked'; \
+                  document.querySelector('#mig-to').value = 'host-2'; \
+                  document.querySelector('#mig-ds').value = 'local-host-2'; \
+                  return [document.querySelector('#mig-vm').value, \
+                          document.querySelector('#mig-ds').value];";
+    let chosen = browser.execute(choose, vec![]).await.expect("choose");
+    assert_eq!(chosen, serde_json::json!(["parked", "local-host-2"]));
+    browser
+        .click_css("#migrate button", PAGE)
+        .await
+        .expect("click migrate");
+    let moved =
+        vdc_test_infra::wait_until_async(TASK_TIMEOUT, "the move the page asked for", || async {
+            let v = c.get_vm("parked").await.ok()?;
+            (v.owner.as_deref() == Some("host-2") && v.operation.is_none()).then_some(v)
+        })
+        .await;
+    assert_eq!(moved.datastore, "local-host-2");
+    browser
+        .wait_row("#vms tbody tr", PAGE, |r| {
+            cell(r, 0) == "parked" && cell(r, 2) == "host-2"
+        })
+        .await
+        .expect("the VM table shows the new owner");
+
+    // Enter maintenance on host-1 (nothing to move), then exit.
+    browser
+        .click_css(
+            r#"#hosts tr[data-host="host-1"] button[data-maint="enter"]"#,
+            PAGE,
+        )
+        .await
+        .expect("click enter maintenance");
+    browser
+        .wait_row("#hosts tbody tr", PAGE, |r| {
+            cell(r, 0) == "host-1" && cell(r, MAINTENANCE).starts_with("in maintenance exit")
+        })
+        .await
+        .expect("host-1 shown in maintenance");
+    assert_eq!(
+        c.get_host("host-1").await.expect("host").maintenance,
+        Some(MaintenanceState::InMaintenance)
+    );
+    browser
+        .wait_text("#events", PAGE, |t| t.contains("host.maintenance_entered"))
+        .await
+        .expect("the event on the page");
+    browser
+        .click_css(
+            r#"#hosts tr[data-host="host-1"] button[data-maint="exit"]"#,
+            PAGE,
+        )
+        .await
+        .expect("click exit maintenance");
+    browser
+        .wait_row("#hosts tbody tr", PAGE, |r| {
+            cell(r, 0) == "host-1" && cell(r, MAINTENANCE).starts_with("- enter")
+        })
+        .await
+        .expect("host-1 back in placement");
+    assert_eq!(c.get_host("host-1").await.expect("host").maintenance, None);
+}
