@@ -47,7 +47,9 @@ mod recover;
 mod reporter;
 mod slot;
 pub mod state;
+mod storage;
 mod supervisor;
+mod transfer;
 
 pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Supervision};
 pub use error::AgentError;

@@ -133,6 +133,7 @@ impl Cluster {
         rec.decide(action, None)?;
         if let Some(h) = &host {
             self.agent_url(h).await?;
+            self.check_placeable(h).await?;
         }
         let (_, step) = self.begin_operation(name, action, None).await?;
         let me = self.clone();
