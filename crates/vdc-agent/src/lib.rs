@@ -26,6 +26,7 @@
 //! - `console_log`: the console log, rotated, read by offset
 //! - `api`: the HTTP routes, token check and JSON errors
 //! - `reporter`: the heartbeat to the server
+//! - `heartbeat`: the datastore heartbeat (HA's second signal)
 //! - `hoststats`: `/proc` measurements
 
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ mod config;
 mod console;
 mod console_log;
 mod error;
+mod heartbeat;
 mod hoststats;
 mod jobs;
 mod power;
@@ -78,6 +80,17 @@ pub async fn run_with_listener(
         "agent starting"
     );
     agent.recover().await;
+    heartbeat::start(
+        &agent.config.name,
+        agent.started_ms,
+        agent
+            .config
+            .datastores
+            .iter()
+            .filter(|d| d.shared)
+            .map(|d| (d.name.clone(), d.path.clone()))
+            .collect(),
+    );
     tokio::spawn(reporter::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await

@@ -27,6 +27,7 @@ use crate::routes::*;
     paths(
         version,
         list_hosts,
+        ha_status,
         get_host,
         list_datastores,
         list_networks,
@@ -56,6 +57,9 @@ use crate::routes::*;
     ),
     components(schemas(
         VersionInfo,
+        vdc_types::ha::HaStatus,
+        vdc_types::ha::HaHost,
+        vdc_types::ha::HaHostState,
         Host,
         Datastore,
         Network,

@@ -80,6 +80,7 @@ pub const API_BODY_MAX: usize = 1 << 20;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/hosts", get(list_hosts).post(join::add_host))
+        .route("/ha", get(ha_status))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route("/datastores", get(list_datastores))
@@ -157,6 +158,13 @@ async fn version() -> Json<VersionInfo> {
 #[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = [Host])))]
 async fn list_hosts(State(st): State<AppState>) -> ApiResult<Json<Vec<Host>>> {
     Ok(Json(st.cluster.list_hosts().await?))
+}
+
+/// High availability: the settings, the failover capacity, and each
+/// host's HA state with the ages of its network and datastore heartbeats.
+#[utoipa::path(get, path = "/api/v1/ha", responses((status = 200, body = vdc_types::ha::HaStatus)))]
+async fn ha_status(State(st): State<AppState>) -> ApiResult<Json<vdc_types::ha::HaStatus>> {
+    Ok(Json(st.cluster.ha_status().await?))
 }
 
 /// One host.

@@ -247,6 +247,10 @@ impl Client {
     pub async fn list_agents(&self) -> Result<Vec<HostJoin>, ClientError> {
         self.get("/agents").await
     }
+    /// `GET /ha`: HA settings, failover capacity, each host's HA state.
+    pub async fn ha_status(&self) -> Result<vdc_types::ha::HaStatus, ClientError> {
+        self.get("/ha").await
+    }
     /// `GET /hosts/{name}`.
     pub async fn get_host(&self, name: &str) -> Result<Host, ClientError> {
         self.get(&format!("/hosts/{}", seg(name))).await

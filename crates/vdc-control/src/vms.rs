@@ -45,6 +45,10 @@ use crate::record::vm_key;
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
 
+pub(crate) fn placement_error(e: PlacementError) -> ApiError {
+    placement_err(e)
+}
+
 fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,

@@ -15,6 +15,8 @@
 //!    then the lowest vCPU commitment per core, then the name (so the
 //!    choice is stable).
 
+pub mod ha;
+
 /// Memory QEMU itself needs beyond the guest's RAM, MiB (device model,
 /// TCG translation cache); measured ~100 MiB under TCG for small guests.
 pub const QEMU_OVERHEAD_MIB: u64 = 128;

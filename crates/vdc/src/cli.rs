@@ -81,6 +81,9 @@ pub enum Command {
     /// Hypervisor hosts.
     #[command(subcommand)]
     Host(HostCmd),
+    /// High availability: host states, heartbeats, failover capacity.
+    #[command(subcommand)]
+    Ha(HaCmd),
     /// Datastores.
     #[command(subcommand)]
     Datastore(DatastoreCmd),
@@ -129,6 +132,14 @@ pub enum HostCmd {
     },
     /// List added hosts and whether their agents joined.
     Agents,
+}
+
+/// `vdc ha ...`
+#[derive(Debug, Subcommand)]
+pub enum HaCmd {
+    /// Show the HA settings, the failover capacity and each host's state
+    /// with the ages of its network and datastore heartbeats.
+    Status,
 }
 
 /// `vdc datastore ...`

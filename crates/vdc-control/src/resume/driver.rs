@@ -216,6 +216,7 @@ impl Cluster {
         match (kind, params) {
             (TaskKind::VmCreate, _) => self.create_body(ctx, name).await,
             (TaskKind::VmDelete, _) => self.delete_body(ctx, name).await,
+            (TaskKind::VmFailover, _) => self.failover_body(ctx, name).await,
             (TaskKind::VmStart, Some(TaskParams::VmPower { host, .. })) => {
                 self.start_body(ctx, name, host, VmPowerState::Stopped)
                     .await

@@ -1,0 +1,103 @@
+//! High availability: the datastore heartbeat file and the HA status view.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::UnixMillis;
+
+/// Version of the datastore heartbeat file. Bump it when a field changes
+/// meaning; readers refuse newer versions.
+pub const DATASTORE_HEARTBEAT_VERSION: u32 = 1;
+
+/// Directory of the heartbeat files at the root of a shared datastore.
+pub const HEARTBEAT_DIR: &str = ".vdc-heartbeats";
+
+/// `<datastore>/.vdc-heartbeats/<host>.json`: rewritten by the host's agent
+/// about every second (temporary file, fsync, rename). Readers judge its
+/// age by watching `seq` change on their own clock, never by `written_ms`
+/// (another host's wall clock), which is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreHeartbeat {
+    /// [`DATASTORE_HEARTBEAT_VERSION`].
+    pub version: u32,
+    /// The writing host.
+    pub host: String,
+    /// Grows by one on every write (starts again from 1 when the agent
+    /// restarts: readers look for a change, not for growth).
+    pub seq: u64,
+    /// The agent started at (its wall clock); with `seq`, tells a restarted
+    /// agent's writes apart.
+    pub agent_started_ms: UnixMillis,
+    /// Written at (the writer's wall clock, for people).
+    pub written_ms: UnixMillis,
+}
+
+/// The file name of `host`'s heartbeat inside [`HEARTBEAT_DIR`].
+pub fn heartbeat_file_name(host: &str) -> String {
+    format!("{host}.json")
+}
+
+/// What the HA manager makes of a host from its two heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HaHostState {
+    /// Its reports arrive.
+    Connected,
+    /// Reports stopped, its datastore heartbeat goes on: cut off, alive.
+    /// Its VMs are not restarted while they hold their leases.
+    IsolatedOrPartitioned,
+    /// Both heartbeats stopped: its protected VMs are restarted elsewhere
+    /// once their leases expire.
+    Failed,
+}
+
+impl HaHostState {
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaHostState::Connected => "connected",
+            HaHostState::IsolatedOrPartitioned => "isolated_or_partitioned",
+            HaHostState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for HaHostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One host in [`HaStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HaHost {
+    /// Host name.
+    pub name: String,
+    /// Its HA state.
+    pub state: HaHostState,
+    /// Time since its last report, ms (absent: none since the server
+    /// started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_heartbeat_age_ms: Option<u64>,
+    /// Time since the server last saw its datastore heartbeat change, ms
+    /// (absent: never seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_heartbeat_age_ms: Option<u64>,
+    /// Memory free for failover restarts, MiB (0 unless connected).
+    pub memory_free_mib: u64,
+}
+
+/// `GET /api/v1/ha`: the HA settings and each host's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HaStatus {
+    /// Whether the server restarts the protected VMs of failed hosts.
+    pub enabled: bool,
+    /// Longest silence of a host's reports, ms.
+    pub network_timeout_ms: u64,
+    /// Longest silence of a host's datastore heartbeat, ms.
+    pub datastore_timeout_ms: u64,
+    /// Memory free on connected hosts for restarts, MiB.
+    pub failover_capacity_mib: u64,
+    /// The hosts.
+    pub hosts: Vec<HaHost>,
+}
