@@ -98,14 +98,14 @@ pub struct AgentArgs {
     pub bridges: Vec<String>,
     /// VM lease TTL, milliseconds: another host may take a VM whose lease
     /// did not change for this long.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 3_000)]
     pub lease_ttl_ms: u64,
     /// How often a VM's supervisor renews its lease, milliseconds.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub lease_renew_ms: u64,
     /// How long before the TTL a supervisor that could not renew stops its
     /// VM, milliseconds.
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub lease_margin_ms: u64,
     /// Directory whose image files may be imported as templates
     /// (repeatable). Images inside a datastore may always be imported; any

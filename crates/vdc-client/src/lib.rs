@@ -247,6 +247,11 @@ impl Client {
     pub async fn list_agents(&self) -> Result<Vec<HostJoin>, ClientError> {
         self.get("/agents").await
     }
+    /// `GET /events?topics=…&limit=2000`: the event history, oldest first.
+    pub async fn event_history(&self, topics: &str) -> Result<Vec<Event>, ClientError> {
+        self.get(&format!("/events?topics={}&limit=2000", seg(topics)))
+            .await
+    }
     /// `GET /ha`: HA settings, failover capacity, each host's HA state.
     pub async fn ha_status(&self) -> Result<vdc_types::ha::HaStatus, ClientError> {
         self.get("/ha").await
