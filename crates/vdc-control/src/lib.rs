@@ -30,6 +30,7 @@ pub mod ipam;
 mod jobs;
 pub mod journal;
 pub mod lifecycle;
+pub mod migration;
 mod networks;
 pub mod ownership;
 pub mod record;
