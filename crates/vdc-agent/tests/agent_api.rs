@@ -379,6 +379,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         created_ms: vdc_types::now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     };
     let mut escaping = config.clone();
     escaping.disks[0].path = "../escape.qcow2".into();
@@ -922,6 +923,7 @@ async fn image_import_and_destroy_stay_inside_allowed_places() {
         created_ms: vdc_types::now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     };
     let _: VmRuntime = c
         .ok(

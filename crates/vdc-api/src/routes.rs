@@ -89,7 +89,10 @@ pub fn router(state: AppState) -> Router {
         .route("/networks/{name}", get(get_network).delete(delete_network))
         .route("/templates", get(list_templates).post(create_template))
         .route("/vms", get(list_vms).post(create_vm))
-        .route("/vms/{name}", get(get_vm).delete(delete_vm))
+        .route(
+            "/vms/{name}",
+            get(get_vm).delete(delete_vm).patch(update_vm),
+        )
         .route("/vms/{name}/console", get(vm_console))
         .route(
             "/vms/{name}/console/input",
@@ -262,6 +265,17 @@ async fn create_vm(
     responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
 async fn get_vm(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
     Ok(Json(st.cluster.get_vm(&name).await?))
+}
+
+/// Changes a VM's HA settings: restart priority, isolation response.
+#[utoipa::path(patch, path = "/api/v1/vms/{name}", params(("name" = String, Path)), request_body = vdc_types::ha::UpdateVmRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn update_vm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<vdc_types::ha::UpdateVmRequest>,
+) -> ApiResult<Json<Vm>> {
+    Ok(Json(st.cluster.update_vm(&name, &req).await?))
 }
 
 /// Deletes a stopped VM and its files (returns a task).

@@ -254,6 +254,18 @@ impl Client {
         self.get(&format!("/events?topics={}&limit=2000", seg(topics)))
             .await
     }
+    /// `PATCH /vms/{name}`: changes a VM's HA settings.
+    pub async fn update_vm(
+        &self,
+        name: &str,
+        req: &vdc_types::ha::UpdateVmRequest,
+    ) -> Result<Vm, ClientError> {
+        self.send(
+            self.req(reqwest::Method::PATCH, &format!("/vms/{}", seg(name)))
+                .json(req),
+        )
+        .await
+    }
     /// `GET /ha`: HA settings, failover capacity, each host's HA state.
     pub async fn ha_status(&self) -> Result<vdc_types::ha::HaStatus, ClientError> {
         self.get("/ha").await

@@ -305,6 +305,10 @@ impl Cluster {
             created_ms: now_ms(),
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+            ha: vdc_types::ha::VmHa {
+                priority: req.ha_priority.unwrap_or_default(),
+                isolation_response: req.isolation_response.unwrap_or_default(),
+            },
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
         rec.operation = Some(InFlight {

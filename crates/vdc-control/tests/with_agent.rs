@@ -260,6 +260,7 @@ async fn the_same_operation_id_twice_is_one_job() {
         created_ms: 0,
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     };
     let req = JobRequest {
         operation_id: "task-1.0".into(),

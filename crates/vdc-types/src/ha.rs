@@ -101,3 +101,104 @@ pub struct HaStatus {
     /// The hosts.
     pub hosts: Vec<HaHost>,
 }
+
+/// A VM's restart priority: higher priorities restart first after a host
+/// failure; `disabled` VMs are not restarted.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum HaPriority {
+    /// Restarted first.
+    High,
+    /// The default.
+    #[default]
+    Medium,
+    /// Restarted last.
+    Low,
+    /// Not protected: never restarted elsewhere.
+    Disabled,
+}
+
+impl HaPriority {
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaPriority::High => "high",
+            HaPriority::Medium => "medium",
+            HaPriority::Low => "low",
+            HaPriority::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for HaPriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HaPriority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "high" => HaPriority::High,
+            "medium" => HaPriority::Medium,
+            "low" => HaPriority::Low,
+            "disabled" => HaPriority::Disabled,
+            _ => {
+                return Err(format!(
+                    "unknown HA priority '{s}': use high, medium, low or disabled"
+                ))
+            }
+        })
+    }
+}
+
+/// What a host that lost both the server and its isolation address does
+/// with the VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationResponse {
+    /// Keep the VM running (it holds its lease; nothing restarts it).
+    #[default]
+    KeepRunning,
+    /// Shut the guest down, releasing the lease so it restarts elsewhere.
+    Shutdown,
+    /// Power the VM off, releasing the lease so it restarts elsewhere.
+    PowerOff,
+}
+
+/// A VM's HA settings (in its [`crate::VmConfig`] since version 3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmHa {
+    /// Restart priority.
+    #[serde(default)]
+    pub priority: HaPriority,
+    /// Isolation response.
+    #[serde(default)]
+    pub isolation_response: IsolationResponse,
+}
+
+/// `PATCH /api/v1/vms/{name}`: the settings to change (absent: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVmRequest {
+    /// New restart priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_priority: Option<HaPriority>,
+    /// New isolation response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation_response: Option<IsolationResponse>,
+}

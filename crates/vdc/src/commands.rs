@@ -491,6 +491,7 @@ mod tests {
             created_ms: 0,
             machine_type: "pc-q35-10.0".into(),
             cpu_model: "Nehalem-v1".into(),
+            ha: Default::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use vdc_test_infra::fencing::read_lease;
 use vdc_test_infra::ha::Fault;
 use vdc_test_infra::{wait_until, wait_until_async, wait_vm_timeout, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
-use vdc_types::ha::HaHostState;
+use vdc_types::ha::{HaHostState, HaPriority, UpdateVmRequest};
 use vdc_types::{Event, TaskState, Vm, VmPowerState};
 
 const TEMPLATE: &str = "debian-busybox";
@@ -31,6 +31,10 @@ async fn lab(hosts: usize) -> TestLab {
 
 /// Creates VM `name` on `host`, started, and waits until its guest is ready.
 async fn create(lab: &TestLab, name: &str, host: &str) -> Vm {
+    create_with(lab, name, host, None).await
+}
+
+async fn create_with(lab: &TestLab, name: &str, host: &str, priority: Option<HaPriority>) -> Vm {
     let c = &lab.client;
     let t = c
         .create_vm(&CreateVmRequest {
@@ -39,6 +43,7 @@ async fn create(lab: &TestLab, name: &str, host: &str) -> Vm {
             memory_mib: Some(128),
             host: Some(host.into()),
             start: true,
+            ha_priority: priority,
             ..Default::default()
         })
         .await
@@ -118,11 +123,25 @@ fn wait_renewals(lab: &TestLab, vm: &str, host: &str, n: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_host_s_vms_run_elsewhere_with_their_data() {
+async fn a_killed_host_s_vms_run_elsewhere_with_their_data_high_priority_first() {
     let lab = lab(3).await;
     let checker = lab.invariant_checker();
+    // Restart order: "ha-b" high (set at create), "ha-a" low (updated).
     let a = create(&lab, "ha-a", "host-1").await;
-    let b = create(&lab, "ha-b", "host-1").await;
+    let b = create_with(&lab, "ha-b", "host-1", Some(HaPriority::High)).await;
+    let updated = lab
+        .client
+        .update_vm(
+            "ha-a",
+            &UpdateVmRequest {
+                ha_priority: Some(HaPriority::Low),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.ha.priority, HaPriority::Low);
+    assert_eq!(b.ha.priority, HaPriority::High);
     for vm in [&a, &b] {
         let answer = ask(
             &lab,
@@ -183,6 +202,20 @@ async fn a_killed_host_s_vms_run_elsewhere_with_their_data() {
             .count();
         assert_eq!(ok, 1, "one successful failover of {}", vm.name);
     }
+    // High first: the low-priority VM's failover began after the
+    // high-priority one had restarted.
+    let events = ha_events(&lab).await;
+    let seq = |topic: &str, vm: &str| {
+        events
+            .iter()
+            .find(|e| e.topic == topic && e.object == vm)
+            .map(|e| e.seq)
+            .unwrap_or_else(|| panic!("{topic} of {vm}: {events:#?}"))
+    };
+    assert!(
+        seq("ha.vm_restarted", "ha-b") < seq("ha.failover_started", "ha-a"),
+        "{events:#?}"
+    );
     // Each VM runs once, on a surviving host.
     let running = lab.running_qemus();
     for vm in [&a, &b] {

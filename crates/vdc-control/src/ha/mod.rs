@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vdc_sched::ha::{judge_host, HeartbeatTimeouts, HostVerdict, Protected, RestartPriority};
 use vdc_types::ha::{
-    heartbeat_file_name, DatastoreHeartbeat, HaHost, HaHostState, HaStatus,
+    heartbeat_file_name, DatastoreHeartbeat, HaHost, HaHostState, HaPriority, HaStatus,
     DATASTORE_HEARTBEAT_VERSION, HEARTBEAT_DIR,
 };
 use vdc_types::{ApiError, Datastore, DatastoreKind, TaskState, VmPowerState};
@@ -92,8 +92,13 @@ fn to_state(v: HostVerdict) -> HaHostState {
 }
 
 /// The restart priority of a VM record.
-pub(crate) fn priority_of(_rec: &VmRecord) -> RestartPriority {
-    RestartPriority::Medium
+pub(crate) fn priority_of(rec: &VmRecord) -> RestartPriority {
+    match rec.config.ha.priority {
+        HaPriority::High => RestartPriority::High,
+        HaPriority::Medium => RestartPriority::Medium,
+        HaPriority::Low => RestartPriority::Low,
+        HaPriority::Disabled => RestartPriority::Disabled,
+    }
 }
 
 /// Reads one heartbeat file: `Some((seq, agent_started_ms))`, or `None`
@@ -364,6 +369,47 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// `PATCH /api/v1/vms/{name}`: changes a VM's HA settings (restart
+    /// priority, isolation response); the VM's `vm.json` on its datastore
+    /// takes them at its next start.
+    pub async fn update_vm(
+        &self,
+        name: &str,
+        req: &vdc_types::ha::UpdateVmRequest,
+    ) -> Result<vdc_types::Vm, ApiError> {
+        if req.ha_priority.is_none() && req.isolation_response.is_none() {
+            return Err(ApiError::invalid(
+                "nothing to change: give ha_priority or isolation_response",
+            ));
+        }
+        let (before, after) = self
+            .update_record(name, |mut r| {
+                if let Some(p) = req.ha_priority {
+                    r.config.ha.priority = p;
+                }
+                if let Some(i) = req.isolation_response {
+                    r.config.ha.isolation_response = i;
+                }
+                r.config.version = vdc_types::vm::VM_CONFIG_VERSION;
+                Ok(r)
+            })
+            .await?;
+        if before.config.ha != after.config.ha {
+            self.events
+                .publish(
+                    "vm.updated",
+                    name,
+                    format!(
+                        "VM {name}: HA priority {}, isolation response {:?}",
+                        after.config.ha.priority, after.config.ha.isolation_response
+                    ),
+                    json!({"ha": after.config.ha}),
+                )
+                .await;
+        }
+        self.get_vm(name).await
     }
 
     /// `GET /api/v1/ha`.
