@@ -27,6 +27,7 @@
 //! - `api`: the HTTP routes, token check and JSON errors
 //! - `reporter`: the heartbeat to the server
 //! - `heartbeat`: the datastore heartbeat (HA's second signal)
+//! - `isolation`: the isolation response of a cut-off host
 //! - `hoststats`: `/proc` measurements
 
 #![warn(missing_docs)]
@@ -39,6 +40,7 @@ mod console_log;
 mod error;
 mod heartbeat;
 mod hoststats;
+mod isolation;
 mod jobs;
 mod power;
 mod provision;
@@ -48,7 +50,7 @@ mod slot;
 pub mod state;
 mod supervisor;
 
-pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Supervision};
+pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Isolation, Supervision};
 pub use error::AgentError;
 
 /// Runs the agent: binds `config.listen` and serves until the API server

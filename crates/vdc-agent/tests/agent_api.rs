@@ -124,6 +124,7 @@ impl TestAgent {
             accel: Some(Accelerator::Tcg),
             bridge_for_network: Default::default(),
             import_dirs: import_dirs.to_vec(),
+            isolation: None,
             supervision: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -52,6 +52,7 @@ async fn cluster_with_agent(
         accel: Some(Accelerator::Tcg),
         bridge_for_network: Default::default(),
         import_dirs: vec![],
+        isolation: None,
         supervision: Default::default(),
     };
     tokio::spawn(async move {

@@ -102,10 +102,14 @@ pub struct Protected {
     pub owner: String,
     /// Whether its owner lost it (state `unknown`) and no operation holds it.
     pub lost_and_free: bool,
+    /// Its isolation response stops it (shut down, power off): an isolated
+    /// owner releases its lease, so it may restart elsewhere.
+    pub leaves_when_isolated: bool,
 }
 
 /// The VMs to fail over now, in restart order (priority, then name):
-/// those lost by a `failed` host, free of other operations, protected.
+/// those lost by a `failed` host, or by an isolated one whose isolation
+/// response stops them, free of other operations, protected.
 pub fn restart_plan<'a>(
     vms: &'a [Protected],
     verdict_of: impl Fn(&str) -> HostVerdict,
@@ -113,7 +117,11 @@ pub fn restart_plan<'a>(
     let mut v: Vec<&Protected> = vms
         .iter()
         .filter(|vm| vm.lost_and_free && vm.priority != RestartPriority::Disabled)
-        .filter(|vm| verdict_of(&vm.owner) == HostVerdict::Failed)
+        .filter(|vm| match verdict_of(&vm.owner) {
+            HostVerdict::Failed => true,
+            HostVerdict::IsolatedOrPartitioned => vm.leaves_when_isolated,
+            HostVerdict::Connected => false,
+        })
         .collect();
     v.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)));
     v
@@ -161,6 +169,7 @@ mod tests {
             priority: p,
             owner: owner.into(),
             lost_and_free: lost,
+            leaves_when_isolated: false,
         }
     }
 
@@ -186,6 +195,17 @@ mod tests {
             .map(|v| v.name.as_str())
             .collect();
         assert_eq!(names, ["a", "b", "c"]);
+        let mut leaving = vms.clone();
+        leaving[5].leaves_when_isolated = true;
+        let names: Vec<&str> = restart_plan(&leaving, verdict)
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "f", "b", "c"],
+            "an isolated host's VM that powers off"
+        );
     }
 
     proptest! {

@@ -11,7 +11,7 @@ use vdc_test_infra::fencing::read_lease;
 use vdc_test_infra::ha::Fault;
 use vdc_test_infra::{wait_until, wait_until_async, wait_vm_timeout, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
-use vdc_types::ha::{HaHostState, HaPriority, UpdateVmRequest};
+use vdc_types::ha::{HaHostState, HaPriority, IsolationResponse, UpdateVmRequest};
 use vdc_types::{Event, TaskState, Vm, VmPowerState};
 
 const TEMPLATE: &str = "debian-busybox";
@@ -31,10 +31,16 @@ async fn lab(hosts: usize) -> TestLab {
 
 /// Creates VM `name` on `host`, started, and waits until its guest is ready.
 async fn create(lab: &TestLab, name: &str, host: &str) -> Vm {
-    create_with(lab, name, host, None).await
+    create_with(lab, name, host, None, None).await
 }
 
-async fn create_with(lab: &TestLab, name: &str, host: &str, priority: Option<HaPriority>) -> Vm {
+async fn create_with(
+    lab: &TestLab,
+    name: &str,
+    host: &str,
+    priority: Option<HaPriority>,
+    isolation: Option<IsolationResponse>,
+) -> Vm {
     let c = &lab.client;
     let t = c
         .create_vm(&CreateVmRequest {
@@ -44,6 +50,7 @@ async fn create_with(lab: &TestLab, name: &str, host: &str, priority: Option<HaP
             host: Some(host.into()),
             start: true,
             ha_priority: priority,
+            isolation_response: isolation,
             ..Default::default()
         })
         .await
@@ -128,7 +135,7 @@ async fn a_killed_host_s_vms_run_elsewhere_with_their_data_high_priority_first()
     let checker = lab.invariant_checker();
     // Restart order: "ha-b" high (set at create), "ha-a" low (updated).
     let a = create(&lab, "ha-a", "host-1").await;
-    let b = create_with(&lab, "ha-b", "host-1", Some(HaPriority::High)).await;
+    let b = create_with(&lab, "ha-b", "host-1", Some(HaPriority::High), None).await;
     let updated = lab
         .client
         .update_vm(
@@ -283,6 +290,42 @@ async fn an_isolated_host_or_a_link_blip_restarts_nothing() {
         "host-1 was never judged failed: {events:#?}"
     );
     assert_eq!(identity(&lab, "host-1", &back).0, boot);
+    checker.check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_host_powers_off_its_vm_before_it_restarts_elsewhere() {
+    let lab = lab(2).await;
+    let checker = lab.invariant_checker();
+    let vm = create_with(
+        &lab,
+        "ha-poweroff",
+        "host-1",
+        None,
+        Some(IsolationResponse::PowerOff),
+    )
+    .await;
+    assert_eq!(vm.ha.isolation_response, IsolationResponse::PowerOff);
+    let (boot, _) = identity(&lab, "host-1", &vm);
+
+    lab.fail_host("host-1", Fault::Isolate);
+    wait_ha_state(&lab, "host-1", HaHostState::IsolatedOrPartitioned).await;
+    let moved = wait_vm_timeout(&lab.client, "ha-poweroff", FAILOVER_WAIT, |v| {
+        v.state == VmPowerState::Running
+            && v.owner.as_deref() == Some("host-2")
+            && v.operation.is_none()
+            && v.guest.ready
+    })
+    .await;
+    checker.check();
+    let (boot_after, _) = identity(&lab, "host-2", &moved);
+    assert_ne!(boot_after, boot, "a new boot on host-2");
+    assert_eq!(
+        lab.running_qemus().get("ha-poweroff"),
+        Some(&vec!["host-2".to_string()])
+    );
+    lab.fail_host("host-1", Fault::Heal);
+    wait_ha_state(&lab, "host-1", HaHostState::Connected).await;
     checker.check();
 }
 

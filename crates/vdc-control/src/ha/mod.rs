@@ -266,7 +266,10 @@ impl Cluster {
         for host in &failed {
             self.lose_host(host).await;
         }
-        if !failed.is_empty() && self.ha_settings().enabled {
+        let isolated = judged
+            .iter()
+            .any(|(_, v, _, _)| *v == HostVerdict::IsolatedOrPartitioned);
+        if (!failed.is_empty() || isolated) && self.ha_settings().enabled {
             self.start_failover_round(&judged).await;
         }
     }
@@ -299,6 +302,8 @@ impl Cluster {
                         lost_and_free: r.state == VmPowerState::Unknown
                             && r.operation.is_none()
                             && !waiting,
+                        leaves_when_isolated: r.config.ha.isolation_response
+                            != vdc_types::ha::IsolationResponse::KeepRunning,
                     })
                 })
                 .collect()
@@ -333,7 +338,10 @@ impl Cluster {
                 i += wave.len();
                 let mut tasks = Vec::new();
                 for name in wave {
-                    match me.failover_vm(name, "its host failed").await {
+                    match me
+                        .failover_vm(name, "its host failed or was isolated")
+                        .await
+                    {
                         Ok(t) => tasks.push((name.clone(), t.id)),
                         Err(e) => {
                             tracing::info!(vm = %name, error = %e, "failover not started");
