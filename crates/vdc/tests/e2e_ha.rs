@@ -431,3 +431,91 @@ async fn a_server_killed_during_a_failover_finishes_it_after_its_restart() {
     assert_eq!(restarted, 1);
     checker.check();
 }
+
+/// The web page's HA panel (policy, each host's state and heartbeat ages)
+/// and the per-VM priority selector, in a real headless Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
+    use vdc_test_infra::webdriver::Browser;
+    const PAGE: Duration = Duration::from_secs(60);
+    let lab = lab(2).await;
+    // A VM that is not started: its row and priority need no guest.
+    let t = lab
+        .client
+        .create_vm(&CreateVmRequest {
+            name: "ha-web".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            ..Default::default()
+        })
+        .await
+        .expect("create accepted");
+    lab.client
+        .wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("created");
+    let browser = Browser::start().await.unwrap_or_else(|e| {
+        panic!(
+            "starting headless Chromium: {}",
+            vdc_test_infra::error_chain(&e)
+        )
+    });
+    let token = std::fs::read_to_string(&lab.info.token_file).unwrap();
+    step(
+        "opening the page",
+        browser
+            .goto(&format!("{}/#token={}", lab.info.api_url, token.trim()))
+            .await,
+    );
+    let policy = step(
+        "the HA policy",
+        browser
+            .wait_text("#hapolicy", PAGE, |t| t.contains("network timeout"))
+            .await,
+    );
+    assert!(policy.contains("restarts enabled"), "{policy}");
+    for host in ["host-1", "host-2"] {
+        let row = step(
+            "a connected host in the HA table",
+            browser
+                .wait_row("#ha tbody tr", PAGE, |r| {
+                    r[0] == host
+                        && r[1] == "connected"
+                        && r[2].ends_with(" s")
+                        && r[3].ends_with(" s")
+                })
+                .await,
+        );
+        eprintln!("{row:?}");
+    }
+    // The priority selector: the API shows the change.
+    step(
+        "choosing priority high",
+        browser
+            .click_css(
+                r#"select.ha-priority[data-vm="ha-web"] option:nth-child(1)"#,
+                PAGE,
+            )
+            .await,
+    );
+    wait_until_async(PAGE, "priority high through the API", || async {
+        let v = lab.client.get_vm("ha-web").await.ok()?;
+        (v.ha.priority == HaPriority::High).then_some(())
+    })
+    .await;
+    // A killed host shows as failed.
+    lab.fail_host("host-2", Fault::Kill);
+    step(
+        "host-2 failed in the HA table",
+        browser
+            .wait_row("#ha tbody tr", PAGE, |r| {
+                r[0] == "host-2" && r[1] == "failed"
+            })
+            .await,
+    );
+}
+
+/// The value of a browser step, or a panic naming the step and the cause.
+fn step<T>(what: &str, r: Result<T, vdc_test_infra::webdriver::WebDriverError>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {}", vdc_test_infra::error_chain(&e)))
+}
