@@ -34,6 +34,13 @@ export VDC_TOKEN_FILE="$STATE_ROOT/$LAB/token"
 RESULTS="$STATE_ROOT/results.tsv"
 
 cleanup() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    mkdir -p /tmp/vdc-bench-ha-failure
+    cp -r "$STATE_ROOT/$LAB/logs" /tmp/vdc-bench-ha-failure/ 2>/dev/null || true
+    events_after 0 > /tmp/vdc-bench-ha-failure/events.json 2>/dev/null || true
+    echo "failed; logs and events kept in /tmp/vdc-bench-ha-failure" >&2
+  fi
   "$VDC" lab down --lab-id "$LAB" --state-root "$STATE_ROOT" >/dev/null 2>&1 || true
   rm -rf "$STATE_ROOT"
 }

@@ -81,7 +81,7 @@ pub const API_BODY_MAX: usize = 1 << 20;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/hosts", get(list_hosts).post(join::add_host))
-        .route("/ha", get(ha_status))
+        .route("/ha", get(ha_status).put(set_ha_policy))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route("/datastores", get(list_datastores))
@@ -170,6 +170,17 @@ async fn list_hosts(State(st): State<AppState>) -> ApiResult<Json<Vec<Host>>> {
 #[utoipa::path(get, path = "/api/v1/ha", responses((status = 200, body = vdc_types::ha::HaStatus)))]
 async fn ha_status(State(st): State<AppState>) -> ApiResult<Json<vdc_types::ha::HaStatus>> {
     Ok(Json(st.cluster.ha_status().await?))
+}
+
+/// Sets the HA admission policy: how many host failures the protected VMs
+/// must survive; a create or power-on that would break it is refused.
+#[utoipa::path(put, path = "/api/v1/ha", request_body = vdc_types::ha::SetHaPolicyRequest,
+    responses((status = 200, body = vdc_types::ha::HaPolicy), (status = 400, body = ApiError)))]
+async fn set_ha_policy(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<vdc_types::ha::SetHaPolicyRequest>,
+) -> ApiResult<Json<vdc_types::ha::HaPolicy>> {
+    Ok(Json(st.cluster.set_ha_policy(&req).await?))
 }
 
 /// One host.

@@ -266,6 +266,14 @@ impl Client {
         )
         .await
     }
+    /// `PUT /ha`: sets the HA admission policy.
+    pub async fn set_ha_policy(
+        &self,
+        req: &vdc_types::ha::SetHaPolicyRequest,
+    ) -> Result<vdc_types::ha::HaPolicy, ClientError> {
+        self.send(self.req(reqwest::Method::PUT, "/ha").json(req))
+            .await
+    }
     /// `GET /ha`: HA settings, failover capacity, each host's HA state.
     pub async fn ha_status(&self) -> Result<vdc_types::ha::HaStatus, ClientError> {
         self.get("/ha").await

@@ -273,6 +273,10 @@ impl Cluster {
             datastores: datastores.clone(),
         };
         vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
+        if req.start {
+            self.check_admission(&req.name, memory_mib, req.ha_priority.unwrap_or_default())
+                .await?;
+        }
         if let Some(h) = &req.host {
             let cap = caps
                 .iter()

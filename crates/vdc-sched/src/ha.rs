@@ -237,3 +237,62 @@ mod tests {
         }
     }
 }
+
+/// Admission control: would the protected VMs (with a new one) still fit
+/// on the hosts left after the `tolerate` largest hosts fail?
+///
+/// `hosts_mib`: the memory of each connected host; `protected_mib`: the
+/// footprint of the protected VMs that run (with the one being admitted).
+/// Returns the memory missing, MiB (0: admitted).
+pub fn admission_shortfall(hosts_mib: &[u64], protected_mib: u64, tolerate: u32) -> u64 {
+    let mut sorted = hosts_mib.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let surviving: u64 = sorted.iter().skip(tolerate as usize).sum();
+    protected_mib.saturating_sub(surviving)
+}
+
+/// How many host failures (the largest hosts first) the cluster tolerates
+/// now with `protected_mib` of protected VMs running.
+pub fn tolerated_failures(hosts_mib: &[u64], protected_mib: u64) -> u32 {
+    (0..hosts_mib.len() as u32)
+        .take_while(|k| admission_shortfall(hosts_mib, protected_mib, k + 1) == 0)
+        .count() as u32
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_largest_hosts_are_assumed_to_fail() {
+        // Hosts of 8, 4, 4 GiB; 6 GiB protected.
+        let hosts = [4096, 8192, 4096];
+        assert_eq!(admission_shortfall(&hosts, 6144, 0), 0);
+        assert_eq!(admission_shortfall(&hosts, 6144, 1), 0); // 8 GiB fails: 8 left
+        assert_eq!(admission_shortfall(&hosts, 6144, 2), 2048); // only 4 GiB left
+        assert_eq!(admission_shortfall(&hosts, 6144, 3), 6144);
+        assert_eq!(tolerated_failures(&hosts, 6144), 1);
+        assert_eq!(tolerated_failures(&hosts, 0), 3);
+    }
+
+    proptest! {
+        /// Tolerating more failures never admits more; the shortfall never
+        /// exceeds the demand.
+        #[test]
+        fn more_tolerance_is_never_looser(
+            hosts in proptest::collection::vec(0u64..100_000, 0..8),
+            demand in 0u64..400_000,
+            k in 0u32..8,
+        ) {
+            let a = admission_shortfall(&hosts, demand, k);
+            let b = admission_shortfall(&hosts, demand, k + 1);
+            prop_assert!(b >= a);
+            prop_assert!(a <= demand);
+            let t = tolerated_failures(&hosts, demand);
+            if t > 0 {
+                prop_assert_eq!(admission_shortfall(&hosts, demand, t), 0);
+            }
+        }
+    }
+}

@@ -98,6 +98,12 @@ pub struct HaStatus {
     pub datastore_timeout_ms: u64,
     /// Memory free on connected hosts for restarts, MiB.
     pub failover_capacity_mib: u64,
+    /// Admission control: host failures the cluster must tolerate (0: off).
+    pub tolerate_host_failures: u32,
+    /// Host failures (largest hosts first) the cluster tolerates now.
+    pub tolerated_failures_now: u32,
+    /// Memory of the protected VMs that run, QEMU overhead included, MiB.
+    pub protected_mib: u64,
     /// The hosts.
     pub hosts: Vec<HaHost>,
 }
@@ -201,4 +207,28 @@ pub struct UpdateVmRequest {
     /// New isolation response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation_response: Option<IsolationResponse>,
+}
+
+/// Version of the stored HA policy (`/ha/policy`).
+pub const HA_POLICY_VERSION: u32 = 1;
+
+/// The cluster's HA admission policy (store key `/ha/policy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HaPolicy {
+    /// [`HA_POLICY_VERSION`].
+    #[serde(default)]
+    pub version: u32,
+    /// A create or power-on is refused when the protected VMs would no
+    /// longer fit on the hosts left after this many host failures (the
+    /// largest hosts first). 0 turns admission control off.
+    pub tolerate_host_failures: u32,
+}
+
+/// `PUT /api/v1/ha`: the admission policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetHaPolicyRequest {
+    /// Host failures to tolerate (0–63; 0: admission control off).
+    #[schema(minimum = 0, maximum = 63)]
+    pub tolerate_host_failures: u32,
 }

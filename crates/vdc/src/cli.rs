@@ -185,6 +185,13 @@ pub enum HaCmd {
     /// Show the HA settings, the failover capacity and each host's state
     /// with the ages of its network and datastore heartbeats.
     Status,
+    /// Set the admission policy: a create or power-on that would leave the
+    /// protected VMs without room after N host failures is refused.
+    Set {
+        /// Host failures to tolerate (0 turns admission control off).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=63))]
+        tolerate_host_failures: u32,
+    },
 }
 
 /// `vdc datastore ...`

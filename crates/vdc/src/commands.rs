@@ -52,6 +52,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         }) => crate::join::host_add(ctx, &name, credential_file.as_deref(), replace).await,
         Command::Host(HostCmd::Agents) => crate::join::host_agents(ctx).await,
         Command::Ha(crate::cli::HaCmd::Status) => crate::ha::ha_status(ctx).await,
+        Command::Ha(crate::cli::HaCmd::Set {
+            tolerate_host_failures,
+        }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,

@@ -16,6 +16,23 @@ pub(crate) async fn ha_status(ctx: &Ctx) -> Result<(), CliError> {
     out(&ha_text(&st))
 }
 
+/// `vdc ha set --tolerate-host-failures N`.
+pub(crate) async fn ha_set(ctx: &Ctx, tolerate: u32) -> Result<(), CliError> {
+    let p = ctx
+        .client
+        .set_ha_policy(&vdc_types::ha::SetHaPolicyRequest {
+            tolerate_host_failures: tolerate,
+        })
+        .await?;
+    if ctx.json() {
+        return out_json(&p);
+    }
+    out(&format!(
+        "admission control: tolerate {} host failure(s)\n",
+        p.tolerate_host_failures
+    ))
+}
+
 fn age(ms: Option<u64>) -> String {
     ms.map(|m| format!("{:.1}s", m as f64 / 1000.0))
         .unwrap_or_else(|| "-".into())
@@ -24,10 +41,14 @@ fn age(ms: Option<u64>) -> String {
 /// The status as text: settings, then a table of hosts.
 pub fn ha_text(st: &HaStatus) -> String {
     let mut s = format!(
-        "restarts: {}\nnetwork timeout: {} ms\ndatastore timeout: {} ms\nfailover capacity: {}\n\n",
+        "restarts: {}\nnetwork timeout: {} ms\ndatastore timeout: {} ms\nadmission control: tolerate {} host failure(s) ({})\nfailures tolerated now: {} (protected VMs: {})\nfailover capacity: {}\n\n",
         if st.enabled { "enabled" } else { "disabled" },
         st.network_timeout_ms,
         st.datastore_timeout_ms,
+        st.tolerate_host_failures,
+        if st.tolerate_host_failures == 0 { "off" } else { "on" },
+        st.tolerated_failures_now,
+        mib(st.protected_mib),
         mib(st.failover_capacity_mib)
     );
     let mut t = Table::new(&["HOST", "HA-STATE", "NETWORK-HB", "DATASTORE-HB", "FREE"]);
@@ -56,6 +77,9 @@ mod tests {
             network_timeout_ms: 2500,
             datastore_timeout_ms: 2500,
             failover_capacity_mib: 2048,
+            tolerate_host_failures: 1,
+            tolerated_failures_now: 2,
+            protected_mib: 256,
             hosts: vec![HaHost {
                 name: "host-2".into(),
                 state: HaHostState::IsolatedOrPartitioned,
@@ -66,6 +90,7 @@ mod tests {
         };
         let text = ha_text(&st);
         assert!(text.contains("network timeout: 2500 ms"), "{text}");
+        assert!(text.contains("tolerate 1 host failure(s) (on)"), "{text}");
         assert!(text.contains("isolated_or_partitioned"), "{text}");
         assert!(text.contains("7.3s") && text.contains("0.4s"), "{text}");
     }

@@ -11,7 +11,9 @@ use vdc_test_infra::fencing::read_lease;
 use vdc_test_infra::ha::Fault;
 use vdc_test_infra::{wait_until, wait_until_async, wait_vm_timeout, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
-use vdc_types::ha::{HaHostState, HaPriority, IsolationResponse, UpdateVmRequest};
+use vdc_types::ha::{
+    HaHostState, HaPriority, IsolationResponse, SetHaPolicyRequest, UpdateVmRequest,
+};
 use vdc_types::{Event, TaskState, Vm, VmPowerState};
 
 const TEMPLATE: &str = "debian-busybox";
@@ -518,4 +520,83 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
 /// The value of a browser step, or a panic naming the step and the cause.
 fn step<T>(what: &str, r: Result<T, vdc_test_infra::webdriver::WebDriverError>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {}", vdc_test_infra::error_chain(&e)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_control_refuses_a_power_on_saying_by_how_much() {
+    let lab = lab(2).await;
+    let c = &lab.client;
+    let t = c
+        .create_vm(&CreateVmRequest {
+            name: "ha-adm".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            ..Default::default()
+        })
+        .await
+        .expect("create accepted");
+    c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("created");
+    // Two hosts, two failures tolerated: no host would be left.
+    let p = c
+        .set_ha_policy(&SetHaPolicyRequest {
+            tolerate_host_failures: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(p.tolerate_host_failures, 2);
+    let err = c
+        .vm_action("ha-adm", "start", serde_json::json!({}))
+        .await
+        .expect_err("refused");
+    let vdc_client::ClientError::Api(api) = err else {
+        panic!("an API error: {err}");
+    };
+    assert_eq!(
+        api.code,
+        vdc_types::ErrorCode::InsufficientCapacity,
+        "{api:?}"
+    );
+    assert!(
+        api.message.contains("too little failover capacity") && api.message.contains("MiB short"),
+        "{}",
+        api.message
+    );
+    // A create that would start is refused the same way; one that does not
+    // start is not.
+    let err = c
+        .create_vm(&CreateVmRequest {
+            name: "ha-adm2".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("MiB short"), "{err}");
+    wait_event(&lab, "ha.admission_refused", "ha-adm", |_| true).await;
+    let st = c.ha_status().await.unwrap();
+    assert_eq!(st.tolerate_host_failures, 2);
+    assert_eq!(
+        st.tolerated_failures_now, 2,
+        "nothing protected runs: {st:?}"
+    );
+    // Out-of-range policies are refused with their range.
+    let err = c
+        .set_ha_policy(&SetHaPolicyRequest {
+            tolerate_host_failures: 64,
+        })
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("between 0 and 63"), "{err}");
+    // Turned off, the start is accepted.
+    c.set_ha_policy(&SetHaPolicyRequest {
+        tolerate_host_failures: 0,
+    })
+    .await
+    .unwrap();
+    let vm = c.get_vm("ha-adm").await.unwrap();
+    assert!(vm.actions.contains(&vdc_types::VmAction::Start));
 }

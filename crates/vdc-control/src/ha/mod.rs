@@ -25,7 +25,10 @@
 //! judged failed at once (still safe: every restart waits for the VM's
 //! lease).
 
+mod admission;
 mod failover;
+
+pub use admission::MAX_TOLERATED;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -424,6 +427,8 @@ impl Cluster {
     pub async fn ha_status(&self) -> Result<HaStatus, ApiError> {
         let judged = self.judge_hosts().await;
         let settings = self.ha_settings();
+        let policy = self.ha_policy().await?;
+        let (host_mib, protected_mib) = self.admission_view().await;
         let live = self.live.read().await;
         let hosts: Vec<HaHost> = judged
             .into_iter()
@@ -443,6 +448,9 @@ impl Cluster {
             network_timeout_ms: settings.timeouts.network.as_millis() as u64,
             datastore_timeout_ms: settings.timeouts.datastore.as_millis() as u64,
             failover_capacity_mib: hosts.iter().map(|h| h.memory_free_mib).sum(),
+            tolerate_host_failures: policy.tolerate_host_failures,
+            tolerated_failures_now: vdc_sched::ha::tolerated_failures(&host_mib, protected_mib),
+            protected_mib,
             hosts,
         })
     }
