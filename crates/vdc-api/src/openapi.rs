@@ -10,6 +10,9 @@ use vdc_types::api::{
     StartVmRequest, Template, VersionInfo,
 };
 use vdc_types::auth::{AddHostRequest, HostCredential, HostJoin, JoinRequest, JoinResponse};
+use vdc_types::migration::{
+    MigrateRequest, MigrationKind, MigrationOutcome, MigrationProgress, MigrationReport,
+};
 use vdc_types::{
     ApiError, Datastore, ErrorCode, Event, Host, InFlight, Network, Task, Vm, VmAction, VmOperation,
 };
@@ -41,6 +44,7 @@ use crate::routes::*;
         delete_vm,
         start_vm,
         shutdown_vm,
+        migrate_vm,
         vm_action,
         vm_console,
         vm_console_input,
@@ -73,6 +77,11 @@ use crate::routes::*;
         CreateTemplateRequest,
         StartVmRequest,
         ShutdownVmRequest,
+        MigrateRequest,
+        MigrationKind,
+        MigrationProgress,
+        MigrationOutcome,
+        MigrationReport,
         ConsoleInputRequest,
         HostReport,
         VmActionName,

@@ -20,6 +20,7 @@ use vdc_types::api::{
     Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
 use vdc_types::event::topic_matches;
+use vdc_types::migration::MigrateRequest;
 use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm, VmAction};
 
 use crate::credentials::Credentials;
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/vms/{name}/start", post(start_vm))
         .route("/vms/{name}/shutdown", post(shutdown_vm))
+        .route("/vms/{name}/migrate", post(migrate_vm))
         .route("/vms/{name}/{action}", post(vm_action))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
@@ -303,6 +305,25 @@ async fn shutdown_vm(
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
+/// Moves a VM to another host (returns a `vm.migrate` task): a running or
+/// paused VM live, a stopped one cold, a suspended one with its saved
+/// state; with `datastore`, its disks move to that datastore. Without
+/// `to`, placement picks the host. Everything the move needs is checked
+/// before anything moves; a refusal changes nothing. The body is optional.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/migrate",
+    request_body(content = Option<MigrateRequest>, description = "optional"),
+    params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError, description = "bad request, or the destination cannot take the VM"), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the VM's state or operation in flight forbids the move"), (status = 503, body = ApiError, description = "a host involved is not connected")))]
+async fn migrate_vm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiBytes(body): ApiBytes,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let req: MigrateRequest = optional_body(&body)?;
+    let task = st.cluster.migrate_vm(&name, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
 /// A power action without a body (returns a task): `stop` (power off at
 /// once), `reset`, `pause`, `resume` (a paused or a suspended VM),
 /// `suspend` (memory to the datastore). `start` and `shutdown` have their
@@ -319,9 +340,9 @@ async fn vm_action(
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
-/// The [`VmAction`] named in `POST /vms/{name}/{action}`. Start and
-/// shutdown have their own routes; migrate, failover, snapshot and backup
-/// are modelled but refused by the cluster as not available yet.
+/// The [`VmAction`] named in `POST /vms/{name}/{action}`. Start, shutdown
+/// and migrate have their own routes; failover, snapshot and backup are
+/// modelled but refused by the cluster as not available yet.
 fn posted_action(name: &str) -> Result<VmAction, ApiErr> {
     match name.parse::<VmAction>() {
         Ok(VmAction::Delete) => Err(ApiErr(ApiError::invalid(

@@ -5,6 +5,8 @@
 //! server refused the request, so callers can show the administrator exactly
 //! what was wrong.
 
+mod migration;
+
 use std::time::{Duration, Instant};
 
 use futures::Stream;

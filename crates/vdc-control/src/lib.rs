@@ -29,6 +29,7 @@ pub mod ipam;
 mod jobs;
 pub mod journal;
 pub mod lifecycle;
+pub mod migration;
 mod networks;
 pub mod ownership;
 pub mod record;

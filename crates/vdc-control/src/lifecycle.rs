@@ -19,6 +19,7 @@
 //!  shutting_down,suspending  stop          stopping                stopped
 //!  stopped,suspended,crashed  delete       deleting                (gone)
 //!  running,paused migrate TARGET           migrating{source,target} same state, owner = target
+//!  stopped,suspended migrate TARGET        migrating{source,target} same state, owner = target
 //!  unknown        failover                 failing_over{from}      running elsewhere
 //!  stopped,running,paused  snapshot        snapshotting            same state
 //!  stopped,running,paused  backup          backing_up              same state
@@ -145,7 +146,10 @@ pub fn allowed_states(action: VmAction) -> Vec<VmPowerState> {
             S::Suspending,
         ],
         VmAction::Shutdown | VmAction::Pause => vec![S::Running],
-        VmAction::Reset | VmAction::Suspend | VmAction::Migrate => vec![S::Running, S::Paused],
+        VmAction::Reset | VmAction::Suspend => vec![S::Running, S::Paused],
+        // Running or paused: live; stopped: cold; suspended: the saved
+        // state moves (`vdc_control::migration` picks the kind).
+        VmAction::Migrate => vec![S::Stopped, S::Running, S::Paused, S::Suspended],
         VmAction::Resume => vec![S::Paused, S::Suspended],
         VmAction::Delete => vec![S::Stopped, S::Suspended, S::Crashed],
         VmAction::Failover => vec![S::Unknown],
@@ -325,7 +329,8 @@ mod tests {
                 VmAction::Shutdown,
                 VmAction::Reset,
                 VmAction::Pause,
-                VmAction::Suspend
+                VmAction::Suspend,
+                VmAction::Migrate
             ]
         );
     }
@@ -449,7 +454,7 @@ mod tests {
             for a in VmAction::ALL.into_iter().filter(|a| a.is_offered()) {
                 prop_assert_eq!(
                     allowed_actions(&n).contains(&a),
-                    decide(&n, a, None).is_ok(),
+                    decide(&n, a, Some("b")).is_ok(),
                     "{} in {}", a, s
                 );
             }

@@ -77,6 +77,20 @@ impl TaskCtx {
         }
     }
 
+    /// Records a migration task's figures (progress, policy steps, outcome).
+    pub async fn set_migration(&self, report: &vdc_types::migration::MigrationReport) {
+        let r: Result<Task, vdc_store::StoreError> = self
+            .store
+            .update_json(&key(&self.id), |mut t: Task| {
+                t.migration = Some(report.clone());
+                Ok(t)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(task = %self.id, error = %e, "cannot record migration figures");
+        }
+    }
+
     /// Appends `step` to the task's journal (compare-and-swap). A body must
     /// not go on when its journal cannot be written: the error says so.
     pub async fn journal(&self, step: Step) -> Result<(), ApiError> {
@@ -209,6 +223,7 @@ impl TaskEngine {
             started_ms: None,
             finished_ms: None,
             journal: params.map(TaskJournal::new),
+            migration: None,
         };
         self.store
             .put_json(&key(&task.id), &task)

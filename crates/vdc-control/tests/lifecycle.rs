@@ -183,7 +183,7 @@ async fn actions_not_built_yet_are_refused_clearly() {
     let cluster = Cluster::open(store.clone(), TOKEN.into())
         .await
         .expect("open");
-    for a in [VmAction::Migrate, VmAction::Snapshot, VmAction::Backup] {
+    for a in [VmAction::Snapshot, VmAction::Backup] {
         let e = cluster
             .vm_action("web", a, None)
             .await

@@ -315,6 +315,7 @@ fn tasks_left_running_without_a_journal_are_failed_by_the_next_server() {
             started_ms: None,
             finished_ms: None,
             journal: None,
+            migration: None,
         };
         store
             .put_json("/tasks/queued-task", &queued)

@@ -560,6 +560,7 @@ async fn an_unfinished_suspend_is_reconciled_with_what_the_host_runs() {
                 started_ms: Some(vdc_types::now_ms()),
                 finished_ms: None,
                 journal: Some(journal),
+                migration: None,
             };
             store
                 .put_json(&format!("/tasks/{id}"), &task)

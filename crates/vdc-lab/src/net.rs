@@ -15,6 +15,11 @@
 //!    root side to the lab bridge, create `vmbr0` in the namespace with
 //!    `uplink0` in it and the host's address on it.
 //!
+//! Every bridge gets a fixed MAC address ([`plan::bridge_mac`]): VM taps
+//! come and go on `vmbr0`, and a bridge left to pick its own MAC would
+//! change it with them, cutting the host off its neighbours until their
+//! ARP entries go stale.
+//!
 //! [`destroy`] removes the namespaces (which takes the veth pairs with
 //! them), then any leftover lab interface, matched by name so it also
 //! cleans up after a crash.
@@ -84,7 +89,16 @@ pub fn create(plan: &LabPlan) -> Result<()> {
         if crate::ip::link_exists(&plan.bridge)? {
             return Err(LabError::AlreadyUp(plan.lab_id.clone()));
         }
-        ip(&["link", "add", &plan.bridge, "type", "bridge"])?;
+        let mac = plan::bridge_mac(plan.gateway);
+        ip(&[
+            "link",
+            "add",
+            &plan.bridge,
+            "address",
+            &mac,
+            "type",
+            "bridge",
+        ])?;
         let gw = format!("{}/24", plan.gateway);
         ip(&["addr", "add", &gw, "dev", &plan.bridge])?;
     }
@@ -107,7 +121,19 @@ pub fn create(plan: &LabPlan) -> Result<()> {
         ])?;
         ip(&["link", "set", &host.veth, "master", &plan.bridge])?;
         ip(&["link", "set", &host.veth, "up"])?;
-        ip_in(ns, &["link", "add", HOST_BRIDGE, "type", "bridge"])?;
+        let mac = plan::bridge_mac(host.address);
+        ip_in(
+            ns,
+            &[
+                "link",
+                "add",
+                HOST_BRIDGE,
+                "address",
+                &mac,
+                "type",
+                "bridge",
+            ],
+        )?;
         ip_in(ns, &["link", "set", HOST_UPLINK, "master", HOST_BRIDGE])?;
         ip_in(ns, &["link", "set", HOST_UPLINK, "up"])?;
         let addr = format!("{}/24", host.address);

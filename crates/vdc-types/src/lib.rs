@@ -14,6 +14,7 @@ pub mod host;
 pub mod job;
 pub mod lifecycle;
 pub mod limits;
+pub mod migration;
 pub mod names;
 pub mod task;
 pub mod vm;

@@ -13,9 +13,9 @@ use crate::UnixMillis;
 
 /// Something asked of a VM.
 ///
-/// Start … delete exist today; migrate, failover (HA restart), snapshot and
-/// backup are modelled so that their flows plug into the same transition
-/// function, but the API does not offer them yet ([`VmAction::is_offered`]).
+/// Start … migrate exist today; failover (HA restart), snapshot and backup
+/// are modelled so that their flows plug into the same transition function,
+/// but the API does not offer them yet ([`VmAction::is_offered`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmAction {
@@ -97,7 +97,7 @@ impl VmAction {
     pub fn is_offered(self) -> bool {
         !matches!(
             self,
-            VmAction::Migrate | VmAction::Failover | VmAction::Snapshot | VmAction::Backup
+            VmAction::Failover | VmAction::Snapshot | VmAction::Backup
         )
     }
 }

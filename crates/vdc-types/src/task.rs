@@ -78,6 +78,10 @@ pub struct Task {
     /// they happen so that a restarted server can resume or undo it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<TaskJournal>,
+    /// A migration task's figures: progress while it runs, policy steps,
+    /// measured downtime and total time once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::migration::MigrationReport>,
 }
 
 /// A task's journal: its parameters and the steps done, with the data
@@ -138,6 +142,23 @@ pub enum TaskParams {
         /// Seconds a shutdown waits for the guest before powering off.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shutdown_timeout_s: Option<u64>,
+    },
+    /// `vm.migrate`: a move of a VM to another host or datastore.
+    VmMigrate {
+        /// Id of the VM.
+        vm_id: String,
+        /// Kind of move.
+        migration: crate::migration::MigrationKind,
+        /// Host the VM leaves.
+        source: String,
+        /// Host the VM moves to.
+        target: String,
+        /// Datastore its disks move to (storage migration).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        datastore: Option<String>,
+        /// Whether post-copy may be used (live migration).
+        #[serde(default)]
+        allow_postcopy: bool,
     },
     /// `vm.delete`.
     VmDelete {

@@ -299,6 +299,25 @@ pub enum VmCmd {
     Suspend(VmNameArgs),
     /// Continue a paused VM or start a suspended one.
     Resume(VmNameArgs),
+    /// Move a VM to another host: live while it runs (`vm.migrate` task).
+    Migrate {
+        /// VM name.
+        name: String,
+        /// Destination host (default: placement picks one).
+        #[arg(long)]
+        to: Option<String>,
+        /// Move its disks to this datastore (storage migration).
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Whether a live migration that does not converge may switch to
+        /// post-copy (default: the server's policy). A VM whose link breaks
+        /// during post-copy is lost.
+        #[arg(long, value_name = "BOOL")]
+        allow_postcopy: Option<bool>,
+        /// Waiting behaviour (waits for the task by default).
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Delete a stopped VM and its disks.
     #[command(alias = "rm")]
     Delete {

@@ -531,6 +531,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             journal: Some(journal),
+            migration: None,
         };
         let out = task_details(&t);
         let steps: Vec<&str> = out.lines().skip_while(|l| *l != "steps:").collect();

@@ -203,6 +203,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             journal: None,
+            migration: None,
         };
         let e = CliError::Client(ClientError::TaskFailed(Box::new(task)));
         assert_eq!(e.exit_code(), 4);

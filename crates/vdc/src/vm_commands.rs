@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use vdc_types::api::{CreateVmRequest, DiskRequest, ShutdownVmRequest, StartVmRequest};
+use vdc_types::migration::MigrateRequest;
 use vdc_types::{now_ms, Datastore, Task, Vm, VmAction, VmOperation};
 
 use crate::cli::{VmCmd, VmCreateArgs, WaitArgs};
@@ -37,6 +38,21 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
         VmCmd::Pause(a) => vm_action(ctx, &a.name, VmAction::Pause, empty(), a.wait).await,
         VmCmd::Suspend(a) => vm_action(ctx, &a.name, VmAction::Suspend, empty(), a.wait).await,
         VmCmd::Resume(a) => vm_action(ctx, &a.name, VmAction::Resume, empty(), a.wait).await,
+        VmCmd::Migrate {
+            name,
+            to,
+            datastore,
+            allow_postcopy,
+            wait,
+        } => {
+            let req = MigrateRequest {
+                to,
+                datastore,
+                allow_postcopy,
+            };
+            let task = ctx.client.migrate_vm(&name, &req).await?;
+            finish_vm_task(ctx, &name, task, wait).await
+        }
         VmCmd::Delete { name, yes, wait } => vm_delete(ctx, &name, yes, wait).await,
         VmCmd::Console {
             name,

@@ -109,6 +109,7 @@ mod tests {
             started_ms: Some(1500),
             finished_ms: Some(4700),
             journal: None,
+            migration: None,
         };
         assert_eq!(final_line(&t), "vm.start web-1: succeeded in 3.2s");
         let mut t = t;

@@ -307,6 +307,7 @@ impl Cluster {
         match action {
             VmAction::Start => return self.start_vm(name, None).await,
             VmAction::Delete => return self.delete_vm(name).await,
+            VmAction::Migrate => return self.migrate_vm(name, Default::default()).await,
             _ => {}
         }
         let rec = self.record(name).await?;
