@@ -215,8 +215,6 @@ async fn measure(
     let hosts = &info.hosts;
     let (h1, h2, h3) = (&hosts[0], &hosts[1], &hosts[2]);
     let client = vdc_lab::client(info)?;
-    let token = vdc_lab::read_token(&info.token_file)?;
-    let http = reqwest::Client::new();
     let mut guests = Guests {
         vdc: None,
         libvirt: None,
@@ -260,6 +258,16 @@ async fn measure(
                         answer,
                     });
                 }
+                // The guest's own measure of its dirty rate (its stats are
+                // rewritten once a second).
+                let dirty_mib_s = if workload == Workload::Idle {
+                    None
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    guest::command(&h3.netns, &addr, "dirty")
+                        .ok()
+                        .and_then(|s| report::stat(&s, "mib_s"))
+                };
                 let poller = Poller::start(&h3.netns, &addr, Duration::from_millis(args.poll_ms));
                 // Half a second of answers before the move: the gap
                 // measured is then the move's, not the poller's start.
@@ -272,17 +280,19 @@ async fn measure(
                         } else {
                             &h1.name
                         };
-                        let moved = vdc_side::migrate(&client, &http, &token, to, timeout).await?;
+                        let moved = vdc_side::migrate(&client, to, timeout).await?;
                         if moved.converged {
                             guests.vdc_on_first = !guests.vdc_on_first;
                         }
                         Run {
                             system,
                             workload,
+                            dirty_mib_s: None,
                             converged: moved.converged,
-                            total_ms: moved.figures.map(|f| f.0),
-                            downtime_ms: moved.figures.map(|f| f.1),
+                            total_ms: moved.outcome.as_ref().map(|o| o.total_ms as f64),
+                            downtime_ms: moved.outcome.as_ref().map(|o| o.downtime_ms as f64),
                             gap_ms: None,
+                            policy_steps: moved.policy_steps,
                             error: moved.error,
                         }
                     }
@@ -300,6 +310,7 @@ async fn measure(
                         run
                     }
                 };
+                run.dirty_mib_s = dirty_mib_s;
                 // The guest answers again from its new host (or, after a
                 // failure, from the old one).
                 let done = poller.elapsed();
@@ -333,12 +344,20 @@ async fn measure(
 
 fn describe(r: &Run) -> String {
     let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0} ms"));
+    let rate = r
+        .dirty_mib_s
+        .map_or(String::new(), |d| format!(" (guest dirtying {d:.0} MiB/s)"));
     if r.converged {
         format!(
-            "total {}, downtime {}, longest gap {}",
+            "total {}, downtime {}, longest gap {}{rate}{}",
             ms(r.total_ms),
             ms(r.downtime_ms),
-            ms(r.gap_ms)
+            ms(r.gap_ms),
+            if r.policy_steps.is_empty() {
+                String::new()
+            } else {
+                format!("; steps: {}", r.policy_steps.join(", "))
+            }
         )
     } else {
         format!(
@@ -357,10 +376,12 @@ async fn libvirt_migrate(
     let mut run = Run {
         system: System::Libvirt,
         workload,
+        dirty_mib_s: None,
         converged: false,
         total_ms: None,
         downtime_ms: None,
         gap_ms: None,
+        policy_steps: Vec::new(),
         error: None,
     };
     let (f, t) = (from.clone(), to.clone());

@@ -83,6 +83,10 @@ pub struct Run {
     pub system: System,
     /// What the guest did.
     pub workload: Workload,
+    /// The guest's dirty rate just before the move, MiB/s, as its
+    /// dirtying program measured it (none when idle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty_mib_s: Option<f64>,
     /// Whether the migration completed (converged) with the guest running
     /// on the destination under the same boot id.
     pub converged: bool,
@@ -93,9 +97,20 @@ pub struct Run {
     /// Longest gap between two answers of the guest's UDP service seen by
     /// a client on a third host polling every few ms, ms.
     pub gap_ms: Option<f64>,
+    /// The policy steps vdc's migration took (auto-converge, post-copy…).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy_steps: Vec<String>,
     /// Why it did not converge or was not measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The number `key=N` in a line of `key=value` words (the guest's `dirty`
+/// answer).
+pub fn stat(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
 }
 
 /// The median of `values` (mean of the middle two for an even count).
@@ -272,12 +287,22 @@ mod tests {
         Run {
             system,
             workload,
+            dirty_mib_s: None,
             converged: true,
             total_ms: Some(t),
             downtime_ms: Some(d),
             gap_ms: Some(g),
+            policy_steps: Vec::new(),
             error: None,
         }
+    }
+
+    #[test]
+    fn stats_are_read_from_the_guests_answer() {
+        let a = "dirty running rate=max buffer_mib=64 pages=123 mib=0 mib_s=812.5 elapsed_ms=9";
+        assert_eq!(stat(a, "mib_s"), Some(812.5));
+        assert_eq!(stat(a, "mib"), Some(0.0));
+        assert_eq!(stat("dirty stopped", "mib_s"), None);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! vdc's side of the migration benchmark: a VM in the benchmark's lab,
 //! moved with `POST /api/v1/vms/{name}/migrate` (what `vdc vm migrate`
-//! sends), and QEMU's figures read back from the finished `vm.migrate`
-//! task ([`figures`]).
+//! sends), and the figures read back from the finished `vm.migrate` task
+//! (its `migration.outcome`: QEMU's downtime, the total time).
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use vdc_client::Client;
 use vdc_types::api::CreateVmRequest;
-use vdc_types::VmPowerState;
+use vdc_types::migration::MigrationOutcome;
+use vdc_types::{Task, VmPowerState};
 
 use crate::error::BenchError;
 
@@ -59,30 +60,37 @@ pub async fn create(c: &Client, host: &str, memory_mib: u32) -> Result<String, B
 pub struct Moved {
     /// Whether it completed.
     pub converged: bool,
-    /// QEMU's (total ms, downtime ms), when the task reports them.
-    pub figures: Option<(f64, f64)>,
+    /// How it ended (QEMU's downtime, total time), once it completed.
+    pub outcome: Option<MigrationOutcome>,
+    /// The policy steps the migration took.
+    pub policy_steps: Vec<String>,
     /// Why it failed.
     pub error: Option<String>,
 }
 
 /// Moves the VM to `to` and waits (at most `timeout`, then cancels).
-pub async fn migrate(
-    c: &Client,
-    http: &reqwest::Client,
-    token: &str,
-    to: &str,
-    timeout: Duration,
-) -> Result<Moved, BenchError> {
-    let t = c
-        .vm_action(VM, "migrate", json!({ "to": to }))
-        .await
-        .map_err(api("migrate the VM"))?;
+pub async fn migrate(c: &Client, to: &str, timeout: Duration) -> Result<Moved, BenchError> {
+    let t = match c.vm_action(VM, "migrate", json!({ "to": to })).await {
+        Ok(t) => t,
+        // Refused (e.g. "not available yet"): a run that did not happen,
+        // reported with the server's words.
+        Err(vdc_client::ClientError::Api(e)) => {
+            return Ok(Moved {
+                converged: false,
+                outcome: None,
+                policy_steps: Vec::new(),
+                error: Some(format!("refused: {}", e.message)),
+            })
+        }
+        Err(e) => return Err(api("migrate the VM")(e)),
+    };
     let outcome = c.wait_task(&t.id, timeout, |_| {}).await;
-    let raw = task_json(c, http, token, &t.id).await;
+    let report = |t: &Task| t.migration.clone().unwrap_or_default();
     Ok(match outcome {
-        Ok(_) => Moved {
+        Ok(done) => Moved {
             converged: true,
-            figures: raw.as_ref().and_then(figures),
+            outcome: report(&done).outcome,
+            policy_steps: report(&done).policy_steps,
             error: None,
         },
         Err(vdc_client::ClientError::Timeout(..)) => {
@@ -91,57 +99,26 @@ pub async fn migrate(
             }
             Moved {
                 converged: false,
-                figures: None,
+                outcome: None,
+                policy_steps: Vec::new(),
                 error: Some(format!("not done after {} s, cancelled", timeout.as_secs())),
             }
         }
+        Err(vdc_client::ClientError::TaskFailed(t)) => Moved {
+            converged: false,
+            outcome: None,
+            policy_steps: report(&t).policy_steps,
+            error: Some(
+                t.error
+                    .as_ref()
+                    .map_or_else(|| format!("task {:?}", t.state), |e| e.message.clone()),
+            ),
+        },
         Err(e) => Moved {
             converged: false,
-            figures: None,
+            outcome: None,
+            policy_steps: Vec::new(),
             error: Some(e.to_string()),
         },
     })
-}
-
-/// The task as the API sends it, every field kept.
-async fn task_json(c: &Client, http: &reqwest::Client, token: &str, id: &str) -> Option<Value> {
-    let url = format!("{}/api/v1/tasks/{id}", c.base_url());
-    let r = http.get(url).bearer_auth(token).send().await.ok()?;
-    r.json().await.ok()
-}
-
-/// QEMU's total time and downtime (ms) of a finished `vm.migrate` task:
-/// the first `downtime_ms` and `total_ms` (or `total_time_ms`) numbers
-/// anywhere in it.
-pub fn figures(task: &Value) -> Option<(f64, f64)> {
-    fn find(v: &Value, keys: &[&str]) -> Option<f64> {
-        match v {
-            Value::Object(m) => {
-                for k in keys {
-                    if let Some(n) = m.get(*k).and_then(Value::as_f64) {
-                        return Some(n);
-                    }
-                }
-                m.values().find_map(|x| find(x, keys))
-            }
-            Value::Array(a) => a.iter().find_map(|x| find(x, keys)),
-            _ => None,
-        }
-    }
-    Some((
-        find(task, &["total_ms", "total_time_ms"])?,
-        find(task, &["downtime_ms"])?,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn figures_are_found_wherever_the_task_keeps_them() {
-        let t = json!({"kind": "vm.migrate", "result": {"migration": {"total_ms": 812, "downtime_ms": 9.5}}});
-        assert_eq!(figures(&t), Some((812.0, 9.5)));
-        assert_eq!(figures(&json!({"kind": "vm.migrate"})), None);
-    }
 }
