@@ -7,6 +7,7 @@ pub mod error;
 pub mod guest;
 pub mod libvirt;
 pub mod migrate;
+pub mod qemu_pair;
 pub mod report;
 pub mod vdc_side;
 

@@ -31,6 +31,7 @@ use clap::Args;
 use crate::error::BenchError;
 use crate::guest::{self, Poller};
 use crate::libvirt::{self, LibvirtPeer};
+use crate::qemu_pair::{self, QemuPair};
 use crate::report::{self, Run, System, Workload};
 use crate::vdc_side;
 
@@ -43,9 +44,20 @@ pub struct MigrateArgs {
     /// Workloads, comma-separated: `idle`, a rate in MiB/s, `max`.
     #[arg(long, default_value = "idle,100,max", value_delimiter = ',')]
     pub workloads: Vec<String>,
-    /// Systems to measure, comma-separated: `vdc`, `libvirt`.
+    /// Systems to measure, comma-separated: `vdc`, `libvirt`, and `qemu`
+    /// (two bare QEMU processes with the settings of `--qemu-capabilities`
+    /// and `--qemu-parameters`: a reference for tuning, not a peer).
     #[arg(long, default_value = "vdc,libvirt", value_delimiter = ',')]
     pub systems: Vec<String>,
+    /// `qemu` system: migration capabilities to enable, comma-separated
+    /// (e.g. `auto-converge,postcopy-ram`; with `postcopy-ram` it switches
+    /// to post-copy after 2 s).
+    #[arg(long, default_value = "")]
+    pub qemu_capabilities: String,
+    /// `qemu` system: migration parameters, `NAME=NUMBER,...` (e.g.
+    /// `max-bandwidth=10000000000,downtime-limit=100`).
+    #[arg(long, default_value = "")]
+    pub qemu_parameters: String,
     /// Guest memory, MiB.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=4096))]
     pub memory_mib: u32,
@@ -110,8 +122,9 @@ impl MigrateArgs {
             .map(|s| match s.trim() {
                 "vdc" => Ok(System::Vdc),
                 "libvirt" => Ok(System::Libvirt),
+                "qemu" => Ok(System::Qemu),
                 other => Err(BenchError::Usage(format!(
-                    "unknown system '{other}': use vdc, libvirt"
+                    "unknown system '{other}': use vdc, libvirt, qemu"
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -166,9 +179,13 @@ pub async fn run(args: MigrateArgs, json: bool) -> Result<(), BenchError> {
     eprintln!("bench: starting lab '{}' (3 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;
     let mut peer = None;
-    let outcome = measure(&args, &plan, &info, &work, &mut peer).await;
+    let mut pair = None;
+    let outcome = measure(&args, &plan, &info, &work, &mut peer, &mut pair).await;
     if let Some(p) = &peer {
         p.stop();
+    }
+    if let Some(p) = &mut pair {
+        QemuPair::stop(p);
     }
     if let Err(e) = vdc_lab::down(&spec.lab_id, &spec.state_root).await {
         eprintln!("bench: tearing down the lab: {e}");
@@ -199,6 +216,7 @@ pub async fn run(args: MigrateArgs, json: bool) -> Result<(), BenchError> {
 struct Guests {
     vdc: Option<String>,
     libvirt: Option<String>,
+    qemu: Option<String>,
     /// libvirt's domain runs on the `src` daemon (else on `dst`).
     libvirt_on_src: bool,
     /// vdc's VM runs on host 1 (else on host 2).
@@ -211,6 +229,7 @@ async fn measure(
     info: &vdc_lab::LabInfo,
     work: &Path,
     peer_slot: &mut Option<LibvirtPeer>,
+    pair_slot: &mut Option<QemuPair>,
 ) -> Result<Vec<Run>, BenchError> {
     let hosts = &info.hosts;
     let (h1, h2, h3) = (&hosts[0], &hosts[1], &hosts[2]);
@@ -218,6 +237,7 @@ async fn measure(
     let mut guests = Guests {
         vdc: None,
         libvirt: None,
+        qemu: None,
         libvirt_on_src: true,
         vdc_on_first: true,
     };
@@ -236,10 +256,56 @@ async fn measure(
             (&h2.netns, &h2.address, vdc_lab::plan::HOST_BRIDGE),
         )?;
         let peer = peer_slot.insert(peer);
-        let addr = libvirt_address(&info.subnet)?;
+        let addr = guest_address(&info.subnet, 240)?;
         boot_libvirt_guest(peer, work, &image, args.memory_mib, &addr, &info.subnet)?;
         guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180))?;
         guests.libvirt = Some(addr);
+    }
+    if plan.systems.contains(&System::Qemu) {
+        let settings = qemu_pair::Settings::parse(&args.qemu_capabilities, &args.qemu_parameters)?;
+        eprintln!(
+            "bench: bare QEMU guest on {} ({})",
+            h1.name,
+            settings.describe()
+        );
+        let dir = work.join("qemu");
+        mkdir(&dir)?;
+        let disk = dir.join("disk.qcow2");
+        let image = template_image(args)?;
+        run_tool(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                &image.display().to_string(),
+                &disk.display().to_string(),
+            ],
+        )?;
+        let addr = guest_address(&info.subnet, 241)?;
+        let prefix = info.subnet.split_once('/').map_or("24", |(_, p)| p);
+        let side = |h: &vdc_lab::HostStatus| qemu_pair::Side {
+            netns: h.netns.clone(),
+            address: h.address.clone(),
+        };
+        let pair = QemuPair::start(
+            &dir,
+            [side(h1), side(h2)],
+            vdc_lab::plan::HOST_BRIDGE,
+            &disk,
+            args.memory_mib,
+            &format!("{addr}/{prefix}"),
+            vdc_types::vm::DEFAULT_MACHINE_TYPE,
+            vdc_types::vm::DEFAULT_CPU_MODEL,
+            settings,
+        )?;
+        *pair_slot = Some(pair);
+        guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180))?;
+        guests.qemu = Some(addr);
     }
     let peer = peer_slot.as_ref();
     let mut runs = Vec::new();
@@ -249,6 +315,7 @@ async fn measure(
                 let addr = match system {
                     System::Vdc => guests.vdc.clone(),
                     System::Libvirt => guests.libvirt.clone(),
+                    System::Qemu => guests.qemu.clone(),
                 }
                 .ok_or(BenchError::Thread)?;
                 let answer = guest::command(&h3.netns, &addr, &workload.command(args.buffer_mib))?;
@@ -308,6 +375,28 @@ async fn measure(
                             guests.libvirt_on_src = !guests.libvirt_on_src;
                         }
                         run
+                    }
+                    System::Qemu => {
+                        let mut pair = pair_slot.take().ok_or(BenchError::Thread)?;
+                        let moved = tokio::task::spawn_blocking(move || {
+                            let m = pair.migrate(timeout);
+                            (pair, m)
+                        })
+                        .await
+                        .map_err(|_| BenchError::Thread)?;
+                        *pair_slot = Some(moved.0);
+                        let m = moved.1?;
+                        Run {
+                            system,
+                            workload,
+                            dirty_mib_s: None,
+                            converged: m.converged,
+                            total_ms: m.total_ms,
+                            downtime_ms: m.downtime_ms,
+                            gap_ms: None,
+                            policy_steps: m.steps,
+                            error: m.error,
+                        }
                     }
                 };
                 run.dirty_mib_s = dirty_mib_s;
@@ -449,9 +538,9 @@ fn template_image(args: &MigrateArgs) -> Result<PathBuf, BenchError> {
     std::fs::canonicalize(&path).map_err(|source| BenchError::File { path, source })
 }
 
-/// The libvirt guest's address: `.240` of the lab subnet, outside vdc's
-/// pool, with the subnet's prefix.
-fn libvirt_address(subnet: &str) -> Result<String, BenchError> {
+/// A guest address outside vdc's pool: `.last` of the lab subnet (240 for
+/// libvirt's guest, 241 for the bare QEMU one).
+fn guest_address(subnet: &str, last: u8) -> Result<String, BenchError> {
     let (net, _) = subnet
         .split_once('/')
         .ok_or_else(|| BenchError::BadAddress(subnet.into()))?;
@@ -459,7 +548,8 @@ fn libvirt_address(subnet: &str) -> Result<String, BenchError> {
     if octets.len() != 4 {
         return Err(BenchError::BadAddress(subnet.into()));
     }
-    octets[3] = "240";
+    let last = last.to_string();
+    octets[3] = &last;
     Ok(octets.join("."))
 }
 
@@ -597,7 +687,7 @@ mod tests {
 
     #[test]
     fn the_libvirt_guest_sits_outside_the_vm_pool() {
-        assert_eq!(libvirt_address("10.77.9.0/24").unwrap(), "10.77.9.240");
-        assert!(libvirt_address("nonsense").is_err());
+        assert_eq!(guest_address("10.77.9.0/24", 240).unwrap(), "10.77.9.240");
+        assert!(guest_address("nonsense", 240).is_err());
     }
 }

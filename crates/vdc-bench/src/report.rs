@@ -65,6 +65,9 @@ pub enum System {
     Vdc,
     /// `virsh migrate --live` with libvirt's defaults.
     Libvirt,
+    /// Two bare QEMU processes over QMP with chosen settings: a reference,
+    /// not a peer.
+    Qemu,
 }
 
 impl std::fmt::Display for System {
@@ -72,6 +75,7 @@ impl std::fmt::Display for System {
         f.write_str(match self {
             System::Vdc => "vdc",
             System::Libvirt => "libvirt",
+            System::Qemu => "bare QEMU",
         })
     }
 }
