@@ -18,6 +18,7 @@ use vdc_types::{
 };
 
 use crate::join;
+use crate::maintenance;
 use crate::routes::*;
 
 /// The OpenAPI document.
@@ -56,11 +57,14 @@ use crate::routes::*;
         join::agent_report,
         join::agent_join,
         join::add_host,
-        join::list_agents
+        join::list_agents,
+        maintenance::enter_maintenance,
+        maintenance::exit_maintenance
     ),
     components(schemas(
         VersionInfo,
         Host,
+        vdc_types::MaintenanceState,
         Datastore,
         Network,
         Template,

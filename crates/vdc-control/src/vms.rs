@@ -45,10 +45,11 @@ use crate::record::vm_key;
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
 
-fn placement_err(e: PlacementError) -> ApiError {
+pub(crate) fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
+        PlacementError::Unavailable(_) => ErrorCode::InvalidState,
         _ => ErrorCode::InsufficientCapacity,
     };
     ApiError::new(code, e.to_string())
@@ -274,6 +275,7 @@ impl Cluster {
                 .iter()
                 .find(|c| &c.name == h)
                 .ok_or_else(|| ApiError::not_found("Host", h))?;
+            self.check_placeable(h).await?;
             if !cap.available {
                 return Err(ApiError::new(
                     ErrorCode::HostUnavailable,

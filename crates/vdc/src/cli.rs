@@ -104,12 +104,32 @@ pub enum Command {
     Version,
 }
 
+/// `vdc host maintenance enter|exit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaintenanceAction {
+    /// Evacuate the host and stop new placements on it.
+    Enter,
+    /// Return the host to placement.
+    Exit,
+}
+
 /// `vdc host ...`
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
     /// List hosts.
     #[command(alias = "ls")]
     List,
+    /// Maintenance mode: `enter` stops new placements on the host and moves
+    /// every VM away (a task; each VM it could not move is named with the
+    /// reason); `exit` returns the host to placement.
+    Maintenance {
+        /// `enter` or `exit`.
+        action: MaintenanceAction,
+        /// Host name.
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Show one host.
     Show {
         /// Host name.

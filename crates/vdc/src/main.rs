@@ -20,6 +20,7 @@ mod console;
 mod error;
 mod format;
 mod join;
+mod maintenance;
 mod vm_commands;
 mod wait;
 

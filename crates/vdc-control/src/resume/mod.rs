@@ -23,6 +23,8 @@
 //! | `vm.delete` | otherwise | continue (destroying files that are already gone counts as done) |
 //! | `template.import` | the job is running or ended on the agent | continue (attach; a cancel is forwarded to the job) |
 //! | `template.import` | otherwise | roll back: delete the template record |
+//! | `vm.migrate` (live) | VM record gone | fail |
+//! | `vm.migrate` (live) | otherwise | settle (`migration::live::settle_after_restart`): cancel both jobs; if the source's job had completed and the destination runs the VM, commit the move and succeed; else the VM stays on the source (failed, or cancelled) and nothing is left on the destination |
 //! | other kinds | | fail: "the server stopped while this task ran" |
 
 pub(crate) mod driver;
@@ -56,6 +58,8 @@ pub enum TaskKind {
     VmDelete,
     /// `template.import`.
     TemplateImport,
+    /// `vm.migrate`.
+    VmMigrate,
     /// Anything else.
     Other,
 }
@@ -74,6 +78,7 @@ impl TaskKind {
             "vm.resume" => TaskKind::VmResume,
             "vm.delete" => TaskKind::VmDelete,
             "template.import" => TaskKind::TemplateImport,
+            "vm.migrate" => TaskKind::VmMigrate,
             _ => TaskKind::Other,
         }
     }
@@ -309,6 +314,13 @@ pub fn decide(
                         "the import was interrupted; import the image again".into()
                     },
                 }
+            }
+        }
+        TaskKind::VmMigrate => {
+            if world.record.is_none() {
+                fail("the VM no longer exists", None)
+            } else {
+                Decision::Continue
             }
         }
         TaskKind::Other => fail(
