@@ -75,6 +75,8 @@ pub enum Command {
     Agent(Box<vdc_agent::AgentArgs>),
     /// Run a whole cluster on this machine (server + agents in namespaces).
     Lab(Box<vdc_lab::LabArgs>),
+    /// Benchmarks side by side with a peer (live migration against libvirt).
+    Bench(Box<vdc_bench::BenchArgs>),
     /// The supervisor beside one VM's QEMU (started by the agent).
     #[command(name = "vm-supervisor", hide = true)]
     VmSupervisor(Box<vdc_supervisor::SupervisorArgs>),

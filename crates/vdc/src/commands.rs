@@ -39,7 +39,7 @@ impl Ctx {
     }
 }
 
-/// Runs one client verb. `server`, `agent` and `lab` are handled by the
+/// Runs one client verb. `server`, `agent`, `lab` and `bench` are handled by the
 /// caller and never reach here.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     match command {
@@ -67,11 +67,13 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,
         Command::Version => version(ctx).await,
-        Command::Server(_) | Command::Agent(_) | Command::Lab(_) | Command::VmSupervisor(_) => {
-            Err(CliError::Usage(
-                "server, agent, lab and vm-supervisor are not client verbs".to_string(),
-            ))
-        }
+        Command::Server(_)
+        | Command::Agent(_)
+        | Command::Lab(_)
+        | Command::Bench(_)
+        | Command::VmSupervisor(_) => Err(CliError::Usage(
+            "server, agent, lab and vm-supervisor are not client verbs".to_string(),
+        )),
     }
 }
 
