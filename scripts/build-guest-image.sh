@@ -1,13 +1,14 @@
 #!/bin/bash
 # Build the vdc guest image: a small self-booting qcow2 disk made only from
 # Debian packages (the installed linux-image-amd64 kernel and busybox-static)
-# plus the scripts in guest/.
+# plus the scripts in guest/ and its small C programs (guest/src, compiled
+# static with gcc).
 #
 # Usage: scripts/build-guest-image.sh [OUTDIR]     (default /var/cache/vdc/images)
 #
 # Output: OUTDIR/vdc-guest-<hash>.qcow2, where <hash> is the first 12 hex
 # digits of the sha256 of this script, the files under guest/, the kernel
-# version and the busybox version. An image that already exists is reused.
+# version, the busybox version and the gcc version. An image that already exists is reused.
 # OUTDIR/vdc-guest.qcow2 is a symlink to the latest image. The image path is
 # the last line of stdout; everything else goes to stderr.
 #
@@ -19,7 +20,8 @@
 #      syslinux.cfg; `syslinux --install` writes its boot sector and
 #      ldlinux.sys;
 #   3. ext4 root partition image with `mkfs.ext4 -d`: busybox, guest/rootfs,
-#      /data;
+#      the programs of guest/src (`gcc -static -O2`, one binary per
+#      guest/src/NAME.c as /bin/NAME), /data;
 #   4. raw disk: MBR partition table (sfdisk), both partitions copied in,
 #      SYSLINUX's mbr.bin in the first 440 bytes;
 #   5. `qemu-img convert -O qcow2` into a temporary file, renamed into place
@@ -39,7 +41,7 @@ repo=$(dirname "$(dirname "$script")")
 guest=$repo/guest
 outdir=${1:-/var/cache/vdc/images}
 
-for tool in busybox cpio gzip xz modinfo sfdisk mkfs.vfat mcopy syslinux mkfs.ext4 qemu-img flock sha256sum; do
+for tool in gcc busybox cpio gzip xz modinfo sfdisk mkfs.vfat mcopy syslinux mkfs.ext4 qemu-img flock sha256sum; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (run scripts/setup.sh --deps-only)"
 done
 [ -d "$guest" ] || die "no guest directory at $guest"
@@ -63,6 +65,7 @@ busybox_bin=$(command -v busybox)
 file_out=$(od -An -c -N 4 "$busybox_bin" | tr -d ' ')
 [ "$file_out" = '177ELF' ] || die "$busybox_bin is not an ELF binary"
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || busybox | head -n 1)
+gcc_version=$(gcc -dumpfullversion 2>/dev/null || gcc -dumpversion)
 
 # --- cache key -------------------------------------------------------------
 hash=$(
@@ -72,6 +75,7 @@ hash=$(
         (cd "$guest" && find . -print0 | sort -z | xargs -0 stat -c '%n %a')
         echo "kernel $kver"
         echo "busybox $bb_version"
+        echo "gcc $gcc_version"
     } | sha256sum | cut -c1-12
 )
 name=vdc-guest-$hash.qcow2
@@ -186,6 +190,12 @@ rootfs=$work/rootfs
 mkdir -p "$rootfs"
 install_busybox "$rootfs"
 cp -R "$guest/rootfs/." "$rootfs/"
+for src in "$guest"/src/*.c; do
+    [ -e "$src" ] || continue
+    prog=$(basename "$src" .c)
+    gcc -static -O2 -s -Wall -Wextra -Werror -o "$rootfs/bin/$prog" "$src" ||
+        die "cannot compile $src (needs gcc and libc6-dev)"
+done
 mkdir -p "$rootfs/proc" "$rootfs/sys" "$rootfs/dev" "$rootfs/run" "$rootfs/tmp" \
     "$rootfs/data" "$rootfs/root" "$rootfs/mnt"
 chmod 1777 "$rootfs/tmp"

@@ -1,13 +1,17 @@
 #!/bin/bash
 # Prepare a Debian 12 (bookworm) machine to run vdc. Run as root.
 #
-# Usage: scripts/setup.sh [--deps-only | --image-only] [--test-deps] [--lab]
+# Usage: scripts/setup.sh [--deps-only | --image-only] [--test-deps] [--bench-deps] [--lab]
 #
 #   (no flag)      install packages, build the vdc binary, build the guest image
 #   --deps-only    install packages only
 #   --image-only   build the guest image only
 #   --test-deps    also install what the tests need (chromium, chromium-driver,
 #                  python3-venv; schemathesis from PyPI into its own venv)
+#   --bench-deps   also install the peers the benchmarks run against:
+#                  libvirt (libvirt-daemon, libvirt-clients,
+#                  libvirt-daemon-driver-qemu) from bookworm-backports, to
+#                  match QEMU 10 (`vdc bench migrate`)
 #   --lab          at the end, exec `target/release/vdc lab up`
 #
 # Steps:
@@ -36,14 +40,16 @@ do_build=1
 do_image=1
 do_lab=0
 do_test_deps=0
+do_bench_deps=0
 for arg in "$@"; do
     case "$arg" in
         --deps-only) do_build=0 do_image=0 ;;
         --image-only) do_deps=0 do_build=0 ;;
         --lab) do_lab=1 ;;
         --test-deps) do_test_deps=1 ;;
+        --bench-deps) do_bench_deps=1 ;;
         -h | --help)
-            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) die "unknown argument: $arg (see --help)" ;;
@@ -52,9 +58,13 @@ done
 
 # Packages taken from bookworm-backports (QEMU 10, kernel 6.12).
 backports_pkgs=(qemu-system-x86 linux-image-amd64)
-# Packages from bookworm: guest image tools.
+# Packages from bookworm: guest image tools (gcc and libc6-dev compile the
+# guest's small static programs, guest/src).
 base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlinux
-    dosfstools mtools fdisk e2fsprogs)
+    dosfstools mtools fdisk e2fsprogs gcc libc6-dev)
+# Packages from bookworm-backports for the benchmarks (--bench-deps): the
+# libvirt peer of `vdc bench migrate` (libvirt 11, built for QEMU 10).
+bench_pkgs=(libvirt-daemon libvirt-clients libvirt-daemon-driver-qemu)
 # Packages from bookworm for the tests (--test-deps): the web page's
 # end-to-end test drives a headless Chromium over WebDriver; schemathesis
 # (the API contract check) lives in a Python venv.
@@ -76,6 +86,9 @@ install_deps() {
     [ "$(id -u)" = 0 ] || die "installing packages needs root"
     local missing_bp=() missing_base=() p
     for p in "${backports_pkgs[@]}"; do installed "$p" || missing_bp+=("$p"); done
+    if [ $do_bench_deps = 1 ]; then
+        for p in "${bench_pkgs[@]}"; do installed "$p" || missing_bp+=("$p"); done
+    fi
     for p in "${base_pkgs[@]}"; do installed "$p" || missing_base+=("$p"); done
     if [ $do_test_deps = 1 ]; then
         for p in "${test_pkgs[@]}"; do installed "$p" || missing_base+=("$p"); done

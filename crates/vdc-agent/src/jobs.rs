@@ -261,6 +261,24 @@ impl Agent {
             JobOp::Suspend { vm_id } => self.suspend_job(cell, &vm_id).await,
             JobOp::MigrateIn { request } => self.migrate_in_job(cell, request).await,
             JobOp::MigrateOut { request } => self.migrate_out_job(cell, request).await,
+            JobOp::MirrorDisks { request } => {
+                cell.progress(1, "preparing the storage migration");
+                self.mirror_disks(request, &cell.cancel, |p, stage| cell.progress(p, stage))
+                    .await
+                    .map(JobResult::Config)
+            }
+            JobOp::ReceiveVm { request } => {
+                cell.progress(1, "copying the VM's files");
+                let progress = |done: u64, total: u64| {
+                    let p = if total == 0 {
+                        0
+                    } else {
+                        done.min(total) * 95 / total
+                    };
+                    cell.progress(p as u8, "copying the VM's files");
+                };
+                self.receive_vm(request, &cell.cancel, progress).await
+            }
             JobOp::ImportImage { request } => {
                 cell.progress(10, "copying the image");
                 let dest = self.resolve(&request.datastore, &request.path)?;

@@ -18,6 +18,7 @@ use vdc_types::{
 };
 
 use crate::join;
+use crate::maintenance;
 use crate::routes::*;
 
 /// The OpenAPI document.
@@ -30,6 +31,8 @@ use crate::routes::*;
     paths(
         version,
         list_hosts,
+        ha_status,
+        set_ha_policy,
         get_host,
         list_datastores,
         list_networks,
@@ -41,6 +44,7 @@ use crate::routes::*;
         list_vms,
         create_vm,
         get_vm,
+        update_vm,
         delete_vm,
         start_vm,
         shutdown_vm,
@@ -56,11 +60,23 @@ use crate::routes::*;
         join::agent_report,
         join::agent_join,
         join::add_host,
-        join::list_agents
+        join::list_agents,
+        maintenance::enter_maintenance,
+        maintenance::exit_maintenance
     ),
     components(schemas(
         VersionInfo,
+        vdc_types::ha::HaStatus,
+        vdc_types::ha::HaHost,
+        vdc_types::ha::HaHostState,
+        vdc_types::ha::HaPriority,
+        vdc_types::ha::IsolationResponse,
+        vdc_types::ha::VmHa,
+        vdc_types::ha::UpdateVmRequest,
+        vdc_types::ha::HaPolicy,
+        vdc_types::ha::SetHaPolicyRequest,
         Host,
+        vdc_types::MaintenanceState,
         Datastore,
         Network,
         Template,

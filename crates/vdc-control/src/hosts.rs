@@ -210,54 +210,69 @@ impl Cluster {
     /// own with a process as unknown (compare-and-swap).
     pub(crate) async fn check_hosts(&self) {
         let lost: Vec<String> = {
-            let mut live = self.live.write().await;
-            live.iter_mut()
+            let live = self.live.read().await;
+            live.iter()
                 .filter(|(_, l)| l.connected && l.seen.elapsed() > HOST_TIMEOUT)
-                .map(|(n, l)| {
-                    l.connected = false;
-                    n.clone()
-                })
+                .map(|(n, _)| n.clone())
                 .collect()
         };
         for host in lost {
+            self.lose_host(&host).await;
+        }
+    }
+
+    /// Marks `host` disconnected (publishing `host.disconnected` if it was
+    /// connected) and the VMs it owns with a process as unknown.
+    pub(crate) async fn lose_host(&self, host: &str) {
+        let was_connected = {
+            let mut live = self.live.write().await;
+            match live.get_mut(host) {
+                Some(l) if l.connected => {
+                    l.connected = false;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if was_connected {
             self.events
                 .publish(
                     "host.disconnected",
-                    &host,
+                    host,
                     format!("host {host} stopped reporting"),
                     serde_json::Value::Null,
                 )
                 .await;
-            let records = match self.store.list_json::<VmRecord>("/vms/").await {
-                Ok(r) => r,
+        }
+        let records = match self.store.list_json::<VmRecord>("/vms/").await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "cannot read VM records to mark the host's VMs unknown");
+                return;
+            }
+        };
+        for (_, snapshot) in records {
+            if ownership::host_lost(&snapshot, host).is_none() {
+                continue;
+            }
+            let name = snapshot.config.name.clone();
+            let r = self
+                .change_record(&name, |cur| ownership::host_lost(cur, host))
+                .await;
+            match r {
+                Ok(Some((before, rec))) => {
+                    self.events
+                        .publish(
+                            "vm.state_changed",
+                            &name,
+                            format!("VM {name} is unknown: host {host} stopped reporting"),
+                            json!({"from": before.state, "to": rec.state, "host": host, "owner": host}),
+                        )
+                        .await;
+                }
+                Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(%host, error = %e, "cannot read VM records to mark the host's VMs unknown");
-                    continue;
-                }
-            };
-            for (_, snapshot) in records {
-                if ownership::host_lost(&snapshot, &host).is_none() {
-                    continue;
-                }
-                let name = snapshot.config.name.clone();
-                let r = self
-                    .change_record(&name, |cur| ownership::host_lost(cur, &host))
-                    .await;
-                match r {
-                    Ok(Some((before, rec))) => {
-                        self.events
-                            .publish(
-                                "vm.state_changed",
-                                &name,
-                                format!("VM {name} is unknown: host {host} stopped reporting"),
-                                json!({"from": before.state, "to": rec.state, "host": host, "owner": host}),
-                            )
-                            .await;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(vm = %name, %host, error = %e, "cannot mark the VM unknown")
-                    }
+                    tracing::warn!(vm = %name, %host, error = %e, "cannot mark the VM unknown")
                 }
             }
         }
@@ -286,6 +301,7 @@ impl Cluster {
                 .unwrap_or(0),
             datastores: rec.datastores.clone(),
             last_seen_ms: live.map(|l| l.seen_ms).unwrap_or(rec.last_seen_ms),
+            maintenance: None,
         }
     }
 
@@ -293,10 +309,15 @@ impl Cluster {
     pub async fn list_hosts(&self) -> Result<Vec<Host>, ApiError> {
         let recs: Vec<(String, HostRecord)> =
             self.store.list_json("/hosts/").await.map_err(store_err)?;
+        let maintenance = self.maintenance_states().await;
         let live = self.live.read().await;
         Ok(recs
             .iter()
-            .map(|(_, r)| Self::host_view(r, live.get(&r.name)))
+            .map(|(_, r)| {
+                let mut h = Self::host_view(r, live.get(&r.name));
+                h.maintenance = maintenance.get(&r.name).copied();
+                h
+            })
             .collect())
     }
 
@@ -308,8 +329,11 @@ impl Cluster {
             .await
             .map_err(store_err)?
             .ok_or_else(|| ApiError::not_found("Host", name))?;
+        let maintenance = self.maintenance_states().await;
         let live = self.live.read().await;
-        Ok(Self::host_view(&rec, live.get(name)))
+        let mut h = Self::host_view(&rec, live.get(name));
+        h.maintenance = maintenance.get(name).copied();
+        Ok(h)
     }
 
     /// The agent URL of a connected host, or why it can't be used.
@@ -353,11 +377,12 @@ impl Cluster {
                 *vcpus.entry(h).or_default() += r.config.cpus;
             }
         }
+        let maintenance = self.maintenance_states().await;
         let live = self.live.read().await;
         live.values()
             .map(|l| HostCapacity {
                 name: l.report.name.clone(),
-                available: l.connected,
+                available: l.connected && !maintenance.contains_key(&l.report.name),
                 cpus: l.report.cpus,
                 memory_mib: l.report.memory_mib,
                 memory_free_mib: l.report.memory_free_mib,

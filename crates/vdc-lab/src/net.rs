@@ -15,6 +15,11 @@
 //!    root side to the lab bridge, create `vmbr0` in the namespace with
 //!    `uplink0` in it and the host's address on it.
 //!
+//! Every bridge gets a fixed MAC address ([`plan::bridge_mac`]): VM taps
+//! come and go on `vmbr0`, and a bridge left to pick its own MAC would
+//! change it with them, cutting the host off its neighbours until their
+//! ARP entries go stale.
+//!
 //! [`destroy`] removes the namespaces (which takes the veth pairs with
 //! them), then any leftover lab interface, matched by name so it also
 //! cleans up after a crash.
@@ -84,7 +89,16 @@ pub fn create(plan: &LabPlan) -> Result<()> {
         if crate::ip::link_exists(&plan.bridge)? {
             return Err(LabError::AlreadyUp(plan.lab_id.clone()));
         }
-        ip(&["link", "add", &plan.bridge, "type", "bridge"])?;
+        let mac = plan::bridge_mac(plan.gateway);
+        ip(&[
+            "link",
+            "add",
+            &plan.bridge,
+            "address",
+            &mac,
+            "type",
+            "bridge",
+        ])?;
         let gw = format!("{}/24", plan.gateway);
         ip(&["addr", "add", &gw, "dev", &plan.bridge])?;
     }
@@ -107,11 +121,7 @@ pub fn create(plan: &LabPlan) -> Result<()> {
         ])?;
         ip(&["link", "set", &host.veth, "master", &plan.bridge])?;
         ip(&["link", "set", &host.veth, "up"])?;
-        // A fixed address: a bridge left to choose takes the lowest of its
-        // ports' addresses, so a VM's tap joining or leaving (a migration's
-        // destination) would change the host's address under its peers'
-        // ARP caches and cut host-to-host traffic for half a minute.
-        let mac = host_bridge_mac(&host.address);
+        let mac = plan::bridge_mac(host.address);
         ip_in(
             ns,
             &[
@@ -178,11 +188,4 @@ pub fn destroy(lab_id: &str, known_netns: &[String]) -> Vec<String> {
         failures.push(e.to_string());
     }
     failures
-}
-
-/// The fixed MAC address of a host's `vmbr0`: locally administered,
-/// derived from the host's address (unique in the lab's subnets).
-pub fn host_bridge_mac(address: &std::net::Ipv4Addr) -> String {
-    let o = address.octets();
-    format!("02:76:64:{:02x}:{:02x}:{:02x}", o[1], o[2], o[3])
 }

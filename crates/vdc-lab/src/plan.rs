@@ -278,6 +278,9 @@ impl LabPlan {
             ),
             "--import-dir".into(),
             self.import_dir.display().to_string(),
+            // The lab bridge: what a host cut from the lab no longer reaches.
+            "--isolation-address".into(),
+            self.gateway.to_string(),
         ]
     }
 
@@ -331,6 +334,21 @@ pub fn subnet_cidr(index: u8) -> String {
 /// `10.77.N.last`.
 pub fn lab_address(index: u8, last: u8) -> Ipv4Addr {
     Ipv4Addr::new(LAB_NET_PREFIX[0], LAB_NET_PREFIX[1], index, last)
+}
+
+/// The fixed MAC address of the bridge that carries `address`: a locally
+/// administered `02:00` followed by the four octets of the address, so it
+/// is unique among running labs (their subnets are).
+///
+/// Why fixed: a Linux bridge without an explicit address takes the lowest
+/// MAC among its ports. A host bridge's ports are its uplink and the VM
+/// taps, whose MACs are random; when a tap with a lower MAC joins or leaves,
+/// the bridge's MAC changes, no gratuitous ARP goes out, and every neighbour
+/// keeps sending to the old MAC until its ARP entry goes stale: the host's
+/// management address is unreachable for tens of seconds.
+pub fn bridge_mac(address: Ipv4Addr) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// Whether `name` is one of the lab's host namespaces (`vdc-<id>-h<digits>`).
@@ -480,7 +498,7 @@ mod tests {
              --state-dir /state/lab/host-1 \
              --datastore shared=/data/lab/shared:shared \
              --datastore local-host-1=/data/lab/host-1:local \
-             --import-dir /data/lab/import"
+             --import-dir /data/lab/import --isolation-address 10.77.0.1"
         );
     }
 

@@ -88,6 +88,55 @@ async fn net_only_lab_connects_hosts_and_down_removes_everything() {
         || ping(&h2.netns, &info.gateway).then_some(()),
     );
 
+    // A port with a lower MAC than the bridge's (a VM tap) joins and
+    // leaves vmbr0: the bridge keeps its planned MAC, so its neighbours'
+    // ARP entries stay right and the host stays reachable.
+    let mac_of = |ns: &str, dev: &str| {
+        let args = ["-o", "link", "show", "dev", dev];
+        let link = if ns.is_empty() {
+            ip::ip(&args)
+        } else {
+            ip::ip_in(ns, &args)
+        }
+        .expect("link");
+        link.split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+            .expect("a MAC")
+    };
+    let planned = vdc_lab::plan::bridge_mac(h1.address.parse().expect("an IPv4 address"));
+    assert_eq!(mac_of(&h1.netns, "vmbr0"), planned);
+    for args in [
+        &[
+            "link",
+            "add",
+            "lowport",
+            "address",
+            "00:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lowpeer",
+        ][..],
+        &["link", "set", "lowport", "master", "vmbr0", "up"],
+    ] {
+        ip::ip_in(&h1.netns, args).expect("a low-MAC port on vmbr0");
+    }
+    assert_eq!(
+        mac_of(&h1.netns, "vmbr0"),
+        planned,
+        "a joining port changed the bridge's MAC"
+    );
+    ip::ip_in(&h1.netns, &["link", "delete", "lowport"]).expect("remove the port");
+    assert_eq!(mac_of(&h1.netns, "vmbr0"), planned);
+    let gw_mac = mac_of("", &info.bridge);
+    assert_eq!(
+        gw_mac,
+        vdc_lab::plan::bridge_mac(info.gateway.parse().expect("an IPv4 address"))
+    );
+
     // TCP from a host namespace to the root namespace (where the server
     // listens) and from host to host.
     let root = TcpListener::bind(format!("{}:0", info.gateway)).expect("bind on the lab bridge");

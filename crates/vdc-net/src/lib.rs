@@ -150,6 +150,7 @@ pub async fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
     if !bridge_exists(bridge).await? {
         return Err(NetError::NoBridge(bridge.to_string()));
     }
+    pin_bridge_mac(bridge).await;
     let created = if link_exists(tap).await? {
         false
     } else {
@@ -163,6 +164,38 @@ pub async fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
         return Err(e);
     }
     Ok(())
+}
+
+/// `addr_assign_type` of a device whose MAC address was set explicitly.
+const NET_ADDR_SET: &str = "3";
+
+/// Fixes `bridge`'s MAC address to its current value unless it was set
+/// explicitly. A Linux bridge left alone takes the lowest MAC among its
+/// ports; VM taps have random MACs, so a tap joining or leaving could change
+/// the bridge's MAC, and with it cut the host's own address on that bridge
+/// off its neighbours until their ARP entries go stale (tens of seconds).
+/// Best effort: a failure is logged and the tap is still attached.
+async fn pin_bridge_mac(bridge: &str) {
+    let sys = std::path::Path::new("/sys/class/net").join(bridge);
+    let assign = tokio::fs::read_to_string(sys.join("addr_assign_type")).await;
+    let mac = tokio::fs::read_to_string(sys.join("address")).await;
+    match (assign, mac) {
+        (Ok(assign), _) if assign.trim() == NET_ADDR_SET => {}
+        (Ok(_), Ok(mac)) => {
+            let mac = mac.trim();
+            match ip(&["link", "set", "dev", bridge, "address", mac]).await {
+                Ok(_) => {
+                    tracing::info!(%bridge, %mac, "bridge MAC address fixed, so VM taps cannot change it")
+                }
+                Err(e) => {
+                    tracing::warn!(%bridge, error = %e, "cannot fix the bridge's MAC address; a VM tap joining or leaving may change it")
+                }
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(%bridge, error = %e, "cannot read the bridge's MAC address assignment")
+        }
+    }
 }
 
 /// Deletes tap device `tap`; a tap that does not exist is not an error.
@@ -232,8 +265,20 @@ mod tests {
             return;
         }
         let tap = tap_name("net-test-vm", 0);
+        let sys = std::path::Path::new("/sys/class/net").join(br);
+        let read = |f: &str| {
+            std::fs::read_to_string(sys.join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let mac = read("address");
         let result = async {
             create_tap(&tap, br).await?;
+            // The bridge's MAC is pinned to what it was: the tap cannot
+            // change it.
+            assert_eq!(read("addr_assign_type"), NET_ADDR_SET);
+            assert_eq!(read("address"), mac);
             // Idempotent on re-attach.
             create_tap(&tap, br).await?;
             let out = ip(&["-j", "link", "show", "dev", &tap]).await?;

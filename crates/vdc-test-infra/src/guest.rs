@@ -105,6 +105,38 @@ fn exchange(
     Ok(answers)
 }
 
+/// Sends one datagram with `payload` from namespace `netns` to the guest's
+/// UDP service at `addr:port` and returns its answer, `BOOT_ID COUNTER
+/// PAYLOAD` (see the guest image docs). Waits up to `timeout`.
+pub fn guest_udp_request(
+    netns: &str,
+    addr: &str,
+    port: u16,
+    payload: &str,
+    timeout: Duration,
+) -> Result<String, TestInfraError> {
+    let netns = netns.to_string();
+    let target = format!("{addr}:{port}");
+    let payload = payload.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&netns)?;
+        let io = |what| {
+            let addr = target.clone();
+            move |source| TestInfraError::Guest { addr, what, source }
+        };
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(io("bind"))?;
+        sock.set_read_timeout(Some(timeout))
+            .map_err(io("set timeout"))?;
+        sock.send_to(payload.as_bytes(), &target)
+            .map_err(io("send"))?;
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).map_err(io("receive"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .join()
+    .map_err(|_| TestInfraError::Thread)?
+}
+
 /// One TCP connection to a guest's service held open from inside a host's
 /// namespace (by a thread of its own), to show that a connection lives
 /// through a migration: each [`GuestSession::ask`] sends a line on the same

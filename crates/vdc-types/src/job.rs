@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use crate::agent::{
     AgentStartRequest, ImportImageRequest, ImportImageResponse, ProvisionVmRequest, VmRuntime,
 };
+use crate::transfer::{MirrorDisksRequest, ReceiveVmRequest};
 use crate::{ApiError, UnixMillis};
 
 /// Longest operation id an agent accepts.
@@ -45,6 +46,10 @@ pub enum JobKind {
     MigrateIn,
     /// Send a live migration (source).
     MigrateOut,
+    /// Storage migration of a running VM's disks to another datastore.
+    MirrorDisks,
+    /// Copy a stopped or suspended VM's files from another host's export.
+    ReceiveVm,
 }
 
 impl std::fmt::Display for JobKind {
@@ -57,6 +62,8 @@ impl std::fmt::Display for JobKind {
             JobKind::ImportImage => "image import",
             JobKind::MigrateIn => "incoming migration",
             JobKind::MigrateOut => "outgoing migration",
+            JobKind::MirrorDisks => "disk mirror",
+            JobKind::ReceiveVm => "VM copy",
         })
     }
 }
@@ -102,6 +109,16 @@ pub enum JobOp {
         /// What to send, where, and how.
         request: crate::migration::OutgoingRequest,
     },
+    /// See [`JobKind::MirrorDisks`].
+    MirrorDisks {
+        /// Which VM, and where its disks go.
+        request: MirrorDisksRequest,
+    },
+    /// See [`JobKind::ReceiveVm`].
+    ReceiveVm {
+        /// What to copy from where.
+        request: ReceiveVmRequest,
+    },
 }
 
 impl JobOp {
@@ -115,6 +132,8 @@ impl JobOp {
             JobOp::ImportImage { .. } => JobKind::ImportImage,
             JobOp::MigrateIn { .. } => JobKind::MigrateIn,
             JobOp::MigrateOut { .. } => JobKind::MigrateOut,
+            JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
+            JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
         }
     }
 
@@ -127,6 +146,8 @@ impl JobOp {
             JobOp::ImportImage { .. } => None,
             JobOp::MigrateIn { request } => Some(&request.config.id),
             JobOp::MigrateOut { request } => Some(&request.vm_id),
+            JobOp::MirrorDisks { request } => Some(&request.config.id),
+            JobOp::ReceiveVm { request } => Some(&request.config.id),
         }
     }
 }
@@ -184,6 +205,8 @@ pub enum JobResult {
     Image(ImportImageResponse),
     /// A migration sent (the source's job).
     Migration(crate::migration::MigrationJobInfo),
+    /// The VM's configuration after the operation (a storage migration).
+    Config(crate::vm::VmConfig),
 }
 
 /// A job as the agent reports it.

@@ -43,11 +43,6 @@ pub fn pick_kind(state: VmPowerState, req: &MigrateRequest) -> Option<MigrationK
     }
 }
 
-/// The 400 of a kind of migration not built yet.
-pub(crate) fn not_available(kind: MigrationKind) -> ApiError {
-    ApiError::invalid(format!("{kind} migration is not available yet"))
-}
-
 impl Cluster {
     /// Migrates VM `name` as `req` asks (a `vm.migrate` task): checks the
     /// request, picks the kind of move and hands it to that kind's flow.
