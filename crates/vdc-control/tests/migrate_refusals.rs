@@ -24,9 +24,10 @@ async fn refused(cluster: &std::sync::Arc<Cluster>, vm: &str, req: MigrateReques
         .expect_err("the migration is refused");
     let v = cluster.get_vm(vm).await.expect("the VM");
     assert!(v.operation.is_none(), "a refusal changed the VM: {v:?}");
+    let tasks = cluster.tasks.list().await.unwrap();
     assert!(
-        cluster.tasks.list().await.unwrap().is_empty(),
-        "a task was made"
+        !tasks.iter().any(|t| t.kind == "vm.migrate"),
+        "a migration task was made: {tasks:?}"
     );
     e
 }
@@ -35,12 +36,12 @@ async fn refused(cluster: &std::sync::Arc<Cluster>, vm: &str, req: MigrateReques
 async fn refusals_say_what_is_wrong_and_change_nothing() {
     let store = memory_store().await;
     put_vm(&store, "web", VmPowerState::Running, Some("host-1")).await;
-    put_vm(&store, "off", VmPowerState::Stopped, Some("host-1")).await;
+    put_vm(&store, "down", VmPowerState::Crashed, Some("host-1")).await;
     let cluster = Cluster::open(store.clone(), TOKEN.into())
         .await
         .expect("open");
     let running = runtime("web", VmPowerState::Running, GuestInfo::default());
-    let stopped = runtime("off", VmPowerState::Stopped, GuestInfo::default());
+    let stopped = runtime("down", VmPowerState::Crashed, GuestInfo::default());
     cluster
         .ingest_report(report("host-1", vec![running, stopped]))
         .await
@@ -89,10 +90,38 @@ async fn refusals_say_what_is_wrong_and_change_nothing() {
     let e = refused(&cluster, "web", to("bad name!")).await;
     assert_eq!(e.code, ErrorCode::InvalidInput);
 
-    // A stopped VM is not migrated live: cold migration is its own kind.
-    let e = refused(&cluster, "off", to("host-3")).await;
-    assert_eq!(e.code, ErrorCode::InvalidInput);
-    assert!(e.message.contains("cold migration"), "{}", e.message);
+    // A crashed VM does not move (a stopped one moves cold, a suspended
+    // one with its state: the dispatcher picks those flows).
+    let e = refused(&cluster, "down", to("host-2")).await;
+    assert_eq!(e.code, ErrorCode::InvalidState, "{e:?}");
+    assert!(e.message.contains("crashed"), "{}", e.message);
+
+    // A host in maintenance takes no VM.
+    let mut roomy = report("host-4", vec![]);
+    roomy.memory_free_mib = 3000;
+    cluster.ingest_report(roomy).await.unwrap();
+    let t = cluster
+        .enter_maintenance("host-4")
+        .await
+        .expect("maintenance");
+    common::eventually(
+        "host-4 in maintenance",
+        std::time::Duration::from_secs(30),
+        || async {
+            match cluster.tasks.get(&t.id).await {
+                Ok(t) if t.state.is_final() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let e = cluster
+        .migrate_vm("web", to("host-4"))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code, ErrorCode::InvalidState, "{e:?}");
+    assert!(e.message.contains("maintenance"), "{}", e.message);
+    assert!(cluster.get_vm("web").await.unwrap().operation.is_none());
 
     // A host that stopped reporting is not a destination.
     cluster.spawn_monitor();

@@ -20,6 +20,9 @@ use crate::supervisor;
 
 /// How often the destination looks at its migration besides events.
 const TICK: Duration = Duration::from_millis(500);
+/// Longest wait for the source to name this host in the lease once the
+/// stream completed.
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(15);
 /// Longest wait for the source to begin sending.
 const FIRST_BYTE_LIMIT: Duration = Duration::from_secs(120);
 
@@ -202,6 +205,7 @@ impl Agent {
             tracing::warn!(vm = %config.name, error = %e, "announce-self failed");
         }
         cell.progress(90, "taking the lease over");
+        self.wait_for_hand_over(layout, &config.name).await?;
         let launch = self.supervisor_launch(&config.id, layout.vm_dir.path(), Some(vm.pid()));
         let sup = vdc_supervisor::client::start(&launch)
             .await
@@ -223,6 +227,35 @@ impl Agent {
         }
         tracing::info!(vm = %config.name, from = %req.source, "migrated in");
         Ok(JobResult::Vm(rt))
+    }
+
+    /// Waits until the VM's lease names this host as successor (at once
+    /// after a pre-copy; after a post-copy the source names it when the
+    /// copy completed).
+    async fn wait_for_hand_over(&self, layout: &Layout, name: &str) -> Result<(), ApiError> {
+        let since = tokio::time::Instant::now();
+        loop {
+            let lock = layout.vm_dir.lock();
+            let me = self.config.name.clone();
+            let named = crate::agent::blocking_lease_io(move || lock.read())
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.successor.as_deref() == Some(me.as_str()) || l.host == me);
+            if named {
+                return Ok(());
+            }
+            if since.elapsed() > HAND_OVER_LIMIT {
+                return Err(ApiError::new(
+                    ErrorCode::Locked,
+                    format!(
+                        "the source did not hand the lease of VM '{name}' to host '{}'",
+                        self.config.name
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Undoes an incoming migration: QEMU killed, taps deleted, the slot

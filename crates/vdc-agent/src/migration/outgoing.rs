@@ -130,17 +130,27 @@ impl Agent {
             };
             match status.as_str() {
                 "pre-switchover" if !handed_over => {
-                    // vCPUs are stopped: name the destination in the lease,
-                    // then let the device state go.
-                    match vdc_supervisor::client::hand_over(&run_dir, &req.target, HAND_OVER_WAIT)
+                    // vCPUs are stopped. Pre-copy: name the destination in
+                    // the lease, then let the device state go. Post-copy:
+                    // this QEMU still holds pages the destination needs;
+                    // it must outlive the switch, so the lease (which
+                    // would have its supervisor kill it once taken) is
+                    // handed over only when the copy completed.
+                    if !conv.postcopy() {
+                        match vdc_supervisor::client::hand_over(
+                            &run_dir,
+                            &req.target,
+                            HAND_OVER_WAIT,
+                        )
                         .await
-                    {
-                        Ok(_) => handed_over = true,
-                        Err(e) => {
-                            break Err(host_error(
-                                "cannot hand the lease over to the destination",
-                                &e,
-                            ))
+                        {
+                            Ok(_) => handed_over = true,
+                            Err(e) => {
+                                break Err(host_error(
+                                    "cannot hand the lease over to the destination",
+                                    &e,
+                                ))
+                            }
                         }
                     }
                     if let Err(e) = vm.qmp().migrate_continue("pre-switchover").await {
@@ -171,6 +181,17 @@ impl Agent {
             }
         };
 
+        if outcome.is_ok() && !handed_over {
+            // After a post-copy: every page is on the destination now.
+            if let Err(e) =
+                vdc_supervisor::client::hand_over(&run_dir, &req.target, HAND_OVER_WAIT).await
+            {
+                // The destination runs the guest and waits for this lease;
+                // without it, ours lapses and the destination takes it
+                // over as stale.
+                tracing::error!(vm = %req.vm_id, error = %crate::error::chain(&e), "cannot hand the lease over after a post-copy");
+            }
+        }
         match outcome {
             Ok(()) => {
                 if let Ok(q) = vm.qmp().query_migrate().await {

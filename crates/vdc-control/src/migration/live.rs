@@ -150,6 +150,12 @@ impl Cluster {
         }
         // Unknown (404) or not connected (503).
         self.agent_url(to).await?;
+        if let Some(m) = self.maintenance_states().await.get(to) {
+            return Err(ApiError::invalid_state(format!(
+                "host '{to}' is {}: it takes no VMs; choose another host or end its maintenance ('vdc host maintenance exit {to}')",
+                m.as_str().replace('_', " ")
+            )));
+        }
         let cap = caps
             .iter()
             .find(|c| c.name == to)
