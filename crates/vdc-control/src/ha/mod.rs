@@ -51,6 +51,10 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// Longest wait for one round of heartbeat file reads.
 const READ_WAIT: Duration = Duration::from_secs(2);
 
+/// A datastore heartbeat as last seen (its value, if any) and when it
+/// changed.
+pub type SeenHeartbeat = (Option<(u64, u64)>, Instant);
+
 /// HA settings of the server (`vdc server --ha-…` flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HaSettings {
@@ -77,7 +81,7 @@ pub(crate) struct HaMemory {
     /// from here).
     pub since: Option<Instant>,
     /// Per (host, datastore): the last heartbeat seen and when it changed.
-    pub heartbeats: HashMap<(String, String), (Option<(u64, u64)>, Instant)>,
+    pub heartbeats: HashMap<(String, String), SeenHeartbeat>,
     /// Last verdict per host.
     pub verdicts: HashMap<String, HostVerdict>,
     /// Per VM: when its last failover attempt ended without success.
