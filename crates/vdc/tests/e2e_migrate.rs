@@ -163,12 +163,7 @@ async fn live_migration_keeps_the_guest_its_counter_and_a_connection() {
     assert!(v.operation.is_none(), "{v:?}");
 
     // The same connection answers, same boot, the counter went on.
-    let line = session
-        .ask("again")
-        .expect("the connection survived the move");
-    let (_, b, n2) = parse_identity(&line);
-    assert_eq!(b, boot, "same boot after the move");
-    assert!(n2 > n1, "the counter kept counting: {n1} then {n2}");
+    let n2 = counter_beyond(&session, &boot, n1, "the move");
 
     // The old QEMU is gone from the source.
     vdc_test_infra::wait_until(VM_WAIT_TIMEOUT, "the old QEMU to end", || {
@@ -181,14 +176,24 @@ async fn live_migration_keeps_the_guest_its_counter_and_a_connection() {
     assert_ne!(back, "host-2");
     let v = c.get_vm("mig-1").await.unwrap();
     assert_eq!(v.owner.as_deref(), Some(back.as_str()));
-    let line = session
-        .ask("again")
-        .expect("the connection survived two moves");
-    let (_, b, n3) = parse_identity(&line);
-    assert_eq!(b, boot);
-    assert!(n3 > n2);
+    counter_beyond(&session, &boot, n2, "two moves");
     let (_, b, _) = identity(&lab, "host-3", &ip);
     assert_eq!(b, boot);
+}
+
+/// Asks on the open `session` until the guest's counter is past `past`
+/// (the guest's service reads its counter file, which it rewrites in
+/// place: a read can catch it empty and answer 0), every answer from the
+/// same boot. Returns the counter.
+fn counter_beyond(session: &GuestSession, boot: &str, past: u64, after: &str) -> u64 {
+    vdc_test_infra::wait_until(VM_WAIT_TIMEOUT, "the counter to go on", || {
+        let line = session
+            .ask("again")
+            .unwrap_or_else(|e| panic!("the connection did not survive {after}: {e}"));
+        let (_, b, n) = parse_identity(&line);
+        assert_eq!(b, boot, "same boot after {after}");
+        (n > past).then_some(n)
+    })
 }
 
 /// Refusals change nothing: the VM stays where it is, with no operation.
