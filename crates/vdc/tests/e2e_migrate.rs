@@ -420,3 +420,52 @@ async fn beyond_the_limit_a_migration_waits_its_turn() {
         assert_eq!(v.owner.as_deref(), Some(dest), "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_destination_agent_or_server_leaves_the_guest_on_the_source() {
+    let lab = TestLab::start(3).await;
+    let c = &lab.client;
+    let vm = create(&lab, "mig-3", "host-1", 256).await;
+    let ip = addr(&vm);
+    let (_, boot, _) = identity(&lab, "host-3", &ip);
+    dirty_memory(c, "mig-3").await;
+    // A slow stream of a guest that keeps dirtying: still sending when the
+    // fault comes.
+    let slow = MigrateRequest {
+        to: Some("host-2".into()),
+        allow_postcopy: Some(false),
+        bandwidth_mib_s: Some(4),
+        ..Default::default()
+    };
+
+    // The destination's agent dies while it receives.
+    let t = c.migrate_vm("mig-3", &slow).await.expect("accepted");
+    wait_streaming(c, &t.id).await;
+    lab.kill_agent("host-2");
+    match c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await {
+        Err(ClientError::TaskFailed(t)) => assert_eq!(t.state, TaskState::Failed),
+        other => panic!("the migration to a lost agent ended {other:?}"),
+    }
+    vdc_test_infra::wait_until(VM_WAIT_TIMEOUT, "the incoming QEMU to end", || {
+        (!qemu_runs(&lab, "host-2", &vm.id)).then_some(())
+    });
+    lab.restart_agent("host-2");
+    still_on_the_source(&lab, &vm, &ip, &boot).await;
+
+    // The server is killed and restarted while it streams: the restarted
+    // server ends the migration with one owner.
+    let t = c.migrate_vm("mig-3", &slow).await.expect("accepted");
+    wait_streaming(c, &t.id).await;
+    lab.kill_server();
+    lab.restart_server();
+    wait_until_async(VM_WAIT_TIMEOUT, "the restarted server", || async {
+        c.version().await.ok()
+    })
+    .await;
+    let end = wait_until_async(TASK_TIMEOUT, "the migration to end", || async {
+        c.get_task(&t.id).await.ok().filter(|t| t.state.is_final())
+    })
+    .await;
+    assert_eq!(end.state, TaskState::Failed, "{end:?}");
+    still_on_the_source(&lab, &vm, &ip, &boot).await;
+}

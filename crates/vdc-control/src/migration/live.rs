@@ -439,6 +439,7 @@ impl Cluster {
             .submit_journaled(ctx, source, src_url, outgoing)
             .await?;
         let mut cancel_sent = false;
+        let mut dest_lost = false;
         let out = loop {
             if ctx.is_cancelled() && !cancel_sent {
                 cancel_sent = true;
@@ -467,15 +468,20 @@ impl Cluster {
             if j.state.is_final() {
                 break j;
             }
-            // The destination failing (its QEMU killed) ends the stream.
+            // The destination failing (its QEMU killed) or its agent gone
+            // ends the stream: without its agent nobody would take the
+            // lease or follow the VM there.
             if !cancel_sent {
-                if let Ok(d) = self.agents.job(target, dst_url, in_id, 0).await {
-                    if d.state.is_final() && d.state != JobState::Succeeded {
-                        tracing::warn!(vm = %name, "the destination gave up; cancelling the stream");
-                        cancel_sent = true;
-                        if let Err(e) = self.agents.cancel_job(source, src_url, &out_id).await {
-                            tracing::warn!(vm = %name, error = %e, "cannot cancel the outgoing migration");
-                        }
+                let gone = match self.agents.job(target, dst_url, in_id, 0).await {
+                    Ok(d) => d.state.is_final() && d.state != JobState::Succeeded,
+                    Err(e) => matches!(e.code, ErrorCode::HostUnavailable | ErrorCode::NotFound),
+                };
+                if gone {
+                    tracing::warn!(vm = %name, "the destination gave up or went away; cancelling the stream");
+                    dest_lost = true;
+                    cancel_sent = true;
+                    if let Err(e) = self.agents.cancel_job(source, src_url, &out_id).await {
+                        tracing::warn!(vm = %name, error = %e, "cannot cancel the outgoing migration");
                     }
                 }
             }
@@ -486,10 +492,18 @@ impl Cluster {
             JobState::Cancelled if ctx.is_cancelled() => return Err(cancelled()),
             _ => {
                 // The destination's error says more when it failed first.
-                if let Ok(d) = self.agents.job(target, dst_url, in_id, 0).await {
-                    if d.state == JobState::Failed {
-                        return Err(job_error(target, &d));
+                match self.agents.job(target, dst_url, in_id, 0).await {
+                    Ok(d) if d.state == JobState::Failed => return Err(job_error(target, &d)),
+                    Err(e) if dest_lost => {
+                        return Err(ApiError::new(
+                            ErrorCode::HostUnavailable,
+                            format!(
+                                "host '{target}' stopped answering during the migration ({}); VM '{name}' stays on host '{source}'",
+                                e.message
+                            ),
+                        ))
                     }
+                    _ => {}
                 }
                 return Err(job_error(source, &out));
             }
