@@ -29,24 +29,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vdc_sched::Demand;
-use vdc_types::job::{Job, JobKind, JobOp, JobRequest, JobResult, JobState};
+use vdc_types::job::{JobOp, JobResult, JobState};
 use vdc_types::migration::{
     IncomingRequest, MigrateRequest, MigrationKind, MigrationOutcome, MigrationPolicy,
     MigrationReport, OutgoingRequest,
 };
 use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams, VmAction};
 
-use crate::journal;
+use super::live_jobs::job_error;
 use crate::tasks::{cancelled, TaskCtx};
 use crate::vms::placement_err;
 use crate::{Cluster, VmRecord};
 
 /// Longest wait for the destination to listen.
 const LISTEN_LIMIT: Duration = Duration::from_secs(120);
-/// How long a host may stay silent during a migration before it fails.
-const SILENCE_LIMIT: Duration = Duration::from_secs(15);
-/// Longest wait for a cancelled job to end.
-const CANCEL_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a live migration needs from the VM's record.
 pub(crate) fn demand_of(rec: &VmRecord) -> Demand {
@@ -255,7 +251,7 @@ impl Cluster {
 
     /// Records the move as done: the destination owns the VM (one
     /// compare-and-swap write), `vm.migrated` with the figures.
-    async fn commit_live(
+    pub(super) async fn commit_live(
         &self,
         ctx: &TaskCtx,
         name: &str,
@@ -308,86 +304,6 @@ impl Cluster {
             )
             .await;
         Ok(())
-    }
-
-    /// A live migration whose server restarted mid-way: the stream is
-    /// cancelled (a completed one cannot be); if it had completed and the
-    /// destination runs the VM, the move is committed; else the
-    /// destination's job is cancelled (its QEMU, taps and runtime
-    /// directory go) and the VM stays on the source.
-    pub(crate) async fn settle_after_restart(
-        &self,
-        ctx: &TaskCtx,
-        task: &Task,
-        source: &str,
-        target: &str,
-    ) -> Result<(), ApiError> {
-        let name = task.target.as_str();
-        let jobs = task.journal.as_ref().map(journal::jobs).unwrap_or_default();
-        let last = |kind: JobKind| jobs.iter().rev().find(|j| j.kind == kind).cloned();
-        let mut report = task.migration.clone().unwrap_or(MigrationReport {
-            kind: Some(MigrationKind::Live),
-            source: source.to_string(),
-            target: target.to_string(),
-            ..Default::default()
-        });
-        let mut sent = false;
-        if let Some(out) = last(JobKind::MigrateOut) {
-            if let Ok(url) = self.agent_url(&out.host).await {
-                self.cancel_and_wait(&out.host, &url, &out.operation_id)
-                    .await;
-                if let Ok(j) = self.agents.job(&out.host, &url, &out.operation_id, 0).await {
-                    sent = j.state == JobState::Succeeded;
-                    if let Some(JobResult::Migration(m)) = &j.result {
-                        report.policy_steps = m.policy_steps.clone();
-                        report.outcome = Some(MigrationOutcome {
-                            downtime_ms: m.downtime_ms.unwrap_or(0),
-                            migration_ms: m.total_ms.unwrap_or(0),
-                            total_ms: m.total_ms.unwrap_or(0),
-                            postcopy: m.postcopy,
-                        });
-                    }
-                }
-            }
-        }
-        if let Some(inc) = last(JobKind::MigrateIn) {
-            if let Ok(url) = self.agent_url(&inc.host).await {
-                if sent {
-                    let since = Instant::now();
-                    while since.elapsed() < CANCEL_LIMIT {
-                        match self.agents.job(&inc.host, &url, &inc.operation_id, 5).await {
-                            Ok(j) if j.state.is_final() => {
-                                if let (JobState::Succeeded, Some(JobResult::Vm(rt))) =
-                                    (&j.state, &j.result)
-                                {
-                                    return self
-                                        .commit_live(ctx, name, source, target, rt, &mut report)
-                                        .await;
-                                }
-                                break;
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                }
-                self.cancel_and_wait(&inc.host, &url, &inc.operation_id)
-                    .await;
-            }
-        }
-        let rec = self.record(name).await?;
-        if let Some(rt) = self.runtime(source, &rec.config.id).await {
-            if let Err(e) = self.set_runtime(name, &rt, None).await {
-                tracing::warn!(vm = %name, error = %e, "cannot record the VM's state after an interrupted migration");
-            }
-        }
-        if ctx.is_cancelled() {
-            return Err(cancelled());
-        }
-        Err(ApiError::new(
-            ErrorCode::HostError,
-            format!("the server restarted during the migration; VM '{name}' stays on host '{source}'; migrate it again"),
-        ))
     }
 
     /// Waits for the destination to listen, runs the source's job to its
@@ -530,120 +446,5 @@ impl Cluster {
                 };
             }
         }
-    }
-
-    /// Submits `op` on `host`, journaled first (so a restarted server can
-    /// find and cancel it). Returns the operation id.
-    async fn submit_journaled(
-        &self,
-        ctx: &TaskCtx,
-        host: &str,
-        url: &str,
-        op: JobOp,
-    ) -> Result<String, ApiError> {
-        let kind = op.kind();
-        let recorded = ctx.journal_now().await?;
-        let id = journal::next_operation_id(ctx.id(), &recorded);
-        ctx.journal(Step::JobSubmitted {
-            host: host.to_string(),
-            operation_id: id.clone(),
-            job: kind,
-        })
-        .await?;
-        let req = JobRequest {
-            operation_id: id.clone(),
-            op,
-        };
-        self.agents.submit_job(host, url, &req).await?;
-        Ok(id)
-    }
-
-    async fn journal_end(&self, ctx: &TaskCtx, id: &str, state: JobState) {
-        if let Err(e) = ctx
-            .journal(Step::JobEnded {
-                operation_id: id.to_string(),
-                state,
-            })
-            .await
-        {
-            tracing::warn!(task = %ctx.id(), error = %e, "cannot journal the end of a job");
-        }
-    }
-
-    /// A job's status (long poll of `wait_s`); a host silent for longer than
-    /// [`SILENCE_LIMIT`] fails the migration.
-    async fn follow(
-        &self,
-        _ctx: &TaskCtx,
-        host: &str,
-        url: &str,
-        id: &str,
-        wait_s: u64,
-    ) -> Result<Job, ApiError> {
-        let since = Instant::now();
-        loop {
-            match self.agents.job(host, url, id, wait_s).await {
-                Ok(j) => return Ok(j),
-                Err(e)
-                    if e.code == ErrorCode::HostUnavailable && since.elapsed() < SILENCE_LIMIT =>
-                {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(e) if e.code == ErrorCode::NotFound => {
-                    return Err(ApiError::new(
-                        ErrorCode::HostError,
-                        format!("host '{host}' lost the migration job {id} (its agent restarted)"),
-                    ))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Cancels a job and waits (bounded) for it to end; failures are
-    /// logged.
-    pub(crate) async fn cancel_and_wait(&self, host: &str, url: &str, id: &str) {
-        match self.agents.cancel_job(host, url, id).await {
-            Ok(j) if j.state.is_final() => return,
-            Ok(_) => {}
-            Err(e) if e.code == ErrorCode::NotFound => return,
-            Err(e) => {
-                tracing::warn!(%host, job = %id, error = %e, "cannot cancel the migration job; the host cleans up when its wait ends");
-                return;
-            }
-        }
-        let since = Instant::now();
-        while since.elapsed() < CANCEL_LIMIT {
-            match self.agents.job(host, url, id, 5).await {
-                Ok(j) if j.state.is_final() => return,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(%host, job = %id, error = %e, "cannot follow the cancelled migration job");
-                    return;
-                }
-            }
-        }
-        tracing::warn!(%host, job = %id, "the cancelled migration job did not end in time");
-    }
-}
-
-/// The error of an ended job that did not succeed.
-fn job_error(host: &str, j: &Job) -> ApiError {
-    match (&j.state, &j.error) {
-        (JobState::Cancelled, _) => cancelled(),
-        (_, Some(e)) => {
-            let mut e = e.clone();
-            if !e.message.contains(host) {
-                e.message = format!("host '{host}': {}", e.message);
-            }
-            e
-        }
-        _ => ApiError::new(
-            ErrorCode::HostError,
-            format!(
-                "the {} job {} on host '{host}' did not succeed",
-                j.kind, j.id
-            ),
-        ),
     }
 }

@@ -10,6 +10,10 @@
 //! | stopped | a host move | cold migration | `cold` |
 //! | suspended | a host move | suspended migration (the saved state moves) | `cold` |
 //!
+//! Live migration's files: `live` (checks, the task body, the commit),
+//! `live_jobs` (its agent jobs as the server runs them), `live_restart`
+//! (a server restarted mid-way), `limits` (concurrent migrations).
+//!
 //! Every kind checks what it can before anything moves (a clear 4xx with
 //! nothing changed) and claims the VM through the lifecycle
 //! ([`crate::lifecycle::decide`], operation `migrating {source, target}`).
@@ -17,6 +21,8 @@
 mod cold;
 pub mod limits;
 mod live;
+mod live_jobs;
+mod live_restart;
 mod storage;
 
 pub use limits::MigrationSettings;

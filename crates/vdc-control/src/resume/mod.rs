@@ -26,7 +26,7 @@
 //! | `template.import` | the job is running or ended on the agent | continue (attach; a cancel is forwarded to the job) |
 //! | `template.import` | otherwise | roll back: delete the template record |
 //! | `vm.migrate` (live) | VM record gone | fail |
-//! | `vm.migrate` (live) | otherwise | settle (`migration::live::settle_after_restart`): cancel both jobs; if the source's job had completed and the destination runs the VM, commit the move and succeed; else the VM stays on the source (failed, or cancelled) and nothing is left on the destination |
+//! | `vm.migrate` (live) | otherwise | settle (`migration::live_restart`): cancel both jobs; if the source's job had completed and the destination runs the VM, commit the move and succeed; else the VM stays on the source (failed, or cancelled) and nothing is left on the destination |
 //! | other kinds | | fail: "the server stopped while this task ran" |
 
 pub(crate) mod driver;
