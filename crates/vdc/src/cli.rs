@@ -558,6 +558,40 @@ mod tests {
     }
 
     #[test]
+    fn migrate_parses_its_options() {
+        let cli = Cli::try_parse_from([
+            "vdc",
+            "vm",
+            "migrate",
+            "web-1",
+            "--to",
+            "host-2",
+            "--allow-postcopy",
+            "false",
+            "--bandwidth",
+            "64",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Vm(VmCmd::Migrate {
+                name,
+                to,
+                datastore,
+                allow_postcopy,
+                bandwidth,
+                ..
+            }) => {
+                assert_eq!(name, "web-1");
+                assert_eq!(to.as_deref(), Some("host-2"));
+                assert_eq!(datastore, None);
+                assert_eq!(allow_postcopy, Some(false));
+                assert_eq!(bandwidth, Some(64));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn output_is_accepted_after_any_verb() {
         let cli = Cli::try_parse_from(["vdc", "vm", "list", "-o", "json"]).expect("parses");
         assert_eq!(cli.output, Output::Json);
