@@ -297,6 +297,13 @@ impl Agent {
             name: self.config.name.clone(),
             address: self.config.address.clone(),
             migration_address: Some(self.config.migration_address.clone()),
+            qemu_models: self
+                .qemu_models
+                .as_ref()
+                .map(|m| vdc_types::agent::QemuModelsReport {
+                    machine_types: m.machine_types.clone(),
+                    cpu_models: m.cpu_models.clone(),
+                }),
             agent_url: self.agent_url(),
             accelerator: self.accelerator,
             qemu_version: self.qemu_version.clone(),

@@ -100,6 +100,7 @@ use crate::routes::*;
         MigrationReport,
         ConsoleInputRequest,
         HostReport,
+        vdc_types::agent::QemuModelsReport,
         VmActionName,
         AddHostRequest,
         HostCredential,

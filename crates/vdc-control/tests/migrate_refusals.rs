@@ -79,6 +79,21 @@ async fn refusals_say_what_is_wrong_and_change_nothing() {
     assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
     assert!(e.message.contains("shared"), "{}", e.message);
 
+    // host-5 has room but its QEMU lacks the VM's CPU model: incompatible.
+    let mut old = report("host-5", vec![]);
+    old.qemu_models = Some(vdc_types::agent::QemuModelsReport {
+        machine_types: vec![vdc_types::vm::DEFAULT_MACHINE_TYPE.into()],
+        cpu_models: vec!["qemu64".into()],
+    });
+    cluster.ingest_report(old).await.unwrap();
+    let e = refused(&cluster, "web", to("host-5")).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
+    assert!(
+        e.message.contains("offers no CPU model 'Nehalem-v1'"),
+        "{}",
+        e.message
+    );
+
     // Without a destination, placement finds none of them fit.
     let e = refused(&cluster, "web", MigrateRequest::default()).await;
     assert!(

@@ -75,6 +75,10 @@ pub struct HostReport {
     /// management address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_address: Option<String>,
+    /// Machine types and CPU models this host's QEMU offers (`-machine
+    /// help`, `-cpu help`); absent when they could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_models: Option<QemuModelsReport>,
     /// Base URL of this agent's API.
     pub agent_url: String,
     /// Accelerator in use.
@@ -96,6 +100,29 @@ pub struct HostReport {
     pub vms: Vec<VmRuntime>,
     /// When this agent process started (a change means a restart).
     pub agent_started_ms: UnixMillis,
+}
+
+/// The virtual hardware a host's QEMU offers: a VM runs (or moves) only
+/// where its machine type and CPU model are offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QemuModelsReport {
+    /// Machine types, aliases included.
+    pub machine_types: Vec<String>,
+    /// CPU models, aliases included.
+    pub cpu_models: Vec<String>,
+}
+
+impl QemuModelsReport {
+    /// Why a VM of `machine_type` and `cpu_model` cannot run here, if not.
+    pub fn missing(&self, machine_type: &str, cpu_model: &str) -> Option<String> {
+        if !self.machine_types.iter().any(|m| m == machine_type) {
+            return Some(format!("its QEMU offers no machine type '{machine_type}'"));
+        }
+        if !self.cpu_models.iter().any(|c| c == cpu_model) {
+            return Some(format!("its QEMU offers no CPU model '{cpu_model}'"));
+        }
+        None
+    }
 }
 
 /// Where the boot disk of a VM being provisioned comes from.

@@ -128,8 +128,23 @@ impl Cluster {
     ) -> Result<String, ApiError> {
         let demand = demand_of(rec);
         let caps = self.capacities().await;
+        let incompatible: Vec<String> = {
+            let live = self.live.read().await;
+            live.iter()
+                .filter(|(_, l)| {
+                    l.report.qemu_models.as_ref().is_some_and(|m| {
+                        m.missing(&rec.config.machine_type, &rec.config.cpu_model)
+                            .is_some()
+                    })
+                })
+                .map(|(h, _)| h.clone())
+                .collect()
+        };
         let Some(to) = to else {
-            let others: Vec<_> = caps.into_iter().filter(|c| c.name != source).collect();
+            let others: Vec<_> = caps
+                .into_iter()
+                .filter(|c| c.name != source && !incompatible.contains(&c.name))
+                .collect();
             return vdc_sched::place(&demand, &others).map_err(|e| {
                 let mut err = placement_err(e);
                 err.message = format!(
@@ -156,6 +171,17 @@ impl Cluster {
             .iter()
             .find(|c| c.name == to)
             .ok_or_else(|| ApiError::not_found("Host", to))?;
+        let models = {
+            let live = self.live.read().await;
+            live.get(to).and_then(|l| l.report.qemu_models.clone())
+        };
+        if let Some(why) =
+            models.and_then(|m| m.missing(&rec.config.machine_type, &rec.config.cpu_model))
+        {
+            return Err(ApiError::invalid(format!(
+                "host '{to}' cannot run VM '{name}': {why}; choose a host whose QEMU offers it"
+            )));
+        }
         vdc_sched::check_host(&demand, cap).map_err(|e| {
             let mut err = placement_err(e);
             err.message = format!(
