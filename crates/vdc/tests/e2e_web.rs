@@ -144,9 +144,13 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
             .await,
     );
     let row = page(
-        "demo-1 paused in the VM table",
+        "demo-1 paused in the VM table, the pause ended",
         browser
-            .wait_row("#vms tbody tr", TASK_TIMEOUT, vm_row("demo-1", "paused"))
+            .wait_row("#vms tbody tr", TASK_TIMEOUT, |r| {
+                // The state is recorded a moment before the operation is
+                // released; the actions shown follow the release.
+                vm_row("demo-1", "paused")(r) && cell(r, OPERATION) == "-"
+            })
             .await,
     );
     assert!(
