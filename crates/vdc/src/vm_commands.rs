@@ -78,7 +78,15 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
                 bandwidth_mib_s: bandwidth,
             };
             let task = ctx.client.migrate_vm(&name, &req).await?;
-            finish_vm_task(ctx, &name, task, wait).await
+            let id = task.id.clone();
+            finish_vm_task(ctx, &name, task, wait).await?;
+            if wait.no_wait || ctx.json() {
+                return Ok(());
+            }
+            match ctx.client.get_task(&id).await?.migration {
+                Some(m) => out(&migration_summary(&m)),
+                None => Ok(()),
+            }
         }
         VmCmd::Delete { name, yes, wait } => vm_delete(ctx, &name, yes, wait).await,
         VmCmd::Console {
@@ -141,6 +149,24 @@ async fn vm_action(
 ) -> Result<(), CliError> {
     let task = ctx.client.vm_action(name, action, body).await?;
     finish_vm_task(ctx, name, task, wait).await
+}
+
+/// One line on a finished migration: where, its downtime and total time,
+/// and the policy steps taken.
+pub fn migration_summary(m: &vdc_types::migration::MigrationReport) -> String {
+    let mut line = format!("moved from {} to {}", m.source, m.target);
+    if let Some(o) = &m.outcome {
+        line += &format!(
+            ": downtime {} ms, total {} ms{}",
+            o.downtime_ms,
+            o.total_ms,
+            if o.postcopy { " (post-copy)" } else { "" }
+        );
+    }
+    if !m.policy_steps.is_empty() {
+        line += &format!("; policy: {}", m.policy_steps.join("; "));
+    }
+    line + "\n"
 }
 
 /// Waits for a VM task, then prints the VM as it is now.
@@ -360,3 +386,29 @@ fn confirm(question: &str) -> Result<bool, CliError> {
 }
 
 // ---- tasks ----
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdc_types::migration::{MigrationOutcome, MigrationReport};
+
+    #[test]
+    fn a_migration_summary_says_where_how_long_and_how() {
+        let m = MigrationReport {
+            source: "host-1".into(),
+            target: "host-2".into(),
+            policy_steps: vec!["pre-copy".into(), "post-copy started at pass 4".into()],
+            outcome: Some(MigrationOutcome {
+                downtime_ms: 12,
+                total_ms: 900,
+                migration_ms: 700,
+                postcopy: true,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            migration_summary(&m),
+            "moved from host-1 to host-2: downtime 12 ms, total 900 ms (post-copy); policy: pre-copy; post-copy started at pass 4\n"
+        );
+    }
+}

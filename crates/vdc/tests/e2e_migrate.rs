@@ -170,9 +170,23 @@ async fn live_migration_keeps_the_guest_its_counter_and_a_connection() {
         (!qemu_runs(&lab, "host-1", &vm.id)).then_some(())
     });
 
-    // Back, with placement choosing (any host but host-2).
-    let t = migrate(c, "mig-1", &MigrateRequest::default()).await;
-    let back = t.migration.expect("report").target;
+    // Back with the CLI, placement choosing (any host but host-2).
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_vdc"))
+        .args(["vm", "migrate", "mig-1"])
+        .env_remove("VDC_TOKEN")
+        .env("VDC_URL", &lab.info.api_url)
+        .env("VDC_TOKEN_FILE", &lab.info.token_file)
+        .output()
+        .expect("run vdc vm migrate");
+    let said = String::from_utf8_lossy(&cli.stdout).to_string();
+    assert!(
+        cli.status.success(),
+        "vdc vm migrate failed: {said}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(said.contains("moved from host-2 to host-"), "{said}");
+    assert!(said.contains("downtime"), "{said}");
+    let back = c.get_vm("mig-1").await.unwrap().owner.expect("an owner");
     assert_ne!(back, "host-2");
     let v = c.get_vm("mig-1").await.unwrap();
     assert_eq!(v.owner.as_deref(), Some(back.as_str()));
