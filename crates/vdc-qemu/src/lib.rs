@@ -33,6 +33,6 @@ pub use host::{
 pub use log::tail_file;
 pub use mirror::{MirrorError, MirrorProgress};
 pub use spec::{command_line, DriveSpec, Incoming, MachineSpec, NicDevice, VmPaths};
-pub use vdc_qmp::{Qmp, QmpError, QmpEvent};
+pub use vdc_qmp::{MigrationInfo, Qmp, QmpError, QmpEvent};
 pub use vdc_types::Accelerator;
 pub use vm::{running_pid, RunState, ShutdownOutcome, Vm};

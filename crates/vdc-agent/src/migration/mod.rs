@@ -10,19 +10,17 @@
 //!  waiting for the stream                 capabilities, parameters, migrate
 //!                                         pre-copy; policy: auto-converge,
 //!                                           post-copy or higher limits
-//!                                         pre-switchover (vCPUs stopped):
-//!                                           lease hand-over names the
-//!                                           destination, migrate-continue
-//!  MIGRATION completed: the guest runs ◄── device state, completed
-//!  at once (no server round trip);
-//!  announce-self; a supervisor takes
-//!  the lease handed over ────────────────► the source's supervisor sees it
-//!                                           and kills the old QEMU
+//!  MIGRATION completed: the guest runs ◄── vCPUs stopped, device state,
+//!  at once (no server round trip);          completed; then the lease
+//!  announce-self; waits until the lease     hand-over names the
+//!  names it, a supervisor takes it ──────►  destination; the source's
+//!                                           supervisor sees it taken and
+//!                                           kills the old QEMU
 //! ```
 //!
 //! Failure or cancel before the switchover: the destination's QEMU is
 //! killed, its taps, slot and runtime directory removed; the source cancels
-//! the stream (`migrate_cancel`), withdraws a hand-over and keeps running.
+//! the stream (`migrate_cancel`) and keeps running.
 
 mod incoming;
 mod outgoing;

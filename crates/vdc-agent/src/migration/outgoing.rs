@@ -1,7 +1,7 @@
 //! The source of a live migration: the stream to the destination, driven
-//! by the convergence policy; at the switchover (vCPUs stopped) the lease
-//! is handed to the destination; on failure or cancel the stream is
-//! cancelled, the hand-over withdrawn and the guest keeps running here.
+//! by the convergence policy; once it completed (this QEMU's vCPUs
+//! stopped for good) the lease is handed to the destination; on failure
+//! or cancel the stream is cancelled and the guest keeps running here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,6 @@ impl Agent {
         cell.set_migration(&info);
         let qmp_err = |what: &str, e: vdc_qemu::QmpError| host_error(what.to_string(), &e);
         let mut caps = super::common_capabilities(policy.allow_postcopy);
-        caps.push(("pause-before-switchover", true));
         caps.push(("auto-converge", true));
         vm.qmp()
             .migrate_set_capabilities(&caps)
@@ -75,7 +74,6 @@ impl Agent {
             .map_err(|e| qmp_err("migrate failed", e))?;
         tracing::info!(vm = %req.vm_id, uri = %req.uri, target = %req.target, "migration started");
 
-        let mut handed_over = false;
         let mut tick = tokio::time::interval(SAMPLE);
         let outcome: Result<(), ApiError> = loop {
             let status = tokio::select! {
@@ -95,16 +93,7 @@ impl Agent {
                         Ok(Ok(q)) => {
                             let ram = q.ram.clone().unwrap_or_default();
                             let status = q.status.clone().unwrap_or_default();
-                            info.progress = Some(MigrationProgress {
-                                status: status.clone(),
-                                bytes_sent: ram.transferred,
-                                bytes_remaining: ram.remaining,
-                                bytes_total: ram.total,
-                                dirty_pages_rate: ram.dirty_pages_rate,
-                                iterations: ram.dirty_sync_count,
-                                expected_downtime_ms: q.expected_downtime,
-                                cpu_throttle_percent: q.cpu_throttle_percentage,
-                            });
+                            info.progress = Some(progress_of(&q));
                             let (action, steps) = conv.observe(&Sample {
                                 status: status.clone(),
                                 passes: ram.dirty_sync_count,
@@ -129,34 +118,6 @@ impl Agent {
                 }
             };
             match status.as_str() {
-                "pre-switchover" if !handed_over => {
-                    // vCPUs are stopped. Pre-copy: name the destination in
-                    // the lease, then let the device state go. Post-copy:
-                    // this QEMU still holds pages the destination needs;
-                    // it must outlive the switch, so the lease (which
-                    // would have its supervisor kill it once taken) is
-                    // handed over only when the copy completed.
-                    if !conv.postcopy() {
-                        match vdc_supervisor::client::hand_over(
-                            &run_dir,
-                            &req.target,
-                            HAND_OVER_WAIT,
-                        )
-                        .await
-                        {
-                            Ok(_) => handed_over = true,
-                            Err(e) => {
-                                break Err(host_error(
-                                    "cannot hand the lease over to the destination",
-                                    &e,
-                                ))
-                            }
-                        }
-                    }
-                    if let Err(e) = vm.qmp().migrate_continue("pre-switchover").await {
-                        break Err(qmp_err("migrate-continue failed", e));
-                    }
-                }
                 "completed" => break Ok(()),
                 "failed" | "cancelled" => {
                     let why = vm
@@ -181,15 +142,20 @@ impl Agent {
             }
         };
 
-        if outcome.is_ok() && !handed_over {
-            // After a post-copy: every page is on the destination now.
+        if outcome.is_ok() {
+            // The stream completed: this QEMU's vCPUs stay stopped
+            // (post-migrate) and every page is on the destination, which
+            // runs the guest already. Name it in the lease now, outside
+            // the downtime; its supervisor takes the lease and ours then
+            // stops this QEMU. (Not earlier: after a post-copy this QEMU
+            // served pages until the end, and a lease taken would have its
+            // supervisor kill it.)
             if let Err(e) =
                 vdc_supervisor::client::hand_over(&run_dir, &req.target, HAND_OVER_WAIT).await
             {
-                // The destination runs the guest and waits for this lease;
-                // without it, ours lapses and the destination takes it
-                // over as stale.
-                tracing::error!(vm = %req.vm_id, error = %crate::error::chain(&e), "cannot hand the lease over after a post-copy");
+                // The destination waits for this lease; without it, ours
+                // lapses and the destination cannot guard the guest.
+                tracing::error!(vm = %req.vm_id, error = %crate::error::chain(&e), "cannot hand the lease over after the migration");
             }
         }
         match outcome {
@@ -197,6 +163,7 @@ impl Agent {
                 if let Ok(q) = vm.qmp().query_migrate().await {
                     info.downtime_ms = q.downtime;
                     info.total_ms = q.total_time;
+                    info.progress = Some(progress_of(&q));
                 }
                 info.postcopy = conv.postcopy();
                 cell.set_migration(&info);
@@ -210,23 +177,15 @@ impl Agent {
                 Ok(JobResult::Migration(info))
             }
             Err(e) => {
-                self.keep_running_here(&vm, &run_dir, handed_over, was_running, &req.vm_id)
-                    .await;
+                self.keep_running_here(&vm, was_running, &req.vm_id).await;
                 Err(e)
             }
         }
     }
 
-    /// After a failed or cancelled migration: the stream is cancelled, a
-    /// hand-over withdrawn, and the guest runs here as before.
-    async fn keep_running_here(
-        &self,
-        vm: &vdc_qemu::Vm,
-        run_dir: &std::path::Path,
-        handed_over: bool,
-        was_running: bool,
-        vm_id: &str,
-    ) {
+    /// After a failed or cancelled migration: the stream is cancelled and
+    /// the guest runs here as before.
+    async fn keep_running_here(&self, vm: &vdc_qemu::Vm, was_running: bool, vm_id: &str) {
         if vm.has_exited() {
             return;
         }
@@ -245,18 +204,27 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if handed_over {
-            if let Err(e) = vdc_supervisor::client::cancel_hand_over(run_dir, HAND_OVER_WAIT).await
-            {
-                tracing::error!(vm = %vm_id, error = %crate::error::chain(&e), "cannot withdraw the lease hand-over; the supervisor will stop the VM");
-            }
-        }
         if was_running && matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Paused)) {
             if let Err(e) = vm.resume().await {
                 tracing::error!(vm = %vm_id, error = %e, "cannot resume the VM after a failed migration");
             }
         }
         tracing::info!(vm = %vm_id, "migration undone; the VM keeps running here");
+    }
+}
+
+/// The task's figures from one `query-migrate` answer.
+fn progress_of(q: &vdc_qemu::MigrationInfo) -> MigrationProgress {
+    let ram = q.ram.clone().unwrap_or_default();
+    MigrationProgress {
+        status: q.status.clone().unwrap_or_default(),
+        bytes_sent: ram.transferred,
+        bytes_remaining: ram.remaining,
+        bytes_total: ram.total,
+        dirty_pages_rate: ram.dirty_pages_rate,
+        iterations: ram.dirty_sync_count,
+        expected_downtime_ms: q.expected_downtime,
+        cpu_throttle_percent: q.cpu_throttle_percentage,
     }
 }
 

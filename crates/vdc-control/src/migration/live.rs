@@ -452,6 +452,9 @@ impl Cluster {
         }
         if let Some(JobResult::Migration(m)) = &out.result {
             report.policy_steps = m.policy_steps.clone();
+            if m.progress.is_some() {
+                report.progress = m.progress.clone();
+            }
             report.outcome = Some(MigrationOutcome {
                 downtime_ms: m.downtime_ms.unwrap_or(0),
                 migration_ms: m.total_ms.unwrap_or(0),
