@@ -392,8 +392,13 @@ async fn beyond_the_limit_a_migration_waits_its_turn() {
         tasks.push(c.migrate_vm(name, &req).await.expect("accepted"));
     }
     let third = wait_until_async(VM_WAIT_TIMEOUT, "the third migration to wait", || async {
+        // (A task is also `queued` for the instant before it starts.)
         let t = c.get_task(&tasks[2].id).await.ok()?;
-        (t.state == TaskState::Queued).then_some(t)
+        let waits = t
+            .stage
+            .as_deref()
+            .is_some_and(|s| s.contains("waiting for a migration slot"));
+        (t.state == TaskState::Queued && waits).then_some(t)
     })
     .await;
     assert!(
