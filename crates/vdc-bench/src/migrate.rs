@@ -257,7 +257,7 @@ async fn measure(
         )?;
         let peer = peer_slot.insert(peer);
         let addr = guest_address(&info.subnet, 240)?;
-        boot_libvirt_guest(peer, work, &image, args.memory_mib, &addr, &info.subnet)?;
+        libvirt::boot_guest(peer, work, &image, args.memory_mib, &addr, &info.subnet)?;
         guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180))?;
         guests.libvirt = Some(addr);
     }
@@ -370,7 +370,7 @@ async fn measure(
                         } else {
                             (&peer.dst, &peer.src)
                         };
-                        let run = libvirt_migrate(from, to, workload, timeout).await;
+                        let run = libvirt::migrate_run(from, to, workload, timeout).await;
                         if run.converged {
                             guests.libvirt_on_src = !guests.libvirt_on_src;
                         }
@@ -456,79 +456,6 @@ fn describe(r: &Run) -> String {
     }
 }
 
-async fn libvirt_migrate(
-    from: &libvirt::Daemon,
-    to: &libvirt::Daemon,
-    workload: Workload,
-    timeout: Duration,
-) -> Run {
-    let mut run = Run {
-        system: System::Libvirt,
-        workload,
-        dirty_mib_s: None,
-        converged: false,
-        total_ms: None,
-        downtime_ms: None,
-        gap_ms: None,
-        policy_steps: Vec::new(),
-        error: None,
-    };
-    let (f, t) = (from.clone(), to.clone());
-    let job = tokio::task::spawn_blocking(move || {
-        f.virsh(&[
-            "migrate",
-            "--live",
-            "--unsafe",
-            libvirt::DOMAIN,
-            &t.uri(),
-            "--migrateuri",
-            &format!("tcp://{}", t.address),
-        ])
-    });
-    let outcome = match tokio::time::timeout(timeout, job).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(BenchError::Thread),
-        Err(_) => {
-            let f = from.clone();
-            match tokio::task::spawn_blocking(move || f.virsh(&["domjobabort", libvirt::DOMAIN]))
-                .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => eprintln!("bench: aborting the libvirt migration: {e}"),
-                Err(e) => eprintln!("bench: aborting the libvirt migration: {e}"),
-            }
-            run.error = Some(format!("not done after {} s, aborted", timeout.as_secs()));
-            return run;
-        }
-    };
-    if let Err(e) = outcome {
-        run.error = Some(e.to_string());
-        return run;
-    }
-    run.converged = true;
-    let t = to.clone();
-    let info = tokio::task::spawn_blocking(move || {
-        t.virsh(&[
-            "domjobinfo",
-            libvirt::DOMAIN,
-            "--completed",
-            "--keep-completed",
-        ])
-    })
-    .await;
-    match info {
-        Ok(Ok(text)) => {
-            if let Some((total, down)) = libvirt::parse_jobinfo(&text) {
-                run.total_ms = Some(total);
-                run.downtime_ms = Some(down);
-            }
-        }
-        Ok(Err(e)) => run.error = Some(format!("domjobinfo: {e}")),
-        Err(e) => run.error = Some(format!("domjobinfo: {e}")),
-    }
-    run
-}
-
 /// The image the lab imported as its template.
 fn template_image(args: &MigrateArgs) -> Result<PathBuf, BenchError> {
     let path = args
@@ -553,59 +480,7 @@ fn guest_address(subnet: &str, last: u8) -> Result<String, BenchError> {
     Ok(octets.join("."))
 }
 
-fn boot_libvirt_guest(
-    peer: &LibvirtPeer,
-    work: &Path,
-    image: &Path,
-    memory_mib: u32,
-    addr: &str,
-    subnet: &str,
-) -> Result<(), BenchError> {
-    let dir = work.join("libvirt");
-    let disk = dir.join("disk.qcow2");
-    let prefix = subnet.split_once('/').map_or("24", |(_, p)| p);
-    run_tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            &image.display().to_string(),
-            &disk.display().to_string(),
-        ],
-    )?;
-    let xml = libvirt::domain_xml(
-        &disk,
-        memory_mib,
-        "bench-libvirt",
-        &format!("{addr}/{prefix}"),
-        vdc_types::vm::DEFAULT_MACHINE_TYPE,
-        // libvirt names QEMU's versioned CPU models without the version.
-        vdc_types::vm::DEFAULT_CPU_MODEL.trim_end_matches("-v1"),
-    );
-    let xml_path = dir.join("domain.xml");
-    std::fs::write(&xml_path, xml).map_err(|source| BenchError::File {
-        path: xml_path.clone(),
-        source,
-    })?;
-    run_tool(
-        "chown",
-        &[
-            "nobody:nogroup",
-            &disk.display().to_string(),
-            &xml_path.display().to_string(),
-        ],
-    )?;
-    peer.src
-        .virsh(&["create", &xml_path.display().to_string()])?;
-    Ok(())
-}
-
-fn run_tool(program: &str, args: &[&str]) -> Result<(), BenchError> {
+pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<(), BenchError> {
     let out = std::process::Command::new(program)
         .args(args)
         .output()
