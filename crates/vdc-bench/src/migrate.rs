@@ -244,21 +244,23 @@ async fn measure(
     if plan.systems.contains(&System::Vdc) {
         eprintln!("bench: vdc guest on {}", h1.name);
         let addr = vdc_side::create(&client, &h1.name, args.memory_mib).await?;
-        guest::udp_probe(&h3.netns, &addr, Duration::from_secs(120))?;
+        blocking(|| guest::udp_probe(&h3.netns, &addr, Duration::from_secs(120)))?;
         guests.vdc = Some(addr);
     }
     if plan.systems.contains(&System::Libvirt) {
         eprintln!("bench: libvirt guest on {}", h1.name);
         let image = template_image(args)?;
-        let peer = LibvirtPeer::start(
-            &work.join("libvirt"),
-            (&h1.netns, &h1.address, vdc_lab::plan::HOST_BRIDGE),
-            (&h2.netns, &h2.address, vdc_lab::plan::HOST_BRIDGE),
-        )?;
+        let peer = blocking(|| {
+            LibvirtPeer::start(
+                &work.join("libvirt"),
+                (&h1.netns, &h1.address, vdc_lab::plan::HOST_BRIDGE),
+                (&h2.netns, &h2.address, vdc_lab::plan::HOST_BRIDGE),
+            )
+        })?;
         let peer = peer_slot.insert(peer);
         let addr = guest_address(&info.subnet, 240)?;
-        libvirt::boot_guest(peer, work, &image, args.memory_mib, &addr, &info.subnet)?;
-        guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180))?;
+        blocking(|| libvirt::boot_guest(peer, work, &image, args.memory_mib, &addr, &info.subnet))?;
+        blocking(|| guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180)))?;
         guests.libvirt = Some(addr);
     }
     if plan.systems.contains(&System::Qemu) {
@@ -272,39 +274,43 @@ async fn measure(
         mkdir(&dir)?;
         let disk = dir.join("disk.qcow2");
         let image = template_image(args)?;
-        run_tool(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                &image.display().to_string(),
-                &disk.display().to_string(),
-            ],
-        )?;
+        blocking(|| {
+            run_tool(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    &image.display().to_string(),
+                    &disk.display().to_string(),
+                ],
+            )
+        })?;
         let addr = guest_address(&info.subnet, 241)?;
         let prefix = info.subnet.split_once('/').map_or("24", |(_, p)| p);
         let side = |h: &vdc_lab::HostStatus| qemu_pair::Side {
             netns: h.netns.clone(),
             address: h.address.clone(),
         };
-        let pair = QemuPair::start(
-            &dir,
-            [side(h1), side(h2)],
-            vdc_lab::plan::HOST_BRIDGE,
-            &disk,
-            args.memory_mib,
-            &format!("{addr}/{prefix}"),
-            vdc_types::vm::DEFAULT_MACHINE_TYPE,
-            vdc_types::vm::DEFAULT_CPU_MODEL,
-            settings,
-        )?;
+        let pair = blocking(|| {
+            QemuPair::start(
+                &dir,
+                [side(h1), side(h2)],
+                vdc_lab::plan::HOST_BRIDGE,
+                &disk,
+                args.memory_mib,
+                &format!("{addr}/{prefix}"),
+                vdc_types::vm::DEFAULT_MACHINE_TYPE,
+                vdc_types::vm::DEFAULT_CPU_MODEL,
+                settings,
+            )
+        })?;
         *pair_slot = Some(pair);
-        guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180))?;
+        blocking(|| guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180)))?;
         guests.qemu = Some(addr);
     }
     let peer = peer_slot.as_ref();
@@ -318,7 +324,9 @@ async fn measure(
                     System::Qemu => guests.qemu.clone(),
                 }
                 .ok_or(BenchError::Thread)?;
-                let answer = guest::command(&h3.netns, &addr, &workload.command(args.buffer_mib))?;
+                let answer = blocking(|| {
+                    guest::command(&h3.netns, &addr, &workload.command(args.buffer_mib))
+                })?;
                 if !answer.starts_with("ok") {
                     return Err(BenchError::GuestRefused {
                         command: workload.command(args.buffer_mib),
@@ -331,7 +339,7 @@ async fn measure(
                     None
                 } else {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
-                    guest::command(&h3.netns, &addr, "dirty")
+                    blocking(|| guest::command(&h3.netns, &addr, "dirty"))
                         .ok()
                         .and_then(|s| report::stat(&s, "mib_s"))
                 };
@@ -408,7 +416,7 @@ async fn measure(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let log = poller.stop()?;
+                let log = blocking(|| poller.stop())?;
                 run.gap_ms = report::longest_gap(&log.answers).map(|g| g.as_secs_f64() * 1000.0);
                 if log.answers.last().is_none_or(|t| *t <= done) {
                     run.converged = false;
@@ -454,6 +462,12 @@ fn describe(r: &Run) -> String {
             r.error.as_deref().unwrap_or("unknown")
         )
     }
+}
+
+/// Runs slow process or network I/O (daemons, guest boots, a thread that
+/// talks to a guest) without holding up the async runtime's other work.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 /// The image the lab imported as its template.
