@@ -337,6 +337,7 @@ pub async fn migrate_run(from: &Daemon, to: &Daemon, workload: Workload, timeout
         total_ms: None,
         downtime_ms: None,
         gap_ms: None,
+        gap_at_ms: None,
         policy_steps: Vec::new(),
         error: None,
     };

@@ -348,6 +348,7 @@ async fn measure(
                 // measured is then the move's, not the poller's start.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let timeout = Duration::from_secs(args.timeout);
+                let asked = poller.elapsed();
                 let mut run = match system {
                     System::Vdc => {
                         let to = if guests.vdc_on_first {
@@ -367,6 +368,7 @@ async fn measure(
                             total_ms: moved.outcome.as_ref().map(|o| o.total_ms as f64),
                             downtime_ms: moved.outcome.as_ref().map(|o| o.downtime_ms as f64),
                             gap_ms: None,
+                            gap_at_ms: None,
                             policy_steps: moved.policy_steps,
                             error: moved.error,
                         }
@@ -402,6 +404,7 @@ async fn measure(
                             total_ms: m.total_ms,
                             downtime_ms: m.downtime_ms,
                             gap_ms: None,
+                            gap_at_ms: None,
                             policy_steps: m.steps,
                             error: m.error,
                         }
@@ -418,6 +421,8 @@ async fn measure(
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let log = blocking(|| poller.stop())?;
                 run.gap_ms = report::longest_gap(&log.answers).map(|g| g.as_secs_f64() * 1000.0);
+                run.gap_at_ms = report::longest_gap_start(&log.answers)
+                    .map(|t| (t.as_secs_f64() - asked.as_secs_f64()) * 1000.0);
                 if log.answers.last().is_none_or(|t| *t <= done) {
                     run.converged = false;
                     run.error
@@ -446,10 +451,11 @@ fn describe(r: &Run) -> String {
         .map_or(String::new(), |d| format!(" (guest dirtying {d:.0} MiB/s)"));
     if r.converged {
         format!(
-            "total {}, downtime {}, longest gap {}{rate}{}",
+            "total {}, downtime {}, longest gap {} (from {} after the request){rate}{}",
             ms(r.total_ms),
             ms(r.downtime_ms),
             ms(r.gap_ms),
+            ms(r.gap_at_ms),
             if r.policy_steps.is_empty() {
                 String::new()
             } else {
