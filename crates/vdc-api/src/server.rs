@@ -41,6 +41,17 @@ pub struct ServerArgs {
     /// request may say otherwise.
     #[arg(long, env = "VDC_MIGRATION_POSTCOPY", default_value_t = true, action = clap::ArgAction::Set)]
     pub migration_postcopy: bool,
+    /// HA: longest silence of a host's reports before it counts as
+    /// isolated or failed, milliseconds.
+    #[arg(long, default_value_t = vdc_sched::ha::DEFAULT_NETWORK_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub ha_network_timeout_ms: u64,
+    /// HA: longest silence of a host's datastore heartbeat before it
+    /// counts as failed (with its reports silent too), milliseconds.
+    #[arg(long, default_value_t = vdc_sched::ha::DEFAULT_DATASTORE_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(500..=600_000))]
+    pub ha_datastore_timeout_ms: u64,
+    /// HA: do not restart the VMs of failed hosts (states are still judged).
+    #[arg(long)]
+    pub ha_disabled: bool,
 }
 
 /// Runs the server until the process is stopped.
@@ -79,6 +90,13 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             per_host: args.migrations_per_host as usize,
             per_cluster: args.migrations_per_cluster as usize,
         });
+    state.cluster.configure_ha(vdc_control::ha::HaSettings {
+        enabled: !args.ha_disabled,
+        timeouts: vdc_sched::ha::HeartbeatTimeouts {
+            network: std::time::Duration::from_millis(args.ha_network_timeout_ms),
+            datastore: std::time::Duration::from_millis(args.ha_datastore_timeout_ms),
+        },
+    });
     state.cluster.spawn_monitor();
     let app = router(state);
     let mut servers = Vec::new();

@@ -24,6 +24,7 @@ pub mod agents;
 pub mod answers;
 mod console;
 pub mod events;
+pub mod ha;
 mod hosts;
 pub mod ipam;
 mod jobs;
@@ -115,6 +116,8 @@ pub struct Cluster {
     pub(crate) migration_turn: tokio::sync::Notify,
     /// Migration policy and limits.
     pub(crate) migration_settings: std::sync::RwLock<migration::MigrationSettings>,
+    /// The HA manager's memory (see [`ha`]).
+    pub(crate) ha: std::sync::Mutex<ha::HaMemory>,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -160,6 +163,7 @@ impl Cluster {
             migrations: Default::default(),
             migration_turn: tokio::sync::Notify::new(),
             migration_settings: Default::default(),
+            ha: std::sync::Mutex::new(Default::default()),
         });
         cluster.release_orphaned_operations(true).await?;
         cluster
@@ -188,6 +192,7 @@ impl Cluster {
             loop {
                 tick.tick().await;
                 me.check_hosts().await;
+                me.check_ha().await;
                 n += 1;
                 if n.is_multiple_of(ORPHAN_SWEEP_TICKS) {
                     if let Err(e) = me.release_orphaned_operations(false).await {

@@ -24,6 +24,7 @@ mod error;
 mod faults;
 pub mod fencing;
 mod guest;
+pub mod ha;
 mod wait;
 pub mod webdriver;
 

@@ -54,6 +54,10 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Host(HostCmd::Maintenance { action, name, wait }) => {
             crate::maintenance::host_maintenance(ctx, action, &name, wait).await
         }
+        Command::Ha(crate::cli::HaCmd::Status) => crate::ha::ha_status(ctx).await,
+        Command::Ha(crate::cli::HaCmd::Set {
+            tolerate_host_failures,
+        }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
@@ -508,6 +512,7 @@ mod tests {
             created_ms: 0,
             machine_type: "pc-q35-10.0".into(),
             cpu_model: "Nehalem-v1".into(),
+            ha: Default::default(),
         }
     }
 

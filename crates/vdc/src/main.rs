@@ -19,6 +19,7 @@ mod commands;
 mod console;
 mod error;
 mod format;
+mod ha;
 mod join;
 mod maintenance;
 mod vm_commands;

@@ -225,6 +225,7 @@ impl Cluster {
                     ..
                 }),
             ) => self.settle_after_restart(ctx, task, &source, &target).await,
+            (TaskKind::VmFailover, _) => self.failover_body(ctx, name).await,
             (TaskKind::VmStart, Some(TaskParams::VmPower { host, .. })) => {
                 self.start_body(ctx, name, host, VmPowerState::Stopped)
                     .await

@@ -21,6 +21,8 @@
 //! | power | otherwise | fail with the reported state (e.g. a suspend that did not happen: "the VM still runs"); record it |
 //! | `vm.delete` | record gone | succeed |
 //! | `vm.delete` | otherwise | continue (destroying files that are already gone counts as done) |
+//! | `vm.failover` | record gone | fail |
+//! | `vm.failover` | otherwise | continue: attach to the journaled start job on its host (the same operation id: the agent attaches or starts it once), or place and start if none was submitted; a failed attempt records the VM `unknown` on its lost host again and the HA manager retries |
 //! | `template.import` | the job is running or ended on the agent | continue (attach; a cancel is forwarded to the job) |
 //! | `template.import` | otherwise | roll back: delete the template record |
 //! | `vm.migrate` (live) | VM record gone | fail |
@@ -56,6 +58,8 @@ pub enum TaskKind {
     VmResume,
     /// `vm.delete`.
     VmDelete,
+    /// `vm.failover` (HA restart elsewhere).
+    VmFailover,
     /// `template.import`.
     TemplateImport,
     /// `vm.migrate`.
@@ -77,6 +81,7 @@ impl TaskKind {
             "vm.pause" => TaskKind::VmPause,
             "vm.resume" => TaskKind::VmResume,
             "vm.delete" => TaskKind::VmDelete,
+            "vm.failover" => TaskKind::VmFailover,
             "template.import" => TaskKind::TemplateImport,
             "vm.migrate" => TaskKind::VmMigrate,
             _ => TaskKind::Other,
@@ -299,6 +304,13 @@ pub fn decide(
                     outcome: Outcome::Succeeded,
                     record: None,
                 }
+            } else {
+                Decision::Continue
+            }
+        }
+        TaskKind::VmFailover => {
+            if world.record.is_none() {
+                fail("the VM no longer exists", None)
             } else {
                 Decision::Continue
             }

@@ -135,6 +135,8 @@ impl Cluster {
             self.agent_url(h).await?;
             self.check_placeable(h).await?;
         }
+        self.check_admission(name, rec.config.memory_mib, rec.config.ha.priority)
+            .await?;
         let (_, step) = self.begin_operation(name, action, None).await?;
         let me = self.clone();
         let n = name.to_string();

@@ -102,6 +102,7 @@ pub fn config(name: &str) -> VmConfig {
         created_ms: now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     }
 }
 
