@@ -249,9 +249,12 @@ async fn a_cancelled_or_broken_migration_leaves_the_guest_on_the_source() {
 
     // A guest dirtying its memory flat out keeps the stream busy.
     dirty_memory(c, "mig-2").await;
+    // A slow stream (4 MiB/s for ~100 MiB of used memory): still sending
+    // when the cancel or the kill comes, whatever the machine's speed.
     let no_postcopy = MigrateRequest {
         to: Some("host-2".into()),
         allow_postcopy: Some(false),
+        bandwidth_mib_s: Some(4),
         ..Default::default()
     };
 
