@@ -122,8 +122,18 @@ mod tests {
     fn known() -> Vec<DatastoreFact> {
         [
             ("shared", DatastoreKind::Shared),
-            ("local-host-1", DatastoreKind::Local),
-            ("local-host-2", DatastoreKind::Local),
+            (
+                "local-host-1",
+                DatastoreKind::Local {
+                    host: "host-1".into(),
+                },
+            ),
+            (
+                "local-host-2",
+                DatastoreKind::Local {
+                    host: "host-2".into(),
+                },
+            ),
         ]
         .into_iter()
         .map(|(n, kind)| DatastoreFact {
