@@ -296,6 +296,7 @@ impl Agent {
         HostReport {
             name: self.config.name.clone(),
             address: self.config.address.clone(),
+            migration_address: Some(self.config.migration_address.clone()),
             agent_url: self.agent_url(),
             accelerator: self.accelerator,
             qemu_version: self.qemu_version.clone(),

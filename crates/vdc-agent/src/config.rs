@@ -74,6 +74,9 @@ pub struct AgentArgs {
     /// Management address of the host.
     #[arg(long)]
     pub address: String,
+    /// Address live migration streams come in on (default: --address).
+    #[arg(long)]
+    pub migration_address: Option<String>,
     /// Address and port of the agent API.
     #[arg(long)]
     pub listen: SocketAddr,
@@ -98,20 +101,31 @@ pub struct AgentArgs {
     pub bridges: Vec<String>,
     /// VM lease TTL, milliseconds: another host may take a VM whose lease
     /// did not change for this long.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 3_000)]
     pub lease_ttl_ms: u64,
     /// How often a VM's supervisor renews its lease, milliseconds.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub lease_renew_ms: u64,
     /// How long before the TTL a supervisor that could not renew stops its
     /// VM, milliseconds.
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub lease_margin_ms: u64,
     /// Directory whose image files may be imported as templates
     /// (repeatable). Images inside a datastore may always be imported; any
     /// other path is refused.
     #[arg(long = "import-dir", value_name = "DIR")]
     pub import_dirs: Vec<PathBuf>,
+    /// Isolation address (an IPv4 or IPv6 address the host should always
+    /// reach, e.g. its gateway): when the server has not answered for
+    /// `--isolation-after-ms` and this address does not answer either,
+    /// the host is isolated and applies each VM's isolation response.
+    /// Without it, no isolation response is ever applied.
+    #[arg(long, value_name = "ADDR")]
+    pub isolation_address: Option<std::net::IpAddr>,
+    /// How long the server may be silent before the isolation address is
+    /// tried, milliseconds.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1000..=600_000))]
+    pub isolation_after_ms: u64,
 }
 
 impl AgentArgs {
@@ -139,6 +153,9 @@ impl AgentArgs {
         }
         let config = AgentConfig {
             name: self.name,
+            migration_address: self
+                .migration_address
+                .unwrap_or_else(|| self.address.clone()),
             address: self.address,
             listen: self.listen,
             server_url: self.server.trim_end_matches('/').to_string(),
@@ -161,6 +178,10 @@ impl AgentArgs {
                 program: None,
             },
             import_dirs: self.import_dirs,
+            isolation: self.isolation_address.map(|address| Isolation {
+                address,
+                after: std::time::Duration::from_millis(self.isolation_after_ms),
+            }),
         };
         config.validate()?;
         Ok(config)
@@ -174,6 +195,8 @@ pub struct AgentConfig {
     pub name: String,
     /// Management address.
     pub address: String,
+    /// Address live migration streams come in on.
+    pub migration_address: String,
     /// Address the agent API listens on.
     pub listen: SocketAddr,
     /// Base URL of the server (no trailing slash).
@@ -196,6 +219,17 @@ pub struct AgentConfig {
     pub import_dirs: Vec<PathBuf>,
     /// The VM supervisors: lease timing and program.
     pub supervision: Supervision,
+    /// Isolation detection (`None`: never isolated).
+    pub isolation: Option<Isolation>,
+}
+
+/// When the host counts as isolated (see `isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isolation {
+    /// Address tried once the server is silent.
+    pub address: std::net::IpAddr,
+    /// Server silence before the address is tried.
+    pub after: std::time::Duration,
 }
 
 /// How the agent runs the supervisor beside each VM.

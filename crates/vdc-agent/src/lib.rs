@@ -17,6 +17,8 @@
 //! # Modules
 //! - `agent`: the agent's state (datastores, VM slots) and host report
 //! - `power`: start, shutdown, power off, reset, pause, resume, suspend
+//! - `migration`: live migration jobs (destination, source) and the pure
+//!   convergence policy
 //! - `provision`: VM directories and disks, destroy, image import
 //! - `recover`: re-attach to running VMs on agent start
 //! - `supervisor`: one task per running VM (events, guest, stats) and the
@@ -26,6 +28,8 @@
 //! - `console_log`: the console log, rotated, read by offset
 //! - `api`: the HTTP routes, token check and JSON errors
 //! - `reporter`: the heartbeat to the server
+//! - `heartbeat`: the datastore heartbeat (HA's second signal)
+//! - `isolation`: the isolation response of a cut-off host
 //! - `hoststats`: `/proc` measurements
 
 #![warn(missing_docs)]
@@ -36,8 +40,11 @@ mod config;
 mod console;
 mod console_log;
 mod error;
+mod heartbeat;
 mod hoststats;
+mod isolation;
 mod jobs;
+mod migration;
 mod power;
 mod provision;
 mod recover;
@@ -48,7 +55,7 @@ mod storage;
 mod supervisor;
 mod transfer;
 
-pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Supervision};
+pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Isolation, Supervision};
 pub use error::AgentError;
 
 /// Runs the agent: binds `config.listen` and serves until the API server
@@ -80,6 +87,17 @@ pub async fn run_with_listener(
         "agent starting"
     );
     agent.recover().await;
+    heartbeat::start(
+        &agent.config.name,
+        agent.started_ms,
+        agent
+            .config
+            .datastores
+            .iter()
+            .filter(|d| d.shared)
+            .map(|d| (d.name.clone(), d.path.clone()))
+            .collect(),
+    );
     tokio::spawn(reporter::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await

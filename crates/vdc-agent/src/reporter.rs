@@ -35,6 +35,16 @@ pub(crate) async fn run(agent: Arc<Agent>) {
     };
     let url = format!("{}/api/v1/agent/report", agent.config.server_url);
     let join_url = format!("{}/api/v1/agent/join", agent.config.server_url);
+    let epoch = std::time::Instant::now();
+    let last_ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(iso) = agent.config.isolation {
+        tokio::spawn(crate::isolation::run(
+            agent.clone(),
+            iso,
+            epoch,
+            last_ok.clone(),
+        ));
+    }
     let mut must_join = true;
     let mut failing = false;
     let mut ticks = 0u32;
@@ -78,6 +88,12 @@ pub(crate) async fn run(agent: Arc<Agent>) {
             if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) {
                 must_join = true;
             }
+        }
+        if sent.is_ok() {
+            last_ok.store(
+                epoch.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         match sent {
             Ok(_) if failing => {

@@ -111,6 +111,7 @@ impl TestAgent {
         let config = AgentConfig {
             name: name.into(),
             address: "127.0.0.1".into(),
+            migration_address: "127.0.0.1".into(),
             listen: addr,
             server_url: server.into(),
             credential: credential(name),
@@ -124,6 +125,7 @@ impl TestAgent {
             accel: Some(Accelerator::Tcg),
             bridge_for_network: Default::default(),
             import_dirs: import_dirs.to_vec(),
+            isolation: None,
             supervision: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -379,6 +381,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         created_ms: vdc_types::now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     };
     let mut escaping = config.clone();
     escaping.disks[0].path = "../escape.qcow2".into();
@@ -922,6 +925,7 @@ async fn image_import_and_destroy_stay_inside_allowed_places() {
         created_ms: vdc_types::now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     };
     let _: VmRuntime = c
         .ok(

@@ -82,6 +82,7 @@ pub const API_BODY_MAX: usize = 1 << 20;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/hosts", get(list_hosts).post(join::add_host))
+        .route("/ha", get(ha_status).put(set_ha_policy))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(
@@ -97,7 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/networks/{name}", get(get_network).delete(delete_network))
         .route("/templates", get(list_templates).post(create_template))
         .route("/vms", get(list_vms).post(create_vm))
-        .route("/vms/{name}", get(get_vm).delete(delete_vm))
+        .route(
+            "/vms/{name}",
+            get(get_vm).delete(delete_vm).patch(update_vm),
+        )
         .route("/vms/{name}/console", get(vm_console))
         .route(
             "/vms/{name}/console/input",
@@ -168,6 +172,24 @@ async fn version() -> Json<VersionInfo> {
 #[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = [Host])))]
 async fn list_hosts(State(st): State<AppState>) -> ApiResult<Json<Vec<Host>>> {
     Ok(Json(st.cluster.list_hosts().await?))
+}
+
+/// High availability: the settings, the failover capacity, and each
+/// host's HA state with the ages of its network and datastore heartbeats.
+#[utoipa::path(get, path = "/api/v1/ha", responses((status = 200, body = vdc_types::ha::HaStatus)))]
+async fn ha_status(State(st): State<AppState>) -> ApiResult<Json<vdc_types::ha::HaStatus>> {
+    Ok(Json(st.cluster.ha_status().await?))
+}
+
+/// Sets the HA admission policy: how many host failures the protected VMs
+/// must survive; a create or power-on that would break it is refused.
+#[utoipa::path(put, path = "/api/v1/ha", request_body = vdc_types::ha::SetHaPolicyRequest,
+    responses((status = 200, body = vdc_types::ha::HaPolicy), (status = 400, body = ApiError)))]
+async fn set_ha_policy(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<vdc_types::ha::SetHaPolicyRequest>,
+) -> ApiResult<Json<vdc_types::ha::HaPolicy>> {
+    Ok(Json(st.cluster.set_ha_policy(&req).await?))
 }
 
 /// One host.
@@ -263,6 +285,17 @@ async fn create_vm(
     responses((status = 200, body = Vm), (status = 404, body = ApiError)))]
 async fn get_vm(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<Vm>> {
     Ok(Json(st.cluster.get_vm(&name).await?))
+}
+
+/// Changes a VM's HA settings: restart priority, isolation response.
+#[utoipa::path(patch, path = "/api/v1/vms/{name}", params(("name" = String, Path)), request_body = vdc_types::ha::UpdateVmRequest,
+    responses((status = 200, body = Vm), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn update_vm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<vdc_types::ha::UpdateVmRequest>,
+) -> ApiResult<Json<Vm>> {
+    Ok(Json(st.cluster.update_vm(&name, &req).await?))
 }
 
 /// Deletes a stopped VM and its files (returns a task).

@@ -250,6 +250,35 @@ impl Client {
     pub async fn list_agents(&self) -> Result<Vec<HostJoin>, ClientError> {
         self.get("/agents").await
     }
+    /// `GET /events?topics=…&limit=2000`: the event history, oldest first.
+    pub async fn event_history(&self, topics: &str) -> Result<Vec<Event>, ClientError> {
+        self.get(&format!("/events?topics={}&limit=2000", seg(topics)))
+            .await
+    }
+    /// `PATCH /vms/{name}`: changes a VM's HA settings.
+    pub async fn update_vm(
+        &self,
+        name: &str,
+        req: &vdc_types::ha::UpdateVmRequest,
+    ) -> Result<Vm, ClientError> {
+        self.send(
+            self.req(reqwest::Method::PATCH, &format!("/vms/{}", seg(name)))
+                .json(req),
+        )
+        .await
+    }
+    /// `PUT /ha`: sets the HA admission policy.
+    pub async fn set_ha_policy(
+        &self,
+        req: &vdc_types::ha::SetHaPolicyRequest,
+    ) -> Result<vdc_types::ha::HaPolicy, ClientError> {
+        self.send(self.req(reqwest::Method::PUT, "/ha").json(req))
+            .await
+    }
+    /// `GET /ha`: HA settings, failover capacity, each host's HA state.
+    pub async fn ha_status(&self) -> Result<vdc_types::ha::HaStatus, ClientError> {
+        self.get("/ha").await
+    }
     /// `GET /hosts/{name}`.
     pub async fn get_host(&self, name: &str) -> Result<Host, ClientError> {
         self.get(&format!("/hosts/{}", seg(name))).await

@@ -210,54 +210,69 @@ impl Cluster {
     /// own with a process as unknown (compare-and-swap).
     pub(crate) async fn check_hosts(&self) {
         let lost: Vec<String> = {
-            let mut live = self.live.write().await;
-            live.iter_mut()
+            let live = self.live.read().await;
+            live.iter()
                 .filter(|(_, l)| l.connected && l.seen.elapsed() > HOST_TIMEOUT)
-                .map(|(n, l)| {
-                    l.connected = false;
-                    n.clone()
-                })
+                .map(|(n, _)| n.clone())
                 .collect()
         };
         for host in lost {
+            self.lose_host(&host).await;
+        }
+    }
+
+    /// Marks `host` disconnected (publishing `host.disconnected` if it was
+    /// connected) and the VMs it owns with a process as unknown.
+    pub(crate) async fn lose_host(&self, host: &str) {
+        let was_connected = {
+            let mut live = self.live.write().await;
+            match live.get_mut(host) {
+                Some(l) if l.connected => {
+                    l.connected = false;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if was_connected {
             self.events
                 .publish(
                     "host.disconnected",
-                    &host,
+                    host,
                     format!("host {host} stopped reporting"),
                     serde_json::Value::Null,
                 )
                 .await;
-            let records = match self.store.list_json::<VmRecord>("/vms/").await {
-                Ok(r) => r,
+        }
+        let records = match self.store.list_json::<VmRecord>("/vms/").await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "cannot read VM records to mark the host's VMs unknown");
+                return;
+            }
+        };
+        for (_, snapshot) in records {
+            if ownership::host_lost(&snapshot, host).is_none() {
+                continue;
+            }
+            let name = snapshot.config.name.clone();
+            let r = self
+                .change_record(&name, |cur| ownership::host_lost(cur, host))
+                .await;
+            match r {
+                Ok(Some((before, rec))) => {
+                    self.events
+                        .publish(
+                            "vm.state_changed",
+                            &name,
+                            format!("VM {name} is unknown: host {host} stopped reporting"),
+                            json!({"from": before.state, "to": rec.state, "host": host, "owner": host}),
+                        )
+                        .await;
+                }
+                Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(%host, error = %e, "cannot read VM records to mark the host's VMs unknown");
-                    continue;
-                }
-            };
-            for (_, snapshot) in records {
-                if ownership::host_lost(&snapshot, &host).is_none() {
-                    continue;
-                }
-                let name = snapshot.config.name.clone();
-                let r = self
-                    .change_record(&name, |cur| ownership::host_lost(cur, &host))
-                    .await;
-                match r {
-                    Ok(Some((before, rec))) => {
-                        self.events
-                            .publish(
-                                "vm.state_changed",
-                                &name,
-                                format!("VM {name} is unknown: host {host} stopped reporting"),
-                                json!({"from": before.state, "to": rec.state, "host": host, "owner": host}),
-                            )
-                            .await;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(vm = %name, %host, error = %e, "cannot mark the VM unknown")
-                    }
+                    tracing::warn!(vm = %name, %host, error = %e, "cannot mark the VM unknown")
                 }
             }
         }

@@ -24,6 +24,7 @@ pub mod agents;
 pub mod answers;
 mod console;
 pub mod events;
+pub mod ha;
 mod hosts;
 pub mod ipam;
 mod jobs;
@@ -109,6 +110,14 @@ pub struct Cluster {
     pub(crate) conflicts: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Memory promised to VMs being started, per host.
     pub(crate) pending_mib: Mutex<HashMap<String, u64>>,
+    /// Migrations running and waiting for a slot.
+    pub(crate) migrations: std::sync::Mutex<migration::limits::MigrationQueue>,
+    /// Wakes migrations waiting for a slot.
+    pub(crate) migration_turn: tokio::sync::Notify,
+    /// Migration policy and limits.
+    pub(crate) migration_settings: std::sync::RwLock<migration::MigrationSettings>,
+    /// The HA manager's memory (see [`ha`]).
+    pub(crate) ha: std::sync::Mutex<ha::HaMemory>,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -151,6 +160,10 @@ impl Cluster {
             live: RwLock::new(HashMap::new()),
             conflicts: std::sync::Mutex::new(Default::default()),
             pending_mib: Mutex::new(HashMap::new()),
+            migrations: Default::default(),
+            migration_turn: tokio::sync::Notify::new(),
+            migration_settings: Default::default(),
+            ha: std::sync::Mutex::new(Default::default()),
         });
         cluster.release_orphaned_operations(true).await?;
         cluster
@@ -179,6 +192,7 @@ impl Cluster {
             loop {
                 tick.tick().await;
                 me.check_hosts().await;
+                me.check_ha().await;
                 n += 1;
                 if n.is_multiple_of(ORPHAN_SWEEP_TICKS) {
                     if let Err(e) = me.release_orphaned_operations(false).await {

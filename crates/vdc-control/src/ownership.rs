@@ -169,6 +169,7 @@ mod tests {
             created_ms: 0,
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+            ha: Default::default(),
         };
         let mut r = VmRecord::new(config, state, owner.map(str::to_string));
         r.since_ms = since;

@@ -45,7 +45,11 @@ use crate::record::vm_key;
 use crate::tasks::TaskCtx;
 use crate::{store_err, Cluster, VmRecord};
 
-fn placement_err(e: PlacementError) -> ApiError {
+pub(crate) fn placement_error(e: PlacementError) -> ApiError {
+    placement_err(e)
+}
+
+pub(crate) fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
@@ -270,6 +274,10 @@ impl Cluster {
             datastores: datastores.clone(),
         };
         vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
+        if req.start {
+            self.check_admission(&req.name, memory_mib, req.ha_priority.unwrap_or_default())
+                .await?;
+        }
         if let Some(h) = &req.host {
             let cap = caps
                 .iter()
@@ -303,6 +311,10 @@ impl Cluster {
             created_ms: now_ms(),
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+            ha: vdc_types::ha::VmHa {
+                priority: req.ha_priority.unwrap_or_default(),
+                isolation_response: req.isolation_response.unwrap_or_default(),
+            },
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
         rec.operation = Some(InFlight {

@@ -37,6 +37,7 @@ async fn cluster_with_agent(
     let config = AgentConfig {
         name: "host-1".into(),
         address: "127.0.0.1".into(),
+        migration_address: "127.0.0.1".into(),
         listen: addr,
         // Reports are pulled by the test; pushes (and the join) go nowhere,
         // so the agent is given the server credential up front.
@@ -52,6 +53,7 @@ async fn cluster_with_agent(
         accel: Some(Accelerator::Tcg),
         bridge_for_network: Default::default(),
         import_dirs: vec![],
+        isolation: None,
         supervision: Default::default(),
     };
     tokio::spawn(async move {
@@ -260,6 +262,7 @@ async fn the_same_operation_id_twice_is_one_job() {
         created_ms: 0,
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     };
     let req = JobRequest {
         operation_id: "task-1.0".into(),

@@ -232,6 +232,7 @@ mod tests {
             created_ms: 1,
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+            ha: Default::default(),
         }
     }
 

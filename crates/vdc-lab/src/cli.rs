@@ -29,6 +29,32 @@ pub enum LabCommand {
     /// Stop everything the lab started and remove its namespaces, bridges,
     /// state and data.
     Down(DownArgs),
+    /// Fail a host: kill all its processes at once, isolate it from the
+    /// network (its datastores stay reachable), or heal it.
+    Fail(FailArgs),
+}
+
+/// Options of `vdc lab fail`.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("fault").required(true).args(["kill", "isolate", "heal"])))]
+pub struct FailArgs {
+    /// The host (e.g. host-2).
+    pub host: String,
+    /// Kill the host's agent and every QEMU and supervisor in its namespace at once.
+    #[arg(long)]
+    pub kill: bool,
+    /// Cut the host's links (its datastores stay reachable).
+    #[arg(long)]
+    pub isolate: bool,
+    /// Restore the links and start a killed agent again.
+    #[arg(long)]
+    pub heal: bool,
+    /// Lab id.
+    #[arg(long, default_value = DEFAULT_LAB_ID)]
+    pub lab_id: String,
+    /// State root the lab was started with.
+    #[arg(long, default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: PathBuf,
 }
 
 /// Options of `vdc lab up`.
@@ -138,6 +164,19 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 OutputFormat::Table => status_table(&info),
             };
             std::io::stdout().write_all(text.as_bytes())?;
+        }
+        LabCommand::Fail(a) => {
+            let fault = if a.kill {
+                crate::fail::Fault::Kill
+            } else if a.isolate {
+                crate::fail::Fault::Isolate
+            } else {
+                crate::fail::Fault::Heal
+            };
+            println!(
+                "{}",
+                crate::fail::fail_host(&a.lab_id, &a.state_root, &a.host, fault)?
+            );
         }
         LabCommand::Down(a) => {
             lifecycle::down(&a.lab_id, &a.state_root).await?;

@@ -89,6 +89,17 @@ pub enum LabError {
         /// Version supported.
         expected: u32,
     },
+    /// The lab has no host of that name.
+    #[error("lab '{lab_id}' has no host '{host}'; see 'vdc lab status'")]
+    NoSuchHost {
+        /// Lab id.
+        lab_id: String,
+        /// The host asked for.
+        host: String,
+    },
+    /// A fault could not be injected or healed.
+    #[error("{0}")]
+    Fault(String),
     /// A lab process exited while the lab was starting.
     #[error("{what} exited while the lab was starting; last lines of {log}:\n{tail}")]
     ProcessExited {

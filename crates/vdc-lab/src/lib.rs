@@ -14,6 +14,7 @@
 //! - [`process`]: detached processes, liveness, termination;
 //! - [`state`]: the versioned state file and the status view;
 //! - [`lifecycle`]: `up`, `status`, `down`;
+//! - [`fail`]: `fail HOST --kill|--isolate|--heal` (fault rehearsal);
 //! - [`cli`]: the `vdc lab` subcommand.
 //!
 //! Everything needs root.
@@ -22,6 +23,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod fail;
 pub mod ip;
 pub mod lifecycle;
 pub mod net;

@@ -278,6 +278,9 @@ impl LabPlan {
             ),
             "--import-dir".into(),
             self.import_dir.display().to_string(),
+            // The lab bridge: what a host cut from the lab no longer reaches.
+            "--isolation-address".into(),
+            self.gateway.to_string(),
         ]
     }
 
@@ -495,7 +498,7 @@ mod tests {
              --state-dir /state/lab/host-1 \
              --datastore shared=/data/lab/shared:shared \
              --datastore local-host-1=/data/lab/host-1:local \
-             --import-dir /data/lab/import"
+             --import-dir /data/lab/import --isolation-address 10.77.0.1"
         );
     }
 

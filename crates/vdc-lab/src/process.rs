@@ -135,6 +135,17 @@ pub fn cmdline(pid: u32) -> Option<String> {
     )
 }
 
+/// The arguments of a process (`/proc/<pid>/cmdline`), program first.
+pub fn cmdline_args(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
 /// Starts `program ARGS` detached: a new session, standard input from
 /// /dev/null, standard output and error appended to `log`. With `netns`, it
 /// runs inside that namespace (`ip netns exec`, which execs the program, so

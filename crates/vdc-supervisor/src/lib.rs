@@ -86,13 +86,13 @@ pub struct SupervisorArgs {
     #[arg(long)]
     pub run_dir: PathBuf,
     /// Lease TTL, milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 3_000)]
     pub lease_ttl_ms: u64,
     /// Lease renewal interval, milliseconds.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub lease_renew_ms: u64,
     /// Safety margin before the TTL at which QEMU is fenced, milliseconds.
-    #[arg(long, default_value_t = 3_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub lease_margin_ms: u64,
     /// Supervise this already running QEMU (re-attach) instead of waiting
     /// for `qemu PID` on stdin.

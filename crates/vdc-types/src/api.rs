@@ -86,6 +86,12 @@ pub struct CreateVmRequest {
     /// Power the VM on once created.
     #[serde(default)]
     pub start: bool,
+    /// HA restart priority (default medium).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_priority: Option<crate::ha::HaPriority>,
+    /// What an isolated host does with the VM (default keep running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation_response: Option<crate::ha::IsolationResponse>,
     /// Extra (data) disks, blank.
     #[serde(default)]
     pub disks: Vec<DiskRequest>,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod event;
+pub mod ha;
 pub mod host;
 pub mod job;
 pub mod lifecycle;

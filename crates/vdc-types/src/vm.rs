@@ -17,7 +17,10 @@ use crate::UnixMillis;
 ///   A version 1 configuration is read with [`V1_MACHINE_TYPE`] and
 ///   [`V1_CPU_MODEL`], the hardware it ran with, so a suspended VM resumes
 ///   on the same virtual hardware.
-pub const VM_CONFIG_VERSION: u32 = 2;
+/// - 3: [`VmConfig::ha`] (restart priority, isolation response); a
+///   version 2 configuration is read with the defaults (medium, keep
+///   running), what HA did for every VM before.
+pub const VM_CONFIG_VERSION: u32 = 3;
 
 /// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
 /// hardware never changes under a VM (upgrades, migration between hosts).
@@ -201,6 +204,9 @@ pub struct VmConfig {
     /// Named CPU model (e.g. `Nehalem-v1`).
     #[serde(default = "v1_cpu_model")]
     pub cpu_model: String,
+    /// HA settings (version 3; older configurations read the defaults).
+    #[serde(default)]
+    pub ha: crate::ha::VmHa,
 }
 
 /// What the guest reports about itself over the guest channel.
@@ -278,6 +284,9 @@ pub struct Vm {
     pub machine_type: String,
     /// Named CPU model.
     pub cpu_model: String,
+    /// HA settings: restart priority and isolation response.
+    #[serde(default)]
+    pub ha: crate::ha::VmHa,
     /// Why the VM's QEMU was stopped by its host's supervisor (the host
     /// could not keep the VM's lease, e.g. its datastore hung), as its host
     /// reports it; only while the VM has no process.

@@ -75,12 +75,17 @@ pub enum Command {
     Agent(Box<vdc_agent::AgentArgs>),
     /// Run a whole cluster on this machine (server + agents in namespaces).
     Lab(Box<vdc_lab::LabArgs>),
+    /// Benchmarks side by side with a peer (live migration against libvirt).
+    Bench(Box<vdc_bench::BenchArgs>),
     /// The supervisor beside one VM's QEMU (started by the agent).
     #[command(name = "vm-supervisor", hide = true)]
     VmSupervisor(Box<vdc_supervisor::SupervisorArgs>),
     /// Hypervisor hosts.
     #[command(subcommand)]
     Host(HostCmd),
+    /// High availability: host states, heartbeats, failover capacity.
+    #[command(subcommand)]
+    Ha(HaCmd),
     /// Datastores.
     #[command(subcommand)]
     Datastore(DatastoreCmd),
@@ -149,6 +154,66 @@ pub enum HostCmd {
     },
     /// List added hosts and whether their agents joined.
     Agents,
+}
+
+/// A VM's HA restart priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HaPriorityArg {
+    /// Restarted first.
+    High,
+    /// The default.
+    Medium,
+    /// Restarted last.
+    Low,
+    /// Never restarted elsewhere.
+    Disabled,
+}
+
+impl From<HaPriorityArg> for vdc_types::ha::HaPriority {
+    fn from(a: HaPriorityArg) -> Self {
+        match a {
+            HaPriorityArg::High => Self::High,
+            HaPriorityArg::Medium => Self::Medium,
+            HaPriorityArg::Low => Self::Low,
+            HaPriorityArg::Disabled => Self::Disabled,
+        }
+    }
+}
+
+/// What an isolated host does with a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationResponseArg {
+    /// Keep it running.
+    KeepRunning,
+    /// Shut the guest down (it restarts elsewhere).
+    Shutdown,
+    /// Power it off (it restarts elsewhere).
+    PowerOff,
+}
+
+impl From<IsolationResponseArg> for vdc_types::ha::IsolationResponse {
+    fn from(a: IsolationResponseArg) -> Self {
+        match a {
+            IsolationResponseArg::KeepRunning => Self::KeepRunning,
+            IsolationResponseArg::Shutdown => Self::Shutdown,
+            IsolationResponseArg::PowerOff => Self::PowerOff,
+        }
+    }
+}
+
+/// `vdc ha ...`
+#[derive(Debug, Subcommand)]
+pub enum HaCmd {
+    /// Show the HA settings, the failover capacity and each host's state
+    /// with the ages of its network and datastore heartbeats.
+    Status,
+    /// Set the admission policy: a create or power-on that would leave the
+    /// protected VMs without room after N host failures is refused.
+    Set {
+        /// Host failures to tolerate (0 turns admission control off).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=63))]
+        tolerate_host_failures: u32,
+    },
 }
 
 /// `vdc datastore ...`
@@ -280,6 +345,17 @@ pub enum VmCmd {
     /// List VMs.
     #[command(alias = "ls")]
     List,
+    /// Change a VM's HA settings.
+    Update {
+        /// VM name.
+        name: String,
+        /// Restart priority after a host failure.
+        #[arg(long, value_enum)]
+        ha_priority: Option<HaPriorityArg>,
+        /// What an isolated host does with the VM.
+        #[arg(long, value_enum)]
+        isolation_response: Option<IsolationResponseArg>,
+    },
     /// Show one VM.
     Show {
         /// VM name.
@@ -422,6 +498,12 @@ pub struct VmCreateArgs {
     /// Power the VM on once created.
     #[arg(long)]
     pub start: bool,
+    /// Restart priority after a host failure (default medium).
+    #[arg(long, value_enum)]
+    pub ha_priority: Option<HaPriorityArg>,
+    /// What an isolated host does with the VM (default keep-running).
+    #[arg(long, value_enum)]
+    pub isolation_response: Option<IsolationResponseArg>,
     /// Waiting behaviour.
     #[command(flatten)]
     pub wait: WaitArgs,

@@ -39,7 +39,7 @@ impl Ctx {
     }
 }
 
-/// Runs one client verb. `server`, `agent` and `lab` are handled by the
+/// Runs one client verb. `server`, `agent`, `lab` and `bench` are handled by the
 /// caller and never reach here.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     match command {
@@ -54,6 +54,10 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Host(HostCmd::Maintenance { action, name, wait }) => {
             crate::maintenance::host_maintenance(ctx, action, &name, wait).await
         }
+        Command::Ha(crate::cli::HaCmd::Status) => crate::ha::ha_status(ctx).await,
+        Command::Ha(crate::cli::HaCmd::Set {
+            tolerate_host_failures,
+        }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
@@ -63,11 +67,13 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,
         Command::Version => version(ctx).await,
-        Command::Server(_) | Command::Agent(_) | Command::Lab(_) | Command::VmSupervisor(_) => {
-            Err(CliError::Usage(
-                "server, agent, lab and vm-supervisor are not client verbs".to_string(),
-            ))
-        }
+        Command::Server(_)
+        | Command::Agent(_)
+        | Command::Lab(_)
+        | Command::Bench(_)
+        | Command::VmSupervisor(_) => Err(CliError::Usage(
+            "server, agent, lab and vm-supervisor are not client verbs".to_string(),
+        )),
     }
 }
 
@@ -506,6 +512,7 @@ mod tests {
             created_ms: 0,
             machine_type: "pc-q35-10.0".into(),
             cpu_model: "Nehalem-v1".into(),
+            ha: Default::default(),
         }
     }
 

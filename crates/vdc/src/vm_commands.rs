@@ -19,6 +19,31 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
     match cmd {
         VmCmd::Create(a) => vm_create(ctx, a).await,
         VmCmd::List => vm_list(ctx).await,
+        VmCmd::Update {
+            name,
+            ha_priority,
+            isolation_response,
+        } => {
+            let req = vdc_types::ha::UpdateVmRequest {
+                ha_priority: ha_priority.map(Into::into),
+                isolation_response: isolation_response.map(Into::into),
+            };
+            if req == vdc_types::ha::UpdateVmRequest::default() {
+                return Err(CliError::Usage(
+                    "nothing to change: give --ha-priority or --isolation-response".into(),
+                ));
+            }
+            let v = ctx.client.update_vm(&name, &req).await?;
+            if ctx.json() {
+                return out_json(&v);
+            }
+            out(&format!(
+                "VM {}: HA priority {}, isolation response {}\n",
+                v.name,
+                v.ha.priority,
+                word(&v.ha.isolation_response)
+            ))
+        }
         VmCmd::Show { name } => vm_show(ctx, &name).await,
         VmCmd::Start { name, host, wait } => {
             let body = serde_json::to_value(StartVmRequest { host }).map_err(CliError::Json)?;
@@ -90,6 +115,8 @@ async fn vm_create(ctx: &Ctx, a: VmCreateArgs) -> Result<(), CliError> {
         network: a.network,
         host: a.host,
         start: a.start,
+        ha_priority: a.ha_priority.map(Into::into),
+        isolation_response: a.isolation_response.map(Into::into),
         disks: a
             .data_disks
             .iter()
@@ -231,6 +258,8 @@ pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
         ("memory", mib(v.memory_mib)),
         ("machine", v.machine_type.clone()),
         ("cpu model", v.cpu_model.clone()),
+        ("ha priority", v.ha.priority.to_string()),
+        ("isolation response", word(&v.ha.isolation_response)),
         ("datastore", v.datastore.clone()),
         ("template", or_dash(v.template.as_deref())),
     ];

@@ -26,7 +26,7 @@ const OPERATION: usize = 3;
 const ADDRESS: usize = 6;
 const READY: usize = 7;
 const HARDWARE: usize = 8;
-const ACTIONS: usize = 9;
+const ACTIONS: usize = 10;
 
 fn cell(row: &[String], i: usize) -> &str {
     row.get(i).map(String::as_str).unwrap_or_default()

@@ -21,8 +21,12 @@
 //! | power | otherwise | fail with the reported state (e.g. a suspend that did not happen: "the VM still runs"); record it |
 //! | `vm.delete` | record gone | succeed |
 //! | `vm.delete` | otherwise | continue (destroying files that are already gone counts as done) |
+//! | `vm.failover` | record gone | fail |
+//! | `vm.failover` | otherwise | continue: attach to the journaled start job on its host (the same operation id: the agent attaches or starts it once), or place and start if none was submitted; a failed attempt records the VM `unknown` on its lost host again and the HA manager retries |
 //! | `template.import` | the job is running or ended on the agent | continue (attach; a cancel is forwarded to the job) |
 //! | `template.import` | otherwise | roll back: delete the template record |
+//! | `vm.migrate` (live) | VM record gone | fail |
+//! | `vm.migrate` (live) | otherwise | settle (`migration::live::settle_after_restart`): cancel both jobs; if the source's job had completed and the destination runs the VM, commit the move and succeed; else the VM stays on the source (failed, or cancelled) and nothing is left on the destination |
 //! | other kinds | | fail: "the server stopped while this task ran" |
 
 pub(crate) mod driver;
@@ -54,8 +58,12 @@ pub enum TaskKind {
     VmResume,
     /// `vm.delete`.
     VmDelete,
+    /// `vm.failover` (HA restart elsewhere).
+    VmFailover,
     /// `template.import`.
     TemplateImport,
+    /// `vm.migrate`.
+    VmMigrate,
     /// Anything else.
     Other,
 }
@@ -73,7 +81,9 @@ impl TaskKind {
             "vm.pause" => TaskKind::VmPause,
             "vm.resume" => TaskKind::VmResume,
             "vm.delete" => TaskKind::VmDelete,
+            "vm.failover" => TaskKind::VmFailover,
             "template.import" => TaskKind::TemplateImport,
+            "vm.migrate" => TaskKind::VmMigrate,
             _ => TaskKind::Other,
         }
     }
@@ -298,6 +308,13 @@ pub fn decide(
                 Decision::Continue
             }
         }
+        TaskKind::VmFailover => {
+            if world.record.is_none() {
+                fail("the VM no longer exists", None)
+            } else {
+                Decision::Continue
+            }
+        }
         TaskKind::TemplateImport => {
             if pending.is_some() && job_known {
                 Decision::Continue
@@ -309,6 +326,13 @@ pub fn decide(
                         "the import was interrupted; import the image again".into()
                     },
                 }
+            }
+        }
+        TaskKind::VmMigrate => {
+            if world.record.is_none() {
+                fail("the VM no longer exists", None)
+            } else {
+                Decision::Continue
             }
         }
         TaskKind::Other => fail(

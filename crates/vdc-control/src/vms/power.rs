@@ -22,7 +22,7 @@ use crate::Cluster;
 const PENDING_HOLD: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Releases pending memory when dropped.
-pub(super) struct PendingGuard {
+pub(crate) struct PendingGuard {
     cluster: Arc<Cluster>,
     host: String,
     mib: u64,
@@ -93,7 +93,7 @@ impl AgentCall {
 impl Cluster {
     /// Counts a VM's memory as taken on `host` until the guard is dropped
     /// (plus [`PENDING_HOLD`]).
-    pub(super) async fn promise_memory(
+    pub(crate) async fn promise_memory(
         self: &Arc<Self>,
         host: &str,
         memory_mib: u64,
@@ -135,6 +135,8 @@ impl Cluster {
             self.agent_url(h).await?;
             self.check_placeable(h).await?;
         }
+        self.check_admission(name, rec.config.memory_mib, rec.config.ha.priority)
+            .await?;
         let (_, step) = self.begin_operation(name, action, None).await?;
         let me = self.clone();
         let n = name.to_string();

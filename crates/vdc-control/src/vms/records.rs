@@ -430,6 +430,7 @@ impl Cluster {
             created_ms: c.created_ms,
             machine_type: c.machine_type,
             cpu_model: c.cpu_model,
+            ha: c.ha,
             fenced,
         }
     }

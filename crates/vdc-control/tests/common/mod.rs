@@ -48,6 +48,7 @@ pub fn report(name: &str, vms: Vec<VmRuntime>) -> HostReport {
         name: name.into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9/".into(),
+        migration_address: None,
         accelerator: Accelerator::Tcg,
         qemu_version: "10.0.2".into(),
         cpus: 2,
@@ -101,6 +102,7 @@ pub fn config(name: &str) -> VmConfig {
         created_ms: now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+        ha: Default::default(),
     }
 }
 

@@ -1,0 +1,457 @@
+//! The HA manager: judges every host from its two heartbeats and restarts
+//! the protected VMs of failed hosts elsewhere.
+//!
+//! Each monitor tick (500 ms):
+//! 1. read the datastore heartbeat file of every known host on every
+//!    shared datastore (on the blocking pool, bounded: a hung mount delays
+//!    nothing else) and note, on the server's monotonic clock, when each
+//!    last changed;
+//! 2. judge each host with [`vdc_sched::ha::judge_host`] from the age of
+//!    its last report and of its datastore heartbeat; publish
+//!    `ha.host_state_changed` when the verdict changes, with its reason;
+//! 3. a *failed* host is disconnected at once and its VMs with a process
+//!    become `unknown`;
+//! 4. the VMs lost by failed hosts, protected and free of other
+//!    operations, are failed over in restart order
+//!    ([`vdc_sched::ha::restart_plan`]): each a `vm.failover` task (see
+//!    `failover`), one priority at a time, the next once the previous
+//!    tasks ended. A VM whose restart failed (its lease still renewing, no
+//!    room) is tried again after [`RETRY_AFTER`].
+//!
+//! Where the server reads the heartbeats: the shared datastore's path as
+//! the hosts report it. In the lab the server runs on the same machine and
+//! sees the same directory; a server that cannot read it (no such path)
+//! sees no datastore heartbeat, and a host whose reports stop is then
+//! judged failed at once (still safe: every restart waits for the VM's
+//! lease).
+
+mod admission;
+mod failover;
+
+pub use admission::MAX_TOLERATED;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vdc_sched::ha::{judge_host, HeartbeatTimeouts, HostVerdict, Protected, RestartPriority};
+use vdc_types::ha::{
+    heartbeat_file_name, DatastoreHeartbeat, HaHost, HaHostState, HaPriority, HaStatus,
+    DATASTORE_HEARTBEAT_VERSION, HEARTBEAT_DIR,
+};
+use vdc_types::{ApiError, Datastore, DatastoreKind, TaskState, VmPowerState};
+
+use crate::{Cluster, HostRecord, VmRecord};
+
+/// A VM whose failover failed is tried again after this long.
+pub const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+/// Longest wait for one round of heartbeat file reads.
+const READ_WAIT: Duration = Duration::from_secs(2);
+
+/// HA settings of the server (`vdc server --ha-…` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HaSettings {
+    /// Restart the protected VMs of failed hosts.
+    pub enabled: bool,
+    /// Heartbeat timeouts.
+    pub timeouts: HeartbeatTimeouts,
+}
+
+impl Default for HaSettings {
+    fn default() -> Self {
+        HaSettings {
+            enabled: true,
+            timeouts: HeartbeatTimeouts::default(),
+        }
+    }
+}
+
+/// What the HA manager remembers between ticks (memory only).
+#[derive(Default)]
+pub(crate) struct HaMemory {
+    pub settings: HaSettings,
+    /// When the server started watching (ages of signals never seen count
+    /// from here).
+    pub since: Option<Instant>,
+    /// Per (host, datastore): the last heartbeat seen and when it changed.
+    pub heartbeats: HashMap<(String, String), (Option<(u64, u64)>, Instant)>,
+    /// Last verdict per host.
+    pub verdicts: HashMap<String, HostVerdict>,
+    /// Per VM: when its last failover attempt ended without success.
+    pub failed_at: HashMap<String, Instant>,
+    /// A failover round runs.
+    pub round_running: bool,
+}
+
+fn to_state(v: HostVerdict) -> HaHostState {
+    match v {
+        HostVerdict::Connected => HaHostState::Connected,
+        HostVerdict::IsolatedOrPartitioned => HaHostState::IsolatedOrPartitioned,
+        HostVerdict::Failed => HaHostState::Failed,
+    }
+}
+
+/// The restart priority of a VM record.
+pub(crate) fn priority_of(rec: &VmRecord) -> RestartPriority {
+    match rec.config.ha.priority {
+        HaPriority::High => RestartPriority::High,
+        HaPriority::Medium => RestartPriority::Medium,
+        HaPriority::Low => RestartPriority::Low,
+        HaPriority::Disabled => RestartPriority::Disabled,
+    }
+}
+
+/// Reads one heartbeat file: `Some((seq, agent_started_ms))`, or `None`
+/// when missing, unreadable or of a newer version.
+fn read_heartbeat(path: &std::path::Path) -> Option<(u64, u64)> {
+    let bytes = std::fs::read(path).ok()?;
+    let hb: DatastoreHeartbeat = serde_json::from_slice(&bytes).ok()?;
+    (hb.version <= DATASTORE_HEARTBEAT_VERSION).then_some((hb.seq, hb.agent_started_ms))
+}
+
+impl Cluster {
+    /// Sets the HA settings (before [`Cluster::spawn_monitor`]).
+    pub fn configure_ha(&self, settings: HaSettings) {
+        if let Ok(mut m) = self.ha.lock() {
+            m.settings = settings;
+        }
+    }
+
+    fn ha_settings(&self) -> HaSettings {
+        self.ha.lock().map(|m| m.settings).unwrap_or_default()
+    }
+
+    /// Reads every host's heartbeat files and notes which changed.
+    async fn observe_heartbeats(&self, hosts: &[String]) {
+        let shared: Vec<Datastore> = self
+            .list_values::<Datastore>("/datastores/")
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.kind == DatastoreKind::Shared)
+            .collect();
+        let paths: Vec<(String, String, PathBuf)> = hosts
+            .iter()
+            .flat_map(|h| {
+                shared.iter().map(move |d| {
+                    (
+                        h.clone(),
+                        d.name.clone(),
+                        PathBuf::from(&d.path)
+                            .join(HEARTBEAT_DIR)
+                            .join(heartbeat_file_name(h)),
+                    )
+                })
+            })
+            .collect();
+        let read = tokio::task::spawn_blocking(move || {
+            paths
+                .into_iter()
+                .map(|(h, d, p)| (h, d, read_heartbeat(&p)))
+                .collect::<Vec<_>>()
+        });
+        let seen = match tokio::time::timeout(READ_WAIT, read).await {
+            Ok(Ok(v)) => v,
+            _ => {
+                tracing::warn!("reading the datastore heartbeats did not finish in time");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let Ok(mut m) = self.ha.lock() else { return };
+        for (h, d, hb) in seen {
+            let e = m.heartbeats.entry((h, d)).or_insert((hb, now));
+            if e.0 != hb {
+                *e = (hb, now);
+            }
+        }
+    }
+
+    /// Each known host's verdict with its heartbeats' ages.
+    async fn judge_hosts(&self) -> Vec<(String, HostVerdict, Option<Duration>, Option<Duration>)> {
+        let recorded: Vec<HostRecord> = self.list_values("/hosts/").await.unwrap_or_default();
+        let live: HashMap<String, Instant> = self
+            .live
+            .read()
+            .await
+            .iter()
+            .map(|(n, l)| (n.clone(), l.seen))
+            .collect();
+        let Ok(mut m) = self.ha.lock() else {
+            return Vec::new();
+        };
+        let since = *m.since.get_or_insert_with(Instant::now);
+        let timeouts = m.settings.timeouts;
+        let judged: Vec<_> = recorded
+            .iter()
+            .map(|h| {
+                let net = Some(live.get(&h.name).copied().unwrap_or(since).elapsed());
+                // The freshest change on any shared datastore; a file never
+                // seen counts from when the server first looked.
+                let ds = m
+                    .heartbeats
+                    .iter()
+                    .filter(|((host, _), (hb, _))| host == &h.name && hb.is_some())
+                    .map(|(_, (_, at))| at.elapsed())
+                    .min();
+                let ds_judged = ds.or_else(|| Some(since.elapsed()));
+                (
+                    h.name.clone(),
+                    judge_host(net, ds_judged, &timeouts),
+                    net,
+                    ds,
+                )
+            })
+            .collect();
+        for (name, v, _, _) in &judged {
+            m.verdicts.entry(name.clone()).or_insert(*v);
+        }
+        judged
+    }
+
+    /// One tick of the HA manager (see the module documentation).
+    pub(crate) async fn check_ha(self: &Arc<Self>) {
+        let hosts: Vec<String> = self
+            .list_values::<HostRecord>("/hosts/")
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        self.observe_heartbeats(&hosts).await;
+        let judged = self.judge_hosts().await;
+        let mut changed = Vec::new();
+        if let Ok(mut m) = self.ha.lock() {
+            for (name, v, net, ds) in &judged {
+                let before = m.verdicts.insert(name.clone(), *v);
+                if before.is_some_and(|b| b != *v) {
+                    changed.push((name.clone(), before, *v, *net, *ds));
+                }
+            }
+        }
+        for (host, before, now, net, ds) in changed {
+            let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+            let reason = match now {
+                HostVerdict::Connected => "its reports arrive again".to_string(),
+                HostVerdict::IsolatedOrPartitioned => format!(
+                    "no report for {} ms but its datastore heartbeat goes on: isolated or partitioned; its VMs are not restarted while they hold their leases",
+                    ms(net).unwrap_or(0)
+                ),
+                HostVerdict::Failed => format!(
+                    "no report for {} ms and no datastore heartbeat for {}: failed; its protected VMs restart elsewhere once their leases expire",
+                    ms(net).unwrap_or(0),
+                    ms(ds).map(|d| format!("{d} ms")).unwrap_or_else(|| "ever".into())
+                ),
+            };
+            self.events
+                .publish(
+                    "ha.host_state_changed",
+                    &host,
+                    format!("host {host} is {}: {reason}", to_state(now)),
+                    json!({
+                        "from": before.map(to_state),
+                        "to": to_state(now),
+                        "reason": reason,
+                        "network_heartbeat_age_ms": ms(net),
+                        "datastore_heartbeat_age_ms": ms(ds),
+                    }),
+                )
+                .await;
+        }
+        let failed: Vec<String> = judged
+            .iter()
+            .filter(|(_, v, _, _)| *v == HostVerdict::Failed)
+            .map(|(n, _, _, _)| n.clone())
+            .collect();
+        for host in &failed {
+            self.lose_host(host).await;
+        }
+        let isolated = judged
+            .iter()
+            .any(|(_, v, _, _)| *v == HostVerdict::IsolatedOrPartitioned);
+        if (!failed.is_empty() || isolated) && self.ha_settings().enabled {
+            self.start_failover_round(&judged).await;
+        }
+    }
+
+    /// Starts a failover round unless one runs: the plan's VMs, one
+    /// priority at a time.
+    async fn start_failover_round(
+        self: &Arc<Self>,
+        judged: &[(String, HostVerdict, Option<Duration>, Option<Duration>)],
+    ) {
+        let records: Vec<VmRecord> = self.list_values("/vms/").await.unwrap_or_default();
+        let now = Instant::now();
+        let vms: Vec<Protected> = {
+            let Ok(m) = self.ha.lock() else { return };
+            if m.round_running {
+                return;
+            }
+            records
+                .iter()
+                .filter_map(|r| {
+                    let owner = r.owner.clone()?;
+                    let waiting = m
+                        .failed_at
+                        .get(&r.config.name)
+                        .is_some_and(|t| now.duration_since(*t) < RETRY_AFTER);
+                    Some(Protected {
+                        name: r.config.name.clone(),
+                        priority: priority_of(r),
+                        owner,
+                        lost_and_free: r.state == VmPowerState::Unknown
+                            && r.operation.is_none()
+                            && !waiting,
+                        leaves_when_isolated: r.config.ha.isolation_response
+                            != vdc_types::ha::IsolationResponse::KeepRunning,
+                    })
+                })
+                .collect()
+        };
+        let verdict = |h: &str| {
+            judged
+                .iter()
+                .find(|(n, _, _, _)| n == h)
+                .map(|(_, v, _, _)| *v)
+                .unwrap_or(HostVerdict::Connected)
+        };
+        let plan: Vec<(String, RestartPriority)> = vdc_sched::ha::restart_plan(&vms, verdict)
+            .into_iter()
+            .map(|p| (p.name.clone(), p.priority))
+            .collect();
+        if plan.is_empty() {
+            return;
+        }
+        if let Ok(mut m) = self.ha.lock() {
+            m.round_running = true;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while i < plan.len() {
+                let p = plan[i].1;
+                let wave: Vec<&String> = plan[i..]
+                    .iter()
+                    .take_while(|(_, q)| *q == p)
+                    .map(|(n, _)| n)
+                    .collect();
+                i += wave.len();
+                let mut tasks = Vec::new();
+                for name in wave {
+                    match me
+                        .failover_vm(name, "its host failed or was isolated")
+                        .await
+                    {
+                        Ok(t) => tasks.push((name.clone(), t.id)),
+                        Err(e) => {
+                            tracing::info!(vm = %name, error = %e, "failover not started");
+                            me.note_failover_failed(name);
+                        }
+                    }
+                }
+                for (name, id) in tasks {
+                    if me.wait_task(&id).await != TaskState::Succeeded {
+                        me.note_failover_failed(&name);
+                    }
+                }
+            }
+            if let Ok(mut m) = me.ha.lock() {
+                m.round_running = false;
+            }
+        });
+    }
+
+    fn note_failover_failed(&self, name: &str) {
+        if let Ok(mut m) = self.ha.lock() {
+            m.failed_at.insert(name.to_string(), Instant::now());
+        }
+    }
+
+    /// Waits until task `id` ended; its final state.
+    async fn wait_task(&self, id: &str) -> TaskState {
+        loop {
+            match self.tasks.get(id).await {
+                Ok(t) if t.state.is_final() => return t.state,
+                Ok(_) => {}
+                Err(_) => return TaskState::Failed,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `PATCH /api/v1/vms/{name}`: changes a VM's HA settings (restart
+    /// priority, isolation response); the VM's `vm.json` on its datastore
+    /// takes them at its next start.
+    pub async fn update_vm(
+        &self,
+        name: &str,
+        req: &vdc_types::ha::UpdateVmRequest,
+    ) -> Result<vdc_types::Vm, ApiError> {
+        if req.ha_priority.is_none() && req.isolation_response.is_none() {
+            return Err(ApiError::invalid(
+                "nothing to change: give ha_priority or isolation_response",
+            ));
+        }
+        let (before, after) = self
+            .update_record(name, |mut r| {
+                if let Some(p) = req.ha_priority {
+                    r.config.ha.priority = p;
+                }
+                if let Some(i) = req.isolation_response {
+                    r.config.ha.isolation_response = i;
+                }
+                r.config.version = vdc_types::vm::VM_CONFIG_VERSION;
+                Ok(r)
+            })
+            .await?;
+        if before.config.ha != after.config.ha {
+            self.events
+                .publish(
+                    "vm.updated",
+                    name,
+                    format!(
+                        "VM {name}: HA priority {}, isolation response {:?}",
+                        after.config.ha.priority, after.config.ha.isolation_response
+                    ),
+                    json!({"ha": after.config.ha}),
+                )
+                .await;
+        }
+        self.get_vm(name).await
+    }
+
+    /// `GET /api/v1/ha`.
+    pub async fn ha_status(&self) -> Result<HaStatus, ApiError> {
+        let judged = self.judge_hosts().await;
+        let settings = self.ha_settings();
+        let policy = self.ha_policy().await?;
+        let (host_mib, protected_mib) = self.admission_view().await;
+        let live = self.live.read().await;
+        let hosts: Vec<HaHost> = judged
+            .into_iter()
+            .map(|(name, v, net, ds)| HaHost {
+                memory_free_mib: match (v, live.get(&name)) {
+                    (HostVerdict::Connected, Some(l)) => l.report.memory_free_mib,
+                    _ => 0,
+                },
+                name,
+                state: to_state(v),
+                network_heartbeat_age_ms: net.map(|d| d.as_millis() as u64),
+                datastore_heartbeat_age_ms: ds.map(|d| d.as_millis() as u64),
+            })
+            .collect();
+        Ok(HaStatus {
+            enabled: settings.enabled,
+            network_timeout_ms: settings.timeouts.network.as_millis() as u64,
+            datastore_timeout_ms: settings.timeouts.datastore.as_millis() as u64,
+            failover_capacity_mib: hosts.iter().map(|h| h.memory_free_mib).sum(),
+            tolerate_host_failures: policy.tolerate_host_failures,
+            tolerated_failures_now: vdc_sched::ha::tolerated_failures(&host_mib, protected_mib),
+            protected_mib,
+            hosts,
+        })
+    }
+}
