@@ -241,7 +241,28 @@ async fn storage_cold_and_suspended_migration_keep_the_guests_data() {
     let (boot, count) = identity(&lab, "host-2", &vm);
     action(c, "sleeper", VmAction::Suspend).await;
     assert!(local1.join("sleeper/suspend.state").is_file());
-    migrate(c, "sleeper", Some("host-2"), None).await;
+    // Through the CLI this time.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_vdc"));
+    cmd.args(["vm", "migrate", "sleeper", "--to", "host-2"])
+        .env("VDC_URL", &lab.info.api_url)
+        .env("VDC_TOKEN_FILE", &lab.info.token_file)
+        .env_remove("VDC_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(TASK_TIMEOUT, cmd.output())
+        .await
+        .expect("vdc vm migrate in time")
+        .expect("run vdc");
+    assert!(
+        out.status.success(),
+        "vdc vm migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("host-2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let moved = c.get_vm("sleeper").await.expect("VM");
     assert_eq!(moved.state, VmPowerState::Suspended);
     assert_eq!(moved.owner.as_deref(), Some("host-2"));
