@@ -12,7 +12,7 @@
 //! 4. refusals change nothing: unknown datastore, a datastore the
 //!    destination does not have.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,8 +123,10 @@ async fn storage_cold_and_suspended_migration_keep_the_guests_data() {
     let (boot, _) = identity(&lab, "host-2", &vm);
     let ip = addr(&vm);
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (stop, ip, netns) = (stop.clone(), ip.clone(), lab.netns("host-2").to_string());
+        let (stop, count) = (stop.clone(), count.clone());
+        let (ip, netns) = (ip.clone(), lab.netns("host-2").to_string());
         std::thread::spawn(move || {
             let mut written = Vec::new();
             let mut n = 0u32;
@@ -144,6 +146,7 @@ async fn storage_cold_and_suspended_migration_keep_the_guests_data() {
                 ) {
                     if lines.get(1).map(String::as_str) == Some("ok") {
                         written.push((k, v));
+                        count.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 n += 1;
@@ -152,10 +155,16 @@ async fn storage_cold_and_suspended_migration_keep_the_guests_data() {
             written
         })
     };
+    // The guest is writing when the copy starts, and goes on during it.
+    vdc_test_infra::wait_until_async(VM_WAIT_TIMEOUT, "the guest's first writes", || {
+        let n = count.load(Ordering::SeqCst);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
     migrate(c, "mover", None, Some("shared")).await;
     stop.store(true, Ordering::SeqCst);
     let written = writer.join().expect("writer");
-    assert!(written.len() >= 4, "too few writes: {written:?}");
+    assert!(written.len() >= 5, "too few writes: {written:?}");
     let moved = c.get_vm("mover").await.expect("VM");
     assert_eq!(moved.owner.as_deref(), Some("host-1"));
     assert_eq!(moved.state, VmPowerState::Running);
