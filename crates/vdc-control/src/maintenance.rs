@@ -79,7 +79,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// `POST /hosts/{name}/maintenance {"enter": true}`: records the mode
+    /// `POST /hosts/{name}/maintenance/enter`: records the mode
     /// and starts the evacuation task. Entering again while in maintenance
     /// runs the evacuation again.
     pub async fn enter_maintenance(self: &Arc<Self>, host: &str) -> Result<Task, ApiError> {
@@ -97,25 +97,47 @@ impl Cluster {
                 )));
             }
         }
-        let me = self.clone();
-        let h = host.to_string();
-        let task = self
-            .tasks
-            .spawn("host.maintenance", "host", host, move |ctx| async move {
-                me.evacuate(&ctx, &h).await
-            })
-            .await?;
+        // The mode is recorded before the evacuation starts, so that no
+        // placement lands on the host meanwhile and the evacuation finds it.
         let rec = MaintenanceRecord {
             version: MAINTENANCE_VERSION,
             host: host.to_string(),
             state: MaintenanceState::Entering,
             since_ms: running.map(|r| r.since_ms).unwrap_or_else(now_ms),
-            task: Some(task.id.clone()),
+            task: None,
         };
         self.store
             .put_json(&key(host), &rec)
             .await
             .map_err(store_err)?;
+        let me = self.clone();
+        let h = host.to_string();
+        let spawned = self
+            .tasks
+            .spawn("host.maintenance", "host", host, move |ctx| async move {
+                me.evacuate(&ctx, &h).await
+            })
+            .await;
+        let task = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                if let Err(de) = self.store.delete(&key(host)).await {
+                    tracing::warn!(host, error = %de, "cannot remove the maintenance record of an evacuation that did not start");
+                }
+                return Err(e);
+            }
+        };
+        let id = task.id.clone();
+        let noted = self
+            .store
+            .update_json(&key(host), |mut r: MaintenanceRecord| {
+                r.task = Some(id.clone());
+                Ok::<_, vdc_store::StoreError>(r)
+            })
+            .await;
+        if let Err(e) = noted {
+            tracing::warn!(host, task = %task.id, error = %e, "cannot note the evacuation task in the maintenance record");
+        }
         self.events
             .publish(
                 "host.maintenance_entering",
@@ -127,7 +149,7 @@ impl Cluster {
         Ok(task)
     }
 
-    /// `POST /hosts/{name}/maintenance {"enter": false}`.
+    /// `POST /hosts/{name}/maintenance/exit`.
     pub async fn exit_maintenance(&self, host: &str) -> Result<Host, ApiError> {
         self.get_host(host).await?;
         let Some(rec) = self.maintenance_record(host).await? else {
