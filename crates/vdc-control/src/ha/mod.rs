@@ -382,6 +382,34 @@ impl Cluster {
         }
     }
 
+    /// Publishes `ha.vm_reset` for each VM whose host's VM monitoring
+    /// reset it since the host's previous report.
+    pub(crate) async fn note_vm_monitor_resets(
+        &self,
+        host: &str,
+        before: &HashMap<String, u32>,
+        vms: &[vdc_types::agent::VmRuntime],
+    ) {
+        for v in vms {
+            // Only against a previous report of the same host: a restarted
+            // server does not publish old resets again.
+            let Some(was) = before.get(&v.id).copied() else {
+                continue;
+            };
+            if v.monitor_resets > was {
+                let reason = v.monitor_reason.clone().unwrap_or_default();
+                self.events
+                    .publish(
+                        "ha.vm_reset",
+                        &v.name,
+                        format!("VM {} was reset on {host}: {reason}", v.name),
+                        json!({"host": host, "reason": reason, "resets": v.monitor_resets}),
+                    )
+                    .await;
+            }
+        }
+    }
+
     /// `PATCH /api/v1/vms/{name}`: changes a VM's HA settings (restart
     /// priority, isolation response); the VM's `vm.json` on its datastore
     /// takes them at its next start.
