@@ -78,6 +78,8 @@ pub(crate) struct Agent {
     pub consoles: ConsoleLinks,
     /// Jobs submitted by the server (see `jobs`).
     pub(crate) jobs: crate::jobs::Jobs,
+    /// VMs offered to other agents (see `transfer`).
+    pub(crate) exports: crate::transfer::Exports,
     /// A check for VMs moved to other hosts is running.
     moved_check: Arc<std::sync::atomic::AtomicBool>,
     /// Hash of the credential the server presents; `None` until joined.
@@ -139,6 +141,7 @@ impl Agent {
             host_cpu: Mutex::new(host_cpu),
             consoles: ConsoleLinks::default(),
             jobs: Default::default(),
+            exports: Default::default(),
             moved_check: Arc::default(),
             server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
             config,
@@ -293,6 +296,7 @@ impl Agent {
         HostReport {
             name: self.config.name.clone(),
             address: self.config.address.clone(),
+            migration_address: Some(self.config.migration_address.clone()),
             agent_url: self.agent_url(),
             accelerator: self.accelerator,
             qemu_version: self.qemu_version.clone(),

@@ -15,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -25,6 +25,7 @@ use vdc_types::agent::{
 };
 use vdc_types::api::{ConsoleInputRequest, CONSOLE_OFFSET_HEADER};
 use vdc_types::job::{Job, JobRequest, MAX_JOB_WAIT_S};
+use vdc_types::transfer::{ExportRequest, ExportResponse};
 use vdc_types::{ApiError, ErrorCode};
 
 use crate::agent::Agent;
@@ -89,7 +90,7 @@ where
 /// The API router for `agent`.
 pub(crate) fn router(agent: Arc<Agent>) -> Router {
     const VM: &str = "/agent/v1/vms/{id}";
-    Router::new()
+    let authed = Router::new()
         .route("/agent/v1/host", get(host))
         .route("/agent/v1/vms", get(list_vms))
         .route(VM, put(provision).delete(destroy))
@@ -108,10 +109,18 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/agent/v1/images/import", post(import_image))
         .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/agent/v1/exports", post(open_export))
+        .route("/agent/v1/exports/{id}", delete(close_export))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(AGENT_BODY_MAX))
         .layer(axum::middleware::from_fn_with_state(agent.clone(), auth))
-        .with_state(agent)
+        .with_state(agent.clone());
+    // Read by another agent with the export's one-time token, not the
+    // server credential (see `transfer`).
+    let exports = Router::new()
+        .route("/agent/v1/exports/{id}/files/{name}", get(export_file))
+        .with_state(agent);
+    exports.merge(authed)
 }
 
 /// Server-credential check in front of every route.
@@ -328,4 +337,52 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), Failure> {
     Ok((StatusCode::ACCEPTED, Json(agent.jobs().cancel(&id)?)))
+}
+
+async fn open_export(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<ExportRequest>,
+) -> ApiResult<ExportResponse> {
+    Ok(Json(agent.export_vm(req).await?))
+}
+
+async fn close_export(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> StatusCode {
+    agent.exports.close(&id);
+    StatusCode::NO_CONTENT
+}
+
+/// One file of an export, streamed; wants the export's token.
+async fn export_file(
+    State(agent): State<Arc<Agent>>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    let path = agent.exports.file(&id, token, &name)?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        Failure(crate::error::host_error(
+            format!("cannot open {}", path.display()),
+            &e,
+        ))
+    })?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| Failure(crate::error::host_error("cannot read a file's size", &e)))?
+        .len();
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }

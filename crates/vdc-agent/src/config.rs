@@ -74,6 +74,9 @@ pub struct AgentArgs {
     /// Management address of the host.
     #[arg(long)]
     pub address: String,
+    /// Address live migration streams come in on (default: --address).
+    #[arg(long)]
+    pub migration_address: Option<String>,
     /// Address and port of the agent API.
     #[arg(long)]
     pub listen: SocketAddr,
@@ -160,6 +163,9 @@ impl AgentArgs {
         }
         let config = AgentConfig {
             name: self.name,
+            migration_address: self
+                .migration_address
+                .unwrap_or_else(|| self.address.clone()),
             address: self.address,
             listen: self.listen,
             server_url: self.server.trim_end_matches('/').to_string(),
@@ -206,6 +212,8 @@ pub struct AgentConfig {
     pub name: String,
     /// Management address.
     pub address: String,
+    /// Address live migration streams come in on.
+    pub migration_address: String,
     /// Address the agent API listens on.
     pub listen: SocketAddr,
     /// Base URL of the server (no trailing slash).

@@ -49,10 +49,10 @@ const QMP_SAMPLE: Duration = Duration::from_secs(1);
 
 /// One job: what it does, its status (watched by long polls) and its
 /// cancellation token.
-struct JobCell {
+pub(crate) struct JobCell {
     op: JobOp,
     status: watch::Sender<Job>,
-    cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     finished: Mutex<Option<Instant>>,
 }
 
@@ -61,7 +61,16 @@ impl JobCell {
         self.status.borrow().clone()
     }
 
-    fn progress(&self, percent: u8, stage: &str) {
+    /// Records a migration job's figures.
+    pub(crate) fn set_migration(&self, info: &vdc_types::migration::MigrationJobInfo) {
+        self.status.send_if_modified(|j| {
+            let changed = j.migration.as_ref() != Some(info);
+            j.migration = Some(info.clone());
+            changed
+        });
+    }
+
+    pub(crate) fn progress(&self, percent: u8, stage: &str) {
         self.status.send_if_modified(|j| {
             let p = percent.min(99).max(j.progress);
             let changed = p != j.progress || j.stage.as_deref() != Some(stage);
@@ -171,6 +180,7 @@ impl Agent {
             result: None,
             started_ms: now_ms(),
             finished_ms: None,
+            migration: None,
         };
         let cell = Arc::new(JobCell {
             op: req.op,
@@ -249,6 +259,26 @@ impl Agent {
                 }
             }
             JobOp::Suspend { vm_id } => self.suspend_job(cell, &vm_id).await,
+            JobOp::MigrateIn { request } => self.migrate_in_job(cell, request).await,
+            JobOp::MigrateOut { request } => self.migrate_out_job(cell, request).await,
+            JobOp::MirrorDisks { request } => {
+                cell.progress(1, "preparing the storage migration");
+                self.mirror_disks(request, &cell.cancel, |p, stage| cell.progress(p, stage))
+                    .await
+                    .map(JobResult::Config)
+            }
+            JobOp::ReceiveVm { request } => {
+                cell.progress(1, "copying the VM's files");
+                let progress = |done: u64, total: u64| {
+                    let p = if total == 0 {
+                        0
+                    } else {
+                        done.min(total) * 95 / total
+                    };
+                    cell.progress(p as u8, "copying the VM's files");
+                };
+                self.receive_vm(request, &cell.cancel, progress).await
+            }
             JobOp::ImportImage { request } => {
                 cell.progress(10, "copying the image");
                 let dest = self.resolve(&request.datastore, &request.path)?;
@@ -390,7 +420,7 @@ impl Agent {
     }
 }
 
-fn job_cancelled() -> ApiError {
+pub(crate) fn job_cancelled() -> ApiError {
     ApiError::new(
         ErrorCode::Cancelled,
         "the job was cancelled and its work undone",
@@ -424,6 +454,7 @@ mod tests {
                 result: None,
                 started_ms: 1,
                 finished_ms: None,
+                migration: None,
             }),
             cancel: CancellationToken::new(),
             finished: Mutex::new(None),

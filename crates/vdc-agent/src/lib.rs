@@ -17,6 +17,8 @@
 //! # Modules
 //! - `agent`: the agent's state (datastores, VM slots) and host report
 //! - `power`: start, shutdown, power off, reset, pause, resume, suspend
+//! - `migration`: live migration jobs (destination, source) and the pure
+//!   convergence policy
 //! - `provision`: VM directories and disks, destroy, image import
 //! - `recover`: re-attach to running VMs on agent start
 //! - `supervisor`: one task per running VM (events, guest, stats) and the
@@ -43,13 +45,16 @@ mod heartbeat;
 mod hoststats;
 mod isolation;
 mod jobs;
+mod migration;
 mod power;
 mod provision;
 mod recover;
 mod reporter;
 mod slot;
 pub mod state;
+mod storage;
 mod supervisor;
+mod transfer;
 pub mod vm_monitor;
 
 pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Isolation, Supervision};

@@ -85,27 +85,7 @@ impl Agent {
                 ),
             ));
         }
-        let mut taps = Vec::new();
-        let mut nics = Vec::new();
-        for (i, nic) in config.nics.iter().enumerate() {
-            let bridge = nic
-                .bridge
-                .clone()
-                .or_else(|| self.config.bridge_for_network.get(&nic.network).cloned())
-                .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "NIC {i} of VM '{}' (network '{}') names no bridge",
-                        config.name, nic.network
-                    ))
-                })?;
-            let tap = vdc_net::tap_name(&config.id, i as u32);
-            taps.push((tap.clone(), bridge));
-            nics.push(vdc_qemu::NicDevice {
-                id: format!("net{i}"),
-                mac: nic.mac.clone(),
-                tap,
-            });
-        }
+        let (taps, nics) = self.nic_plan(&config)?;
 
         // A supervisor left from an abandoned start of this VM (no QEMU
         // runs, or the state would have a process) must not guard the new
@@ -207,42 +187,12 @@ impl Agent {
         }
         slot.inner().taps = created.clone();
 
-        let mut oem = vec![format!("vdc.hostname={}", config.hostname)];
-        if let Some(nic) = config.nics.first() {
-            if let Some(ip) = &nic.ip {
-                oem.push(format!("vdc.ip={ip}"));
-            }
-            if let Some(gw) = &nic.gateway {
-                oem.push(format!("vdc.gw={gw}"));
-            }
-        }
-        let spec = vdc_qemu::MachineSpec {
-            id: config.id.clone(),
-            name: config.name.clone(),
-            cpus: config.cpus,
-            memory_mib: config.memory_mib,
-            accelerator: self.accelerator,
-            machine_type: config.machine_type.clone(),
-            cpu_model: config.cpu_model.clone(),
-            disks: config
-                .disks
-                .iter()
-                .zip(&layout.disks)
-                .map(|(d, p)| vdc_qemu::DriveSpec {
-                    node_name: d.name.clone(),
-                    path: p.clone(),
-                    read_only: false,
-                    cache: self
-                        .datastore(&d.datastore)
-                        .map(|ds| ds.cache)
-                        .unwrap_or_default(),
-                })
-                .collect(),
+        let spec = self.machine_spec(
+            &config,
+            layout,
             nics,
-            smbios_oem_strings: oem,
-            incoming: suspended
-                .then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
-        };
+            suspended.then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
+        );
         let paths = layout.paths.clone();
         let launched = vdc_qemu::Vm::launch(&spec, &paths).await;
         let vm = match launched {
@@ -274,6 +224,82 @@ impl Agent {
         supervisor::start(self.clone(), slot.clone(), vm, layout);
         tracing::info!(vm = %config.name, resumed = suspended, "started");
         Ok(slot.apply(Input::Launched))
+    }
+
+    /// The taps (name, bridge) and NIC devices of `config`.
+    pub(crate) fn nic_plan(
+        &self,
+        config: &VmConfig,
+    ) -> Result<(Vec<(String, String)>, Vec<vdc_qemu::NicDevice>), ApiError> {
+        let mut taps = Vec::new();
+        let mut nics = Vec::new();
+        for (i, nic) in config.nics.iter().enumerate() {
+            let bridge = nic
+                .bridge
+                .clone()
+                .or_else(|| self.config.bridge_for_network.get(&nic.network).cloned())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "NIC {i} of VM '{}' (network '{}') names no bridge",
+                        config.name, nic.network
+                    ))
+                })?;
+            let tap = vdc_net::tap_name(&config.id, i as u32);
+            taps.push((tap.clone(), bridge));
+            nics.push(vdc_qemu::NicDevice {
+                id: format!("net{i}"),
+                mac: nic.mac.clone(),
+                tap,
+            });
+        }
+
+        Ok((taps, nics))
+    }
+
+    /// The QEMU machine of `config`: the same device model for a fresh
+    /// start, a resume and an incoming migration.
+    pub(crate) fn machine_spec(
+        &self,
+        config: &VmConfig,
+        layout: &Layout,
+        nics: Vec<vdc_qemu::NicDevice>,
+        incoming: Option<vdc_qemu::Incoming>,
+    ) -> vdc_qemu::MachineSpec {
+        let mut oem = vec![format!("vdc.hostname={}", config.hostname)];
+        if let Some(nic) = config.nics.first() {
+            if let Some(ip) = &nic.ip {
+                oem.push(format!("vdc.ip={ip}"));
+            }
+            if let Some(gw) = &nic.gateway {
+                oem.push(format!("vdc.gw={gw}"));
+            }
+        }
+        vdc_qemu::MachineSpec {
+            id: config.id.clone(),
+            name: config.name.clone(),
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            accelerator: self.accelerator,
+            machine_type: config.machine_type.clone(),
+            cpu_model: config.cpu_model.clone(),
+            disks: config
+                .disks
+                .iter()
+                .zip(&layout.disks)
+                .map(|(d, p)| vdc_qemu::DriveSpec {
+                    node_name: d.name.clone(),
+                    path: p.clone(),
+                    read_only: false,
+                    cache: self
+                        .datastore(&d.datastore)
+                        .map(|ds| ds.cache)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            nics,
+            smbios_oem_strings: oem,
+            incoming,
+        }
     }
 
     /// The slot and its QEMU handle, or 404 / 409.

@@ -203,11 +203,18 @@ impl Agent {
         // Only files inside the VM's directory are removed: a disk the
         // configuration places anywhere else is left where it is.
         let mut in_dir = Vec::new();
+        let mut moved = Vec::new();
         for (disk, path) in config.disks.iter().zip(&layout.disks) {
+            // A disk moved by a storage migration lives in the directory of
+            // the VM's name on its own datastore: the VM's too.
+            let own_elsewhere = self
+                .resolve(&disk.datastore, &config.dir)
+                .is_ok_and(|d| disk.datastore != config.datastore && path.parent() == Some(&d));
             match path.file_name() {
                 Some(name) if path.parent() == Some(layout.vm_dir.path()) => {
                     in_dir.push(name.to_string_lossy().into_owned());
                 }
+                Some(_) if own_elsewhere => moved.push(path.clone()),
                 _ => tracing::warn!(
                     vm = %config.name,
                     disk = %disk.name,
@@ -226,6 +233,14 @@ impl Agent {
                     e,
                 )
             })?;
+        for path in moved {
+            remove_made(&path, std::fs::remove_file(&path));
+            if let Some(dir) = path.parent() {
+                if let Err(e) = std::fs::remove_dir(dir) {
+                    tracing::debug!(path = %dir.display(), error = %e, "directory of a moved disk kept");
+                }
+            }
+        }
         self.forget(id);
         tracing::info!(vm = %config.name, "destroyed");
         Ok(())

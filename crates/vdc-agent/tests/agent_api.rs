@@ -111,6 +111,7 @@ impl TestAgent {
         let config = AgentConfig {
             name: name.into(),
             address: "127.0.0.1".into(),
+            migration_address: "127.0.0.1".into(),
             listen: addr,
             server_url: server.into(),
             credential: credential(name),

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod credentials;
 pub mod error;
 mod join;
+mod maintenance;
 mod openapi;
 mod routes;
 mod server;

@@ -18,6 +18,7 @@ use vdc_types::{
 };
 
 use crate::join;
+use crate::maintenance;
 use crate::routes::*;
 
 /// The OpenAPI document.
@@ -59,7 +60,9 @@ use crate::routes::*;
         join::agent_report,
         join::agent_join,
         join::add_host,
-        join::list_agents
+        join::list_agents,
+        maintenance::enter_maintenance,
+        maintenance::exit_maintenance
     ),
     components(schemas(
         VersionInfo,
@@ -73,6 +76,7 @@ use crate::routes::*;
         vdc_types::ha::HaPolicy,
         vdc_types::ha::SetHaPolicyRequest,
         Host,
+        vdc_types::MaintenanceState,
         Datastore,
         Network,
         Template,

@@ -26,6 +26,7 @@ use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm, 
 use crate::credentials::Credentials;
 use crate::error::{ApiBytes, ApiErr, ApiJson, ApiQuery, ApiResult};
 use crate::join;
+use crate::maintenance;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -84,6 +85,14 @@ pub fn router(state: AppState) -> Router {
         .route("/ha", get(ha_status).put(set_ha_policy))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
+        .route(
+            "/hosts/{name}/maintenance/enter",
+            post(maintenance::enter_maintenance),
+        )
+        .route(
+            "/hosts/{name}/maintenance/exit",
+            post(maintenance::exit_maintenance),
+        )
         .route("/datastores", get(list_datastores))
         .route("/networks", get(list_networks).post(create_network))
         .route("/networks/{name}", get(get_network).delete(delete_network))

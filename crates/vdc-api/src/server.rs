@@ -23,6 +23,24 @@ pub struct ServerArgs {
     /// characters). Agents use their own credentials (`vdc host add`).
     #[arg(long)]
     pub token_file: PathBuf,
+    /// Live migrations at once per host, as source or target; more wait as
+    /// queued tasks.
+    #[arg(long, env = "VDC_MIGRATIONS_PER_HOST", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub migrations_per_host: u64,
+    /// Live migrations at once in the cluster; more wait as queued tasks.
+    #[arg(long, env = "VDC_MIGRATIONS_PER_CLUSTER", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub migrations_per_cluster: u64,
+    /// Bandwidth limit of a live migration's stream, MiB/s (0: unlimited).
+    #[arg(long, env = "VDC_MIGRATION_BANDWIDTH_MIB_S", default_value_t = 1024)]
+    pub migration_bandwidth_mib_s: u64,
+    /// Downtime target of a live migration, ms.
+    #[arg(long, env = "VDC_MIGRATION_DOWNTIME_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub migration_downtime_ms: u64,
+    /// Whether a live migration that does not converge may switch to
+    /// post-copy (a VM whose link breaks during post-copy is lost); a
+    /// request may say otherwise.
+    #[arg(long, env = "VDC_MIGRATION_POSTCOPY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migration_postcopy: bool,
     /// HA: longest silence of a host's reports before it counts as
     /// isolated or failed, milliseconds.
     #[arg(long, default_value_t = vdc_sched::ha::DEFAULT_NETWORK_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(500..=600_000))]
@@ -55,6 +73,23 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let state = AppState::open(Arc::new(store), &token)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?;
+    let defaults = vdc_control::migration::MigrationSettings::default();
+    state
+        .cluster
+        .set_migration_settings(vdc_control::migration::MigrationSettings {
+            policy: vdc_types::migration::MigrationPolicy {
+                max_bandwidth_mib_s: args.migration_bandwidth_mib_s,
+                downtime_limit_ms: args.migration_downtime_ms,
+                max_downtime_limit_ms: defaults
+                    .policy
+                    .max_downtime_limit_ms
+                    .max(args.migration_downtime_ms),
+                allow_postcopy: args.migration_postcopy,
+                ..defaults.policy
+            },
+            per_host: args.migrations_per_host as usize,
+            per_cluster: args.migrations_per_cluster as usize,
+        });
     state.cluster.configure_ha(vdc_control::ha::HaSettings {
         enabled: !args.ha_disabled,
         timeouts: vdc_sched::ha::HeartbeatTimeouts {

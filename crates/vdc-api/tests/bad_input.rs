@@ -31,6 +31,7 @@ async fn server() -> (String, Client, tempfile::TempDir) {
         name: "host-1".into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9".into(),
+        migration_address: None,
         accelerator: Accelerator::Tcg,
         qemu_version: "10.0.2".into(),
         cpus: 2,

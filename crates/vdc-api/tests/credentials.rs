@@ -36,6 +36,7 @@ fn report(host: &str) -> HostReport {
         name: host.into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9".into(),
+        migration_address: None,
         accelerator: Accelerator::Tcg,
         qemu_version: "10.0.2".into(),
         cpus: 2,
@@ -211,6 +212,7 @@ async fn agent_joins_and_its_api_takes_only_the_server_credential() {
     let config = vdc_agent::AgentConfig {
         name: "host-1".into(),
         address: "127.0.0.1".into(),
+        migration_address: "127.0.0.1".into(),
         listen: addr,
         server_url: url.clone(),
         credential: added.credential.clone(),

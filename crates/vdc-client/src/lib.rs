@@ -5,6 +5,7 @@
 //! server refused the request, so callers can show the administrator exactly
 //! what was wrong.
 
+mod maintenance;
 mod migration;
 
 use std::time::{Duration, Instant};

@@ -145,6 +145,35 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Offers a stopped or suspended VM's files to another agent
+    /// (`POST /agent/v1/exports`; the agent reads each file once for its
+    /// SHA-256).
+    pub async fn open_export(
+        &self,
+        host: &str,
+        url: &str,
+        req: &vdc_types::transfer::ExportRequest,
+    ) -> Result<vdc_types::transfer::ExportResponse, ApiError> {
+        let u = format!("{url}/agent/v1/exports");
+        self.call(
+            host,
+            reqwest::Method::POST,
+            u,
+            Some(req),
+            Duration::from_secs(300),
+        )
+        .await
+    }
+
+    /// Closes an export: its token stops working.
+    pub async fn close_export(&self, host: &str, url: &str, id: &str) -> Result<(), ApiError> {
+        let u = format!("{url}/agent/v1/exports/{id}");
+        let _: serde_json::Value = self
+            .call::<(), _>(host, reqwest::Method::DELETE, u, None, JOB_CALL_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
     /// Part of a VM's serial console log, as raw bytes, and the log offset
     /// just past them. `query` is the agent's query string
     /// (`bytes=N` or `offset=N`).

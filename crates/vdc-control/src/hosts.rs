@@ -315,6 +315,7 @@ impl Cluster {
                 .unwrap_or(0),
             datastores: rec.datastores.clone(),
             last_seen_ms: live.map(|l| l.seen_ms).unwrap_or(rec.last_seen_ms),
+            maintenance: None,
         }
     }
 
@@ -322,10 +323,15 @@ impl Cluster {
     pub async fn list_hosts(&self) -> Result<Vec<Host>, ApiError> {
         let recs: Vec<(String, HostRecord)> =
             self.store.list_json("/hosts/").await.map_err(store_err)?;
+        let maintenance = self.maintenance_states().await;
         let live = self.live.read().await;
         Ok(recs
             .iter()
-            .map(|(_, r)| Self::host_view(r, live.get(&r.name)))
+            .map(|(_, r)| {
+                let mut h = Self::host_view(r, live.get(&r.name));
+                h.maintenance = maintenance.get(&r.name).copied();
+                h
+            })
             .collect())
     }
 
@@ -337,8 +343,11 @@ impl Cluster {
             .await
             .map_err(store_err)?
             .ok_or_else(|| ApiError::not_found("Host", name))?;
+        let maintenance = self.maintenance_states().await;
         let live = self.live.read().await;
-        Ok(Self::host_view(&rec, live.get(name)))
+        let mut h = Self::host_view(&rec, live.get(name));
+        h.maintenance = maintenance.get(name).copied();
+        Ok(h)
     }
 
     /// The agent URL of a connected host, or why it can't be used.
@@ -382,11 +391,12 @@ impl Cluster {
                 *vcpus.entry(h).or_default() += r.config.cpus;
             }
         }
+        let maintenance = self.maintenance_states().await;
         let live = self.live.read().await;
         live.values()
             .map(|l| HostCapacity {
                 name: l.report.name.clone(),
-                available: l.connected,
+                available: l.connected && !maintenance.contains_key(&l.report.name),
                 cpus: l.report.cpus,
                 memory_mib: l.report.memory_mib,
                 memory_free_mib: l.report.memory_free_mib,

@@ -30,7 +30,9 @@ pub mod ipam;
 mod jobs;
 pub mod journal;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod migration;
+mod moves;
 mod networks;
 pub mod ownership;
 pub mod record;
@@ -108,6 +110,12 @@ pub struct Cluster {
     pub(crate) conflicts: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     /// Memory promised to VMs being started, per host.
     pub(crate) pending_mib: Mutex<HashMap<String, u64>>,
+    /// Migrations running and waiting for a slot.
+    pub(crate) migrations: std::sync::Mutex<migration::limits::MigrationQueue>,
+    /// Wakes migrations waiting for a slot.
+    pub(crate) migration_turn: tokio::sync::Notify,
+    /// Migration policy and limits.
+    pub(crate) migration_settings: std::sync::RwLock<migration::MigrationSettings>,
     /// The HA manager's memory (see [`ha`]).
     pub(crate) ha: std::sync::Mutex<ha::HaMemory>,
 }
@@ -152,6 +160,9 @@ impl Cluster {
             live: RwLock::new(HashMap::new()),
             conflicts: std::sync::Mutex::new(Default::default()),
             pending_mib: Mutex::new(HashMap::new()),
+            migrations: Default::default(),
+            migration_turn: tokio::sync::Notify::new(),
+            migration_settings: Default::default(),
             ha: std::sync::Mutex::new(Default::default()),
         });
         cluster.release_orphaned_operations(true).await?;

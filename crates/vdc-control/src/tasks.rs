@@ -77,6 +77,29 @@ impl TaskCtx {
         }
     }
 
+    /// Shows the task as waiting its turn (`queued`, with `stage` saying
+    /// for what) or as running again.
+    pub async fn set_waiting(&self, waiting: bool, stage: &str) {
+        let stage = stage.to_string();
+        let r: Result<Task, vdc_store::StoreError> = self
+            .store
+            .update_json(&key(&self.id), |mut t: Task| {
+                if !t.state.is_final() {
+                    t.state = if waiting {
+                        TaskState::Queued
+                    } else {
+                        TaskState::Running
+                    };
+                }
+                t.stage = Some(stage.clone());
+                Ok(t)
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(task = %self.id, error = %e, "cannot record the task's turn");
+        }
+    }
+
     /// Records a migration task's figures (progress, policy steps, outcome).
     pub async fn set_migration(&self, report: &vdc_types::migration::MigrationReport) {
         let r: Result<Task, vdc_store::StoreError> = self

@@ -131,10 +131,10 @@ impl Cluster {
                 .await?
             {
                 JobResult::Image(i) => i,
-                JobResult::Vm(_) => {
+                JobResult::Vm(_) | JobResult::Migration(_) | JobResult::Config(_) => {
                     return Err(ApiError::new(
                         ErrorCode::HostError,
-                        "the host answered an image import with a VM",
+                        "the host answered an image import with something else",
                     ))
                 }
             };

@@ -49,10 +49,11 @@ pub(crate) fn placement_error(e: PlacementError) -> ApiError {
     placement_err(e)
 }
 
-fn placement_err(e: PlacementError) -> ApiError {
+pub(crate) fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
+        PlacementError::Unavailable(_) => ErrorCode::InvalidState,
         _ => ErrorCode::InsufficientCapacity,
     };
     ApiError::new(code, e.to_string())
@@ -282,6 +283,7 @@ impl Cluster {
                 .iter()
                 .find(|c| &c.name == h)
                 .ok_or_else(|| ApiError::not_found("Host", h))?;
+            self.check_placeable(h).await?;
             if !cap.available {
                 return Err(ApiError::new(
                     ErrorCode::HostUnavailable,

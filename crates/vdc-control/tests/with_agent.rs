@@ -37,6 +37,7 @@ async fn cluster_with_agent(
     let config = AgentConfig {
         name: "host-1".into(),
         address: "127.0.0.1".into(),
+        migration_address: "127.0.0.1".into(),
         listen: addr,
         // Reports are pulled by the test; pushes (and the join) go nowhere,
         // so the agent is given the server credential up front.

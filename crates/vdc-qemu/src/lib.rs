@@ -20,6 +20,7 @@ mod error;
 pub mod guest;
 pub mod host;
 mod log;
+pub mod mirror;
 pub mod process;
 pub mod spec;
 pub mod vm;
@@ -30,6 +31,7 @@ pub use host::{
     choose_accelerator, detect_accelerator, qemu_binary, qemu_models, qemu_version, QemuModels,
 };
 pub use log::tail_file;
+pub use mirror::{MirrorError, MirrorProgress};
 pub use spec::{command_line, DriveSpec, Incoming, MachineSpec, NicDevice, VmPaths};
 pub use vdc_qmp::{Qmp, QmpError, QmpEvent};
 pub use vdc_types::Accelerator;

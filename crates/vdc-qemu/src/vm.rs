@@ -277,6 +277,16 @@ impl Vm {
         self.process.has_exited()
     }
 
+    /// Waits until QEMU has exited, at most `limit`; whether it did.
+    pub async fn wait_exit_for(&self, limit: Duration) -> bool {
+        self.process.wait_for(limit).await
+    }
+
+    /// Kills QEMU at once (SIGKILL): an abandoned incoming migration.
+    pub fn kill(&self) {
+        self.process.signal(libc::SIGKILL);
+    }
+
     /// Resolves once the QEMU process is gone.
     pub async fn wait_exit(&self) {
         self.process.wait().await

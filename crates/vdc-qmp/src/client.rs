@@ -344,6 +344,30 @@ impl Qmp {
             .map(drop)
     }
 
+    /// `migrate-set-parameters` with `params` (a JSON object of QEMU's
+    /// parameter names); allowed while a migration runs.
+    pub async fn migrate_set_parameters(&self, params: Value) -> Result<(), QmpError> {
+        self.execute("migrate-set-parameters", params)
+            .await
+            .map(drop)
+    }
+
+    /// `migrate-continue`: lets a migration paused in `state` (with the
+    /// `pause-before-switchover` capability: `pre-switchover`) go on.
+    pub async fn migrate_continue(&self, state: &str) -> Result<(), QmpError> {
+        self.execute("migrate-continue", json!({ "state": state }))
+            .await
+            .map(drop)
+    }
+
+    /// `migrate-start-postcopy`: switches a running pre-copy migration to
+    /// post-copy (needs `postcopy-ram` on both sides).
+    pub async fn migrate_start_postcopy(&self) -> Result<(), QmpError> {
+        self.execute("migrate-start-postcopy", Value::Null)
+            .await
+            .map(drop)
+    }
+
     /// `migrate_cancel`: cancels an outgoing migration.
     pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
         self.execute("migrate_cancel", Value::Null).await.map(drop)

@@ -75,6 +75,12 @@ pub struct MigrationRamStats {
     /// Guest RAM size.
     #[serde(default)]
     pub total: u64,
+    /// Pages the guest dirties per second.
+    #[serde(default, rename = "dirty-pages-rate")]
+    pub dirty_pages_rate: u64,
+    /// Passes over memory (dirty bitmap syncs) so far.
+    #[serde(default, rename = "dirty-sync-count")]
+    pub dirty_sync_count: u64,
 }
 
 /// Answer of `query-migrate`.
@@ -96,6 +102,12 @@ pub struct MigrationInfo {
     /// Downtime, ms (after completion).
     #[serde(default)]
     pub downtime: Option<u64>,
+    /// Downtime QEMU expects if it switched over now, ms.
+    #[serde(default, rename = "expected-downtime")]
+    pub expected_downtime: Option<u64>,
+    /// vCPU throttle applied by auto-converge, percent.
+    #[serde(default, rename = "cpu-throttle-percentage")]
+    pub cpu_throttle_percentage: Option<u64>,
 }
 
 impl MigrationInfo {

@@ -14,6 +14,10 @@
 //!    [`MEMORY_BUCKET_MIB`] steps, so that report noise does not decide),
 //!    then the lowest vCPU commitment per core, then the name (so the
 //!    choice is stable).
+//!
+//! Evacuation of a host entering maintenance: [`evacuate::plan_evacuation`].
+
+pub mod evacuate;
 
 pub mod ha;
 
@@ -87,6 +91,9 @@ pub enum PlacementError {
     /// More vCPUs than any host has logical CPUs.
     #[error("{0} vCPUs is more than any host has CPUs")]
     TooManyCpus(u32),
+    /// The chosen host takes no new VMs.
+    #[error("host '{0}' takes no new VMs (in maintenance, or disconnected); choose another host")]
+    Unavailable(String),
 }
 
 /// Memory a VM occupies on a host, guest RAM plus QEMU's own.
@@ -114,6 +121,9 @@ pub fn check_fits_any(demand: &Demand, hosts: &[HostCapacity]) -> Result<(), Pla
 
 /// Checks one given host (the administrator chose it).
 pub fn check_host(demand: &Demand, host: &HostCapacity) -> Result<(), PlacementError> {
+    if !host.available {
+        return Err(PlacementError::Unavailable(host.name.clone()));
+    }
     check_fits_any(demand, std::slice::from_ref(host))?;
     if let Some(ds) = demand
         .datastores

@@ -136,3 +136,95 @@ pub fn guest_udp_request(
     .join()
     .map_err(|_| TestInfraError::Thread)?
 }
+
+/// One TCP connection to a guest's service held open from inside a host's
+/// namespace (by a thread of its own), to show that a connection lives
+/// through a migration: each [`GuestSession::ask`] sends a line on the same
+/// connection and returns the answer.
+pub struct GuestSession {
+    requests: std::sync::mpsc::Sender<(String, std::sync::mpsc::Sender<Result<String, String>>)>,
+    greeting: String,
+}
+
+impl GuestSession {
+    /// Connects from namespace `netns` to `addr:port`; each answer must
+    /// come within `timeout`.
+    pub fn open(
+        netns: &str,
+        addr: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<GuestSession, TestInfraError> {
+        let netns = netns.to_string();
+        let target = format!("{addr}:{port}");
+        let (tx, rx) =
+            std::sync::mpsc::channel::<(String, std::sync::mpsc::Sender<Result<String, String>>)>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, TestInfraError>>();
+        std::thread::spawn(move || {
+            let opened = (|| -> Result<_, TestInfraError> {
+                enter_netns(&netns)?;
+                let sock: SocketAddr = target.parse().map_err(|_| TestInfraError::Guest {
+                    addr: target.clone(),
+                    what: "parse address",
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                })?;
+                let io = |what| {
+                    let addr = target.clone();
+                    move |source| TestInfraError::Guest { addr, what, source }
+                };
+                let stream = TcpStream::connect_timeout(&sock, timeout).map_err(io("connect"))?;
+                stream
+                    .set_read_timeout(Some(timeout))
+                    .map_err(io("set timeout"))?;
+                let writer = stream.try_clone().map_err(io("clone socket"))?;
+                let mut reader = BufReader::new(stream);
+                let mut greeting = String::new();
+                reader.read_line(&mut greeting).map_err(io("read"))?;
+                Ok((writer, reader, greeting.trim_end().to_string()))
+            })();
+            let (mut writer, mut reader) = match opened {
+                Ok((w, r, g)) => {
+                    let _ = ready_tx.send(Ok(g));
+                    (w, r)
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            for (line, answer) in rx {
+                let r = writer
+                    .write_all(format!("{line}\n").as_bytes())
+                    .map_err(|e| format!("write: {e}"))
+                    .and_then(|()| {
+                        let mut got = String::new();
+                        match reader.read_line(&mut got) {
+                            Ok(0) => Err("the guest closed the connection".to_string()),
+                            Ok(_) => Ok(got.trim_end().to_string()),
+                            Err(e) => Err(format!("read: {e}")),
+                        }
+                    });
+                let _ = answer.send(r);
+            }
+        });
+        let greeting = ready_rx.recv().map_err(|_| TestInfraError::Thread)??;
+        Ok(GuestSession {
+            requests: tx,
+            greeting,
+        })
+    }
+
+    /// The line the guest answered on connect.
+    pub fn greeting(&self) -> &str {
+        &self.greeting
+    }
+
+    /// Sends `line` on the connection and returns the answer line.
+    pub fn ask(&self, line: &str) -> Result<String, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.requests
+            .send((line.to_string(), tx))
+            .map_err(|_| "the session ended".to_string())?;
+        rx.recv().map_err(|_| "the session ended".to_string())?
+    }
+}

@@ -78,6 +78,10 @@ pub struct HostReport {
     pub name: String,
     /// Management address.
     pub address: String,
+    /// Address live migration streams come in on (default: the
+    /// management address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_address: Option<String>,
     /// Base URL of this agent's API.
     pub agent_url: String,
     /// Accelerator in use.

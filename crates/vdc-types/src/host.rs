@@ -64,6 +64,38 @@ pub struct Host {
     pub datastores: Vec<String>,
     /// Last heartbeat.
     pub last_seen_ms: UnixMillis,
+    /// Maintenance mode, when the host is in it (it takes no new VMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceState>,
+}
+
+/// Maintenance mode of a host.
+///
+/// ```text
+///  (none) ──enter──► entering ──every VM moved or reported──► in_maintenance
+///     ▲                  │                                       │
+///     └──────────exit────┴───────────────────exit────────────────┘
+/// ```
+///
+/// From `entering` on, placement skips the host and starts or creates
+/// naming it are refused; the evacuation task moves its VMs away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MaintenanceState {
+    /// Its VMs are being moved away.
+    Entering,
+    /// The evacuation ended (VMs it could not move are named on its task).
+    InMaintenance,
+}
+
+impl MaintenanceState {
+    /// Lower-case name, as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaintenanceState::Entering => "entering",
+            MaintenanceState::InMaintenance => "in_maintenance",
+        }
+    }
 }
 
 /// Whether a datastore is reachable from one host or from all.

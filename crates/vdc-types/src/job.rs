@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use crate::agent::{
     AgentStartRequest, ImportImageRequest, ImportImageResponse, ProvisionVmRequest, VmRuntime,
 };
+use crate::transfer::{MirrorDisksRequest, ReceiveVmRequest};
 use crate::{ApiError, UnixMillis};
 
 /// Longest operation id an agent accepts.
@@ -41,6 +42,14 @@ pub enum JobKind {
     Suspend,
     /// Copy an image into a datastore.
     ImportImage,
+    /// Receive a live migration (destination).
+    MigrateIn,
+    /// Send a live migration (source).
+    MigrateOut,
+    /// Storage migration of a running VM's disks to another datastore.
+    MirrorDisks,
+    /// Copy a stopped or suspended VM's files from another host's export.
+    ReceiveVm,
 }
 
 impl std::fmt::Display for JobKind {
@@ -51,6 +60,10 @@ impl std::fmt::Display for JobKind {
             JobKind::Shutdown => "shutdown",
             JobKind::Suspend => "suspend",
             JobKind::ImportImage => "image import",
+            JobKind::MigrateIn => "incoming migration",
+            JobKind::MigrateOut => "outgoing migration",
+            JobKind::MirrorDisks => "disk mirror",
+            JobKind::ReceiveVm => "VM copy",
         })
     }
 }
@@ -86,6 +99,26 @@ pub enum JobOp {
         /// The request of `POST /agent/v1/images/import`.
         request: ImportImageRequest,
     },
+    /// See [`JobKind::MigrateIn`].
+    MigrateIn {
+        /// What to receive.
+        request: crate::migration::IncomingRequest,
+    },
+    /// See [`JobKind::MigrateOut`].
+    MigrateOut {
+        /// What to send, where, and how.
+        request: crate::migration::OutgoingRequest,
+    },
+    /// See [`JobKind::MirrorDisks`].
+    MirrorDisks {
+        /// Which VM, and where its disks go.
+        request: MirrorDisksRequest,
+    },
+    /// See [`JobKind::ReceiveVm`].
+    ReceiveVm {
+        /// What to copy from where.
+        request: ReceiveVmRequest,
+    },
 }
 
 impl JobOp {
@@ -97,6 +130,10 @@ impl JobOp {
             JobOp::Shutdown { .. } => JobKind::Shutdown,
             JobOp::Suspend { .. } => JobKind::Suspend,
             JobOp::ImportImage { .. } => JobKind::ImportImage,
+            JobOp::MigrateIn { .. } => JobKind::MigrateIn,
+            JobOp::MigrateOut { .. } => JobKind::MigrateOut,
+            JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
+            JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
         }
     }
 
@@ -107,6 +144,10 @@ impl JobOp {
             JobOp::Start { request } => Some(&request.config.id),
             JobOp::Shutdown { vm_id, .. } | JobOp::Suspend { vm_id } => Some(vm_id),
             JobOp::ImportImage { .. } => None,
+            JobOp::MigrateIn { request } => Some(&request.config.id),
+            JobOp::MigrateOut { request } => Some(&request.vm_id),
+            JobOp::MirrorDisks { request } => Some(&request.config.id),
+            JobOp::ReceiveVm { request } => Some(&request.config.id),
         }
     }
 }
@@ -162,6 +203,10 @@ pub enum JobResult {
     Vm(VmRuntime),
     /// The imported image.
     Image(ImportImageResponse),
+    /// A migration sent (the source's job).
+    Migration(crate::migration::MigrationJobInfo),
+    /// The VM's configuration after the operation (a storage migration).
+    Config(crate::vm::VmConfig),
 }
 
 /// A job as the agent reports it.
@@ -194,6 +239,9 @@ pub struct Job {
     /// End time (agent clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<UnixMillis>,
+    /// A migration job's figures while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::migration::MigrationJobInfo>,
 }
 
 /// Checks an operation id: 1–[`MAX_OPERATION_ID_LEN`] characters of

@@ -18,11 +18,15 @@ pub mod limits;
 pub mod migration;
 pub mod names;
 pub mod task;
+pub mod transfer;
 pub mod vm;
 
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
-pub use host::{Accelerator, Datastore, DatastoreKind, DiskCacheMode, Host, HostState, Network};
+pub use host::{
+    Accelerator, Datastore, DatastoreKind, DiskCacheMode, Host, HostState, MaintenanceState,
+    Network,
+};
 pub use lifecycle::{InFlight, VmAction, VmOperation};
 pub use task::{Step, Task, TaskJournal, TaskParams, TaskState, TaskStep};
 pub use vm::{DiskSpec, GuestInfo, NicSpec, Vm, VmConfig, VmPowerState};

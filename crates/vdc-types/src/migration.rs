@@ -133,6 +133,96 @@ pub struct MigrationOutcome {
     pub postcopy: bool,
 }
 
+/// How a live migration is driven toward convergence (server flags,
+/// passed to the source agent with each migration).
+///
+/// Pre-copy runs with `max_bandwidth_mib_s` and `downtime_limit_ms`, with
+/// QEMU's auto-converge armed (it throttles the vCPUs once the guest dirties
+/// memory faster than it is sent). When the memory left to send has not
+/// reached a new low for `stall_passes` passes, or after `max_passes`
+/// passes, the migration switches to post-copy if allowed; otherwise the
+/// downtime limit is doubled, up to `max_downtime_limit_ms`, and the
+/// bandwidth limit lifted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MigrationPolicy {
+    /// Bandwidth limit of the stream, MiB/s (0: unlimited).
+    pub max_bandwidth_mib_s: u64,
+    /// Downtime target, ms.
+    pub downtime_limit_ms: u64,
+    /// Highest downtime limit the policy may raise to when post-copy is
+    /// not allowed, ms.
+    pub max_downtime_limit_ms: u64,
+    /// Passes without a new low of the memory left before acting.
+    pub stall_passes: u64,
+    /// Passes after which the policy acts anyway.
+    pub max_passes: u64,
+    /// Whether post-copy may be used.
+    pub allow_postcopy: bool,
+}
+
+impl Default for MigrationPolicy {
+    fn default() -> Self {
+        MigrationPolicy {
+            max_bandwidth_mib_s: 1024,
+            downtime_limit_ms: 100,
+            max_downtime_limit_ms: 2000,
+            stall_passes: 3,
+            max_passes: 8,
+            allow_postcopy: true,
+        }
+    }
+}
+
+/// Agent job `migrate_in` on the destination: start QEMU waiting for the
+/// stream (`-incoming defer`) with the VM's identical configuration and
+/// listen on the host's migration address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IncomingRequest {
+    /// The VM's configuration (as on the source).
+    pub config: crate::VmConfig,
+    /// Host the VM comes from.
+    pub source: String,
+    /// Whether post-copy may be used (both sides enable `postcopy-ram`).
+    pub allow_postcopy: bool,
+}
+
+/// Agent job `migrate_out` on the source: send the VM's memory to the
+/// destination's stream address, driven by the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OutgoingRequest {
+    /// VM id.
+    pub vm_id: String,
+    /// Host the VM moves to (named successor in the lease).
+    pub target: String,
+    /// The destination's stream address (`tcp:ADDR:PORT`).
+    pub uri: String,
+    /// The convergence policy.
+    pub policy: MigrationPolicy,
+}
+
+/// What a migration job shows while it runs and when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MigrationJobInfo {
+    /// Where the destination listens (`migrate_in`, once it listens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Latest figures (`migrate_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<MigrationProgress>,
+    /// The policy steps taken (`migrate_out`).
+    #[serde(default)]
+    pub policy_steps: Vec<String>,
+    /// Downtime measured by QEMU once completed, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// QEMU's total migration time once completed, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+    /// Whether post-copy was started.
+    #[serde(default)]
+    pub postcopy: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,6 +75,8 @@ pub enum Command {
     Agent(Box<vdc_agent::AgentArgs>),
     /// Run a whole cluster on this machine (server + agents in namespaces).
     Lab(Box<vdc_lab::LabArgs>),
+    /// Benchmarks side by side with a peer (live migration against libvirt).
+    Bench(Box<vdc_bench::BenchArgs>),
     /// The supervisor beside one VM's QEMU (started by the agent).
     #[command(name = "vm-supervisor", hide = true)]
     VmSupervisor(Box<vdc_supervisor::SupervisorArgs>),
@@ -105,12 +107,32 @@ pub enum Command {
     Version,
 }
 
+/// `vdc host maintenance enter|exit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MaintenanceAction {
+    /// Evacuate the host and stop new placements on it.
+    Enter,
+    /// Return the host to placement.
+    Exit,
+}
+
 /// `vdc host ...`
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
     /// List hosts.
     #[command(alias = "ls")]
     List,
+    /// Maintenance mode: `enter` stops new placements on the host and moves
+    /// every VM away (a task; each VM it could not move is named with the
+    /// reason); `exit` returns the host to placement.
+    Maintenance {
+        /// `enter` or `exit`.
+        action: MaintenanceAction,
+        /// Host name.
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Show one host.
     Show {
         /// Host name.

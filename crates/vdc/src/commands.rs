@@ -39,7 +39,7 @@ impl Ctx {
     }
 }
 
-/// Runs one client verb. `server`, `agent` and `lab` are handled by the
+/// Runs one client verb. `server`, `agent`, `lab` and `bench` are handled by the
 /// caller and never reach here.
 pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     match command {
@@ -51,6 +51,9 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             replace,
         }) => crate::join::host_add(ctx, &name, credential_file.as_deref(), replace).await,
         Command::Host(HostCmd::Agents) => crate::join::host_agents(ctx).await,
+        Command::Host(HostCmd::Maintenance { action, name, wait }) => {
+            crate::maintenance::host_maintenance(ctx, action, &name, wait).await
+        }
         Command::Ha(crate::cli::HaCmd::Status) => crate::ha::ha_status(ctx).await,
         Command::Ha(crate::cli::HaCmd::Set {
             tolerate_host_failures,
@@ -64,11 +67,13 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,
         Command::Version => version(ctx).await,
-        Command::Server(_) | Command::Agent(_) | Command::Lab(_) | Command::VmSupervisor(_) => {
-            Err(CliError::Usage(
-                "server, agent, lab and vm-supervisor are not client verbs".to_string(),
-            ))
-        }
+        Command::Server(_)
+        | Command::Agent(_)
+        | Command::Lab(_)
+        | Command::Bench(_)
+        | Command::VmSupervisor(_) => Err(CliError::Usage(
+            "server, agent, lab and vm-supervisor are not client verbs".to_string(),
+        )),
     }
 }
 
@@ -113,12 +118,21 @@ async fn host_list(ctx: &Ctx) -> Result<(), CliError> {
 /// `host list` as a table.
 pub fn host_table(hosts: &[Host]) -> String {
     let mut t = Table::new(&[
-        "NAME", "STATE", "ADDRESS", "ACCEL", "CPUS", "MEMORY", "FREE", "VMS",
+        "NAME",
+        "STATE",
+        "MAINTENANCE",
+        "ADDRESS",
+        "ACCEL",
+        "CPUS",
+        "MEMORY",
+        "FREE",
+        "VMS",
     ]);
     for h in hosts {
         t.row(vec![
             h.name.clone(),
             word(&h.state),
+            h.maintenance.map_or("-", |m| m.as_str()).to_string(),
             h.address.clone(),
             h.accelerator.as_str().to_string(),
             h.cpus.to_string(),
@@ -138,6 +152,10 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
     out(&key_values(&[
         ("name", h.name.clone()),
         ("state", word(&h.state)),
+        (
+            "maintenance",
+            h.maintenance.map_or("-", |m| m.as_str()).to_string(),
+        ),
         ("address", h.address.clone()),
         ("agent", h.agent_url.clone()),
         ("accelerator", h.accelerator.as_str().to_string()),
@@ -607,6 +625,7 @@ mod tests {
             vm_count: 1,
             datastores: vec!["shared".into()],
             last_seen_ms: 0,
+            maintenance: None,
         };
         let out = host_table(&[h]);
         let lines: Vec<Vec<&str>> = out
@@ -615,13 +634,24 @@ mod tests {
             .collect();
         assert_eq!(
             lines[0],
-            ["NAME", "STATE", "ADDRESS", "ACCEL", "CPUS", "MEMORY", "FREE", "VMS"]
+            [
+                "NAME",
+                "STATE",
+                "MAINTENANCE",
+                "ADDRESS",
+                "ACCEL",
+                "CPUS",
+                "MEMORY",
+                "FREE",
+                "VMS"
+            ]
         );
         assert_eq!(
             lines[1],
             [
                 "host-1",
                 "connected",
+                "-",
                 "10.77.0.11",
                 "tcg",
                 "2",

@@ -21,6 +21,7 @@ mod error;
 mod format;
 mod ha;
 mod join;
+mod maintenance;
 mod vm_commands;
 mod wait;
 
@@ -81,6 +82,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(|e| CliError::Process(e.into()))
         }
         Command::Lab(args) => vdc_lab::run(*args).await.map_err(CliError::Process),
+        Command::Bench(args) => vdc_bench::run(*args, cli.output == Output::Json)
+            .await
+            .map_err(|e| CliError::Process(e.into())),
         Command::VmSupervisor(args) => {
             init_tracing();
             vdc_supervisor::run(*args)

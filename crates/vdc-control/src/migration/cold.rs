@@ -1,9 +1,11 @@
 //! Cold migration of a stopped VM and migration of a suspended VM (its
-//! saved state moves with it) to another host. Not built yet.
+//! saved state moves with it) to another host: only ownership moves when
+//! the destination reaches the VM's datastores, else the files are copied
+//! agent to agent (the flow is in `crate::moves`).
 
 use std::sync::Arc;
 
-use vdc_types::migration::{MigrateRequest, MigrationKind};
+use vdc_types::migration::MigrateRequest;
 use vdc_types::{ApiError, Task};
 
 use crate::{Cluster, VmRecord};
@@ -12,21 +14,21 @@ impl Cluster {
     /// Moves stopped VM `name` to another host (a `vm.migrate` task).
     pub(crate) async fn cold_migration(
         self: &Arc<Self>,
-        _name: &str,
+        name: &str,
         _rec: VmRecord,
-        _req: MigrateRequest,
+        req: MigrateRequest,
     ) -> Result<Task, ApiError> {
-        Err(super::not_available(MigrationKind::Cold))
+        self.move_vm_files(name, req.to, req.datastore).await
     }
 
     /// Moves suspended VM `name` and its saved state to another host (a
     /// `vm.migrate` task).
     pub(crate) async fn suspended_migration(
         self: &Arc<Self>,
-        _name: &str,
+        name: &str,
         _rec: VmRecord,
-        _req: MigrateRequest,
+        req: MigrateRequest,
     ) -> Result<Task, ApiError> {
-        Err(super::not_available(MigrationKind::Suspended))
+        self.move_vm_files(name, req.to, req.datastore).await
     }
 }

@@ -15,8 +15,11 @@
 //! ([`crate::lifecycle::decide`], operation `migrating {source, target}`).
 
 mod cold;
+pub mod limits;
 mod live;
 mod storage;
+
+pub use limits::MigrationSettings;
 
 use std::sync::Arc;
 
@@ -38,11 +41,6 @@ pub fn pick_kind(state: VmPowerState, req: &MigrateRequest) -> Option<MigrationK
         VmPowerState::Suspended => Some(MigrationKind::Suspended),
         _ => None,
     }
-}
-
-/// The 400 of a kind of migration not built yet.
-pub(crate) fn not_available(kind: MigrationKind) -> ApiError {
-    ApiError::invalid(format!("{kind} migration is not available yet"))
 }
 
 impl Cluster {

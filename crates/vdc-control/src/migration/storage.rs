@@ -1,10 +1,12 @@
-//! Storage migration of a VM's disks to another datastore (with or without
-//! a host move). Not built yet.
+//! Storage migration of a VM's disks to another datastore: a running VM's
+//! disks are mirrored on its host while it runs; a stopped or suspended
+//! VM's files are copied (to its own host's datastore, or with a host
+//! move). The flows are in `crate::moves`.
 
 use std::sync::Arc;
 
-use vdc_types::migration::{MigrateRequest, MigrationKind};
-use vdc_types::{ApiError, Task};
+use vdc_types::migration::MigrateRequest;
+use vdc_types::{ApiError, Task, VmPowerState};
 
 use crate::{Cluster, VmRecord};
 
@@ -12,10 +14,18 @@ impl Cluster {
     /// Moves VM `name`'s disks to `req.datastore` (a `vm.migrate` task).
     pub(crate) async fn storage_migration(
         self: &Arc<Self>,
-        _name: &str,
-        _rec: VmRecord,
-        _req: MigrateRequest,
+        name: &str,
+        rec: VmRecord,
+        req: MigrateRequest,
     ) -> Result<Task, ApiError> {
-        Err(super::not_available(MigrationKind::Storage))
+        let Some(datastore) = req.datastore else {
+            return Err(ApiError::invalid("a storage migration names a datastore"));
+        };
+        match rec.state {
+            VmPowerState::Running | VmPowerState::Paused => {
+                self.move_vm_storage(name, req.to, &datastore).await
+            }
+            _ => self.move_vm_files(name, req.to, Some(datastore)).await,
+        }
     }
 }

@@ -25,6 +25,8 @@
 //! | `vm.failover` | otherwise | continue: attach to the journaled start job on its host (the same operation id: the agent attaches or starts it once), or place and start if none was submitted; a failed attempt records the VM `unknown` on its lost host again and the HA manager retries |
 //! | `template.import` | the job is running or ended on the agent | continue (attach; a cancel is forwarded to the job) |
 //! | `template.import` | otherwise | roll back: delete the template record |
+//! | `vm.migrate` (live) | VM record gone | fail |
+//! | `vm.migrate` (live) | otherwise | settle (`migration::live::settle_after_restart`): cancel both jobs; if the source's job had completed and the destination runs the VM, commit the move and succeed; else the VM stays on the source (failed, or cancelled) and nothing is left on the destination |
 //! | other kinds | | fail: "the server stopped while this task ran" |
 
 pub(crate) mod driver;
@@ -60,6 +62,8 @@ pub enum TaskKind {
     VmFailover,
     /// `template.import`.
     TemplateImport,
+    /// `vm.migrate`.
+    VmMigrate,
     /// Anything else.
     Other,
 }
@@ -79,6 +83,7 @@ impl TaskKind {
             "vm.delete" => TaskKind::VmDelete,
             "vm.failover" => TaskKind::VmFailover,
             "template.import" => TaskKind::TemplateImport,
+            "vm.migrate" => TaskKind::VmMigrate,
             _ => TaskKind::Other,
         }
     }
@@ -321,6 +326,13 @@ pub fn decide(
                         "the import was interrupted; import the image again".into()
                     },
                 }
+            }
+        }
+        TaskKind::VmMigrate => {
+            if world.record.is_none() {
+                fail("the VM no longer exists", None)
+            } else {
+                Decision::Continue
             }
         }
         TaskKind::Other => fail(

@@ -133,6 +133,7 @@ impl Cluster {
         rec.decide(action, None)?;
         if let Some(h) = &host {
             self.agent_url(h).await?;
+            self.check_placeable(h).await?;
         }
         self.check_admission(name, rec.config.memory_mib, rec.config.ha.priority)
             .await?;

@@ -48,6 +48,7 @@ pub fn report(name: &str, vms: Vec<VmRuntime>) -> HostReport {
         name: name.into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9/".into(),
+        migration_address: None,
         accelerator: Accelerator::Tcg,
         qemu_version: "10.0.2".into(),
         cpus: 2,

@@ -1,0 +1,274 @@
+//! The destination of a live migration: QEMU started with `-incoming
+//! defer` and the VM's identical configuration, a stream accepted on the
+//! host's migration address, the guest resumed by QEMU the moment the
+//! stream completes, its address announced, and the lease taken over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vdc_types::job::JobResult;
+use vdc_types::migration::{IncomingRequest, MigrationJobInfo};
+use vdc_types::{ApiError, ErrorCode, VmPowerState};
+
+use crate::agent::{datastore_io, Agent, Layout};
+use crate::error::host_error;
+use crate::jobs::{job_cancelled, JobCell};
+use crate::provision::check_config;
+use crate::slot::VmSlot;
+use crate::state::Input;
+use crate::supervisor;
+
+/// How often the destination looks at its migration besides events.
+const TICK: Duration = Duration::from_millis(500);
+/// Longest wait for the source to begin sending.
+const FIRST_BYTE_LIMIT: Duration = Duration::from_secs(120);
+
+impl Agent {
+    /// `migrate_in` job: see the module documentation.
+    pub(crate) async fn migrate_in_job(
+        self: &Arc<Self>,
+        cell: &JobCell,
+        req: IncomingRequest,
+    ) -> Result<JobResult, ApiError> {
+        let config = req.config.clone();
+        check_config(&config.id, &config)?;
+        let layout = self.layout(&config)?;
+        if let Some(models) = &self.qemu_models {
+            models
+                .check(&config.machine_type, &config.cpu_model)
+                .map_err(|why| {
+                    ApiError::invalid(format!(
+                        "VM '{}' cannot run on host '{}': {why}",
+                        config.name, self.config.name
+                    ))
+                })?;
+        }
+        let vm_dir = layout.vm_dir.clone();
+        if !datastore_io("cannot read the VM directory", move || vm_dir.exists()).await? {
+            return Err(ApiError::invalid(format!(
+                "host '{}' does not see the directory of VM '{}' on datastore '{}'",
+                self.config.name, config.name, config.datastore
+            )));
+        }
+        if let Ok(slot) = self.slot(&config.id) {
+            if slot.state().has_process() {
+                // A job submitted again (the server retried): attach.
+                if slot.state() == VmPowerState::Running || slot.state() == VmPowerState::Paused {
+                    return Ok(JobResult::Vm(slot.runtime()));
+                }
+                return Err(ApiError::invalid_state(format!(
+                    "VM '{}' already has a process on host '{}'",
+                    config.name, self.config.name
+                )));
+            }
+        }
+        let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
+        let _op = slot.op.lock().await;
+        slot.inner().config = config.clone();
+        if let Err(e) = slot.persist_config() {
+            self.abandon_incoming(&slot, None).await;
+            return Err(host_error("cannot write the runtime directory", &e));
+        }
+        let r = self.receive(cell, &slot, &layout, &req).await;
+        if r.is_err() {
+            let vm = slot.vm();
+            self.abandon_incoming(&slot, vm).await;
+        }
+        r
+    }
+
+    async fn receive(
+        self: &Arc<Self>,
+        cell: &JobCell,
+        slot: &Arc<VmSlot>,
+        layout: &Layout,
+        req: &IncomingRequest,
+    ) -> Result<JobResult, ApiError> {
+        let config = &req.config;
+        let (taps, nics) = self.nic_plan(config)?;
+        slot.apply(Input::Launch);
+        for (tap, bridge) in &taps {
+            if let Err(e) = vdc_net::create_tap(tap, bridge).await {
+                return Err(host_error(format!("cannot create tap device '{tap}'"), &e));
+            }
+            slot.inner().taps.push(tap.clone());
+        }
+        cell.progress(10, "starting QEMU for the incoming VM");
+        let spec = self.machine_spec(config, layout, nics, Some(vdc_qemu::Incoming::Defer));
+        let vm = vdc_qemu::Vm::launch(&spec, &layout.paths)
+            .await
+            .map_err(|e| host_error(format!("cannot start QEMU for VM '{}'", config.name), &e))?;
+        let vm = Arc::new(vm);
+        {
+            let mut inner = slot.inner();
+            inner.vm = Some(vm.clone());
+            inner.runtime.pid = Some(vm.pid());
+            inner.exit_requested = false;
+            inner.runtime.guest = Default::default();
+        }
+        let qmp_err = |what: &str, e: vdc_qemu::QmpError| {
+            host_error(format!("{what} on the destination"), &e)
+        };
+        vm.qmp()
+            .migrate_set_capabilities(&super::common_capabilities(req.allow_postcopy))
+            .await
+            .map_err(|e| qmp_err("cannot set migration capabilities", e))?;
+        let mut events = vm.events();
+        let addr = self.config.migration_address.clone();
+        let port = free_port(&addr)?;
+        let uri = format!("tcp:{addr}:{port}");
+        vm.qmp()
+            .migrate_incoming(&uri)
+            .await
+            .map_err(|e| qmp_err("migrate-incoming failed", e))?;
+        tracing::info!(vm = %config.name, %uri, source = %req.source, "waiting for the incoming migration");
+        cell.set_migration(&MigrationJobInfo {
+            uri: Some(uri.clone()),
+            ..Default::default()
+        });
+        cell.progress(20, "waiting for the stream");
+
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        let exited = vm.wait_exit();
+        tokio::pin!(exited);
+        loop {
+            let status = tokio::select! {
+                _ = &mut exited => {
+                    return Err(ApiError::new(
+                        ErrorCode::HostError,
+                        format!("QEMU of the incoming VM '{}' exited on host '{}'", config.name, self.config.name),
+                    ));
+                }
+                _ = cell.cancel.cancelled() => return Err(job_cancelled()),
+                ev = events.recv() => match ev {
+                    Ok(ev) if ev.name == "MIGRATION" => ev
+                        .data
+                        .get("status")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                    Ok(_) => continue,
+                    Err(_) => String::new(),
+                },
+                _ = tick.tick() => match vm.qmp().query_migrate().await {
+                    Ok(info) => info.status.unwrap_or_default(),
+                    Err(_) => String::new(),
+                },
+            };
+            match status.as_str() {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    let why = vm
+                        .qmp()
+                        .query_migrate()
+                        .await
+                        .ok()
+                        .and_then(|i| i.error_desc)
+                        .unwrap_or_else(|| status.clone());
+                    return Err(ApiError::new(
+                        ErrorCode::HostError,
+                        format!(
+                            "the incoming migration of VM '{}' failed: {why}",
+                            config.name
+                        ),
+                    ));
+                }
+                "" | "none" | "setup" if started.elapsed() > FIRST_BYTE_LIMIT => {
+                    return Err(ApiError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "no migration stream came for VM '{}' within {FIRST_BYTE_LIMIT:?}",
+                            config.name
+                        ),
+                    ));
+                }
+                "active" | "postcopy-active" | "device" => {
+                    cell.progress(50, "receiving memory");
+                }
+                _ => {}
+            }
+        }
+        // QEMU resumed the guest by itself as the stream completed: tell
+        // the network where it is now, then take the lease handed over.
+        if let Err(e) = vm
+            .qmp()
+            .execute(
+                "announce-self",
+                serde_json::json!({"initial": 50, "max": 550, "rounds": 5, "step": 100}),
+            )
+            .await
+        {
+            tracing::warn!(vm = %config.name, error = %e, "announce-self failed");
+        }
+        cell.progress(90, "taking the lease over");
+        let launch = self.supervisor_launch(&config.id, layout.vm_dir.path(), Some(vm.pid()));
+        let sup = vdc_supervisor::client::start(&launch)
+            .await
+            .map_err(|e| host_error("cannot start the VM's supervisor after the migration", &e))?;
+        if !matches!(sup.hello, vdc_supervisor::Hello::Leased { .. }) {
+            return Err(ApiError::new(
+                ErrorCode::Locked,
+                format!(
+                    "the lease of VM '{}' was not handed to host '{}': {:?}",
+                    config.name, self.config.name, sup.hello
+                ),
+            ));
+        }
+        slot.inner().vm_supervisor = Some(sup.process.clone());
+        supervisor::start(self.clone(), slot.clone(), vm.clone(), layout);
+        let mut rt = slot.apply(Input::Launched);
+        if matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Paused)) {
+            rt = slot.apply(Input::Paused);
+        }
+        tracing::info!(vm = %config.name, from = %req.source, "migrated in");
+        Ok(JobResult::Vm(rt))
+    }
+
+    /// Undoes an incoming migration: QEMU killed, taps deleted, the slot
+    /// and its runtime directory removed. Each failure is logged.
+    async fn abandon_incoming(&self, slot: &Arc<VmSlot>, vm: Option<Arc<vdc_qemu::Vm>>) {
+        if let Some(vm) = vm {
+            slot.inner().exit_requested = true;
+            vm.kill();
+            if !vm.wait_exit_for(Duration::from_secs(10)).await {
+                tracing::warn!(vm = %slot.id, pid = vm.pid(), "the incoming QEMU did not exit after SIGKILL");
+            }
+        }
+        let taps = std::mem::take(&mut slot.inner().taps);
+        supervisor::cleanup_network(&taps).await;
+        {
+            let mut inner = slot.inner();
+            inner.vm = None;
+            inner.runtime.pid = None;
+        }
+        slot.set_state(VmPowerState::Stopped);
+        self.forget(&slot.id);
+        let run_dir = self.run_dir(&slot.id);
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&run_dir)).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => {
+                tracing::warn!(vm = %slot.id, error = %e, "cannot remove the runtime directory of an abandoned incoming VM")
+            }
+            Err(e) => {
+                tracing::warn!(vm = %slot.id, error = %e, "cannot remove the runtime directory of an abandoned incoming VM")
+            }
+        }
+        tracing::info!(vm = %slot.id, "incoming migration abandoned; nothing left on this host");
+    }
+}
+
+/// A free TCP port on `addr` (bound and released; QEMU binds it next).
+fn free_port(addr: &str) -> Result<u16, ApiError> {
+    let l = std::net::TcpListener::bind((addr, 0)).map_err(|e| {
+        ApiError::new(
+            ErrorCode::HostError,
+            format!("cannot listen on the migration address {addr}: {e}"),
+        )
+    })?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| ApiError::new(ErrorCode::HostError, format!("no local port: {e}")))
+}

@@ -1,0 +1,40 @@
+//! vdc's benchmarks, each side by side with a peer in one run, on the same
+//! guest image: `vdc bench migrate` moves a running guest with vdc's live
+//! migration and with libvirt's `virsh migrate --live`, under the same
+//! workloads, and prints medians and ratios (see [`migrate`]).
+
+pub mod error;
+pub mod guest;
+pub mod libvirt;
+pub mod migrate;
+pub mod qemu_pair;
+pub mod report;
+pub mod vdc_side;
+
+use clap::{Args, Subcommand};
+
+pub use error::BenchError;
+
+/// `vdc bench ...`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Live migration, vdc against libvirt (`virsh migrate --live`), in a
+    /// lab of its own (needs root and libvirt: scripts/setup.sh
+    /// --bench-deps).
+    Migrate(migrate::MigrateArgs),
+}
+
+/// Runs a benchmark; `json` prints the figures as JSON instead of tables.
+pub async fn run(args: BenchArgs, json: bool) -> Result<(), BenchError> {
+    match args.command {
+        BenchCommand::Migrate(a) => migrate::run(a, json).await,
+    }
+}

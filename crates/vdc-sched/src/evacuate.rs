@@ -1,0 +1,248 @@
+//! Evacuation of a host entering maintenance (pure): which VM goes where
+//! within the other hosts' capacity, how, and why one cannot move.
+//!
+//! Rules, VM by VM (largest memory first, so that big VMs find room while
+//! there is most of it):
+//! - a running VM migrates live to an available host (not the one
+//!   leaving) that reaches every datastore of the VM and has room for its
+//!   memory (plus QEMU's overhead) after the VMs planned there before it;
+//!   the host with the most memory left wins;
+//! - a stopped or suspended VM whose datastores another available host
+//!   reaches moves by ownership only (no memory needed: it does not run);
+//! - a stopped or suspended VM on storage no other host reaches (a host's
+//!   local datastore) is moved cold: its files are copied to the available
+//!   host with the most memory free;
+//! - otherwise it stays, with the reason.
+
+use crate::{footprint_mib, HostCapacity};
+
+/// One VM on the host that is leaving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvacuatedVm {
+    /// VM name.
+    pub name: String,
+    /// Whether it runs (has vCPUs to keep running: live migration).
+    pub running: bool,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Datastores it uses (home and disks).
+    pub datastores: Vec<String>,
+}
+
+/// How one VM leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evacuation {
+    /// Live migration to `to`.
+    Live {
+        /// Destination host.
+        to: String,
+    },
+    /// Only the owner changes (the files are reached from `to`).
+    Ownership {
+        /// Destination host.
+        to: String,
+    },
+    /// Its files are copied to a datastore of `to`.
+    Cold {
+        /// Destination host.
+        to: String,
+    },
+    /// It cannot move.
+    Stays {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Plans the evacuation of `leaving`: one decision per VM, in the order
+/// the moves should run.
+pub fn plan_evacuation(
+    leaving: &str,
+    vms: &[EvacuatedVm],
+    hosts: &[HostCapacity],
+) -> Vec<(String, Evacuation)> {
+    let mut others: Vec<HostCapacity> = hosts
+        .iter()
+        .filter(|h| h.available && h.name != leaving)
+        .cloned()
+        .collect();
+    let mut order: Vec<&EvacuatedVm> = vms.iter().collect();
+    order.sort_by(|a, b| {
+        b.running
+            .cmp(&a.running)
+            .then(b.memory_mib.cmp(&a.memory_mib))
+            .then(a.name.cmp(&b.name))
+    });
+    let free = |h: &HostCapacity| h.memory_free_mib.saturating_sub(h.memory_pending_mib);
+    let mut plan = Vec::new();
+    for vm in order {
+        let reaching: Vec<usize> = (0..others.len())
+            .filter(|&i| {
+                vm.datastores
+                    .iter()
+                    .all(|d| others[i].datastores.contains(d))
+            })
+            .collect();
+        let decision = if others.is_empty() {
+            Evacuation::Stays {
+                reason: "no other host accepts VMs (connected and not in maintenance)".into(),
+            }
+        } else if vm.running {
+            let need = footprint_mib(vm.memory_mib);
+            let best = reaching
+                .iter()
+                .copied()
+                .filter(|&i| free(&others[i]) >= need && vm.cpus <= others[i].cpus)
+                .max_by(|&a, &b| {
+                    free(&others[a])
+                        .cmp(&free(&others[b]))
+                        .then(others[b].name.cmp(&others[a].name))
+                });
+            match best {
+                Some(i) => {
+                    others[i].memory_pending_mib += need;
+                    Evacuation::Live {
+                        to: others[i].name.clone(),
+                    }
+                }
+                None if reaching.is_empty() => Evacuation::Stays {
+                    reason: format!(
+                        "no other host reaches its datastore(s) {}; a running VM's disks cannot move with it yet",
+                        vm.datastores.join(", ")
+                    ),
+                },
+                None => {
+                    let most = reaching.iter().map(|&i| free(&others[i])).max().unwrap_or(0);
+                    Evacuation::Stays {
+                        reason: format!(
+                            "no host reaching its datastores has {need} MiB of memory free (most: {most} MiB)"
+                        ),
+                    }
+                }
+            }
+        } else if let Some(&i) = reaching.iter().max_by(|&&a, &&b| {
+            free(&others[a])
+                .cmp(&free(&others[b]))
+                .then(others[b].name.cmp(&others[a].name))
+        }) {
+            Evacuation::Ownership {
+                to: others[i].name.clone(),
+            }
+        } else {
+            let best = (0..others.len()).max_by(|&a, &b| {
+                free(&others[a])
+                    .cmp(&free(&others[b]))
+                    .then(others[b].name.cmp(&others[a].name))
+            });
+            match best {
+                Some(i) => Evacuation::Cold {
+                    to: others[i].name.clone(),
+                },
+                None => Evacuation::Stays {
+                    reason: "no other host accepts VMs".into(),
+                },
+            }
+        };
+        plan.push((vm.name.clone(), decision));
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, free: u64, ds: &[&str]) -> HostCapacity {
+        HostCapacity {
+            name: name.into(),
+            available: true,
+            cpus: 2,
+            memory_mib: 4096,
+            memory_free_mib: free,
+            memory_pending_mib: 0,
+            vcpus_committed: 0,
+            datastores: ds.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn vm(name: &str, running: bool, mib: u64, ds: &[&str]) -> EvacuatedVm {
+        EvacuatedVm {
+            name: name.into(),
+            running,
+            memory_mib: mib,
+            cpus: 1,
+            datastores: ds.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn decision<'a>(plan: &'a [(String, Evacuation)], name: &str) -> &'a Evacuation {
+        &plan.iter().find(|(n, _)| n == name).expect("planned").1
+    }
+
+    #[test]
+    fn running_vms_spread_within_capacity_and_the_rest_stay_with_a_reason() {
+        let hosts = [
+            host("h1", 4000, &["shared", "local-h1"]),
+            host("h2", 700, &["shared", "local-h2"]),
+            host("h3", 500, &["shared", "local-h3"]),
+        ];
+        let vms = [
+            vm("a", true, 256, &["shared"]),
+            vm("b", true, 256, &["shared"]),
+            vm("c", true, 256, &["shared"]),
+            vm("d", true, 512, &["shared"]),
+        ];
+        let plan = plan_evacuation("h1", &vms, &hosts);
+        // d (largest) first onto h2 (700 - 640 left), then a onto h3 (500 -
+        // 384), then b and c find no host with 384 MiB free.
+        assert_eq!(decision(&plan, "d"), &Evacuation::Live { to: "h2".into() });
+        assert_eq!(decision(&plan, "a"), &Evacuation::Live { to: "h3".into() });
+        for n in ["b", "c"] {
+            match decision(&plan, n) {
+                Evacuation::Stays { reason } => assert!(reason.contains("384 MiB"), "{reason}"),
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn stopped_vms_move_by_ownership_or_cold_by_their_storage() {
+        let hosts = [
+            host("h1", 4000, &["shared", "local-h1"]),
+            host("h2", 1000, &["shared", "local-h2"]),
+            host("h3", 2000, &["shared", "local-h3"]),
+        ];
+        let vms = [
+            vm("shared-stopped", false, 4096, &["shared"]),
+            vm("local-stopped", false, 128, &["local-h1"]),
+            vm("local-running", true, 128, &["local-h1"]),
+        ];
+        let plan = plan_evacuation("h1", &vms, &hosts);
+        assert_eq!(
+            decision(&plan, "shared-stopped"),
+            &Evacuation::Ownership { to: "h3".into() }
+        );
+        assert_eq!(
+            decision(&plan, "local-stopped"),
+            &Evacuation::Cold { to: "h3".into() }
+        );
+        assert!(matches!(
+            decision(&plan, "local-running"),
+            Evacuation::Stays { reason } if reason.contains("local-h1")
+        ));
+    }
+
+    #[test]
+    fn hosts_in_maintenance_or_disconnected_take_nothing() {
+        let mut h2 = host("h2", 4000, &["shared"]);
+        h2.available = false;
+        let plan = plan_evacuation(
+            "h1",
+            &[vm("a", true, 64, &["shared"])],
+            &[host("h1", 4000, &["shared"]), h2],
+        );
+        assert!(matches!(decision(&plan, "a"), Evacuation::Stays { .. }));
+    }
+}
