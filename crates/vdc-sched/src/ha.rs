@@ -110,10 +110,10 @@ pub struct Protected {
 /// The VMs to fail over now, in restart order (priority, then name):
 /// those lost by a `failed` host, or by an isolated one whose isolation
 /// response stops them, free of other operations, protected.
-pub fn restart_plan<'a>(
-    vms: &'a [Protected],
+pub fn restart_plan(
+    vms: &[Protected],
     verdict_of: impl Fn(&str) -> HostVerdict,
-) -> Vec<&'a Protected> {
+) -> Vec<&Protected> {
     let mut v: Vec<&Protected> = vms
         .iter()
         .filter(|vm| vm.lost_and_free && vm.priority != RestartPriority::Disabled)

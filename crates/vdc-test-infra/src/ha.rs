@@ -199,8 +199,8 @@ mod tests {
 
     #[test]
     fn the_vm_name_comes_from_the_qemu_name_option() {
-        let c = b"qemu-system-x86_64\0-name\0guest=web-1,debug-threads=on\0-m\0128\0";
+        let c = b"qemu-system-x86_64\0-name\0guest=web-1,debug-threads=on\0-m\x00128\0";
         assert_eq!(vm_name(c).as_deref(), Some("web-1"));
-        assert_eq!(vm_name(b"qemu\0-m\0128\0"), None);
+        assert_eq!(vm_name(b"qemu\0-m\x00128\0"), None);
     }
 }

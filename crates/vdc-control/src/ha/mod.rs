@@ -69,6 +69,9 @@ impl Default for HaSettings {
     }
 }
 
+/// A heartbeat file's identity: (`seq`, `agent_started_ms`).
+pub(crate) type Beat = (u64, u64);
+
 /// What the HA manager remembers between ticks (memory only).
 #[derive(Default)]
 pub(crate) struct HaMemory {
@@ -77,7 +80,7 @@ pub(crate) struct HaMemory {
     /// from here).
     pub since: Option<Instant>,
     /// Per (host, datastore): the last heartbeat seen and when it changed.
-    pub heartbeats: HashMap<(String, String), (Option<(u64, u64)>, Instant)>,
+    pub heartbeats: HashMap<(String, String), (Option<Beat>, Instant)>,
     /// Last verdict per host.
     pub verdicts: HashMap<String, HostVerdict>,
     /// Per VM: when its last failover attempt ended without success.
@@ -106,7 +109,7 @@ pub(crate) fn priority_of(rec: &VmRecord) -> RestartPriority {
 
 /// Reads one heartbeat file: `Some((seq, agent_started_ms))`, or `None`
 /// when missing, unreadable or of a newer version.
-fn read_heartbeat(path: &std::path::Path) -> Option<(u64, u64)> {
+fn read_heartbeat(path: &std::path::Path) -> Option<Beat> {
     let bytes = std::fs::read(path).ok()?;
     let hb: DatastoreHeartbeat = serde_json::from_slice(&bytes).ok()?;
     (hb.version <= DATASTORE_HEARTBEAT_VERSION).then_some((hb.seq, hb.agent_started_ms))
