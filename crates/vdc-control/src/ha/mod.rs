@@ -422,9 +422,8 @@ impl Cluster {
         req: &vdc_types::ha::UpdateVmRequest,
     ) -> Result<vdc_types::Vm, ApiError> {
         if req.ha_priority.is_none() && req.isolation_response.is_none() {
-            return Err(ApiError::invalid(
-                "nothing to change: give ha_priority or isolation_response",
-            ));
+            // Nothing to change: the VM as it is (404 if there is none).
+            return self.get_vm(name).await;
         }
         let (before, after) = self
             .update_record(name, |mut r| {
