@@ -87,6 +87,8 @@ pub(crate) struct HaMemory {
     pub failed_at: HashMap<String, Instant>,
     /// A failover round runs.
     pub round_running: bool,
+    /// VMs with a raised "no room" alarm (published once, until restarted).
+    pub no_room: std::collections::HashSet<String>,
 }
 
 fn to_state(v: HostVerdict) -> HaHostState {
