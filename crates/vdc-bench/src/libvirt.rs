@@ -33,6 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::BenchError;
+use crate::report::{Run, System, Workload};
 
 /// The tap each side's domain uses.
 pub const TAP: &str = "lvb0";
@@ -323,6 +324,124 @@ pub fn parse_jobinfo(text: &str) -> Option<(f64, f64)> {
         })
     };
     Some((field("Time elapsed")?, field("Total downtime")?))
+}
+
+/// One `virsh migrate --live` from `from` to `to`, aborted after
+/// `timeout`, with QEMU's figures read on the destination.
+pub async fn migrate_run(from: &Daemon, to: &Daemon, workload: Workload, timeout: Duration) -> Run {
+    let mut run = Run {
+        system: System::Libvirt,
+        workload,
+        dirty_mib_s: None,
+        converged: false,
+        total_ms: None,
+        downtime_ms: None,
+        gap_ms: None,
+        gap_at_ms: None,
+        policy_steps: Vec::new(),
+        error: None,
+    };
+    let (f, t) = (from.clone(), to.clone());
+    let job = tokio::task::spawn_blocking(move || {
+        f.virsh(&[
+            "migrate",
+            "--live",
+            "--unsafe",
+            DOMAIN,
+            &t.uri(),
+            "--migrateuri",
+            &format!("tcp://{}", t.address),
+        ])
+    });
+    let outcome = match tokio::time::timeout(timeout, job).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(BenchError::Thread),
+        Err(_) => {
+            let f = from.clone();
+            match tokio::task::spawn_blocking(move || f.virsh(&["domjobabort", DOMAIN])).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => eprintln!("bench: aborting the libvirt migration: {e}"),
+                Err(e) => eprintln!("bench: aborting the libvirt migration: {e}"),
+            }
+            run.error = Some(format!("not done after {} s, aborted", timeout.as_secs()));
+            return run;
+        }
+    };
+    if let Err(e) = outcome {
+        run.error = Some(e.to_string());
+        return run;
+    }
+    run.converged = true;
+    let t = to.clone();
+    let info = tokio::task::spawn_blocking(move || {
+        t.virsh(&["domjobinfo", DOMAIN, "--completed", "--keep-completed"])
+    })
+    .await;
+    match info {
+        Ok(Ok(text)) => {
+            if let Some((total, down)) = parse_jobinfo(&text) {
+                run.total_ms = Some(total);
+                run.downtime_ms = Some(down);
+            }
+        }
+        Ok(Err(e)) => run.error = Some(format!("domjobinfo: {e}")),
+        Err(e) => run.error = Some(format!("domjobinfo: {e}")),
+    }
+    run
+}
+
+/// Creates the domain on the `src` daemon: a qcow2 overlay of `image` in
+/// `work/libvirt`, vdc's guest hardware ([`domain_xml`]).
+pub fn boot_guest(
+    peer: &LibvirtPeer,
+    work: &Path,
+    image: &Path,
+    memory_mib: u32,
+    addr: &str,
+    subnet: &str,
+) -> Result<(), BenchError> {
+    let dir = work.join("libvirt");
+    let disk = dir.join("disk.qcow2");
+    let prefix = subnet.split_once('/').map_or("24", |(_, p)| p);
+    crate::migrate::run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            &image.display().to_string(),
+            &disk.display().to_string(),
+        ],
+    )?;
+    let xml = domain_xml(
+        &disk,
+        memory_mib,
+        "bench-libvirt",
+        &format!("{addr}/{prefix}"),
+        vdc_types::vm::DEFAULT_MACHINE_TYPE,
+        // libvirt names QEMU's versioned CPU models without the version.
+        vdc_types::vm::DEFAULT_CPU_MODEL.trim_end_matches("-v1"),
+    );
+    let xml_path = dir.join("domain.xml");
+    std::fs::write(&xml_path, xml).map_err(|source| BenchError::File {
+        path: xml_path.clone(),
+        source,
+    })?;
+    crate::migrate::run_tool(
+        "chown",
+        &[
+            "nobody:nogroup",
+            &disk.display().to_string(),
+            &xml_path.display().to_string(),
+        ],
+    )?;
+    peer.src
+        .virsh(&["create", &xml_path.display().to_string()])?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -244,21 +244,23 @@ async fn measure(
     if plan.systems.contains(&System::Vdc) {
         eprintln!("bench: vdc guest on {}", h1.name);
         let addr = vdc_side::create(&client, &h1.name, args.memory_mib).await?;
-        guest::udp_probe(&h3.netns, &addr, Duration::from_secs(120))?;
+        blocking(|| guest::udp_probe(&h3.netns, &addr, Duration::from_secs(120)))?;
         guests.vdc = Some(addr);
     }
     if plan.systems.contains(&System::Libvirt) {
         eprintln!("bench: libvirt guest on {}", h1.name);
         let image = template_image(args)?;
-        let peer = LibvirtPeer::start(
-            &work.join("libvirt"),
-            (&h1.netns, &h1.address, vdc_lab::plan::HOST_BRIDGE),
-            (&h2.netns, &h2.address, vdc_lab::plan::HOST_BRIDGE),
-        )?;
+        let peer = blocking(|| {
+            LibvirtPeer::start(
+                &work.join("libvirt"),
+                (&h1.netns, &h1.address, vdc_lab::plan::HOST_BRIDGE),
+                (&h2.netns, &h2.address, vdc_lab::plan::HOST_BRIDGE),
+            )
+        })?;
         let peer = peer_slot.insert(peer);
         let addr = guest_address(&info.subnet, 240)?;
-        boot_libvirt_guest(peer, work, &image, args.memory_mib, &addr, &info.subnet)?;
-        guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180))?;
+        blocking(|| libvirt::boot_guest(peer, work, &image, args.memory_mib, &addr, &info.subnet))?;
+        blocking(|| guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180)))?;
         guests.libvirt = Some(addr);
     }
     if plan.systems.contains(&System::Qemu) {
@@ -272,39 +274,43 @@ async fn measure(
         mkdir(&dir)?;
         let disk = dir.join("disk.qcow2");
         let image = template_image(args)?;
-        run_tool(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                &image.display().to_string(),
-                &disk.display().to_string(),
-            ],
-        )?;
+        blocking(|| {
+            run_tool(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    &image.display().to_string(),
+                    &disk.display().to_string(),
+                ],
+            )
+        })?;
         let addr = guest_address(&info.subnet, 241)?;
         let prefix = info.subnet.split_once('/').map_or("24", |(_, p)| p);
         let side = |h: &vdc_lab::HostStatus| qemu_pair::Side {
             netns: h.netns.clone(),
             address: h.address.clone(),
         };
-        let pair = QemuPair::start(
-            &dir,
-            [side(h1), side(h2)],
-            vdc_lab::plan::HOST_BRIDGE,
-            &disk,
-            args.memory_mib,
-            &format!("{addr}/{prefix}"),
-            vdc_types::vm::DEFAULT_MACHINE_TYPE,
-            vdc_types::vm::DEFAULT_CPU_MODEL,
-            settings,
-        )?;
+        let pair = blocking(|| {
+            QemuPair::start(
+                &dir,
+                [side(h1), side(h2)],
+                vdc_lab::plan::HOST_BRIDGE,
+                &disk,
+                args.memory_mib,
+                &format!("{addr}/{prefix}"),
+                vdc_types::vm::DEFAULT_MACHINE_TYPE,
+                vdc_types::vm::DEFAULT_CPU_MODEL,
+                settings,
+            )
+        })?;
         *pair_slot = Some(pair);
-        guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180))?;
+        blocking(|| guest::udp_probe(&h3.netns, &addr, Duration::from_secs(180)))?;
         guests.qemu = Some(addr);
     }
     let peer = peer_slot.as_ref();
@@ -318,7 +324,9 @@ async fn measure(
                     System::Qemu => guests.qemu.clone(),
                 }
                 .ok_or(BenchError::Thread)?;
-                let answer = guest::command(&h3.netns, &addr, &workload.command(args.buffer_mib))?;
+                let answer = blocking(|| {
+                    guest::command(&h3.netns, &addr, &workload.command(args.buffer_mib))
+                })?;
                 if !answer.starts_with("ok") {
                     return Err(BenchError::GuestRefused {
                         command: workload.command(args.buffer_mib),
@@ -331,7 +339,7 @@ async fn measure(
                     None
                 } else {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
-                    guest::command(&h3.netns, &addr, "dirty")
+                    blocking(|| guest::command(&h3.netns, &addr, "dirty"))
                         .ok()
                         .and_then(|s| report::stat(&s, "mib_s"))
                 };
@@ -340,6 +348,7 @@ async fn measure(
                 // measured is then the move's, not the poller's start.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let timeout = Duration::from_secs(args.timeout);
+                let asked = poller.elapsed();
                 let mut run = match system {
                     System::Vdc => {
                         let to = if guests.vdc_on_first {
@@ -359,6 +368,7 @@ async fn measure(
                             total_ms: moved.outcome.as_ref().map(|o| o.total_ms as f64),
                             downtime_ms: moved.outcome.as_ref().map(|o| o.downtime_ms as f64),
                             gap_ms: None,
+                            gap_at_ms: None,
                             policy_steps: moved.policy_steps,
                             error: moved.error,
                         }
@@ -370,7 +380,7 @@ async fn measure(
                         } else {
                             (&peer.dst, &peer.src)
                         };
-                        let run = libvirt_migrate(from, to, workload, timeout).await;
+                        let run = libvirt::migrate_run(from, to, workload, timeout).await;
                         if run.converged {
                             guests.libvirt_on_src = !guests.libvirt_on_src;
                         }
@@ -394,6 +404,7 @@ async fn measure(
                             total_ms: m.total_ms,
                             downtime_ms: m.downtime_ms,
                             gap_ms: None,
+                            gap_at_ms: None,
                             policy_steps: m.steps,
                             error: m.error,
                         }
@@ -408,8 +419,10 @@ async fn measure(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let log = poller.stop()?;
+                let log = blocking(|| poller.stop())?;
                 run.gap_ms = report::longest_gap(&log.answers).map(|g| g.as_secs_f64() * 1000.0);
+                run.gap_at_ms = report::longest_gap_start(&log.answers)
+                    .map(|t| (t.as_secs_f64() - asked.as_secs_f64()) * 1000.0);
                 if log.answers.last().is_none_or(|t| *t <= done) {
                     run.converged = false;
                     run.error
@@ -438,10 +451,11 @@ fn describe(r: &Run) -> String {
         .map_or(String::new(), |d| format!(" (guest dirtying {d:.0} MiB/s)"));
     if r.converged {
         format!(
-            "total {}, downtime {}, longest gap {}{rate}{}",
+            "total {}, downtime {}, longest gap {} (from {} after the request){rate}{}",
             ms(r.total_ms),
             ms(r.downtime_ms),
             ms(r.gap_ms),
+            ms(r.gap_at_ms),
             if r.policy_steps.is_empty() {
                 String::new()
             } else {
@@ -456,77 +470,10 @@ fn describe(r: &Run) -> String {
     }
 }
 
-async fn libvirt_migrate(
-    from: &libvirt::Daemon,
-    to: &libvirt::Daemon,
-    workload: Workload,
-    timeout: Duration,
-) -> Run {
-    let mut run = Run {
-        system: System::Libvirt,
-        workload,
-        dirty_mib_s: None,
-        converged: false,
-        total_ms: None,
-        downtime_ms: None,
-        gap_ms: None,
-        policy_steps: Vec::new(),
-        error: None,
-    };
-    let (f, t) = (from.clone(), to.clone());
-    let job = tokio::task::spawn_blocking(move || {
-        f.virsh(&[
-            "migrate",
-            "--live",
-            "--unsafe",
-            libvirt::DOMAIN,
-            &t.uri(),
-            "--migrateuri",
-            &format!("tcp://{}", t.address),
-        ])
-    });
-    let outcome = match tokio::time::timeout(timeout, job).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(BenchError::Thread),
-        Err(_) => {
-            let f = from.clone();
-            match tokio::task::spawn_blocking(move || f.virsh(&["domjobabort", libvirt::DOMAIN]))
-                .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => eprintln!("bench: aborting the libvirt migration: {e}"),
-                Err(e) => eprintln!("bench: aborting the libvirt migration: {e}"),
-            }
-            run.error = Some(format!("not done after {} s, aborted", timeout.as_secs()));
-            return run;
-        }
-    };
-    if let Err(e) = outcome {
-        run.error = Some(e.to_string());
-        return run;
-    }
-    run.converged = true;
-    let t = to.clone();
-    let info = tokio::task::spawn_blocking(move || {
-        t.virsh(&[
-            "domjobinfo",
-            libvirt::DOMAIN,
-            "--completed",
-            "--keep-completed",
-        ])
-    })
-    .await;
-    match info {
-        Ok(Ok(text)) => {
-            if let Some((total, down)) = libvirt::parse_jobinfo(&text) {
-                run.total_ms = Some(total);
-                run.downtime_ms = Some(down);
-            }
-        }
-        Ok(Err(e)) => run.error = Some(format!("domjobinfo: {e}")),
-        Err(e) => run.error = Some(format!("domjobinfo: {e}")),
-    }
-    run
+/// Runs slow process or network I/O (daemons, guest boots, a thread that
+/// talks to a guest) without holding up the async runtime's other work.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 /// The image the lab imported as its template.
@@ -553,59 +500,7 @@ fn guest_address(subnet: &str, last: u8) -> Result<String, BenchError> {
     Ok(octets.join("."))
 }
 
-fn boot_libvirt_guest(
-    peer: &LibvirtPeer,
-    work: &Path,
-    image: &Path,
-    memory_mib: u32,
-    addr: &str,
-    subnet: &str,
-) -> Result<(), BenchError> {
-    let dir = work.join("libvirt");
-    let disk = dir.join("disk.qcow2");
-    let prefix = subnet.split_once('/').map_or("24", |(_, p)| p);
-    run_tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            &image.display().to_string(),
-            &disk.display().to_string(),
-        ],
-    )?;
-    let xml = libvirt::domain_xml(
-        &disk,
-        memory_mib,
-        "bench-libvirt",
-        &format!("{addr}/{prefix}"),
-        vdc_types::vm::DEFAULT_MACHINE_TYPE,
-        // libvirt names QEMU's versioned CPU models without the version.
-        vdc_types::vm::DEFAULT_CPU_MODEL.trim_end_matches("-v1"),
-    );
-    let xml_path = dir.join("domain.xml");
-    std::fs::write(&xml_path, xml).map_err(|source| BenchError::File {
-        path: xml_path.clone(),
-        source,
-    })?;
-    run_tool(
-        "chown",
-        &[
-            "nobody:nogroup",
-            &disk.display().to_string(),
-            &xml_path.display().to_string(),
-        ],
-    )?;
-    peer.src
-        .virsh(&["create", &xml_path.display().to_string()])?;
-    Ok(())
-}
-
-fn run_tool(program: &str, args: &[&str]) -> Result<(), BenchError> {
+pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<(), BenchError> {
     let out = std::process::Command::new(program)
         .args(args)
         .output()

@@ -101,6 +101,9 @@ pub struct Run {
     /// Longest gap between two answers of the guest's UDP service seen by
     /// a client on a third host polling every few ms, ms.
     pub gap_ms: Option<f64>,
+    /// When the longest gap began, ms after the migration was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap_at_ms: Option<f64>,
     /// The policy steps vdc's migration took (auto-converge, post-copy…).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy_steps: Vec<String>,
@@ -137,6 +140,15 @@ pub fn median(values: &[f64]) -> Option<f64> {
 /// fewer than two answers.
 pub fn longest_gap(answers: &[Duration]) -> Option<Duration> {
     answers.windows(2).map(|w| w[1].saturating_sub(w[0])).max()
+}
+
+/// Where the longest gap between consecutive answers begins: the arrival
+/// time of the answer before it. `None` with fewer than two answers.
+pub fn longest_gap_start(answers: &[Duration]) -> Option<Duration> {
+    answers
+        .windows(2)
+        .max_by_key(|w| w[1].saturating_sub(w[0]))
+        .map(|w| w[0])
 }
 
 /// Medians of one system under one workload.
@@ -296,6 +308,7 @@ mod tests {
             total_ms: Some(t),
             downtime_ms: Some(d),
             gap_ms: Some(g),
+            gap_at_ms: None,
             policy_steps: Vec::new(),
             error: None,
         }
@@ -324,6 +337,10 @@ mod tests {
             Some(at(86))
         );
         assert_eq!(longest_gap(&[at(5)]), None);
+        assert_eq!(
+            longest_gap_start(&[at(0), at(2), at(4), at(90), at(92)]),
+            Some(at(4))
+        );
     }
 
     #[test]
