@@ -270,11 +270,7 @@ impl Agent {
             JobOp::ReceiveVm { request } => {
                 cell.progress(1, "copying the VM's files");
                 let progress = |done: u64, total: u64| {
-                    let p = if total == 0 {
-                        0
-                    } else {
-                        done.min(total) * 95 / total
-                    };
+                    let p = (done.min(total) * 95).checked_div(total).unwrap_or(0);
                     cell.progress(p as u8, "copying the VM's files");
                 };
                 self.receive_vm(request, &cell.cancel, progress).await

@@ -16,6 +16,8 @@ use crate::supervisor;
 use crate::agent::{datastore_io, Agent, Layout, EXIT_WAIT};
 use crate::provision::check_config;
 
+/// The taps (name, bridge) and the NIC devices of a VM.
+pub(crate) type NicPlan = (Vec<(String, String)>, Vec<vdc_qemu::NicDevice>);
 impl Agent {
     /// `POST /vms/{id}/start`.
     pub async fn start(
@@ -227,10 +229,7 @@ impl Agent {
     }
 
     /// The taps (name, bridge) and NIC devices of `config`.
-    pub(crate) fn nic_plan(
-        &self,
-        config: &VmConfig,
-    ) -> Result<(Vec<(String, String)>, Vec<vdc_qemu::NicDevice>), ApiError> {
+    pub(crate) fn nic_plan(&self, config: &VmConfig) -> Result<NicPlan, ApiError> {
         let mut taps = Vec::new();
         let mut nics = Vec::new();
         for (i, nic) in config.nics.iter().enumerate() {

@@ -129,11 +129,7 @@ impl Agent {
                     &new_path,
                     target_ds.cache,
                     |p| {
-                        let part = if p.total == 0 {
-                            0
-                        } else {
-                            p.done.min(p.total) * 95 / p.total
-                        };
+                        let part = (p.done.min(p.total) * 95).checked_div(p.total).unwrap_or(0);
                         progress(((i as u64 * 100 + part) / count as u64) as u8, &stage);
                     },
                     cancel.cancelled(),

@@ -40,7 +40,7 @@ fn bench_migrate_smoke_measures_one_live_migration() {
         let v = run[key]
             .as_f64()
             .unwrap_or_else(|| panic!("no {key} in {run}"));
-        assert!(v >= 0.0 && v < 60_000.0, "{key} = {v}");
+        assert!((0.0..60_000.0).contains(&v), "{key} = {v}");
     }
     assert_eq!(figures["summaries"][0]["converged"], 1, "{figures}");
 }

@@ -443,12 +443,10 @@ impl Cluster {
                 report.policy_steps = m.policy_steps.clone();
                 ctx.set_migration(report).await;
                 if let Some(p) = &m.progress {
-                    let pct = if p.bytes_total > 0 {
-                        10 + (80 * p.bytes_total.saturating_sub(p.bytes_remaining) / p.bytes_total)
-                            as u8
-                    } else {
-                        10
-                    };
+                    let pct = 10
+                        + (80 * p.bytes_total.saturating_sub(p.bytes_remaining))
+                            .checked_div(p.bytes_total)
+                            .unwrap_or(0) as u8;
                     ctx.progress(pct.min(90), &format!("sending memory ({})", p.status))
                         .await;
                 }

@@ -156,9 +156,7 @@ impl Cluster {
         {
             tracing::warn!(vm = %name, export = %export_id, error = %e, "cannot close an export; it expires by itself");
         }
-        if let Err(e) = copied {
-            return Err(e);
-        }
+        copied?;
         // The record moves only if the task was not cancelled meanwhile;
         // otherwise the copy on the destination goes again.
         let committed = match ctx.check_cancel() {
