@@ -126,6 +126,16 @@ pub struct AgentArgs {
     /// tried, milliseconds.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1000..=600_000))]
     pub isolation_after_ms: u64,
+    /// VM monitoring: a running guest whose heartbeat stopped for this
+    /// long is reset, milliseconds (0 turns VM monitoring off).
+    #[arg(long, default_value_t = 30_000)]
+    pub vm_monitor_timeout_ms: u64,
+    /// VM monitoring: most resets per VM within the window.
+    #[arg(long, default_value_t = 3)]
+    pub vm_monitor_max_resets: u32,
+    /// VM monitoring: the window, seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub vm_monitor_window_s: u64,
 }
 
 impl AgentArgs {
@@ -182,6 +192,13 @@ impl AgentArgs {
                 address,
                 after: std::time::Duration::from_millis(self.isolation_after_ms),
             }),
+            vm_monitoring: (self.vm_monitor_timeout_ms > 0).then(|| {
+                crate::vm_monitor::VmMonitoring {
+                    timeout: std::time::Duration::from_millis(self.vm_monitor_timeout_ms),
+                    max_resets: self.vm_monitor_max_resets,
+                    window: std::time::Duration::from_secs(self.vm_monitor_window_s),
+                }
+            }),
         };
         config.validate()?;
         Ok(config)
@@ -221,6 +238,8 @@ pub struct AgentConfig {
     pub supervision: Supervision,
     /// Isolation detection (`None`: never isolated).
     pub isolation: Option<Isolation>,
+    /// VM monitoring (`None`: off).
+    pub vm_monitoring: Option<crate::vm_monitor::VmMonitoring>,
 }
 
 /// When the host counts as isolated (see `isolation`).

@@ -82,7 +82,8 @@ pub(crate) async fn run(
         }
         responded = true;
         tracing::warn!(silent_ms = silent.as_millis() as u64, address = %iso.address, "the server and the isolation address do not answer: this host is isolated; applying the VMs' isolation responses");
-        for slot in agent.vms().values().cloned().collect::<Vec<_>>() {
+        let slots: Vec<_> = agent.vms().values().cloned().collect();
+        for slot in slots {
             let (state, response) = {
                 let inner = slot.inner();
                 (inner.runtime.state, inner.config.ha.isolation_response)

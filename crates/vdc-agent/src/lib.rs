@@ -30,6 +30,7 @@
 //! - `reporter`: the heartbeat to the server
 //! - `heartbeat`: the datastore heartbeat (HA's second signal)
 //! - `isolation`: the isolation response of a cut-off host
+//! - `vm_monitor`: VM monitoring (reset of a hung guest)
 //! - `hoststats`: `/proc` measurements
 
 #![warn(missing_docs)]
@@ -54,9 +55,11 @@ pub mod state;
 mod storage;
 mod supervisor;
 mod transfer;
+pub mod vm_monitor;
 
 pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Isolation, Supervision};
 pub use error::AgentError;
+pub use vm_monitor::VmMonitoring;
 
 /// Runs the agent: binds `config.listen` and serves until the API server
 /// fails. See [`run_with_listener`].
@@ -98,6 +101,9 @@ pub async fn run_with_listener(
             .map(|d| (d.name.clone(), d.path.clone()))
             .collect(),
     );
+    if let Some(m) = agent.config.vm_monitoring {
+        tokio::spawn(vm_monitor::run(agent.clone(), m));
+    }
     tokio::spawn(reporter::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await

@@ -84,6 +84,8 @@ impl VmSlot {
             stats: None,
             since_ms: vdc_types::now_ms(),
             fenced: None,
+            monitor_resets: 0,
+            monitor_reason: None,
         };
         VmSlot {
             id: config.id.clone(),

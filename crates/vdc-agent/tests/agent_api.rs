@@ -126,6 +126,7 @@ impl TestAgent {
             bridge_for_network: Default::default(),
             import_dirs: import_dirs.to_vec(),
             isolation: None,
+            vm_monitoring: None,
             supervision: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -228,6 +228,7 @@ async fn agent_joins_and_its_api_takes_only_the_server_credential() {
         bridge_for_network: Default::default(),
         import_dirs: vec![],
         isolation: None,
+        vm_monitoring: None,
         supervision: Default::default(),
     };
     tokio::spawn(async move {

@@ -81,6 +81,18 @@ impl Cluster {
             }
         }
         let vms = report.vms.clone();
+        let reset_before: HashMap<String, u32> = {
+            let live = self.live.read().await;
+            live.get(&name)
+                .map(|l| {
+                    l.report
+                        .vms
+                        .iter()
+                        .map(|v| (v.id.clone(), v.monitor_resets))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         {
             let mut live = self.live.write().await;
             live.insert(
@@ -103,6 +115,8 @@ impl Cluster {
                 )
                 .await;
         }
+        self.note_vm_monitor_resets(&name, &reset_before, &vms)
+            .await;
         self.reconcile_vms(&name, &vms).await
     }
 

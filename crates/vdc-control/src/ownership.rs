@@ -202,6 +202,8 @@ mod tests {
             stats: None,
             since_ms: since,
             fenced: None,
+            monitor_resets: 0,
+            monitor_reason: None,
         }
     }
 

@@ -54,6 +54,7 @@ async fn cluster_with_agent(
         bridge_for_network: Default::default(),
         import_dirs: vec![],
         isolation: None,
+        vm_monitoring: None,
         supervision: Default::default(),
     };
     tokio::spawn(async move {

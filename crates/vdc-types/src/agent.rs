@@ -56,6 +56,13 @@ pub struct VmRuntime {
     /// VM is crashed (or stopped) for that reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced: Option<String>,
+    /// Resets of a hung guest by its host's VM monitoring since the agent
+    /// started (the server publishes each new one as `ha.vm_reset`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub monitor_resets: u32,
+    /// Why the last of those resets happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_reason: Option<String>,
 }
 
 /// The agent's heartbeat: sent to `POST /api/v1/agent/report` every second
@@ -195,4 +202,8 @@ pub struct ImportImageResponse {
     pub size_bytes: u64,
     /// Format the source was read as.
     pub format: crate::api::ImageFormat,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -600,3 +600,39 @@ async fn admission_control_refuses_a_power_on_saying_by_how_much() {
     let vm = c.get_vm("ha-adm").await.unwrap();
     assert!(vm.actions.contains(&vdc_types::VmAction::Start));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_guest_is_reset() {
+    let lab = lab(1).await;
+    let vm = create(&lab, "ha-hung", "host-1").await;
+    let (boot, _) = identity(&lab, "host-1", &vm);
+    // The guest's heartbeat writer stops (the rest of the guest runs on).
+    lab.client
+        .console_input(
+            "ha-hung",
+            "kill -STOP $(ps | grep '[e]tc/vdc/heartbeat' | awk '{print $1}')\n",
+        )
+        .await
+        .expect("console input");
+    let reset = wait_until_async(Duration::from_secs(180), "ha.vm_reset", || async {
+        ha_events(&lab)
+            .await
+            .into_iter()
+            .find(|e| e.topic == "ha.vm_reset" && e.object == "ha-hung")
+    })
+    .await;
+    assert!(
+        reset.data["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no guest heartbeat")),
+        "{reset:?}"
+    );
+    // It boots again: a new boot id, heartbeats flowing.
+    let back = wait_vm_timeout(&lab.client, "ha-hung", Duration::from_secs(180), |v| {
+        v.state == VmPowerState::Running
+            && v.guest.ready
+            && v.guest.boot_id.as_deref() != Some(boot.as_str())
+    })
+    .await;
+    assert_ne!(identity(&lab, "host-1", &back).0, boot);
+}

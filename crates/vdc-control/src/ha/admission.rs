@@ -65,15 +65,16 @@ impl Cluster {
         Ok(p)
     }
 
-    /// Memory of each connected host, and of the protected VMs that run.
+    /// Memory of each host that may take restarts (connected, not in
+    /// maintenance), and of the protected VMs that run.
     pub(crate) async fn admission_view(&self) -> (Vec<u64>, u64) {
-        let hosts: Vec<u64> = {
-            let live = self.live.read().await;
-            live.values()
-                .filter(|l| l.connected)
-                .map(|l| l.report.memory_mib)
-                .collect()
-        };
+        let hosts: Vec<u64> = self
+            .capacities()
+            .await
+            .into_iter()
+            .filter(|c| c.available)
+            .map(|c| c.memory_mib)
+            .collect();
         let records: Vec<VmRecord> = self.list_values("/vms/").await.unwrap_or_default();
         let protected = records
             .iter()

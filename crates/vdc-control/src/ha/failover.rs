@@ -95,6 +95,9 @@ impl Cluster {
         let result = self.restart_elsewhere(ctx, name, &from).await;
         match &result {
             Ok(host) => {
+                if let Ok(mut m) = self.ha.lock() {
+                    m.no_room.remove(name);
+                }
                 self.events
                     .publish(
                         "ha.vm_restarted",
@@ -139,14 +142,26 @@ impl Cluster {
                         format!("VM {name} was not restarted: {}; retried", e.message),
                     )
                 };
-                self.events
-                    .publish(
-                        topic,
-                        name,
-                        why.clone(),
-                        json!({"from": from, "reason": e.message, "code": e.code}),
-                    )
-                    .await;
+                // The "no room" alarm is raised once per VM until it restarts;
+                // the retries go on quietly.
+                let first = topic != "ha.no_room"
+                    || self
+                        .ha
+                        .lock()
+                        .map(|mut m| m.no_room.insert(name.to_string()))
+                        .unwrap_or(true);
+                if first {
+                    self.events
+                        .publish(
+                            topic,
+                            name,
+                            why.clone(),
+                            json!({"from": from, "reason": e.message, "code": e.code}),
+                        )
+                        .await;
+                } else {
+                    tracing::info!(vm = %name, reason = %e.message, "still no room for the VM's restart");
+                }
             }
         }
         result.map(|_| ())

@@ -73,6 +73,9 @@ impl Default for HaSettings {
     }
 }
 
+/// A heartbeat file's identity: (`seq`, `agent_started_ms`).
+pub(crate) type Beat = (u64, u64);
+
 /// What the HA manager remembers between ticks (memory only).
 #[derive(Default)]
 pub(crate) struct HaMemory {
@@ -88,6 +91,8 @@ pub(crate) struct HaMemory {
     pub failed_at: HashMap<String, Instant>,
     /// A failover round runs.
     pub round_running: bool,
+    /// VMs with a raised "no room" alarm (published once, until restarted).
+    pub no_room: std::collections::HashSet<String>,
 }
 
 fn to_state(v: HostVerdict) -> HaHostState {
@@ -110,7 +115,7 @@ pub(crate) fn priority_of(rec: &VmRecord) -> RestartPriority {
 
 /// Reads one heartbeat file: `Some((seq, agent_started_ms))`, or `None`
 /// when missing, unreadable or of a newer version.
-fn read_heartbeat(path: &std::path::Path) -> Option<(u64, u64)> {
+fn read_heartbeat(path: &std::path::Path) -> Option<Beat> {
     let bytes = std::fs::read(path).ok()?;
     let hb: DatastoreHeartbeat = serde_json::from_slice(&bytes).ok()?;
     (hb.version <= DATASTORE_HEARTBEAT_VERSION).then_some((hb.seq, hb.agent_started_ms))
@@ -386,6 +391,34 @@ impl Cluster {
         }
     }
 
+    /// Publishes `ha.vm_reset` for each VM whose host's VM monitoring
+    /// reset it since the host's previous report.
+    pub(crate) async fn note_vm_monitor_resets(
+        &self,
+        host: &str,
+        before: &HashMap<String, u32>,
+        vms: &[vdc_types::agent::VmRuntime],
+    ) {
+        for v in vms {
+            // Only against a previous report of the same host: a restarted
+            // server does not publish old resets again.
+            let Some(was) = before.get(&v.id).copied() else {
+                continue;
+            };
+            if v.monitor_resets > was {
+                let reason = v.monitor_reason.clone().unwrap_or_default();
+                self.events
+                    .publish(
+                        "ha.vm_reset",
+                        &v.name,
+                        format!("VM {} was reset on {host}: {reason}", v.name),
+                        json!({"host": host, "reason": reason, "resets": v.monitor_resets}),
+                    )
+                    .await;
+            }
+        }
+    }
+
     /// `PATCH /api/v1/vms/{name}`: changes a VM's HA settings (restart
     /// priority, isolation response); the VM's `vm.json` on its datastore
     /// takes them at its next start.
@@ -395,9 +428,8 @@ impl Cluster {
         req: &vdc_types::ha::UpdateVmRequest,
     ) -> Result<vdc_types::Vm, ApiError> {
         if req.ha_priority.is_none() && req.isolation_response.is_none() {
-            return Err(ApiError::invalid(
-                "nothing to change: give ha_priority or isolation_response",
-            ));
+            // Nothing to change: the VM as it is (404 if there is none).
+            return self.get_vm(name).await;
         }
         let (before, after) = self
             .update_record(name, |mut r| {

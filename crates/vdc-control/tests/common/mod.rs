@@ -135,5 +135,7 @@ pub fn runtime(name: &str, state: VmPowerState, guest: GuestInfo) -> VmRuntime {
         stats: None,
         since_ms: now_ms(),
         fenced: None,
+        monitor_resets: 0,
+        monitor_reason: None,
     }
 }

@@ -361,9 +361,11 @@ mod tests {
     fn holder_side() {
         let t = LeaseTiming::default();
         t.check().unwrap();
-        assert_eq!(holder_deadline(S(100), &t), S(107));
-        assert!(!must_fence(S(106), S(100), &t));
-        assert!(must_fence(S(107), S(100), &t));
+        // 3 s TTL, 1 s margin: the holder fences 2 s after its last good
+        // renewal began.
+        assert_eq!(holder_deadline(S(100), &t), S(102));
+        assert!(!must_fence(S(101), S(100), &t));
+        assert!(must_fence(S(102), S(100), &t));
         assert_eq!(
             holding(Some(&lease("h1", 1)), "h1", "h1-sup"),
             Holding::Ours
