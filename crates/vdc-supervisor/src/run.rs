@@ -27,6 +27,8 @@ use crate::{
 const FENCE_CHECK: Duration = Duration::from_millis(200);
 /// Longest wait for the final release of the lease.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// Pause between attempts of a release that found a renewal in flight.
+const RELEASE_RETRY: Duration = Duration::from_millis(20);
 
 /// Runs the supervisor until QEMU is gone (or the start was abandoned).
 pub async fn run(args: SupervisorArgs) -> Result<(), SupervisorError> {
@@ -509,16 +511,30 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Gives the lease up (QEMU is gone or never ran).
+    /// Gives the lease up. A renewal still in flight on the lease I/O
+    /// thread (one may have started just before) is waited for, within
+    /// [`RELEASE_WAIT`] overall: a release refused as "pending" would leave
+    /// the lease to expire, keeping the VM from starting anywhere for a TTL.
     async fn release(&self) -> Result<(), SupervisorError> {
-        let lock = self.lock.clone();
-        let host = self.args.host.clone();
-        let holder = self.holder.clone();
-        let released = tokio::time::timeout(
-            RELEASE_WAIT,
-            self.io.run(move || lock.release(&host, Some(&holder))),
-        )
-        .await;
-        match released {
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        let attempt = async {
+            loop {
+                let lock = self.lock.clone();
+                let host = self.args.host.clone();
+                let holder = self.holder.clone();
+                match self
+                    .io
+                    .run(move || lock.release(&host, Some(&holder)))
+                    .await
+                {
+                    Err(DiskError::LeaseIoPending) => {
+                        tokio::time::sleep(RELEASE_RETRY).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(SupervisorError::Lease(e)),
             Err(_) => Err(SupervisorError::Lease(DiskError::LeaseIoTimeout {
