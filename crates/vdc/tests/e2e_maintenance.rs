@@ -1,6 +1,7 @@
-//! Maintenance mode on a 2-host lab: entering it empties host-1 of three
-//! VMs (a stopped VM on shared storage moves by ownership, a stopped and a
-//! suspended VM on host-1's local datastore are copied to host-2) and
+//! Maintenance mode on a 2-host lab: entering it empties host-1 of four
+//! VMs (a running VM on shared storage leaves by live migration with the
+//! same boot, a stopped VM on shared storage moves by ownership, a stopped
+//! and a suspended VM on host-1's local datastore are copied to host-2) and
 //! reports the one it cannot move (a running VM on local storage) with the
 //! reason, on the task and as an event; meanwhile host-1 takes no new VMs
 //! (placement skips it, a start, a create or a migration naming it is
@@ -73,6 +74,18 @@ async fn vdc(lab: &TestLab, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// The guest's boot id, from its service, asked from `from_host`.
+fn boot_id(lab: &TestLab, from_host: &str, ip: &str) -> String {
+    let lines = wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
+        guest_request(lab.netns(from_host), ip, 7777, &[]).ok()
+    });
+    lines
+        .first()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("a boot id in the greeting")
+        .to_string()
+}
+
 fn refused_as(e: &ClientError, code: ErrorCode, needle: &str) -> bool {
     matches!(e, ClientError::Api(a) if a.code == code && a.message.contains(needle))
 }
@@ -89,19 +102,16 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
     create(c, "on-local", "local-host-1", false).await;
     let sleeper = create(c, "sleeper", "local-host-1", true).await;
     let ip = sleeper.guest.address.clone().expect("address");
-    let boot = wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
-        guest_request(lab.netns("host-2"), &ip, 7777, &[]).ok()
-    })[0]
-        .split_whitespace()
-        .nth(1)
-        .expect("boot id")
-        .to_string();
+    let boot = boot_id(&lab, "host-2", &ip);
     let t = c
         .vm_action("sleeper", VmAction::Suspend, serde_json::json!({}))
         .await
         .expect("suspend");
     run_task(c, t).await;
     create(c, "pinned", "local-host-1", true).await;
+    let mover = create(c, "mover", "shared", true).await;
+    let mover_ip = mover.guest.address.clone().expect("address");
+    let mover_boot = boot_id(&lab, "host-2", &mover_ip);
 
     let mut events = Box::pin(
         c.events(&["host.*".to_string()])
@@ -130,14 +140,17 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
             .expect("an event");
         seen.push(ev);
     }
-    let failed = seen
+    let failed: Vec<_> = seen
         .iter()
-        .find(|e| e.topic == "host.evacuation_failed")
-        .expect("an evacuation_failed event");
-    assert_eq!(failed.data["vm"], "pinned");
+        .filter(|e| e.topic == "host.evacuation_failed")
+        .map(|e| e.data["vm"].clone())
+        .collect();
+    assert_eq!(failed, ["pinned"], "only the VM that cannot move stays");
+    assert!(!err.contains("mover"), "{err}");
     assert!(seen.iter().any(|e| e.topic == "host.maintenance_entering"));
 
     for (name, datastore) in [
+        ("mover", "shared"),
         ("on-shared", "shared"),
         ("on-local", "shared"),
         ("sleeper", "shared"),
@@ -151,6 +164,12 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
         VmPowerState::Suspended
     );
     assert!(!lab.datastore_path("local-host-1").join("on-local").exists());
+    // The running VM on shared storage left by live migration: still
+    // running, the same boot, answering from host-2.
+    let moved = c.get_vm("mover").await.expect("VM");
+    assert_eq!(moved.state, VmPowerState::Running);
+    assert!(moved.operation.is_none(), "{moved:?}");
+    assert_eq!(boot_id(&lab, "host-1", &mover_ip), mover_boot);
     let host = c.get_host("host-1").await.expect("host");
     assert_eq!(host.maintenance, Some(MaintenanceState::InMaintenance));
     let (code, out, _) = vdc(&lab, &["host", "list"]).await;
@@ -216,10 +235,7 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
     let resumed = wait_vm(c, "sleeper", |v| v.guest.ready && v.guest.address.is_some()).await;
     assert_eq!(resumed.owner.as_deref(), Some("host-2"));
     let ip = resumed.guest.address.clone().expect("address");
-    let again = wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
-        guest_request(lab.netns("host-1"), &ip, 7777, &[]).ok()
-    });
-    assert_eq!(again[0].split_whitespace().nth(1), Some(boot.as_str()));
+    assert_eq!(boot_id(&lab, "host-1", &ip), boot);
 
     // Exit: host-1 takes VMs again.
     let (code, out, err) = vdc(&lab, &["host", "maintenance", "exit", "host-1"]).await;
