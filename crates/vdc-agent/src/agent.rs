@@ -303,6 +303,7 @@ impl Agent {
                 .map(|m| vdc_types::agent::QemuModelsReport {
                     machine_types: m.machine_types.clone(),
                     cpu_models: m.cpu_models.clone(),
+                    cpu_flags: m.cpu_flags.clone(),
                 }),
             agent_url: self.agent_url(),
             accelerator: self.accelerator,

@@ -84,12 +84,33 @@ async fn refusals_say_what_is_wrong_and_change_nothing() {
     old.qemu_models = Some(vdc_types::agent::QemuModelsReport {
         machine_types: vec![vdc_types::vm::DEFAULT_MACHINE_TYPE.into()],
         cpu_models: vec!["qemu64".into()],
+        cpu_flags: vec![],
     });
     cluster.ingest_report(old).await.unwrap();
     let e = refused(&cluster, "web", to("host-5")).await;
     assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
     assert!(
         e.message.contains("offers no CPU model 'Nehalem-v1'"),
+        "{}",
+        e.message
+    );
+
+    // host-6 runs KVM on a CPU without SSE4.2: below the VM's CPU model.
+    let mut below = report("host-6", vec![]);
+    below.accelerator = vdc_types::Accelerator::Kvm;
+    below.qemu_models = Some(vdc_types::agent::QemuModelsReport {
+        machine_types: vec![vdc_types::vm::DEFAULT_MACHINE_TYPE.into()],
+        cpu_models: vec!["Nehalem-v1".into()],
+        cpu_flags: "lm sse2 pni cx16 ssse3 sse4_1 popcnt lahf_lm vmx"
+            .split(' ')
+            .map(String::from)
+            .collect(),
+    });
+    cluster.ingest_report(below).await.unwrap();
+    let e = refused(&cluster, "web", to("host-6")).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
+    assert!(
+        e.message.contains("lacks flags of Nehalem-v1: sse4_2"),
         "{}",
         e.message
     );

@@ -110,6 +110,8 @@ pub struct QemuModels {
     pub machine_types: Vec<String>,
     /// CPU models (`-cpu help`), aliases included.
     pub cpu_models: Vec<String>,
+    /// The host CPU's feature flags (`/proc/cpuinfo`).
+    pub cpu_flags: Vec<String>,
 }
 
 impl QemuModels {
@@ -148,7 +150,26 @@ pub async fn qemu_models(binary: &Path) -> Result<QemuModels, QemuError> {
     Ok(QemuModels {
         machine_types: parse_machine_help(&help("-machine").await?),
         cpu_models: parse_cpu_help(&help("-cpu").await?),
+        cpu_flags: parse_cpu_flags(
+            &tokio::fs::read_to_string("/proc/cpuinfo")
+                .await
+                .unwrap_or_default(),
+        ),
     })
+}
+
+/// The feature flags of the first CPU in `/proc/cpuinfo` text (its first
+/// `flags` line), sorted.
+pub fn parse_cpu_flags(cpuinfo: &str) -> Vec<String> {
+    let mut flags: Vec<String> = cpuinfo
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "flags")
+        .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    flags.sort();
+    flags.dedup();
+    flags
 }
 
 /// Machine type names from `-machine help` (the first word of each line
@@ -256,7 +277,9 @@ mod tests {
         let m = QemuModels {
             machine_types: parse_machine_help(machines),
             cpu_models: parse_cpu_help(cpus),
+            cpu_flags: parse_cpu_flags(WITH_VMX),
         };
+        assert_eq!(m.cpu_flags, ["de", "fpu", "sse2", "vme", "vmx"]);
         assert!(m.check("pc-q35-10.0", "Nehalem-v1").is_ok());
         assert!(m
             .check("pc-q35-1.0", "Nehalem-v1")

@@ -17,6 +17,8 @@
 //!
 //! Evacuation of a host entering maintenance: [`evacuate::plan_evacuation`].
 
+pub mod cpu_baseline;
+
 pub mod evacuate;
 
 pub mod ha;

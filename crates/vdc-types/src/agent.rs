@@ -117,6 +117,11 @@ pub struct QemuModelsReport {
     pub machine_types: Vec<String>,
     /// CPU models, aliases included.
     pub cpu_models: Vec<String>,
+    /// The host CPU's feature flags (`/proc/cpuinfo`), checked against the
+    /// key flags of a VM's CPU model under KVM; empty from older agents
+    /// (then not checked).
+    #[serde(default)]
+    pub cpu_flags: Vec<String>,
 }
 
 impl QemuModelsReport {

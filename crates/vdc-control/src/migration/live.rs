@@ -36,6 +36,7 @@ use vdc_types::migration::{
 };
 use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams, VmAction};
 
+use super::cpu::cpu_refusal;
 use super::live_jobs::job_error;
 use crate::tasks::{cancelled, TaskCtx};
 use crate::vms::placement_err;
@@ -135,7 +136,7 @@ impl Cluster {
                     l.report.qemu_models.as_ref().is_some_and(|m| {
                         m.missing(&rec.config.machine_type, &rec.config.cpu_model)
                             .is_some()
-                    })
+                    }) || cpu_refusal(&l.report, &rec.config.cpu_model).is_some()
                 })
                 .map(|(h, _)| h.clone())
                 .collect()
@@ -171,15 +172,24 @@ impl Cluster {
             .iter()
             .find(|c| c.name == to)
             .ok_or_else(|| ApiError::not_found("Host", to))?;
-        let models = {
+        let (models, cpu_why) = {
             let live = self.live.read().await;
-            live.get(to).and_then(|l| l.report.qemu_models.clone())
+            let report = live.get(to).map(|l| &l.report);
+            (
+                report.and_then(|r| r.qemu_models.clone()),
+                report.and_then(|r| cpu_refusal(r, &rec.config.cpu_model)),
+            )
         };
         if let Some(why) =
             models.and_then(|m| m.missing(&rec.config.machine_type, &rec.config.cpu_model))
         {
             return Err(ApiError::invalid(format!(
                 "host '{to}' cannot run VM '{name}': {why}; choose a host whose QEMU offers it"
+            )));
+        }
+        if let Some(why) = cpu_why {
+            return Err(ApiError::invalid(format!(
+                "host '{to}' cannot run VM '{name}': its {why}; choose a host that meets the cluster CPU baseline"
             )));
         }
         vdc_sched::check_host(&demand, cap).map_err(|e| {

@@ -19,6 +19,7 @@
 //! ([`crate::lifecycle::decide`], operation `migrating {source, target}`).
 
 mod cold;
+mod cpu;
 pub mod limits;
 mod live;
 mod live_jobs;
