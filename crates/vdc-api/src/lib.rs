@@ -12,8 +12,11 @@
 pub mod auth;
 pub mod credentials;
 pub mod error;
+mod events;
+mod ha;
 mod join;
 mod maintenance;
+mod migration;
 mod openapi;
 mod routes;
 mod server;

@@ -18,8 +18,8 @@ use vdc_types::{
 };
 
 use crate::join;
-use crate::maintenance;
 use crate::routes::*;
+use crate::{events, ha, maintenance, migration};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -31,8 +31,8 @@ use crate::routes::*;
     paths(
         version,
         list_hosts,
-        ha_status,
-        set_ha_policy,
+        ha::ha_status,
+        ha::set_ha_policy,
         get_host,
         list_datastores,
         list_networks,
@@ -44,19 +44,19 @@ use crate::routes::*;
         list_vms,
         create_vm,
         get_vm,
-        update_vm,
+        ha::update_vm,
         delete_vm,
         start_vm,
         shutdown_vm,
-        migrate_vm,
+        migration::migrate_vm,
         vm_action,
         vm_console,
         vm_console_input,
         list_tasks,
         get_task,
         cancel_task,
-        list_events,
-        stream_events,
+        events::list_events,
+        events::stream_events,
         join::agent_report,
         join::agent_join,
         join::add_host,

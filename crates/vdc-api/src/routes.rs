@@ -1,17 +1,13 @@
 //! Routes of the REST API.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::Stream;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use vdc_control::{Cluster, ConsoleRange};
@@ -19,14 +15,12 @@ use vdc_types::api::{
     ConsoleInputRequest, CreateTemplateRequest, CreateVmRequest, ShutdownVmRequest, StartVmRequest,
     Template, VersionInfo, CONSOLE_OFFSET_HEADER,
 };
-use vdc_types::event::topic_matches;
-use vdc_types::migration::MigrateRequest;
-use vdc_types::{ApiError, Datastore, ErrorCode, Event, Host, Network, Task, Vm, VmAction};
+use vdc_types::{ApiError, Datastore, ErrorCode, Host, Network, Task, Vm, VmAction};
 
 use crate::credentials::Credentials;
 use crate::error::{ApiBytes, ApiErr, ApiJson, ApiQuery, ApiResult};
 use crate::join;
-use crate::maintenance;
+use crate::{events, ha, maintenance, migration};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -82,7 +76,7 @@ pub const API_BODY_MAX: usize = 1 << 20;
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/hosts", get(list_hosts).post(join::add_host))
-        .route("/ha", get(ha_status).put(set_ha_policy))
+        .route("/ha", get(ha::ha_status).put(ha::set_ha_policy))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(
@@ -100,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/vms", get(list_vms).post(create_vm))
         .route(
             "/vms/{name}",
-            get(get_vm).delete(delete_vm).patch(update_vm),
+            get(get_vm).delete(delete_vm).patch(ha::update_vm),
         )
         .route("/vms/{name}/console", get(vm_console))
         .route(
@@ -109,13 +103,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/vms/{name}/start", post(start_vm))
         .route("/vms/{name}/shutdown", post(shutdown_vm))
-        .route("/vms/{name}/migrate", post(migrate_vm))
+        .route("/vms/{name}/migrate", post(migration::migrate_vm))
         .route("/vms/{name}/{action}", post(vm_action))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
         .route("/tasks/{id}/cancel", post(cancel_task))
-        .route("/events", get(list_events))
-        .route("/events/stream", get(stream_events))
+        .route("/events", get(events::list_events))
+        .route("/events/stream", get(events::stream_events))
         .route("/agent/report", post(join::agent_report))
         .route("/agent/join", post(join::agent_join))
         .route_layer(middleware::from_fn_with_state(
@@ -172,24 +166,6 @@ async fn version() -> Json<VersionInfo> {
 #[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = [Host])))]
 async fn list_hosts(State(st): State<AppState>) -> ApiResult<Json<Vec<Host>>> {
     Ok(Json(st.cluster.list_hosts().await?))
-}
-
-/// High availability: the settings, the failover capacity, and each
-/// host's HA state with the ages of its network and datastore heartbeats.
-#[utoipa::path(get, path = "/api/v1/ha", responses((status = 200, body = vdc_types::ha::HaStatus)))]
-async fn ha_status(State(st): State<AppState>) -> ApiResult<Json<vdc_types::ha::HaStatus>> {
-    Ok(Json(st.cluster.ha_status().await?))
-}
-
-/// Sets the HA admission policy: how many host failures the protected VMs
-/// must survive; a create or power-on that would break it is refused.
-#[utoipa::path(put, path = "/api/v1/ha", request_body = vdc_types::ha::SetHaPolicyRequest,
-    responses((status = 200, body = vdc_types::ha::HaPolicy), (status = 400, body = ApiError)))]
-async fn set_ha_policy(
-    State(st): State<AppState>,
-    ApiJson(req): ApiJson<vdc_types::ha::SetHaPolicyRequest>,
-) -> ApiResult<Json<vdc_types::ha::HaPolicy>> {
-    Ok(Json(st.cluster.set_ha_policy(&req).await?))
 }
 
 /// One host.
@@ -287,17 +263,6 @@ async fn get_vm(State(st): State<AppState>, Path(name): Path<String>) -> ApiResu
     Ok(Json(st.cluster.get_vm(&name).await?))
 }
 
-/// Changes a VM's HA settings: restart priority, isolation response.
-#[utoipa::path(patch, path = "/api/v1/vms/{name}", params(("name" = String, Path)), request_body = vdc_types::ha::UpdateVmRequest,
-    responses((status = 200, body = Vm), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn update_vm(
-    State(st): State<AppState>,
-    Path(name): Path<String>,
-    ApiJson(req): ApiJson<vdc_types::ha::UpdateVmRequest>,
-) -> ApiResult<Json<Vm>> {
-    Ok(Json(st.cluster.update_vm(&name, &req).await?))
-}
-
 /// Deletes a stopped VM and its files (returns a task).
 #[utoipa::path(delete, path = "/api/v1/vms/{name}", params(("name" = String, Path)),
     responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
@@ -347,25 +312,6 @@ async fn shutdown_vm(
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
-/// Moves a VM to another host (returns a `vm.migrate` task): a running or
-/// paused VM live, a stopped one cold, a suspended one with its saved
-/// state; with `datastore`, its disks move to that datastore. Without
-/// `to`, placement picks the host. Everything the move needs is checked
-/// before anything moves; a refusal changes nothing. The body is optional.
-#[utoipa::path(post, path = "/api/v1/vms/{name}/migrate",
-    request_body(content = Option<MigrateRequest>, description = "optional"),
-    params(("name" = String, Path)),
-    responses((status = 202, body = Task), (status = 400, body = ApiError, description = "bad request, or the destination cannot take the VM"), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the VM's state or operation in flight forbids the move"), (status = 503, body = ApiError, description = "a host involved is not connected")))]
-async fn migrate_vm(
-    State(st): State<AppState>,
-    Path(name): Path<String>,
-    ApiBytes(body): ApiBytes,
-) -> ApiResult<(StatusCode, Json<Task>)> {
-    let req: MigrateRequest = optional_body(&body)?;
-    let task = st.cluster.migrate_vm(&name, req).await?;
-    Ok((StatusCode::ACCEPTED, Json(task)))
-}
-
 /// A power action without a body (returns a task): `stop` (power off at
 /// once), `reset`, `pause`, `resume` (a paused or a suspended VM),
 /// `suspend` (memory to the datastore). `start` and `shutdown` have their
@@ -403,7 +349,9 @@ fn posted_action(name: &str) -> Result<VmAction, ApiErr> {
 }
 
 /// An optional JSON body: empty (or `null`) means every field's default.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiErr> {
+pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiErr> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
@@ -525,142 +473,4 @@ async fn get_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResu
     responses((status = 200, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Task>> {
     Ok(Json(st.cluster.tasks.cancel(&id).await?))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct EventQuery {
-    /// Comma-separated topic patterns (`vm.*`, `host.connected`, `*`).
-    #[param(
-        pattern = "^ *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *(, *([A-Za-z0-9._-]*(\\.\\*)?|\\*) *)*$"
-    )]
-    topics: Option<String>,
-    /// Only events with a larger sequence number.
-    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    after: Option<u64>,
-    /// At most this many (history only; default 200, at most 2000).
-    #[param(minimum = 1, maximum = 2000)]
-    limit: Option<usize>,
-    /// The API token, for clients that cannot set a header (a browser's
-    /// `EventSource`); prefer `Authorization: Bearer`.
-    #[serde(default)]
-    #[allow(dead_code)]
-    access_token: Option<String>,
-}
-
-/// Checks the sequence number a history or stream starts after: at most
-/// `i64::MAX`, the OpenAPI document's integer range.
-fn check_after(after: Option<u64>) -> Result<(), ApiErr> {
-    match after {
-        Some(a) if a > i64::MAX as u64 => Err(ApiErr(ApiError::invalid(format!(
-            "after must be between 0 and {}, not {a}",
-            i64::MAX
-        )))),
-        _ => Ok(()),
-    }
-}
-
-fn topic_filter(q: &Option<String>) -> Result<Vec<String>, ApiErr> {
-    let Some(s) = q else { return Ok(vec![]) };
-    let v: Vec<String> = s
-        .split(',')
-        .map(|t| t.trim_matches(' ').to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for t in &v {
-        let ok = t
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '*' | '-'))
-            && (!t.contains('*') || t == "*" || (t.ends_with(".*") && t.matches('*').count() == 1));
-        if !ok {
-            return Err(ApiErr(ApiError::invalid(format!(
-                "topic filter '{t}' is not valid; use e.g. 'vm.*', 'host.connected' or '*'"
-            ))));
-        }
-    }
-    Ok(v)
-}
-
-fn wanted(filters: &[String], ev: &Event) -> bool {
-    filters.is_empty() || filters.iter().any(|f| topic_matches(f, &ev.topic))
-}
-
-/// Event history, oldest first.
-#[utoipa::path(get, path = "/api/v1/events", params(EventQuery), responses((status = 200, body = [Event]), (status = 400, body = ApiError)))]
-async fn list_events(
-    State(st): State<AppState>,
-    ApiQuery(q): ApiQuery<EventQuery>,
-) -> ApiResult<Json<Vec<Event>>> {
-    let filters = topic_filter(&q.topics)?;
-    check_after(q.after)?;
-    let limit = q.limit.unwrap_or(200);
-    if limit == 0 || limit > 2000 {
-        return Err(ApiErr(ApiError::invalid(format!(
-            "limit must be between 1 and 2000, not {limit}"
-        ))));
-    }
-    let all = st
-        .cluster
-        .events
-        .history(q.after.unwrap_or(0), usize::MAX)
-        .await;
-    let v: Vec<Event> = all.into_iter().filter(|e| wanted(&filters, e)).collect();
-    let skip = v.len().saturating_sub(limit);
-    Ok(Json(v.into_iter().skip(skip).collect()))
-}
-
-/// Live events as Server-Sent Events (`data:` is an [`Event`] in JSON);
-/// with `after`, stored events after that number are sent first.
-#[utoipa::path(get, path = "/api/v1/events/stream", params(EventQuery),
-    responses((status = 200, description = "text/event-stream of Event"), (status = 400, body = ApiError)))]
-async fn stream_events(
-    State(st): State<AppState>,
-    headers: axum::http::HeaderMap,
-    ApiQuery(q): ApiQuery<EventQuery>,
-) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let filters = topic_filter(&q.topics)?;
-    check_after(q.after)?;
-    let mut rx = st.cluster.events.subscribe();
-    // A browser's EventSource reconnects with the id of the last event it saw.
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let backlog = match q.after.or(last_event_id) {
-        Some(a) => st.cluster.events.history(a, usize::MAX).await,
-        None => vec![],
-    };
-    let stream = async_stream::stream! {
-        let mut last = 0u64;
-        for ev in backlog {
-            last = ev.seq;
-            if wanted(&filters, &ev) {
-                yield Ok(to_sse(&ev));
-            }
-        }
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    if ev.seq <= last { continue; }
-                    last = ev.seq;
-                    if wanted(&filters, &ev) {
-                        yield Ok(to_sse(&ev));
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    yield Ok(SseEvent::default().event("lagged").data(format!("{n} events were dropped; resume with ?after={last}")));
-                }
-                Err(_) => break,
-            }
-        }
-    };
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
-}
-
-fn to_sse(ev: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(ev.seq.to_string())
-        .event(ev.topic.clone())
-        .data(serde_json::to_string(ev).unwrap_or_default())
 }
