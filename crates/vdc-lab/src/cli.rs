@@ -179,7 +179,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             );
         }
         LabCommand::Down(a) => {
-            lifecycle::down(&a.lab_id, &a.state_root).await?;
+            crate::teardown::down(&a.lab_id, &a.state_root).await?;
             println!("lab '{}' is down", a.lab_id);
         }
     }

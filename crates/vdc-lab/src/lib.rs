@@ -30,8 +30,10 @@ pub mod net;
 pub mod plan;
 pub mod process;
 pub mod state;
+pub mod teardown;
 
 pub use cli::{run, LabArgs, LabCommand};
 pub use error::LabError;
-pub use lifecycle::{client, down, down_blocking, read_token, status, up, LabSpec};
+pub use lifecycle::{client, read_token, status, up, LabSpec};
 pub use state::{HostStatus, LabInfo, ServerStatus};
+pub use teardown::{down, down_blocking};
