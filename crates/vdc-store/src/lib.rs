@@ -58,6 +58,7 @@ mod error;
 pub mod format;
 mod json;
 mod redb_store;
+mod redb_tables;
 mod watch;
 
 use std::time::Duration;
