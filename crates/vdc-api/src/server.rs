@@ -31,10 +31,10 @@ pub struct ServerArgs {
     #[arg(long, env = "VDC_MIGRATIONS_PER_CLUSTER", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub migrations_per_cluster: u64,
     /// Bandwidth limit of a live migration's stream, MiB/s (0: unlimited).
-    #[arg(long, env = "VDC_MIGRATION_BANDWIDTH_MIB_S", default_value_t = 1024)]
+    #[arg(long, env = "VDC_MIGRATION_BANDWIDTH_MIB_S", default_value_t = 0)]
     pub migration_bandwidth_mib_s: u64,
     /// Downtime target of a live migration, ms.
-    #[arg(long, env = "VDC_MIGRATION_DOWNTIME_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    #[arg(long, env = "VDC_MIGRATION_DOWNTIME_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub migration_downtime_ms: u64,
     /// Whether a live migration that does not converge may switch to
     /// post-copy (a VM whose link breaks during post-copy is lost); a
