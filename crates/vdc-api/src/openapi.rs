@@ -33,6 +33,7 @@ use crate::{events, ha, maintenance, migration};
         list_hosts,
         ha::ha_status,
         ha::set_ha_policy,
+        crate::cpu_baseline::get_cpu_baseline,
         get_host,
         list_datastores,
         list_networks,
@@ -67,6 +68,9 @@ use crate::{events, ha, maintenance, migration};
     components(schemas(
         VersionInfo,
         vdc_types::ha::HaStatus,
+        vdc_types::CpuBaseline,
+        vdc_types::HostCpuFit,
+        vdc_types::host::HostCpuBaseline,
         vdc_types::ha::HaHost,
         vdc_types::ha::HaHostState,
         vdc_types::ha::HaPriority,

@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/hosts", get(list_hosts).post(join::add_host))
         .route("/ha", get(ha::ha_status).put(ha::set_ha_policy))
+        .route("/cpu-baseline", get(crate::cpu_baseline::get_cpu_baseline))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(

@@ -49,9 +49,18 @@ pub struct ServerArgs {
     /// counts as failed (with its reports silent too), milliseconds.
     #[arg(long, default_value_t = vdc_sched::ha::DEFAULT_DATASTORE_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(500..=600_000))]
     pub ha_datastore_timeout_ms: u64,
+    /// CPU baseline new VMs get: `auto` (the newest QEMU CPU model every
+    /// host with hardware virtualization can run; a cluster of emulated
+    /// hosts keeps Nehalem-v1) or a model name such as `Haswell-noTSX-v1`.
+    #[arg(long, env = "VDC_CPU_BASELINE", default_value = "auto", value_parser = parse_cpu_baseline)]
+    pub cpu_baseline: vdc_sched::cpu_baseline::BaselineMode,
     /// HA: do not restart the VMs of failed hosts (states are still judged).
     #[arg(long)]
     pub ha_disabled: bool,
+}
+
+fn parse_cpu_baseline(s: &str) -> Result<vdc_sched::cpu_baseline::BaselineMode, String> {
+    vdc_sched::cpu_baseline::BaselineMode::parse(s)
 }
 
 /// Runs the server until the process is stopped.
@@ -90,6 +99,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             per_host: args.migrations_per_host as usize,
             per_cluster: args.migrations_per_cluster as usize,
         });
+    state
+        .cluster
+        .set_cpu_baseline_mode(args.cpu_baseline.clone());
     state.cluster.configure_ha(vdc_control::ha::HaSettings {
         enabled: !args.ha_disabled,
         timeouts: vdc_sched::ha::HeartbeatTimeouts {
