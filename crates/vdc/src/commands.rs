@@ -645,6 +645,12 @@ mod tests {
             datastores: vec!["shared".into()],
             last_seen_ms: 0,
             maintenance: None,
+            cpu_baseline: Some(vdc_types::HostCpuFit {
+                meets: false,
+                emulated: false,
+                missing_flags: vec!["avx2".into(), "fma".into()],
+                reason: "CPU lacks flags of Haswell-noTSX-v1: avx2, fma".into(),
+            }),
         };
         let out = host_table(&[h]);
         let lines: Vec<Vec<&str>> = out
@@ -662,7 +668,9 @@ mod tests {
                 "CPUS",
                 "MEMORY",
                 "FREE",
-                "VMS"
+                "VMS",
+                "CPU",
+                "BASELINE"
             ]
         );
         assert_eq!(
@@ -676,7 +684,10 @@ mod tests {
                 "2",
                 "4G",
                 "2.9G",
-                "1"
+                "1",
+                "lacks",
+                "avx2,",
+                "fma"
             ]
         );
     }
