@@ -387,6 +387,7 @@ impl Agent {
             run_dir: self.run_dir(id),
             timing: self.config.supervision.lease,
             qemu_pid,
+            lease_seen: None,
         }
     }
 
