@@ -231,8 +231,7 @@ impl Agent {
                     &config,
                     layout,
                     nics,
-                    suspended
-                        .then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
+                    suspended.then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
                 );
                 let paths = layout.paths.clone();
                 match vdc_qemu::Vm::launch(&spec, &paths).await {

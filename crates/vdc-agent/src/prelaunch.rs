@@ -32,7 +32,10 @@ impl Prepared {
     pub(crate) async fn discard(self) {
         self.vm.kill();
         if !self.vm.wait_exit_for(Duration::from_secs(10)).await {
-            tracing::warn!(pid = self.vm.pid(), "a prepared QEMU did not exit after SIGKILL");
+            tracing::warn!(
+                pid = self.vm.pid(),
+                "a prepared QEMU did not exit after SIGKILL"
+            );
         }
         supervisor::cleanup_network(&self.taps).await;
     }
@@ -67,7 +70,11 @@ impl Agent {
     /// documentation); `None` (logged) when it cannot be prepared: a VM
     /// resumed from a state file, or its images still locked by the
     /// holder's QEMU.
-    pub(crate) async fn launch_paused(&self, config: &VmConfig, layout: &Layout) -> Option<Prepared> {
+    pub(crate) async fn launch_paused(
+        &self,
+        config: &VmConfig,
+        layout: &Layout,
+    ) -> Option<Prepared> {
         let state_file = layout.vm_dir.suspend_state();
         match datastore_io("cannot read the VM directory", move || state_file.exists()).await {
             Ok(false) => {}

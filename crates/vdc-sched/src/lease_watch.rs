@@ -154,7 +154,10 @@ mod tests {
         // watched where its failover starts it; nobody reaches "far".
         let names = |h: &str| plan.get(h).map(|s| s.iter().cloned().collect::<Vec<_>>());
         assert_eq!(names("h2"), Some(vec!["a".to_string()]));
-        assert_eq!(names("h3"), Some(vec!["a".to_string(), "moving".to_string()]));
+        assert_eq!(
+            names("h3"),
+            Some(vec!["a".to_string(), "moving".to_string()])
+        );
         assert_eq!(names("h1"), None);
         assert_eq!(names("h4"), None);
         // Nothing suspect: nothing watched.

@@ -64,7 +64,11 @@ impl Launch {
             a.push("--qemu-pid".into());
             a.push(pid.to_string());
         }
-        if let Some(seen) = self.lease_seen.as_ref().and_then(|s| serde_json::to_string(s).ok()) {
+        if let Some(seen) = self
+            .lease_seen
+            .as_ref()
+            .and_then(|s| serde_json::to_string(s).ok())
+        {
             a.push("--lease-seen".into());
             a.push(seen);
         }

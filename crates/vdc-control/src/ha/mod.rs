@@ -241,7 +241,10 @@ impl Cluster {
             .collect();
         self.observe_heartbeats(&hosts).await;
         let judged = self.judge_hosts().await;
-        let ages: Vec<_> = judged.iter().map(|(h, _, net, _)| (h.clone(), *net)).collect();
+        let ages: Vec<_> = judged
+            .iter()
+            .map(|(h, _, net, _)| (h.clone(), *net))
+            .collect();
         self.update_lease_watches(&ages).await;
         let mut changed = Vec::new();
         if let Ok(mut m) = self.ha.lock() {

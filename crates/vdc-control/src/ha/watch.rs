@@ -109,15 +109,22 @@ impl Cluster {
         } else {
             watch_plan(&vms, |h| suspects.contains(h), &self.capacities().await)
         };
-        let by_name: HashMap<&str, &VmRecord> =
-            records.iter().map(|r| (r.config.name.as_str(), r)).collect();
+        let by_name: HashMap<&str, &VmRecord> = records
+            .iter()
+            .map(|r| (r.config.name.as_str(), r))
+            .collect();
         let connected: Vec<(String, String)> = self
             .live
             .read()
             .await
             .iter()
             .filter(|(_, l)| l.connected)
-            .map(|(n, l)| (n.clone(), l.report.agent_url.trim_end_matches('/').to_string()))
+            .map(|(n, l)| {
+                (
+                    n.clone(),
+                    l.report.agent_url.trim_end_matches('/').to_string(),
+                )
+            })
             .collect();
         let now = Instant::now();
         let mut sends = Vec::new();
@@ -201,7 +208,9 @@ impl Cluster {
                 .publish(
                     "ha.lease_watch",
                     &host,
-                    format!("host {host} reports again: the watches of its VMs' leases are dropped"),
+                    format!(
+                        "host {host} reports again: the watches of its VMs' leases are dropped"
+                    ),
                     json!({"suspect": false, "network_heartbeat_age_ms": age_of(&host)}),
                 )
                 .await;
@@ -213,6 +222,10 @@ impl Cluster {
 fn vms_of<'a>(records: &'a [VmRecord], host: &str) -> HashSet<&'a str> {
     records
         .iter()
-        .filter_map(|r| holder_vm(r).filter(|v| v.holder == host).map(|_| r.config.name.as_str()))
+        .filter_map(|r| {
+            holder_vm(r)
+                .filter(|v| v.holder == host)
+                .map(|_| r.config.name.as_str())
+        })
         .collect()
 }

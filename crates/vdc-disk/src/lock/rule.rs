@@ -429,12 +429,18 @@ mod tests {
             Watch::continuing(None, Some(&l), S(4)),
             Watch::default().observe(Some(&l), S(4))
         );
-        assert_eq!(Watch::continuing(Some(&prior), None, S(4)), Watch::default());
+        assert_eq!(
+            Watch::continuing(Some(&prior), None, S(4)),
+            Watch::default()
+        );
         let future = Seen {
             since: S(9),
             ..prior.clone()
         };
-        assert_eq!(Watch::continuing(Some(&future), Some(&l), S(4)).unchanged_for(S(4)), S(0));
+        assert_eq!(
+            Watch::continuing(Some(&future), Some(&l), S(4)).unchanged_for(S(4)),
+            S(0)
+        );
     }
 
     #[test]
