@@ -13,6 +13,7 @@ pub mod event;
 pub mod ha;
 pub mod host;
 pub mod job;
+pub mod lease_watch;
 pub mod lifecycle;
 pub mod limits;
 pub mod migration;
