@@ -23,6 +23,8 @@ pub mod evacuate;
 
 pub mod ha;
 
+pub mod ha_order;
+
 /// Memory QEMU itself needs beyond the guest's RAM, MiB (device model,
 /// TCG translation cache); measured ~100 MiB under TCG for small guests.
 pub const QEMU_OVERHEAD_MIB: u64 = 128;
