@@ -314,6 +314,7 @@ impl Cluster {
             ha: vdc_types::ha::VmHa {
                 priority: req.ha_priority.unwrap_or_default(),
                 isolation_response: req.isolation_response.unwrap_or_default(),
+                group: self.known_ha_group(req.ha_group.as_deref()).await?,
             },
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
