@@ -40,6 +40,7 @@ use crate::{events, ha, maintenance, migration};
         ha::delete_ha_group,
         ha::list_alarms,
         ha::ack_alarm,
+        crate::cpu_baseline::get_cpu_baseline,
         get_host,
         list_datastores,
         list_networks,
@@ -74,6 +75,9 @@ use crate::{events, ha, maintenance, migration};
     components(schemas(
         VersionInfo,
         vdc_types::ha::HaStatus,
+        vdc_types::CpuBaseline,
+        vdc_types::HostCpuFit,
+        vdc_types::host::HostCpuBaseline,
         vdc_types::ha::HaHost,
         vdc_types::ha::HaHostState,
         vdc_types::ha::HaPriority,

@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/alarms", get(ha::list_alarms))
         .route("/alarms/{id}/ack", post(ha::ack_alarm))
+        .route("/cpu-baseline", get(crate::cpu_baseline::get_cpu_baseline))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(

@@ -25,8 +25,8 @@ pub mod vm;
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
 pub use host::{
-    Accelerator, Datastore, DatastoreKind, DiskCacheMode, Host, HostState, MaintenanceState,
-    Network,
+    Accelerator, CpuBaseline, Datastore, DatastoreKind, DiskCacheMode, Host, HostCpuFit, HostState,
+    MaintenanceState, Network,
 };
 pub use lifecycle::{InFlight, VmAction, VmOperation};
 pub use task::{Step, Task, TaskJournal, TaskParams, TaskState, TaskStep};

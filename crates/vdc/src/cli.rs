@@ -157,6 +157,9 @@ pub enum HostCmd {
     },
     /// List added hosts and whether their agents joined.
     Agents,
+    /// The cluster's CPU baseline (the CPU model new VMs get) and how each
+    /// host's CPU meets it.
+    CpuBaseline,
 }
 
 /// A VM's HA restart priority.

@@ -27,20 +27,7 @@ use crate::tasks::TaskCtx;
 use crate::{journal, ownership, Cluster, VmRecord};
 
 pub(super) fn demand_of(rec: &VmRecord) -> Demand {
-    let mut datastores: Vec<String> = rec
-        .config
-        .disks
-        .iter()
-        .map(|d| d.datastore.clone())
-        .collect();
-    datastores.push(rec.config.datastore.clone());
-    datastores.sort();
-    datastores.dedup();
-    Demand {
-        cpus: rec.config.cpus,
-        memory_mib: rec.config.memory_mib,
-        datastores,
-    }
+    crate::migration::live::demand_of(rec)
 }
 
 impl Cluster {
