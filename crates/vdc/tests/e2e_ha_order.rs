@@ -244,6 +244,17 @@ async fn a_restart_with_no_room_raises_an_alarm_and_runs_when_room_appears() {
         .await
         .unwrap();
     assert_eq!(updated.ha.isolation_response, IsolationResponse::PowerOff);
+    let event = wait_event(&lab, "vm.updated", "nr-vm", |_| true).await;
+    assert_eq!(event.data["applied_on"], "host-1", "{event:?}");
+    // Its host rewrote vm.json on the datastore (it holds the lease).
+    let on_disk: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lab.datastore_path("shared").join("nr-vm/vm.json")).expect("vm.json"),
+    )
+    .expect("vm.json is JSON");
+    assert_eq!(
+        on_disk["ha"]["isolation_response"], "power_off",
+        "{on_disk}"
+    );
     // The only other host is in maintenance: no room for a restart.
     let t = c.enter_maintenance("host-2").await.unwrap();
     c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
@@ -266,7 +277,10 @@ async fn a_restart_with_no_room_raises_an_alarm_and_runs_when_room_appears() {
     })
     .await;
     assert_eq!(alarm.kind, "ha.restart_deferred");
-    assert!(alarm.reason.contains("as soon as room appears"), "{alarm:?}");
+    assert!(
+        alarm.reason.contains("as soon as room appears"),
+        "{alarm:?}"
+    );
     let acked = c.ack_alarm(&alarm.id).await.unwrap();
     assert!(acked.acknowledged && acked.cleared_ms.is_none());
     // Room appears: the VM restarts on host-2 and the alarm clears.

@@ -10,7 +10,7 @@ use serde_json::json;
 use vdc_types::ha::UpdateVmRequest;
 use vdc_types::{ApiError, Vm};
 
-use crate::Cluster;
+use crate::{Cluster, VmRecord};
 
 impl Cluster {
     /// `PATCH /api/v1/vms/{name}`: changes a VM's HA settings.
@@ -40,21 +40,48 @@ impl Cluster {
             })
             .await?;
         if before.config.ha != after.config.ha {
+            let applied = self.push_ha(&after).await;
             let ha = &after.config.ha;
             self.events
                 .publish(
                     "vm.updated",
                     name,
                     format!(
-                        "VM {name}: HA priority {}, isolation response {:?}, group {}",
+                        "VM {name}: HA priority {}, isolation response {:?}, group {}; {}",
                         ha.priority,
                         ha.isolation_response,
-                        ha.group.as_deref().unwrap_or("none")
+                        ha.group.as_deref().unwrap_or("none"),
+                        match &applied {
+                            Some(h) => format!("applied on {h} now"),
+                            None => "its host applies it at its next start".into(),
+                        }
                     ),
-                    json!({"ha": ha}),
+                    json!({"ha": ha, "applied_on": applied}),
                 )
                 .await;
         }
         self.get_vm(name).await
+    }
+
+    /// Pushes a VM's HA settings to the host running it; that host, if it
+    /// took them. A host that cannot be reached gets them at the VM's
+    /// next start (the start writes `vm.json` from the record).
+    async fn push_ha(&self, rec: &VmRecord) -> Option<String> {
+        if !rec.state.has_process() {
+            return None;
+        }
+        let host = rec.owner.clone()?;
+        let url = self.agent_url(&host).await.ok()?;
+        match self
+            .agents
+            .set_ha(&host, &url, &rec.config.id, &rec.config.ha)
+            .await
+        {
+            Ok(_) => Some(host),
+            Err(e) => {
+                tracing::warn!(vm = %rec.config.name, host = %host, error = %e, "the VM's host did not take its new HA settings; they apply at its next start");
+                None
+            }
+        }
     }
 }
