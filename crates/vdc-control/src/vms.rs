@@ -170,6 +170,7 @@ impl Cluster {
                 ),
             ));
         }
+        let ha_group = self.known_ha_group(req.ha_group.as_deref()).await?;
         let caps = self.capacities().await;
         let connected: Vec<_> = caps.iter().filter(|c| c.available).cloned().collect();
         if connected.is_empty() {
@@ -316,6 +317,7 @@ impl Cluster {
             ha: vdc_types::ha::VmHa {
                 priority: req.ha_priority.unwrap_or_default(),
                 isolation_response: req.isolation_response.unwrap_or_default(),
+                group: ha_group,
             },
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);

@@ -23,6 +23,7 @@ pub mod evacuate;
 
 pub mod ha;
 
+pub mod ha_order;
 pub mod lease_watch;
 
 /// Memory QEMU itself needs beyond the guest's RAM, MiB (device model,

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod error;
 pub mod event;
 pub mod ha;
+pub mod ha_group;
 pub mod host;
 pub mod job;
 pub mod lease_watch;

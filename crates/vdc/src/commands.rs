@@ -59,6 +59,8 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Ha(crate::cli::HaCmd::Set {
             tolerate_host_failures,
         }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
+        Command::Ha(crate::cli::HaCmd::Group(cmd)) => crate::ha_groups::ha_group(ctx, cmd).await,
+        Command::Alarm(cmd) => crate::ha_groups::alarm(ctx, cmd).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
