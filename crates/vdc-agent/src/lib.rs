@@ -32,6 +32,7 @@
 //! - `isolation`: the isolation response of a cut-off host
 //! - `vm_monitor`: VM monitoring (reset of a hung guest)
 //! - `hoststats`: `/proc` measurements
+//! - `tls`: the host's certificate of the cluster CA (migration stream)
 
 #![warn(missing_docs)]
 
@@ -54,6 +55,7 @@ mod slot;
 pub mod state;
 mod storage;
 mod supervisor;
+mod tls;
 mod transfer;
 pub mod vm_monitor;
 

@@ -33,6 +33,8 @@ use crate::{events, ha, maintenance, migration};
         list_hosts,
         ha::ha_status,
         ha::set_ha_policy,
+        crate::tls::get_settings,
+        crate::tls::set_settings,
         get_host,
         list_datastores,
         list_networks,
@@ -106,7 +108,14 @@ use crate::{events, ha, maintenance, migration};
         HostCredential,
         HostJoin,
         JoinRequest,
-        JoinResponse
+        JoinResponse,
+        vdc_types::auth::HostTlsBundle,
+        vdc_types::auth::HostCertificate,
+        vdc_types::migration::MigrationEncryption,
+        vdc_types::migration::MigrationSettingsView,
+        vdc_types::migration::SetMigrationSettingsRequest,
+        vdc_types::migration::CaSummary,
+        vdc_types::migration::HostTlsStatus
     )),
     modifiers(&BearerAuth)
 )]

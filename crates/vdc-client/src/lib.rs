@@ -7,6 +7,7 @@
 
 mod maintenance;
 mod migration;
+mod tls;
 
 use std::time::{Duration, Instant};
 

@@ -67,6 +67,11 @@ pub struct Host {
     /// Maintenance mode, when the host is in it (it takes no new VMs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceState>,
+    /// The certificate the host holds for the migration stream (its
+    /// expiry shown by `vdc host list`); none until its agent joined with a
+    /// certificate request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::auth::HostCertificate>,
 }
 
 /// Maintenance mode of a host.

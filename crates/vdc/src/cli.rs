@@ -86,6 +86,9 @@ pub enum Command {
     /// High availability: host states, heartbeats, failover capacity.
     #[command(subcommand)]
     Ha(HaCmd),
+    /// Live migration settings: stream encryption (TLS), the cluster CA.
+    #[command(subcommand)]
+    Migration(crate::migration_tls::MigrationCmd),
     /// Datastores.
     #[command(subcommand)]
     Datastore(DatastoreCmd),
@@ -412,6 +415,13 @@ pub enum VmCmd {
         /// unlimited).
         #[arg(long, value_name = "MIB_S")]
         bandwidth: Option<u64>,
+        /// Encrypt the stream with TLS (default: the cluster's setting,
+        /// `vdc migration settings`).
+        #[arg(long, conflicts_with = "no_tls")]
+        tls: bool,
+        /// Send the stream in plain TCP whatever the cluster's setting.
+        #[arg(long)]
+        no_tls: bool,
         /// Waiting behaviour (waits for the task by default).
         #[command(flatten)]
         wait: WaitArgs,

@@ -58,6 +58,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Ha(crate::cli::HaCmd::Set {
             tolerate_host_failures,
         }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
+        Command::Migration(cmd) => crate::migration_tls::run(ctx, cmd).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
@@ -127,7 +128,9 @@ pub fn host_table(hosts: &[Host]) -> String {
         "MEMORY",
         "FREE",
         "VMS",
+        "CERT-EXPIRES",
     ]);
+    let now = now_ms();
     for h in hosts {
         t.row(vec![
             h.name.clone(),
@@ -139,6 +142,7 @@ pub fn host_table(hosts: &[Host]) -> String {
             mib(h.memory_mib),
             mib(h.memory_free_mib),
             h.vm_count.to_string(),
+            crate::migration_tls::expiry(h.tls.as_ref(), now),
         ]);
     }
     t.render()
@@ -167,6 +171,17 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         ),
         ("vms", h.vm_count.to_string()),
         ("datastores", h.datastores.join(", ")),
+        (
+            "migration certificate",
+            match &h.tls {
+                Some(c) => format!(
+                    "expires {}; {}",
+                    crate::migration_tls::expiry(Some(c), now_ms()),
+                    c.sans.join(", ")
+                ),
+                None => "none (TLS migrations to or from it are refused)".into(),
+            },
+        ),
         (
             "last seen",
             format!("{} ago", age(h.last_seen_ms, now_ms())),
@@ -626,6 +641,7 @@ mod tests {
             datastores: vec!["shared".into()],
             last_seen_ms: 0,
             maintenance: None,
+            tls: None,
         };
         let out = host_table(&[h]);
         let lines: Vec<Vec<&str>> = out
@@ -643,7 +659,8 @@ mod tests {
                 "CPUS",
                 "MEMORY",
                 "FREE",
-                "VMS"
+                "VMS",
+                "CERT-EXPIRES"
             ]
         );
         assert_eq!(
@@ -657,7 +674,8 @@ mod tests {
                 "2",
                 "4G",
                 "2.9G",
-                "1"
+                "1",
+                "-"
             ]
         );
     }

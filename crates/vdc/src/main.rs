@@ -22,6 +22,7 @@ mod format;
 mod ha;
 mod join;
 mod maintenance;
+mod migration_tls;
 mod vm_commands;
 mod wait;
 

@@ -96,6 +96,7 @@ impl Cluster {
             policy.max_bandwidth_mib_s = b;
         }
         let allow_postcopy = policy.allow_postcopy;
+        let tls = self.tls_for(&source, &target, req.tls).await?;
         let (_, step) = self
             .begin_operation(name, VmAction::Migrate, Some(&target))
             .await?;
@@ -113,7 +114,7 @@ impl Cluster {
             name,
             step.operation.task_kind(),
             Some(params),
-            move |ctx| async move { me.live_body(&ctx, &n, &source, &target, policy).await },
+            move |ctx| async move { me.live_body(&ctx, &n, &source, &target, policy, tls).await },
         )
         .await
     }
@@ -219,6 +220,7 @@ impl Cluster {
         source: &str,
         target: &str,
         policy: MigrationPolicy,
+        tls: bool,
     ) -> Result<(), ApiError> {
         let begun = Instant::now();
         let allow_postcopy = policy.allow_postcopy;
@@ -226,6 +228,7 @@ impl Cluster {
             kind: Some(MigrationKind::Live),
             source: source.to_string(),
             target: target.to_string(),
+            tls,
             ..Default::default()
         };
         ctx.set_migration(&report).await;
@@ -248,6 +251,7 @@ impl Cluster {
                 config,
                 source: source.to_string(),
                 allow_postcopy,
+                tls,
             },
         };
         let in_id = self
@@ -324,8 +328,10 @@ impl Cluster {
                 "vm.migrated",
                 name,
                 format!(
-                    "VM {name} migrated live from {source} to {target} (downtime {} ms, total {} ms)",
-                    outcome.downtime_ms, outcome.total_ms
+                    "VM {name} migrated live from {source} to {target} (downtime {} ms, total {} ms, stream {})",
+                    outcome.downtime_ms,
+                    outcome.total_ms,
+                    if outcome.encrypted { "encrypted" } else { "plain" }
                 ),
                 json!({
                     "source": source,
@@ -335,6 +341,7 @@ impl Cluster {
                     "total_ms": outcome.total_ms,
                     "migration_ms": outcome.migration_ms,
                     "postcopy": outcome.postcopy,
+                    "encrypted": outcome.encrypted,
                     "policy_steps": report.policy_steps,
                 }),
             )
@@ -385,6 +392,7 @@ impl Cluster {
                 target: target.to_string(),
                 uri,
                 policy,
+                tls: report.tls,
             },
         };
         let out_id = self
@@ -470,6 +478,7 @@ impl Cluster {
                 migration_ms: m.total_ms.unwrap_or(0),
                 total_ms: 0,
                 postcopy: m.postcopy,
+                encrypted: m.encrypted,
             });
         }
         ctx.progress(95, "the destination takes the lease over")
