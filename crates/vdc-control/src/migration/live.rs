@@ -453,7 +453,15 @@ impl Cluster {
             _ => {
                 // The destination's error says more when it failed first.
                 match self.agents.job(target, dst_url, in_id, 0).await {
-                    Ok(d) if d.state == JobState::Failed => return Err(job_error(target, &d)),
+                    Ok(d) if d.state == JobState::Failed => {
+                        // Both sides' words: a TLS handshake refused by
+                        // either is told by the other's error.
+                        let mut e = job_error(target, &d);
+                        if let Some(src) = &out.error {
+                            e.message = format!("{} (host '{source}': {})", e.message, src.message);
+                        }
+                        return Err(e);
+                    }
                     Err(e) if dest_lost => {
                         return Err(ApiError::new(
                             ErrorCode::HostUnavailable,
