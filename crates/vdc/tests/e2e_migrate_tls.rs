@@ -68,16 +68,18 @@ fn vdc_cli(lab: &TestLab, args: &[&str]) -> String {
 }
 
 async fn start_migration(c: &Client, name: &str, to: &str, tls: Option<bool>) -> Task {
-    c.migrate_vm(
-        name,
-        &MigrateRequest {
-            to: Some(to.into()),
-            tls,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("migrate {name}: {e}"))
+    let req = MigrateRequest {
+        to: Some(to.into()),
+        tls,
+        ..Default::default()
+    };
+    start(c, name, &req).await
+}
+
+async fn start(c: &Client, name: &str, req: &MigrateRequest) -> Task {
+    c.migrate_vm(name, req)
+        .await
+        .unwrap_or_else(|e| panic!("migrate {name}: {e}"))
 }
 
 async fn migrate(c: &Client, name: &str, to: &str, tls: Option<bool>) -> Task {
@@ -137,7 +139,9 @@ async fn tls_migration_encrypts_the_stream_and_a_foreign_ca_is_refused() {
     assert!(said.starts_with("encryption: on"), "{said}");
     assert!(said.contains("DNS:host-2"), "{said}");
 
-    // 3. A live migration over TLS (by the setting) keeps the guest's boot.
+    // 3. A live migration over TLS (by the setting) keeps the guest's boot;
+    //    the guest dirties memory faster than a 16 MiB/s stream carries it,
+    //    so it ends in post-copy, over TLS too.
     let t = c
         .create_vm(&CreateVmRequest {
             name: "tls-1".into(),
@@ -164,7 +168,20 @@ async fn tls_migration_encrypts_the_stream_and_a_foreign_ca_is_refused() {
             .await
             .expect("event stream"),
     );
-    let t = migrate(c, "tls-1", "host-2", None).await;
+    let said = lab
+        .guest_request("host-2", &ip, &["dirty max 48"])
+        .expect("the guest's service");
+    assert!(said.iter().any(|l| l.starts_with("ok dirty")), "{said:?}");
+    let slow = MigrateRequest {
+        to: Some("host-2".into()),
+        bandwidth_mib_s: Some(16),
+        ..Default::default()
+    };
+    let t = start(c, "tls-1", &slow).await;
+    let t = c
+        .wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("the TLS migration failed: {e}"));
     let report = t.migration.expect("the task reports the migration");
     assert!(report.tls, "{report:?}");
     let outcome = report.outcome.expect("the outcome");
@@ -172,6 +189,15 @@ async fn tls_migration_encrypts_the_stream_and_a_foreign_ca_is_refused() {
         outcome.encrypted,
         "the source QEMU named TLS credentials: {outcome:?}"
     );
+    assert!(
+        outcome.postcopy,
+        "post-copy over TLS: {:?}",
+        report.policy_steps
+    );
+    let said = lab
+        .guest_request("host-1", &ip, &["dirty stop"])
+        .expect("the guest's service");
+    assert!(said.iter().any(|l| l == "ok"), "{said:?}");
     let ev = tokio::time::timeout(Duration::from_secs(30), migrated.next())
         .await
         .expect("a vm.migrated event")
