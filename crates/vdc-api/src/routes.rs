@@ -91,6 +91,19 @@ pub fn router(state: AppState) -> Router {
             "/migration/settings",
             get(crate::tls::get_settings).put(crate::tls::set_settings),
         )
+        .route(
+            "/ha/groups",
+            get(ha::list_ha_groups).post(ha::create_ha_group),
+        )
+        .route(
+            "/ha/groups/{name}",
+            get(ha::get_ha_group)
+                .put(ha::update_ha_group)
+                .delete(ha::delete_ha_group),
+        )
+        .route("/alarms", get(ha::list_alarms))
+        .route("/alarms/{id}/ack", post(ha::ack_alarm))
+        .route("/cpu-baseline", get(crate::cpu_baseline::get_cpu_baseline))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(
