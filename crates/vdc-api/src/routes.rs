@@ -88,10 +88,6 @@ pub fn router(state: AppState) -> Router {
         .route("/hosts", get(list_hosts).post(join::add_host))
         .route("/ha", get(ha::ha_status).put(ha::set_ha_policy))
         .route(
-            "/migration/settings",
-            get(crate::tls::get_settings).put(crate::tls::set_settings),
-        )
-        .route(
             "/ha/groups",
             get(ha::list_ha_groups).post(ha::create_ha_group),
         )
@@ -104,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         .route("/alarms", get(ha::list_alarms))
         .route("/alarms/{id}/ack", post(ha::ack_alarm))
         .route("/cpu-baseline", get(crate::cpu_baseline::get_cpu_baseline))
+        .route(
+            "/migration/settings",
+            get(crate::tls::get_settings).put(crate::tls::set_settings),
+        )
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(

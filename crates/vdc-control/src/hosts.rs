@@ -317,8 +317,8 @@ impl Cluster {
             datastores: rec.datastores.clone(),
             last_seen_ms: live.map(|l| l.seen_ms).unwrap_or(rec.last_seen_ms),
             maintenance: None,
-            tls: r.and_then(|r| r.tls.clone()),
             cpu_baseline: None,
+            tls: r.and_then(|r| r.tls.clone()),
         }
     }
 

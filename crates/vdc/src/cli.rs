@@ -86,12 +86,12 @@ pub enum Command {
     /// High availability: host states, heartbeats, failover capacity.
     #[command(subcommand)]
     Ha(HaCmd),
-    /// Live migration settings: stream encryption (TLS), the cluster CA.
-    #[command(subcommand)]
-    Migration(crate::migration_tls::MigrationCmd),
     /// Alarms: conditions to see until they clear.
     #[command(subcommand)]
     Alarm(crate::ha_groups::AlarmCmd),
+    /// Live migration settings: stream encryption (TLS), the cluster CA.
+    #[command(subcommand)]
+    Migration(crate::migration_tls::MigrationCmd),
     /// Datastores.
     #[command(subcommand)]
     Datastore(DatastoreCmd),

@@ -127,11 +127,6 @@ impl Agent {
             .migrate_set_capabilities(&super::common_capabilities(req.allow_postcopy))
             .await
             .map_err(|e| qmp_err("cannot set migration capabilities", e))?;
-        if let Some(dir) = tls_dir {
-            super::tls::arm(&vm, dir, &super::tls::Endpoint::Server)
-                .await
-                .map_err(|e| qmp_err("cannot set up TLS for the stream", e))?;
-        }
         // QEMU announces the guest (RARP from each NIC's MAC) when it
         // resumes it after the stream, by default 50 ms later: until then
         // the network still sends the guest's traffic to the source.
@@ -140,6 +135,11 @@ impl Agent {
             .migrate_set_parameters(serde_json::json!({"announce-initial": ANNOUNCE_INITIAL_MS}))
             .await
             .map_err(|e| qmp_err("cannot set the announce delay", e))?;
+        if let Some(dir) = tls_dir {
+            super::tls::arm(&vm, dir, &super::tls::Endpoint::Server)
+                .await
+                .map_err(|e| qmp_err("cannot set up TLS for the stream", e))?;
+        }
         let mut events = vm.events();
         let addr = self.config.migration_address.clone();
         let port = free_port(&addr)?;
