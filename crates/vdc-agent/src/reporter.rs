@@ -156,12 +156,17 @@ enum JoinError {
 }
 
 async fn join(client: &reqwest::Client, url: &str, agent: &Agent) -> Result<(), JoinError> {
-    // The key is made once (a small file write); a failure only means no
-    // certificate this time.
-    let csr = match agent.tls.csr(&agent.config.name) {
-        Ok(c) => Some(c),
-        Err(e) => {
+    // The key is made once (a file written and synced, on the blocking
+    // pool); a failure only means no certificate this time.
+    let (tls, host) = (agent.tls.clone(), agent.config.name.clone());
+    let csr = match tokio::task::spawn_blocking(move || tls.csr(&host)).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
             tracing::warn!(error = %crate::error::chain(&e), "cannot make the certificate request; joining without it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make the certificate request; joining without it");
             None
         }
     };
@@ -189,13 +194,19 @@ async fn join(client: &reqwest::Client, url: &str, agent: &Agent) -> Result<(), 
     let answer: vdc_types::auth::JoinResponse = serde_json::from_slice(&body)
         .map_err(|e| JoinError::Answer(vdc_types::limits::BoundedError::Decode(e)))?;
     agent.set_server_credential(&answer.server_credential);
-    if let Some(bundle) = &answer.tls {
-        match agent.tls.install(bundle) {
+    if let Some(bundle) = answer.tls {
+        let tls = agent.tls.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            tls.install(&bundle).map_err(|e| crate::error::chain(&e))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match installed {
             Ok(cert) => {
                 tracing::info!(not_after_ms = cert.not_after_ms, sans = ?cert.sans, "installed the host's migration certificate")
             }
             Err(e) => {
-                tracing::error!(error = %crate::error::chain(&e), "cannot install the host's migration certificate")
+                tracing::error!(error = %e, "cannot install the host's migration certificate")
             }
         }
     }

@@ -6,15 +6,17 @@
 //! directory (`migration::tls`).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use vdc_pki::files::HostTlsDir;
 use vdc_types::auth::{HostCertificate, HostTlsBundle};
 
-/// The host's TLS directory and the certificate installed there.
+/// The host's TLS directory and the certificate installed there (clones
+/// share it: file work runs on the blocking pool).
+#[derive(Clone)]
 pub(crate) struct HostTls {
     dir: HostTlsDir,
-    installed: Mutex<Option<HostCertificate>>,
+    installed: Arc<Mutex<Option<HostCertificate>>>,
 }
 
 /// What the agent reports of a certificate.
@@ -48,7 +50,7 @@ impl HostTls {
         };
         HostTls {
             dir,
-            installed: Mutex::new(installed),
+            installed: Arc::new(Mutex::new(installed)),
         }
     }
 

@@ -88,8 +88,9 @@ pub(crate) fn unix_ms(t: time::OffsetDateTime) -> u64 {
     (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64
 }
 
-/// An X.509 time from milliseconds since the Unix epoch.
+/// An X.509 time from milliseconds since the Unix epoch, to the second
+/// (certificates hold whole seconds).
 pub(crate) fn offset_time(ms: u64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }

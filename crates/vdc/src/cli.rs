@@ -598,6 +598,7 @@ mod tests {
             "false",
             "--bandwidth",
             "64",
+            "--no-tls",
         ])
         .expect("parses");
         match cli.command {
@@ -607,6 +608,8 @@ mod tests {
                 datastore,
                 allow_postcopy,
                 bandwidth,
+                tls,
+                no_tls,
                 ..
             }) => {
                 assert_eq!(name, "web-1");
@@ -614,9 +617,17 @@ mod tests {
                 assert_eq!(datastore, None);
                 assert_eq!(allow_postcopy, Some(false));
                 assert_eq!(bandwidth, Some(64));
+                assert!(!tls && no_tls);
             }
             other => panic!("unexpected {other:?}"),
         }
+        assert!(
+            Cli::try_parse_from(["vdc", "vm", "migrate", "w", "--tls", "--no-tls"]).is_err(),
+            "--tls and --no-tls exclude each other"
+        );
+        assert!(
+            Cli::try_parse_from(["vdc", "migration", "settings", "--encryption", "maybe"]).is_err()
+        );
     }
 
     #[test]

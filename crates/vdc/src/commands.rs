@@ -194,14 +194,7 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         ),
         (
             "migration certificate",
-            match &h.tls {
-                Some(c) => format!(
-                    "expires {}; {}",
-                    crate::migration_tls::expiry(Some(c), now_ms()),
-                    c.sans.join(", ")
-                ),
-                None => "none (TLS migrations to or from it are refused)".into(),
-            },
+            crate::migration_tls::certificate_text(h.tls.as_ref(), now_ms()),
         ),
         (
             "last seen",

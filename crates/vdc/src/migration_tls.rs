@@ -68,6 +68,14 @@ pub fn expiry(cert: Option<&HostCertificate>, now_ms: u64) -> String {
     }
 }
 
+/// A host's certificate for `vdc host show`.
+pub fn certificate_text(cert: Option<&HostCertificate>, now_ms: u64) -> String {
+    match cert {
+        Some(c) => format!("expires {}; {}", expiry(Some(c), now_ms), c.sans.join(", ")),
+        None => "none (TLS migrations to or from it are refused)".into(),
+    }
+}
+
 /// The settings as text: the setting, the CA, a table of hosts.
 pub fn settings_text(v: &MigrationSettingsView, now_ms: u64) -> String {
     let mut s = format!("encryption: {}\n", v.encryption.as_str());
