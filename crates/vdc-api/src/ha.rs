@@ -114,3 +114,14 @@ pub(crate) async fn ack_alarm(
 ) -> ApiResult<Json<vdc_types::ha_group::Alarm>> {
     Ok(Json(st.cluster.ack_alarm(&id).await?))
 }
+
+/// The web page's HA order groups and alarms section (`/ha.js`).
+pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../web/ha.js"),
+    )
+}
