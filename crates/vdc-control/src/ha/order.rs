@@ -153,6 +153,10 @@ impl Cluster {
                 done.push((name.clone(), Some("the VM was deleted".into())));
                 continue;
             };
+            if r.config.ha.priority == vdc_types::ha::HaPriority::Disabled {
+                done.push((name.clone(), Some("its HA priority is disabled".into())));
+                continue;
+            }
             let group = r.config.ha.group.clone();
             let failing_over = matches!(
                 r.operation.as_ref().map(|o| &o.operation),
