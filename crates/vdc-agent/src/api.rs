@@ -110,6 +110,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/agent/v1/images/import", post(import_image))
         .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/agent/v1/lease-watches", put(set_lease_watches))
         .route("/agent/v1/exports", post(open_export))
         .route("/agent/v1/exports/{id}", delete(close_export))
         .fallback(not_found)
@@ -180,6 +181,13 @@ async fn start(
     Body(req): Body<AgentStartRequest>,
 ) -> ApiResult<VmRuntime> {
     Ok(Json(agent.start(&id, req.config).await?))
+}
+
+async fn set_lease_watches(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::lease_watch::LeaseWatchRequest>,
+) -> ApiResult<Vec<vdc_types::lease_watch::LeaseWatchState>> {
+    Ok(Json(agent.set_lease_watches(req)?))
 }
 
 async fn shutdown(

@@ -6,6 +6,7 @@
 //! what was wrong.
 
 mod ha;
+mod history;
 mod maintenance;
 mod migration;
 

@@ -45,7 +45,7 @@ impl AgentClient {
         AgentClient { http, token }
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         host: &str,
         method: reqwest::Method,

@@ -189,6 +189,15 @@ impl Cluster {
     /// reports stopped as disconnected and their VMs as unknown, and
     /// releases VM operations whose task ended without releasing them.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let ha = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ha::HA_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                ha.check_ha().await;
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -196,7 +205,6 @@ impl Cluster {
             loop {
                 tick.tick().await;
                 me.check_hosts().await;
-                me.check_ha().await;
                 n += 1;
                 if n.is_multiple_of(ORPHAN_SWEEP_TICKS) {
                     if let Err(e) = me.release_orphaned_operations(false).await {

@@ -13,7 +13,9 @@
 //! - `-nodefaults -no-user-config`: only the devices listed here exist, so
 //!   the machine is identical on every host (a migration requirement).
 //! - No `-S`: a fresh VM runs as soon as QEMU is up. An incoming VM
-//!   (`-incoming defer`) waits for `migrate-incoming` anyway.
+//!   (`-incoming defer`) waits for `migrate-incoming` anyway. Only a VM
+//!   prepared ahead of its lease ([`MachineSpec::paused`], an HA restart)
+//!   starts with `-S`: disks opened, vCPUs stopped until `cont`.
 //! - No `-no-shutdown`: a guest power-off ends the QEMU process, which is
 //!   how the agent learns the VM stopped; a guest reboot is a `RESET` inside
 //!   the same process and needs nothing from us.
@@ -63,6 +65,9 @@ pub struct MachineSpec {
     pub smbios_oem_strings: Vec<String>,
     /// Start waiting for an incoming migration instead of booting.
     pub incoming: Option<Incoming>,
+    /// Start with the vCPUs stopped (`-S`) until `cont`: QEMU is ready
+    /// (devices created, images opened and locked) but runs no guest code.
+    pub paused: bool,
 }
 
 /// One qcow2 disk image.
@@ -306,6 +311,8 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
 
     if spec.incoming.is_some() {
         push(&["-incoming", "defer"]);
+    } else if spec.paused {
+        push(&["-S"]);
     }
     a
 }
@@ -344,6 +351,7 @@ mod tests {
             }],
             smbios_oem_strings: vec!["vdc.hostname=web-1".into(), "vdc.x=a,b".into()],
             incoming: None,
+            paused: false,
         }
     }
 
@@ -380,6 +388,14 @@ mod tests {
         assert!(args.iter().any(|a| a == "-nodefaults"));
         assert!(!args.iter().any(|a| a == "-no-shutdown" || a == "-S"));
         assert!(!args.iter().any(|a| a == "-incoming"));
+        let paused = command_line(
+            &MachineSpec {
+                paused: true,
+                ..spec()
+            },
+            &paths(),
+        );
+        assert_eq!(paused.iter().filter(|a| *a == "-S").count(), 1);
         let chardevs = values(&args, "-chardev");
         assert!(chardevs[0].contains("logfile=/ds/web-1/console.log,logappend=on"));
         assert!(chardevs[1].contains("path=/run/vdc/vms/abc/guest.sock"));

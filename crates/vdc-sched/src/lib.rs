@@ -24,6 +24,7 @@ pub mod evacuate;
 pub mod ha;
 
 pub mod ha_order;
+pub mod lease_watch;
 
 /// Memory QEMU itself needs beyond the guest's RAM, MiB (device model,
 /// TCG translation cache); measured ~100 MiB under TCG for small guests.

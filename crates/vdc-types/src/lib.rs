@@ -14,6 +14,7 @@ pub mod ha;
 pub mod ha_group;
 pub mod host;
 pub mod job;
+pub mod lease_watch;
 pub mod lifecycle;
 pub mod limits;
 pub mod migration;

@@ -1,7 +1,7 @@
 //! The HA manager: judges every host from its two heartbeats and restarts
 //! the protected VMs of failed hosts elsewhere.
 //!
-//! Each monitor tick (500 ms):
+//! Each HA tick ([`HA_TICK`], 200 ms):
 //! 1. read the datastore heartbeat file of every known host on every
 //!    shared datastore (on the blocking pool, bounded: a hung mount delays
 //!    nothing else) and note, on the server's monotonic clock, when each
@@ -9,6 +9,8 @@
 //! 2. judge each host with [`vdc_sched::ha::judge_host`] from the age of
 //!    its last report and of its datastore heartbeat; publish
 //!    `ha.host_state_changed` when the verdict changes, with its reason;
+//!    a host whose reports are late has its VMs' leases watched by the
+//!    hosts that would restart them (`watch`), before any verdict;
 //! 3. a *failed* host is disconnected at once and its VMs with a process
 //!    become `unknown`;
 //! 4. the VMs lost by failed hosts, protected and free of other
@@ -33,6 +35,7 @@ mod failover;
 mod groups;
 mod order;
 mod settings;
+mod watch;
 
 pub use admission::MAX_TOLERATED;
 
@@ -50,6 +53,10 @@ use vdc_types::ha::{
 use vdc_types::{ApiError, Datastore, DatastoreKind};
 
 use crate::{Cluster, HostRecord, VmRecord};
+
+/// How often the HA manager judges the hosts (and updates the lease
+/// watches): a fifth of a second adds at most that to detection.
+pub const HA_TICK: Duration = Duration::from_millis(200);
 
 /// A VM whose failover failed is tried again after this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(3);
@@ -98,6 +105,8 @@ pub(crate) struct HaMemory {
     /// VMs whose restart is deferred for want of a host (event and alarm
     /// raised once, until restarted).
     pub no_room: std::collections::HashSet<String>,
+    /// Lease watches before a failover (see `watch`).
+    pub watches: watch::WatchMemory,
     /// Per VM held back by the restart order: the last reason published.
     pub held: HashMap<String, String>,
 }
@@ -239,6 +248,11 @@ impl Cluster {
             .collect();
         self.observe_heartbeats(&hosts).await;
         let judged = self.judge_hosts().await;
+        let ages: Vec<_> = judged
+            .iter()
+            .map(|(h, _, net, _)| (h.clone(), *net))
+            .collect();
+        self.update_lease_watches(&ages).await;
         let mut changed = Vec::new();
         if let Ok(mut m) = self.ha.lock() {
             for (name, v, net, ds) in &judged {
