@@ -50,9 +50,10 @@ pub(crate) async fn list_ha_groups(
 
 /// Creates an HA order group: after a host failure its VMs restart once
 /// the VMs of the groups it starts after report ready (or their readiness
-/// timeout passed). Refused: an unknown group in `after`, a cycle (named).
+/// timeout passed). Refused: an unknown group in `after` (404), a cycle
+/// (400, named).
 #[utoipa::path(post, path = "/api/v1/ha/groups", request_body = vdc_types::ha_group::CreateHaGroupRequest,
-    responses((status = 201, body = vdc_types::ha_group::HaGroup), (status = 400, body = ApiError, description = "a bad name or timeout, an unknown group in after, or a cycle"), (status = 409, body = ApiError)))]
+    responses((status = 201, body = vdc_types::ha_group::HaGroup), (status = 400, body = ApiError, description = "a bad name or timeout, or a cycle"), (status = 404, body = ApiError, description = "an unknown group in after"), (status = 409, body = ApiError)))]
 pub(crate) async fn create_ha_group(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<vdc_types::ha_group::CreateHaGroupRequest>,
@@ -73,14 +74,14 @@ pub(crate) async fn get_ha_group(
     Ok(Json(st.cluster.get_ha_group(&name).await?))
 }
 
-/// Changes what an HA order group starts after and its readiness timeout
-/// (the body names the same group). Refused: an unknown group, a cycle.
-#[utoipa::path(put, path = "/api/v1/ha/groups/{name}", params(("name" = String, Path)), request_body = vdc_types::ha_group::CreateHaGroupRequest,
-    responses((status = 200, body = vdc_types::ha_group::HaGroup), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+/// Changes what an HA order group starts after and its readiness timeout.
+/// Refused: a group that does not exist (404), a cycle (400, named).
+#[utoipa::path(put, path = "/api/v1/ha/groups/{name}", params(("name" = String, Path)), request_body = vdc_types::ha_group::UpdateHaGroupRequest,
+    responses((status = 200, body = vdc_types::ha_group::HaGroup), (status = 400, body = ApiError, description = "a bad timeout, or the groups would start after each other in a cycle"), (status = 404, body = ApiError, description = "no such group, or an unknown group in after")))]
 pub(crate) async fn update_ha_group(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    ApiJson(req): ApiJson<vdc_types::ha_group::CreateHaGroupRequest>,
+    ApiJson(req): ApiJson<vdc_types::ha_group::UpdateHaGroupRequest>,
 ) -> ApiResult<Json<vdc_types::ha_group::HaGroup>> {
     Ok(Json(st.cluster.update_ha_group(&name, &req).await?))
 }
@@ -113,4 +114,15 @@ pub(crate) async fn ack_alarm(
     Path(id): Path<String>,
 ) -> ApiResult<Json<vdc_types::ha_group::Alarm>> {
     Ok(Json(st.cluster.ack_alarm(&id).await?))
+}
+
+/// The web page's HA order groups and alarms section (`/ha.js`).
+pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../web/ha.js"),
+    )
 }

@@ -90,6 +90,8 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::ha::SetHaPolicyRequest,
         vdc_types::ha_group::HaGroup,
         vdc_types::ha_group::CreateHaGroupRequest,
+        vdc_types::ha_group::UpdateHaGroupRequest,
+        vdc_types::ha_group::HaGroupName,
         vdc_types::ha_group::Alarm,
         vdc_types::ha_group::AlarmSeverity,
         Host,

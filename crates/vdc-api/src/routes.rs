@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/", get(web_page))
         .route("/ui", get(web_page))
+        .route("/ha.js", get(ha::web_script))
         .fallback(not_found)
         .with_state(state)
 }

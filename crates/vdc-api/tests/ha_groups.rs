@@ -10,7 +10,7 @@ use vdc_client::{Client, ClientError};
 use vdc_store::RedbStore;
 use vdc_types::api::CreateVmRequest;
 use vdc_types::ha::UpdateVmRequest;
-use vdc_types::ha_group::CreateHaGroupRequest;
+use vdc_types::ha_group::{CreateHaGroupRequest, UpdateHaGroupRequest};
 use vdc_types::ErrorCode;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -58,10 +58,19 @@ async fn groups_are_validated_and_a_cycle_is_named() {
 
     // An unknown group in `after`.
     let (code, msg) = api_code(c.create_ha_group(&group("x", &["nope"])).await);
-    assert_eq!(code, ErrorCode::InvalidInput);
+    assert_eq!(code, ErrorCode::NotFound);
     assert!(msg.contains("'nope', which is not a group"), "{msg}");
     // A cycle, named.
-    let (code, msg) = api_code(c.update_ha_group(&group("db", &["web"])).await);
+    let (code, msg) = api_code(
+        c.update_ha_group(
+            "db",
+            &UpdateHaGroupRequest {
+                after: vec!["web".into()],
+                ready_timeout_s: None,
+            },
+        )
+        .await,
+    );
     assert_eq!(code, ErrorCode::InvalidInput);
     assert!(
         msg.contains("cycle: db → web → app → db"),
@@ -105,7 +114,7 @@ async fn groups_are_validated_and_a_cycle_is_named() {
         })
         .await,
     );
-    assert_eq!(code, ErrorCode::InvalidInput);
+    assert_eq!(code, ErrorCode::NotFound);
     assert!(msg.contains("no HA group 'nope'"), "{msg}");
     let (code, _) = api_code(
         c.update_vm(

@@ -1,6 +1,6 @@
 //! HA order groups and alarms calls of the REST API.
 
-use vdc_types::ha_group::{Alarm, CreateHaGroupRequest, HaGroup};
+use vdc_types::ha_group::{Alarm, CreateHaGroupRequest, HaGroup, UpdateHaGroupRequest};
 
 use crate::{seg, Client, ClientError};
 
@@ -21,14 +21,12 @@ impl Client {
     /// `PUT /ha/groups/{name}`: changes a group's dependencies and timeout.
     pub async fn update_ha_group(
         &self,
-        req: &CreateHaGroupRequest,
+        name: &str,
+        req: &UpdateHaGroupRequest,
     ) -> Result<HaGroup, ClientError> {
         self.send(
-            self.req(
-                reqwest::Method::PUT,
-                &format!("/ha/groups/{}", seg(&req.name)),
-            )
-            .json(req),
+            self.req(reqwest::Method::PUT, &format!("/ha/groups/{}", seg(name)))
+                .json(req),
         )
         .await
     }

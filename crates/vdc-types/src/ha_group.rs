@@ -49,6 +49,23 @@ pub struct HaGroup {
     pub rank: u32,
 }
 
+/// A group's name as the OpenAPI document states it (the rule of
+/// [`crate::names::validate_name`]); the items of `after`.
+pub struct HaGroupName;
+
+impl utoipa::PartialSchema for HaGroupName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(crate::names::NAME_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(crate::names::MAX_NAME_LEN))
+            .into()
+    }
+}
+
+impl ToSchema for HaGroupName {}
+
 /// `POST /api/v1/ha/groups`: a new order group.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,7 +79,22 @@ pub struct CreateHaGroupRequest {
     pub name: String,
     /// The groups whose VMs must be ready first (existing groups, no cycle).
     #[serde(default)]
-    #[schema(max_items = 32)]
+    #[schema(max_items = 32, value_type = Vec<HaGroupName>)]
+    pub after: Vec<String>,
+    /// Readiness timeout, seconds (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub ready_timeout_s: Option<u64>,
+}
+
+/// `PUT /api/v1/ha/groups/{name}`: what a group starts after and its
+/// readiness timeout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateHaGroupRequest {
+    /// The groups whose VMs must be ready first (existing groups, no cycle).
+    #[serde(default)]
+    #[schema(max_items = 32, value_type = Vec<HaGroupName>)]
     pub after: Vec<String>,
     /// Readiness timeout, seconds (default 120).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,18 @@ pub(crate) async fn ha_status(ctx: &Ctx) -> Result<(), CliError> {
     if ctx.json() {
         return out_json(&st);
     }
-    out(&ha_text(&st))
+    let raised = ctx
+        .client
+        .list_alarms()
+        .await?
+        .iter()
+        .filter(|a| a.cleared_ms.is_none())
+        .count();
+    let groups = ctx.client.list_ha_groups().await?.len();
+    out(&format!(
+        "{}\norder groups: {groups} (vdc ha group list); alarms raised: {raised} (vdc alarm list)\n",
+        ha_text(&st)
+    ))
 }
 
 /// `vdc ha set --tolerate-host-failures N`.

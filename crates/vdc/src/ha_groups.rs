@@ -74,7 +74,13 @@ pub(crate) async fn ha_group(ctx: &Ctx, cmd: HaGroupCmd) -> Result<(), CliError>
             return out(&format!("HA group {name} deleted\n"));
         }
         HaGroupCmd::Create(a) => ctx.client.create_ha_group(&req(a)).await?,
-        HaGroupCmd::Update(a) => ctx.client.update_ha_group(&req(a)).await?,
+        HaGroupCmd::Update(a) => {
+            let r = vdc_types::ha_group::UpdateHaGroupRequest {
+                after: a.after,
+                ready_timeout_s: a.ready_timeout,
+            };
+            ctx.client.update_ha_group(&a.name, &r).await?
+        }
     };
     if ctx.json() {
         return out_json(&one);

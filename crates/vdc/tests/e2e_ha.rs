@@ -464,20 +464,24 @@ async fn a_server_killed_during_a_failover_finishes_it_after_its_restart() {
     checker.check();
 }
 
-/// The web page's HA panel (policy, each host's state and heartbeat ages)
-/// and the per-VM priority selector, in a real headless Chromium.
+/// The web page's HA panel (policy, each host's state and heartbeat ages),
+/// the per-VM priority and group selectors, the order groups (made with
+/// the page's form, in restart order) and an alarm acknowledged from the
+/// page, in a real headless Chromium.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
     use vdc_test_infra::webdriver::Browser;
     const PAGE: Duration = Duration::from_secs(60);
     let lab = lab(2).await;
-    // A VM that is not started: its row and priority need no guest.
+    // A VM running on host-2 (its row, priority and group need no guest).
     let t = lab
         .client
         .create_vm(&CreateVmRequest {
             name: "ha-web".into(),
             template: Some(TEMPLATE.into()),
             memory_mib: Some(128),
+            host: Some("host-2".into()),
+            start: true,
             ..Default::default()
         })
         .await
@@ -535,7 +539,74 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
         (v.ha.priority == HaPriority::High).then_some(())
     })
     .await;
-    // A killed host shows as failed.
+    // Order groups: two made with the page's form, shown in restart order.
+    for (name, after) in [("web-db", ""), ("web-app", "web-db")] {
+        let form = "#hagroup-create";
+        let input = step(
+            "the group form",
+            browser.find(&format!("{form} input[name=name]")).await,
+        );
+        step("typing the name", browser.send_keys(&input, name).await);
+        if !after.is_empty() {
+            let a = step(
+                "the after field",
+                browser.find(&format!("{form} input[name=after]")).await,
+            );
+            step("typing after", browser.send_keys(&a, after).await);
+        }
+        step(
+            "creating the group",
+            browser.click_css(&format!("{form} button"), PAGE).await,
+        );
+        step(
+            "the group in the table",
+            browser
+                .wait_row("#hagroups tbody tr", PAGE, |r| r[1] == name)
+                .await,
+        );
+    }
+    // The VM joins web-db from its row; the group table lists it.
+    step(
+        "choosing group web-db",
+        browser
+            .click_css(
+                r#"select.ha-group[data-vm="ha-web"] option[value="web-db"]"#,
+                PAGE,
+            )
+            .await,
+    );
+    wait_until_async(PAGE, "group web-db through the API", || async {
+        let v = lab.client.get_vm("ha-web").await.ok()?;
+        (v.ha.group.as_deref() == Some("web-db")).then_some(())
+    })
+    .await;
+    step(
+        "the order and the members",
+        browser
+            .wait_text("#hagroups tbody", PAGE, |t| {
+                t.contains("ha-web") && t.contains("web-app")
+            })
+            .await,
+    );
+    let rows = step("group rows", browser.table_rows("#hagroups tbody tr").await);
+    assert_eq!(
+        rows[0][0..2],
+        ["0".to_string(), "web-db".to_string()],
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows[1][0..3],
+        ["1".to_string(), "web-app".to_string(), "web-db".to_string()],
+        "{rows:?}"
+    );
+    assert_eq!(rows[0][4], "ha-web", "{rows:?}");
+    // No room for its restart (host-1 in maintenance): host-2 killed shows
+    // as failed, the alarm shows, and it is acknowledged from the page.
+    let t = lab.client.enter_maintenance("host-1").await.unwrap();
+    lab.client
+        .wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("host-1 in maintenance");
     lab.fail_host("host-2", Fault::Kill);
     step(
         "host-2 failed in the HA table",
@@ -545,6 +616,26 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
             })
             .await,
     );
+    let alarm = step(
+        "the alarm in the page",
+        browser
+            .wait_row("#alarms tbody tr", PAGE, |r| {
+                r[0] == "critical" && r[1] == "ha-web" && r[4] == "raised"
+            })
+            .await,
+    );
+    assert!(alarm[2].contains("out of maintenance"), "{alarm:?}");
+    step(
+        "acknowledging the alarm",
+        browser.click_css("#alarms button[data-ack]", PAGE).await,
+    );
+    wait_until_async(PAGE, "the alarm acknowledged through the API", || async {
+        let a = lab.client.list_alarms().await.ok()?;
+        a.iter()
+            .any(|a| a.object == "ha-web" && a.acknowledged && a.cleared_ms.is_none())
+            .then_some(())
+    })
+    .await;
 }
 
 /// The value of a browser step, or a panic naming the step and the cause.

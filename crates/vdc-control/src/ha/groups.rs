@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vdc_sched::ha_order::{check_groups, ranks, GroupRule};
+use vdc_sched::ha_order::{check_groups, ranks, GroupError, GroupRule};
 use vdc_store::{StoreError, StoreExt};
 use vdc_types::ha_group::{
-    CreateHaGroupRequest, HaGroup, DEFAULT_READY_TIMEOUT_S, HA_GROUP_VERSION, MAX_GROUP_AFTER,
-    MAX_READY_TIMEOUT_S,
+    CreateHaGroupRequest, HaGroup, UpdateHaGroupRequest, DEFAULT_READY_TIMEOUT_S, HA_GROUP_VERSION,
+    MAX_GROUP_AFTER, MAX_READY_TIMEOUT_S,
 };
 use vdc_types::names::validate_name;
 use vdc_types::{now_ms, ApiError, ErrorCode, UnixMillis};
@@ -85,6 +85,15 @@ fn check_version(doc: &GroupsDoc) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// A group referring to a missing one is 404 (like any reference to a
+/// missing object); a cycle is 400.
+fn group_error(e: GroupError) -> ApiError {
+    match e {
+        GroupError::UnknownGroup { .. } => ApiError::new(ErrorCode::NotFound, e.to_string()),
+        GroupError::Cycle(_) => ApiError::invalid(e.to_string()),
+    }
 }
 
 /// Checks a request's fields (not yet against the other groups).
@@ -184,8 +193,7 @@ impl Cluster {
             .update_json::<GroupsDoc, Change, _>(GROUPS_KEY, |mut doc| {
                 check_version(&doc).map_err(Change::Api)?;
                 change(&mut doc).map_err(Change::Api)?;
-                check_groups(&doc.rules())
-                    .map_err(|e| Change::Api(ApiError::invalid(e.to_string())))?;
+                check_groups(&doc.rules()).map_err(|e| Change::Api(group_error(e)))?;
                 doc.version = HA_GROUP_VERSION;
                 Ok(doc)
             })
@@ -225,15 +233,13 @@ impl Cluster {
     pub async fn update_ha_group(
         &self,
         name: &str,
-        req: &CreateHaGroupRequest,
+        req: &UpdateHaGroupRequest,
     ) -> Result<HaGroup, ApiError> {
-        if req.name != name {
-            return Err(ApiError::invalid(format!(
-                "the body names group '{}' but the path '{name}'; a group cannot be renamed",
-                req.name
-            )));
-        }
-        let timeout = check_request(req)?;
+        let timeout = check_request(&CreateHaGroupRequest {
+            name: name.to_string(),
+            after: req.after.clone(),
+            ready_timeout_s: req.ready_timeout_s,
+        })?;
         self.change_groups(|doc| {
             let g = doc
                 .groups
@@ -309,9 +315,12 @@ impl Cluster {
         if doc.groups.iter().any(|g| g.name == name) {
             Ok(Some(name.to_string()))
         } else {
-            Err(ApiError::invalid(format!(
-                "there is no HA group '{name}'; create it first (vdc ha group create {name})"
-            )))
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "there is no HA group '{name}'; create it first (vdc ha group create {name})"
+                ),
+            ))
         }
     }
 

@@ -4,8 +4,10 @@
 //! of a host to run them.
 //!
 //! Each VM awaiting its restart has a durable entry, `/ha/restarts/<vm>`
-//! (`{version, vm, group, since_ms}`), written when the VM first enters the
-//! plan and removed once it runs again with its guest ready (or is deleted,
+//! (`{version, vm, since_ms, from}`), written when the VM first enters the
+//! plan and removed once it runs again with its guest ready — on the host
+//! that lost it, or elsewhere once `vm.guest_ready` was published for it
+//! since it was lost, so that no dependent starts before that event (or is deleted,
 //! stopped, disabled, or its host takes it back). So a server restarted
 //! mid-way knows which VMs of a dependency group are restarted but not yet
 //! ready, and how long each VM has waited (server wall clock): the order
@@ -51,6 +53,9 @@ pub(crate) struct RestartEntry {
     pub version: u32,
     pub vm: String,
     pub since_ms: UnixMillis,
+    /// The host that lost it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// A host verdict by name.
@@ -113,20 +118,21 @@ impl Cluster {
                 .into_iter()
                 .map(|p| p.name.clone())
                 .collect();
-        let mut since: HashMap<String, UnixMillis> =
-            entries.iter().map(|e| (e.vm.clone(), e.since_ms)).collect();
+        let mut since: HashMap<String, RestartEntry> =
+            entries.into_iter().map(|e| (e.vm.clone(), e)).collect();
         for name in &plan {
             if !since.contains_key(name) {
                 let e = RestartEntry {
                     version: RESTART_ENTRY_VERSION,
                     vm: name.clone(),
                     since_ms: now_ms(),
+                    from: by_name.get(name.as_str()).and_then(|r| r.owner.clone()),
                 };
                 self.store
                     .put_json(&format!("{PREFIX}{name}"), &e)
                     .await
                     .map_err(store_err)?;
-                since.insert(name.clone(), e.since_ms);
+                since.insert(name.clone(), e);
             }
         }
         let doc = self.ha_groups_doc().await?;
@@ -147,12 +153,17 @@ impl Cluster {
             .unwrap_or_default();
         let mut awaiting = Vec::new();
         let mut done: Vec<(String, Option<String>)> = Vec::new();
-        for (name, since_ms) in &since {
-            let waited = Duration::from_millis(now.saturating_sub(*since_ms));
+        let mut history: Option<Vec<vdc_types::Event>> = None;
+        for (name, entry) in &since {
+            let waited = Duration::from_millis(now.saturating_sub(entry.since_ms));
             let Some(r) = by_name.get(name.as_str()) else {
                 done.push((name.clone(), Some("the VM was deleted".into())));
                 continue;
             };
+            if r.config.ha.priority == vdc_types::ha::HaPriority::Disabled {
+                done.push((name.clone(), Some("its HA priority is disabled".into())));
+                continue;
+            }
             let group = r.config.ha.group.clone();
             let failing_over = matches!(
                 r.operation.as_ref().map(|o| &o.operation),
@@ -174,7 +185,23 @@ impl Cluster {
                     .as_deref()
                     .is_some_and(|o| verdict_in(judged, o) == HostVerdict::Connected)
             {
-                if r.guest.ready {
+                // Ready once its guest said so: on the host that lost it
+                // (it took the VM back), or, restarted, by a
+                // `vm.guest_ready` published since it was lost (the record
+                // changes a moment before that event: dependents follow the
+                // event, never precede it).
+                let back_home = r.owner.is_some() && r.owner == entry.from;
+                if r.guest.ready && !back_home && history.is_none() {
+                    history = Some(self.events.history(0, crate::events::HISTORY).await);
+                }
+                let announced = history.as_deref().is_some_and(|h| {
+                    h.iter().any(|e| {
+                        e.topic == "vm.guest_ready"
+                            && e.object == *name
+                            && e.time_ms >= entry.since_ms
+                    })
+                });
+                if r.guest.ready && (back_home || announced) {
                     done.push((name.clone(), None));
                     continue;
                 }
