@@ -210,7 +210,11 @@ impl Cluster {
                     &host,
                     format!(
                         "host {host} is suspect (no report for {ms} ms): {} watch its VMs' leases",
-                        watching.keys().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+                        watching
+                            .keys()
+                            .map(|h| h.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     json!({"suspect": true, "network_heartbeat_age_ms": ms, "watchers": watching}),
                 )
