@@ -101,6 +101,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/pause"), post(pause))
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
+        .route(&format!("{VM}/ha"), put(set_ha))
         .route(&format!("{VM}/console"), get(console))
         .route(
             &format!("{VM}/console/input"),
@@ -218,6 +219,14 @@ async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiRe
 
 async fn resume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
     Ok(Json(agent.resume(&id).await?))
+}
+
+async fn set_ha(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(ha): Body<vdc_types::ha::VmHa>,
+) -> ApiResult<vdc_types::ha::VmHa> {
+    Ok(Json(agent.set_ha(&id, ha).await?))
 }
 
 async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {

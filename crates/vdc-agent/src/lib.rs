@@ -44,6 +44,7 @@ mod config;
 mod console;
 mod console_log;
 mod error;
+mod ha_settings;
 mod heartbeat;
 mod hoststats;
 mod isolation;

@@ -23,6 +23,7 @@
 pub mod agents;
 pub mod answers;
 mod console;
+pub mod cpu_baseline;
 pub mod events;
 pub mod ha;
 mod hosts;
@@ -118,6 +119,8 @@ pub struct Cluster {
     pub(crate) migration_settings: std::sync::RwLock<migration::MigrationSettings>,
     /// The HA manager's memory (see [`ha`]).
     pub(crate) ha: std::sync::Mutex<ha::HaMemory>,
+    /// How the CPU baseline is chosen (see [`cpu_baseline`]).
+    pub(crate) cpu_baseline: std::sync::RwLock<vdc_sched::cpu_baseline::BaselineMode>,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -163,6 +166,7 @@ impl Cluster {
             migrations: Default::default(),
             migration_turn: tokio::sync::Notify::new(),
             migration_settings: Default::default(),
+            cpu_baseline: Default::default(),
             ha: std::sync::Mutex::new(Default::default()),
         });
         cluster.release_orphaned_operations(true).await?;

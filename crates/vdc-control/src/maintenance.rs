@@ -209,6 +209,7 @@ impl Cluster {
                 memory_mib: r.config.memory_mib,
                 cpus: r.config.cpus,
                 datastores: datastores_of(r),
+                cpu_model: Some(r.config.cpu_model.clone()),
             })
             .collect();
         let plan = plan_evacuation(host, &vms, &self.capacities().await);

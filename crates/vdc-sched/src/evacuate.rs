@@ -29,6 +29,8 @@ pub struct EvacuatedVm {
     pub cpus: u32,
     /// Datastores it uses (home and disks).
     pub datastores: Vec<String>,
+    /// Its CPU model (`None`: not checked).
+    pub cpu_model: Option<String>,
 }
 
 /// How one VM leaves.
@@ -83,6 +85,14 @@ pub fn plan_evacuation(
                 vm.datastores
                     .iter()
                     .all(|d| others[i].datastores.contains(d))
+                    && crate::cpu_refusal(
+                        &crate::Demand {
+                            cpu_model: vm.cpu_model.clone(),
+                            ..Default::default()
+                        },
+                        &others[i],
+                    )
+                    .is_none()
             })
             .collect();
         let decision = if others.is_empty() {
@@ -164,6 +174,7 @@ mod tests {
             memory_pending_mib: 0,
             vcpus_committed: 0,
             datastores: ds.iter().map(|s| s.to_string()).collect(),
+            cpu: None,
         }
     }
 
@@ -174,6 +185,7 @@ mod tests {
             memory_mib: mib,
             cpus: 1,
             datastores: ds.iter().map(|s| s.to_string()).collect(),
+            cpu_model: None,
         }
     }
 

@@ -103,6 +103,7 @@ mod tests {
             memory_pending_mib: 0,
             vcpus_committed: 0,
             datastores: vec!["shared".into()],
+            cpu: None,
         }
     }
 
@@ -115,6 +116,7 @@ mod tests {
                 cpus: 1,
                 memory_mib: 128,
                 datastores: vec!["shared".into()],
+                cpu_model: None,
             },
             protected: true,
         }

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vdc_sched::lease_watch::{is_suspect, watch_plan, LeaseHolderVm};
-use vdc_sched::Demand;
 use vdc_types::lease_watch::{LeaseWatchRequest, LeaseWatchState, LeaseWatchTarget};
 use vdc_types::{ApiError, VmOperation, VmPowerState};
 
@@ -69,19 +68,11 @@ fn holder_vm(r: &VmRecord) -> Option<LeaseHolderVm> {
             (owner, None)
         }
     };
-    let mut datastores: Vec<String> = r.config.disks.iter().map(|d| d.datastore.clone()).collect();
-    datastores.push(r.config.datastore.clone());
-    datastores.sort();
-    datastores.dedup();
     Some(LeaseHolderVm {
         name: r.config.name.clone(),
         holder,
         failover_to,
-        demand: Demand {
-            cpus: r.config.cpus,
-            memory_mib: r.config.memory_mib,
-            datastores,
-        },
+        demand: crate::migration::live::demand_of(r),
         protected: super::priority_of(r) != vdc_sched::ha::RestartPriority::Disabled,
     })
 }
