@@ -535,8 +535,37 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
         (v.ha.priority == HaPriority::High).then_some(())
     })
     .await;
-    // A killed host shows as failed.
+    // A killed host running a VM: the live event list shows the lease
+    // watch that begins before the verdict, then the host shows as failed.
+    let t = lab
+        .client
+        .create_vm(&CreateVmRequest {
+            name: "ha-web-run".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            host: Some("host-2".into()),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create accepted");
+    lab.client
+        .wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("created and started");
     lab.fail_host("host-2", Fault::Kill);
+    let events = step(
+        "the lease watch in the live event list",
+        browser
+            .wait_text("#events", PAGE, |t| {
+                t.contains("ha.lease_watch  host host-2 is suspect")
+            })
+            .await,
+    );
+    assert!(
+        events.contains("its VMs' leases are watched by host-1"),
+        "{events}"
+    );
     step(
         "host-2 failed in the HA table",
         browser

@@ -200,7 +200,7 @@ impl Cluster {
                     "ha.lease_watch",
                     &host,
                     format!(
-                        "host {host} is suspect (no report for {ms} ms): {} watch its VMs' leases",
+                        "host {host} is suspect (no report for {ms} ms): its VMs' leases are watched by {}",
                         watching
                             .keys()
                             .map(|h| h.as_str())
