@@ -558,7 +558,8 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
         "the lease watch in the live event list",
         browser
             .wait_text("#events", PAGE, |t| {
-                t.contains("ha.lease_watch  host host-2 is suspect")
+                t.lines()
+                    .any(|l| l.contains("ha.lease_watch") && l.contains("host host-2 is suspect"))
             })
             .await,
     );
