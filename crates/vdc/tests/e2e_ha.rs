@@ -263,6 +263,16 @@ async fn an_isolated_host_or_a_link_blip_restarts_nothing() {
     // Isolated, its datastore reachable: keep running (the default).
     lab.fail_host("host-1", Fault::Isolate);
     wait_ha_state(&lab, "host-1", HaHostState::IsolatedOrPartitioned).await;
+    // Its reports are late: host-2 watches its VM's lease (and restarts
+    // nothing while host-1 keeps renewing it).
+    wait_until_async(STATE_WAIT, "host-2 watching host-1's leases", || async {
+        let st = lab.client.ha_status().await.ok()?;
+        st.hosts
+            .iter()
+            .find(|h| h.name == "host-1" && h.lease_watchers == ["host-2"])
+            .map(|_| ())
+    })
+    .await;
     // Long enough for a take-over by TTL: the lease is renewed again and
     // again by host-1 meanwhile.
     wait_renewals(&lab, "ha-iso", "host-1", 6);
@@ -280,6 +290,14 @@ async fn an_isolated_host_or_a_link_blip_restarts_nothing() {
     checker.check();
     lab.fail_host("host-1", Fault::Heal);
     wait_ha_state(&lab, "host-1", HaHostState::Connected).await;
+    wait_until_async(STATE_WAIT, "the watches dropped", || async {
+        let st = lab.client.ha_status().await.ok()?;
+        st.hosts
+            .iter()
+            .all(|h| h.lease_watchers.is_empty())
+            .then_some(())
+    })
+    .await;
     let back = wait_vm_timeout(&lab.client, "ha-iso", STATE_WAIT, |v| {
         v.state == VmPowerState::Running && v.owner.as_deref() == Some("host-1")
     })
@@ -535,8 +553,9 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
         (v.ha.priority == HaPriority::High).then_some(())
     })
     .await;
-    // A killed host running a VM: the live event list shows the lease
-    // watch that begins before the verdict, then the host shows as failed.
+    // A host running a VM cut off (its datastore reachable, the VM kept
+    // running): host-1 watches the VM's lease, as the HA table and the
+    // live event list show; then the host is killed and shows as failed.
     let t = lab
         .client
         .create_vm(&CreateVmRequest {
@@ -553,7 +572,15 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
         .wait_task(&t.id, TASK_TIMEOUT, |_| {})
         .await
         .expect("created and started");
-    lab.fail_host("host-2", Fault::Kill);
+    lab.fail_host("host-2", Fault::Isolate);
+    step(
+        "host-2 isolated, its VM's lease watched by host-1",
+        browser
+            .wait_row("#ha tbody tr", PAGE, |r| {
+                r[0] == "host-2" && r[1] == "isolated_or_partitioned" && r[5] == "host-1"
+            })
+            .await,
+    );
     let events = step(
         "the lease watch in the live event list",
         browser
@@ -567,6 +594,7 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
         events.contains("its VMs' leases are watched by host-1"),
         "{events}"
     );
+    lab.fail_host("host-2", Fault::Kill);
     step(
         "host-2 failed in the HA table",
         browser

@@ -36,6 +36,8 @@ pub(crate) struct WatchMemory {
     sent: HashMap<String, (BTreeSet<LeaseWatchTarget>, Instant)>,
     /// Suspect hosts whose watches were announced (`ha.lease_watch`).
     announced: HashSet<String>,
+    /// Per suspect host: the hosts watching its VMs' leases now.
+    pub watchers: HashMap<String, Vec<String>>,
 }
 
 impl AgentClient {
@@ -158,6 +160,19 @@ impl Cluster {
                     plan.values().flatten().any(|v| mine.contains(v.as_str()))
                 })
                 .cloned()
+                .collect();
+            w.watchers = suspects
+                .iter()
+                .map(|h| {
+                    let mine = vms_of(&records, h);
+                    let by: Vec<String> = plan
+                        .iter()
+                        .filter(|(_, vms)| vms.iter().any(|v| mine.contains(v.as_str())))
+                        .map(|(w, _)| w.clone())
+                        .collect();
+                    (h.clone(), by)
+                })
+                .filter(|(_, by)| !by.is_empty())
                 .collect();
             let ended: Vec<String> = w.announced.difference(&suspects).cloned().collect();
             w.announced.retain(|h| suspects.contains(h));
