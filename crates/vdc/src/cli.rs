@@ -89,6 +89,9 @@ pub enum Command {
     /// Alarms: conditions to see until they clear.
     #[command(subcommand)]
     Alarm(crate::ha_groups::AlarmCmd),
+    /// Live migration settings: stream encryption (TLS), the cluster CA.
+    #[command(subcommand)]
+    Migration(crate::migration_tls::MigrationCmd),
     /// Datastores.
     #[command(subcommand)]
     Datastore(DatastoreCmd),
@@ -427,6 +430,13 @@ pub enum VmCmd {
         /// unlimited).
         #[arg(long, value_name = "MIB_S")]
         bandwidth: Option<u64>,
+        /// Encrypt the stream with TLS (default: the cluster's setting,
+        /// `vdc migration settings`).
+        #[arg(long, conflicts_with = "no_tls")]
+        tls: bool,
+        /// Send the stream in plain TCP whatever the cluster's setting.
+        #[arg(long)]
+        no_tls: bool,
         /// Waiting behaviour (waits for the task by default).
         #[command(flatten)]
         wait: WaitArgs,

@@ -1,6 +1,7 @@
 //! Live migration on the agent's side: the destination receives
 //! (`incoming`), the source sends (`outgoing`), each an agent job the
-//! server starts and follows; the convergence policy (`policy`) is pure.
+//! server starts and follows; the convergence policy (`policy`) is pure;
+//! `tls` arms QEMU's TLS for the stream when the server asks for it.
 //!
 //! ```text
 //!  destination (migrate_in job)           source (migrate_out job)
@@ -25,6 +26,7 @@
 mod incoming;
 mod outgoing;
 pub mod policy;
+mod tls;
 
 /// Capabilities set the same on both sides (`postcopy-ram` when allowed).
 pub(crate) fn common_capabilities(allow_postcopy: bool) -> Vec<(&'static str, bool)> {

@@ -44,6 +44,11 @@ impl Agent {
             )));
         }
         let was_running = slot.state() == VmPowerState::Running;
+        let tls_dir = if req.tls {
+            Some(self.migration_tls_dir()?)
+        } else {
+            None
+        };
         let run_dir = self.run_dir(&req.vm_id);
         let policy = req.policy.clone();
         let mut conv = Convergence::new(policy.clone());
@@ -66,12 +71,27 @@ impl Agent {
             }))
             .await
             .map_err(|e| qmp_err("cannot set migration parameters", e))?;
+        match &tls_dir {
+            Some(dir) => {
+                let client = super::tls::Endpoint::Client {
+                    hostname: req.target.clone(),
+                };
+                if let Err(e) = super::tls::arm(&vm, dir, &client).await {
+                    super::tls::disarm(&vm).await;
+                    return Err(qmp_err("cannot set up TLS for the stream", e));
+                }
+            }
+            None => super::tls::plain(&vm).await,
+        }
         let mut events = vm.events();
         cell.progress(5, "sending memory");
-        vm.qmp()
-            .migrate(&req.uri)
-            .await
-            .map_err(|e| qmp_err("migrate failed", e))?;
+        if let Err(e) = vm.qmp().migrate(&req.uri).await {
+            if tls_dir.is_some() {
+                super::tls::disarm(&vm).await;
+            }
+            return Err(qmp_err("migrate failed", e));
+        }
+        info.encrypted = super::tls::encrypted(&vm).await;
         tracing::info!(vm = %req.vm_id, uri = %req.uri, target = %req.target, "migration started");
 
         let mut tick = tokio::time::interval(SAMPLE);
@@ -179,6 +199,9 @@ impl Agent {
             }
             Err(e) => {
                 self.keep_running_here(&vm, was_running, &req.vm_id).await;
+                if tls_dir.is_some() {
+                    super::tls::disarm(&vm).await;
+                }
                 Err(e)
             }
         }

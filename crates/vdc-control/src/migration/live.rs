@@ -97,6 +97,7 @@ impl Cluster {
             policy.max_bandwidth_mib_s = b;
         }
         let allow_postcopy = policy.allow_postcopy;
+        let tls = self.tls_for(&source, &target, req.tls).await?;
         let (_, step) = self
             .begin_operation(name, VmAction::Migrate, Some(&target))
             .await?;
@@ -114,7 +115,7 @@ impl Cluster {
             name,
             step.operation.task_kind(),
             Some(params),
-            move |ctx| async move { me.live_body(&ctx, &n, &source, &target, policy).await },
+            move |ctx| async move { me.live_body(&ctx, &n, &source, &target, policy, tls).await },
         )
         .await
     }
@@ -220,6 +221,7 @@ impl Cluster {
         source: &str,
         target: &str,
         policy: MigrationPolicy,
+        tls: bool,
     ) -> Result<(), ApiError> {
         let begun = Instant::now();
         let allow_postcopy = policy.allow_postcopy;
@@ -227,6 +229,7 @@ impl Cluster {
             kind: Some(MigrationKind::Live),
             source: source.to_string(),
             target: target.to_string(),
+            tls,
             ..Default::default()
         };
         ctx.set_migration(&report).await;
@@ -249,6 +252,7 @@ impl Cluster {
                 config,
                 source: source.to_string(),
                 allow_postcopy,
+                tls,
             },
         };
         let in_id = self
@@ -325,8 +329,10 @@ impl Cluster {
                 "vm.migrated",
                 name,
                 format!(
-                    "VM {name} migrated live from {source} to {target} (downtime {} ms, total {} ms)",
-                    outcome.downtime_ms, outcome.total_ms
+                    "VM {name} migrated live from {source} to {target} (downtime {} ms, total {} ms, stream {})",
+                    outcome.downtime_ms,
+                    outcome.total_ms,
+                    if outcome.encrypted { "encrypted" } else { "plain" }
                 ),
                 json!({
                     "source": source,
@@ -336,6 +342,7 @@ impl Cluster {
                     "total_ms": outcome.total_ms,
                     "migration_ms": outcome.migration_ms,
                     "postcopy": outcome.postcopy,
+                    "encrypted": outcome.encrypted,
                     "policy_steps": report.policy_steps,
                 }),
             )
@@ -386,6 +393,7 @@ impl Cluster {
                 target: target.to_string(),
                 uri,
                 policy,
+                tls: report.tls,
             },
         };
         let out_id = self
@@ -446,7 +454,15 @@ impl Cluster {
             _ => {
                 // The destination's error says more when it failed first.
                 match self.agents.job(target, dst_url, in_id, 0).await {
-                    Ok(d) if d.state == JobState::Failed => return Err(job_error(target, &d)),
+                    Ok(d) if d.state == JobState::Failed => {
+                        // Both sides' words: a TLS handshake refused by
+                        // either is told by the other's error.
+                        let mut e = job_error(target, &d);
+                        if let Some(src) = &out.error {
+                            e.message = format!("{} (host '{source}': {})", e.message, src.message);
+                        }
+                        return Err(e);
+                    }
                     Err(e) if dest_lost => {
                         return Err(ApiError::new(
                             ErrorCode::HostUnavailable,
@@ -471,6 +487,7 @@ impl Cluster {
                 migration_ms: m.total_ms.unwrap_or(0),
                 total_ms: 0,
                 postcopy: m.postcopy,
+                encrypted: m.encrypted,
             });
         }
         ctx.progress(95, "the destination takes the lease over")
