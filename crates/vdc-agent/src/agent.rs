@@ -17,6 +17,12 @@
 //! 5. If anything fails: delete the taps, abandon the supervisor (it
 //!    releases the lease and exits), leave no process.
 //!
+//! A failover's start (this host already watches the VM's lease, held by
+//! another host: `lease_watch`) hands that observation to the supervisor,
+//! so the TTL counts from it, and does steps 3–4 while the supervisor
+//! waits, QEMU started with its vCPUs stopped and continued once the
+//! lease is taken (`prelaunch`).
+//!
 //! # Suspended VMs and the lease
 //! A suspended VM has no process; its memory is in `suspend.state` in its
 //! directory. The lease is released on suspend: the suspended state belongs

@@ -212,10 +212,20 @@ async fn measure(
         })?;
         eprintln!("bench: trial {trial}: {said}");
         wait_ready_on(&client, &names, &victim, true, timeout).await?;
-        let events = client
-            .events_after(after, "ha.*,vm.*", 10_000)
-            .await
-            .map_err(api("read the events"))?;
+        let mut events = Vec::new();
+        let mut from = after;
+        loop {
+            let page = client
+                .events_after(from, "ha.*,vm.*", 2000)
+                .await
+                .map_err(api("read the events"))?;
+            let full = page.len() == 2000;
+            from = page.last().map_or(from, |e| e.seq);
+            events.extend(page);
+            if !full {
+                break;
+            }
+        }
         let t = ha_report::trial_from_events(trial, &victim, killed_ms, &names, &events)?;
         eprintln!(
             "bench: trial {trial}: suspect {} ms, failed {} ms; QEMU running {:?} ms; guest ready {:?} ms",

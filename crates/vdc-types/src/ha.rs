@@ -85,6 +85,11 @@ pub struct HaHost {
     pub datastore_heartbeat_age_ms: Option<u64>,
     /// Memory free for failover restarts, MiB (0 unless connected).
     pub memory_free_mib: u64,
+    /// Hosts watching the leases of this host's VMs because its reports
+    /// are late (it is suspect), so that a failover waits only what is left
+    /// of the lease's TTL; empty when it reports on time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_watchers: Vec<String>,
 }
 
 /// `GET /api/v1/ha`: the HA settings and each host's state.

@@ -62,7 +62,14 @@ pub fn ha_text(st: &HaStatus) -> String {
         mib(st.protected_mib),
         mib(st.failover_capacity_mib)
     );
-    let mut t = Table::new(&["HOST", "HA-STATE", "NETWORK-HB", "DATASTORE-HB", "FREE"]);
+    let mut t = Table::new(&[
+        "HOST",
+        "HA-STATE",
+        "NETWORK-HB",
+        "DATASTORE-HB",
+        "FREE",
+        "LEASES-WATCHED-BY",
+    ]);
     for h in &st.hosts {
         t.row(vec![
             h.name.clone(),
@@ -70,6 +77,11 @@ pub fn ha_text(st: &HaStatus) -> String {
             age(h.network_heartbeat_age_ms),
             age(h.datastore_heartbeat_age_ms),
             mib(h.memory_free_mib),
+            if h.lease_watchers.is_empty() {
+                "-".into()
+            } else {
+                h.lease_watchers.join(",")
+            },
         ]);
     }
     s.push_str(&t.render());
@@ -97,6 +109,7 @@ mod tests {
                 network_heartbeat_age_ms: Some(7300),
                 datastore_heartbeat_age_ms: Some(400),
                 memory_free_mib: 0,
+                lease_watchers: vec!["host-1".into(), "host-3".into()],
             }],
         };
         let text = ha_text(&st);
@@ -104,5 +117,9 @@ mod tests {
         assert!(text.contains("tolerate 1 host failure(s) (on)"), "{text}");
         assert!(text.contains("isolated_or_partitioned"), "{text}");
         assert!(text.contains("7.3s") && text.contains("0.4s"), "{text}");
+        assert!(
+            text.contains("LEASES-WATCHED-BY") && text.contains("host-1,host-3"),
+            "{text}"
+        );
     }
 }

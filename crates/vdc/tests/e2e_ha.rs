@@ -263,6 +263,16 @@ async fn an_isolated_host_or_a_link_blip_restarts_nothing() {
     // Isolated, its datastore reachable: keep running (the default).
     lab.fail_host("host-1", Fault::Isolate);
     wait_ha_state(&lab, "host-1", HaHostState::IsolatedOrPartitioned).await;
+    // Its reports are late: host-2 watches its VM's lease (and restarts
+    // nothing while host-1 keeps renewing it).
+    wait_until_async(STATE_WAIT, "host-2 watching host-1's leases", || async {
+        let st = lab.client.ha_status().await.ok()?;
+        st.hosts
+            .iter()
+            .find(|h| h.name == "host-1" && h.lease_watchers == ["host-2"])
+            .map(|_| ())
+    })
+    .await;
     // Long enough for a take-over by TTL: the lease is renewed again and
     // again by host-1 meanwhile.
     wait_renewals(&lab, "ha-iso", "host-1", 6);
@@ -280,6 +290,14 @@ async fn an_isolated_host_or_a_link_blip_restarts_nothing() {
     checker.check();
     lab.fail_host("host-1", Fault::Heal);
     wait_ha_state(&lab, "host-1", HaHostState::Connected).await;
+    wait_until_async(STATE_WAIT, "the watches dropped", || async {
+        let st = lab.client.ha_status().await.ok()?;
+        st.hosts
+            .iter()
+            .all(|h| h.lease_watchers.is_empty())
+            .then_some(())
+    })
+    .await;
     let back = wait_vm_timeout(&lab.client, "ha-iso", STATE_WAIT, |v| {
         v.state == VmPowerState::Running && v.owner.as_deref() == Some("host-1")
     })
@@ -600,6 +618,47 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
         "{rows:?}"
     );
     assert_eq!(rows[0][4], "ha-web", "{rows:?}");
+    // A host running a VM cut off (its datastore reachable, the VM kept
+    // running): host-1 watches the VM's lease, as the HA table and the
+    // live event list show; then the host is killed and shows as failed.
+    let t = lab
+        .client
+        .create_vm(&CreateVmRequest {
+            name: "ha-web-run".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            host: Some("host-2".into()),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create accepted");
+    lab.client
+        .wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect("created and started");
+    lab.fail_host("host-2", Fault::Isolate);
+    step(
+        "host-2 isolated, its VM's lease watched by host-1",
+        browser
+            .wait_row("#ha tbody tr", PAGE, |r| {
+                r[0] == "host-2" && r[1] == "isolated_or_partitioned" && r[5] == "host-1"
+            })
+            .await,
+    );
+    let events = step(
+        "the lease watch in the live event list",
+        browser
+            .wait_text("#events", PAGE, |t| {
+                t.lines()
+                    .any(|l| l.contains("ha.lease_watch") && l.contains("host host-2 is suspect"))
+            })
+            .await,
+    );
+    assert!(
+        events.contains("its VMs' leases are watched by host-1"),
+        "{events}"
+    );
     // No room for its restart (host-1 in maintenance): host-2 killed shows
     // as failed, the alarm shows, and it is acknowledged from the page.
     let t = lab.client.enter_maintenance("host-1").await.unwrap();
@@ -625,9 +684,19 @@ async fn the_web_page_shows_ha_states_and_sets_a_priority_in_chromium() {
             .await,
     );
     assert!(alarm[2].contains("out of maintenance"), "{alarm:?}");
+    // ha-web-run (on host-2 too) has its own alarm: acknowledge ha-web's.
+    let id = wait_until_async(PAGE, "ha-web's alarm through the API", || async {
+        let a = lab.client.list_alarms().await.ok()?;
+        a.into_iter()
+            .find(|a| a.object == "ha-web" && a.cleared_ms.is_none())
+            .map(|a| a.id)
+    })
+    .await;
     step(
         "acknowledging the alarm",
-        browser.click_css("#alarms button[data-ack]", PAGE).await,
+        browser
+            .click_css(&format!(r#"#alarms button[data-ack="{id}"]"#), PAGE)
+            .await,
     );
     wait_until_async(PAGE, "the alarm acknowledged through the API", || async {
         let a = lab.client.list_alarms().await.ok()?;

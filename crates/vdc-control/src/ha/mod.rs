@@ -338,10 +338,16 @@ impl Cluster {
         let settings = self.ha_settings();
         let policy = self.ha_policy().await?;
         let (host_mib, protected_mib) = self.admission_view().await;
+        let watchers = self
+            .ha
+            .lock()
+            .map(|m| m.watches.watchers.clone())
+            .unwrap_or_default();
         let live = self.live.read().await;
         let hosts: Vec<HaHost> = judged
             .into_iter()
             .map(|(name, v, net, ds)| HaHost {
+                lease_watchers: watchers.get(&name).cloned().unwrap_or_default(),
                 memory_free_mib: match (v, live.get(&name)) {
                     (HostVerdict::Connected, Some(l)) => l.report.memory_free_mib,
                     _ => 0,

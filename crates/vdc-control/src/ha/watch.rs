@@ -8,8 +8,9 @@
 //! Each HA tick: compute the plan from the hosts' report ages and the VM
 //! records, send each connected host its set when it changed (and again
 //! every [`RESEND`] while not empty, for an agent that restarted), and
-//! publish `ha.lease_watch` when a host becomes suspect (with who watches
-//! what) and when it reports again before it was judged failed.
+//! publish `ha.lease_watch` when a suspect host's VMs begin to be watched
+//! (with who watches what) and when it is no longer suspect (it reports
+//! again).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -33,8 +34,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct WatchMemory {
     /// Per host: the set sent last and when.
     sent: HashMap<String, (BTreeSet<LeaseWatchTarget>, Instant)>,
-    /// Hosts suspect at the last tick.
-    suspects: HashSet<String>,
+    /// Suspect hosts whose watches were announced (`ha.lease_watch`).
+    announced: HashSet<String>,
+    /// Per suspect host: the hosts watching its VMs' leases now.
+    pub watchers: HashMap<String, Vec<String>>,
 }
 
 impl AgentClient {
@@ -146,9 +149,34 @@ impl Cluster {
                     sends.push((host.clone(), url.clone(), want));
                 }
             }
-            let began: Vec<String> = suspects.difference(&w.suspects).cloned().collect();
-            let ended: Vec<String> = w.suspects.difference(&suspects).cloned().collect();
-            w.suspects = suspects.clone();
+            // Announced once a suspect's VMs are watched (a host suspect
+            // with nothing to watch, e.g. right after a server start, says
+            // nothing); ended when it is no longer suspect.
+            let began: Vec<String> = suspects
+                .iter()
+                .filter(|h| !w.announced.contains(*h))
+                .filter(|h| {
+                    let mine = vms_of(&records, h);
+                    plan.values().flatten().any(|v| mine.contains(v.as_str()))
+                })
+                .cloned()
+                .collect();
+            w.watchers = suspects
+                .iter()
+                .map(|h| {
+                    let mine = vms_of(&records, h);
+                    let by: Vec<String> = plan
+                        .iter()
+                        .filter(|(_, vms)| vms.iter().any(|v| mine.contains(v.as_str())))
+                        .map(|(w, _)| w.clone())
+                        .collect();
+                    (h.clone(), by)
+                })
+                .filter(|(_, by)| !by.is_empty())
+                .collect();
+            let ended: Vec<String> = w.announced.difference(&suspects).cloned().collect();
+            w.announced.retain(|h| suspects.contains(h));
+            w.announced.extend(began.iter().cloned());
             (began, ended)
         };
         for (host, url, want) in sends {
@@ -187,8 +215,12 @@ impl Cluster {
                     "ha.lease_watch",
                     &host,
                     format!(
-                        "host {host} is suspect (no report for {ms} ms): {} host(s) watch its VMs' leases",
-                        watching.len()
+                        "host {host} is suspect (no report for {ms} ms): its VMs' leases are watched by {}",
+                        watching
+                            .keys()
+                            .map(|h| h.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     json!({"suspect": true, "network_heartbeat_age_ms": ms, "watchers": watching}),
                 )
