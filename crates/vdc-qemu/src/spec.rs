@@ -13,7 +13,10 @@
 //! - `-nodefaults -no-user-config`: only the devices listed here exist, so
 //!   the machine is identical on every host (a migration requirement).
 //! - No `-S`: a fresh VM runs as soon as QEMU is up. An incoming VM
-//!   (`-incoming defer`) waits for `migrate-incoming` anyway.
+//!   (`-incoming defer`) waits for `migrate-incoming` anyway; only the
+//!   destination of a live migration with storage gets `-S`
+//!   ([`Incoming::DeferPaused`]), so that its guest runs only once the
+//!   source's disk mirrors finished.
 //! - No `-no-shutdown`: a guest power-off ends the QEMU process, which is
 //!   how the agent learns the VM stopped; a guest reboot is a `RESET` inside
 //!   the same process and needs nothing from us.
@@ -99,6 +102,10 @@ pub enum Incoming {
     /// Wait (`-incoming defer`) for a live migration the caller starts with
     /// `migrate-incoming`.
     Defer,
+    /// As [`Incoming::Defer`], but the guest stays paused once the stream
+    /// completed (`-S`): a live migration with storage runs it only after
+    /// the source finished mirroring its disks, with `cont`.
+    DeferPaused,
 }
 
 /// The files of one VM: runtime files (sockets, pidfile) in `run_dir`,
@@ -307,6 +314,9 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
     if spec.incoming.is_some() {
         push(&["-incoming", "defer"]);
     }
+    if spec.incoming == Some(Incoming::DeferPaused) {
+        push(&["-S"]);
+    }
     a
 }
 
@@ -445,12 +455,18 @@ mod tests {
     fn incoming_defers() {
         for inc in [
             Incoming::Defer,
+            Incoming::DeferPaused,
             Incoming::StateFile("/ds/web-1/suspend.state".into()),
         ] {
             let mut s = spec();
-            s.incoming = Some(inc);
+            s.incoming = Some(inc.clone());
             let args = command_line(&s, &paths());
             assert_eq!(values(&args, "-incoming"), ["defer"]);
+            assert_eq!(
+                args.iter().any(|a| a == "-S"),
+                inc == Incoming::DeferPaused,
+                "{inc:?}"
+            );
         }
     }
 

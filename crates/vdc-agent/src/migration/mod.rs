@@ -23,7 +23,9 @@
 //! the stream (`migrate_cancel`) and keeps running.
 
 mod incoming;
+mod incoming_storage;
 mod outgoing;
+mod outgoing_storage;
 pub mod policy;
 
 /// Capabilities set the same on both sides (`postcopy-ram` when allowed).
