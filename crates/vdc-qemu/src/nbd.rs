@@ -80,7 +80,12 @@ pub fn split_address(addr: &str) -> Option<(&str, u16)> {
 impl Vm {
     /// Destination: serves `disks` (node names) writable over NBD on
     /// `host:port`, each export named as its disk.
-    pub async fn nbd_export(&self, host: &str, port: u16, disks: &[String]) -> Result<(), QemuError> {
+    pub async fn nbd_export(
+        &self,
+        host: &str,
+        port: u16,
+        disks: &[String],
+    ) -> Result<(), QemuError> {
         self.qmp()
             .execute(
                 "nbd-server-start",
@@ -124,12 +129,15 @@ impl Vm {
     }
 
     /// Source: starts mirroring disk `disk` into the export of the same
-    /// name on `host:port` (steps 1–2 of the module doc).
+    /// name on `host:port` (steps 1–2 of the module doc); the background
+    /// copy goes at most `speed` bytes/s (0: unlimited; the guest's own
+    /// writes are never held back).
     pub async fn mirror_to_nbd(
         &self,
         disk: &str,
         host: &str,
         port: u16,
+        speed: u64,
     ) -> Result<NbdMirror, QemuError> {
         let source = self.disk_node(disk).await?;
         let m = NbdMirror {
@@ -150,7 +158,7 @@ impl Vm {
             .execute(
                 "blockdev-mirror",
                 json!({"job-id": m.job, "device": source, "target": m.node,
-                       "sync": "full", "copy-mode": "write-blocking"}),
+                       "sync": "full", "copy-mode": "write-blocking", "speed": speed}),
             )
             .await
             .map_err(QemuError::qmp("blockdev-mirror"));
@@ -254,7 +262,10 @@ async fn wait_job_end(
     let mut tick = tokio::time::interval(TICK);
     let is_end = |ev: &QmpEvent| {
         event_job(ev) == Some(job)
-            && matches!(ev.name.as_str(), "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED")
+            && matches!(
+                ev.name.as_str(),
+                "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED"
+            )
     };
     loop {
         tokio::select! {

@@ -56,7 +56,11 @@ impl Agent {
         config: &VmConfig,
         layout: &Layout,
     ) -> Result<(), ApiError> {
-        if let Some(d) = config.disks.iter().find(|d| d.datastore != config.datastore) {
+        if let Some(d) = config
+            .disks
+            .iter()
+            .find(|d| d.datastore != config.datastore)
+        {
             return Err(ApiError::invalid(format!(
                 "disk '{}' of VM '{}' is on datastore '{}', not with its directory on '{}'",
                 d.name, config.name, d.datastore, config.datastore
@@ -86,7 +90,8 @@ impl Agent {
         })
         .await?;
         if let Err(e) = made {
-            if layout.vm_dir.exists() && matches!(&e, vdc_disk::DiskError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
+            if layout.vm_dir.exists()
+                && matches!(&e, vdc_disk::DiskError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
             {
                 return Err(ApiError::new(
                     ErrorCode::AlreadyExists,

@@ -65,7 +65,9 @@ impl Agent {
             Some(nbd) => {
                 cell.progress(5, "mirroring the disks");
                 let config = slot.inner().config.clone();
-                self.mirror_out(cell, &vm, &config, nbd, &mut info).await?
+                let bw = policy.max_bandwidth_mib_s;
+                self.mirror_out(cell, &vm, &config, nbd, bw, &mut info)
+                    .await?
             }
             None => Vec::new(),
         };
@@ -227,7 +229,12 @@ impl Agent {
 
     /// After a failed or cancelled migration: the stream is cancelled and
     /// the guest runs here as before.
-    pub(super) async fn keep_running_here(&self, vm: &vdc_qemu::Vm, was_running: bool, vm_id: &str) {
+    pub(super) async fn keep_running_here(
+        &self,
+        vm: &vdc_qemu::Vm,
+        was_running: bool,
+        vm_id: &str,
+    ) {
         if vm.has_exited() {
             return;
         }

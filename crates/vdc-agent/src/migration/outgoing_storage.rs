@@ -36,8 +36,9 @@ use crate::slot::VmSlot;
 const TICK: Duration = Duration::from_millis(250);
 
 impl Agent {
-    /// Mirrors every disk of `config` into the exports at `nbd` and waits
-    /// until all are in sync. On failure or cancel every mirror started is
+    /// Mirrors every disk of `config` into the exports at `nbd` (the
+    /// background copy within the migration's bandwidth) and waits until
+    /// all are in sync. On failure or cancel every mirror started is
     /// aborted.
     pub(super) async fn mirror_out(
         &self,
@@ -45,6 +46,7 @@ impl Agent {
         vm: &vdc_qemu::Vm,
         config: &VmConfig,
         nbd: &str,
+        bandwidth_mib_s: u64,
         info: &mut MigrationJobInfo,
     ) -> Result<Vec<NbdMirror>, ApiError> {
         let (host, port) = vdc_qemu::nbd::split_address(nbd)
@@ -52,7 +54,8 @@ impl Agent {
         let mut events = vm.qmp().subscribe();
         let mut mirrors = Vec::new();
         for disk in &config.disks {
-            match vm.mirror_to_nbd(&disk.name, host, port).await {
+            let speed = bandwidth_mib_s.saturating_mul(1024 * 1024);
+            match vm.mirror_to_nbd(&disk.name, host, port, speed).await {
                 Ok(m) => mirrors.push(m),
                 Err(e) => {
                     abort_mirrors(vm, &mirrors).await;
@@ -142,7 +145,10 @@ impl Agent {
         info.policy_steps
             .push(format!("disks synced {finish_ms} ms after the stream"));
         cell.set_migration(info);
-        cell.progress(97, "disks synced; waiting for the destination to run the guest");
+        cell.progress(
+            97,
+            "disks synced; waiting for the destination to run the guest",
+        );
         tracing::info!(vm = %vm_id, finish_ms, "disk mirrors finished; the destination holds every write");
         tokio::select! {
             _ = cell.proceed.cancelled() => {}

@@ -423,8 +423,15 @@ impl Cluster {
                 format!("host '{target}' offered no NBD export for the disks of VM '{name}'"),
             ));
         }
-        ctx.progress(10, if storage { "mirroring the disks" } else { "sending memory" })
-            .await;
+        ctx.progress(
+            10,
+            if storage {
+                "mirroring the disks"
+            } else {
+                "sending memory"
+            },
+        )
+        .await;
         // 2. The source sends.
         let vm_id = self.record(name).await?.config.id;
         let outgoing = JobOp::MigrateOut {
@@ -510,7 +517,9 @@ impl Cluster {
                 postcopy: false,
             });
             let rt = self
-                .switch_over_storage(ctx, name, source, src_url, &out_id, target, dst_url, in_id, report)
+                .switch_over_storage(
+                    ctx, name, source, src_url, &out_id, target, dst_url, in_id, report,
+                )
                 .await?;
             return Ok((rt, out_id));
         }

@@ -46,23 +46,41 @@ impl Cluster {
             if let Some(inc) = &inc {
                 if let Ok(url) = self.agent_url(&inc.host).await {
                     if let Ok(j) = self.agents.job(&inc.host, &url, &inc.operation_id, 0).await {
-                        if let (JobState::Succeeded, Some(JobResult::Vm(rt))) = (&j.state, &j.result) {
+                        if let (JobState::Succeeded, Some(JobResult::Vm(rt))) =
+                            (&j.state, &j.result)
+                        {
                             let moved = vdc_types::transfer::relocate(&rec.config, ds);
-                            self.commit_live(ctx, name, source, target, rt, &mut report, Some(&moved))
-                                .await?;
+                            self.commit_live(
+                                ctx,
+                                name,
+                                source,
+                                target,
+                                rt,
+                                &mut report,
+                                Some(&moved),
+                            )
+                            .await?;
                             if let (Some(out), Ok(src_url)) = (&out, self.agent_url(source).await) {
-                                self.clean_source(name, source, &src_url, &out.operation_id, &rec.config)
-                                    .await;
+                                self.clean_source(
+                                    name,
+                                    source,
+                                    &src_url,
+                                    &out.operation_id,
+                                    &rec.config,
+                                )
+                                .await;
                             }
                             return Ok(());
                         }
                     }
-                    self.cancel_and_wait(&inc.host, &url, &inc.operation_id).await;
+                    self.cancel_and_wait(&inc.host, &url, &inc.operation_id)
+                        .await;
                 }
             }
             if let Some(out) = &out {
                 if let Ok(url) = self.agent_url(&out.host).await {
-                    self.cancel_and_wait(&out.host, &url, &out.operation_id).await;
+                    self.cancel_and_wait(&out.host, &url, &out.operation_id)
+                        .await;
                 }
             }
             return self.stay_on_source(ctx, name, source).await;
@@ -97,7 +115,15 @@ impl Cluster {
                                     (&j.state, &j.result)
                                 {
                                     return self
-                                        .commit_live(ctx, name, source, target, rt, &mut report, None)
+                                        .commit_live(
+                                            ctx,
+                                            name,
+                                            source,
+                                            target,
+                                            rt,
+                                            &mut report,
+                                            None,
+                                        )
                                         .await;
                                 }
                                 break;
@@ -116,7 +142,12 @@ impl Cluster {
 
     /// The end of an interrupted migration that did not move the VM: its
     /// state as the source reports it, the task failed (or cancelled).
-    async fn stay_on_source(&self, ctx: &TaskCtx, name: &str, source: &str) -> Result<(), ApiError> {
+    async fn stay_on_source(
+        &self,
+        ctx: &TaskCtx,
+        name: &str,
+        source: &str,
+    ) -> Result<(), ApiError> {
         let rec = self.record(name).await?;
         if let Some(rt) = self.runtime(source, &rec.config.id).await {
             if let Err(e) = self.set_runtime(name, &rt, None).await {
