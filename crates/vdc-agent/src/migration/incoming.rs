@@ -72,7 +72,15 @@ impl Agent {
         let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
         let _op = slot.op.lock().await;
         slot.inner().config = config.clone();
-        let r = match slot.persist_config() {
+        let persisted = slot.persist_config().and_then(|()| {
+            if req.copy_storage {
+                self.mark_incoming_storage(&config)
+                    .map_err(|e| std::io::Error::other(e.message))
+            } else {
+                Ok(())
+            }
+        });
+        let r = match persisted {
             Ok(()) => self.receive(cell, &slot, &layout, &req).await,
             Err(e) => Err(host_error("cannot write the runtime directory", &e)),
         };

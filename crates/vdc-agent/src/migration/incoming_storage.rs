@@ -40,6 +40,11 @@ use crate::slot::VmSlot;
 use crate::state::Input;
 use crate::supervisor;
 
+/// Marks the runtime directory of a VM whose storage is being received
+/// here: an agent restarted before the guest ran removes what the
+/// migration made (`recover_incoming_storage`). `{"version":1}`.
+pub(crate) const INCOMING_STORAGE_MARK: &str = "incoming-storage.json";
+
 /// Longest wait for the server's `proceed` once the stream completed.
 const PROCEED_LIMIT: Duration = Duration::from_secs(60);
 /// Longest wait for an abandoned VM's supervisor to release the lease.
@@ -185,6 +190,10 @@ impl Agent {
         vm.resume()
             .await
             .map_err(|e| host_error("cannot run the migrated guest", &e))?;
+        let mark = self.run_dir(&config.id).join(INCOMING_STORAGE_MARK);
+        if let Err(e) = std::fs::remove_file(&mark) {
+            tracing::warn!(vm = %config.name, error = %e, "cannot remove the incoming mark; a restarted agent keeps the running guest anyway");
+        }
         super::incoming::announce(vm, &config.name).await;
         supervisor::start(self.clone(), slot.clone(), vm.clone(), layout);
         let rt = slot.apply(Input::Launched);
@@ -202,5 +211,58 @@ impl Agent {
                 p.signal(libc::SIGKILL);
             }
         }
+    }
+}
+
+impl Agent {
+    /// Writes the incoming mark into the runtime directory of `config`.
+    pub(super) fn mark_incoming_storage(&self, config: &VmConfig) -> Result<(), ApiError> {
+        let path = self.run_dir(&config.id).join(INCOMING_STORAGE_MARK);
+        crate::slot::write_atomic(&path, br#"{"version":1}"#)
+            .map_err(|e| host_error("cannot mark the incoming VM", &e))
+    }
+
+    /// Agent start, a runtime directory with the incoming mark: a guest
+    /// that never ran here (QEMU gone, or not running) is removed with
+    /// everything the migration made (QEMU, supervisor, taps, directory,
+    /// runtime directory) and `true` returned; a running guest is kept
+    /// (`false`: re-attach it as usual).
+    pub(crate) async fn recover_incoming_storage(
+        &self,
+        config: &VmConfig,
+        run_dir: &std::path::Path,
+    ) -> bool {
+        let Ok(layout) = self.layout(config) else {
+            return false;
+        };
+        let vm = vdc_qemu::Vm::attach(&layout.paths).await.ok().flatten();
+        if let Some(vm) = &vm {
+            if matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Running)) {
+                if let Err(e) = std::fs::remove_file(run_dir.join(INCOMING_STORAGE_MARK)) {
+                    tracing::warn!(vm = %config.name, error = %e, "cannot remove the incoming mark");
+                }
+                return false;
+            }
+            vm.kill();
+            if !vm.wait_exit_for(Duration::from_secs(10)).await {
+                tracing::warn!(vm = %config.name, "the incoming QEMU did not exit after SIGKILL");
+            }
+        }
+        if let Some(pid) = vdc_supervisor::client::find(run_dir) {
+            let p = vdc_qemu::process::Process::from_pid(pid);
+            if !p.wait_for(SUPERVISOR_EXIT).await {
+                p.signal(libc::SIGKILL);
+            }
+        }
+        let taps = crate::slot::read_persisted_state(run_dir)
+            .map(|p| p.taps)
+            .unwrap_or_default();
+        supervisor::cleanup_network(&taps).await;
+        self.remove_storage(config, &layout).await;
+        if let Err(e) = std::fs::remove_dir_all(run_dir) {
+            tracing::warn!(vm = %config.name, error = %e, "cannot remove the runtime directory of an abandoned incoming VM");
+        }
+        tracing::info!(vm = %config.name, "an incoming migration with storage was cut by an agent restart; what it made is removed");
+        true
     }
 }

@@ -28,6 +28,8 @@ mod outgoing;
 mod outgoing_storage;
 pub mod policy;
 
+pub(crate) use incoming_storage::INCOMING_STORAGE_MARK;
+
 /// Capabilities set the same on both sides (`postcopy-ram` when allowed).
 pub(crate) fn common_capabilities(allow_postcopy: bool) -> Vec<(&'static str, bool)> {
     vec![

@@ -215,8 +215,16 @@ impl Cluster {
                 // Did the destination surely not run it? Only an ended,
                 // failed job says so.
                 self.cancel_and_wait(target, dst_url, in_id).await;
+                let vm_id = self.record(name).await?.config.id;
+                let runs_there = self
+                    .runtime(target, &vm_id)
+                    .await
+                    .is_some_and(|rt| rt.state.has_process());
                 match self.agents.job(target, dst_url, in_id, 0).await {
                     Ok(d) if d.state.is_final() && d.state != JobState::Succeeded => e,
+                    // Its agent restarted: it removed a guest that had not
+                    // run (the incoming mark), and reports one that had.
+                    Err(j) if j.code == ErrorCode::NotFound && !runs_there => e,
                     _ => {
                         tracing::error!(vm = %name, %target, error = %e, "the destination stopped answering after it was told to run the guest; the guest stays paused on the source");
                         return Err(ApiError::new(
