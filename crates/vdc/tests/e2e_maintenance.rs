@@ -2,8 +2,9 @@
 //! VMs (a running VM on shared storage leaves by live migration with the
 //! same boot, a stopped VM on shared storage moves by ownership, a stopped
 //! and a suspended VM on host-1's local datastore are copied to host-2) and
-//! reports the one it cannot move (a running VM on local storage) with the
-//! reason, on the task and as an event; meanwhile host-1 takes no new VMs
+//! reports the one it cannot move (a running VM on local storage whose
+//! 1000 GiB disk fits in no datastore of host-2, so it cannot leave with
+//! its storage either) with the reason, on the task and as an event; meanwhile host-1 takes no new VMs
 //! (placement skips it, a start, a create or a migration naming it is
 //! refused); `exit` returns it to placement.
 
@@ -108,7 +109,11 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
         .await
         .expect("suspend");
     run_task(c, t).await;
-    create(c, "pinned", "local-host-1", true).await;
+    let mut pinned = request("pinned", "local-host-1", Some("host-1"), true);
+    pinned.disk_gib = Some(1000);
+    let t = c.create_vm(&pinned).await.expect("create accepted");
+    run_task(c, t).await;
+    wait_vm(c, "pinned", |v| v.state == VmPowerState::Running).await;
     let mover = create(c, "mover", "shared", true).await;
     let mover_ip = mover.guest.address.clone().expect("address");
     let mover_boot = boot_id(&lab, "host-2", &mover_ip);
