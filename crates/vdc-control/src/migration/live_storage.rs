@@ -6,10 +6,14 @@
 //!
 //! Which datastore (pure, `crate::moves::plan::plan_files`): `--datastore
 //! DS` when given; otherwise none when the destination reaches every
-//! datastore of the VM (a plain live migration), else a shared datastore
-//! it reaches, else one of its own. Without `--to`, placement first looks
-//! for a host reaching the VM's datastores, then for one with a datastore
-//! that has room for the disks.
+//! datastore of the VM (a plain live migration), else — only for a VM
+//! whose datastores are all host-local — a shared datastore the
+//! destination reaches, else one of its own. A VM on shared storage the
+//! destination cannot reach is refused unless `--datastore` names where
+//! its disks go (leaving shared storage is never a side effect). Without
+//! `--to`, placement first looks for a host reaching the VM's datastores,
+//! then (host-local VMs) for one with a datastore that has room for the
+//! disks.
 //!
 //! ```text
 //!  server                          destination               source
@@ -72,6 +76,13 @@ impl Cluster {
                 kind: d.kind,
             })
             .collect();
+        let host_local = std::iter::once(&rec.config.datastore)
+            .chain(rec.config.disks.iter().map(|d| &d.datastore))
+            .all(|ds| {
+                known
+                    .iter()
+                    .any(|k| &k.name == ds && k.kind != vdc_types::DatastoreKind::Shared)
+            });
         if let Some(to) = req.to.as_deref() {
             if to == source {
                 // The refusal names the host.
@@ -91,6 +102,7 @@ impl Cluster {
                 &known,
             )? {
                 FilesPlan::OwnershipOnly => None,
+                FilesPlan::Copy { .. } if req.datastore.is_none() && !host_local => None,
                 FilesPlan::Copy { datastore } => Some(datastore),
             };
             let target = self
@@ -100,7 +112,8 @@ impl Cluster {
         }
         let first = match self.pick_target(name, rec, source, None, None).await {
             Ok(t) => return Ok((t, None)),
-            Err(e) => e,
+            Err(e) if host_local => e,
+            Err(e) => return Err(e),
         };
         let mut hosts: Vec<_> = self
             .capacities()
