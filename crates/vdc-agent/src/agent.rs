@@ -80,6 +80,8 @@ pub(crate) struct Agent {
     pub(crate) jobs: crate::jobs::Jobs,
     /// VMs offered to other agents (see `transfer`).
     pub(crate) exports: crate::transfer::Exports,
+    /// Leases of other hosts' VMs this host watches (see `lease_watch`).
+    pub(crate) lease_watches: crate::lease_watch::LeaseWatches,
     /// A check for VMs moved to other hosts is running.
     moved_check: Arc<std::sync::atomic::AtomicBool>,
     /// Hash of the credential the server presents; `None` until joined.
@@ -142,6 +144,7 @@ impl Agent {
             consoles: ConsoleLinks::default(),
             jobs: Default::default(),
             exports: Default::default(),
+            lease_watches: Default::default(),
             moved_check: Arc::default(),
             server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
             config,
@@ -387,6 +390,7 @@ impl Agent {
             run_dir: self.run_dir(id),
             timing: self.config.supervision.lease,
             qemu_pid,
+            lease_seen: None,
         }
     }
 

@@ -101,6 +101,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/pause"), post(pause))
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
+        .route(&format!("{VM}/ha"), put(set_ha))
         .route(&format!("{VM}/console"), get(console))
         .route(
             &format!("{VM}/console/input"),
@@ -110,6 +111,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/agent/v1/jobs/{id}/proceed", post(proceed_job))
+        .route("/agent/v1/lease-watches", put(set_lease_watches))
         .route("/agent/v1/exports", post(open_export))
         .route("/agent/v1/exports/{id}", delete(close_export))
         .fallback(not_found)
@@ -182,6 +184,13 @@ async fn start(
     Ok(Json(agent.start(&id, req.config).await?))
 }
 
+async fn set_lease_watches(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::lease_watch::LeaseWatchRequest>,
+) -> ApiResult<Vec<vdc_types::lease_watch::LeaseWatchState>> {
+    Ok(Json(agent.set_lease_watches(req)?))
+}
+
 async fn shutdown(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
@@ -211,6 +220,14 @@ async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiRe
 
 async fn resume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
     Ok(Json(agent.resume(&id).await?))
+}
+
+async fn set_ha(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(ha): Body<vdc_types::ha::VmHa>,
+) -> ApiResult<vdc_types::ha::VmHa> {
+    Ok(Json(agent.set_ha(&id, ha).await?))
 }
 
 async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {

@@ -17,6 +17,8 @@
 //! # Modules
 //! - `agent`: the agent's state (datastores, VM slots) and host report
 //! - `power`: start, shutdown, power off, reset, pause, resume, suspend
+//! - `prelaunch`: a failover start prepares QEMU (vCPUs stopped) while the
+//!   lease is awaited
 //! - `migration`: live migration jobs (destination, source) and the pure
 //!   convergence policy
 //! - `provision`: VM directories and disks, destroy, image import
@@ -30,6 +32,7 @@
 //! - `reporter`: the heartbeat to the server
 //! - `heartbeat`: the datastore heartbeat (HA's second signal)
 //! - `isolation`: the isolation response of a cut-off host
+//! - `lease_watch`: watching other hosts' VM leases before a failover
 //! - `vm_monitor`: VM monitoring (reset of a hung guest)
 //! - `hoststats`: `/proc` measurements
 
@@ -41,12 +44,15 @@ mod config;
 mod console;
 mod console_log;
 mod error;
+mod ha_settings;
 mod heartbeat;
 mod hoststats;
 mod isolation;
 mod jobs;
+mod lease_watch;
 mod migration;
 mod power;
+mod prelaunch;
 mod provision;
 mod recover;
 mod reporter;
@@ -104,6 +110,7 @@ pub async fn run_with_listener(
     if let Some(m) = agent.config.vm_monitoring {
         tokio::spawn(vm_monitor::run(agent.clone(), m));
     }
+    tokio::spawn(lease_watch::run(agent.clone()));
     tokio::spawn(reporter::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await

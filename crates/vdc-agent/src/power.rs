@@ -99,35 +99,60 @@ impl Agent {
             old.signal(libc::SIGKILL);
             old.wait_for(Duration::from_secs(5)).await;
         }
-        let launch = self.supervisor_launch(&config.id, layout.vm_dir.path(), None);
-        let mut guard = match vdc_supervisor::client::start(&launch).await {
+        let mut launch = self.supervisor_launch(&config.id, layout.vm_dir.path(), None);
+        // A failover: this host has watched another host's lease of the VM;
+        // the supervisor continues that watch and QEMU is prepared, vCPUs
+        // stopped, while it waits (see `prelaunch`).
+        launch.lease_seen = self
+            .lease_watches
+            .seen(&config.id)
+            .filter(|s| s.key.host != self.config.name);
+        let ahead = launch.lease_seen.is_some();
+        let spawned = vdc_supervisor::client::spawn(&launch).map_err(|e| {
+            host_error(
+                format!("cannot start the supervisor of VM '{}'", config.name),
+                &e,
+            )
+        })?;
+        let prepare = async {
+            if ahead {
+                self.launch_paused(&config, layout).await
+            } else {
+                None
+            }
+        };
+        let (hello, prepared) = tokio::join!(spawned.hello(), prepare);
+        let leased = match hello {
             Ok(started) => match &started.hello {
-                vdc_supervisor::Hello::Leased { .. } => started,
+                vdc_supervisor::Hello::Leased { .. } => Ok(started),
                 vdc_supervisor::Hello::Locked {
                     holder_host,
                     generation,
-                } => {
-                    return Err(ApiError::new(
-                        ErrorCode::Locked,
-                        format!(
-                            "VM '{}' is locked by host '{holder_host}', which keeps renewing its lease; stop it there first",
-                            config.name
-                        ),
-                    )
-                    .with_details(serde_json::json!({ "holder_host": holder_host, "generation": generation })));
-                }
-                vdc_supervisor::Hello::Failed { message } => {
-                    return Err(ApiError::new(
-                        ErrorCode::HostError,
-                        format!("cannot take the lease of VM '{}': {message}", config.name),
-                    ));
-                }
+                } => Err(ApiError::new(
+                    ErrorCode::Locked,
+                    format!(
+                        "VM '{}' is locked by host '{holder_host}', which keeps renewing its lease; stop it there first",
+                        config.name
+                    ),
+                )
+                .with_details(serde_json::json!({ "holder_host": holder_host, "generation": generation }))),
+                vdc_supervisor::Hello::Failed { message } => Err(ApiError::new(
+                    ErrorCode::HostError,
+                    format!("cannot take the lease of VM '{}': {message}", config.name),
+                )),
             },
+            Err(e) => Err(host_error(
+                format!("cannot start the supervisor of VM '{}'", config.name),
+                &e,
+            )),
+        };
+        let mut guard = match leased {
+            Ok(g) => g,
             Err(e) => {
-                return Err(host_error(
-                    format!("cannot start the supervisor of VM '{}'", config.name),
-                    &e,
-                ))
+                if let Some(p) = prepared {
+                    p.discard().await;
+                }
+                return Err(e);
             }
         };
         // Only the lease holder may rewrite the VM's files.
@@ -143,19 +168,29 @@ impl Agent {
                 .map_err(|e| host_error("cannot write the runtime directory", &e))
         });
         if let Err(e) = saved {
+            if let Some(p) = prepared {
+                p.discard().await;
+            }
             guard.abort().await;
             return Err(e);
         }
 
-        let state_file = layout.vm_dir.suspend_state();
-        let suspended =
-            match datastore_io("cannot read the VM directory", move || state_file.exists()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    guard.abort().await;
-                    return Err(e);
+        // A prepared QEMU was checked to have no state file to resume.
+        let suspended = match &prepared {
+            Some(_) => false,
+            None => {
+                let state_file = layout.vm_dir.suspend_state();
+                match datastore_io("cannot read the VM directory", move || state_file.exists())
+                    .await
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        guard.abort().await;
+                        return Err(e);
+                    }
                 }
-            };
+            }
+        };
         let previous = if suspended {
             VmPowerState::Suspended
         } else {
@@ -173,36 +208,39 @@ impl Agent {
             }
         };
 
-        let mut created = Vec::new();
-        for (tap, bridge) in &taps {
-            if let Err(e) = vdc_net::create_tap(tap, bridge).await {
-                let err = match e {
-                    vdc_net::NetError::NoBridge(_) => ApiError::invalid(format!(
-                        "cannot start VM '{}': {}",
-                        config.name,
-                        crate::error::chain(&e)
-                    )),
-                    _ => host_error(format!("cannot create tap device '{tap}'"), &e),
-                };
-                return Err(fail(err, created, guard).await);
+        let vm = match prepared {
+            Some(p) => {
+                slot.inner().taps = p.taps.clone();
+                // The lease is ours: the vCPUs may run.
+                if let Err(e) = p.vm.resume().await {
+                    let err = host_error(format!("cannot start VM '{}'", config.name), &e);
+                    p.vm.kill();
+                    p.vm.wait_exit_for(Duration::from_secs(10)).await;
+                    return Err(fail(err, p.taps, guard).await);
+                }
+                tracing::info!(vm = %config.name, "prepared QEMU continued: the lease is this host's");
+                Arc::new(p.vm)
             }
-            created.push(tap.clone());
-        }
-        slot.inner().taps = created.clone();
-
-        let spec = self.machine_spec(
-            &config,
-            layout,
-            nics,
-            suspended.then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
-        );
-        let paths = layout.paths.clone();
-        let launched = vdc_qemu::Vm::launch(&spec, &paths).await;
-        let vm = match launched {
-            Ok(vm) => Arc::new(vm),
-            Err(e) => {
-                let err = host_error(format!("cannot start VM '{}'", config.name), &e);
-                return Err(fail(err, created, guard).await);
+            None => {
+                let created = match self.create_taps(&config.name, &taps).await {
+                    Ok(c) => c,
+                    Err(e) => return Err(fail(e, Vec::new(), guard).await),
+                };
+                slot.inner().taps = created.clone();
+                let spec = self.machine_spec(
+                    &config,
+                    layout,
+                    nics,
+                    suspended.then(|| vdc_qemu::Incoming::StateFile(layout.vm_dir.suspend_state())),
+                );
+                let paths = layout.paths.clone();
+                match vdc_qemu::Vm::launch(&spec, &paths).await {
+                    Ok(vm) => Arc::new(vm),
+                    Err(e) => {
+                        let err = host_error(format!("cannot start VM '{}'", config.name), &e);
+                        return Err(fail(err, created, guard).await);
+                    }
+                }
             }
         };
         if let Err(e) = guard.attach(vm.pid()).await {
@@ -299,6 +337,7 @@ impl Agent {
             nics,
             smbios_oem_strings: oem,
             incoming,
+            paused: false,
         }
     }
 

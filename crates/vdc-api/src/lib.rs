@@ -10,6 +10,7 @@
 //! [`error::ApiErr`].
 
 pub mod auth;
+mod cpu_baseline;
 pub mod credentials;
 pub mod error;
 mod events;

@@ -77,6 +77,19 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/hosts", get(list_hosts).post(join::add_host))
         .route("/ha", get(ha::ha_status).put(ha::set_ha_policy))
+        .route(
+            "/ha/groups",
+            get(ha::list_ha_groups).post(ha::create_ha_group),
+        )
+        .route(
+            "/ha/groups/{name}",
+            get(ha::get_ha_group)
+                .put(ha::update_ha_group)
+                .delete(ha::delete_ha_group),
+        )
+        .route("/alarms", get(ha::list_alarms))
+        .route("/alarms/{id}/ack", post(ha::ack_alarm))
+        .route("/cpu-baseline", get(crate::cpu_baseline::get_cpu_baseline))
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(

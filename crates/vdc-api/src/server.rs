@@ -31,10 +31,10 @@ pub struct ServerArgs {
     #[arg(long, env = "VDC_MIGRATIONS_PER_CLUSTER", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub migrations_per_cluster: u64,
     /// Bandwidth limit of a live migration's stream, MiB/s (0: unlimited).
-    #[arg(long, env = "VDC_MIGRATION_BANDWIDTH_MIB_S", default_value_t = 1024)]
+    #[arg(long, env = "VDC_MIGRATION_BANDWIDTH_MIB_S", default_value_t = 0)]
     pub migration_bandwidth_mib_s: u64,
     /// Downtime target of a live migration, ms.
-    #[arg(long, env = "VDC_MIGRATION_DOWNTIME_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    #[arg(long, env = "VDC_MIGRATION_DOWNTIME_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub migration_downtime_ms: u64,
     /// Whether a live migration that does not converge may switch to
     /// post-copy (a VM whose link breaks during post-copy is lost); a
@@ -49,9 +49,18 @@ pub struct ServerArgs {
     /// counts as failed (with its reports silent too), milliseconds.
     #[arg(long, default_value_t = vdc_sched::ha::DEFAULT_DATASTORE_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(500..=600_000))]
     pub ha_datastore_timeout_ms: u64,
+    /// CPU baseline new VMs get: `auto` (the newest QEMU CPU model every
+    /// host with hardware virtualization can run; a cluster of emulated
+    /// hosts keeps Nehalem-v1) or a model name such as `Haswell-noTSX-v1`.
+    #[arg(long, env = "VDC_CPU_BASELINE", default_value = "auto", value_parser = parse_cpu_baseline)]
+    pub cpu_baseline: vdc_sched::cpu_baseline::BaselineMode,
     /// HA: do not restart the VMs of failed hosts (states are still judged).
     #[arg(long)]
     pub ha_disabled: bool,
+}
+
+fn parse_cpu_baseline(s: &str) -> Result<vdc_sched::cpu_baseline::BaselineMode, String> {
+    vdc_sched::cpu_baseline::BaselineMode::parse(s)
 }
 
 /// Runs the server until the process is stopped.
@@ -90,6 +99,9 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             per_host: args.migrations_per_host as usize,
             per_cluster: args.migrations_per_cluster as usize,
         });
+    state
+        .cluster
+        .set_cpu_baseline_mode(args.cpu_baseline.clone());
     state.cluster.configure_ha(vdc_control::ha::HaSettings {
         enabled: !args.ha_disabled,
         timeouts: vdc_sched::ha::HeartbeatTimeouts {

@@ -93,4 +93,7 @@ pub enum BenchError {
     /// Waited too long.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// A trial's events lack one its figures need.
+    #[error("the server's events lack a measure")]
+    MissingEvent(#[from] crate::ha_report::MissingEvent),
 }

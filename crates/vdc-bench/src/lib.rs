@@ -1,10 +1,14 @@
 //! vdc's benchmarks, each side by side with a peer in one run, on the same
 //! guest image: `vdc bench migrate` moves a running guest with vdc's live
 //! migration and with libvirt's `virsh migrate --live`, under the same
-//! workloads, and prints medians and ratios (see [`migrate`]).
+//! workloads, and prints medians and ratios (see [`migrate`]); `vdc bench
+//! ha` kills a host running several VMs, again and again, and times their
+//! restart on the other host, detection apart (see [`ha`]).
 
 pub mod error;
 pub mod guest;
+pub mod ha;
+pub mod ha_report;
 pub mod libvirt;
 pub mod migrate;
 pub mod qemu_pair;
@@ -30,11 +34,16 @@ pub enum BenchCommand {
     /// lab of its own (needs root and libvirt: scripts/setup.sh
     /// --bench-deps).
     Migrate(migrate::MigrateArgs),
+    /// HA restart time: a host with several VMs killed, each VM's time to
+    /// run again on the other host, detection apart, in a lab of its own
+    /// (needs root).
+    Ha(ha::HaArgs),
 }
 
 /// Runs a benchmark; `json` prints the figures as JSON instead of tables.
 pub async fn run(args: BenchArgs, json: bool) -> Result<(), BenchError> {
     match args.command {
         BenchCommand::Migrate(a) => migrate::run(a, json).await,
+        BenchCommand::Ha(a) => ha::run(a, json).await,
     }
 }

@@ -5,6 +5,8 @@
 //! server refused the request, so callers can show the administrator exactly
 //! what was wrong.
 
+mod ha;
+mod history;
 mod maintenance;
 mod migration;
 

@@ -1,4 +1,5 @@
-//! Maintenance mode calls of the REST API.
+//! Host placement calls of the REST API: maintenance mode and the CPU
+//! baseline.
 
 use vdc_types::{Host, Task};
 
@@ -21,5 +22,12 @@ impl Client {
             &serde_json::json!({}),
         )
         .await
+    }
+}
+
+impl Client {
+    /// `GET /cpu-baseline`: the cluster's CPU baseline and each host's fit.
+    pub async fn cpu_baseline(&self) -> Result<vdc_types::CpuBaseline, ClientError> {
+        self.get("/cpu-baseline").await
     }
 }

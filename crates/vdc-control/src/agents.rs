@@ -45,7 +45,7 @@ impl AgentClient {
         AgentClient { http, token }
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         host: &str,
         method: reqwest::Method,
@@ -116,6 +116,20 @@ impl AgentClient {
             ACTION_TIMEOUT,
         )
         .await
+    }
+
+    /// Pushes a VM's HA settings to its host (applied at once); the
+    /// settings in force there.
+    pub async fn set_ha(
+        &self,
+        host: &str,
+        url: &str,
+        id: &str,
+        ha: &vdc_types::ha::VmHa,
+    ) -> Result<vdc_types::ha::VmHa, ApiError> {
+        let u = format!("{url}/agent/v1/vms/{id}/ha");
+        self.call(host, reqwest::Method::PUT, u, Some(ha), JOB_CALL_TIMEOUT)
+            .await
     }
 
     /// Every VM the host knows, as it sees them now.

@@ -114,6 +114,7 @@ impl Cluster {
                     json!({"address": record.address}),
                 )
                 .await;
+            self.note_cpu_baseline(&name).await;
         }
         self.note_vm_monitor_resets(&name, &reset_before, &vms)
             .await;
@@ -316,6 +317,7 @@ impl Cluster {
             datastores: rec.datastores.clone(),
             last_seen_ms: live.map(|l| l.seen_ms).unwrap_or(rec.last_seen_ms),
             maintenance: None,
+            cpu_baseline: None,
         }
     }
 
@@ -324,12 +326,15 @@ impl Cluster {
         let recs: Vec<(String, HostRecord)> =
             self.store.list_json("/hosts/").await.map_err(store_err)?;
         let maintenance = self.maintenance_states().await;
+        let model = self.vm_cpu_model().await;
         let live = self.live.read().await;
         Ok(recs
             .iter()
             .map(|(_, r)| {
-                let mut h = Self::host_view(r, live.get(&r.name));
+                let l = live.get(&r.name);
+                let mut h = Self::host_view(r, l);
                 h.maintenance = maintenance.get(&r.name).copied();
+                h.cpu_baseline = l.and_then(|l| self.host_cpu_fit(&l.report, model));
                 h
             })
             .collect())
@@ -344,9 +349,12 @@ impl Cluster {
             .map_err(store_err)?
             .ok_or_else(|| ApiError::not_found("Host", name))?;
         let maintenance = self.maintenance_states().await;
+        let model = self.vm_cpu_model().await;
         let live = self.live.read().await;
-        let mut h = Self::host_view(&rec, live.get(name));
+        let l = live.get(name);
+        let mut h = Self::host_view(&rec, l);
         h.maintenance = maintenance.get(name).copied();
+        h.cpu_baseline = l.and_then(|l| self.host_cpu_fit(&l.report, model));
         Ok(h)
     }
 
@@ -403,6 +411,7 @@ impl Cluster {
                 memory_pending_mib: pending.get(&l.report.name).copied().unwrap_or(0),
                 vcpus_committed: vcpus.get(&l.report.name).copied().unwrap_or(0),
                 datastores: l.report.datastores.iter().map(|d| d.name.clone()).collect(),
+                cpu: crate::cpu_baseline::host_cpu(&l.report),
             })
             .collect()
     }

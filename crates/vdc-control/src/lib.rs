@@ -23,6 +23,7 @@
 pub mod agents;
 pub mod answers;
 mod console;
+pub mod cpu_baseline;
 pub mod events;
 pub mod ha;
 mod hosts;
@@ -118,6 +119,8 @@ pub struct Cluster {
     pub(crate) migration_settings: std::sync::RwLock<migration::MigrationSettings>,
     /// The HA manager's memory (see [`ha`]).
     pub(crate) ha: std::sync::Mutex<ha::HaMemory>,
+    /// How the CPU baseline is chosen (see [`cpu_baseline`]).
+    pub(crate) cpu_baseline: std::sync::RwLock<vdc_sched::cpu_baseline::BaselineMode>,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -163,6 +166,7 @@ impl Cluster {
             migrations: Default::default(),
             migration_turn: tokio::sync::Notify::new(),
             migration_settings: Default::default(),
+            cpu_baseline: Default::default(),
             ha: std::sync::Mutex::new(Default::default()),
         });
         cluster.release_orphaned_operations(true).await?;
@@ -185,6 +189,15 @@ impl Cluster {
     /// reports stopped as disconnected and their VMs as unknown, and
     /// releases VM operations whose task ended without releasing them.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let ha = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ha::HA_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                ha.check_ha().await;
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -192,7 +205,6 @@ impl Cluster {
             loop {
                 tick.tick().await;
                 me.check_hosts().await;
-                me.check_ha().await;
                 n += 1;
                 if n.is_multiple_of(ORPHAN_SWEEP_TICKS) {
                     if let Err(e) = me.release_orphaned_operations(false).await {

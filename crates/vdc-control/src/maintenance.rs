@@ -210,6 +210,7 @@ impl Cluster {
                 cpus: r.config.cpus,
                 datastores: datastores_of(r),
                 disk_bytes: r.config.disks.iter().map(|d| d.size_bytes).sum(),
+                cpu_model: Some(r.config.cpu_model.clone()),
             })
             .collect();
         let stores: Vec<StoreRoom> = self

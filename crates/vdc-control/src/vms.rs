@@ -170,6 +170,7 @@ impl Cluster {
                 ),
             ));
         }
+        let ha_group = self.known_ha_group(req.ha_group.as_deref()).await?;
         let caps = self.capacities().await;
         let connected: Vec<_> = caps.iter().filter(|c| c.available).cloned().collect();
         if connected.is_empty() {
@@ -268,10 +269,12 @@ impl Cluster {
                 size_bytes: d.size_gib * GIB,
             });
         }
+        let cpu_model = self.vm_cpu_model().await;
         let demand = Demand {
             cpus,
             memory_mib,
             datastores: datastores.clone(),
+            cpu_model: Some(cpu_model.to_string()),
         };
         vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
         if req.start {
@@ -310,10 +313,11 @@ impl Cluster {
             template: template.as_ref().map(|t| t.name.clone()),
             created_ms: now_ms(),
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
-            cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
+            cpu_model: cpu_model.into(),
             ha: vdc_types::ha::VmHa {
                 priority: req.ha_priority.unwrap_or_default(),
                 isolation_response: req.isolation_response.unwrap_or_default(),
+                group: ha_group,
             },
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
@@ -497,6 +501,7 @@ impl Cluster {
                                 .iter()
                                 .map(|d| d.datastore.clone())
                                 .collect(),
+                            cpu_model: Some(rec.config.cpu_model.clone()),
                         };
                         vdc_sched::place(&demand, &self.capacities().await)
                             .map_err(placement_err)?

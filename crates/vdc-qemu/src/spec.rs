@@ -13,8 +13,10 @@
 //! - `-nodefaults -no-user-config`: only the devices listed here exist, so
 //!   the machine is identical on every host (a migration requirement).
 //! - No `-S`: a fresh VM runs as soon as QEMU is up. An incoming VM
-//!   (`-incoming defer`) waits for `migrate-incoming` anyway; only the
-//!   destination of a live migration with storage gets `-S`
+//!   (`-incoming defer`) waits for `migrate-incoming` anyway. Only a VM
+//!   prepared ahead of its lease ([`MachineSpec::paused`], an HA restart)
+//!   starts with `-S`: disks opened, vCPUs stopped until `cont`; and the
+//!   destination of a live migration with storage
 //!   ([`Incoming::DeferPaused`]), so that its guest runs only once the
 //!   source's disk mirrors finished.
 //! - No `-no-shutdown`: a guest power-off ends the QEMU process, which is
@@ -66,6 +68,9 @@ pub struct MachineSpec {
     pub smbios_oem_strings: Vec<String>,
     /// Start waiting for an incoming migration instead of booting.
     pub incoming: Option<Incoming>,
+    /// Start with the vCPUs stopped (`-S`) until `cont`: QEMU is ready
+    /// (devices created, images opened and locked) but runs no guest code.
+    pub paused: bool,
 }
 
 /// One qcow2 disk image.
@@ -313,6 +318,8 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
 
     if spec.incoming.is_some() {
         push(&["-incoming", "defer"]);
+    } else if spec.paused {
+        push(&["-S"]);
     }
     if spec.incoming == Some(Incoming::DeferPaused) {
         push(&["-S"]);
@@ -354,6 +361,7 @@ mod tests {
             }],
             smbios_oem_strings: vec!["vdc.hostname=web-1".into(), "vdc.x=a,b".into()],
             incoming: None,
+            paused: false,
         }
     }
 
@@ -390,6 +398,14 @@ mod tests {
         assert!(args.iter().any(|a| a == "-nodefaults"));
         assert!(!args.iter().any(|a| a == "-no-shutdown" || a == "-S"));
         assert!(!args.iter().any(|a| a == "-incoming"));
+        let paused = command_line(
+            &MachineSpec {
+                paused: true,
+                ..spec()
+            },
+            &paths(),
+        );
+        assert_eq!(paused.iter().filter(|a| *a == "-S").count(), 1);
         let chardevs = values(&args, "-chardev");
         assert!(chardevs[0].contains("logfile=/ds/web-1/console.log,logappend=on"));
         assert!(chardevs[1].contains("path=/run/vdc/vms/abc/guest.sock"));

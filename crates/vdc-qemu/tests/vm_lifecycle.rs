@@ -85,6 +85,7 @@ fn fixture(name: &str) -> Fixture {
         nics: vec![],
         smbios_oem_strings: vec![format!("vdc.hostname={name}")],
         incoming: None,
+        paused: false,
     };
     Fixture {
         _dir: dir,

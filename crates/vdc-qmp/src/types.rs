@@ -64,7 +64,7 @@ pub struct StatusInfo {
 }
 
 /// RAM statistics of a migration (part of `query-migrate`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationRamStats {
     /// Bytes sent so far.
     #[serde(default)]
@@ -78,13 +78,16 @@ pub struct MigrationRamStats {
     /// Pages the guest dirties per second.
     #[serde(default, rename = "dirty-pages-rate")]
     pub dirty_pages_rate: u64,
+    /// Transfer rate of the stream, megabits per second.
+    #[serde(default)]
+    pub mbps: f64,
     /// Passes over memory (dirty bitmap syncs) so far.
     #[serde(default, rename = "dirty-sync-count")]
     pub dirty_sync_count: u64,
 }
 
 /// Answer of `query-migrate`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationInfo {
     /// `none`, `setup`, `active`, `completed`, `failed`, `cancelled`, …;
     /// absent before any migration.

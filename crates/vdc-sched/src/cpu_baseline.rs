@@ -186,6 +186,69 @@ pub fn cluster_baseline(hosts: &[HostCpu]) -> Option<&'static str> {
         .map(|m| m.name)
 }
 
+/// How the cluster's CPU baseline is chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BaselineMode {
+    /// The newest model every host with hardware virtualization can run
+    /// ([`cluster_baseline`] over them); `fallback` when there is none
+    /// (every host emulates, or none reported its flags yet).
+    #[default]
+    Auto,
+    /// A model the administrator chose (from [`CPU_MODELS`]).
+    Fixed(&'static str),
+}
+
+impl BaselineMode {
+    /// Parses `auto` or a model name of [`CPU_MODELS`].
+    pub fn parse(s: &str) -> Result<BaselineMode, String> {
+        if s == "auto" {
+            return Ok(BaselineMode::Auto);
+        }
+        CPU_MODELS
+            .iter()
+            .find(|m| m.name == s)
+            .map(|m| BaselineMode::Fixed(m.name))
+            .ok_or_else(|| {
+                let names: Vec<&str> = CPU_MODELS.iter().map(|m| m.name).collect();
+                format!(
+                    "unknown CPU baseline '{s}': use auto or one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+
+    /// `auto` or the model's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BaselineMode::Auto => "auto",
+            BaselineMode::Fixed(m) => m,
+        }
+    }
+}
+
+/// The model new VMs get under `mode`, given the hosts' CPUs; `fallback`
+/// when `auto` has no host with hardware virtualization to go by. Emulated
+/// hosts do not raise or lower an automatic baseline: TCG runs any model,
+/// but slower the newer it is, so a cluster of emulated hosts keeps the
+/// fallback.
+pub fn effective_baseline(
+    mode: &BaselineMode,
+    hosts: &[HostCpu],
+    fallback: &'static str,
+) -> &'static str {
+    match mode {
+        BaselineMode::Fixed(m) => m,
+        BaselineMode::Auto => {
+            let real: Vec<HostCpu> = hosts.iter().filter(|h| !h.emulated).cloned().collect();
+            if real.is_empty() {
+                fallback
+            } else {
+                cluster_baseline(&real).unwrap_or(CPU_MODELS[0].name)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +358,34 @@ mod tests {
                 prop_assert!(hosts.iter().any(|h| !check_model("qemu64", h).ok()));
             }
         }
+    }
+
+    #[test]
+    fn the_automatic_baseline_follows_the_real_hosts_only() {
+        let hosts = [
+            kvm("a", "Haswell-noTSX-v1"),
+            kvm("b", "IvyBridge-v1"),
+            HostCpu {
+                name: "tcg".into(),
+                emulated: true,
+                flags: BTreeSet::new(),
+            },
+        ];
+        assert_eq!(
+            effective_baseline(&BaselineMode::Auto, &hosts, "Nehalem-v1"),
+            "IvyBridge-v1"
+        );
+        assert_eq!(
+            effective_baseline(&BaselineMode::Auto, &hosts[2..], "Nehalem-v1"),
+            "Nehalem-v1"
+        );
+        let fixed = BaselineMode::parse("Westmere-v1").unwrap();
+        assert_eq!(
+            effective_baseline(&fixed, &hosts, "Nehalem-v1"),
+            "Westmere-v1"
+        );
+        assert_eq!(fixed.as_str(), "Westmere-v1");
+        let e = BaselineMode::parse("Pentium").unwrap_err();
+        assert!(e.contains("use auto or one of qemu64"), "{e}");
     }
 }

@@ -36,6 +36,8 @@ pub struct EvacuatedVm {
     pub datastores: Vec<String>,
     /// Its disks' virtual sizes, bytes (what a storage move needs free).
     pub disk_bytes: u64,
+    /// Its CPU model (`None`: not checked).
+    pub cpu_model: Option<String>,
 }
 
 /// A datastore's room, for moves that copy disks.
@@ -111,6 +113,14 @@ pub fn plan_evacuation(
                 vm.datastores
                     .iter()
                     .all(|d| others[i].datastores.contains(d))
+                    && crate::cpu_refusal(
+                        &crate::Demand {
+                            cpu_model: vm.cpu_model.clone(),
+                            ..Default::default()
+                        },
+                        &others[i],
+                    )
+                    .is_none()
             })
             .collect();
         let decision = if others.is_empty() {
@@ -213,9 +223,16 @@ fn with_storage(
         });
         fit.first().copied()
     };
+    let cpu_fits = |h: &HostCapacity| {
+        let demand = crate::Demand {
+            cpu_model: vm.cpu_model.clone(),
+            ..Default::default()
+        };
+        crate::cpu_refusal(&demand, h).is_none()
+    };
     let best = (0..others.len())
         .filter(|&i| free(&others[i]) >= need && vm.cpus <= others[i].cpus)
-        .filter(|&i| store_for(&others[i], room).is_some())
+        .filter(|&i| cpu_fits(&others[i]) && store_for(&others[i], room).is_some())
         .max_by(|&a, &b| {
             free(&others[a])
                 .cmp(&free(&others[b]))
@@ -244,6 +261,7 @@ mod tests {
             memory_pending_mib: 0,
             vcpus_committed: 0,
             datastores: ds.iter().map(|s| s.to_string()).collect(),
+            cpu: None,
         }
     }
 
@@ -255,6 +273,7 @@ mod tests {
             cpus: 1,
             datastores: ds.iter().map(|s| s.to_string()).collect(),
             disk_bytes: 1 << 30,
+            cpu_model: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub mod evacuate;
 
 pub mod ha;
 
+pub mod ha_order;
+pub mod lease_watch;
+
 /// Memory QEMU itself needs beyond the guest's RAM, MiB (device model,
 /// TCG translation cache); measured ~100 MiB under TCG for small guests.
 pub const QEMU_OVERHEAD_MIB: u64 = 128;
@@ -31,7 +34,7 @@ pub const QEMU_OVERHEAD_MIB: u64 = 128;
 pub const MEMORY_BUCKET_MIB: u64 = 512;
 
 /// What placement needs to know about one host.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct HostCapacity {
     /// Host name.
     pub name: String,
@@ -50,10 +53,12 @@ pub struct HostCapacity {
     pub vcpus_committed: u32,
     /// Datastores the host reaches.
     pub datastores: Vec<String>,
+    /// The host's CPU (`None`: not reported, not checked).
+    pub cpu: Option<cpu_baseline::HostCpu>,
 }
 
 /// What a VM asks of a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Demand {
     /// vCPUs.
     pub cpus: u32,
@@ -61,6 +66,17 @@ pub struct Demand {
     pub memory_mib: u64,
     /// Datastores the host must reach (home and disks).
     pub datastores: Vec<String>,
+    /// The VM's CPU model (`None`: not checked).
+    pub cpu_model: Option<String>,
+}
+
+/// Why `host` cannot run the CPU model `demand` asks for, if it cannot.
+pub fn cpu_refusal(demand: &Demand, host: &HostCapacity) -> Option<String> {
+    let (Some(model), Some(cpu)) = (&demand.cpu_model, &host.cpu) else {
+        return None;
+    };
+    let fit = cpu_baseline::check_model(model, cpu);
+    (!fit.ok()).then(|| fit.reason(model))
 }
 
 /// Why no host fits.
@@ -96,6 +112,17 @@ pub enum PlacementError {
     /// The chosen host takes no new VMs.
     #[error("host '{0}' takes no new VMs (in maintenance, or disconnected); choose another host")]
     Unavailable(String),
+    /// The chosen host's CPU cannot run the VM's CPU model.
+    #[error("host '{host}' cannot run the VM's CPU model: {reason}; choose a host that meets the cluster's CPU baseline")]
+    CpuIncompatible {
+        /// The host.
+        host: String,
+        /// Which flags it lacks.
+        reason: String,
+    },
+    /// No host that reaches the datastores can run the VM's CPU model.
+    #[error("no connected host can run CPU model {0}; add a host that meets it (see `vdc host cpu-baseline`)")]
+    NoCpuMatch(String),
 }
 
 /// Memory a VM occupies on a host, guest RAM plus QEMU's own.
@@ -127,6 +154,12 @@ pub fn check_host(demand: &Demand, host: &HostCapacity) -> Result<(), PlacementE
         return Err(PlacementError::Unavailable(host.name.clone()));
     }
     check_fits_any(demand, std::slice::from_ref(host))?;
+    if let Some(reason) = cpu_refusal(demand, host) {
+        return Err(PlacementError::CpuIncompatible {
+            host: host.name.clone(),
+            reason,
+        });
+    }
     if let Some(ds) = demand
         .datastores
         .iter()
@@ -159,6 +192,15 @@ pub fn place(demand: &Demand, hosts: &[HostCapacity]) -> Result<String, Placemen
     if reach.is_empty() {
         return Err(PlacementError::NoDatastoreAccess(
             demand.datastores.join(", "),
+        ));
+    }
+    let reach: Vec<&HostCapacity> = reach
+        .into_iter()
+        .filter(|h| cpu_refusal(demand, h).is_none())
+        .collect();
+    if reach.is_empty() {
+        return Err(PlacementError::NoCpuMatch(
+            demand.cpu_model.clone().unwrap_or_default(),
         ));
     }
     let needed = footprint_mib(demand.memory_mib);
@@ -219,6 +261,7 @@ mod tests {
             memory_pending_mib: 0,
             vcpus_committed: 0,
             datastores: vec!["shared".into()],
+            cpu: None,
         }
     }
 
@@ -227,7 +270,48 @@ mod tests {
             cpus: 1,
             memory_mib: mem,
             datastores: vec!["shared".into()],
+            cpu_model: None,
         }
+    }
+
+    fn cpu(name: &str, flags: &[&str]) -> Option<cpu_baseline::HostCpu> {
+        Some(cpu_baseline::HostCpu {
+            name: name.into(),
+            emulated: false,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn a_host_that_cannot_run_the_cpu_model_is_skipped_or_refused() {
+        let nehalem: Vec<&str> = cpu_baseline::required_flags("Nehalem-v1")
+            .unwrap()
+            .into_iter()
+            .collect();
+        let mut old = host("old", 9000);
+        old.cpu = cpu("old", &["lm", "sse2", "pni", "cx16"]);
+        let mut new = host("new", 1000);
+        new.cpu = cpu("new", &nehalem);
+        let d = Demand {
+            cpu_model: Some("Nehalem-v1".into()),
+            ..demand(256)
+        };
+        assert_eq!(place(&d, &[old.clone(), new]).unwrap(), "new");
+        assert_eq!(
+            place(&d, std::slice::from_ref(&old)),
+            Err(PlacementError::NoCpuMatch("Nehalem-v1".into()))
+        );
+        let e = check_host(&d, &old).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("host 'old' cannot run the VM's CPU model")
+                && e.to_string().contains("ssse3"),
+            "{e}"
+        );
+        // Not reported, or no model asked: not checked.
+        old.cpu = None;
+        assert!(check_host(&d, &old).is_ok());
+        assert!(check_host(&demand(256), &host("x", 9000)).is_ok());
     }
 
     #[test]

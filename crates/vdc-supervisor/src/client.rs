@@ -36,6 +36,9 @@ pub struct Launch {
     pub timing: LeaseTiming,
     /// Re-attach to this running QEMU instead of waiting for a launch.
     pub qemu_pid: Option<u32>,
+    /// The lease as this host already watched it (a failover's lease
+    /// watch): the supervisor's watch continues it.
+    pub lease_seen: Option<vdc_disk::lock::Seen>,
 }
 
 impl Launch {
@@ -61,6 +64,14 @@ impl Launch {
             a.push("--qemu-pid".into());
             a.push(pid.to_string());
         }
+        if let Some(seen) = self
+            .lease_seen
+            .as_ref()
+            .and_then(|s| serde_json::to_string(s).ok())
+        {
+            a.push("--lease-seen".into());
+            a.push(seen);
+        }
         a
     }
 }
@@ -79,6 +90,23 @@ pub struct Started {
 /// reach it) and waits for its answer; the wait is bounded by a few TTLs,
 /// the longest a contender may watch a stale lease.
 pub async fn start(launch: &Launch) -> Result<Started, SupervisorError> {
+    spawn(launch)?.hello().await
+}
+
+/// A supervisor started, its answer (whether it holds the lease) not read
+/// yet: the agent may prepare QEMU meanwhile (vCPUs stopped).
+#[derive(Debug)]
+pub struct Spawned {
+    process: Arc<Process>,
+    stdin: Option<ChildStdin>,
+    stdout: tokio::process::ChildStdout,
+    log_path: PathBuf,
+    wait: Duration,
+}
+
+/// Starts a supervisor in its own session without waiting for its answer
+/// (see [`Spawned::hello`]).
+pub fn spawn(launch: &Launch) -> Result<Spawned, SupervisorError> {
     std::fs::create_dir_all(&launch.run_dir).map_err(SupervisorError::io(&launch.run_dir))?;
     if launch.qemu_pid.is_none() {
         FenceRecord::clear(&launch.run_dir).map_err(SupervisorError::io(&launch.run_dir))?;
@@ -116,38 +144,59 @@ pub async fn start(launch: &Launch) -> Result<Started, SupervisorError> {
         .ok_or_else(|| SupervisorError::Protocol("the supervisor exited at once".into()))?;
     let process = Arc::new(Process::from_child(child, pid));
     let Some(stdout) = stdout else {
+        process.signal(libc::SIGKILL);
         return Err(SupervisorError::Protocol("no stdout pipe".into()));
     };
-    let wait = launch.timing.ttl * 3 + Duration::from_secs(30);
-    let mut line = String::new();
-    let mut reader = BufReader::new(stdout.take(MAX_LINE as u64));
-    let read = tokio::time::timeout(wait, reader.read_line(&mut line)).await;
-    let hello = match read {
-        Ok(Ok(n)) if n > 0 => serde_json::from_str::<Hello>(line.trim()).map_err(|e| {
-            SupervisorError::Protocol(format!("unreadable answer {:?}: {e}", line.trim()))
-        }),
-        Ok(Ok(_)) => Err(SupervisorError::Protocol(format!(
-            "it exited without an answer; its log: {}",
-            vdc_qemu::tail_file(&log_path, 1024)
-                .unwrap_or_default()
-                .trim()
-        ))),
-        Ok(Err(e)) => Err(SupervisorError::Protocol(format!(
-            "cannot read its answer: {e}"
-        ))),
-        Err(_) => Err(SupervisorError::Protocol(format!(
-            "no answer within {wait:?}"
-        ))),
-    };
-    match hello {
-        Ok(hello) => Ok(Started {
+    Ok(Spawned {
+        process,
+        stdin,
+        stdout,
+        log_path,
+        wait: launch.timing.ttl * 3 + Duration::from_secs(30),
+    })
+}
+
+impl Spawned {
+    /// Waits for the supervisor's answer (bounded by a few TTLs); a
+    /// supervisor that gives none is killed.
+    pub async fn hello(self) -> Result<Started, SupervisorError> {
+        let Spawned {
             process,
-            hello,
             stdin,
-        }),
-        Err(e) => {
-            process.signal(libc::SIGKILL);
-            Err(e)
+            stdout,
+            log_path,
+            wait,
+        } = self;
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout.take(MAX_LINE as u64));
+        let read = tokio::time::timeout(wait, reader.read_line(&mut line)).await;
+        let hello = match read {
+            Ok(Ok(n)) if n > 0 => serde_json::from_str::<Hello>(line.trim()).map_err(|e| {
+                SupervisorError::Protocol(format!("unreadable answer {:?}: {e}", line.trim()))
+            }),
+            Ok(Ok(_)) => Err(SupervisorError::Protocol(format!(
+                "it exited without an answer; its log: {}",
+                vdc_qemu::tail_file(&log_path, 1024)
+                    .unwrap_or_default()
+                    .trim()
+            ))),
+            Ok(Err(e)) => Err(SupervisorError::Protocol(format!(
+                "cannot read its answer: {e}"
+            ))),
+            Err(_) => Err(SupervisorError::Protocol(format!(
+                "no answer within {wait:?}"
+            ))),
+        };
+        match hello {
+            Ok(hello) => Ok(Started {
+                process,
+                hello,
+                stdin,
+            }),
+            Err(e) => {
+                process.signal(libc::SIGKILL);
+                Err(e)
+            }
         }
     }
 }
@@ -299,6 +348,14 @@ mod tests {
                 margin: Duration::from_secs(4),
             },
             qemu_pid: Some(42),
+            lease_seen: Some(vdc_disk::lock::Seen {
+                key: vdc_disk::lock::LeaseKey {
+                    host: "host-2".into(),
+                    holder: "9-abc".into(),
+                    generation: 7,
+                },
+                since: Duration::from_millis(123_456),
+            }),
         };
         let args = std::iter::once("vdc".to_string()).chain(launch.args());
         let Sub::VmSupervisor(parsed) = Cli::try_parse_from(args).unwrap().command;
@@ -308,6 +365,7 @@ mod tests {
         assert_eq!(parsed.run_dir, PathBuf::from("/run/vms/id-1"));
         assert_eq!(parsed.timing(), launch.timing);
         assert_eq!(parsed.qemu_pid, Some(42));
+        assert_eq!(parsed.lease_seen().unwrap(), launch.lease_seen);
     }
 
     #[test]

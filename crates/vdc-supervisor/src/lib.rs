@@ -101,6 +101,11 @@ pub struct SupervisorArgs {
     /// How long to wait for the QEMU pid on stdin, seconds.
     #[arg(long, default_value_t = 180)]
     pub launch_timeout_s: u64,
+    /// The lease as the agent already watched it (JSON of
+    /// [`vdc_disk::lock::Seen`], on this host's monotonic clock): if it is
+    /// still that state, the watch for a stale lease counts from then.
+    #[arg(long)]
+    pub lease_seen: Option<String>,
 }
 
 impl SupervisorArgs {
@@ -111,6 +116,17 @@ impl SupervisorArgs {
             renew_every: Duration::from_millis(self.lease_renew_ms),
             margin: Duration::from_millis(self.lease_margin_ms),
         }
+    }
+
+    /// The earlier observation of the lease given with `--lease-seen`.
+    pub fn lease_seen(&self) -> Result<Option<vdc_disk::lock::Seen>, SupervisorError> {
+        self.lease_seen
+            .as_deref()
+            .map(|s| {
+                serde_json::from_str(s)
+                    .map_err(|e| SupervisorError::Config(format!("--lease-seen: {e}")))
+            })
+            .transpose()
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use vdc_disk::lock::rule::{holder_deadline, holding, must_fence, Holding};
-use vdc_disk::lock::{acquire, monotonic_now, TakeOver};
+use vdc_disk::lock::{acquire_after, monotonic_now, TakeOver};
 
 use crate::control::{bind, read_qemu_pid, serve_control};
 use crate::reaction::{react, Reaction};
@@ -34,6 +34,7 @@ const RELEASE_RETRY: Duration = Duration::from_millis(20);
 pub async fn run(args: SupervisorArgs) -> Result<(), SupervisorError> {
     let timing = args.timing();
     timing.check().map_err(SupervisorError::Config)?;
+    args.lease_seen()?;
     std::fs::create_dir_all(&args.run_dir).map_err(SupervisorError::io(&args.run_dir))?;
     let pidfile = args.run_dir.join(PID_FILE);
     write_atomic(&pidfile, std::process::id().to_string().as_bytes())
@@ -151,7 +152,14 @@ async fn take_lease(
             }
         }
     }
-    acquire(io, lock, &args.host, holder, timing).await
+    // Checked at start (`run`): a bad value never gets here.
+    let prior = args.lease_seen().ok().flatten();
+    if let Some(p) = &prior {
+        tracing::info!(vm = %args.vm_id, holder_host = %p.key.host, generation = p.key.generation,
+            watched_ms = monotonic_now().saturating_sub(p.since).as_millis() as u64,
+            "continuing the agent's watch of the lease");
+    }
+    acquire_after(io, lock, &args.host, holder, timing, prior.as_ref()).await
 }
 
 /// Result of one renewal (or, while handing over, one look at the lease):

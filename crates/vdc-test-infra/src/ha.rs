@@ -48,6 +48,35 @@ impl TestLab {
         running_qemus(&self.host_namespaces())
     }
 
+    /// The command line of every live QEMU of VM `vm` on the lab's hosts,
+    /// with its host.
+    pub fn qemu_command_lines(&self, vm: &str) -> Vec<(String, Vec<String>)> {
+        let namespaces = self.host_namespaces();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                if !comm.starts_with("qemu-system") {
+                    return None;
+                }
+                let ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino();
+                let host = namespaces.iter().find(|(i, _)| *i == ino)?.1.clone();
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                (vm_name(&cmdline).as_deref() == Some(vm)).then(|| {
+                    let args = cmdline
+                        .split(|b| *b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    (host, args)
+                })
+            })
+            .collect()
+    }
+
     /// Starts watching the lab for a VM running on two hosts at once.
     pub fn invariant_checker(&self) -> InvariantChecker {
         InvariantChecker::start(self.host_namespaces())

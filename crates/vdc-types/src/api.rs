@@ -92,6 +92,14 @@ pub struct CreateVmRequest {
     /// What an isolated host does with the VM (default keep running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation_response: Option<crate::ha::IsolationResponse>,
+    /// HA order group to join (an existing group; default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub ha_group: Option<String>,
     /// Extra (data) disks, blank.
     #[serde(default)]
     pub disks: Vec<DiskRequest>,

@@ -186,8 +186,9 @@ pub enum IsolationResponse {
     PowerOff,
 }
 
-/// A VM's HA settings (in its [`crate::VmConfig`] since version 3).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A VM's HA settings (in its [`crate::VmConfig`] since version 3; `group`
+/// since version 4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VmHa {
     /// Restart priority.
     #[serde(default)]
@@ -195,6 +196,9 @@ pub struct VmHa {
     /// Isolation response.
     #[serde(default)]
     pub isolation_response: IsolationResponse,
+    /// Order group (see [`crate::ha_group::HaGroup`]); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// `PATCH /api/v1/vms/{name}`: the settings to change (absent: unchanged).
@@ -207,6 +211,31 @@ pub struct UpdateVmRequest {
     /// New isolation response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation_response: Option<IsolationResponse>,
+    /// New order group: a group's name joins it, `null` leaves the VM's
+    /// group; absent: unchanged.
+    #[serde(
+        default,
+        deserialize_with = "some_or_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, nullable = true, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    pub ha_group: Option<Option<String>>,
+}
+
+impl UpdateVmRequest {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ha_priority.is_none() && self.isolation_response.is_none() && self.ha_group.is_none()
+    }
+}
+
+/// A present field, `null` included, as `Some` (absent stays `None` through
+/// `#[serde(default)]`).
+fn some_or_null<'de, D>(d: D) -> Result<Option<Option<String>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// Version of the stored HA policy (`/ha/policy`).

@@ -67,6 +67,53 @@ pub struct Host {
     /// Maintenance mode, when the host is in it (it takes no new VMs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceState>,
+    /// How the host's CPU meets the cluster's CPU baseline (absent until
+    /// its agent reported its CPU's flags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_baseline: Option<HostCpuFit>,
+}
+
+/// How one host's CPU meets the cluster's CPU baseline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostCpuFit {
+    /// Whether the host can run the baseline model (and so every VM
+    /// created under it).
+    pub meets: bool,
+    /// Whether QEMU emulates the CPU there (TCG: any model runs, slowly).
+    pub emulated: bool,
+    /// Flags of the baseline model the host's CPU lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_flags: Vec<String>,
+    /// One sentence for the administrator.
+    pub reason: String,
+}
+
+/// The cluster's CPU baseline (like vSphere's EVC): the QEMU CPU model
+/// every new VM gets, so that any VM can land on any host that meets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CpuBaseline {
+    /// `auto` (the newest model every host with hardware virtualization
+    /// can run) or the model the administrator fixed (`vdc server
+    /// --cpu-baseline`).
+    pub mode: String,
+    /// The model new VMs get now.
+    pub model: String,
+    /// The newest model every connected host with hardware virtualization
+    /// can run (absent when there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_common: Option<String>,
+    /// Each connected host that reported its CPU, and how it meets `model`.
+    pub hosts: Vec<HostCpuBaseline>,
+}
+
+/// One host's line of [`CpuBaseline`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostCpuBaseline {
+    /// Host name.
+    pub host: String,
+    /// How it meets the baseline.
+    #[serde(flatten)]
+    pub fit: HostCpuFit,
 }
 
 /// Maintenance mode of a host.

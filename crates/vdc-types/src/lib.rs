@@ -11,8 +11,10 @@ pub mod auth;
 pub mod error;
 pub mod event;
 pub mod ha;
+pub mod ha_group;
 pub mod host;
 pub mod job;
+pub mod lease_watch;
 pub mod lifecycle;
 pub mod limits;
 pub mod migration;
@@ -24,8 +26,8 @@ pub mod vm;
 pub use error::{ApiError, ErrorCode};
 pub use event::Event;
 pub use host::{
-    Accelerator, Datastore, DatastoreKind, DiskCacheMode, Host, HostState, MaintenanceState,
-    Network,
+    Accelerator, CpuBaseline, Datastore, DatastoreKind, DiskCacheMode, Host, HostCpuFit, HostState,
+    MaintenanceState, Network,
 };
 pub use lifecycle::{InFlight, VmAction, VmOperation};
 pub use task::{Step, Task, TaskJournal, TaskParams, TaskState, TaskStep};

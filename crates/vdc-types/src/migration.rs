@@ -151,8 +151,10 @@ pub struct MigrationOutcome {
 /// QEMU's auto-converge armed (it throttles the vCPUs once the guest dirties
 /// memory faster than it is sent). When the memory left to send has not
 /// reached a new low for `stall_passes` passes, or after `max_passes`
-/// passes, the migration switches to post-copy if allowed; otherwise the
-/// downtime limit is doubled, up to `max_downtime_limit_ms`, and the
+/// passes, the policy first raises the downtime limit (at most to
+/// `precopy_ceiling_ms`) when the memory left would fit in the raised limit
+/// at the measured rate; otherwise it switches to post-copy if allowed, or
+/// doubles the downtime limit, up to `max_downtime_limit_ms`, with the
 /// bandwidth limit lifted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MigrationPolicy {
@@ -169,17 +171,27 @@ pub struct MigrationPolicy {
     pub max_passes: u64,
     /// Whether post-copy may be used.
     pub allow_postcopy: bool,
+    /// Highest downtime limit pre-copy may be raised to, while the bandwidth
+    /// cap stays, before post-copy is tried, ms (the policy raises it only
+    /// when the memory left would fit in it at the measured rate).
+    #[serde(default = "default_precopy_ceiling_ms")]
+    pub precopy_ceiling_ms: u64,
+}
+
+fn default_precopy_ceiling_ms() -> u64 {
+    200
 }
 
 impl Default for MigrationPolicy {
     fn default() -> Self {
         MigrationPolicy {
-            max_bandwidth_mib_s: 1024,
-            downtime_limit_ms: 100,
+            max_bandwidth_mib_s: 0,
+            downtime_limit_ms: 50,
             max_downtime_limit_ms: 2000,
             stall_passes: 3,
             max_passes: 8,
             allow_postcopy: true,
+            precopy_ceiling_ms: default_precopy_ceiling_ms(),
         }
     }
 }

@@ -20,7 +20,9 @@ use crate::UnixMillis;
 /// - 3: [`VmConfig::ha`] (restart priority, isolation response); a
 ///   version 2 configuration is read with the defaults (medium, keep
 ///   running), what HA did for every VM before.
-pub const VM_CONFIG_VERSION: u32 = 3;
+/// - 4: [`crate::ha::VmHa::group`] (HA order group); a version 3
+///   configuration has none.
+pub const VM_CONFIG_VERSION: u32 = 4;
 
 /// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
 /// hardware never changes under a VM (upgrades, migration between hosts).

@@ -86,6 +86,9 @@ pub enum Command {
     /// High availability: host states, heartbeats, failover capacity.
     #[command(subcommand)]
     Ha(HaCmd),
+    /// Alarms: conditions to see until they clear.
+    #[command(subcommand)]
+    Alarm(crate::ha_groups::AlarmCmd),
     /// Datastores.
     #[command(subcommand)]
     Datastore(DatastoreCmd),
@@ -154,6 +157,9 @@ pub enum HostCmd {
     },
     /// List added hosts and whether their agents joined.
     Agents,
+    /// The cluster's CPU baseline (the CPU model new VMs get) and how each
+    /// host's CPU meets it.
+    CpuBaseline,
 }
 
 /// A VM's HA restart priority.
@@ -214,6 +220,9 @@ pub enum HaCmd {
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=63))]
         tolerate_host_failures: u32,
     },
+    /// Order groups: which VMs restart after which.
+    #[command(subcommand)]
+    Group(crate::ha_groups::HaGroupCmd),
 }
 
 /// `vdc datastore ...`
@@ -355,6 +364,12 @@ pub enum VmCmd {
         /// What an isolated host does with the VM.
         #[arg(long, value_enum)]
         isolation_response: Option<IsolationResponseArg>,
+        /// HA order group to join.
+        #[arg(long, conflicts_with = "no_ha_group")]
+        ha_group: Option<String>,
+        /// Leave the VM's HA order group.
+        #[arg(long)]
+        no_ha_group: bool,
     },
     /// Show one VM.
     Show {
@@ -512,6 +527,9 @@ pub struct VmCreateArgs {
     /// What an isolated host does with the VM (default keep-running).
     #[arg(long, value_enum)]
     pub isolation_response: Option<IsolationResponseArg>,
+    /// HA order group to join.
+    #[arg(long)]
+    pub ha_group: Option<String>,
     /// Waiting behaviour.
     #[command(flatten)]
     pub wait: WaitArgs,

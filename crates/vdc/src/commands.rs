@@ -51,6 +51,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             replace,
         }) => crate::join::host_add(ctx, &name, credential_file.as_deref(), replace).await,
         Command::Host(HostCmd::Agents) => crate::join::host_agents(ctx).await,
+        Command::Host(HostCmd::CpuBaseline) => crate::maintenance::cpu_baseline(ctx).await,
         Command::Host(HostCmd::Maintenance { action, name, wait }) => {
             crate::maintenance::host_maintenance(ctx, action, &name, wait).await
         }
@@ -58,6 +59,8 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Ha(crate::cli::HaCmd::Set {
             tolerate_host_failures,
         }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
+        Command::Ha(crate::cli::HaCmd::Group(cmd)) => crate::ha_groups::ha_group(ctx, cmd).await,
+        Command::Alarm(cmd) => crate::ha_groups::alarm(ctx, cmd).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
@@ -127,6 +130,7 @@ pub fn host_table(hosts: &[Host]) -> String {
         "MEMORY",
         "FREE",
         "VMS",
+        "CPU BASELINE",
     ]);
     for h in hosts {
         t.row(vec![
@@ -139,9 +143,20 @@ pub fn host_table(hosts: &[Host]) -> String {
             mib(h.memory_mib),
             mib(h.memory_free_mib),
             h.vm_count.to_string(),
+            cpu_fit(h.cpu_baseline.as_ref()),
         ]);
     }
     t.render()
+}
+
+/// A host's CPU baseline cell: `meets`, `emulated`, `lacks f1, f2`, or `-`.
+pub fn cpu_fit(fit: Option<&vdc_types::HostCpuFit>) -> String {
+    match fit {
+        None => "-".into(),
+        Some(f) if !f.meets => format!("lacks {}", f.missing_flags.join(", ")),
+        Some(f) if f.emulated => "emulated".into(),
+        Some(_) => "meets".into(),
+    }
 }
 
 async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
@@ -167,6 +182,12 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         ),
         ("vms", h.vm_count.to_string()),
         ("datastores", h.datastores.join(", ")),
+        (
+            "cpu baseline",
+            h.cpu_baseline
+                .as_ref()
+                .map_or("not reported".to_string(), |f| f.reason.clone()),
+        ),
         (
             "last seen",
             format!("{} ago", age(h.last_seen_ms, now_ms())),
@@ -626,6 +647,12 @@ mod tests {
             datastores: vec!["shared".into()],
             last_seen_ms: 0,
             maintenance: None,
+            cpu_baseline: Some(vdc_types::HostCpuFit {
+                meets: false,
+                emulated: false,
+                missing_flags: vec!["avx2".into(), "fma".into()],
+                reason: "CPU lacks flags of Haswell-noTSX-v1: avx2, fma".into(),
+            }),
         };
         let out = host_table(&[h]);
         let lines: Vec<Vec<&str>> = out
@@ -643,7 +670,9 @@ mod tests {
                 "CPUS",
                 "MEMORY",
                 "FREE",
-                "VMS"
+                "VMS",
+                "CPU",
+                "BASELINE"
             ]
         );
         assert_eq!(
@@ -657,7 +686,10 @@ mod tests {
                 "2",
                 "4G",
                 "2.9G",
-                "1"
+                "1",
+                "lacks",
+                "avx2,",
+                "fma"
             ]
         );
     }

@@ -20,6 +20,7 @@ mod console;
 mod error;
 mod format;
 mod ha;
+mod ha_groups;
 mod join;
 mod maintenance;
 mod vm_commands;

@@ -1,4 +1,4 @@
-//! `vdc host maintenance enter|exit HOST`.
+//! `vdc host maintenance enter|exit HOST` and `vdc host cpu-baseline`.
 
 use crate::cli::{MaintenanceAction, WaitArgs};
 use crate::commands::{host_table, out, out_json, print_started, Ctx};
@@ -29,4 +29,27 @@ pub(crate) async fn host_maintenance(
     } else {
         out(&host_table(std::slice::from_ref(&host)))
     }
+}
+
+/// Prints the cluster's CPU baseline and each host's fit.
+pub(crate) async fn cpu_baseline(ctx: &Ctx) -> Result<(), CliError> {
+    let b = ctx.client.cpu_baseline().await?;
+    if ctx.json() {
+        return out_json(&b);
+    }
+    let mut t = crate::format::Table::new(&["HOST", "CPU BASELINE", "WHY"]);
+    for h in &b.hosts {
+        t.row(vec![
+            h.host.clone(),
+            crate::commands::cpu_fit(Some(&h.fit)),
+            h.fit.reason.clone(),
+        ]);
+    }
+    out(&format!(
+        "baseline: {} (mode {}; newest model all hosts with KVM could run: {})\n{}",
+        b.model,
+        b.mode,
+        b.newest_common.as_deref().unwrap_or("-, no host with KVM"),
+        t.render()
+    ))
 }

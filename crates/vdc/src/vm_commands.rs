@@ -23,14 +23,21 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
             name,
             ha_priority,
             isolation_response,
+            ha_group,
+            no_ha_group,
         } => {
             let req = vdc_types::ha::UpdateVmRequest {
                 ha_priority: ha_priority.map(Into::into),
                 isolation_response: isolation_response.map(Into::into),
+                ha_group: if no_ha_group {
+                    Some(None)
+                } else {
+                    ha_group.map(Some)
+                },
             };
-            if req == vdc_types::ha::UpdateVmRequest::default() {
+            if req.is_empty() {
                 return Err(CliError::Usage(
-                    "nothing to change: give --ha-priority or --isolation-response".into(),
+                    "nothing to change: give --ha-priority, --isolation-response, --ha-group or --no-ha-group".into(),
                 ));
             }
             let v = ctx.client.update_vm(&name, &req).await?;
@@ -38,10 +45,11 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
                 return out_json(&v);
             }
             out(&format!(
-                "VM {}: HA priority {}, isolation response {}\n",
+                "VM {}: HA priority {}, isolation response {}, HA group {}\n",
                 v.name,
                 v.ha.priority,
-                word(&v.ha.isolation_response)
+                word(&v.ha.isolation_response),
+                or_dash(v.ha.group.as_deref())
             ))
         }
         VmCmd::Show { name } => vm_show(ctx, &name).await,
@@ -127,6 +135,7 @@ async fn vm_create(ctx: &Ctx, a: VmCreateArgs) -> Result<(), CliError> {
         start: a.start,
         ha_priority: a.ha_priority.map(Into::into),
         isolation_response: a.isolation_response.map(Into::into),
+        ha_group: a.ha_group,
         disks: a
             .data_disks
             .iter()
@@ -291,6 +300,7 @@ pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
         ("cpu model", v.cpu_model.clone()),
         ("ha priority", v.ha.priority.to_string()),
         ("isolation response", word(&v.ha.isolation_response)),
+        ("ha group", or_dash(v.ha.group.as_deref())),
         ("datastore", v.datastore.clone()),
         ("template", or_dash(v.template.as_deref())),
     ];

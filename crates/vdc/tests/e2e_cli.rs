@@ -372,9 +372,29 @@ async fn cli_shows_the_cluster_and_refuses_bad_input() {
         assert!(
             lines.iter().any(|l| l.starts_with(name.as_str())
                 && l.contains(address.as_str())
-                && l.contains("connected")),
+                && l.contains("connected")
+                && l.trim_end().ends_with("emulated")),
             "no row for {name}: {}",
             table.describe()
+        );
+    }
+    // The CPU baseline: TCG hosts keep the default model and run any.
+    let cpu = vdc.run(&["host", "cpu-baseline"]).await.success();
+    assert!(
+        cpu.stdout.starts_with(&format!(
+            "baseline: {} (mode auto;",
+            vdc_types::vm::DEFAULT_CPU_MODEL
+        )),
+        "{}",
+        cpu.describe()
+    );
+    for (name, _) in &expected {
+        assert!(
+            cpu.stdout
+                .lines()
+                .any(|l| l.starts_with(name.as_str()) && l.contains("emulated")),
+            "{}",
+            cpu.describe()
         );
     }
 

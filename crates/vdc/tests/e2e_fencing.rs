@@ -401,6 +401,7 @@ async fn a_handed_over_lease_is_taken_at_once_by_the_successor_only() {
         run_dir: successor_dir,
         timing: vdc_disk::LeaseTiming::default(),
         qemu_pid: None,
+        lease_seen: None,
     })
     .await
     .expect("the successor's supervisor");

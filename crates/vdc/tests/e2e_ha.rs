@@ -195,6 +195,20 @@ async fn a_killed_host_s_vms_run_elsewhere_with_their_data_high_priority_first()
         e.data["to"] == "failed"
     })
     .await;
+    // Before the verdict, host-1's late reports made it suspect and the
+    // surviving hosts began watching its VMs' leases; each restarted QEMU
+    // was prepared with its vCPUs stopped (-S) while the rest of the TTL
+    // ran out, then continued (its guest answered above).
+    let suspect = wait_event(&lab, "ha.lease_watch", "host-1", |e| {
+        e.data["suspect"] == true
+    })
+    .await;
+    assert!(suspect.seq < failed.seq, "{suspect:?} {failed:?}");
+    for vm in [&a, &b] {
+        let lines = lab.qemu_command_lines(&vm.name);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].1.iter().any(|a| a == "-S"), "{lines:?}");
+    }
     assert!(
         failed.data["reason"]
             .as_str()
@@ -272,11 +286,27 @@ async fn an_isolated_host_or_a_link_blip_restarts_nothing() {
     .await;
     assert_eq!(identity(&lab, "host-1", &back).0, boot);
 
-    // A 2-second link blip.
+    // A 2-second link blip: host-1's reports are late long enough for
+    // host-2 to begin watching its VM's lease; when they resume, the watch
+    // is dropped and nothing restarts.
+    let before = ha_events(&lab).await.last().map_or(0, |e| e.seq);
     lab.fail_host("host-1", Fault::Isolate);
     std::thread::sleep(Duration::from_secs(2));
     lab.fail_host("host-1", Fault::Heal);
     wait_ha_state(&lab, "host-1", HaHostState::Connected).await;
+    let watched = wait_event(&lab, "ha.lease_watch", "host-1", |e| {
+        e.seq > before && e.data["suspect"] == true
+    })
+    .await;
+    assert_eq!(
+        watched.data["watchers"]["host-2"],
+        serde_json::json!(["ha-iso"]),
+        "{watched:?}"
+    );
+    wait_event(&lab, "ha.lease_watch", "host-1", |e| {
+        e.seq > watched.seq && e.data["suspect"] == false
+    })
+    .await;
     wait_renewals(&lab, "ha-iso", "host-1", 4);
     let events = ha_events(&lab).await;
     assert!(

@@ -132,6 +132,19 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
                 cell(r, 0) == "host-1"
                     && cell(r, 1) == "connected"
                     && cell(r, 7).starts_with("joined")
+                    // TCG hosts run any CPU model: shown as emulated.
+                    && cell(r, 9) == "emulated"
+            })
+            .await,
+    );
+    page(
+        "the CPU baseline above the host table",
+        browser
+            .wait_text("#cpubaseline", PAGE_TIMEOUT, |t| {
+                t.contains(&format!(
+                    "CPU baseline: {} (auto)",
+                    vdc_types::vm::DEFAULT_CPU_MODEL
+                ))
             })
             .await,
     );

@@ -25,6 +25,9 @@ const TICK: Duration = Duration::from_millis(500);
 const HAND_OVER_LIMIT: Duration = Duration::from_secs(15);
 /// Longest wait for the source to begin sending.
 const FIRST_BYTE_LIMIT: Duration = Duration::from_secs(120);
+/// Delay before the first announce of the guest on this host after it
+/// resumed, ms (QEMU's default is 50).
+const ANNOUNCE_INITIAL_MS: u64 = 1;
 
 impl Agent {
     /// `migrate_in` job: see the module documentation.
@@ -135,6 +138,14 @@ impl Agent {
             .migrate_set_capabilities(&super::common_capabilities(req.allow_postcopy))
             .await
             .map_err(|e| qmp_err("cannot set migration capabilities", e))?;
+        // QEMU announces the guest (RARP from each NIC's MAC) when it
+        // resumes it after the stream, by default 50 ms later: until then
+        // the network still sends the guest's traffic to the source.
+        // Announce at once.
+        vm.qmp()
+            .migrate_set_parameters(serde_json::json!({"announce-initial": ANNOUNCE_INITIAL_MS}))
+            .await
+            .map_err(|e| qmp_err("cannot set the announce delay", e))?;
         let mut events = vm.events();
         let addr = self.config.migration_address.clone();
         let port = free_port(&addr)?;
@@ -327,14 +338,14 @@ impl Agent {
     }
 }
 
-/// Tells the network where the guest is now (`announce-self`, 5 rounds
-/// from 50 ms); a failure is logged.
+/// Tells the network where the guest is now (`announce-self`, 5 rounds,
+/// the first after [`ANNOUNCE_INITIAL_MS`]); a failure is logged.
 pub(super) async fn announce(vm: &vdc_qemu::Vm, name: &str) {
     if let Err(e) = vm
         .qmp()
         .execute(
             "announce-self",
-            serde_json::json!({"initial": 50, "max": 550, "rounds": 5, "step": 100}),
+            serde_json::json!({"initial": ANNOUNCE_INITIAL_MS, "max": 550, "rounds": 5, "step": 100}),
         )
         .await
     {

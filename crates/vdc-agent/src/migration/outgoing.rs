@@ -132,6 +132,7 @@ impl Agent {
                                 passes: ram.dirty_sync_count,
                                 remaining: ram.remaining,
                                 throttle_percent: q.cpu_throttle_percentage.unwrap_or(0),
+                                bytes_per_s: (ram.mbps.max(0.0) * 1e6 / 8.0) as u64,
                             });
                             info.policy_steps.extend(steps);
                             if let Some(a) = action {
@@ -288,6 +289,11 @@ fn progress_of(q: &vdc_qemu::MigrationInfo) -> MigrationProgress {
 async fn apply(vm: &vdc_qemu::Vm, action: Action) -> Result<(), vdc_qemu::QmpError> {
     match action {
         Action::StartPostcopy => vm.qmp().migrate_start_postcopy().await,
+        Action::RaiseDowntime { downtime_limit_ms } => {
+            vm.qmp()
+                .migrate_set_parameters(json!({ "downtime-limit": downtime_limit_ms }))
+                .await
+        }
         Action::RaiseLimits { downtime_limit_ms } => {
             vm.qmp()
                 .migrate_set_parameters(json!({

@@ -5,10 +5,20 @@
 //!  pre-copy (bandwidth B, downtime target D, auto-converge armed)
 //!     │ memory left reaches no new low for `stall_passes` passes,
 //!     │ or `max_passes` passes done
+//!     ├── the memory left fits in ≤ ceiling at the measured rate
+//!     │        ──► downtime limit raised to fit (≤ ceiling), bandwidth kept;
+//!     │            wait another stall window
 //!     ├── post-copy allowed ──► migrate-start-postcopy   (once)
 //!     └── not allowed ────────► downtime limit ×2 (≤ max), bandwidth
 //!                                unlimited; wait another stall window
 //! ```
+//!
+//! Why this order (docs/benchmarks.md, "Which migration settings make a
+//! difference"): a low downtime target gives the shortest stops, and a
+//! stall that a slightly longer stop would end is better ended that way
+//! than by post-copy, whose own downtime is small but whose guest barely
+//! answers while its pages are fetched over the network. Post-copy is for
+//! a guest that no pre-copy stop near the ceiling could carry.
 //!
 //! Auto-converge is QEMU's own: armed from the start, it throttles the
 //! vCPUs once the guest dirties memory faster than it is sent; the policy
@@ -27,6 +37,8 @@ pub struct Sample {
     pub remaining: u64,
     /// vCPU throttle, percent.
     pub throttle_percent: u64,
+    /// Measured transfer rate, bytes per second (0: not known yet).
+    pub bytes_per_s: u64,
 }
 
 /// What the policy asks of QEMU.
@@ -34,6 +46,11 @@ pub struct Sample {
 pub enum Action {
     /// Switch to post-copy.
     StartPostcopy,
+    /// Raise the downtime limit to this many ms, the bandwidth limit kept.
+    RaiseDowntime {
+        /// New downtime limit, ms.
+        downtime_limit_ms: u64,
+    },
     /// Raise the downtime limit to this many ms and lift the bandwidth
     /// limit.
     RaiseLimits {
@@ -116,6 +133,20 @@ impl Convergence {
             return (None, steps);
         }
         let mib = s.remaining / (1024 * 1024);
+        if let Some(ms) = self.fitting_limit(s) {
+            self.downtime_limit_ms = ms;
+            self.last_action_pass = s.passes;
+            steps.push(format!(
+                "downtime limit raised to {ms} ms at pass {} ({mib} MiB left, fits at the measured rate)",
+                s.passes
+            ));
+            return (
+                Some(Action::RaiseDowntime {
+                    downtime_limit_ms: ms,
+                }),
+                steps,
+            );
+        }
         if self.policy.allow_postcopy {
             self.postcopy = true;
             steps.push(format!(
@@ -144,6 +175,29 @@ impl Convergence {
     }
 }
 
+impl Convergence {
+    /// The downtime limit that would let pre-copy finish now: the time the
+    /// memory left takes at the measured rate, rounded up to 10 ms, at
+    /// least double the current limit, at most the pre-copy ceiling. `None`
+    /// when the rate is unknown, the ceiling is reached, or the memory left
+    /// would not fit under it.
+    fn fitting_limit(&self, s: &Sample) -> Option<u64> {
+        let ceiling = self
+            .policy
+            .precopy_ceiling_ms
+            .min(self.policy.max_downtime_limit_ms);
+        if s.bytes_per_s == 0 || self.downtime_limit_ms >= ceiling {
+            return None;
+        }
+        let needed_ms = s.remaining.saturating_mul(1000).div_ceil(s.bytes_per_s);
+        if needed_ms > ceiling {
+            return None;
+        }
+        let rounded = needed_ms.div_ceil(10) * 10;
+        Some(rounded.max(self.downtime_limit_ms * 2).min(ceiling))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,14 +208,73 @@ mod tests {
             passes,
             remaining,
             throttle_percent: 0,
+            bytes_per_s: 0,
+        }
+    }
+
+    fn at_rate(passes: u64, remaining: u64, bytes_per_s: u64) -> Sample {
+        Sample {
+            bytes_per_s,
+            ..sample(passes, remaining)
         }
     }
 
     fn policy(allow_postcopy: bool) -> MigrationPolicy {
         MigrationPolicy {
             allow_postcopy,
+            downtime_limit_ms: 100,
             ..MigrationPolicy::default()
         }
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn a_stall_that_a_longer_stop_ends_raises_the_limit_before_postcopy() {
+        let mut c = Convergence::new(MigrationPolicy::default());
+        assert_eq!(c.observe(&at_rate(1, 60 * MIB, 1000 * MIB)).0, None);
+        // 60 MiB at 1000 MiB/s: 60 ms, more than the 50 ms target.
+        let (a, steps) = c.observe(&at_rate(4, 60 * MIB, 1000 * MIB));
+        assert_eq!(
+            a,
+            Some(Action::RaiseDowntime {
+                downtime_limit_ms: 100
+            })
+        );
+        assert!(steps[0].contains("fits at the measured rate"), "{steps:?}");
+        // Still stalled a window later, now needing 150 ms: raised again.
+        let (a, _) = c.observe(&at_rate(7, 150 * MIB, 1000 * MIB));
+        assert_eq!(
+            a,
+            Some(Action::RaiseDowntime {
+                downtime_limit_ms: 200
+            })
+        );
+        // At the ceiling: post-copy is next.
+        let (a, _) = c.observe(&at_rate(10, 150 * MIB, 1000 * MIB));
+        assert_eq!(a, Some(Action::StartPostcopy));
+    }
+
+    #[test]
+    fn a_slow_stream_goes_to_postcopy_at_once() {
+        // 48 MiB left at 16 MiB/s would need a 3 s stop: far above the
+        // ceiling, so a longer limit cannot help.
+        let mut c = Convergence::new(MigrationPolicy::default());
+        c.observe(&at_rate(1, 48 * MIB, 16 * MIB));
+        let (a, _) = c.observe(&at_rate(4, 48 * MIB, 16 * MIB));
+        assert_eq!(a, Some(Action::StartPostcopy));
+    }
+
+    #[test]
+    fn the_fitting_limit_never_passes_the_ceiling_or_lowers_the_limit() {
+        let c = Convergence::new(MigrationPolicy::default());
+        for (remaining, rate) in [(1, 1000 * MIB), (190 * MIB, 1000 * MIB), (3, 7), (0, 1)] {
+            if let Some(ms) = c.fitting_limit(&at_rate(4, remaining, rate)) {
+                assert!((100..=200).contains(&ms), "{remaining} at {rate}: {ms}");
+            }
+        }
+        assert_eq!(c.fitting_limit(&at_rate(4, 300 * MIB, 1000 * MIB)), None);
+        assert_eq!(c.fitting_limit(&at_rate(4, MIB, 0)), None);
     }
 
     #[test]

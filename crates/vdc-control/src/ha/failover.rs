@@ -26,21 +26,8 @@ use vdc_types::{ApiError, ErrorCode, Task, TaskParams, VmAction, VmOperation, Vm
 use crate::tasks::TaskCtx;
 use crate::{journal, ownership, Cluster, VmRecord};
 
-fn demand_of(rec: &VmRecord) -> Demand {
-    let mut datastores: Vec<String> = rec
-        .config
-        .disks
-        .iter()
-        .map(|d| d.datastore.clone())
-        .collect();
-    datastores.push(rec.config.datastore.clone());
-    datastores.sort();
-    datastores.dedup();
-    Demand {
-        cpus: rec.config.cpus,
-        memory_mib: rec.config.memory_mib,
-        datastores,
-    }
+pub(super) fn demand_of(rec: &VmRecord) -> Demand {
+    crate::migration::live::demand_of(rec)
 }
 
 impl Cluster {
@@ -98,6 +85,13 @@ impl Cluster {
                 if let Ok(mut m) = self.ha.lock() {
                     m.no_room.remove(name);
                 }
+                let runs = format!("VM {name} runs again, on {host}");
+                if let Err(e) = self
+                    .clear_alarms(super::order::DEFERRED_ALARM, name, &runs)
+                    .await
+                {
+                    tracing::warn!(vm = %name, error = %e, "cannot clear the deferred-restart alarm");
+                }
                 self.events
                     .publish(
                         "ha.vm_restarted",
@@ -131,36 +125,19 @@ impl Cluster {
                         tracing::warn!(vm = %name, error = %re, "cannot record the VM back on its failed host after a failed failover")
                     }
                 }
-                let (topic, why) = if e.code == ErrorCode::InsufficientCapacity {
-                    (
-                        "ha.no_room",
-                        format!("no surviving host has room for VM {name}: {}; retried when room appears", e.message),
-                    )
+                self.note_failover_failed(name);
+                if e.code == ErrorCode::InsufficientCapacity {
+                    // Placement raced with other starts: deferred until room appears.
+                    self.defer_restart(name, &e.message).await;
                 } else {
-                    (
-                        "ha.failover_failed",
-                        format!("VM {name} was not restarted: {}; retried", e.message),
-                    )
-                };
-                // The "no room" alarm is raised once per VM until it restarts;
-                // the retries go on quietly.
-                let first = topic != "ha.no_room"
-                    || self
-                        .ha
-                        .lock()
-                        .map(|mut m| m.no_room.insert(name.to_string()))
-                        .unwrap_or(true);
-                if first {
                     self.events
                         .publish(
-                            topic,
+                            "ha.failover_failed",
                             name,
-                            why.clone(),
+                            format!("VM {name} was not restarted: {}; retried", e.message),
                             json!({"from": from, "reason": e.message, "code": e.code}),
                         )
                         .await;
-                } else {
-                    tracing::info!(vm = %name, reason = %e.message, "still no room for the VM's restart");
                 }
             }
         }

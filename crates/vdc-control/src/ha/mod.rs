@@ -1,7 +1,7 @@
 //! The HA manager: judges every host from its two heartbeats and restarts
 //! the protected VMs of failed hosts elsewhere.
 //!
-//! Each monitor tick (500 ms):
+//! Each HA tick ([`HA_TICK`], 200 ms):
 //! 1. read the datastore heartbeat file of every known host on every
 //!    shared datastore (on the blocking pool, bounded: a hung mount delays
 //!    nothing else) and note, on the server's monotonic clock, when each
@@ -9,14 +9,18 @@
 //! 2. judge each host with [`vdc_sched::ha::judge_host`] from the age of
 //!    its last report and of its datastore heartbeat; publish
 //!    `ha.host_state_changed` when the verdict changes, with its reason;
+//!    a host whose reports are late has its VMs' leases watched by the
+//!    hosts that would restart them (`watch`), before any verdict;
 //! 3. a *failed* host is disconnected at once and its VMs with a process
 //!    become `unknown`;
 //! 4. the VMs lost by failed hosts, protected and free of other
-//!    operations, are failed over in restart order
-//!    ([`vdc_sched::ha::restart_plan`]): each a `vm.failover` task (see
-//!    `failover`), one priority at a time, the next once the previous
-//!    tasks ended. A VM whose restart failed (its lease still renewing, no
-//!    room) is tried again after [`RETRY_AFTER`].
+//!    operations ([`vdc_sched::ha::restart_plan`]), are failed over in
+//!    restart order (`order`: order groups with their dependencies, then
+//!    priority within a group; [`vdc_sched::ha_order::restart_order`]):
+//!    each a `vm.failover` task (see `failover`). A VM whose restart failed
+//!    (its lease still renewing) is tried again after [`RETRY_AFTER`]; one
+//!    that no surviving host can run is deferred with an alarm and retried
+//!    as soon as it would fit.
 //!
 //! Where the server reads the heartbeats: the shared datastore's path as
 //! the hosts report it. In the lab the server runs on the same machine and
@@ -26,7 +30,12 @@
 //! lease).
 
 mod admission;
+mod alarms;
 mod failover;
+mod groups;
+mod order;
+mod settings;
+mod watch;
 
 pub use admission::MAX_TOLERATED;
 
@@ -36,14 +45,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vdc_sched::ha::{judge_host, HeartbeatTimeouts, HostVerdict, Protected, RestartPriority};
+use vdc_sched::ha::{judge_host, HeartbeatTimeouts, HostVerdict, RestartPriority};
 use vdc_types::ha::{
     heartbeat_file_name, DatastoreHeartbeat, HaHost, HaHostState, HaPriority, HaStatus,
     DATASTORE_HEARTBEAT_VERSION, HEARTBEAT_DIR,
 };
-use vdc_types::{ApiError, Datastore, DatastoreKind, TaskState, VmPowerState};
+use vdc_types::{ApiError, Datastore, DatastoreKind};
 
 use crate::{Cluster, HostRecord, VmRecord};
+
+/// How often the HA manager judges the hosts (and updates the lease
+/// watches): a fifth of a second adds at most that to detection.
+pub const HA_TICK: Duration = Duration::from_millis(200);
 
 /// A VM whose failover failed is tried again after this long.
 pub const RETRY_AFTER: Duration = Duration::from_secs(3);
@@ -89,10 +102,13 @@ pub(crate) struct HaMemory {
     pub verdicts: HashMap<String, HostVerdict>,
     /// Per VM: when its last failover attempt ended without success.
     pub failed_at: HashMap<String, Instant>,
-    /// A failover round runs.
-    pub round_running: bool,
-    /// VMs with a raised "no room" alarm (published once, until restarted).
+    /// VMs whose restart is deferred for want of a host (event and alarm
+    /// raised once, until restarted).
     pub no_room: std::collections::HashSet<String>,
+    /// Lease watches before a failover (see `watch`).
+    pub watches: watch::WatchMemory,
+    /// Per VM held back by the restart order: the last reason published.
+    pub held: HashMap<String, String>,
 }
 
 fn to_state(v: HostVerdict) -> HaHostState {
@@ -232,6 +248,11 @@ impl Cluster {
             .collect();
         self.observe_heartbeats(&hosts).await;
         let judged = self.judge_hosts().await;
+        let ages: Vec<_> = judged
+            .iter()
+            .map(|(h, _, net, _)| (h.clone(), *net))
+            .collect();
+        self.update_lease_watches(&ages).await;
         let mut changed = Vec::new();
         if let Ok(mut m) = self.ha.lock() {
             for (name, v, net, ds) in &judged {
@@ -278,116 +299,8 @@ impl Cluster {
         for host in &failed {
             self.lose_host(host).await;
         }
-        let isolated = judged
-            .iter()
-            .any(|(_, v, _, _)| *v == HostVerdict::IsolatedOrPartitioned);
-        if (!failed.is_empty() || isolated) && self.ha_settings().enabled {
-            self.start_failover_round(&judged).await;
-        }
-    }
-
-    /// Starts a failover round unless one runs: the plan's VMs, one
-    /// priority at a time.
-    async fn start_failover_round(
-        self: &Arc<Self>,
-        judged: &[(String, HostVerdict, Option<Duration>, Option<Duration>)],
-    ) {
-        let records: Vec<VmRecord> = self.list_values("/vms/").await.unwrap_or_default();
-        let now = Instant::now();
-        let vms: Vec<Protected> = {
-            let Ok(m) = self.ha.lock() else { return };
-            if m.round_running {
-                return;
-            }
-            records
-                .iter()
-                .filter_map(|r| {
-                    let owner = r.owner.clone()?;
-                    let waiting = m
-                        .failed_at
-                        .get(&r.config.name)
-                        .is_some_and(|t| now.duration_since(*t) < RETRY_AFTER);
-                    Some(Protected {
-                        name: r.config.name.clone(),
-                        priority: priority_of(r),
-                        owner,
-                        lost_and_free: r.state == VmPowerState::Unknown
-                            && r.operation.is_none()
-                            && !waiting,
-                        leaves_when_isolated: r.config.ha.isolation_response
-                            != vdc_types::ha::IsolationResponse::KeepRunning,
-                    })
-                })
-                .collect()
-        };
-        let verdict = |h: &str| {
-            judged
-                .iter()
-                .find(|(n, _, _, _)| n == h)
-                .map(|(_, v, _, _)| *v)
-                .unwrap_or(HostVerdict::Connected)
-        };
-        let plan: Vec<(String, RestartPriority)> = vdc_sched::ha::restart_plan(&vms, verdict)
-            .into_iter()
-            .map(|p| (p.name.clone(), p.priority))
-            .collect();
-        if plan.is_empty() {
-            return;
-        }
-        if let Ok(mut m) = self.ha.lock() {
-            m.round_running = true;
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut i = 0;
-            while i < plan.len() {
-                let p = plan[i].1;
-                let wave: Vec<&String> = plan[i..]
-                    .iter()
-                    .take_while(|(_, q)| *q == p)
-                    .map(|(n, _)| n)
-                    .collect();
-                i += wave.len();
-                let mut tasks = Vec::new();
-                for name in wave {
-                    match me
-                        .failover_vm(name, "its host failed or was isolated")
-                        .await
-                    {
-                        Ok(t) => tasks.push((name.clone(), t.id)),
-                        Err(e) => {
-                            tracing::info!(vm = %name, error = %e, "failover not started");
-                            me.note_failover_failed(name);
-                        }
-                    }
-                }
-                for (name, id) in tasks {
-                    if me.wait_task(&id).await != TaskState::Succeeded {
-                        me.note_failover_failed(&name);
-                    }
-                }
-            }
-            if let Ok(mut m) = me.ha.lock() {
-                m.round_running = false;
-            }
-        });
-    }
-
-    fn note_failover_failed(&self, name: &str) {
-        if let Ok(mut m) = self.ha.lock() {
-            m.failed_at.insert(name.to_string(), Instant::now());
-        }
-    }
-
-    /// Waits until task `id` ended; its final state.
-    async fn wait_task(&self, id: &str) -> TaskState {
-        loop {
-            match self.tasks.get(id).await {
-                Ok(t) if t.state.is_final() => return t.state,
-                Ok(_) => {}
-                Err(_) => return TaskState::Failed,
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if self.ha_settings().enabled {
+            self.restart_in_order(&judged).await;
         }
     }
 
@@ -417,46 +330,6 @@ impl Cluster {
                     .await;
             }
         }
-    }
-
-    /// `PATCH /api/v1/vms/{name}`: changes a VM's HA settings (restart
-    /// priority, isolation response); the VM's `vm.json` on its datastore
-    /// takes them at its next start.
-    pub async fn update_vm(
-        &self,
-        name: &str,
-        req: &vdc_types::ha::UpdateVmRequest,
-    ) -> Result<vdc_types::Vm, ApiError> {
-        if req.ha_priority.is_none() && req.isolation_response.is_none() {
-            // Nothing to change: the VM as it is (404 if there is none).
-            return self.get_vm(name).await;
-        }
-        let (before, after) = self
-            .update_record(name, |mut r| {
-                if let Some(p) = req.ha_priority {
-                    r.config.ha.priority = p;
-                }
-                if let Some(i) = req.isolation_response {
-                    r.config.ha.isolation_response = i;
-                }
-                r.config.version = vdc_types::vm::VM_CONFIG_VERSION;
-                Ok(r)
-            })
-            .await?;
-        if before.config.ha != after.config.ha {
-            self.events
-                .publish(
-                    "vm.updated",
-                    name,
-                    format!(
-                        "VM {name}: HA priority {}, isolation response {:?}",
-                        after.config.ha.priority, after.config.ha.isolation_response
-                    ),
-                    json!({"ha": after.config.ha}),
-                )
-                .await;
-        }
-        self.get_vm(name).await
     }
 
     /// `GET /api/v1/ha`.

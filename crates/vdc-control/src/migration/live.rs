@@ -36,8 +36,8 @@ use vdc_types::migration::{
 };
 use vdc_types::{ApiError, ErrorCode, Step, Task, TaskParams, VmAction};
 
-use super::cpu::cpu_refusal;
 use super::live_jobs::job_error;
+use crate::cpu_baseline::cpu_refusal;
 use crate::tasks::{cancelled, TaskCtx};
 use crate::vms::placement_err;
 use crate::{Cluster, VmRecord};
@@ -60,6 +60,7 @@ pub(crate) fn demand_of(rec: &VmRecord) -> Demand {
         cpus: rec.config.cpus,
         memory_mib: rec.config.memory_mib,
         datastores,
+        cpu_model: Some(rec.config.cpu_model.clone()),
     }
 }
 

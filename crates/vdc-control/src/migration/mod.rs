@@ -19,9 +19,8 @@
 //! ([`crate::lifecycle::decide`], operation `migrating {source, target}`).
 
 mod cold;
-mod cpu;
 pub mod limits;
-mod live;
+pub(crate) mod live;
 mod live_jobs;
 mod live_restart;
 mod live_storage;

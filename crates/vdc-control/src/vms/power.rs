@@ -219,6 +219,7 @@ impl Cluster {
                 d.dedup();
                 d
             },
+            cpu_model: Some(rec.config.cpu_model.clone()),
         };
         let caps = self.capacities().await;
         // A suspended VM resumes on its owner when that host can take it:

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use super::rule::{decide, LeaseDecision, LeaseTiming, TakeOver, Watch};
+use super::rule::{decide, LeaseDecision, LeaseTiming, Seen, TakeOver, Watch};
 use super::{monotonic_now, Lease, VmLock};
 use crate::DiskError;
 
@@ -115,14 +115,33 @@ pub async fn acquire(
     holder: &str,
     timing: &LeaseTiming,
 ) -> Result<Acquired, DiskError> {
-    let mut watch = Watch::default();
+    acquire_after(io, lock, host, holder, timing, None).await
+}
+
+/// [`acquire`], continuing `prior`, an observation of the lease made
+/// earlier on this host ([`Watch::continuing`]): a stale lease is taken
+/// once it has been unchanged for a TTL counted from that observation.
+pub async fn acquire_after(
+    io: &LeaseIo,
+    lock: &VmLock,
+    host: &str,
+    holder: &str,
+    timing: &LeaseTiming,
+    prior: Option<&Seen>,
+) -> Result<Acquired, DiskError> {
+    let mut watch: Option<Watch> = None;
     let give_up = monotonic_now() + timing.ttl * 3;
     loop {
-        let now = monotonic_now();
         let l = lock.clone();
         let current = io.run(move || l.read()).await?;
-        watch = watch.observe(current.as_ref(), now);
-        let decision = decide(current.as_ref(), host, &watch, now, timing.ttl);
+        // Taken after the read returned: the state read was written before.
+        let now = monotonic_now();
+        let w = match watch.take() {
+            Some(w) => w.observe(current.as_ref(), now),
+            None => Watch::continuing(prior, current.as_ref(), now),
+        };
+        let decision = decide(current.as_ref(), host, &w, now, timing.ttl);
+        watch = Some(w);
         let next = Lease::new(host, holder, timing.ttl, current.as_ref());
         let started = monotonic_now();
         let l = lock.clone();
@@ -245,6 +264,34 @@ mod tests {
         lock.renew("h2", "x", Some("h3".into())).unwrap();
         let c = acquire(&io, &lock, "h3", "y", &t).await.unwrap();
         assert_eq!(c.took_over, Some(TakeOver::HandedOver));
+    }
+
+    #[tokio::test]
+    async fn an_earlier_observation_shortens_the_watch_only_if_still_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = VmLock::new(dir.path());
+        let io = LeaseIo::start("lease-io-prior", Duration::from_secs(5)).unwrap();
+        let t = fast();
+        acquire(&io, &lock, "h1", "s1", &t).await.unwrap();
+        let seen_at = |since| Seen {
+            key: crate::lock::LeaseKey::of(&lock.read().unwrap().unwrap()),
+            since,
+        };
+        // Seen a TTL ago on this clock: taken at once.
+        let old = seen_at(monotonic_now().saturating_sub(t.ttl));
+        let began = std::time::Instant::now();
+        let a = acquire_after(&io, &lock, "h2", "x", &t, Some(&old))
+            .await
+            .unwrap();
+        assert_eq!(a.took_over, Some(TakeOver::Stale));
+        assert!(began.elapsed() < t.ttl, "the earlier observation counted");
+        // An observation of an older state: a full TTL from the first read.
+        let began = std::time::Instant::now();
+        let b = acquire_after(&io, &lock, "h3", "y", &t, Some(&old))
+            .await
+            .unwrap();
+        assert_eq!(b.took_over, Some(TakeOver::Stale));
+        assert!(began.elapsed() > t.ttl, "taken too early");
     }
 
     #[tokio::test]

@@ -48,8 +48,8 @@ mod io;
 pub mod rule;
 
 pub use clock::monotonic_now;
-pub use io::{acquire, Acquired, LeaseIo};
-pub use rule::{LeaseDecision, LeaseKey, LeaseTiming, TakeOver, Watch};
+pub use io::{acquire, acquire_after, Acquired, LeaseIo};
+pub use rule::{LeaseDecision, LeaseKey, LeaseTiming, Seen, TakeOver, Watch};
 
 /// Version of the lease file format. Never change the meaning of a field
 /// without bumping it.

@@ -13,6 +13,13 @@
 //!   holder is recognised by the change and refused at once.
 //! - A **successor** the holder named in the lease (a hand-over for a
 //!   move) takes it at once; nobody else may.
+//! - A watch may **continue an earlier observation** made on the same host
+//!   ([`Seen`], [`Watch::continuing`]): the agent starts watching the
+//!   leases of a suspect host's VMs before that host is judged failed, and
+//!   the VM supervisor it starts for the failover counts from when the
+//!   agent first saw the lease, not from its own first read. Both run on
+//!   the host's one `CLOCK_BOOTTIME`, and a state seen at `f` was written
+//!   before `f`, so the proof below holds unchanged.
 //!
 //! Why this is safe: the holder's last successful renewal started at `s`
 //! and wrote generation `g`. A contender can only see `g` after it was
@@ -23,6 +30,8 @@
 //! runs every few hundred milliseconds and SIGKILL is immediate).
 
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use super::Lease;
 
@@ -95,7 +104,7 @@ pub fn must_fence(now: Duration, last_renewal_start: Duration, timing: &LeaseTim
 
 /// One state of a lease: who holds it and its generation. Any renewal
 /// changes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseKey {
     /// Host holding the lease.
     pub host: String,
@@ -114,6 +123,16 @@ impl LeaseKey {
             generation: lease.generation,
         }
     }
+}
+
+/// A lease state an earlier watcher on this host saw, and since when it
+/// saw it unchanged (this host's monotonic clock, [`super::monotonic_now`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// The state seen.
+    pub key: LeaseKey,
+    /// When it was first seen (taken after the read that saw it returned).
+    pub since: Duration,
 }
 
 /// What a contender has seen of a lease over time.
@@ -140,6 +159,31 @@ impl Watch {
             (_, None) => self.seen = None,
         }
         self
+    }
+
+    /// A watch continuing `prior` (an observation made earlier on this
+    /// host's clock) after reading `current` at `now`: if `current` is
+    /// still the state `prior` saw, it has been unchanged since
+    /// `prior.since`; otherwise the watch starts afresh at `now`, exactly
+    /// as a watch without `prior` would (a state seen only by the prior
+    /// watcher proves nothing about the holder's life, so a difference is
+    /// not counted as a change).
+    pub fn continuing(prior: Option<&Seen>, current: Option<&Lease>, now: Duration) -> Watch {
+        match (prior, current) {
+            (Some(p), Some(l)) if p.key == LeaseKey::of(l) && p.since <= now => Watch {
+                seen: Some((p.key.clone(), p.since)),
+                changes: 0,
+            },
+            _ => Watch::default().observe(current, now),
+        }
+    }
+
+    /// The state seen last and since when, to hand to a later watcher.
+    pub fn seen(&self) -> Option<Seen> {
+        self.seen.as_ref().map(|(key, since)| Seen {
+            key: key.clone(),
+            since: *since,
+        })
     }
 
     /// How long the current state has been seen unchanged at `now`.
@@ -358,6 +402,48 @@ mod tests {
     }
 
     #[test]
+    fn a_watch_continues_an_earlier_observation_of_the_same_state() {
+        let l = lease("h2", 7);
+        let prior = Watch::default().observe(Some(&l), S(1)).seen().unwrap();
+        assert_eq!(prior.since, S(1));
+        // Same state read later: unchanged since the earlier watcher saw it.
+        let w = Watch::continuing(Some(&prior), Some(&l), S(4));
+        assert_eq!(w.unchanged_for(S(4)), S(3));
+        let now = S(11) + Duration::from_millis(1);
+        assert_eq!(
+            decide(Some(&l), "h1", &w.observe(Some(&l), now), now, TTL),
+            LeaseDecision::TakeOver(TakeOver::Stale)
+        );
+        // Renewed since: a fresh watch from now, not a refusal.
+        let renewed = lease("h2", 8);
+        let w = Watch::continuing(Some(&prior), Some(&renewed), S(4));
+        assert_eq!((w.unchanged_for(S(5)), w.changes), (S(1), 0));
+        // A change seen after that refuses as usual.
+        let w = w.observe(Some(&lease("h2", 9)), S(5));
+        assert!(matches!(
+            decide(Some(&lease("h2", 9)), "h1", &w, S(5), TTL),
+            LeaseDecision::Refuse { .. }
+        ));
+        // No prior, no lease, or a prior from the future: plain watches.
+        assert_eq!(
+            Watch::continuing(None, Some(&l), S(4)),
+            Watch::default().observe(Some(&l), S(4))
+        );
+        assert_eq!(
+            Watch::continuing(Some(&prior), None, S(4)),
+            Watch::default()
+        );
+        let future = Seen {
+            since: S(9),
+            ..prior.clone()
+        };
+        assert_eq!(
+            Watch::continuing(Some(&future), Some(&l), S(4)).unchanged_for(S(4)),
+            S(0)
+        );
+    }
+
+    #[test]
     fn holder_side() {
         let t = LeaseTiming::default();
         t.check().unwrap();
@@ -405,6 +491,7 @@ mod tests {
             polls in proptest::collection::vec(10u64..2000, 1..200),
             skew_ppm in 0u64..1000,
             watch_from in 0u64..20_000,
+            handed_after in proptest::option::of(0usize..200),
         ) {
             let timing = LeaseTiming::default();
             // The holder's history: (start, write landed, generation) of each
@@ -432,12 +519,18 @@ mod tests {
             };
             let mut w = Watch::default();
             let mut now = watch_from;
-            for p in polls {
+            for (i, p) in polls.into_iter().enumerate() {
                 now += p;
                 // The contender's clock runs up to `skew_ppm` fast.
                 let mine = Duration::from_millis(now + now * skew_ppm / 1_000_000);
                 let l = lease_at(now);
-                w = w.observe(Some(&l), mine);
+                // Optionally, the watch is handed to another watcher on the
+                // same clock (the agent's watch to the VM supervisor).
+                w = if handed_after == Some(i) {
+                    Watch::continuing(w.seen().as_ref(), Some(&l), mine)
+                } else {
+                    w.observe(Some(&l), mine)
+                };
                 match decide(Some(&l), "contender", &w, mine, timing.ttl) {
                     LeaseDecision::TakeOver(_) => {
                         prop_assert!(fence_at(now) <= now,
