@@ -3,9 +3,11 @@
 //!
 //! 1. refusals change nothing: an unknown datastore, one the destination
 //!    does not have, post-copy asked for together with a storage move;
-//! 2. the destination's QEMU killed while the disks are mirrored: the
-//!    guest runs on at host-1 with its boot id, nothing is left on host-2
-//!    (no QEMU, no runtime directory, no VM directory or image);
+//! 2. the destination's QEMU killed, the task cancelled, and the
+//!    destination's agent killed (then restarted), each while the disks are
+//!    mirrored: the guest runs on at host-1 with its boot id, nothing is
+//!    left on host-2 (no QEMU, no runtime directory, no VM directory or
+//!    image);
 //! 3. a guest writing a numbered sequence to its disk moves from host-1's
 //!    `local-host-1` to host-2's `local-host-2` while it runs (through the
 //!    CLI): same boot id, every write reads back, the record names host-2
@@ -156,14 +158,17 @@ async fn live_migration_with_storage_moves_a_writing_guest_and_undoes_cleanly() 
     // background copy held to 2 MiB/s, so the kill comes mid-copy).
     let mut slow = to_local2();
     slow.bandwidth_mib_s = Some(2);
+    let mirroring = |id: String| async move {
+        wait_until_async(VM_WAIT_TIMEOUT, "the disks to be mirrored", || async {
+            let t = c.get_task(&id).await.ok()?;
+            assert!(!t.state.is_final(), "the migration ended early: {t:?}");
+            let d = t.migration?.disks?;
+            (d.bytes_mirrored > 0 && !d.ready).then_some(())
+        })
+        .await
+    };
     let t = c.migrate_vm("mover", &slow).await.expect("accepted");
-    wait_until_async(VM_WAIT_TIMEOUT, "the disks to be mirrored", || async {
-        let t = c.get_task(&t.id).await.ok()?;
-        assert!(!t.state.is_final(), "the migration ended early: {t:?}");
-        let d = t.migration?.disks?;
-        (d.bytes_mirrored > 0 && !d.ready).then_some(())
-    })
-    .await;
+    mirroring(t.id.clone()).await;
     let pid = qemu_pid(&lab, "host-2", &vm.id).expect("the incoming QEMU");
     // SAFETY: a plain kill(2) of the pid in QEMU's pidfile.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -172,6 +177,34 @@ async fn live_migration_with_storage_moves_a_writing_guest_and_undoes_cleanly() 
         other => panic!("the broken migration ended {other:?}"),
     }
     still_on_host1(&lab, &vm, &ip, &boot).await;
+
+    // Cancelled while the disks are mirrored.
+    let t = c.migrate_vm("mover", &slow).await.expect("accepted");
+    mirroring(t.id.clone()).await;
+    c.cancel_task(&t.id).await.expect("cancel");
+    match c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await {
+        Err(ClientError::TaskFailed(t)) => assert_eq!(t.state, TaskState::Cancelled),
+        other => panic!("the cancelled migration ended {other:?}"),
+    }
+    still_on_host1(&lab, &vm, &ip, &boot).await;
+
+    // The destination's agent killed while the disks are mirrored: the
+    // server cancels the source's side; the restarted agent removes what
+    // the move made on host-2.
+    let t = c.migrate_vm("mover", &slow).await.expect("accepted");
+    mirroring(t.id.clone()).await;
+    lab.kill_agent("host-2");
+    match c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await {
+        Err(ClientError::TaskFailed(t)) => assert_eq!(t.state, TaskState::Failed),
+        other => panic!("the migration without its destination ended {other:?}"),
+    }
+    lab.restart_agent("host-2");
+    still_on_host1(&lab, &vm, &ip, &boot).await;
+    wait_until_async(VM_WAIT_TIMEOUT, "host-2 to be connected again", || async {
+        let h = c.get_host("host-2").await.ok()?;
+        (h.state == vdc_types::HostState::Connected).then_some(())
+    })
+    .await;
 
     // 3. The move, while the guest writes a numbered sequence to its disk.
     let stop = Arc::new(AtomicBool::new(false));
