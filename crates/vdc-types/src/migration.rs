@@ -215,6 +215,10 @@ pub struct IncomingRequest {
     /// (`POST /agent/v1/jobs/{id}/proceed`).
     #[serde(default)]
     pub copy_storage: bool,
+    /// With `copy_storage`: the guest was paused on the source, so it stays
+    /// paused here (no `cont`).
+    #[serde(default)]
+    pub keep_paused: bool,
 }
 
 /// Agent job `migrate_out` on the source: send the VM's memory to the

@@ -229,7 +229,7 @@ impl Agent {
         }
         if req.copy_storage {
             return self
-                .run_after_storage(cell, slot, &vm, layout, config)
+                .run_after_storage(cell, slot, &vm, layout, config, req.keep_paused)
                 .await;
         }
         // QEMU resumed the guest by itself as the stream completed: tell

@@ -12,7 +12,8 @@
 //!  stream completed: the guest stays paused (-S); a supervisor takes the
 //!    lease of the new directory (nobody else has one there)
 //!  wait for `proceed` (the source's mirrors finished: every write is here)
-//!  block-export-del, nbd-server-stop, cont, announce-self
+//!  block-export-del, nbd-server-stop, cont (unless the guest was paused on
+//!    the source), announce-self
 //! ```
 //!
 //! Why paused until told: the source finishes its mirrors only after its
@@ -165,6 +166,7 @@ impl Agent {
         vm: &Arc<vdc_qemu::Vm>,
         layout: &Layout,
         config: &VmConfig,
+        keep_paused: bool,
     ) -> Result<JobResult, ApiError> {
         cell.progress(85, "taking the lease; waiting for the source's disks");
         self.take_lease(slot, vm, layout, config).await?;
@@ -187,16 +189,21 @@ impl Agent {
         }
         let disks: Vec<String> = config.disks.iter().map(|d| d.name.clone()).collect();
         vm.nbd_unexport(&disks).await;
-        vm.resume()
-            .await
-            .map_err(|e| host_error("cannot run the migrated guest", &e))?;
+        if !keep_paused {
+            vm.resume()
+                .await
+                .map_err(|e| host_error("cannot run the migrated guest", &e))?;
+        }
         let mark = self.run_dir(&config.id).join(INCOMING_STORAGE_MARK);
         if let Err(e) = std::fs::remove_file(&mark) {
             tracing::warn!(vm = %config.name, error = %e, "cannot remove the incoming mark; a restarted agent keeps the running guest anyway");
         }
         super::incoming::announce(vm, &config.name).await;
         supervisor::start(self.clone(), slot.clone(), vm.clone(), layout);
-        let rt = slot.apply(Input::Launched);
+        let mut rt = slot.apply(Input::Launched);
+        if keep_paused {
+            rt = slot.apply(Input::Paused);
+        }
         tracing::info!(vm = %config.name, datastore = %config.datastore, "migrated in with its storage");
         Ok(JobResult::Vm(rt))
     }

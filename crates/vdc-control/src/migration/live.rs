@@ -265,6 +265,7 @@ impl Cluster {
                 source: source.to_string(),
                 allow_postcopy,
                 copy_storage: storage.is_some(),
+                keep_paused: rec.state == vdc_types::VmPowerState::Paused,
             },
         };
         let in_id = self
