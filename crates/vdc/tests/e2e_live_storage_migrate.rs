@@ -3,9 +3,9 @@
 //!
 //! 1. refusals change nothing: an unknown datastore, one the destination
 //!    does not have, post-copy asked for together with a storage move;
-//! 2. the destination's QEMU killed, the task cancelled, and the
-//!    destination's agent killed (then restarted), each while the disks are
-//!    mirrored: the guest runs on at host-1 with its boot id, nothing is
+//! 2. the destination's QEMU killed, the task cancelled, the destination's
+//!    agent killed (then restarted), and the server killed and restarted,
+//!    each while the disks are mirrored: the guest runs on at host-1 with its boot id, nothing is
 //!    left on host-2 (no QEMU, no runtime directory, no VM directory or
 //!    image);
 //! 3. a guest writing a numbered sequence to its disk moves from host-1's
@@ -204,6 +204,32 @@ async fn live_migration_with_storage_moves_a_writing_guest_and_undoes_cleanly() 
         let h = c.get_host("host-2").await.ok()?;
         (h.state == vdc_types::HostState::Connected).then_some(())
     })
+    .await;
+
+    // The server killed and restarted while the disks are mirrored: the
+    // restarted server asks the destination first, cancels both sides.
+    let t = c.migrate_vm("mover", &slow).await.expect("accepted");
+    mirroring(t.id.clone()).await;
+    lab.kill_server();
+    lab.restart_server();
+    wait_until_async(VM_WAIT_TIMEOUT, "the restarted server", || async {
+        c.version().await.ok()
+    })
+    .await;
+    let end = wait_until_async(TASK_TIMEOUT, "the migration to end", || async {
+        c.get_task(&t.id).await.ok().filter(|t| t.state.is_final())
+    })
+    .await;
+    assert_eq!(end.state, TaskState::Failed, "{end:?}");
+    still_on_host1(&lab, &vm, &ip, &boot).await;
+    wait_until_async(
+        VM_WAIT_TIMEOUT,
+        "host-2 reporting to the new server",
+        || async {
+            let h = c.get_host("host-2").await.ok()?;
+            (h.state == vdc_types::HostState::Connected).then_some(())
+        },
+    )
     .await;
 
     // 3. The move, while the guest writes a numbered sequence to its disk.
