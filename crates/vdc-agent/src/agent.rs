@@ -86,6 +86,8 @@ pub(crate) struct Agent {
     moved_check: Arc<std::sync::atomic::AtomicBool>,
     /// Hash of the credential the server presents; `None` until joined.
     server_credential: Mutex<Option<SecretHash>>,
+    /// The host's certificate for the migration stream (see `tls`).
+    pub(crate) tls: crate::tls::HostTls,
 }
 
 impl Agent {
@@ -147,6 +149,7 @@ impl Agent {
             lease_watches: Default::default(),
             moved_check: Arc::default(),
             server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
+            tls: crate::tls::HostTls::open(&config.state_dir),
             config,
         }))
     }
@@ -308,6 +311,7 @@ impl Agent {
                     cpu_models: m.cpu_models.clone(),
                     cpu_flags: m.cpu_flags.clone(),
                 }),
+            tls: self.tls.installed(),
             agent_url: self.agent_url(),
             accelerator: self.accelerator,
             qemu_version: self.qemu_version.clone(),

@@ -35,6 +35,7 @@
 //! - `lease_watch`: watching other hosts' VM leases before a failover
 //! - `vm_monitor`: VM monitoring (reset of a hung guest)
 //! - `hoststats`: `/proc` measurements
+//! - `tls`: the host's certificate of the cluster CA (migration stream)
 
 #![warn(missing_docs)]
 
@@ -60,6 +61,7 @@ mod slot;
 pub mod state;
 mod storage;
 mod supervisor;
+mod tls;
 mod transfer;
 pub mod vm_monitor;
 

@@ -46,6 +46,7 @@ pub(crate) async fn run(agent: Arc<Agent>) {
         ));
     }
     let mut must_join = true;
+    let mut next_renewal = tokio::time::Instant::now() + RENEW_RETRY;
     let mut failing = false;
     let mut ticks = 0u32;
     let mut next_sample = tokio::time::Instant::now();
@@ -59,6 +60,14 @@ pub(crate) async fn run(agent: Arc<Agent>) {
                 ticks = 0;
                 agent.forget_moved_vms();
             }
+        }
+        if !must_join
+            && agent.tls.needs_certificate(vdc_types::now_ms())
+            && renew_due(&mut next_renewal)
+        {
+            // No certificate yet (a server without a CA answered none) or
+            // one close to its end: ask again, at most every few minutes.
+            must_join = true;
         }
         if must_join {
             match join(&client, &join_url, &agent).await {
@@ -112,6 +121,18 @@ pub(crate) async fn run(agent: Arc<Agent>) {
     }
 }
 
+/// Least time between joins made only to get a certificate.
+const RENEW_RETRY: Duration = Duration::from_secs(300);
+
+fn renew_due(next: &mut tokio::time::Instant) -> bool {
+    let now = tokio::time::Instant::now();
+    if now < *next {
+        return false;
+    }
+    *next = now + RENEW_RETRY;
+    true
+}
+
 /// Largest join answer read.
 const JOIN_ANSWER_MAX: usize = 64 * 1024;
 
@@ -135,11 +156,27 @@ enum JoinError {
 }
 
 async fn join(client: &reqwest::Client, url: &str, agent: &Agent) -> Result<(), JoinError> {
+    // The key is made once (a file written and synced, on the blocking
+    // pool); a failure only means no certificate this time.
+    let (tls, host) = (agent.tls.clone(), agent.config.name.clone());
+    let csr = match tokio::task::spawn_blocking(move || tls.csr(&host)).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot make the certificate request; joining without it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make the certificate request; joining without it");
+            None
+        }
+    };
     let resp = client
         .post(url)
         .bearer_auth(&agent.config.credential)
         .json(&vdc_types::auth::JoinRequest {
             host: agent.config.name.clone(),
+            csr,
+            migration_address: Some(agent.config.migration_address.clone()),
         })
         .send()
         .await
@@ -157,5 +194,21 @@ async fn join(client: &reqwest::Client, url: &str, agent: &Agent) -> Result<(), 
     let answer: vdc_types::auth::JoinResponse = serde_json::from_slice(&body)
         .map_err(|e| JoinError::Answer(vdc_types::limits::BoundedError::Decode(e)))?;
     agent.set_server_credential(&answer.server_credential);
+    if let Some(bundle) = answer.tls {
+        let tls = agent.tls.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            tls.install(&bundle).map_err(|e| crate::error::chain(&e))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match installed {
+            Ok(cert) => {
+                tracing::info!(not_after_ms = cert.not_after_ms, sans = ?cert.sans, "installed the host's migration certificate")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the host's migration certificate")
+            }
+        }
+    }
     Ok(())
 }

@@ -73,6 +73,7 @@ async fn start_server() -> (String, Reports) {
         }
         Ok(Json(vdc_types::auth::JoinResponse {
             server_credential: TOKEN.into(),
+            tls: None,
         }))
     }
     let app = Router::new()

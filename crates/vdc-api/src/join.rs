@@ -41,6 +41,10 @@ pub(crate) async fn agent_join(
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> ApiResult<Json<JoinResponse>> {
     check_report_host(&who, &req.host)?;
+    let tls = match &st.ca {
+        Some(ca) => ca.issue_for_join(&req)?,
+        None => None,
+    };
     st.credentials
         .record_join(&req.host)
         .await
@@ -50,12 +54,21 @@ pub(crate) async fn agent_join(
         .publish(
             "host.joined",
             &req.host,
-            format!("the agent of host '{}' joined", req.host),
-            serde_json::Value::Null,
+            match &tls {
+                Some(_) => format!(
+                    "the agent of host '{}' joined and got its migration certificate",
+                    req.host
+                ),
+                None => format!("the agent of host '{}' joined", req.host),
+            },
+            serde_json::json!({
+                "certificate_not_after_ms": tls.as_ref().map(|t| t.not_after_ms),
+            }),
         )
         .await;
     Ok(Json(JoinResponse {
         server_credential: st.credentials.server_credential().to_string(),
+        tls,
     }))
 }
 

@@ -42,6 +42,8 @@ use crate::{events, ha, maintenance, migration};
         ha::list_alarms,
         ha::ack_alarm,
         crate::cpu_baseline::get_cpu_baseline,
+        crate::tls::get_settings,
+        crate::tls::set_settings,
         get_host,
         list_datastores,
         list_networks,
@@ -123,7 +125,14 @@ use crate::{events, ha, maintenance, migration};
         HostCredential,
         HostJoin,
         JoinRequest,
-        JoinResponse
+        JoinResponse,
+        vdc_types::auth::HostTlsBundle,
+        vdc_types::auth::HostCertificate,
+        vdc_types::migration::MigrationEncryption,
+        vdc_types::migration::MigrationSettingsView,
+        vdc_types::migration::SetMigrationSettingsRequest,
+        vdc_types::migration::CaSummary,
+        vdc_types::migration::HostTlsStatus
     )),
     modifiers(&BearerAuth)
 )]

@@ -29,6 +29,9 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     /// Who holds which credential.
     pub credentials: Arc<Credentials>,
+    /// The cluster CA (signs the hosts' migration certificates); `None`
+    /// in a server opened without one (tests).
+    pub ca: Option<Arc<crate::tls::CaState>>,
 }
 
 impl AppState {
@@ -44,7 +47,14 @@ impl AppState {
         Ok(AppState {
             cluster,
             credentials: Arc::new(credentials),
+            ca: None,
         })
+    }
+
+    /// The same state with the cluster CA.
+    pub fn with_ca(mut self, ca: crate::tls::CaState) -> AppState {
+        self.ca = Some(Arc::new(ca));
+        self
     }
 }
 
@@ -90,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         .route("/alarms", get(ha::list_alarms))
         .route("/alarms/{id}/ack", post(ha::ack_alarm))
         .route("/cpu-baseline", get(crate::cpu_baseline::get_cpu_baseline))
+        .route(
+            "/migration/settings",
+            get(crate::tls::get_settings).put(crate::tls::set_settings),
+        )
         .route("/agents", get(join::list_agents))
         .route("/hosts/{name}", get(get_host))
         .route(

@@ -41,6 +41,12 @@ pub struct ServerArgs {
     /// request may say otherwise.
     #[arg(long, env = "VDC_MIGRATION_POSTCOPY", default_value_t = true, action = clap::ArgAction::Set)]
     pub migration_postcopy: bool,
+    /// Sets the cluster's live migration encryption at start (`on`: TLS
+    /// between the hosts' certificates of the cluster CA); without it the
+    /// stored setting stays (`off` on a new cluster). Also `PUT
+    /// /api/v1/migration/settings`.
+    #[arg(long, env = "VDC_MIGRATION_TLS")]
+    pub migration_tls: Option<vdc_types::migration::MigrationEncryption>,
     /// HA: longest silence of a host's reports before it counts as
     /// isolated or failed, milliseconds.
     #[arg(long, default_value_t = vdc_sched::ha::DEFAULT_NETWORK_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(500..=600_000))]
@@ -79,9 +85,22 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let store = RedbStore::open(args.data_dir.join("state.redb"))
         .await
         .context("cannot open the cluster store")?;
+    let ca = crate::tls::CaState::open(&args.data_dir)
+        .await
+        .context("cannot open or make the cluster CA")?;
     let state = AppState::open(Arc::new(store), &token)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?
+        .with_ca(ca);
+    if let Some(encryption) = args.migration_tls {
+        state
+            .cluster
+            .set_migration_cluster_settings(&vdc_types::migration::SetMigrationSettingsRequest {
+                encryption,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot set the migration encryption: {e}"))?;
+    }
     let defaults = vdc_control::migration::MigrationSettings::default();
     state
         .cluster

@@ -33,6 +33,7 @@ async fn server() -> (String, Client, tempfile::TempDir) {
         agent_url: "http://127.0.0.1:9".into(),
         migration_address: None,
         qemu_models: None,
+        tls: None,
         accelerator: Accelerator::Tcg,
         qemu_version: "10.0.2".into(),
         cpus: 2,

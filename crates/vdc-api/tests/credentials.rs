@@ -38,6 +38,7 @@ fn report(host: &str) -> HostReport {
         agent_url: "http://127.0.0.1:9".into(),
         migration_address: None,
         qemu_models: None,
+        tls: None,
         accelerator: Accelerator::Tcg,
         qemu_version: "10.0.2".into(),
         cpus: 2,

@@ -13,6 +13,7 @@ pub mod libvirt;
 pub mod migrate;
 pub mod qemu_pair;
 pub mod report;
+pub mod tls_cost;
 pub mod vdc_side;
 
 use clap::{Args, Subcommand};

@@ -44,7 +44,8 @@ pub struct MigrateArgs {
     /// Workloads, comma-separated: `idle`, a rate in MiB/s, `max`.
     #[arg(long, default_value = "idle,100,max", value_delimiter = ',')]
     pub workloads: Vec<String>,
-    /// Systems to measure, comma-separated: `vdc`, `libvirt`, and `qemu`
+    /// Systems to measure, comma-separated: `vdc`, `vdc-tls` (the same
+    /// guest, the stream over TLS), `libvirt`, and `qemu`
     /// (two bare QEMU processes with the settings of `--qemu-capabilities`
     /// and `--qemu-parameters`: a reference for tuning, not a peer).
     #[arg(long, default_value = "vdc,libvirt", value_delimiter = ',')]
@@ -121,10 +122,11 @@ impl MigrateArgs {
             .iter()
             .map(|s| match s.trim() {
                 "vdc" => Ok(System::Vdc),
+                "vdc-tls" => Ok(System::VdcTls),
                 "libvirt" => Ok(System::Libvirt),
                 "qemu" => Ok(System::Qemu),
                 other => Err(BenchError::Usage(format!(
-                    "unknown system '{other}': use vdc, libvirt, qemu"
+                    "unknown system '{other}': use vdc, vdc-tls, libvirt, qemu"
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -150,6 +152,8 @@ pub struct Figures {
     pub summaries: Vec<report::Summary>,
     /// vdc/libvirt per workload.
     pub ratios: Vec<report::Ratio>,
+    /// vdc with TLS / without, per workload (`vdc,vdc-tls`).
+    pub tls_cost: Vec<crate::tls_cost::TlsCost>,
 }
 
 /// Runs the benchmark.
@@ -196,11 +200,13 @@ pub async fn run(args: MigrateArgs, json: bool) -> Result<(), BenchError> {
     let runs = outcome?;
     let summaries = report::summarize(&runs);
     let ratios = report::ratios(&summaries);
+    let tls_cost = crate::tls_cost::tls_costs(&summaries);
     if json {
         let figures = Figures {
             runs,
             summaries,
             ratios,
+            tls_cost,
         };
         println!(
             "{}",
@@ -208,6 +214,7 @@ pub async fn run(args: MigrateArgs, json: bool) -> Result<(), BenchError> {
         );
     } else {
         print!("{}", report::render(&summaries, &ratios));
+        print!("{}", crate::tls_cost::render(&tls_cost));
     }
     Ok(())
 }
@@ -241,7 +248,7 @@ async fn measure(
         libvirt_on_src: true,
         vdc_on_first: true,
     };
-    if plan.systems.contains(&System::Vdc) {
+    if plan.systems.contains(&System::Vdc) || plan.systems.contains(&System::VdcTls) {
         eprintln!("bench: vdc guest on {}", h1.name);
         let addr = vdc_side::create(&client, &h1.name, args.memory_mib).await?;
         blocking(|| guest::udp_probe(&h3.netns, &addr, Duration::from_secs(120)))?;
@@ -319,7 +326,7 @@ async fn measure(
         for i in 0..plan.runs {
             for &system in &plan.systems {
                 let addr = match system {
-                    System::Vdc => guests.vdc.clone(),
+                    System::Vdc | System::VdcTls => guests.vdc.clone(),
                     System::Libvirt => guests.libvirt.clone(),
                     System::Qemu => guests.qemu.clone(),
                 }
@@ -350,13 +357,14 @@ async fn measure(
                 let timeout = Duration::from_secs(args.timeout);
                 let asked = poller.elapsed();
                 let mut run = match system {
-                    System::Vdc => {
+                    System::Vdc | System::VdcTls => {
                         let to = if guests.vdc_on_first {
                             &h2.name
                         } else {
                             &h1.name
                         };
-                        let moved = vdc_side::migrate(&client, to, timeout).await?;
+                        let tls = system == System::VdcTls;
+                        let moved = vdc_side::migrate(&client, to, tls, timeout).await?;
                         if moved.converged {
                             guests.vdc_on_first = !guests.vdc_on_first;
                         }

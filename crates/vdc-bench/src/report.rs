@@ -61,8 +61,10 @@ impl std::fmt::Display for Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum System {
-    /// `vdc vm migrate`.
+    /// `vdc vm migrate` (a plain stream).
     Vdc,
+    /// `vdc vm migrate --tls`: the same guest, the stream over TLS.
+    VdcTls,
     /// `virsh migrate --live` with libvirt's defaults.
     Libvirt,
     /// Two bare QEMU processes over QMP with chosen settings: a reference,
@@ -74,6 +76,7 @@ impl std::fmt::Display for System {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             System::Vdc => "vdc",
+            System::VdcTls => "vdc (TLS)",
             System::Libvirt => "libvirt",
             System::Qemu => "bare QEMU",
         })

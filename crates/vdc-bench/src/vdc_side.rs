@@ -69,8 +69,16 @@ pub struct Moved {
 }
 
 /// Moves the VM to `to` and waits (at most `timeout`, then cancels).
-pub async fn migrate(c: &Client, to: &str, timeout: Duration) -> Result<Moved, BenchError> {
-    let t = match c.vm_action(VM, "migrate", json!({ "to": to })).await {
+pub async fn migrate(
+    c: &Client,
+    to: &str,
+    tls: bool,
+    timeout: Duration,
+) -> Result<Moved, BenchError> {
+    let t = match c
+        .vm_action(VM, "migrate", json!({ "to": to, "tls": tls }))
+        .await
+    {
         Ok(t) => t,
         // Refused (e.g. "not available yet"): a run that did not happen,
         // reported with the server's words.

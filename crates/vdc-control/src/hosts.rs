@@ -318,6 +318,7 @@ impl Cluster {
             last_seen_ms: live.map(|l| l.seen_ms).unwrap_or(rec.last_seen_ms),
             maintenance: None,
             cpu_baseline: None,
+            tls: r.and_then(|r| r.tls.clone()),
         }
     }
 

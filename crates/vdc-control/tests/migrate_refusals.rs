@@ -238,3 +238,69 @@ async fn storage_moves_are_refused_before_anything_moves() {
     assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
     assert!(e.message.contains("post-copy"), "{}", e.message);
 }
+
+#[tokio::test]
+async fn tls_is_refused_without_certificates_of_one_ca() {
+    let store = memory_store().await;
+    put_vm(&store, "web", VmPowerState::Running, Some("host-1")).await;
+    let cluster = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("open");
+    let cert = |ca: &str| vdc_types::auth::HostCertificate {
+        not_after_ms: vdc_types::now_ms() + 86_400_000,
+        fingerprint: "f".into(),
+        ca_fingerprint: ca.into(),
+        sans: vec![],
+    };
+    let mut src = report(
+        "host-1",
+        vec![runtime("web", VmPowerState::Running, GuestInfo::default())],
+    );
+    src.tls = Some(cert("ca1"));
+    cluster.ingest_report(src).await.unwrap();
+    let mut bare = report("host-2", vec![]);
+    bare.memory_free_mib = 3000;
+    cluster.ingest_report(bare).await.unwrap();
+    let mut foreign = report("host-3", vec![]);
+    foreign.memory_free_mib = 3000;
+    foreign.tls = Some(cert("ca2"));
+    cluster.ingest_report(foreign).await.unwrap();
+
+    let tls_to = |h: &str| MigrateRequest {
+        tls: Some(true),
+        ..to(h)
+    };
+    let e = refused(&cluster, "web", tls_to("host-2")).await;
+    assert_eq!(e.code, ErrorCode::InvalidState, "{e:?}");
+    assert!(
+        e.message
+            .contains("host 'host-2' has no migration certificate yet"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("--no-tls"), "{}", e.message);
+    let e = refused(&cluster, "web", tls_to("host-3")).await;
+    assert!(e.message.contains("different CAs"), "{}", e.message);
+
+    // The cluster setting asks for TLS when the request does not say.
+    cluster
+        .set_migration_cluster_settings(&vdc_types::migration::SetMigrationSettingsRequest {
+            encryption: vdc_types::migration::MigrationEncryption::On,
+        })
+        .await
+        .unwrap();
+    let e = refused(&cluster, "web", to("host-2")).await;
+    assert!(
+        e.message.contains("no migration certificate"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        cluster
+            .migration_cluster_settings()
+            .await
+            .unwrap()
+            .encryption,
+        vdc_types::migration::MigrationEncryption::On
+    );
+}

@@ -86,6 +86,10 @@ pub struct HostReport {
     /// help`, `-cpu help`); absent when they could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qemu_models: Option<QemuModelsReport>,
+    /// The certificate the host holds for the migration stream (none until
+    /// its agent joined with a certificate request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::auth::HostCertificate>,
     /// Base URL of this agent's API.
     pub agent_url: String,
     /// Accelerator in use.

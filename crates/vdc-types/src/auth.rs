@@ -194,6 +194,18 @@ pub struct JoinRequest {
         max_length = 63
     )]
     pub host: String,
+    /// A PKCS#10 certificate signing request (PEM) over the host's own key:
+    /// the server answers with a certificate of the cluster CA for it
+    /// (`JoinResponse.tls`). The names it asks for are ignored: the
+    /// certificate names the credential's host and `migration_address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 16384)]
+    pub csr: Option<String>,
+    /// The host's migration address (an IP address), written into its
+    /// certificate beside its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 64)]
+    pub migration_address: Option<String>,
 }
 
 /// The answer of a join: what the agent needs to accept the server's calls.
@@ -201,6 +213,37 @@ pub struct JoinRequest {
 pub struct JoinResponse {
     /// The credential the server presents to the agent API.
     pub server_credential: String,
+    /// The host's certificate for the migration stream, when the join
+    /// carried a `csr` and the server has a cluster CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HostTlsBundle>,
+}
+
+/// A host certificate signed by the cluster CA, with that CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostTlsBundle {
+    /// The cluster CA's certificate (PEM).
+    pub ca_cert_pem: String,
+    /// The host's certificate (PEM): its name and migration address as
+    /// subject alternative names, usable as TLS server and client.
+    pub cert_pem: String,
+    /// End of the certificate's validity, ms since the Unix epoch.
+    pub not_after_ms: crate::UnixMillis,
+}
+
+/// The certificate a host holds for the migration stream, as its agent
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostCertificate {
+    /// End of its validity, ms since the Unix epoch.
+    pub not_after_ms: crate::UnixMillis,
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+    /// SHA-256 of the CA certificate installed beside it, hex.
+    pub ca_fingerprint: String,
+    /// Its subject alternative names (`DNS:name`, `IP:address`).
+    #[serde(default)]
+    pub sans: Vec<String>,
 }
 
 #[cfg(test)]

@@ -71,6 +71,11 @@ pub struct Host {
     /// its agent reported its CPU's flags).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_baseline: Option<HostCpuFit>,
+    /// The certificate the host holds for the migration stream (its
+    /// expiry shown by `vdc host list`); none until its agent joined with a
+    /// certificate request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::auth::HostCertificate>,
 }
 
 /// How one host's CPU meets the cluster's CPU baseline.

@@ -40,6 +40,11 @@ pub struct MigrateRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1048576)]
     pub bandwidth_mib_s: Option<u64>,
+    /// Whether this live migration's stream is encrypted with TLS between
+    /// the two hosts' certificates of the cluster CA (default: the
+    /// cluster's setting, `GET /api/v1/migration/settings`).
+    #[serde(default)]
+    pub tls: Option<bool>,
 }
 
 /// Which kind of move a migration request becomes, decided from the VM's
@@ -112,6 +117,10 @@ pub struct MigrationReport {
     pub source: String,
     /// Host the VM moves to.
     pub target: String,
+    /// Whether the stream was asked to be encrypted (TLS); whether it was
+    /// is `outcome.encrypted`.
+    #[serde(default)]
+    pub tls: bool,
     /// Latest figures while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<MigrationProgress>,
@@ -142,6 +151,10 @@ pub struct MigrationOutcome {
     pub migration_ms: u64,
     /// Whether it finished in post-copy.
     pub postcopy: bool,
+    /// Whether the stream was encrypted (TLS): the source QEMU's
+    /// migration parameters named TLS credentials during the move.
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// How a live migration is driven toward convergence (server flags,
@@ -219,6 +232,10 @@ pub struct IncomingRequest {
     /// paused here (no `cont`).
     #[serde(default)]
     pub keep_paused: bool,
+    /// Whether the stream is TLS: the destination accepts only a TLS
+    /// stream from a client whose certificate the cluster CA signed.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Agent job `migrate_out` on the source: send the VM's memory to the
@@ -233,6 +250,10 @@ pub struct OutgoingRequest {
     pub uri: String,
     /// The convergence policy.
     pub policy: MigrationPolicy,
+    /// Whether the stream is TLS; the destination's certificate must name
+    /// `target` and be signed by the cluster CA.
+    #[serde(default)]
+    pub tls: bool,
     /// Live migration with storage: the destination's NBD server
     /// (`HOST:PORT`), exporting each disk under its name; every disk is
     /// mirrored there before the memory moves, and the job then waits to be
@@ -289,6 +310,109 @@ pub struct MigrationJobInfo {
     /// Whether post-copy was started.
     #[serde(default)]
     pub postcopy: bool,
+    /// Whether the stream is encrypted: QEMU's migration parameters name
+    /// TLS credentials (read back from QEMU once the stream started).
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+/// Whether live migration streams are encrypted, cluster-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationEncryption {
+    /// Plain TCP between the hosts' migration addresses.
+    #[default]
+    Off,
+    /// TLS with the hosts' certificates of the cluster CA, both sides
+    /// verified.
+    On,
+}
+
+impl MigrationEncryption {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationEncryption::Off => "off",
+            MigrationEncryption::On => "on",
+        }
+    }
+}
+
+impl std::str::FromStr for MigrationEncryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(MigrationEncryption::Off),
+            "on" => Ok(MigrationEncryption::On),
+            _ => Err(format!(
+                "'{s}' is not a migration encryption; use on or off"
+            )),
+        }
+    }
+}
+
+/// Version of the stored migration settings (`/migration/settings`).
+pub const MIGRATION_SETTINGS_VERSION: u32 = 1;
+
+/// The cluster's migration settings as stored (`/migration/settings`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MigrationClusterSettings {
+    /// Format version ([`MIGRATION_SETTINGS_VERSION`]).
+    pub version: u32,
+    /// Whether live migration streams are encrypted by default.
+    pub encryption: MigrationEncryption,
+}
+
+impl Default for MigrationClusterSettings {
+    fn default() -> Self {
+        MigrationClusterSettings {
+            version: MIGRATION_SETTINGS_VERSION,
+            encryption: MigrationEncryption::Off,
+        }
+    }
+}
+
+/// `PUT /api/v1/migration/settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetMigrationSettingsRequest {
+    /// Whether live migration streams are encrypted by default (a
+    /// migration request may say otherwise with `tls`).
+    pub encryption: MigrationEncryption,
+}
+
+/// `GET /api/v1/migration/settings`: the cluster's setting, its CA and
+/// each host's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MigrationSettingsView {
+    /// Whether live migration streams are encrypted by default.
+    pub encryption: MigrationEncryption,
+    /// The cluster CA, when the server has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSummary>,
+    /// Each known host and the certificate it holds.
+    pub hosts: Vec<HostTlsStatus>,
+}
+
+/// The cluster CA as shown to users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CaSummary {
+    /// When it was made, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// End of its validity, ms.
+    pub not_after_ms: u64,
+    /// SHA-256 of its certificate, hex.
+    pub fingerprint: String,
+}
+
+/// One host's certificate for the migration stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostTlsStatus {
+    /// Host name.
+    pub host: String,
+    /// Its certificate, when it holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<crate::auth::HostCertificate>,
 }
 
 #[cfg(test)]

@@ -89,6 +89,9 @@ pub enum Command {
     /// Alarms: conditions to see until they clear.
     #[command(subcommand)]
     Alarm(crate::ha_groups::AlarmCmd),
+    /// Live migration settings: stream encryption (TLS), the cluster CA.
+    #[command(subcommand)]
+    Migration(crate::migration_tls::MigrationCmd),
     /// Datastores.
     #[command(subcommand)]
     Datastore(DatastoreCmd),
@@ -431,6 +434,13 @@ pub enum VmCmd {
         /// unlimited).
         #[arg(long, value_name = "MIB_S")]
         bandwidth: Option<u64>,
+        /// Encrypt the stream with TLS (default: the cluster's setting,
+        /// `vdc migration settings`).
+        #[arg(long, conflicts_with = "no_tls")]
+        tls: bool,
+        /// Send the stream in plain TCP whatever the cluster's setting.
+        #[arg(long)]
+        no_tls: bool,
         /// Waiting behaviour (waits for the task by default).
         #[command(flatten)]
         wait: WaitArgs,
@@ -592,6 +602,7 @@ mod tests {
             "false",
             "--bandwidth",
             "64",
+            "--no-tls",
         ])
         .expect("parses");
         match cli.command {
@@ -601,6 +612,8 @@ mod tests {
                 datastore,
                 allow_postcopy,
                 bandwidth,
+                tls,
+                no_tls,
                 ..
             }) => {
                 assert_eq!(name, "web-1");
@@ -608,9 +621,17 @@ mod tests {
                 assert_eq!(datastore, None);
                 assert_eq!(allow_postcopy, Some(false));
                 assert_eq!(bandwidth, Some(64));
+                assert!(!tls && no_tls);
             }
             other => panic!("unexpected {other:?}"),
         }
+        assert!(
+            Cli::try_parse_from(["vdc", "vm", "migrate", "w", "--tls", "--no-tls"]).is_err(),
+            "--tls and --no-tls exclude each other"
+        );
+        assert!(
+            Cli::try_parse_from(["vdc", "migration", "settings", "--encryption", "maybe"]).is_err()
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
         Command::Ha(crate::cli::HaCmd::Group(cmd)) => crate::ha_groups::ha_group(ctx, cmd).await,
         Command::Alarm(cmd) => crate::ha_groups::alarm(ctx, cmd).await,
+        Command::Migration(cmd) => crate::migration_tls::run(ctx, cmd).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
@@ -131,7 +132,9 @@ pub fn host_table(hosts: &[Host]) -> String {
         "FREE",
         "VMS",
         "CPU BASELINE",
+        "CERT-EXPIRES",
     ]);
+    let now = now_ms();
     for h in hosts {
         t.row(vec![
             h.name.clone(),
@@ -144,6 +147,7 @@ pub fn host_table(hosts: &[Host]) -> String {
             mib(h.memory_free_mib),
             h.vm_count.to_string(),
             cpu_fit(h.cpu_baseline.as_ref()),
+            crate::migration_tls::expiry(h.tls.as_ref(), now),
         ]);
     }
     t.render()
@@ -187,6 +191,10 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
             h.cpu_baseline
                 .as_ref()
                 .map_or("not reported".to_string(), |f| f.reason.clone()),
+        ),
+        (
+            "migration certificate",
+            crate::migration_tls::certificate_text(h.tls.as_ref(), now_ms()),
         ),
         (
             "last seen",
@@ -653,6 +661,7 @@ mod tests {
                 missing_flags: vec!["avx2".into(), "fma".into()],
                 reason: "CPU lacks flags of Haswell-noTSX-v1: avx2, fma".into(),
             }),
+            tls: None,
         };
         let out = host_table(&[h]);
         let lines: Vec<Vec<&str>> = out
@@ -672,7 +681,8 @@ mod tests {
                 "FREE",
                 "VMS",
                 "CPU",
-                "BASELINE"
+                "BASELINE",
+                "CERT-EXPIRES"
             ]
         );
         assert_eq!(
@@ -689,7 +699,8 @@ mod tests {
                 "1",
                 "lacks",
                 "avx2,",
-                "fma"
+                "fma",
+                "-"
             ]
         );
     }

@@ -23,6 +23,7 @@ mod ha;
 mod ha_groups;
 mod join;
 mod maintenance;
+mod migration_tls;
 mod vm_commands;
 mod wait;
 

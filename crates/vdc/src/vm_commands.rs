@@ -77,6 +77,8 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
             datastore,
             allow_postcopy,
             bandwidth,
+            tls,
+            no_tls,
             wait,
         } => {
             let req = MigrateRequest {
@@ -84,6 +86,7 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
                 datastore,
                 allow_postcopy,
                 bandwidth_mib_s: bandwidth,
+                tls: (tls || no_tls).then_some(tls),
             };
             let task = ctx.client.migrate_vm(&name, &req).await?;
             let id = task.id.clone();
@@ -174,6 +177,9 @@ pub fn migration_summary(m: &vdc_types::migration::MigrationReport) -> String {
             o.total_ms,
             if o.postcopy { " (post-copy)" } else { "" }
         );
+        if o.encrypted {
+            line += ", stream encrypted (TLS)";
+        }
     }
     if !m.policy_steps.is_empty() {
         line += &format!("; policy: {}", m.policy_steps.join("; "));
@@ -416,6 +422,7 @@ mod tests {
                 total_ms: 900,
                 migration_ms: 700,
                 postcopy: true,
+                encrypted: false,
             }),
             ..Default::default()
         };

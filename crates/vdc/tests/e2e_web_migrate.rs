@@ -1,8 +1,11 @@
 //! The web page's Migrate action in a real headless Chromium: a host
-//! picked in the VM's row, the move started from the page, its progress
-//! and outcome shown, checked against the API; then the migrate form moves
-//! the running VM back with its disks to host-1's local datastore (a live
-//! migration with storage), the task row naming the datastore.
+//! and TLS for the stream picked in the VM's row, the move started from
+//! the page, its progress and outcome (encrypted) shown, checked against
+//! the API; the migration security section: each host's certificate
+//! expiry, the cluster setting changed from the page; then the migrate
+//! form moves the running VM back with its disks to host-1's local
+//! datastore (a live migration with storage), the task row naming the
+//! datastore.
 
 use std::time::Duration;
 
@@ -77,6 +80,32 @@ async fn the_page_migrates_a_vm_to_the_host_picked() {
             })
             .await,
     );
+    // Each host's certificate, then TLS picked for this move.
+    for host in ["host-1", "host-2"] {
+        page(
+            "the host's certificate expiry",
+            browser
+                .wait_row("#certs tbody tr", PAGE_TIMEOUT, |r| {
+                    cell(r, 0) == host && cell(r, 1).starts_with("20")
+                })
+                .await,
+        );
+    }
+    page(
+        "the cluster setting shown",
+        browser
+            .wait_text("#migtls", PAGE_TIMEOUT, |t| t.contains("encryption: off"))
+            .await,
+    );
+    page(
+        "picking TLS",
+        browser
+            .click_css(
+                r#"#vms tr[data-vm="web-mig"] select[data-migrate-tls="web-mig"] option[value="on"]"#,
+                PAGE_TIMEOUT,
+            )
+            .await,
+    );
     // Pick host-2 in the row's host picker, then Migrate.
     page(
         "picking host-2",
@@ -121,8 +150,33 @@ async fn the_page_migrates_a_vm_to_the_host_picked() {
         "{row:?}"
     );
     assert!(cell(&row, TASK_MIGRATION).contains("policy:"), "{row:?}");
+    assert!(
+        cell(&row, TASK_MIGRATION).contains("encrypted (TLS)"),
+        "{row:?}"
+    );
     let v = c.get_vm("web-mig").await.unwrap();
     assert_eq!(v.owner.as_deref(), Some("host-2"));
+    // The cluster setting, changed from the page.
+    page(
+        "choosing TLS streams",
+        browser
+            .click_css(r#"#migtls-set option[value="on"]"#, PAGE_TIMEOUT)
+            .await,
+    );
+    page(
+        "setting it",
+        browser.click_css("#migtls-save", PAGE_TIMEOUT).await,
+    );
+    page(
+        "the new setting shown",
+        browser
+            .wait_text("#migtls", PAGE_TIMEOUT, |t| t.contains("encryption: on"))
+            .await,
+    );
+    assert_eq!(
+        c.migration_settings().await.unwrap().encryption,
+        vdc_types::migration::MigrationEncryption::On
+    );
     page(
         "the vm.migrated event on the page",
         browser

@@ -38,6 +38,11 @@ impl Agent {
     ) -> Result<JobResult, ApiError> {
         let config = req.config.clone();
         check_config(&config.id, &config)?;
+        let tls_dir = if req.tls {
+            Some(self.migration_tls_dir()?)
+        } else {
+            None
+        };
         let layout = self.layout(&config)?;
         if let Some(models) = &self.qemu_models {
             models
@@ -84,7 +89,10 @@ impl Agent {
             }
         });
         let r = match persisted {
-            Ok(()) => self.receive(cell, &slot, &layout, &req).await,
+            Ok(()) => {
+                self.receive(cell, &slot, &layout, &req, tls_dir.as_deref())
+                    .await
+            }
             Err(e) => Err(host_error("cannot write the runtime directory", &e)),
         };
         if r.is_err() {
@@ -103,6 +111,7 @@ impl Agent {
         slot: &Arc<VmSlot>,
         layout: &Layout,
         req: &IncomingRequest,
+        tls_dir: Option<&std::path::Path>,
     ) -> Result<JobResult, ApiError> {
         let config = &req.config;
         let (taps, nics) = self.nic_plan(config)?;
@@ -146,6 +155,11 @@ impl Agent {
             .migrate_set_parameters(serde_json::json!({"announce-initial": ANNOUNCE_INITIAL_MS}))
             .await
             .map_err(|e| qmp_err("cannot set the announce delay", e))?;
+        if let Some(dir) = tls_dir {
+            super::tls::arm(&vm, dir, &super::tls::Endpoint::Server)
+                .await
+                .map_err(|e| qmp_err("cannot set up TLS for the stream", e))?;
+        }
         let mut events = vm.events();
         let addr = self.config.migration_address.clone();
         let port = free_port(&addr)?;
@@ -162,6 +176,7 @@ impl Agent {
         cell.set_migration(&MigrationJobInfo {
             uri: Some(uri.clone()),
             nbd,
+            encrypted: tls_dir.is_some(),
             ..Default::default()
         });
         cell.progress(20, "waiting for the stream");

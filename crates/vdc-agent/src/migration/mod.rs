@@ -1,6 +1,7 @@
 //! Live migration on the agent's side: the destination receives
 //! (`incoming`), the source sends (`outgoing`), each an agent job the
-//! server starts and follows; the convergence policy (`policy`) is pure.
+//! server starts and follows; the convergence policy (`policy`) is pure;
+//! `tls` arms QEMU's TLS for the stream when the server asks for it.
 //!
 //! ```text
 //!  destination (migrate_in job)           source (migrate_out job)
@@ -27,6 +28,7 @@ mod incoming_storage;
 mod outgoing;
 mod outgoing_storage;
 pub mod policy;
+mod tls;
 
 pub(crate) use incoming_storage::INCOMING_STORAGE_MARK;
 

@@ -44,6 +44,11 @@ impl Agent {
             )));
         }
         let was_running = slot.state() == VmPowerState::Running;
+        let tls_dir = if req.tls {
+            Some(self.migration_tls_dir()?)
+        } else {
+            None
+        };
         let run_dir = self.run_dir(&req.vm_id);
         let mut policy = req.policy.clone();
         if req.nbd.is_some() {
@@ -90,6 +95,25 @@ impl Agent {
                 .map_err(|e| qmp_err("cannot set migration parameters", e)),
             Err(e) => Err(e),
         };
+        let set = match (set, &tls_dir) {
+            (Ok(()), Some(dir)) => {
+                let client = super::tls::Endpoint::Client {
+                    hostname: req.target.clone(),
+                };
+                match super::tls::arm(&vm, dir, &client).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        super::tls::disarm(&vm).await;
+                        Err(qmp_err("cannot set up TLS for the stream", e))
+                    }
+                }
+            }
+            (Ok(()), None) => {
+                super::tls::plain(&vm).await;
+                Ok(())
+            }
+            (Err(e), _) => Err(e),
+        };
         let mut events = vm.events();
         let memory_from = if mirrors.is_empty() { 5 } else { 50 };
         cell.progress(memory_from, "sending memory");
@@ -102,9 +126,13 @@ impl Agent {
             Err(e) => Err(e),
         };
         if let Err(e) = started {
+            if tls_dir.is_some() {
+                super::tls::disarm(&vm).await;
+            }
             super::outgoing_storage::abort_mirrors(&vm, &mirrors).await;
             return Err(e);
         }
+        info.encrypted = super::tls::encrypted(&vm).await;
         tracing::info!(vm = %req.vm_id, uri = %req.uri, target = %req.target, "migration started");
 
         let mut tick = tokio::time::interval(SAMPLE);
@@ -223,6 +251,9 @@ impl Agent {
             Err(e) => {
                 super::outgoing_storage::abort_mirrors(&vm, &mirrors).await;
                 self.keep_running_here(&vm, was_running, &req.vm_id).await;
+                if tls_dir.is_some() {
+                    super::tls::disarm(&vm).await;
+                }
                 Err(e)
             }
         }

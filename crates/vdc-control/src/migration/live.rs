@@ -99,6 +99,7 @@ impl Cluster {
             policy.max_bandwidth_mib_s = b;
         }
         let allow_postcopy = policy.allow_postcopy;
+        let tls = self.tls_for(&source, &target, req.tls).await?;
         let (_, step) = self
             .begin_operation(name, VmAction::Migrate, Some(&target))
             .await?;
@@ -117,7 +118,7 @@ impl Cluster {
             step.operation.task_kind(),
             Some(params),
             move |ctx| async move {
-                me.live_body(&ctx, &n, &source, &target, policy, storage)
+                me.live_body(&ctx, &n, &source, &target, policy, storage, tls)
                     .await
             },
         )
@@ -222,7 +223,9 @@ impl Cluster {
         Ok(to.to_string())
     }
 
-    /// The task body: see the module documentation.
+    /// The task body: see the module documentation. `storage`: the
+    /// datastore the disks move to (a live migration with storage).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn live_body(
         self: &Arc<Self>,
         ctx: &TaskCtx,
@@ -231,6 +234,7 @@ impl Cluster {
         target: &str,
         policy: MigrationPolicy,
         storage: Option<String>,
+        tls: bool,
     ) -> Result<(), ApiError> {
         let begun = Instant::now();
         let allow_postcopy = policy.allow_postcopy;
@@ -239,6 +243,7 @@ impl Cluster {
             source: source.to_string(),
             target: target.to_string(),
             datastore: storage.clone(),
+            tls,
             ..Default::default()
         };
         ctx.set_migration(&report).await;
@@ -266,6 +271,7 @@ impl Cluster {
                 allow_postcopy,
                 copy_storage: storage.is_some(),
                 keep_paused: rec.state == vdc_types::VmPowerState::Paused,
+                tls,
             },
         };
         let in_id = self
@@ -365,8 +371,10 @@ impl Cluster {
                 "vm.migrated",
                 name,
                 format!(
-                    "VM {name} migrated live from {source} to {target}{with} (downtime {} ms, total {} ms)",
-                    outcome.downtime_ms, outcome.total_ms
+                    "VM {name} migrated live from {source} to {target}{with} (downtime {} ms, total {} ms, stream {})",
+                    outcome.downtime_ms,
+                    outcome.total_ms,
+                    if outcome.encrypted { "encrypted" } else { "plain" }
                 ),
                 json!({
                     "source": source,
@@ -377,6 +385,7 @@ impl Cluster {
                     "total_ms": outcome.total_ms,
                     "migration_ms": outcome.migration_ms,
                     "postcopy": outcome.postcopy,
+                    "encrypted": outcome.encrypted,
                     "policy_steps": report.policy_steps,
                 }),
             )
@@ -443,6 +452,7 @@ impl Cluster {
                 uri,
                 policy,
                 nbd,
+                tls: report.tls,
             },
         };
         let out_id = self
@@ -517,6 +527,7 @@ impl Cluster {
                 migration_ms: m.total_ms.unwrap_or(0),
                 total_ms: 0,
                 postcopy: false,
+                encrypted: m.encrypted,
             });
             let rt = self
                 .switch_over_storage(
@@ -532,7 +543,15 @@ impl Cluster {
             _ => {
                 // The destination's error says more when it failed first.
                 match self.agents.job(target, dst_url, in_id, 0).await {
-                    Ok(d) if d.state == JobState::Failed => return Err(job_error(target, &d)),
+                    Ok(d) if d.state == JobState::Failed => {
+                        // Both sides' words: a TLS handshake refused by
+                        // either is told by the other's error.
+                        let mut e = job_error(target, &d);
+                        if let Some(src) = &out.error {
+                            e.message = format!("{} (host '{source}': {})", e.message, src.message);
+                        }
+                        return Err(e);
+                    }
                     Err(e) if dest_lost => {
                         return Err(ApiError::new(
                             ErrorCode::HostUnavailable,
@@ -557,6 +576,7 @@ impl Cluster {
                 migration_ms: m.total_ms.unwrap_or(0),
                 total_ms: 0,
                 postcopy: m.postcopy,
+                encrypted: m.encrypted,
             });
         }
         ctx.progress(95, "the destination takes the lease over")

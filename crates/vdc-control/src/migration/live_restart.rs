@@ -99,7 +99,9 @@ impl Cluster {
                             migration_ms: m.total_ms.unwrap_or(0),
                             total_ms: m.total_ms.unwrap_or(0),
                             postcopy: m.postcopy,
+                            encrypted: m.encrypted,
                         });
+                        report.tls = m.encrypted;
                     }
                 }
             }

@@ -12,7 +12,8 @@
 //!
 //! Live migration's files: `live` (checks, the task body, the commit),
 //! `live_jobs` (its agent jobs as the server runs them), `live_restart`
-//! (a server restarted mid-way), `limits` (concurrent migrations).
+//! (a server restarted mid-way), `limits` (concurrent migrations), `tls`
+//! (the stream's encryption: setting, choice, certificate checks).
 //!
 //! Every kind checks what it can before anything moves (a clear 4xx with
 //! nothing changed) and claims the VM through the lifecycle
@@ -25,6 +26,7 @@ mod live_jobs;
 mod live_restart;
 mod live_storage;
 mod storage;
+pub mod tls;
 
 pub use limits::MigrationSettings;
 

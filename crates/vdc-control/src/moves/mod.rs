@@ -29,6 +29,7 @@
 
 mod files;
 pub mod plan;
+mod restart;
 mod storage;
 
 use serde_json::json;

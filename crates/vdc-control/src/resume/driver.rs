@@ -229,6 +229,26 @@ impl Cluster {
                 self.settle_after_restart(ctx, task, &source, &target, datastore.as_deref())
                     .await
             }
+            (
+                TaskKind::VmMigrate,
+                Some(TaskParams::VmMigrate {
+                    migration,
+                    source,
+                    target,
+                    datastore,
+                    ..
+                }),
+            ) => {
+                self.settle_move_after_restart(
+                    ctx,
+                    task,
+                    migration,
+                    &source,
+                    &target,
+                    datastore.as_deref(),
+                )
+                .await
+            }
             (TaskKind::VmFailover, _) => self.failover_body(ctx, name).await,
             (TaskKind::VmStart, Some(TaskParams::VmPower { host, .. })) => {
                 self.start_body(ctx, name, host, VmPowerState::Stopped)
