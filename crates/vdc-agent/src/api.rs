@@ -110,6 +110,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/agent/v1/images/import", post(import_image))
         .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/agent/v1/jobs/{id}/proceed", post(proceed_job))
         .route("/agent/v1/lease-watches", put(set_lease_watches))
         .route("/agent/v1/exports", post(open_export))
         .route("/agent/v1/exports/{id}", delete(close_export))
@@ -354,6 +355,15 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), Failure> {
     Ok((StatusCode::ACCEPTED, Json(agent.jobs().cancel(&id)?)))
+}
+
+/// Tells a job waiting for the server to go on (200); an ended job is
+/// returned as it is.
+async fn proceed_job(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, Failure> {
+    Ok(Json(agent.jobs().proceed(&id)?))
 }
 
 async fn open_export(

@@ -53,6 +53,9 @@ pub(crate) struct JobCell {
     op: JobOp,
     status: watch::Sender<Job>,
     pub(crate) cancel: CancellationToken,
+    /// Fired by `POST /agent/v1/jobs/{id}/proceed`: a live migration with
+    /// storage goes on past the point where it waits for the server.
+    pub(crate) proceed: CancellationToken,
     finished: Mutex<Option<Instant>>,
 }
 
@@ -132,6 +135,16 @@ impl Jobs {
         Ok(now)
     }
 
+    /// Tells a job waiting for the server to go on (a live migration with
+    /// storage); an ended job is returned unchanged.
+    pub fn proceed(&self, id: &str) -> Result<Job, ApiError> {
+        let cell = self.cell(id)?;
+        if !cell.snapshot().state.is_final() {
+            cell.proceed.cancel();
+        }
+        Ok(cell.snapshot())
+    }
+
     /// Requests cancellation; the job's operation sees it at once.
     pub fn cancel(&self, id: &str) -> Result<Job, ApiError> {
         let cell = self.cell(id)?;
@@ -186,6 +199,7 @@ impl Agent {
             op: req.op,
             status: watch::Sender::new(job.clone()),
             cancel: CancellationToken::new(),
+            proceed: CancellationToken::new(),
             finished: Mutex::new(None),
         });
         cells.insert(job.id.clone(), cell.clone());
@@ -453,6 +467,7 @@ mod tests {
                 migration: None,
             }),
             cancel: CancellationToken::new(),
+            proceed: CancellationToken::new(),
             finished: Mutex::new(None),
         })
     }

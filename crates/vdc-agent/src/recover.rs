@@ -39,6 +39,13 @@ impl Agent {
                     continue;
                 }
             };
+            if run_dir
+                .join(crate::migration::INCOMING_STORAGE_MARK)
+                .exists()
+                && self.recover_incoming_storage(&config, &run_dir).await
+            {
+                continue;
+            }
             if let Err(e) = self.recover_one(config.clone(), &run_dir).await {
                 tracing::error!(vm = %config.name, error = %e, "cannot recover VM");
             }

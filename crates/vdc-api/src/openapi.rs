@@ -11,7 +11,8 @@ use vdc_types::api::{
 };
 use vdc_types::auth::{AddHostRequest, HostCredential, HostJoin, JoinRequest, JoinResponse};
 use vdc_types::migration::{
-    MigrateRequest, MigrationKind, MigrationOutcome, MigrationProgress, MigrationReport,
+    DiskMirrorProgress, MigrateRequest, MigrationKind, MigrationOutcome, MigrationProgress,
+    MigrationReport,
 };
 use vdc_types::{
     ApiError, Datastore, ErrorCode, Event, Host, InFlight, Network, Task, Vm, VmAction, VmOperation,
@@ -115,6 +116,7 @@ use crate::{events, ha, maintenance, migration};
         MigrateRequest,
         MigrationKind,
         MigrationProgress,
+        DiskMirrorProgress,
         MigrationOutcome,
         MigrationReport,
         ConsoleInputRequest,

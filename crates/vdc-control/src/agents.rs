@@ -285,6 +285,14 @@ impl AgentClient {
         .await
     }
 
+    /// Tells a job waiting for the server to go on (a live migration with
+    /// storage).
+    pub async fn proceed_job(&self, host: &str, url: &str, id: &str) -> Result<Job, ApiError> {
+        let u = format!("{url}/agent/v1/jobs/{id}/proceed");
+        self.call::<(), Job>(host, reqwest::Method::POST, u, None, JOB_CALL_TIMEOUT)
+            .await
+    }
+
     /// Cancels a job.
     pub async fn cancel_job(&self, host: &str, url: &str, id: &str) -> Result<Job, ApiError> {
         let u = format!("{url}/agent/v1/jobs/{id}");

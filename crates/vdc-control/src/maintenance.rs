@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vdc_sched::evacuate::{plan_evacuation, EvacuatedVm, Evacuation};
+use vdc_sched::evacuate::{plan_evacuation, EvacuatedVm, Evacuation, StoreRoom};
 use vdc_store::StoreExt;
 use vdc_types::{now_ms, ApiError, ErrorCode, Host, MaintenanceState, Task, TaskState};
 
@@ -209,10 +209,21 @@ impl Cluster {
                 memory_mib: r.config.memory_mib,
                 cpus: r.config.cpus,
                 datastores: datastores_of(r),
+                disk_bytes: r.config.disks.iter().map(|d| d.size_bytes).sum(),
                 cpu_model: Some(r.config.cpu_model.clone()),
             })
             .collect();
-        let plan = plan_evacuation(host, &vms, &self.capacities().await);
+        let stores: Vec<StoreRoom> = self
+            .list_datastores()
+            .await?
+            .into_iter()
+            .map(|d| StoreRoom {
+                shared: d.kind == vdc_types::DatastoreKind::Shared,
+                name: d.name,
+                free_bytes: d.free_bytes,
+            })
+            .collect();
+        let plan = plan_evacuation(host, &vms, &self.capacities().await, &stores);
         let total = plan.len().max(1);
         let mut stayed: Vec<(String, String)> = Vec::new();
         for (i, (vm, decision)) in plan.into_iter().enumerate() {
@@ -222,8 +233,12 @@ impl Cluster {
             let moved = match decision {
                 Evacuation::Stays { reason } => Err(reason),
                 Evacuation::Live { to } => {
-                    self.run_move(ctx, &vm, self.live_move(&vm, &to).await)
+                    self.run_move(ctx, &vm, self.live_move(&vm, &to, None).await)
                         .await
+                }
+                Evacuation::LiveWithStorage { to, datastore } => {
+                    let t = self.live_move(&vm, &to, Some(datastore)).await;
+                    self.run_move(ctx, &vm, t).await
                 }
                 Evacuation::Ownership { to } | Evacuation::Cold { to } => {
                     let t = self.move_vm_files(&vm, Some(to), None).await;
@@ -323,10 +338,17 @@ impl Cluster {
         }
     }
 
-    /// Starts the live migration of `vm` to `to` (the live migration flow).
-    async fn live_move(self: &Arc<Self>, vm: &str, to: &str) -> Result<Task, ApiError> {
+    /// Starts the live migration of `vm` to `to` (the live migration
+    /// flow), its disks moving to `datastore` there when given.
+    async fn live_move(
+        self: &Arc<Self>,
+        vm: &str,
+        to: &str,
+        datastore: Option<String>,
+    ) -> Result<Task, ApiError> {
         let req = vdc_types::migration::MigrateRequest {
             to: Some(to.to_string()),
+            datastore,
             ..Default::default()
         };
         self.migrate_vm(vm, req).await

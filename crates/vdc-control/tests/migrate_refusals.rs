@@ -176,6 +176,69 @@ async fn refusals_say_what_is_wrong_and_change_nothing() {
     assert_eq!(e.code, ErrorCode::HostUnavailable, "{e:?}");
 }
 
+/// A running VM on host-1's local datastore moving live with its storage:
+/// every refusal comes before anything moves.
+#[tokio::test]
+async fn storage_moves_are_refused_before_anything_moves() {
+    let store = memory_store().await;
+    let mut config = common::config("local");
+    config.datastore = "local-host-1".into();
+    config.disks[0].datastore = "local-host-1".into();
+    let rec = vdc_control::VmRecord::new(config, VmPowerState::Running, Some("host-1".into()));
+    {
+        use vdc_store::StoreExt;
+        store.put_json("/vms/local", &rec).await.expect("record");
+    }
+    let cluster = Cluster::open(store.clone(), TOKEN.into())
+        .await
+        .expect("open");
+    let running = runtime("local", VmPowerState::Running, GuestInfo::default());
+    cluster
+        .ingest_report(report("host-1", vec![running]))
+        .await
+        .unwrap();
+    // host-2's own datastore has 1 MiB free: less than the 1 GiB disk.
+    let mut tight = report("host-2", vec![]);
+    for d in tight.datastores.iter_mut() {
+        if d.name == "local-host-2" {
+            d.free_bytes = 1 << 20;
+        }
+    }
+    cluster.ingest_report(tight).await.unwrap();
+    let with = |ds: &str| MigrateRequest {
+        to: Some("host-2".into()),
+        datastore: Some(ds.into()),
+        ..Default::default()
+    };
+
+    let e = refused(&cluster, "local", with("nowhere")).await;
+    assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+    assert!(e.message.contains("nowhere"), "{}", e.message);
+
+    let e = refused(&cluster, "local", with("local-host-1")).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
+    assert!(
+        e.message.contains("not present on host 'host-2'"),
+        "{}",
+        e.message
+    );
+
+    let e = refused(&cluster, "local", with("local-host-2")).await;
+    assert_eq!(e.code, ErrorCode::InsufficientCapacity, "{e:?}");
+    assert!(
+        e.message
+            .contains("datastore 'local-host-2' has 1048576 bytes free"),
+        "{}",
+        e.message
+    );
+
+    let mut postcopy = with("shared");
+    postcopy.allow_postcopy = Some(true);
+    let e = refused(&cluster, "local", postcopy).await;
+    assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
+    assert!(e.message.contains("post-copy"), "{}", e.message);
+}
+
 #[tokio::test]
 async fn tls_is_refused_without_certificates_of_one_ca() {
     let store = memory_store().await;

@@ -21,6 +21,7 @@ pub mod guest;
 pub mod host;
 mod log;
 pub mod mirror;
+pub mod nbd;
 pub mod process;
 pub mod spec;
 pub mod vm;
@@ -32,6 +33,7 @@ pub use host::{
 };
 pub use log::tail_file;
 pub use mirror::{MirrorError, MirrorProgress};
+pub use nbd::NbdMirror;
 pub use spec::{command_line, DriveSpec, Incoming, MachineSpec, NicDevice, VmPaths};
 pub use vdc_qmp::{MigrationInfo, Qmp, QmpError, QmpEvent};
 pub use vdc_types::Accelerator;

@@ -156,7 +156,7 @@ impl Vm {
     }
 
     /// The block node the device of disk `disk` reads now.
-    async fn disk_node(&self, disk: &str) -> Result<String, QemuError> {
+    pub(crate) async fn disk_node(&self, disk: &str) -> Result<String, QemuError> {
         let blocks = self
             .qmp()
             .execute("query-block", json!({}))
@@ -236,7 +236,7 @@ impl Vm {
     }
 
     /// Cancels the job and waits for it to end (logged, never fails).
-    async fn cancel_job(&self, job: &str, events: &mut broadcast::Receiver<QmpEvent>) {
+    pub(crate) async fn cancel_job(&self, job: &str, events: &mut broadcast::Receiver<QmpEvent>) {
         if self.job_info(job).await.is_none() {
             return;
         }
@@ -254,7 +254,7 @@ impl Vm {
 
     /// Waits for the job's end event; `None` when the job is gone without
     /// one being seen.
-    async fn wait_end(
+    pub(crate) async fn wait_end(
         &self,
         job: &str,
         events: &mut broadcast::Receiver<QmpEvent>,
@@ -287,7 +287,7 @@ impl Vm {
     }
 
     /// The job's entry in `query-block-jobs`, if it still exists.
-    async fn job_info(&self, job: &str) -> Option<Value> {
+    pub(crate) async fn job_info(&self, job: &str) -> Option<Value> {
         let jobs = self
             .qmp()
             .execute("query-block-jobs", json!({}))
@@ -300,7 +300,7 @@ impl Vm {
     }
 
     /// `blockdev-del`, logged when it fails.
-    async fn delete_node(&self, node: &str) {
+    pub(crate) async fn delete_node(&self, node: &str) {
         if let Err(e) = self
             .qmp()
             .execute("blockdev-del", json!({"node-name": node}))
@@ -312,14 +312,14 @@ impl Vm {
 }
 
 /// The job an event is about (`data.device` of BLOCK_JOB_* events).
-fn event_job(ev: &QmpEvent) -> Option<&str> {
+pub(crate) fn event_job(ev: &QmpEvent) -> Option<&str> {
     ev.name
         .starts_with("BLOCK_JOB_")
         .then(|| ev.data.get("device").and_then(Value::as_str))
         .flatten()
 }
 
-fn job_ended_error(ev: &QmpEvent) -> QemuError {
+pub(crate) fn job_ended_error(ev: &QmpEvent) -> QemuError {
     let desc = ev
         .data
         .get("error")

@@ -15,7 +15,10 @@
 //! - No `-S`: a fresh VM runs as soon as QEMU is up. An incoming VM
 //!   (`-incoming defer`) waits for `migrate-incoming` anyway. Only a VM
 //!   prepared ahead of its lease ([`MachineSpec::paused`], an HA restart)
-//!   starts with `-S`: disks opened, vCPUs stopped until `cont`.
+//!   starts with `-S`: disks opened, vCPUs stopped until `cont`; and the
+//!   destination of a live migration with storage
+//!   ([`Incoming::DeferPaused`]), so that its guest runs only once the
+//!   source's disk mirrors finished.
 //! - No `-no-shutdown`: a guest power-off ends the QEMU process, which is
 //!   how the agent learns the VM stopped; a guest reboot is a `RESET` inside
 //!   the same process and needs nothing from us.
@@ -104,6 +107,10 @@ pub enum Incoming {
     /// Wait (`-incoming defer`) for a live migration the caller starts with
     /// `migrate-incoming`.
     Defer,
+    /// As [`Incoming::Defer`], but the guest stays paused once the stream
+    /// completed (`-S`): a live migration with storage runs it only after
+    /// the source finished mirroring its disks, with `cont`.
+    DeferPaused,
 }
 
 /// The files of one VM: runtime files (sockets, pidfile) in `run_dir`,
@@ -314,6 +321,9 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
     } else if spec.paused {
         push(&["-S"]);
     }
+    if spec.incoming == Some(Incoming::DeferPaused) {
+        push(&["-S"]);
+    }
     a
 }
 
@@ -461,12 +471,18 @@ mod tests {
     fn incoming_defers() {
         for inc in [
             Incoming::Defer,
+            Incoming::DeferPaused,
             Incoming::StateFile("/ds/web-1/suspend.state".into()),
         ] {
             let mut s = spec();
-            s.incoming = Some(inc);
+            s.incoming = Some(inc.clone());
             let args = command_line(&s, &paths());
             assert_eq!(values(&args, "-incoming"), ["defer"]);
+            assert_eq!(
+                args.iter().any(|a| a == "-S"),
+                inc == Incoming::DeferPaused,
+                "{inc:?}"
+            );
         }
     }
 

@@ -124,6 +124,12 @@ pub struct MigrationReport {
     /// Latest figures while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<MigrationProgress>,
+    /// Datastore the disks move to, for a live migration with storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<String>,
+    /// The disk mirrors' figures, for a live migration with storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<DiskMirrorProgress>,
     /// The policy steps taken, in order (e.g. `auto-converge after 4
     /// passes`, `post-copy started`).
     #[serde(default)]
@@ -214,6 +220,18 @@ pub struct IncomingRequest {
     pub source: String,
     /// Whether post-copy may be used (both sides enable `postcopy-ram`).
     pub allow_postcopy: bool,
+    /// Live migration with storage: `config` names a datastore of this
+    /// host the source cannot share; the destination makes the VM's
+    /// directory and empty images of the same virtual size there, exports
+    /// them over NBD for the source's mirrors, keeps the guest paused once
+    /// the memory stream completed and runs it only when told to proceed
+    /// (`POST /agent/v1/jobs/{id}/proceed`).
+    #[serde(default)]
+    pub copy_storage: bool,
+    /// With `copy_storage`: the guest was paused on the source, so it stays
+    /// paused here (no `cont`).
+    #[serde(default)]
+    pub keep_paused: bool,
     /// Whether the stream is TLS: the destination accepts only a TLS
     /// stream from a client whose certificate the cluster CA signed.
     #[serde(default)]
@@ -236,6 +254,27 @@ pub struct OutgoingRequest {
     /// `target` and be signed by the cluster CA.
     #[serde(default)]
     pub tls: bool,
+    /// Live migration with storage: the destination's NBD server
+    /// (`HOST:PORT`), exporting each disk under its name; every disk is
+    /// mirrored there before the memory moves, and the job then waits to be
+    /// told to proceed (the destination runs the guest) or cancelled (the
+    /// guest runs on here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<String>,
+}
+
+/// Progress of the disk mirrors of a live migration with storage: bytes
+/// copied of bytes to copy, over every disk (both grow while the guest
+/// writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskMirrorProgress {
+    /// Bytes mirrored so far.
+    pub bytes_mirrored: u64,
+    /// Bytes still to mirror.
+    pub bytes_remaining: u64,
+    /// Whether every mirror is in sync (every new write lands on both
+    /// sides).
+    pub ready: bool,
 }
 
 /// What a migration job shows while it runs and when it ends.
@@ -247,6 +286,18 @@ pub struct MigrationJobInfo {
     /// Latest figures (`migrate_out`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<MigrationProgress>,
+    /// Where the destination's NBD server listens (`migrate_in` with
+    /// storage, `HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<String>,
+    /// The disk mirrors' figures (`migrate_out` with storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<DiskMirrorProgress>,
+    /// `migrate_out` with storage: the memory stream completed and every
+    /// disk mirror finished (the destination's images hold every write the
+    /// guest made); the job waits to be told to proceed or to cancel.
+    #[serde(default)]
+    pub disks_synced: bool,
     /// The policy steps taken (`migrate_out`).
     #[serde(default)]
     pub policy_steps: Vec<String>,

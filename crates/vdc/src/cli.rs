@@ -418,7 +418,11 @@ pub enum VmCmd {
         /// Destination host (default: placement picks one).
         #[arg(long)]
         to: Option<String>,
-        /// Move its disks to this datastore (storage migration).
+        /// Move its disks to this datastore (storage migration; with
+        /// `--to`, a running VM moves live with its disks to a datastore of
+        /// that host, over NBD). A running VM on host-local storage moving
+        /// to a host that cannot see it gets a datastore of that host
+        /// without this.
         #[arg(long)]
         datastore: Option<String>,
         /// Whether a live migration that does not converge may switch to

@@ -167,6 +167,9 @@ async fn vm_action(
 /// and the policy steps taken.
 pub fn migration_summary(m: &vdc_types::migration::MigrationReport) -> String {
     let mut line = format!("moved from {} to {}", m.source, m.target);
+    if let Some(ds) = &m.datastore {
+        line += &format!(" with its disks on datastore {ds}");
+    }
     if let Some(o) = &m.outcome {
         line += &format!(
             ": downtime {} ms, total {} ms{}",
@@ -427,5 +430,11 @@ mod tests {
             migration_summary(&m),
             "moved from host-1 to host-2: downtime 12 ms, total 900 ms (post-copy); policy: pre-copy; post-copy started at pass 4\n"
         );
+        let with = MigrationReport {
+            datastore: Some("local-host-2".into()),
+            ..m
+        };
+        assert!(migration_summary(&with)
+            .starts_with("moved from host-1 to host-2 with its disks on datastore local-host-2: "));
     }
 }

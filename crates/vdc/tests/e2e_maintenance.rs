@@ -1,9 +1,12 @@
-//! Maintenance mode on a 2-host lab: entering it empties host-1 of four
+//! Maintenance mode on a 2-host lab: entering it empties host-1 of five
 //! VMs (a running VM on shared storage leaves by live migration with the
+//! same boot, a running VM on host-1's local datastore leaves by live
+//! migration with its storage (to `shared`, which host-2 reaches) with the
 //! same boot, a stopped VM on shared storage moves by ownership, a stopped
 //! and a suspended VM on host-1's local datastore are copied to host-2) and
-//! reports the one it cannot move (a running VM on local storage) with the
-//! reason, on the task and as an event; meanwhile host-1 takes no new VMs
+//! reports the one it cannot move (a running VM on local storage whose
+//! 1000 GiB disk fits in no datastore of host-2, so it cannot leave with
+//! its storage either) with the reason, on the task and as an event; meanwhile host-1 takes no new VMs
 //! (placement skips it, a start, a create or a migration naming it is
 //! refused); `exit` returns it to placement.
 
@@ -108,10 +111,17 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
         .await
         .expect("suspend");
     run_task(c, t).await;
-    create(c, "pinned", "local-host-1", true).await;
+    let mut pinned = request("pinned", "local-host-1", Some("host-1"), true);
+    pinned.disk_gib = Some(1000);
+    let t = c.create_vm(&pinned).await.expect("create accepted");
+    run_task(c, t).await;
+    wait_vm(c, "pinned", |v| v.state == VmPowerState::Running).await;
     let mover = create(c, "mover", "shared", true).await;
     let mover_ip = mover.guest.address.clone().expect("address");
     let mover_boot = boot_id(&lab, "host-2", &mover_ip);
+    let local_runner = create(c, "local-runner", "local-host-1", true).await;
+    let runner_ip = local_runner.guest.address.clone().expect("address");
+    let runner_boot = boot_id(&lab, "host-2", &runner_ip);
 
     let mut events = Box::pin(
         c.events(&["host.*".to_string()])
@@ -151,6 +161,7 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
 
     for (name, datastore) in [
         ("mover", "shared"),
+        ("local-runner", "shared"),
         ("on-shared", "shared"),
         ("on-local", "shared"),
         ("sleeper", "shared"),
@@ -170,6 +181,20 @@ async fn maintenance_empties_a_host_and_exit_returns_it_to_placement() {
     assert_eq!(moved.state, VmPowerState::Running);
     assert!(moved.operation.is_none(), "{moved:?}");
     assert_eq!(boot_id(&lab, "host-1", &mover_ip), mover_boot);
+    // The running VM on host-1's local datastore left with its disks.
+    let runner = c.get_vm("local-runner").await.expect("VM");
+    assert_eq!(runner.state, VmPowerState::Running);
+    assert!(runner.disks.iter().all(|d| d.datastore == "shared"));
+    assert_eq!(boot_id(&lab, "host-1", &runner_ip), runner_boot);
+    assert!(!lab
+        .datastore_path("local-host-1")
+        .join("local-runner")
+        .exists());
+    let t = c
+        .vm_action("local-runner", VmAction::Stop, serde_json::json!({}))
+        .await
+        .expect("stop");
+    run_task(c, t).await;
     let host = c.get_host("host-1").await.expect("host");
     assert_eq!(host.maintenance, Some(MaintenanceState::InMaintenance));
     let (code, out, _) = vdc(&lab, &["host", "list"]).await;

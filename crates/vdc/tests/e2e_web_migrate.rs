@@ -2,7 +2,10 @@
 //! and TLS for the stream picked in the VM's row, the move started from
 //! the page, its progress and outcome (encrypted) shown, checked against
 //! the API; the migration security section: each host's certificate
-//! expiry, the cluster setting changed from the page.
+//! expiry, the cluster setting changed from the page; then the migrate
+//! form moves the running VM back with its disks to host-1's local
+//! datastore (a live migration with storage), the task row naming the
+//! datastore.
 
 use std::time::Duration;
 
@@ -183,4 +186,41 @@ async fn the_page_migrates_a_vm_to_the_host_picked() {
             })
             .await,
     );
+
+    // Back to host-1 with its disks on host-1's own datastore, from the
+    // migrate form.
+    let choose = "document.querySelector('#mig-vm').value = 'web-mig'; \
+                  document.querySelector('#mig-to').value = 'host-1'; \
+                  document.querySelector('#mig-ds').value = 'local-host-1'; \
+                  return [document.querySelector('#mig-vm').value, \
+                          document.querySelector('#mig-to').value, \
+                          document.querySelector('#mig-ds').value];";
+    let chosen = page(
+        "choosing in the form",
+        browser.execute(choose, vec![]).await,
+    );
+    assert_eq!(
+        chosen,
+        serde_json::json!(["web-mig", "host-1", "local-host-1"])
+    );
+    page(
+        "submitting the form",
+        browser.click_css("#migrate button", PAGE_TIMEOUT).await,
+    );
+    let row = page(
+        "the migration with storage in the task table",
+        browser
+            .wait_row("#tasks tbody tr", TASK_TIMEOUT, |r| {
+                cell(r, TASK_KIND) == "vm.migrate"
+                    && cell(r, TASK_STATE) == "succeeded"
+                    && cell(r, TASK_MIGRATION).contains("disks to local-host-1")
+                    && cell(r, TASK_MIGRATION).contains("downtime")
+            })
+            .await,
+    );
+    assert!(cell(&row, TASK_MIGRATION).contains("in sync"), "{row:?}");
+    let v = c.get_vm("web-mig").await.unwrap();
+    assert_eq!(v.owner.as_deref(), Some("host-1"));
+    assert_eq!(v.datastore, "local-host-1");
+    assert_eq!(v.state, VmPowerState::Running);
 }

@@ -54,13 +54,6 @@ impl Agent {
                     ))
                 })?;
         }
-        let vm_dir = layout.vm_dir.clone();
-        if !datastore_io("cannot read the VM directory", move || vm_dir.exists()).await? {
-            return Err(ApiError::invalid(format!(
-                "host '{}' does not see the directory of VM '{}' on datastore '{}'",
-                self.config.name, config.name, config.datastore
-            )));
-        }
         if let Ok(slot) = self.slot(&config.id) {
             if slot.state().has_process() {
                 // A job submitted again (the server retried): attach.
@@ -73,19 +66,41 @@ impl Agent {
                 )));
             }
         }
+        if req.copy_storage {
+            self.prepare_storage(&config, &layout).await?;
+        } else {
+            let vm_dir = layout.vm_dir.clone();
+            if !datastore_io("cannot read the VM directory", move || vm_dir.exists()).await? {
+                return Err(ApiError::invalid(format!(
+                    "host '{}' does not see the directory of VM '{}' on datastore '{}'",
+                    self.config.name, config.name, config.datastore
+                )));
+            }
+        }
         let slot = self.slot_or_insert(&config, VmPowerState::Stopped);
         let _op = slot.op.lock().await;
         slot.inner().config = config.clone();
-        if let Err(e) = slot.persist_config() {
-            self.abandon_incoming(&slot, None).await;
-            return Err(host_error("cannot write the runtime directory", &e));
-        }
-        let r = self
-            .receive(cell, &slot, &layout, &req, tls_dir.as_deref())
-            .await;
+        let persisted = slot.persist_config().and_then(|()| {
+            if req.copy_storage {
+                self.mark_incoming_storage(&config)
+                    .map_err(|e| std::io::Error::other(e.message))
+            } else {
+                Ok(())
+            }
+        });
+        let r = match persisted {
+            Ok(()) => {
+                self.receive(cell, &slot, &layout, &req, tls_dir.as_deref())
+                    .await
+            }
+            Err(e) => Err(host_error("cannot write the runtime directory", &e)),
+        };
         if r.is_err() {
             let vm = slot.vm();
             self.abandon_incoming(&slot, vm).await;
+            if req.copy_storage {
+                self.remove_storage(&config, &layout).await;
+            }
         }
         r
     }
@@ -108,7 +123,12 @@ impl Agent {
             slot.inner().taps.push(tap.clone());
         }
         cell.progress(10, "starting QEMU for the incoming VM");
-        let spec = self.machine_spec(config, layout, nics, Some(vdc_qemu::Incoming::Defer));
+        let incoming = if req.copy_storage {
+            vdc_qemu::Incoming::DeferPaused
+        } else {
+            vdc_qemu::Incoming::Defer
+        };
+        let spec = self.machine_spec(config, layout, nics, Some(incoming));
         let vm = vdc_qemu::Vm::launch(&spec, &layout.paths)
             .await
             .map_err(|e| host_error(format!("cannot start QEMU for VM '{}'", config.name), &e))?;
@@ -148,9 +168,14 @@ impl Agent {
             .migrate_incoming(&uri)
             .await
             .map_err(|e| qmp_err("migrate-incoming failed", e))?;
-        tracing::info!(vm = %config.name, %uri, source = %req.source, "waiting for the incoming migration");
+        let nbd = match req.copy_storage {
+            true => Some(self.export_disks(&vm, config).await?),
+            false => None,
+        };
+        tracing::info!(vm = %config.name, %uri, ?nbd, source = %req.source, "waiting for the incoming migration");
         cell.set_migration(&MigrationJobInfo {
             uri: Some(uri.clone()),
+            nbd,
             encrypted: tls_dir.is_some(),
             ..Default::default()
         });
@@ -217,24 +242,40 @@ impl Agent {
                 _ => {}
             }
         }
+        if req.copy_storage {
+            return self
+                .run_after_storage(cell, slot, &vm, layout, config, req.keep_paused)
+                .await;
+        }
         // QEMU resumed the guest by itself as the stream completed: tell
         // the network where it is now, then take the lease handed over.
-        if let Err(e) = vm
-            .qmp()
-            .execute(
-                "announce-self",
-                serde_json::json!({"initial": ANNOUNCE_INITIAL_MS, "max": 550, "rounds": 5, "step": 100}),
-            )
-            .await
-        {
-            tracing::warn!(vm = %config.name, error = %e, "announce-self failed");
-        }
+        announce(&vm, &config.name).await;
         cell.progress(90, "taking the lease over");
         self.wait_for_hand_over(layout, &config.name).await?;
+        self.take_lease(slot, &vm, layout, config).await?;
+        supervisor::start(self.clone(), slot.clone(), vm.clone(), layout);
+        let mut rt = slot.apply(Input::Launched);
+        if matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Paused)) {
+            rt = slot.apply(Input::Paused);
+        }
+        tracing::info!(vm = %config.name, from = %req.source, "migrated in");
+        Ok(JobResult::Vm(rt))
+    }
+
+    /// Starts the VM's supervisor for the incoming QEMU; it must take the
+    /// lease (handed over, or new in a directory made here).
+    pub(super) async fn take_lease(
+        &self,
+        slot: &VmSlot,
+        vm: &vdc_qemu::Vm,
+        layout: &Layout,
+        config: &vdc_types::VmConfig,
+    ) -> Result<(), ApiError> {
         let launch = self.supervisor_launch(&config.id, layout.vm_dir.path(), Some(vm.pid()));
         let sup = vdc_supervisor::client::start(&launch)
             .await
             .map_err(|e| host_error("cannot start the VM's supervisor after the migration", &e))?;
+        slot.inner().vm_supervisor = Some(sup.process.clone());
         if !matches!(sup.hello, vdc_supervisor::Hello::Leased { .. }) {
             return Err(ApiError::new(
                 ErrorCode::Locked,
@@ -244,14 +285,7 @@ impl Agent {
                 ),
             ));
         }
-        slot.inner().vm_supervisor = Some(sup.process.clone());
-        supervisor::start(self.clone(), slot.clone(), vm.clone(), layout);
-        let mut rt = slot.apply(Input::Launched);
-        if matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Paused)) {
-            rt = slot.apply(Input::Paused);
-        }
-        tracing::info!(vm = %config.name, from = %req.source, "migrated in");
-        Ok(JobResult::Vm(rt))
+        Ok(())
     }
 
     /// Waits until the VM's lease names this host as successor (at once
@@ -293,6 +327,7 @@ impl Agent {
                 tracing::warn!(vm = %slot.id, pid = vm.pid(), "the incoming QEMU did not exit after SIGKILL");
             }
         }
+        self.wait_supervisor_gone(slot).await;
         let taps = std::mem::take(&mut slot.inner().taps);
         supervisor::cleanup_network(&taps).await;
         {
@@ -318,8 +353,23 @@ impl Agent {
     }
 }
 
+/// Tells the network where the guest is now (`announce-self`, 5 rounds,
+/// the first after [`ANNOUNCE_INITIAL_MS`]); a failure is logged.
+pub(super) async fn announce(vm: &vdc_qemu::Vm, name: &str) {
+    if let Err(e) = vm
+        .qmp()
+        .execute(
+            "announce-self",
+            serde_json::json!({"initial": ANNOUNCE_INITIAL_MS, "max": 550, "rounds": 5, "step": 100}),
+        )
+        .await
+    {
+        tracing::warn!(vm = %name, error = %e, "announce-self failed");
+    }
+}
+
 /// A free TCP port on `addr` (bound and released; QEMU binds it next).
-fn free_port(addr: &str) -> Result<u16, ApiError> {
+pub(super) fn free_port(addr: &str) -> Result<u16, ApiError> {
     let l = std::net::TcpListener::bind((addr, 0)).map_err(|e| {
         ApiError::new(
             ErrorCode::HostError,

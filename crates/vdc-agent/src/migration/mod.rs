@@ -24,9 +24,13 @@
 //! the stream (`migrate_cancel`) and keeps running.
 
 mod incoming;
+mod incoming_storage;
 mod outgoing;
+mod outgoing_storage;
 pub mod policy;
 mod tls;
+
+pub(crate) use incoming_storage::INCOMING_STORAGE_MARK;
 
 /// Capabilities set the same on both sides (`postcopy-ram` when allowed).
 pub(crate) fn common_capabilities(allow_postcopy: bool) -> Vec<(&'static str, bool)> {

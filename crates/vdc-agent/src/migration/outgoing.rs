@@ -50,46 +50,87 @@ impl Agent {
             None
         };
         let run_dir = self.run_dir(&req.vm_id);
-        let policy = req.policy.clone();
+        let mut policy = req.policy.clone();
+        if req.nbd.is_some() {
+            // The source must keep every disk block until the mirrors
+            // finish, after the memory: no post-copy.
+            policy.allow_postcopy = false;
+        }
         let mut conv = Convergence::new(policy.clone());
         let mut info = MigrationJobInfo {
             policy_steps: vec![conv.first_step()],
             ..Default::default()
         };
+        if req.nbd.is_some() {
+            info.policy_steps
+                .push("post-copy off: the disks move with the VM".to_string());
+        }
         cell.set_migration(&info);
+        let mirrors = match &req.nbd {
+            Some(nbd) => {
+                cell.progress(5, "mirroring the disks");
+                let config = slot.inner().config.clone();
+                let bw = policy.max_bandwidth_mib_s;
+                self.mirror_out(cell, &vm, &config, nbd, bw, &mut info)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         let qmp_err = |what: &str, e: vdc_qemu::QmpError| host_error(what.to_string(), &e);
         let mut caps = super::common_capabilities(policy.allow_postcopy);
         caps.push(("auto-converge", true));
-        vm.qmp()
+        let caps = vm
+            .qmp()
             .migrate_set_capabilities(&caps)
             .await
-            .map_err(|e| qmp_err("cannot set migration capabilities", e))?;
-        vm.qmp()
-            .migrate_set_parameters(json!({
-                "max-bandwidth": policy.max_bandwidth_mib_s.saturating_mul(1024 * 1024),
-                "downtime-limit": policy.downtime_limit_ms,
-            }))
-            .await
-            .map_err(|e| qmp_err("cannot set migration parameters", e))?;
-        match &tls_dir {
-            Some(dir) => {
+            .map_err(|e| qmp_err("cannot set migration capabilities", e));
+        let set = match caps {
+            Ok(_) => vm
+                .qmp()
+                .migrate_set_parameters(json!({
+                    "max-bandwidth": policy.max_bandwidth_mib_s.saturating_mul(1024 * 1024),
+                    "downtime-limit": policy.downtime_limit_ms,
+                }))
+                .await
+                .map_err(|e| qmp_err("cannot set migration parameters", e)),
+            Err(e) => Err(e),
+        };
+        let set = match (set, &tls_dir) {
+            (Ok(()), Some(dir)) => {
                 let client = super::tls::Endpoint::Client {
                     hostname: req.target.clone(),
                 };
-                if let Err(e) = super::tls::arm(&vm, dir, &client).await {
-                    super::tls::disarm(&vm).await;
-                    return Err(qmp_err("cannot set up TLS for the stream", e));
+                match super::tls::arm(&vm, dir, &client).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        super::tls::disarm(&vm).await;
+                        Err(qmp_err("cannot set up TLS for the stream", e))
+                    }
                 }
             }
-            None => super::tls::plain(&vm).await,
-        }
+            (Ok(()), None) => {
+                super::tls::plain(&vm).await;
+                Ok(())
+            }
+            (Err(e), _) => Err(e),
+        };
         let mut events = vm.events();
-        cell.progress(5, "sending memory");
-        if let Err(e) = vm.qmp().migrate(&req.uri).await {
+        let memory_from = if mirrors.is_empty() { 5 } else { 50 };
+        cell.progress(memory_from, "sending memory");
+        let started = match set {
+            Ok(()) => vm
+                .qmp()
+                .migrate(&req.uri)
+                .await
+                .map_err(|e| qmp_err("migrate failed", e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             if tls_dir.is_some() {
                 super::tls::disarm(&vm).await;
             }
-            return Err(qmp_err("migrate failed", e));
+            super::outgoing_storage::abort_mirrors(&vm, &mirrors).await;
+            return Err(e);
         }
         info.encrypted = super::tls::encrypted(&vm).await;
         tracing::info!(vm = %req.vm_id, uri = %req.uri, target = %req.target, "migration started");
@@ -130,7 +171,11 @@ impl Agent {
                             }
                             info.postcopy = conv.postcopy();
                             cell.set_migration(&info);
-                            cell.progress(q.percent().clamp(5, 95), "sending memory");
+                            let pct = match mirrors.is_empty() {
+                                true => q.percent().clamp(5, 95),
+                                false => (50 + u16::from(q.percent().min(95)) * 45 / 100) as u8,
+                            };
+                            cell.progress(pct, "sending memory");
                             status
                         }
                         Ok(Err(e)) if e.is_disconnected() => "qemu-gone".to_string(),
@@ -163,7 +208,7 @@ impl Agent {
             }
         };
 
-        if outcome.is_ok() {
+        if outcome.is_ok() && req.nbd.is_none() {
             // The stream completed: this QEMU's vCPUs stay stopped
             // (post-migrate) and every page is on the destination, which
             // runs the guest already. Name it in the lease now, outside
@@ -188,6 +233,12 @@ impl Agent {
                 }
                 info.postcopy = conv.postcopy();
                 cell.set_migration(&info);
+                if req.nbd.is_some() {
+                    self.hand_storage_over(cell, &slot, &vm, &mirrors, was_running, &mut info)
+                        .await?;
+                    tracing::info!(vm = %req.vm_id, target = %req.target, downtime_ms = ?info.downtime_ms, "migrated out with its storage");
+                    return Ok(JobResult::Migration(info));
+                }
                 cell.progress(97, "waiting for the destination to take the lease");
                 // The destination's supervisor takes the lease; ours then
                 // stops the old QEMU (paused since the switchover).
@@ -198,6 +249,7 @@ impl Agent {
                 Ok(JobResult::Migration(info))
             }
             Err(e) => {
+                super::outgoing_storage::abort_mirrors(&vm, &mirrors).await;
                 self.keep_running_here(&vm, was_running, &req.vm_id).await;
                 if tls_dir.is_some() {
                     super::tls::disarm(&vm).await;
@@ -209,7 +261,12 @@ impl Agent {
 
     /// After a failed or cancelled migration: the stream is cancelled and
     /// the guest runs here as before.
-    async fn keep_running_here(&self, vm: &vdc_qemu::Vm, was_running: bool, vm_id: &str) {
+    pub(super) async fn keep_running_here(
+        &self,
+        vm: &vdc_qemu::Vm,
+        was_running: bool,
+        vm_id: &str,
+    ) {
         if vm.has_exited() {
             return;
         }
@@ -228,7 +285,14 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if was_running && matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Paused)) {
+        // Paused by the migration, or stopped after a stream that
+        // completed while the destination never ran the guest (storage).
+        if was_running
+            && matches!(
+                vm.run_state().await,
+                Ok(vdc_qemu::RunState::Paused | vdc_qemu::RunState::PostMigrate)
+            )
+        {
             if let Err(e) = vm.resume().await {
                 tracing::error!(vm = %vm_id, error = %e, "cannot resume the VM after a failed migration");
             }

@@ -80,12 +80,14 @@ impl Cluster {
             .clone()
             .ok_or_else(|| ApiError::internal(format!("VM '{name}' runs but has no owner")))?;
         self.agent_url(&source).await?;
-        let target = self
-            .pick_target(name, &rec, &source, req.to.as_deref())
-            .await?;
+        let (target, storage) = self.live_destination(name, &rec, &source, &req).await?;
         let mut policy = self.migration_settings().policy;
         if let Some(p) = req.allow_postcopy {
             policy.allow_postcopy = p;
+        }
+        if let Some(ds) = &storage {
+            self.check_storage_move(name, &rec, ds, &req).await?;
+            policy.allow_postcopy = false;
         }
         if let Some(b) = req.bandwidth_mib_s {
             if b > 1 << 20 {
@@ -106,7 +108,7 @@ impl Cluster {
             migration: MigrationKind::Live,
             source: source.clone(),
             target: target.clone(),
-            datastore: None,
+            datastore: storage.clone(),
             allow_postcopy,
         };
         let me = self.clone();
@@ -115,21 +117,29 @@ impl Cluster {
             name,
             step.operation.task_kind(),
             Some(params),
-            move |ctx| async move { me.live_body(&ctx, &n, &source, &target, policy, tls).await },
+            move |ctx| async move {
+                me.live_body(&ctx, &n, &source, &target, policy, storage, tls)
+                    .await
+            },
         )
         .await
     }
 
     /// The destination: `to` checked, or placement's choice among the
-    /// other hosts.
-    async fn pick_target(
+    /// other hosts. With `datastore` (a live migration with storage) the
+    /// destination must reach that datastore instead of the VM's.
+    pub(super) async fn pick_target(
         &self,
         name: &str,
         rec: &VmRecord,
         source: &str,
         to: Option<&str>,
+        datastore: Option<&str>,
     ) -> Result<String, ApiError> {
-        let demand = demand_of(rec);
+        let mut demand = demand_of(rec);
+        if let Some(ds) = datastore {
+            demand.datastores = vec![ds.to_string()];
+        }
         let caps = self.capacities().await;
         let incompatible: Vec<String> = {
             let live = self.live.read().await;
@@ -213,7 +223,9 @@ impl Cluster {
         Ok(to.to_string())
     }
 
-    /// The task body: see the module documentation.
+    /// The task body: see the module documentation. `storage`: the
+    /// datastore the disks move to (a live migration with storage).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn live_body(
         self: &Arc<Self>,
         ctx: &TaskCtx,
@@ -221,6 +233,7 @@ impl Cluster {
         source: &str,
         target: &str,
         policy: MigrationPolicy,
+        storage: Option<String>,
         tls: bool,
     ) -> Result<(), ApiError> {
         let begun = Instant::now();
@@ -229,6 +242,7 @@ impl Cluster {
             kind: Some(MigrationKind::Live),
             source: source.to_string(),
             target: target.to_string(),
+            datastore: storage.clone(),
             tls,
             ..Default::default()
         };
@@ -241,7 +255,10 @@ impl Cluster {
         ctx.check_cancel()?;
         ctx.progress(5, "starting QEMU on the destination").await;
 
-        let mut config = rec.config.clone();
+        let mut config = match &storage {
+            Some(ds) => vdc_types::transfer::relocate(&rec.config, ds),
+            None => rec.config.clone(),
+        };
         for nic in config.nics.iter_mut() {
             if let Ok(n) = self.get_network(&nic.network).await {
                 nic.bridge = Some(n.bridge);
@@ -249,9 +266,11 @@ impl Cluster {
         }
         let incoming = JobOp::MigrateIn {
             request: IncomingRequest {
-                config,
+                config: config.clone(),
                 source: source.to_string(),
                 allow_postcopy,
+                copy_storage: storage.is_some(),
+                keep_paused: rec.state == vdc_types::VmPowerState::Paused,
                 tls,
             },
         };
@@ -268,11 +287,12 @@ impl Cluster {
                 &dst_url,
                 &in_id,
                 policy,
+                storage.is_some(),
                 &mut report,
             )
             .await;
-        let rt = match result {
-            Ok(rt) => rt,
+        let (rt, out_id) = match result {
+            Ok(done) => done,
             Err(e) => {
                 self.cancel_and_wait(target, &dst_url, &in_id).await;
                 // The source's reports tell the VM's state from now on.
@@ -286,12 +306,20 @@ impl Cluster {
         };
         report.outcome.get_or_insert_with(Default::default).total_ms =
             begun.elapsed().as_millis() as u64;
-        self.commit_live(ctx, name, source, target, &rt, &mut report)
-            .await
+        let moved = storage.is_some().then_some(&config);
+        self.commit_live(ctx, name, source, target, &rt, &mut report, moved)
+            .await?;
+        if storage.is_some() {
+            self.clean_source(name, source, &src_url, &out_id, &rec.config)
+                .await;
+        }
+        Ok(())
     }
 
-    /// Records the move as done: the destination owns the VM (one
+    /// Records the move as done: the destination owns the VM, with its
+    /// configuration on the new datastore after a move with storage (one
     /// compare-and-swap write), `vm.migrated` with the figures.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn commit_live(
         &self,
         ctx: &TaskCtx,
@@ -300,6 +328,7 @@ impl Cluster {
         target: &str,
         rt: &vdc_types::agent::VmRuntime,
         report: &mut MigrationReport,
+        moved: Option<&vdc_types::VmConfig>,
     ) -> Result<(), ApiError> {
         // Commit: the destination owns the VM.
         let (before, after) = self
@@ -308,6 +337,15 @@ impl Cluster {
                     .map_err(|e| ApiError::internal(format!("cannot commit the move: {e}")))?;
                 new.state = rt.state;
                 new.since_ms = rt.since_ms;
+                if let Some(c) = moved {
+                    let mut c = c.clone();
+                    // The bridges are the server's business, filled in at
+                    // each start.
+                    for (nic, old) in c.nics.iter_mut().zip(&r.config.nics) {
+                        nic.bridge = old.bridge.clone();
+                    }
+                    new.config = c;
+                }
                 Ok(new)
             })
             .await?;
@@ -324,12 +362,16 @@ impl Cluster {
         }
         let outcome = report.outcome.clone().unwrap_or_default();
         ctx.set_migration(report).await;
+        let with = match &report.datastore {
+            Some(ds) => format!(" with its disks to datastore {ds}"),
+            None => String::new(),
+        };
         self.events
             .publish(
                 "vm.migrated",
                 name,
                 format!(
-                    "VM {name} migrated live from {source} to {target} (downtime {} ms, total {} ms, stream {})",
+                    "VM {name} migrated live from {source} to {target}{with} (downtime {} ms, total {} ms, stream {})",
                     outcome.downtime_ms,
                     outcome.total_ms,
                     if outcome.encrypted { "encrypted" } else { "plain" }
@@ -337,6 +379,7 @@ impl Cluster {
                 json!({
                     "source": source,
                     "target": target,
+                    "datastore": report.datastore,
                     "kind": MigrationKind::Live,
                     "downtime_ms": outcome.downtime_ms,
                     "total_ms": outcome.total_ms,
@@ -364,15 +407,16 @@ impl Cluster {
         dst_url: &str,
         in_id: &str,
         policy: MigrationPolicy,
+        storage: bool,
         report: &mut MigrationReport,
-    ) -> Result<vdc_types::agent::VmRuntime, ApiError> {
+    ) -> Result<(vdc_types::agent::VmRuntime, String), ApiError> {
         // 1. The destination listens.
         let listening = Instant::now();
-        let uri = loop {
+        let (uri, nbd) = loop {
             ctx.check_cancel()?;
             let j = self.follow(ctx, target, dst_url, in_id, 2).await?;
             if let Some(uri) = j.migration.as_ref().and_then(|m| m.uri.clone()) {
-                break uri;
+                break (uri, j.migration.and_then(|m| m.nbd));
             }
             if j.state.is_final() {
                 return Err(job_error(target, &j));
@@ -384,7 +428,21 @@ impl Cluster {
                 ));
             }
         };
-        ctx.progress(10, "sending memory").await;
+        if storage && nbd.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::HostError,
+                format!("host '{target}' offered no NBD export for the disks of VM '{name}'"),
+            ));
+        }
+        ctx.progress(
+            10,
+            if storage {
+                "mirroring the disks"
+            } else {
+                "sending memory"
+            },
+        )
+        .await;
         // 2. The source sends.
         let vm_id = self.record(name).await?.config.id;
         let outgoing = JobOp::MigrateOut {
@@ -393,6 +451,7 @@ impl Cluster {
                 target: target.to_string(),
                 uri,
                 policy,
+                nbd,
                 tls: report.tls,
             },
         };
@@ -415,8 +474,18 @@ impl Cluster {
             };
             if let Some(m) = &j.migration {
                 report.progress = m.progress.clone();
+                report.disks = m.disks;
                 report.policy_steps = m.policy_steps.clone();
                 ctx.set_migration(report).await;
+                if m.progress.is_none() {
+                    if let Some(d) = &m.disks {
+                        let done = (40 * d.bytes_mirrored)
+                            .checked_div(d.bytes_mirrored + d.bytes_remaining)
+                            .unwrap_or(0);
+                        ctx.progress(10 + done.min(40) as u8, "mirroring the disks")
+                            .await;
+                    }
+                }
                 if let Some(p) = &m.progress {
                     let done = (80 * p.bytes_total.saturating_sub(p.bytes_remaining))
                         .checked_div(p.bytes_total)
@@ -426,7 +495,8 @@ impl Cluster {
                         .await;
                 }
             }
-            if j.state.is_final() {
+            let synced = storage && j.migration.as_ref().is_some_and(|m| m.disks_synced);
+            if j.state.is_final() || synced {
                 break j;
             }
             // The destination failing (its QEMU killed) or its agent gone
@@ -447,6 +517,25 @@ impl Cluster {
                 }
             }
         };
+        if storage && !out.state.is_final() {
+            // Every disk synced, the guest paused on the source.
+            let m = out.migration.clone().unwrap_or_default();
+            report.policy_steps = m.policy_steps.clone();
+            report.disks = m.disks;
+            report.outcome = Some(MigrationOutcome {
+                downtime_ms: m.downtime_ms.unwrap_or(0),
+                migration_ms: m.total_ms.unwrap_or(0),
+                total_ms: 0,
+                postcopy: false,
+                encrypted: m.encrypted,
+            });
+            let rt = self
+                .switch_over_storage(
+                    ctx, name, source, src_url, &out_id, target, dst_url, in_id, report,
+                )
+                .await?;
+            return Ok((rt, out_id));
+        }
         self.journal_end(ctx, &out_id, out.state).await;
         match out.state {
             JobState::Succeeded => {}
@@ -498,7 +587,7 @@ impl Cluster {
             if d.state.is_final() {
                 self.journal_end(ctx, in_id, d.state).await;
                 return match (&d.state, &d.result) {
-                    (JobState::Succeeded, Some(JobResult::Vm(rt))) => Ok(rt.clone()),
+                    (JobState::Succeeded, Some(JobResult::Vm(rt))) => Ok((rt.clone(), out_id)),
                     _ => Err(job_error(target, &d)),
                 };
             }

@@ -24,6 +24,7 @@ impl Cluster {
         task: &Task,
         source: &str,
         target: &str,
+        datastore: Option<&str>,
     ) -> Result<(), ApiError> {
         let name = task.target.as_str();
         let jobs = task.journal.as_ref().map(journal::jobs).unwrap_or_default();
@@ -32,8 +33,58 @@ impl Cluster {
             kind: Some(MigrationKind::Live),
             source: source.to_string(),
             target: target.to_string(),
+            datastore: datastore.map(str::to_string),
             ..Default::default()
         });
+        if let Some(ds) = datastore {
+            // With storage the destination decides: the guest ran there
+            // only if its job succeeded; otherwise it is stopped first and
+            // the source's guest runs on.
+            let inc = last(JobKind::MigrateIn);
+            let out = last(JobKind::MigrateOut);
+            let rec = self.record(name).await?;
+            if let Some(inc) = &inc {
+                if let Ok(url) = self.agent_url(&inc.host).await {
+                    if let Ok(j) = self.agents.job(&inc.host, &url, &inc.operation_id, 0).await {
+                        if let (JobState::Succeeded, Some(JobResult::Vm(rt))) =
+                            (&j.state, &j.result)
+                        {
+                            let moved = vdc_types::transfer::relocate(&rec.config, ds);
+                            self.commit_live(
+                                ctx,
+                                name,
+                                source,
+                                target,
+                                rt,
+                                &mut report,
+                                Some(&moved),
+                            )
+                            .await?;
+                            if let (Some(out), Ok(src_url)) = (&out, self.agent_url(source).await) {
+                                self.clean_source(
+                                    name,
+                                    source,
+                                    &src_url,
+                                    &out.operation_id,
+                                    &rec.config,
+                                )
+                                .await;
+                            }
+                            return Ok(());
+                        }
+                    }
+                    self.cancel_and_wait(&inc.host, &url, &inc.operation_id)
+                        .await;
+                }
+            }
+            if let Some(out) = &out {
+                if let Ok(url) = self.agent_url(&out.host).await {
+                    self.cancel_and_wait(&out.host, &url, &out.operation_id)
+                        .await;
+                }
+            }
+            return self.stay_on_source(ctx, name, source).await;
+        }
         let mut sent = false;
         if let Some(out) = last(JobKind::MigrateOut) {
             if let Ok(url) = self.agent_url(&out.host).await {
@@ -66,7 +117,15 @@ impl Cluster {
                                     (&j.state, &j.result)
                                 {
                                     return self
-                                        .commit_live(ctx, name, source, target, rt, &mut report)
+                                        .commit_live(
+                                            ctx,
+                                            name,
+                                            source,
+                                            target,
+                                            rt,
+                                            &mut report,
+                                            None,
+                                        )
                                         .await;
                                 }
                                 break;
@@ -80,6 +139,17 @@ impl Cluster {
                     .await;
             }
         }
+        self.stay_on_source(ctx, name, source).await
+    }
+
+    /// The end of an interrupted migration that did not move the VM: its
+    /// state as the source reports it, the task failed (or cancelled).
+    async fn stay_on_source(
+        &self,
+        ctx: &TaskCtx,
+        name: &str,
+        source: &str,
+    ) -> Result<(), ApiError> {
         let rec = self.record(name).await?;
         if let Some(rt) = self.runtime(source, &rec.config.id).await {
             if let Err(e) = self.set_runtime(name, &rt, None).await {

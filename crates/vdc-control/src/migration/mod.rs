@@ -24,6 +24,7 @@ pub mod limits;
 pub(crate) mod live;
 mod live_jobs;
 mod live_restart;
+mod live_storage;
 mod storage;
 pub mod tls;
 

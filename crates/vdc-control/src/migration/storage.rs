@@ -1,5 +1,7 @@
 //! Storage migration of a VM's disks to another datastore: a running VM's
-//! disks are mirrored on its host while it runs; a stopped or suspended
+//! disks are mirrored on its host while it runs, or, with a host move, to
+//! the destination over NBD (a live migration with storage,
+//! `live_storage`); a stopped or suspended
 //! VM's files are copied (to its own host's datastore, or with a host
 //! move). The flows are in `crate::moves`.
 
@@ -18,10 +20,16 @@ impl Cluster {
         rec: VmRecord,
         req: MigrateRequest,
     ) -> Result<Task, ApiError> {
-        let Some(datastore) = req.datastore else {
+        let Some(datastore) = req.datastore.clone() else {
             return Err(ApiError::invalid("a storage migration names a datastore"));
         };
         match rec.state {
+            VmPowerState::Running | VmPowerState::Paused
+                if req.to.is_some() && req.to != rec.owner =>
+            {
+                // A host move too: live migration with storage.
+                self.live_migration(name, rec, req).await
+            }
             VmPowerState::Running | VmPowerState::Paused => {
                 self.move_vm_storage(name, req.to, &datastore).await
             }

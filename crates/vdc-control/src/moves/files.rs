@@ -64,6 +64,11 @@ impl Cluster {
             datastore.as_deref(),
             &known,
         )?;
+        if let FilesPlan::Copy { datastore } = &plan {
+            // Checked here, before anything moves (the destination agent
+            // checks again before it copies).
+            self.storage_room(name, &rec, datastore).await?;
+        }
         let (_, step) = self.claim_move(name, &target).await?;
         let me = self.clone();
         let n = name.to_string();

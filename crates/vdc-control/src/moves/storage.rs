@@ -33,7 +33,7 @@ impl Cluster {
             .ok_or_else(|| ApiError::invalid_state(format!("VM '{name}' has no owner host")))?;
         if to.as_deref().is_some_and(|t| t != host) {
             return Err(ApiError::invalid(format!(
-                "moving a running VM's disks together with a host move is not available yet; migrate VM '{name}' to the host first, then its disks with --datastore"
+                "this moves the disks of VM '{name}' on host '{host}' only; a move to another host with its disks is a live migration with storage (--to and --datastore)"
             )));
         }
         self.get_datastore(datastore).await?;

@@ -222,9 +222,13 @@ impl Cluster {
                     migration: vdc_types::migration::MigrationKind::Live,
                     source,
                     target,
+                    datastore,
                     ..
                 }),
-            ) => self.settle_after_restart(ctx, task, &source, &target).await,
+            ) => {
+                self.settle_after_restart(ctx, task, &source, &target, datastore.as_deref())
+                    .await
+            }
             (
                 TaskKind::VmMigrate,
                 Some(TaskParams::VmMigrate {
