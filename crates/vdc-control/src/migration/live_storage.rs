@@ -46,7 +46,7 @@
 
 use std::time::Instant;
 
-use vdc_types::agent::{DestroyVmRequest, VmRuntime};
+use vdc_types::agent::VmRuntime;
 use vdc_types::job::{Job, JobResult, JobState};
 use vdc_types::migration::{MigrateRequest, MigrationReport};
 use vdc_types::{ApiError, ErrorCode, VmConfig};
@@ -298,26 +298,6 @@ impl Cluster {
                 }
             }
         }
-        let req = DestroyVmRequest {
-            config: old.clone(),
-        };
-        match self.agents.destroy(source, src_url, &req).await {
-            Ok(()) => {}
-            Err(e) if e.code == ErrorCode::NotFound => {}
-            Err(e) => {
-                tracing::warn!(vm = %name, host = %source, error = %e, "the VM moved, but its old files could not be removed");
-                self.events
-                    .publish(
-                        "vm.files_left",
-                        name,
-                        format!(
-                            "VM {name} moved; its old files on host {source} remain: {}",
-                            e.message
-                        ),
-                        serde_json::json!({"host": source, "datastore": old.datastore, "error": e}),
-                    )
-                    .await;
-            }
-        }
+        self.destroy_old_files(name, source, src_url, old).await;
     }
 }

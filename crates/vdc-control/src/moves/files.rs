@@ -173,34 +173,8 @@ impl Cluster {
             return Err(e);
         }
         ctx.progress(97, "removing the source copy").await;
-        let removed = self
-            .agents
-            .destroy(
-                source,
-                &source_url,
-                &DestroyVmRequest {
-                    config: rec.config.clone(),
-                },
-            )
+        self.destroy_old_files(name, source, &source_url, &rec.config)
             .await;
-        match removed {
-            Ok(()) => {}
-            Err(e) if e.code == ErrorCode::NotFound => {}
-            Err(e) => {
-                tracing::warn!(vm = %name, host = %source, error = %e, "the VM moved, but its old files could not be removed");
-                self.events
-                    .publish(
-                        "vm.files_left",
-                        name,
-                        format!(
-                            "VM {name} moved; its old files on host {source} remain: {}",
-                            e.message
-                        ),
-                        serde_json::json!({"host": source, "datastore": rec.config.datastore, "error": e}),
-                    )
-                    .await;
-            }
-        }
         self.publish_moved(name, kind, source, target, Some(&datastore))
             .await;
         Ok(())
@@ -227,6 +201,39 @@ impl Cluster {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Removes the files a VM left behind on `host` after it moved (its
+    /// old configuration `old`): a failure is logged and published as
+    /// `vm.files_left`, never an error (the move stands).
+    pub(crate) async fn destroy_old_files(
+        &self,
+        name: &str,
+        host: &str,
+        url: &str,
+        old: &vdc_types::VmConfig,
+    ) {
+        let req = DestroyVmRequest {
+            config: old.clone(),
+        };
+        match self.agents.destroy(host, url, &req).await {
+            Ok(()) => {}
+            Err(e) if e.code == ErrorCode::NotFound => {}
+            Err(e) => {
+                tracing::warn!(vm = %name, host, error = %e, "the VM moved, but its old files could not be removed");
+                self.events
+                    .publish(
+                        "vm.files_left",
+                        name,
+                        format!(
+                            "VM {name} moved; its old files on host {host} remain: {}",
+                            e.message
+                        ),
+                        serde_json::json!({"host": host, "datastore": old.datastore, "error": e}),
+                    )
+                    .await;
+            }
+        }
     }
 
     /// Removes a copy whose move was not committed (logged, never fails).
