@@ -10,7 +10,7 @@ use std::time::Duration;
 use vdc_test_infra::{wait_until_async, wait_vm, TestLab};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::migration::MigrateRequest;
-use vdc_types::{TaskState, VmAction, VmPowerState};
+use vdc_types::{HostState, TaskState, VmAction, VmPowerState};
 
 const TASK_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -31,6 +31,11 @@ async fn a_cold_move_cut_by_a_server_restart_stands_whole_or_is_rolled_back() {
             host: Some("host-1".into()),
             datastore: Some("local-host-1".into()),
             start: false,
+            disks: vec![vdc_types::api::DiskRequest {
+                size_gib: 1,
+                datastore: None,
+                path: None,
+            }],
             ..Default::default()
         })
         .await
@@ -39,6 +44,26 @@ async fn a_cold_move_cut_by_a_server_restart_stands_whole_or_is_rolled_back() {
         .await
         .expect("created");
     assert!(local1.join("mover/vm.json").is_file());
+    // 256 MiB of data on the data disk: a copy that takes a while, so the
+    // kill below most likely cuts it (either outcome is checked).
+    let data = std::fs::read_dir(local1.join("mover"))
+        .expect("the VM's directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "qcow2")
+                && p.file_name().is_some_and(|n| n != "disk0.qcow2")
+        })
+        .expect("the data disk");
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 256M"])
+        .arg(&data)
+        .output()
+        .expect("run qemu-io");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let t = c
         .migrate_vm(
@@ -54,7 +79,12 @@ async fn a_cold_move_cut_by_a_server_restart_stands_whole_or_is_rolled_back() {
     // Killed once the copy job is on its way (the journal holds it).
     wait_until_async(TASK_TIMEOUT, "the copy began", || async {
         let task = c.get_task(&t.id).await.ok()?;
-        (task.progress >= 5 || task.state.is_final()).then_some(())
+        let submitted = task.journal.as_ref().is_some_and(|j| {
+            j.steps
+                .iter()
+                .any(|s| matches!(s.step, vdc_types::Step::JobSubmitted { .. }))
+        });
+        (submitted || task.state.is_final()).then_some(())
     })
     .await;
     lab.kill_server();
@@ -82,6 +112,26 @@ async fn a_cold_move_cut_by_a_server_restart_stands_whole_or_is_rolled_back() {
             assert_eq!(v.owner.as_deref(), Some("host-1"), "{v:?}");
             assert_eq!(v.datastore, "local-host-1");
             assert!(local1.join("mover/vm.json").is_file());
+            // 256 MiB of data on the data disk: a copy that takes a while, so the
+            // kill below most likely cuts it (either outcome is checked).
+            let data = std::fs::read_dir(local1.join("mover"))
+                .expect("the VM's directory")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| {
+                    p.extension().is_some_and(|x| x == "qcow2")
+                        && p.file_name().is_some_and(|n| n != "disk0.qcow2")
+                })
+                .expect("the data disk");
+            let out = std::process::Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", "write -P 0x5a 0 256M"])
+                .arg(&data)
+                .output()
+                .expect("run qemu-io");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert!(
                 !local2.join("mover").exists(),
                 "the copy on host-2 was left behind"
@@ -90,6 +140,12 @@ async fn a_cold_move_cut_by_a_server_restart_stands_whole_or_is_rolled_back() {
         other => panic!("the move ended {other:?}: {ended:?}"),
     }
     eprintln!("the move ended {:?} after the restart", ended.state);
+    // The restarted server knows the hosts again once they reported.
+    wait_until_async(TASK_TIMEOUT, "both hosts connected again", || async {
+        let hosts = c.list_hosts().await.ok()?;
+        (hosts.len() == 2 && hosts.iter().all(|h| h.state == HostState::Connected)).then_some(())
+    })
+    .await;
     let t = c
         .vm_action("mover", VmAction::Start, serde_json::json!({}))
         .await
