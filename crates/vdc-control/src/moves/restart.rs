@@ -62,9 +62,6 @@ impl Cluster {
             // An ownership-only move: the record moved or it did not.
             return self.moved_or_not(name, &rec, source, target);
         };
-        if !matches!(kind, MigrationKind::Cold | MigrationKind::Suspended) {
-            return self.moved_or_not(name, &rec, source, target);
-        }
         let committed = rec.owner.as_deref() == Some(target) && rec.config.datastore == ds;
         if committed {
             self.events
