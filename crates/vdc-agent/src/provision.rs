@@ -224,7 +224,7 @@ impl Agent {
                 ),
             }
         }
-        layout
+        let left = layout
             .vm_dir
             .remove(&self.config.name, &in_dir)
             .map_err(|e| {
@@ -233,6 +233,14 @@ impl Agent {
                     e,
                 )
             })?;
+        if !left.is_empty() {
+            tracing::warn!(
+                vm = %config.name,
+                dir = %layout.vm_dir.path().display(),
+                files = ?left,
+                "files vdc does not know were left in the VM's directory"
+            );
+        }
         for path in moved {
             remove_made(&path, std::fs::remove_file(&path));
             if let Some(dir) = path.parent() {
