@@ -61,6 +61,7 @@ mod slot;
 pub mod state;
 mod storage;
 mod supervisor;
+mod templates;
 mod tls;
 mod transfer;
 pub mod vm_monitor;

@@ -96,8 +96,16 @@ impl Agent {
                 e,
             )
         })?;
+        let mut copies = Vec::new();
+        for f in &req.data_sources {
+            let p = self.resolve(&f.datastore, &f.path)?;
+            image::inspect(&p, Some(ImageFormat::Qcow2), &self.datastore_roots())
+                .await
+                .map_err(|e| disk_error(format!("disk '{}' to copy", f.path), e))?;
+            copies.push(p);
+        }
         let made = self
-            .make_disks(&config, &layout, template)
+            .make_disks(&config, &layout, template, &copies)
             .await
             .and_then(|()| {
                 layout
@@ -129,6 +137,7 @@ impl Agent {
         config: &VmConfig,
         layout: &Layout,
         template: Option<(PathBuf, bool)>,
+        copies: &[PathBuf],
     ) -> Result<(), ApiError> {
         for (i, (disk, path)) in config.disks.iter().zip(&layout.disks).enumerate() {
             if let Some(parent) = path.parent() {
@@ -157,6 +166,11 @@ impl Agent {
                             .await
                             .map_err(|e| disk_error(&what, e))?;
                     }
+                }
+                (i, _) if i > 0 && i <= copies.len() => {
+                    qemu_img::convert_to_qcow2(&copies[i - 1], ImageFormat::Qcow2, path)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?
                 }
                 _ => qemu_img::create_qcow2(path, disk.size_bytes)
                     .await
@@ -260,7 +274,10 @@ impl Agent {
         &self,
         req: ImportImageRequest,
     ) -> Result<ImportImageResponse, ApiError> {
-        let given = PathBuf::from(&req.source);
+        let given = match &req.source_datastore {
+            Some(ds) => self.resolve(ds, &req.source)?,
+            None => PathBuf::from(&req.source),
+        };
         if !given.is_absolute() {
             return Err(ApiError::invalid(format!(
                 "image source '{}' must be an absolute path on host '{}'",
@@ -332,6 +349,9 @@ impl Agent {
         .await;
         match result {
             Ok(info) => {
+                if let Err(e) = crate::templates::make_read_only(&dest) {
+                    tracing::warn!(path = %dest.display(), error = %e, "cannot make an imported image read-only");
+                }
                 tracing::info!(source = %source.display(), %format, dest = %dest.display(), "image imported");
                 Ok(ImportImageResponse {
                     size_bytes: info.virtual_size,

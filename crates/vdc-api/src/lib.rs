@@ -21,6 +21,7 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
+mod templates_vm;
 pub mod tls;
 
 pub use credentials::Credentials;

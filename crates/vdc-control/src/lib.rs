@@ -22,6 +22,7 @@
 
 pub mod agents;
 pub mod answers;
+pub mod clones;
 mod console;
 pub mod cpu_baseline;
 pub mod events;
@@ -39,6 +40,7 @@ pub mod ownership;
 pub mod record;
 pub mod resume;
 pub mod tasks;
+mod template_vm;
 mod templates;
 mod undo;
 mod vms;

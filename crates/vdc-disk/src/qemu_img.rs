@@ -516,10 +516,16 @@ mod tests {
                 .to_string()
         };
         assert_eq!(
-            rel("/nonexistent/ds/vm/disk0.qcow2", "/nonexistent/ds/templates/t.qcow2"),
+            rel(
+                "/nonexistent/ds/vm/disk0.qcow2",
+                "/nonexistent/ds/templates/t.qcow2"
+            ),
             "../templates/t.qcow2"
         );
-        assert_eq!(rel("/nonexistent/ds/a.qcow2", "/nonexistent/ds/b.qcow2"), "b.qcow2");
+        assert_eq!(
+            rel("/nonexistent/ds/a.qcow2", "/nonexistent/ds/b.qcow2"),
+            "b.qcow2"
+        );
         assert_eq!(
             rel("/nonexistent/ds/x/y/d.qcow2", "/nonexistent/ds/t.qcow2"),
             "../../t.qcow2"

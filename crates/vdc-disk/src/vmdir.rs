@@ -230,6 +230,7 @@ mod tests {
             nics: vec![],
             hostname: "web-1".into(),
             template: None,
+            linked_clone: false,
             created_ms: 1,
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),

@@ -43,11 +43,16 @@ pub enum VmAction {
     Snapshot,
     /// Copy the VM's disks to a backup.
     Backup,
+    /// Copy the VM into a new VM (full or linked clone) or a new template.
+    Clone,
+    /// Make the VM a template: its boot disk becomes the template's image
+    /// and the VM is gone.
+    ConvertToTemplate,
 }
 
 impl VmAction {
     /// Every action, in the order above.
-    pub const ALL: [VmAction; 12] = [
+    pub const ALL: [VmAction; 14] = [
         VmAction::Start,
         VmAction::Stop,
         VmAction::Shutdown,
@@ -60,6 +65,8 @@ impl VmAction {
         VmAction::Failover,
         VmAction::Snapshot,
         VmAction::Backup,
+        VmAction::Clone,
+        VmAction::ConvertToTemplate,
     ];
 
     /// The power actions posted to `POST /api/v1/vms/{name}/{action}`
@@ -89,6 +96,8 @@ impl VmAction {
             VmAction::Failover => "failover",
             VmAction::Snapshot => "snapshot",
             VmAction::Backup => "backup",
+            VmAction::Clone => "clone",
+            VmAction::ConvertToTemplate => "convert_to_template",
         }
     }
 
@@ -173,6 +182,10 @@ pub enum VmOperation {
     Snapshotting,
     /// Its disks are being copied to a backup.
     BackingUp,
+    /// Its disks are being copied into a clone or a template.
+    Cloning,
+    /// It is becoming a template.
+    ConvertingToTemplate,
 }
 
 impl VmOperation {
@@ -192,6 +205,8 @@ impl VmOperation {
             VmOperation::FailingOver { .. } => "failing_over",
             VmOperation::Snapshotting => "snapshotting",
             VmOperation::BackingUp => "backing_up",
+            VmOperation::Cloning => "cloning",
+            VmOperation::ConvertingToTemplate => "converting_to_template",
         }
     }
 
@@ -211,6 +226,8 @@ impl VmOperation {
             VmOperation::FailingOver { .. } => "vm.failover",
             VmOperation::Snapshotting => "vm.snapshot",
             VmOperation::BackingUp => "vm.backup",
+            VmOperation::Cloning => "vm.clone",
+            VmOperation::ConvertingToTemplate => "vm.convert_to_template",
         }
     }
 

@@ -15,6 +15,7 @@
 //! subcommand; print `error: ...` and exit with the mapped code on failure.
 
 mod cli;
+mod clone_cli;
 mod commands;
 mod console;
 mod error;

@@ -1,0 +1,72 @@
+//! Clones of VMs and templates made from VMs (`vdc_control::clones`,
+//! `vdc_control::template_vm`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use vdc_types::clone::{CloneVmRequest, TemplateDetails, VmToTemplateRequest};
+use vdc_types::{ApiError, Task};
+
+use crate::error::{ApiBytes, ApiJson, ApiResult};
+use crate::routes::{optional_body, AppState};
+
+/// Clones a powered-off VM into a new VM (returns the source's `vm.clone`
+/// task, which ends when the clone is made). Full copies of every disk,
+/// new MAC addresses, and the guest customization asked (hostname, static
+/// address or DHCP). A running source is refused (409: power it off
+/// first); a linked clone of a VM is refused (400: make a template of it
+/// first). Nothing is made on a refusal.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/clone", request_body = CloneVmRequest,
+    params(("name" = String, Path, description = "source VM")),
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError, description = "no such VM or datastore"), (status = 409, body = ApiError, description = "the source runs or is busy, the name or address is taken"), (status = 503, body = ApiError, description = "no host is connected")))]
+pub(crate) async fn clone_vm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<CloneVmRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let task = st.cluster.clone_vm(&name, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// Makes a template of a powered-off VM (returns a task): converts it
+/// (instant: its boot disk becomes the template's image and the VM is
+/// gone), or with `keep_vm` copies its boot disk into a new template. The
+/// body is optional (default: convert, template named as the VM).
+#[utoipa::path(post, path = "/api/v1/vms/{name}/to-template",
+    request_body(content = Option<VmToTemplateRequest>, description = "optional"),
+    params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the VM runs or is busy, has data disks (convert), or the template name is taken")))]
+pub(crate) async fn vm_to_template(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiBytes(body): ApiBytes,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let req: VmToTemplateRequest = optional_body(&body)?;
+    let task = st.cluster.vm_to_template(&name, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// One template, with the VMs deployed from it (linked and full) and the
+/// templates based on it.
+#[utoipa::path(get, path = "/api/v1/templates/{name}",
+    params(("name" = String, Path)),
+    responses((status = 200, body = TemplateDetails), (status = 404, body = ApiError)))]
+pub(crate) async fn get_template(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<TemplateDetails>> {
+    Ok(Json(st.cluster.template_details(&name).await?))
+}
+
+/// Deletes a template and its image. Refused (409, naming them) while
+/// linked clones or templates read its image, or while it is being made.
+#[utoipa::path(delete, path = "/api/v1/templates/{name}",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "in use by linked clones, or still being made"), (status = 503, body = ApiError, description = "no host reaches its datastore")))]
+pub(crate) async fn delete_template(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.cluster.delete_template(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
