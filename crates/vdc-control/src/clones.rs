@@ -8,7 +8,7 @@
 //! started, moved or deleted under the copy.
 //!
 //! ```text
-//!  POST /vms/SRC/clone ─► claim SRC (clone: stopped or crashed, else 409)
+//!  POST /vms/SRC/clone ─► claim SRC (clone: stopped, else 409)
 //!                     ─► validate the clone (name, datastore, address) ─► 4xx, SRC released
 //!                     ─► vm.create NEW (disks copied from SRC's files)
 //!                     ─► vm.clone SRC: waits for vm.create, releases SRC

@@ -23,7 +23,7 @@
 //!  unknown        failover                 failing_over{from}      running elsewhere
 //!  stopped,running,paused  snapshot        snapshotting            same state
 //!  stopped,running,paused  backup          backing_up              same state
-//!  stopped,crashed clone                   cloning                 same state
+//!  stopped        clone                    cloning                 same state
 //!  stopped        convert_to_template      converting_to_template  (gone: a template)
 //!  (new record)   create                   creating                stopped (or running)
 //! ```
@@ -161,7 +161,7 @@ pub fn allowed_states(action: VmAction) -> Vec<VmPowerState> {
         VmAction::Snapshot | VmAction::Backup => vec![S::Stopped, S::Running, S::Paused],
         // A running VM's disks change under a copy: cloning one needs a
         // snapshot first.
-        VmAction::Clone => vec![S::Stopped, S::Crashed],
+        VmAction::Clone => vec![S::Stopped],
         VmAction::ConvertToTemplate => vec![S::Stopped],
     }
 }
