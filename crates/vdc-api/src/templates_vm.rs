@@ -70,3 +70,14 @@ pub(crate) async fn delete_template(
     st.cluster.delete_template(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The web page's templates and clones section (`/templates.js`).
+pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../web/templates.js"),
+    )
+}
