@@ -324,6 +324,9 @@ impl Agent {
                 .ok()
                 .and_then(|p| std::fs::metadata(p).ok())
                 .map(|m| m.len()),
+            vdc_types::agent::DiskSource::Image { source, .. } => {
+                std::fs::metadata(source).ok().map(|m| m.len())
+            }
             vdc_types::agent::DiskSource::Blank => None,
         };
         cell.progress(5, "creating disks");
@@ -337,7 +340,7 @@ impl Agent {
                 _ = tick.tick() => {
                     let copied = layout.disks.first().and_then(|d| std::fs::metadata(d).ok()).map(|m| m.len());
                     if let (Some(total), Some(done)) = (source_size.filter(|t| *t > 0), copied) {
-                        cell.progress((done.saturating_mul(95) / total).min(95) as u8, "copying the template");
+                        cell.progress((done.saturating_mul(95) / total).min(95) as u8, "copying the boot disk");
                     }
                 }
             }

@@ -47,6 +47,7 @@ mod console_log;
 mod error;
 mod ha_settings;
 mod heartbeat;
+mod images;
 mod hoststats;
 mod isolation;
 mod jobs;

@@ -77,7 +77,8 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         templates_vm::clone_vm,
         templates_vm::vm_to_template,
         templates_vm::get_template,
-        templates_vm::delete_template
+        templates_vm::delete_template,
+        templates_vm::import_disk
     ),
     components(schemas(
         VersionInfo,
@@ -141,7 +142,8 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::migration::HostTlsStatus,
         vdc_types::clone::CloneVmRequest,
         vdc_types::clone::VmToTemplateRequest,
-        vdc_types::clone::TemplateDetails
+        vdc_types::clone::TemplateDetails,
+        vdc_types::clone::ImportDiskRequest
     )),
     modifiers(&BearerAuth)
 )]

@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
             get(templates_vm::get_template).delete(templates_vm::delete_template),
         )
         .route("/vms/{name}/clone", post(templates_vm::clone_vm))
+        .route("/imports/disk", post(templates_vm::import_disk))
         .route(
             "/vms/{name}/to-template",
             post(templates_vm::vm_to_template),

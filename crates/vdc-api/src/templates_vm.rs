@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_types::clone::{CloneVmRequest, TemplateDetails, VmToTemplateRequest};
+use vdc_types::clone::{CloneVmRequest, ImportDiskRequest, TemplateDetails, VmToTemplateRequest};
 use vdc_types::{ApiError, Task};
 
 use crate::error::{ApiBytes, ApiJson, ApiResult};
@@ -69,6 +69,21 @@ pub(crate) async fn delete_template(
 ) -> ApiResult<StatusCode> {
     st.cluster.delete_template(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Imports a disk image (vmdk, vhd, vhdx, qcow2, raw) or a physical disk
+/// as a new VM (V2V/P2V; returns its `vm.create` task, whose progress
+/// follows the conversion). The importing host checks the file first: a
+/// missing file (404), one outside its import directories, an unsupported
+/// format or a stated format the content contradicts (400) makes nothing.
+#[utoipa::path(post, path = "/api/v1/imports/disk", request_body = ImportDiskRequest,
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError, description = "no such file, datastore, network or host"), (status = 409, body = ApiError, description = "the name is taken"), (status = 503, body = ApiError, description = "the host is not connected")))]
+pub(crate) async fn import_disk(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<ImportDiskRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let task = st.cluster.import_disk(req).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
 /// The web page's templates and clones section (`/templates.js`).

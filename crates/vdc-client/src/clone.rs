@@ -26,6 +26,14 @@ impl Client {
         self.get(&format!("/templates/{}", seg(name))).await
     }
 
+    /// `POST /imports/disk`: the new VM's `vm.create` task.
+    pub async fn import_disk(
+        &self,
+        req: &vdc_types::clone::ImportDiskRequest,
+    ) -> Result<Task, ClientError> {
+        self.post("/imports/disk", req).await
+    }
+
     /// `DELETE /templates/{name}`.
     pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.req(

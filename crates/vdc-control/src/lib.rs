@@ -29,6 +29,7 @@ pub mod events;
 pub mod ha;
 mod hosts;
 pub mod ipam;
+mod imports;
 mod jobs;
 pub mod journal;
 pub mod lifecycle;

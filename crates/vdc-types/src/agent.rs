@@ -156,6 +156,34 @@ pub enum DiskSource {
         /// Linked clone (backing file) instead of a full copy.
         linked: bool,
     },
+    /// A disk image from outside vdc (V2V/P2V), converted to qcow2 by the
+    /// rules of an image import.
+    Image {
+        /// Absolute path on the provisioning host.
+        source: String,
+        /// Its format (default: what `qemu-img` finds in it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<crate::api::ImageFormat>,
+    },
+}
+
+/// `POST /agent/v1/images/inspect`: what an image source holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InspectImageRequest {
+    /// Absolute path on the host.
+    pub source: String,
+    /// Its format as stated (default: what `qemu-img` finds in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::api::ImageFormat>,
+}
+
+/// Answer of `POST /agent/v1/images/inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInspection {
+    /// Format it is read as.
+    pub format: crate::api::ImageFormat,
+    /// Virtual size of the disk.
+    pub size_bytes: u64,
 }
 
 /// A disk file on a datastore (a qcow2 image).

@@ -121,3 +121,63 @@ mod tests {
         }
     }
 }
+
+/// `POST /api/v1/imports/disk`: a new VM from a disk image in vmdk, vhd,
+/// vhdx, qcow2 or raw, or a physical disk's raw image or block device
+/// (V2V/P2V), converted to qcow2 on the host that reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportDiskRequest {
+    /// Name of the new VM.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub name: String,
+    /// The image: an absolute path on the importing host, inside one of
+    /// its import directories or datastores (a block device only when
+    /// listed itself as an import directory).
+    #[schema(pattern = "^/", max_length = 4096)]
+    pub source: String,
+    /// Its format (default: what `qemu-img` finds in it; a stated format
+    /// the content contradicts is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::api::ImageFormat>,
+    /// Host that reads the image and makes the VM (default: the first
+    /// connected host reaching the datastore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub host: Option<String>,
+    /// Datastore of the VM (default: the first shared one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub datastore: Option<String>,
+    /// Network of the first NIC (default: the first network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub network: Option<String>,
+    /// vCPUs (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 64)]
+    pub cpus: Option<u32>,
+    /// Memory in MiB (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 32)]
+    pub memory_mib: Option<u64>,
+    /// Power the VM on once made.
+    #[serde(default)]
+    pub start: bool,
+}

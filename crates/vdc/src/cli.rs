@@ -371,6 +371,8 @@ pub enum VmCmd {
     /// Make a template of a powered-off VM (convert, or copy with
     /// --keep-vm).
     ToTemplate(crate::clone_cli::VmToTemplateArgs),
+    /// Import a disk image or physical disk as a new VM (V2V/P2V).
+    ImportDisk(crate::clone_cli::VmImportDiskArgs),
     /// List VMs.
     #[command(alias = "ls")]
     List,

@@ -69,6 +69,71 @@ pub struct VmToTemplateArgs {
     pub wait: WaitArgs,
 }
 
+/// `vdc vm import-disk NAME FILE`.
+#[derive(Debug, Args)]
+pub struct VmImportDiskArgs {
+    /// Name of the new VM.
+    pub name: String,
+    /// The image (vmdk, vhd, vhdx, qcow2, raw) or block device: a path on
+    /// the importing host, inside one of its import directories.
+    pub source: std::path::PathBuf,
+    /// Its format (default: what qemu-img finds in it).
+    #[arg(long, value_enum)]
+    pub format: Option<crate::cli::ImageFormatArg>,
+    /// Datastore of the VM.
+    #[arg(long)]
+    pub datastore: Option<String>,
+    /// Host that reads the image.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Network of the first NIC.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Memory: MiB, or with a unit (256M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = crate::format::parse_memory_mib)]
+    pub memory: Option<u64>,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Power the VM on once made.
+    #[arg(long)]
+    pub start: bool,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Imports a disk image as a new VM, with the conversion's progress.
+pub(crate) async fn vm_import_disk(ctx: &Ctx, a: VmImportDiskArgs) -> Result<(), CliError> {
+    let source = std::path::absolute(&a.source)
+        .map_err(|e| CliError::Io("resolve the image path", e))?
+        .to_str()
+        .ok_or_else(|| CliError::Usage("the image path is not valid UTF-8".into()))?
+        .to_string();
+    let req = vdc_types::clone::ImportDiskRequest {
+        name: a.name.clone(),
+        source,
+        format: a.format.map(Into::into),
+        host: a.host,
+        datastore: a.datastore,
+        network: a.network,
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        start: a.start,
+    };
+    let task = ctx.client.import_disk(&req).await?;
+    if a.wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    wait_task(&ctx.client, &task, a.wait.timeout()).await?;
+    let vm = ctx.client.get_vm(&a.name).await?;
+    if ctx.json() {
+        out_json(&vm)
+    } else {
+        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
+    }
+}
+
 /// Clones a VM; waits for the clone and prints it.
 pub(crate) async fn vm_clone(ctx: &Ctx, a: VmCloneArgs) -> Result<(), CliError> {
     let req = CloneVmRequest {
