@@ -111,7 +111,12 @@ impl Agent {
             copies.push(p);
         }
         let made = self
-            .make_disks(&config, &layout, template.map(|(p, l)| (p, l, image_format)), &copies)
+            .make_disks(
+                &config,
+                &layout,
+                template.map(|(p, l)| (p, l, image_format)),
+                &copies,
+            )
             .await
             .and_then(|()| {
                 layout

@@ -269,3 +269,85 @@ async fn clones_and_templates_from_powered_off_vms() {
     assert!(!shared.path.join("templates/golden.qcow2").exists());
     assert!(c.template("golden").await.is_err());
 }
+
+/// V2V: a VMDK made by `qemu-img convert` imports as a new VM and boots;
+/// bad input (a missing file, an unsupported format, a stated format the
+/// content contradicts, a name taken) is refused with nothing made.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vmdk_imports_and_boots() {
+    use vdc_types::api::ImageFormat;
+    use vdc_types::clone::ImportDiskRequest;
+    let lab = TestLab::start(1).await;
+    let c = &lab.client;
+    let import = lab.info.data_dir.join("import");
+    let vmdk = import.join("guest.vmdk");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "vmdk"])
+        .arg(vdc_test_infra::guest_image())
+        .arg(&vmdk)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let vdi = import.join("disk.vdi");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vdi"])
+        .arg(&vdi)
+        .arg("16M")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let req = |name: &str, source: &std::path::Path| ImportDiskRequest {
+        name: name.into(),
+        source: source.display().to_string(),
+        memory_mib: Some(96),
+        start: true,
+        ..Default::default()
+    };
+    let refused = [
+        (
+            req("v2v", &import.join("missing.vmdk")),
+            ErrorCode::NotFound,
+        ),
+        (req("v2v", &vdi), ErrorCode::InvalidInput),
+        (
+            ImportDiskRequest {
+                format: Some(ImageFormat::Vhdx),
+                ..req("v2v", &vmdk)
+            },
+            ErrorCode::InvalidInput,
+        ),
+    ];
+    for (r, want) in refused {
+        let (code, msg) = api_code(c.import_disk(&r).await.expect_err("refused"));
+        assert_eq!(code, want, "{msg}");
+        assert!(c.get_vm("v2v").await.is_err(), "a refusal made a VM: {msg}");
+    }
+    let t = c
+        .import_disk(&req("v2v", &vmdk))
+        .await
+        .expect("import accepted");
+    assert_eq!(t.kind, "vm.create");
+    run_task(c, t).await;
+    let v = running(c, "v2v").await;
+    assert_eq!(v.guest.hostname.as_deref(), Some("v2v"));
+    let shared = lab
+        .info
+        .datastores
+        .iter()
+        .find(|d| d.kind == "shared")
+        .unwrap();
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(shared.path.join("v2v/disk0.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert!(info.get("backing-filename").is_none(), "{info}");
+    let (code, _) = api_code(
+        c.import_disk(&req("v2v", &vmdk))
+            .await
+            .expect_err("name taken"),
+    );
+    assert_eq!(code, ErrorCode::AlreadyExists);
+}
