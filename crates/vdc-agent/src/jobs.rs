@@ -289,6 +289,17 @@ impl Agent {
                 };
                 self.receive_vm(request, &cell.cancel, progress).await
             }
+            JobOp::ExportOva { request } => {
+                cell.progress(1, "converting the disks");
+                let target = self.check_ova_target(&request.ova)?;
+                let scratch = crate::ova::ExportScratch::beside(&target);
+                let r = tokio::select! {
+                    r = self.export_ova(&request, &target, &scratch, |p, s| cell.progress(p, s)) => r.map(JobResult::Exported),
+                    _ = cell.cancel.cancelled() => Err(job_cancelled()),
+                };
+                scratch.remove();
+                r
+            }
             JobOp::ImportImage { request } => {
                 cell.progress(10, "copying the image");
                 let dest = self.resolve(&request.datastore, &request.path)?;

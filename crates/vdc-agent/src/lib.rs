@@ -53,6 +53,7 @@ mod isolation;
 mod jobs;
 mod lease_watch;
 mod migration;
+mod ova;
 mod power;
 mod prelaunch;
 mod provision;

@@ -78,7 +78,8 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         templates_vm::vm_to_template,
         templates_vm::get_template,
         templates_vm::delete_template,
-        templates_vm::import_disk
+        templates_vm::import_disk,
+        templates_vm::export_vm
     ),
     components(schemas(
         VersionInfo,
@@ -143,7 +144,8 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::clone::CloneVmRequest,
         vdc_types::clone::VmToTemplateRequest,
         vdc_types::clone::TemplateDetails,
-        vdc_types::clone::ImportDiskRequest
+        vdc_types::clone::ImportDiskRequest,
+        vdc_types::ova::ExportVmRequest
     )),
     modifiers(&BearerAuth)
 )]

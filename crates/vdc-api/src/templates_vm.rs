@@ -86,6 +86,23 @@ pub(crate) async fn import_disk(
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
+/// Exports a powered-off VM as an OVA (returns its `vm.export` task): a
+/// DMTF OVF descriptor, a SHA-256 manifest and streamOptimized VMDK
+/// disks, written by a host into one of its import directories. A running
+/// VM is refused (409); a file outside the import directories (400) or
+/// one that exists (409) fails the task with nothing written.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/export", request_body = vdc_types::ova::ExportVmRequest,
+    params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the VM runs or is busy"), (status = 503, body = ApiError, description = "no host reaches the VM's files")))]
+pub(crate) async fn export_vm(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<vdc_types::ova::ExportVmRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let task = st.cluster.export_vm(&name, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
 /// The web page's templates and clones section (`/templates.js`).
 pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
     (

@@ -34,6 +34,15 @@ impl Client {
         self.post("/imports/disk", req).await
     }
 
+    /// `POST /vms/{name}/export`: the `vm.export` task.
+    pub async fn export_vm(
+        &self,
+        vm: &str,
+        req: &vdc_types::ova::ExportVmRequest,
+    ) -> Result<Task, ClientError> {
+        self.post(&format!("/vms/{}/export", seg(vm)), req).await
+    }
+
     /// `DELETE /templates/{name}`.
     pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.req(

@@ -37,6 +37,7 @@ pub mod maintenance;
 pub mod migration;
 mod moves;
 mod networks;
+mod ova;
 pub mod ownership;
 pub mod record;
 pub mod resume;

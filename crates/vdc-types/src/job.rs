@@ -50,6 +50,8 @@ pub enum JobKind {
     MirrorDisks,
     /// Copy a stopped or suspended VM's files from another host's export.
     ReceiveVm,
+    /// Write a stopped VM as an OVA.
+    ExportOva,
 }
 
 impl std::fmt::Display for JobKind {
@@ -64,6 +66,7 @@ impl std::fmt::Display for JobKind {
             JobKind::MigrateOut => "outgoing migration",
             JobKind::MirrorDisks => "disk mirror",
             JobKind::ReceiveVm => "VM copy",
+            JobKind::ExportOva => "OVA export",
         })
     }
 }
@@ -119,6 +122,11 @@ pub enum JobOp {
         /// What to copy from where.
         request: ReceiveVmRequest,
     },
+    /// See [`JobKind::ExportOva`].
+    ExportOva {
+        /// The VM and the OVA file.
+        request: crate::ova::ExportOvaRequest,
+    },
 }
 
 impl JobOp {
@@ -134,6 +142,7 @@ impl JobOp {
             JobOp::MigrateOut { .. } => JobKind::MigrateOut,
             JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
+            JobOp::ExportOva { .. } => JobKind::ExportOva,
         }
     }
 
@@ -148,6 +157,7 @@ impl JobOp {
             JobOp::MigrateOut { request } => Some(&request.vm_id),
             JobOp::MirrorDisks { request } => Some(&request.config.id),
             JobOp::ReceiveVm { request } => Some(&request.config.id),
+            JobOp::ExportOva { request } => Some(&request.config.id),
         }
     }
 }
@@ -203,6 +213,8 @@ pub enum JobResult {
     Vm(VmRuntime),
     /// The imported image.
     Image(ImportImageResponse),
+    /// The OVA written.
+    Exported(crate::ova::ExportOvaResponse),
     /// A migration sent (the source's job).
     Migration(crate::migration::MigrationJobInfo),
     /// The VM's configuration after the operation (a storage migration).

@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod migration;
 pub mod names;
+pub mod ova;
 pub mod task;
 pub mod transfer;
 pub mod vm;

@@ -373,6 +373,8 @@ pub enum VmCmd {
     ToTemplate(crate::clone_cli::VmToTemplateArgs),
     /// Import a disk image or physical disk as a new VM (V2V/P2V).
     ImportDisk(crate::clone_cli::VmImportDiskArgs),
+    /// Export a powered-off VM as an OVA.
+    Export(crate::clone_cli::VmExportArgs),
     /// List VMs.
     #[command(alias = "ls")]
     List,

@@ -134,6 +134,46 @@ pub(crate) async fn vm_import_disk(ctx: &Ctx, a: VmImportDiskArgs) -> Result<(),
     }
 }
 
+/// `vdc vm export NAME --ova FILE`.
+#[derive(Debug, Args)]
+pub struct VmExportArgs {
+    /// The VM (powered off).
+    pub name: String,
+    /// The OVA file to write, on the exporting host, inside one of its
+    /// import directories.
+    #[arg(long, value_name = "FILE")]
+    pub ova: std::path::PathBuf,
+    /// Host that writes it (default: the VM's owner).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Exports a VM as an OVA; waits and prints where it went.
+pub(crate) async fn vm_export(ctx: &Ctx, a: VmExportArgs) -> Result<(), CliError> {
+    let ova = std::path::absolute(&a.ova)
+        .map_err(|e| CliError::Io("resolve the OVA path", e))?
+        .to_str()
+        .ok_or_else(|| CliError::Usage("the OVA path is not valid UTF-8".into()))?
+        .to_string();
+    let req = vdc_types::ova::ExportVmRequest {
+        ova: ova.clone(),
+        host: a.host,
+    };
+    let task = ctx.client.export_vm(&a.name, &req).await?;
+    if a.wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    let done = wait_task(&ctx.client, &task, a.wait.timeout()).await?;
+    if ctx.json() {
+        out_json(&done)
+    } else {
+        out(&format!("VM {} exported to {ova}\n", a.name))
+    }
+}
+
 /// Clones a VM; waits for the clone and prints it.
 pub(crate) async fn vm_clone(ctx: &Ctx, a: VmCloneArgs) -> Result<(), CliError> {
     let req = CloneVmRequest {
