@@ -34,10 +34,13 @@ impl Cluster {
         if let Some(h) = &req.host {
             self.agent_url(h).await?;
         }
-        self.begin_operation(name, VmAction::Clone, None).await?;
+        let (rec, _) = self.begin_operation(name, VmAction::Clone, None).await?;
+        let params = vdc_types::TaskParams::VmCopy {
+            vm_id: rec.config.id.clone(),
+        };
         let me = self.clone();
         let n = name.to_string();
-        self.spawn_operation(name, "vm.export", None, move |ctx| async move {
+        self.spawn_operation(name, "vm.export", Some(params), move |ctx| async move {
             let rec = me.record(&n).await?;
             let (host, url) = match req.host {
                 Some(h) => {

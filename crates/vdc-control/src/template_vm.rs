@@ -211,12 +211,15 @@ impl Cluster {
             format!("template '{tname}' already exists; choose another name"),
         )
         .await?;
-        let (_, step) = match self.begin_operation(vm, action, None).await {
+        let (claimed, step) = match self.begin_operation(vm, action, None).await {
             Ok(s) => s,
             Err(e) => {
                 self.forget_template(&tname).await;
                 return Err(e);
             }
+        };
+        let params = vdc_types::TaskParams::VmCopy {
+            vm_id: claimed.config.id.clone(),
         };
         let me = self.clone();
         let v = vm.to_string();
@@ -224,7 +227,7 @@ impl Cluster {
             .spawn_operation(
                 vm,
                 step.operation.task_kind(),
-                None,
+                Some(params),
                 move |ctx| async move {
                     let r = if req.keep_vm {
                         me.copy_to_template(&ctx, &v, &tpl).await

@@ -174,6 +174,14 @@ pub enum TaskParams {
         /// Id of the VM.
         vm_id: String,
     },
+    /// A copy of a stopped VM's disks by an agent job (`vm.export`, and
+    /// the `vm.clone` of a clone to a template). A restarted server fails
+    /// it (the VM's claim is released; the job's partial output is its
+    /// host's to remove).
+    VmCopy {
+        /// Id of the VM.
+        vm_id: String,
+    },
     /// `template.import`: the template's record names the target.
     TemplateImport {
         /// Host doing the copy.

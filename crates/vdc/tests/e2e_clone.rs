@@ -187,6 +187,23 @@ async fn clones_and_templates_from_powered_off_vms() {
         !shared.path.join("copy").exists(),
         "the VM's directory remains"
     );
+    // A clone to a template: the VM stays, the template is a flat copy.
+    let t = c
+        .vm_to_template(
+            "src",
+            &VmToTemplateRequest {
+                name: Some("src-tpl".into()),
+                keep_vm: true,
+            },
+        )
+        .await
+        .expect("copy accepted");
+    run_task(c, t).await;
+    assert_eq!(c.get_vm("src").await.unwrap().state, VmPowerState::Stopped);
+    let copy_tpl = c.template("src-tpl").await.unwrap();
+    assert_eq!(copy_tpl.template.from_vm.as_deref(), Some("src"));
+    assert!(copy_tpl.template.size_bytes > 0);
+    c.delete_template("src-tpl").await.expect("unused copy deleted");
     // A template name taken.
     let (code, _) = api_code(
         c.vm_to_template(
@@ -350,4 +367,75 @@ async fn a_vmdk_imports_and_boots() {
             .expect_err("name taken"),
     );
     assert_eq!(code, ErrorCode::AlreadyExists);
+
+    // OVA export: refused while it runs; powered off, a tar with the
+    // descriptor first, a manifest whose digests hold, streamOptimized
+    // VMDKs qemu-img reads.
+    let ova = import.join("v2v.ova");
+    let export = vdc_types::ova::ExportVmRequest {
+        ova: ova.display().to_string(),
+        host: None,
+    };
+    let (code, _) = api_code(c.export_vm("v2v", &export).await.expect_err("running"));
+    assert_eq!(code, ErrorCode::InvalidState);
+    let t = c.vm_action("v2v", VmAction::Stop, json!({})).await.unwrap();
+    run_task(c, t).await;
+    let t = c.export_vm("v2v", &export).await.expect("export accepted");
+    assert_eq!(t.kind, "vm.export");
+    run_task(c, t).await;
+    let list = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&ova)
+        .output()
+        .unwrap();
+    let members: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(members, ["v2v.ovf", "v2v.mf", "v2v-disk0.vmdk"]);
+    let out = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&ova)
+        .arg("-C")
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(out.path().join("v2v-disk0.vmdk"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "vmdk", "{info}");
+    assert_eq!(
+        info["format-specific"]["data"]["create-type"], "streamOptimized",
+        "{info}"
+    );
+    let mf = std::fs::read_to_string(out.path().join("v2v.mf")).unwrap();
+    let sums = std::process::Command::new("sha256sum")
+        .arg("v2v.ovf")
+        .arg("v2v-disk0.vmdk")
+        .current_dir(out.path())
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&sums.stdout).lines() {
+        let (hex, file) = line.split_once("  ").unwrap();
+        assert!(mf.contains(&format!("SHA256({file})= {hex}")), "{mf}");
+    }
+    let ovf = std::fs::read_to_string(out.path().join("v2v.ovf")).unwrap();
+    assert!(
+        ovf.contains("<rasd:VirtualQuantity>96</rasd:VirtualQuantity>"),
+        "{ovf}"
+    );
+    assert!(ovf.contains("byte * 2^20"), "{ovf}");
+    // An existing file is not overwritten: the task fails, the file stays.
+    let t = c.export_vm("v2v", &export).await.unwrap();
+    let err = c
+        .wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .expect_err("file exists");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(ova.is_file());
 }
