@@ -79,7 +79,8 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         templates_vm::get_template,
         templates_vm::delete_template,
         templates_vm::import_disk,
-        templates_vm::export_vm
+        templates_vm::export_vm,
+        templates_vm::import_ova
     ),
     components(schemas(
         VersionInfo,
@@ -145,7 +146,9 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::clone::VmToTemplateRequest,
         vdc_types::clone::TemplateDetails,
         vdc_types::clone::ImportDiskRequest,
-        vdc_types::ova::ExportVmRequest
+        vdc_types::ova::ExportVmRequest,
+        vdc_types::ova::ImportOvaRequest,
+        vdc_types::ova::ImportOvaResponse
     )),
     modifiers(&BearerAuth)
 )]
