@@ -21,6 +21,7 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
+pub mod store_url;
 pub mod tls;
 
 pub use credentials::Credentials;
