@@ -44,6 +44,9 @@ pub struct ControlPlaneArgs {
     /// Seconds of load.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
+    /// VMs of the failed host whose HA restart is planned.
+    #[arg(long, default_value_t = 200)]
+    pub failed_host_vms: usize,
     /// Store of the server: `redb` (embedded) or `etcd` (a throwaway
     /// single-member etcd, Debian package etcd-server).
     #[arg(long, default_value = "redb", value_parser = ["redb", "etcd"])]
@@ -118,6 +121,7 @@ struct Samples {
 pub async fn run(mut a: ControlPlaneArgs, json: bool) -> Result<(), BenchError> {
     if a.smoke {
         (a.hosts, a.vms, a.rate, a.list_rate, a.seconds) = (20, 400, 100, 2, 3);
+        a.failed_host_vms = 20;
     }
     if a.hosts == 0 || a.vms == 0 || a.rate == 0 || a.seconds == 0 {
         return Err(BenchError::Usage(
@@ -201,15 +205,23 @@ async fn measure(a: &ControlPlaneArgs) -> Result<Figures, BenchError> {
         .map_err(|e| fail("vdc server")(e.to_string()))?;
     let api = format!("http://127.0.0.1:{port}");
     let client = vdc_client::Client::new(&api, Some(token.to_string()));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
     while client.version().await.is_err() {
-        if Instant::now() > deadline {
-            return Err(BenchError::Usage(
-                "the server did not answer in 60 s".into(),
-            ));
+        let exited = matches!(server.try_wait(), Ok(Some(_)));
+        if exited || started.elapsed() > Duration::from_secs(180) {
+            let log = std::fs::read_to_string(work.path().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            return Err(BenchError::Usage(format!(
+                "the server stopped or did not answer in 180 s; its log ends with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "bench: server up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // 2. Hosts and their report loops.
     eprintln!("bench: adding {} simulated hosts", a.hosts);
@@ -318,7 +330,7 @@ async fn measure(a: &ControlPlaneArgs) -> Result<Figures, BenchError> {
     }
 
     // 4. HA planning for host 0's VMs.
-    let (ha_planned_vms, ha_plan_ms) = plan_failover(a.hosts, a.vms);
+    let (ha_planned_vms, ha_plan_ms) = plan_failover(a.hosts, a.vms, a.failed_host_vms);
 
     // 5. Memory.
     let pid = server.id().unwrap_or(0);
@@ -348,15 +360,22 @@ async fn measure(a: &ControlPlaneArgs) -> Result<Figures, BenchError> {
     })
 }
 
-/// Plan the restart of host 0's VMs on the others, as the HA manager
-/// decides it: the VMs to restart in order ([`vdc_sched::ha::restart_plan`]
-/// over every protected VM), then a host for each ([`vdc_sched::place`],
-/// memory promised as it goes). Returns (VMs planned, milliseconds).
-pub fn plan_failover(hosts: usize, vms: usize) -> (usize, f64) {
+/// Plan the restart of a failed host's `failed` VMs on the other hosts,
+/// among `vms` VMs on `hosts` hosts, as the HA manager decides it: the VMs
+/// to restart in order ([`vdc_sched::ha::restart_plan`] over every
+/// protected VM), then a host for each ([`vdc_sched::place`], memory
+/// promised as it goes). Returns (VMs planned, milliseconds).
+pub fn plan_failover(hosts: usize, vms: usize, failed: usize) -> (usize, f64) {
     use vdc_sched::ha::{HostVerdict, Protected, RestartPriority};
-    let protected: Vec<Protected> = (0..vms)
+    let protected: Vec<Protected> = (0..vms.max(failed))
         .map(|i| {
-            let owner = sim::host_name(sim::host_of(i, hosts));
+            // The first `failed` VMs on host 0, the others on the rest.
+            let host = if i < failed || hosts < 2 {
+                0
+            } else {
+                1 + i % (hosts - 1)
+            };
+            let owner = sim::host_name(host);
             Protected {
                 name: sim::vm_name(i),
                 priority: RestartPriority::Medium,
@@ -451,7 +470,7 @@ mod tests {
 
     #[test]
     fn plans_every_vm_of_the_failed_host() {
-        let (planned, _) = plan_failover(10, 200);
-        assert_eq!(planned, 20);
+        let (planned, _) = plan_failover(10, 400, 30);
+        assert_eq!(planned, 30);
     }
 }

@@ -57,6 +57,9 @@ pub const DEFAULT_NAMESPACE: &str = "/vdc";
 /// The `--max-txn-ops` etcd should run with for vdc.
 pub const MAX_TXN_OPS: u32 = 10_000;
 
+/// Largest answer to a list (10,000 VM records are about 7 MiB).
+const MAX_LIST_BYTES: usize = 512 << 20;
+
 /// How long to wait for an etcd endpoint to answer a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,6 +70,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct EtcdStore {
     client: etcd::Client,
+    /// The KV client for lists, whose answers may pass gRPC's 4 MiB default.
+    lists: etcd::KvClient,
     namespace: Namespace,
     /// Dropped with the last clone: stops the watch tasks.
     shutdown: std::sync::Arc<signal::Sender<()>>,
@@ -153,7 +158,9 @@ impl EtcdStore {
             .await
             .map_err(backend)?;
         let (shutdown, _) = signal::channel(());
+        let lists = client.kv_client().max_decoding_message_size(MAX_LIST_BYTES);
         let store = EtcdStore {
+            lists,
             client,
             namespace: Namespace::new(namespace),
             shutdown: std::sync::Arc::new(shutdown),
@@ -267,7 +274,7 @@ impl Store for EtcdStore {
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         let (start, end) = self.namespace.range(prefix);
         let response = self
-            .client
+            .lists
             .clone()
             .get(start, Some(etcd::GetOptions::new().with_range(end)))
             .await
