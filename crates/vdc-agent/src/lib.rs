@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod backup;
 mod api;
 mod config;
 mod console;

@@ -20,6 +20,7 @@ mod error;
 pub mod guest;
 pub mod host;
 mod log;
+pub mod fleece;
 pub mod mirror;
 pub mod nbd;
 pub mod process;
