@@ -21,6 +21,7 @@
 //! | `/events/<seq>` | [`vdc_types::Event`] |
 
 pub mod agents;
+pub mod backup;
 pub mod answers;
 mod console;
 pub mod cpu_baseline;

@@ -144,8 +144,9 @@ pub struct Backup {
 /// `POST /api/v1/backups/{id}/restore`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RestoreRequest {
-    /// Store the backup is in.
-    pub store: String,
+    /// Store the backup is in (default: the store that has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
     /// Name of the new VM; absent: over the original VM (powered off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -158,9 +159,6 @@ pub struct RestoreRequest {
     /// Restore only this disk (over the original VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
-    /// Start the VM once restored.
-    #[serde(default)]
-    pub start: bool,
 }
 
 /// `POST /api/v1/backups/{id}/verify` answer.
