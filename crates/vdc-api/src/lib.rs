@@ -16,6 +16,7 @@ pub mod error;
 mod events;
 mod ha;
 mod join;
+mod backup;
 mod maintenance;
 mod migration;
 mod openapi;

@@ -139,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events/stream", get(events::stream_events))
         .route("/agent/report", post(join::agent_report))
         .route("/agent/join", post(join::agent_join))
+        .merge(crate::backup::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,

@@ -247,3 +247,21 @@ pub struct GcReport {
     pub chunks_pending: u64,
 }
 
+
+/// `POST /api/v1/backup-stores/{name}/prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PruneRequest {
+    /// Only this VM's backups (default: each VM's, separately).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// What to keep.
+    #[serde(flatten)]
+    pub retention: Retention,
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PruneReport {
+    /// Backups removed (their chunks go at the next gc).
+    pub removed: Vec<String>,
+}

@@ -22,6 +22,7 @@ mod format;
 mod ha;
 mod ha_groups;
 mod join;
+mod backup;
 mod maintenance;
 mod migration_tls;
 mod vm_commands;
