@@ -53,7 +53,9 @@ fn backup_err(e: BackupError) -> ApiError {
         BackupError::NoBackup(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
         BackupError::ChunkDigest { .. } | BackupError::ChunkMissing { .. } => ApiError::new(
             ErrorCode::HostError,
-            format!("{e}: the backup is damaged; run 'vdc backup verify' and restore another backup"),
+            format!(
+                "{e}: the backup is damaged; run 'vdc backup verify' and restore another backup"
+            ),
         ),
         other => ApiError::new(ErrorCode::HostError, crate::error::chain(&other)),
     }
@@ -74,7 +76,11 @@ pub(crate) async fn open_store(path: &str, key: Option<&str>) -> Result<Store, A
 }
 
 fn socket_path(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("vdc-{tag}-{}-{:08x}.sock", std::process::id(), rand_u32()))
+    std::env::temp_dir().join(format!(
+        "vdc-{tag}-{}-{:08x}.sock",
+        std::process::id(),
+        rand_u32()
+    ))
 }
 
 fn rand_u32() -> u32 {
@@ -144,7 +150,12 @@ impl Agent {
         let layout = self.layout(config)?;
         let reading = Arc::new(Reading {
             done: AtomicU64::new(0),
-            total: config.disks.iter().map(|d| d.size_bytes).sum::<u64>().max(1),
+            total: config
+                .disks
+                .iter()
+                .map(|d| d.size_bytes)
+                .sum::<u64>()
+                .max(1),
             cancel: AtomicBool::new(false),
         });
         let socket = socket_path("backup");
@@ -155,11 +166,16 @@ impl Agent {
                 cell.progress(2, "taking the point in time");
                 let mut disks = Vec::new();
                 for d in &config.disks {
-                    let image = layout.vm_dir.path().join(format!(".backup-{}.qcow2", d.name));
+                    let image = layout
+                        .vm_dir
+                        .path()
+                        .join(format!(".backup-{}.qcow2", d.name));
                     remove_logged(&image);
                     vdc_disk::qemu_img::create_qcow2(&image, d.size_bytes)
                         .await
-                        .map_err(|e| ApiError::new(ErrorCode::HostError, crate::error::chain(&e)))?;
+                        .map_err(|e| {
+                            ApiError::new(ErrorCode::HostError, crate::error::chain(&e))
+                        })?;
                     disks.push(vdc_qemu::fleece::FleeceDisk {
                         disk: d.name.clone(),
                         image,
@@ -177,7 +193,9 @@ impl Agent {
                         ));
                     }
                 };
-                let r = self.read_disks(cell, store, &socket, &names, config, &reading).await;
+                let r = self
+                    .read_disks(cell, store, &socket, &names, config, &reading)
+                    .await;
                 vm.fleece_end(&fleece, r.is_err()).await;
                 disks.iter().for_each(|d| remove_logged(&d.image));
                 (Consistency::CrashConsistent, r?)
@@ -188,7 +206,14 @@ impl Agent {
                 for (d, path) in config.disks.iter().zip(&layout.disks) {
                     let server = QemuNbd::start(path, &d.name, &socket).await?;
                     let r = self
-                        .read_disks(cell, store, &socket, std::slice::from_ref(&d.name), config, &reading)
+                        .read_disks(
+                            cell,
+                            store,
+                            &socket,
+                            std::slice::from_ref(&d.name),
+                            config,
+                            &reading,
+                        )
                         .await;
                     server.stop().await;
                     figures.extend(r?);
@@ -228,7 +253,12 @@ impl Agent {
         let sizes: Vec<(String, u64)> = names
             .iter()
             .map(|n| {
-                let size = config.disks.iter().find(|d| &d.name == n).map(|d| d.size_bytes).unwrap_or(0);
+                let size = config
+                    .disks
+                    .iter()
+                    .find(|d| &d.name == n)
+                    .map(|d| d.size_bytes)
+                    .unwrap_or(0);
                 (n.clone(), size)
             })
             .collect();
@@ -279,6 +309,12 @@ impl Agent {
         cell: &JobCell,
         req: RestoreJobRequest,
     ) -> Result<JobResult, ApiError> {
+        if self.running(&req.config.id).is_ok() {
+            return Err(ApiError::invalid_state(format!(
+                "VM '{}' runs on this host; a restore writes only over a powered-off VM's disks",
+                req.config.name
+            )));
+        }
         cell.progress(1, "opening the backup store");
         let store = open_store(&req.store_path, req.encryption_key.as_deref()).await?;
         let (s, id) = (store.clone(), req.backup_id.clone());
@@ -299,7 +335,10 @@ impl Agent {
         let cancel = Arc::new(AtomicBool::new(false));
         for (from, to) in &req.disks {
             let Some(i) = m.index.iter().position(|x| &x.disk == from) else {
-                return Err(ApiError::invalid(format!("backup '{}' has no disk '{from}'", m.backup.id)));
+                return Err(ApiError::invalid(format!(
+                    "backup '{}' has no disk '{from}'",
+                    m.backup.id
+                )));
             };
             let size = m.backup.disks[i].size_bytes;
             let index = m.index[i].clone();
@@ -315,7 +354,15 @@ impl Agent {
             let base = done.load(Ordering::Relaxed);
             let work = tokio::task::spawn_blocking(move || {
                 let progress = |b: u64| d2.store(base + b, Ordering::Relaxed);
-                vdc_backup::restore::restore_raw(&s, &index, size, &r2, RESTORE_THREADS, &c2, &progress)
+                vdc_backup::restore::restore_raw(
+                    &s,
+                    &index,
+                    size,
+                    &r2,
+                    RESTORE_THREADS,
+                    &c2,
+                    &progress,
+                )
             });
             let mut work = std::pin::pin!(work);
             let mut tick = tokio::time::interval(TICK);
@@ -331,7 +378,9 @@ impl Agent {
             };
             r.map_err(backup_err)?;
             cell.progress(93, "converting to qcow2");
-            let converted = vdc_disk::qemu_img::convert_to_qcow2(&raw, vdc_types::api::ImageFormat::Raw, &qcow).await;
+            let converted =
+                vdc_disk::qemu_img::convert_to_qcow2(&raw, vdc_types::api::ImageFormat::Raw, &qcow)
+                    .await;
             remove_logged(&raw);
             if let Err(e) = converted {
                 remove_logged(&qcow);
@@ -341,7 +390,10 @@ impl Agent {
                 remove_logged(&qcow);
                 return Err(ApiError::new(
                     ErrorCode::HostError,
-                    format!("cannot put the restored image in place at '{}': {e}", target.display()),
+                    format!(
+                        "cannot put the restored image in place at '{}': {e}",
+                        target.display()
+                    ),
                 ));
             }
             written.push(to.clone());
@@ -372,7 +424,9 @@ impl QemuNbd {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| ApiError::new(ErrorCode::HostError, format!("cannot run qemu-nbd: {e}")))?;
+            .map_err(|e| {
+                ApiError::new(ErrorCode::HostError, format!("cannot run qemu-nbd: {e}"))
+            })?;
         let mut server = QemuNbd {
             child,
             socket: socket.to_path_buf(),
@@ -392,12 +446,19 @@ impl QemuNbd {
                 }
                 return Err(ApiError::new(
                     ErrorCode::HostError,
-                    format!("qemu-nbd ended ({status}) before serving '{}': {}", image.display(), err.trim()),
+                    format!(
+                        "qemu-nbd ended ({status}) before serving '{}': {}",
+                        image.display(),
+                        err.trim()
+                    ),
                 ));
             }
             if tokio::time::Instant::now() >= deadline {
                 server.stop().await;
-                return Err(ApiError::new(ErrorCode::HostError, "qemu-nbd did not start serving in time"));
+                return Err(ApiError::new(
+                    ErrorCode::HostError,
+                    "qemu-nbd did not start serving in time",
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -40,8 +40,8 @@
 #![warn(missing_docs)]
 
 mod agent;
-mod backup;
 mod api;
+mod backup;
 mod config;
 mod console;
 mod console_log;

@@ -33,9 +33,34 @@ pub(crate) fn routes() -> Router<AppState> {
 /// The backup part of the OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list_stores, add_store, remove_store, prune, gc, run_backup, list_backups, get_backup, remove_backup, restore, verify),
-    components(schemas(AddBackupStoreRequest, Backup, BackupStore, Consistency, DiskBackup, DiskRead,
-        GcReport, PruneReport, PruneRequest, RestoreRequest, Retention, RunBackupRequest, VerifyReport))
+    paths(
+        list_stores,
+        add_store,
+        remove_store,
+        prune,
+        gc,
+        run_backup,
+        list_backups,
+        get_backup,
+        remove_backup,
+        restore,
+        verify
+    ),
+    components(schemas(
+        AddBackupStoreRequest,
+        Backup,
+        BackupStore,
+        Consistency,
+        DiskBackup,
+        DiskRead,
+        GcReport,
+        PruneReport,
+        PruneRequest,
+        RestoreRequest,
+        Retention,
+        RunBackupRequest,
+        VerifyReport
+    ))
 )]
 pub(crate) struct BackupApi;
 
@@ -73,13 +98,19 @@ pub(crate) async fn add_store(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<AddBackupStoreRequest>,
 ) -> ApiResult<(StatusCode, Json<BackupStore>)> {
-    Ok((StatusCode::CREATED, Json(st.cluster.add_backup_store(&req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(st.cluster.add_backup_store(&req).await?),
+    ))
 }
 
 /// Forgets a backup store; its directory and backups are kept.
 #[utoipa::path(delete, path = "/api/v1/backup-stores/{name}", params(("name" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-pub(crate) async fn remove_store(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub(crate) async fn remove_store(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     st.cluster.remove_backup_store(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -92,7 +123,10 @@ pub(crate) async fn prune(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<PruneRequest>,
 ) -> ApiResult<Json<PruneReport>> {
-    let removed = st.cluster.prune_backups(&name, req.vm.as_deref(), &req.retention).await?;
+    let removed = st
+        .cluster
+        .prune_backups(&name, req.vm.as_deref(), &req.retention)
+        .await?;
     Ok(Json(PruneReport { removed }))
 }
 
@@ -100,7 +134,10 @@ pub(crate) async fn prune(
 /// running backup may need).
 #[utoipa::path(post, path = "/api/v1/backup-stores/{name}/gc", params(("name" = String, Path)),
     responses((status = 200, body = GcReport), (status = 404, body = ApiError)))]
-pub(crate) async fn gc(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<GcReport>> {
+pub(crate) async fn gc(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<GcReport>> {
     Ok(Json(st.cluster.gc_backup_store(&name).await?))
 }
 
@@ -113,7 +150,10 @@ pub(crate) async fn run_backup(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<RunBackupRequest>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
-    Ok((StatusCode::ACCEPTED, Json(st.cluster.run_backup(&name, &req).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.cluster.run_backup(&name, &req).await?),
+    ))
 }
 
 /// Complete backups, oldest first (a backup still running or killed
@@ -123,7 +163,11 @@ pub(crate) async fn list_backups(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<BackupQuery>,
 ) -> ApiResult<Json<Vec<Backup>>> {
-    Ok(Json(st.cluster.list_backups(q.store.as_deref(), q.vm.as_deref()).await?))
+    Ok(Json(
+        st.cluster
+            .list_backups(q.store.as_deref(), q.vm.as_deref())
+            .await?,
+    ))
 }
 
 /// One backup: consistency, per disk how it was read and the chunk counts.
@@ -160,7 +204,10 @@ pub(crate) async fn restore(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
-    Ok((StatusCode::ACCEPTED, Json(st.cluster.restore_backup(&id, &req).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.cluster.restore_backup(&id, &req).await?),
+    ))
 }
 
 /// Re-reads and re-hashes every chunk of a backup; marks it damaged when
@@ -172,5 +219,7 @@ pub(crate) async fn verify(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<BackupQuery>,
 ) -> ApiResult<Json<VerifyReport>> {
-    Ok(Json(st.cluster.verify_backup(&id, q.store.as_deref()).await?))
+    Ok(Json(
+        st.cluster.verify_backup(&id, q.store.as_deref()).await?,
+    ))
 }

@@ -10,13 +10,13 @@
 //! [`error::ApiErr`].
 
 pub mod auth;
+mod backup;
 mod cpu_baseline;
 pub mod credentials;
 pub mod error;
 mod events;
 mod ha;
 mod join;
-mod backup;
 mod maintenance;
 mod migration;
 mod openapi;

@@ -158,7 +158,10 @@ mod tests {
         file[last] ^= 1;
         assert!(decode(&file, &name, None).is_err());
         let file = encode(&data, None);
-        assert_eq!(decode(&file, &"0".repeat(64), None), Err(ChunkError::Digest));
+        assert_eq!(
+            decode(&file, &"0".repeat(64), None),
+            Err(ChunkError::Digest)
+        );
     }
 
     #[test]
@@ -168,7 +171,10 @@ mod tests {
         let file = encode(&data, Some(&key));
         assert!(!file.windows(16).any(|w| w == b"PLAINTEXT-MARKER"));
         assert_ne!(digest(&data, Some(&key)), digest(&data, None));
-        assert_eq!(decode(&file, &digest(&data, Some(&key)), None), Err(ChunkError::NeedsKey));
+        assert_eq!(
+            decode(&file, &digest(&data, Some(&key)), None),
+            Err(ChunkError::NeedsKey)
+        );
         let other = StoreKey::from_bytes(&[8; 32]);
         assert!(decode(&file, &digest(&data, Some(&key)), Some(&other)).is_err());
     }

@@ -48,15 +48,18 @@ fn nbd_io(e: std::io::Error) -> BackupError {
 impl NbdClient {
     /// Connects to export `name` on the unix socket `path`.
     pub fn connect(path: &Path, name: &str) -> Result<NbdClient> {
-        let mut sock = UnixStream::connect(path)
-            .map_err(|e| BackupError::Nbd(format!("cannot connect to '{}': {e}", path.display())))?;
+        let mut sock = UnixStream::connect(path).map_err(|e| {
+            BackupError::Nbd(format!("cannot connect to '{}': {e}", path.display()))
+        })?;
         let mut hello = [0u8; 18];
         sock.read_exact(&mut hello).map_err(nbd_io)?;
         let magic = u64::from_be_bytes(hello[0..8].try_into().expect("8"));
         let opt = u64::from_be_bytes(hello[8..16].try_into().expect("8"));
         let flags = u16::from_be_bytes([hello[16], hello[17]]);
         if magic != NBDMAGIC || opt != IHAVEOPT || flags & FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(BackupError::Nbd("the server does not speak fixed newstyle".into()));
+            return Err(BackupError::Nbd(
+                "the server does not speak fixed newstyle".into(),
+            ));
         }
         let cflags = u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
         let mut msg = Vec::new();
@@ -96,7 +99,11 @@ impl NbdClient {
             }
         }
         let size = size.ok_or_else(|| BackupError::Nbd("the server sent no export size".into()))?;
-        Ok(NbdClient { sock, size, handle: 0 })
+        Ok(NbdClient {
+            sock,
+            size,
+            handle: 0,
+        })
     }
 
     /// The export's size in bytes.

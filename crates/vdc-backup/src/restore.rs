@@ -46,7 +46,8 @@ fn write(
         .create_new(true)
         .open(out)
         .map_err(BackupError::io("cannot create", out))?;
-    file.set_len(size).map_err(BackupError::io("cannot size", out))?;
+    file.set_len(size)
+        .map_err(BackupError::io("cannot size", out))?;
     let cs = store.chunk_size();
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(0);
@@ -64,7 +65,9 @@ fn write(
                             return Ok(());
                         }
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(entry) = index.chunks.get(i) else { return Ok(()) };
+                        let Some(entry) = index.chunks.get(i) else {
+                            return Ok(());
+                        };
                         let off = i as u64 * cs;
                         let len = cs.min(size.saturating_sub(off));
                         if let Some(name) = entry {
@@ -73,7 +76,9 @@ fn write(
                             })?;
                             if data.len() as u64 != len {
                                 failed.store(true, Ordering::Relaxed);
-                                return Err(BackupError::ChunkDigest { digest: name.clone() });
+                                return Err(BackupError::ChunkDigest {
+                                    digest: name.clone(),
+                                });
                             }
                             file.write_all_at(&data, off)
                                 .map_err(BackupError::io("cannot write", out))?;
@@ -94,6 +99,7 @@ fn write(
         first
     });
     result?;
-    file.sync_all().map_err(BackupError::io("cannot sync", out))?;
+    file.sync_all()
+        .map_err(BackupError::io("cannot sync", out))?;
     Ok(written.load(Ordering::Relaxed))
 }

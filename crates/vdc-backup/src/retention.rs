@@ -91,11 +91,20 @@ mod tests {
             b("d", DAY + 2 * HOUR),
             b("e", 2 * DAY),
         ];
-        let p = Retention { keep_last: 1, ..Default::default() };
+        let p = Retention {
+            keep_last: 1,
+            ..Default::default()
+        };
         assert_eq!(keep(&list, &p), ["e".to_string()].into());
-        let p = Retention { keep_daily: 2, ..Default::default() };
+        let p = Retention {
+            keep_daily: 2,
+            ..Default::default()
+        };
         assert_eq!(keep(&list, &p), ["d".to_string(), "e".to_string()].into());
-        let p = Retention { keep_daily: 5, ..Default::default() };
+        let p = Retention {
+            keep_daily: 5,
+            ..Default::default()
+        };
         assert_eq!(keep(&list, &p), ["b", "d", "e"].map(String::from).into());
     }
 

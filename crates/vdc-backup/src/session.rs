@@ -76,7 +76,9 @@ pub fn write_disk(
                     if let Some(name) = &base[i] {
                         let p = store.chunk_path(name);
                         if !p.exists() {
-                            return Err(BackupError::ChunkMissing { digest: name.clone() });
+                            return Err(BackupError::ChunkMissing {
+                                digest: name.clone(),
+                            });
                         }
                         touch(&p)?;
                     }

@@ -188,7 +188,10 @@ impl Store {
 
     /// The file of chunk `name` (`chunks/ab/abcdef…`).
     pub fn chunk_path(&self, name: &str) -> PathBuf {
-        self.root.join("chunks").join(&name[..2.min(name.len())]).join(name)
+        self.root
+            .join("chunks")
+            .join(&name[..2.min(name.len())])
+            .join(name)
     }
 
     /// Stores a chunk unless present. Returns its name, whether it was new,
@@ -221,7 +224,9 @@ impl Store {
             Err(e) => return Err(BackupError::io("cannot read chunk", &path)(e)),
         };
         chunk::decode(&file, name, self.key.as_ref()).map_err(|e| match e {
-            ChunkError::NeedsKey => BackupError::Key("the chunk is encrypted; give the store's key".into()),
+            ChunkError::NeedsKey => {
+                BackupError::Key("the chunk is encrypted; give the store's key".into())
+            }
             _ => BackupError::ChunkDigest {
                 digest: name.into(),
             },
@@ -373,8 +378,13 @@ impl Store {
     pub fn chunk_files(&self) -> Result<Vec<(String, SystemTime)>> {
         let mut v = Vec::new();
         let top = self.root.join("chunks");
-        for d in std::fs::read_dir(&top).map_err(BackupError::io("cannot list", &top))?.flatten() {
-            let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+        for d in std::fs::read_dir(&top)
+            .map_err(BackupError::io("cannot list", &top))?
+            .flatten()
+        {
+            let Ok(files) = std::fs::read_dir(d.path()) else {
+                continue;
+            };
             for f in files.flatten() {
                 let name = f.file_name().to_string_lossy().to_string();
                 if name.starts_with('.') {
@@ -428,8 +438,15 @@ fn remove_if_present(p: &Path) -> Result<()> {
 }
 
 fn temp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}-{}", std::process::id(), rand::random::<u32>()))
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    path.with_file_name(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
 }
 
 /// Writes `data` to a temporary file, fsyncs it and renames it to `path`

@@ -33,9 +33,13 @@ fn backup(store: &Store, id: &str, data: &[u8]) -> Manifest {
         size: data.len() as u64,
         source: &mut src,
         changed: None,
-        read: DiskRead::Full { reason: "first backup".into() },
+        read: DiskRead::Full {
+            reason: "first backup".into(),
+        },
     };
-    store.begin_writer(id, "h", vdc_types::now_ms()).expect("writer");
+    store
+        .begin_writer(id, "h", vdc_types::now_ms())
+        .expect("writer");
     let (index, fig) = write_disk(store, plan, &AtomicBool::new(false), &|_| {}).expect("backup");
     let config: vdc_types::VmConfig = serde_json::from_value(serde_json::json!({
         "version": 3, "id": "vm-1", "name": "vm", "cpus": 1, "memory_mib": 64,
@@ -65,7 +69,15 @@ fn backup(store: &Store, id: &str, data: &[u8]) -> Manifest {
 
 fn restored(store: &Store, m: &Manifest, dir: &std::path::Path) -> Result<Vec<u8>, BackupError> {
     let out = dir.join(format!("{}.raw", m.backup.id));
-    restore::restore_raw(store, &m.index[0], m.backup.size_bytes, &out, 3, &AtomicBool::new(false), &|_| {})?;
+    restore::restore_raw(
+        store,
+        &m.index[0],
+        m.backup.size_bytes,
+        &out,
+        3,
+        &AtomicBool::new(false),
+        &|_| {},
+    )?;
     let data = std::fs::read(&out).expect("restored file");
     std::fs::remove_file(&out).expect("rm");
     Ok(data)
@@ -97,7 +109,10 @@ fn backup_restore_dedup_verify_gc() {
     store.remove_backup("b2").expect("rm");
     let r = gc::gc(&store, Duration::ZERO).expect("gc");
     assert_eq!(r.chunks_removed, 1, "{r:?}");
-    assert_eq!(restored(&store, &m3, dir.path()).expect("restore after gc"), changed);
+    assert_eq!(
+        restored(&store, &m3, dir.path()).expect("restore after gc"),
+        changed
+    );
 
     // A flipped byte in one chunk: verify marks, restore fails, no file left.
     let name = m3.index[0].chunks[0].clone().expect("data chunk");
@@ -111,7 +126,10 @@ fn backup_restore_dedup_verify_gc() {
     assert!(store.manifest("b3").expect("b3").backup.damaged);
     let e = restored(&store, &m3, dir.path()).expect_err("damaged restore");
     assert!(matches!(e, BackupError::ChunkDigest { .. }), "{e}");
-    assert!(!dir.path().join("b3.raw").exists(), "a partial restore was left");
+    assert!(
+        !dir.path().join("b3.raw").exists(),
+        "a partial restore was left"
+    );
 }
 
 #[test]
@@ -131,7 +149,10 @@ fn an_encrypted_store_holds_no_plaintext_and_needs_its_key() {
     }
     assert_eq!(seen.len(), 4);
     assert!(matches!(Store::open(&root, None), Err(BackupError::Key(_))));
-    assert!(matches!(Store::open(&root, Some(StoreKey::from_bytes(&[6; 32]))), Err(BackupError::Key(_))));
+    assert!(matches!(
+        Store::open(&root, Some(StoreKey::from_bytes(&[6; 32]))),
+        Err(BackupError::Key(_))
+    ));
 }
 
 #[test]
@@ -146,7 +167,9 @@ fn a_backup_without_its_manifest_does_not_list() {
         changed: None,
         read: DiskRead::Full { reason: "x".into() },
     };
-    store.begin_writer("half", "h", vdc_types::now_ms()).expect("writer");
+    store
+        .begin_writer("half", "h", vdc_types::now_ms())
+        .expect("writer");
     write_disk(&store, plan, &AtomicBool::new(false), &|_| {}).expect("chunks");
     // Killed here: chunks, a writer marker, no manifest.
     assert!(store.list().expect("list").is_empty());

@@ -31,33 +31,46 @@ impl Client {
     }
 
     /// `POST /backup-stores`.
-    pub async fn add_backup_store(&self, req: &AddBackupStoreRequest) -> Result<BackupStore, ClientError> {
+    pub async fn add_backup_store(
+        &self,
+        req: &AddBackupStoreRequest,
+    ) -> Result<BackupStore, ClientError> {
         self.post("/backup-stores", req).await
     }
 
     /// `DELETE /backup-stores/{name}`.
     pub async fn remove_backup_store(&self, name: &str) -> Result<(), ClientError> {
-        self.send(self.req(reqwest::Method::DELETE, &format!("/backup-stores/{}", seg(name))))
-            .await
+        self.send(self.req(
+            reqwest::Method::DELETE,
+            &format!("/backup-stores/{}", seg(name)),
+        ))
+        .await
     }
 
     /// `POST /vms/{name}/backup`: the `backup.run` task.
     pub async fn run_backup(&self, vm: &str, store: &str) -> Result<Task, ClientError> {
         self.post(
             &format!("/vms/{}/backup", seg(vm)),
-            &RunBackupRequest { store: store.into() },
+            &RunBackupRequest {
+                store: store.into(),
+            },
         )
         .await
     }
 
     /// `GET /backups`.
-    pub async fn list_backups(&self, store: Option<&str>, vm: Option<&str>) -> Result<Vec<Backup>, ClientError> {
+    pub async fn list_backups(
+        &self,
+        store: Option<&str>,
+        vm: Option<&str>,
+    ) -> Result<Vec<Backup>, ClientError> {
         self.get(&format!("/backups{}", query(store, vm))).await
     }
 
     /// `GET /backups/{id}`.
     pub async fn get_backup(&self, id: &str, store: Option<&str>) -> Result<Backup, ClientError> {
-        self.get(&format!("/backups/{}{}", seg(id), query(store, None))).await
+        self.get(&format!("/backups/{}{}", seg(id), query(store, None)))
+            .await
     }
 
     /// `DELETE /backups/{id}`.
@@ -70,12 +83,21 @@ impl Client {
     }
 
     /// `POST /backups/{id}/restore`: the `backup.restore` task.
-    pub async fn restore_backup(&self, id: &str, req: &RestoreRequest) -> Result<Task, ClientError> {
-        self.post(&format!("/backups/{}/restore", seg(id)), req).await
+    pub async fn restore_backup(
+        &self,
+        id: &str,
+        req: &RestoreRequest,
+    ) -> Result<Task, ClientError> {
+        self.post(&format!("/backups/{}/restore", seg(id)), req)
+            .await
     }
 
     /// `POST /backups/{id}/verify`.
-    pub async fn verify_backup(&self, id: &str, store: Option<&str>) -> Result<VerifyReport, ClientError> {
+    pub async fn verify_backup(
+        &self,
+        id: &str,
+        store: Option<&str>,
+    ) -> Result<VerifyReport, ClientError> {
         self.post(
             &format!("/backups/{}/verify{}", seg(id), query(store, None)),
             &serde_json::json!({}),
@@ -84,13 +106,21 @@ impl Client {
     }
 
     /// `POST /backup-stores/{name}/prune`.
-    pub async fn prune_backups(&self, store: &str, req: &PruneRequest) -> Result<PruneReport, ClientError> {
-        self.post(&format!("/backup-stores/{}/prune", seg(store)), req).await
+    pub async fn prune_backups(
+        &self,
+        store: &str,
+        req: &PruneRequest,
+    ) -> Result<PruneReport, ClientError> {
+        self.post(&format!("/backup-stores/{}/prune", seg(store)), req)
+            .await
     }
 
     /// `POST /backup-stores/{name}/gc`.
     pub async fn gc_backup_store(&self, store: &str) -> Result<GcReport, ClientError> {
-        self.post(&format!("/backup-stores/{}/gc", seg(store)), &serde_json::json!({}))
-            .await
+        self.post(
+            &format!("/backup-stores/{}/gc", seg(store)),
+            &serde_json::json!({}),
+        )
+        .await
     }
 }

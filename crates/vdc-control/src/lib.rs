@@ -21,8 +21,8 @@
 //! | `/events/<seq>` | [`vdc_types::Event`] |
 
 pub mod agents;
-pub mod backup;
 pub mod answers;
+pub mod backup;
 mod console;
 pub mod cpu_baseline;
 pub mod events;

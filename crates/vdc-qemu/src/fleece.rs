@@ -106,7 +106,10 @@ impl Vm {
         let r = match self.disk_node(disk).await {
             Ok(node) => self
                 .qmp()
-                .execute("block-dirty-bitmap-remove", json!({"node": node, "name": name}))
+                .execute(
+                    "block-dirty-bitmap-remove",
+                    json!({"node": node, "name": name}),
+                )
                 .await
                 .map(drop)
                 .map_err(QemuError::qmp("block-dirty-bitmap-remove")),
@@ -120,11 +123,22 @@ impl Vm {
     /// Puts the changes recorded by `from` back into `into` and records
     /// again with `into` (a backup that failed after the instant).
     pub async fn restore_dirty_bitmap(&self, disk: &str, into: &str, from: &str) {
-        let Ok(node) = self.disk_node(disk).await else { return };
+        let Ok(node) = self.disk_node(disk).await else {
+            return;
+        };
         let steps = [
-            ("block-dirty-bitmap-merge", json!({"node": node, "target": into, "bitmaps": [from]})),
-            ("block-dirty-bitmap-enable", json!({"node": node, "name": into})),
-            ("block-dirty-bitmap-remove", json!({"node": node, "name": from})),
+            (
+                "block-dirty-bitmap-merge",
+                json!({"node": node, "target": into, "bitmaps": [from]}),
+            ),
+            (
+                "block-dirty-bitmap-enable",
+                json!({"node": node, "name": into}),
+            ),
+            (
+                "block-dirty-bitmap-remove",
+                json!({"node": node, "name": from}),
+            ),
         ];
         for (cmd, args) in steps {
             if let Err(e) = self.qmp().execute(cmd, args).await {
@@ -212,7 +226,10 @@ impl Vm {
         for (d, _) in &f.disks {
             if let Err(e) = self
                 .qmp()
-                .execute("block-export-del", json!({"id": export_id(&d.disk), "mode": "hard"}))
+                .execute(
+                    "block-export-del",
+                    json!({"id": export_id(&d.disk), "mode": "hard"}),
+                )
                 .await
             {
                 tracing::debug!(vm = %self.id(), disk = %d.disk, error = %e, "block-export-del");
@@ -224,7 +241,10 @@ impl Vm {
         for (d, _) in &f.disks {
             if let Err(e) = self
                 .qmp()
-                .execute("block-job-cancel", json!({"device": job_id(&d.disk), "force": true}))
+                .execute(
+                    "block-job-cancel",
+                    json!({"device": job_id(&d.disk), "force": true}),
+                )
                 .await
             {
                 tracing::debug!(vm = %self.id(), disk = %d.disk, error = %e, "block-job-cancel");

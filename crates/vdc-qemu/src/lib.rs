@@ -17,10 +17,10 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod fleece;
 pub mod guest;
 pub mod host;
 mod log;
-pub mod fleece;
 pub mod mirror;
 pub mod nbd;
 pub mod process;

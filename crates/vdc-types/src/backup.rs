@@ -233,7 +233,6 @@ impl Retention {
     }
 }
 
-
 /// What a gc did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GcReport {
@@ -246,7 +245,6 @@ pub struct GcReport {
     /// Unused chunks kept because a running backup may need them.
     pub chunks_pending: u64,
 }
-
 
 /// `POST /api/v1/backup-stores/{name}/prune`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

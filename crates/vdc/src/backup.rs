@@ -179,14 +179,21 @@ pub(crate) async fn backup_store(ctx: &Ctx, cmd: BackupStoreCmd) -> Result<(), C
                 t.row(vec![
                     s.name.clone(),
                     s.path.clone(),
-                    if s.encryption_key.is_some() { "yes" } else { "no" }.into(),
+                    if s.encryption_key.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .into(),
                 ]);
             }
             out(&t.render())
         }
         BackupStoreCmd::Remove { name } => {
             ctx.client.remove_backup_store(&name).await?;
-            out(&format!("backup store {name} removed (its files are kept)\n"))
+            out(&format!(
+                "backup store {name} removed (its files are kept)\n"
+            ))
         }
     }
 }
@@ -203,7 +210,17 @@ fn counts(b: &Backup) -> (u64, u64, u64, u64) {
 }
 
 fn backup_table(list: &[Backup]) -> String {
-    let mut t = Table::new(&["ID", "VM", "STORE", "TIME", "CONSISTENCY", "SIZE", "READ", "NEW", "STATUS"]);
+    let mut t = Table::new(&[
+        "ID",
+        "VM",
+        "STORE",
+        "TIME",
+        "CONSISTENCY",
+        "SIZE",
+        "READ",
+        "NEW",
+        "STATUS",
+    ]);
     for b in list {
         let (read, new, _, _) = counts(b);
         t.row(vec![
@@ -234,7 +251,9 @@ fn show(b: &Backup) -> String {
         b.consistency,
         if b.damaged { ", DAMAGED" } else { "" }
     );
-    let mut t = Table::new(&["DISK", "SIZE", "READ AS", "CHUNKS", "READ", "ZERO", "NEW", "REUSED", "STORED"]);
+    let mut t = Table::new(&[
+        "DISK", "SIZE", "READ AS", "CHUNKS", "READ", "ZERO", "NEW", "REUSED", "STORED",
+    ]);
     for d in &b.disks {
         let how = match &d.read {
             DiskRead::Full { reason } => format!("full ({reason})"),
@@ -265,7 +284,9 @@ pub(crate) async fn backup(ctx: &Ctx, cmd: BackupCmd) -> Result<(), CliError> {
             finish_task(ctx, task, wait).await
         }
         BackupCmd::List { store, vm } => {
-            let list = c.list_backups(store.store.as_deref(), vm.as_deref()).await?;
+            let list = c
+                .list_backups(store.store.as_deref(), vm.as_deref())
+                .await?;
             if ctx.json() {
                 return out_json(&list);
             }

@@ -14,6 +14,7 @@
 //! reads, before any thread exists; start the async runtime; run the
 //! subcommand; print `error: ...` and exit with the mapped code on failure.
 
+mod backup;
 mod cli;
 mod commands;
 mod console;
@@ -22,7 +23,6 @@ mod format;
 mod ha;
 mod ha_groups;
 mod join;
-mod backup;
 mod maintenance;
 mod migration_tls;
 mod vm_commands;

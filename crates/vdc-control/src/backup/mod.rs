@@ -109,7 +109,10 @@ fn civil(days: i64) -> (i64, u32, u32) {
 
 impl Cluster {
     /// `POST /api/v1/backup-stores`: registers (and initialises) a store.
-    pub async fn add_backup_store(&self, req: &AddBackupStoreRequest) -> Result<BackupStore, ApiError> {
+    pub async fn add_backup_store(
+        &self,
+        req: &AddBackupStoreRequest,
+    ) -> Result<BackupStore, ApiError> {
         vdc_types::names::validate_name("backup store", &req.name).map_err(ApiError::invalid)?;
         if !Path::new(&req.path).is_absolute() {
             return Err(ApiError::invalid(format!(
@@ -119,7 +122,9 @@ impl Cluster {
         }
         if let Some(k) = &req.encryption_key {
             if !Path::new(k).is_absolute() {
-                return Err(ApiError::invalid(format!("key file path '{k}' must be absolute")));
+                return Err(ApiError::invalid(format!(
+                    "key file path '{k}' must be absolute"
+                )));
             }
         }
         let s = BackupStore {
@@ -131,14 +136,19 @@ impl Cluster {
         let key = s.encryption_key.clone().map(PathBuf::from);
         let path = PathBuf::from(&s.path);
         blocking(move || {
-            let key = key.map(|k| vdc_backup::key::StoreKey::read(&k)).transpose()?;
+            let key = key
+                .map(|k| vdc_backup::key::StoreKey::read(&k))
+                .transpose()?;
             Store::open_or_init(&path, key).map(drop)
         })
         .await?;
         self.create_unique(
             &store_key(&s.name),
             &s,
-            format!("backup store '{}' already exists; choose another name", s.name),
+            format!(
+                "backup store '{}' already exists; choose another name",
+                s.name
+            ),
         )
         .await?;
         self.events
@@ -178,7 +188,10 @@ impl Cluster {
     /// Forgets a store (its directory and backups stay as they are).
     pub async fn remove_backup_store(&self, name: &str) -> Result<(), ApiError> {
         self.get_backup_store(name).await?;
-        self.store.delete(&store_key(name)).await.map_err(store_err)?;
+        self.store
+            .delete(&store_key(name))
+            .await
+            .map_err(store_err)?;
         self.events
             .publish(
                 "backup.store_removed",
@@ -249,7 +262,11 @@ impl Cluster {
 
     /// Re-reads and re-hashes every chunk of backup `id`; marks it damaged
     /// when a chunk is missing or fails its digest.
-    pub async fn verify_backup(&self, id: &str, store: Option<&str>) -> Result<VerifyReport, ApiError> {
+    pub async fn verify_backup(
+        &self,
+        id: &str,
+        store: Option<&str>,
+    ) -> Result<VerifyReport, ApiError> {
         let (s, m) = self.find_backup(id, store).await?;
         let id2 = id.to_string();
         let report = blocking(move || vdc_backup::verify::verify(&open(&s)?, &id2)).await?;
@@ -263,7 +280,10 @@ impl Cluster {
                 ),
             )
         } else {
-            ("backup.verified", format!("backup {id} of VM {} verified", m.backup.vm))
+            (
+                "backup.verified",
+                format!("backup {id} of VM {} verified", m.backup.vm),
+            )
         };
         self.events
             .publish(topic, id, msg, json!({"vm": m.backup.vm, "chunks_checked": report.chunks_checked, "damaged_chunks": report.damaged_chunks}))
@@ -277,7 +297,12 @@ impl Cluster {
         let id2 = id.to_string();
         blocking(move || open(&s)?.remove_backup(&id2)).await?;
         self.events
-            .publish("backup.removed", id, format!("backup {id} of VM {} removed", m.backup.vm), json!({"vm": m.backup.vm}))
+            .publish(
+                "backup.removed",
+                id,
+                format!("backup {id} of VM {} removed", m.backup.vm),
+                json!({"vm": m.backup.vm}),
+            )
             .await;
         Ok(())
     }

@@ -21,7 +21,11 @@ const POLL: Duration = Duration::from_millis(200);
 
 impl Cluster {
     /// `POST /api/v1/backups/{id}/restore`.
-    pub async fn restore_backup(self: &Arc<Self>, id: &str, req: &RestoreRequest) -> Result<Task, ApiError> {
+    pub async fn restore_backup(
+        self: &Arc<Self>,
+        id: &str,
+        req: &RestoreRequest,
+    ) -> Result<Task, ApiError> {
         let (store, m) = self.find_backup(id, req.store.as_deref()).await?;
         let backup = m.backup;
         let base = RestoreJobRequest {
@@ -32,7 +36,9 @@ impl Cluster {
             disks: Vec::new(),
         };
         let Some(new) = req.name.clone() else {
-            return self.restore_over(&backup.vm, req, base, &backup.disks).await;
+            return self
+                .restore_over(&backup.vm, req, base, &backup.disks)
+                .await;
         };
         if req.disk.is_some() {
             return Err(ApiError::invalid(
@@ -47,7 +53,11 @@ impl Cluster {
             cpus: Some(cfg.cpus),
             memory_mib: Some(cfg.memory_mib),
             disk_gib: sizes.next(),
-            datastore: Some(req.datastore.clone().unwrap_or_else(|| cfg.datastore.clone())),
+            datastore: Some(
+                req.datastore
+                    .clone()
+                    .unwrap_or_else(|| cfg.datastore.clone()),
+            ),
             host: req.host.clone(),
             start: false,
             disks: sizes
@@ -61,15 +71,25 @@ impl Cluster {
         let created = self.create_vm(create).await?;
         let me = self.clone();
         let n = new.clone();
+        let params = vdc_types::TaskParams::Restore {
+            vm: new.clone(),
+            backup_id: id.to_string(),
+        };
         self.tasks
-            .spawn("backup.restore", "vm", &new, move |ctx| async move {
-                me.wait_task(&created.id).await?;
-                let r = me.restore_new_body(&ctx, &n, base).await;
-                if r.is_err() {
-                    me.undo_new_vm(&n).await;
-                }
-                r
-            })
+            .spawn_journaled(
+                "backup.restore",
+                "vm",
+                &new,
+                Some(params),
+                move |ctx| async move {
+                    me.wait_task(&created.id).await?;
+                    let r = me.restore_new_body(&ctx, &n, base).await;
+                    if r.is_err() {
+                        me.undo_new_vm(&n).await;
+                    }
+                    r
+                },
+            )
             .await
     }
 
@@ -92,7 +112,12 @@ impl Cluster {
         }
     }
 
-    async fn restore_new_body(&self, ctx: &TaskCtx, name: &str, mut job: RestoreJobRequest) -> Result<(), ApiError> {
+    async fn restore_new_body(
+        &self,
+        ctx: &TaskCtx,
+        name: &str,
+        mut job: RestoreJobRequest,
+    ) -> Result<(), ApiError> {
         self.begin_operation(name, VmAction::Restore, None).await?;
         if let Err(e) = self.attach_task(name, ctx.id()).await {
             self.end_operation(name, None).await;
@@ -106,6 +131,7 @@ impl Cluster {
             .zip(&rec.config.disks)
             .map(|(from, to)| (from.name.clone(), to.name.clone()))
             .collect();
+        job.config = rec.config.clone();
         let r = self.restore_job(ctx, name, job).await;
         self.end_operation(name, Some(ctx.id())).await;
         r
@@ -142,38 +168,73 @@ impl Cluster {
         };
         for d in &wanted {
             if !disks.iter().any(|x| x.name == *d) {
-                return Err(ApiError::invalid(format!("backup '{}' has no disk '{d}'", job.backup_id)));
+                return Err(ApiError::invalid(format!(
+                    "backup '{}' has no disk '{d}'",
+                    job.backup_id
+                )));
             }
             if !rec.config.disks.iter().any(|x| x.name == *d) {
-                return Err(ApiError::invalid(format!("VM '{name}' has no disk '{d}' any more; restore the backup as a new VM")));
+                return Err(ApiError::invalid(format!(
+                    "VM '{name}' has no disk '{d}' any more; restore the backup as a new VM"
+                )));
             }
         }
-        job.disks = wanted.iter().map(|d| (d.to_string(), d.to_string())).collect();
+        job.disks = wanted
+            .iter()
+            .map(|d| (d.to_string(), d.to_string()))
+            .collect();
         job.config = rec.config.clone();
         self.begin_operation(name, VmAction::Restore, None).await?;
+        let params = vdc_types::TaskParams::Restore {
+            vm: name.to_string(),
+            backup_id: job.backup_id.clone(),
+        };
         let me = self.clone();
         let n = name.to_string();
-        self.spawn_operation(name, "backup.restore", None, move |ctx| async move {
-            me.restore_job(&ctx, &n, job).await
-        })
+        self.spawn_operation(
+            name,
+            "backup.restore",
+            Some(params),
+            move |ctx| async move { me.restore_job(&ctx, &n, job).await },
+        )
         .await
     }
 
-    async fn restore_job(&self, ctx: &TaskCtx, name: &str, job: RestoreJobRequest) -> Result<(), ApiError> {
+    async fn restore_job(
+        &self,
+        ctx: &TaskCtx,
+        name: &str,
+        job: RestoreJobRequest,
+    ) -> Result<(), ApiError> {
         let rec = self.record(name).await?;
         let host = self.disk_reader_host(&rec).await?;
         let url = self.agent_url(&host).await?;
         let id = job.backup_id.clone();
         let (_, m) = self.find_backup(&id, None).await?;
         let r = self
-            .agent_job(ctx, &host, &url, JobOp::Restore { request: job.clone() }, (2, 99))
+            .agent_job(
+                ctx,
+                &host,
+                &url,
+                JobOp::Restore {
+                    request: job.clone(),
+                },
+                (2, 99),
+            )
             .await;
         match r {
             Ok(JobResult::Restored { disks }) => {
                 self.update_record(name, |mut r| {
                     for (from, to) in &job.disks {
-                        let size = m.backup.disks.iter().find(|d| &d.name == from).map(|d| d.size_bytes);
-                        if let (Some(d), Some(size)) = (r.config.disks.iter_mut().find(|d| &d.name == to), size) {
+                        let size = m
+                            .backup
+                            .disks
+                            .iter()
+                            .find(|d| &d.name == from)
+                            .map(|d| d.size_bytes);
+                        if let (Some(d), Some(size)) =
+                            (r.config.disks.iter_mut().find(|d| &d.name == to), size)
+                        {
                             d.size_bytes = size;
                         }
                     }
@@ -184,19 +245,27 @@ impl Cluster {
                     .publish(
                         "backup.restored",
                         name,
-                        format!("backup {id} restored into VM {name} on host {host} ({})", disks.join(", ")),
+                        format!(
+                            "backup {id} restored into VM {name} on host {host} ({})",
+                            disks.join(", ")
+                        ),
                         json!({"backup": id, "host": host, "disks": disks, "task": ctx.id()}),
                     )
                     .await;
                 Ok(())
             }
-            Ok(other) => Err(ApiError::internal(format!("the restore job answered {other:?}"))),
+            Ok(other) => Err(ApiError::internal(format!(
+                "the restore job answered {other:?}"
+            ))),
             Err(e) => {
                 self.events
                     .publish(
                         "backup.restore_failed",
                         name,
-                        format!("restore of backup {id} into VM {name} failed: {}", e.message),
+                        format!(
+                            "restore of backup {id} into VM {name} failed: {}",
+                            e.message
+                        ),
                         json!({"backup": id, "error": e, "task": ctx.id()}),
                     )
                     .await;

@@ -29,7 +29,12 @@ impl Cluster {
                 ));
             }
         }
-        let needs: Vec<&str> = rec.config.disks.iter().map(|d| d.datastore.as_str()).collect();
+        let needs: Vec<&str> = rec
+            .config
+            .disks
+            .iter()
+            .map(|d| d.datastore.as_str())
+            .collect();
         for c in caps {
             if needs.iter().all(|d| c.datastores.iter().any(|x| x == d))
                 && self.agent_url(&c.name).await.is_ok()
@@ -45,7 +50,11 @@ impl Cluster {
 
     /// `POST /api/v1/vms/{name}/backup`: backs VM `name` up into a store
     /// (a `backup.run` task).
-    pub async fn run_backup(self: &Arc<Self>, name: &str, req: &RunBackupRequest) -> Result<Task, ApiError> {
+    pub async fn run_backup(
+        self: &Arc<Self>,
+        name: &str,
+        req: &RunBackupRequest,
+    ) -> Result<Task, ApiError> {
         let store = self.get_backup_store(&req.store).await?;
         let rec = self.record(name).await?;
         rec.decide(VmAction::Backup, None)?;
@@ -60,11 +69,20 @@ impl Cluster {
             encryption_key: store.encryption_key.clone(),
             config: rec.config.clone(),
         };
+        let params = vdc_types::TaskParams::Backup {
+            vm_id: rec.config.id.clone(),
+            backup_id: id.clone(),
+            store: store.name.clone(),
+            host: host.clone(),
+        };
         let me = self.clone();
         let n = name.to_string();
-        self.spawn_operation(name, step.operation.task_kind(), None, move |ctx| async move {
-            me.backup_body(&ctx, &n, &host, &url, request).await
-        })
+        self.spawn_operation(
+            name,
+            step.operation.task_kind(),
+            Some(params),
+            move |ctx| async move { me.backup_body(&ctx, &n, &host, &url, request).await },
+        )
         .await
     }
 
@@ -91,7 +109,12 @@ impl Cluster {
         match r {
             Ok(JobResult::Backup(b)) => {
                 let (read, new, reused, zero) = b.disks.iter().fold((0, 0, 0, 0), |a, d| {
-                    (a.0 + d.chunks_read, a.1 + d.chunks_new, a.2 + d.chunks_reused, a.3 + d.chunks_zero)
+                    (
+                        a.0 + d.chunks_read,
+                        a.1 + d.chunks_new,
+                        a.2 + d.chunks_reused,
+                        a.3 + d.chunks_zero,
+                    )
                 });
                 self.events
                     .publish(
