@@ -223,3 +223,14 @@ pub(crate) async fn verify(
         st.cluster.verify_backup(&id, q.store.as_deref()).await?,
     ))
 }
+
+/// The backup part of the web page.
+pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../web/backup.js"),
+    )
+}

@@ -10,12 +10,16 @@
 //!    and a restore over the original VM that needs the chunk fails
 //!    loudly, leaving the VM's disk as it was (the guest still reads the
 //!    overwritten data);
-//! 5. refusals: an unknown store, a restore over a running VM.
+//! 5. refusals: an unknown store, a restore over a running VM;
+//! 6. the web page (Chromium) lists the backups with their state (the
+//!    damaged one marked), backs a VM up and restores a backup as a new
+//!    VM from its buttons.
 
 use std::time::Duration;
 
 use vdc_client::{Client, ClientError};
-use vdc_test_infra::{wait_until, wait_vm, TestLab, VM_WAIT_TIMEOUT};
+use vdc_test_infra::webdriver::{Browser, WebDriverError};
+use vdc_test_infra::{wait_until, wait_until_async, wait_vm, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::backup::{AddBackupStoreRequest, Consistency, DiskRead, RestoreRequest};
 use vdc_types::{ErrorCode, Task, TaskState, Vm, VmAction, VmPowerState};
