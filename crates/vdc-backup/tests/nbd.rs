@@ -107,3 +107,45 @@ fn a_qcow2_read_over_nbd_restores_byte_for_byte() {
         "restored bytes differ"
     );
 }
+
+#[test]
+fn a_dirty_bitmap_over_nbd_names_the_changed_chunks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let img = dir.path().join("disk.qcow2");
+    let i = img.to_str().unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", i, "20M"]);
+    qemu_img(&["bitmap", "--add", i, "b1"]);
+    for (off, pattern) in [("5M", "7"), ("13M", "9")] {
+        let st = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", &format!("write -P {pattern} {off} 64k"), i])
+            .stdout(Stdio::null())
+            .status()
+            .expect("qemu-io");
+        assert!(st.success());
+    }
+    let sock = dir.path().join("nbd.sock");
+    let mut server = Command::new("qemu-nbd")
+        .args(["--read-only", "--format=qcow2", "--export-name=disk0", "--shared=2", "-B", "b1", "--socket"])
+        .arg(&sock)
+        .arg(&img)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        match NbdClient::connect_meta(&sock, "disk0", "qemu:dirty-bitmap:b1") {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("qemu-nbd did not serve: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let ext = client.block_status(0, client.size()).expect("block status");
+    drop(client);
+    if let Err(e) = server.kill() {
+        eprintln!("kill qemu-nbd: {e}");
+    }
+    server.wait().expect("wait");
+    let changed = vdc_backup::session::changed_chunks(&ext, 20 << 20, 4 << 20);
+    assert_eq!(changed, vec![false, true, false, true, false], "{ext:?}");
+}
