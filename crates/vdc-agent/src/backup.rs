@@ -26,12 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use vdc_backup::incremental::{bitmap_name, choose, BaseState, BitmapSeen, DiskChoice};
+use vdc_backup::session::changed_chunks;
 use vdc_backup::session::{write_disk, DiskPlan};
 use vdc_backup::store::{DiskIndex, Manifest, Store};
 use vdc_backup::BackupError;
-use vdc_types::backup::{
-    Backup, BackupJobRequest, Consistency, DiskBackup, DiskRead, RestoreJobRequest,
-};
+use vdc_types::backup::{Backup, BackupJobRequest, Consistency, DiskBackup, DiskRead};
 use vdc_types::job::JobResult;
 use vdc_types::{now_ms, ApiError, ErrorCode};
 
@@ -39,13 +39,13 @@ use crate::agent::Agent;
 use crate::jobs::{job_cancelled, JobCell};
 
 /// How often progress is sampled.
-const TICK: Duration = Duration::from_millis(250);
+pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// Longest wait for `qemu-nbd` to listen.
 const NBD_START: Duration = Duration::from_secs(20);
 /// Threads a restore reads and writes chunks with.
-const RESTORE_THREADS: usize = 4;
+pub(crate) const RESTORE_THREADS: usize = 4;
 
-fn backup_err(e: BackupError) -> ApiError {
+pub(crate) fn backup_err(e: BackupError) -> ApiError {
     match e {
         BackupError::Cancelled => job_cancelled(),
         BackupError::Key(m) => ApiError::invalid(m),
@@ -103,6 +103,24 @@ struct Reading {
     cancel: AtomicBool,
 }
 
+/// One disk to read and how.
+struct DiskJob {
+    name: String,
+    size: u64,
+    choice: DiskChoice,
+    /// The base backup's chunk index of this disk (incremental reads).
+    base_index: Option<Vec<Option<String>>>,
+    /// The bitmap started at this backup's point in time.
+    new_bitmap: String,
+}
+
+/// Where the disks were read from: what to do with the bitmaps once the
+/// manifest is written (or not).
+enum Source {
+    Running(Arc<vdc_qemu::Vm>),
+    Stopped(Vec<PathBuf>),
+}
+
 impl Agent {
     /// The `backup` job.
     pub(crate) async fn backup_job(
@@ -124,19 +142,97 @@ impl Agent {
         }
         let r = self.backup_disks(cell, &req, &store, started_ms).await;
         let s = store.clone();
-        let manifest = r.as_ref().ok().cloned();
+        let manifest = r.as_ref().ok().map(|(m, _, _)| m.clone());
         let end = tokio::task::spawn_blocking(move || -> Result<(), BackupError> {
-            if let Some(m) = &manifest {
-                s.write_manifest(m)?;
+            let written = match &manifest {
+                Some(m) => s.write_manifest(m),
+                None => Ok(()),
+            };
+            if let Err(e) = s.end_writer(&id) {
+                tracing::warn!(backup = %id, error = %e, "cannot remove the writer marker");
             }
-            s.end_writer(&id)?;
-            Ok(())
+            written
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("store task: {e}")));
+        let (m, source, jobs) = r?;
+        let end = end.and_then(|e| e.map_err(backup_err));
+        finish_bitmaps(&source, &jobs, end.is_ok()).await;
+        end?;
+        Ok(JobResult::Backup(Box::new(m.backup)))
+    }
+
+    /// The disks' bitmaps and how each disk will be read.
+    async fn plan_disks(
+        &self,
+        req: &BackupJobRequest,
+        store: &Store,
+        source: &Source,
+    ) -> Result<Vec<DiskJob>, ApiError> {
+        let mut seen = Vec::new();
+        for (i, d) in req.config.disks.iter().enumerate() {
+            let list = match source {
+                Source::Running(vm) => vm
+                    .dirty_bitmaps(&d.name)
+                    .await
+                    .map_err(|e| ApiError::new(ErrorCode::HostError, crate::error::chain(&e)))?
+                    .into_iter()
+                    .map(|b| BitmapSeen {
+                        consistent: b.persistent && b.recording && !b.inconsistent,
+                        name: b.name,
+                    })
+                    .collect(),
+                Source::Stopped(paths) => image_bitmaps(&paths[i]).await?,
+            };
+            seen.push(list);
+        }
+        let (store, req2) = (store.clone(), req.clone());
+        let jobs = tokio::task::spawn_blocking(move || {
+            req2.config
+                .disks
+                .iter()
+                .zip(seen)
+                .map(|(d, bitmaps)| {
+                    let mut base_index = None;
+                    let choice = choose(&req2.store, &bitmaps, |id| match store.manifest(id) {
+                        Ok(m) if m.backup.damaged => BaseState::Unusable("marked damaged".into()),
+                        Ok(m) => match m.index.iter().position(|x| x.disk == d.name) {
+                            Some(k)
+                                if m.backup.disks[k].size_bytes == d.size_bytes
+                                    && m.backup.disks[k].chunk_size == store.chunk_size() =>
+                            {
+                                base_index = Some(m.index[k].chunks.clone());
+                                BaseState::Usable
+                            }
+                            Some(_) => BaseState::Unusable("the disk's size changed".into()),
+                            None => BaseState::Unusable("it has no such disk".into()),
+                        },
+                        Err(BackupError::NoBackup(_)) => {
+                            BaseState::Unusable("gone from the store".into())
+                        }
+                        Err(e) => BaseState::Unusable(e.to_string()),
+                    });
+                    DiskJob {
+                        name: d.name.clone(),
+                        size: d.size_bytes,
+                        base_index: base_index.filter(|_| choice.bitmap.is_some()),
+                        choice,
+                        new_bitmap: bitmap_name(&req2.store, &req2.backup_id),
+                    }
+                })
+                .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| ApiError::internal(format!("store task: {e}")))?;
-        let m = r?;
-        end.map_err(backup_err)?;
-        Ok(JobResult::Backup(Box::new(m.backup)))
+        for (i, j) in jobs.iter().enumerate() {
+            for b in &j.choice.stale {
+                match source {
+                    Source::Running(vm) => vm.remove_dirty_bitmap(&j.name, b).await,
+                    Source::Stopped(paths) => remove_image_bitmap(&paths[i], b).await,
+                }
+            }
+        }
+        Ok(jobs)
     }
 
     async fn backup_disks(
@@ -145,7 +241,7 @@ impl Agent {
         req: &BackupJobRequest,
         store: &Store,
         started_ms: u64,
-    ) -> Result<Manifest, ApiError> {
+    ) -> Result<(Manifest, Source, Vec<DiskJob>), ApiError> {
         let config = &req.config;
         let layout = self.layout(config)?;
         let reading = Arc::new(Reading {
@@ -159,28 +255,31 @@ impl Agent {
             cancel: AtomicBool::new(false),
         });
         let socket = socket_path("backup");
-        let names: Vec<String> = config.disks.iter().map(|d| d.name.clone()).collect();
-        let running = self.running(&config.id).ok();
-        let (consistency, figures) = match running {
-            Some((_, vm)) => {
+        let source = match self.slot(&config.id).ok().and_then(|s| s.vm()) {
+            Some(vm) => Source::Running(vm),
+            None => Source::Stopped(layout.disks.clone()),
+        };
+        let jobs = self.plan_disks(req, store, &source).await?;
+        let (consistency, figures) = match &source {
+            Source::Running(vm) => {
                 cell.progress(2, "taking the point in time");
                 let mut disks = Vec::new();
-                for d in &config.disks {
+                for j in &jobs {
                     let image = layout
                         .vm_dir
                         .path()
-                        .join(format!(".backup-{}.qcow2", d.name));
+                        .join(format!(".backup-{}.qcow2", j.name));
                     remove_logged(&image);
-                    vdc_disk::qemu_img::create_qcow2(&image, d.size_bytes)
+                    vdc_disk::qemu_img::create_qcow2(&image, j.size)
                         .await
                         .map_err(|e| {
                             ApiError::new(ErrorCode::HostError, crate::error::chain(&e))
                         })?;
                     disks.push(vdc_qemu::fleece::FleeceDisk {
-                        disk: d.name.clone(),
+                        disk: j.name.clone(),
                         image,
-                        freeze_bitmap: None,
-                        new_bitmap: None,
+                        freeze_bitmap: j.choice.bitmap.clone(),
+                        new_bitmap: Some(j.new_bitmap.clone()),
                     });
                 }
                 let fleece = match vm.fleece_start(&disks, &socket).await {
@@ -193,27 +292,19 @@ impl Agent {
                         ));
                     }
                 };
-                let r = self
-                    .read_disks(cell, store, &socket, &names, config, &reading)
-                    .await;
+                let r = self.read_disks(cell, store, &socket, &jobs, &reading).await;
                 vm.fleece_end(&fleece, r.is_err()).await;
                 disks.iter().for_each(|d| remove_logged(&d.image));
                 (Consistency::CrashConsistent, r?)
             }
-            None => {
+            Source::Stopped(paths) => {
                 cell.progress(2, "exporting the stopped VM's disks");
                 let mut figures = Vec::new();
-                for (d, path) in config.disks.iter().zip(&layout.disks) {
-                    let server = QemuNbd::start(path, &d.name, &socket).await?;
+                for (j, path) in jobs.iter().zip(paths) {
+                    let server =
+                        QemuNbd::start(path, &j.name, j.choice.bitmap.as_deref(), &socket).await?;
                     let r = self
-                        .read_disks(
-                            cell,
-                            store,
-                            &socket,
-                            std::slice::from_ref(&d.name),
-                            config,
-                            &reading,
-                        )
+                        .read_disks(cell, store, &socket, std::slice::from_ref(j), &reading)
                         .await;
                     server.stop().await;
                     figures.extend(r?);
@@ -237,46 +328,59 @@ impl Agent {
             damaged: false,
             config: config.clone(),
         };
-        Ok(Manifest::new(backup, index))
+        Ok((Manifest::new(backup, index), source, jobs))
     }
 
-    /// Reads disks `names` from the NBD server on `socket` into the store.
+    /// Reads disks `jobs` from the NBD server on `socket` into the store.
     async fn read_disks(
         &self,
         cell: &JobCell,
         store: &Store,
         socket: &Path,
-        names: &[String],
-        config: &vdc_types::VmConfig,
+        jobs: &[DiskJob],
         reading: &Arc<Reading>,
     ) -> Result<Vec<(DiskIndex, DiskBackup)>, ApiError> {
-        let sizes: Vec<(String, u64)> = names
+        let plans: Vec<(
+            String,
+            Option<String>,
+            Option<Vec<Option<String>>>,
+            DiskRead,
+        )> = jobs
             .iter()
-            .map(|n| {
-                let size = config
-                    .disks
-                    .iter()
-                    .find(|d| &d.name == n)
-                    .map(|d| d.size_bytes)
-                    .unwrap_or(0);
-                (n.clone(), size)
+            .map(|j| {
+                (
+                    j.name.clone(),
+                    j.choice.bitmap.clone(),
+                    j.base_index.clone(),
+                    j.choice.read.clone(),
+                )
             })
             .collect();
         let (store, socket, rd) = (store.clone(), socket.to_path_buf(), reading.clone());
         let work = tokio::task::spawn_blocking(move || -> Result<Vec<_>, BackupError> {
             let mut out = Vec::new();
-            for (name, size) in sizes {
+            for (name, bitmap, base_index, read) in plans {
                 let mut client = vdc_backup::nbd::NbdClient::connect(&socket, &name)?;
-                let size = size.min(client.size()).max(client.size());
+                let size = client.size();
+                let changed = match (bitmap, base_index) {
+                    (Some(b), Some(base)) => {
+                        let mut meta = vdc_backup::nbd::NbdClient::connect_meta(
+                            &socket,
+                            &name,
+                            &format!("qemu:dirty-bitmap:{b}"),
+                        )?;
+                        let extents = meta.block_status(0, size)?;
+                        Some((changed_chunks(&extents, size, store.chunk_size()), base))
+                    }
+                    _ => None,
+                };
                 let base = rd.done.load(Ordering::Relaxed);
                 let plan = DiskPlan {
                     name: name.clone(),
                     size,
                     source: &mut client,
-                    changed: None,
-                    read: DiskRead::Full {
-                        reason: "no dirty bitmap of an earlier backup".into(),
-                    },
+                    changed,
+                    read,
                 };
                 let progress = |b: u64| rd.done.store(base + b, Ordering::Relaxed);
                 out.push(write_disk(&store, plan, &rd.cancel, &progress)?);
@@ -302,104 +406,95 @@ impl Agent {
             }
         }
     }
+}
 
-    /// The `restore` job.
-    pub(crate) async fn restore_job(
-        self: &Arc<Self>,
-        cell: &JobCell,
-        req: RestoreJobRequest,
-    ) -> Result<JobResult, ApiError> {
-        if self.running(&req.config.id).is_ok() {
-            return Err(ApiError::invalid_state(format!(
-                "VM '{}' runs on this host; a restore writes only over a powered-off VM's disks",
-                req.config.name
-            )));
-        }
-        cell.progress(1, "opening the backup store");
-        let store = open_store(&req.store_path, req.encryption_key.as_deref()).await?;
-        let (s, id) = (store.clone(), req.backup_id.clone());
-        let m = tokio::task::spawn_blocking(move || s.manifest(&id))
-            .await
-            .map_err(|e| ApiError::internal(format!("store task: {e}")))?
-            .map_err(backup_err)?;
-        let layout = self.layout(&req.config)?;
-        let mut written = Vec::new();
-        let total: u64 = req
-            .disks
-            .iter()
-            .filter_map(|(from, _)| m.backup.disks.iter().find(|d| &d.name == from))
-            .map(|d| d.size_bytes)
-            .sum::<u64>()
-            .max(1);
-        let done = Arc::new(AtomicU64::new(0));
-        let cancel = Arc::new(AtomicBool::new(false));
-        for (from, to) in &req.disks {
-            let Some(i) = m.index.iter().position(|x| &x.disk == from) else {
-                return Err(ApiError::invalid(format!(
-                    "backup '{}' has no disk '{from}'",
-                    m.backup.id
-                )));
-            };
-            let size = m.backup.disks[i].size_bytes;
-            let index = m.index[i].clone();
-            let Some(j) = req.config.disks.iter().position(|d| &d.name == to) else {
-                return Err(ApiError::invalid(format!("the VM has no disk '{to}'")));
-            };
-            let target = layout.disks[j].clone();
-            let raw = target.with_file_name(format!(".restore-{to}.raw"));
-            let qcow = target.with_file_name(format!(".restore-{to}.qcow2"));
-            remove_logged(&raw);
-            remove_logged(&qcow);
-            let (s, r2, d2, c2) = (store.clone(), raw.clone(), done.clone(), cancel.clone());
-            let base = done.load(Ordering::Relaxed);
-            let work = tokio::task::spawn_blocking(move || {
-                let progress = |b: u64| d2.store(base + b, Ordering::Relaxed);
-                vdc_backup::restore::restore_raw(
-                    &s,
-                    &index,
-                    size,
-                    &r2,
-                    RESTORE_THREADS,
-                    &c2,
-                    &progress,
-                )
-            });
-            let mut work = std::pin::pin!(work);
-            let mut tick = tokio::time::interval(TICK);
-            let r = loop {
-                tokio::select! {
-                    r = &mut work => break r.map_err(|e| ApiError::internal(format!("restore task: {e}")))?,
-                    _ = cell.cancel.cancelled(), if !cancel.load(Ordering::Relaxed) => cancel.store(true, Ordering::Relaxed),
-                    _ = tick.tick() => {
-                        let p = 2 + done.load(Ordering::Relaxed) * 90 / total;
-                        cell.progress(p.min(92) as u8, "writing the disks");
-                    }
+/// After the manifest: the bitmap of this backup's point in time becomes
+/// the disk's only one (`written`), or the writes since the last backup
+/// are put back into its bitmap (not written).
+async fn finish_bitmaps(source: &Source, jobs: &[DiskJob], written: bool) {
+    for (i, j) in jobs.iter().enumerate() {
+        match (source, written) {
+            (Source::Running(vm), true) => {
+                if let Some(old) = &j.choice.bitmap {
+                    vm.remove_dirty_bitmap(&j.name, old).await;
                 }
-            };
-            r.map_err(backup_err)?;
-            cell.progress(93, "converting to qcow2");
-            let converted =
-                vdc_disk::qemu_img::convert_to_qcow2(&raw, vdc_types::api::ImageFormat::Raw, &qcow)
-                    .await;
-            remove_logged(&raw);
-            if let Err(e) = converted {
-                remove_logged(&qcow);
-                return Err(ApiError::new(ErrorCode::HostError, crate::error::chain(&e)));
             }
-            if let Err(e) = std::fs::rename(&qcow, &target) {
-                remove_logged(&qcow);
-                return Err(ApiError::new(
-                    ErrorCode::HostError,
-                    format!(
-                        "cannot put the restored image in place at '{}': {e}",
-                        target.display()
-                    ),
-                ));
+            (Source::Running(vm), false) => match &j.choice.bitmap {
+                Some(old) => vm.restore_dirty_bitmap(&j.name, old, &j.new_bitmap).await,
+                None => vm.remove_dirty_bitmap(&j.name, &j.new_bitmap).await,
+            },
+            (Source::Stopped(paths), true) => {
+                if let Err(e) = qemu_img_bitmap(&paths[i], "--add", &j.new_bitmap).await {
+                    tracing::warn!(disk = %j.name, error = %e, "cannot start the dirty bitmap; the next backup reads everything");
+                }
+                if let Some(old) = &j.choice.bitmap {
+                    remove_image_bitmap(&paths[i], old).await;
+                }
             }
-            written.push(to.clone());
+            (Source::Stopped(_), false) => {}
         }
-        Ok(JobResult::Restored { disks: written })
     }
+}
+
+async fn qemu_img_bitmap(image: &Path, op: &str, name: &str) -> Result<(), String> {
+    let out = tokio::process::Command::new("qemu-img")
+        .arg("bitmap")
+        .arg(op)
+        .arg(image)
+        .arg(name)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+async fn remove_image_bitmap(image: &Path, name: &str) {
+    if let Err(e) = qemu_img_bitmap(image, "--remove", name).await {
+        tracing::warn!(image = %image.display(), bitmap = name, error = %e, "cannot remove a dirty bitmap");
+    }
+}
+
+/// The dirty bitmaps stored in a stopped VM's qcow2 image.
+async fn image_bitmaps(image: &Path) -> Result<Vec<BitmapSeen>, ApiError> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(image)
+        .output()
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::HostError, format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(ApiError::new(
+            ErrorCode::HostError,
+            format!(
+                "qemu-img info '{}': {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| ApiError::new(ErrorCode::HostError, format!("qemu-img info answered: {e}")))?;
+    Ok(v["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    let flags: Vec<&str> = b["flags"]
+                        .as_array()
+                        .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
+                        .unwrap_or_default();
+                    BitmapSeen {
+                        name: b["name"].as_str().unwrap_or_default().to_string(),
+                        consistent: flags.contains(&"auto") && !flags.contains(&"in-use"),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// `qemu-nbd` serving one image read-only on a unix socket.
@@ -409,9 +504,18 @@ struct QemuNbd {
 }
 
 impl QemuNbd {
-    async fn start(image: &Path, name: &str, socket: &Path) -> Result<QemuNbd, ApiError> {
+    async fn start(
+        image: &Path,
+        name: &str,
+        bitmap: Option<&str>,
+        socket: &Path,
+    ) -> Result<QemuNbd, ApiError> {
         remove_logged(socket);
-        let child = tokio::process::Command::new("qemu-nbd")
+        let mut cmd = tokio::process::Command::new("qemu-nbd");
+        if let Some(b) = bitmap {
+            cmd.arg("--bitmap").arg(b);
+        }
+        let child = cmd
             .arg("--read-only")
             .arg("--format=qcow2")
             .arg("--shared=2")
@@ -475,7 +579,7 @@ impl QemuNbd {
     }
 }
 
-fn remove_logged(path: &Path) {
+pub(crate) fn remove_logged(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary file");

@@ -58,6 +58,7 @@ mod prelaunch;
 mod provision;
 mod recover;
 mod reporter;
+mod restore;
 mod slot;
 pub mod state;
 mod storage;

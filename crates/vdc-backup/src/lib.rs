@@ -21,6 +21,7 @@ pub mod chunk;
 pub mod error;
 pub mod format;
 pub mod gc;
+pub mod incremental;
 pub mod key;
 pub mod nbd;
 pub mod restore;

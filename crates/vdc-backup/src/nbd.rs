@@ -107,15 +107,18 @@ impl NbdClient {
     }
 
     fn open(path: &Path, name: &str, context: Option<&str>) -> Result<(NbdClient, Option<u32>)> {
-        let mut sock = UnixStream::connect(path)
-            .map_err(|e| BackupError::Nbd(format!("cannot connect to '{}': {e}", path.display())))?;
+        let mut sock = UnixStream::connect(path).map_err(|e| {
+            BackupError::Nbd(format!("cannot connect to '{}': {e}", path.display()))
+        })?;
         let mut hello = [0u8; 18];
         sock.read_exact(&mut hello).map_err(nbd_io)?;
         let magic = u64::from_be_bytes(hello[0..8].try_into().expect("8"));
         let opt = u64::from_be_bytes(hello[8..16].try_into().expect("8"));
         let flags = u16::from_be_bytes([hello[16], hello[17]]);
         if magic != NBDMAGIC || opt != IHAVEOPT || flags & FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(BackupError::Nbd("the server does not speak fixed newstyle".into()));
+            return Err(BackupError::Nbd(
+                "the server does not speak fixed newstyle".into(),
+            ));
         }
         let cflags = u32::from(FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES));
         sock.write_all(&cflags.to_be_bytes()).map_err(nbd_io)?;
@@ -139,11 +142,17 @@ impl NbdClient {
                     REP_META_CONTEXT if r.data.len() >= 4 => {
                         meta_id = Some(u32::from_be_bytes(r.data[0..4].try_into().expect("4")));
                     }
-                    t => return Err(BackupError::Nbd(format!("unexpected meta context reply {t}"))),
+                    t => {
+                        return Err(BackupError::Nbd(format!(
+                            "unexpected meta context reply {t}"
+                        )))
+                    }
                 }
             }
             if meta_id.is_none() {
-                return Err(BackupError::Nbd(format!("export '{name}' has no context '{ctx}'")));
+                return Err(BackupError::Nbd(format!(
+                    "export '{name}' has no context '{ctx}'"
+                )));
             }
         }
         let mut go = Vec::new();
@@ -156,7 +165,10 @@ impl NbdClient {
             let r = read_option_reply(&mut sock)?;
             match r.typ {
                 REP_ACK => break,
-                REP_INFO if r.data.len() >= 12 && u16::from_be_bytes([r.data[0], r.data[1]]) == INFO_EXPORT => {
+                REP_INFO
+                    if r.data.len() >= 12
+                        && u16::from_be_bytes([r.data[0], r.data[1]]) == INFO_EXPORT =>
+                {
                     size = Some(u64::from_be_bytes(r.data[2..10].try_into().expect("8")));
                 }
                 REP_INFO => {}
@@ -203,7 +215,9 @@ impl NbdClient {
                 let mut p = vec![0u8; plen];
                 self.sock.read_exact(&mut p).map_err(nbd_io)?;
                 if typ & 0x8000 != 0 {
-                    return Err(BackupError::Nbd(format!("block status failed (reply type {typ})")));
+                    return Err(BackupError::Nbd(format!(
+                        "block status failed (reply type {typ})"
+                    )));
                 }
                 if typ == REPLY_TYPE_BLOCK_STATUS && plen >= 4 {
                     let id = u32::from_be_bytes(p[0..4].try_into().expect("4"));

@@ -209,7 +209,11 @@ pub fn changed_chunks(extents: &[(u64, u64, u32)], size: u64, chunk_size: u64) -
         }
         let first = (off / chunk_size) as usize;
         let last = ((off + len - 1) / chunk_size) as usize;
-        for c in changed.iter_mut().take(last.min(count.saturating_sub(1)) + 1).skip(first) {
+        for c in changed
+            .iter_mut()
+            .take(last.min(count.saturating_sub(1)) + 1)
+            .skip(first)
+        {
             *c = true;
         }
     }
@@ -223,10 +227,21 @@ mod tests {
     #[test]
     fn dirty_extents_mark_the_chunks_they_touch() {
         let cs = 4 << 20;
-        let ext = [(0, 4096, 0), (4096, 8 << 20, 1), ((12 << 20) + 1, 1, 1), (13 << 20, 1 << 20, 0)];
-        assert_eq!(changed_chunks(&ext, 14 << 20, cs), vec![true, true, true, true]);
+        let ext = [
+            (0, 4096, 0),
+            (4096, 8 << 20, 1),
+            ((12 << 20) + 1, 1, 1),
+            (13 << 20, 1 << 20, 0),
+        ];
+        assert_eq!(
+            changed_chunks(&ext, 14 << 20, cs),
+            vec![true, true, true, true]
+        );
         let ext = [(5 << 20, 1, 1)];
-        assert_eq!(changed_chunks(&ext, 14 << 20, cs), vec![false, true, false, false]);
+        assert_eq!(
+            changed_chunks(&ext, 14 << 20, cs),
+            vec![false, true, false, false]
+        );
         assert_eq!(changed_chunks(&[], 14 << 20, cs), vec![false; 4]);
     }
 }

@@ -117,7 +117,13 @@ fn a_dirty_bitmap_over_nbd_names_the_changed_chunks() {
     qemu_img(&["bitmap", "--add", i, "b1"]);
     for (off, pattern) in [("5M", "7"), ("13M", "9")] {
         let st = Command::new("qemu-io")
-            .args(["-f", "qcow2", "-c", &format!("write -P {pattern} {off} 64k"), i])
+            .args([
+                "-f",
+                "qcow2",
+                "-c",
+                &format!("write -P {pattern} {off} 64k"),
+                i,
+            ])
             .stdout(Stdio::null())
             .status()
             .expect("qemu-io");
@@ -125,7 +131,15 @@ fn a_dirty_bitmap_over_nbd_names_the_changed_chunks() {
     }
     let sock = dir.path().join("nbd.sock");
     let mut server = Command::new("qemu-nbd")
-        .args(["--read-only", "--format=qcow2", "--export-name=disk0", "--shared=2", "-B", "b1", "--socket"])
+        .args([
+            "--read-only",
+            "--format=qcow2",
+            "--export-name=disk0",
+            "--shared=2",
+            "-B",
+            "b1",
+            "--socket",
+        ])
         .arg(&sock)
         .arg(&img)
         .stdout(Stdio::null())
