@@ -300,6 +300,8 @@ impl Agent {
                 scratch.remove();
                 r
             }
+            JobOp::Backup { request } => self.backup_job(cell, request).await,
+            JobOp::Restore { request } => self.restore_job(cell, request).await,
             JobOp::ImportImage { request } => {
                 cell.progress(10, "copying the image");
                 let dest = self.resolve(&request.datastore, &request.path)?;

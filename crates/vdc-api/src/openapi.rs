@@ -18,6 +18,7 @@ use vdc_types::{
     ApiError, Datastore, ErrorCode, Event, Host, InFlight, Network, Task, Vm, VmAction, VmOperation,
 };
 
+use crate::backup::BackupPaths;
 use crate::join;
 use crate::routes::*;
 use crate::{events, ha, maintenance, migration, templates_vm};
@@ -150,7 +151,7 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::ova::ImportOvaRequest,
         vdc_types::ova::ImportOvaResponse
     )),
-    modifiers(&BearerAuth)
+    modifiers(&BackupPaths, &BearerAuth)
 )]
 pub struct ApiDoc;
 

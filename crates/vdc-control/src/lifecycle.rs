@@ -25,6 +25,7 @@
 //!  stopped,running,paused  backup          backing_up              same state
 //!  stopped        clone                    cloning                 same state
 //!  stopped        convert_to_template      converting_to_template  (gone: a template)
+//!  stopped,crashed restore                 restoring               stopped
 //!  (new record)   create                   creating                stopped (or running)
 //! ```
 //!
@@ -163,6 +164,7 @@ pub fn allowed_states(action: VmAction) -> Vec<VmPowerState> {
         // snapshot first.
         VmAction::Clone => vec![S::Stopped],
         VmAction::ConvertToTemplate => vec![S::Stopped],
+        VmAction::Restore => vec![S::Stopped, S::Crashed],
     }
 }
 
@@ -238,6 +240,7 @@ pub fn decide(now: &Now<'_>, action: VmAction, target: Option<&str>) -> Result<S
         VmAction::Backup => step(VmOperation::BackingUp, None, same),
         VmAction::Clone => step(VmOperation::Cloning, None, same),
         VmAction::ConvertToTemplate => step(VmOperation::ConvertingToTemplate, None, Done::Gone),
+        VmAction::Restore => step(VmOperation::Restoring, None, Done::State(S::Stopped)),
     })
 }
 

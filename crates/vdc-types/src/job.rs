@@ -52,6 +52,10 @@ pub enum JobKind {
     ReceiveVm,
     /// Write a stopped VM as an OVA.
     ExportOva,
+    /// Read a VM's disks at one instant into a backup store.
+    Backup,
+    /// Write a backup's disks into a VM's images.
+    Restore,
 }
 
 impl std::fmt::Display for JobKind {
@@ -67,6 +71,8 @@ impl std::fmt::Display for JobKind {
             JobKind::MirrorDisks => "disk mirror",
             JobKind::ReceiveVm => "VM copy",
             JobKind::ExportOva => "OVA export",
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
         })
     }
 }
@@ -127,6 +133,16 @@ pub enum JobOp {
         /// The VM and the OVA file.
         request: crate::ova::ExportOvaRequest,
     },
+    /// See [`JobKind::Backup`].
+    Backup {
+        /// Which VM, into which store.
+        request: crate::backup::BackupJobRequest,
+    },
+    /// See [`JobKind::Restore`].
+    Restore {
+        /// Which backup, into which images.
+        request: crate::backup::RestoreJobRequest,
+    },
 }
 
 impl JobOp {
@@ -143,6 +159,8 @@ impl JobOp {
             JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
             JobOp::ExportOva { .. } => JobKind::ExportOva,
+            JobOp::Backup { .. } => JobKind::Backup,
+            JobOp::Restore { .. } => JobKind::Restore,
         }
     }
 
@@ -158,6 +176,8 @@ impl JobOp {
             JobOp::MirrorDisks { request } => Some(&request.config.id),
             JobOp::ReceiveVm { request } => Some(&request.config.id),
             JobOp::ExportOva { request } => Some(&request.config.id),
+            JobOp::Backup { request } => Some(&request.config.id),
+            JobOp::Restore { request } => Some(&request.config.id),
         }
     }
 }
@@ -219,6 +239,13 @@ pub enum JobResult {
     Migration(crate::migration::MigrationJobInfo),
     /// The VM's configuration after the operation (a storage migration).
     Config(crate::vm::VmConfig),
+    /// The backup made.
+    Backup(Box<crate::backup::Backup>),
+    /// A restore ended: the disks written.
+    Restored {
+        /// Disks written.
+        disks: Vec<String>,
+    },
 }
 
 /// A job as the agent reports it.

@@ -48,11 +48,13 @@ pub enum VmAction {
     /// Make the VM a template: its boot disk becomes the template's image
     /// and the VM is gone.
     ConvertToTemplate,
+    /// Write a backup over the VM's disks (powered off).
+    Restore,
 }
 
 impl VmAction {
     /// Every action, in the order above.
-    pub const ALL: [VmAction; 14] = [
+    pub const ALL: [VmAction; 15] = [
         VmAction::Start,
         VmAction::Stop,
         VmAction::Shutdown,
@@ -67,6 +69,7 @@ impl VmAction {
         VmAction::Backup,
         VmAction::Clone,
         VmAction::ConvertToTemplate,
+        VmAction::Restore,
     ];
 
     /// The power actions posted to `POST /api/v1/vms/{name}/{action}`
@@ -98,15 +101,17 @@ impl VmAction {
             VmAction::Backup => "backup",
             VmAction::Clone => "clone",
             VmAction::ConvertToTemplate => "convert_to_template",
+            VmAction::Restore => "restore",
         }
     }
 
-    /// Whether the API offers this action today (the others are modelled
-    /// for the flows still to come).
+    /// Whether the API offers this action among the VM's `actions` and the
+    /// power routes (backup and restore have routes of their own; failover
+    /// and snapshot are modelled for the flows still to come).
     pub fn is_offered(self) -> bool {
         !matches!(
             self,
-            VmAction::Failover | VmAction::Snapshot | VmAction::Backup
+            VmAction::Failover | VmAction::Snapshot | VmAction::Backup | VmAction::Restore
         )
     }
 }
@@ -186,6 +191,8 @@ pub enum VmOperation {
     Cloning,
     /// It is becoming a template.
     ConvertingToTemplate,
+    /// A backup is being written over its disks.
+    Restoring,
 }
 
 impl VmOperation {
@@ -207,6 +214,7 @@ impl VmOperation {
             VmOperation::BackingUp => "backing_up",
             VmOperation::Cloning => "cloning",
             VmOperation::ConvertingToTemplate => "converting_to_template",
+            VmOperation::Restoring => "restoring",
         }
     }
 
@@ -225,9 +233,10 @@ impl VmOperation {
             VmOperation::Migrating { .. } => "vm.migrate",
             VmOperation::FailingOver { .. } => "vm.failover",
             VmOperation::Snapshotting => "vm.snapshot",
-            VmOperation::BackingUp => "vm.backup",
             VmOperation::Cloning => "vm.clone",
             VmOperation::ConvertingToTemplate => "vm.convert_to_template",
+            VmOperation::BackingUp => "backup.run",
+            VmOperation::Restoring => "backup.restore",
         }
     }
 
