@@ -340,6 +340,7 @@ impl Agent {
         jobs: &[DiskJob],
         reading: &Arc<Reading>,
     ) -> Result<Vec<(DiskIndex, DiskBackup)>, ApiError> {
+        #[allow(clippy::type_complexity)]
         let plans: Vec<(
             String,
             Option<String>,
