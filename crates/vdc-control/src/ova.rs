@@ -107,6 +107,7 @@ impl Cluster {
                 req.source
             )));
         }
+        self.require_connected_host().await?;
         let datastore = match &req.datastore {
             Some(d) => self.get_datastore(d).await?,
             None => self
