@@ -307,6 +307,8 @@ impl Agent {
         if let Some(nic) = config.nics.first() {
             if let Some(ip) = &nic.ip {
                 oem.push(format!("vdc.ip={ip}"));
+            } else if nic.dhcp {
+                oem.push("vdc.ip=dhcp".to_string());
             }
             if let Some(gw) = &nic.gateway {
                 oem.push(format!("vdc.gw={gw}"));

@@ -23,6 +23,7 @@ mod openapi;
 mod routes;
 mod server;
 pub mod store_url;
+mod templates_vm;
 pub mod tls;
 
 pub use credentials::Credentials;

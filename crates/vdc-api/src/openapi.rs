@@ -21,7 +21,7 @@ use vdc_types::{
 use crate::backup::BackupPaths;
 use crate::join;
 use crate::routes::*;
-use crate::{events, ha, maintenance, migration};
+use crate::{events, ha, maintenance, migration, templates_vm};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -74,7 +74,13 @@ use crate::{events, ha, maintenance, migration};
         join::add_host,
         join::list_agents,
         maintenance::enter_maintenance,
-        maintenance::exit_maintenance
+        maintenance::exit_maintenance,
+        templates_vm::clone_vm,
+        templates_vm::vm_to_template,
+        templates_vm::get_template,
+        templates_vm::delete_template,
+        templates_vm::import_disk,
+        templates_vm::export_vm
     ),
     components(schemas(
         VersionInfo,
@@ -135,7 +141,12 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::migration::MigrationSettingsView,
         vdc_types::migration::SetMigrationSettingsRequest,
         vdc_types::migration::CaSummary,
-        vdc_types::migration::HostTlsStatus
+        vdc_types::migration::HostTlsStatus,
+        vdc_types::clone::CloneVmRequest,
+        vdc_types::clone::VmToTemplateRequest,
+        vdc_types::clone::TemplateDetails,
+        vdc_types::clone::ImportDiskRequest,
+        vdc_types::ova::ExportVmRequest
     )),
     modifiers(&BackupPaths, &BearerAuth)
 )]

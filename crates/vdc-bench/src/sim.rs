@@ -58,6 +58,7 @@ pub fn vm_config(i: usize) -> VmConfig {
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        linked_clone: false,
     }
 }
 

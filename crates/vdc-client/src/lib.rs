@@ -6,6 +6,7 @@
 //! what was wrong.
 
 mod backup;
+mod clone;
 mod ha;
 mod history;
 mod maintenance;

@@ -54,6 +54,8 @@ pub enum JobKind {
     Backup,
     /// Write a backup's disks into a VM's images.
     Restore,
+    /// Write a stopped VM as an OVA.
+    ExportOva,
 }
 
 impl std::fmt::Display for JobKind {
@@ -70,6 +72,7 @@ impl std::fmt::Display for JobKind {
             JobKind::ReceiveVm => "VM copy",
             JobKind::Backup => "backup",
             JobKind::Restore => "restore",
+            JobKind::ExportOva => "OVA export",
         })
     }
 }
@@ -135,6 +138,11 @@ pub enum JobOp {
         /// Which backup, into which images.
         request: crate::backup::RestoreJobRequest,
     },
+    /// See [`JobKind::ExportOva`].
+    ExportOva {
+        /// The VM and the OVA file.
+        request: crate::ova::ExportOvaRequest,
+    },
 }
 
 impl JobOp {
@@ -152,6 +160,7 @@ impl JobOp {
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
             JobOp::Backup { .. } => JobKind::Backup,
             JobOp::Restore { .. } => JobKind::Restore,
+            JobOp::ExportOva { .. } => JobKind::ExportOva,
         }
     }
 
@@ -168,6 +177,7 @@ impl JobOp {
             JobOp::ReceiveVm { request } => Some(&request.config.id),
             JobOp::Backup { request } => Some(&request.config.id),
             JobOp::Restore { request } => Some(&request.config.id),
+            JobOp::ExportOva { request } => Some(&request.config.id),
         }
     }
 }
@@ -223,6 +233,8 @@ pub enum JobResult {
     Vm(VmRuntime),
     /// The imported image.
     Image(ImportImageResponse),
+    /// The OVA written.
+    Exported(crate::ova::ExportOvaResponse),
     /// A migration sent (the source's job).
     Migration(crate::migration::MigrationJobInfo),
     /// The VM's configuration after the operation (a storage migration).

@@ -22,7 +22,10 @@ use crate::UnixMillis;
 ///   running), what HA did for every VM before.
 /// - 4: [`crate::ha::VmHa::group`] (HA order group); a version 3
 ///   configuration has none.
-pub const VM_CONFIG_VERSION: u32 = 4;
+/// - 5: [`VmConfig::linked_clone`] and [`NicSpec::dhcp`]; a version 4
+///   configuration deployed from a template is counted as a possible
+///   linked clone of it ([`VmConfig::may_use_template`]).
+pub const VM_CONFIG_VERSION: u32 = 5;
 
 /// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
 /// hardware never changes under a VM (upgrades, migration between hosts).
@@ -160,6 +163,9 @@ pub struct NicSpec {
     /// Static address given to the guest, CIDR notation (`10.77.0.100/24`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The guest asks a DHCP server for its address (no `ip`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
     /// Gateway given to the guest, if the network has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -198,6 +204,10 @@ pub struct VmConfig {
     /// Template the VM was deployed from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// The boot disk is a linked clone of the template's image (version 5;
+    /// a version 4 configuration with a template may be one too).
+    #[serde(default)]
+    pub linked_clone: bool,
     /// Creation time.
     pub created_ms: UnixMillis,
     /// QEMU machine type, pinned with its version (e.g. `pc-q35-10.0`).
@@ -209,6 +219,14 @@ pub struct VmConfig {
     /// HA settings (version 3; older configurations read the defaults).
     #[serde(default)]
     pub ha: crate::ha::VmHa,
+}
+
+impl VmConfig {
+    /// Whether the VM's disks may read template `name`'s image (a linked
+    /// clone of it), so the template must stay.
+    pub fn may_use_template(&self, name: &str) -> bool {
+        self.template.as_deref() == Some(name) && (self.linked_clone || self.version < 5)
+    }
 }
 
 /// What the guest reports about itself over the guest channel.

@@ -16,6 +16,7 @@
 
 mod backup;
 mod cli;
+mod clone_cli;
 mod commands;
 mod console;
 mod error;

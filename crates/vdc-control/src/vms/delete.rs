@@ -52,6 +52,7 @@ impl Cluster {
                     &url,
                     &DestroyVmRequest {
                         config: rec.config.clone(),
+                        keep_boot_disk_as: None,
                     },
                 )
                 .await;
