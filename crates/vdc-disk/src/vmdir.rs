@@ -233,6 +233,7 @@ mod tests {
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             ha: Default::default(),
+            guest_agent: false,
         }
     }
 

@@ -22,7 +22,10 @@ use crate::UnixMillis;
 ///   running), what HA did for every VM before.
 /// - 4: [`crate::ha::VmHa::group`] (HA order group); a version 3
 ///   configuration has none.
-pub const VM_CONFIG_VERSION: u32 = 4;
+/// - 5: [`VmConfig::guest_agent`] (the QEMU guest agent channel in the
+///   device model); a version 4 configuration has none, and its VM keeps
+///   running, resuming and migrating without it.
+pub const VM_CONFIG_VERSION: u32 = 5;
 
 /// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
 /// hardware never changes under a VM (upgrades, migration between hosts).
@@ -209,6 +212,12 @@ pub struct VmConfig {
     /// HA settings (version 3; older configurations read the defaults).
     #[serde(default)]
     pub ha: crate::ha::VmHa,
+    /// The VM has the QEMU guest agent channel (virtio-serial port
+    /// `org.qemu.guest_agent.0`), used to quiesce the guest's file systems
+    /// for snapshots and to tell an instant clone its identity. Version 5;
+    /// false for older configurations: part of the pinned device model.
+    #[serde(default)]
+    pub guest_agent: bool,
 }
 
 /// What the guest reports about itself over the guest channel.
