@@ -102,6 +102,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
         .route(&format!("{VM}/ha"), put(set_ha))
+        .route(&format!("{VM}/snapshots"), get(snapshot_tree))
         .route(&format!("{VM}/console"), get(console))
         .route(
             &format!("{VM}/console/input"),
@@ -232,6 +233,13 @@ async fn set_ha(
 
 async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
     Ok(Json(agent.suspend(&id).await?))
+}
+
+async fn snapshot_tree(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+) -> ApiResult<vdc_types::snapshot::SnapshotTree> {
+    Ok(Json(agent.snapshot_tree(&id).await?))
 }
 
 async fn destroy(

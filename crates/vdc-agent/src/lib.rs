@@ -58,6 +58,7 @@ mod provision;
 mod recover;
 mod reporter;
 mod slot;
+mod snapshot;
 pub mod state;
 mod storage;
 mod supervisor;

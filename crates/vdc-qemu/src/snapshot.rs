@@ -90,7 +90,11 @@ pub fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-async fn qemu_img(operation: &'static str, path: &Path, args: &[&str]) -> Result<(), SnapshotError> {
+async fn qemu_img(
+    operation: &'static str,
+    path: &Path,
+    args: &[&str],
+) -> Result<(), SnapshotError> {
     let out = tokio::process::Command::new("qemu-img")
         .args(args)
         .kill_on_drop(true)
@@ -234,7 +238,10 @@ pub async fn snapshot_live(
         .await
         .map_err(qmp_err("blockdev-snapshot"))
     {
-        if let Err(d) = qmp.execute("blockdev-del", json!({"node-name": node})).await {
+        if let Err(d) = qmp
+            .execute("blockdev-del", json!({"node-name": node}))
+            .await
+        {
             tracing::warn!(node, error = %d, "could not remove the unused overlay node");
         }
         remove_quietly(overlay);

@@ -277,9 +277,7 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
                 path_opt(&paths.guest_agent_socket())
             ),
             "-device",
-            &format!(
-                "virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_CHANNEL_NAME}"
-            ),
+            &format!("virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_CHANNEL_NAME}"),
         ]);
     }
 

@@ -65,7 +65,9 @@ impl Shell {
             }
         };
         let line = format!("echo \"{tag}=$({cmd})=\"\n");
-        sock.write_all(line.as_bytes()).await.expect("console write");
+        sock.write_all(line.as_bytes())
+            .await
+            .expect("console write");
         let prefix = format!("{tag}=");
         loop {
             if let Some(found) = console(&self.paths)
@@ -175,28 +177,56 @@ async fn guest_agent_snapshots_memory_revert_live_merge_and_disk_revert() {
     // Disk snapshot s1, quiesced: f=A is in it.
     assert_eq!(sh.run("echo A > /data/f && sync && cat /data/f").await, "A");
     let q = qga::freeze(&qga_sock, Duration::from_secs(5)).await;
-    assert!(matches!(q, Quiesce::Quiesced { frozen } if frozen >= 1), "{q:?}");
+    assert!(
+        matches!(q, Quiesce::Quiesced { frozen } if frozen >= 1),
+        "{q:?}"
+    );
     let mut agent = GuestAgent::connect(&qga_sock, Duration::from_secs(5))
         .await
         .expect("connect");
     assert_eq!(agent.fsfreeze_status().await.expect("status"), "frozen");
     drop(agent);
     let s1_active = vm_dir.join("disk0.s1.qcow2");
-    snapshot::snapshot_live(vm.qmp(), "disk0", &disk0, &s1_active, "disk0-s1", size, false)
-        .await
-        .expect("snapshot s1");
-    assert!(qga::thaw(&qga_sock, Duration::from_secs(5)).await.expect("thaw") >= 1);
+    snapshot::snapshot_live(
+        vm.qmp(),
+        "disk0",
+        &disk0,
+        &s1_active,
+        "disk0-s1",
+        size,
+        false,
+    )
+    .await
+    .expect("snapshot s1");
+    assert!(
+        qga::thaw(&qga_sock, Duration::from_secs(5))
+            .await
+            .expect("thaw")
+            >= 1
+    );
     assert_eq!(backing_name(&s1_active).as_deref(), Some("disk0.qcow2"));
 
     // Memory snapshot s2 (f=B), taken at one paused instant.
     assert_eq!(sh.run("echo B > /data/f && sync && cat /data/f").await, "B");
-    let c_snap: u64 = sh.run("cat /run/vdc/counter").await.parse().expect("counter");
+    let c_snap: u64 = sh
+        .run("cat /run/vdc/counter")
+        .await
+        .parse()
+        .expect("counter");
     let s2_active = vm_dir.join("disk0.s2.qcow2");
     let s2_state = vm_dir.join("s2.state");
     vm.qmp().stop().await.expect("stop");
-    snapshot::snapshot_live(vm.qmp(), "disk0", &s1_active, &s2_active, "disk0-s2", size, false)
-        .await
-        .expect("snapshot s2");
+    snapshot::snapshot_live(
+        vm.qmp(),
+        "disk0",
+        &s1_active,
+        &s2_active,
+        "disk0-s2",
+        size,
+        false,
+    )
+    .await
+    .expect("snapshot s2");
     snapshot::save_memory(vm.qmp(), &s2_state)
         .await
         .expect("save memory");
@@ -207,7 +237,11 @@ async fn guest_agent_snapshots_memory_revert_live_merge_and_disk_revert() {
     assert_eq!(sh.run("echo G > /data/g && sync && cat /data/g").await, "G");
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let c_pre = loop {
-        let c: u64 = sh.run("cat /run/vdc/counter").await.parse().expect("counter");
+        let c: u64 = sh
+            .run("cat /run/vdc/counter")
+            .await
+            .parse()
+            .expect("counter");
         if c >= c_snap + 100 {
             break c;
         }
@@ -228,23 +262,41 @@ async fn guest_agent_snapshots_memory_revert_live_merge_and_disk_revert() {
     snapshot::load_memory(vm.qmp(), &s2_state)
         .await
         .expect("load memory");
-    assert!(s2_state.is_file(), "the state file stays for another revert");
-    let c_back: u64 = sh.run("cat /run/vdc/counter").await.parse().expect("counter");
+    assert!(
+        s2_state.is_file(),
+        "the state file stays for another revert"
+    );
+    let c_back: u64 = sh
+        .run("cat /run/vdc/counter")
+        .await
+        .parse()
+        .expect("counter");
     assert!(
         c_back >= c_snap && c_back < c_pre,
         "counter {c_back} not from the snapshot ({c_snap}..{c_pre})"
     );
     assert_eq!(sh.run("cat /proc/sys/kernel/random/boot_id").await, boot_id);
     assert_eq!(sh.run("cat /data/f").await, "B");
-    assert_eq!(sh.run("cat /data/g 2>&1 || true").await.contains("No such file"), true);
+    assert_eq!(
+        sh.run("cat /data/g 2>&1 || true")
+            .await
+            .contains("No such file"),
+        true
+    );
     assert_eq!(console(&paths).matches("VDC-GUEST-READY").count(), 1);
 
     // Delete s2 (the middle image, disk0.s1.qcow2) while the guest runs:
     // its data streams into the active image, every byte stays.
     assert_eq!(sh.run("echo H > /data/h && sync && cat /data/h").await, "H");
-    snapshot::stream_into(vm.qmp(), &r2, &s1_active, Some((&disk0, "disk0.qcow2")), "del-s2")
-        .await
-        .expect("live merge");
+    snapshot::stream_into(
+        vm.qmp(),
+        &r2,
+        &s1_active,
+        Some((&disk0, "disk0.qcow2")),
+        "del-s2",
+    )
+    .await
+    .expect("live merge");
     std::fs::remove_file(&s1_active).expect("merged image removed");
     assert_eq!(backing_name(&r2).as_deref(), Some("disk0.qcow2"));
     assert_eq!(

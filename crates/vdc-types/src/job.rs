@@ -50,6 +50,8 @@ pub enum JobKind {
     MirrorDisks,
     /// Copy a stopped or suspended VM's files from another host's export.
     ReceiveVm,
+    /// Take, revert or delete a snapshot.
+    Snapshot,
 }
 
 impl std::fmt::Display for JobKind {
@@ -64,6 +66,7 @@ impl std::fmt::Display for JobKind {
             JobKind::MigrateOut => "outgoing migration",
             JobKind::MirrorDisks => "disk mirror",
             JobKind::ReceiveVm => "VM copy",
+            JobKind::Snapshot => "snapshot",
         })
     }
 }
@@ -119,6 +122,11 @@ pub enum JobOp {
         /// What to copy from where.
         request: ReceiveVmRequest,
     },
+    /// See [`JobKind::Snapshot`].
+    Snapshot {
+        /// Which VM and what to do.
+        request: crate::snapshot::SnapshotJobRequest,
+    },
 }
 
 impl JobOp {
@@ -134,6 +142,7 @@ impl JobOp {
             JobOp::MigrateOut { .. } => JobKind::MigrateOut,
             JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
+            JobOp::Snapshot { .. } => JobKind::Snapshot,
         }
     }
 
@@ -148,6 +157,7 @@ impl JobOp {
             JobOp::MigrateOut { request } => Some(&request.vm_id),
             JobOp::MirrorDisks { request } => Some(&request.config.id),
             JobOp::ReceiveVm { request } => Some(&request.config.id),
+            JobOp::Snapshot { request } => Some(&request.config.id),
         }
     }
 }
@@ -207,6 +217,8 @@ pub enum JobResult {
     Migration(crate::migration::MigrationJobInfo),
     /// The VM's configuration after the operation (a storage migration).
     Config(crate::vm::VmConfig),
+    /// The VM's snapshot tree after the operation.
+    Snapshots(crate::snapshot::SnapshotTree),
 }
 
 /// A job as the agent reports it.
