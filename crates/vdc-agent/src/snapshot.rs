@@ -76,7 +76,10 @@ fn refusal(e: SnapshotRefusal) -> ApiError {
 }
 
 fn new_file(disk: &str) -> String {
-    format!("{disk}.{}.qcow2", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{disk}.{}.qcow2",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Reads the tree of `dir` off the runtime.
@@ -162,7 +165,11 @@ impl Agent {
             )));
         }
         let config = slot.inner().config.clone();
-        let config = if config.id == id { config } else { request.config.clone() };
+        let config = if config.id == id {
+            config
+        } else {
+            request.config.clone()
+        };
         match request.action {
             SnapshotAction::Create(req) => {
                 cell.progress(5, "taking the snapshot");
@@ -195,8 +202,10 @@ impl Agent {
         let tree = read_tree(&dir).await?;
         tree.check_create(req, vm.is_some()).map_err(refusal)?;
         let snap_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let new_active: BTreeMap<String, String> =
-            disks.iter().map(|d| (d.name.clone(), new_file(&d.name))).collect();
+        let new_active: BTreeMap<String, String> = disks
+            .iter()
+            .map(|d| (d.name.clone(), new_file(&d.name)))
+            .collect();
         let images: BTreeMap<String, String> = disks
             .iter()
             .map(|d| (d.name.clone(), vdc_qemu::snapshot::file_name(&d.active)))
@@ -345,13 +354,20 @@ impl Agent {
                 .find(|n| n["node-name"] == node.as_str())
                 .and_then(|n| n["file"].as_str())
             {
-                out.insert(d.name.clone(), vdc_qemu::snapshot::file_name(Path::new(file)));
+                out.insert(
+                    d.name.clone(),
+                    vdc_qemu::snapshot::file_name(Path::new(file)),
+                );
             }
         }
         Ok(out)
     }
 
-    async fn revert_snapshot(&self, config: &VmConfig, name: &str) -> Result<SnapshotTree, ApiError> {
+    async fn revert_snapshot(
+        &self,
+        config: &VmConfig,
+        name: &str,
+    ) -> Result<SnapshotTree, ApiError> {
         let (dir, disks) = self.disks(config)?;
         let tree = read_tree(&dir).await?;
         let snap = tree.check_known(name).map_err(refusal)?.clone();
@@ -438,7 +454,10 @@ impl Agent {
                 };
                 let merged = match (live, vm) {
                     (true, Some(vm)) => {
-                        let job = format!("snapdel-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+                        let job = format!(
+                            "snapdel-{}",
+                            &uuid::Uuid::new_v4().simple().to_string()[..8]
+                        );
                         vdc_qemu::snapshot::stream_into(
                             vm.qmp(),
                             child,

@@ -73,7 +73,11 @@ use crate::{events, ha, maintenance, migration};
         join::add_host,
         join::list_agents,
         maintenance::enter_maintenance,
-        maintenance::exit_maintenance
+        maintenance::exit_maintenance,
+        crate::snapshots::list_snapshots,
+        crate::snapshots::create_snapshot,
+        crate::snapshots::revert_snapshot,
+        crate::snapshots::delete_snapshot
     ),
     components(schemas(
         VersionInfo,
@@ -134,7 +138,11 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::migration::MigrationSettingsView,
         vdc_types::migration::SetMigrationSettingsRequest,
         vdc_types::migration::CaSummary,
-        vdc_types::migration::HostTlsStatus
+        vdc_types::migration::HostTlsStatus,
+        vdc_types::snapshot::SnapshotList,
+        vdc_types::snapshot::Snapshot,
+        vdc_types::snapshot::Consistency,
+        vdc_types::snapshot::CreateSnapshotRequest
     )),
     modifiers(&BearerAuth)
 )]

@@ -38,6 +38,7 @@ mod networks;
 pub mod ownership;
 pub mod record;
 pub mod resume;
+mod snapshots;
 pub mod tasks;
 mod templates;
 mod undo;

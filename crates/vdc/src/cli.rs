@@ -445,6 +445,9 @@ pub enum VmCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Snapshots: create, list, revert, delete.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCmd),
     /// Delete a stopped VM and its disks.
     #[command(alias = "rm")]
     Delete {
