@@ -145,10 +145,17 @@ impl Cluster {
         kind: &'static str,
         action: SnapshotAction,
     ) -> Result<Task, ApiError> {
-        self.begin_operation(name, VmAction::Snapshot, None).await?;
+        let (rec, _) = self.begin_operation(name, VmAction::Snapshot, None).await?;
         let me = self.clone();
         let n = name.to_string();
-        self.spawn_operation(name, kind, None, move |ctx| async move {
+        // Journaled like a power task: a server restart fails it (its kind
+        // is not resumed) with the VM's operation released.
+        let params = vdc_types::TaskParams::VmPower {
+            vm_id: rec.config.id.clone(),
+            host: rec.owner.clone(),
+            shutdown_timeout_s: None,
+        };
+        self.spawn_operation(name, kind, Some(params), move |ctx| async move {
             me.snapshot_body(&ctx, &n, action).await
         })
         .await
