@@ -225,6 +225,21 @@ async fn snapshots_on_a_real_guest() {
     assert_eq!(ask(&lab, &ip, "read f"), "A");
     assert_eq!(ask(&lab, &ip, "read h"), "error: no such file");
 
+    // A move that would copy its disks is refused while it has snapshots.
+    let (code, msg) = api_code(
+        c.migrate_vm(
+            VM,
+            &vdc_types::migration::MigrateRequest {
+                datastore: Some("local-host-1".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("a storage move of a VM with snapshots"),
+    );
+    assert_eq!(code, ErrorCode::InvalidState, "{msg}");
+    assert!(msg.contains("snapshots"), "{msg}");
+
     // The CLI shows the tree with the current position.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdc"))
         .args(["vm", "snapshot", "list", VM])

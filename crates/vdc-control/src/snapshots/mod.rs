@@ -84,6 +84,25 @@ impl Cluster {
             .await
     }
 
+    /// Refuses a move that copies VM `rec`'s disks while they are chains
+    /// of snapshot overlays: the copy and mirror paths move the configured
+    /// disk files only. Moves that keep the files where they are (live
+    /// migration or a restart on shared storage) keep the snapshots.
+    pub(crate) async fn refuse_disk_copy_with_snapshots(
+        &self,
+        rec: &VmRecord,
+    ) -> Result<(), ApiError> {
+        let tree = self.tree_of(rec).await?;
+        if tree.active.is_empty() {
+            return Ok(());
+        }
+        let name = &rec.config.name;
+        Err(ApiError::invalid_state(format!(
+            "VM '{name}' has snapshots ({} in its tree): its disks are chains of overlays that a move of its disks does not carry yet; delete its snapshots and move it while stopped, or move it between hosts on shared storage ('vdc vm snapshot list {name}')",
+            tree.snapshots.len()
+        )))
+    }
+
     /// The snapshots of VM `name`.
     pub async fn list_snapshots(&self, name: &str) -> Result<SnapshotList, ApiError> {
         let rec = self.record(name).await?;
