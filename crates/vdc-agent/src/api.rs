@@ -102,7 +102,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
         .route(&format!("{VM}/ha"), put(set_ha))
-        .route(&format!("{VM}/snapshots"), get(snapshot_tree))
+        .route(&format!("{VM}/snapshots"), post(snapshot_tree))
         .route(&format!("{VM}/console"), get(console))
         .route(
             &format!("{VM}/console/input"),
@@ -238,8 +238,12 @@ async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Api
 async fn snapshot_tree(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
+    Body(req): Body<vdc_types::snapshot::SnapshotTreeRequest>,
 ) -> ApiResult<vdc_types::snapshot::SnapshotTree> {
-    Ok(Json(agent.snapshot_tree(&id).await?))
+    if req.config.id != id {
+        return Err(ApiError::invalid("the configuration is of another VM").into());
+    }
+    Ok(Json(agent.snapshot_tree(&req.config).await?))
 }
 
 async fn destroy(

@@ -120,11 +120,10 @@ struct Disk {
 }
 
 impl Agent {
-    /// The snapshot tree of VM `id` (`GET /agent/v1/vms/{id}/snapshots`).
-    pub(crate) async fn snapshot_tree(&self, id: &str) -> Result<SnapshotTree, ApiError> {
-        let slot = self.slot(id)?;
-        let config = slot.inner().config.clone();
-        let layout = self.layout(&config)?;
+    /// The snapshot tree of the VM of `config`
+    /// (`POST /agent/v1/vms/{id}/snapshots`).
+    pub(crate) async fn snapshot_tree(&self, config: &VmConfig) -> Result<SnapshotTree, ApiError> {
+        let layout = self.layout(config)?;
         read_tree(layout.vm_dir.path()).await
     }
 
@@ -153,22 +152,27 @@ impl Agent {
         cell: &JobCell,
         request: SnapshotJobRequest,
     ) -> Result<SnapshotTree, ApiError> {
-        let id = request.config.id.clone();
-        let slot = self.slot_or_insert(&request.config, VmPowerState::Stopped);
-        let _op = slot.op.lock().await;
-        let vm = slot.vm().filter(|v| !v.has_exited());
-        let state = slot.state();
+        // A VM this host does not know is at rest here (its files are on
+        // a datastore this host reaches): no slot is made for it.
+        let slot = self.slot(&request.config.id).ok();
+        let _op = match &slot {
+            Some(s) => Some(s.op.lock().await),
+            None => None,
+        };
+        let vm = slot
+            .as_ref()
+            .and_then(|s| s.vm())
+            .filter(|v| !v.has_exited());
+        let state = slot.as_ref().map_or(VmPowerState::Stopped, |s| s.state());
         if vm.is_some() && !matches!(state, VmPowerState::Running | VmPowerState::Paused) {
             return Err(ApiError::invalid_state(format!(
                 "VM '{}' is {state}; snapshots need it running, paused or stopped",
                 request.config.name
             )));
         }
-        let config = slot.inner().config.clone();
-        let config = if config.id == id {
-            config
-        } else {
-            request.config.clone()
+        let config = match &slot {
+            Some(s) if vm.is_some() => s.inner().config.clone(),
+            _ => request.config.clone(),
         };
         match request.action {
             SnapshotAction::Create(req) => {

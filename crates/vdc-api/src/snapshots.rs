@@ -71,3 +71,14 @@ pub(crate) async fn delete_snapshot(
     let task = st.cluster.delete_snapshot(&name, &snapshot).await?;
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
+
+/// The web page's snapshot section (`/snapshots.js`).
+pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../web/snapshots.js"),
+    )
+}

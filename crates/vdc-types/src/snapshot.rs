@@ -146,6 +146,14 @@ pub struct SnapshotJobRequest {
     pub action: SnapshotAction,
 }
 
+/// `POST /agent/v1/vms/{id}/snapshots`: read the VM's tree (the host need
+/// not know the VM: the configuration locates its directory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotTreeRequest {
+    /// The VM's configuration.
+    pub config: crate::VmConfig,
+}
+
 /// The API's view of a VM's snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotList {

@@ -55,30 +55,31 @@ fn tree_result(r: JobResult) -> Result<SnapshotTree, ApiError> {
 }
 
 impl Cluster {
-    /// The owner host of `rec` and its agent URL.
+    /// The host that works on `rec`'s snapshots and its agent URL: the
+    /// owner of a VM that runs, else a host reaching its datastore.
     async fn snapshot_host(&self, rec: &VmRecord) -> Result<(String, String), ApiError> {
-        let name = &rec.config.name;
-        let host = rec.owner.clone().ok_or_else(|| {
-            ApiError::invalid_state(format!(
-                "VM '{name}' has no owner host yet; start it once first ('vdc vm start {name}')"
-            ))
-        })?;
-        let url = self.agent_url(&host).await?;
-        Ok((host, url))
+        if rec.state.has_process() {
+            let host = rec.owner.clone().ok_or_else(|| {
+                ApiError::internal(format!("VM '{}' runs but has no owner", rec.config.name))
+            })?;
+            let url = self.agent_url(&host).await?;
+            return Ok((host, url));
+        }
+        self.host_for_files(rec).await
     }
 
     async fn tree_of(&self, rec: &VmRecord) -> Result<SnapshotTree, ApiError> {
-        if rec.owner.is_none() {
-            return Ok(SnapshotTree::new());
-        }
         let (host, url) = self.snapshot_host(rec).await?;
         let u = format!("{url}/agent/v1/vms/{}/snapshots", rec.config.id);
+        let body = vdc_types::snapshot::SnapshotTreeRequest {
+            config: rec.config.clone(),
+        };
         self.agents
-            .call::<(), _>(
+            .call(
                 &host,
-                reqwest::Method::GET,
+                reqwest::Method::POST,
                 u,
-                None,
+                Some(&body),
                 std::time::Duration::from_secs(30),
             )
             .await
@@ -117,7 +118,6 @@ impl Cluster {
     ) -> Result<Task, ApiError> {
         let rec = self.record(name).await?;
         rec.decide(VmAction::Snapshot, None)?;
-        self.snapshot_host(&rec).await?;
         let running = rec.state.has_process();
         let tree = self.tree_of(&rec).await?;
         tree.check_create(&req, running)
