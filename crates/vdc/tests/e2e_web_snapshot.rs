@@ -1,7 +1,8 @@
 //! The web page's snapshot section in a real headless Chromium: take two
 //! snapshots of a stopped VM from the page, see the tree with the current
-//! position, revert and delete from its buttons, and check the API agrees.
-//! No guest boots: a stopped VM's snapshots are taken at rest.
+//! position, revert and delete from its buttons (a delete that merges into
+//! images at rest), check the API agrees, and delete the VM with its
+//! snapshot files. No guest boots: a stopped VM's snapshots are at rest.
 
 use std::time::Duration;
 
@@ -109,14 +110,15 @@ async fn web_page_takes_reverts_and_deletes_snapshots() {
     })
     .await;
 
-    // Delete w2 from its button.
+    // Delete w1 from its button: it has a child snapshot (w2) and the
+    // active image on it, both at rest: each takes w1's data in.
     page(
-        "delete w2",
+        "delete w1",
         browser
-            .click_css(r#"button[data-snap-delete="w2"]"#, PAGE_TIMEOUT)
+            .click_css(r#"button[data-snap-delete="w1"]"#, PAGE_TIMEOUT)
             .await,
     );
-    wait_tree(&browser, "w2 gone", |n| n == ["w1 (you are here)"]).await;
+    wait_tree(&browser, "w1 gone, w2 the root", |n| n == ["w2"]).await;
 
     // The API agrees.
     let list = wait_until_async(PAGE_TIMEOUT, "the API's tree", || async {
@@ -124,6 +126,20 @@ async fn web_page_takes_reverts_and_deletes_snapshots() {
         (l.snapshots.len() == 1).then_some(l)
     })
     .await;
-    assert_eq!(list.current.as_deref(), Some("w1"));
-    assert_eq!(list.snapshots[0].name, "w1");
+    assert_eq!(list.current, None);
+    assert_eq!(list.snapshots[0].name, "w2");
+    assert_eq!(list.snapshots[0].parent, None);
+
+    // The VM goes with its snapshot files.
+    let t = c.delete_vm(VM).await.expect("delete accepted");
+    c.wait_task(&t.id, PAGE_TIMEOUT, |_| {})
+        .await
+        .expect("deleted with its snapshots");
+    let shared = lab
+        .info
+        .datastores
+        .iter()
+        .find(|d| d.kind == "shared")
+        .expect("shared datastore");
+    assert!(!shared.path.join(VM).exists(), "the VM directory stayed");
 }
