@@ -48,6 +48,7 @@ mod error;
 mod ha_settings;
 mod heartbeat;
 mod hoststats;
+mod instant_clone;
 mod isolation;
 mod jobs;
 mod lease_watch;

@@ -92,7 +92,7 @@ pub(crate) async fn read_tree(dir: &Path) -> Result<SnapshotTree, ApiError> {
     .map_err(|e| disk_error("cannot read the snapshot tree", e))
 }
 
-async fn write_tree(dir: &Path, tree: &SnapshotTree) -> Result<(), ApiError> {
+pub(crate) async fn write_tree(dir: &Path, tree: &SnapshotTree) -> Result<(), ApiError> {
     let d = dir.to_path_buf();
     let t = tree.clone();
     datastore_io("cannot write the snapshot tree", move || {
@@ -193,6 +193,16 @@ impl Agent {
                 cell.progress(5, "merging the snapshot's data");
                 self.delete_snapshot(&config, vm.as_deref(), &name).await
             }
+            SnapshotAction::InstantClone { name, clone } => {
+                let Some(vm) = vm.as_deref() else {
+                    return Err(ApiError::invalid_state(format!(
+                        "VM '{}' does not run: an instant clone forks a running VM",
+                        config.name
+                    )));
+                };
+                cell.progress(10, "forking the VM");
+                self.instant_clone(&config, vm, &name, &clone).await
+            }
         }
     }
 
@@ -226,6 +236,7 @@ impl Agent {
             parent: None,
             images,
             state_file: state_file.clone(),
+            clones: Vec::new(),
         };
 
         let Some(vm) = vm else {

@@ -77,7 +77,8 @@ use crate::{events, ha, maintenance, migration};
         crate::snapshots::list_snapshots,
         crate::snapshots::create_snapshot,
         crate::snapshots::revert_snapshot,
-        crate::snapshots::delete_snapshot
+        crate::snapshots::delete_snapshot,
+        crate::snapshots::instant_clone
     ),
     components(schemas(
         VersionInfo,
@@ -142,7 +143,8 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::snapshot::SnapshotList,
         vdc_types::snapshot::Snapshot,
         vdc_types::snapshot::Consistency,
-        vdc_types::snapshot::CreateSnapshotRequest
+        vdc_types::snapshot::CreateSnapshotRequest,
+        vdc_types::snapshot::InstantCloneRequest
     )),
     modifiers(&BearerAuth)
 )]

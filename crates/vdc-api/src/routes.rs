@@ -143,6 +143,10 @@ pub fn router(state: AppState) -> Router {
             "/vms/{name}/snapshots/{snapshot}/revert",
             post(crate::snapshots::revert_snapshot),
         )
+        .route(
+            "/vms/{name}/instant-clone",
+            post(crate::snapshots::instant_clone),
+        )
         .route("/vms/{name}/{action}", post(vm_action))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))

@@ -5,7 +5,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_types::snapshot::{CreateSnapshotRequest, SnapshotList};
+use vdc_types::snapshot::{CreateSnapshotRequest, InstantCloneRequest, SnapshotList};
 use vdc_types::{ApiError, Task};
 
 use crate::error::{ApiJson, ApiResult};
@@ -69,6 +69,25 @@ pub(crate) async fn delete_snapshot(
     Path((name, snapshot)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let task = st.cluster.delete_snapshot(&name, &snapshot).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// Instant clone (returns a `vm.instant_clone` task on the source): a new
+/// running VM forked from this running VM's memory and disks, resumed
+/// rather than booted, that takes its own hostname, MAC and address right
+/// after it resumes. The source pauses for the fork and runs on
+/// unchanged; its disks' frozen images become snapshot `clone-NAME`, the
+/// clone's base, which cannot be deleted while the clone exists.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/instant-clone",
+    request_body = InstantCloneRequest,
+    params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError, description = "bad name"), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the VM does not run, has no guest agent channel, is busy, its disk chain is full, or the name is taken"), (status = 503, body = ApiError)))]
+pub(crate) async fn instant_clone(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<InstantCloneRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let task = st.cluster.instant_clone(&name, req).await?;
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 

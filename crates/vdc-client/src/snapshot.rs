@@ -1,6 +1,6 @@
 //! Snapshot calls of the REST API.
 
-use vdc_types::snapshot::{CreateSnapshotRequest, SnapshotList};
+use vdc_types::snapshot::{CreateSnapshotRequest, InstantCloneRequest, SnapshotList};
 use vdc_types::Task;
 
 use crate::{seg, Client, ClientError};
@@ -36,6 +36,17 @@ impl Client {
             reqwest::Method::DELETE,
             &format!("/vms/{}/snapshots/{}", seg(vm), seg(snapshot)),
         ))
+        .await
+    }
+
+    /// `POST /vms/{name}/instant-clone` (a `vm.instant_clone` task).
+    pub async fn instant_clone(&self, vm: &str, name: &str) -> Result<Task, ClientError> {
+        self.post(
+            &format!("/vms/{}/instant-clone", seg(vm)),
+            &InstantCloneRequest {
+                name: name.to_string(),
+            },
+        )
         .await
     }
 }

@@ -120,23 +120,24 @@ pub async fn create_overlay(
     backing: &Path,
     size_bytes: u64,
 ) -> Result<(), SnapshotError> {
+    create_overlay_named(overlay, &file_name(backing), size_bytes).await
+}
+
+/// Creates qcow2 `overlay` of `size_bytes` whose header names `backing`
+/// as written (a relative name is resolved from the overlay's directory,
+/// e.g. `../web-1/disk0.qcow2`). Does not open the backing file.
+pub async fn create_overlay_named(
+    overlay: &Path,
+    backing: &str,
+    size_bytes: u64,
+) -> Result<(), SnapshotError> {
     let o = overlay.to_string_lossy().into_owned();
     let size = size_bytes.to_string();
     qemu_img(
         "create",
         overlay,
         &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-u",
-            "-b",
-            &file_name(backing),
-            &o,
-            &size,
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", backing, &o, &size,
         ],
     )
     .await
@@ -174,6 +175,21 @@ pub async fn active_node(qmp: &Qmp, disk: &str) -> Result<String, SnapshotError>
         .and_then(|b| b["inserted"]["node-name"].as_str())
         .map(str::to_string)
         .ok_or_else(|| SnapshotError::NoDisk(disk.to_string()))
+}
+
+/// The file the qcow2 node `node` of a running QEMU has open.
+pub async fn file_of_node(qmp: &Qmp, node: &str) -> Result<Option<PathBuf>, SnapshotError> {
+    let nodes = qmp
+        .execute("query-named-block-nodes", json!({"flat": true}))
+        .await
+        .map_err(qmp_err("query-named-block-nodes"))?;
+    Ok(nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["node-name"] == node)
+        .and_then(|n| n["file"].as_str())
+        .map(PathBuf::from))
 }
 
 /// The qcow2 node of the running QEMU that has `path` open, if any.

@@ -88,6 +88,10 @@ pub struct Snapshot {
     /// Memory state file in the VM's directory, if `memory`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<String>,
+    /// VMs whose disks are overlays on this snapshot's images (instant
+    /// clones): it cannot be deleted while one of them exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clones: Vec<String>,
 }
 
 /// The snapshot tree of a VM (`snapshots.json` in its directory).
@@ -135,6 +139,39 @@ pub enum SnapshotAction {
         /// Snapshot name.
         name: String,
     },
+    /// Fork the running VM into `clone` (an instant clone): the VM's disks
+    /// frozen as snapshot `name` (the clone's base), its memory saved into
+    /// the clone's directory as `suspend.state`, overlays for both.
+    InstantClone {
+        /// Name of the base snapshot in the source's tree.
+        name: String,
+        /// The clone's configuration (its directory exists).
+        clone: crate::VmConfig,
+    },
+}
+
+/// `POST /api/v1/vms/{name}/instant-clone`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstantCloneRequest {
+    /// Name of the new VM.
+    pub name: String,
+}
+
+/// `POST /agent/v1/vms/{id}/guest-identity`: tell a running guest its new
+/// identity through the guest agent channel (`vdc-set-identity`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GuestIdentityRequest {
+    /// Hostname.
+    pub hostname: String,
+    /// Address of the first NIC, `A.B.C.D/N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Default gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// MAC address of the first NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// A snapshot job (`JobOp::Snapshot`).
@@ -194,6 +231,9 @@ pub enum SnapshotRefusal {
     /// Memory asked for a VM that does not run.
     #[error("only a running VM's memory can be saved; take a disk-only snapshot")]
     MemoryNotRunning,
+    /// The snapshot is the base of instant clones.
+    #[error("snapshot '{0}' is the base of VM(s) {1}; delete them first")]
+    InUse(String, String),
 }
 
 /// Checks a snapshot name.
@@ -369,6 +409,7 @@ mod tests {
             parent: None,
             images: [("disk0".to_string(), image.to_string())].into(),
             state_file: None,
+            clones: Vec::new(),
         }
     }
 

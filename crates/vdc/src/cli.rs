@@ -448,6 +448,9 @@ pub enum VmCmd {
     /// Snapshots: create, list, revert, delete.
     #[command(subcommand)]
     Snapshot(crate::snapshot::SnapshotCmd),
+    /// Fork a running VM into a new running VM (resumed, not booted) that
+    /// takes its own hostname, MAC and address.
+    InstantClone(crate::snapshot::InstantCloneArgs),
     /// Delete a stopped VM and its disks.
     #[command(alias = "rm")]
     Delete {

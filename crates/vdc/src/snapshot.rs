@@ -1,6 +1,6 @@
 //! `vdc vm snapshot create|list|revert|delete`.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use vdc_types::now_ms;
 use vdc_types::snapshot::{Consistency, CreateSnapshotRequest, SnapshotList};
 
@@ -59,6 +59,34 @@ pub enum SnapshotCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+}
+
+/// `vdc vm instant-clone SRC NEW`.
+#[derive(Debug, Args)]
+pub struct InstantCloneArgs {
+    /// The running VM to fork.
+    pub source: String,
+    /// Name of the new VM.
+    pub name: String,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Forks a running VM into a new running VM with its own identity, then
+/// prints the clone.
+pub(crate) async fn instant_clone(ctx: &Ctx, a: InstantCloneArgs) -> Result<(), CliError> {
+    let task = ctx.client.instant_clone(&a.source, &a.name).await?;
+    if a.wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    wait_task(&ctx.client, &task, a.wait.timeout()).await?;
+    let vm = ctx.client.get_vm(&a.name).await?;
+    if ctx.json() {
+        out_json(&vm)
+    } else {
+        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
+    }
 }
 
 /// Runs a snapshot command.
@@ -179,6 +207,7 @@ mod tests {
             parent: parent.map(str::to_string),
             images: Default::default(),
             state_file: None,
+            clones: Vec::new(),
         }
     }
 

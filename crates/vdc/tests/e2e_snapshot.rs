@@ -261,12 +261,67 @@ async fn snapshots_on_a_real_guest() {
     assert!(text.lines().any(|l| l.starts_with("s1 *")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("  s3 ")), "{text}");
 
+    // Instant clone: a new VM forked from the running guest answers with its
+    // own hostname on its own address; the source runs on unchanged.
+    let (_, src_boot, src_count) = identity(&lab, &ip);
+    let t = c
+        .instant_clone(VM, "snap-2")
+        .await
+        .expect("instant clone accepted");
+    assert_eq!(t.kind, "vm.instant_clone");
+    let started = std::time::Instant::now();
+    run_task(c, t).await;
+    let clone = c.get_vm("snap-2").await.expect("the clone");
+    let clone_ip = clone.nics[0]
+        .ip
+        .as_deref()
+        .and_then(|i| i.split('/').next())
+        .expect("the clone's address")
+        .to_string();
+    assert_ne!(clone_ip, ip);
+    assert_ne!(clone.nics[0].mac, vm.nics[0].mac);
+    let (host, clone_boot, _) = wait_until(VM_WAIT_TIMEOUT, "the clone on its address", || {
+        lab.guest_request("host-2", &clone_ip, &[])
+            .ok()
+            .and_then(|l| l.first().cloned())
+            .map(|g| {
+                let p: Vec<String> = g.split_whitespace().map(str::to_string).collect();
+                (p[0].clone(), p[1].clone(), p[2].clone())
+            })
+            .filter(|(h, _, _)| h == "snap-2")
+    });
+    eprintln!(
+        "figure: instant clone, API call to answering on its new address: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(host, "snap-2");
+    assert_eq!(clone_boot, src_boot, "the clone was booted, not forked");
+    assert_eq!(
+        ask(&lab, &clone_ip, "read f"),
+        "A",
+        "the clone has the source's data"
+    );
+    let (src_host, src_boot_after, src_after) = identity(&lab, &ip);
+    assert_eq!(src_host, VM);
+    assert_eq!(src_boot_after, src_boot);
+    assert!(src_after >= src_count);
+    // The clone's base cannot go while the clone exists.
+    let (code, msg) = api_code(
+        c.delete_snapshot(VM, "clone-snap-2")
+            .await
+            .expect_err("the base of a clone"),
+    );
+    assert_eq!(code, ErrorCode::InvalidState, "{msg}");
+    assert!(msg.contains("snap-2"), "{msg}");
+
     // The event stream told each step.
     let events = c.event_history("snapshot.*").await.expect("events");
     let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
     for want in ["snapshot.created", "snapshot.reverted", "snapshot.deleted"] {
         assert!(topics.contains(&want), "{topics:?}");
     }
+    let cloned = c.event_history("vm.instant_cloned").await.expect("events");
+    assert_eq!(cloned.len(), 1, "{cloned:?}");
     let first = events
         .iter()
         .find(|e| e.topic == "snapshot.created")

@@ -13,6 +13,8 @@
 //!
 //! Events: `snapshot.created`, `snapshot.reverted`, `snapshot.deleted`,
 //! and `snapshot.chain_warning` when the chain grows long.
+//!
+//! Instant clones (`instant`) fork a running VM through the same jobs.
 
 use std::sync::Arc;
 
@@ -27,6 +29,8 @@ use vdc_types::{ApiError, ErrorCode, Task, VmAction, VmPowerState};
 use crate::tasks::TaskCtx;
 use crate::{Cluster, VmRecord};
 
+mod instant;
+
 /// The API error for a refused snapshot change of VM `vm`.
 fn refused(vm: &str, e: SnapshotRefusal) -> ApiError {
     let text = format!("VM '{vm}': {e}");
@@ -39,7 +43,7 @@ fn refused(vm: &str, e: SnapshotRefusal) -> ApiError {
             ErrorCode::AlreadyExists,
             format!("{text}; choose another name"),
         ),
-        SnapshotRefusal::ChainFull(_) => ApiError::invalid_state(text),
+        SnapshotRefusal::ChainFull(_) | SnapshotRefusal::InUse(..) => ApiError::invalid_state(text),
         _ => ApiError::invalid(text),
     }
 }
@@ -151,7 +155,19 @@ impl Cluster {
         let rec = self.record(name).await?;
         rec.decide(VmAction::Snapshot, None)?;
         let tree = self.tree_of(&rec).await?;
-        tree.check_known(snap).map_err(|e| refused(name, e))?;
+        let s = tree.check_known(snap).map_err(|e| refused(name, e))?;
+        let mut alive = Vec::new();
+        for c in &s.clones {
+            if self.record(c).await.is_ok() {
+                alive.push(c.clone());
+            }
+        }
+        if !alive.is_empty() {
+            return Err(refused(
+                name,
+                SnapshotRefusal::InUse(snap.to_string(), alive.join(", ")),
+            ));
+        }
         let action = SnapshotAction::Delete {
             name: snap.to_string(),
         };
@@ -266,6 +282,8 @@ impl Cluster {
                     )
                     .await;
             }
+            // Run by `instant`, never through this body.
+            SnapshotAction::InstantClone { .. } => {}
         }
         Ok(())
     }
