@@ -2,7 +2,7 @@
 // VM snapshots on the web page: a section of its own with a VM selector,
 // that VM's snapshot tree (indented by parent, the current position marked
 // "you are here", consistency, memory) with revert and delete buttons, and
-// a form to take a snapshot. Uses the page's `api`, `esc`, `rows` and `$`.
+// a form to take a snapshot, and one to instant-clone the VM. Uses the page's `api`, `esc`, `rows` and `$`.
 window.snapshots = (() => {
   let vm = "";
   function section() {
@@ -18,6 +18,10 @@ window.snapshots = (() => {
         <input name="description" placeholder="description">
         <label><input name="memory" type="checkbox"> with memory</label>
         <button>Take snapshot</button>
+      </form>
+      <form class="create" id="snap-clone" title="fork the running VM into a new running VM with its own identity">
+        <input name="name" placeholder="instant clone name" required>
+        <button>Instant clone</button>
       </form>`;
     $("main").insertBefore(s, $("#vms").closest("section").nextSibling);
     $("#snap-create").onsubmit = async (ev) => {
@@ -25,6 +29,12 @@ window.snapshots = (() => {
       const f = new FormData(ev.target);
       const body = { name: f.get("name"), description: f.get("description") || "", memory: f.get("memory") === "on" };
       await run(() => api("POST", "/vms/" + encodeURIComponent(vm) + "/snapshots", body));
+      ev.target.reset();
+    };
+    $("#snap-clone").onsubmit = async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(ev.target);
+      await run(() => api("POST", "/vms/" + encodeURIComponent(vm) + "/instant-clone", { name: f.get("name") }));
       ev.target.reset();
     };
   }
@@ -65,6 +75,6 @@ window.snapshots = (() => {
     pick: (name) => { vm = name; refresh(null); },
     revert: (s) => run(() => api("POST", "/vms/" + encodeURIComponent(vm) + "/snapshots/" + encodeURIComponent(s) + "/revert", {})),
     del: (s) => run(() => api("DELETE", "/vms/" + encodeURIComponent(vm) + "/snapshots/" + encodeURIComponent(s))),
-    topics: ["snapshot.created", "snapshot.reverted", "snapshot.deleted", "snapshot.chain_warning"],
+    topics: ["snapshot.created", "snapshot.reverted", "snapshot.deleted", "snapshot.chain_warning", "vm.instant_cloned"],
   };
 })();

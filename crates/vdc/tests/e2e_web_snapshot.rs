@@ -130,6 +130,29 @@ async fn web_page_takes_reverts_and_deletes_snapshots() {
     assert_eq!(list.snapshots[0].name, "w2");
     assert_eq!(list.snapshots[0].parent, None);
 
+    // The instant clone form reaches the API: a stopped VM is refused, and
+    // the page says why.
+    let input = page(
+        "the clone name field",
+        browser.find("#snap-clone input[name=name]").await,
+    );
+    page(
+        "typing the clone name",
+        browser.send_keys(&input, "wc").await,
+    );
+    page(
+        "Instant clone",
+        browser.click_css("#snap-clone button", PAGE_TIMEOUT).await,
+    );
+    page(
+        "the refusal on the page",
+        browser
+            .wait_text("#snap-msg", PAGE_TIMEOUT, |t| {
+                t.contains("forks a running VM")
+            })
+            .await,
+    );
+
     // The VM goes with its snapshot files.
     let t = c.delete_vm(VM).await.expect("delete accepted");
     c.wait_task(&t.id, PAGE_TIMEOUT, |_| {})
