@@ -40,13 +40,18 @@ fn remove_logged(path: &Path) {
 
 impl Agent {
     /// Forks running VM `config` (its QEMU `vm`) into `clone`, recording
-    /// base snapshot `name` in the source's tree.
+    /// base snapshot `name` in the source's tree. Without `memory` the
+    /// guest is quiesced instead of paused and no state is saved (the
+    /// clone boots); with `full` the clone's overlay takes the whole chain
+    /// in and reads no base.
     pub(crate) async fn instant_clone(
         &self,
         config: &VmConfig,
         vm: &vdc_qemu::Vm,
         name: &str,
         clone: &VmConfig,
+        memory: bool,
+        full: bool,
     ) -> Result<SnapshotTree, ApiError> {
         if config.disks.len() != clone.disks.len() {
             return Err(ApiError::invalid("the clone has another number of disks"));
@@ -89,18 +94,45 @@ impl Agent {
                 direct,
             ));
         }
+        let qga = vm.paths().guest_agent_socket();
+        let quiesce = if memory {
+            None
+        } else if config.guest_agent {
+            Some(vdc_qemu::qga::freeze(&qga, vdc_qemu::qga::DEFAULT_TIMEOUT).await)
+        } else {
+            Some(vdc_qemu::qga::Quiesce::CrashConsistent {
+                reason: "the VM has no guest agent channel".into(),
+            })
+        };
+        let (consistency, note) = match &quiesce {
+            None => (
+                Consistency::CrashConsistent,
+                "base of an instant clone: the memory went with it".to_string(),
+            ),
+            Some(vdc_qemu::qga::Quiesce::Quiesced { .. }) => (
+                Consistency::Quiesced,
+                format!("base of clone {}", clone.name),
+            ),
+            Some(vdc_qemu::qga::Quiesce::CrashConsistent { reason }) => {
+                (Consistency::CrashConsistent, reason.clone())
+            }
+        };
         let snap = Snapshot {
             name: name.to_string(),
             description: req.description.clone(),
             created_ms: now_ms(),
-            consistency: Consistency::CrashConsistent,
-            quiesce_note: Some("base of an instant clone: the memory went with it".into()),
+            consistency,
+            quiesce_note: Some(note),
             memory: false,
             running: true,
             parent: None,
             images,
             state_file: None,
-            clones: vec![clone.name.clone()],
+            clones: if full {
+                Vec::new()
+            } else {
+                vec![clone.name.clone()]
+            },
         };
         let next = tree.created(snap, src_active);
         let clone_tree = SnapshotTree {
@@ -113,9 +145,11 @@ impl Agent {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
 
-        vm.pause()
-            .await
-            .map_err(|e| host_error("cannot pause the source", &e))?;
+        if memory {
+            vm.pause()
+                .await
+                .map_err(|e| host_error("cannot pause the source", &e))?;
+        }
         let result = async {
             write_tree(&clone_dir, &clone_tree).await?;
             write_tree(&dir, &next).await?;
@@ -139,14 +173,38 @@ impl Agent {
                     .await
                     .map_err(|e| host_error("cannot create the clone's overlay", &e))?;
             }
-            vdc_qemu::snapshot::save_memory(vm.qmp(), &state)
-                .await
-                .map_err(|e| host_error("cannot save the source's memory", &e))
+            if memory {
+                vdc_qemu::snapshot::save_memory(vm.qmp(), &state)
+                    .await
+                    .map_err(|e| host_error("cannot save the source's memory", &e))?;
+            }
+            Ok(())
         }
         .await;
-        if let Err(e) = vm.resume().await {
-            tracing::warn!(vm = %config.name, error = %e, "cannot resume the source after its instant clone");
+        if memory {
+            if let Err(e) = vm.resume().await {
+                tracing::warn!(vm = %config.name, error = %e, "cannot resume the source after its instant clone");
+            }
+        } else if matches!(quiesce, Some(vdc_qemu::qga::Quiesce::Quiesced { .. })) {
+            if let Err(e) = vdc_qemu::qga::thaw(&qga, vdc_qemu::qga::DEFAULT_TIMEOUT).await {
+                tracing::warn!(vm = %config.name, error = %e, "cannot thaw the source (it thaws itself after 10 s)");
+            }
         }
+        // A full clone reads no base: the chain is copied into its image
+        // (qemu-img rebase onto nothing, safe mode), the source running on.
+        let result = match result {
+            Ok(()) if full => {
+                let mut copied = Ok(());
+                for (_, _, _, clone_new, _, _) in &plan {
+                    if let Err(e) = vdc_qemu::snapshot::rebase_at_rest(clone_new, None).await {
+                        copied = Err(host_error("cannot copy the disk into the clone", &e));
+                        break;
+                    }
+                }
+                copied
+            }
+            r => r,
+        };
         if let Err(e) = result {
             for (_, _, _, clone_new, _, _) in &plan {
                 remove_logged(clone_new);

@@ -193,7 +193,12 @@ impl Agent {
                 cell.progress(5, "merging the snapshot's data");
                 self.delete_snapshot(&config, vm.as_deref(), &name).await
             }
-            SnapshotAction::InstantClone { name, clone } => {
+            SnapshotAction::InstantClone {
+                name,
+                clone,
+                memory,
+                full,
+            } => {
                 let Some(vm) = vm.as_deref() else {
                     return Err(ApiError::invalid_state(format!(
                         "VM '{}' does not run: an instant clone forks a running VM",
@@ -201,7 +206,8 @@ impl Agent {
                     )));
                 };
                 cell.progress(10, "forking the VM");
-                self.instant_clone(&config, vm, &name, &clone).await
+                self.instant_clone(&config, vm, &name, &clone, memory, full)
+                    .await
             }
         }
     }

@@ -78,7 +78,8 @@ use crate::{events, ha, maintenance, migration};
         crate::snapshots::create_snapshot,
         crate::snapshots::revert_snapshot,
         crate::snapshots::delete_snapshot,
-        crate::snapshots::instant_clone
+        crate::snapshots::instant_clone,
+        crate::snapshots::clone_running
     ),
     components(schemas(
         VersionInfo,
@@ -144,7 +145,8 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::snapshot::Snapshot,
         vdc_types::snapshot::Consistency,
         vdc_types::snapshot::CreateSnapshotRequest,
-        vdc_types::snapshot::InstantCloneRequest
+        vdc_types::snapshot::InstantCloneRequest,
+        vdc_types::snapshot::RunningCloneRequest
     )),
     modifiers(&BearerAuth)
 )]

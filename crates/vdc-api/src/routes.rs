@@ -147,6 +147,10 @@ pub fn router(state: AppState) -> Router {
             "/vms/{name}/instant-clone",
             post(crate::snapshots::instant_clone),
         )
+        .route(
+            "/vms/{name}/clone-running",
+            post(crate::snapshots::clone_running),
+        )
         .route("/vms/{name}/{action}", post(vm_action))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))

@@ -5,7 +5,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_types::snapshot::{CreateSnapshotRequest, InstantCloneRequest, SnapshotList};
+use vdc_types::snapshot::{
+    CreateSnapshotRequest, InstantCloneRequest, RunningCloneRequest, SnapshotList,
+};
 use vdc_types::{ApiError, Task};
 
 use crate::error::{ApiJson, ApiResult};
@@ -88,6 +90,25 @@ pub(crate) async fn instant_clone(
     ApiJson(req): ApiJson<InstantCloneRequest>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let task = st.cluster.instant_clone(&name, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(task)))
+}
+
+/// Clone of a running VM (returns a `vm.clone` task on the source): its
+/// disks taken at one instant, quiesced through the guest agent when it
+/// answers; a full copy by default (the temporary snapshot is merged back
+/// into the source afterwards), or `linked` to the source's frozen image
+/// (kept as snapshot `clone-NAME` while the clone exists). The clone boots
+/// with its own hostname, MAC and address; the source keeps running.
+#[utoipa::path(post, path = "/api/v1/vms/{name}/clone-running",
+    request_body = RunningCloneRequest,
+    params(("name" = String, Path)),
+    responses((status = 202, body = Task), (status = 400, body = ApiError, description = "bad name"), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the VM does not run, is busy, its disk chain is full, or the name is taken"), (status = 503, body = ApiError)))]
+pub(crate) async fn clone_running(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<RunningCloneRequest>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let task = st.cluster.clone_running(&name, req).await?;
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 

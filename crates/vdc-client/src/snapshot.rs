@@ -1,6 +1,8 @@
 //! Snapshot calls of the REST API.
 
-use vdc_types::snapshot::{CreateSnapshotRequest, InstantCloneRequest, SnapshotList};
+use vdc_types::snapshot::{
+    CreateSnapshotRequest, InstantCloneRequest, RunningCloneRequest, SnapshotList,
+};
 use vdc_types::Task;
 
 use crate::{seg, Client, ClientError};
@@ -45,6 +47,23 @@ impl Client {
             &format!("/vms/{}/instant-clone", seg(vm)),
             &InstantCloneRequest {
                 name: name.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// `POST /vms/{name}/clone-running` (a `vm.clone` task).
+    pub async fn clone_running(
+        &self,
+        vm: &str,
+        name: &str,
+        linked: bool,
+    ) -> Result<Task, ClientError> {
+        self.post(
+            &format!("/vms/{}/clone-running", seg(vm)),
+            &RunningCloneRequest {
+                name: name.to_string(),
+                linked,
             },
         )
         .await

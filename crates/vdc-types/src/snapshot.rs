@@ -147,7 +147,33 @@ pub enum SnapshotAction {
         name: String,
         /// The clone's configuration (its directory exists).
         clone: crate::VmConfig,
+        /// Save the memory for the clone to resume from (an instant
+        /// clone); false: the guest is quiesced instead and the clone
+        /// boots (a clone of a running VM).
+        #[serde(default = "yes")]
+        memory: bool,
+        /// Copy the whole chain into the clone's own image (a full clone,
+        /// independent of the base); false: the clone reads the base.
+        #[serde(default)]
+        full: bool,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /api/v1/vms/{name}/clone-running`: a clone of a running VM that
+/// boots with its own identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunningCloneRequest {
+    /// Name of the new VM.
+    pub name: String,
+    /// Linked clone (an overlay on the source's frozen image, which stays
+    /// as snapshot `clone-NAME` while the clone exists); default: a full
+    /// copy, independent of the source.
+    #[serde(default)]
+    pub linked: bool,
 }
 
 /// `POST /api/v1/vms/{name}/instant-clone`.

@@ -61,7 +61,7 @@ pub enum SnapshotCmd {
     },
 }
 
-/// `vdc vm instant-clone SRC NEW`.
+/// `vdc vm instant-clone SRC NEW`, `vdc vm clone-running SRC NEW`.
 #[derive(Debug, Args)]
 pub struct InstantCloneArgs {
     /// The running VM to fork.
@@ -71,6 +71,43 @@ pub struct InstantCloneArgs {
     /// Waiting behaviour.
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `vdc vm clone-running SRC NEW [--linked|--full]`.
+#[derive(Debug, Args)]
+pub struct RunningCloneArgs {
+    /// The running VM to clone.
+    pub source: String,
+    /// Name of the new VM.
+    pub name: String,
+    /// An overlay on the source's frozen image (kept as snapshot
+    /// clone-NEW while the clone exists).
+    #[arg(long, conflicts_with = "full")]
+    pub linked: bool,
+    /// A whole copy, independent of the source (the default).
+    #[arg(long)]
+    pub full: bool,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Clones a running VM; the clone boots with its own identity.
+pub(crate) async fn clone_running(ctx: &Ctx, a: RunningCloneArgs) -> Result<(), CliError> {
+    let task = ctx
+        .client
+        .clone_running(&a.source, &a.name, a.linked)
+        .await?;
+    if a.wait.no_wait {
+        return print_started(ctx, &task);
+    }
+    wait_task(&ctx.client, &task, a.wait.timeout()).await?;
+    let vm = ctx.client.get_vm(&a.name).await?;
+    if ctx.json() {
+        out_json(&vm)
+    } else {
+        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
+    }
 }
 
 /// Forks a running VM into a new running VM with its own identity, then

@@ -84,6 +84,18 @@ fn ask(lab: &TestLab, addr: &str, line: &str) -> String {
     out.get(1).cloned().unwrap_or_default()
 }
 
+/// Runs the `vdc` CLI against the lab.
+fn vdc(lab: &TestLab, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vdc"))
+        .args(args)
+        .env_remove("VDC_TOKEN")
+        .env("VDC_URL", &lab.info.api_url)
+        .env("VDC_TOKEN_FILE", &lab.info.token_file)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run vdc")
+}
+
 fn api_code(e: ClientError) -> (ErrorCode, String) {
     match e {
         ClientError::Api(a) => (a.code, a.message),
@@ -249,13 +261,7 @@ async fn snapshots_on_a_real_guest() {
     assert!(msg.contains("snapshots"), "{msg}");
 
     // The CLI shows the tree with the current position.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdc"))
-        .args(["vm", "snapshot", "list", VM])
-        .env_remove("VDC_TOKEN")
-        .env("VDC_URL", &lab.info.api_url)
-        .env("VDC_TOKEN_FILE", &lab.info.token_file)
-        .output()
-        .expect("run vdc");
+    let out = vdc(&lab, &["vm", "snapshot", "list", VM]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.lines().any(|l| l.starts_with("s1 *")), "{text}");
@@ -313,6 +319,39 @@ async fn snapshots_on_a_real_guest() {
     );
     assert_eq!(code, ErrorCode::InvalidState, "{msg}");
     assert!(msg.contains("snap-2"), "{msg}");
+
+    // A full clone of the running VM, through the CLI: it boots with its
+    // own identity and the source's data; the temporary snapshot is merged
+    // back into the source, which runs on.
+    let out = vdc(&lab, &["vm", "clone-running", VM, "snap-3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = wait_vm(c, "snap-3", |v| {
+        v.state == VmPowerState::Running && v.guest.ready
+    })
+    .await;
+    let full_ip = full
+        .guest
+        .address
+        .clone()
+        .expect("the full clone's address");
+    let (h3, boot3_clone, _) = identity(&lab, &full_ip);
+    assert_eq!(h3, "snap-3");
+    assert_ne!(boot3_clone, src_boot, "a full clone boots");
+    assert_eq!(ask(&lab, &full_ip, "read f"), "A");
+    let names: Vec<String> = c
+        .list_snapshots(VM)
+        .await
+        .expect("list")
+        .snapshots
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert!(!names.iter().any(|n| n == "clone-snap-3"), "{names:?}");
+    assert_eq!(identity(&lab, &ip).1, src_boot);
 
     // The event stream told each step.
     let events = c.event_history("snapshot.*").await.expect("events");

@@ -25,7 +25,8 @@ use vdc_types::api::CreateVmRequest;
 use vdc_types::job::{JobOp, JobResult};
 use vdc_types::names::validate_name;
 use vdc_types::snapshot::{
-    GuestIdentityRequest, InstantCloneRequest, SnapshotAction, SnapshotJobRequest,
+    GuestIdentityRequest, InstantCloneRequest, RunningCloneRequest, SnapshotAction,
+    SnapshotJobRequest,
 };
 use vdc_types::{now_ms, ApiError, ErrorCode, Task, TaskState, VmAction, VmPowerState};
 
@@ -34,6 +35,18 @@ use crate::Cluster;
 
 /// Longest wait for the clone's create task.
 const CREATE_WAIT: Duration = Duration::from_secs(300);
+
+/// How a running VM is cloned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fork {
+    /// Memory too: the clone resumes, then takes its identity.
+    Instant,
+    /// Disks only, the clone's overlay on the source's frozen image; it
+    /// boots with its identity.
+    Linked,
+    /// Disks only, copied whole into the clone's image; it boots.
+    Full,
+}
 
 /// Name of the base snapshot of clone `clone` in its source's tree.
 pub fn base_snapshot(clone: &str) -> String {
@@ -48,16 +61,38 @@ impl Cluster {
         source: &str,
         req: InstantCloneRequest,
     ) -> Result<Task, ApiError> {
+        self.fork_vm(source, req.name, Fork::Instant).await
+    }
+
+    /// Clones running VM `source` (a `vm.clone` task on the source): its
+    /// disks at one quiesced instant, linked to the source's frozen image
+    /// or copied whole; the clone boots with its own identity.
+    pub async fn clone_running(
+        self: &Arc<Self>,
+        source: &str,
+        req: RunningCloneRequest,
+    ) -> Result<Task, ApiError> {
+        let how = if req.linked { Fork::Linked } else { Fork::Full };
+        self.fork_vm(source, req.name, how).await
+    }
+
+    async fn fork_vm(
+        self: &Arc<Self>,
+        source: &str,
+        name: String,
+        how: Fork,
+    ) -> Result<Task, ApiError> {
+        let req = InstantCloneRequest { name };
         validate_name("VM", &req.name).map_err(ApiError::invalid)?;
         let rec = self.record(source).await?;
         if rec.state != VmPowerState::Running {
             return Err(ApiError::invalid_state(format!(
-                "VM '{source}' is {}: an instant clone forks a running VM; start it first, or clone it at rest",
+                "VM '{source}' is {}: this clone forks a running VM; start it first, or clone it at rest ('vdc vm clone')",
                 rec.state
             )));
         }
         rec.decide(VmAction::Snapshot, None)?;
-        if !rec.config.guest_agent {
+        if how == Fork::Instant && !rec.config.guest_agent {
             return Err(ApiError::invalid_state(format!(
                 "VM '{source}' has no guest agent channel (it was created before vdc gave VMs one): its clone could not be told its identity"
             )));
@@ -86,12 +121,14 @@ impl Cluster {
         };
         let me = self.clone();
         let src = source.to_string();
-        self.spawn_operation(
-            source,
-            "vm.instant_clone",
-            Some(params),
-            move |ctx| async move { me.instant_clone_body(&ctx, &src, &req.name).await },
-        )
+        let kind = if how == Fork::Instant {
+            "vm.instant_clone"
+        } else {
+            "vm.clone"
+        };
+        self.spawn_operation(source, kind, Some(params), move |ctx| async move {
+            me.instant_clone_body(&ctx, &src, &req.name, how).await
+        })
         .await
     }
 
@@ -100,6 +137,7 @@ impl Cluster {
         ctx: &TaskCtx,
         source: &str,
         name: &str,
+        how: Fork,
     ) -> Result<(), ApiError> {
         let t0 = now_ms();
         let src = self.record(source).await?;
@@ -123,7 +161,7 @@ impl Cluster {
         };
         let task = self.create_vm(create).await?;
         self.wait_task_end(&task.id).await?;
-        let result = self.fork_and_resume(ctx, &src, name, &host).await;
+        let result = self.fork_and_resume(ctx, &src, name, &host, how).await;
         if let Err(e) = &result {
             tracing::warn!(vm = %name, error = %e.message, "instant clone failed; deleting the clone");
             match self.delete_vm(name).await {
@@ -139,12 +177,17 @@ impl Cluster {
             return result;
         }
         let took = now_ms().saturating_sub(t0);
+        let (topic, what) = match how {
+            Fork::Instant => ("vm.instant_cloned", "forked"),
+            Fork::Linked => ("vm.cloned", "cloned (linked)"),
+            Fork::Full => ("vm.cloned", "cloned (full)"),
+        };
         self.events
             .publish(
-                "vm.instant_cloned",
+                topic,
                 name,
-                format!("VM {name} forked from {source} in {took} ms"),
-                json!({"source": source, "host": host, "ms": took}),
+                format!("VM {name} {what} from running VM {source} in {took} ms"),
+                json!({"source": source, "host": host, "ms": took, "linked": how == Fork::Linked}),
             )
             .await;
         Ok(())
@@ -156,6 +199,7 @@ impl Cluster {
         src: &crate::VmRecord,
         name: &str,
         host: &str,
+        how: Fork,
     ) -> Result<(), ApiError> {
         let clone = self.record(name).await?;
         let url = self.agent_url(host).await?;
@@ -165,6 +209,8 @@ impl Cluster {
             action: SnapshotAction::InstantClone {
                 name: base_snapshot(name),
                 clone: clone.config.clone(),
+                memory: how == Fork::Instant,
+                full: how == Fork::Full,
             },
         };
         match self
@@ -178,6 +224,26 @@ impl Cluster {
                     "the host answered an instant clone with something else",
                 ))
             }
+        }
+        if how != Fork::Instant {
+            if how == Fork::Full {
+                // The clone copied the chain: the base snapshot goes again
+                // (merged into the source's active image while it runs).
+                ctx.progress(55, "merging the temporary snapshot").await;
+                let request = SnapshotJobRequest {
+                    config: src.config.clone(),
+                    action: SnapshotAction::Delete {
+                        name: base_snapshot(name),
+                    },
+                };
+                self.agent_job(ctx, host, &url, JobOp::Snapshot { request }, (55, 60))
+                    .await?;
+            }
+            // It boots with its own identity (SMBIOS strings).
+            ctx.progress(60, "starting the clone").await;
+            return self
+                .start_body(ctx, name, Some(host.to_string()), VmPowerState::Stopped)
+                .await;
         }
         ctx.progress(60, "resuming the clone").await;
         self.set_state(name, VmPowerState::Suspended, Some(host.to_string()))
