@@ -360,25 +360,8 @@ impl Agent {
         let mut out = BTreeMap::new();
         for d in disks {
             let node = vdc_qemu::snapshot::active_node(vm.qmp(), &d.name).await?;
-            let nodes = vm
-                .qmp()
-                .execute("query-named-block-nodes", serde_json::json!({"flat": true}))
-                .await
-                .map_err(|source| vdc_qemu::snapshot::SnapshotError::Qmp {
-                    command: "query-named-block-nodes",
-                    source,
-                })?;
-            if let Some(file) = nodes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|n| n["node-name"] == node.as_str())
-                .and_then(|n| n["file"].as_str())
-            {
-                out.insert(
-                    d.name.clone(),
-                    vdc_qemu::snapshot::file_name(Path::new(file)),
-                );
+            if let Some(file) = vdc_qemu::snapshot::file_of_node(vm.qmp(), &node).await? {
+                out.insert(d.name.clone(), vdc_qemu::snapshot::file_name(&file));
             }
         }
         Ok(out)

@@ -19,9 +19,10 @@ window.snapshots = (() => {
         <label><input name="memory" type="checkbox"> with memory</label>
         <button>Take snapshot</button>
       </form>
-      <form class="create" id="snap-clone" title="fork the running VM into a new running VM with its own identity">
-        <input name="name" placeholder="instant clone name" required>
-        <button>Instant clone</button>
+      <form class="create" id="snap-clone" title="clone the running VM: instant (resumed from its memory), full or linked (booted)">
+        <input name="name" placeholder="clone name" required>
+        <select name="how"><option value="instant">instant (resumed)</option><option value="full">full copy (boots)</option><option value="linked">linked (boots)</option></select>
+        <button>Clone running VM</button>
       </form>`;
     $("main").insertBefore(s, $("#vms").closest("section").nextSibling);
     $("#snap-create").onsubmit = async (ev) => {
@@ -34,7 +35,11 @@ window.snapshots = (() => {
     $("#snap-clone").onsubmit = async (ev) => {
       ev.preventDefault();
       const f = new FormData(ev.target);
-      await run(() => api("POST", "/vms/" + encodeURIComponent(vm) + "/instant-clone", { name: f.get("name") }));
+      const base = "/vms/" + encodeURIComponent(vm);
+      const how = f.get("how") || "instant";
+      await run(() => how === "instant"
+        ? api("POST", base + "/instant-clone", { name: f.get("name") })
+        : api("POST", base + "/clone-running", { name: f.get("name"), linked: how === "linked" }));
       ev.target.reset();
     };
   }
@@ -75,6 +80,6 @@ window.snapshots = (() => {
     pick: (name) => { vm = name; refresh(null); },
     revert: (s) => run(() => api("POST", "/vms/" + encodeURIComponent(vm) + "/snapshots/" + encodeURIComponent(s) + "/revert", {})),
     del: (s) => run(() => api("DELETE", "/vms/" + encodeURIComponent(vm) + "/snapshots/" + encodeURIComponent(s))),
-    topics: ["snapshot.created", "snapshot.reverted", "snapshot.deleted", "snapshot.chain_warning", "vm.instant_cloned"],
+    topics: ["snapshot.created", "snapshot.reverted", "snapshot.deleted", "snapshot.chain_warning", "vm.instant_cloned", "vm.cloned"],
   };
 })();

@@ -177,8 +177,24 @@ pub async fn active_node(qmp: &Qmp, disk: &str) -> Result<String, SnapshotError>
         .ok_or_else(|| SnapshotError::NoDisk(disk.to_string()))
 }
 
-/// The file the qcow2 node `node` of a running QEMU has open.
-pub async fn file_of_node(qmp: &Qmp, node: &str) -> Result<Option<PathBuf>, SnapshotError> {
+/// The image file named by a node's `file` field: a plain path, or the
+/// `file.filename` of a `json:{...}` name (QEMU writes one for a node
+/// opened with options the image header does not say, such as an overlay
+/// added with `backing: null`).
+pub fn plain_filename(name: &str) -> Option<PathBuf> {
+    match name.strip_prefix("json:") {
+        None => Some(PathBuf::from(name)),
+        Some(j) => {
+            let v: Value = serde_json::from_str(j).ok()?;
+            v["file"]["filename"]
+                .as_str()
+                .or_else(|| v["file.filename"].as_str())
+                .map(PathBuf::from)
+        }
+    }
+}
+
+async fn qcow2_nodes(qmp: &Qmp) -> Result<Vec<(String, PathBuf)>, SnapshotError> {
     let nodes = qmp
         .execute("query-named-block-nodes", json!({"flat": true}))
         .await
@@ -187,25 +203,31 @@ pub async fn file_of_node(qmp: &Qmp, node: &str) -> Result<Option<PathBuf>, Snap
         .as_array()
         .into_iter()
         .flatten()
-        .find(|n| n["node-name"] == node)
-        .and_then(|n| n["file"].as_str())
-        .map(PathBuf::from))
+        .filter(|n| n["drv"] == "qcow2")
+        .filter_map(|n| {
+            let name = n["node-name"].as_str()?.to_string();
+            let file = plain_filename(n["file"].as_str()?)?;
+            Some((name, file))
+        })
+        .collect())
+}
+
+/// The file the qcow2 node `node` of a running QEMU has open.
+pub async fn file_of_node(qmp: &Qmp, node: &str) -> Result<Option<PathBuf>, SnapshotError> {
+    Ok(qcow2_nodes(qmp)
+        .await?
+        .into_iter()
+        .find(|(n, _)| n == node)
+        .map(|(_, f)| f))
 }
 
 /// The qcow2 node of the running QEMU that has `path` open, if any.
 pub async fn node_of_file(qmp: &Qmp, path: &Path) -> Result<Option<String>, SnapshotError> {
-    let nodes = qmp
-        .execute("query-named-block-nodes", json!({"flat": true}))
-        .await
-        .map_err(qmp_err("query-named-block-nodes"))?;
-    let want = path.to_string_lossy();
-    Ok(nodes
-        .as_array()
+    Ok(qcow2_nodes(qmp)
+        .await?
         .into_iter()
-        .flatten()
-        .find(|n| n["drv"] == "qcow2" && n["file"].as_str() == Some(&*want))
-        .and_then(|n| n["node-name"].as_str())
-        .map(str::to_string))
+        .find(|(_, f)| f == path)
+        .map(|(n, _)| n))
 }
 
 /// Takes a disk snapshot of disk `disk` of a running (or paused) QEMU:
@@ -436,5 +458,24 @@ async fn wait_migration(
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_plain_and_json() {
+        assert_eq!(
+            plain_filename("/ds/web/disk0.qcow2"),
+            Some(PathBuf::from("/ds/web/disk0.qcow2"))
+        );
+        let j = r#"json:{"backing": null, "driver": "qcow2", "file": {"driver": "file", "filename": "/ds/web/disk0.ab.qcow2"}}"#;
+        assert_eq!(
+            plain_filename(j),
+            Some(PathBuf::from("/ds/web/disk0.ab.qcow2"))
+        );
+        assert_eq!(plain_filename("json:{not json"), None);
     }
 }

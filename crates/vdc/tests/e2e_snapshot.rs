@@ -361,6 +361,16 @@ async fn snapshots_on_a_real_guest() {
     }
     let cloned = c.event_history("vm.instant_cloned").await.expect("events");
     assert_eq!(cloned.len(), 1, "{cloned:?}");
+
+    // The source cannot be deleted while its instant clone reads its base.
+    let t = c
+        .vm_action(VM, vdc_types::VmAction::Stop, serde_json::json!({}))
+        .await
+        .expect("stop accepted");
+    run_task(c, t).await;
+    let (code, msg) = api_code(c.delete_vm(VM).await.expect_err("the base of a clone"));
+    assert_eq!(code, ErrorCode::InvalidState, "{msg}");
+    assert!(msg.contains("snap-2"), "{msg}");
     let first = events
         .iter()
         .find(|e| e.topic == "snapshot.created")

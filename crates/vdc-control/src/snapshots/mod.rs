@@ -108,6 +108,29 @@ impl Cluster {
         )))
     }
 
+    /// Refuses to delete VM `rec` while linked or instant clones read its
+    /// snapshot images.
+    pub(crate) async fn refuse_delete_with_clones(&self, rec: &VmRecord) -> Result<(), ApiError> {
+        let Ok(tree) = self.tree_of(rec).await else {
+            // No host reaches its files: the delete itself says so.
+            return Ok(());
+        };
+        let mut alive = Vec::new();
+        for c in tree.snapshots.iter().flat_map(|s| s.clones.iter()) {
+            if self.record(c).await.is_ok() {
+                alive.push(c.clone());
+            }
+        }
+        if alive.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::invalid_state(format!(
+            "VM '{}' is the base of clone(s) {}: their disks read its snapshot images; delete them first",
+            rec.config.name,
+            alive.join(", ")
+        )))
+    }
+
     /// The snapshots of VM `name`.
     pub async fn list_snapshots(&self, name: &str) -> Result<SnapshotList, ApiError> {
         let rec = self.record(name).await?;
