@@ -273,6 +273,10 @@ impl Agent {
                 }
             }
             JobOp::Suspend { vm_id } => self.suspend_job(cell, &vm_id).await,
+            JobOp::Snapshot { request } => self
+                .snapshot_job(cell, request)
+                .await
+                .map(JobResult::Snapshots),
             JobOp::MigrateIn { request } => self.migrate_in_job(cell, request).await,
             JobOp::MigrateOut { request } => self.migrate_out_job(cell, request).await,
             JobOp::MirrorDisks { request } => {

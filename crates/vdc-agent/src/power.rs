@@ -340,6 +340,7 @@ impl Agent {
             smbios_oem_strings: oem,
             incoming,
             paused: false,
+            guest_agent: config.guest_agent,
         }
     }
 

@@ -24,6 +24,7 @@ mod routes;
 mod server;
 pub mod store_url;
 mod templates_vm;
+mod snapshots;
 pub mod tls;
 
 pub use credentials::Credentials;

@@ -80,7 +80,13 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         templates_vm::get_template,
         templates_vm::delete_template,
         templates_vm::import_disk,
-        templates_vm::export_vm
+        templates_vm::export_vm,
+        crate::snapshots::list_snapshots,
+        crate::snapshots::create_snapshot,
+        crate::snapshots::revert_snapshot,
+        crate::snapshots::delete_snapshot,
+        crate::snapshots::instant_clone,
+        crate::snapshots::clone_running
     ),
     components(schemas(
         VersionInfo,
@@ -146,7 +152,13 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::clone::VmToTemplateRequest,
         vdc_types::clone::TemplateDetails,
         vdc_types::clone::ImportDiskRequest,
-        vdc_types::ova::ExportVmRequest
+        vdc_types::ova::ExportVmRequest,
+        vdc_types::snapshot::SnapshotList,
+        vdc_types::snapshot::Snapshot,
+        vdc_types::snapshot::Consistency,
+        vdc_types::snapshot::CreateSnapshotRequest,
+        vdc_types::snapshot::InstantCloneRequest,
+        vdc_types::snapshot::RunningCloneRequest
     )),
     modifiers(&BackupPaths, &BearerAuth)
 )]

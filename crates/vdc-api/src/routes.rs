@@ -142,6 +142,26 @@ pub fn router(state: AppState) -> Router {
         .route("/vms/{name}/start", post(start_vm))
         .route("/vms/{name}/shutdown", post(shutdown_vm))
         .route("/vms/{name}/migrate", post(migration::migrate_vm))
+        .route(
+            "/vms/{name}/snapshots",
+            get(crate::snapshots::list_snapshots).post(crate::snapshots::create_snapshot),
+        )
+        .route(
+            "/vms/{name}/snapshots/{snapshot}",
+            axum::routing::delete(crate::snapshots::delete_snapshot),
+        )
+        .route(
+            "/vms/{name}/snapshots/{snapshot}/revert",
+            post(crate::snapshots::revert_snapshot),
+        )
+        .route(
+            "/vms/{name}/instant-clone",
+            post(crate::snapshots::instant_clone),
+        )
+        .route(
+            "/vms/{name}/clone-running",
+            post(crate::snapshots::clone_running),
+        )
         .route("/vms/{name}/{action}", post(vm_action))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
@@ -167,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ha.js", get(ha::web_script))
         .route("/backup.js", get(crate::backup::web_script))
         .route("/templates.js", get(templates_vm::web_script))
+        .route("/snapshots.js", get(crate::snapshots::web_script))
         .fallback(not_found)
         .with_state(state)
 }

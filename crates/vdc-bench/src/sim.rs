@@ -59,6 +59,7 @@ pub fn vm_config(i: usize) -> VmConfig {
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
         linked_clone: false,
+        guest_agent: false,
     }
 }
 

@@ -11,6 +11,7 @@ mod ha;
 mod history;
 mod maintenance;
 mod migration;
+mod snapshot;
 mod tls;
 
 use std::time::{Duration, Instant};

@@ -42,6 +42,7 @@ mod ova;
 pub mod ownership;
 pub mod record;
 pub mod resume;
+mod snapshots;
 pub mod tasks;
 mod template_vm;
 mod templates;

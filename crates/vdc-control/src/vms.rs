@@ -340,6 +340,7 @@ impl Cluster {
                 isolation_response: req.isolation_response.unwrap_or_default(),
                 group: ha_group,
             },
+            guest_agent: true,
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
         rec.operation = Some(InFlight {

@@ -265,6 +265,7 @@ async fn the_same_operation_id_twice_is_one_job() {
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        guest_agent: false,
     };
     let req = JobRequest {
         operation_id: "task-1.0".into(),

@@ -56,6 +56,8 @@ pub enum JobKind {
     Restore,
     /// Write a stopped VM as an OVA.
     ExportOva,
+    /// Take, revert or delete a snapshot.
+    Snapshot,
 }
 
 impl std::fmt::Display for JobKind {
@@ -73,6 +75,7 @@ impl std::fmt::Display for JobKind {
             JobKind::Backup => "backup",
             JobKind::Restore => "restore",
             JobKind::ExportOva => "OVA export",
+            JobKind::Snapshot => "snapshot",
         })
     }
 }
@@ -143,6 +146,11 @@ pub enum JobOp {
         /// The VM and the OVA file.
         request: crate::ova::ExportOvaRequest,
     },
+    /// See [`JobKind::Snapshot`].
+    Snapshot {
+        /// Which VM and what to do.
+        request: crate::snapshot::SnapshotJobRequest,
+    },
 }
 
 impl JobOp {
@@ -161,6 +169,7 @@ impl JobOp {
             JobOp::Backup { .. } => JobKind::Backup,
             JobOp::Restore { .. } => JobKind::Restore,
             JobOp::ExportOva { .. } => JobKind::ExportOva,
+            JobOp::Snapshot { .. } => JobKind::Snapshot,
         }
     }
 
@@ -178,6 +187,7 @@ impl JobOp {
             JobOp::Backup { request } => Some(&request.config.id),
             JobOp::Restore { request } => Some(&request.config.id),
             JobOp::ExportOva { request } => Some(&request.config.id),
+            JobOp::Snapshot { request } => Some(&request.config.id),
         }
     }
 }
@@ -246,6 +256,8 @@ pub enum JobResult {
         /// Disks written.
         disks: Vec<String>,
     },
+    /// The VM's snapshot tree after the operation.
+    Snapshots(crate::snapshot::SnapshotTree),
 }
 
 /// A job as the agent reports it.

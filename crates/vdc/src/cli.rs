@@ -472,6 +472,15 @@ pub enum VmCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Snapshots: create, list, revert, delete.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCmd),
+    /// Fork a running VM into a new running VM (resumed, not booted) that
+    /// takes its own hostname, MAC and address.
+    InstantClone(crate::snapshot::InstantCloneArgs),
+    /// Clone a running VM (full by default, or --linked); the clone boots
+    /// with its own identity.
+    CloneRunning(crate::snapshot::RunningCloneArgs),
     /// Delete a stopped VM and its disks.
     #[command(alias = "rm")]
     Delete {

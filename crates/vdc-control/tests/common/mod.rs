@@ -106,6 +106,7 @@ pub fn config(name: &str) -> VmConfig {
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        guest_agent: false,
     }
 }
 
