@@ -61,6 +61,7 @@ mod slot;
 pub mod state;
 mod storage;
 mod supervisor;
+mod switches;
 mod tls;
 mod transfer;
 pub mod vm_monitor;
@@ -114,6 +115,7 @@ pub async fn run_with_listener(
     }
     tokio::spawn(lease_watch::run(agent.clone()));
     tokio::spawn(reporter::run(agent.clone()));
+    tokio::spawn(switches::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await
         .map_err(AgentError::Serve)

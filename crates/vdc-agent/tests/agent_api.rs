@@ -436,6 +436,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         ip: Some("10.99.0.10/24".into()),
         gateway: None,
         bridge: Some("vdcnobridge0".into()),
+        ..Default::default()
     });
     let (status, v) = c
         .call(

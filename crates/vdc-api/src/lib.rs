@@ -21,6 +21,7 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
+mod switches;
 pub mod tls;
 
 pub use credentials::Credentials;

@@ -319,6 +319,7 @@ impl Cluster {
             maintenance: None,
             cpu_baseline: None,
             tls: r.and_then(|r| r.tls.clone()),
+            switches: r.map(|r| r.switches.clone()).unwrap_or_default(),
         }
     }
 
@@ -413,6 +414,7 @@ impl Cluster {
                 vcpus_committed: vcpus.get(&l.report.name).copied().unwrap_or(0),
                 datastores: l.report.datastores.iter().map(|d| d.name.clone()).collect(),
                 cpu: crate::cpu_baseline::host_cpu(&l.report),
+                switches: Cluster::realized_switches(&l.report),
             })
             .collect()
     }

@@ -38,6 +38,7 @@ mod networks;
 pub mod ownership;
 pub mod record;
 pub mod resume;
+pub mod switches;
 pub mod tasks;
 mod templates;
 mod undo;
@@ -170,6 +171,7 @@ impl Cluster {
             ha: std::sync::Mutex::new(Default::default()),
         });
         cluster.release_orphaned_operations(true).await?;
+        cluster.migrate_networks().await?;
         cluster
             .events
             .publish(

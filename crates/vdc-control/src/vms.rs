@@ -275,6 +275,11 @@ impl Cluster {
             memory_mib,
             datastores: datastores.clone(),
             cpu_model: Some(cpu_model.to_string()),
+            switches: network
+                .as_ref()
+                .and_then(|n| n.switch.clone())
+                .into_iter()
+                .collect(),
         };
         vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
         if req.start {
@@ -467,13 +472,14 @@ impl Cluster {
                         ip
                     }
                 };
-                let nic = NicSpec {
+                let mut nic = NicSpec {
                     network: net.name.clone(),
                     mac: random_mac(),
                     ip: Some(ip),
                     gateway: net.gateway.clone(),
-                    bridge: Some(net.bridge.clone()),
+                    ..Default::default()
                 };
+                crate::switches::attach(&mut nic, &net);
                 rec = self
                     .update_record(name, |mut r| {
                         if r.config.nics.is_empty() {
@@ -502,6 +508,7 @@ impl Cluster {
                                 .map(|d| d.datastore.clone())
                                 .collect(),
                             cpu_model: Some(rec.config.cpu_model.clone()),
+                            switches: crate::switches::switches_of(&rec.config),
                         };
                         vdc_sched::place(&demand, &self.capacities().await)
                             .map_err(placement_err)?

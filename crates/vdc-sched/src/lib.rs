@@ -55,6 +55,8 @@ pub struct HostCapacity {
     pub datastores: Vec<String>,
     /// The host's CPU (`None`: not reported, not checked).
     pub cpu: Option<cpu_baseline::HostCpu>,
+    /// Switches the host realizes (`None`: not reported, not checked).
+    pub switches: Option<Vec<String>>,
 }
 
 /// What a VM asks of a host.
@@ -68,6 +70,14 @@ pub struct Demand {
     pub datastores: Vec<String>,
     /// The VM's CPU model (`None`: not checked).
     pub cpu_model: Option<String>,
+    /// Switches of the VM's port groups the host must realize.
+    pub switches: Vec<String>,
+}
+
+/// The first of `demand`'s switches `host` does not realize, if any.
+pub fn missing_switch<'a>(demand: &'a Demand, host: &HostCapacity) -> Option<&'a String> {
+    let have = host.switches.as_ref()?;
+    demand.switches.iter().find(|s| !have.contains(s))
 }
 
 /// Why `host` cannot run the CPU model `demand` asks for, if it cannot.
@@ -120,6 +130,19 @@ pub enum PlacementError {
         /// Which flags it lacks.
         reason: String,
     },
+    /// A host lacks a switch of the VM's port groups.
+    #[error("host '{host}' does not realize switch '{switch}' of the VM's port groups; see `vdc switch show {switch}`")]
+    NoSwitchOn {
+        /// The host.
+        host: String,
+        /// The switch.
+        switch: String,
+    },
+    /// No connected host realizes a switch of the VM's port groups.
+    #[error(
+        "no connected host realizes switch(es) {0} of the VM's port groups; see `vdc switch list`"
+    )]
+    NoSwitch(String),
     /// No host that reaches the datastores can run the VM's CPU model.
     #[error("no connected host can run CPU model {0}; add a host that meets it (see `vdc host cpu-baseline`)")]
     NoCpuMatch(String),
@@ -167,6 +190,12 @@ pub fn check_host(demand: &Demand, host: &HostCapacity) -> Result<(), PlacementE
     {
         return Err(PlacementError::NoDatastoreAccess(ds.clone()));
     }
+    if let Some(sw) = missing_switch(demand, host) {
+        return Err(PlacementError::NoSwitchOn {
+            host: host.name.clone(),
+            switch: sw.clone(),
+        });
+    }
     let needed = footprint_mib(demand.memory_mib);
     let free = host.memory_free_mib.saturating_sub(host.memory_pending_mib);
     if needed > free {
@@ -193,6 +222,13 @@ pub fn place(demand: &Demand, hosts: &[HostCapacity]) -> Result<String, Placemen
         return Err(PlacementError::NoDatastoreAccess(
             demand.datastores.join(", "),
         ));
+    }
+    let reach: Vec<&HostCapacity> = reach
+        .into_iter()
+        .filter(|h| missing_switch(demand, h).is_none())
+        .collect();
+    if reach.is_empty() {
+        return Err(PlacementError::NoSwitch(demand.switches.join(", ")));
     }
     let reach: Vec<&HostCapacity> = reach
         .into_iter()
@@ -253,6 +289,7 @@ mod tests {
 
     fn host(name: &str, free: u64) -> HostCapacity {
         HostCapacity {
+            switches: None,
             name: name.into(),
             available: true,
             cpus: 2,
@@ -267,6 +304,7 @@ mod tests {
 
     fn demand(mem: u64) -> Demand {
         Demand {
+            switches: vec![],
             cpus: 1,
             memory_mib: mem,
             datastores: vec!["shared".into()],

@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod migration;
 pub mod names;
+pub mod switch;
 pub mod task;
 pub mod transfer;
 pub mod vm;

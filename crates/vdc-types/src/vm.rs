@@ -151,7 +151,7 @@ pub struct DiskSpec {
 }
 
 /// A virtual NIC of a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NicSpec {
     /// Network (port group) the NIC is connected to.
     pub network: String,
@@ -168,6 +168,17 @@ pub struct NicSpec {
     /// tap device to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// Switch of the port group, filled in by the server (placement and
+    /// migration need a host that realizes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+    /// VLAN of the port group, filled in by the server: the tap's untagged
+    /// VLAN on the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// VLANs carried tagged to the guest, filled in by the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunk: Vec<u16>,
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in

@@ -281,6 +281,7 @@ async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError>
         gateway: a.gateway.map(|g| g.to_string()),
         pool_start: a.pool.0,
         pool_end: a.pool.1,
+        ..Default::default()
     };
     let created = ctx.client.create_network(&net).await?;
     if ctx.json() {
@@ -641,6 +642,7 @@ mod tests {
     #[test]
     fn host_table_columns() {
         let h = Host {
+            switches: vec![],
             name: "host-1".into(),
             address: "10.77.0.11".into(),
             agent_url: "http://10.77.0.11:8600".into(),
