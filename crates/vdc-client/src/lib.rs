@@ -9,6 +9,7 @@ mod ha;
 mod history;
 mod maintenance;
 mod migration;
+mod switches;
 mod tls;
 
 use std::time::{Duration, Instant};

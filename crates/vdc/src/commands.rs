@@ -65,6 +65,8 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
+        Command::Network(NetworkCmd::More(c)) => crate::switches::network_more(ctx, c).await,
+        Command::Switch(c) => crate::switches::switch(ctx, c).await,
         Command::Template(TemplateCmd::List) => template_list(ctx).await,
         Command::Template(TemplateCmd::Import(a)) => template_import(ctx, a).await,
         Command::Vm(cmd) => vm(ctx, cmd).await,
@@ -186,6 +188,7 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         ),
         ("vms", h.vm_count.to_string()),
         ("datastores", h.datastores.join(", ")),
+        ("switches", crate::switches::host_switches(&h.switches)),
         (
             "cpu baseline",
             h.cpu_baseline
@@ -258,11 +261,20 @@ async fn network_list(ctx: &Ctx) -> Result<(), CliError> {
 
 /// `network list` as a table.
 pub fn network_table(nets: &[Network]) -> String {
-    let mut t = Table::new(&["NAME", "BRIDGE", "SUBNET", "GATEWAY", "POOL"]);
+    let mut t = Table::new(&[
+        "NAME", "SWITCH", "BRIDGE", "VLAN", "SUBNET", "GATEWAY", "POOL",
+    ]);
     for n in nets {
+        let mut vlan = n.vlan.map_or("-".to_string(), |v| v.to_string());
+        if !n.trunk.is_empty() {
+            let ids: Vec<String> = n.trunk.iter().map(|t| t.to_string()).collect();
+            vlan.push_str(&format!(" trunk {}", ids.join(",")));
+        }
         t.row(vec![
             n.name.clone(),
+            or_dash(n.switch.as_deref()),
             n.bridge.clone(),
+            vlan,
             n.subnet.clone(),
             or_dash(n.gateway.as_deref()),
             format!("{}-{}", n.pool_start, n.pool_end),
@@ -276,7 +288,10 @@ async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError>
     check_cidr(&a.subnet).map_err(CliError::Usage)?;
     let net = Network {
         name: a.name,
-        bridge: a.bridge,
+        bridge: a.bridge.unwrap_or_default(),
+        switch: a.switch,
+        vlan: a.vlan,
+        trunk: a.trunk,
         subnet: a.subnet,
         gateway: a.gateway.map(|g| g.to_string()),
         pool_start: a.pool.0,

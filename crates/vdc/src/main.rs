@@ -24,6 +24,7 @@ mod ha_groups;
 mod join;
 mod maintenance;
 mod migration_tls;
+mod switches;
 mod vm_commands;
 mod wait;
 
