@@ -161,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(web_page))
         .route("/ui", get(web_page))
         .route("/ha.js", get(ha::web_script))
+        .route("/net.js", get(crate::switches::web_script))
         .fallback(not_found)
         .with_state(state)
 }

@@ -54,3 +54,14 @@ pub(crate) async fn delete_switch(
     st.cluster.delete_switch(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The web page's switches and port groups section (`/net.js`).
+pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../web/net.js"),
+    )
+}
