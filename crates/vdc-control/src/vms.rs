@@ -53,7 +53,9 @@ pub(crate) fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
-        PlacementError::Unavailable(_) => ErrorCode::InvalidState,
+        PlacementError::Unavailable(_)
+        | PlacementError::NoSwitch(_)
+        | PlacementError::NoSwitchOn { .. } => ErrorCode::InvalidState,
         _ => ErrorCode::InsufficientCapacity,
     };
     ApiError::new(code, e.to_string())

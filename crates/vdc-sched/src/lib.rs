@@ -168,6 +168,9 @@ pub fn check_fits_any(demand: &Demand, hosts: &[HostCapacity]) -> Result<(), Pla
     if demand.cpus > max_cpus {
         return Err(PlacementError::TooManyCpus(demand.cpus));
     }
+    if !demand.switches.is_empty() && hosts.iter().all(|h| missing_switch(demand, h).is_some()) {
+        return Err(PlacementError::NoSwitch(demand.switches.join(", ")));
+    }
     Ok(())
 }
 
@@ -175,6 +178,12 @@ pub fn check_fits_any(demand: &Demand, hosts: &[HostCapacity]) -> Result<(), Pla
 pub fn check_host(demand: &Demand, host: &HostCapacity) -> Result<(), PlacementError> {
     if !host.available {
         return Err(PlacementError::Unavailable(host.name.clone()));
+    }
+    if let Some(sw) = missing_switch(demand, host) {
+        return Err(PlacementError::NoSwitchOn {
+            host: host.name.clone(),
+            switch: sw.clone(),
+        });
     }
     check_fits_any(demand, std::slice::from_ref(host))?;
     if let Some(reason) = cpu_refusal(demand, host) {
@@ -189,12 +198,6 @@ pub fn check_host(demand: &Demand, host: &HostCapacity) -> Result<(), PlacementE
         .find(|d| !host.datastores.contains(d))
     {
         return Err(PlacementError::NoDatastoreAccess(ds.clone()));
-    }
-    if let Some(sw) = missing_switch(demand, host) {
-        return Err(PlacementError::NoSwitchOn {
-            host: host.name.clone(),
-            switch: sw.clone(),
-        });
     }
     let needed = footprint_mib(demand.memory_mib);
     let free = host.memory_free_mib.saturating_sub(host.memory_pending_mib);
@@ -318,6 +321,33 @@ mod tests {
             emulated: false,
             flags: flags.iter().map(|f| f.to_string()).collect(),
         })
+    }
+
+    #[test]
+    fn hosts_without_the_vms_switches_are_skipped_or_refused() {
+        let mut d = demand(512);
+        d.switches = vec!["vsw".into()];
+        let mut without = host("h1", 8_000);
+        without.switches = Some(vec!["vmbr0".into()]);
+        let mut with = host("h2", 4_000);
+        with.switches = Some(vec!["vmbr0".into(), "vsw".into()]);
+        let unknown = host("h3", 2_000);
+        assert_eq!(place(&d, &[without.clone(), with.clone()]).unwrap(), "h2");
+        assert!(matches!(
+            check_host(&d, &without),
+            Err(PlacementError::NoSwitchOn { ref switch, .. }) if switch == "vsw"
+        ));
+        check_host(&d, &with).unwrap();
+        // A host that reports no switches (an older agent) is not checked.
+        check_host(&d, &unknown).unwrap();
+        assert_eq!(
+            place(&d, std::slice::from_ref(&without)),
+            Err(PlacementError::NoSwitch("vsw".into()))
+        );
+        assert_eq!(
+            check_fits_any(&d, std::slice::from_ref(&without)),
+            Err(PlacementError::NoSwitch("vsw".into()))
+        );
     }
 
     #[test]
