@@ -267,7 +267,8 @@ impl Agent {
         Ok(slot.apply(Input::Launched))
     }
 
-    /// The tap ports (tap, bridge, VLANs) and NIC devices of `config`.
+    /// The tap ports (tap, bridge of the NIC's segment) and NIC devices of
+    /// `config`.
     pub(crate) fn nic_plan(&self, config: &VmConfig) -> Result<NicPlan, ApiError> {
         let mut taps = Vec::new();
         let mut nics = Vec::new();
@@ -286,8 +287,6 @@ impl Agent {
             taps.push(vdc_net::TapPort {
                 tap: tap.clone(),
                 bridge,
-                vlan: nic.vlan,
-                trunk: nic.trunk.clone(),
             });
             nics.push(vdc_qemu::NicDevice {
                 id: format!("net{i}"),

@@ -42,8 +42,8 @@ impl Prepared {
 }
 
 impl Agent {
-    /// Creates the taps on their bridges with their VLANs; on failure the
-    /// ones created are deleted again.
+    /// Creates the taps on their bridges; on failure the ones created are
+    /// deleted again.
     pub(crate) async fn create_taps(
         &self,
         name: &str,

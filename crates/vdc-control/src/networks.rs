@@ -37,10 +37,11 @@ impl Cluster {
                         "switch '{sw}' does not exist; create it first (vdc switch create) or pick one of `vdc switch list`"
                     ))
                 })?;
-                if !n.bridge.is_empty() && n.bridge != sw.bridge {
+                let expected = vdc_types::switch::vlan_bridge(&sw.bridge, n.vlan.unwrap_or(1));
+                if !n.bridge.is_empty() && n.bridge != expected {
                     return Err(ApiError::invalid(format!(
-                        "bridge '{}' is not the bridge of switch '{}' ({}); give only the switch",
-                        n.bridge, sw.name, sw.bridge
+                        "bridge '{}' is not the bridge of switch '{}' ({expected}); give only the switch",
+                        n.bridge, sw.name
                     )));
                 }
                 sw
@@ -60,10 +61,10 @@ impl Cluster {
                 ))
             }
         };
-        n.bridge = switch.bridge.clone();
+        switches::rules::check_port_group_vlans(&n, &switch).map_err(ApiError::invalid)?;
+        n.bridge = vdc_types::switch::vlan_bridge(&switch.bridge, n.vlan.unwrap_or(1));
         n.switch = Some(switch.name.clone());
         n.version = vdc_types::switch::NETWORK_VERSION;
-        switches::rules::check_port_group_vlans(&n, &switch).map_err(ApiError::invalid)?;
         let sn = Subnet::parse(&n.subnet).map_err(ApiError::invalid)?;
         let start =
             ipam::parse_host(&sn, &n.pool_start, "pool start").map_err(ApiError::invalid)?;
@@ -94,7 +95,7 @@ impl Cluster {
                 "network.created",
                 &n.name,
                 format!("network {} created", n.name),
-                json!({"subnet": n.subnet, "switch": n.switch, "vlan": n.vlan, "trunk": n.trunk}),
+                json!({"subnet": n.subnet, "switch": n.switch, "vlan": n.vlan, "bridge": n.bridge}),
             )
             .await;
         Ok(n)

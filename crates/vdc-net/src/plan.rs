@@ -2,55 +2,87 @@
 //! desired switch and what was observed ([`plan`]), and how far the host
 //! is from it ([`assess`]). The I/O around them is in [`crate::switch`].
 //!
-//! A managed switch is a Linux bridge with `vlan_filtering 1` and
-//! `vlan_default_pvid 0` (a new port belongs to no VLAN until its VLANs
-//! are set, so a tap never leaks onto VLAN 1 between creation and
-//! tagging), up, with each uplink enslaved and carrying every VLAN of the
-//! switch tagged. An existing switch is only checked.
+//! A managed switch is realized as one Linux bridge per segment: the
+//! switch's own bridge (port groups without a VLAN, and the uplinks) and
+//! one bridge per VLAN, named [`vlan_bridge`] (`<bridge>v<id>`), whose
+//! uplink is the 802.1Q sub-interface `<uplink>.<id>` of each uplink. A
+//! VM's tap joins the bridge of its port group's segment, so VLANs are
+//! separate broadcast domains on every host (the "traditional" layout of
+//! Linux hypervisors; it needs neither bridge VLAN filtering nor anything
+//! from the guest). Where the kernel has no 802.1Q support the VLAN
+//! bridges have no uplink (reported as drift when the switch has
+//! uplinks). An existing switch is only checked.
 
 use vdc_types::switch::{
     DesiredSwitch, HostSwitchState, RealizationState, SwitchKind, UplinkState,
 };
 
-/// One uplink as observed.
+/// Bridge of VLAN `vlan` of a switch whose bridge is `bridge`.
+pub fn vlan_bridge(bridge: &str, vlan: u16) -> String {
+    format!("{bridge}v{vlan}")
+}
+
+/// Name of the 802.1Q sub-interface of `uplink` for `vlan`.
+pub fn vlan_uplink(uplink: &str, vlan: u16) -> String {
+    format!("{uplink}.{vlan}")
+}
+
+/// One interface as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ObservedUplink {
+pub struct ObservedLink {
     /// Interface name.
     pub name: String,
     /// Whether it exists.
     pub exists: bool,
     /// Its bridge, if enslaved.
     pub master: Option<String>,
-    /// Carrier up.
-    pub up: bool,
-}
-
-/// A switch's bridge as observed on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Observed {
-    /// The bridge exists (and is a bridge).
-    pub exists: bool,
-    /// Its `vlan_filtering`.
-    pub vlan_filtering: bool,
     /// Administratively up.
     pub up: bool,
-    /// Each desired uplink.
-    pub uplinks: Vec<ObservedUplink>,
+    /// Carrier up.
+    pub carrier: bool,
+}
+
+/// A switch as observed on the host: its bridges and their uplinks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// The switch's bridge and each VLAN bridge (exists = is a bridge).
+    pub bridges: Vec<ObservedLink>,
+    /// Each uplink and each uplink VLAN sub-interface.
+    pub uplinks: Vec<ObservedLink>,
+}
+
+impl Observed {
+    fn link<'a>(list: &'a [ObservedLink], name: &str) -> Option<&'a ObservedLink> {
+        list.iter().find(|l| l.name == name && l.exists)
+    }
 }
 
 /// One step of realizing a switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `ip link add BR type bridge vlan_filtering 1 vlan_default_pvid 0`.
-    CreateBridge,
-    /// `ip link set BR type bridge vlan_filtering 1`.
-    EnableVlanFiltering,
-    /// `ip link set BR up`.
-    SetUp,
-    /// `ip link set UPLINK master BR up`.
-    Enslave(String),
-    /// `bridge vlan add dev UPLINK vid V` for each VLAN of the switch.
-    UplinkVlans(String, Vec<u16>),
+    /// `ip link add NAME type bridge`.
+    CreateBridge(String),
+    /// `ip link set NAME up`.
+    SetUp(String),
+    /// `ip link add link UPLINK name UPLINK.ID type vlan id ID`.
+    CreateVlanUplink(String, u16),
+    /// `ip link set IFACE master BRIDGE up`.
+    Enslave(String, String),
+}
+
+/// The interfaces a switch is made of: (bridge, its uplinks) for the
+/// switch's own bridge and each VLAN bridge.
+pub fn layout(desired: &DesiredSwitch) -> Vec<(String, Vec<String>)> {
+    let mut out = vec![(desired.bridge.clone(), desired.uplinks.clone())];
+    if desired.kind == SwitchKind::Managed {
+        for &v in desired.vlans.iter().filter(|&&v| v != 1) {
+            out.push((
+                vlan_bridge(&desired.bridge, v),
+                desired.uplinks.iter().map(|u| vlan_uplink(u, v)).collect(),
+            ));
+        }
+    }
+    out
 }
 
 /// The actions that bring `observed` to `desired` (none for an existing
@@ -61,24 +93,31 @@ pub fn plan(desired: &DesiredSwitch, observed: &Observed) -> Vec<Action> {
         return Vec::new();
     }
     let mut a = Vec::new();
-    if !observed.exists {
-        a.push(Action::CreateBridge);
-    } else if !observed.vlan_filtering {
-        a.push(Action::EnableVlanFiltering);
-    }
-    if !observed.exists || !observed.up {
-        a.push(Action::SetUp);
-    }
-    for u in &desired.uplinks {
-        let o = observed.uplinks.iter().find(|o| &o.name == u);
-        let Some(o) = o.filter(|o| o.exists) else {
-            continue;
-        };
-        if o.master.as_deref() != Some(desired.bridge.as_str()) || !observed.exists {
-            a.push(Action::Enslave(u.clone()));
+    for (bridge, uplinks) in layout(desired) {
+        let br = Observed::link(&observed.bridges, &bridge);
+        if br.is_none() {
+            a.push(Action::CreateBridge(bridge.clone()));
         }
-        if !desired.vlans.is_empty() {
-            a.push(Action::UplinkVlans(u.clone(), desired.vlans.clone()));
+        if !br.is_some_and(|b| b.up) {
+            a.push(Action::SetUp(bridge.clone()));
+        }
+        for u in uplinks {
+            let o = Observed::link(&observed.uplinks, &u);
+            if o.is_none() {
+                match u.rsplit_once('.') {
+                    Some((parent, id)) if Observed::link(&observed.uplinks, parent).is_some() => {
+                        if let Ok(id) = id.parse() {
+                            a.push(Action::CreateVlanUplink(parent.to_string(), id));
+                        } else {
+                            continue;
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+            if o.and_then(|o| o.master.as_deref()) != Some(bridge.as_str()) {
+                a.push(Action::Enslave(u.clone(), bridge.clone()));
+            }
         }
     }
     a
@@ -87,41 +126,43 @@ pub fn plan(desired: &DesiredSwitch, observed: &Observed) -> Vec<Action> {
 /// The host's state of `desired` as `observed` (after the plan ran).
 pub fn assess(desired: &DesiredSwitch, observed: &Observed) -> HostSwitchState {
     let mut problems = Vec::new();
-    let uplinks: Vec<UplinkState> = desired
-        .uplinks
-        .iter()
-        .map(|u| {
-            let o = observed.uplinks.iter().find(|o| &o.name == u);
-            let present =
-                o.is_some_and(|o| o.exists && o.master.as_deref() == Some(&desired.bridge));
+    let mut missing_main = false;
+    let mut uplinks = Vec::new();
+    for (i, (bridge, ups)) in layout(desired).into_iter().enumerate() {
+        match Observed::link(&observed.bridges, &bridge) {
+            None => {
+                problems.push(format!("bridge {bridge} does not exist"));
+                missing_main |= i == 0;
+            }
+            Some(b) if !b.up && desired.kind == SwitchKind::Managed => {
+                problems.push(format!("bridge {bridge} is down"))
+            }
+            Some(_) => {}
+        }
+        for u in ups {
+            let o = Observed::link(&observed.uplinks, &u);
+            let present = o.is_some_and(|o| o.master.as_deref() == Some(bridge.as_str()));
             if !present {
                 problems.push(match o {
-                    Some(o) if o.exists => format!("uplink {u} is not in the bridge"),
-                    _ => format!("uplink {u} does not exist"),
+                    Some(_) => format!("uplink {u} is not in bridge {bridge}"),
+                    None => format!("uplink {u} does not exist"),
                 });
             }
-            UplinkState {
-                name: u.clone(),
-                present,
-                up: present && o.is_some_and(|o| o.up),
+            if i == 0 {
+                uplinks.push(UplinkState {
+                    name: u.clone(),
+                    present,
+                    up: present && o.is_some_and(|o| o.carrier),
+                });
             }
-        })
-        .collect();
-    let state = if !observed.exists {
-        problems.insert(0, format!("bridge {} does not exist", desired.bridge));
+        }
+    }
+    let state = if missing_main {
         RealizationState::Missing
+    } else if problems.is_empty() {
+        RealizationState::Present
     } else {
-        if desired.kind == SwitchKind::Managed && !observed.vlan_filtering {
-            problems.push("VLAN filtering is off".into());
-        }
-        if desired.kind == SwitchKind::Managed && !observed.up {
-            problems.push("the bridge is down".into());
-        }
-        if problems.is_empty() {
-            RealizationState::Present
-        } else {
-            RealizationState::Drift
-        }
+        RealizationState::Drift
     };
     HostSwitchState {
         switch: desired.name.clone(),
@@ -146,67 +187,90 @@ mod tests {
         }
     }
 
-    fn up(name: &str, exists: bool, master: Option<&str>) -> ObservedUplink {
-        ObservedUplink {
+    fn link(name: &str, master: Option<&str>) -> ObservedLink {
+        ObservedLink {
             name: name.into(),
-            exists,
+            exists: true,
             master: master.map(str::to_string),
             up: true,
+            carrier: true,
         }
     }
 
     #[test]
-    fn a_missing_bridge_is_created_with_its_uplinks() {
-        let d = sw(SwitchKind::Managed, &["eth1"], &[10, 20]);
+    fn a_missing_switch_is_created_with_a_bridge_per_vlan() {
+        let d = sw(SwitchKind::Managed, &["eth1"], &[1, 10]);
         let o = Observed {
-            uplinks: vec![up("eth1", true, None)],
-            ..Default::default()
+            bridges: vec![],
+            uplinks: vec![link("eth1", None)],
         };
         assert_eq!(
             plan(&d, &o),
             vec![
-                Action::CreateBridge,
-                Action::SetUp,
-                Action::Enslave("eth1".into()),
-                Action::UplinkVlans("eth1".into(), vec![10, 20]),
+                Action::CreateBridge("sw1".into()),
+                Action::SetUp("sw1".into()),
+                Action::Enslave("eth1".into(), "sw1".into()),
+                Action::CreateBridge("sw1v10".into()),
+                Action::SetUp("sw1v10".into()),
+                Action::CreateVlanUplink("eth1".into(), 10),
+                Action::Enslave("eth1.10".into(), "sw1v10".into()),
             ]
         );
         assert_eq!(assess(&d, &o).state, RealizationState::Missing);
     }
 
     #[test]
-    fn a_realized_switch_needs_nothing_but_its_vlans() {
-        let d = sw(SwitchKind::Managed, &["eth1"], &[]);
+    fn a_realized_switch_needs_nothing() {
+        let d = sw(SwitchKind::Managed, &["eth1"], &[10]);
         let o = Observed {
-            exists: true,
-            vlan_filtering: true,
-            up: true,
-            uplinks: vec![up("eth1", true, Some("sw1"))],
+            bridges: vec![link("sw1", None), link("sw1v10", None)],
+            uplinks: vec![link("eth1", Some("sw1")), link("eth1.10", Some("sw1v10"))],
         };
         assert!(plan(&d, &o).is_empty());
         let s = assess(&d, &o);
-        assert_eq!(s.state, RealizationState::Present);
+        assert_eq!(s.state, RealizationState::Present, "{:?}", s.detail);
         assert!(s.uplinks[0].present && s.uplinks[0].up);
+        assert_eq!(s.uplinks.len(), 1);
     }
 
     #[test]
     fn drift_is_repaired_or_reported() {
-        let d = sw(SwitchKind::Managed, &["eth1", "eth2"], &[]);
+        let d = sw(SwitchKind::Managed, &["eth1", "eth2"], &[20]);
         let o = Observed {
-            exists: true,
-            vlan_filtering: false,
-            up: true,
-            uplinks: vec![up("eth1", true, Some("other")), up("eth2", false, None)],
+            bridges: vec![link("sw1", None)],
+            uplinks: vec![link("eth1", Some("other"))],
         };
         assert_eq!(
             plan(&d, &o),
-            vec![Action::EnableVlanFiltering, Action::Enslave("eth1".into())]
+            vec![
+                Action::Enslave("eth1".into(), "sw1".into()),
+                Action::CreateBridge("sw1v20".into()),
+                Action::SetUp("sw1v20".into()),
+                Action::CreateVlanUplink("eth1".into(), 20),
+                Action::Enslave("eth1.20".into(), "sw1v20".into()),
+            ]
         );
         let s = assess(&d, &o);
         assert_eq!(s.state, RealizationState::Drift);
         let detail = s.detail.unwrap();
         assert!(detail.contains("eth2 does not exist"), "{detail}");
-        assert!(detail.contains("VLAN filtering is off"), "{detail}");
+        assert!(detail.contains("bridge sw1v20 does not exist"), "{detail}");
+        assert!(!s.uplinks[1].present);
+    }
+
+    #[test]
+    fn an_isolated_switch_has_bridges_only() {
+        let d = sw(SwitchKind::Managed, &[], &[10, 20]);
+        let o = Observed {
+            bridges: vec![
+                link("sw1", None),
+                link("sw1v10", None),
+                link("sw1v20", None),
+            ],
+            uplinks: vec![],
+        };
+        assert!(plan(&d, &o).is_empty());
+        assert_eq!(assess(&d, &o).state, RealizationState::Present);
     }
 
     #[test]
@@ -218,8 +282,11 @@ mod tests {
             RealizationState::Missing
         );
         let o = Observed {
-            exists: true,
-            ..Default::default()
+            bridges: vec![ObservedLink {
+                up: false,
+                ..link("sw1", None)
+            }],
+            uplinks: vec![],
         };
         assert_eq!(assess(&d, &o).state, RealizationState::Present);
     }

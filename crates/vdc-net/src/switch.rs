@@ -1,95 +1,28 @@
-//! Realizing switches on this host, and the VLANs of each VM port.
+//! Realizing switches on this host.
 //!
-//! [`realize`] observes a switch's bridge and uplinks (`ip -j -d link`),
+//! [`realize`] observes a switch's bridges and uplinks (`ip -j -d link`),
 //! runs the [`plan`](crate::plan::plan) and reports the outcome
 //! ([`assess`](crate::plan::assess)). It never touches VM taps: only the
-//! bridge itself and its uplinks. [`attach_port`] creates a VM's tap and,
-//! on a bridge with VLAN filtering, sets its VLANs (`bridge vlan`).
+//! switch's bridges and uplinks. [`attach_port`] creates a VM's tap on the
+//! bridge of its port group's segment (the server names it).
 
-use tokio::process::Command;
 use vdc_types::switch::{DesiredSwitch, HostSwitchState};
 
-use crate::plan::{assess, plan, Action, Observed, ObservedUplink};
+use crate::plan::{assess, layout, plan, vlan_uplink, Action, Observed, ObservedLink};
 use crate::{create_tap, ip, validate_ifname, NetError};
 
-/// A VM NIC's port: its tap, bridge and VLANs.
+/// A VM NIC's port: its tap and the bridge it joins.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TapPort {
     /// Tap device.
     pub tap: String,
     /// Bridge it joins.
     pub bridge: String,
-    /// Untagged VLAN (on a VLAN-filtering bridge; default 1).
-    pub vlan: Option<u16>,
-    /// Tagged VLANs (a trunk).
-    pub trunk: Vec<u16>,
 }
 
-/// Runs `bridge ARGS`.
-async fn bridge_cmd(args: &[&str]) -> Result<(), NetError> {
-    let out = Command::new("bridge")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(NetError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Command {
-            command: format!("bridge {}", args.join(" ")),
-            status: out.status.code(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
-}
-
-/// Whether `bridge` filters VLANs.
-pub async fn vlan_filtering(bridge: &str) -> bool {
-    let path = format!("/sys/class/net/{bridge}/bridge/vlan_filtering");
-    matches!(tokio::fs::read_to_string(path).await, Ok(v) if v.trim() == "1")
-}
-
-/// Creates (or reuses) the tap of `port` on its bridge and, when the bridge
-/// filters VLANs, makes the tap an access port of its VLAN (untagged,
-/// default 1) carrying its trunk VLANs tagged. A tap this call created is
-/// deleted again if tagging fails.
+/// Creates (or reuses) the tap of `port` on its bridge.
 pub async fn attach_port(port: &TapPort) -> Result<(), NetError> {
-    let existed = crate::link_exists(&port.tap).await?;
-    create_tap(&port.tap, &port.bridge).await?;
-    if !vlan_filtering(&port.bridge).await {
-        return Ok(());
-    }
-    if let Err(e) = set_port_vlans(port).await {
-        if !existed {
-            if let Err(d) = crate::delete_tap(&port.tap).await {
-                tracing::warn!(tap = %port.tap, error = %d, "cannot delete a tap whose VLANs could not be set");
-            }
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-async fn set_port_vlans(port: &TapPort) -> Result<(), NetError> {
-    let tap = port.tap.as_str();
-    let untagged = port.vlan.unwrap_or(1).to_string();
-    if untagged != "1" {
-        // A bridge made with a default PVID of 1 (not ours) put the
-        // port in VLAN 1: take it out.
-        if let Err(e) = bridge_cmd(&["vlan", "del", "dev", tap, "vid", "1"]).await {
-            tracing::debug!(%tap, error = %e, "VLAN 1 was not on the port");
-        }
-    }
-    bridge_cmd(&[
-        "vlan", "add", "dev", tap, "vid", &untagged, "pvid", "untagged", "master",
-    ])
-    .await?;
-    for t in &port.trunk {
-        bridge_cmd(&["vlan", "add", "dev", tap, "vid", &t.to_string(), "master"]).await?;
-    }
-    Ok(())
+    create_tap(&port.tap, &port.bridge).await
 }
 
 /// What `ip -j -d link show dev NAME` says of an interface.
@@ -115,103 +48,87 @@ fn has_flag(link: &serde_json::Value, flag: &str) -> bool {
         .is_some_and(|f| f.iter().any(|x| x.as_str() == Some(flag)))
 }
 
-/// Observes a switch's bridge and uplinks.
-pub async fn observe(desired: &DesiredSwitch) -> Result<Observed, NetError> {
-    let br = link_json(&desired.bridge).await?;
-    let is_bridge = br.as_ref().is_some_and(|l| {
+async fn observe_link(name: &str, want_bridge: bool) -> Result<ObservedLink, NetError> {
+    let l = link_json(name).await?;
+    let is_bridge = l.as_ref().is_some_and(|l| {
         l.pointer("/linkinfo/info_kind").and_then(|k| k.as_str()) == Some("bridge")
     });
-    let mut o = Observed {
-        exists: is_bridge,
-        vlan_filtering: br
+    Ok(ObservedLink {
+        name: name.to_string(),
+        exists: if want_bridge { is_bridge } else { l.is_some() },
+        master: l
             .as_ref()
-            .and_then(|l| l.pointer("/linkinfo/info_data/vlan_filtering"))
-            .and_then(|v| v.as_u64())
-            == Some(1),
-        up: br.as_ref().is_some_and(|l| has_flag(l, "UP")),
-        uplinks: Vec::new(),
-    };
-    for u in &desired.uplinks {
-        let l = link_json(u).await?;
-        o.uplinks.push(ObservedUplink {
-            name: u.clone(),
-            exists: l.is_some(),
-            master: l
-                .as_ref()
-                .and_then(|l| l.get("master"))
-                .and_then(|m| m.as_str())
-                .map(str::to_string),
-            up: l.as_ref().is_some_and(|l| has_flag(l, "LOWER_UP")),
-        });
+            .and_then(|l| l.get("master"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string),
+        up: l.as_ref().is_some_and(|l| has_flag(l, "UP")),
+        carrier: l.as_ref().is_some_and(|l| has_flag(l, "LOWER_UP")),
+    })
+}
+
+/// Observes a switch's bridges and uplinks.
+pub async fn observe(desired: &DesiredSwitch) -> Result<Observed, NetError> {
+    let mut o = Observed::default();
+    for (bridge, uplinks) in layout(desired) {
+        o.bridges.push(observe_link(&bridge, true).await?);
+        for u in uplinks {
+            o.uplinks.push(observe_link(&u, false).await?);
+        }
     }
     Ok(o)
 }
 
-async fn apply(desired: &DesiredSwitch, action: &Action) -> Result<(), NetError> {
-    let br = desired.bridge.as_str();
+async fn apply(action: &Action) -> Result<(), NetError> {
     match action {
-        Action::CreateBridge => {
+        Action::CreateBridge(br) => {
+            ip(&["link", "add", br, "type", "bridge"]).await?;
+        }
+        Action::SetUp(br) => {
+            ip(&["link", "set", br, "up"]).await?;
+        }
+        Action::CreateVlanUplink(u, id) => {
+            let name = vlan_uplink(u, *id);
+            let id = id.to_string();
             ip(&[
-                "link",
-                "add",
-                br,
-                "type",
-                "bridge",
-                "vlan_filtering",
-                "1",
-                "vlan_default_pvid",
-                "0",
+                "link", "add", "link", u, "name", &name, "type", "vlan", "id", &id,
             ])
             .await?;
         }
-        Action::EnableVlanFiltering => {
-            ip(&["link", "set", br, "type", "bridge", "vlan_filtering", "1"]).await?;
-        }
-        Action::SetUp => {
-            ip(&["link", "set", br, "up"]).await?;
-        }
-        Action::Enslave(u) => {
-            ip(&["link", "set", u, "master", br, "up"]).await?;
-        }
-        Action::UplinkVlans(u, vlans) => {
-            for v in vlans {
-                bridge_cmd(&["vlan", "add", "dev", u, "vid", &v.to_string(), "master"]).await?;
-            }
+        Action::Enslave(iface, br) => {
+            ip(&["link", "set", iface, "master", br, "up"]).await?;
         }
     }
     Ok(())
 }
 
 /// Realizes one switch: observes, repairs what the plan says, observes
-/// again and reports. The second value lists the repairs made (drift that
-/// was found and fixed). A failed step is reported in the state's detail.
+/// again and reports. The second value lists the repairs made. A failed
+/// step is reported in the state's detail and the next steps still run.
 pub async fn realize(desired: &DesiredSwitch) -> (HostSwitchState, Vec<String>) {
     let mut repaired = Vec::new();
-    let mut failure = None;
+    let mut failures = Vec::new();
     match observe(desired).await {
         Ok(o) => {
             for a in plan(desired, &o) {
-                match apply(desired, &a).await {
-                    Ok(()) => {
-                        if !matches!(a, Action::UplinkVlans(..)) {
-                            repaired.push(format!("{a:?}"));
-                        }
-                    }
-                    Err(e) => {
-                        failure = Some(format!("{a:?} failed: {}", error_text(&e)));
-                        break;
-                    }
+                match apply(&a).await {
+                    Ok(()) => repaired.push(format!("{a:?}")),
+                    Err(e) => failures.push(format!("{a:?} failed: {}", error_text(&e))),
                 }
             }
         }
-        Err(e) => failure = Some(error_text(&e)),
+        Err(e) => failures.push(error_text(&e)),
     }
     let mut state = match observe(desired).await {
         Ok(o) => assess(desired, &o),
-        Err(e) => assess(desired, &Observed::default()).with_detail(error_text(&e)),
+        Err(e) => {
+            failures.push(error_text(&e));
+            assess(desired, &Observed::default())
+        }
     };
-    if let Some(f) = failure {
-        state = state.with_detail(f);
+    if !failures.is_empty() {
+        let mut d: Vec<String> = state.detail.take().into_iter().collect();
+        d.extend(failures);
+        state.detail = Some(d.join("; "));
     }
     (state, repaired)
 }
@@ -222,19 +139,5 @@ fn error_text(e: &NetError) -> String {
             command, stderr, ..
         } => format!("'{command}': {stderr}"),
         other => other.to_string(),
-    }
-}
-
-trait WithDetail {
-    fn with_detail(self, d: String) -> Self;
-}
-
-impl WithDetail for HostSwitchState {
-    fn with_detail(mut self, d: String) -> Self {
-        self.detail = Some(match self.detail.take() {
-            Some(x) => format!("{x}; {d}"),
-            None => d,
-        });
-        self
     }
 }

@@ -220,7 +220,7 @@ pub struct Datastore {
 }
 
 /// A network (port group) VMs connect to: a switch (a bridge on every
-/// host) and, on a managed switch, a VLAN id or a trunk of VLAN ids.
+/// host) and, on a managed switch, a VLAN id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Network {
     /// Name (unique).
@@ -230,9 +230,10 @@ pub struct Network {
         max_length = 63
     )]
     pub name: String,
-    /// Linux bridge on each host that VM NICs are attached to: the
-    /// switch's bridge (given alone, it names an `existing` switch of that
-    /// name, created if needed).
+    /// Linux bridge on each host that VM NICs are attached to, filled in
+    /// by the server: the switch's bridge, or its VLAN's bridge. Given
+    /// alone, it names an `existing` switch of that name (created if
+    /// needed).
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9._-]*$", max_length = 15)]
     pub bridge: String,
@@ -265,13 +266,10 @@ pub struct Network {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 63)]
     pub switch: Option<String>,
-    /// VLAN id, 1-4094 (managed switches only): the NIC's untagged
-    /// traffic belongs to it.
+    /// VLAN id, 1-4094 (managed switches only): the port group's NICs
+    /// share a broadcast domain with that VLAN's NICs on every host and
+    /// with nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 4094)]
     pub vlan: Option<u16>,
-    /// VLAN ids carried tagged to the guest (a trunk port group; managed
-    /// switches only).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub trunk: Vec<u16>,
 }

@@ -3,7 +3,7 @@
 //! A [`Switch`] is defined once for the cluster and realized on every host
 //! as a Linux bridge of the same name. Port groups are
 //! [`Network`](crate::Network)s that name a switch and, on a `managed`
-//! switch, a VLAN id or a trunk of ids. The server hands each agent the
+//! switch, a VLAN id (realized as a bridge per VLAN, [`vlan_bridge`]). The server hands each agent the
 //! desired switches ([`DesiredSwitch`]) in the answer to its report; the
 //! agent realizes them and reports each one's state ([`HostSwitchState`]).
 
@@ -23,12 +23,27 @@ pub const VLAN_MIN: u16 = 1;
 /// Highest usable VLAN id.
 pub const VLAN_MAX: u16 = 4094;
 
+/// Longest bridge name of a managed switch: room for the VLAN bridges'
+/// suffix (`v4094`) within the 15 characters of a Linux interface name.
+pub const MANAGED_BRIDGE_MAX: usize = 10;
+
+/// Bridge of VLAN `vlan` of a managed switch whose bridge is `bridge`
+/// (`<bridge>v<id>`); VLAN 1 is the switch's own bridge.
+pub fn vlan_bridge(bridge: &str, vlan: u16) -> String {
+    if vlan == 1 {
+        bridge.to_string()
+    } else {
+        format!("{bridge}v{vlan}")
+    }
+}
+
 /// How a switch's bridge comes to exist on a host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SwitchKind {
-    /// The agent creates the bridge with VLAN filtering, enslaves the
-    /// uplinks and keeps it so (recreates it when missing).
+    /// The agent creates the switch's bridge and one bridge per VLAN of
+    /// its port groups, enslaves the uplinks (their 802.1Q sub-interfaces
+    /// to the VLAN bridges) and keeps them so (recreates what is missing).
     #[default]
     Managed,
     /// A bridge the host's administrator made (today's `vmbr0`): the agent
@@ -56,9 +71,9 @@ pub struct Switch {
     /// `managed` (default) or `existing`.
     #[serde(default)]
     pub kind: SwitchKind,
-    /// Host interfaces enslaved to the bridge on every host (carry every
-    /// VLAN of the switch, tagged). None: an isolated switch, whose VMs
-    /// reach only each other on the same host.
+    /// Host interfaces enslaved to the bridge on every host (their
+    /// `<uplink>.<id>` sub-interfaces carry each VLAN, tagged). None: an
+    /// isolated switch, whose VMs reach only each other on the same host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uplinks: Vec<String>,
 }
@@ -96,8 +111,8 @@ pub enum RealizationState {
     Present,
     /// The bridge does not exist (and could not be created).
     Missing,
-    /// The bridge exists but differs (VLAN filtering off, an uplink
-    /// missing or enslaved elsewhere); `detail` says how.
+    /// The bridge exists but something differs (a VLAN bridge missing or
+    /// down, an uplink missing or enslaved elsewhere); `detail` says what.
     Drift,
 }
 

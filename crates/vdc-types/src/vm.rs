@@ -172,13 +172,10 @@ pub struct NicSpec {
     /// migration need a host that realizes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switch: Option<String>,
-    /// VLAN of the port group, filled in by the server: the tap's untagged
-    /// VLAN on the bridge.
+    /// VLAN of the port group, filled in by the server (for people: the
+    /// agent only needs `bridge`, the VLAN's bridge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
-    /// VLANs carried tagged to the guest, filled in by the server.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub trunk: Vec<u16>,
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in

@@ -267,9 +267,6 @@ pub struct NetworkCreateArgs {
     /// VLAN id, 1-4094 (managed switches).
     #[arg(long)]
     pub vlan: Option<u16>,
-    /// VLAN ids carried tagged to the guest, comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "ID,...")]
-    pub trunk: Vec<u16>,
     /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
     #[arg(long, value_name = "CIDR")]
     pub subnet: String,

@@ -265,11 +265,7 @@ pub fn network_table(nets: &[Network]) -> String {
         "NAME", "SWITCH", "BRIDGE", "VLAN", "SUBNET", "GATEWAY", "POOL",
     ]);
     for n in nets {
-        let mut vlan = n.vlan.map_or("-".to_string(), |v| v.to_string());
-        if !n.trunk.is_empty() {
-            let ids: Vec<String> = n.trunk.iter().map(|t| t.to_string()).collect();
-            vlan.push_str(&format!(" trunk {}", ids.join(",")));
-        }
+        let vlan = n.vlan.map_or("-".to_string(), |v| v.to_string());
         t.row(vec![
             n.name.clone(),
             or_dash(n.switch.as_deref()),
@@ -291,7 +287,6 @@ async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError>
         bridge: a.bridge.unwrap_or_default(),
         switch: a.switch,
         vlan: a.vlan,
-        trunk: a.trunk,
         subnet: a.subnet,
         gateway: a.gateway.map(|g| g.to_string()),
         pool_start: a.pool.0,

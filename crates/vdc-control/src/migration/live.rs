@@ -346,7 +346,6 @@ impl Cluster {
                         nic.bridge.clone_from(&old.bridge);
                         nic.switch.clone_from(&old.switch);
                         nic.vlan = old.vlan;
-                        nic.trunk.clone_from(&old.trunk);
                     }
                     new.config = c;
                 }

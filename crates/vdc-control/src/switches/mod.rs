@@ -93,6 +93,12 @@ impl Cluster {
     /// Creates a switch; every host realizes it within a report period.
     pub async fn create_switch(&self, s: Switch) -> Result<Switch, ApiError> {
         let s = rules::normalize_switch(s).map_err(ApiError::invalid)?;
+        if self.get_switch(&s.name).await.is_ok() {
+            return Err(ApiError::new(
+                vdc_types::ErrorCode::AlreadyExists,
+                format!("switch '{}' already exists; choose another name", s.name),
+            ));
+        }
         if let Some(other) = self
             .list_switches()
             .await?
@@ -237,13 +243,12 @@ impl Cluster {
 }
 
 /// Fills in what a host needs to attach `nic` to port group `net`: its
-/// bridge, switch, VLAN and trunk (refreshed at every start, failover and
+/// bridge (the VLAN's bridge), switch and VLAN (refreshed at every start, failover and
 /// migration, so a changed port group takes effect there).
 pub fn attach(nic: &mut vdc_types::NicSpec, net: &Network) {
     nic.bridge = Some(net.bridge.clone());
     nic.switch = net.switch.clone();
     nic.vlan = net.vlan;
-    nic.trunk = net.trunk.clone();
 }
 
 /// The switches of a VM's port groups, once each.

@@ -13,7 +13,8 @@ use std::net::Ipv4Addr;
 
 use vdc_types::names::validate_name;
 use vdc_types::switch::{
-    DesiredSwitch, Switch, SwitchKind, NETWORK_VERSION, SWITCH_VERSION, VLAN_MAX, VLAN_MIN,
+    DesiredSwitch, Switch, SwitchKind, MANAGED_BRIDGE_MAX, NETWORK_VERSION, SWITCH_VERSION,
+    VLAN_MAX, VLAN_MIN,
 };
 use vdc_types::Network;
 
@@ -39,6 +40,13 @@ pub fn normalize_switch(mut s: Switch) -> Result<Switch, String> {
         return Err(format!(
             "bridge '{}' is not a valid Linux interface name (1-15 letters, digits, '-', '_', '.'); give a shorter --bridge",
             s.bridge.escape_default()
+        ));
+    }
+    if s.kind == SwitchKind::Managed && s.bridge.len() > MANAGED_BRIDGE_MAX {
+        return Err(format!(
+            "bridge '{}' is longer than {MANAGED_BRIDGE_MAX} characters, leaving no room for its VLAN bridges ('{}v4094'); give a shorter --bridge",
+            s.bridge,
+            s.bridge
         ));
     }
     let mut seen = BTreeSet::new();
@@ -79,26 +87,14 @@ pub fn check_vlan(id: u16) -> Result<(), String> {
 
 /// Checks a port group's VLAN settings against its switch.
 pub fn check_port_group_vlans(n: &Network, switch: &Switch) -> Result<(), String> {
-    if switch.kind == SwitchKind::Existing && (n.vlan.is_some() || !n.trunk.is_empty()) {
+    if switch.kind == SwitchKind::Existing && n.vlan.is_some() {
         return Err(format!(
-            "switch '{}' is an existing bridge without VLAN filtering; VLANs need a managed switch (vdc switch create)",
+            "switch '{}' is an existing bridge vdc does not manage; VLANs need a managed switch (vdc switch create)",
             switch.name
         ));
     }
     if let Some(v) = n.vlan {
         check_vlan(v)?;
-    }
-    let mut seen = BTreeSet::new();
-    for &t in &n.trunk {
-        check_vlan(t)?;
-        if !seen.insert(t) {
-            return Err(format!("trunk VLAN {t} is listed twice"));
-        }
-        if Some(t) == n.vlan {
-            return Err(format!(
-                "VLAN {t} is both the port group's untagged VLAN and in its trunk; list it once"
-            ));
-        }
     }
     Ok(())
 }
@@ -167,9 +163,7 @@ pub fn desired(switches: &[Switch], networks: &[Network]) -> Vec<DesiredSwitch> 
         let Some(sw) = n.switch.as_deref() else {
             continue;
         };
-        let set = vlans.entry(sw).or_default();
-        set.insert(n.vlan.unwrap_or(1));
-        set.extend(n.trunk.iter().copied());
+        vlans.entry(sw).or_default().insert(n.vlan.unwrap_or(1));
     }
     switches
         .iter()
@@ -224,6 +218,10 @@ mod tests {
         assert_eq!((s.bridge.as_str(), s.version), ("sw1", SWITCH_VERSION));
         let long = managed("a-switch-with-a-long-name");
         assert!(normalize_switch(long).unwrap_err().contains("--bridge"));
+        let eleven = managed("elevenchars");
+        assert!(normalize_switch(eleven)
+            .unwrap_err()
+            .contains("VLAN bridges"));
         let mut dup = managed("sw1");
         dup.uplinks = vec!["eth1".into(), "eth1".into()];
         assert!(normalize_switch(dup).unwrap_err().contains("twice"));
@@ -244,12 +242,6 @@ mod tests {
         n.vlan = Some(4095);
         assert!(check_port_group_vlans(&n, &sw).is_err());
         n.vlan = Some(10);
-        check_port_group_vlans(&n, &sw).unwrap();
-        n.trunk = vec![10, 20];
-        assert!(check_port_group_vlans(&n, &sw).is_err());
-        n.trunk = vec![20, 20];
-        assert!(check_port_group_vlans(&n, &sw).is_err());
-        n.trunk = vec![20, 30];
         check_port_group_vlans(&n, &sw).unwrap();
         let ex = existing_switch("vmbr0");
         assert!(check_port_group_vlans(&n, &ex)
@@ -295,11 +287,10 @@ mod tests {
     fn desired_state_carries_each_switchs_vlans() {
         let sw1 = normalize_switch(managed("sw1")).unwrap();
         let ex = existing_switch("vmbr0");
-        let mut t = pg("t", "sw1", None, ("10.9.0.10", "10.9.0.20"));
-        t.trunk = vec![30, 20];
         let nets = vec![
             pg("a", "sw1", Some(20), ("10.9.0.10", "10.9.0.20")),
-            t,
+            pg("t", "sw1", None, ("10.9.0.10", "10.9.0.20")),
+            pg("u", "sw1", Some(30), ("10.9.0.10", "10.9.0.20")),
             pg("lan", "vmbr0", None, ("10.9.0.10", "10.9.0.20")),
         ];
         let d = desired(&[sw1, ex], &nets);
