@@ -287,6 +287,7 @@ impl Agent {
             taps.push(vdc_net::TapPort {
                 tap: tap.clone(),
                 bridge,
+                shaping: nic.shaping,
             });
             nics.push(vdc_qemu::NicDevice {
                 id: format!("net{i}"),

@@ -62,6 +62,9 @@ impl Cluster {
             }
         };
         switches::rules::check_port_group_vlans(&n, &switch).map_err(ApiError::invalid)?;
+        if let Some(s) = &n.shaping {
+            switches::rules::check_shaping(s).map_err(ApiError::invalid)?;
+        }
         n.bridge = vdc_types::switch::vlan_bridge(&switch.bridge, n.vlan.unwrap_or(1));
         n.switch = Some(switch.name.clone());
         n.version = vdc_types::switch::NETWORK_VERSION;

@@ -32,7 +32,7 @@ pub const MAX_IFNAME_LEN: usize = 15;
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// `ip` could not be started.
-    #[error("cannot run ip")]
+    #[error("cannot run ip, bridge or tc")]
     Spawn(#[source] std::io::Error),
     /// An `ip` command failed; its stderr is in `stderr`.
     #[error("'{command}' failed")]

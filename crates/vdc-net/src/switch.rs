@@ -6,23 +6,84 @@
 //! switch's bridges and uplinks. [`attach_port`] creates a VM's tap on the
 //! bridge of its port group's segment (the server names it).
 
-use vdc_types::switch::{DesiredSwitch, HostSwitchState};
+use vdc_types::switch::{DesiredSwitch, HostSwitchState, Shaping};
 
 use crate::plan::{assess, layout, plan, vlan_uplink, Action, Observed, ObservedLink};
 use crate::{create_tap, ip, validate_ifname, NetError};
 
-/// A VM NIC's port: its tap and the bridge it joins.
+/// A VM NIC's port: its tap, the bridge it joins and its shaping.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TapPort {
     /// Tap device.
     pub tap: String,
     /// Bridge it joins.
     pub bridge: String,
+    /// Shaping toward the VM.
+    pub shaping: Option<Shaping>,
 }
 
-/// Creates (or reuses) the tap of `port` on its bridge.
+/// Creates (or reuses) the tap of `port` on its bridge and shapes the
+/// traffic toward the VM: `tc qdisc replace dev TAP root tbf rate Akbit
+/// burst B latency 50ms [peakrate Pkbit mtu 65536]` (the tap's egress is
+/// what the guest receives). A tap this call created is deleted again if
+/// shaping fails.
 pub async fn attach_port(port: &TapPort) -> Result<(), NetError> {
-    create_tap(&port.tap, &port.bridge).await
+    let existed = crate::link_exists(&port.tap).await?;
+    create_tap(&port.tap, &port.bridge).await?;
+    let Some(s) = port.shaping else {
+        return Ok(());
+    };
+    if let Err(e) = tc(&tbf_args(&port.tap, &s)).await {
+        if !existed {
+            if let Err(d) = crate::delete_tap(&port.tap).await {
+                tracing::warn!(tap = %port.tap, error = %d, "cannot delete a tap that could not be shaped");
+            }
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The `tc` arguments of `s` on `tap`.
+pub fn tbf_args(tap: &str, s: &Shaping) -> Vec<String> {
+    let mut a: Vec<String> = ["qdisc", "replace", "dev", tap, "root", "tbf", "rate"]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    a.push(format!("{}kbit", s.average_kbit));
+    a.push("burst".into());
+    a.push((u64::from(s.burst_kib) * 1024).to_string());
+    a.push("latency".into());
+    a.push("50ms".into());
+    if let Some(p) = s.peak_kbit {
+        a.push("peakrate".into());
+        a.push(format!("{p}kbit"));
+        // The peak bucket must hold the largest packet the tap hands
+        // over (offloads make them up to 64 KiB).
+        a.push("mtu".into());
+        a.push("65536".into());
+    }
+    a
+}
+
+/// Runs `tc ARGS`.
+async fn tc(args: &[String]) -> Result<(), NetError> {
+    let out = tokio::process::Command::new("tc")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(NetError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Command {
+            command: format!("tc {}", args.join(" ")),
+            status: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
 }
 
 /// What `ip -j -d link show dev NAME` says of an interface.

@@ -272,4 +272,7 @@ pub struct Network {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 4094)]
     pub vlan: Option<u16>,
+    /// Traffic shaping toward each NIC of the port group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<crate::switch::Shaping>,
 }

@@ -37,6 +37,24 @@ pub fn vlan_bridge(bridge: &str, vlan: u16) -> String {
     }
 }
 
+/// Traffic shaping of a port group's NICs, toward the VM: a token bucket
+/// (`tc qdisc tbf`) on each NIC's tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Shaping {
+    /// Average rate, kbit/s (1 kbit = 1000 bits).
+    #[schema(minimum = 8, maximum = 10000000)]
+    pub average_kbit: u32,
+    /// Peak rate, kbit/s, at least the average (none: bursts go at line
+    /// rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 8, maximum = 10000000)]
+    pub peak_kbit: Option<u32>,
+    /// Burst, KiB: what may pass at the peak rate before the average
+    /// applies; at least 10 ms of the average rate and 2 KiB.
+    #[schema(minimum = 2, maximum = 1048576)]
+    pub burst_kib: u32,
+}
+
 /// How a switch's bridge comes to exist on a host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -176,6 +176,10 @@ pub struct NicSpec {
     /// agent only needs `bridge`, the VLAN's bridge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
+    /// Shaping of the port group, filled in by the server; the agent
+    /// applies it to the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<crate::switch::Shaping>,
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in

@@ -267,6 +267,15 @@ pub struct NetworkCreateArgs {
     /// VLAN id, 1-4094 (managed switches).
     #[arg(long)]
     pub vlan: Option<u16>,
+    /// Shaping toward each NIC: average rate, kbit/s.
+    #[arg(long, requires = "burst_kib")]
+    pub average_kbit: Option<u32>,
+    /// Shaping: peak rate, kbit/s.
+    #[arg(long, requires = "average_kbit")]
+    pub peak_kbit: Option<u32>,
+    /// Shaping: burst, KiB.
+    #[arg(long, requires = "average_kbit")]
+    pub burst_kib: Option<u32>,
     /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
     #[arg(long, value_name = "CIDR")]
     pub subnet: String,

@@ -262,7 +262,7 @@ async fn network_list(ctx: &Ctx) -> Result<(), CliError> {
 /// `network list` as a table.
 pub fn network_table(nets: &[Network]) -> String {
     let mut t = Table::new(&[
-        "NAME", "SWITCH", "BRIDGE", "VLAN", "SUBNET", "GATEWAY", "POOL",
+        "NAME", "SWITCH", "BRIDGE", "VLAN", "SHAPING", "SUBNET", "GATEWAY", "POOL",
     ]);
     for n in nets {
         let vlan = n.vlan.map_or("-".to_string(), |v| v.to_string());
@@ -271,6 +271,7 @@ pub fn network_table(nets: &[Network]) -> String {
             or_dash(n.switch.as_deref()),
             n.bridge.clone(),
             vlan,
+            crate::switches::shaping_cell(n.shaping.as_ref()),
             n.subnet.clone(),
             or_dash(n.gateway.as_deref()),
             format!("{}-{}", n.pool_start, n.pool_end),
@@ -287,6 +288,13 @@ async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError>
         bridge: a.bridge.unwrap_or_default(),
         switch: a.switch,
         vlan: a.vlan,
+        shaping: a
+            .average_kbit
+            .map(|average_kbit| vdc_types::switch::Shaping {
+                average_kbit,
+                peak_kbit: a.peak_kbit,
+                burst_kib: a.burst_kib.unwrap_or_default(),
+            }),
         subnet: a.subnet,
         gateway: a.gateway.map(|g| g.to_string()),
         pool_start: a.pool.0,

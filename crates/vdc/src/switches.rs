@@ -216,6 +216,20 @@ pub fn uplinks_cell(s: &HostSwitchState) -> String {
         .join(", ")
 }
 
+/// A port group's shaping: `8000 kbit/s (peak 16000) burst 64 KiB`, or `-`.
+pub fn shaping_cell(s: Option<&vdc_types::switch::Shaping>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) => format!(
+            "{} kbit/s{} burst {} KiB",
+            s.average_kbit,
+            s.peak_kbit
+                .map_or(String::new(), |p| format!(" (peak {p})")),
+            s.burst_kib
+        ),
+    }
+}
+
 /// The `switches` line of `vdc host show`: `sw1 present (eth1 up)`.
 pub fn host_switches(states: &[HostSwitchState]) -> String {
     if states.is_empty() {

@@ -5,8 +5,9 @@
 //! a switch whose uplink does not exist is reported in drift and a VM on
 //! its port group is refused; every bad request is refused with nothing
 //! changed; a switch or port group in use cannot be deleted (the error
-//! names the VMs); an agent restart leaves the guests' taps and traffic
-//! alone and a deleted bridge is recreated.
+//! names the VMs); a shaped NIC receives within 10 % of its port group's
+//! rate; an agent restart leaves the guests' taps and traffic alone and a
+//! deleted bridge is recreated.
 //!
 //! The test reaches the guests on the isolated switch through a veth pair
 //! it plugs into a VLAN's bridge inside the host's namespace (as an
@@ -17,15 +18,26 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use vdc_client::{Client, ClientError};
-use vdc_test_infra::{guest_request, wait_until, wait_until_async, wait_vm, TestLab};
+use vdc_test_infra::{guest_request, wait_until, wait_until_async, wait_vm_timeout, TestLab};
 use vdc_types::api::CreateVmRequest;
-use vdc_types::switch::{RealizationState, Switch, SwitchKind, SwitchView};
+use vdc_types::switch::{RealizationState, Shaping, Switch, SwitchKind, SwitchView};
 use vdc_types::{ErrorCode, Network, VmPowerState};
 
 const TEMPLATE: &str = "debian-busybox";
 const TASK_TIMEOUT: Duration = Duration::from_secs(300);
 const REALIZE_TIMEOUT: Duration = Duration::from_secs(30);
 const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Boot of a guest under TCG on a loaded machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Shaping of port group pg20 (toward its NICs).
+const SHAPED_KBIT: u32 = 4000;
+
+/// Rate in kbit/s of `bytes` sent from the host to the guest's sink.
+fn sink_kbit(netns: &str, ip: &str, bytes: usize) -> f64 {
+    let took = vdc_test_infra::guest_sink(netns, ip, 7777, bytes, GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("sink to {ip}: {e}"));
+    bytes as f64 * 8.0 / took.as_secs_f64() / 1000.0
+}
 
 fn switch(name: &str, uplinks: &[&str]) -> Switch {
     Switch {
@@ -149,7 +161,7 @@ async fn start_vm(c: &Client, name: &str, network: &str) -> String {
         .create_vm(&CreateVmRequest {
             name: name.into(),
             template: Some(TEMPLATE.into()),
-            memory_mib: Some(64),
+            memory_mib: Some(96),
             datastore: Some("shared".into()),
             network: Some(network.into()),
             start: true,
@@ -160,7 +172,7 @@ async fn start_vm(c: &Client, name: &str, network: &str) -> String {
     c.wait_task(&t.id, TASK_TIMEOUT, |_| {})
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
-    let v = wait_vm(c, name, |v| {
+    let v = wait_vm_timeout(c, name, BOOT_TIMEOUT, |v| {
         v.state == VmPowerState::Running && v.guest.ready
     })
     .await;
@@ -291,14 +303,23 @@ async fn vlans_isolate_guests_and_refusals_change_nothing() {
     c.delete_network("bubble")
         .await
         .expect("delete an unused port group");
-    c.create_network(&port_group(
-        "pg20",
-        "vsw",
-        Some(20),
-        ("10.99.0.20", "10.99.0.29"),
-    ))
-    .await
-    .expect("pg20");
+    let mut pg20 = port_group("pg20", "vsw", Some(20), ("10.99.0.20", "10.99.0.29"));
+    pg20.shaping = Some(Shaping {
+        average_kbit: 1,
+        peak_kbit: None,
+        burst_kib: 32,
+    });
+    refused(
+        c.create_network(&pg20).await,
+        ErrorCode::InvalidInput,
+        "average rate",
+    );
+    pg20.shaping = Some(Shaping {
+        average_kbit: SHAPED_KBIT,
+        peak_kbit: None,
+        burst_kib: 32,
+    });
+    c.create_network(&pg20).await.expect("pg20");
     c.create_network(&port_group(
         "pgx",
         "broken",
@@ -343,6 +364,25 @@ async fn vlans_isolate_guests_and_refusals_change_nothing() {
     assert_eq!(za, "probe failed", "c20 -> a10 across VLANs");
     let zb = probe(&ns, &z, &b);
     assert_eq!(zb, "probe failed", "c20 -> b10 across VLANs");
+
+    // Shaping: c20's NIC receives at its port group's rate (within 10 %),
+    // a10's (unshaped) far faster.
+    let shaped = sink_kbit(&ns, &z, 2_000_000);
+    println!("shaped NIC: {shaped:.0} kbit/s for {SHAPED_KBIT} kbit/s configured");
+    let error = (shaped - f64::from(SHAPED_KBIT)).abs() / f64::from(SHAPED_KBIT);
+    assert!(
+        error <= 0.10,
+        "shaped rate {shaped:.0} kbit/s is not within 10 % of {SHAPED_KBIT}"
+    );
+    access_vlan(&ns, 10);
+    let free = sink_kbit(&ns, &a, 2_000_000);
+    println!("unshaped NIC: {free:.0} kbit/s");
+    assert!(
+        free > 1.5 * f64::from(SHAPED_KBIT),
+        "unshaped {free:.0} kbit/s"
+    );
+    let qdisc = must(&ns, "tc", &["qdisc", "show"]);
+    assert!(qdisc.contains("tbf") && qdisc.contains("4Mbit"), "{qdisc}");
 
     // In use: the errors name the VMs; nothing is deleted.
     refused(c.delete_switch("vsw").await, ErrorCode::InvalidState, "a10");

@@ -346,6 +346,7 @@ impl Cluster {
                         nic.bridge.clone_from(&old.bridge);
                         nic.switch.clone_from(&old.switch);
                         nic.vlan = old.vlan;
+                        nic.shaping = old.shaping;
                     }
                     new.config = c;
                 }

@@ -249,6 +249,7 @@ pub fn attach(nic: &mut vdc_types::NicSpec, net: &Network) {
     nic.bridge = Some(net.bridge.clone());
     nic.switch = net.switch.clone();
     nic.vlan = net.vlan;
+    nic.shaping = net.shaping;
 }
 
 /// The switches of a VM's port groups, once each.

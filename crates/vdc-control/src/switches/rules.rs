@@ -99,6 +99,34 @@ pub fn check_port_group_vlans(n: &Network, switch: &Switch) -> Result<(), String
     Ok(())
 }
 
+/// Checks a port group's shaping.
+pub fn check_shaping(s: &vdc_types::switch::Shaping) -> Result<(), String> {
+    const MAX_KBIT: u32 = 10_000_000;
+    if !(8..=MAX_KBIT).contains(&s.average_kbit) {
+        return Err(format!(
+            "average rate {} kbit/s is out of range; use 8-{MAX_KBIT}",
+            s.average_kbit
+        ));
+    }
+    if let Some(p) = s.peak_kbit {
+        if p < s.average_kbit || p > MAX_KBIT {
+            return Err(format!(
+                "peak rate {p} kbit/s must be between the average rate ({}) and {MAX_KBIT}",
+                s.average_kbit
+            ));
+        }
+    }
+    // 10 ms of the average rate, in KiB, rounded up.
+    let min_burst = (u64::from(s.average_kbit) * 10 / 8).div_ceil(1024).max(2);
+    if u64::from(s.burst_kib) < min_burst || s.burst_kib > 1_048_576 {
+        return Err(format!(
+            "burst {} KiB is out of range; at {} kbit/s use {min_burst}-1048576 KiB",
+            s.burst_kib, s.average_kbit
+        ));
+    }
+    Ok(())
+}
+
 /// The segment (switch, VLAN) of a port group.
 pub fn segment(n: &Network) -> (String, u16) {
     (
@@ -247,6 +275,35 @@ mod tests {
         assert!(check_port_group_vlans(&n, &ex)
             .unwrap_err()
             .contains("managed"));
+    }
+
+    #[test]
+    fn shaping_is_checked() {
+        use vdc_types::switch::Shaping;
+        let ok = Shaping {
+            average_kbit: 8000,
+            peak_kbit: Some(16000),
+            burst_kib: 64,
+        };
+        check_shaping(&ok).unwrap();
+        for bad in [
+            Shaping {
+                average_kbit: 0,
+                ..ok
+            },
+            Shaping {
+                peak_kbit: Some(100),
+                ..ok
+            },
+            Shaping { burst_kib: 1, ..ok },
+            Shaping {
+                average_kbit: 8_000_000,
+                burst_kib: 64,
+                peak_kbit: None,
+            },
+        ] {
+            assert!(check_shaping(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
