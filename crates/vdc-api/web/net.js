@@ -66,6 +66,6 @@ window.netView = (() => {
     refresh,
     delSwitch: (n) => run(() => api("DELETE", "/switches/" + encodeURIComponent(n))),
     delPortGroup: (n) => run(() => api("DELETE", "/networks/" + encodeURIComponent(n))),
-    topics: ["switch.created", "switch.deleted", "network.created", "network.deleted"],
+    topics: ["switch.created", "switch.deleted", "switch.host_state", "network.created", "network.deleted"],
   };
 })();

@@ -93,8 +93,10 @@ impl Cluster {
                 })
                 .unwrap_or_default()
         };
-        {
+        let switches_now = report.switches.clone();
+        let switches_before = {
             let mut live = self.live.write().await;
+            let before = live.get(&name).map(|l| l.report.switches.clone());
             live.insert(
                 name.clone(),
                 HostLive {
@@ -104,7 +106,10 @@ impl Cluster {
                     connected: true,
                 },
             );
-        }
+            before
+        };
+        self.note_switch_states(&name, switches_before.as_deref(), &switches_now)
+            .await;
         if !was_connected {
             self.events
                 .publish(

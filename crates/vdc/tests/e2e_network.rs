@@ -208,6 +208,16 @@ async fn vlans_isolate_guests_and_refusals_change_nothing() {
     let drift = host_state(c, "broken").await.expect("state");
     assert!(drift.detail.unwrap_or_default().contains("nosuch0"));
     assert!(!drift.uplinks[0].present);
+    wait_until_async(
+        REALIZE_TIMEOUT,
+        "a switch.host_state event for broken",
+        || async {
+            let evs = c.event_history("switch.host_state").await.ok()?;
+            evs.into_iter()
+                .find(|e| e.object == "broken" && e.message.contains("drift"))
+        },
+    )
+    .await;
     must(&ns, "ip", &["link", "show", "vsw"]);
 
     // Bad requests, each refused with nothing changed.
@@ -411,8 +421,11 @@ async fn vlans_isolate_guests_and_refusals_change_nothing() {
         || in_ns(&ns, "ip", &["link", "show", "broken"]).ok(),
     );
     assert_eq!((ports(&ns, "vswv10"), ports(&ns, "vswv20")), taps_before);
-    let zz = probe(&ns, &z, &z);
-    assert!(zz.starts_with("probe ok"), "c20 still serves: {zz}");
+    let ab = probe(&ns, &a, &b);
+    assert!(
+        ab.starts_with("probe ok"),
+        "a10 -> b10 after the agent restart: {ab}"
+    );
 
     // Switch shown by the CLI with the host's state.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdc"))

@@ -224,6 +224,44 @@ impl Cluster {
         Ok(())
     }
 
+    /// Publishes `switch.host_state` for each switch whose state on `host`
+    /// changed since its previous report (not for a host's first report
+    /// after a server start: nothing is known to have changed).
+    pub(crate) async fn note_switch_states(
+        &self,
+        host: &str,
+        before: Option<&[HostSwitchState]>,
+        now: &[HostSwitchState],
+    ) {
+        let Some(before) = before else {
+            return;
+        };
+        for s in now {
+            let old = before.iter().find(|b| b.switch == s.switch);
+            if old.map(|o| (o.state, &o.detail, &o.uplinks))
+                == Some((s.state, &s.detail, &s.uplinks))
+            {
+                continue;
+            }
+            let word = match s.state {
+                RealizationState::Present => "present",
+                RealizationState::Missing => "missing",
+                RealizationState::Drift => "in drift",
+            };
+            self.events
+                .publish(
+                    "switch.host_state",
+                    &s.switch,
+                    match &s.detail {
+                        Some(d) => format!("switch {} {word} on host {host}: {d}", s.switch),
+                        None => format!("switch {} {word} on host {host}", s.switch),
+                    },
+                    json!({"host": host, "state": s.state, "detail": s.detail, "uplinks": s.uplinks}),
+                )
+                .await;
+        }
+    }
+
     /// Names of the switches `host` realizes now (`None`: the host reports
     /// no switches — an older agent, or one that has not had the server's
     /// first answer yet: not checked).
