@@ -115,7 +115,9 @@ pub fn plan(desired: &DesiredSwitch, observed: &Observed) -> Vec<Action> {
                     _ => continue,
                 }
             }
-            if o.and_then(|o| o.master.as_deref()) != Some(bridge.as_str()) {
+            // An interface in another bridge (the host's management
+            // bridge, say) is never taken from it: reported as drift.
+            if o.is_none_or(|o| o.master.is_none()) {
                 a.push(Action::Enslave(u.clone(), bridge.clone()));
             }
         }
@@ -143,9 +145,12 @@ pub fn assess(desired: &DesiredSwitch, observed: &Observed) -> HostSwitchState {
             let o = Observed::link(&observed.uplinks, &u);
             let present = o.is_some_and(|o| o.master.as_deref() == Some(bridge.as_str()));
             if !present {
-                problems.push(match o {
-                    Some(_) => format!("uplink {u} is not in bridge {bridge}"),
-                    None => format!("uplink {u} does not exist"),
+                problems.push(match o.and_then(|o| o.master.as_deref()) {
+                    Some(other) if o.is_some() => {
+                        format!("uplink {u} is in bridge {other}, not {bridge}; free it by hand")
+                    }
+                    _ if o.is_some() => format!("uplink {u} is not in bridge {bridge}"),
+                    _ => format!("uplink {u} does not exist"),
                 });
             }
             if i == 0 {
@@ -243,7 +248,6 @@ mod tests {
         assert_eq!(
             plan(&d, &o),
             vec![
-                Action::Enslave("eth1".into(), "sw1".into()),
                 Action::CreateBridge("sw1v20".into()),
                 Action::SetUp("sw1v20".into()),
                 Action::CreateVlanUplink("eth1".into(), 20),
@@ -254,6 +258,7 @@ mod tests {
         assert_eq!(s.state, RealizationState::Drift);
         let detail = s.detail.unwrap();
         assert!(detail.contains("eth2 does not exist"), "{detail}");
+        assert!(detail.contains("eth1 is in bridge other"), "{detail}");
         assert!(detail.contains("bridge sw1v20 does not exist"), "{detail}");
         assert!(!s.uplinks[1].present);
     }

@@ -1,4 +1,7 @@
-//! Virtual switches and VLAN port groups on real guests, one host:
+//! Virtual switches and VLAN port groups on real guests, two hosts (host-2
+//! cannot realize the switch: an interface already has its bridge's name,
+//! so placement puts every guest on host-1 and a migration to host-2 is
+//! refused with the VM left running):
 //! a managed switch without uplinks (isolated) is realized on the host as
 //! a bridge per VLAN; two guests on VLAN 10 reach each other, a
 //! guest on VLAN 20 with an address in the same subnet reaches neither;
@@ -20,6 +23,7 @@ use std::time::Duration;
 use vdc_client::{Client, ClientError};
 use vdc_test_infra::{guest_request, wait_until, wait_until_async, wait_vm_timeout, TestLab};
 use vdc_types::api::CreateVmRequest;
+use vdc_types::migration::MigrateRequest;
 use vdc_types::switch::{RealizationState, Shaping, Switch, SwitchKind, SwitchView};
 use vdc_types::{ErrorCode, Network, VmPowerState};
 
@@ -76,18 +80,26 @@ fn refused(r: Result<impl std::fmt::Debug, ClientError>, code: ErrorCode, needle
 }
 
 async fn host_state(c: &Client, sw: &str) -> Option<vdc_types::switch::HostSwitchState> {
+    state_on(c, sw, "host-1").await
+}
+
+async fn state_on(c: &Client, sw: &str, host: &str) -> Option<vdc_types::switch::HostSwitchState> {
     let v: SwitchView = c.get_switch(sw).await.ok()?;
     v.hosts
         .into_iter()
-        .find(|h| h.host == "host-1")
+        .find(|h| h.host == host)
         .map(|h| h.state)
 }
 
 async fn wait_state(c: &Client, sw: &str, want: RealizationState) {
+    wait_state_on(c, sw, "host-1", want).await
+}
+
+async fn wait_state_on(c: &Client, sw: &str, host: &str, want: RealizationState) {
     wait_until_async(
         REALIZE_TIMEOUT,
-        &format!("switch {sw} {want:?} on host-1"),
-        || async { host_state(c, sw).await.filter(|s| s.state == want) },
+        &format!("switch {sw} {want:?} on {host}"),
+        || async { state_on(c, sw, host).await.filter(|s| s.state == want) },
     )
     .await;
 }
@@ -182,7 +194,7 @@ async fn start_vm(c: &Client, name: &str, network: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn vlans_isolate_guests_and_refusals_change_nothing() {
-    let lab = TestLab::builder(1)
+    let lab = TestLab::builder(2)
         .vdc_binary(env!("CARGO_BIN_EXE_vdc"))
         .start()
         .await;
@@ -198,12 +210,22 @@ async fn vlans_isolate_guests_and_refusals_change_nothing() {
     );
     wait_state(c, "vmbr0", RealizationState::Present).await;
 
-    // Switches: an isolated one, and one whose uplink no host has.
+    // Switches: an isolated one (host-2 cannot make its bridge: the name
+    // is taken by another interface), and one whose uplink no host has.
+    let ns2 = lab.netns("host-2").to_string();
+    must(
+        &ns2,
+        "ip",
+        &[
+            "link", "add", "vsw", "type", "veth", "peer", "name", "vswpeer",
+        ],
+    );
     c.create_switch(&switch("vsw", &[])).await.expect("vsw");
     c.create_switch(&switch("broken", &["nosuch0"]))
         .await
         .expect("broken");
     wait_state(c, "vsw", RealizationState::Present).await;
+    wait_state_on(c, "vsw", "host-2", RealizationState::Missing).await;
     wait_state(c, "broken", RealizationState::Drift).await;
     let drift = host_state(c, "broken").await.expect("state");
     assert!(drift.detail.unwrap_or_default().contains("nosuch0"));
@@ -358,6 +380,31 @@ async fn vlans_isolate_guests_and_refusals_change_nothing() {
     let a = start_vm(c, "a10", "pg10").await;
     let b = start_vm(c, "b10", "pg10").await;
     let z = start_vm(c, "c20", "pg20").await;
+    for vm in ["a10", "b10", "c20"] {
+        let v = c.get_vm(vm).await.expect("vm");
+        assert_eq!(
+            v.owner.as_deref(),
+            Some("host-1"),
+            "{vm} placed where vsw exists"
+        );
+    }
+    refused(
+        c.migrate_vm(
+            "a10",
+            &MigrateRequest {
+                to: Some("host-2".into()),
+                ..Default::default()
+            },
+        )
+        .await,
+        ErrorCode::InvalidState,
+        "does not realize switch 'vsw'",
+    );
+    let v = c.get_vm("a10").await.expect("a10");
+    assert_eq!(
+        (v.state, v.owner.as_deref()),
+        (VmPowerState::Running, Some("host-1"))
+    );
 
     // Each VLAN has its bridge, with its guests' taps in it.
     wait_state(c, "vsw", RealizationState::Present).await;
