@@ -68,6 +68,7 @@ pub mod state;
 mod storage;
 mod supervisor;
 mod templates;
+mod switches;
 mod tls;
 mod transfer;
 pub mod vm_monitor;
@@ -121,6 +122,7 @@ pub async fn run_with_listener(
     }
     tokio::spawn(lease_watch::run(agent.clone()));
     tokio::spawn(reporter::run(agent.clone()));
+    tokio::spawn(switches::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await
         .map_err(AgentError::Serve)

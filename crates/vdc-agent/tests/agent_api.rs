@@ -439,6 +439,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         dhcp: false,
         gateway: None,
         bridge: Some("vdcnobridge0".into()),
+        ..Default::default()
     });
     let (status, v) = c
         .call(

@@ -25,6 +25,7 @@ mod server;
 pub mod store_url;
 mod templates_vm;
 mod snapshots;
+mod switches;
 pub mod tls;
 
 pub use credentials::Credentials;

@@ -115,6 +115,14 @@ pub fn router(state: AppState) -> Router {
             post(maintenance::exit_maintenance),
         )
         .route("/datastores", get(list_datastores))
+        .route(
+            "/switches",
+            get(crate::switches::list_switches).post(crate::switches::create_switch),
+        )
+        .route(
+            "/switches/{name}",
+            get(crate::switches::get_switch).delete(crate::switches::delete_switch),
+        )
         .route("/networks", get(list_networks).post(create_network))
         .route("/networks/{name}", get(get_network).delete(delete_network))
         .route("/templates", get(list_templates).post(create_template))
@@ -188,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .route("/backup.js", get(crate::backup::web_script))
         .route("/templates.js", get(templates_vm::web_script))
         .route("/snapshots.js", get(crate::snapshots::web_script))
+        .route("/net.js", get(crate::switches::web_script))
         .fallback(not_found)
         .with_state(state)
 }
@@ -250,9 +259,11 @@ async fn list_networks(State(st): State<AppState>) -> ApiResult<Json<Vec<Network
     Ok(Json(st.cluster.list_networks().await?))
 }
 
-/// Creates a network (a bridge present on every host, with an address pool).
+/// Creates a network (a port group): on a switch (or an existing bridge),
+/// with a VLAN id or a trunk of ids on a managed switch, and an address
+/// pool that overlaps no other on the same switch and VLAN.
 #[utoipa::path(post, path = "/api/v1/networks", request_body = Network,
-    responses((status = 201, body = Network), (status = 400, body = ApiError, description = "a field breaks its pattern, or the pool or gateway is outside the subnet or the pool is reversed"), (status = 409, body = ApiError)))]
+    responses((status = 201, body = Network), (status = 400, body = ApiError, description = "a field breaks its pattern, the switch does not exist, a VLAN is out of 1-4094 or on an existing bridge, the pool or gateway is outside the subnet, the pool is reversed or overlaps another on the same segment"), (status = 409, body = ApiError)))]
 async fn create_network(
     State(st): State<AppState>,
     ApiJson(n): ApiJson<Network>,

@@ -133,6 +133,7 @@ pub fn report(h: usize, hosts: usize, vms: usize) -> HostReport {
             cache_reason: None,
         }],
         vms: runtimes,
+        switches: vec![],
         agent_started_ms: SINCE_MS,
     }
 }

@@ -12,6 +12,7 @@ mod history;
 mod maintenance;
 mod migration;
 mod snapshot;
+mod switches;
 mod tls;
 
 use std::time::{Duration, Instant};

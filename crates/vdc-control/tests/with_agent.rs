@@ -647,6 +647,7 @@ async fn a_create_finds_the_address_it_reserved_before_a_crash() {
             gateway: None,
             pool_start: "10.77.0.10".into(),
             pool_end: "10.77.0.20".into(),
+            ..Default::default()
         })
         .await
         .expect("network");

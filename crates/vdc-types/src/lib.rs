@@ -23,6 +23,7 @@ pub mod migration;
 pub mod names;
 pub mod ova;
 pub mod snapshot;
+pub mod switch;
 pub mod task;
 pub mod transfer;
 pub mod vm;

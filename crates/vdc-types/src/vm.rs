@@ -157,7 +157,7 @@ pub struct DiskSpec {
 }
 
 /// A virtual NIC of a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NicSpec {
     /// Network (port group) the NIC is connected to.
     pub network: String,
@@ -177,6 +177,18 @@ pub struct NicSpec {
     /// tap device to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// Switch of the port group, filled in by the server (placement and
+    /// migration need a host that realizes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+    /// VLAN of the port group, filled in by the server (for people: the
+    /// agent only needs `bridge`, the VLAN's bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Shaping of the port group, filled in by the server; the agent
+    /// applies it to the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<crate::switch::Shaping>,
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in

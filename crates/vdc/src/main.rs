@@ -27,6 +27,7 @@ mod join;
 mod maintenance;
 mod migration_tls;
 mod snapshot;
+mod switches;
 mod vm_commands;
 mod wait;
 

@@ -45,6 +45,7 @@ where
 /// caller says otherwise.
 pub fn report(name: &str, vms: Vec<VmRuntime>) -> HostReport {
     HostReport {
+        switches: vec![],
         name: name.into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9/".into(),
