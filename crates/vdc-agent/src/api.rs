@@ -102,6 +102,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
         .route(&format!("{VM}/ha"), put(set_ha))
+        .route(&format!("{VM}/snapshots"), post(snapshot_tree))
+        .route(&format!("{VM}/guest-identity"), post(guest_identity))
         .route(&format!("{VM}/console"), get(console))
         .route(
             &format!("{VM}/console/input"),
@@ -235,6 +237,26 @@ async fn set_ha(
 
 async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {
     Ok(Json(agent.suspend(&id).await?))
+}
+
+async fn guest_identity(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<vdc_types::snapshot::GuestIdentityRequest>,
+) -> Result<StatusCode, Failure> {
+    agent.set_guest_identity(&id, &req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn snapshot_tree(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<vdc_types::snapshot::SnapshotTreeRequest>,
+) -> ApiResult<vdc_types::snapshot::SnapshotTree> {
+    if req.config.id != id {
+        return Err(ApiError::invalid("the configuration is of another VM").into());
+    }
+    Ok(Json(agent.snapshot_tree(&req.config).await?))
 }
 
 async fn destroy(

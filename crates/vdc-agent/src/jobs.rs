@@ -273,6 +273,10 @@ impl Agent {
                 }
             }
             JobOp::Suspend { vm_id } => self.suspend_job(cell, &vm_id).await,
+            JobOp::Snapshot { request } => self
+                .snapshot_job(cell, request)
+                .await
+                .map(JobResult::Snapshots),
             JobOp::MigrateIn { request } => self.migrate_in_job(cell, request).await,
             JobOp::MigrateOut { request } => self.migrate_out_job(cell, request).await,
             JobOp::MirrorDisks { request } => {
@@ -289,6 +293,8 @@ impl Agent {
                 };
                 self.receive_vm(request, &cell.cancel, progress).await
             }
+            JobOp::Backup { request } => self.backup_job(cell, request).await,
+            JobOp::Restore { request } => self.restore_job(cell, request).await,
             JobOp::ExportOva { request } => {
                 cell.progress(1, "converting the disks");
                 let target = self.check_ova_target(&request.ova)?;
@@ -300,8 +306,6 @@ impl Agent {
                 scratch.remove();
                 r
             }
-            JobOp::Backup { request } => self.backup_job(cell, request).await,
-            JobOp::Restore { request } => self.restore_job(cell, request).await,
             JobOp::ImportImage { request } => {
                 cell.progress(10, "copying the image");
                 let dest = self.resolve(&request.datastore, &request.path)?;

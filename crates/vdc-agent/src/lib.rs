@@ -50,6 +50,7 @@ mod ha_settings;
 mod heartbeat;
 mod hoststats;
 mod images;
+mod instant_clone;
 mod isolation;
 mod jobs;
 mod lease_watch;
@@ -63,9 +64,11 @@ mod recover;
 mod reporter;
 mod restore;
 mod slot;
+mod snapshot;
 pub mod state;
 mod storage;
 mod supervisor;
+mod switches;
 mod templates;
 mod tls;
 mod transfer;
@@ -120,6 +123,7 @@ pub async fn run_with_listener(
     }
     tokio::spawn(lease_watch::run(agent.clone()));
     tokio::spawn(reporter::run(agent.clone()));
+    tokio::spawn(switches::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await
         .map_err(AgentError::Serve)

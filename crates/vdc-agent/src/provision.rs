@@ -272,6 +272,17 @@ impl Agent {
                 ),
             }
         }
+        // The configured files too: with snapshots the layout names the
+        // active overlays, and a configured file may be no snapshot's.
+        for disk in &config.disks {
+            if let Ok(path) = self.resolve(&disk.datastore, &disk.path) {
+                if path.parent() == Some(layout.vm_dir.path()) {
+                    if let Some(name) = path.file_name() {
+                        in_dir.push(name.to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
         let left = layout
             .vm_dir
             .remove(&self.config.name, &in_dir)

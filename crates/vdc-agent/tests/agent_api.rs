@@ -385,6 +385,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        guest_agent: false,
     };
     let mut escaping = config.clone();
     escaping.disks[0].path = "../escape.qcow2".into();
@@ -438,6 +439,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         dhcp: false,
         gateway: None,
         bridge: Some("vdcnobridge0".into()),
+        ..Default::default()
     });
     let (status, v) = c
         .call(
@@ -931,6 +933,7 @@ async fn image_import_and_destroy_stay_inside_allowed_places() {
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        guest_agent: false,
     };
     let _: VmRuntime = c
         .ok(

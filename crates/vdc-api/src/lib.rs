@@ -22,7 +22,9 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
+mod snapshots;
 pub mod store_url;
+mod switches;
 mod templates_vm;
 pub mod tls;
 

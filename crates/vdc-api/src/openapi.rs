@@ -51,6 +51,10 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         create_network,
         get_network,
         delete_network,
+        crate::switches::list_switches,
+        crate::switches::create_switch,
+        crate::switches::get_switch,
+        crate::switches::delete_switch,
         list_templates,
         create_template,
         list_vms,
@@ -81,7 +85,13 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         templates_vm::delete_template,
         templates_vm::import_disk,
         templates_vm::export_vm,
-        templates_vm::import_ova
+        templates_vm::import_ova,
+        crate::snapshots::list_snapshots,
+        crate::snapshots::create_snapshot,
+        crate::snapshots::revert_snapshot,
+        crate::snapshots::delete_snapshot,
+        crate::snapshots::instant_clone,
+        crate::snapshots::clone_running
     ),
     components(schemas(
         VersionInfo,
@@ -107,6 +117,15 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::MaintenanceState,
         Datastore,
         Network,
+        vdc_types::switch::Switch,
+        vdc_types::switch::SwitchKind,
+        vdc_types::switch::SwitchView,
+        vdc_types::switch::HostRealization,
+        vdc_types::switch::HostSwitchState,
+        vdc_types::switch::RealizationState,
+        vdc_types::switch::UplinkState,
+        vdc_types::switch::DesiredSwitch,
+        vdc_types::switch::ReportAnswer,
         Template,
         Vm,
         VmAction,
@@ -149,7 +168,13 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::clone::ImportDiskRequest,
         vdc_types::ova::ExportVmRequest,
         vdc_types::ova::ImportOvaRequest,
-        vdc_types::ova::ImportOvaResponse
+        vdc_types::ova::ImportOvaResponse,
+        vdc_types::snapshot::SnapshotList,
+        vdc_types::snapshot::Snapshot,
+        vdc_types::snapshot::Consistency,
+        vdc_types::snapshot::CreateSnapshotRequest,
+        vdc_types::snapshot::InstantCloneRequest,
+        vdc_types::snapshot::RunningCloneRequest
     )),
     modifiers(&BackupPaths, &BearerAuth)
 )]

@@ -54,11 +54,12 @@ pub fn vm_config(i: usize) -> VmConfig {
         nics: vec![],
         hostname: name,
         template: None,
-        linked_clone: false,
         created_ms: SINCE_MS,
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        linked_clone: false,
+        guest_agent: false,
     }
 }
 
@@ -132,6 +133,7 @@ pub fn report(h: usize, hosts: usize, vms: usize) -> HostReport {
             cache_reason: None,
         }],
         vms: runtimes,
+        switches: vec![],
         agent_started_ms: SINCE_MS,
     }
 }

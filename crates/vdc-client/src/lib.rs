@@ -11,6 +11,8 @@ mod ha;
 mod history;
 mod maintenance;
 mod migration;
+mod snapshot;
+mod switches;
 mod tls;
 
 use std::time::{Duration, Instant};

@@ -42,6 +42,8 @@ mod ova;
 pub mod ownership;
 pub mod record;
 pub mod resume;
+mod snapshots;
+pub mod switches;
 pub mod tasks;
 mod template_vm;
 mod templates;
@@ -181,6 +183,7 @@ impl Cluster {
             vm_index: index,
         });
         cluster.release_orphaned_operations(true).await?;
+        cluster.migrate_networks().await?;
         cluster
             .events
             .publish(

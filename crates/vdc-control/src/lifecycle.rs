@@ -23,9 +23,9 @@
 //!  unknown        failover                 failing_over{from}      running elsewhere
 //!  stopped,running,paused  snapshot        snapshotting            same state
 //!  stopped,running,paused  backup          backing_up              same state
+//!  stopped,crashed restore                 restoring               stopped
 //!  stopped        clone                    cloning                 same state
 //!  stopped        convert_to_template      converting_to_template  (gone: a template)
-//!  stopped,crashed restore                 restoring               stopped
 //!  (new record)   create                   creating                stopped (or running)
 //! ```
 //!
@@ -160,11 +160,11 @@ pub fn allowed_states(action: VmAction) -> Vec<VmPowerState> {
         VmAction::Delete => vec![S::Stopped, S::Suspended, S::Crashed],
         VmAction::Failover => vec![S::Unknown],
         VmAction::Snapshot | VmAction::Backup => vec![S::Stopped, S::Running, S::Paused],
+        VmAction::Restore => vec![S::Stopped, S::Crashed],
         // A running VM's disks change under a copy: cloning one needs a
         // snapshot first.
         VmAction::Clone => vec![S::Stopped],
         VmAction::ConvertToTemplate => vec![S::Stopped],
-        VmAction::Restore => vec![S::Stopped, S::Crashed],
     }
 }
 
@@ -238,9 +238,9 @@ pub fn decide(now: &Now<'_>, action: VmAction, target: Option<&str>) -> Result<S
         }
         VmAction::Snapshot => step(VmOperation::Snapshotting, None, same),
         VmAction::Backup => step(VmOperation::BackingUp, None, same),
+        VmAction::Restore => step(VmOperation::Restoring, None, Done::State(S::Stopped)),
         VmAction::Clone => step(VmOperation::Cloning, None, same),
         VmAction::ConvertToTemplate => step(VmOperation::ConvertingToTemplate, None, Done::Gone),
-        VmAction::Restore => step(VmOperation::Restoring, None, Done::State(S::Stopped)),
     })
 }
 

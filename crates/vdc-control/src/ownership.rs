@@ -171,6 +171,7 @@ mod tests {
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             ha: Default::default(),
+            guest_agent: false,
         };
         let mut r = VmRecord::new(config, state, owner.map(str::to_string));
         r.since_ms = since;

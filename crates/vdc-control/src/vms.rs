@@ -54,7 +54,9 @@ pub(crate) fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
-        PlacementError::Unavailable(_) => ErrorCode::InvalidState,
+        PlacementError::Unavailable(_)
+        | PlacementError::NoSwitch(_)
+        | PlacementError::NoSwitchOn { .. } => ErrorCode::InvalidState,
         _ => ErrorCode::InsufficientCapacity,
     };
     ApiError::new(code, e.to_string())
@@ -295,6 +297,11 @@ impl Cluster {
             memory_mib,
             datastores: datastores.clone(),
             cpu_model: Some(cpu_model.to_string()),
+            switches: network
+                .as_ref()
+                .and_then(|n| n.switch.clone())
+                .into_iter()
+                .collect(),
         };
         vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
         if req.start {
@@ -340,6 +347,7 @@ impl Cluster {
                 isolation_response: req.isolation_response.unwrap_or_default(),
                 group: ha_group,
             },
+            guest_agent: true,
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
         rec.operation = Some(InFlight {
@@ -507,14 +515,15 @@ impl Cluster {
                         Some(ip)
                     }
                 };
-                let nic = NicSpec {
+                let mut nic = NicSpec {
                     network: net.name.clone(),
                     mac: random_mac(),
                     dhcp: ip.is_none(),
                     ip,
                     gateway: net.gateway.clone(),
-                    bridge: Some(net.bridge.clone()),
+                    ..Default::default()
                 };
+                crate::switches::attach(&mut nic, &net);
                 rec = self
                     .update_record(name, |mut r| {
                         if r.config.nics.is_empty() {
@@ -543,6 +552,7 @@ impl Cluster {
                                 .map(|d| d.datastore.clone())
                                 .collect(),
                             cpu_model: Some(rec.config.cpu_model.clone()),
+                            switches: crate::switches::switches_of(&rec.config),
                         };
                         vdc_sched::place(&demand, &self.capacities().await)
                             .map_err(placement_err)?

@@ -8,6 +8,8 @@
 //!   console.log    serial console (rotated: console.log.1, console.log.offset)
 //!   qemu.log       QEMU's stderr
 //!   suspend.state  memory state while suspended
+//!   snapshots.json snapshot tree, with the overlays and state files it
+//!                  names (see [`crate::snapshots`])
 //! ```
 //!
 //! `vm.json` is written to a temporary file, synced, renamed over the old
@@ -166,16 +168,18 @@ impl VmDir {
                 generation: lease.generation,
             });
         }
+        let tree = crate::snapshots::read_tree(&self.path)?;
         let known = |name: &str| {
-            [
-                CONFIG_FILE,
-                CONSOLE_LOG,
-                CONSOLE_LOG_PREVIOUS,
-                CONSOLE_LOG_OFFSET,
-                QEMU_LOG,
-                SUSPEND_STATE,
-            ]
-            .contains(&name)
+            crate::snapshots::owns(&tree, name)
+                || [
+                    CONFIG_FILE,
+                    CONSOLE_LOG,
+                    CONSOLE_LOG_PREVIOUS,
+                    CONSOLE_LOG_OFFSET,
+                    QEMU_LOG,
+                    SUSPEND_STATE,
+                ]
+                .contains(&name)
                 || disk_files.iter().any(|d| d == name)
                 || (name.starts_with(&format!(".{CONFIG_FILE}.")) && name.ends_with(".tmp"))
                 || (name.starts_with(&format!("{LOCK_FILE}.")) && name.ends_with(".tmp"))
@@ -235,6 +239,7 @@ mod tests {
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             ha: Default::default(),
+            guest_agent: false,
         }
     }
 

@@ -111,6 +111,9 @@ pub struct HostReport {
     pub vms: Vec<VmRuntime>,
     /// When this agent process started (a change means a restart).
     pub agent_started_ms: UnixMillis,
+    /// How this host realizes each switch the server asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switches: Vec<crate::switch::HostSwitchState>,
 }
 
 /// The virtual hardware a host's QEMU offers: a VM runs (or moves) only

@@ -43,13 +43,13 @@ pub enum VmAction {
     Snapshot,
     /// Copy the VM's disks to a backup.
     Backup,
+    /// Write a backup over the VM's disks (powered off).
+    Restore,
     /// Copy the VM into a new VM (full or linked clone) or a new template.
     Clone,
     /// Make the VM a template: its boot disk becomes the template's image
     /// and the VM is gone.
     ConvertToTemplate,
-    /// Write a backup over the VM's disks (powered off).
-    Restore,
 }
 
 impl VmAction {
@@ -67,9 +67,9 @@ impl VmAction {
         VmAction::Failover,
         VmAction::Snapshot,
         VmAction::Backup,
+        VmAction::Restore,
         VmAction::Clone,
         VmAction::ConvertToTemplate,
-        VmAction::Restore,
     ];
 
     /// The power actions posted to `POST /api/v1/vms/{name}/{action}`
@@ -99,9 +99,9 @@ impl VmAction {
             VmAction::Failover => "failover",
             VmAction::Snapshot => "snapshot",
             VmAction::Backup => "backup",
+            VmAction::Restore => "restore",
             VmAction::Clone => "clone",
             VmAction::ConvertToTemplate => "convert_to_template",
-            VmAction::Restore => "restore",
         }
     }
 
@@ -187,12 +187,12 @@ pub enum VmOperation {
     Snapshotting,
     /// Its disks are being copied to a backup.
     BackingUp,
+    /// A backup is being written over its disks.
+    Restoring,
     /// Its disks are being copied into a clone or a template.
     Cloning,
     /// It is becoming a template.
     ConvertingToTemplate,
-    /// A backup is being written over its disks.
-    Restoring,
 }
 
 impl VmOperation {
@@ -212,9 +212,9 @@ impl VmOperation {
             VmOperation::FailingOver { .. } => "failing_over",
             VmOperation::Snapshotting => "snapshotting",
             VmOperation::BackingUp => "backing_up",
+            VmOperation::Restoring => "restoring",
             VmOperation::Cloning => "cloning",
             VmOperation::ConvertingToTemplate => "converting_to_template",
-            VmOperation::Restoring => "restoring",
         }
     }
 
@@ -233,10 +233,10 @@ impl VmOperation {
             VmOperation::Migrating { .. } => "vm.migrate",
             VmOperation::FailingOver { .. } => "vm.failover",
             VmOperation::Snapshotting => "vm.snapshot",
-            VmOperation::Cloning => "vm.clone",
-            VmOperation::ConvertingToTemplate => "vm.convert_to_template",
             VmOperation::BackingUp => "backup.run",
             VmOperation::Restoring => "backup.restore",
+            VmOperation::Cloning => "vm.clone",
+            VmOperation::ConvertingToTemplate => "vm.convert_to_template",
         }
     }
 

@@ -174,14 +174,6 @@ pub enum TaskParams {
         /// Id of the VM.
         vm_id: String,
     },
-    /// A copy of a stopped VM's disks by an agent job (`vm.export`, and
-    /// the `vm.clone` of a clone to a template). A restarted server fails
-    /// it (the VM's claim is released; the job's partial output is its
-    /// host's to remove).
-    VmCopy {
-        /// Id of the VM.
-        vm_id: String,
-    },
     /// `backup.run`: a backup of a VM into a store. After a server restart
     /// the task fails; the backup, without its manifest, never lists.
     Backup {
@@ -200,6 +192,14 @@ pub enum TaskParams {
         vm: String,
         /// The backup.
         backup_id: String,
+    },
+    /// A copy of a stopped VM's disks by an agent job (`vm.export`, and
+    /// the `vm.clone` of a clone to a template). A restarted server fails
+    /// it (the VM's claim is released; the job's partial output is its
+    /// host's to remove).
+    VmCopy {
+        /// Id of the VM.
+        vm_id: String,
     },
     /// `template.import`: the template's record names the target.
     TemplateImport {

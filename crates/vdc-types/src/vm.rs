@@ -25,7 +25,10 @@ use crate::UnixMillis;
 /// - 5: [`VmConfig::linked_clone`] and [`NicSpec::dhcp`]; a version 4
 ///   configuration deployed from a template is counted as a possible
 ///   linked clone of it ([`VmConfig::may_use_template`]).
-pub const VM_CONFIG_VERSION: u32 = 5;
+/// - 6: [`VmConfig::guest_agent`] (the QEMU guest agent channel in the
+///   device model); a version 5 or older configuration has none, and its VM keeps
+///   running, resuming and migrating without it.
+pub const VM_CONFIG_VERSION: u32 = 6;
 
 /// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
 /// hardware never changes under a VM (upgrades, migration between hosts).
@@ -154,7 +157,7 @@ pub struct DiskSpec {
 }
 
 /// A virtual NIC of a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NicSpec {
     /// Network (port group) the NIC is connected to.
     pub network: String,
@@ -174,6 +177,18 @@ pub struct NicSpec {
     /// tap device to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// Switch of the port group, filled in by the server (placement and
+    /// migration need a host that realizes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+    /// VLAN of the port group, filled in by the server (for people: the
+    /// agent only needs `bridge`, the VLAN's bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Shaping of the port group, filled in by the server; the agent
+    /// applies it to the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<crate::switch::Shaping>,
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in
@@ -219,6 +234,12 @@ pub struct VmConfig {
     /// HA settings (version 3; older configurations read the defaults).
     #[serde(default)]
     pub ha: crate::ha::VmHa,
+    /// The VM has the QEMU guest agent channel (virtio-serial port
+    /// `org.qemu.guest_agent.0`), used to quiesce the guest's file systems
+    /// for snapshots and to tell an instant clone its identity. Version 5;
+    /// false for older configurations: part of the pinned device model.
+    #[serde(default)]
+    pub guest_agent: bool,
 }
 
 impl VmConfig {

@@ -98,6 +98,9 @@ pub enum Command {
     /// Networks (port groups).
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Virtual switches realized on every host.
+    #[command(subcommand)]
+    Switch(crate::switches::SwitchCmd),
     /// Templates VMs are deployed from.
     #[command(subcommand)]
     Template(TemplateCmd),
@@ -248,8 +251,12 @@ pub enum NetworkCmd {
     /// List networks.
     #[command(alias = "ls")]
     List,
-    /// Create a network on a bridge present on every host.
+    /// Create a network (port group) on a switch, or on a bridge present
+    /// on every host.
     Create(NetworkCreateArgs),
+    /// Show or delete.
+    #[command(flatten)]
+    More(crate::switches::NetworkMoreCmd),
 }
 
 /// `vdc network create`.
@@ -257,9 +264,24 @@ pub enum NetworkCmd {
 pub struct NetworkCreateArgs {
     /// Network name.
     pub name: String,
-    /// Linux bridge on each host.
+    /// Switch of the port group (see `vdc switch list`).
+    #[arg(long, required_unless_present = "bridge")]
+    pub switch: Option<String>,
+    /// Existing Linux bridge on each host (instead of --switch).
+    #[arg(long, conflicts_with = "switch")]
+    pub bridge: Option<String>,
+    /// VLAN id, 1-4094 (managed switches).
     #[arg(long)]
-    pub bridge: String,
+    pub vlan: Option<u16>,
+    /// Shaping toward each NIC: average rate, kbit/s.
+    #[arg(long, requires = "burst_kib")]
+    pub average_kbit: Option<u32>,
+    /// Shaping: peak rate, kbit/s.
+    #[arg(long, requires = "average_kbit")]
+    pub peak_kbit: Option<u32>,
+    /// Shaping: burst, KiB.
+    #[arg(long, requires = "average_kbit")]
+    pub burst_kib: Option<u32>,
     /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
     #[arg(long, value_name = "CIDR")]
     pub subnet: String,
@@ -474,6 +496,15 @@ pub enum VmCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Snapshots: create, list, revert, delete.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCmd),
+    /// Fork a running VM into a new running VM (resumed, not booted) that
+    /// takes its own hostname, MAC and address.
+    InstantClone(crate::snapshot::InstantCloneArgs),
+    /// Clone a running VM (full by default, or --linked); the clone boots
+    /// with its own identity.
+    CloneRunning(crate::snapshot::RunningCloneArgs),
     /// Delete a stopped VM and its disks.
     #[command(alias = "rm")]
     Delete {

@@ -26,6 +26,8 @@ mod ha_groups;
 mod join;
 mod maintenance;
 mod migration_tls;
+mod snapshot;
+mod switches;
 mod vm_commands;
 mod wait;
 

@@ -105,6 +105,9 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
             }
         }
         VmCmd::Delete { name, yes, wait } => vm_delete(ctx, &name, yes, wait).await,
+        VmCmd::Snapshot(cmd) => crate::snapshot::run(ctx, cmd).await,
+        VmCmd::InstantClone(a) => crate::snapshot::instant_clone(ctx, a).await,
+        VmCmd::CloneRunning(a) => crate::snapshot::clone_running(ctx, a).await,
         VmCmd::Console {
             name,
             bytes,

@@ -65,6 +65,7 @@ impl Cluster {
             &known,
         )?;
         if let FilesPlan::Copy { datastore } = &plan {
+            self.refuse_disk_copy_with_snapshots(&rec).await?;
             // Checked here, before anything moves (the destination agent
             // checks again before it copies).
             self.storage_room(name, &rec, datastore).await?;
