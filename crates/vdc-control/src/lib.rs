@@ -30,6 +30,7 @@ mod hosts;
 pub mod ipam;
 mod jobs;
 pub mod journal;
+pub mod leader;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod migration;
