@@ -10,6 +10,7 @@
 //! [`error::ApiErr`].
 
 pub mod auth;
+mod backup;
 mod cpu_baseline;
 pub mod credentials;
 pub mod error;

@@ -22,6 +22,7 @@
 
 pub mod agents;
 pub mod answers;
+pub mod backup;
 mod console;
 pub mod cpu_baseline;
 pub mod events;
