@@ -10,7 +10,11 @@ use crate::routes::{router, AppState};
 
 /// Flags of `vdc server`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ServerArgs {
+    /// Instead of serving: a maintenance command on the server's store.
+    #[command(subcommand)]
+    pub command: Option<crate::store_url::ServerCommand>,
     /// Address to serve the API on (repeat for several).
     #[arg(long = "listen", default_value = "127.0.0.1:8500")]
     pub listen: Vec<SocketAddr>,
@@ -24,8 +28,8 @@ pub struct ServerArgs {
     pub store: Option<crate::store_url::StoreUrl>,
     /// File holding the administrator's user token (one line, at least 16
     /// characters). Agents use their own credentials (`vdc host add`).
-    #[arg(long)]
-    pub token_file: PathBuf,
+    #[arg(long, required = true)]
+    pub token_file: Option<PathBuf>,
     /// Live migrations at once per host, as source or target; more wait as
     /// queued tasks.
     #[arg(long, env = "VDC_MIGRATIONS_PER_HOST", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -74,14 +78,21 @@ fn parse_cpu_baseline(s: &str) -> Result<vdc_sched::cpu_baseline::BaselineMode, 
 
 /// Runs the server until the process is stopped.
 pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("cannot read token file {}", args.token_file.display()))?
+    if let Some(command) = &args.command {
+        return crate::store_url::run_command(command).await;
+    }
+    let token_file = args
+        .token_file
+        .clone()
+        .context("--token-file is required")?;
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("cannot read token file {}", token_file.display()))?
         .trim()
         .to_string();
     anyhow::ensure!(
         token.len() >= 16,
         "the token in {} is shorter than 16 characters",
-        args.token_file.display()
+        token_file.display()
     );
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;

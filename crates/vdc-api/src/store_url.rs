@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use vdc_store::{RedbStore, Store};
+use vdc_store::{Op, RedbStore, Store};
 use vdc_store_etcd::{EtcdStore, EtcdUrl};
 
 /// A parsed `--store` value.
@@ -64,6 +64,111 @@ impl StoreUrl {
             ),
         })
     }
+}
+
+/// `vdc server <command>`: maintenance of the server's store.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ServerCommand {
+    /// Copy every key of a stopped server's store into an empty one (e.g.
+    /// from the embedded file to etcd), then start the servers with
+    /// `--store` set to the new one. Keys held by leases (liveness) are
+    /// not copied: their owners write them again.
+    MigrateStore {
+        /// The store to copy: `redb:PATH` or `etcd://...` (its server
+        /// stopped).
+        #[arg(long)]
+        from: StoreUrl,
+        /// The empty store to fill: `etcd://HOST:PORT[,...]` or `redb:PATH`.
+        #[arg(long)]
+        to: StoreUrl,
+    },
+}
+
+/// Keys written per transaction while migrating.
+const MIGRATE_BATCH: usize = 100;
+
+/// Run a `vdc server` maintenance command.
+pub async fn run_command(command: &ServerCommand) -> anyhow::Result<()> {
+    match command {
+        ServerCommand::MigrateStore { from, to } => {
+            let copied = migrate(from, to).await?;
+            println!(
+                "copied {copied} keys; start the server(s) with --store {}",
+                to.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+impl StoreUrl {
+    /// The URL as given on the command line.
+    pub fn display(&self) -> String {
+        match self {
+            StoreUrl::Redb(path) => format!("redb:{}", path.display()),
+            StoreUrl::Etcd(url) => format!("etcd://{}{}", url.endpoints.join(","), url.namespace),
+        }
+    }
+}
+
+/// Copy every key without a lease from `from` into the empty store `to`,
+/// then check that the target lists the same keys and values. Returns the
+/// number of keys copied.
+pub async fn migrate(from: &StoreUrl, to: &StoreUrl) -> anyhow::Result<usize> {
+    anyhow::ensure!(from != to, "--from and --to name the same store");
+    if let StoreUrl::Redb(path) = from {
+        anyhow::ensure!(
+            path.is_file(),
+            "no store file at {} (give the stopped server's state.redb)",
+            path.display()
+        );
+    }
+    let source = from.open().await.context("cannot open the source store")?;
+    let target = to.open().await.context("cannot open the target store")?;
+    let present = target
+        .list("")
+        .await
+        .context("cannot list the target store")?;
+    anyhow::ensure!(
+        present.is_empty(),
+        "the target store is not empty ({} keys): migrate into an empty store",
+        present.len()
+    );
+    let keys: Vec<_> = source
+        .list("")
+        .await
+        .context("cannot list the source store")?
+        .into_iter()
+        .filter(|kv| kv.lease.is_none())
+        .collect();
+    for chunk in keys.chunks(MIGRATE_BATCH) {
+        let ops = chunk
+            .iter()
+            .map(|kv| Op::Put {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+                lease: None,
+            })
+            .collect();
+        target
+            .txn(vec![], ops, vec![])
+            .await
+            .context("cannot write to the target store")?;
+    }
+    let copied = target
+        .list("")
+        .await
+        .context("cannot check the target store")?;
+    let same = copied.len() == keys.len()
+        && copied
+            .iter()
+            .zip(&keys)
+            .all(|(a, b)| a.key == b.key && a.value == b.value);
+    anyhow::ensure!(
+        same,
+        "the target store does not hold what was copied; do not use it"
+    );
+    Ok(keys.len())
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ mod imports;
 pub mod ipam;
 mod jobs;
 pub mod journal;
+pub mod leader;
 pub mod lifecycle;
 pub mod maintenance;
 pub mod migration;
