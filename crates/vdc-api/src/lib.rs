@@ -10,6 +10,7 @@
 //! [`error::ApiErr`].
 
 pub mod auth;
+mod backup;
 mod cpu_baseline;
 pub mod credentials;
 pub mod error;
@@ -21,6 +22,7 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
+pub mod store_url;
 mod switches;
 pub mod tls;
 

@@ -50,6 +50,10 @@ pub enum JobKind {
     MirrorDisks,
     /// Copy a stopped or suspended VM's files from another host's export.
     ReceiveVm,
+    /// Read a VM's disks at one instant into a backup store.
+    Backup,
+    /// Write a backup's disks into a VM's images.
+    Restore,
 }
 
 impl std::fmt::Display for JobKind {
@@ -64,6 +68,8 @@ impl std::fmt::Display for JobKind {
             JobKind::MigrateOut => "outgoing migration",
             JobKind::MirrorDisks => "disk mirror",
             JobKind::ReceiveVm => "VM copy",
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
         })
     }
 }
@@ -119,6 +125,16 @@ pub enum JobOp {
         /// What to copy from where.
         request: ReceiveVmRequest,
     },
+    /// See [`JobKind::Backup`].
+    Backup {
+        /// Which VM, into which store.
+        request: crate::backup::BackupJobRequest,
+    },
+    /// See [`JobKind::Restore`].
+    Restore {
+        /// Which backup, into which images.
+        request: crate::backup::RestoreJobRequest,
+    },
 }
 
 impl JobOp {
@@ -134,6 +150,8 @@ impl JobOp {
             JobOp::MigrateOut { .. } => JobKind::MigrateOut,
             JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
+            JobOp::Backup { .. } => JobKind::Backup,
+            JobOp::Restore { .. } => JobKind::Restore,
         }
     }
 
@@ -148,6 +166,8 @@ impl JobOp {
             JobOp::MigrateOut { request } => Some(&request.vm_id),
             JobOp::MirrorDisks { request } => Some(&request.config.id),
             JobOp::ReceiveVm { request } => Some(&request.config.id),
+            JobOp::Backup { request } => Some(&request.config.id),
+            JobOp::Restore { request } => Some(&request.config.id),
         }
     }
 }
@@ -207,6 +227,13 @@ pub enum JobResult {
     Migration(crate::migration::MigrationJobInfo),
     /// The VM's configuration after the operation (a storage migration).
     Config(crate::vm::VmConfig),
+    /// The backup made.
+    Backup(Box<crate::backup::Backup>),
+    /// A restore ended: the disks written.
+    Restored {
+        /// Disks written.
+        disks: Vec<String>,
+    },
 }
 
 /// A job as the agent reports it.
