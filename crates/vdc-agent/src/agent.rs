@@ -264,6 +264,8 @@ impl Agent {
             .iter()
             .map(|d| self.resolve(&d.datastore, &d.path))
             .collect::<Result<Vec<_>, _>>()?;
+        // Snapshots: the guest writes the newest overlay of each chain.
+        let disks = crate::snapshot::active_disks(vm_dir.path(), config, disks);
         let paths = vdc_qemu::VmPaths::new(self.run_dir(&config.id), vm_dir.path());
         Ok(Layout {
             vm_dir,

@@ -312,6 +312,8 @@ impl Agent {
         if let Some(nic) = config.nics.first() {
             if let Some(ip) = &nic.ip {
                 oem.push(format!("vdc.ip={ip}"));
+            } else if nic.dhcp {
+                oem.push("vdc.ip=dhcp".to_string());
             }
             if let Some(gw) = &nic.gateway {
                 oem.push(format!("vdc.gw={gw}"));
@@ -343,6 +345,7 @@ impl Agent {
             smbios_oem_strings: oem,
             incoming,
             paused: false,
+            guest_agent: config.guest_agent,
         }
     }
 

@@ -389,7 +389,6 @@ pub fn plan_failover(hosts: usize, vms: usize, failed: usize) -> (usize, f64) {
         .map(|h| {
             let r = sim::report(h, hosts, vms);
             vdc_sched::HostCapacity {
-                switches: None,
                 name: r.name,
                 available: true,
                 cpus: r.cpus,
@@ -399,6 +398,7 @@ pub fn plan_failover(hosts: usize, vms: usize, failed: usize) -> (usize, f64) {
                 vcpus_committed: r.vms.len() as u32,
                 datastores: vec!["shared".into()],
                 cpu: None,
+                switches: None,
             }
         })
         .collect();
@@ -412,11 +412,11 @@ pub fn plan_failover(hosts: usize, vms: usize, failed: usize) -> (usize, f64) {
         }
     });
     let demand = vdc_sched::Demand {
-        switches: vec![],
         cpus: 1,
         memory_mib: sim::VM_MEMORY_MIB,
         datastores: vec!["shared".into()],
         cpu_model: None,
+        switches: vec![],
     };
     let mut placed = 0;
     for _vm in &plan {

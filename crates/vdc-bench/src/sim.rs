@@ -58,6 +58,8 @@ pub fn vm_config(i: usize) -> VmConfig {
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        linked_clone: false,
+        guest_agent: false,
     }
 }
 
@@ -109,7 +111,6 @@ pub fn report(h: usize, hosts: usize, vms: usize) -> HostReport {
         .collect::<Vec<_>>();
     let used = runtimes.len() as u64 * VM_MEMORY_MIB;
     HostReport {
-        switches: vec![],
         name: name.clone(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9/".into(),
@@ -132,6 +133,7 @@ pub fn report(h: usize, hosts: usize, vms: usize) -> HostReport {
             cache_reason: None,
         }],
         vms: runtimes,
+        switches: vec![],
         agent_started_ms: SINCE_MS,
     }
 }

@@ -301,6 +301,17 @@ pub enum TemplateCmd {
     List,
     /// Import a disk image (qcow2, raw, vmdk, vhdx…) as a template.
     Import(TemplateImportArgs),
+    /// Show a template, its image and the VMs deployed from it.
+    Show {
+        /// Template name.
+        name: String,
+    },
+    /// Delete a template no linked clone reads.
+    #[command(alias = "rm")]
+    Delete {
+        /// Template name.
+        name: String,
+    },
 }
 
 /// `vdc template import`.
@@ -382,6 +393,16 @@ impl WaitArgs {
 pub enum VmCmd {
     /// Create a VM from a template or with a blank disk.
     Create(VmCreateArgs),
+    /// Clone a powered-off VM into a new VM (full copy, new MACs, guest
+    /// customization).
+    Clone(crate::clone_cli::VmCloneArgs),
+    /// Make a template of a powered-off VM (convert, or copy with
+    /// --keep-vm).
+    ToTemplate(crate::clone_cli::VmToTemplateArgs),
+    /// Import a disk image or physical disk as a new VM (V2V/P2V).
+    ImportDisk(crate::clone_cli::VmImportDiskArgs),
+    /// Export a powered-off VM as an OVA.
+    Export(crate::clone_cli::VmExportArgs),
     /// List VMs.
     #[command(alias = "ls")]
     List,
@@ -473,6 +494,15 @@ pub enum VmCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Snapshots: create, list, revert, delete.
+    #[command(subcommand)]
+    Snapshot(crate::snapshot::SnapshotCmd),
+    /// Fork a running VM into a new running VM (resumed, not booted) that
+    /// takes its own hostname, MAC and address.
+    InstantClone(crate::snapshot::InstantCloneArgs),
+    /// Clone a running VM (full by default, or --linked); the clone boots
+    /// with its own identity.
+    CloneRunning(crate::snapshot::RunningCloneArgs),
     /// Delete a stopped VM and its disks.
     #[command(alias = "rm")]
     Delete {
@@ -535,6 +565,9 @@ pub struct VmCreateArgs {
     /// Deploy as a linked clone of the template.
     #[arg(long, requires = "template")]
     pub linked: bool,
+    /// Guest customization.
+    #[command(flatten)]
+    pub custom: crate::clone_cli::CustomizeArgs,
     /// Virtual CPUs.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=vdc_types::api::MAX_CPUS as i64))]
     pub cpus: Option<u32>,

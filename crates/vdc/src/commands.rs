@@ -71,6 +71,12 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Switch(c) => crate::switches::switch(ctx, c).await,
         Command::Template(TemplateCmd::List) => template_list(ctx).await,
         Command::Template(TemplateCmd::Import(a)) => template_import(ctx, a).await,
+        Command::Template(TemplateCmd::Show { name }) => {
+            crate::clone_cli::template_show(ctx, &name).await
+        }
+        Command::Template(TemplateCmd::Delete { name }) => {
+            crate::clone_cli::template_delete(ctx, &name).await
+        }
         Command::Vm(cmd) => vm(ctx, cmd).await,
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,

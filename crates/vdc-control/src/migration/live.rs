@@ -87,6 +87,7 @@ impl Cluster {
             policy.allow_postcopy = p;
         }
         if let Some(ds) = &storage {
+            self.refuse_disk_copy_with_snapshots(&rec).await?;
             self.check_storage_move(name, &rec, ds, &req).await?;
             policy.allow_postcopy = false;
         }

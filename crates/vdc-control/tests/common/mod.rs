@@ -102,10 +102,12 @@ pub fn config(name: &str) -> VmConfig {
         nics: vec![],
         hostname: name.into(),
         template: None,
+        linked_clone: false,
         created_ms: now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        guest_agent: false,
     }
 }
 
