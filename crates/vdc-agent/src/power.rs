@@ -288,6 +288,7 @@ impl Agent {
                 tap: tap.clone(),
                 bridge,
                 shaping: nic.shaping,
+                vlan_bridge: nic.switch.is_some() && nic.vlan.is_some_and(|v| v != 1),
             });
             nics.push(vdc_qemu::NicDevice {
                 id: format!("net{i}"),

@@ -20,6 +20,10 @@ pub struct TapPort {
     pub bridge: String,
     /// Shaping toward the VM.
     pub shaping: Option<Shaping>,
+    /// The bridge is a VLAN bridge of a managed switch: created here if
+    /// the switch's reconciler has not made it yet (a VM started right
+    /// after its port group was created); the reconciler adds its uplinks.
+    pub vlan_bridge: bool,
 }
 
 /// Creates (or reuses) the tap of `port` on its bridge and shapes the
@@ -29,6 +33,15 @@ pub struct TapPort {
 /// shaping fails.
 pub async fn attach_port(port: &TapPort) -> Result<(), NetError> {
     let existed = crate::link_exists(&port.tap).await?;
+    if port.vlan_bridge && !crate::bridge_exists(&port.bridge).await? {
+        match ip(&["link", "add", &port.bridge, "type", "bridge"]).await {
+            Ok(_) => {}
+            // Made by the reconciler meanwhile.
+            Err(NetError::Command { stderr, .. }) if stderr.contains("File exists") => {}
+            Err(e) => return Err(e),
+        }
+        ip(&["link", "set", &port.bridge, "up"]).await?;
+    }
     create_tap(&port.tap, &port.bridge).await?;
     let Some(s) = port.shaping else {
         return Ok(());
