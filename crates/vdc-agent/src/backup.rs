@@ -31,7 +31,7 @@ use vdc_backup::session::changed_chunks;
 use vdc_backup::session::{write_disk, DiskPlan};
 use vdc_backup::store::{DiskIndex, Manifest, Store};
 use vdc_backup::BackupError;
-use vdc_types::backup::{Backup, BackupJobRequest, Consistency, DiskBackup, DiskRead};
+use vdc_types::backup::{Backup, BackupJobRequest, Consistency, DiskBackup};
 use vdc_types::job::JobResult;
 use vdc_types::{now_ms, ApiError, ErrorCode};
 
@@ -104,6 +104,7 @@ struct Reading {
 }
 
 /// One disk to read and how.
+#[derive(Clone)]
 struct DiskJob {
     name: String,
     size: u64,
@@ -340,26 +341,18 @@ impl Agent {
         jobs: &[DiskJob],
         reading: &Arc<Reading>,
     ) -> Result<Vec<(DiskIndex, DiskBackup)>, ApiError> {
-        let plans: Vec<(
-            String,
-            Option<String>,
-            Option<Vec<Option<String>>>,
-            DiskRead,
-        )> = jobs
-            .iter()
-            .map(|j| {
-                (
-                    j.name.clone(),
-                    j.choice.bitmap.clone(),
-                    j.base_index.clone(),
-                    j.choice.read.clone(),
-                )
-            })
-            .collect();
+        let plans = jobs.to_vec();
         let (store, socket, rd) = (store.clone(), socket.to_path_buf(), reading.clone());
         let work = tokio::task::spawn_blocking(move || -> Result<Vec<_>, BackupError> {
             let mut out = Vec::new();
-            for (name, bitmap, base_index, read) in plans {
+            for DiskJob {
+                name,
+                choice,
+                base_index,
+                ..
+            } in plans
+            {
+                let (bitmap, read) = (choice.bitmap, choice.read);
                 let mut client = vdc_backup::nbd::NbdClient::connect(&socket, &name)?;
                 let size = client.size();
                 let changed = match (bitmap, base_index) {

@@ -305,8 +305,16 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
         .await
         .expect("prune");
     assert_eq!(pruned.removed, vec![encs[0].id.clone()]);
-    let gc = c.gc_backup_store("enc").await.expect("gc");
-    assert!(gc.chunks_removed >= 1, "{gc:?}");
+    // Chunks younger than the gc's grace (2 s) wait for a later gc.
+    wait_until_async(
+        VM_WAIT_TIMEOUT,
+        "a gc that removes the pruned chunks",
+        || async {
+            let gc = c.gc_backup_store("enc").await.expect("gc");
+            (gc.chunks_removed >= 1).then_some(())
+        },
+    )
+    .await;
     let v = c
         .verify_backup(&encs[1].id, Some("enc"))
         .await
@@ -336,5 +344,99 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
             .expect("list")
             .len(),
         5
+    );
+    // 7. The web page.
+    web_page(&lab, &b1.id, &b2.id).await;
+}
+
+fn page<T>(step: &str, r: Result<T, WebDriverError>) -> T {
+    r.unwrap_or_else(|e| panic!("{step}: {}", vdc_test_infra::error_chain(&e)))
+}
+
+async fn web_page(lab: &TestLab, b1: &str, b2: &str) {
+    const PAGE: Duration = Duration::from_secs(60);
+    let c = &lab.client;
+    let browser = page("starting headless Chromium", Browser::start().await);
+    let token = std::fs::read_to_string(&lab.info.token_file).expect("token");
+    page(
+        "opening the page",
+        browser
+            .goto(&format!("{}/#token={}", lab.info.api_url, token.trim()))
+            .await,
+    );
+    let cell = |r: &[String], i: usize| r.get(i).cloned().unwrap_or_default();
+    let row = page(
+        "the damaged backup in the table",
+        browser
+            .wait_row("#backups tbody tr", PAGE, |r| {
+                r.first().map(String::as_str) == Some(b2)
+            })
+            .await,
+    );
+    assert_eq!(cell(&row, 4), "stopped", "{row:?}");
+    assert_eq!(cell(&row, 9), "damaged", "{row:?}");
+    page(
+        "the first backup in the table",
+        browser
+            .wait_row("#backups tbody tr", PAGE, |r| {
+                r.first().map(String::as_str) == Some(b1) && cell(r, 9) == "ok"
+            })
+            .await,
+    );
+    // Back up src from the form.
+    page(
+        "choosing src and s1",
+        browser
+            .execute(
+                "document.querySelector('#backup-vm').value = 'src'; document.querySelector('#backup-store').value = 's1'; return 1;",
+                vec![],
+            )
+            .await,
+    );
+    page(
+        "back up",
+        browser.click_css("#backup-run button", PAGE).await,
+    );
+    let newest = wait_until_async(TASK_TIMEOUT, "one more backup of src", || async {
+        let l = c.list_backups(Some("s1"), Some("src")).await.ok()?;
+        (l.len() == 6).then(|| l[5].id.clone())
+    })
+    .await;
+    page(
+        "the new backup in the table",
+        browser
+            .wait_row("#backups tbody tr", PAGE, |r| {
+                r.first() == Some(&newest) && cell(r, 4) == "crash_consistent"
+            })
+            .await,
+    );
+    // Restore the newest backup as a new VM from its row.
+    let input = page(
+        "the restore name field",
+        browser
+            .find(&format!(r#".restore-name[data-backup="{newest}"]"#))
+            .await,
+    );
+    page(
+        "typing the name",
+        browser.send_keys(&input, "fromweb").await,
+    );
+    page(
+        "restore",
+        browser
+            .click_css(&format!(r#"button[data-restore="{newest}"]"#), PAGE)
+            .await,
+    );
+    let t = wait_until_async(TASK_TIMEOUT, "the restore task of fromweb", || async {
+        let tasks = c.list_tasks().await.ok()?;
+        tasks
+            .into_iter()
+            .find(|t| t.kind == "backup.restore" && t.target == "fromweb" && t.state.is_final())
+    })
+    .await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(
+        c.get_vm("fromweb").await.expect("fromweb").state,
+        VmPowerState::Stopped
     );
 }
