@@ -410,12 +410,19 @@ async fn web_page(lab: &TestLab, b1: &str, b2: &str) {
             })
             .await,
     );
-    // Restore the newest backup as a new VM from its row.
+    // Restore the newest backup as a new VM from the restore form.
+    page(
+        "choosing the backup",
+        browser
+            .execute(
+                "document.querySelector('#restore-backup').value = arguments[0]; return 1;",
+                vec![serde_json::json!(newest)],
+            )
+            .await,
+    );
     let input = page(
         "the restore name field",
-        browser
-            .find(&format!(r#".restore-name[data-backup="{newest}"]"#))
-            .await,
+        browser.find("#restore-name").await,
     );
     page(
         "typing the name",
@@ -423,9 +430,7 @@ async fn web_page(lab: &TestLab, b1: &str, b2: &str) {
     );
     page(
         "restore",
-        browser
-            .click_css(&format!(r#"button[data-restore="{newest}"]"#), PAGE)
-            .await,
+        browser.click_css("#backup-restore button", PAGE).await,
     );
     let t = wait_until_async(TASK_TIMEOUT, "the restore task of fromweb", || async {
         let tasks = c.list_tasks().await.ok()?;
