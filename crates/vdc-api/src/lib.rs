@@ -22,6 +22,7 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
+pub mod store_url;
 pub mod tls;
 
 pub use credentials::Credentials;
