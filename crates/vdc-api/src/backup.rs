@@ -8,8 +8,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 use vdc_types::backup::{
-    AddBackupStoreRequest, Backup, BackupStore, Consistency, DiskBackup, DiskRead, GcReport,
-    PruneReport, PruneRequest, RestoreRequest, Retention, RunBackupRequest, VerifyReport,
+    AddBackupStoreRequest, Backup, BackupJob, BackupStore, Consistency, CreateBackupJobRequest,
+    DiskBackup, DiskRead, GcReport, PruneReport, PruneRequest, RestoreRequest, Retention,
+    RunBackupRequest, VerifyReport,
 };
 use vdc_types::{ApiError, Task};
 
@@ -28,6 +29,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/backups/{id}", get(get_backup).delete(remove_backup))
         .route("/backups/{id}/restore", post(restore))
         .route("/backups/{id}/verify", post(verify))
+        .route("/backup-jobs", get(list_jobs).post(create_job))
+        .route("/backup-jobs/{name}", delete(delete_job))
 }
 
 /// The backup part of the OpenAPI document.
@@ -222,6 +225,38 @@ pub(crate) async fn verify(
     Ok(Json(
         st.cluster.verify_backup(&id, q.store.as_deref()).await?,
     ))
+}
+
+/// Every backup job, with its last run.
+#[utoipa::path(get, path = "/api/v1/backup-jobs", responses((status = 200, body = [BackupJob])))]
+pub(crate) async fn list_jobs(State(st): State<AppState>) -> ApiResult<Json<Vec<BackupJob>>> {
+    Ok(Json(st.cluster.list_backup_jobs().await?))
+}
+
+/// Creates a backup job: its VMs are backed up into its store every
+/// `every_s` seconds (the first run at once), then pruned with its
+/// retention.
+#[utoipa::path(post, path = "/api/v1/backup-jobs", request_body = CreateBackupJobRequest,
+    responses((status = 201, body = BackupJob), (status = 400, body = ApiError), (status = 404, body = ApiError, description = "an unknown VM or store"), (status = 409, body = ApiError)))]
+pub(crate) async fn create_job(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateBackupJobRequest>,
+) -> ApiResult<(StatusCode, Json<BackupJob>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.cluster.create_backup_job(&req).await?),
+    ))
+}
+
+/// Deletes a backup job (its backups stay).
+#[utoipa::path(delete, path = "/api/v1/backup-jobs/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub(crate) async fn delete_job(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.cluster.delete_backup_job(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The backup part of the web page.

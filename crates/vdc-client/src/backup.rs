@@ -1,8 +1,8 @@
 //! Backup calls of the REST API: stores, runs, restores, verify, prune, gc.
 
 use vdc_types::backup::{
-    AddBackupStoreRequest, Backup, BackupStore, GcReport, PruneReport, PruneRequest,
-    RestoreRequest, RunBackupRequest, VerifyReport,
+    AddBackupStoreRequest, Backup, BackupJob, BackupStore, CreateBackupJobRequest, GcReport,
+    PruneReport, PruneRequest, RestoreRequest, RunBackupRequest, VerifyReport,
 };
 use vdc_types::Task;
 
@@ -121,6 +121,28 @@ impl Client {
             &format!("/backup-stores/{}/gc", seg(store)),
             &serde_json::json!({}),
         )
+        .await
+    }
+
+    /// `GET /backup-jobs`.
+    pub async fn list_backup_jobs(&self) -> Result<Vec<BackupJob>, ClientError> {
+        self.get("/backup-jobs").await
+    }
+
+    /// `POST /backup-jobs`.
+    pub async fn create_backup_job(
+        &self,
+        req: &CreateBackupJobRequest,
+    ) -> Result<BackupJob, ClientError> {
+        self.post("/backup-jobs", req).await
+    }
+
+    /// `DELETE /backup-jobs/{name}`.
+    pub async fn delete_backup_job(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.req(
+            reqwest::Method::DELETE,
+            &format!("/backup-jobs/{}", seg(name)),
+        ))
         .await
     }
 }

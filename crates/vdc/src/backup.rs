@@ -36,6 +36,143 @@ pub enum BackupStoreCmd {
     },
 }
 
+/// `vdc backup-job ...`
+#[derive(Debug, Subcommand)]
+pub enum BackupJobCmd {
+    /// Create a job: its VMs are backed up into the store on a schedule
+    /// (the first run at once), then pruned with its keep rules.
+    Create {
+        /// Job name.
+        name: String,
+        /// VMs (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        vm: Vec<String>,
+        /// Store.
+        #[arg(long)]
+        store: String,
+        /// Interval between runs: seconds, or with a unit (30s, 15m, 6h, 1d).
+        #[arg(long, value_parser = parse_every)]
+        every: u64,
+        #[command(flatten)]
+        keep: KeepArgs,
+    },
+    /// List the jobs with their last run.
+    #[command(alias = "ls")]
+    List,
+    /// Delete a job (its backups stay).
+    Delete {
+        /// Job name.
+        name: String,
+    },
+}
+
+/// Keep rules of a retention policy.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct KeepArgs {
+    /// Keep the N newest.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep one per hour for N hours.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep one per day for N days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep one per week for N weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep one per month for N months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+}
+
+impl From<KeepArgs> for Retention {
+    fn from(k: KeepArgs) -> Retention {
+        Retention {
+            keep_last: k.keep_last,
+            keep_hourly: k.keep_hourly,
+            keep_daily: k.keep_daily,
+            keep_weekly: k.keep_weekly,
+            keep_monthly: k.keep_monthly,
+        }
+    }
+}
+
+/// `30`, `30s`, `15m`, `6h`, `1d` → seconds (at least 1).
+fn parse_every(s: &str) -> Result<u64, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not an interval like 30s, 15m, 6h or 1d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in '{s}'; use s, m, h or d")),
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v >= 1 => Ok(v),
+        _ => Err(format!("interval '{s}' must be at least 1 second")),
+    }
+}
+
+/// Runs `vdc backup-job …`.
+pub(crate) async fn backup_job(ctx: &Ctx, cmd: BackupJobCmd) -> Result<(), CliError> {
+    match cmd {
+        BackupJobCmd::Create {
+            name,
+            vm,
+            store,
+            every,
+            keep,
+        } => {
+            let j = ctx
+                .client
+                .create_backup_job(&vdc_types::backup::CreateBackupJobRequest {
+                    name,
+                    vms: vm,
+                    store,
+                    every_s: every,
+                    retention: keep.into(),
+                })
+                .await?;
+            if ctx.json() {
+                return out_json(&j);
+            }
+            out(&format!(
+                "backup job {} created: every {} s into {}\n",
+                j.name, j.every_s, j.store
+            ))
+        }
+        BackupJobCmd::List => {
+            let list = ctx.client.list_backup_jobs().await?;
+            if ctx.json() {
+                return out_json(&list);
+            }
+            let mut t = Table::new(&["NAME", "VMS", "STORE", "EVERY", "LAST RUN", "RESULT"]);
+            for j in &list {
+                t.row(vec![
+                    j.name.clone(),
+                    j.vms.join(","),
+                    j.store.clone(),
+                    format!("{} s", j.every_s),
+                    j.last_run_ms.map(utc_time).unwrap_or_else(|| "-".into()),
+                    j.last_result.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            out(&t.render())
+        }
+        BackupJobCmd::Delete { name } => {
+            ctx.client.delete_backup_job(&name).await?;
+            out(&format!("backup job {name} deleted\n"))
+        }
+    }
+}
+
 /// Which store a backup is in.
 #[derive(Debug, clap::Args)]
 pub struct StoreArg {

@@ -18,7 +18,9 @@
 //! 6. refusals: an unknown store, a restore over a running VM;
 //! 7. the web page (Chromium) lists the backups with their state (the
 //!    damaged one marked), backs a VM up and restores a backup as a new
-//!    VM from its buttons.
+//!    VM from its forms;
+//! 8. a backup job every second with keep-last 1 backs a VM up again and
+//!    again and prunes down to one backup.
 
 use std::time::Duration;
 
@@ -347,6 +349,34 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
     );
     // 7. The web page.
     web_page(&lab, &b1.id, &b2.id).await;
+
+    // 8. A backup job every second keeping the last backup: it runs
+    // again and again, pruning what its retention drops.
+    c.create_backup_job(&vdc_types::backup::CreateBackupJobRequest {
+        name: "often".into(),
+        vms: vec!["restored".into()],
+        store: "s1".into(),
+        every_s: 1,
+        retention: vdc_types::backup::Retention {
+            keep_last: 1,
+            ..Default::default()
+        },
+    })
+    .await
+    .expect("backup job");
+    wait_until_async(TASK_TIMEOUT, "a run of the job that pruned", || async {
+        let jobs = c.list_backup_jobs().await.ok()?;
+        let r = jobs.first()?.last_result.clone()?;
+        r.contains("restored: ok, 1 pruned").then_some(())
+    })
+    .await;
+    c.delete_backup_job("often").await.expect("delete job");
+    wait_until_async(TASK_TIMEOUT, "one backup of restored kept", || async {
+        let l = c.list_backups(Some("s1"), Some("restored")).await.ok()?;
+        let busy = c.get_vm("restored").await.ok()?.operation.is_some();
+        (l.len() == 1 && !busy).then_some(())
+    })
+    .await;
 }
 
 fn page<T>(step: &str, r: Result<T, WebDriverError>) -> T {

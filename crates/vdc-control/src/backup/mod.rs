@@ -20,6 +20,7 @@
 //!           (failure: the VM's images are untouched)
 //! ```
 
+pub mod jobs;
 mod restore;
 mod run;
 
