@@ -9,8 +9,8 @@ use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 use vdc_types::backup::{
     AddBackupStoreRequest, Backup, BackupJob, BackupStore, Consistency, CreateBackupJobRequest,
-    DiskBackup, DiskRead, GcReport, PruneReport, PruneRequest, RestoreRequest, Retention,
-    RunBackupRequest, VerifyReport,
+    DiskBackup, DiskRead, FileEntry, GcReport, PruneReport, PruneRequest, RestoreRequest,
+    Retention, RunBackupRequest, VerifyReport,
 };
 use vdc_types::{ApiError, Task};
 
@@ -29,6 +29,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/backups/{id}", get(get_backup).delete(remove_backup))
         .route("/backups/{id}/restore", post(restore))
         .route("/backups/{id}/verify", post(verify))
+        .route("/backups/{id}/files", get(list_files))
+        .route("/backups/{id}/file", get(get_file))
         .route("/backup-jobs", get(list_jobs).post(create_job))
         .route("/backup-jobs/{name}", delete(delete_job))
 }
@@ -224,6 +226,57 @@ pub(crate) async fn verify(
 ) -> ApiResult<Json<VerifyReport>> {
     Ok(Json(
         st.cluster.verify_backup(&id, q.store.as_deref()).await?,
+    ))
+}
+
+/// Which file of which backed-up disk.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FilesQuery {
+    /// Store (default: the one that has the backup).
+    store: Option<String>,
+    /// Disk (default: the first).
+    disk: Option<String>,
+    /// Absolute path in the disk's ext2/3/4 file system (default `/`).
+    path: Option<String>,
+}
+
+/// Lists a directory of a backed-up guest file system (ext2/3/4, at the
+/// disk's start or in an MBR partition) without running the VM.
+#[utoipa::path(get, path = "/api/v1/backups/{id}/files", params(("id" = String, Path), FilesQuery),
+    responses((status = 200, body = [FileEntry]), (status = 400, body = ApiError, description = "no ext file system, a bad path"), (status = 404, body = ApiError)))]
+pub(crate) async fn list_files(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
+) -> ApiResult<Json<Vec<FileEntry>>> {
+    let path = q.path.as_deref().unwrap_or("/");
+    let (list, _) = st
+        .cluster
+        .backup_files(&id, q.store.as_deref(), q.disk.as_deref(), path, false)
+        .await?;
+    Ok(Json(list))
+}
+
+/// The content of a file of a backed-up guest file system.
+#[utoipa::path(get, path = "/api/v1/backups/{id}/file", params(("id" = String, Path), FilesQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub(crate) async fn get_file(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
+) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], Vec<u8>)> {
+    let path = q
+        .path
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid("name the file with ?path=/…"))?;
+    let (_, data) = st
+        .cluster
+        .backup_files(&id, q.store.as_deref(), q.disk.as_deref(), path, true)
+        .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        data.unwrap_or_default(),
     ))
 }
 

@@ -304,3 +304,14 @@ pub struct CreateBackupJobRequest {
     #[serde(default)]
     pub retention: Retention,
 }
+
+/// A file or directory in a backed-up file system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileEntry {
+    /// Name in its directory.
+    pub name: String,
+    /// `dir`, `file`, `link` or `other`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+}

@@ -233,6 +233,25 @@ pub enum BackupCmd {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// List a directory of a backed-up guest file system, or extract a
+    /// file, without running the VM.
+    Files {
+        /// Backup id.
+        id: String,
+        /// Absolute path in the file system (default `/`).
+        path: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+        /// Disk (default: the first).
+        #[arg(long)]
+        disk: Option<String>,
+        /// Extract this file (absolute path) ...
+        #[arg(long, value_name = "FILE", requires = "to")]
+        extract: Option<String>,
+        /// ... into this directory.
+        #[arg(long, value_name = "DIR", requires = "extract")]
+        to: Option<String>,
+    },
     /// Re-read and re-hash every chunk of a backup; a damaged backup is
     /// marked and the command fails.
     Verify {
@@ -454,6 +473,39 @@ pub(crate) async fn backup(ctx: &Ctx, cmd: BackupCmd) -> Result<(), CliError> {
             };
             let task = c.restore_backup(&id, &req).await?;
             finish_task(ctx, task, wait).await
+        }
+        BackupCmd::Files {
+            id,
+            path,
+            store,
+            disk,
+            extract,
+            to,
+        } => {
+            if let (Some(file), Some(dir)) = (extract, to) {
+                let data = c
+                    .backup_file(&id, store.store.as_deref(), disk.as_deref(), &file)
+                    .await?;
+                let name = std::path::Path::new(&file)
+                    .file_name()
+                    .ok_or_else(|| CliError::Usage(format!("'{file}' names no file")))?;
+                let dest = std::path::Path::new(&dir).join(name);
+                std::fs::write(&dest, &data)
+                    .map_err(|e| CliError::Io("write the extracted file", e))?;
+                return out(&format!("{} ({} bytes)\n", dest.display(), data.len()));
+            }
+            let path = path.unwrap_or_else(|| "/".into());
+            let list = c
+                .backup_files(&id, store.store.as_deref(), disk.as_deref(), &path)
+                .await?;
+            if ctx.json() {
+                return out_json(&list);
+            }
+            let mut t = Table::new(&["NAME", "KIND", "SIZE"]);
+            for e in &list {
+                t.row(vec![e.name.clone(), e.kind.clone(), e.size.to_string()]);
+            }
+            out(&t.render())
         }
         BackupCmd::Verify { id, store } => {
             let r = c.verify_backup(&id, store.store.as_deref()).await?;
