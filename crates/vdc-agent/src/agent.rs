@@ -94,6 +94,8 @@ pub(crate) struct Agent {
     server_credential: Mutex<Option<SecretHash>>,
     /// The host's certificate for the migration stream (see `tls`).
     pub(crate) tls: crate::tls::HostTls,
+    /// The cluster's switches on this host (see `switches`).
+    pub(crate) switches: crate::switches::Switches,
 }
 
 impl Agent {
@@ -156,6 +158,7 @@ impl Agent {
             moved_check: Arc::default(),
             server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
             tls: crate::tls::HostTls::open(&config.state_dir),
+            switches: Default::default(),
             config,
         }))
     }
@@ -261,6 +264,8 @@ impl Agent {
             .iter()
             .map(|d| self.resolve(&d.datastore, &d.path))
             .collect::<Result<Vec<_>, _>>()?;
+        // Snapshots: the guest writes the newest overlay of each chain.
+        let disks = crate::snapshot::active_disks(vm_dir.path(), config, disks);
         let paths = vdc_qemu::VmPaths::new(self.run_dir(&config.id), vm_dir.path());
         Ok(Layout {
             vm_dir,
@@ -328,6 +333,7 @@ impl Agent {
             datastores,
             vms: self.runtimes(),
             agent_started_ms: self.started_ms,
+            switches: self.switches.states(),
         }
     }
 

@@ -102,12 +102,16 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
         .route(&format!("{VM}/ha"), put(set_ha))
+        .route(&format!("{VM}/snapshots"), post(snapshot_tree))
+        .route(&format!("{VM}/guest-identity"), post(guest_identity))
         .route(&format!("{VM}/console"), get(console))
         .route(
             &format!("{VM}/console/input"),
             post(console_input).layer(DefaultBodyLimit::max(CONSOLE_INPUT_BODY_MAX)),
         )
         .route("/agent/v1/images/import", post(import_image))
+        .route("/agent/v1/images/remove", post(remove_image))
+        .route("/agent/v1/images/inspect", post(inspect_image))
         .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/agent/v1/jobs/{id}/proceed", post(proceed_job))
@@ -234,11 +238,34 @@ async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Api
     Ok(Json(agent.suspend(&id).await?))
 }
 
+async fn guest_identity(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<vdc_types::snapshot::GuestIdentityRequest>,
+) -> Result<StatusCode, Failure> {
+    agent.set_guest_identity(&id, &req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn snapshot_tree(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<vdc_types::snapshot::SnapshotTreeRequest>,
+) -> ApiResult<vdc_types::snapshot::SnapshotTree> {
+    if req.config.id != id {
+        return Err(ApiError::invalid("the configuration is of another VM").into());
+    }
+    Ok(Json(agent.snapshot_tree(&req.config).await?))
+}
+
 async fn destroy(
     State(agent): State<Arc<Agent>>,
     Path(id): Path<String>,
     Body(req): Body<DestroyVmRequest>,
 ) -> Result<StatusCode, Failure> {
+    if let Some(keep) = &req.keep_boot_disk_as {
+        agent.keep_boot_disk(&req.config, keep).await?;
+    }
     agent.destroy(&id, req.config).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -302,6 +329,21 @@ async fn import_image(
     Body(req): Body<ImportImageRequest>,
 ) -> ApiResult<ImportImageResponse> {
     Ok(Json(agent.import_image(req).await?))
+}
+
+async fn inspect_image(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::agent::InspectImageRequest>,
+) -> ApiResult<vdc_types::agent::ImageInspection> {
+    Ok(Json(agent.inspect_image(&req).await?))
+}
+
+async fn remove_image(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::agent::RemoveImageRequest>,
+) -> Result<StatusCode, Failure> {
+    agent.remove_image(&req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Starts a job (201) or attaches to the one with that operation id (200).

@@ -23,6 +23,9 @@ mod openapi;
 mod routes;
 mod server;
 pub mod store_url;
+mod templates_vm;
+mod snapshots;
+mod switches;
 pub mod tls;
 
 pub use credentials::Credentials;

@@ -166,10 +166,12 @@ mod tests {
             nics: vec![],
             hostname: "vm".into(),
             template: None,
+            linked_clone: false,
             created_ms: 0,
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             ha: Default::default(),
+            guest_agent: false,
         };
         let mut r = VmRecord::new(config, state, owner.map(str::to_string));
         r.since_ms = since;

@@ -24,6 +24,7 @@ pub mod error;
 pub mod image;
 pub mod lock;
 pub mod qemu_img;
+pub mod snapshots;
 pub mod vmdir;
 
 pub use datastore::{Capacity, Datastore};

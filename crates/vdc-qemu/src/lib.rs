@@ -10,6 +10,10 @@
 //!   ([`Vm::events`]).
 //! - [`guest`]: the guest channel, heartbeats from the guest image
 //!   ([`GuestChannel`], [`spawn_guest_channel`]).
+//! - [`qga`]: the QEMU guest agent channel: quiesce ([`qga::freeze`],
+//!   [`qga::thaw`]) and a new identity for a guest.
+//! - [`snapshot`]: external qcow2 overlays taken, merged and reverted,
+//!   memory state to and from a file.
 //! - [`process`]: watching and signalling a process by pidfd (QEMU, and
 //!   the VM supervisor beside it).
 //! - [`tail_file`]: the end of the serial console log.
@@ -24,6 +28,8 @@ mod log;
 pub mod mirror;
 pub mod nbd;
 pub mod process;
+pub mod qga;
+pub mod snapshot;
 pub mod spec;
 pub mod vm;
 

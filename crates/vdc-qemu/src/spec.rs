@@ -32,11 +32,16 @@
 //! - Serial console through a socket chardev with a logfile, so the console
 //!   is both recorded and attachable; the guest channel is a virtio-serial
 //!   port on its own socket.
+//! - The QEMU guest agent channel (virtio-serial port
+//!   `org.qemu.guest_agent.0` on the same bus, socket `qga.sock`) only
+//!   where [`MachineSpec::guest_agent`] says so: it is part of the VM's
+//!   pinned device model, so a VM created before the channel existed keeps
+//!   running, resuming and migrating without it.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use vdc_types::{Accelerator, DiskCacheMode, GUEST_CHANNEL_NAME};
+use vdc_types::{Accelerator, DiskCacheMode, GUEST_AGENT_CHANNEL_NAME, GUEST_CHANNEL_NAME};
 
 use crate::error::QemuError;
 
@@ -71,6 +76,11 @@ pub struct MachineSpec {
     /// Start with the vCPUs stopped (`-S`) until `cont`: QEMU is ready
     /// (devices created, images opened and locked) but runs no guest code.
     pub paused: bool,
+    /// Give the VM the QEMU guest agent channel (a virtio-serial port
+    /// `org.qemu.guest_agent.0` on [`VmPaths::guest_agent_socket`]). Part
+    /// of the device model: the same value for every start, resume and
+    /// migration of one VM.
+    pub guest_agent: bool,
 }
 
 /// One qcow2 disk image.
@@ -143,6 +153,12 @@ impl VmPaths {
         self.run_dir.join("guest.sock")
     }
 
+    /// QEMU guest agent socket (virtio-serial port
+    /// `org.qemu.guest_agent.0`), see [`crate::qga`].
+    pub fn guest_agent_socket(&self) -> PathBuf {
+        self.run_dir.join("qga.sock")
+    }
+
     /// Serial console socket.
     pub fn console_socket(&self) -> PathBuf {
         self.run_dir.join("console.sock")
@@ -173,6 +189,7 @@ impl VmPaths {
         for path in [
             self.qmp_socket(),
             self.guest_socket(),
+            self.guest_agent_socket(),
             self.console_socket(),
         ] {
             let len = path.as_os_str().len();
@@ -252,6 +269,17 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
         "-device",
         &format!("virtserialport,bus=vser0.0,chardev=guest0,name={GUEST_CHANNEL_NAME}"),
     ]);
+    if spec.guest_agent {
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=qga0,path={},server=on,wait=off",
+                path_opt(&paths.guest_agent_socket())
+            ),
+            "-device",
+            &format!("virtserialport,bus=vser0.0,chardev=qga0,name={GUEST_AGENT_CHANNEL_NAME}"),
+        ]);
+    }
 
     for (i, disk) in spec.disks.iter().enumerate() {
         let file_node = format!("{}-file", disk.node_name);
@@ -362,6 +390,7 @@ mod tests {
             smbios_oem_strings: vec!["vdc.hostname=web-1".into(), "vdc.x=a,b".into()],
             incoming: None,
             paused: false,
+            guest_agent: false,
         }
     }
 
@@ -411,6 +440,27 @@ mod tests {
         assert!(chardevs[1].contains("path=/run/vdc/vms/abc/guest.sock"));
         assert!(values(&args, "-device")
             .contains(&"virtserialport,bus=vser0.0,chardev=guest0,name=org.vdc.guest.0"));
+    }
+
+    #[test]
+    fn guest_agent_channel_only_when_asked() {
+        let without = command_line(&spec(), &paths());
+        assert!(!without.iter().any(|a| a.contains("qga")));
+        let with = command_line(
+            &MachineSpec {
+                guest_agent: true,
+                ..spec()
+            },
+            &paths(),
+        );
+        assert!(values(&with, "-chardev")
+            .contains(&"socket,id=qga0,path=/run/vdc/vms/abc/qga.sock,server=on,wait=off"));
+        assert!(values(&with, "-device")
+            .contains(&"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"));
+        // The rest of the device model is unchanged.
+        let rest: Vec<&String> = with.iter().filter(|a| !a.contains("qga")).collect();
+        let before: Vec<&String> = without.iter().collect();
+        assert_eq!(rest.len(), before.len() + 2);
     }
 
     #[test]

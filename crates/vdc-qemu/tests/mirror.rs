@@ -102,6 +102,7 @@ async fn a_mirror_switches_the_running_disk_and_a_cancelled_one_does_not() {
         smbios_oem_strings: vec!["vdc.hostname=mirror".into()],
         incoming: None,
         paused: false,
+        guest_agent: false,
     };
     let vm = Vm::launch(&spec, &paths).await.expect("launch");
     let deadline = Instant::now() + BOOT_TIMEOUT;

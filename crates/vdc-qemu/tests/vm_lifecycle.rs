@@ -86,6 +86,7 @@ fn fixture(name: &str) -> Fixture {
         smbios_oem_strings: vec![format!("vdc.hostname={name}")],
         incoming: None,
         paused: false,
+        guest_agent: false,
     };
     Fixture {
         _dir: dir,

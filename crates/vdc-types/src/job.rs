@@ -54,6 +54,10 @@ pub enum JobKind {
     Backup,
     /// Write a backup's disks into a VM's images.
     Restore,
+    /// Write a stopped VM as an OVA.
+    ExportOva,
+    /// Take, revert or delete a snapshot.
+    Snapshot,
 }
 
 impl std::fmt::Display for JobKind {
@@ -70,6 +74,8 @@ impl std::fmt::Display for JobKind {
             JobKind::ReceiveVm => "VM copy",
             JobKind::Backup => "backup",
             JobKind::Restore => "restore",
+            JobKind::ExportOva => "OVA export",
+            JobKind::Snapshot => "snapshot",
         })
     }
 }
@@ -135,6 +141,16 @@ pub enum JobOp {
         /// Which backup, into which images.
         request: crate::backup::RestoreJobRequest,
     },
+    /// See [`JobKind::ExportOva`].
+    ExportOva {
+        /// The VM and the OVA file.
+        request: crate::ova::ExportOvaRequest,
+    },
+    /// See [`JobKind::Snapshot`].
+    Snapshot {
+        /// Which VM and what to do.
+        request: crate::snapshot::SnapshotJobRequest,
+    },
 }
 
 impl JobOp {
@@ -152,6 +168,8 @@ impl JobOp {
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
             JobOp::Backup { .. } => JobKind::Backup,
             JobOp::Restore { .. } => JobKind::Restore,
+            JobOp::ExportOva { .. } => JobKind::ExportOva,
+            JobOp::Snapshot { .. } => JobKind::Snapshot,
         }
     }
 
@@ -168,6 +186,8 @@ impl JobOp {
             JobOp::ReceiveVm { request } => Some(&request.config.id),
             JobOp::Backup { request } => Some(&request.config.id),
             JobOp::Restore { request } => Some(&request.config.id),
+            JobOp::ExportOva { request } => Some(&request.config.id),
+            JobOp::Snapshot { request } => Some(&request.config.id),
         }
     }
 }
@@ -223,6 +243,8 @@ pub enum JobResult {
     Vm(VmRuntime),
     /// The imported image.
     Image(ImportImageResponse),
+    /// The OVA written.
+    Exported(crate::ova::ExportOvaResponse),
     /// A migration sent (the source's job).
     Migration(crate::migration::MigrationJobInfo),
     /// The VM's configuration after the operation (a storage migration).
@@ -234,6 +256,8 @@ pub enum JobResult {
         /// Disks written.
         disks: Vec<String>,
     },
+    /// The VM's snapshot tree after the operation.
+    Snapshots(crate::snapshot::SnapshotTree),
 }
 
 /// A job as the agent reports it.

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod clone;
 pub mod error;
 pub mod event;
 pub mod ha;
@@ -20,6 +21,9 @@ pub mod lifecycle;
 pub mod limits;
 pub mod migration;
 pub mod names;
+pub mod ova;
+pub mod snapshot;
+pub mod switch;
 pub mod task;
 pub mod transfer;
 pub mod vm;
@@ -50,3 +54,6 @@ pub const GUEST_SERVICE_PORT: u16 = 7777;
 
 /// Name of the virtio-serial port the guest uses to report to the host.
 pub const GUEST_CHANNEL_NAME: &str = "org.vdc.guest.0";
+/// Name of the QEMU guest agent's virtio-serial port (the name every QEMU
+/// guest agent looks for).
+pub const GUEST_AGENT_CHANNEL_NAME: &str = "org.qemu.guest_agent.0";

@@ -122,7 +122,7 @@ impl Cluster {
                 store: job.store.clone(),
             };
             let r = match self.run_backup(vm, &req).await {
-                Ok(t) => self.wait_task(&t.id, RUN_WAIT).await.map(drop),
+                Ok(t) => self.wait_backup_task(&t.id, RUN_WAIT).await.map(drop),
                 Err(e) => Err(e),
             };
             let pruned = match (&r, job.retention.is_empty()) {

@@ -23,6 +23,7 @@ impl Cluster {
         let Some(datastore) = req.datastore.clone() else {
             return Err(ApiError::invalid("a storage migration names a datastore"));
         };
+        self.refuse_disk_copy_with_snapshots(&rec).await?;
         match rec.state {
             VmPowerState::Running | VmPowerState::Paused
                 if req.to.is_some() && req.to != rec.owner =>

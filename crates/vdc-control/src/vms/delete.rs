@@ -17,6 +17,7 @@ impl Cluster {
     pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<Task, ApiError> {
         let rec = self.record(name).await?;
         rec.decide(VmAction::Delete, None)?;
+        self.refuse_delete_with_clones(&rec).await?;
         let (rec, step) = self.begin_operation(name, VmAction::Delete, None).await?;
         let me = self.clone();
         let n = name.to_string();
@@ -52,6 +53,7 @@ impl Cluster {
                     &url,
                     &DestroyVmRequest {
                         config: rec.config.clone(),
+                        keep_boot_disk_as: None,
                     },
                 )
                 .await;
