@@ -283,7 +283,24 @@ impl Agent {
                         new_bitmap: Some(j.new_bitmap.clone()),
                     });
                 }
-                let fleece = match vm.fleece_start(&disks, &socket).await {
+                // Quiesced through the guest agent when it answers: frozen
+                // around the point-in-time transaction only.
+                let running = matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Running));
+                let qga = vm.paths().guest_agent_socket();
+                let frozen = config.guest_agent
+                    && running
+                    && matches!(
+                        vdc_qemu::qga::freeze(&qga, vdc_qemu::qga::DEFAULT_TIMEOUT).await,
+                        vdc_qemu::qga::Quiesce::Quiesced { .. }
+                    );
+                let started = vm.fleece_start(&disks, &socket).await;
+                if config.guest_agent && running {
+                    if let Err(e) = vdc_qemu::qga::thaw(&qga, vdc_qemu::qga::DEFAULT_TIMEOUT).await
+                    {
+                        tracing::warn!(vm = %config.name, error = %e, "cannot thaw the guest (it thaws itself after 10 s)");
+                    }
+                }
+                let fleece = match started {
                     Ok(f) => f,
                     Err(e) => {
                         disks.iter().for_each(|d| remove_logged(&d.image));
@@ -296,7 +313,12 @@ impl Agent {
                 let r = self.read_disks(cell, store, &socket, &jobs, &reading).await;
                 vm.fleece_end(&fleece, r.is_err()).await;
                 disks.iter().for_each(|d| remove_logged(&d.image));
-                (Consistency::CrashConsistent, r?)
+                let consistency = if frozen {
+                    Consistency::Quiesced
+                } else {
+                    Consistency::CrashConsistent
+                };
+                (consistency, r?)
             }
             Source::Stopped(paths) => {
                 cell.progress(2, "exporting the stopped VM's disks");

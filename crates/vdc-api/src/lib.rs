@@ -22,10 +22,10 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
-pub mod store_url;
-mod templates_vm;
 mod snapshots;
+pub mod store_url;
 mod switches;
+mod templates_vm;
 pub mod tls;
 
 pub use credentials::Credentials;

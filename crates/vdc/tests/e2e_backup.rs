@@ -1,7 +1,8 @@
 //! Backup and restore on real guests, in one 2-host lab:
 //!
 //! 1. a guest writes known data and is backed up while it runs
-//!    (crash-consistent point in time); the guest then overwrites it, and
+//!    (point in time quiesced through its guest agent); the guest then
+//!    overwrites it, and
 //!    the next backup reads only the chunks its dirty bitmap marks;
 //! 2. the backup restored as a new VM on the other host, on that host's
 //!    local datastore, boots and its guest reads the original data;
@@ -123,7 +124,9 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
     let list = c.list_backups(Some("s1"), Some("src")).await.expect("list");
     assert_eq!(list.len(), 1, "{list:?}");
     let b1 = &list[0];
-    assert_eq!(b1.consistency, Consistency::CrashConsistent);
+    // The guest image runs a guest agent: its file systems were frozen
+    // around the point in time.
+    assert_eq!(b1.consistency, Consistency::Quiesced);
     let d = &b1.disks[0];
     assert!(matches!(d.read, DiskRead::Full { .. }));
     assert_eq!(d.chunks, d.chunks_read);
@@ -476,7 +479,7 @@ async fn web_page(lab: &TestLab, b1: &str, b2: &str) {
         "the new backup in the table",
         browser
             .wait_row("#backups tbody tr", PAGE, |r| {
-                r.first() == Some(&newest) && cell(r, 4) == "crash_consistent"
+                r.first() == Some(&newest) && cell(r, 4) == "quiesced"
             })
             .await,
     );

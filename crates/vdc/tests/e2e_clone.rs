@@ -203,7 +203,9 @@ async fn clones_and_templates_from_powered_off_vms() {
     let copy_tpl = c.template("src-tpl").await.unwrap();
     assert_eq!(copy_tpl.template.from_vm.as_deref(), Some("src"));
     assert!(copy_tpl.template.size_bytes > 0);
-    c.delete_template("src-tpl").await.expect("unused copy deleted");
+    c.delete_template("src-tpl")
+        .await
+        .expect("unused copy deleted");
     // A template name taken.
     let (code, _) = api_code(
         c.vm_to_template(

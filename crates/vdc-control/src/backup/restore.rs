@@ -94,7 +94,11 @@ impl Cluster {
     }
 
     /// Waits for task `id` to end: its result (a failure as its error).
-    pub(crate) async fn wait_backup_task(&self, id: &str, wait: Duration) -> Result<Task, ApiError> {
+    pub(crate) async fn wait_backup_task(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Task, ApiError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let t = self.tasks.get(id).await?;
