@@ -37,11 +37,10 @@ use vdc_types::{now_ms, ApiError, ErrorCode};
 
 use crate::agent::Agent;
 use crate::jobs::{job_cancelled, JobCell};
+use crate::qemu_nbd::QemuNbd;
 
 /// How often progress is sampled.
 pub(crate) const TICK: Duration = Duration::from_millis(250);
-/// Longest wait for `qemu-nbd` to listen.
-const NBD_START: Duration = Duration::from_secs(20);
 /// Threads a restore reads and writes chunks with.
 pub(crate) const RESTORE_THREADS: usize = 4;
 
@@ -510,88 +509,6 @@ async fn image_bitmaps(image: &Path) -> Result<Vec<BitmapSeen>, ApiError> {
                 .collect()
         })
         .unwrap_or_default())
-}
-
-/// `qemu-nbd` serving one image read-only on a unix socket.
-struct QemuNbd {
-    child: tokio::process::Child,
-    socket: PathBuf,
-}
-
-impl QemuNbd {
-    async fn start(
-        image: &Path,
-        name: &str,
-        bitmap: Option<&str>,
-        socket: &Path,
-    ) -> Result<QemuNbd, ApiError> {
-        remove_logged(socket);
-        let mut cmd = tokio::process::Command::new("qemu-nbd");
-        if let Some(b) = bitmap {
-            cmd.arg("--bitmap").arg(b);
-        }
-        let child = cmd
-            .arg("--read-only")
-            .arg("--format=qcow2")
-            .arg("--shared=2")
-            .arg(format!("--export-name={name}"))
-            .arg("--socket")
-            .arg(socket)
-            .arg(image)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                ApiError::new(ErrorCode::HostError, format!("cannot run qemu-nbd: {e}"))
-            })?;
-        let mut server = QemuNbd {
-            child,
-            socket: socket.to_path_buf(),
-        };
-        let deadline = tokio::time::Instant::now() + NBD_START;
-        loop {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return Ok(server);
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = server.child.stderr.take() {
-                    use tokio::io::AsyncReadExt;
-                    if let Err(e) = e.read_to_string(&mut err).await {
-                        tracing::debug!(error = %e, "qemu-nbd stderr");
-                    }
-                }
-                return Err(ApiError::new(
-                    ErrorCode::HostError,
-                    format!(
-                        "qemu-nbd ended ({status}) before serving '{}': {}",
-                        image.display(),
-                        err.trim()
-                    ),
-                ));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                server.stop().await;
-                return Err(ApiError::new(
-                    ErrorCode::HostError,
-                    "qemu-nbd did not start serving in time",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Err(e) = self.child.start_kill() {
-            tracing::debug!(error = %e, "qemu-nbd kill");
-        }
-        if let Err(e) = self.child.wait().await {
-            tracing::debug!(error = %e, "qemu-nbd wait");
-        }
-        remove_logged(&self.socket);
-    }
 }
 
 pub(crate) fn remove_logged(path: &Path) {

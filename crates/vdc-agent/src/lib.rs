@@ -59,6 +59,7 @@ mod ova;
 mod power;
 mod prelaunch;
 mod provision;
+mod qemu_nbd;
 mod recover;
 mod reporter;
 mod restore;
