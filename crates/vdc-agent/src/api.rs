@@ -112,6 +112,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/agent/v1/images/import", post(import_image))
         .route("/agent/v1/images/remove", post(remove_image))
         .route("/agent/v1/images/inspect", post(inspect_image))
+        .route("/agent/v1/ova/inspect", post(inspect_ova))
         .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/agent/v1/jobs/{id}/proceed", post(proceed_job))
@@ -336,6 +337,13 @@ async fn inspect_image(
     Body(req): Body<vdc_types::agent::InspectImageRequest>,
 ) -> ApiResult<vdc_types::agent::ImageInspection> {
     Ok(Json(agent.inspect_image(&req).await?))
+}
+
+async fn inspect_ova(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::ova::InspectOvaRequest>,
+) -> ApiResult<vdc_types::ova::OvaInspection> {
+    Ok(Json(agent.inspect_ova(&req).await?))
 }
 
 async fn remove_image(

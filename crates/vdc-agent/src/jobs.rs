@@ -344,6 +344,7 @@ impl Agent {
             vdc_types::agent::DiskSource::Image { source, .. } => {
                 std::fs::metadata(source).ok().map(|m| m.len())
             }
+            vdc_types::agent::DiskSource::OvaDisk { size, .. } => Some(*size),
             vdc_types::agent::DiskSource::Blank => None,
         };
         cell.progress(5, "creating disks");

@@ -56,6 +56,7 @@ mod jobs;
 mod lease_watch;
 mod migration;
 mod ova;
+mod ova_read;
 mod power;
 mod prelaunch;
 mod provision;

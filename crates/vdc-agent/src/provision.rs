@@ -71,6 +71,7 @@ impl Agent {
             }
         }
         let mut image_format = ImageFormat::Qcow2;
+        let mut ova_spec = None;
         let template = match &req.boot_source {
             DiskSource::Blank => None,
             DiskSource::Template {
@@ -89,6 +90,13 @@ impl Agent {
                     .await
                     .map_err(|e| disk_error(format!("template disk '{path}'"), e))?;
                 Some((p, *linked))
+            }
+            DiskSource::OvaDisk { ova, offset, size } => {
+                let p = self.checked_ova(ova)?;
+                let spec = qemu_img::vmdk_slice(&p, *offset, *size);
+                crate::ova_read::check_single_vmdk(&spec, ova, "disk").await?;
+                ova_spec = Some(spec);
+                None
             }
             DiskSource::Image { source, format } => {
                 let (p, f) = self.checked_source(source, None, *format).await?;
@@ -114,7 +122,7 @@ impl Agent {
             .make_disks(
                 &config,
                 &layout,
-                template.map(|(p, l)| (p, l, image_format)),
+                (template.map(|(p, l)| (p, l, image_format)), ova_spec),
                 &copies,
             )
             .await
@@ -147,7 +155,7 @@ impl Agent {
         &self,
         config: &VmConfig,
         layout: &Layout,
-        template: Option<(PathBuf, bool, ImageFormat)>,
+        (template, ova_spec): (Option<(PathBuf, bool, ImageFormat)>, Option<String>),
         copies: &[PathBuf],
     ) -> Result<(), ApiError> {
         for (i, (disk, path)) in config.disks.iter().zip(&layout.disks).enumerate() {
@@ -168,6 +176,21 @@ impl Agent {
                         qemu_img::convert_to_qcow2(src, *format, path).await
                     }
                     .map_err(|e| disk_error(&what, e))?;
+                    let size = qemu_img::info(path, ImageFormat::Qcow2)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?
+                        .virtual_size;
+                    if disk.size_bytes > size {
+                        qemu_img::grow(path, disk.size_bytes)
+                            .await
+                            .map_err(|e| disk_error(&what, e))?;
+                    }
+                }
+                (0, None) if ova_spec.is_some() => {
+                    let spec = ova_spec.as_deref().unwrap_or_default();
+                    qemu_img::convert_spec_to_qcow2(spec, path)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?;
                     let size = qemu_img::info(path, ImageFormat::Qcow2)
                         .await
                         .map_err(|e| disk_error(&what, e))?

@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/vms/{name}/clone", post(templates_vm::clone_vm))
         .route("/imports/disk", post(templates_vm::import_disk))
+        .route("/imports/ova", post(templates_vm::import_ova))
         .route("/vms/{name}/export", post(templates_vm::export_vm))
         .route(
             "/vms/{name}/to-template",

@@ -103,6 +103,22 @@ pub(crate) async fn export_vm(
     Ok((StatusCode::ACCEPTED, Json(task)))
 }
 
+/// Imports an OVA (vdc's, VMware's, VirtualBox's; OVF 1.x or 2.x) as a
+/// new VM. The importing host reads the whole file first: a corrupt or
+/// truncated OVA, a digest that differs from the manifest, a missing or
+/// unsupported disk, an unmapped network (400), more vCPUs than vdc gives
+/// (400) or more memory than any host has (409) makes nothing. Answers
+/// the new VM's `vm.create` task and what the import ignored.
+#[utoipa::path(post, path = "/api/v1/imports/ova", request_body = vdc_types::ova::ImportOvaRequest,
+    responses((status = 202, body = vdc_types::ova::ImportOvaResponse), (status = 400, body = ApiError), (status = 404, body = ApiError, description = "no such file, datastore or host"), (status = 409, body = ApiError, description = "the name is taken, or no host has the memory"), (status = 503, body = ApiError, description = "the host is not connected")))]
+pub(crate) async fn import_ova(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<vdc_types::ova::ImportOvaRequest>,
+) -> ApiResult<(StatusCode, Json<vdc_types::ova::ImportOvaResponse>)> {
+    let out = st.cluster.import_ova(req).await?;
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
 /// The web page's templates and clones section (`/templates.js`).
 pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
     (

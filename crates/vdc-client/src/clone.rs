@@ -43,6 +43,14 @@ impl Client {
         self.post(&format!("/vms/{}/export", seg(vm)), req).await
     }
 
+    /// `POST /imports/ova`: the new VM's task and what was ignored.
+    pub async fn import_ova(
+        &self,
+        req: &vdc_types::ova::ImportOvaRequest,
+    ) -> Result<vdc_types::ova::ImportOvaResponse, ClientError> {
+        self.post("/imports/ova", req).await
+    }
+
     /// `DELETE /templates/{name}`.
     pub async fn delete_template(&self, name: &str) -> Result<(), ClientError> {
         self.send(self.req(

@@ -171,6 +171,25 @@ impl AgentClient {
             .await
     }
 
+    /// Reads and verifies an OVA (`POST /agent/v1/ova/inspect`); the
+    /// digests take a read of the whole file.
+    pub async fn inspect_ova(
+        &self,
+        host: &str,
+        url: &str,
+        req: &vdc_types::ova::InspectOvaRequest,
+    ) -> Result<vdc_types::ova::OvaInspection, ApiError> {
+        let u = format!("{url}/agent/v1/ova/inspect");
+        self.call(
+            host,
+            reqwest::Method::POST,
+            u,
+            Some(req),
+            Duration::from_secs(600),
+        )
+        .await
+    }
+
     /// Removes a template's image file (`POST /agent/v1/images/remove`).
     pub async fn remove_image(
         &self,

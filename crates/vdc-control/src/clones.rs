@@ -247,7 +247,7 @@ impl Cluster {
         self.spawn_operation(source, "vm.clone", None, move |ctx| async move {
             ctx.progress(5, &format!("copying the disks into VM {new}"))
                 .await;
-            let end = me.wait_task(&ctx, &made.id).await?;
+            let end = me.wait_task_or_cancel(&ctx, &made.id).await?;
             match end.state {
                 vdc_types::TaskState::Succeeded => {
                     me.events
@@ -269,7 +269,7 @@ impl Cluster {
     }
 
     /// Waits for task `id` to end; a cancel of `ctx` cancels it.
-    pub(crate) async fn wait_task(
+    pub(crate) async fn wait_task_or_cancel(
         &self,
         ctx: &crate::tasks::TaskCtx,
         id: &str,

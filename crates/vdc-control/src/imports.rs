@@ -32,6 +32,7 @@ impl Cluster {
                 req.source
             )));
         }
+        self.require_connected_host().await?;
         let datastore = match &req.datastore {
             Some(d) => self.get_datastore(d).await?,
             None => self
@@ -88,5 +89,19 @@ impl Cluster {
             data: Vec::new(),
         };
         self.create_vm_from(create, origin).await
+    }
+}
+
+impl Cluster {
+    /// 503 when no host is connected (nothing can read a file then).
+    pub(crate) async fn require_connected_host(&self) -> Result<(), ApiError> {
+        if self.capacities().await.iter().any(|c| c.available) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::HostUnavailable,
+                "no host is connected; start an agent ('vdc lab status')",
+            ))
+        }
     }
 }

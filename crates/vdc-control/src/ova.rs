@@ -6,14 +6,29 @@
 //! streamOptimized VMDKs, descriptor, SHA-256 manifest, tar in OVF's
 //! order, nothing left on failure or cancel). The task is `vm.export`;
 //! `vm.exported` is published with the file and its size.
+//!
+//! OVA import (`POST /imports/ova`): the host that reads the file
+//! inspects it synchronously (agent `ova_read.rs`: descriptor first,
+//! manifest digests, every disk present and a single-file VMDK); vCPUs
+//! beyond the limit are refused, and the NIC's network is mapped (the
+//! request's `network_map`, else a vdc network of the same name, else a
+//! 400 naming it). Then a `vm.create` on that host reads the boot disk in
+//! place from the tar. The answer lists what was ignored: the
+//! descriptor's devices and sections vdc does not make, further NICs and
+//! disks beyond the boot disk.
 
 use std::sync::Arc;
 
 use serde_json::json;
+use vdc_types::agent::DiskSource;
+use vdc_types::api::{CreateVmRequest, MAX_CPUS};
 use vdc_types::job::{JobOp, JobResult};
-use vdc_types::ova::{ExportOvaRequest, ExportVmRequest};
-use vdc_types::{ApiError, ErrorCode, Task, VmAction};
+use vdc_types::ova::{
+    ExportOvaRequest, ExportVmRequest, ImportOvaRequest, ImportOvaResponse, InspectOvaRequest,
+};
+use vdc_types::{ApiError, DatastoreKind, ErrorCode, Task, VmAction};
 
+use crate::clones::Origin;
 use crate::Cluster;
 
 impl Cluster {
@@ -76,5 +91,126 @@ impl Cluster {
             }
         })
         .await
+    }
+}
+
+impl Cluster {
+    /// Imports an OVA as a new VM (its `vm.create` task and what was
+    /// ignored).
+    pub async fn import_ova(
+        self: &Arc<Self>,
+        req: ImportOvaRequest,
+    ) -> Result<ImportOvaResponse, ApiError> {
+        if !req.source.starts_with('/') {
+            return Err(ApiError::invalid(format!(
+                "source '{}' must be an absolute path on the importing host",
+                req.source
+            )));
+        }
+        self.require_connected_host().await?;
+        let datastore = match &req.datastore {
+            Some(d) => self.get_datastore(d).await?,
+            None => self
+                .list_datastores()
+                .await?
+                .into_iter()
+                .find(|d| d.kind == DatastoreKind::Shared)
+                .ok_or_else(|| {
+                    ApiError::invalid("no shared datastore exists; name one with 'datastore'")
+                })?,
+        };
+        let host = match &req.host {
+            Some(h) => h.clone(),
+            None => self
+                .hosts_reaching(&datastore.name)
+                .await
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::HostUnavailable,
+                        format!("no connected host reaches datastore '{}'", datastore.name),
+                    )
+                })?,
+        };
+        let url = self.agent_url(&host).await?;
+        let seen = self
+            .agents
+            .inspect_ova(
+                &host,
+                &url,
+                &InspectOvaRequest {
+                    source: req.source.clone(),
+                },
+            )
+            .await?;
+        if seen.cpus == 0 || seen.cpus > MAX_CPUS {
+            return Err(ApiError::invalid(format!(
+                "the OVA asks for {} vCPUs; vdc VMs have 1 to {MAX_CPUS}",
+                seen.cpus
+            )));
+        }
+        let Some(boot) = seen.disks.first() else {
+            return Err(ApiError::invalid("the OVA has no disk to boot from"));
+        };
+        let mut ignored = seen.ignored.clone();
+        for d in seen.disks.iter().skip(1) {
+            ignored.push(format!(
+                "disk '{}' (only the boot disk is imported)",
+                d.file
+            ));
+        }
+        for n in seen.networks.iter().skip(1) {
+            ignored.push(format!("a NIC on network '{n}' (one NIC is imported)"));
+        }
+        for k in req.network_map.keys() {
+            if !seen.networks.contains(k) {
+                return Err(ApiError::invalid(format!(
+                    "--network-map names '{k}', which the OVA does not use (it uses: {})",
+                    seen.networks.join(", ")
+                )));
+            }
+        }
+        let network = match seen.networks.first() {
+            None => None,
+            Some(n) => {
+                let target = req.network_map.get(n).unwrap_or(n);
+                match self.get_network(target).await {
+                    Ok(net) => Some(net.name),
+                    Err(_) => {
+                        return Err(ApiError::invalid(format!(
+                            "the OVA's network '{n}' has no vdc network '{target}'; map it: --network-map '{n}=NETWORK'"
+                        )))
+                    }
+                }
+            }
+        };
+        let name = req.name.clone().unwrap_or_else(|| seen.name.clone());
+        let create = CreateVmRequest {
+            name: name.clone(),
+            cpus: Some(seen.cpus),
+            memory_mib: Some(seen.memory_mib),
+            datastore: Some(datastore.name.clone()),
+            network: network.clone(),
+            host: Some(host),
+            start: req.start,
+            ..Default::default()
+        };
+        let origin = Origin {
+            boot: Some(DiskSource::OvaDisk {
+                ova: req.source.clone(),
+                offset: boot.offset,
+                size: boot.size,
+            }),
+            boot_bytes: seen.capacities.first().copied().filter(|c| *c > 0),
+            data: Vec::new(),
+        };
+        let task = self.create_vm_from(create, origin).await?;
+        Ok(ImportOvaResponse {
+            task,
+            vm: name,
+            network,
+            ignored,
+        })
     }
 }

@@ -303,6 +303,37 @@ pub fn relative_backing(image: &Path, backing: &Path) -> Result<PathBuf, DiskErr
     Ok(rel)
 }
 
+/// The `json:` image name of a VMDK stored at `offset`, `size` bytes long,
+/// inside the file at `path` (a member of an OVA's tar), read in place
+/// through QEMU's raw driver.
+pub fn vmdk_slice(path: &Path, offset: u64, size: u64) -> String {
+    let file = serde_json::json!({
+        "driver": "vmdk",
+        "file": {"driver": "raw", "offset": offset, "size": size,
+                 "file": {"driver": "file", "filename": path.display().to_string()}}
+    });
+    format!("json:{file}")
+}
+
+/// Converts the image named by `spec` (a `json:` name, its driver inside)
+/// into a new qcow2 at `dest`.
+pub async fn convert_spec_to_qcow2(spec: &str, dest: &Path) -> Result<(), DiskError> {
+    run(
+        "convert",
+        dest,
+        &[
+            "convert".as_ref(),
+            "-q".as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            spec.as_ref(),
+            dest.as_os_str(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
 /// Converts `source` (read as `format`) into `dest` in `out_format` with
 /// `qemu-img convert -p`, calling `progress` with the percentage done as
 /// `qemu-img` reports it. `options` go to `-o` (e.g.

@@ -168,6 +168,15 @@ pub enum DiskSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         format: Option<crate::api::ImageFormat>,
     },
+    /// A VMDK inside an OVA (a tar member), read in place.
+    OvaDisk {
+        /// The OVA, absolute, on the provisioning host.
+        ova: String,
+        /// Offset of the member's data in the tar.
+        offset: u64,
+        /// Size of the member.
+        size: u64,
+    },
 }
 
 /// `POST /agent/v1/images/inspect`: what an image source holds.

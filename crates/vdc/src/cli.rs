@@ -406,6 +406,8 @@ pub enum VmCmd {
     ImportDisk(crate::clone_cli::VmImportDiskArgs),
     /// Export a powered-off VM as an OVA.
     Export(crate::clone_cli::VmExportArgs),
+    /// Import an OVA (vdc, VMware, VirtualBox) as a new VM.
+    Import(crate::clone_cli::VmImportArgs),
     /// List VMs.
     #[command(alias = "ls")]
     List,

@@ -174,6 +174,77 @@ pub(crate) async fn vm_export(ctx: &Ctx, a: VmExportArgs) -> Result<(), CliError
     }
 }
 
+/// `vdc vm import FILE`.
+#[derive(Debug, Args)]
+pub struct VmImportArgs {
+    /// The OVA, on the importing host, inside one of its import
+    /// directories.
+    pub source: std::path::PathBuf,
+    /// Name of the new VM (default: the descriptor's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// OVA networks mapped to vdc networks: SRC=DST,... (an unmapped
+    /// network must exist in vdc under its own name).
+    #[arg(long, value_name = "SRC=DST,...", value_delimiter = ',')]
+    pub network_map: Vec<String>,
+    /// Datastore of the VM.
+    #[arg(long)]
+    pub datastore: Option<String>,
+    /// Host that reads the OVA.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Power the VM on once made.
+    #[arg(long)]
+    pub start: bool,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// Imports an OVA; prints what was ignored, waits and prints the VM.
+pub(crate) async fn vm_import(ctx: &Ctx, a: VmImportArgs) -> Result<(), CliError> {
+    let source = std::path::absolute(&a.source)
+        .map_err(|e| CliError::Io("resolve the OVA path", e))?
+        .to_str()
+        .ok_or_else(|| CliError::Usage("the OVA path is not valid UTF-8".into()))?
+        .to_string();
+    let mut network_map = std::collections::BTreeMap::new();
+    for m in &a.network_map {
+        let (s, d) = m
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--network-map entry '{m}' must be SRC=DST")))?;
+        network_map.insert(s.to_string(), d.to_string());
+    }
+    let req = vdc_types::ova::ImportOvaRequest {
+        source,
+        name: a.name,
+        network_map,
+        datastore: a.datastore,
+        host: a.host,
+        start: a.start,
+    };
+    let r = ctx.client.import_ova(&req).await?;
+    if !ctx.json() {
+        for i in &r.ignored {
+            eprintln!("ignored: {i}");
+        }
+    }
+    if a.wait.no_wait {
+        return if ctx.json() {
+            out_json(&r)
+        } else {
+            print_started(ctx, &r.task)
+        };
+    }
+    wait_task(&ctx.client, &r.task, a.wait.timeout()).await?;
+    let vm = ctx.client.get_vm(&r.vm).await?;
+    if ctx.json() {
+        out_json(&serde_json::json!({"vm": vm, "ignored": r.ignored}))
+    } else {
+        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
+    }
+}
+
 /// Clones a VM; waits for the clone and prints it.
 pub(crate) async fn vm_clone(ctx: &Ctx, a: VmCloneArgs) -> Result<(), CliError> {
     let req = CloneVmRequest {

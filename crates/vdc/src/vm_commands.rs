@@ -22,6 +22,7 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
         VmCmd::ToTemplate(a) => crate::clone_cli::vm_to_template(ctx, a).await,
         VmCmd::ImportDisk(a) => crate::clone_cli::vm_import_disk(ctx, a).await,
         VmCmd::Export(a) => crate::clone_cli::vm_export(ctx, a).await,
+        VmCmd::Import(a) => crate::clone_cli::vm_import(ctx, a).await,
         VmCmd::List => vm_list(ctx).await,
         VmCmd::Update {
             name,

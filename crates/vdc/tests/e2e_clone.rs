@@ -440,4 +440,80 @@ async fn a_vmdk_imports_and_boots() {
         .expect_err("file exists");
     assert!(err.to_string().contains("already exists"), "{err}");
     assert!(ova.is_file());
+
+    // Bad OVAs, each refused with nothing made.
+    let dir = out.path();
+    let pack = |name: &str, files: &[&str]| {
+        let path = import.join(name);
+        let st = std::process::Command::new("tar")
+            .args(["--format=ustar", "-cf"])
+            .arg(&path)
+            .arg("-C")
+            .arg(dir)
+            .args(files)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        path
+    };
+    let bytes = std::fs::read(&ova).unwrap();
+    let truncated = import.join("truncated.ova");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let no_disk = pack("nodisk.ova", &["v2v.ovf"]);
+    let disk_first = pack("diskfirst.ova", &["v2v-disk0.vmdk", "v2v.ovf"]);
+    let mut bad_mf = mf.clone();
+    let at = bad_mf.find("= ").unwrap() + 2;
+    let flipped = if &bad_mf[at..at + 1] == "0" { "1" } else { "0" };
+    bad_mf.replace_range(at..at + 1, flipped);
+    std::fs::write(dir.join("v2v.mf"), &bad_mf).unwrap();
+    let bad_digest = pack("baddigest.ova", &["v2v.ovf", "v2v.mf", "v2v-disk0.vmdk"]);
+    std::fs::remove_file(dir.join("v2v.mf")).unwrap();
+    std::fs::write(
+        dir.join("v2v.ovf"),
+        ovf.replace(
+            "<rasd:VirtualQuantity>96</rasd:VirtualQuantity>",
+            "<rasd:VirtualQuantity>99000000</rasd:VirtualQuantity>",
+        ),
+    )
+    .unwrap();
+    let huge = pack("huge.ova", &["v2v.ovf", "v2v-disk0.vmdk"]);
+    std::fs::write(dir.join("v2v.ovf"), &ovf).unwrap();
+    let ova_req = |source: &std::path::Path| vdc_types::ova::ImportOvaRequest {
+        source: source.display().to_string(),
+        name: Some("from-ova".into()),
+        start: true,
+        ..Default::default()
+    };
+    for (file, want, says) in [
+        (&truncated, ErrorCode::InvalidInput, "truncated"),
+        (&no_disk, ErrorCode::InvalidInput, "missing"),
+        (&disk_first, ErrorCode::InvalidInput, "descriptor"),
+        (&bad_digest, ErrorCode::InvalidInput, "digest"),
+        (&huge, ErrorCode::InsufficientCapacity, "memory"),
+    ] {
+        let (code, msg) = api_code(c.import_ova(&ova_req(file)).await.expect_err("bad OVA"));
+        assert_eq!(code, want, "{}: {msg}", file.display());
+        assert!(msg.contains(says), "{}: {msg}", file.display());
+        assert!(
+            c.get_vm("from-ova").await.is_err(),
+            "a refused import made a VM"
+        );
+    }
+    let mut mapped = ova_req(&ova);
+    mapped.network_map.insert("nowhere".into(), "lab".into());
+    let (code, _) = api_code(c.import_ova(&mapped).await.expect_err("unknown network"));
+    assert_eq!(code, ErrorCode::InvalidInput);
+
+    // The exported OVA imports and boots.
+    let r = c.import_ova(&ova_req(&ova)).await.expect("import accepted");
+    assert_eq!(r.vm, "from-ova");
+    assert!(
+        r.ignored.iter().any(|i| i.contains("SCSI controller")),
+        "{:?}",
+        r.ignored
+    );
+    run_task(c, r.task).await;
+    let v = running(c, "from-ova").await;
+    assert_eq!(v.memory_mib, 96);
+    assert_eq!(v.guest.hostname.as_deref(), Some("from-ova"));
 }
