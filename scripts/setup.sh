@@ -62,7 +62,9 @@ backports_pkgs=(qemu-system-x86 linux-image-amd64)
 # guest's small static programs, guest/src); protobuf-compiler and
 # libprotobuf-dev build the etcd client (crates/vdc-store-etcd); etcd-server
 # is the replicated store (`vdc server --store etcd://`, the labs with
-# several servers, the etcd store's tests).
+# several servers, the etcd store's tests); e2fsprogs' debugfs also reads
+# backed-up file systems (file-level restore), and qemu-utils (preinstalled)
+# brings qemu-nbd and qemu-img for backups of stopped VMs.
 base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlinux
     dosfstools mtools fdisk e2fsprogs gcc libc6-dev
     protobuf-compiler libprotobuf-dev etcd-server)

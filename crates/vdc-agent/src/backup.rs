@@ -31,17 +31,16 @@ use vdc_backup::session::changed_chunks;
 use vdc_backup::session::{write_disk, DiskPlan};
 use vdc_backup::store::{DiskIndex, Manifest, Store};
 use vdc_backup::BackupError;
-use vdc_types::backup::{Backup, BackupJobRequest, Consistency, DiskBackup, DiskRead};
+use vdc_types::backup::{Backup, BackupJobRequest, Consistency, DiskBackup};
 use vdc_types::job::JobResult;
 use vdc_types::{now_ms, ApiError, ErrorCode};
 
 use crate::agent::Agent;
 use crate::jobs::{job_cancelled, JobCell};
+use crate::qemu_nbd::QemuNbd;
 
 /// How often progress is sampled.
 pub(crate) const TICK: Duration = Duration::from_millis(250);
-/// Longest wait for `qemu-nbd` to listen.
-const NBD_START: Duration = Duration::from_secs(20);
 /// Threads a restore reads and writes chunks with.
 pub(crate) const RESTORE_THREADS: usize = 4;
 
@@ -104,6 +103,7 @@ struct Reading {
 }
 
 /// One disk to read and how.
+#[derive(Clone)]
 struct DiskJob {
     name: String,
     size: u64,
@@ -282,7 +282,24 @@ impl Agent {
                         new_bitmap: Some(j.new_bitmap.clone()),
                     });
                 }
-                let fleece = match vm.fleece_start(&disks, &socket).await {
+                // Quiesced through the guest agent when it answers: frozen
+                // around the point-in-time transaction only.
+                let running = matches!(vm.run_state().await, Ok(vdc_qemu::RunState::Running));
+                let qga = vm.paths().guest_agent_socket();
+                let frozen = config.guest_agent
+                    && running
+                    && matches!(
+                        vdc_qemu::qga::freeze(&qga, vdc_qemu::qga::DEFAULT_TIMEOUT).await,
+                        vdc_qemu::qga::Quiesce::Quiesced { .. }
+                    );
+                let started = vm.fleece_start(&disks, &socket).await;
+                if config.guest_agent && running {
+                    if let Err(e) = vdc_qemu::qga::thaw(&qga, vdc_qemu::qga::DEFAULT_TIMEOUT).await
+                    {
+                        tracing::warn!(vm = %config.name, error = %e, "cannot thaw the guest (it thaws itself after 10 s)");
+                    }
+                }
+                let fleece = match started {
                     Ok(f) => f,
                     Err(e) => {
                         disks.iter().for_each(|d| remove_logged(&d.image));
@@ -295,7 +312,12 @@ impl Agent {
                 let r = self.read_disks(cell, store, &socket, &jobs, &reading).await;
                 vm.fleece_end(&fleece, r.is_err()).await;
                 disks.iter().for_each(|d| remove_logged(&d.image));
-                (Consistency::CrashConsistent, r?)
+                let consistency = if frozen {
+                    Consistency::Quiesced
+                } else {
+                    Consistency::CrashConsistent
+                };
+                (consistency, r?)
             }
             Source::Stopped(paths) => {
                 cell.progress(2, "exporting the stopped VM's disks");
@@ -340,27 +362,18 @@ impl Agent {
         jobs: &[DiskJob],
         reading: &Arc<Reading>,
     ) -> Result<Vec<(DiskIndex, DiskBackup)>, ApiError> {
-        #[allow(clippy::type_complexity)]
-        let plans: Vec<(
-            String,
-            Option<String>,
-            Option<Vec<Option<String>>>,
-            DiskRead,
-        )> = jobs
-            .iter()
-            .map(|j| {
-                (
-                    j.name.clone(),
-                    j.choice.bitmap.clone(),
-                    j.base_index.clone(),
-                    j.choice.read.clone(),
-                )
-            })
-            .collect();
+        let plans = jobs.to_vec();
         let (store, socket, rd) = (store.clone(), socket.to_path_buf(), reading.clone());
         let work = tokio::task::spawn_blocking(move || -> Result<Vec<_>, BackupError> {
             let mut out = Vec::new();
-            for (name, bitmap, base_index, read) in plans {
+            for DiskJob {
+                name,
+                choice,
+                base_index,
+                ..
+            } in plans
+            {
+                let (bitmap, read) = (choice.bitmap, choice.read);
                 let mut client = vdc_backup::nbd::NbdClient::connect(&socket, &name)?;
                 let size = client.size();
                 let changed = match (bitmap, base_index) {
@@ -496,88 +509,6 @@ async fn image_bitmaps(image: &Path) -> Result<Vec<BitmapSeen>, ApiError> {
                 .collect()
         })
         .unwrap_or_default())
-}
-
-/// `qemu-nbd` serving one image read-only on a unix socket.
-struct QemuNbd {
-    child: tokio::process::Child,
-    socket: PathBuf,
-}
-
-impl QemuNbd {
-    async fn start(
-        image: &Path,
-        name: &str,
-        bitmap: Option<&str>,
-        socket: &Path,
-    ) -> Result<QemuNbd, ApiError> {
-        remove_logged(socket);
-        let mut cmd = tokio::process::Command::new("qemu-nbd");
-        if let Some(b) = bitmap {
-            cmd.arg("--bitmap").arg(b);
-        }
-        let child = cmd
-            .arg("--read-only")
-            .arg("--format=qcow2")
-            .arg("--shared=2")
-            .arg(format!("--export-name={name}"))
-            .arg("--socket")
-            .arg(socket)
-            .arg(image)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                ApiError::new(ErrorCode::HostError, format!("cannot run qemu-nbd: {e}"))
-            })?;
-        let mut server = QemuNbd {
-            child,
-            socket: socket.to_path_buf(),
-        };
-        let deadline = tokio::time::Instant::now() + NBD_START;
-        loop {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return Ok(server);
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = server.child.stderr.take() {
-                    use tokio::io::AsyncReadExt;
-                    if let Err(e) = e.read_to_string(&mut err).await {
-                        tracing::debug!(error = %e, "qemu-nbd stderr");
-                    }
-                }
-                return Err(ApiError::new(
-                    ErrorCode::HostError,
-                    format!(
-                        "qemu-nbd ended ({status}) before serving '{}': {}",
-                        image.display(),
-                        err.trim()
-                    ),
-                ));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                server.stop().await;
-                return Err(ApiError::new(
-                    ErrorCode::HostError,
-                    "qemu-nbd did not start serving in time",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Err(e) = self.child.start_kill() {
-            tracing::debug!(error = %e, "qemu-nbd kill");
-        }
-        if let Err(e) = self.child.wait().await {
-            tracing::debug!(error = %e, "qemu-nbd wait");
-        }
-        remove_logged(&self.socket);
-    }
 }
 
 pub(crate) fn remove_logged(path: &Path) {

@@ -60,6 +60,7 @@ mod ova_read;
 mod power;
 mod prelaunch;
 mod provision;
+mod qemu_nbd;
 mod recover;
 mod reporter;
 mod restore;

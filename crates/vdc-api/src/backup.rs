@@ -8,8 +8,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
 use vdc_types::backup::{
-    AddBackupStoreRequest, Backup, BackupStore, Consistency, DiskBackup, DiskRead, GcReport,
-    PruneReport, PruneRequest, RestoreRequest, Retention, RunBackupRequest, VerifyReport,
+    AddBackupStoreRequest, Backup, BackupJob, BackupStore, Consistency, CreateBackupJobRequest,
+    DiskBackup, DiskRead, FileEntry, GcReport, PruneReport, PruneRequest, RestoreRequest,
+    Retention, RunBackupRequest, VerifyReport,
 };
 use vdc_types::{ApiError, Task};
 
@@ -28,6 +29,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/backups/{id}", get(get_backup).delete(remove_backup))
         .route("/backups/{id}/restore", post(restore))
         .route("/backups/{id}/verify", post(verify))
+        .route("/backups/{id}/files", get(list_files))
+        .route("/backups/{id}/file", get(get_file))
+        .route("/backup-jobs", get(list_jobs).post(create_job))
+        .route("/backup-jobs/{name}", delete(delete_job))
 }
 
 /// The backup part of the OpenAPI document.
@@ -222,6 +227,89 @@ pub(crate) async fn verify(
     Ok(Json(
         st.cluster.verify_backup(&id, q.store.as_deref()).await?,
     ))
+}
+
+/// Which file of which backed-up disk.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FilesQuery {
+    /// Store (default: the one that has the backup).
+    store: Option<String>,
+    /// Disk (default: the first).
+    disk: Option<String>,
+    /// Absolute path in the disk's ext2/3/4 file system (default `/`).
+    path: Option<String>,
+}
+
+/// Lists a directory of a backed-up guest file system (ext2/3/4, at the
+/// disk's start or in an MBR partition) without running the VM.
+#[utoipa::path(get, path = "/api/v1/backups/{id}/files", params(("id" = String, Path), FilesQuery),
+    responses((status = 200, body = [FileEntry]), (status = 400, body = ApiError, description = "no ext file system, a bad path"), (status = 404, body = ApiError)))]
+pub(crate) async fn list_files(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
+) -> ApiResult<Json<Vec<FileEntry>>> {
+    let path = q.path.as_deref().unwrap_or("/");
+    let (list, _) = st
+        .cluster
+        .backup_files(&id, q.store.as_deref(), q.disk.as_deref(), path, false)
+        .await?;
+    Ok(Json(list))
+}
+
+/// The content of a file of a backed-up guest file system.
+#[utoipa::path(get, path = "/api/v1/backups/{id}/file", params(("id" = String, Path), FilesQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub(crate) async fn get_file(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
+) -> ApiResult<([(axum::http::HeaderName, &'static str); 1], Vec<u8>)> {
+    let path = q
+        .path
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid("name the file with ?path=/…"))?;
+    let (_, data) = st
+        .cluster
+        .backup_files(&id, q.store.as_deref(), q.disk.as_deref(), path, true)
+        .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        data.unwrap_or_default(),
+    ))
+}
+
+/// Every backup job, with its last run.
+#[utoipa::path(get, path = "/api/v1/backup-jobs", responses((status = 200, body = [BackupJob])))]
+pub(crate) async fn list_jobs(State(st): State<AppState>) -> ApiResult<Json<Vec<BackupJob>>> {
+    Ok(Json(st.cluster.list_backup_jobs().await?))
+}
+
+/// Creates a backup job: its VMs are backed up into its store every
+/// `every_s` seconds (the first run at once), then pruned with its
+/// retention.
+#[utoipa::path(post, path = "/api/v1/backup-jobs", request_body = CreateBackupJobRequest,
+    responses((status = 201, body = BackupJob), (status = 400, body = ApiError), (status = 404, body = ApiError, description = "an unknown VM or store"), (status = 409, body = ApiError)))]
+pub(crate) async fn create_job(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateBackupJobRequest>,
+) -> ApiResult<(StatusCode, Json<BackupJob>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.cluster.create_backup_job(&req).await?),
+    ))
+}
+
+/// Deletes a backup job (its backups stay).
+#[utoipa::path(delete, path = "/api/v1/backup-jobs/{name}", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub(crate) async fn delete_job(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.cluster.delete_backup_job(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The backup part of the web page.

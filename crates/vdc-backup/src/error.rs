@@ -62,6 +62,12 @@ pub enum BackupError {
     /// The NBD server answered something unexpected.
     #[error("NBD: {0}")]
     Nbd(String),
+    /// A path is not in the backed-up file system.
+    #[error("no '{0}' in the backed-up file system")]
+    NotInBackup(String),
+    /// File-level restore cannot read this disk or path.
+    #[error("{0}")]
+    Files(String),
     /// The work was cancelled.
     #[error("cancelled")]
     Cancelled,

@@ -19,6 +19,7 @@
 
 pub mod chunk;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod gc;
 pub mod incremental;

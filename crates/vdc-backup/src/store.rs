@@ -233,6 +233,13 @@ impl Store {
         })
     }
 
+    /// Moves a damaged chunk file aside (`NAME.bad`).
+    pub fn quarantine_chunk(&self, name: &str) -> Result<()> {
+        let p = self.chunk_path(name);
+        let bad = p.with_file_name(format!("{name}.bad"));
+        std::fs::rename(&p, &bad).map_err(BackupError::io("cannot move aside", &p))
+    }
+
     /// fsyncs the fan-out directories named (after their chunk files were
     /// renamed into them), so that the chunks survive a crash before their
     /// manifest is written.
@@ -387,7 +394,7 @@ impl Store {
             };
             for f in files.flatten() {
                 let name = f.file_name().to_string_lossy().to_string();
-                if name.starts_with('.') {
+                if name.starts_with('.') || name.ends_with(".bad") {
                     continue;
                 }
                 let mtime = f

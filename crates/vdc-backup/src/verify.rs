@@ -1,6 +1,9 @@
 //! Verify: every distinct chunk a backup names is re-read and re-hashed;
 //! a backup with a missing or damaged chunk is marked damaged (and
-//! unmarked when a later verify finds it whole again).
+//! unmarked when a later verify finds it whole again). A damaged chunk
+//! file is moved aside (`NAME.bad`), so the next backup that reads the same
+//! data stores it afresh instead of deduplicating against the bad copy,
+//! which heals every backup that names it.
 
 use vdc_types::backup::VerifyReport;
 
@@ -15,7 +18,9 @@ pub fn verify(store: &Store, id: &str) -> Result<VerifyReport> {
     for name in &names {
         match store.get_chunk(name) {
             Ok(_) => {}
-            Err(BackupError::ChunkDigest { .. } | BackupError::ChunkMissing { .. }) => {
+            Err(BackupError::ChunkMissing { .. }) => damaged.push(name.to_string()),
+            Err(BackupError::ChunkDigest { .. }) => {
+                store.quarantine_chunk(name)?;
                 damaged.push(name.to_string())
             }
             Err(e) => return Err(e),

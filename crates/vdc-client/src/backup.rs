@@ -1,8 +1,8 @@
 //! Backup calls of the REST API: stores, runs, restores, verify, prune, gc.
 
 use vdc_types::backup::{
-    AddBackupStoreRequest, Backup, BackupStore, GcReport, PruneReport, PruneRequest,
-    RestoreRequest, RunBackupRequest, VerifyReport,
+    AddBackupStoreRequest, Backup, BackupJob, BackupStore, CreateBackupJobRequest, FileEntry,
+    GcReport, PruneReport, PruneRequest, RestoreRequest, RunBackupRequest, VerifyReport,
 };
 use vdc_types::Task;
 
@@ -122,5 +122,83 @@ impl Client {
             &serde_json::json!({}),
         )
         .await
+    }
+
+    /// `GET /backup-jobs`.
+    pub async fn list_backup_jobs(&self) -> Result<Vec<BackupJob>, ClientError> {
+        self.get("/backup-jobs").await
+    }
+
+    /// `POST /backup-jobs`.
+    pub async fn create_backup_job(
+        &self,
+        req: &CreateBackupJobRequest,
+    ) -> Result<BackupJob, ClientError> {
+        self.post("/backup-jobs", req).await
+    }
+
+    /// `DELETE /backup-jobs/{name}`.
+    pub async fn delete_backup_job(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.req(
+            reqwest::Method::DELETE,
+            &format!("/backup-jobs/{}", seg(name)),
+        ))
+        .await
+    }
+
+    fn files_query(store: Option<&str>, disk: Option<&str>, path: &str) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = store {
+            q.append_pair("store", s);
+        }
+        if let Some(d) = disk {
+            q.append_pair("disk", d);
+        }
+        q.append_pair("path", path);
+        q.finish()
+    }
+
+    /// `GET /backups/{id}/files`: a directory of the backed-up file system.
+    pub async fn backup_files(
+        &self,
+        id: &str,
+        store: Option<&str>,
+        disk: Option<&str>,
+        path: &str,
+    ) -> Result<Vec<FileEntry>, ClientError> {
+        self.get(&format!(
+            "/backups/{}/files?{}",
+            seg(id),
+            Self::files_query(store, disk, path)
+        ))
+        .await
+    }
+
+    /// `GET /backups/{id}/file`: a file's content.
+    pub async fn backup_file(
+        &self,
+        id: &str,
+        store: Option<&str>,
+        disk: Option<&str>,
+        path: &str,
+    ) -> Result<Vec<u8>, ClientError> {
+        let rb = self.req(
+            reqwest::Method::GET,
+            &format!(
+                "/backups/{}/file?{}",
+                seg(id),
+                Self::files_query(store, disk, path)
+            ),
+        );
+        let resp = rb.send().await.map_err(|source| self.transport(source))?;
+        let status = resp.status();
+        let bytes = self.read_answer(resp).await?;
+        if !status.is_success() {
+            let err = serde_json::from_slice::<vdc_types::ApiError>(&bytes).unwrap_or_else(|_| {
+                vdc_types::ApiError::internal(format!("server answered {status}"))
+            });
+            return Err(ClientError::Api(err));
+        }
+        Ok(bytes.to_vec())
     }
 }

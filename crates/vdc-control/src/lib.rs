@@ -210,6 +210,7 @@ impl Cluster {
     /// reports stopped as disconnected and their VMs as unknown, and
     /// releases VM operations whose task ended without releasing them.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.spawn_backup_jobs();
         let ha = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ha::HA_TICK);

@@ -263,3 +263,55 @@ pub struct PruneReport {
     /// Backups removed (their chunks go at the next gc).
     pub removed: Vec<String>,
 }
+
+/// A backup job: VMs backed up into a store on a schedule, then pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupJob {
+    /// Unique name.
+    pub name: String,
+    /// VMs it backs up.
+    pub vms: Vec<String>,
+    /// Store it backs up into.
+    pub store: String,
+    /// Seconds between runs (the schedule).
+    pub every_s: u64,
+    /// What a run keeps of each VM's backups in the store afterwards
+    /// (no rule: keep everything).
+    #[serde(default)]
+    pub retention: Retention,
+    /// Creation time.
+    pub created_ms: UnixMillis,
+    /// Start of the last run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_ms: Option<UnixMillis>,
+    /// Outcome of the last run, per VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+}
+
+/// `POST /api/v1/backup-jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreateBackupJobRequest {
+    /// Name of the job.
+    pub name: String,
+    /// VMs to back up (at least one).
+    pub vms: Vec<String>,
+    /// Store to back up into.
+    pub store: String,
+    /// Seconds between runs (at least 1).
+    pub every_s: u64,
+    /// What to keep after each run.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// A file or directory in a backed-up file system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileEntry {
+    /// Name in its directory.
+    pub name: String,
+    /// `dir`, `file`, `link` or `other`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+}

@@ -81,6 +81,8 @@ impl std::fmt::Display for JobKind {
 }
 
 /// The operation of a job and its parameters.
+// A message type, built once per request: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum JobOp {

@@ -124,6 +124,8 @@ pub struct CreateSnapshotRequest {
 }
 
 /// What a snapshot job does (server → agent).
+// A message type, built once per request: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum SnapshotAction {

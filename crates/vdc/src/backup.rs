@@ -36,6 +36,143 @@ pub enum BackupStoreCmd {
     },
 }
 
+/// `vdc backup-job ...`
+#[derive(Debug, Subcommand)]
+pub enum BackupJobCmd {
+    /// Create a job: its VMs are backed up into the store on a schedule
+    /// (the first run at once), then pruned with its keep rules.
+    Create {
+        /// Job name.
+        name: String,
+        /// VMs (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        vm: Vec<String>,
+        /// Store.
+        #[arg(long)]
+        store: String,
+        /// Interval between runs: seconds, or with a unit (30s, 15m, 6h, 1d).
+        #[arg(long, value_parser = parse_every)]
+        every: u64,
+        #[command(flatten)]
+        keep: KeepArgs,
+    },
+    /// List the jobs with their last run.
+    #[command(alias = "ls")]
+    List,
+    /// Delete a job (its backups stay).
+    Delete {
+        /// Job name.
+        name: String,
+    },
+}
+
+/// Keep rules of a retention policy.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct KeepArgs {
+    /// Keep the N newest.
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep one per hour for N hours.
+    #[arg(long, default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep one per day for N days.
+    #[arg(long, default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep one per week for N weeks.
+    #[arg(long, default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep one per month for N months.
+    #[arg(long, default_value_t = 0)]
+    pub keep_monthly: u32,
+}
+
+impl From<KeepArgs> for Retention {
+    fn from(k: KeepArgs) -> Retention {
+        Retention {
+            keep_last: k.keep_last,
+            keep_hourly: k.keep_hourly,
+            keep_daily: k.keep_daily,
+            keep_weekly: k.keep_weekly,
+            keep_monthly: k.keep_monthly,
+        }
+    }
+}
+
+/// `30`, `30s`, `15m`, `6h`, `1d` → seconds (at least 1).
+fn parse_every(s: &str) -> Result<u64, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not an interval like 30s, 15m, 6h or 1d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in '{s}'; use s, m, h or d")),
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v >= 1 => Ok(v),
+        _ => Err(format!("interval '{s}' must be at least 1 second")),
+    }
+}
+
+/// Runs `vdc backup-job …`.
+pub(crate) async fn backup_job(ctx: &Ctx, cmd: BackupJobCmd) -> Result<(), CliError> {
+    match cmd {
+        BackupJobCmd::Create {
+            name,
+            vm,
+            store,
+            every,
+            keep,
+        } => {
+            let j = ctx
+                .client
+                .create_backup_job(&vdc_types::backup::CreateBackupJobRequest {
+                    name,
+                    vms: vm,
+                    store,
+                    every_s: every,
+                    retention: keep.into(),
+                })
+                .await?;
+            if ctx.json() {
+                return out_json(&j);
+            }
+            out(&format!(
+                "backup job {} created: every {} s into {}\n",
+                j.name, j.every_s, j.store
+            ))
+        }
+        BackupJobCmd::List => {
+            let list = ctx.client.list_backup_jobs().await?;
+            if ctx.json() {
+                return out_json(&list);
+            }
+            let mut t = Table::new(&["NAME", "VMS", "STORE", "EVERY", "LAST RUN", "RESULT"]);
+            for j in &list {
+                t.row(vec![
+                    j.name.clone(),
+                    j.vms.join(","),
+                    j.store.clone(),
+                    format!("{} s", j.every_s),
+                    j.last_run_ms.map(utc_time).unwrap_or_else(|| "-".into()),
+                    j.last_result.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            out(&t.render())
+        }
+        BackupJobCmd::Delete { name } => {
+            ctx.client.delete_backup_job(&name).await?;
+            out(&format!("backup job {name} deleted\n"))
+        }
+    }
+}
+
 /// Which store a backup is in.
 #[derive(Debug, clap::Args)]
 pub struct StoreArg {
@@ -95,6 +232,25 @@ pub enum BackupCmd {
         disk: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// List a directory of a backed-up guest file system, or extract a
+    /// file, without running the VM.
+    Files {
+        /// Backup id.
+        id: String,
+        /// Absolute path in the file system (default `/`).
+        path: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+        /// Disk (default: the first).
+        #[arg(long)]
+        disk: Option<String>,
+        /// Extract this file (absolute path) ...
+        #[arg(long, value_name = "FILE", requires = "to")]
+        extract: Option<String>,
+        /// ... into this directory.
+        #[arg(long, value_name = "DIR", requires = "extract")]
+        to: Option<String>,
     },
     /// Re-read and re-hash every chunk of a backup; a damaged backup is
     /// marked and the command fails.
@@ -317,6 +473,39 @@ pub(crate) async fn backup(ctx: &Ctx, cmd: BackupCmd) -> Result<(), CliError> {
             };
             let task = c.restore_backup(&id, &req).await?;
             finish_task(ctx, task, wait).await
+        }
+        BackupCmd::Files {
+            id,
+            path,
+            store,
+            disk,
+            extract,
+            to,
+        } => {
+            if let (Some(file), Some(dir)) = (extract, to) {
+                let data = c
+                    .backup_file(&id, store.store.as_deref(), disk.as_deref(), &file)
+                    .await?;
+                let name = std::path::Path::new(&file)
+                    .file_name()
+                    .ok_or_else(|| CliError::Usage(format!("'{file}' names no file")))?;
+                let dest = std::path::Path::new(&dir).join(name);
+                std::fs::write(&dest, &data)
+                    .map_err(|e| CliError::Io("write the extracted file", e))?;
+                return out(&format!("{} ({} bytes)\n", dest.display(), data.len()));
+            }
+            let path = path.unwrap_or_else(|| "/".into());
+            let list = c
+                .backup_files(&id, store.store.as_deref(), disk.as_deref(), &path)
+                .await?;
+            if ctx.json() {
+                return out_json(&list);
+            }
+            let mut t = Table::new(&["NAME", "KIND", "SIZE"]);
+            for e in &list {
+                t.row(vec![e.name.clone(), e.kind.clone(), e.size.to_string()]);
+            }
+            out(&t.render())
         }
         BackupCmd::Verify { id, store } => {
             let r = c.verify_backup(&id, store.store.as_deref()).await?;

@@ -113,6 +113,9 @@ pub enum Command {
     /// Backup stores: deduplicated chunk stores in directories.
     #[command(subcommand, name = "backup-store")]
     BackupStore(crate::backup::BackupStoreCmd),
+    /// Backup jobs: VMs backed up on a schedule, then pruned.
+    #[command(subcommand, name = "backup-job")]
+    BackupJob(crate::backup::BackupJobCmd),
     /// Long-running operations.
     #[command(subcommand)]
     Task(TaskCmd),

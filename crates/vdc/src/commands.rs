@@ -63,6 +63,7 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Alarm(cmd) => crate::ha_groups::alarm(ctx, cmd).await,
         Command::Backup(cmd) => crate::backup::backup(ctx, cmd).await,
         Command::BackupStore(cmd) => crate::backup::backup_store(ctx, cmd).await,
+        Command::BackupJob(cmd) => crate::backup::backup_job(ctx, cmd).await,
         Command::Migration(cmd) => crate::migration_tls::run(ctx, cmd).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,

@@ -1,10 +1,13 @@
 //! Backup and restore on real guests, in one 2-host lab:
 //!
 //! 1. a guest writes known data and is backed up while it runs
-//!    (crash-consistent point in time); the guest then overwrites it, and
+//!    (point in time quiesced through its guest agent); the guest then
+//!    overwrites it, and
 //!    the next backup reads only the chunks its dirty bitmap marks;
 //! 2. the backup restored as a new VM on the other host, on that host's
 //!    local datastore, boots and its guest reads the original data;
+//!    File-level restore lists `/data` of the backup and extracts the
+//!    file (API and CLI) without running a VM;
 //! 3. the VM stopped is backed up again (consistency `stopped`), still
 //!    incrementally: the bitmap survived the stop in the qcow2;
 //! 4. a flipped byte in one chunk file: verify reports the backup damaged,
@@ -18,7 +21,9 @@
 //! 6. refusals: an unknown store, a restore over a running VM;
 //! 7. the web page (Chromium) lists the backups with their state (the
 //!    damaged one marked), backs a VM up and restores a backup as a new
-//!    VM from its buttons.
+//!    VM from its forms;
+//! 8. a backup job every second with keep-last 1 backs a VM up again and
+//!    again and prunes down to one backup.
 
 use std::time::Duration;
 
@@ -119,7 +124,9 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
     let list = c.list_backups(Some("s1"), Some("src")).await.expect("list");
     assert_eq!(list.len(), 1, "{list:?}");
     let b1 = &list[0];
-    assert_eq!(b1.consistency, Consistency::CrashConsistent);
+    // The guest image runs a guest agent: its file systems were frozen
+    // around the point in time.
+    assert_eq!(b1.consistency, Consistency::Quiesced);
     let d = &b1.disks[0];
     assert!(matches!(d.read, DiskRead::Full { .. }));
     assert_eq!(d.chunks, d.chunks_read);
@@ -168,6 +175,44 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
     let r = ready(c, "restored").await;
     assert_eq!(r.owner.as_deref(), Some("host-2"));
     assert_eq!(ask(&lab, &r, "read k1"), "original-2718");
+    // File-level restore of the same backup, without running a VM.
+    let files = c
+        .backup_files(&b1.id, None, None, "/data")
+        .await
+        .expect("files");
+    assert!(
+        files.iter().any(|f| f.name == "k1" && f.kind == "file"),
+        "{files:?}"
+    );
+    let data = c
+        .backup_file(&b1.id, None, None, "/data/k1")
+        .await
+        .expect("file");
+    assert_eq!(String::from_utf8_lossy(&data).trim(), "original-2718");
+    match c.backup_files(&b1.id, None, None, "/data/nope").await {
+        Err(ClientError::Api(e)) => assert_eq!(e.code, ErrorCode::NotFound, "{}", e.message),
+        other => panic!("a missing path: {other:?}"),
+    }
+    let out = dir.path().join("extracted");
+    std::fs::create_dir(&out).expect("dir");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_vdc"))
+        .args(["backup", "files", &b1.id, "--extract", "/data/k1", "--to"])
+        .arg(&out)
+        .env("VDC_URL", lab.info.api_url.as_str())
+        .env("VDC_TOKEN_FILE", &lab.info.token_file)
+        .output()
+        .expect("vdc backup files");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("k1"))
+            .expect("extracted")
+            .trim(),
+        "original-2718"
+    );
 
     // 3. The stopped VM backed up again: its data chunks are in the store.
     action(c, "src", VmAction::Stop).await;
@@ -305,8 +350,16 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
         .await
         .expect("prune");
     assert_eq!(pruned.removed, vec![encs[0].id.clone()]);
-    let gc = c.gc_backup_store("enc").await.expect("gc");
-    assert!(gc.chunks_removed >= 1, "{gc:?}");
+    // Chunks younger than the gc's grace (2 s) wait for a later gc.
+    wait_until_async(
+        VM_WAIT_TIMEOUT,
+        "a gc that removes the pruned chunks",
+        || async {
+            let gc = c.gc_backup_store("enc").await.expect("gc");
+            (gc.chunks_removed >= 1).then_some(())
+        },
+    )
+    .await;
     let v = c
         .verify_backup(&encs[1].id, Some("enc"))
         .await
@@ -336,5 +389,132 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
             .expect("list")
             .len(),
         5
+    );
+    // 7. The web page.
+    web_page(&lab, &b1.id, &b2.id).await;
+
+    // 8. A backup job every second keeping the last backup: it runs
+    // again and again, pruning what its retention drops.
+    c.create_backup_job(&vdc_types::backup::CreateBackupJobRequest {
+        name: "often".into(),
+        vms: vec!["restored".into()],
+        store: "s1".into(),
+        every_s: 1,
+        retention: vdc_types::backup::Retention {
+            keep_last: 1,
+            ..Default::default()
+        },
+    })
+    .await
+    .expect("backup job");
+    wait_until_async(TASK_TIMEOUT, "a run of the job that pruned", || async {
+        let jobs = c.list_backup_jobs().await.ok()?;
+        let r = jobs.first()?.last_result.clone()?;
+        r.contains("restored: ok, 1 pruned").then_some(())
+    })
+    .await;
+    c.delete_backup_job("often").await.expect("delete job");
+    wait_until_async(TASK_TIMEOUT, "one backup of restored kept", || async {
+        let l = c.list_backups(Some("s1"), Some("restored")).await.ok()?;
+        let busy = c.get_vm("restored").await.ok()?.operation.is_some();
+        (l.len() == 1 && !busy).then_some(())
+    })
+    .await;
+}
+
+fn page<T>(step: &str, r: Result<T, WebDriverError>) -> T {
+    r.unwrap_or_else(|e| panic!("{step}: {}", vdc_test_infra::error_chain(&e)))
+}
+
+async fn web_page(lab: &TestLab, b1: &str, b2: &str) {
+    const PAGE: Duration = Duration::from_secs(60);
+    let c = &lab.client;
+    let browser = page("starting headless Chromium", Browser::start().await);
+    let token = std::fs::read_to_string(&lab.info.token_file).expect("token");
+    page(
+        "opening the page",
+        browser
+            .goto(&format!("{}/#token={}", lab.info.api_url, token.trim()))
+            .await,
+    );
+    let cell = |r: &[String], i: usize| r.get(i).cloned().unwrap_or_default();
+    let row = page(
+        "the damaged backup in the table",
+        browser
+            .wait_row("#backups tbody tr", PAGE, |r| {
+                r.first().map(String::as_str) == Some(b2)
+            })
+            .await,
+    );
+    assert_eq!(cell(&row, 4), "stopped", "{row:?}");
+    assert_eq!(cell(&row, 9), "damaged", "{row:?}");
+    page(
+        "the first backup in the table",
+        browser
+            .wait_row("#backups tbody tr", PAGE, |r| {
+                r.first().map(String::as_str) == Some(b1) && cell(r, 9) == "ok"
+            })
+            .await,
+    );
+    // Back up src from the form.
+    page(
+        "choosing src and s1",
+        browser
+            .execute(
+                "document.querySelector('#backup-vm').value = 'src'; document.querySelector('#backup-store').value = 's1'; return 1;",
+                vec![],
+            )
+            .await,
+    );
+    page(
+        "back up",
+        browser.click_css("#backup-run button", PAGE).await,
+    );
+    let newest = wait_until_async(TASK_TIMEOUT, "one more backup of src", || async {
+        let l = c.list_backups(Some("s1"), Some("src")).await.ok()?;
+        (l.len() == 6).then(|| l[5].id.clone())
+    })
+    .await;
+    page(
+        "the new backup in the table",
+        browser
+            .wait_row("#backups tbody tr", PAGE, |r| {
+                r.first() == Some(&newest) && cell(r, 4) == "quiesced"
+            })
+            .await,
+    );
+    // Restore the newest backup as a new VM from the restore form.
+    page(
+        "choosing the backup",
+        browser
+            .execute(
+                "document.querySelector('#restore-backup').value = arguments[0]; return 1;",
+                vec![serde_json::json!(newest)],
+            )
+            .await,
+    );
+    let input = page(
+        "the restore name field",
+        browser.find("#restore-name").await,
+    );
+    page(
+        "typing the name",
+        browser.send_keys(&input, "fromweb").await,
+    );
+    page(
+        "restore",
+        browser.click_css("#backup-restore button", PAGE).await,
+    );
+    let t = wait_until_async(TASK_TIMEOUT, "the restore task of fromweb", || async {
+        let tasks = c.list_tasks().await.ok()?;
+        tasks
+            .into_iter()
+            .find(|t| t.kind == "backup.restore" && t.target == "fromweb" && t.state.is_final())
+    })
+    .await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(
+        c.get_vm("fromweb").await.expect("fromweb").state,
+        VmPowerState::Stopped
     );
 }

@@ -20,6 +20,8 @@
 //!           (failure: the VM's images are untouched)
 //! ```
 
+mod files;
+pub mod jobs;
 mod restore;
 mod run;
 
@@ -44,7 +46,10 @@ fn store_key(name: &str) -> String {
 /// The API error of a store failure.
 pub(crate) fn backup_err(e: BackupError) -> ApiError {
     match &e {
-        BackupError::NoBackup(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+        BackupError::NoBackup(_) | BackupError::NotInBackup(_) => {
+            ApiError::new(ErrorCode::NotFound, e.to_string())
+        }
+        BackupError::Files(_) => ApiError::invalid(e.to_string()),
         BackupError::Key(_) | BackupError::NotAStore(_) | BackupError::TooNew { .. } => {
             ApiError::invalid(e.to_string())
         }
