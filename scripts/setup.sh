@@ -59,9 +59,13 @@ done
 # Packages taken from bookworm-backports (QEMU 10, kernel 6.12).
 backports_pkgs=(qemu-system-x86 linux-image-amd64)
 # Packages from bookworm: guest image tools (gcc and libc6-dev compile the
-# guest's small static programs, guest/src).
+# guest's small static programs, guest/src); protobuf-compiler and
+# libprotobuf-dev build the etcd client (crates/vdc-store-etcd); etcd-server
+# is the replicated store (`vdc server --store etcd://`, the labs with
+# several servers, the etcd store's tests).
 base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlinux
-    dosfstools mtools fdisk e2fsprogs gcc libc6-dev)
+    dosfstools mtools fdisk e2fsprogs gcc libc6-dev
+    protobuf-compiler libprotobuf-dev etcd-server)
 # Packages from bookworm-backports for the benchmarks (--bench-deps): the
 # libvirt peer of `vdc bench migrate` (libvirt 11, built for QEMU 10).
 bench_pkgs=(libvirt-daemon libvirt-clients libvirt-daemon-driver-qemu)

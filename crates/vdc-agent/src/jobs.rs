@@ -293,6 +293,8 @@ impl Agent {
                 };
                 self.receive_vm(request, &cell.cancel, progress).await
             }
+            JobOp::Backup { request } => self.backup_job(cell, request).await,
+            JobOp::Restore { request } => self.restore_job(cell, request).await,
             JobOp::ImportImage { request } => {
                 cell.progress(10, "copying the image");
                 let dest = self.resolve(&request.datastore, &request.path)?;

@@ -41,6 +41,7 @@
 
 mod agent;
 mod api;
+mod backup;
 mod config;
 mod console;
 mod console_log;
@@ -58,6 +59,7 @@ mod prelaunch;
 mod provision;
 mod recover;
 mod reporter;
+mod restore;
 mod slot;
 mod snapshot;
 pub mod state;

@@ -347,12 +347,15 @@ impl Agent {
         let slot = self.slot(id)?;
         match slot.vm() {
             Some(vm) => Ok((slot, vm)),
-            None => Err(ApiError::invalid_state(format!(
-                "VM '{}' is {}; it has no process on host '{}'",
-                slot.inner().config.name,
-                slot.state(),
-                self.config.name
-            ))),
+            None => {
+                // One lock at a time: `state()` takes the slot's lock too.
+                let state = slot.state();
+                let name = slot.inner().config.name.clone();
+                Err(ApiError::invalid_state(format!(
+                    "VM '{name}' is {state}; it has no process on host '{}'",
+                    self.config.name
+                )))
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //! [`error::ApiErr`].
 
 pub mod auth;
+mod backup;
 mod cpu_baseline;
 pub mod credentials;
 pub mod error;
@@ -22,6 +23,7 @@ mod openapi;
 mod routes;
 mod server;
 mod snapshots;
+pub mod store_url;
 pub mod tls;
 
 pub use credentials::Credentials;

@@ -18,6 +18,7 @@ use vdc_types::{
     ApiError, Datastore, ErrorCode, Event, Host, InFlight, Network, Task, Vm, VmAction, VmOperation,
 };
 
+use crate::backup::BackupPaths;
 use crate::join;
 use crate::routes::*;
 use crate::{events, ha, maintenance, migration};
@@ -148,7 +149,7 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::snapshot::InstantCloneRequest,
         vdc_types::snapshot::RunningCloneRequest
     )),
-    modifiers(&BearerAuth)
+    modifiers(&BackupPaths, &BearerAuth)
 )]
 pub struct ApiDoc;
 

@@ -159,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events/stream", get(events::stream_events))
         .route("/agent/report", post(join::agent_report))
         .route("/agent/join", post(join::agent_join))
+        .merge(crate::backup::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,
@@ -174,6 +175,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui", get(web_page))
         .route("/ha.js", get(ha::web_script))
         .route("/snapshots.js", get(crate::snapshots::web_script))
+        .route("/backup.js", get(crate::backup::web_script))
         .fallback(not_found)
         .with_state(state)
 }

@@ -3,10 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use vdc_store::RedbStore;
 
 use crate::routes::{router, AppState};
 
@@ -16,9 +14,14 @@ pub struct ServerArgs {
     /// Address to serve the API on (repeat for several).
     #[arg(long = "listen", default_value = "127.0.0.1:8500")]
     pub listen: Vec<SocketAddr>,
-    /// Directory of the server's state (the embedded store).
+    /// Directory of the server's state (the embedded store, the CA).
     #[arg(long, default_value = "/var/lib/vdc/server")]
     pub data_dir: PathBuf,
+    /// Where the cluster state lives: `redb:PATH` (embedded, default
+    /// `redb:<data-dir>/state.redb`) or
+    /// `etcd://HOST:PORT[,HOST:PORT...][/NAMESPACE]`.
+    #[arg(long, env = "VDC_STORE")]
+    pub store: Option<crate::store_url::StoreUrl>,
     /// File holding the administrator's user token (one line, at least 16
     /// characters). Agents use their own credentials (`vdc host add`).
     #[arg(long)]
@@ -82,13 +85,17 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let store = RedbStore::open(args.data_dir.join("state.redb"))
+    let store = args
+        .store
+        .clone()
+        .unwrap_or_else(|| crate::store_url::StoreUrl::default_for(&args.data_dir))
+        .open()
         .await
         .context("cannot open the cluster store")?;
     let ca = crate::tls::CaState::open(&args.data_dir)
         .await
         .context("cannot open or make the cluster CA")?;
-    let state = AppState::open(Arc::new(store), &token)
+    let state = AppState::open(store, &token)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?
         .with_ca(ca);

@@ -621,7 +621,7 @@ async fn vm_actions_are_the_lifecycles_and_documented() {
     let (code, msg) = api_code(c.vm_action("web", "delete", json!({})).await);
     assert_eq!(code, ErrorCode::InvalidInput);
     assert!(msg.contains("DELETE"), "{msg}");
-    for modelled in ["failover", "snapshot", "backup"] {
+    for modelled in ["failover", "snapshot"] {
         let (code, msg) = api_code(c.vm_action("web", modelled, json!({})).await);
         assert_eq!(code, ErrorCode::InvalidInput, "{modelled}");
         assert!(msg.contains("not available yet"), "{msg}");

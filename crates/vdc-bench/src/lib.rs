@@ -3,8 +3,11 @@
 //! migration and with libvirt's `virsh migrate --live`, under the same
 //! workloads, and prints medians and ratios (see [`migrate`]); `vdc bench
 //! ha` kills a host running several VMs, again and again, and times their
-//! restart on the other host, detection apart (see [`ha`]).
+//! restart on the other host, detection apart (see [`ha`]); `vdc bench
+//! control-plane` loads one server with simulated hosts and VMs (see
+//! [`control_plane`], [`sim`]).
 
+pub mod control_plane;
 pub mod error;
 pub mod guest;
 pub mod ha;
@@ -13,6 +16,7 @@ pub mod libvirt;
 pub mod migrate;
 pub mod qemu_pair;
 pub mod report;
+pub mod sim;
 pub mod tls_cost;
 pub mod vdc_side;
 
@@ -39,6 +43,10 @@ pub enum BenchCommand {
     /// run again on the other host, detection apart, in a lab of its own
     /// (needs root).
     Ha(ha::HaArgs),
+    /// The control plane at scale: one server, simulated hosts and VMs
+    /// (no QEMU), API latency under load, report ingestion, HA planning
+    /// time and server memory.
+    ControlPlane(control_plane::ControlPlaneArgs),
 }
 
 /// Runs a benchmark; `json` prints the figures as JSON instead of tables.
@@ -46,5 +54,6 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<(), BenchError> {
     match args.command {
         BenchCommand::Migrate(a) => migrate::run(a, json).await,
         BenchCommand::Ha(a) => ha::run(a, json).await,
+        BenchCommand::ControlPlane(a) => control_plane::run(a, json).await,
     }
 }

@@ -179,6 +179,7 @@ pub async fn run(args: MigrateArgs, json: bool) -> Result<(), BenchError> {
         vdc_binary: exe,
         net_only: false,
         step_timeout: Duration::from_secs(240),
+        store: None,
     };
     eprintln!("bench: starting lab '{}' (3 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;

@@ -5,6 +5,7 @@
 //! server refused the request, so callers can show the administrator exactly
 //! what was wrong.
 
+mod backup;
 mod ha;
 mod history;
 mod maintenance;

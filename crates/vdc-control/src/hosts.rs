@@ -126,9 +126,8 @@ impl Cluster {
     /// compare-and-swap write, the fold redone on fresh data on conflict.
     async fn reconcile_vms(&self, host: &str, vms: &[VmRuntime]) -> Result<(), ApiError> {
         let by_id: HashMap<&str, &VmRuntime> = vms.iter().map(|v| (v.id.as_str(), v)).collect();
-        let records: Vec<(String, VmRecord)> =
-            self.store.list_json("/vms/").await.map_err(store_err)?;
-        for (_, snapshot) in records {
+        let records = self.records_for_report(host, vms).await?;
+        for snapshot in records {
             let name = snapshot.config.name.clone();
             let rt = by_id.get(snapshot.config.id.as_str()).copied();
             let (folded, conflict) = ownership::fold_report(&snapshot, rt, host);
@@ -179,6 +178,33 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// The records a report of `host` listing `vms` may change or flag:
+    /// from the per-host index when it is built, else every record.
+    async fn records_for_report(
+        &self,
+        host: &str,
+        vms: &[VmRuntime],
+    ) -> Result<Vec<VmRecord>, ApiError> {
+        let flagged: Vec<String> = match self.conflicts.lock() {
+            Ok(seen) => seen
+                .iter()
+                .filter(|(_, h)| h == host)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let ids = vms
+            .iter()
+            .map(|v| v.id.as_str())
+            .chain(flagged.iter().map(String::as_str));
+        if let Some(records) = self.vm_index.for_host(host, ids) {
+            return Ok(records);
+        }
+        let all: Vec<(String, VmRecord)> =
+            self.store.list_json("/vms/").await.map_err(store_err)?;
+        Ok(all.into_iter().map(|(_, r)| r).collect())
     }
 
     /// Logs and publishes (once, until it clears) a host reporting a QEMU
@@ -259,14 +285,14 @@ impl Cluster {
                 )
                 .await;
         }
-        let records = match self.store.list_json::<VmRecord>("/vms/").await {
+        let records = match self.records_for_report(host, &[]).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(%host, error = %e, "cannot read VM records to mark the host's VMs unknown");
                 return;
             }
         };
-        for (_, snapshot) in records {
+        for snapshot in records {
             if ownership::host_lost(&snapshot, host).is_none() {
                 continue;
             }

@@ -68,10 +68,7 @@ impl Cluster {
 pub(crate) fn vm_result(r: JobResult) -> Result<vdc_types::agent::VmRuntime, ApiError> {
     match r {
         JobResult::Vm(rt) => Ok(rt),
-        JobResult::Image(_)
-        | JobResult::Migration(_)
-        | JobResult::Config(_)
-        | JobResult::Snapshots(_) => Err(ApiError::new(
+        _ => Err(ApiError::new(
             ErrorCode::HostError,
             "the host answered a VM job with something else",
         )),

@@ -22,6 +22,7 @@
 
 pub mod agents;
 pub mod answers;
+pub mod backup;
 mod console;
 pub mod cpu_baseline;
 pub mod events;
@@ -42,6 +43,7 @@ mod snapshots;
 pub mod tasks;
 mod templates;
 mod undo;
+pub mod vm_index;
 mod vms;
 
 use std::collections::HashMap;
@@ -122,6 +124,8 @@ pub struct Cluster {
     pub(crate) ha: std::sync::Mutex<ha::HaMemory>,
     /// How the CPU baseline is chosen (see [`cpu_baseline`]).
     pub(crate) cpu_baseline: std::sync::RwLock<vdc_sched::cpu_baseline::BaselineMode>,
+    /// VM records by host, for the reports (see [`vm_index`]).
+    pub(crate) vm_index: Arc<vm_index::SharedIndex>,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -156,6 +160,8 @@ impl Cluster {
                 .await
                 .map_err(store_err)?,
         );
+        let index = Arc::new(vm_index::SharedIndex::default());
+        vm_index::spawn(&store, index.clone());
         let cluster = Arc::new(Cluster {
             store,
             events,
@@ -169,6 +175,7 @@ impl Cluster {
             migration_settings: Default::default(),
             cpu_baseline: Default::default(),
             ha: std::sync::Mutex::new(Default::default()),
+            vm_index: index,
         });
         cluster.release_orphaned_operations(true).await?;
         cluster
@@ -184,6 +191,12 @@ impl Cluster {
         // once the hosts have reported (see `resume`).
         cluster.spawn_resume().await;
         Ok(cluster)
+    }
+
+    /// Whether the per-host VM index is built: reports then cost
+    /// O(VMs of the reporting host) (see [`vm_index`]).
+    pub fn vm_index_ready(&self) -> bool {
+        self.vm_index.is_ready()
     }
 
     /// Runs the host monitor until the process ends: marks hosts whose

@@ -23,6 +23,7 @@
 //!  unknown        failover                 failing_over{from}      running elsewhere
 //!  stopped,running,paused  snapshot        snapshotting            same state
 //!  stopped,running,paused  backup          backing_up              same state
+//!  stopped,crashed restore                 restoring               stopped
 //!  (new record)   create                   creating                stopped (or running)
 //! ```
 //!
@@ -154,6 +155,7 @@ pub fn allowed_states(action: VmAction) -> Vec<VmPowerState> {
         VmAction::Delete => vec![S::Stopped, S::Suspended, S::Crashed],
         VmAction::Failover => vec![S::Unknown],
         VmAction::Snapshot | VmAction::Backup => vec![S::Stopped, S::Running, S::Paused],
+        VmAction::Restore => vec![S::Stopped, S::Crashed],
     }
 }
 
@@ -227,6 +229,7 @@ pub fn decide(now: &Now<'_>, action: VmAction, target: Option<&str>) -> Result<S
         }
         VmAction::Snapshot => step(VmOperation::Snapshotting, None, same),
         VmAction::Backup => step(VmOperation::BackingUp, None, same),
+        VmAction::Restore => step(VmOperation::Restoring, None, Done::State(S::Stopped)),
     })
 }
 

@@ -131,10 +131,7 @@ impl Cluster {
                 .await?
             {
                 JobResult::Image(i) => i,
-                JobResult::Vm(_)
-                | JobResult::Migration(_)
-                | JobResult::Config(_)
-                | JobResult::Snapshots(_) => {
+                _ => {
                     return Err(ApiError::new(
                         ErrorCode::HostError,
                         "the host answered an image import with something else",

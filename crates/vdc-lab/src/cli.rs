@@ -95,6 +95,10 @@ pub struct UpArgs {
     /// Only create the network (namespaces, bridges, veths).
     #[arg(long, hide = true)]
     pub net_only: bool,
+    /// The server's store: `redb:PATH` or `etcd://HOST:PORT[,...]`
+    /// (default: the embedded store in the lab's data directory).
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 /// Output format of `vdc lab status`.
@@ -149,6 +153,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 vdc_binary: vdc,
                 net_only: a.net_only,
                 step_timeout: std::time::Duration::from_secs(a.timeout.max(1)),
+                store: a.store,
             };
             eprintln!(
                 "starting lab '{}' with {} host(s)...",

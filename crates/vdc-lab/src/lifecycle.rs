@@ -72,6 +72,9 @@ pub struct LabSpec {
     /// Longest wait for each start-up step (API up, hosts connected, each
     /// task).
     pub step_timeout: Duration,
+    /// The server's `--store` (default: the embedded store in its data
+    /// directory).
+    pub store: Option<String>,
 }
 
 impl LabSpec {
@@ -91,6 +94,7 @@ impl LabSpec {
             vdc_binary,
             net_only: false,
             step_timeout: Duration::from_secs(120),
+            store: None,
         }
     }
 
@@ -251,12 +255,11 @@ async fn start_cluster(
     image: Option<&Path>,
 ) -> Result<()> {
     let timeout = spec.step_timeout;
-    let server = process::spawn_detached(
-        &spec.vdc_binary,
-        &plan.server_args(),
-        &plan.server_log,
-        None,
-    )?;
+    let mut server_args = plan.server_args();
+    if let Some(store) = &spec.store {
+        server_args.extend(["--store".to_string(), store.clone()]);
+    }
+    let server = process::spawn_detached(&spec.vdc_binary, &server_args, &plan.server_log, None)?;
     state.server = Some(server);
     state.save()?;
     let client = Client::new(&plan.api_url(), Some(read_token(&plan.token_file())?));

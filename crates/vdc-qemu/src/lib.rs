@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod fleece;
 pub mod guest;
 pub mod host;
 mod log;

@@ -15,8 +15,8 @@
 //! 2. in a test file, `vdc_store::store_conformance_tests!(fresh);` — one
 //!    `#[tokio::test]` per check;
 //! 3. call [`persistence`] with a function that opens the *same* store again;
-//! 4. feed random [`ModelOp`] sequences to [`check_against_model`] (see the
-//!    crate's `tests/model.rs` for the proptest strategy).
+//! 4. feed random [`ModelOp`] sequences from [`model_ops`] to
+//!    [`check_against_model`] (see the crate's `tests/model.rs`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -837,4 +837,50 @@ fn same_outcome<T: PartialEq + std::fmt::Debug>(
         ),
         _ => panic!("step {step}: {op:?}: store {got:?}, model {expected:?}"),
     }
+}
+
+/// The proptest strategy of random histories for [`check_against_model`]:
+/// few, overlapping keys (siblings and prefixes, and the empty key) so that
+/// histories collide, small values, compares of every kind.
+pub fn model_ops() -> impl proptest::strategy::Strategy<Value = Vec<ModelOp>> {
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "a/b", "a/bc", "a/b/c", "b", ""]).prop_map(String::from)
+    }
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(0u8..3, 0..3)
+    }
+    fn prefix() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["a", "a/", "a/b", "a/b/", "b", "c", ""]).prop_map(String::from)
+    }
+    fn compare() -> impl Strategy<Value = Compare> {
+        prop_oneof![
+            (key(), 0u64..12).prop_map(|(key, r)| Compare::Revision {
+                key,
+                mod_revision: r
+            }),
+            (key(), value()).prop_map(|(key, value)| Compare::Value { key, value }),
+            key().prop_map(Compare::Absent),
+            key().prop_map(Compare::Exists),
+        ]
+    }
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (key(), value()).prop_map(|(key, value)| Op::Put { key, value, lease: None }),
+            2 => key().prop_map(Op::Delete),
+            1 => prefix().prop_map(Op::DeletePrefix),
+        ]
+    }
+    let model_op = prop_oneof![
+        3 => (key(), value()).prop_map(|(k, v)| ModelOp::Put(k, v)),
+        2 => key().prop_map(ModelOp::Delete),
+        3 => (
+            prop::collection::vec(compare(), 0..3),
+            prop::collection::vec(op(), 0..4),
+            prop::collection::vec(op(), 0..4),
+        )
+            .prop_map(|(compares, success, failure)| ModelOp::Txn { compares, success, failure }),
+    ];
+    prop::collection::vec(model_op, 1..40)
 }

@@ -70,6 +70,17 @@ pub enum StoreError {
     /// The watcher fell behind and was dropped; re-list and watch again.
     #[error("watch fell behind and was closed")]
     WatchLagged,
+    /// A watch asked for history the store no longer holds (etcd compacted
+    /// it, or the store keeps none); list again and watch from there.
+    #[error(
+        "history from revision {requested} is gone (oldest available: {available}); list again"
+    )]
+    Compacted {
+        /// Revision the caller asked to resume after.
+        requested: u64,
+        /// Oldest revision the store can still resume after.
+        available: u64,
+    },
     /// The store must be used from inside a tokio runtime.
     #[error("no tokio runtime")]
     NoRuntime,

@@ -25,7 +25,8 @@
 //!   alive. They are how a process says "I am here" (host heartbeats, leader
 //!   election, VM ownership).
 //!
-//! Implementations: [`RedbStore`] (embedded, default). The `conformance`
+//! Implementations: [`RedbStore`] (embedded, default) and, in the
+//! `vdc-store-etcd` crate, `EtcdStore` (etcd, for several servers). The `conformance`
 //! module holds the behaviour every implementation must show; an
 //! implementation proves itself with `store_conformance_tests!`. Both exist
 //! only with the `conformance` feature, which the crate's own tests (and an
@@ -208,6 +209,26 @@ pub trait Store: Send + Sync {
     /// from now on (changes with a revision above [`Watch::start_revision`]).
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError>;
 
+    /// Stream the changes to keys starting with `prefix` that happened
+    /// after revision `after`, then every later one: a watcher that saw
+    /// everything up to `after` resumes without a gap or a repeat.
+    ///
+    /// [`StoreError::Compacted`] if the store no longer holds that history
+    /// (the caller lists again and watches from the listed revision). The
+    /// default, for stores that keep no history (the embedded one), resumes
+    /// only from the current revision.
+    async fn watch_from(&self, prefix: &str, after: u64) -> Result<Watch, StoreError> {
+        let watch = self.watch(prefix).await?;
+        if watch.start_revision() == after {
+            Ok(watch)
+        } else {
+            Err(StoreError::Compacted {
+                requested: after,
+                available: watch.start_revision(),
+            })
+        }
+    }
+
     /// Create a lease that expires `ttl` after its grant or last keep-alive.
     /// Implementations may round the TTL up to their granularity.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
@@ -233,7 +254,8 @@ pub trait Store: Send + Sync {
 
 /// Check etcd's rule for the ops of one transaction branch: no key put
 /// twice, no key both put and deleted (directly or through a prefix).
-pub(crate) fn check_ops_disjoint(ops: &[Op]) -> Result<(), StoreError> {
+/// Public for store implementations.
+pub fn check_ops_disjoint(ops: &[Op]) -> Result<(), StoreError> {
     let mut puts: Vec<&str> = Vec::new();
     for op in ops {
         match op {

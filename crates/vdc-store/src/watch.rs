@@ -104,6 +104,11 @@ impl WatchSender {
         self.send_item(Err(error))
     }
 
+    /// Wait until the [`Watch`] is dropped.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
     /// True if the [`Watch`] was dropped.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()

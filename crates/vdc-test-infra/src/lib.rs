@@ -110,6 +110,7 @@ pub struct TestLabBuilder {
     net_only: bool,
     vdc_binary: Option<PathBuf>,
     step_timeout: Duration,
+    store: Option<String>,
 }
 
 impl TestLabBuilder {
@@ -135,6 +136,12 @@ impl TestLabBuilder {
     /// The `vdc` binary to run (default [`vdc_binary`]).
     pub fn vdc_binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.vdc_binary = Some(path.into());
+        self
+    }
+
+    /// The server's `--store` (default: the embedded store).
+    pub fn store(mut self, url: impl Into<String>) -> Self {
+        self.store = Some(url.into());
         self
     }
 
@@ -196,6 +203,7 @@ impl TestLabBuilder {
                     vdc_binary: binary.clone(),
                     net_only: self.net_only,
                     step_timeout: self.step_timeout,
+                    store: self.store.clone(),
                 };
                 match vdc_lab::up(&spec).await {
                     Ok(info) => {
@@ -267,6 +275,7 @@ impl TestLab {
             net_only: false,
             vdc_binary: None,
             step_timeout: Duration::from_secs(120),
+            store: None,
         }
     }
 

@@ -52,6 +52,10 @@ pub enum JobKind {
     ReceiveVm,
     /// Take, revert or delete a snapshot.
     Snapshot,
+    /// Read a VM's disks at one instant into a backup store.
+    Backup,
+    /// Write a backup's disks into a VM's images.
+    Restore,
 }
 
 impl std::fmt::Display for JobKind {
@@ -67,6 +71,8 @@ impl std::fmt::Display for JobKind {
             JobKind::MirrorDisks => "disk mirror",
             JobKind::ReceiveVm => "VM copy",
             JobKind::Snapshot => "snapshot",
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
         })
     }
 }
@@ -127,6 +133,16 @@ pub enum JobOp {
         /// Which VM and what to do.
         request: crate::snapshot::SnapshotJobRequest,
     },
+    /// See [`JobKind::Backup`].
+    Backup {
+        /// Which VM, into which store.
+        request: crate::backup::BackupJobRequest,
+    },
+    /// See [`JobKind::Restore`].
+    Restore {
+        /// Which backup, into which images.
+        request: crate::backup::RestoreJobRequest,
+    },
 }
 
 impl JobOp {
@@ -143,6 +159,8 @@ impl JobOp {
             JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
             JobOp::Snapshot { .. } => JobKind::Snapshot,
+            JobOp::Backup { .. } => JobKind::Backup,
+            JobOp::Restore { .. } => JobKind::Restore,
         }
     }
 
@@ -158,6 +176,8 @@ impl JobOp {
             JobOp::MirrorDisks { request } => Some(&request.config.id),
             JobOp::ReceiveVm { request } => Some(&request.config.id),
             JobOp::Snapshot { request } => Some(&request.config.id),
+            JobOp::Backup { request } => Some(&request.config.id),
+            JobOp::Restore { request } => Some(&request.config.id),
         }
     }
 }
@@ -219,6 +239,13 @@ pub enum JobResult {
     Config(crate::vm::VmConfig),
     /// The VM's snapshot tree after the operation.
     Snapshots(crate::snapshot::SnapshotTree),
+    /// The backup made.
+    Backup(Box<crate::backup::Backup>),
+    /// A restore ended: the disks written.
+    Restored {
+        /// Disks written.
+        disks: Vec<String>,
+    },
 }
 
 /// A job as the agent reports it.

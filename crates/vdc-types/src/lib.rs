@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod error;
 pub mod event;
 pub mod ha;

@@ -43,11 +43,13 @@ pub enum VmAction {
     Snapshot,
     /// Copy the VM's disks to a backup.
     Backup,
+    /// Write a backup over the VM's disks (powered off).
+    Restore,
 }
 
 impl VmAction {
     /// Every action, in the order above.
-    pub const ALL: [VmAction; 12] = [
+    pub const ALL: [VmAction; 13] = [
         VmAction::Start,
         VmAction::Stop,
         VmAction::Shutdown,
@@ -60,6 +62,7 @@ impl VmAction {
         VmAction::Failover,
         VmAction::Snapshot,
         VmAction::Backup,
+        VmAction::Restore,
     ];
 
     /// The power actions posted to `POST /api/v1/vms/{name}/{action}`
@@ -89,15 +92,17 @@ impl VmAction {
             VmAction::Failover => "failover",
             VmAction::Snapshot => "snapshot",
             VmAction::Backup => "backup",
+            VmAction::Restore => "restore",
         }
     }
 
-    /// Whether the API offers this action today (the others are modelled
-    /// for the flows still to come).
+    /// Whether the API offers this action among the VM's `actions` and the
+    /// power routes (backup and restore have routes of their own; failover
+    /// and snapshot are modelled for the flows still to come).
     pub fn is_offered(self) -> bool {
         !matches!(
             self,
-            VmAction::Failover | VmAction::Snapshot | VmAction::Backup
+            VmAction::Failover | VmAction::Snapshot | VmAction::Backup | VmAction::Restore
         )
     }
 }
@@ -173,6 +178,8 @@ pub enum VmOperation {
     Snapshotting,
     /// Its disks are being copied to a backup.
     BackingUp,
+    /// A backup is being written over its disks.
+    Restoring,
 }
 
 impl VmOperation {
@@ -192,6 +199,7 @@ impl VmOperation {
             VmOperation::FailingOver { .. } => "failing_over",
             VmOperation::Snapshotting => "snapshotting",
             VmOperation::BackingUp => "backing_up",
+            VmOperation::Restoring => "restoring",
         }
     }
 
@@ -210,7 +218,8 @@ impl VmOperation {
             VmOperation::Migrating { .. } => "vm.migrate",
             VmOperation::FailingOver { .. } => "vm.failover",
             VmOperation::Snapshotting => "vm.snapshot",
-            VmOperation::BackingUp => "vm.backup",
+            VmOperation::BackingUp => "backup.run",
+            VmOperation::Restoring => "backup.restore",
         }
     }
 

@@ -165,6 +165,25 @@ pub enum TaskParams {
         /// Id of the VM.
         vm_id: String,
     },
+    /// `backup.run`: a backup of a VM into a store. After a server restart
+    /// the task fails; the backup, without its manifest, never lists.
+    Backup {
+        /// Id of the VM.
+        vm_id: String,
+        /// Id the backup gets.
+        backup_id: String,
+        /// Store name.
+        store: String,
+        /// Host reading the disks.
+        host: String,
+    },
+    /// `backup.restore`: a backup written into a VM's images.
+    Restore {
+        /// Name of the VM written into.
+        vm: String,
+        /// The backup.
+        backup_id: String,
+    },
     /// `template.import`: the template's record names the target.
     TemplateImport {
         /// Host doing the copy.

@@ -104,6 +104,12 @@ pub enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Backups of VMs: run, list, show, restore, verify, prune, gc.
+    #[command(subcommand)]
+    Backup(crate::backup::BackupCmd),
+    /// Backup stores: deduplicated chunk stores in directories.
+    #[command(subcommand, name = "backup-store")]
+    BackupStore(crate::backup::BackupStoreCmd),
     /// Long-running operations.
     #[command(subcommand)]
     Task(TaskCmd),

@@ -61,6 +61,8 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         }) => crate::ha::ha_set(ctx, tolerate_host_failures).await,
         Command::Ha(crate::cli::HaCmd::Group(cmd)) => crate::ha_groups::ha_group(ctx, cmd).await,
         Command::Alarm(cmd) => crate::ha_groups::alarm(ctx, cmd).await,
+        Command::Backup(cmd) => crate::backup::backup(ctx, cmd).await,
+        Command::BackupStore(cmd) => crate::backup::backup_store(ctx, cmd).await,
         Command::Migration(cmd) => crate::migration_tls::run(ctx, cmd).await,
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,

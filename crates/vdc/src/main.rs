@@ -14,6 +14,7 @@
 //! reads, before any thread exists; start the async runtime; run the
 //! subcommand; print `error: ...` and exit with the mapped code on failure.
 
+mod backup;
 mod cli;
 mod commands;
 mod console;

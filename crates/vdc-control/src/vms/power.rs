@@ -302,6 +302,11 @@ impl Cluster {
         action: VmAction,
         shutdown_timeout_s: Option<u64>,
     ) -> Result<Task, ApiError> {
+        if matches!(action, VmAction::Backup | VmAction::Restore) {
+            return Err(ApiError::invalid(format!(
+                "a backup is taken with POST /api/v1/vms/{name}/backup ('vdc backup run {name} --store STORE') and restored with POST /api/v1/backups/ID/restore ('vdc backup restore ID')"
+            )));
+        }
         if !action.is_offered() {
             return Err(ApiError::invalid(format!(
                 "the VM action '{action}' is not available yet; use {}",

@@ -345,7 +345,7 @@ impl Cluster {
         spawned
     }
 
-    async fn attach_task(&self, name: &str, task: &str) -> Result<(), ApiError> {
+    pub(crate) async fn attach_task(&self, name: &str, task: &str) -> Result<(), ApiError> {
         let (_, rec) = self
             .update_record(name, |mut rec| {
                 match rec.operation.as_mut() {

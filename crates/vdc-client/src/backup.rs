@@ -1,0 +1,126 @@
+//! Backup calls of the REST API: stores, runs, restores, verify, prune, gc.
+
+use vdc_types::backup::{
+    AddBackupStoreRequest, Backup, BackupStore, GcReport, PruneReport, PruneRequest,
+    RestoreRequest, RunBackupRequest, VerifyReport,
+};
+use vdc_types::Task;
+
+use crate::{seg, Client, ClientError};
+
+fn query(store: Option<&str>, vm: Option<&str>) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    if let Some(s) = store {
+        q.append_pair("store", s);
+    }
+    if let Some(v) = vm {
+        q.append_pair("vm", v);
+    }
+    let q = q.finish();
+    if q.is_empty() {
+        q
+    } else {
+        format!("?{q}")
+    }
+}
+
+impl Client {
+    /// `GET /backup-stores`.
+    pub async fn list_backup_stores(&self) -> Result<Vec<BackupStore>, ClientError> {
+        self.get("/backup-stores").await
+    }
+
+    /// `POST /backup-stores`.
+    pub async fn add_backup_store(
+        &self,
+        req: &AddBackupStoreRequest,
+    ) -> Result<BackupStore, ClientError> {
+        self.post("/backup-stores", req).await
+    }
+
+    /// `DELETE /backup-stores/{name}`.
+    pub async fn remove_backup_store(&self, name: &str) -> Result<(), ClientError> {
+        self.send(self.req(
+            reqwest::Method::DELETE,
+            &format!("/backup-stores/{}", seg(name)),
+        ))
+        .await
+    }
+
+    /// `POST /vms/{name}/backup`: the `backup.run` task.
+    pub async fn run_backup(&self, vm: &str, store: &str) -> Result<Task, ClientError> {
+        self.post(
+            &format!("/vms/{}/backup", seg(vm)),
+            &RunBackupRequest {
+                store: store.into(),
+            },
+        )
+        .await
+    }
+
+    /// `GET /backups`.
+    pub async fn list_backups(
+        &self,
+        store: Option<&str>,
+        vm: Option<&str>,
+    ) -> Result<Vec<Backup>, ClientError> {
+        self.get(&format!("/backups{}", query(store, vm))).await
+    }
+
+    /// `GET /backups/{id}`.
+    pub async fn get_backup(&self, id: &str, store: Option<&str>) -> Result<Backup, ClientError> {
+        self.get(&format!("/backups/{}{}", seg(id), query(store, None)))
+            .await
+    }
+
+    /// `DELETE /backups/{id}`.
+    pub async fn remove_backup(&self, id: &str, store: Option<&str>) -> Result<(), ClientError> {
+        self.send(self.req(
+            reqwest::Method::DELETE,
+            &format!("/backups/{}{}", seg(id), query(store, None)),
+        ))
+        .await
+    }
+
+    /// `POST /backups/{id}/restore`: the `backup.restore` task.
+    pub async fn restore_backup(
+        &self,
+        id: &str,
+        req: &RestoreRequest,
+    ) -> Result<Task, ClientError> {
+        self.post(&format!("/backups/{}/restore", seg(id)), req)
+            .await
+    }
+
+    /// `POST /backups/{id}/verify`.
+    pub async fn verify_backup(
+        &self,
+        id: &str,
+        store: Option<&str>,
+    ) -> Result<VerifyReport, ClientError> {
+        self.post(
+            &format!("/backups/{}/verify{}", seg(id), query(store, None)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `POST /backup-stores/{name}/prune`.
+    pub async fn prune_backups(
+        &self,
+        store: &str,
+        req: &PruneRequest,
+    ) -> Result<PruneReport, ClientError> {
+        self.post(&format!("/backup-stores/{}/prune", seg(store)), req)
+            .await
+    }
+
+    /// `POST /backup-stores/{name}/gc`.
+    pub async fn gc_backup_store(&self, store: &str) -> Result<GcReport, ClientError> {
+        self.post(
+            &format!("/backup-stores/{}/gc", seg(store)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+}

