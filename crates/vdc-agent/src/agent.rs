@@ -94,6 +94,8 @@ pub(crate) struct Agent {
     server_credential: Mutex<Option<SecretHash>>,
     /// The host's certificate for the migration stream (see `tls`).
     pub(crate) tls: crate::tls::HostTls,
+    /// The cluster's switches on this host (see `switches`).
+    pub(crate) switches: crate::switches::Switches,
 }
 
 impl Agent {
@@ -156,6 +158,7 @@ impl Agent {
             moved_check: Arc::default(),
             server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
             tls: crate::tls::HostTls::open(&config.state_dir),
+            switches: Default::default(),
             config,
         }))
     }
@@ -330,6 +333,7 @@ impl Agent {
             datastores,
             vms: self.runtimes(),
             agent_started_ms: self.started_ms,
+            switches: self.switches.states(),
         }
     }
 

@@ -110,6 +110,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
             post(console_input).layer(DefaultBodyLimit::max(CONSOLE_INPUT_BODY_MAX)),
         )
         .route("/agent/v1/images/import", post(import_image))
+        .route("/agent/v1/images/remove", post(remove_image))
+        .route("/agent/v1/images/inspect", post(inspect_image))
         .route("/agent/v1/jobs", post(submit_job).get(list_jobs))
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/agent/v1/jobs/{id}/proceed", post(proceed_job))
@@ -261,6 +263,9 @@ async fn destroy(
     Path(id): Path<String>,
     Body(req): Body<DestroyVmRequest>,
 ) -> Result<StatusCode, Failure> {
+    if let Some(keep) = &req.keep_boot_disk_as {
+        agent.keep_boot_disk(&req.config, keep).await?;
+    }
     agent.destroy(&id, req.config).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -324,6 +329,21 @@ async fn import_image(
     Body(req): Body<ImportImageRequest>,
 ) -> ApiResult<ImportImageResponse> {
     Ok(Json(agent.import_image(req).await?))
+}
+
+async fn inspect_image(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::agent::InspectImageRequest>,
+) -> ApiResult<vdc_types::agent::ImageInspection> {
+    Ok(Json(agent.inspect_image(&req).await?))
+}
+
+async fn remove_image(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::agent::RemoveImageRequest>,
+) -> Result<StatusCode, Failure> {
+    agent.remove_image(&req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Starts a job (201) or attaches to the one with that operation id (200).

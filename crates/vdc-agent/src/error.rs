@@ -99,9 +99,7 @@ pub(crate) fn disk_error(what: impl std::fmt::Display, err: vdc_disk::DiskError)
         vdc_disk::DiskError::ImageRefused { .. } => {
             ApiError::invalid(format!("{what}: {}", chain(&err)))
         }
-        vdc_disk::DiskError::Locked { .. } | vdc_disk::DiskError::UnknownFiles { .. } => {
-            ApiError::invalid_state(format!("{what}: {err}"))
-        }
+        vdc_disk::DiskError::Locked { .. } => ApiError::invalid_state(format!("{what}: {err}")),
         _ => host_error(what, &err),
     }
 }

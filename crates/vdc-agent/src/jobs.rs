@@ -295,6 +295,17 @@ impl Agent {
             }
             JobOp::Backup { request } => self.backup_job(cell, request).await,
             JobOp::Restore { request } => self.restore_job(cell, request).await,
+            JobOp::ExportOva { request } => {
+                cell.progress(1, "converting the disks");
+                let target = self.check_ova_target(&request.ova)?;
+                let scratch = crate::ova::ExportScratch::beside(&target);
+                let r = tokio::select! {
+                    r = self.export_ova(&request, &target, &scratch, |p, s| cell.progress(p, s)) => r.map(JobResult::Exported),
+                    _ = cell.cancel.cancelled() => Err(job_cancelled()),
+                };
+                scratch.remove();
+                r
+            }
             JobOp::ImportImage { request } => {
                 cell.progress(10, "copying the image");
                 let dest = self.resolve(&request.datastore, &request.path)?;
@@ -330,6 +341,9 @@ impl Agent {
                 .ok()
                 .and_then(|p| std::fs::metadata(p).ok())
                 .map(|m| m.len()),
+            vdc_types::agent::DiskSource::Image { source, .. } => {
+                std::fs::metadata(source).ok().map(|m| m.len())
+            }
             vdc_types::agent::DiskSource::Blank => None,
         };
         cell.progress(5, "creating disks");
@@ -343,7 +357,7 @@ impl Agent {
                 _ = tick.tick() => {
                     let copied = layout.disks.first().and_then(|d| std::fs::metadata(d).ok()).map(|m| m.len());
                     if let (Some(total), Some(done)) = (source_size.filter(|t| *t > 0), copied) {
-                        cell.progress((done.saturating_mul(95) / total).min(95) as u8, "copying the template");
+                        cell.progress((done.saturating_mul(95) / total).min(95) as u8, "copying the boot disk");
                     }
                 }
             }

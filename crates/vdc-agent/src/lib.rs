@@ -49,11 +49,13 @@ mod error;
 mod ha_settings;
 mod heartbeat;
 mod hoststats;
+mod images;
 mod instant_clone;
 mod isolation;
 mod jobs;
 mod lease_watch;
 mod migration;
+mod ova;
 mod power;
 mod prelaunch;
 mod provision;
@@ -65,6 +67,8 @@ mod snapshot;
 pub mod state;
 mod storage;
 mod supervisor;
+mod switches;
+mod templates;
 mod tls;
 mod transfer;
 pub mod vm_monitor;
@@ -118,6 +122,7 @@ pub async fn run_with_listener(
     }
     tokio::spawn(lease_watch::run(agent.clone()));
     tokio::spawn(reporter::run(agent.clone()));
+    tokio::spawn(switches::run(agent.clone()));
     axum::serve(listener, api::router(agent))
         .await
         .map_err(AgentError::Serve)

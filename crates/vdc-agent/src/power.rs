@@ -16,8 +16,8 @@ use crate::supervisor;
 use crate::agent::{datastore_io, Agent, Layout, EXIT_WAIT};
 use crate::provision::check_config;
 
-/// The taps (name, bridge) a VM needs and its NIC devices.
-pub(crate) type NicPlan = (Vec<(String, String)>, Vec<vdc_qemu::NicDevice>);
+/// The tap ports a VM needs and its NIC devices.
+pub(crate) type NicPlan = (Vec<vdc_net::TapPort>, Vec<vdc_qemu::NicDevice>);
 
 impl Agent {
     /// `POST /vms/{id}/start`.
@@ -267,7 +267,8 @@ impl Agent {
         Ok(slot.apply(Input::Launched))
     }
 
-    /// The taps (name, bridge) and NIC devices of `config`.
+    /// The tap ports (tap, bridge of the NIC's segment) and NIC devices of
+    /// `config`.
     pub(crate) fn nic_plan(&self, config: &VmConfig) -> Result<NicPlan, ApiError> {
         let mut taps = Vec::new();
         let mut nics = Vec::new();
@@ -283,7 +284,11 @@ impl Agent {
                     ))
                 })?;
             let tap = vdc_net::tap_name(&config.id, i as u32);
-            taps.push((tap.clone(), bridge));
+            taps.push(vdc_net::TapPort {
+                tap: tap.clone(),
+                bridge,
+                shaping: nic.shaping,
+            });
             nics.push(vdc_qemu::NicDevice {
                 id: format!("net{i}"),
                 mac: nic.mac.clone(),
@@ -307,6 +312,8 @@ impl Agent {
         if let Some(nic) = config.nics.first() {
             if let Some(ip) = &nic.ip {
                 oem.push(format!("vdc.ip={ip}"));
+            } else if nic.dhcp {
+                oem.push("vdc.ip=dhcp".to_string());
             }
             if let Some(gw) = &nic.gateway {
                 oem.push(format!("vdc.gw={gw}"));

@@ -42,16 +42,17 @@ impl Prepared {
 }
 
 impl Agent {
-    /// Creates the taps `(name, bridge)`; on failure the ones created are
+    /// Creates the taps on their bridges; on failure the ones created are
     /// deleted again.
     pub(crate) async fn create_taps(
         &self,
         name: &str,
-        taps: &[(String, String)],
+        taps: &[vdc_net::TapPort],
     ) -> Result<Vec<String>, ApiError> {
         let mut created = Vec::new();
-        for (tap, bridge) in taps {
-            if let Err(e) = vdc_net::create_tap(tap, bridge).await {
+        for port in taps {
+            let tap = &port.tap;
+            if let Err(e) = vdc_net::attach_port(port).await {
                 supervisor::cleanup_network(&created).await;
                 return Err(match e {
                     vdc_net::NetError::NoBridge(_) => ApiError::invalid(format!(

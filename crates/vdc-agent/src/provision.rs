@@ -70,6 +70,7 @@ impl Agent {
                 ));
             }
         }
+        let mut image_format = ImageFormat::Qcow2;
         let template = match &req.boot_source {
             DiskSource::Blank => None,
             DiskSource::Template {
@@ -89,6 +90,11 @@ impl Agent {
                     .map_err(|e| disk_error(format!("template disk '{path}'"), e))?;
                 Some((p, *linked))
             }
+            DiskSource::Image { source, format } => {
+                let (p, f) = self.checked_source(source, None, *format).await?;
+                image_format = f;
+                Some((p, false))
+            }
         };
         layout.vm_dir.create().map_err(|e| {
             disk_error(
@@ -96,8 +102,21 @@ impl Agent {
                 e,
             )
         })?;
+        let mut copies = Vec::new();
+        for f in &req.data_sources {
+            let p = self.resolve(&f.datastore, &f.path)?;
+            image::inspect(&p, Some(ImageFormat::Qcow2), &self.datastore_roots())
+                .await
+                .map_err(|e| disk_error(format!("disk '{}' to copy", f.path), e))?;
+            copies.push(p);
+        }
         let made = self
-            .make_disks(&config, &layout, template)
+            .make_disks(
+                &config,
+                &layout,
+                template.map(|(p, l)| (p, l, image_format)),
+                &copies,
+            )
             .await
             .and_then(|()| {
                 layout
@@ -128,7 +147,8 @@ impl Agent {
         &self,
         config: &VmConfig,
         layout: &Layout,
-        template: Option<(PathBuf, bool)>,
+        template: Option<(PathBuf, bool, ImageFormat)>,
+        copies: &[PathBuf],
     ) -> Result<(), ApiError> {
         for (i, (disk, path)) in config.disks.iter().zip(&layout.disks).enumerate() {
             if let Some(parent) = path.parent() {
@@ -141,11 +161,11 @@ impl Agent {
             }
             let what = format!("cannot create disk '{}'", disk.name);
             match (i, &template) {
-                (0, Some((src, linked))) => {
+                (0, Some((src, linked, format))) => {
                     if *linked {
                         qemu_img::create_linked_clone(path, src).await
                     } else {
-                        qemu_img::convert_to_qcow2(src, ImageFormat::Qcow2, path).await
+                        qemu_img::convert_to_qcow2(src, *format, path).await
                     }
                     .map_err(|e| disk_error(&what, e))?;
                     let size = qemu_img::info(path, ImageFormat::Qcow2)
@@ -157,6 +177,11 @@ impl Agent {
                             .await
                             .map_err(|e| disk_error(&what, e))?;
                     }
+                }
+                (i, _) if i > 0 && i <= copies.len() => {
+                    qemu_img::convert_to_qcow2(&copies[i - 1], ImageFormat::Qcow2, path)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?
                 }
                 _ => qemu_img::create_qcow2(path, disk.size_bytes)
                     .await
@@ -235,7 +260,7 @@ impl Agent {
                 }
             }
         }
-        layout
+        let left = layout
             .vm_dir
             .remove(&self.config.name, &in_dir)
             .map_err(|e| {
@@ -244,6 +269,14 @@ impl Agent {
                     e,
                 )
             })?;
+        if !left.is_empty() {
+            tracing::warn!(
+                vm = %config.name,
+                dir = %layout.vm_dir.path().display(),
+                files = ?left,
+                "files vdc does not know were left in the VM's directory"
+            );
+        }
         for path in moved {
             remove_made(&path, std::fs::remove_file(&path));
             if let Some(dir) = path.parent() {
@@ -263,56 +296,9 @@ impl Agent {
         &self,
         req: ImportImageRequest,
     ) -> Result<ImportImageResponse, ApiError> {
-        let given = PathBuf::from(&req.source);
-        if !given.is_absolute() {
-            return Err(ApiError::invalid(format!(
-                "image source '{}' must be an absolute path on host '{}'",
-                req.source, self.config.name
-            )));
-        }
-        let source = match std::fs::canonicalize(&given) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "image '{}' not found on host '{}'",
-                        req.source, self.config.name
-                    ),
-                ))
-            }
-            Err(e) => return Err(host_error(format!("cannot resolve '{}'", req.source), &e)),
-        };
-        let refused = |reason| {
-            disk_error(
-                format!("cannot import '{}'", req.source),
-                vdc_disk::DiskError::ImageRefused {
-                    path: given.clone(),
-                    reason,
-                },
-            )
-        };
-        let datastores = self.datastore_roots();
-        let allowed: Vec<PathBuf> = datastores
-            .iter()
-            .cloned()
-            .chain(self.import_roots())
-            .collect();
-        if !image::within(&source, &allowed) {
-            return Err(refused(image::ImageRefusal::SourceOutside {
-                allowed: allowed
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }));
-        }
-        if !source.is_file() {
-            return Err(refused(image::ImageRefusal::NotAFile));
-        }
-        let format = image::inspect(&source, req.format, &datastores)
-            .await
-            .map_err(|e| disk_error(format!("cannot import '{}'", req.source), e))?;
+        let (source, format) = self
+            .checked_source(&req.source, req.source_datastore.as_deref(), req.format)
+            .await?;
         let dest = self.resolve(&req.datastore, &req.path)?;
         if dest.exists() {
             return Err(ApiError::new(
@@ -335,6 +321,9 @@ impl Agent {
         .await;
         match result {
             Ok(info) => {
+                if let Err(e) = crate::templates::make_read_only(&dest) {
+                    tracing::warn!(path = %dest.display(), error = %e, "cannot make an imported image read-only");
+                }
                 tracing::info!(source = %source.display(), %format, dest = %dest.display(), "image imported");
                 Ok(ImportImageResponse {
                     size_bytes: info.virtual_size,
@@ -354,7 +343,7 @@ impl Agent {
     }
 
     /// The import directories, symbolic links resolved (those that exist).
-    fn import_roots(&self) -> Vec<PathBuf> {
+    pub(crate) fn import_roots(&self) -> Vec<PathBuf> {
         canonical_roots(self.config.import_dirs.iter().map(PathBuf::as_path))
     }
 }

@@ -98,6 +98,17 @@ pub(crate) async fn run(agent: Arc<Agent>) {
                 must_join = true;
             }
         }
+        let sent = match sent {
+            Ok(r) => {
+                // An answer without switches (an older server) changes
+                // nothing on this host.
+                if let Ok(answer) = r.json::<vdc_types::switch::ReportAnswer>().await {
+                    agent.switches.desire(answer);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         if sent.is_ok() {
             last_ok.store(
                 epoch.elapsed().as_millis() as u64,

@@ -380,6 +380,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         nics: vec![],
         hostname: "t1".into(),
         template: Some("guest".into()),
+        linked_clone: false,
         created_ms: vdc_types::now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
@@ -435,8 +436,10 @@ async fn vm_lifecycle_through_the_agent_api() {
         network: "lab".into(),
         mac: "52:54:00:12:34:56".into(),
         ip: Some("10.99.0.10/24".into()),
+        dhcp: false,
         gateway: None,
         bridge: Some("vdcnobridge0".into()),
+        ..Default::default()
     });
     let (status, v) = c
         .call(
@@ -925,6 +928,7 @@ async fn image_import_and_destroy_stay_inside_allowed_places() {
         nics: vec![],
         hostname: "d1".into(),
         template: None,
+        linked_clone: false,
         created_ms: vdc_types::now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),

@@ -8,6 +8,7 @@ use vdc_types::agent::HostReport;
 use vdc_types::auth::{
     AddHostRequest, HostCredential, HostJoin, JoinRequest, JoinResponse, Principal,
 };
+use vdc_types::switch::ReportAnswer;
 use vdc_types::ApiError;
 
 use crate::auth::check_report_host;
@@ -17,16 +18,18 @@ use crate::routes::AppState;
 /// An agent's heartbeat report (agents only, for their own host).
 #[utoipa::path(post, path = "/api/v1/agent/report", request_body = HostReport,
     security(("agent_credential" = [])),
-    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError),
+    responses((status = 200, body = ReportAnswer, description = "the switches the host must realize"), (status = 400, body = ApiError), (status = 401, body = ApiError),
         (status = 403, body = ApiError, description = "a user token, or a report for another host")))]
 pub(crate) async fn agent_report(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     ApiJson(r): ApiJson<HostReport>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<ReportAnswer>> {
     check_report_host(&who, &r.name)?;
     st.cluster.ingest_report(r).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(ReportAnswer {
+        switches: st.cluster.desired_switches().await?,
+    }))
 }
 
 /// An agent joins the cluster: the server checks its credential's host and

@@ -24,6 +24,8 @@ mod routes;
 mod server;
 mod snapshots;
 pub mod store_url;
+mod switches;
+mod templates_vm;
 pub mod tls;
 
 pub use credentials::Credentials;

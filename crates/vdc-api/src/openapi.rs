@@ -21,7 +21,7 @@ use vdc_types::{
 use crate::backup::BackupPaths;
 use crate::join;
 use crate::routes::*;
-use crate::{events, ha, maintenance, migration};
+use crate::{events, ha, maintenance, migration, templates_vm};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -51,6 +51,10 @@ use crate::{events, ha, maintenance, migration};
         create_network,
         get_network,
         delete_network,
+        crate::switches::list_switches,
+        crate::switches::create_switch,
+        crate::switches::get_switch,
+        crate::switches::delete_switch,
         list_templates,
         create_template,
         list_vms,
@@ -75,6 +79,12 @@ use crate::{events, ha, maintenance, migration};
         join::list_agents,
         maintenance::enter_maintenance,
         maintenance::exit_maintenance,
+        templates_vm::clone_vm,
+        templates_vm::vm_to_template,
+        templates_vm::get_template,
+        templates_vm::delete_template,
+        templates_vm::import_disk,
+        templates_vm::export_vm,
         crate::snapshots::list_snapshots,
         crate::snapshots::create_snapshot,
         crate::snapshots::revert_snapshot,
@@ -106,6 +116,15 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::MaintenanceState,
         Datastore,
         Network,
+        vdc_types::switch::Switch,
+        vdc_types::switch::SwitchKind,
+        vdc_types::switch::SwitchView,
+        vdc_types::switch::HostRealization,
+        vdc_types::switch::HostSwitchState,
+        vdc_types::switch::RealizationState,
+        vdc_types::switch::UplinkState,
+        vdc_types::switch::DesiredSwitch,
+        vdc_types::switch::ReportAnswer,
         Template,
         Vm,
         VmAction,
@@ -142,6 +161,11 @@ use crate::{events, ha, maintenance, migration};
         vdc_types::migration::SetMigrationSettingsRequest,
         vdc_types::migration::CaSummary,
         vdc_types::migration::HostTlsStatus,
+        vdc_types::clone::CloneVmRequest,
+        vdc_types::clone::VmToTemplateRequest,
+        vdc_types::clone::TemplateDetails,
+        vdc_types::clone::ImportDiskRequest,
+        vdc_types::ova::ExportVmRequest,
         vdc_types::snapshot::SnapshotList,
         vdc_types::snapshot::Snapshot,
         vdc_types::snapshot::Consistency,

@@ -20,7 +20,7 @@ use vdc_types::{ApiError, Datastore, ErrorCode, Host, Network, Task, Vm, VmActio
 use crate::credentials::Credentials;
 use crate::error::{ApiBytes, ApiErr, ApiJson, ApiQuery, ApiResult};
 use crate::join;
-use crate::{events, ha, maintenance, migration};
+use crate::{events, ha, maintenance, migration, templates_vm};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -115,9 +115,28 @@ pub fn router(state: AppState) -> Router {
             post(maintenance::exit_maintenance),
         )
         .route("/datastores", get(list_datastores))
+        .route(
+            "/switches",
+            get(crate::switches::list_switches).post(crate::switches::create_switch),
+        )
+        .route(
+            "/switches/{name}",
+            get(crate::switches::get_switch).delete(crate::switches::delete_switch),
+        )
         .route("/networks", get(list_networks).post(create_network))
         .route("/networks/{name}", get(get_network).delete(delete_network))
         .route("/templates", get(list_templates).post(create_template))
+        .route(
+            "/templates/{name}",
+            get(templates_vm::get_template).delete(templates_vm::delete_template),
+        )
+        .route("/vms/{name}/clone", post(templates_vm::clone_vm))
+        .route("/imports/disk", post(templates_vm::import_disk))
+        .route("/vms/{name}/export", post(templates_vm::export_vm))
+        .route(
+            "/vms/{name}/to-template",
+            post(templates_vm::vm_to_template),
+        )
         .route("/vms", get(list_vms).post(create_vm))
         .route(
             "/vms/{name}",
@@ -174,8 +193,10 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(web_page))
         .route("/ui", get(web_page))
         .route("/ha.js", get(ha::web_script))
-        .route("/snapshots.js", get(crate::snapshots::web_script))
         .route("/backup.js", get(crate::backup::web_script))
+        .route("/templates.js", get(templates_vm::web_script))
+        .route("/snapshots.js", get(crate::snapshots::web_script))
+        .route("/net.js", get(crate::switches::web_script))
         .fallback(not_found)
         .with_state(state)
 }
@@ -238,9 +259,11 @@ async fn list_networks(State(st): State<AppState>) -> ApiResult<Json<Vec<Network
     Ok(Json(st.cluster.list_networks().await?))
 }
 
-/// Creates a network (a bridge present on every host, with an address pool).
+/// Creates a network (a port group): on a switch (or an existing bridge),
+/// with a VLAN id or a trunk of ids on a managed switch, and an address
+/// pool that overlaps no other on the same switch and VLAN.
 #[utoipa::path(post, path = "/api/v1/networks", request_body = Network,
-    responses((status = 201, body = Network), (status = 400, body = ApiError, description = "a field breaks its pattern, or the pool or gateway is outside the subnet or the pool is reversed"), (status = 409, body = ApiError)))]
+    responses((status = 201, body = Network), (status = 400, body = ApiError, description = "a field breaks its pattern, the switch does not exist, a VLAN is out of 1-4094 or on an existing bridge, the pool or gateway is outside the subnet, the pool is reversed or overlaps another on the same segment"), (status = 409, body = ApiError)))]
 async fn create_network(
     State(st): State<AppState>,
     ApiJson(n): ApiJson<Network>,

@@ -28,6 +28,7 @@ async fn server() -> (String, Client, tempfile::TempDir) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let client = Client::new(&url, Some(TOKEN.into()));
     let report = HostReport {
+        switches: vec![],
         name: "host-1".into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9".into(),
@@ -60,7 +61,7 @@ async fn server() -> (String, Client, tempfile::TempDir) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(r.status(), 200);
     (url, client, dir)
 }
 
@@ -292,6 +293,7 @@ async fn networks_are_validated() {
         gateway: None,
         pool_start: "10.77.9.100".into(),
         pool_end: "10.77.9.199".into(),
+        ..Default::default()
     };
     c.create_network(&good).await.unwrap();
     let (code, msg) = api_code(c.create_network(&good).await);
@@ -353,6 +355,7 @@ async fn events_stream_filters_topics() {
         gateway: None,
         pool_start: "10.77.8.10".into(),
         pool_end: "10.77.8.20".into(),
+        ..Default::default()
     };
     c.create_network(&n).await.unwrap();
     let ev = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
@@ -486,6 +489,7 @@ async fn query_tokens_are_url_decoded_and_streams_resume() {
             gateway: None,
             pool_start: format!("10.77.{sub}.10"),
             pool_end: format!("10.77.{sub}.20"),
+            ..Default::default()
         })
         .await
         .unwrap();

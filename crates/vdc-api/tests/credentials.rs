@@ -33,6 +33,7 @@ async fn server() -> (String, Client, tempfile::TempDir) {
 
 fn report(host: &str) -> HostReport {
     HostReport {
+        switches: vec![],
         name: host.into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9".into(),
@@ -145,7 +146,7 @@ async fn agents_and_users_keep_to_their_own_routes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(r.status(), 200);
     let hosts = c.list_hosts().await.unwrap();
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].name, "host-a");

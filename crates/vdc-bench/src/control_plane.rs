@@ -398,6 +398,7 @@ pub fn plan_failover(hosts: usize, vms: usize, failed: usize) -> (usize, f64) {
                 vcpus_committed: r.vms.len() as u32,
                 datastores: vec!["shared".into()],
                 cpu: None,
+                switches: None,
             }
         })
         .collect();
@@ -415,6 +416,7 @@ pub fn plan_failover(hosts: usize, vms: usize, failed: usize) -> (usize, f64) {
         memory_mib: sim::VM_MEMORY_MIB,
         datastores: vec!["shared".into()],
         cpu_model: None,
+        switches: vec![],
     };
     let mut placed = 0;
     for _vm in &plan {

@@ -58,6 +58,7 @@ pub fn vm_config(i: usize) -> VmConfig {
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
+        linked_clone: false,
         guest_agent: false,
     }
 }
@@ -132,6 +133,7 @@ pub fn report(h: usize, hosts: usize, vms: usize) -> HostReport {
             cache_reason: None,
         }],
         vms: runtimes,
+        switches: vec![],
         agent_started_ms: SINCE_MS,
     }
 }

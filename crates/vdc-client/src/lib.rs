@@ -6,11 +6,13 @@
 //! what was wrong.
 
 mod backup;
+mod clone;
 mod ha;
 mod history;
 mod maintenance;
 mod migration;
 mod snapshot;
+mod switches;
 mod tls;
 
 use std::time::{Duration, Instant};

@@ -159,6 +159,32 @@ impl AgentClient {
         Ok(())
     }
 
+    /// What an image source holds (`POST /agent/v1/images/inspect`).
+    pub async fn inspect_image(
+        &self,
+        host: &str,
+        url: &str,
+        req: &vdc_types::agent::InspectImageRequest,
+    ) -> Result<vdc_types::agent::ImageInspection, ApiError> {
+        let u = format!("{url}/agent/v1/images/inspect");
+        self.call(host, reqwest::Method::POST, u, Some(req), JOB_CALL_TIMEOUT)
+            .await
+    }
+
+    /// Removes a template's image file (`POST /agent/v1/images/remove`).
+    pub async fn remove_image(
+        &self,
+        host: &str,
+        url: &str,
+        req: &vdc_types::agent::RemoveImageRequest,
+    ) -> Result<(), ApiError> {
+        let u = format!("{url}/agent/v1/images/remove");
+        let _: serde_json::Value = self
+            .call(host, reqwest::Method::POST, u, Some(req), JOB_CALL_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
     /// Offers a stopped or suspended VM's files to another agent
     /// (`POST /agent/v1/exports`; the agent reads each file once for its
     /// SHA-256).

@@ -93,8 +93,10 @@ impl Cluster {
                 })
                 .unwrap_or_default()
         };
-        {
+        let switches_now = report.switches.clone();
+        let switches_before = {
             let mut live = self.live.write().await;
+            let before = live.get(&name).map(|l| l.report.switches.clone());
             live.insert(
                 name.clone(),
                 HostLive {
@@ -104,7 +106,10 @@ impl Cluster {
                     connected: true,
                 },
             );
-        }
+            before
+        };
+        self.note_switch_states(&name, switches_before.as_deref(), &switches_now)
+            .await;
         if !was_connected {
             self.events
                 .publish(
@@ -345,6 +350,7 @@ impl Cluster {
             maintenance: None,
             cpu_baseline: None,
             tls: r.and_then(|r| r.tls.clone()),
+            switches: r.map(|r| r.switches.clone()).unwrap_or_default(),
         }
     }
 
@@ -439,6 +445,7 @@ impl Cluster {
                 vcpus_committed: vcpus.get(&l.report.name).copied().unwrap_or(0),
                 datastores: l.report.datastores.iter().map(|d| d.name.clone()).collect(),
                 cpu: crate::cpu_baseline::host_cpu(&l.report),
+                switches: Cluster::realized_switches(&l.report),
             })
             .collect()
     }

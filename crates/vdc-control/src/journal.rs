@@ -123,6 +123,9 @@ mod tests {
             host: None,
             network: Some("lab".into()),
             boot_source: DiskSource::Blank,
+            data_sources: Vec::new(),
+            address: None,
+            dhcp: false,
         });
         j.steps = steps
             .into_iter()

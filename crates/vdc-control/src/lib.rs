@@ -23,11 +23,13 @@
 pub mod agents;
 pub mod answers;
 pub mod backup;
+pub mod clones;
 mod console;
 pub mod cpu_baseline;
 pub mod events;
 pub mod ha;
 mod hosts;
+mod imports;
 pub mod ipam;
 mod jobs;
 pub mod journal;
@@ -36,11 +38,14 @@ pub mod maintenance;
 pub mod migration;
 mod moves;
 mod networks;
+mod ova;
 pub mod ownership;
 pub mod record;
 pub mod resume;
 mod snapshots;
+pub mod switches;
 pub mod tasks;
+mod template_vm;
 mod templates;
 mod undo;
 pub mod vm_index;
@@ -178,6 +183,7 @@ impl Cluster {
             vm_index: index,
         });
         cluster.release_orphaned_operations(true).await?;
+        cluster.migrate_networks().await?;
         cluster
             .events
             .publish(

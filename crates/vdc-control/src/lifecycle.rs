@@ -24,6 +24,8 @@
 //!  stopped,running,paused  snapshot        snapshotting            same state
 //!  stopped,running,paused  backup          backing_up              same state
 //!  stopped,crashed restore                 restoring               stopped
+//!  stopped        clone                    cloning                 same state
+//!  stopped        convert_to_template      converting_to_template  (gone: a template)
 //!  (new record)   create                   creating                stopped (or running)
 //! ```
 //!
@@ -114,6 +116,9 @@ impl Refusal {
             Refusal::State { action, .. } => {
                 let hint = match action {
                     VmAction::Delete => format!("stop it first ('vdc vm stop {name}')"),
+                    VmAction::Clone | VmAction::ConvertToTemplate => format!(
+                        "power it off first ('vdc vm shutdown {name}'); a running VM's disks change under a copy"
+                    ),
                     _ => format!("it must be {}", state_list(&allowed_states(*action))),
                 };
                 ApiError::invalid_state(format!("{what}; {hint}"))
@@ -156,6 +161,10 @@ pub fn allowed_states(action: VmAction) -> Vec<VmPowerState> {
         VmAction::Failover => vec![S::Unknown],
         VmAction::Snapshot | VmAction::Backup => vec![S::Stopped, S::Running, S::Paused],
         VmAction::Restore => vec![S::Stopped, S::Crashed],
+        // A running VM's disks change under a copy: cloning one needs a
+        // snapshot first.
+        VmAction::Clone => vec![S::Stopped],
+        VmAction::ConvertToTemplate => vec![S::Stopped],
     }
 }
 
@@ -230,6 +239,8 @@ pub fn decide(now: &Now<'_>, action: VmAction, target: Option<&str>) -> Result<S
         VmAction::Snapshot => step(VmOperation::Snapshotting, None, same),
         VmAction::Backup => step(VmOperation::BackingUp, None, same),
         VmAction::Restore => step(VmOperation::Restoring, None, Done::State(S::Stopped)),
+        VmAction::Clone => step(VmOperation::Cloning, None, same),
+        VmAction::ConvertToTemplate => step(VmOperation::ConvertingToTemplate, None, Done::Gone),
     })
 }
 
@@ -281,6 +292,8 @@ mod tests {
             Just(VmOperation::Deleting),
             Just(VmOperation::Snapshotting),
             Just(VmOperation::BackingUp),
+            Just(VmOperation::Cloning),
+            Just(VmOperation::ConvertingToTemplate),
             Just(VmOperation::Migrating {
                 source: "a".into(),
                 target: "b".into()

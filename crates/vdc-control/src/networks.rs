@@ -8,7 +8,7 @@ use vdc_types::names::validate_name;
 use vdc_types::{ApiError, ErrorCode, Network, NicSpec};
 
 use crate::ipam::{self, Subnet};
-use crate::{store_err, Cluster};
+use crate::{store_err, switches, Cluster};
 
 impl Cluster {
     /// Every network.
@@ -25,20 +25,49 @@ impl Cluster {
             .ok_or_else(|| ApiError::not_found("Network", name))
     }
 
-    /// Creates a network after checking every field.
-    pub async fn create_network(&self, n: Network) -> Result<Network, ApiError> {
+    /// Creates a network (port group) after checking every field: its
+    /// switch (or the `existing` switch of a bridge given alone), VLANs,
+    /// addresses, and that its pool overlaps no other on the same segment.
+    pub async fn create_network(&self, mut n: Network) -> Result<Network, ApiError> {
         validate_name("network", &n.name).map_err(ApiError::invalid)?;
-        let bridge_ok = !n.bridge.is_empty()
-            && n.bridge.len() <= 15
-            && n.bridge
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !bridge_ok {
-            return Err(ApiError::invalid(format!(
-                "bridge '{}' is not a valid Linux interface name (1-15 letters, digits, '-', '_', '.')",
-                n.bridge.escape_default()
-            )));
+        let switch = match (&n.switch, n.bridge.is_empty()) {
+            (Some(sw), _) => {
+                let sw = self.get_switch(sw).await.map_err(|_| {
+                    ApiError::invalid(format!(
+                        "switch '{sw}' does not exist; create it first (vdc switch create) or pick one of `vdc switch list`"
+                    ))
+                })?;
+                let expected = vdc_types::switch::vlan_bridge(&sw.bridge, n.vlan.unwrap_or(1));
+                if !n.bridge.is_empty() && n.bridge != expected {
+                    return Err(ApiError::invalid(format!(
+                        "bridge '{}' is not the bridge of switch '{}' ({expected}); give only the switch",
+                        n.bridge, sw.name
+                    )));
+                }
+                sw
+            }
+            (None, false) => {
+                if !switches::rules::valid_ifname(&n.bridge) {
+                    return Err(ApiError::invalid(format!(
+                        "bridge '{}' is not a valid Linux interface name (1-15 letters, digits, '-', '_', '.')",
+                        n.bridge.escape_default()
+                    )));
+                }
+                self.ensure_existing_switch(&n.bridge).await?
+            }
+            (None, true) => {
+                return Err(ApiError::invalid(
+                    "a network needs a switch (--switch) or an existing bridge (--bridge)",
+                ))
+            }
+        };
+        switches::rules::check_port_group_vlans(&n, &switch).map_err(ApiError::invalid)?;
+        if let Some(s) = &n.shaping {
+            switches::rules::check_shaping(s).map_err(ApiError::invalid)?;
         }
+        n.bridge = vdc_types::switch::vlan_bridge(&switch.bridge, n.vlan.unwrap_or(1));
+        n.switch = Some(switch.name.clone());
+        n.version = vdc_types::switch::NETWORK_VERSION;
         let sn = Subnet::parse(&n.subnet).map_err(ApiError::invalid)?;
         let start =
             ipam::parse_host(&sn, &n.pool_start, "pool start").map_err(ApiError::invalid)?;
@@ -51,6 +80,13 @@ impl Cluster {
         if let Some(g) = &n.gateway {
             ipam::parse_host(&sn, g, "gateway").map_err(ApiError::invalid)?;
         }
+        let others = self.list_networks().await?;
+        if let Some(o) = switches::rules::overlapping_pool(&n, &others) {
+            return Err(ApiError::invalid(format!(
+                "pool {}–{} overlaps the pool {}–{} of network '{}' on the same switch and VLAN; choose another range or VLAN",
+                n.pool_start, n.pool_end, o.pool_start, o.pool_end, o.name
+            )));
+        }
         self.create_unique(
             &format!("/networks/{}", n.name),
             &n,
@@ -62,7 +98,7 @@ impl Cluster {
                 "network.created",
                 &n.name,
                 format!("network {} created", n.name),
-                json!({"subnet": n.subnet}),
+                json!({"subnet": n.subnet, "switch": n.switch, "vlan": n.vlan, "bridge": n.bridge}),
             )
             .await;
         Ok(n)
@@ -96,6 +132,14 @@ impl Cluster {
             )
             .await
             .map_err(store_err)?;
+        self.events
+            .publish(
+                "network.deleted",
+                name,
+                format!("network {name} deleted"),
+                serde_json::Value::Null,
+            )
+            .await;
         Ok(())
     }
 

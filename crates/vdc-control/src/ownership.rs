@@ -166,6 +166,7 @@ mod tests {
             nics: vec![],
             hostname: "vm".into(),
             template: None,
+            linked_clone: false,
             created_ms: 0,
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),

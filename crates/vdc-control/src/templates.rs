@@ -71,6 +71,8 @@ impl Cluster {
             size_bytes: 0,
             created_ms: now_ms(),
             source_format: None,
+            from_vm: None,
+            base: None,
         };
         let key = format!("/templates/{}", req.name);
         self.create_unique(
@@ -122,6 +124,7 @@ impl Cluster {
             let url = self.agent_url(host).await?;
             let request = ImportImageRequest {
                 source: source.to_string(),
+                source_datastore: None,
                 format,
                 datastore: tpl.datastore.clone(),
                 path: tpl.path.clone(),

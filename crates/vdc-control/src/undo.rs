@@ -82,6 +82,7 @@ impl Cluster {
         };
         let req = DestroyVmRequest {
             config: rec.config.clone(),
+            keep_boot_disk_as: None,
         };
         match self.agents.destroy(host, &url, &req).await {
             Ok(()) => {}

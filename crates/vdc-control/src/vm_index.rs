@@ -281,6 +281,7 @@ mod tests {
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             ha: Default::default(),
+            linked_clone: false,
             guest_agent: false,
         };
         VmRecord::new(config, VmPowerState::Running, owner.map(str::to_string))

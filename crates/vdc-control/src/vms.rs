@@ -40,6 +40,7 @@ use vdc_types::{
     TaskParams, VmConfig, VmOperation, VmPowerState,
 };
 
+use crate::clones::{Asked, Origin};
 use crate::journal;
 use crate::record::vm_key;
 use crate::tasks::TaskCtx;
@@ -53,7 +54,9 @@ pub(crate) fn placement_err(e: PlacementError) -> ApiError {
     let code = match e {
         PlacementError::NoHosts => ErrorCode::HostUnavailable,
         PlacementError::NoDatastoreAccess(_) => ErrorCode::InvalidInput,
-        PlacementError::Unavailable(_) => ErrorCode::InvalidState,
+        PlacementError::Unavailable(_)
+        | PlacementError::NoSwitch(_)
+        | PlacementError::NoSwitchOn { .. } => ErrorCode::InvalidState,
         _ => ErrorCode::InsufficientCapacity,
     };
     ApiError::new(code, e.to_string())
@@ -142,6 +145,16 @@ impl Cluster {
 
     /// Validates a create request and starts the task that carries it out.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVmRequest) -> Result<Task, ApiError> {
+        self.create_vm_from(req, Origin::default()).await
+    }
+
+    /// [`Cluster::create_vm`] with the disks copied from `origin` (a clone
+    /// of a VM) instead of a template or blank ones.
+    pub(crate) async fn create_vm_from(
+        self: &Arc<Self>,
+        req: CreateVmRequest,
+        origin: Origin,
+    ) -> Result<Task, ApiError> {
         validate_name("VM", &req.name).map_err(ApiError::invalid)?;
         let cpus = req.cpus.unwrap_or(DEFAULT_CPUS);
         if cpus == 0 || cpus > MAX_CPUS {
@@ -191,7 +204,7 @@ impl Cluster {
                 )));
             }
         }
-        if req.linked_clone && template.is_none() {
+        if req.linked_clone && template.is_none() && origin.boot.is_none() {
             return Err(ApiError::invalid(
                 "a linked clone needs a template (--template)",
             ));
@@ -220,12 +233,13 @@ impl Cluster {
             }
             (Some(g), _) => g * GIB,
             (None, Some(t)) => t.size_bytes,
-            (None, None) => DEFAULT_DISK_GIB * GIB,
+            (None, None) => origin.boot_bytes.unwrap_or(DEFAULT_DISK_GIB * GIB),
         };
         let network = match &req.network {
             Some(n) => Some(self.get_network(n).await?),
             None => self.list_networks().await?.into_iter().next(),
         };
+        let custom = self.customization(&req, network.as_ref()).await?;
         let mut datastores = vec![datastore.name.clone()];
         let mut disks = vec![DiskSpec {
             name: "disk0".into(),
@@ -269,12 +283,25 @@ impl Cluster {
                 size_bytes: d.size_gib * GIB,
             });
         }
+        for (i, (_, size_bytes)) in origin.data.iter().enumerate() {
+            disks.push(DiskSpec {
+                name: format!("disk{}", i + 1),
+                datastore: datastore.name.clone(),
+                path: format!("{}/disk{}.qcow2", req.name, i + 1),
+                size_bytes: *size_bytes,
+            });
+        }
         let cpu_model = self.vm_cpu_model().await;
         let demand = Demand {
             cpus,
             memory_mib,
             datastores: datastores.clone(),
             cpu_model: Some(cpu_model.to_string()),
+            switches: network
+                .as_ref()
+                .and_then(|n| n.switch.clone())
+                .into_iter()
+                .collect(),
         };
         vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
         if req.start {
@@ -309,8 +336,9 @@ impl Cluster {
             dir: req.name.clone(),
             disks,
             nics: Vec::new(),
-            hostname: req.name.clone(),
+            hostname: custom.hostname.clone(),
             template: template.as_ref().map(|t| t.name.clone()),
+            linked_clone: req.linked_clone && template.is_some(),
             created_ms: now_ms(),
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: cpu_model.into(),
@@ -341,14 +369,18 @@ impl Cluster {
             start: req.start,
             host: req.host.clone(),
             network: network.as_ref().map(|n| n.name.clone()),
-            boot_source: match &template {
-                Some(t) => DiskSource::Template {
+            boot_source: match (&template, origin.boot) {
+                (Some(t), _) => DiskSource::Template {
                     datastore: t.datastore.clone(),
                     path: t.path.clone(),
                     linked: req.linked_clone,
                 },
-                None => DiskSource::Blank,
+                (None, Some(boot)) => boot,
+                (None, None) => DiskSource::Blank,
             },
+            data_sources: origin.data.into_iter().map(|(f, _)| f).collect(),
+            address: custom.address,
+            dhcp: custom.dhcp,
         };
         let me = self.clone();
         let name = req.name.clone();
@@ -388,6 +420,9 @@ impl Cluster {
             host,
             network,
             boot_source,
+            data_sources,
+            address,
+            dhcp,
             ..
         } = params
         else {
@@ -396,7 +431,15 @@ impl Cluster {
             ));
         };
         let result = self
-            .create_steps(ctx, name, start, host, network, boot_source)
+            .create_steps(
+                ctx,
+                name,
+                start,
+                host,
+                network,
+                (boot_source, data_sources),
+                Asked { address, dhcp },
+            )
             .await;
         let Err(e) = result else {
             return Ok(());
@@ -438,6 +481,7 @@ impl Cluster {
         Err(e)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn create_steps(
         self: &Arc<Self>,
         ctx: &TaskCtx,
@@ -445,7 +489,8 @@ impl Cluster {
         start: bool,
         host: Option<String>,
         network: Option<String>,
-        boot_source: DiskSource,
+        (boot_source, data_sources): (DiskSource, Vec<vdc_types::agent::DiskFile>),
+        asked: Asked,
     ) -> Result<(), ApiError> {
         let mut rec = self.record(name).await?;
         let done = ctx.journal_now().await?;
@@ -453,28 +498,32 @@ impl Cluster {
             if rec.config.nics.is_empty() {
                 let net = self.get_network(net_name).await?;
                 let ip = match journal::addresses(&done).into_iter().next() {
-                    Some((_, address)) => address,
+                    _ if asked.dhcp => None,
+                    Some((_, address)) => Some(address),
                     None => {
                         ctx.progress(5, "allocating an address").await;
-                        let ip = match self.address_held_by(&net, name).await? {
-                            Some(ip) => ip,
-                            None => self.allocate_ip(&net, name).await?,
+                        let ip = match (self.address_held_by(&net, name).await?, &asked.address) {
+                            (Some(ip), _) => ip,
+                            (None, Some(a)) => self.reserve_ip(&net, name, a).await?,
+                            (None, None) => self.allocate_ip(&net, name).await?,
                         };
                         ctx.journal(Step::AddressAllocated {
                             network: net.name.clone(),
                             address: ip.clone(),
                         })
                         .await?;
-                        ip
+                        Some(ip)
                     }
                 };
-                let nic = NicSpec {
+                let mut nic = NicSpec {
                     network: net.name.clone(),
                     mac: random_mac(),
-                    ip: Some(ip),
+                    dhcp: ip.is_none(),
+                    ip,
                     gateway: net.gateway.clone(),
-                    bridge: Some(net.bridge.clone()),
+                    ..Default::default()
                 };
+                crate::switches::attach(&mut nic, &net);
                 rec = self
                     .update_record(name, |mut r| {
                         if r.config.nics.is_empty() {
@@ -503,6 +552,7 @@ impl Cluster {
                                 .map(|d| d.datastore.clone())
                                 .collect(),
                             cpu_model: Some(rec.config.cpu_model.clone()),
+                            switches: crate::switches::switches_of(&rec.config),
                         };
                         vdc_sched::place(&demand, &self.capacities().await)
                             .map_err(placement_err)?
@@ -524,6 +574,7 @@ impl Cluster {
             let request = ProvisionVmRequest {
                 config: rec.config.clone(),
                 boot_source,
+                data_sources,
             };
             self.agent_job(ctx, &host, &url, JobOp::Provision { request }, (10, 45))
                 .await?;

@@ -29,6 +29,7 @@ fn lan() -> Network {
         gateway: Some("10.77.0.11".into()),
         pool_start: "10.77.0.10".into(),
         pool_end: "10.77.0.12".into(),
+        ..Default::default()
     }
 }
 
@@ -198,10 +199,17 @@ async fn networks_are_checked_before_they_are_created() {
     }
     assert!(cluster.list_networks().await.expect("list").is_empty());
 
-    assert_eq!(cluster.create_network(lan()).await.expect("create"), lan());
+    // A bridge given alone becomes a port group of that bridge's
+    // `existing` switch.
+    let lan_v2 = Network {
+        version: vdc_types::switch::NETWORK_VERSION,
+        switch: Some("vdcbr0".into()),
+        ..lan()
+    };
+    assert_eq!(cluster.create_network(lan()).await.expect("create"), lan_v2);
     let err = cluster.create_network(lan()).await.expect_err("duplicate");
     assert_eq!(err.code, ErrorCode::AlreadyExists);
-    assert_eq!(cluster.get_network("lan").await.expect("get"), lan());
+    assert_eq!(cluster.get_network("lan").await.expect("get"), lan_v2);
     assert_eq!(
         cluster.get_network("wan").await.expect_err("missing").code,
         ErrorCode::NotFound

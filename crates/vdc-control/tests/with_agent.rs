@@ -260,6 +260,7 @@ async fn the_same_operation_id_twice_is_one_job() {
         nics: vec![],
         hostname: "jobvm".into(),
         template: None,
+        linked_clone: false,
         created_ms: 0,
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
@@ -272,6 +273,7 @@ async fn the_same_operation_id_twice_is_one_job() {
             request: vdc_types::agent::ProvisionVmRequest {
                 config: config.clone(),
                 boot_source: vdc_types::agent::DiskSource::Blank,
+                data_sources: Vec::new(),
             },
         },
     };
@@ -645,6 +647,7 @@ async fn a_create_finds_the_address_it_reserved_before_a_crash() {
             gateway: None,
             pool_start: "10.77.0.10".into(),
             pool_end: "10.77.0.20".into(),
+            ..Default::default()
         })
         .await
         .expect("network");

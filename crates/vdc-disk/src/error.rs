@@ -133,14 +133,6 @@ pub enum DiskError {
         /// Host that holds it now (empty if the lease file is gone).
         holder_host: String,
     },
-    /// The directory holds files vdc did not create; they were left alone.
-    #[error("{path} still holds files vdc does not know: {files:?}")]
-    UnknownFiles {
-        /// VM directory.
-        path: PathBuf,
-        /// File names left in it.
-        files: Vec<String>,
-    },
 }
 
 impl DiskError {

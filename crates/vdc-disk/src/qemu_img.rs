@@ -220,11 +220,12 @@ pub async fn convert_to_qcow2(
 }
 
 /// Creates a qcow2 image at `dest` whose backing file is `backing`, a
-/// qcow2 image (a linked clone of a template). `backing` is made absolute so
-/// the clone works from any directory.
+/// qcow2 image (a linked clone of a template). The backing file is recorded
+/// relative to `dest`'s directory ([`relative_backing`]): a datastore is
+/// mounted at a different path on each host, and both files live in the
+/// same datastore, so only a relative path works everywhere.
 pub async fn create_linked_clone(dest: &Path, backing: &Path) -> Result<(), DiskError> {
-    let backing: PathBuf =
-        std::path::absolute(backing).map_err(|e| DiskError::io("resolve", backing, e))?;
+    let rel = relative_backing(dest, backing)?;
     let fmt = ImageFormat::Qcow2.as_str();
     run(
         "create",
@@ -237,12 +238,148 @@ pub async fn create_linked_clone(dest: &Path, backing: &Path) -> Result<(), Disk
             "-F".as_ref(),
             fmt.as_ref(),
             "-b".as_ref(),
-            backing.as_os_str(),
+            rel.as_os_str(),
             dest.as_os_str(),
         ],
     )
     .await
     .map(drop)
+}
+
+/// Records `backing` (a qcow2 image) as the backing file of the qcow2 image
+/// at `image`, relative to `image`'s directory, without copying any data
+/// (`qemu-img rebase -u`): for an image moved within its datastore, or one
+/// that still records an absolute backing path.
+pub async fn rebase_in_place(image: &Path, backing: &Path) -> Result<(), DiskError> {
+    let rel = relative_backing(image, backing)?;
+    run(
+        "rebase",
+        image,
+        &[
+            "rebase".as_ref(),
+            "-u".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-F".as_ref(),
+            "qcow2".as_ref(),
+            "-b".as_ref(),
+            rel.as_os_str(),
+            image.as_os_str(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// The path of `backing` relative to the directory of `image` (both
+/// resolved to absolute paths, symbolic links followed for the existing
+/// directories), e.g. `../templates/base.qcow2`.
+pub fn relative_backing(image: &Path, backing: &Path) -> Result<PathBuf, DiskError> {
+    let resolve = |p: &Path| -> Result<PathBuf, DiskError> {
+        let abs = std::path::absolute(p).map_err(|e| DiskError::io("resolve", p, e))?;
+        let (Some(dir), Some(name)) = (abs.parent(), abs.file_name()) else {
+            return Ok(abs);
+        };
+        Ok(std::fs::canonicalize(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .join(name))
+    };
+    let image = resolve(image)?;
+    let backing = resolve(backing)?;
+    let from: Vec<_> = image
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .components()
+        .collect();
+    let to: Vec<_> = backing.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c);
+    }
+    Ok(rel)
+}
+
+/// Converts `source` (read as `format`) into `dest` in `out_format` with
+/// `qemu-img convert -p`, calling `progress` with the percentage done as
+/// `qemu-img` reports it. `options` go to `-o` (e.g.
+/// `subformat=streamOptimized` for a VMDK inside an OVA).
+pub async fn convert_with_progress(
+    source: &Path,
+    format: &str,
+    dest: &Path,
+    out_format: &str,
+    options: Option<&str>,
+    mut progress: impl FnMut(u8) + Send,
+) -> Result<(), DiskError> {
+    use tokio::io::AsyncReadExt;
+    let mut cmd = Command::new(QEMU_IMG);
+    cmd.args(["convert", "-p", "-f", format, "-O", out_format]);
+    if let Some(o) = options {
+        cmd.args(["-o", o]);
+    }
+    cmd.arg(source).arg(dest);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(DiskError::QemuImgSpawn)?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let err_reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        if let Err(e) = stderr.read_to_end(&mut buf).await {
+            tracing::debug!(error = %e, "cannot read qemu-img's stderr");
+        }
+        buf
+    });
+    let mut buf = [0u8; 256];
+    let mut line = Vec::new();
+    loop {
+        let n = stdout
+            .read(&mut buf)
+            .await
+            .map_err(|e| DiskError::io("read the progress of", dest, e))?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\r' || b == b'\n' {
+                if let Some(p) = parse_progress(&line) {
+                    progress(p);
+                }
+                line.clear();
+            } else {
+                line.push(b);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| DiskError::io("convert", dest, e))?;
+    let stderr = err_reader.await.unwrap_or_default();
+    if !status.success() {
+        return Err(DiskError::QemuImg {
+            operation: "convert",
+            path: dest.to_path_buf(),
+            status: status.code(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The percentage in one line of `qemu-img convert -p`'s output
+/// (`    (42.05/100%)`).
+fn parse_progress(line: &[u8]) -> Option<u8> {
+    let s = std::str::from_utf8(line).ok()?.trim();
+    let inner = s.strip_prefix('(')?.split('/').next()?;
+    let v: f64 = inner.trim().parse().ok()?;
+    Some(v.clamp(0.0, 100.0) as u8)
 }
 
 /// Grows the qcow2 image's virtual size to `size_bytes`. Equal size is a
@@ -348,6 +485,13 @@ mod tests {
         create_linked_clone(&linked, &base).await.unwrap();
         let li = info(&linked, ImageFormat::Qcow2).await.unwrap();
         assert_eq!(li.backing_file.as_deref(), Some(base.to_str().unwrap()));
+        let raw = std::process::Command::new(QEMU_IMG)
+            .args(["info", "--output=json"])
+            .arg(&linked)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+        assert_eq!(v["backing-filename"], "base.qcow2", "recorded relative");
         assert_eq!(li.backing_format.as_deref(), Some("qcow2"));
 
         grow(&linked, 128 * MIB).await.unwrap();
@@ -361,6 +505,38 @@ mod tests {
         grow(&linked, 128 * MIB).await.unwrap();
         let err = grow(&linked, 32 * MIB).await.unwrap_err();
         assert!(matches!(err, DiskError::Shrink { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn backing_paths_are_relative_to_the_overlay() {
+        let rel = |a: &str, b: &str| {
+            relative_backing(Path::new(a), Path::new(b))
+                .unwrap()
+                .display()
+                .to_string()
+        };
+        assert_eq!(
+            rel(
+                "/nonexistent/ds/vm/disk0.qcow2",
+                "/nonexistent/ds/templates/t.qcow2"
+            ),
+            "../templates/t.qcow2"
+        );
+        assert_eq!(
+            rel("/nonexistent/ds/a.qcow2", "/nonexistent/ds/b.qcow2"),
+            "b.qcow2"
+        );
+        assert_eq!(
+            rel("/nonexistent/ds/x/y/d.qcow2", "/nonexistent/ds/t.qcow2"),
+            "../../t.qcow2"
+        );
+    }
+
+    #[test]
+    fn convert_progress_lines() {
+        assert_eq!(parse_progress(b"    (42.05/100%)"), Some(42));
+        assert_eq!(parse_progress(b"    (100.00/100%)"), Some(100));
+        assert_eq!(parse_progress(b"garbage"), None);
     }
 
     #[tokio::test]

@@ -149,11 +149,14 @@ impl VmDir {
     /// (disk file names inside the directory), then the directory itself.
     /// Refused with [`DiskError::Locked`] while another host holds a
     /// lease; a lease of `host` itself is removed.
-    /// Unknown files are left in place and reported
-    /// ([`DiskError::UnknownFiles`]).
-    pub fn remove(&self, host: &str, disk_files: &[String]) -> Result<(), DiskError> {
+    ///
+    /// Files vdc does not know (an administrator's notes, an image copied
+    /// in by hand) never stop the VM's removal and are never deleted: they
+    /// stay, with the directory, and their names are returned so the
+    /// caller can report them.
+    pub fn remove(&self, host: &str, disk_files: &[String]) -> Result<Vec<String>, DiskError> {
         if !self.exists() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let lock = self.lock();
         // Whether another host's lease is live or stale takes a TTL of
@@ -198,20 +201,18 @@ impl VmDir {
                 unknown.push(name);
             }
         }
-        if !unknown.is_empty() {
-            unknown.sort();
-            return Err(DiskError::UnknownFiles {
-                path: self.path.clone(),
-                files: unknown,
-            });
-        }
-        // The lease goes last: until the directory is empty it still guards it.
+        unknown.sort();
+        // The lease goes last: until the directory holds no file of the VM
+        // it still guards it.
         match std::fs::remove_file(lock.path()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(DiskError::io("remove", lock.path(), e)),
         }
-        std::fs::remove_dir(&self.path).map_err(|e| DiskError::io("remove", &self.path, e))
+        if unknown.is_empty() {
+            std::fs::remove_dir(&self.path).map_err(|e| DiskError::io("remove", &self.path, e))?;
+        }
+        Ok(unknown)
     }
 }
 
@@ -233,6 +234,7 @@ mod tests {
             nics: vec![],
             hostname: "web-1".into(),
             template: None,
+            linked_clone: false,
             created_ms: 1,
             machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
@@ -283,16 +285,15 @@ mod tests {
             Err(DiskError::Locked { ref holder_host, .. }) if holder_host == "h1"
         ));
         std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
-        match dir.remove("h1", &["disk0.qcow2".into()]) {
-            Err(DiskError::UnknownFiles { files, .. }) => {
-                assert_eq!(files, vec!["notes.txt".to_string()])
-            }
-            other => panic!("{other:?}"),
-        }
+        let left = dir.remove("h1", &["disk0.qcow2".into()]).unwrap();
+        assert_eq!(left, vec!["notes.txt".to_string()]);
         assert!(dir.path().join("notes.txt").exists());
+        assert!(!dir.path().join("disk0.qcow2").exists());
+        assert!(!dir.config_path().exists());
+        assert!(!dir.lock().path().exists());
         std::fs::remove_file(dir.path().join("notes.txt")).unwrap();
-        dir.remove("h1", &["disk0.qcow2".into()]).unwrap();
+        assert!(dir.remove("h1", &[]).unwrap().is_empty());
         assert!(!dir.exists());
-        dir.remove("h1", &[]).unwrap();
+        assert!(dir.remove("h1", &[]).unwrap().is_empty());
     }
 }

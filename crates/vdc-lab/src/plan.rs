@@ -295,6 +295,7 @@ impl LabPlan {
             gateway: None,
             pool_start: lab_address(self.subnet_index, POOL.0).to_string(),
             pool_end: lab_address(self.subnet_index, POOL.1).to_string(),
+            ..Default::default()
         }
     }
 

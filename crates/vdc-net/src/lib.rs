@@ -15,6 +15,11 @@
 
 #![warn(missing_docs)]
 
+pub mod plan;
+pub mod switch;
+
+pub use switch::{attach_port, TapPort};
+
 use tokio::process::Command;
 
 /// The program run; found on `PATH`.
@@ -27,7 +32,7 @@ pub const MAX_IFNAME_LEN: usize = 15;
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// `ip` could not be started.
-    #[error("cannot run ip")]
+    #[error("cannot run ip, bridge or tc")]
     Spawn(#[source] std::io::Error),
     /// An `ip` command failed; its stderr is in `stderr`.
     #[error("'{command}' failed")]
@@ -87,7 +92,7 @@ pub fn validate_ifname(name: &str) -> Result<(), NetError> {
 }
 
 /// Runs `ip ARGS`; stdout on success.
-async fn ip(args: &[&str]) -> Result<Vec<u8>, NetError> {
+pub(crate) async fn ip(args: &[&str]) -> Result<Vec<u8>, NetError> {
     let out = Command::new(IP)
         .args(args)
         .stdin(std::process::Stdio::null())

@@ -253,6 +253,7 @@ mod tests {
 
     fn host(name: &str, free: u64, ds: &[&str]) -> HostCapacity {
         HostCapacity {
+            switches: None,
             name: name.into(),
             available: true,
             cpus: 2,

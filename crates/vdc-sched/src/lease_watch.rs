@@ -95,6 +95,7 @@ mod tests {
 
     fn host(name: &str, free: u64) -> HostCapacity {
         HostCapacity {
+            switches: None,
             name: name.into(),
             available: true,
             cpus: 2,
@@ -113,6 +114,7 @@ mod tests {
             holder: holder.into(),
             failover_to: None,
             demand: Demand {
+                switches: vec![],
                 cpus: 1,
                 memory_mib: 128,
                 datastores: vec!["shared".into()],

@@ -55,6 +55,8 @@ pub struct HostCapacity {
     pub datastores: Vec<String>,
     /// The host's CPU (`None`: not reported, not checked).
     pub cpu: Option<cpu_baseline::HostCpu>,
+    /// Switches the host realizes (`None`: not reported, not checked).
+    pub switches: Option<Vec<String>>,
 }
 
 /// What a VM asks of a host.
@@ -68,6 +70,14 @@ pub struct Demand {
     pub datastores: Vec<String>,
     /// The VM's CPU model (`None`: not checked).
     pub cpu_model: Option<String>,
+    /// Switches of the VM's port groups the host must realize.
+    pub switches: Vec<String>,
+}
+
+/// The first of `demand`'s switches `host` does not realize, if any.
+pub fn missing_switch<'a>(demand: &'a Demand, host: &HostCapacity) -> Option<&'a String> {
+    let have = host.switches.as_ref()?;
+    demand.switches.iter().find(|s| !have.contains(s))
 }
 
 /// Why `host` cannot run the CPU model `demand` asks for, if it cannot.
@@ -120,6 +130,19 @@ pub enum PlacementError {
         /// Which flags it lacks.
         reason: String,
     },
+    /// A host lacks a switch of the VM's port groups.
+    #[error("host '{host}' does not realize switch '{switch}' of the VM's port groups; see `vdc switch show {switch}`")]
+    NoSwitchOn {
+        /// The host.
+        host: String,
+        /// The switch.
+        switch: String,
+    },
+    /// No connected host realizes a switch of the VM's port groups.
+    #[error(
+        "no connected host realizes switch(es) {0} of the VM's port groups; see `vdc switch list`"
+    )]
+    NoSwitch(String),
     /// No host that reaches the datastores can run the VM's CPU model.
     #[error("no connected host can run CPU model {0}; add a host that meets it (see `vdc host cpu-baseline`)")]
     NoCpuMatch(String),
@@ -145,6 +168,9 @@ pub fn check_fits_any(demand: &Demand, hosts: &[HostCapacity]) -> Result<(), Pla
     if demand.cpus > max_cpus {
         return Err(PlacementError::TooManyCpus(demand.cpus));
     }
+    if !demand.switches.is_empty() && hosts.iter().all(|h| missing_switch(demand, h).is_some()) {
+        return Err(PlacementError::NoSwitch(demand.switches.join(", ")));
+    }
     Ok(())
 }
 
@@ -152,6 +178,12 @@ pub fn check_fits_any(demand: &Demand, hosts: &[HostCapacity]) -> Result<(), Pla
 pub fn check_host(demand: &Demand, host: &HostCapacity) -> Result<(), PlacementError> {
     if !host.available {
         return Err(PlacementError::Unavailable(host.name.clone()));
+    }
+    if let Some(sw) = missing_switch(demand, host) {
+        return Err(PlacementError::NoSwitchOn {
+            host: host.name.clone(),
+            switch: sw.clone(),
+        });
     }
     check_fits_any(demand, std::slice::from_ref(host))?;
     if let Some(reason) = cpu_refusal(demand, host) {
@@ -193,6 +225,13 @@ pub fn place(demand: &Demand, hosts: &[HostCapacity]) -> Result<String, Placemen
         return Err(PlacementError::NoDatastoreAccess(
             demand.datastores.join(", "),
         ));
+    }
+    let reach: Vec<&HostCapacity> = reach
+        .into_iter()
+        .filter(|h| missing_switch(demand, h).is_none())
+        .collect();
+    if reach.is_empty() {
+        return Err(PlacementError::NoSwitch(demand.switches.join(", ")));
     }
     let reach: Vec<&HostCapacity> = reach
         .into_iter()
@@ -253,6 +292,7 @@ mod tests {
 
     fn host(name: &str, free: u64) -> HostCapacity {
         HostCapacity {
+            switches: None,
             name: name.into(),
             available: true,
             cpus: 2,
@@ -267,6 +307,7 @@ mod tests {
 
     fn demand(mem: u64) -> Demand {
         Demand {
+            switches: vec![],
             cpus: 1,
             memory_mib: mem,
             datastores: vec!["shared".into()],
@@ -280,6 +321,33 @@ mod tests {
             emulated: false,
             flags: flags.iter().map(|f| f.to_string()).collect(),
         })
+    }
+
+    #[test]
+    fn hosts_without_the_vms_switches_are_skipped_or_refused() {
+        let mut d = demand(512);
+        d.switches = vec!["vsw".into()];
+        let mut without = host("h1", 8_000);
+        without.switches = Some(vec!["vmbr0".into()]);
+        let mut with = host("h2", 4_000);
+        with.switches = Some(vec!["vmbr0".into(), "vsw".into()]);
+        let unknown = host("h3", 2_000);
+        assert_eq!(place(&d, &[without.clone(), with.clone()]).unwrap(), "h2");
+        assert!(matches!(
+            check_host(&d, &without),
+            Err(PlacementError::NoSwitchOn { ref switch, .. }) if switch == "vsw"
+        ));
+        check_host(&d, &with).unwrap();
+        // A host that reports no switches (an older agent) is not checked.
+        check_host(&d, &unknown).unwrap();
+        assert_eq!(
+            place(&d, std::slice::from_ref(&without)),
+            Err(PlacementError::NoSwitch("vsw".into()))
+        );
+        assert_eq!(
+            check_fits_any(&d, std::slice::from_ref(&without)),
+            Err(PlacementError::NoSwitch("vsw".into()))
+        );
     }
 
     #[test]

@@ -105,6 +105,62 @@ fn exchange(
     Ok(answers)
 }
 
+/// Sends `bytes` bytes to the guest's `sink` command at `addr:port` from
+/// namespace `netns` and returns how long they took, from the first byte
+/// written to the guest's `sink ok` answer (see the guest image docs).
+pub fn guest_sink(
+    netns: &str,
+    addr: &str,
+    port: u16,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<Duration, TestInfraError> {
+    let netns = netns.to_string();
+    let target = format!("{addr}:{port}");
+    std::thread::spawn(move || {
+        enter_netns(&netns)?;
+        let io = |what| {
+            let addr = target.clone();
+            move |source| TestInfraError::Guest { addr, what, source }
+        };
+        let sock: SocketAddr = target.parse().map_err(|_| TestInfraError::Guest {
+            addr: target.clone(),
+            what: "parse address",
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        let stream = TcpStream::connect_timeout(&sock, timeout).map_err(io("connect"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(io("set timeout"))?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(io("set timeout"))?;
+        let mut writer = stream.try_clone().map_err(io("clone socket"))?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(io("read"))?;
+        writer
+            .write_all(format!("sink {bytes}\n").as_bytes())
+            .map_err(io("write"))?;
+        let chunk = vec![0x5au8; 64 * 1024];
+        let started = std::time::Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            writer.write_all(&chunk[..n]).map_err(io("write"))?;
+            left -= n;
+        }
+        line.clear();
+        reader.read_line(&mut line).map_err(io("read"))?;
+        if !line.starts_with("sink ok") {
+            return Err(TestInfraError::GuestClosed(format!("{target}: {line}")));
+        }
+        Ok(started.elapsed())
+    })
+    .join()
+    .map_err(|_| TestInfraError::Thread)?
+}
+
 /// Sends one datagram with `payload` from namespace `netns` to the guest's
 /// UDP service at `addr:port` and returns its answer, `BOOT_ID COUNTER
 /// PAYLOAD` (see the guest image docs). Waits up to `timeout`.

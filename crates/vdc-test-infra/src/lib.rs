@@ -39,7 +39,9 @@ use vdc_client::Client;
 use vdc_lab::{LabError, LabInfo, LabSpec};
 
 pub use error::TestInfraError;
-pub use guest::{guest_request, guest_request_timeout, guest_udp_request, GuestSession};
+pub use guest::{
+    guest_request, guest_request_timeout, guest_sink, guest_udp_request, GuestSession,
+};
 pub use wait::{wait_until, wait_until_async, wait_vm, wait_vm_timeout, VM_WAIT_TIMEOUT};
 
 /// The repository root (two levels above this crate).

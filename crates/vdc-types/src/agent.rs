@@ -111,6 +111,9 @@ pub struct HostReport {
     pub vms: Vec<VmRuntime>,
     /// When this agent process started (a change means a restart).
     pub agent_started_ms: UnixMillis,
+    /// How this host realizes each switch the server asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switches: Vec<crate::switch::HostSwitchState>,
 }
 
 /// The virtual hardware a host's QEMU offers: a VM runs (or moves) only
@@ -156,6 +159,43 @@ pub enum DiskSource {
         /// Linked clone (backing file) instead of a full copy.
         linked: bool,
     },
+    /// A disk image from outside vdc (V2V/P2V), converted to qcow2 by the
+    /// rules of an image import.
+    Image {
+        /// Absolute path on the provisioning host.
+        source: String,
+        /// Its format (default: what `qemu-img` finds in it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<crate::api::ImageFormat>,
+    },
+}
+
+/// `POST /agent/v1/images/inspect`: what an image source holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InspectImageRequest {
+    /// Absolute path on the host.
+    pub source: String,
+    /// Its format as stated (default: what `qemu-img` finds in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::api::ImageFormat>,
+}
+
+/// Answer of `POST /agent/v1/images/inspect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInspection {
+    /// Format it is read as.
+    pub format: crate::api::ImageFormat,
+    /// Virtual size of the disk.
+    pub size_bytes: u64,
+}
+
+/// A disk file on a datastore (a qcow2 image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskFile {
+    /// Datastore holding it.
+    pub datastore: String,
+    /// Path relative to that datastore.
+    pub path: String,
 }
 
 /// `PUT /agent/v1/vms/{id}`: create the VM's directory, disks and `vm.json`.
@@ -163,8 +203,12 @@ pub enum DiskSource {
 pub struct ProvisionVmRequest {
     /// Configuration.
     pub config: VmConfig,
-    /// Source of the boot disk (`disks[0]`); other disks are blank.
+    /// Source of the boot disk (`disks[0]`).
     pub boot_source: DiskSource,
+    /// Sources of the other disks, in order, each copied in full (a clone
+    /// of a VM); a disk without one here is blank.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_sources: Vec<DiskFile>,
 }
 
 /// `POST /agent/v1/vms/{id}/start`: take the VM's lock and launch QEMU (or
@@ -187,20 +231,38 @@ pub struct AgentShutdownRequest {
 pub struct DestroyVmRequest {
     /// Configuration naming the files.
     pub config: VmConfig,
+    /// Keep the boot disk as this file of the VM's datastore (a template's
+    /// image, `templates/NAME.qcow2`): it is renamed there, read-only,
+    /// before the rest goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_boot_disk_as: Option<String>,
 }
 
 /// `POST /agent/v1/images/import`: copy an image into a datastore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ImportImageRequest {
     /// Source file on this host: an absolute path inside an import
-    /// directory or a datastore of the agent.
+    /// directory or a datastore of the agent; with `source_datastore`, a
+    /// path relative to that datastore (a VM's disk).
     pub source: String,
+    /// Datastore `source` is relative to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_datastore: Option<String>,
     /// Format of the source (default: what `qemu-img` finds in it).
     #[serde(default)]
     pub format: Option<crate::api::ImageFormat>,
     /// Target datastore.
     pub datastore: String,
     /// Target path relative to the datastore.
+    pub path: String,
+}
+
+/// `POST /agent/v1/images/remove`: delete a template's image file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RemoveImageRequest {
+    /// Datastore holding it.
+    pub datastore: String,
+    /// Path relative to that datastore, under `templates/`.
     pub path: String,
 }
 

@@ -103,6 +103,25 @@ pub struct CreateVmRequest {
     /// Extra (data) disks, blank.
     #[serde(default)]
     pub disks: Vec<DiskRequest>,
+    /// Guest customization: hostname given to the guest (default: the VM's
+    /// name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        pattern = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
+    pub hostname: Option<String>,
+    /// Guest customization: static address of the first NIC in CIDR
+    /// notation, inside the network's subnet (default: the next free
+    /// address of the network's pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 18)]
+    pub ip: Option<String>,
+    /// Guest customization: the guest asks a DHCP server of the network
+    /// for its address instead (no address reserved by vdc).
+    #[serde(default)]
+    pub dhcp: bool,
 }
 
 /// An extra blank disk of a new VM.
@@ -297,6 +316,13 @@ pub struct Template {
     /// Format the source image was read as (absent while importing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_format: Option<ImageFormat>,
+    /// VM the template was made from (converted or cloned), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_vm: Option<String>,
+    /// Template whose image this one's is a linked clone of (a linked
+    /// clone converted to a template), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// Answer of `GET /api/v1/version`.

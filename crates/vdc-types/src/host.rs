@@ -76,6 +76,9 @@ pub struct Host {
     /// certificate request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::auth::HostCertificate>,
+    /// How the host realizes each switch (as last reported).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switches: Vec<crate::switch::HostSwitchState>,
 }
 
 /// How one host's CPU meets the cluster's CPU baseline.
@@ -216,8 +219,9 @@ pub struct Datastore {
     pub cache_reason: Option<String>,
 }
 
-/// A network (port group) VMs connect to: a bridge present on every host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A network (port group) VMs connect to: a switch (a bridge on every
+/// host) and, on a managed switch, a VLAN id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Network {
     /// Name (unique).
     #[schema(
@@ -226,8 +230,12 @@ pub struct Network {
         max_length = 63
     )]
     pub name: String,
-    /// Linux bridge on each host that VM NICs are attached to.
-    #[schema(pattern = "^[A-Za-z0-9._-]+$", min_length = 1, max_length = 15)]
+    /// Linux bridge on each host that VM NICs are attached to, filled in
+    /// by the server: the switch's bridge, or its VLAN's bridge. Given
+    /// alone, it names an `existing` switch of that name (created if
+    /// needed).
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]*$", max_length = 15)]
     pub bridge: String,
     /// Subnet in CIDR notation, e.g. `10.77.0.0/24`.
     #[schema(
@@ -250,4 +258,21 @@ pub struct Network {
         pattern = "^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
     )]
     pub pool_end: String,
+    /// Format version ([`crate::switch::NETWORK_VERSION`]; filled in by the
+    /// server, absent in version 1).
+    #[serde(default)]
+    pub version: u32,
+    /// Switch the port group is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 63)]
+    pub switch: Option<String>,
+    /// VLAN id, 1-4094 (managed switches only): the port group's NICs
+    /// share a broadcast domain with that VLAN's NICs on every host and
+    /// with nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4094)]
+    pub vlan: Option<u16>,
+    /// Traffic shaping toward each NIC of the port group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<crate::switch::Shaping>,
 }

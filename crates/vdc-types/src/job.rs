@@ -50,12 +50,14 @@ pub enum JobKind {
     MirrorDisks,
     /// Copy a stopped or suspended VM's files from another host's export.
     ReceiveVm,
-    /// Take, revert or delete a snapshot.
-    Snapshot,
     /// Read a VM's disks at one instant into a backup store.
     Backup,
     /// Write a backup's disks into a VM's images.
     Restore,
+    /// Write a stopped VM as an OVA.
+    ExportOva,
+    /// Take, revert or delete a snapshot.
+    Snapshot,
 }
 
 impl std::fmt::Display for JobKind {
@@ -70,9 +72,10 @@ impl std::fmt::Display for JobKind {
             JobKind::MigrateOut => "outgoing migration",
             JobKind::MirrorDisks => "disk mirror",
             JobKind::ReceiveVm => "VM copy",
-            JobKind::Snapshot => "snapshot",
             JobKind::Backup => "backup",
             JobKind::Restore => "restore",
+            JobKind::ExportOva => "OVA export",
+            JobKind::Snapshot => "snapshot",
         })
     }
 }
@@ -128,11 +131,6 @@ pub enum JobOp {
         /// What to copy from where.
         request: ReceiveVmRequest,
     },
-    /// See [`JobKind::Snapshot`].
-    Snapshot {
-        /// Which VM and what to do.
-        request: crate::snapshot::SnapshotJobRequest,
-    },
     /// See [`JobKind::Backup`].
     Backup {
         /// Which VM, into which store.
@@ -142,6 +140,16 @@ pub enum JobOp {
     Restore {
         /// Which backup, into which images.
         request: crate::backup::RestoreJobRequest,
+    },
+    /// See [`JobKind::ExportOva`].
+    ExportOva {
+        /// The VM and the OVA file.
+        request: crate::ova::ExportOvaRequest,
+    },
+    /// See [`JobKind::Snapshot`].
+    Snapshot {
+        /// Which VM and what to do.
+        request: crate::snapshot::SnapshotJobRequest,
     },
 }
 
@@ -158,9 +166,10 @@ impl JobOp {
             JobOp::MigrateOut { .. } => JobKind::MigrateOut,
             JobOp::MirrorDisks { .. } => JobKind::MirrorDisks,
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
-            JobOp::Snapshot { .. } => JobKind::Snapshot,
             JobOp::Backup { .. } => JobKind::Backup,
             JobOp::Restore { .. } => JobKind::Restore,
+            JobOp::ExportOva { .. } => JobKind::ExportOva,
+            JobOp::Snapshot { .. } => JobKind::Snapshot,
         }
     }
 
@@ -175,9 +184,10 @@ impl JobOp {
             JobOp::MigrateOut { request } => Some(&request.vm_id),
             JobOp::MirrorDisks { request } => Some(&request.config.id),
             JobOp::ReceiveVm { request } => Some(&request.config.id),
-            JobOp::Snapshot { request } => Some(&request.config.id),
             JobOp::Backup { request } => Some(&request.config.id),
             JobOp::Restore { request } => Some(&request.config.id),
+            JobOp::ExportOva { request } => Some(&request.config.id),
+            JobOp::Snapshot { request } => Some(&request.config.id),
         }
     }
 }
@@ -233,12 +243,12 @@ pub enum JobResult {
     Vm(VmRuntime),
     /// The imported image.
     Image(ImportImageResponse),
+    /// The OVA written.
+    Exported(crate::ova::ExportOvaResponse),
     /// A migration sent (the source's job).
     Migration(crate::migration::MigrationJobInfo),
     /// The VM's configuration after the operation (a storage migration).
     Config(crate::vm::VmConfig),
-    /// The VM's snapshot tree after the operation.
-    Snapshots(crate::snapshot::SnapshotTree),
     /// The backup made.
     Backup(Box<crate::backup::Backup>),
     /// A restore ended: the disks written.
@@ -246,6 +256,8 @@ pub enum JobResult {
         /// Disks written.
         disks: Vec<String>,
     },
+    /// The VM's snapshot tree after the operation.
+    Snapshots(crate::snapshot::SnapshotTree),
 }
 
 /// A job as the agent reports it.

@@ -45,11 +45,16 @@ pub enum VmAction {
     Backup,
     /// Write a backup over the VM's disks (powered off).
     Restore,
+    /// Copy the VM into a new VM (full or linked clone) or a new template.
+    Clone,
+    /// Make the VM a template: its boot disk becomes the template's image
+    /// and the VM is gone.
+    ConvertToTemplate,
 }
 
 impl VmAction {
     /// Every action, in the order above.
-    pub const ALL: [VmAction; 13] = [
+    pub const ALL: [VmAction; 15] = [
         VmAction::Start,
         VmAction::Stop,
         VmAction::Shutdown,
@@ -63,6 +68,8 @@ impl VmAction {
         VmAction::Snapshot,
         VmAction::Backup,
         VmAction::Restore,
+        VmAction::Clone,
+        VmAction::ConvertToTemplate,
     ];
 
     /// The power actions posted to `POST /api/v1/vms/{name}/{action}`
@@ -93,6 +100,8 @@ impl VmAction {
             VmAction::Snapshot => "snapshot",
             VmAction::Backup => "backup",
             VmAction::Restore => "restore",
+            VmAction::Clone => "clone",
+            VmAction::ConvertToTemplate => "convert_to_template",
         }
     }
 
@@ -180,6 +189,10 @@ pub enum VmOperation {
     BackingUp,
     /// A backup is being written over its disks.
     Restoring,
+    /// Its disks are being copied into a clone or a template.
+    Cloning,
+    /// It is becoming a template.
+    ConvertingToTemplate,
 }
 
 impl VmOperation {
@@ -200,6 +213,8 @@ impl VmOperation {
             VmOperation::Snapshotting => "snapshotting",
             VmOperation::BackingUp => "backing_up",
             VmOperation::Restoring => "restoring",
+            VmOperation::Cloning => "cloning",
+            VmOperation::ConvertingToTemplate => "converting_to_template",
         }
     }
 
@@ -220,6 +235,8 @@ impl VmOperation {
             VmOperation::Snapshotting => "vm.snapshot",
             VmOperation::BackingUp => "backup.run",
             VmOperation::Restoring => "backup.restore",
+            VmOperation::Cloning => "vm.clone",
+            VmOperation::ConvertingToTemplate => "vm.convert_to_template",
         }
     }
 

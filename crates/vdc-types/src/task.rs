@@ -130,6 +130,15 @@ pub enum TaskParams {
         network: Option<String>,
         /// Source of the boot disk.
         boot_source: DiskSource,
+        /// Sources of the data disks (a clone of a VM), in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        data_sources: Vec<crate::agent::DiskFile>,
+        /// Address asked for the NIC (guest customization), CIDR.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+        /// The guest asks DHCP for its address.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dhcp: bool,
     },
     /// A power operation on a VM (`vm.start`, `vm.stop`, `vm.shutdown`,
     /// `vm.suspend`, …; the task's kind says which).
@@ -183,6 +192,14 @@ pub enum TaskParams {
         vm: String,
         /// The backup.
         backup_id: String,
+    },
+    /// A copy of a stopped VM's disks by an agent job (`vm.export`, and
+    /// the `vm.clone` of a clone to a template). A restarted server fails
+    /// it (the VM's claim is released; the job's partial output is its
+    /// host's to remove).
+    VmCopy {
+        /// Id of the VM.
+        vm_id: String,
     },
     /// `template.import`: the template's record names the target.
     TemplateImport {

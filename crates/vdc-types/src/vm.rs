@@ -22,10 +22,13 @@ use crate::UnixMillis;
 ///   running), what HA did for every VM before.
 /// - 4: [`crate::ha::VmHa::group`] (HA order group); a version 3
 ///   configuration has none.
-/// - 5: [`VmConfig::guest_agent`] (the QEMU guest agent channel in the
-///   device model); a version 4 configuration has none, and its VM keeps
+/// - 5: [`VmConfig::linked_clone`] and [`NicSpec::dhcp`]; a version 4
+///   configuration deployed from a template is counted as a possible
+///   linked clone of it ([`VmConfig::may_use_template`]).
+/// - 6: [`VmConfig::guest_agent`] (the QEMU guest agent channel in the
+///   device model); a version 5 or older configuration has none, and its VM keeps
 ///   running, resuming and migrating without it.
-pub const VM_CONFIG_VERSION: u32 = 5;
+pub const VM_CONFIG_VERSION: u32 = 6;
 
 /// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
 /// hardware never changes under a VM (upgrades, migration between hosts).
@@ -154,7 +157,7 @@ pub struct DiskSpec {
 }
 
 /// A virtual NIC of a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NicSpec {
     /// Network (port group) the NIC is connected to.
     pub network: String,
@@ -163,6 +166,9 @@ pub struct NicSpec {
     /// Static address given to the guest, CIDR notation (`10.77.0.100/24`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The guest asks a DHCP server for its address (no `ip`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
     /// Gateway given to the guest, if the network has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -171,6 +177,18 @@ pub struct NicSpec {
     /// tap device to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
+    /// Switch of the port group, filled in by the server (placement and
+    /// migration need a host that realizes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<String>,
+    /// VLAN of the port group, filled in by the server (for people: the
+    /// agent only needs `bridge`, the VLAN's bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Shaping of the port group, filled in by the server; the agent
+    /// applies it to the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<crate::switch::Shaping>,
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in
@@ -201,6 +219,10 @@ pub struct VmConfig {
     /// Template the VM was deployed from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+    /// The boot disk is a linked clone of the template's image (version 5;
+    /// a version 4 configuration with a template may be one too).
+    #[serde(default)]
+    pub linked_clone: bool,
     /// Creation time.
     pub created_ms: UnixMillis,
     /// QEMU machine type, pinned with its version (e.g. `pc-q35-10.0`).
@@ -218,6 +240,14 @@ pub struct VmConfig {
     /// false for older configurations: part of the pinned device model.
     #[serde(default)]
     pub guest_agent: bool,
+}
+
+impl VmConfig {
+    /// Whether the VM's disks may read template `name`'s image (a linked
+    /// clone of it), so the template must stay.
+    pub fn may_use_template(&self, name: &str) -> bool {
+        self.template.as_deref() == Some(name) && (self.linked_clone || self.version < 5)
+    }
 }
 
 /// What the guest reports about itself over the guest channel.

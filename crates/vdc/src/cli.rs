@@ -98,6 +98,9 @@ pub enum Command {
     /// Networks (port groups).
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Virtual switches realized on every host.
+    #[command(subcommand)]
+    Switch(crate::switches::SwitchCmd),
     /// Templates VMs are deployed from.
     #[command(subcommand)]
     Template(TemplateCmd),
@@ -248,8 +251,12 @@ pub enum NetworkCmd {
     /// List networks.
     #[command(alias = "ls")]
     List,
-    /// Create a network on a bridge present on every host.
+    /// Create a network (port group) on a switch, or on a bridge present
+    /// on every host.
     Create(NetworkCreateArgs),
+    /// Show or delete.
+    #[command(flatten)]
+    More(crate::switches::NetworkMoreCmd),
 }
 
 /// `vdc network create`.
@@ -257,9 +264,24 @@ pub enum NetworkCmd {
 pub struct NetworkCreateArgs {
     /// Network name.
     pub name: String,
-    /// Linux bridge on each host.
+    /// Switch of the port group (see `vdc switch list`).
+    #[arg(long, required_unless_present = "bridge")]
+    pub switch: Option<String>,
+    /// Existing Linux bridge on each host (instead of --switch).
+    #[arg(long, conflicts_with = "switch")]
+    pub bridge: Option<String>,
+    /// VLAN id, 1-4094 (managed switches).
     #[arg(long)]
-    pub bridge: String,
+    pub vlan: Option<u16>,
+    /// Shaping toward each NIC: average rate, kbit/s.
+    #[arg(long, requires = "burst_kib")]
+    pub average_kbit: Option<u32>,
+    /// Shaping: peak rate, kbit/s.
+    #[arg(long, requires = "average_kbit")]
+    pub peak_kbit: Option<u32>,
+    /// Shaping: burst, KiB.
+    #[arg(long, requires = "average_kbit")]
+    pub burst_kib: Option<u32>,
     /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
     #[arg(long, value_name = "CIDR")]
     pub subnet: String,
@@ -279,6 +301,17 @@ pub enum TemplateCmd {
     List,
     /// Import a disk image (qcow2, raw, vmdk, vhdx…) as a template.
     Import(TemplateImportArgs),
+    /// Show a template, its image and the VMs deployed from it.
+    Show {
+        /// Template name.
+        name: String,
+    },
+    /// Delete a template no linked clone reads.
+    #[command(alias = "rm")]
+    Delete {
+        /// Template name.
+        name: String,
+    },
 }
 
 /// `vdc template import`.
@@ -360,6 +393,16 @@ impl WaitArgs {
 pub enum VmCmd {
     /// Create a VM from a template or with a blank disk.
     Create(VmCreateArgs),
+    /// Clone a powered-off VM into a new VM (full copy, new MACs, guest
+    /// customization).
+    Clone(crate::clone_cli::VmCloneArgs),
+    /// Make a template of a powered-off VM (convert, or copy with
+    /// --keep-vm).
+    ToTemplate(crate::clone_cli::VmToTemplateArgs),
+    /// Import a disk image or physical disk as a new VM (V2V/P2V).
+    ImportDisk(crate::clone_cli::VmImportDiskArgs),
+    /// Export a powered-off VM as an OVA.
+    Export(crate::clone_cli::VmExportArgs),
     /// List VMs.
     #[command(alias = "ls")]
     List,
@@ -522,6 +565,9 @@ pub struct VmCreateArgs {
     /// Deploy as a linked clone of the template.
     #[arg(long, requires = "template")]
     pub linked: bool,
+    /// Guest customization.
+    #[command(flatten)]
+    pub custom: crate::clone_cli::CustomizeArgs,
     /// Virtual CPUs.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=vdc_types::api::MAX_CPUS as i64))]
     pub cpus: Option<u32>,

@@ -67,8 +67,16 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Datastore(DatastoreCmd::List) => datastore_list(ctx).await,
         Command::Network(NetworkCmd::List) => network_list(ctx).await,
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
+        Command::Network(NetworkCmd::More(c)) => crate::switches::network_more(ctx, c).await,
+        Command::Switch(c) => crate::switches::switch(ctx, c).await,
         Command::Template(TemplateCmd::List) => template_list(ctx).await,
         Command::Template(TemplateCmd::Import(a)) => template_import(ctx, a).await,
+        Command::Template(TemplateCmd::Show { name }) => {
+            crate::clone_cli::template_show(ctx, &name).await
+        }
+        Command::Template(TemplateCmd::Delete { name }) => {
+            crate::clone_cli::template_delete(ctx, &name).await
+        }
         Command::Vm(cmd) => vm(ctx, cmd).await,
         Command::Task(cmd) => task(ctx, cmd).await,
         Command::Events(a) => events(ctx, a).await,
@@ -188,6 +196,7 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         ),
         ("vms", h.vm_count.to_string()),
         ("datastores", h.datastores.join(", ")),
+        ("switches", crate::switches::host_switches(&h.switches)),
         (
             "cpu baseline",
             h.cpu_baseline
@@ -260,11 +269,17 @@ async fn network_list(ctx: &Ctx) -> Result<(), CliError> {
 
 /// `network list` as a table.
 pub fn network_table(nets: &[Network]) -> String {
-    let mut t = Table::new(&["NAME", "BRIDGE", "SUBNET", "GATEWAY", "POOL"]);
+    let mut t = Table::new(&[
+        "NAME", "SWITCH", "BRIDGE", "VLAN", "SHAPING", "SUBNET", "GATEWAY", "POOL",
+    ]);
     for n in nets {
+        let vlan = n.vlan.map_or("-".to_string(), |v| v.to_string());
         t.row(vec![
             n.name.clone(),
+            or_dash(n.switch.as_deref()),
             n.bridge.clone(),
+            vlan,
+            crate::switches::shaping_cell(n.shaping.as_ref()),
             n.subnet.clone(),
             or_dash(n.gateway.as_deref()),
             format!("{}-{}", n.pool_start, n.pool_end),
@@ -278,11 +293,21 @@ async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError>
     check_cidr(&a.subnet).map_err(CliError::Usage)?;
     let net = Network {
         name: a.name,
-        bridge: a.bridge,
+        bridge: a.bridge.unwrap_or_default(),
+        switch: a.switch,
+        vlan: a.vlan,
+        shaping: a
+            .average_kbit
+            .map(|average_kbit| vdc_types::switch::Shaping {
+                average_kbit,
+                peak_kbit: a.peak_kbit,
+                burst_kib: a.burst_kib.unwrap_or_default(),
+            }),
         subnet: a.subnet,
         gateway: a.gateway.map(|g| g.to_string()),
         pool_start: a.pool.0,
         pool_end: a.pool.1,
+        ..Default::default()
     };
     let created = ctx.client.create_network(&net).await?;
     if ctx.json() {
@@ -643,6 +668,7 @@ mod tests {
     #[test]
     fn host_table_columns() {
         let h = Host {
+            switches: vec![],
             name: "host-1".into(),
             address: "10.77.0.11".into(),
             agent_url: "http://10.77.0.11:8600".into(),

@@ -16,6 +16,7 @@
 
 mod backup;
 mod cli;
+mod clone_cli;
 mod commands;
 mod console;
 mod error;
@@ -26,6 +27,7 @@ mod join;
 mod maintenance;
 mod migration_tls;
 mod snapshot;
+mod switches;
 mod vm_commands;
 mod wait;
 

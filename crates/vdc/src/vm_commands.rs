@@ -18,6 +18,10 @@ use crate::commands::*;
 pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
     match cmd {
         VmCmd::Create(a) => vm_create(ctx, a).await,
+        VmCmd::Clone(a) => crate::clone_cli::vm_clone(ctx, a).await,
+        VmCmd::ToTemplate(a) => crate::clone_cli::vm_to_template(ctx, a).await,
+        VmCmd::ImportDisk(a) => crate::clone_cli::vm_import_disk(ctx, a).await,
+        VmCmd::Export(a) => crate::clone_cli::vm_export(ctx, a).await,
         VmCmd::List => vm_list(ctx).await,
         VmCmd::Update {
             name,
@@ -150,6 +154,9 @@ async fn vm_create(ctx: &Ctx, a: VmCreateArgs) -> Result<(), CliError> {
                 ..DiskRequest::default()
             })
             .collect(),
+        hostname: a.custom.hostname,
+        ip: a.custom.ip,
+        dhcp: a.custom.dhcp,
     };
     let task = ctx.client.create_vm(&req).await?;
     finish_vm_task(ctx, &a.name, task, a.wait).await

@@ -137,6 +137,56 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
             })
             .await,
     );
+    // Switches: the lab's bridge, realized on the host; one created from
+    // the page is realized by the agent, then deleted from the page.
+    page(
+        "vmbr0 present on host-1 in the switch table",
+        browser
+            .wait_row("#switches tbody tr", PAGE_TIMEOUT, |r| {
+                cell(r, 0) == "vmbr0"
+                    && cell(r, 2) == "existing"
+                    && cell(r, 5).contains("host-1: present")
+            })
+            .await,
+    );
+    let sw_name = page(
+        "the switch name field",
+        browser.find("#switch-create input[name=name]").await,
+    );
+    page(
+        "typing a switch name",
+        browser.send_keys(&sw_name, "websw").await,
+    );
+    page(
+        "clicking create switch",
+        browser
+            .click_css("#switch-create button", PAGE_TIMEOUT)
+            .await,
+    );
+    page(
+        "websw realized on host-1",
+        browser
+            .wait_row("#switches tbody tr", PAGE_TIMEOUT, |r| {
+                cell(r, 0) == "websw"
+                    && cell(r, 2) == "managed"
+                    && cell(r, 5).contains("host-1: present")
+            })
+            .await,
+    );
+    page(
+        "clicking delete switch",
+        browser
+            .click_css("[data-switch-delete=\"websw\"]", PAGE_TIMEOUT)
+            .await,
+    );
+    page(
+        "websw gone from the switch table",
+        browser
+            .wait_text("#switches tbody", PAGE_TIMEOUT, |t| !t.contains("websw"))
+            .await,
+    );
+    assert!(c.get_switch("websw").await.is_err(), "websw deleted");
+
     page(
         "the CPU baseline above the host table",
         browser

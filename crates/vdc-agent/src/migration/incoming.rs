@@ -116,11 +116,14 @@ impl Agent {
         let config = &req.config;
         let (taps, nics) = self.nic_plan(config)?;
         slot.apply(Input::Launch);
-        for (tap, bridge) in &taps {
-            if let Err(e) = vdc_net::create_tap(tap, bridge).await {
-                return Err(host_error(format!("cannot create tap device '{tap}'"), &e));
+        for port in &taps {
+            if let Err(e) = vdc_net::attach_port(port).await {
+                return Err(host_error(
+                    format!("cannot create tap device '{}'", port.tap),
+                    &e,
+                ));
             }
-            slot.inner().taps.push(tap.clone());
+            slot.inner().taps.push(port.tap.clone());
         }
         cell.progress(10, "starting QEMU for the incoming VM");
         let incoming = if req.copy_storage {

@@ -82,7 +82,7 @@ impl Cluster {
                 &new,
                 Some(params),
                 move |ctx| async move {
-                    me.wait_task(&created.id).await?;
+                    me.wait_created_task(&created.id).await?;
                     let r = me.restore_new_body(&ctx, &n, base).await;
                     if r.is_err() {
                         me.undo_new_vm(&n).await;
@@ -93,7 +93,7 @@ impl Cluster {
             .await
     }
 
-    async fn wait_task(&self, id: &str) -> Result<Task, ApiError> {
+    async fn wait_created_task(&self, id: &str) -> Result<Task, ApiError> {
         let deadline = tokio::time::Instant::now() + CREATE_WAIT;
         loop {
             let t = self.tasks.get(id).await?;
@@ -140,7 +140,7 @@ impl Cluster {
     /// Removes the VM a failed restore created (logged on failure).
     async fn undo_new_vm(self: &Arc<Self>, name: &str) {
         let deleted = match self.delete_vm(name).await {
-            Ok(t) => self.wait_task(&t.id).await.map(drop),
+            Ok(t) => self.wait_created_task(&t.id).await.map(drop),
             Err(e) => Err(e),
         };
         if let Err(e) = deleted {

@@ -173,7 +173,7 @@ impl Cluster {
             .await;
         let mut bridges = Vec::with_capacity(rec.config.nics.len());
         for nic in &rec.config.nics {
-            bridges.push(self.get_network(&nic.network).await.ok().map(|n| n.bridge));
+            bridges.push(self.get_network(&nic.network).await.ok());
         }
         let target = host.clone();
         let (before, rec) = self
@@ -185,8 +185,8 @@ impl Cluster {
                         .map_err(|e| ApiError::invalid_state(e.to_string()))?
                 };
                 for (nic, bridge) in n.config.nics.iter_mut().zip(&bridges) {
-                    if let Some(b) = bridge {
-                        nic.bridge = Some(b.clone());
+                    if let Some(net) = bridge {
+                        crate::switches::attach(nic, net);
                     }
                 }
                 n.state = VmPowerState::Starting;

@@ -61,6 +61,7 @@ pub(crate) fn demand_of(rec: &VmRecord) -> Demand {
         memory_mib: rec.config.memory_mib,
         datastores,
         cpu_model: Some(rec.config.cpu_model.clone()),
+        switches: crate::switches::switches_of(&rec.config),
     }
 }
 
@@ -262,7 +263,7 @@ impl Cluster {
         };
         for nic in config.nics.iter_mut() {
             if let Ok(n) = self.get_network(&nic.network).await {
-                nic.bridge = Some(n.bridge);
+                crate::switches::attach(nic, &n);
             }
         }
         let incoming = JobOp::MigrateIn {
@@ -343,7 +344,10 @@ impl Cluster {
                     // The bridges are the server's business, filled in at
                     // each start.
                     for (nic, old) in c.nics.iter_mut().zip(&r.config.nics) {
-                        nic.bridge = old.bridge.clone();
+                        nic.bridge.clone_from(&old.bridge);
+                        nic.switch.clone_from(&old.switch);
+                        nic.vlan = old.vlan;
+                        nic.shaping = old.shaping;
                     }
                     new.config = c;
                 }

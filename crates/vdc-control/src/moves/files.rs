@@ -216,6 +216,7 @@ impl Cluster {
     ) {
         let req = DestroyVmRequest {
             config: old.clone(),
+            keep_boot_disk_as: None,
         };
         match self.agents.destroy(host, url, &req).await {
             Ok(()) => {}
@@ -241,6 +242,7 @@ impl Cluster {
     async fn remove_copy(&self, name: &str, host: &str, url: &str, config: &vdc_types::VmConfig) {
         let req = DestroyVmRequest {
             config: config.clone(),
+            keep_boot_disk_as: None,
         };
         if let Err(e) = self.agents.destroy(host, url, &req).await {
             tracing::warn!(vm = %name, host, error = %e, "cannot remove the copy of a move that did not commit");

@@ -78,7 +78,14 @@ impl Cluster {
         let removed = match self.agent_url(target).await {
             Ok(url) => {
                 self.agents
-                    .destroy(target, &url, &DestroyVmRequest { config: moved })
+                    .destroy(
+                        target,
+                        &url,
+                        &DestroyVmRequest {
+                            config: moved,
+                            keep_boot_disk_as: None,
+                        },
+                    )
                     .await
             }
             Err(e) => Err(e),

@@ -12,6 +12,9 @@ fn create_journal(steps: Vec<Step>) -> TaskJournal {
         host: None,
         network: Some("lab".into()),
         boot_source: DiskSource::Blank,
+        data_sources: Vec::new(),
+        address: None,
+        dhcp: false,
     });
     j.steps = steps
         .into_iter()

@@ -53,6 +53,7 @@ impl Cluster {
                     &url,
                     &DestroyVmRequest {
                         config: rec.config.clone(),
+                        keep_boot_disk_as: None,
                     },
                 )
                 .await;

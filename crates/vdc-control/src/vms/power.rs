@@ -220,6 +220,7 @@ impl Cluster {
                 d
             },
             cpu_model: Some(rec.config.cpu_model.clone()),
+            switches: crate::switches::switches_of(&rec.config),
         };
         let caps = self.capacities().await;
         // A suspended VM resumes on its owner when that host can take it:
@@ -257,13 +258,13 @@ impl Cluster {
         // becomes the owner as QEMU is launched there.
         let mut bridges = Vec::with_capacity(rec.config.nics.len());
         for nic in &rec.config.nics {
-            bridges.push(self.get_network(&nic.network).await.ok().map(|n| n.bridge));
+            bridges.push(self.get_network(&nic.network).await.ok());
         }
         let (before, rec) = self
             .update_record(name, |mut r| {
                 for (nic, bridge) in r.config.nics.iter_mut().zip(&bridges) {
-                    if let Some(b) = bridge {
-                        nic.bridge = Some(b.clone());
+                    if let Some(net) = bridge {
+                        crate::switches::attach(nic, net);
                     }
                 }
                 r.state = VmPowerState::Starting;

@@ -45,6 +45,7 @@ where
 /// caller says otherwise.
 pub fn report(name: &str, vms: Vec<VmRuntime>) -> HostReport {
     HostReport {
+        switches: vec![],
         name: name.into(),
         address: "127.0.0.1".into(),
         agent_url: "http://127.0.0.1:9/".into(),
@@ -101,6 +102,7 @@ pub fn config(name: &str) -> VmConfig {
         nics: vec![],
         hostname: name.into(),
         template: None,
+        linked_clone: false,
         created_ms: now_ms(),
         machine_type: vdc_types::vm::DEFAULT_MACHINE_TYPE.into(),
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
