@@ -148,7 +148,7 @@ pub enum SnapshotAction {
         /// Name of the base snapshot in the source's tree.
         name: String,
         /// The clone's configuration (its directory exists).
-        clone: crate::VmConfig,
+        clone: Box<crate::VmConfig>,
         /// Save the memory for the clone to resume from (an instant
         /// clone); false: the guest is quiesced instead and the clone
         /// boots (a clone of a running VM).

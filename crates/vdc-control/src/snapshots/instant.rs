@@ -208,7 +208,7 @@ impl Cluster {
             config: src.config.clone(),
             action: SnapshotAction::InstantClone {
                 name: base_snapshot(name),
-                clone: clone.config.clone(),
+                clone: Box::new(clone.config.clone()),
                 memory: how == Fork::Instant,
                 full: how == Fork::Full,
             },
