@@ -185,6 +185,8 @@ impl Cluster {
     ) -> Result<Task, ApiError> {
         let rec = self.record(source).await?;
         rec.decide(VmAction::Clone, None)?;
+        self.refuse_copy_with_snapshots(&rec, "a clone of a powered-off VM")
+            .await?;
         if req.linked {
             return Err(ApiError::invalid(format!(
                 "a linked clone reads a base that never changes, and VM '{source}' can change: make a template of it first ('vdc vm to-template {source} --keep-vm --name T', then 'vdc vm create {} --template T --linked'), or clone it in full",

@@ -158,6 +158,8 @@ impl Cluster {
             VmAction::ConvertToTemplate
         };
         rec.decide(action, None)?;
+        self.refuse_copy_with_snapshots(&rec, "a template made from a VM")
+            .await?;
         let boot = rec
             .config
             .disks

@@ -108,6 +108,26 @@ impl Cluster {
         )))
     }
 
+    /// Refuses `what` (a clone, a template, an export: copies that read the
+    /// configured disk files) of VM `rec` while its disks are chains of
+    /// snapshot overlays: the configured file is then a frozen image, not
+    /// the guest's current disk.
+    pub(crate) async fn refuse_copy_with_snapshots(
+        &self,
+        rec: &VmRecord,
+        what: &str,
+    ) -> Result<(), ApiError> {
+        let tree = self.tree_of(rec).await?;
+        if tree.active.is_empty() {
+            return Ok(());
+        }
+        let name = &rec.config.name;
+        Err(ApiError::invalid_state(format!(
+            "VM '{name}' has snapshots ({} in its tree): {what} copies its configured disk files, not its chain of overlays; delete its snapshots first ('vdc vm snapshot list {name}'), or start it and clone it running ('vdc vm clone-running {name} NEW')",
+            tree.snapshots.len()
+        )))
+    }
+
     /// Refuses to delete VM `rec` while linked or instant clones read its
     /// snapshot images.
     pub(crate) async fn refuse_delete_with_clones(&self, rec: &VmRecord) -> Result<(), ApiError> {
