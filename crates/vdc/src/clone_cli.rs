@@ -3,6 +3,7 @@
 
 use clap::Args;
 use vdc_types::clone::{CloneVmRequest, TemplateDetails, VmToTemplateRequest};
+use vdc_types::VmPowerState;
 
 use crate::cli::WaitArgs;
 use crate::commands::{out, out_json, print_started, template_table, Ctx};
@@ -27,12 +28,19 @@ pub struct CustomizeArgs {
 /// `vdc vm clone SRC NEW`.
 #[derive(Debug, Args)]
 pub struct VmCloneArgs {
-    /// The VM to clone (powered off).
+    /// The VM to clone: powered off, or running (then through a
+    /// snapshot, as `vdc vm clone-running`).
     pub source: String,
     /// Name of the new VM.
     pub name: String,
-    /// Linked clone (an overlay on a read-only base; only templates are
-    /// one: refused for a VM, with what to do instead).
+    /// Instant clone: fork the running source's memory and disks into a
+    /// new running VM that takes its own identity (as `vdc vm
+    /// instant-clone`).
+    #[arg(long, conflicts_with_all = ["linked", "full", "datastore", "start"])]
+    pub instant: bool,
+    /// Linked clone (an overlay on a read-only base): of a running VM, on
+    /// its frozen snapshot image; of a powered-off VM refused, with what
+    /// to do instead.
     #[arg(long, conflicts_with = "full")]
     pub linked: bool,
     /// Full copy of every disk (the default).
@@ -247,6 +255,44 @@ pub(crate) async fn vm_import(ctx: &Ctx, a: VmImportArgs) -> Result<(), CliError
 
 /// Clones a VM; waits for the clone and prints it.
 pub(crate) async fn vm_clone(ctx: &Ctx, a: VmCloneArgs) -> Result<(), CliError> {
+    let running = ctx.client.get_vm(&a.source).await?.state == VmPowerState::Running;
+    if a.instant || running {
+        let custom = &a.custom;
+        if custom.hostname.is_some() || custom.ip.is_some() || custom.dhcp {
+            return Err(CliError::Usage(format!(
+                "a clone of running VM '{}' takes its hostname and address from vdc: leave out --hostname, --ip and --dhcp, or power the source off first",
+                a.source
+            )));
+        }
+        if a.instant {
+            return crate::snapshot::instant_clone(
+                ctx,
+                crate::snapshot::InstantCloneArgs {
+                    source: a.source,
+                    name: a.name,
+                    wait: a.wait,
+                },
+            )
+            .await;
+        }
+        if a.datastore.is_some() || a.start {
+            return Err(CliError::Usage(format!(
+                "a clone of running VM '{}' stays on its datastore and boots at once: leave out --datastore and --start",
+                a.source
+            )));
+        }
+        return crate::snapshot::clone_running(
+            ctx,
+            crate::snapshot::RunningCloneArgs {
+                source: a.source,
+                name: a.name,
+                linked: a.linked,
+                full: a.full,
+                wait: a.wait,
+            },
+        )
+        .await;
+    }
     let req = CloneVmRequest {
         name: a.name.clone(),
         linked: a.linked,
@@ -318,5 +364,31 @@ pub(crate) async fn template_delete(ctx: &Ctx, name: &str) -> Result<(), CliErro
         out_json(&serde_json::json!({"deleted": name}))
     } else {
         out(&format!("template {name} deleted\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command, VmCmd};
+    use clap::Parser;
+
+    #[test]
+    fn clone_takes_instant_alone() {
+        let cli = Cli::try_parse_from(["vdc", "vm", "clone", "web", "web-2", "--instant"])
+            .expect("parses");
+        match cli.command {
+            Command::Vm(VmCmd::Clone(a)) => {
+                assert!(a.instant);
+                assert_eq!((a.source.as_str(), a.name.as_str()), ("web", "web-2"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for extra in ["--linked", "--full", "--start"] {
+            assert!(
+                Cli::try_parse_from(["vdc", "vm", "clone", "web", "web-2", "--instant", extra])
+                    .is_err(),
+                "--instant with {extra} must be refused"
+            );
+        }
     }
 }
