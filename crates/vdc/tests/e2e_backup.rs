@@ -28,6 +28,7 @@
 use std::time::Duration;
 
 use vdc_client::{Client, ClientError};
+use vdc_test_infra::webdriver::{Browser, WebDriverError};
 use vdc_test_infra::{wait_until, wait_until_async, wait_vm, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::backup::{AddBackupStoreRequest, Consistency, DiskRead, RestoreRequest};
