@@ -17,23 +17,29 @@ use std::sync::Arc;
 use vdc_types::agent::{DiskSource, InspectImageRequest};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::clone::ImportDiskRequest;
-use vdc_types::{ApiError, DatastoreKind, ErrorCode, Task};
+use vdc_types::{ApiError, Datastore, DatastoreKind, ErrorCode, Task};
 
 use crate::clones::Origin;
 use crate::Cluster;
 
 impl Cluster {
-    /// Imports a disk image as a new VM (a `vm.create` task).
-    pub async fn import_disk(self: &Arc<Self>, req: ImportDiskRequest) -> Result<Task, ApiError> {
-        vdc_types::names::validate_name("VM", &req.name).map_err(ApiError::invalid)?;
-        if !req.source.starts_with('/') {
+    /// Where an import reads and writes: the datastore (named, or the
+    /// first shared one), the host that reads `source` (named, or the
+    /// first connected host reaching the datastore) and its agent's URL.
+    /// `source` must be an absolute path on that host.
+    pub(crate) async fn import_target(
+        &self,
+        source: &str,
+        datastore: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<(Datastore, String, String), ApiError> {
+        if !source.starts_with('/') {
             return Err(ApiError::invalid(format!(
-                "source '{}' must be an absolute path on the importing host",
-                req.source
+                "source '{source}' must be an absolute path on the importing host"
             )));
         }
         self.require_connected_host().await?;
-        let datastore = match &req.datastore {
+        let datastore = match datastore {
             Some(d) => self.get_datastore(d).await?,
             None => self
                 .list_datastores()
@@ -44,8 +50,8 @@ impl Cluster {
                     ApiError::invalid("no shared datastore exists; name one with 'datastore'")
                 })?,
         };
-        let host = match &req.host {
-            Some(h) => h.clone(),
+        let host = match host {
+            Some(h) => h.to_string(),
             None => self
                 .hosts_reaching(&datastore.name)
                 .await
@@ -59,6 +65,15 @@ impl Cluster {
                 })?,
         };
         let url = self.agent_url(&host).await?;
+        Ok((datastore, host, url))
+    }
+
+    /// Imports a disk image as a new VM (a `vm.create` task).
+    pub async fn import_disk(self: &Arc<Self>, req: ImportDiskRequest) -> Result<Task, ApiError> {
+        vdc_types::names::validate_name("VM", &req.name).map_err(ApiError::invalid)?;
+        let (datastore, host, url) = self
+            .import_target(&req.source, req.datastore.as_deref(), req.host.as_deref())
+            .await?;
         let seen = self
             .agents
             .inspect_image(

@@ -26,7 +26,7 @@ use vdc_types::job::{JobOp, JobResult};
 use vdc_types::ova::{
     ExportOvaRequest, ExportVmRequest, ImportOvaRequest, ImportOvaResponse, InspectOvaRequest,
 };
-use vdc_types::{ApiError, DatastoreKind, ErrorCode, Task, VmAction};
+use vdc_types::{ApiError, ErrorCode, Task, VmAction};
 
 use crate::clones::Origin;
 use crate::Cluster;
@@ -103,39 +103,9 @@ impl Cluster {
         self: &Arc<Self>,
         req: ImportOvaRequest,
     ) -> Result<ImportOvaResponse, ApiError> {
-        if !req.source.starts_with('/') {
-            return Err(ApiError::invalid(format!(
-                "source '{}' must be an absolute path on the importing host",
-                req.source
-            )));
-        }
-        self.require_connected_host().await?;
-        let datastore = match &req.datastore {
-            Some(d) => self.get_datastore(d).await?,
-            None => self
-                .list_datastores()
-                .await?
-                .into_iter()
-                .find(|d| d.kind == DatastoreKind::Shared)
-                .ok_or_else(|| {
-                    ApiError::invalid("no shared datastore exists; name one with 'datastore'")
-                })?,
-        };
-        let host = match &req.host {
-            Some(h) => h.clone(),
-            None => self
-                .hosts_reaching(&datastore.name)
-                .await
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::HostUnavailable,
-                        format!("no connected host reaches datastore '{}'", datastore.name),
-                    )
-                })?,
-        };
-        let url = self.agent_url(&host).await?;
+        let (datastore, host, url) = self
+            .import_target(&req.source, req.datastore.as_deref(), req.host.as_deref())
+            .await?;
         let seen = self
             .agents
             .inspect_ova(
