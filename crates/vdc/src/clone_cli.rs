@@ -130,16 +130,7 @@ pub(crate) async fn vm_import_disk(ctx: &Ctx, a: VmImportDiskArgs) -> Result<(),
         start: a.start,
     };
     let task = ctx.client.import_disk(&req).await?;
-    if a.wait.no_wait {
-        return print_started(ctx, &task);
-    }
-    wait_task(&ctx.client, &task, a.wait.timeout()).await?;
-    let vm = ctx.client.get_vm(&a.name).await?;
-    if ctx.json() {
-        out_json(&vm)
-    } else {
-        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
-    }
+    crate::vm_commands::wait_and_show_vm(ctx, &task, &a.name, &a.wait).await
 }
 
 /// `vdc vm export NAME --ova FILE`.
@@ -303,16 +294,7 @@ pub(crate) async fn vm_clone(ctx: &Ctx, a: VmCloneArgs) -> Result<(), CliError> 
         start: a.start,
     };
     let task = ctx.client.clone_vm(&a.source, &req).await?;
-    if a.wait.no_wait {
-        return print_started(ctx, &task);
-    }
-    wait_task(&ctx.client, &task, a.wait.timeout()).await?;
-    let vm = ctx.client.get_vm(&a.name).await?;
-    if ctx.json() {
-        out_json(&vm)
-    } else {
-        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
-    }
+    crate::vm_commands::wait_and_show_vm(ctx, &task, &a.name, &a.wait).await
 }
 
 /// Makes a template of a VM; waits and prints the template.

@@ -98,32 +98,14 @@ pub(crate) async fn clone_running(ctx: &Ctx, a: RunningCloneArgs) -> Result<(), 
         .client
         .clone_running(&a.source, &a.name, a.linked)
         .await?;
-    if a.wait.no_wait {
-        return print_started(ctx, &task);
-    }
-    wait_task(&ctx.client, &task, a.wait.timeout()).await?;
-    let vm = ctx.client.get_vm(&a.name).await?;
-    if ctx.json() {
-        out_json(&vm)
-    } else {
-        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
-    }
+    crate::vm_commands::wait_and_show_vm(ctx, &task, &a.name, &a.wait).await
 }
 
 /// Forks a running VM into a new running VM with its own identity, then
 /// prints the clone.
 pub(crate) async fn instant_clone(ctx: &Ctx, a: InstantCloneArgs) -> Result<(), CliError> {
     let task = ctx.client.instant_clone(&a.source, &a.name).await?;
-    if a.wait.no_wait {
-        return print_started(ctx, &task);
-    }
-    wait_task(&ctx.client, &task, a.wait.timeout()).await?;
-    let vm = ctx.client.get_vm(&a.name).await?;
-    if ctx.json() {
-        out_json(&vm)
-    } else {
-        out(&crate::vm_commands::vm_table(std::slice::from_ref(&vm)))
-    }
+    crate::vm_commands::wait_and_show_vm(ctx, &task, &a.name, &a.wait).await
 }
 
 /// Runs a snapshot command.

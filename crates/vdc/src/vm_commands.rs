@@ -417,6 +417,26 @@ fn confirm(question: &str) -> Result<bool, CliError> {
 
 // ---- tasks ----
 
+/// Ends a command that made VM `name` through `task`: prints the task's
+/// start with `--no-wait`, else waits for it and prints the VM.
+pub(crate) async fn wait_and_show_vm(
+    ctx: &Ctx,
+    task: &vdc_types::Task,
+    name: &str,
+    wait: &crate::cli::WaitArgs,
+) -> Result<(), CliError> {
+    if wait.no_wait {
+        return crate::commands::print_started(ctx, task);
+    }
+    crate::wait::wait_task(&ctx.client, task, wait.timeout()).await?;
+    let vm = ctx.client.get_vm(name).await?;
+    if ctx.json() {
+        crate::commands::out_json(&vm)
+    } else {
+        crate::commands::out(&vm_table(std::slice::from_ref(&vm)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
