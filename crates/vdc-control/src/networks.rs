@@ -67,6 +67,13 @@ impl Cluster {
         }
         n.bridge = vdc_types::switch::vlan_bridge(&switch.bridge, n.vlan.unwrap_or(1));
         n.switch = Some(switch.name.clone());
+        if n.version > vdc_types::switch::NETWORK_VERSION {
+            return Err(ApiError::invalid(format!(
+                "network format version {} is newer than this server's ({}); leave 'version' out",
+                n.version,
+                vdc_types::switch::NETWORK_VERSION
+            )));
+        }
         n.version = vdc_types::switch::NETWORK_VERSION;
         let sn = Subnet::parse(&n.subnet).map_err(ApiError::invalid)?;
         let start =

@@ -27,9 +27,16 @@ pub struct BackupStore {
 /// `POST /api/v1/backup-stores`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AddBackupStoreRequest {
-    /// Name of the store.
+    /// Name of the store: letters, digits, `-`, `_`, `.`; at most 63
+    /// characters.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Directory (absolute path); made and initialised when empty.
+    #[schema(pattern = "^/", min_length = 1)]
     pub path: String,
     /// Key file (32 random bytes, or 64 hex digits) for an encrypted store.
     #[serde(default, skip_serializing_if = "Option::is_none")]

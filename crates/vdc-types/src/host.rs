@@ -259,8 +259,9 @@ pub struct Network {
     )]
     pub pool_end: String,
     /// Format version ([`crate::switch::NETWORK_VERSION`]; filled in by the
-    /// server, absent in version 1).
+    /// server, absent in version 1; a newer one is refused).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub version: u32,
     /// Switch the port group is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -170,6 +170,11 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunningCloneRequest {
     /// Name of the new VM.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// Linked clone (an overlay on the source's frozen image, which stays
     /// as snapshot `clone-NAME` while the clone exists); default: a full
@@ -182,6 +187,11 @@ pub struct RunningCloneRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstantCloneRequest {
     /// Name of the new VM.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
 }
 

@@ -72,8 +72,10 @@ pub enum SwitchKind {
 /// A virtual switch, the same on every host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Switch {
-    /// Format version, [`SWITCH_VERSION`] (filled in by the server).
+    /// Format version, [`SWITCH_VERSION`] (filled in by the server; a
+    /// newer one is refused).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     pub version: u32,
     /// Name (unique).
     #[schema(

@@ -70,6 +70,12 @@ pub fn normalize_switch(mut s: Switch) -> Result<Switch, String> {
                 .into(),
         );
     }
+    if s.version > SWITCH_VERSION {
+        return Err(format!(
+            "switch format version {} is newer than this server's ({SWITCH_VERSION}); leave 'version' out",
+            s.version
+        ));
+    }
     s.version = SWITCH_VERSION;
     Ok(s)
 }
