@@ -87,8 +87,8 @@ impl Cluster {
             policy.allow_postcopy = p;
         }
         if let Some(ds) = &storage {
-            self.refuse_disk_copy_with_snapshots(&rec).await?;
             self.check_storage_move(name, &rec, ds, &req).await?;
+            self.refuse_disk_copy_with_snapshots(&rec).await?;
             policy.allow_postcopy = false;
         }
         if let Some(b) = req.bandwidth_mib_s {

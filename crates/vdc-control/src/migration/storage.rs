@@ -23,7 +23,8 @@ impl Cluster {
         let Some(datastore) = req.datastore.clone() else {
             return Err(ApiError::invalid("a storage migration names a datastore"));
         };
-        self.refuse_disk_copy_with_snapshots(&rec).await?;
+        // Each path below refuses a VM with snapshots after its own
+        // checks of the request (`refuse_disk_copy_with_snapshots`).
         match rec.state {
             VmPowerState::Running | VmPowerState::Paused
                 if req.to.is_some() && req.to != rec.owner =>

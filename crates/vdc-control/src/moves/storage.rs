@@ -69,6 +69,7 @@ impl Cluster {
             ));
         }
         let url = self.agent_url(&host).await?;
+        self.refuse_disk_copy_with_snapshots(&rec).await?;
         let (_, step) = self.claim_move(name, &host).await?;
         let params = super::move_params(
             &rec,
