@@ -245,12 +245,19 @@ async fn snapshots_on_a_real_guest() {
     assert_eq!(ask(&lab, &ip, "read f"), "A");
     assert_eq!(ask(&lab, &ip, "read h"), "error: no such file");
 
-    // A move that would copy its disks is refused while it has snapshots.
+    // A move that would copy its disks (to its own host's local
+    // datastore) is refused while it has snapshots.
+    let owner = c
+        .get_vm(VM)
+        .await
+        .expect("the VM")
+        .owner
+        .expect("a running VM has an owner");
     let (code, msg) = api_code(
         c.migrate_vm(
             VM,
             &vdc_types::migration::MigrateRequest {
-                datastore: Some("local-host-1".into()),
+                datastore: Some(format!("local-{owner}")),
                 ..Default::default()
             },
         )
