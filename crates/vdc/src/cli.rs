@@ -6,12 +6,11 @@
 //! (`--url`, `--token`) and the output format (`-o`) are global, so they are
 //! accepted after any subcommand.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::format::{parse_memory_mib, parse_pool};
+use crate::format::parse_memory_mib;
 
 /// Command line of `vdc`.
 #[derive(Debug, Parser)]
@@ -248,126 +247,8 @@ pub enum DatastoreCmd {
     List,
 }
 
-/// `vdc network ...`
-#[derive(Debug, Subcommand)]
-pub enum NetworkCmd {
-    /// List networks.
-    #[command(alias = "ls")]
-    List,
-    /// Create a network (port group) on a switch, or on a bridge present
-    /// on every host.
-    Create(NetworkCreateArgs),
-    /// Show or delete.
-    #[command(flatten)]
-    More(crate::switches::NetworkMoreCmd),
-}
-
-/// `vdc network create`.
-#[derive(Debug, Args)]
-pub struct NetworkCreateArgs {
-    /// Network name.
-    pub name: String,
-    /// Switch of the port group (see `vdc switch list`).
-    #[arg(long, required_unless_present = "bridge")]
-    pub switch: Option<String>,
-    /// Existing Linux bridge on each host (instead of --switch).
-    #[arg(long, conflicts_with = "switch")]
-    pub bridge: Option<String>,
-    /// VLAN id, 1-4094 (managed switches).
-    #[arg(long)]
-    pub vlan: Option<u16>,
-    /// Shaping toward each NIC: average rate, kbit/s.
-    #[arg(long, requires = "burst_kib")]
-    pub average_kbit: Option<u32>,
-    /// Shaping: peak rate, kbit/s.
-    #[arg(long, requires = "average_kbit")]
-    pub peak_kbit: Option<u32>,
-    /// Shaping: burst, KiB.
-    #[arg(long, requires = "average_kbit")]
-    pub burst_kib: Option<u32>,
-    /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
-    #[arg(long, value_name = "CIDR")]
-    pub subnet: String,
-    /// Address pool for VMs, START-END (e.g. 10.77.0.100-10.77.0.199).
-    #[arg(long, value_name = "START-END", value_parser = parse_pool)]
-    pub pool: (String, String),
-    /// Gateway handed to guests.
-    #[arg(long, value_name = "IP")]
-    pub gateway: Option<std::net::IpAddr>,
-}
-
-/// `vdc template ...`
-#[derive(Debug, Subcommand)]
-pub enum TemplateCmd {
-    /// List templates.
-    #[command(alias = "ls")]
-    List,
-    /// Import a disk image (qcow2, raw, vmdk, vhdx…) as a template.
-    Import(TemplateImportArgs),
-    /// Show a template, its image and the VMs deployed from it.
-    Show {
-        /// Template name.
-        name: String,
-    },
-    /// Delete a template no linked clone reads.
-    #[command(alias = "rm")]
-    Delete {
-        /// Template name.
-        name: String,
-    },
-}
-
-/// `vdc template import`.
-#[derive(Debug, Args)]
-pub struct TemplateImportArgs {
-    /// Template name.
-    pub name: String,
-    /// Shared datastore to keep the template in.
-    #[arg(long)]
-    pub datastore: String,
-    /// Image file, a path on the host doing the import, inside one of its
-    /// import directories (`vdc agent --import-dir`) or datastores.
-    #[arg(long, value_name = "PATH")]
-    pub source: PathBuf,
-    /// Format of the image (default: what qemu-img finds in it); a stated
-    /// format the file's content contradicts is refused.
-    #[arg(long, value_enum)]
-    pub format: Option<ImageFormatArg>,
-    /// Host that reads the image (default: any connected host).
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Waiting behaviour.
-    #[command(flatten)]
-    pub wait: WaitArgs,
-}
-
-/// `--format` values of `vdc template import`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ImageFormatArg {
-    /// Plain disk image.
-    Raw,
-    /// QEMU copy-on-write v2.
-    Qcow2,
-    /// VMware, single file.
-    Vmdk,
-    /// Hyper-V.
-    Vhdx,
-    /// Virtual PC (.vhd).
-    Vpc,
-}
-
-impl From<ImageFormatArg> for vdc_types::api::ImageFormat {
-    fn from(a: ImageFormatArg) -> Self {
-        use vdc_types::api::ImageFormat as F;
-        match a {
-            ImageFormatArg::Raw => F::Raw,
-            ImageFormatArg::Qcow2 => F::Qcow2,
-            ImageFormatArg::Vmdk => F::Vmdk,
-            ImageFormatArg::Vhdx => F::Vhdx,
-            ImageFormatArg::Vpc => F::Vpc,
-        }
-    }
-}
+pub use crate::clone_cli::{ImageFormatArg, TemplateCmd, TemplateImportArgs};
+pub use crate::switches::{NetworkCmd, NetworkCreateArgs};
 
 /// Whether to wait for the task an operation starts.
 #[derive(Debug, Clone, Copy, Args)]

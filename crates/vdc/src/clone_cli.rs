@@ -1,7 +1,7 @@
 //! `vdc vm clone`, `vdc vm to-template`, `vdc template show|delete`, and
 //! the guest customization flags of `vdc vm create`.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use vdc_types::clone::{CloneVmRequest, TemplateDetails, VmToTemplateRequest};
 use vdc_types::VmPowerState;
 
@@ -346,6 +346,79 @@ pub(crate) async fn template_delete(ctx: &Ctx, name: &str) -> Result<(), CliErro
         out_json(&serde_json::json!({"deleted": name}))
     } else {
         out(&format!("template {name} deleted\n"))
+    }
+}
+
+/// `vdc template ...`
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// List templates.
+    #[command(alias = "ls")]
+    List,
+    /// Import a disk image (qcow2, raw, vmdk, vhdx…) as a template.
+    Import(TemplateImportArgs),
+    /// Show a template, its image and the VMs deployed from it.
+    Show {
+        /// Template name.
+        name: String,
+    },
+    /// Delete a template no linked clone reads.
+    #[command(alias = "rm")]
+    Delete {
+        /// Template name.
+        name: String,
+    },
+}
+
+/// `vdc template import`.
+#[derive(Debug, Args)]
+pub struct TemplateImportArgs {
+    /// Template name.
+    pub name: String,
+    /// Shared datastore to keep the template in.
+    #[arg(long)]
+    pub datastore: String,
+    /// Image file, a path on the host doing the import, inside one of its
+    /// import directories (`vdc agent --import-dir`) or datastores.
+    #[arg(long, value_name = "PATH")]
+    pub source: std::path::PathBuf,
+    /// Format of the image (default: what qemu-img finds in it); a stated
+    /// format the file's content contradicts is refused.
+    #[arg(long, value_enum)]
+    pub format: Option<ImageFormatArg>,
+    /// Host that reads the image (default: any connected host).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Waiting behaviour.
+    #[command(flatten)]
+    pub wait: crate::cli::WaitArgs,
+}
+
+/// `--format` values of `vdc template import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageFormatArg {
+    /// Plain disk image.
+    Raw,
+    /// QEMU copy-on-write v2.
+    Qcow2,
+    /// VMware, single file.
+    Vmdk,
+    /// Hyper-V.
+    Vhdx,
+    /// Virtual PC (.vhd).
+    Vpc,
+}
+
+impl From<ImageFormatArg> for vdc_types::api::ImageFormat {
+    fn from(a: ImageFormatArg) -> Self {
+        use vdc_types::api::ImageFormat as F;
+        match a {
+            ImageFormatArg::Raw => F::Raw,
+            ImageFormatArg::Qcow2 => F::Qcow2,
+            ImageFormatArg::Vmdk => F::Vmdk,
+            ImageFormatArg::Vhdx => F::Vhdx,
+            ImageFormatArg::Vpc => F::Vpc,
+        }
     }
 }
 

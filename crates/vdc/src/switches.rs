@@ -247,3 +247,51 @@ pub fn host_switches(states: &[HostSwitchState]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+/// `vdc network ...`
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// List networks.
+    #[command(alias = "ls")]
+    List,
+    /// Create a network (port group) on a switch, or on a bridge present
+    /// on every host.
+    Create(NetworkCreateArgs),
+    /// Show or delete.
+    #[command(flatten)]
+    More(NetworkMoreCmd),
+}
+
+/// `vdc network create`.
+#[derive(Debug, Args)]
+pub struct NetworkCreateArgs {
+    /// Network name.
+    pub name: String,
+    /// Switch of the port group (see `vdc switch list`).
+    #[arg(long, required_unless_present = "bridge")]
+    pub switch: Option<String>,
+    /// Existing Linux bridge on each host (instead of --switch).
+    #[arg(long, conflicts_with = "switch")]
+    pub bridge: Option<String>,
+    /// VLAN id, 1-4094 (managed switches).
+    #[arg(long)]
+    pub vlan: Option<u16>,
+    /// Shaping toward each NIC: average rate, kbit/s.
+    #[arg(long, requires = "burst_kib")]
+    pub average_kbit: Option<u32>,
+    /// Shaping: peak rate, kbit/s.
+    #[arg(long, requires = "average_kbit")]
+    pub peak_kbit: Option<u32>,
+    /// Shaping: burst, KiB.
+    #[arg(long, requires = "average_kbit")]
+    pub burst_kib: Option<u32>,
+    /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: String,
+    /// Address pool for VMs, START-END (e.g. 10.77.0.100-10.77.0.199).
+    #[arg(long, value_name = "START-END", value_parser = crate::format::parse_pool)]
+    pub pool: (String, String),
+    /// Gateway handed to guests.
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<std::net::IpAddr>,
+}
