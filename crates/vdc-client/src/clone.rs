@@ -6,6 +6,19 @@ use vdc_types::Task;
 use crate::{seg, Client, ClientError};
 
 impl Client {
+    /// `GET /templates`.
+    pub async fn list_templates(&self) -> Result<Vec<vdc_types::api::Template>, ClientError> {
+        self.get("/templates").await
+    }
+
+    /// `POST /templates` (a task).
+    pub async fn create_template(
+        &self,
+        req: &vdc_types::api::CreateTemplateRequest,
+    ) -> Result<vdc_types::Task, ClientError> {
+        self.post("/templates", req).await
+    }
+
     /// `POST /vms/{name}/clone`: the source's `vm.clone` task.
     pub async fn clone_vm(&self, source: &str, req: &CloneVmRequest) -> Result<Task, ClientError> {
         self.post(&format!("/vms/{}/clone", seg(source)), req).await

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vdc_types::api::{CreateTemplateRequest, CreateVmRequest, Template, VersionInfo};
+use vdc_types::api::{CreateVmRequest, VersionInfo};
 use vdc_types::auth::{AddHostRequest, HostCredential, HostJoin};
-use vdc_types::{ApiError, Datastore, Event, Host, Network, Task, TaskState, Vm};
+use vdc_types::{ApiError, Datastore, Event, Host, Task, TaskState, Vm};
 
 /// Default API URL of the lab.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8500";
@@ -293,22 +293,6 @@ impl Client {
     /// `GET /datastores`.
     pub async fn list_datastores(&self) -> Result<Vec<Datastore>, ClientError> {
         self.get("/datastores").await
-    }
-    /// `GET /networks`.
-    pub async fn list_networks(&self) -> Result<Vec<Network>, ClientError> {
-        self.get("/networks").await
-    }
-    /// `POST /networks`.
-    pub async fn create_network(&self, n: &Network) -> Result<Network, ClientError> {
-        self.post("/networks", n).await
-    }
-    /// `GET /templates`.
-    pub async fn list_templates(&self) -> Result<Vec<Template>, ClientError> {
-        self.get("/templates").await
-    }
-    /// `POST /templates` (a task).
-    pub async fn create_template(&self, req: &CreateTemplateRequest) -> Result<Task, ClientError> {
-        self.post("/templates", req).await
     }
     /// `GET /vms`.
     pub async fn list_vms(&self) -> Result<Vec<Vm>, ClientError> {

@@ -6,6 +6,16 @@ use vdc_types::Network;
 use crate::{seg, Client, ClientError};
 
 impl Client {
+    /// `GET /networks`.
+    pub async fn list_networks(&self) -> Result<Vec<Network>, ClientError> {
+        self.get("/networks").await
+    }
+
+    /// `POST /networks`.
+    pub async fn create_network(&self, n: &Network) -> Result<Network, ClientError> {
+        self.post("/networks", n).await
+    }
+
     /// `GET /switches`: every switch with each host's realization.
     pub async fn list_switches(&self) -> Result<Vec<SwitchView>, ClientError> {
         self.get("/switches").await
