@@ -26,6 +26,7 @@ mod live_jobs;
 mod live_restart;
 mod live_storage;
 mod storage;
+mod target;
 pub mod tls;
 
 pub use limits::MigrationSettings;
