@@ -394,31 +394,29 @@ async fn beyond_the_limit_a_migration_waits_its_turn() {
         };
         tasks.push(c.migrate_vm(name, &req).await.expect("accepted"));
     }
-    let third = wait_until_async(VM_WAIT_TIMEOUT, "the third migration to wait", || async {
-        // (A task is also `queued` for the instant before it starts.)
-        let t = c.get_task(&tasks[2].id).await.ok()?;
-        let waits = t
-            .stage
-            .as_deref()
-            .is_some_and(|s| s.contains("waiting for a migration slot"));
-        (t.state == TaskState::Queued && waits).then_some(t)
+    // The wait is seen on the event stream (kept in its history, so a
+    // short wait under load is not missed by polling), and on the task.
+    let queued = wait_until_async(VM_WAIT_TIMEOUT, "the third migration to wait", || async {
+        let events = c.event_history("vm.migration_queued").await.ok()?;
+        events
+            .into_iter()
+            .find(|e| e.data["task"].as_str() == Some(tasks[2].id.as_str()))
     })
     .await;
+    assert_eq!(queued.object, "lim-3", "{queued:?}");
     assert!(
-        third
-            .stage
-            .as_deref()
-            .unwrap_or("")
-            .contains("waiting for a migration slot"),
-        "{third:?}"
+        queued.message.contains("waiting for a migration slot"),
+        "{queued:?}"
     );
-    for t in &tasks[..2] {
-        let t = c.get_task(&t.id).await.unwrap();
-        assert!(
-            !t.state.is_final(),
-            "a first migration ended before the third was seen waiting: {t:?}"
-        );
-    }
+    assert_eq!(queued.data["per_cluster"], 2, "{queued:?}");
+    let others = c
+        .event_history("vm.migration_queued")
+        .await
+        .expect("events");
+    assert!(
+        others.iter().all(|e| e.object == "lim-3"),
+        "only the third migration waits: {others:?}"
+    );
     // All three complete; the third only after one of the first two.
     let mut ended = Vec::new();
     for t in &tasks {

@@ -100,11 +100,13 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
-    /// Waits, as a queued task, for a slot for a migration from `source`
-    /// to `target`; first come, first served.
+    /// Waits, as a queued task, for a slot for a migration of VM `vm` from
+    /// `source` to `target`; first come, first served. The first time it
+    /// has to wait it publishes `vm.migration_queued`.
     pub(crate) async fn migration_slot(
         self: &Arc<Self>,
         ctx: &TaskCtx,
+        vm: &str,
         source: &str,
         target: &str,
     ) -> Result<SlotGuard, ApiError> {
@@ -146,14 +148,28 @@ impl Cluster {
                 });
             }
             let s = self.migration_settings();
-            ctx.set_waiting(
-                true,
-                &format!(
-                    "waiting for a migration slot ({ahead} migrations running or ahead; limits {} per host, {} in the cluster)",
-                    s.per_host, s.per_cluster
-                ),
-            )
-            .await;
+            let stage = format!(
+                "waiting for a migration slot ({ahead} migrations running or ahead; limits {} per host, {} in the cluster)",
+                s.per_host, s.per_cluster
+            );
+            ctx.set_waiting(true, &stage).await;
+            if !shown_waiting {
+                self.events
+                    .publish(
+                        "vm.migration_queued",
+                        vm,
+                        format!("VM {vm}: migration from {source} to {target} {stage}"),
+                        serde_json::json!({
+                            "task": ctx.id(),
+                            "source": source,
+                            "target": target,
+                            "ahead": ahead,
+                            "per_host": s.per_host,
+                            "per_cluster": s.per_cluster,
+                        }),
+                    )
+                    .await;
+            }
             shown_waiting = true;
             tokio::select! {
                 _ = turn => {}

@@ -149,7 +149,7 @@ impl Cluster {
             ..Default::default()
         };
         ctx.set_migration(&report).await;
-        let _slot = self.migration_slot(ctx, source, target).await?;
+        let _slot = self.migration_slot(ctx, name, source, target).await?;
         let rec = self.record(name).await?;
         let _pending = self.promise_memory(target, rec.config.memory_mib).await;
         let src_url = self.agent_url(source).await?;
