@@ -54,6 +54,7 @@ mod instant_clone;
 mod isolation;
 mod jobs;
 mod lease_watch;
+mod nics;
 mod migration;
 mod ova;
 mod ova_read;

@@ -24,6 +24,7 @@ mod routes;
 mod server;
 mod snapshots;
 pub mod store_url;
+mod nics;
 mod switches;
 mod templates_vm;
 pub mod tls;

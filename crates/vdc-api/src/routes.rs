@@ -131,6 +131,11 @@ pub fn router(state: AppState) -> Router {
             get(templates_vm::get_template).delete(templates_vm::delete_template),
         )
         .route("/vms/{name}/clone", post(templates_vm::clone_vm))
+        .route("/vms/{name}/nics", post(crate::nics::add_nic))
+        .route(
+            "/vms/{name}/nics/{nic}",
+            axum::routing::delete(crate::nics::remove_nic),
+        )
         .route("/imports/disk", post(templates_vm::import_disk))
         .route("/imports/ova", post(templates_vm::import_ova))
         .route("/vms/{name}/export", post(templates_vm::export_vm))
@@ -198,6 +203,7 @@ pub fn router(state: AppState) -> Router {
         .route("/templates.js", get(templates_vm::web_script))
         .route("/snapshots.js", get(crate::snapshots::web_script))
         .route("/net.js", get(crate::switches::web_script))
+        .route("/nics.js", get(crate::nics::web_script))
         .fallback(not_found)
         .with_state(state)
 }

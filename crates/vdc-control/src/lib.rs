@@ -39,6 +39,7 @@ pub mod maintenance;
 pub mod migration;
 mod moves;
 mod networks;
+mod nics;
 mod ova;
 pub mod ownership;
 pub mod record;

@@ -132,7 +132,7 @@ pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
-fn random_mac() -> String {
+pub(crate) fn random_mac() -> String {
     let b: [u8; 3] = rand::random();
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
@@ -345,6 +345,7 @@ impl Cluster {
                 group: ha_group,
             },
             guest_agent: true,
+            hotplug_ports: vdc_types::vm::DEFAULT_HOTPLUG_PORTS,
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
         rec.operation = Some(InFlight {

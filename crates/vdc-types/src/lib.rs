@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod migration;
 pub mod names;
+pub mod nic;
 pub mod ova;
 pub mod snapshot;
 pub mod switch;
