@@ -99,6 +99,10 @@ pub struct UpArgs {
     /// (default: the embedded store in the lab's data directory).
     #[arg(long)]
     pub store: Option<String>,
+    /// Give every host a second network for live migration streams
+    /// (`mig0`, 10.78.N.0/24): migrations between hosts travel on it.
+    #[arg(long)]
+    pub migration_network: bool,
 }
 
 /// Output format of `vdc lab status`.
@@ -154,6 +158,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 net_only: a.net_only,
                 step_timeout: std::time::Duration::from_secs(a.timeout.max(1)),
                 store: a.store,
+                migration_network: a.migration_network,
             };
             eprintln!(
                 "starting lab '{}' with {} host(s)...",

@@ -11,6 +11,7 @@
 //! Layout of the crate:
 //! - [`plan`]: pure naming and addressing rules (unit-tested);
 //! - [`ip`], [`net`]: the network, through the `ip` command;
+//!   [`migration_net`]: the optional migration network;
 //! - [`process`]: detached processes, liveness, termination;
 //! - [`state`]: the versioned state file and the status view;
 //! - [`lifecycle`]: `up`, `status`, `down`;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod fail;
 pub mod ip;
 pub mod lifecycle;
+pub mod migration_net;
 pub mod net;
 pub mod plan;
 pub mod process;

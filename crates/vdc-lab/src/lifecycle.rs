@@ -75,6 +75,8 @@ pub struct LabSpec {
     /// The server's `--store` (default: the embedded store in its data
     /// directory).
     pub store: Option<String>,
+    /// Give the hosts a migration network ([`crate::migration_net`]).
+    pub migration_network: bool,
 }
 
 impl LabSpec {
@@ -95,6 +97,7 @@ impl LabSpec {
             net_only: false,
             step_timeout: Duration::from_secs(120),
             store: None,
+            migration_network: false,
         }
     }
 
@@ -103,14 +106,16 @@ impl LabSpec {
         let index = self
             .subnet_index
             .unwrap_or_else(|| plan::default_subnet_index(&self.lab_id));
-        LabPlan::new(
+        let mut plan = LabPlan::new(
             &self.lab_id,
             self.hosts,
             index,
             self.port,
             &self.state_root,
             &self.data_root,
-        )
+        )?;
+        plan.migration_network = self.migration_network;
+        Ok(plan)
     }
 }
 
@@ -165,6 +170,9 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo> {
         prepare_dirs(&plan)?;
         state.save()?;
         crate::net::create(&plan)?;
+        if plan.migration_network {
+            crate::migration_net::create(&plan)?;
+        }
         if !spec.net_only {
             start_cluster(spec, &plan, &mut state, image.as_deref()).await?;
         }

@@ -110,6 +110,7 @@ pub struct TestLabBuilder {
     demo_vms: usize,
     template: bool,
     net_only: bool,
+    migration_network: bool,
     vdc_binary: Option<PathBuf>,
     step_timeout: Duration,
     store: Option<String>,
@@ -126,6 +127,13 @@ impl TestLabBuilder {
     /// (default yes).
     pub fn template(mut self, yes: bool) -> Self {
         self.template = yes;
+        self
+    }
+
+    /// Give every host a migration network (`mig0`, the agents'
+    /// `--migration-address`).
+    pub fn migration_network(mut self, yes: bool) -> Self {
+        self.migration_network = yes;
         self
     }
 
@@ -206,6 +214,7 @@ impl TestLabBuilder {
                     net_only: self.net_only,
                     step_timeout: self.step_timeout,
                     store: self.store.clone(),
+                    migration_network: self.migration_network,
                 };
                 match vdc_lab::up(&spec).await {
                     Ok(info) => {
@@ -275,6 +284,7 @@ impl TestLab {
             demo_vms: 0,
             template: true,
             net_only: false,
+            migration_network: false,
             vdc_binary: None,
             step_timeout: Duration::from_secs(120),
             store: None,

@@ -79,6 +79,11 @@ pub struct Host {
     /// How the host realizes each switch (as last reported).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub switches: Vec<crate::switch::HostSwitchState>,
+    /// The host's migration network address (vSphere's vMotion network):
+    /// live migrations to the host come in on it. The management address
+    /// unless its agent runs with `--migration-address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_address: Option<String>,
 }
 
 /// How one host's CPU meets the cluster's CPU baseline.
