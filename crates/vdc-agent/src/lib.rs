@@ -58,6 +58,7 @@ mod nics;
 mod migration;
 mod ova;
 mod ova_read;
+mod port_rules;
 mod power;
 mod prelaunch;
 mod provision;

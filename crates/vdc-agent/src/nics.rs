@@ -69,6 +69,7 @@ impl Agent {
             return Err(e);
         }
         tracing::info!(vm = %name, nic = %device.id, mac = %device.mac, tap = %port.tap, "NIC plugged");
+        self.ports_changed();
         slot.notify();
         Ok(slot.runtime())
     }
@@ -98,6 +99,7 @@ impl Agent {
         self.unplug(&slot, &vm, &devices[i], &ports[i].tap).await?;
         self.save_config(&slot, req.config).await?;
         tracing::info!(vm = %current.name, nic = %devices[i].id, "NIC unplugged");
+        self.ports_changed();
         slot.notify();
         Ok(slot.runtime())
     }

@@ -278,6 +278,7 @@ impl Agent {
         slot.inner().vm_supervisor = Some(guard.process.clone());
         supervisor::start(self.clone(), slot.clone(), vm, layout);
         tracing::info!(vm = %config.name, resumed = suspended, "started");
+        self.ports_changed();
         Ok(slot.apply(Input::Launched))
     }
 

@@ -199,6 +199,14 @@ pub struct NicSpec {
     /// applies it to the tap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shaping: Option<crate::switch::Shaping>,
+    /// Shaping of what the NIC sends, filled in by the server from the
+    /// port group; the agent polices it on the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_shaping: Option<crate::switch::Shaping>,
+    /// Security policy of the port group, filled in by the server; the
+    /// agent enforces it on the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::switch::SecurityPolicy>,
     /// Hot-plug root port the NIC sits on (`hp<port>`), for a NIC added to
     /// a VM with spare ports ([`VmConfig::hotplug_ports`]); `None`: a NIC
     /// on the root complex, part of the VM since it was created, which

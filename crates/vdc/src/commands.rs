@@ -296,7 +296,10 @@ pub fn network_table(nets: &[Network]) -> String {
 async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError> {
     check_name("network", &a.name)?;
     check_cidr(&a.subnet).map_err(CliError::Usage)?;
+    let (outbound_shaping, security) = crate::switches::network_policy(&a);
     let net = Network {
+        outbound_shaping,
+        security,
         name: a.name,
         bridge: a.bridge.unwrap_or_default(),
         switch: a.switch,
