@@ -6,14 +6,20 @@
 //! configuration follows); removed from the running VM, it leaves the
 //! guest and A no longer reaches B. Bad requests are refused with nothing
 //! changed; events `vm.nic_added` / `vm.nic_removed` are published.
+//! Isolated networks: NICs hot-plugged on a switch without uplinks reach
+//! nothing on another host (a bounded probe fails) and reach each other
+//! once both guests run on one host.
 
 use std::time::Duration;
 
 use vdc_client::{Client, ClientError};
-use vdc_test_infra::{guest_request, wait_until, wait_until_async, wait_vm_timeout, TestLab};
+use vdc_test_infra::{
+    guest_request, guest_request_timeout, wait_until, wait_until_async, wait_vm_timeout, TestLab,
+};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::migration::MigrateRequest;
 use vdc_types::nic::AddNicRequest;
+use vdc_types::switch::{RealizationState, Switch, SwitchKind};
 use vdc_types::{ErrorCode, Network, VmPowerState};
 
 const TEMPLATE: &str = "debian-busybox";
@@ -70,6 +76,15 @@ fn ask(netns: &str, ip: &str, line: &str) -> String {
         guest_request(netns, ip, 7777, &[line]).ok()
     });
     lines.get(1).cloned().unwrap_or_default()
+}
+
+/// Configures the guest's NIC `mac` with `ip` once the guest has probed
+/// the hot-plugged device.
+fn configure(netns: &str, guest: &str, mac: &str, ip: &str) {
+    wait_until(GUEST_TIMEOUT, &format!("NIC {mac} configured"), || {
+        let l = guest_request(netns, guest, 7777, &[&format!("nic {mac} {ip}")]).ok()?;
+        l.get(1).filter(|x| x.starts_with("nic ok ")).cloned()
+    });
 }
 
 async fn wait_task(c: &Client, id: &str, what: &str) {
@@ -179,11 +194,10 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
     assert_eq!(nic.port, Some(0));
     let nic_ip = nic.ip.clone().expect("an address from back's pool");
     assert!(nic_ip.starts_with("10.98.0."), "{nic_ip}");
+    configure(&ns, &a, mac, &nic_ip);
     let seen = ask(&ns, &a, "nics");
     assert!(seen.contains(&format!("={mac}")), "{seen}");
     assert_eq!(seen.split(' ').count(), 3, "{seen}");
-    let configured = ask(&ns, &a, &format!("nic {mac} {nic_ip}"));
-    assert!(configured.starts_with("nic ok "), "{configured}");
     let probed = ask(&ns, &a, &format!("probe {b_addr}"));
     assert!(probed.starts_with("probe ok nic-b "), "{probed}");
     wait_until_async(GUEST_TIMEOUT, "vm.nic_added", || async {
@@ -227,8 +241,7 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
     let a = ready_address(c, "nic-a").await;
     let seen = ask(&ns, &a, "nics");
     assert!(seen.contains(&format!("={mac}")), "{seen}");
-    let configured = ask(&ns, &a, &format!("nic {mac} {nic_ip}"));
-    assert!(configured.starts_with("nic ok "), "{configured}");
+    configure(&ns, &a, mac, &nic_ip);
     let probed = ask(&ns, &a, &format!("probe {b_addr}"));
     assert!(probed.starts_with("probe ok nic-b "), "{probed}");
 
@@ -250,4 +263,113 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
             .find(|e| e.object == "nic-a" && e.message.contains(mac))
     })
     .await;
+
+    // Isolated network: a switch without uplinks. A and B, both on
+    // host-2, reach each other through NICs on it; once B runs on host-1
+    // they do not.
+    let t = c
+        .migrate_vm(
+            "nic-b",
+            &MigrateRequest {
+                to: Some("host-2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("migrate accepted");
+    wait_task(c, &t.id, "migration of nic-b").await;
+    c.create_switch(&Switch {
+        version: 0,
+        name: "bub".into(),
+        bridge: String::new(),
+        kind: SwitchKind::Managed,
+        uplinks: vec![],
+    })
+    .await
+    .expect("isolated switch");
+    c.create_network(&Network {
+        name: "bubble".into(),
+        switch: Some("bub".into()),
+        subnet: "10.97.0.0/24".into(),
+        pool_start: "10.97.0.10".into(),
+        pool_end: "10.97.0.19".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("port group bubble");
+    wait_until_async(GUEST_TIMEOUT, "bub realized on both hosts", || async {
+        let v = c.get_switch("bub").await.ok()?;
+        (v.hosts.len() == 2
+            && v
+                .hosts
+                .iter()
+                .all(|h| h.state.state == RealizationState::Present))
+        .then_some(())
+    })
+    .await;
+    let mut bubble_ip = Vec::new();
+    let mut bubble_b = None;
+    for (vm, mac) in [("nic-a", "52:54:00:4e:1c:0a"), ("nic-b", "52:54:00:4e:1c:0b")] {
+        let added = c
+            .add_nic(
+                vm,
+                &AddNicRequest {
+                    network: "bubble".into(),
+                    mac: Some(mac.into()),
+                },
+            )
+            .await
+            .expect("add accepted");
+        wait_task(c, &added.task.id, "nic add").await;
+        let ip = c
+            .get_vm(vm)
+            .await
+            .expect("vm")
+            .nics
+            .iter()
+            .find(|n| n.mac == mac)
+            .and_then(|n| n.ip.clone())
+            .expect("an address on bubble");
+        bubble_ip.push(ip.split('/').next().expect("address").to_string());
+        if vm == "nic-a" {
+            configure(&ns, &a, mac, &ip);
+        } else {
+            bubble_b = Some((mac, ip));
+        }
+    }
+    // B is reached only on its console: the line is typed again until A
+    // reaches B (the guest may not have probed the new device yet).
+    let (b_mac, b_bubble) = bubble_b.expect("B's bubble NIC");
+    let line = format!(
+        "\nfor d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {b_mac} ] && ip addr replace {b_bubble} dev ${{d##*/}} && ip link set ${{d##*/}} up; done\n"
+    );
+    wait_until_async(GUEST_TIMEOUT, "A reaching B on the isolated switch", || async {
+        c.console_input("nic-b", &line).await.ok()?;
+        let l = guest_request_timeout(
+            &ns,
+            &a,
+            7777,
+            &[&format!("probe {}", bubble_ip[1])],
+            Duration::from_secs(10),
+        )
+        .ok()?;
+        l.get(1).filter(|x| x.starts_with("probe ok nic-b ")).cloned()
+    })
+    .await;
+    let t = c
+        .migrate_vm(
+            "nic-b",
+            &MigrateRequest {
+                to: Some("host-1".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("migrate accepted");
+    wait_task(c, &t.id, "migration of nic-b back").await;
+    assert_eq!(
+        ask(&ns, &a, &format!("probe {}", bubble_ip[1])),
+        "probe failed",
+        "an isolated switch reached another host"
+    );
 }
