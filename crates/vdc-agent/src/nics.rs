@@ -45,7 +45,13 @@ impl Agent {
                     req.mac, req.port
                 ))
             })?;
-        if slot.inner().config.nics.iter().any(|n| n.port == Some(req.port)) {
+        if slot
+            .inner()
+            .config
+            .nics
+            .iter()
+            .any(|n| n.port == Some(req.port))
+        {
             return Err(ApiError::invalid_state(format!(
                 "hot-plug port {} of VM '{name}' is taken already",
                 req.port
@@ -133,9 +139,11 @@ impl Agent {
     async fn save_config(&self, slot: &Arc<VmSlot>, config: VmConfig) -> Result<(), ApiError> {
         let layout = self.layout(&config)?;
         let (vm_dir, to_save) = (layout.vm_dir.clone(), config.clone());
-        datastore_io("cannot write vm.json", move || vm_dir.write_config(&to_save))
-            .await
-            .and_then(|r| r.map_err(|e| disk_error("cannot write vm.json", e)))?;
+        datastore_io("cannot write vm.json", move || {
+            vm_dir.write_config(&to_save)
+        })
+        .await
+        .and_then(|r| r.map_err(|e| disk_error("cannot write vm.json", e)))?;
         slot.inner().config = config;
         let persisted = slot.clone();
         crate::slot::blocking_io(move || persisted.persist_config())

@@ -65,7 +65,10 @@ impl Agent {
         }
         match vdc_net::ports::apply(&script).await {
             Ok(()) => {
-                tracing::info!(ports = policies.iter().filter(|p| p.restricts()).count(), "port rules applied");
+                tracing::info!(
+                    ports = policies.iter().filter(|p| p.restricts()).count(),
+                    "port rules applied"
+                );
                 *self
                     .port_rules
                     .applied

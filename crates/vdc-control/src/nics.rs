@@ -90,16 +90,21 @@ impl Cluster {
         let me = self.clone();
         let n = name.to_string();
         let task = self
-            .spawn_operation(name, "vm.reconfigure", Some(params(&rec)), move |ctx| async move {
-                ctx.progress(10, "allocating an address").await;
-                let mut nic = nic;
-                nic.ip = Some(me.allocate_ip(&net, &n).await?);
-                let result = me.add_nic_body(&ctx, &n, nic.clone()).await;
-                if result.is_err() {
-                    me.release_ips(std::slice::from_ref(&nic)).await;
-                }
-                result
-            })
+            .spawn_operation(
+                name,
+                "vm.reconfigure",
+                Some(params(&rec)),
+                move |ctx| async move {
+                    ctx.progress(10, "allocating an address").await;
+                    let mut nic = nic;
+                    nic.ip = Some(me.allocate_ip(&net, &n).await?);
+                    let result = me.add_nic_body(&ctx, &n, nic.clone()).await;
+                    if result.is_err() {
+                        me.release_ips(std::slice::from_ref(&nic)).await;
+                    }
+                    result
+                },
+            )
             .await?;
         Ok(NicChange { task, nic: id, mac })
     }
@@ -145,7 +150,11 @@ impl Cluster {
     }
 
     /// Removes NIC `nic` (its device id or MAC) from VM `name`.
-    pub async fn remove_nic(self: &Arc<Self>, name: &str, nic: &str) -> Result<NicChange, ApiError> {
+    pub async fn remove_nic(
+        self: &Arc<Self>,
+        name: &str,
+        nic: &str,
+    ) -> Result<NicChange, ApiError> {
         let rec = self.record(name).await?;
         rec.decide(VmAction::Reconfigure, None)?;
         let i = rec.config.nic_index(nic).ok_or_else(|| {
@@ -170,9 +179,12 @@ impl Cluster {
         let n = name.to_string();
         let (nic_id, mac) = (id.clone(), spec.mac.clone());
         let task = self
-            .spawn_operation(name, "vm.reconfigure", Some(params(&rec)), move |ctx| async move {
-                me.remove_nic_body(&ctx, &n, &nic_id, &mac).await
-            })
+            .spawn_operation(
+                name,
+                "vm.reconfigure",
+                Some(params(&rec)),
+                move |ctx| async move { me.remove_nic_body(&ctx, &n, &nic_id, &mac).await },
+            )
             .await?;
         Ok(NicChange {
             task,
@@ -195,8 +207,11 @@ impl Cluster {
         };
         let nic = config.nics.remove(i);
         if rec.state == VmPowerState::Running {
-            ctx.progress(20, &format!("unplugging NIC {id}: waiting for the guest to release it"))
-                .await;
+            ctx.progress(
+                20,
+                &format!("unplugging NIC {id}: waiting for the guest to release it"),
+            )
+            .await;
             let port = nic.port.ok_or_else(|| {
                 ApiError::invalid_state(format!("NIC {id} of VM '{name}' cannot be unplugged"))
             })?;

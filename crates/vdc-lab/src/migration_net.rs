@@ -91,9 +91,6 @@ mod tests {
         .unwrap();
         assert_eq!(bridge_name("t1"), "t1br1");
         assert_eq!(veth_name("t1", 2), "t1m2");
-        assert_eq!(
-            address(&plan, &plan.hosts[1]),
-            Ipv4Addr::new(10, 78, 7, 12)
-        );
+        assert_eq!(address(&plan, &plan.hosts[1]), Ipv4Addr::new(10, 78, 7, 12));
     }
 }

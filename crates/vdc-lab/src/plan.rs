@@ -287,12 +287,17 @@ impl LabPlan {
             self.gateway.to_string(),
         ]
         .into_iter()
-        .chain(self.migration_network.then(|| {
-            [
-                "--migration-address".to_string(),
-                crate::migration_net::address(self, host).to_string(),
-            ]
-        }).into_iter().flatten())
+        .chain(
+            self.migration_network
+                .then(|| {
+                    [
+                        "--migration-address".to_string(),
+                        crate::migration_net::address(self, host).to_string(),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .collect()
     }
 

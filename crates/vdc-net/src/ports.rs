@@ -55,7 +55,9 @@ pub fn ruleset(ports: &[PortPolicy]) -> String {
         "add table bridge {TABLE}\ndelete table bridge {TABLE}\ntable bridge {TABLE} {{\n\tchain from_vms {{\n\t\ttype filter hook prerouting priority 0; policy accept;\n"
     );
     for p in ports.iter().filter(|p| p.restricts()) {
-        if crate::validate_ifname(&p.tap).is_err() || !p.tap.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if crate::validate_ifname(&p.tap).is_err()
+            || !p.tap.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             continue;
         }
         if !p.forged_transmits {

@@ -40,8 +40,7 @@ use vdc_lab::{LabError, LabInfo, LabSpec};
 
 pub use error::TestInfraError;
 pub use guest::{
-    guest_request, guest_request_timeout, guest_sink, guest_source, guest_udp_request,
-    GuestSession,
+    guest_request, guest_request_timeout, guest_sink, guest_source, guest_udp_request, GuestSession,
 };
 pub use wait::{wait_until, wait_until_async, wait_vm, wait_vm_timeout, VM_WAIT_TIMEOUT};
 

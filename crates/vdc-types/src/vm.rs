@@ -300,8 +300,7 @@ impl VmConfig {
     /// its MAC address.
     pub fn nic_index(&self, nic: &str) -> Option<usize> {
         (0..self.nics.len()).find(|i| {
-            NicSpec::device_id(&self.nics, *i) == nic
-                || self.nics[*i].mac.eq_ignore_ascii_case(nic)
+            NicSpec::device_id(&self.nics, *i) == nic || self.nics[*i].mac.eq_ignore_ascii_case(nic)
         })
     }
 

@@ -83,7 +83,10 @@ pub(crate) async fn run(ctx: &Ctx, cmd: NicCmd) -> Result<(), CliError> {
         return out_json(&ended);
     }
     let v = ctx.client.get_vm(&vm).await?;
-    out(&format!("vm {vm}: NIC {nic} ({mac}) {done}\n{}", nic_table(&v)))
+    out(&format!(
+        "vm {vm}: NIC {nic} ({mac}) {done}\n{}",
+        nic_table(&v)
+    ))
 }
 
 fn nic_table(v: &Vm) -> String {

@@ -300,8 +300,7 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
     wait_until_async(GUEST_TIMEOUT, "bub realized on both hosts", || async {
         let v = c.get_switch("bub").await.ok()?;
         (v.hosts.len() == 2
-            && v
-                .hosts
+            && v.hosts
                 .iter()
                 .all(|h| h.state.state == RealizationState::Present))
         .then_some(())
@@ -309,7 +308,10 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
     .await;
     let mut bubble_ip = Vec::new();
     let mut bubble_b = None;
-    for (vm, mac) in [("nic-a", "52:54:00:4e:1c:0a"), ("nic-b", "52:54:00:4e:1c:0b")] {
+    for (vm, mac) in [
+        ("nic-a", "52:54:00:4e:1c:0a"),
+        ("nic-b", "52:54:00:4e:1c:0b"),
+    ] {
         let added = c
             .add_nic(
                 vm,
@@ -343,18 +345,24 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
     let line = format!(
         "\nfor d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {b_mac} ] && ip addr replace {b_bubble} dev ${{d##*/}} && ip link set ${{d##*/}} up; done\n"
     );
-    wait_until_async(GUEST_TIMEOUT, "A reaching B on the isolated switch", || async {
-        c.console_input("nic-b", &line).await.ok()?;
-        let l = guest_request_timeout(
-            &ns,
-            &a,
-            7777,
-            &[&format!("probe {}", bubble_ip[1])],
-            Duration::from_secs(10),
-        )
-        .ok()?;
-        l.get(1).filter(|x| x.starts_with("probe ok nic-b ")).cloned()
-    })
+    wait_until_async(
+        GUEST_TIMEOUT,
+        "A reaching B on the isolated switch",
+        || async {
+            c.console_input("nic-b", &line).await.ok()?;
+            let l = guest_request_timeout(
+                &ns,
+                &a,
+                7777,
+                &[&format!("probe {}", bubble_ip[1])],
+                Duration::from_secs(10),
+            )
+            .ok()?;
+            l.get(1)
+                .filter(|x| x.starts_with("probe ok nic-b "))
+                .cloned()
+        },
+    )
     .await;
     let t = c
         .migrate_vm(

@@ -133,11 +133,15 @@ async fn forged_transmits_are_dropped_where_refused_and_outbound_shaping_holds()
     // MAC.
     let new2 = "52:54:00:f0:0d:02";
     assert_eq!(ask(&ns, &g2, &format!("mac {new2}")), "mac ok");
-    wait_until(GUEST_TIMEOUT, "the allowed guest answering with its new MAC", || {
-        guest_request(&ns, &g2, 7777, &["nics"])
-            .ok()
-            .filter(|l| l.get(1).is_some_and(|n| n.contains(new2)))
-    });
+    wait_until(
+        GUEST_TIMEOUT,
+        "the allowed guest answering with its new MAC",
+        || {
+            guest_request(&ns, &g2, 7777, &["nics"])
+                .ok()
+                .filter(|l| l.get(1).is_some_and(|n| n.contains(new2)))
+        },
+    );
 
     // Refused (guarded): the guest falls silent once its MAC changed, and
     // answers again with its own MAC back.
@@ -147,10 +151,15 @@ async fn forged_transmits_are_dropped_where_refused_and_outbound_shaping_holds()
         (!answers(&ns, &g1)).then_some(())
     });
     assert!(!answers(&ns, &g1), "a forged source MAC got through");
-    c.console_input("guarded-1", &format!("\nip link set eth0 address {g1_mac}\n"))
-        .await
-        .expect("console input");
-    wait_until(GUEST_TIMEOUT, "the guarded guest back with its own MAC", || {
-        answers(&ns, &g1).then_some(())
-    });
+    c.console_input(
+        "guarded-1",
+        &format!("\nip link set eth0 address {g1_mac}\n"),
+    )
+    .await
+    .expect("console input");
+    wait_until(
+        GUEST_TIMEOUT,
+        "the guarded guest back with its own MAC",
+        || answers(&ns, &g1).then_some(()),
+    );
 }
