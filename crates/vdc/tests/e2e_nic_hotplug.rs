@@ -264,20 +264,29 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
     })
     .await;
 
-    // Isolated network: a switch without uplinks. A and B, both on
-    // host-2, reach each other through NICs on it; once B runs on host-1
+    // Isolated network: a switch without uplinks. A and B, on one host,
+    // reach each other through NICs on it; once B runs on the other host
     // they do not.
-    let t = c
-        .migrate_vm(
-            "nic-b",
-            &MigrateRequest {
-                to: Some("host-2".into()),
-                ..Default::default()
-            },
-        )
+    let a_host = c
+        .get_vm("nic-a")
         .await
-        .expect("migrate accepted");
-    wait_task(c, &t.id, "migration of nic-b").await;
+        .expect("a")
+        .owner
+        .expect("A's host");
+    let other = if a_host == "host-1" { "host-2" } else { "host-1" };
+    if c.get_vm("nic-b").await.expect("b").owner.as_deref() != Some(a_host.as_str()) {
+        let t = c
+            .migrate_vm(
+                "nic-b",
+                &MigrateRequest {
+                    to: Some(a_host.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("migrate accepted");
+        wait_task(c, &t.id, "migration of nic-b to A's host").await;
+    }
     c.create_switch(&Switch {
         version: 0,
         name: "bub".into(),
@@ -368,13 +377,13 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
         .migrate_vm(
             "nic-b",
             &MigrateRequest {
-                to: Some("host-1".into()),
+                to: Some(other.into()),
                 ..Default::default()
             },
         )
         .await
         .expect("migrate accepted");
-    wait_task(c, &t.id, "migration of nic-b back").await;
+    wait_task(c, &t.id, "migration of nic-b to the other host").await;
     assert_eq!(
         ask(&ns, &a, &format!("probe {}", bubble_ip[1])),
         "probe failed",
