@@ -267,13 +267,12 @@ async fn a_hot_plugged_nic_carries_traffic_follows_the_vm_and_goes() {
     // Isolated network: a switch without uplinks. A and B, on one host,
     // reach each other through NICs on it; once B runs on the other host
     // they do not.
-    let a_host = c
-        .get_vm("nic-a")
-        .await
-        .expect("a")
-        .owner
-        .expect("A's host");
-    let other = if a_host == "host-1" { "host-2" } else { "host-1" };
+    let a_host = c.get_vm("nic-a").await.expect("a").owner.expect("A's host");
+    let other = if a_host == "host-1" {
+        "host-2"
+    } else {
+        "host-1"
+    };
     if c.get_vm("nic-b").await.expect("b").owner.as_deref() != Some(a_host.as_str()) {
         let t = c
             .migrate_vm(
