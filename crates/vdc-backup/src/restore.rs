@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::error::{BackupError, Result};
 use crate::store::{DiskIndex, Store};
 
+/// Threads a restore reads, decompresses and writes chunks on.
+pub const RESTORE_THREADS: usize = 4;
+
 /// Writes the disk `index` of virtual size `size` into a new raw file
 /// `out`; `progress(bytes)` as chunks land. Returns the bytes written
 /// (zeros skipped).
