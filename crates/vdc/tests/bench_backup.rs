@@ -24,7 +24,11 @@ fn backup_bench_smoke_restores_identical_images_on_every_system() {
         .collect();
     assert_eq!(systems, ["vdc", "restic", "borg"], "{f}");
     for s in f["systems"].as_array().expect("systems") {
-        assert_eq!(s["restored_ok"], true, "{} restored another image: {f}", s["system"]);
+        assert_eq!(
+            s["restored_ok"], true,
+            "{} restored another image: {f}",
+            s["system"]
+        );
         for k in ["full_s", "incremental_s", "restore_s"] {
             assert!(s[k].as_f64().unwrap_or(0.0) > 0.0, "{k}: {f}");
         }

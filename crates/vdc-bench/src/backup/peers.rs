@@ -48,7 +48,12 @@ impl Peer {
         Ok(out.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
     }
 
-    fn run(&self, args: &[&str], cwd: Option<&Path>, repo: Option<&Path>) -> Result<String, BenchError> {
+    fn run(
+        &self,
+        args: &[&str],
+        cwd: Option<&Path>,
+        repo: Option<&Path>,
+    ) -> Result<String, BenchError> {
         let mut cmd = Command::new(self.program());
         cmd.args(args)
             .env("RESTIC_PASSWORD", PASSWORD)
@@ -97,9 +102,19 @@ impl Peer {
     pub fn backup(self, repo: &Path, dir: &Path, name: &str) -> Result<Duration, BenchError> {
         let t = Instant::now();
         match self {
-            Peer::Restic => self.run(&["backup", "--host", "peer", "disk.raw"], Some(dir), Some(repo)),
+            Peer::Restic => self.run(
+                &["backup", "--host", "peer", "disk.raw"],
+                Some(dir),
+                Some(repo),
+            ),
             Peer::Borg => self.run(
-                &["create", "--compression", "zstd,3", &format!("::{name}"), "disk.raw"],
+                &[
+                    "create",
+                    "--compression",
+                    "zstd,3",
+                    &format!("::{name}"),
+                    "disk.raw",
+                ],
                 Some(dir),
                 Some(repo),
             ),
@@ -109,7 +124,12 @@ impl Peer {
 
     /// Restores archive `name` (restic: the latest) into `into`; returns
     /// the restored file and the time, final sync included.
-    pub fn restore(self, repo: &Path, name: &str, into: &Path) -> Result<(PathBuf, Duration), BenchError> {
+    pub fn restore(
+        self,
+        repo: &Path,
+        name: &str,
+        into: &Path,
+    ) -> Result<(PathBuf, Duration), BenchError> {
         std::fs::create_dir_all(into).map_err(|e| BenchError::File {
             path: into.to_path_buf(),
             source: e,

@@ -132,7 +132,8 @@ pub fn table(f: &Figures) -> String {
         "| system | full | incremental | restore | store | restored |\n|---|---|---|---|---|---|"
     );
     for r in &f.systems {
-        let _ = writeln!(
+        let _ =
+            writeln!(
             s,
             "| {} ({}) | {:.2} s ({:.0} MB/s) | {:.2} s{} | {:.2} s ({:.0} MB/s) | {:.0} MB | {} |",
             r.system,
