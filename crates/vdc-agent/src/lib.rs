@@ -73,6 +73,7 @@ mod switches;
 mod templates;
 mod tls;
 mod transfer;
+mod transfer_chain;
 pub mod vm_monitor;
 
 pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Isolation, Supervision};

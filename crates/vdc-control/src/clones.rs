@@ -185,15 +185,16 @@ impl Cluster {
     ) -> Result<Task, ApiError> {
         let rec = self.record(source).await?;
         rec.decide(VmAction::Clone, None)?;
-        self.refuse_copy_with_snapshots(&rec, "a clone of a powered-off VM")
-            .await?;
         if req.linked {
             return Err(ApiError::invalid(format!(
                 "a linked clone reads a base that never changes, and VM '{source}' can change: make a template of it first ('vdc vm to-template {source} --keep-vm --name T', then 'vdc vm create {} --template T --linked'), or clone it in full",
                 req.name
             )));
         }
-        let Some((boot, data)) = rec.config.disks.split_first() else {
+        // With snapshots, the clone copies the current images (flattened);
+        // it has no snapshots of its own.
+        let disks = self.current_disks(&rec).await?;
+        let Some((boot, data)) = disks.split_first() else {
             return Err(ApiError::invalid_state(format!(
                 "VM '{source}' has no disk to clone"
             )));

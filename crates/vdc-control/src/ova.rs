@@ -46,8 +46,6 @@ impl Cluster {
         }
         let rec = self.record(name).await?;
         rec.decide(VmAction::Clone, None)?;
-        self.refuse_copy_with_snapshots(&rec, "an OVA export")
-            .await?;
         if let Some(h) = &req.host {
             self.agent_url(h).await?;
         }

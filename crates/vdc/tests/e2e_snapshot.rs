@@ -370,6 +370,8 @@ async fn snapshots_on_a_real_guest() {
     assert_eq!(cloned.len(), 1, "{cloned:?}");
 
     // The source cannot be deleted while its instant clone reads its base.
+    // (Written first: the data of "now", past every snapshot.)
+    assert_eq!(ask(&lab, &ip, "write k K"), "ok");
     let t = c
         .vm_action(VM, vdc_types::VmAction::Stop, serde_json::json!({}))
         .await
@@ -383,4 +385,100 @@ async fn snapshots_on_a_real_guest() {
         .find(|e| e.topic == "snapshot.created")
         .expect("created");
     assert_eq!(first.data["consistency"], "quiesced", "{first:?}");
+
+    copies_and_moves_carry_the_tree(&lab).await;
+}
+
+async fn stop_and_delete(c: &Client, vm: &str) {
+    let t = c
+        .vm_action(vm, vdc_types::VmAction::Stop, serde_json::json!({}))
+        .await
+        .expect("stop accepted");
+    run_task(c, t).await;
+    let t = c.delete_vm(vm).await.expect("delete accepted");
+    run_task(c, t).await;
+}
+
+/// The stopped VM (snapshots s1 and s3, at s1 with `k` written since): a
+/// full clone reads its current data; a move to the other host's local
+/// datastore carries its tree, and it reverts there to each snapshot.
+async fn copies_and_moves_carry_the_tree(lab: &TestLab) {
+    let c = &lab.client;
+    for clone in ["snap-2", "snap-3"] {
+        stop_and_delete(c, clone).await;
+    }
+
+    let t = c
+        .clone_vm(
+            VM,
+            &vdc_types::clone::CloneVmRequest {
+                name: "snap-4".into(),
+                start: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a clone of a VM with snapshots accepted");
+    run_task(c, t).await;
+    let clone = wait_vm(c, "snap-4", |v| {
+        v.state == VmPowerState::Running && v.guest.ready
+    })
+    .await;
+    let clone_ip = clone.guest.address.clone().expect("the clone's address");
+    assert_eq!(ask(lab, &clone_ip, "read k"), "K", "the clone reads now");
+    assert_eq!(ask(lab, &clone_ip, "read f"), "A");
+    assert!(
+        c.list_snapshots("snap-4")
+            .await
+            .expect("list")
+            .snapshots
+            .is_empty(),
+        "a clone has no snapshots"
+    );
+    stop_and_delete(c, "snap-4").await;
+
+    let vm = c.get_vm(VM).await.expect("the VM");
+    let owner = vm.owner.clone().expect("an owner");
+    let other = if owner == "host-1" {
+        "host-2"
+    } else {
+        "host-1"
+    };
+    let ds = format!("local-{other}");
+    let t = c
+        .migrate_vm(
+            VM,
+            &vdc_types::migration::MigrateRequest {
+                to: Some(other.into()),
+                datastore: Some(ds.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a cold move of a VM with snapshots accepted");
+    run_task(c, t).await;
+    let moved = c.get_vm(VM).await.expect("the VM");
+    assert_eq!(moved.owner.as_deref(), Some(other));
+    assert_eq!(moved.datastore, ds);
+    let list = c.list_snapshots(VM).await.expect("list");
+    let names: Vec<&str> = list.snapshots.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"s1") && names.contains(&"s3"), "{names:?}");
+    assert_eq!(list.current.as_deref(), Some("s1"));
+
+    let v = start(c).await;
+    let ip = v.guest.address.clone().expect("address");
+    assert_eq!(
+        ask(lab, &ip, "read k"),
+        "K",
+        "the move kept the current data"
+    );
+    revert(c, "s3").await;
+    start(c).await;
+    assert_eq!(ask(lab, &ip, "read f"), "B");
+    assert_eq!(ask(lab, &ip, "read h"), "H");
+    assert_eq!(ask(lab, &ip, "read k"), "error: no such file");
+    revert(c, "s1").await;
+    start(c).await;
+    assert_eq!(ask(lab, &ip, "read f"), "A");
+    assert_eq!(ask(lab, &ip, "read h"), "error: no such file");
 }
