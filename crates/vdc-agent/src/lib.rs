@@ -68,6 +68,7 @@ mod slot;
 mod snapshot;
 pub mod state;
 mod storage;
+mod storage_chain;
 mod supervisor;
 mod switches;
 mod templates;

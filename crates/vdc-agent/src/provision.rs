@@ -118,12 +118,24 @@ impl Agent {
                 .map_err(|e| disk_error(format!("disk '{}' to copy", f.path), e))?;
             copies.push(p);
         }
+        let mut images = Vec::new();
+        for (i, source) in req.data_images.iter().enumerate() {
+            let DiskSource::OvaDisk { ova, offset, size } = source else {
+                return Err(ApiError::invalid(
+                    "a data disk read from elsewhere must be a disk of an OVA",
+                ));
+            };
+            let p = self.checked_ova(ova)?;
+            let spec = qemu_img::vmdk_slice(&p, *offset, *size);
+            crate::ova_read::check_single_vmdk(&spec, ova, &format!("data disk {}", i + 1)).await?;
+            images.push(spec);
+        }
         let made = self
             .make_disks(
                 &config,
                 &layout,
                 (template.map(|(p, l)| (p, l, image_format)), ova_spec),
-                &copies,
+                (&copies, &images),
             )
             .await
             .and_then(|()| {
@@ -156,7 +168,7 @@ impl Agent {
         config: &VmConfig,
         layout: &Layout,
         (template, ova_spec): (Option<(PathBuf, bool, ImageFormat)>, Option<String>),
-        copies: &[PathBuf],
+        (copies, images): (&[PathBuf], &[String]),
     ) -> Result<(), ApiError> {
         for (i, (disk, path)) in config.disks.iter().zip(&layout.disks).enumerate() {
             if let Some(parent) = path.parent() {
@@ -205,6 +217,20 @@ impl Agent {
                     qemu_img::convert_to_qcow2(&copies[i - 1], ImageFormat::Qcow2, path)
                         .await
                         .map_err(|e| disk_error(&what, e))?
+                }
+                (i, _) if i > copies.len() && i - copies.len() <= images.len() => {
+                    qemu_img::convert_spec_to_qcow2(&images[i - copies.len() - 1], path)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?;
+                    let size = qemu_img::info(path, ImageFormat::Qcow2)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?
+                        .virtual_size;
+                    if disk.size_bytes > size {
+                        qemu_img::grow(path, disk.size_bytes)
+                            .await
+                            .map_err(|e| disk_error(&what, e))?;
+                    }
                 }
                 _ => qemu_img::create_qcow2(path, disk.size_bytes)
                     .await

@@ -43,6 +43,11 @@ pub(crate) struct Origin {
     pub boot_bytes: Option<u64>,
     /// The data disks' files and sizes, in order.
     pub data: Vec<(DiskFile, u64)>,
+    /// Further data disks read from elsewhere (an OVA's), with their
+    /// sizes, after `data`.
+    pub data_images: Vec<(DiskSource, u64)>,
+    /// Networks of the NICs after the first (an OVA's), in order.
+    pub more_networks: Vec<String>,
 }
 
 /// The address a create asks for (guest customization).
@@ -218,6 +223,7 @@ impl Cluster {
                     )
                 })
                 .collect(),
+            ..Default::default()
         };
         let create = CreateVmRequest {
             name: req.name.clone(),

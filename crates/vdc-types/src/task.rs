@@ -133,6 +133,14 @@ pub enum TaskParams {
         /// Sources of the data disks (a clone of a VM), in order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         data_sources: Vec<crate::agent::DiskFile>,
+        /// Sources of the data disks after `data_sources` (an OVA's
+        /// further disks), in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        data_images: Vec<DiskSource>,
+        /// Networks of the NICs after the first, in order (each gets an
+        /// address from its network's pool).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more_networks: Vec<String>,
         /// Address asked for the NIC (guest customization), CIDR.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         address: Option<String>,

@@ -245,24 +245,30 @@ async fn snapshots_on_a_real_guest() {
     assert_eq!(ask(&lab, &ip, "read f"), "A");
     assert_eq!(ask(&lab, &ip, "read h"), "error: no such file");
 
-    // A move that would copy its disks (to its own host's local
-    // datastore) is refused while it has snapshots.
+    // A live migration with its disks to another host is refused while it
+    // has snapshots (the mirror to another host carries no chain yet).
     let owner = c
         .get_vm(VM)
         .await
         .expect("the VM")
         .owner
         .expect("a running VM has an owner");
+    let other = if owner == "host-1" {
+        "host-2"
+    } else {
+        "host-1"
+    };
     let (code, msg) = api_code(
         c.migrate_vm(
             VM,
             &vdc_types::migration::MigrateRequest {
-                datastore: Some(format!("local-{owner}")),
+                to: Some(other.into()),
+                datastore: Some(format!("local-{other}")),
                 ..Default::default()
             },
         )
         .await
-        .expect_err("a storage move of a VM with snapshots"),
+        .expect_err("a live migration with storage of a VM with snapshots"),
     );
     assert_eq!(code, ErrorCode::InvalidState, "{msg}");
     assert!(msg.contains("snapshots"), "{msg}");
@@ -401,7 +407,8 @@ async fn stop_and_delete(c: &Client, vm: &str) {
 
 /// The stopped VM (snapshots s1 and s3, at s1 with `k` written since): a
 /// full clone reads its current data; a move to the other host's local
-/// datastore carries its tree, and it reverts there to each snapshot.
+/// datastore carries its tree, and it reverts there to each snapshot; a
+/// storage migration while it runs carries the tree too.
 async fn copies_and_moves_carry_the_tree(lab: &TestLab) {
     let c = &lab.client;
     for clone in ["snap-2", "snap-3"] {
@@ -425,6 +432,7 @@ async fn copies_and_moves_carry_the_tree(lab: &TestLab) {
     })
     .await;
     let clone_ip = clone.guest.address.clone().expect("the clone's address");
+    assert_eq!(identity(lab, &clone_ip).0, "snap-4");
     assert_eq!(ask(lab, &clone_ip, "read k"), "K", "the clone reads now");
     assert_eq!(ask(lab, &clone_ip, "read f"), "A");
     assert!(
@@ -463,10 +471,12 @@ async fn copies_and_moves_carry_the_tree(lab: &TestLab) {
     let list = c.list_snapshots(VM).await.expect("list");
     let names: Vec<&str> = list.snapshots.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"s1") && names.contains(&"s3"), "{names:?}");
-    assert_eq!(list.current.as_deref(), Some("s1"));
+    // The instant clone's fork is the newest snapshot on the s1 branch.
+    assert_eq!(list.current.as_deref(), Some("clone-snap-2"));
 
     let v = start(c).await;
     let ip = v.guest.address.clone().expect("address");
+    identity(lab, &ip);
     assert_eq!(
         ask(lab, &ip, "read k"),
         "K",
@@ -474,11 +484,38 @@ async fn copies_and_moves_carry_the_tree(lab: &TestLab) {
     );
     revert(c, "s3").await;
     start(c).await;
+    identity(lab, &ip);
     assert_eq!(ask(lab, &ip, "read f"), "B");
     assert_eq!(ask(lab, &ip, "read h"), "H");
     assert_eq!(ask(lab, &ip, "read k"), "error: no such file");
+
+    // Its disks move back to the shared datastore while it runs: the
+    // frozen images are copied, the active layer mirrored.
+    let (_, boot, _) = identity(lab, &ip);
+    assert_eq!(ask(lab, &ip, "write m M"), "ok");
+    let t = c
+        .migrate_vm(
+            VM,
+            &vdc_types::migration::MigrateRequest {
+                datastore: Some("shared".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a storage migration of a VM with snapshots accepted");
+    run_task(c, t).await;
+    let moved = c.get_vm(VM).await.expect("the VM");
+    assert!(
+        moved.disks.iter().all(|d| d.datastore == "shared"),
+        "{:?}",
+        moved.disks
+    );
+    assert_eq!(identity(lab, &ip).1, boot, "the guest ran on");
+    assert_eq!(ask(lab, &ip, "read m"), "M");
     revert(c, "s1").await;
     start(c).await;
+    identity(lab, &ip);
     assert_eq!(ask(lab, &ip, "read f"), "A");
     assert_eq!(ask(lab, &ip, "read h"), "error: no such file");
+    assert_eq!(ask(lab, &ip, "read m"), "error: no such file");
 }

@@ -7,6 +7,8 @@ use VmPowerState as S;
 
 fn create_journal(steps: Vec<Step>) -> TaskJournal {
     let mut j = TaskJournal::new(TaskParams::VmCreate {
+        data_images: Vec::new(),
+        more_networks: Vec::new(),
         vm_id: "id".into(),
         start: false,
         host: None,

@@ -107,11 +107,11 @@ impl Cluster {
             .await
     }
 
-    /// Refuses a mirror of running VM `rec`'s disks (storage migration,
-    /// live migration with storage) while they are chains of snapshot
-    /// overlays: a mirror moves the active images only. A stopped VM's
-    /// move copies the whole chain (`moves::files`), and moves that keep
-    /// the files where they are keep the snapshots too.
+    /// Refuses a live migration with storage of VM `rec` while its disks
+    /// are chains of snapshot overlays: the mirror to another host moves
+    /// the active images only. A stopped VM's move (`moves::files`) and a
+    /// running VM's storage migration on its host (`moves::storage`) carry
+    /// the whole chain; moves that keep the files keep the snapshots too.
     pub(crate) async fn refuse_disk_copy_with_snapshots(
         &self,
         rec: &VmRecord,
@@ -122,7 +122,7 @@ impl Cluster {
         }
         let name = &rec.config.name;
         Err(ApiError::invalid_state(format!(
-            "VM '{name}' has snapshots ({} in its tree): a mirror of a running VM's disks does not carry its chain of overlays; stop it and move it with its snapshots ('vdc vm migrate {name} --datastore DS'), or delete its snapshots first ('vdc vm snapshot list {name}')",
+            "VM '{name}' has snapshots ({} in its tree): a live migration with its disks to another host does not carry its chain of overlays; move its disks on its host ('vdc vm migrate {name} --datastore DS'), or stop it and move it with its snapshots ('vdc vm migrate {name} --to HOST --datastore DS'), or delete its snapshots first ('vdc vm snapshot list {name}')",
             tree.snapshots.len()
         )))
     }
