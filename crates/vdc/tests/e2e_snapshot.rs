@@ -374,6 +374,10 @@ async fn snapshots_on_a_real_guest() {
     }
     let cloned = c.event_history("vm.instant_cloned").await.expect("events");
     assert_eq!(cloned.len(), 1, "{cloned:?}");
+    eprintln!(
+        "figure: instant clone task {} ms, steps {}",
+        cloned[0].data["ms"], cloned[0].data["steps_ms"]
+    );
 
     // The source cannot be deleted while its instant clone reads its base.
     // (Written first: the data of "now", past every snapshot.)
