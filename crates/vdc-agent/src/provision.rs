@@ -72,6 +72,7 @@ impl Agent {
         }
         let mut image_format = ImageFormat::Qcow2;
         let mut ova_spec = None;
+        let mut template_bytes = 0;
         let template = match &req.boot_source {
             DiskSource::Blank => None,
             DiskSource::Template {
@@ -86,9 +87,15 @@ impl Agent {
                         format!("template disk '{path}' not found on datastore '{datastore}'"),
                     ));
                 }
-                image::inspect(&p, Some(ImageFormat::Qcow2), &self.datastore_roots())
-                    .await
-                    .map_err(|e| disk_error(format!("template disk '{path}'"), e))?;
+                let (_, size) = image::inspect_sized(
+                    &p,
+                    Some(ImageFormat::Qcow2),
+                    &self.datastore_roots(),
+                    qemu_img::INFO_TIMEOUT,
+                )
+                .await
+                .map_err(|e| disk_error(format!("template disk '{path}'"), e))?;
+                template_bytes = size;
                 Some((p, *linked))
             }
             DiskSource::OvaDisk { ova, offset, size } => {
@@ -136,6 +143,7 @@ impl Agent {
                 &layout,
                 (template.map(|(p, l)| (p, l, image_format)), ova_spec),
                 (&copies, &images),
+                template_bytes,
             )
             .await
             .and_then(|()| {
@@ -169,6 +177,7 @@ impl Agent {
         layout: &Layout,
         (template, ova_spec): (Option<(PathBuf, bool, ImageFormat)>, Option<String>),
         (copies, images): (&[PathBuf], &[String]),
+        template_bytes: u64,
     ) -> Result<(), ApiError> {
         for (i, (disk, path)) in config.disks.iter().zip(&layout.disks).enumerate() {
             if let Some(parent) = path.parent() {
@@ -181,9 +190,17 @@ impl Agent {
             }
             let what = format!("cannot create disk '{}'", disk.name);
             match (i, &template) {
+                (0, Some((src, true, _))) if disk.size_bytes >= template_bytes => {
+                    // One run: the size is given (at least the template's,
+                    // read when it was checked), nothing to read back or
+                    // grow.
+                    qemu_img::create_linked_clone(path, src, Some(disk.size_bytes))
+                        .await
+                        .map_err(|e| disk_error(&what, e))?;
+                }
                 (0, Some((src, linked, format))) => {
                     if *linked {
-                        qemu_img::create_linked_clone(path, src).await
+                        qemu_img::create_linked_clone(path, src, None).await
                     } else {
                         qemu_img::convert_to_qcow2(src, *format, path).await
                     }

@@ -689,7 +689,11 @@ async fn two_disks_and_two_nics(lab: &TestLab, dir: &std::path::Path, import: &s
     assert_ne!(v.nics[0].ip, v.nics[1].ip);
     assert_ne!(v.nics[0].mac, v.nics[1].mac);
     let ip = v.guest.address.clone().expect("address");
-    assert_eq!(ask(lab, &ip, "note").0, "two");
+    let greeting =
+        vdc_test_infra::wait_until(Duration::from_secs(120), "the guest's service", || {
+            lab.guest_request("host-1", &ip, &[]).ok()
+        });
+    assert!(greeting[0].starts_with("two "), "{greeting:?}");
     let shared = lab
         .info
         .datastores
