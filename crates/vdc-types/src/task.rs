@@ -148,6 +148,17 @@ pub enum TaskParams {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dhcp: bool,
     },
+    /// A snapshot taken or deleted (`snapshot.create`, `snapshot.delete`):
+    /// the action is kept, so a restarted server attaches to its job.
+    Snapshot {
+        /// Id of the VM.
+        vm_id: String,
+        /// Host of the job, if known when the task began.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// What the job does.
+        action: crate::snapshot::SnapshotAction,
+    },
     /// A power operation on a VM (`vm.start`, `vm.stop`, `vm.shutdown`,
     /// `vm.suspend`, …; the task's kind says which).
     VmPower {

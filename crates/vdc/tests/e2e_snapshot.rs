@@ -44,6 +44,54 @@ async fn snapshot(c: &Client, name: &str, memory: bool) {
     eprintln!("figure: ^ snapshot {name} (memory: {memory})");
 }
 
+/// Memory snapshot `name`, with the server killed (SIGKILL) once the task
+/// has sent its agent job and restarted: the task ends well, the snapshot
+/// is in the tree, and — unless the task had ended before the kill — the
+/// restarted server says it resumed it.
+async fn snapshot_across_a_server_restart(lab: &TestLab, name: &str) {
+    let c = &lab.client;
+    let req = CreateSnapshotRequest {
+        name: name.into(),
+        description: format!("test {name}, across a server restart"),
+        memory: true,
+    };
+    let t = c
+        .create_snapshot(VM, &req)
+        .await
+        .expect("snapshot accepted");
+    wait_until_async(VM_WAIT_TIMEOUT, "the snapshot job sent", || async {
+        let task = c.get_task(&t.id).await.ok()?;
+        let steps = task.journal.map(|j| j.steps).unwrap_or_default();
+        let sent = steps
+            .iter()
+            .any(|s| matches!(s.step, vdc_types::Step::JobSubmitted { .. }));
+        (sent || task.state.is_final()).then_some(())
+    })
+    .await;
+    lab.kill_server();
+    let killed_ms = vdc_types::now_ms();
+    lab.restart_server();
+    let done = wait_until_async(VM_WAIT_TIMEOUT, "the restarted server", || async {
+        c.get_task(&t.id).await.ok()
+    })
+    .await;
+    let done = if done.state.is_final() {
+        done
+    } else {
+        run_task(c, done).await
+    };
+    assert_eq!(done.state, vdc_types::TaskState::Succeeded, "{done:?}");
+    let list = c.list_snapshots(VM).await.expect("list");
+    assert!(list.snapshots.iter().any(|s| s.name == name && s.memory));
+    if done.finished_ms.is_some_and(|f| f >= killed_ms) {
+        let resumed = c.event_history("task.resumed").await.expect("events");
+        assert!(
+            resumed.iter().any(|e| e.data["task"] == t.id.as_str()),
+            "{resumed:?}"
+        );
+    }
+}
+
 async fn revert(c: &Client, name: &str) {
     let t = c.revert_snapshot(VM, name).await.expect("revert accepted");
     run_task(c, t).await;
@@ -171,7 +219,7 @@ async fn snapshots_on_a_real_guest() {
     // s2 with memory, then the guest moves on.
     assert_eq!(ask(&lab, &ip, "write f B"), "ok");
     let (_, _, c_snap) = identity(&lab, &ip);
-    snapshot(c, "s2", true).await;
+    snapshot_across_a_server_restart(&lab, "s2").await;
     assert_eq!(ask(&lab, &ip, "write g G"), "ok");
     let c_pre = wait_until(VM_WAIT_TIMEOUT, "the counter to move on", || {
         let (_, _, n) = identity(&lab, &ip);

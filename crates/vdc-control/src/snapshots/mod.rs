@@ -260,12 +260,22 @@ impl Cluster {
         let (rec, _) = self.begin_operation(name, VmAction::Snapshot, None).await?;
         let me = self.clone();
         let n = name.to_string();
-        // Journaled like a power task: a server restart fails it (its kind
-        // is not resumed) with the VM's operation released.
-        let params = vdc_types::TaskParams::VmPower {
-            vm_id: rec.config.id.clone(),
-            host: rec.owner.clone(),
-            shutdown_timeout_s: None,
+        // Create and delete keep their action: a restarted server attaches
+        // to their job (`resume`). A revert (it powers the VM off first) is
+        // journaled like a power task: a restart fails it, the VM released.
+        let params = match &action {
+            SnapshotAction::Create(_) | SnapshotAction::Delete { .. } => {
+                vdc_types::TaskParams::Snapshot {
+                    vm_id: rec.config.id.clone(),
+                    host: rec.owner.clone(),
+                    action: action.clone(),
+                }
+            }
+            _ => vdc_types::TaskParams::VmPower {
+                vm_id: rec.config.id.clone(),
+                host: rec.owner.clone(),
+                shutdown_timeout_s: None,
+            },
         };
         self.spawn_operation(name, kind, Some(params), move |ctx| async move {
             me.snapshot_body(&ctx, &n, action).await
@@ -273,7 +283,9 @@ impl Cluster {
         .await
     }
 
-    async fn snapshot_body(
+    /// The body of a snapshot task (also run again by a restarted server,
+    /// which attaches to its journaled job).
+    pub(crate) async fn snapshot_body(
         self: &Arc<Self>,
         ctx: &TaskCtx,
         name: &str,
