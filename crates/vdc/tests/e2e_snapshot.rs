@@ -45,7 +45,8 @@ async fn snapshot(c: &Client, name: &str, memory: bool) {
 }
 
 /// Memory snapshot `name`, with the server killed (SIGKILL) once the task
-/// has sent its agent job and restarted: the task ends well, the snapshot
+/// has sent its agent job (the agent frozen meanwhile, so the job cannot
+/// report its end first) and restarted: the task ends well, the snapshot
 /// is in the tree, and — unless the task had ended before the kill — the
 /// restarted server says it resumed it.
 async fn snapshot_across_a_server_restart(lab: &TestLab, name: &str) {
@@ -55,6 +56,7 @@ async fn snapshot_across_a_server_restart(lab: &TestLab, name: &str) {
         description: format!("test {name}, across a server restart"),
         memory: true,
     };
+    let owner = c.get_vm(VM).await.expect("vm").owner.expect("owner");
     let t = c
         .create_snapshot(VM, &req)
         .await
@@ -68,9 +70,11 @@ async fn snapshot_across_a_server_restart(lab: &TestLab, name: &str) {
         (sent || task.state.is_final()).then_some(())
     })
     .await;
+    let frozen = lab.freeze_agent(&owner);
     lab.kill_server();
     let killed_ms = vdc_types::now_ms();
     lab.restart_server();
+    frozen.thaw();
     let done = wait_until_async(VM_WAIT_TIMEOUT, "the restarted server", || async {
         c.get_task(&t.id).await.ok()
     })
