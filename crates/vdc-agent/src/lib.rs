@@ -70,11 +70,13 @@ mod slot;
 mod snapshot;
 pub mod state;
 mod storage;
+mod storage_chain;
 mod supervisor;
 mod switches;
 mod templates;
 mod tls;
 mod transfer;
+mod transfer_chain;
 pub mod vm_monitor;
 
 pub use config::{AccelArg, AgentArgs, AgentConfig, DatastoreConfig, Isolation, Supervision};

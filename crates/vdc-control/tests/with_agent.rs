@@ -275,6 +275,7 @@ async fn the_same_operation_id_twice_is_one_job() {
                 config: config.clone(),
                 boot_source: vdc_types::agent::DiskSource::Blank,
                 data_sources: Vec::new(),
+                data_images: Vec::new(),
             },
         },
     };
