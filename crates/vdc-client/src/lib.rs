@@ -7,6 +7,7 @@
 
 mod backup;
 mod clone;
+mod failover;
 mod ha;
 mod history;
 mod maintenance;
@@ -26,6 +27,9 @@ use vdc_types::{ApiError, Datastore, Event, Host, Task, TaskState, Vm};
 
 /// Default API URL of the lab.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8500";
+/// How long a client of several servers tries to resume a broken event
+/// stream on another one.
+pub const RESUME_PATIENCE: Duration = Duration::from_secs(30);
 /// Largest answer the client reads (event history, long lists).
 pub const ANSWER_MAX: usize = 32 << 20;
 /// Largest event-stream frame the client buffers.
@@ -94,23 +98,24 @@ impl ClientError {
     }
 }
 
-/// A connection to one vdc server.
+/// A connection to a vdc server, or to any of several (see [`failover`]).
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    servers: std::sync::Arc<failover::Servers>,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8500`).
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8500`),
+    /// or of any of several separated by commas.
     pub fn new(base_url: &str, token: Option<String>) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
         Client {
-            base: base_url.trim_end_matches('/').to_string(),
+            servers: std::sync::Arc::new(failover::Servers::parse(base_url)),
             token,
             http,
         }
@@ -119,10 +124,12 @@ impl Client {
     /// A client configured from `VDC_URL`, `VDC_TOKEN` or `VDC_TOKEN_FILE`.
     pub fn from_env() -> Result<Client, ClientError> {
         let url = std::env::var("VDC_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ClientError::Config(format!(
-                "VDC_URL '{url}' must start with http:// or https://"
-            )));
+        for u in url.split(',').map(str::trim) {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ClientError::Config(format!(
+                    "VDC_URL '{url}': each server's URL must start with http:// or https:// (several are separated by commas)"
+                )));
+            }
         }
         let token = match std::env::var("VDC_TOKEN") {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
@@ -163,18 +170,18 @@ impl Client {
 
     fn transport(&self, source: reqwest::Error) -> ClientError {
         ClientError::Transport {
-            url: self.base.clone(),
+            url: self.servers.current().to_string(),
             source,
         }
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use.
     pub fn base_url(&self) -> &str {
-        &self.base
+        self.servers.current()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{}", self.base, path)
+        format!("{}/api/v1{}", self.servers.current(), path)
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -189,7 +196,7 @@ impl Client {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let resp = rb.send().await.map_err(|source| self.transport(source))?;
+        let resp = self.execute(rb).await?;
         let status = resp.status();
         let bytes = self.read_answer(resp).await?;
         if !status.is_success() {
@@ -347,11 +354,7 @@ impl Client {
             .await
     }
     async fn console_get(&self, path: &str) -> Result<(String, u64), ClientError> {
-        let resp = self
-            .req(reqwest::Method::GET, path)
-            .send()
-            .await
-            .map_err(|source| self.transport(source))?;
+        let resp = self.execute(self.req(reqwest::Method::GET, path)).await?;
         let status = resp.status();
         let offset = resp
             .headers()
@@ -432,33 +435,49 @@ impl Client {
     ///
     /// When the server says this subscriber fell behind (an `event: lagged`
     /// frame), the stream reconnects by itself and resumes after the last
-    /// event it delivered, from the server's history.
+    /// event it delivered, from the server's history. A client of several
+    /// servers also resumes on another server when the stream breaks:
+    /// event numbers are the same on every server, so nothing is missed or
+    /// repeated.
     pub async fn events(
         &self,
         topics: &[String],
     ) -> Result<impl Stream<Item = Result<Event, ClientError>>, ClientError> {
         let topics = topics.to_vec();
-        let first = self.open_event_stream(&topics, None).await?;
+        let several = self.servers.len() > 1;
+        // Where the stream starts, so that a resume elsewhere starts there.
+        let start = if several {
+            self.latest_event_seq().await?
+        } else {
+            None
+        };
+        let first = self.open_event_stream(&topics, start).await?;
         let me = self.clone();
         Ok(async_stream::stream! {
             use futures::StreamExt;
             let mut resp = first;
-            let mut last: Option<u64> = None;
+            let mut last: Option<u64> = start;
             loop {
                 let mut body = resp.bytes_stream();
                 let mut buf: Vec<u8> = Vec::new();
-                let mut lagged = false;
+                let mut resume = false;
                 'read: while let Some(chunk) = body.next().await {
                     let chunk = match chunk {
                         Ok(c) => c,
+                        Err(source) if several => {
+                            drop(source);
+                            me.servers.next();
+                            resume = true;
+                            break 'read;
+                        }
                         Err(source) => {
-                            yield Err(ClientError::Transport { url: me.base.clone(), source });
+                            yield Err(me.transport(source));
                             return;
                         }
                     };
                     buf.extend_from_slice(&chunk);
                     if buf.len() > EVENT_FRAME_MAX && !buf.windows(2).any(|w| w == b"\n\n") {
-                        yield Err(ClientError::TooLarge { url: me.base.clone(), max: EVENT_FRAME_MAX });
+                        yield Err(ClientError::TooLarge { url: me.servers.current().to_string(), max: EVENT_FRAME_MAX });
                         return;
                     }
                     while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
@@ -466,7 +485,7 @@ impl Client {
                         let frame = String::from_utf8_lossy(&frame);
                         match sse_frame(&frame) {
                             SseFrame::Lagged => {
-                                lagged = true;
+                                resume = true;
                                 break 'read;
                             }
                             SseFrame::Data(data) => {
@@ -480,10 +499,14 @@ impl Client {
                         }
                     }
                 }
-                if !lagged {
+                if !resume && !several {
                     return;
                 }
-                resp = match me.open_event_stream(&topics, Some(last.unwrap_or(0))).await {
+                if !resume {
+                    // The server ended the stream (it stopped): the next.
+                    me.servers.next();
+                }
+                resp = match me.reopen_event_stream(&topics, last.unwrap_or(0)).await {
                     Ok(r) => r,
                     Err(e) => {
                         yield Err(e);
@@ -492,6 +515,33 @@ impl Client {
                 };
             }
         })
+    }
+
+    /// Opens the stream again after `after`, on any server, for up to
+    /// [`RESUME_PATIENCE`] (an election may be running).
+    async fn reopen_event_stream(
+        &self,
+        topics: &[String],
+        after: u64,
+    ) -> Result<reqwest::Response, ClientError> {
+        let deadline = Instant::now() + RESUME_PATIENCE;
+        loop {
+            match self.open_event_stream(topics, Some(after)).await {
+                Ok(r) => return Ok(r),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(ClientError::Transport { .. }) => {
+                    self.servers.next();
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The number of the newest stored event, if any.
+    async fn latest_event_seq(&self) -> Result<Option<u64>, ClientError> {
+        let v: Vec<Event> = self.get("/events?limit=1").await?;
+        Ok(Some(v.last().map(|e| e.seq).unwrap_or(0)))
     }
 
     async fn open_event_stream(
@@ -514,11 +564,7 @@ impl Client {
             path.push('?');
             path.push_str(&query.join("&"));
         }
-        let resp = self
-            .req(reqwest::Method::GET, &path)
-            .send()
-            .await
-            .map_err(|source| self.transport(source))?;
+        let resp = self.execute(self.req(reqwest::Method::GET, &path)).await?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
