@@ -7,6 +7,7 @@
 
 mod backup;
 mod clone;
+mod control_plane;
 mod failover;
 mod ha;
 mod history;
