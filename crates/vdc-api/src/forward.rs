@@ -103,7 +103,9 @@ pub(crate) async fn forward(State(st): State<AppState>, req: Request, next: Next
         if cp.is_leader() {
             return next.run(Request::from_parts(parts, Body::from(body))).await;
         }
-        if let Some(leader) = cp.leader().filter(|l| l.id != cp.id) {
+        // A leader recorded at this server's own address is a dead
+        // predecessor whose lease runs on: wait for the election.
+        if let Some(leader) = cp.leader().filter(|l| l.id != cp.id && l.url != cp.url) {
             let path = parts
                 .uri
                 .path_and_query()

@@ -173,7 +173,11 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             if !info.control_plane.is_empty() {
                 // Which server leads: any live server answers.
                 if let Ok(c) = lifecycle::client(&info) {
-                    info.leader = c.control_plane().await.ok().and_then(|s| s.leader.map(|l| l.id));
+                    info.leader = c
+                        .control_plane()
+                        .await
+                        .ok()
+                        .and_then(|s| s.leader.map(|l| l.id));
                 }
             }
             let text = match a.output {
@@ -182,9 +186,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             };
             std::io::stdout().write_all(text.as_bytes())?;
         }
-        LabCommand::Fail(a)
-            if a.host.starts_with("server-") || a.host.starts_with("etcd-") =>
-        {
+        LabCommand::Fail(a) if a.host.starts_with("server-") || a.host.starts_with("etcd-") => {
             if a.isolate {
                 anyhow::bail!("a control-plane member can be killed or healed, not isolated");
             }
@@ -197,7 +199,10 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
         }
         LabCommand::Fail(a) => {
             if !(a.kill || a.isolate || a.heal) {
-                anyhow::bail!("say what to do with host {}: --kill, --isolate or --heal", a.host);
+                anyhow::bail!(
+                    "say what to do with host {}: --kill, --isolate or --heal",
+                    a.host
+                );
             }
             let fault = if a.kill {
                 crate::fail::Fault::Kill
@@ -301,8 +306,10 @@ pub fn tour(info: &LabInfo, demo_vms: usize, net_only: bool) -> String {
         out += &format!("\nnetwork only (no server, no agents). Remove it with: {down}\n");
         return out;
     }
+    // With several servers: the first for the browser, all for the CLI.
+    let first = info.api_url.split(',').next().unwrap_or(&info.api_url);
     out += &format!(
-        "\nAPI      {api}/api/v1\nweb page {api}/\ntoken    {token}\n\n\
+        "\nAPI      {first}/api/v1\nweb page {first}/\ntoken    {token}\n\n\
          Try:\n  export VDC_URL={api} VDC_TOKEN_FILE={token}\n  vdc host list\n  vdc vm list\n",
         api = info.api_url
     );
@@ -312,7 +319,7 @@ pub fn tour(info: &LabInfo, demo_vms: usize, net_only: bool) -> String {
     out += &format!(
         "  curl -H \"Authorization: Bearer $(cat {token})\" {}/api/v1/vms\n  \
          vdc lab status\n\nWhen done: {down}\n",
-        info.api_url
+        first
     );
     out
 }

@@ -197,7 +197,11 @@ pub fn server_member(plan: &LabPlan, vdc: &Path, i: usize, n: usize) -> MemberPr
 
 /// Starts the etcd members and waits until each answers its health check.
 pub async fn start_etcd(state: &mut LabState, timeout: Duration) -> Result<()> {
-    for m in state.members.iter_mut().filter(|m| m.name.starts_with("etcd-")) {
+    for m in state
+        .members
+        .iter_mut()
+        .filter(|m| m.name.starts_with("etcd-"))
+    {
         match m.start() {
             Err(LabError::Spawn { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -311,7 +315,10 @@ mod tests {
         let etcd = etcd_members(&plan, 3);
         assert_eq!(etcd.len(), 3);
         assert_eq!(etcd[1].url, "http://127.0.0.1:8613");
-        assert!(etcd[2].args.iter().any(|a| a.starts_with("--initial-cluster=etcd-1=")));
+        assert!(etcd[2]
+            .args
+            .iter()
+            .any(|a| a.starts_with("--initial-cluster=etcd-1=")));
         assert_eq!(
             store_url(&plan, 3),
             "etcd://127.0.0.1:8611,127.0.0.1:8613,127.0.0.1:8615"

@@ -320,12 +320,8 @@ async fn start_cluster(
                 args[i + 1] = agent_servers.clone();
             }
         }
-        let agent = process::spawn_detached(
-            &spec.vdc_binary,
-            &args,
-            &host.log_file,
-            Some(&host.netns),
-        )?;
+        let agent =
+            process::spawn_detached(&spec.vdc_binary, &args, &host.log_file, Some(&host.netns))?;
         record.agent = Some(agent);
     }
     state.save()?;

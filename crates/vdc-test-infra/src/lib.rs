@@ -316,7 +316,12 @@ impl TestLab {
             );
         };
         section("server log".into(), &self.info.server.log);
-        for m in self.info.control_plane.iter().filter(|m| m.name != "server-1") {
+        for m in self
+            .info
+            .control_plane
+            .iter()
+            .filter(|m| m.name != "server-1")
+        {
             section(format!("{} log", m.name), &m.log);
         }
         for h in &self.info.hosts {
