@@ -195,11 +195,21 @@ impl Cluster {
         };
         self.take_lead(&leadership).await?;
         let mut tick = tokio::time::interval(ttl / 4);
+        let mut kept = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = leadership.keep(raw.as_ref()).await {
-                        lost_leadership(&format!("the leader lease could not be kept: {e}"));
+                    match leadership.keep(raw.as_ref()).await {
+                        Ok(()) => kept = std::time::Instant::now(),
+                        Err(e) => match keep_failed(&e, kept.elapsed(), ttl) {
+                            KeepFailure::Lost => lost_leadership(&format!(
+                                "the leader lease could not be kept: {e}"
+                            )),
+                            KeepFailure::Retry => tracing::warn!(
+                                error = %e,
+                                "the leader lease could not be kept; trying again"
+                            ),
+                        },
                     }
                 }
                 _ = self.fenced.lost() => lost_leadership("a write was fenced"),
@@ -297,10 +307,52 @@ impl Cluster {
     }
 }
 
+/// What a failed keep-alive of the leader lease means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepFailure {
+    /// The role is (or may be) gone: stop now.
+    Lost,
+    /// A store member went away: try again (fenced writes keep a lapsed
+    /// leader harmless meanwhile).
+    Retry,
+}
+
+/// The rule: the lease is gone, or it may have lapsed (the last keep-alive
+/// that worked is three quarters of the TTL old), means lost.
+pub fn keep_failed(e: &vdc_store::StoreError, since_kept: Duration, ttl: Duration) -> KeepFailure {
+    if matches!(e, vdc_store::StoreError::LeaseNotFound(_)) || since_kept >= ttl * 3 / 4 {
+        KeepFailure::Lost
+    } else {
+        KeepFailure::Retry
+    }
+}
+
 fn lost_leadership(why: &str) -> ! {
     tracing::error!(
         "{why}: this server no longer leads; exiting so that its controllers stop at once"
     );
     eprintln!("vdc server: {why}: no longer the leader; exiting");
     std::process::exit(LOST_LEADERSHIP_EXIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdc_store::StoreError;
+
+    #[test]
+    fn a_keep_alive_failure_is_lost_only_when_the_lease_may_be_gone() {
+        let ttl = Duration::from_secs(4);
+        let gone = StoreError::LeaseNotFound(7);
+        let flaky = StoreError::backend("member unreachable");
+        assert_eq!(keep_failed(&gone, Duration::ZERO, ttl), KeepFailure::Lost);
+        assert_eq!(
+            keep_failed(&flaky, Duration::from_secs(1), ttl),
+            KeepFailure::Retry
+        );
+        assert_eq!(
+            keep_failed(&flaky, Duration::from_secs(3), ttl),
+            KeepFailure::Lost
+        );
+    }
 }

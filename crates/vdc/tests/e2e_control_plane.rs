@@ -60,6 +60,8 @@ async fn the_leader_killed_mid_create_and_mid_migration_an_etcd_member_killed() 
         .start()
         .await;
     let c = &lab.client;
+    // No VM runs with its vCPUs on two hosts (checked while no migration
+    // runs: an incoming QEMU has its vCPU threads too).
     let no_twins = lab.invariant_checker();
     let cp = c.control_plane().await.expect("control plane");
     assert_eq!(cp.store, "etcd");
@@ -122,6 +124,9 @@ async fn the_leader_killed_mid_create_and_mid_migration_an_etcd_member_killed() 
     let second = lab.leader(ELECTION).await;
     assert_ne!(first, second, "the dead server still leads");
 
+    no_twins.check();
+    drop(no_twins);
+
     // 2. The next leader dies while the VM migrates live.
     let t = c
         .migrate_vm(
@@ -149,6 +154,13 @@ async fn the_leader_killed_mid_create_and_mid_migration_an_etcd_member_killed() 
         TaskState::Succeeded => assert_eq!(moved.owner.as_deref(), Some("host-2"), "{end:?}"),
         _ => assert_eq!(moved.owner.as_deref(), Some("host-1"), "{end:?}"),
     }
+    // One QEMU of the VM is left, on the host its record names.
+    let qemus = vdc_test_infra::wait_until(VM_WAIT_TIMEOUT, "one QEMU of the VM", || {
+        let q = lab.qemu_command_lines("cp-1");
+        (q.len() == 1).then_some(q)
+    });
+    assert_eq!(Some(qemus[0].0.as_str()), moved.owner.as_deref());
+    let no_twins = lab.invariant_checker();
     let third = lab.leader(ELECTION).await;
     assert!(third != first && third != second, "{third}");
     assert_eq!(moved.id, vm.id);
