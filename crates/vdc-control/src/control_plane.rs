@@ -286,6 +286,8 @@ impl Cluster {
         self.tasks.reload_unfinished().await.map_err(store_err)?;
         self.control_plane.set_leading(leadership.record.clone());
         self.lead().await?;
+        // The controllers run from here on; the event below marks it.
+        self.spawn_monitor();
         self.events
             .publish(
                 "cluster.leader_changed",
@@ -302,7 +304,6 @@ impl Cluster {
                 }),
             )
             .await;
-        self.spawn_monitor();
         Ok(())
     }
 }

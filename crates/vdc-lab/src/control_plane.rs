@@ -7,7 +7,7 @@
 //! | member | where |
 //! |---|---|
 //! | `etcd-i` | client `127.0.0.1:P+100+2(i-1)`, peer the next port; data `<data>/etcd-i` |
-//! | `server-i` | API `127.0.0.1:P+i-1` and `<gateway>:P+i-1`; data `<data>/server` (`server-i` for i > 1) |
+//! | `server-i` | API `127.0.0.1:P+i-1` and `<gateway>:P+i-1`; data `<data>/server` (shared: the cluster CA) |
 //!
 //! Agents and the lab's client get every server's address (comma-separated)
 //! and go on with the next when one does not answer. `vdc lab fail
@@ -161,13 +161,13 @@ pub fn server_member(plan: &LabPlan, vdc: &Path, i: usize, n: usize) -> MemberPr
     let port = server_port(plan, i);
     let name = format!("server-{i}");
     let url = format!("http://127.0.0.1:{port}");
-    let (data_dir, log) = if i == 1 {
-        (plan.server_data_dir.clone(), plan.server_log.clone())
+    // One data directory for all: it holds the cluster CA, which every
+    // server must sign with (server 1 makes it before the others start).
+    let data_dir = plan.server_data_dir.clone();
+    let log = if i == 1 {
+        plan.server_log.clone()
     } else {
-        (
-            plan.data_dir.join(&name),
-            plan.logs_dir().join(format!("{name}.log")),
-        )
+        plan.logs_dir().join(format!("{name}.log"))
     };
     MemberProcess {
         args: vec![

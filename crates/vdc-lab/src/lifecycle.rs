@@ -284,12 +284,6 @@ async fn start_cluster(
     }
     let server = process::spawn_detached(&spec.vdc_binary, &server_args, &plan.server_log, None)?;
     state.server = Some(server);
-    if n > 0 {
-        state.members[n].process = Some(server);
-        for m in state.members.iter_mut().skip(n + 1) {
-            m.start()?;
-        }
-    }
     state.save()?;
     let client = Client::new(&state.api_url, Some(read_token(&plan.token_file())?));
     wait_for(
@@ -300,6 +294,14 @@ async fn start_cluster(
         || async { client.version().await.ok().map(|_| ()) },
     )
     .await?;
+    if n > 0 {
+        // The first server made the cluster CA: the others share it.
+        state.members[n].process = Some(server);
+        for m in state.members.iter_mut().skip(n + 1) {
+            m.start()?;
+        }
+        state.save()?;
+    }
 
     for host in &plan.hosts {
         let added = client
