@@ -8,10 +8,11 @@
 #
 # Usage (root): bench/leader-failover.sh [TRIALS]   (default 5)
 # Env: VDC (the vdc binary, default target/debug/vdc), LEASE_MS (the
-# servers' --leader-lease-ms, default theirs: 4000).
+# servers' --leader-lease-ms through VDC_LEADER_LEASE_MS; default 4000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRIALS=${1:-5}
+if [ -n "${LEASE_MS:-}" ]; then export VDC_LEADER_LEASE_MS=$LEASE_MS; fi
 VDC=${VDC:-target/debug/vdc}
 LAB=lfb1
 PORT=${PORT:-18650}

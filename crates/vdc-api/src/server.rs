@@ -79,7 +79,7 @@ pub struct ServerArgs {
     pub advertise_url: Option<String>,
     /// On etcd: how long a dead leader holds the role, milliseconds (its
     /// lease's TTL; the leader renews it four times as often).
-    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u64).range(2000..=60_000))]
+    #[arg(long, env = "VDC_LEADER_LEASE_MS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(2000..=60_000))]
     pub leader_lease_ms: u64,
 }
 
