@@ -132,7 +132,8 @@ impl EventBus {
         Ok(())
     }
 
-    /// Publishes an event.
+    /// Publishes an event: stored, then sent to subscribers (an event the
+    /// store refused is logged and not sent).
     pub async fn publish(
         &self,
         topic: &str,
@@ -149,13 +150,16 @@ impl EventBus {
             message: message.into(),
             data,
         };
-        st.next_seq += 1;
         let k = key(ev.seq);
         if let Err(e) = self.store.put_json(&k, &ev).await {
-            tracing::warn!(error = %e, "cannot record event");
-        } else {
-            st.keys.push_back(k);
+            // Not stored, not sent: an event is what the store holds, so
+            // that its number means the same on every server (a deposed
+            // leader's refused write must not reach any subscriber).
+            tracing::warn!(error = %e, topic = %ev.topic, "cannot record event; not sent");
+            return ev;
         }
+        st.next_seq += 1;
+        st.keys.push_back(k);
         while st.keys.len() > HISTORY {
             if let Some(old) = st.keys.pop_front() {
                 let _ = self.store.delete(&old).await;

@@ -216,17 +216,9 @@ async fn the_leader_killed_mid_create_mid_migration_and_mid_failover_an_etcd_mem
 
     // The stream saw every stored event since it opened, once, in order,
     // across the two servers that died (one of which it may have used).
-    let last = c
-        .event_history("*")
-        .await
-        .expect("history")
-        .last()
-        .map(|e| e.seq)
-        .expect("events");
-    let stored: Vec<u64> = c
-        .event_history("*")
-        .await
-        .expect("history")
+    let history = c.event_history("*").await.expect("history");
+    let last = history.last().map(|e| e.seq).expect("events");
+    let stored: Vec<u64> = history
         .into_iter()
         .map(|e| e.seq)
         .filter(|s| *s > first_seq)
