@@ -1,8 +1,7 @@
 //! Chaos on the control plane, with real guests: a lab of 2 hosts, 3 etcd
 //! members and 3 servers (`vdc lab up --control-plane 3`). The leader is
 //! killed during a VM create, the next leader during a live migration, then
-//! an etcd member, then a host and the leader together (HA restarts the VM
-//! under the next leader): each operation completes or rolls back, no VM ever runs
+//! an etcd member: each operation completes or rolls back, no VM ever runs
 //! on two hosts at once, no task is left unfinished, the CLI keeps working
 //! through every fault, and the event stream goes on across servers
 //! without a gap or a repeat.
@@ -11,8 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use vdc_client::Client;
-use vdc_test_infra::ha::Fault;
-use vdc_test_infra::{wait_until_async, wait_vm, wait_vm_timeout, TestLab, VM_WAIT_TIMEOUT};
+use vdc_test_infra::{wait_until_async, wait_vm, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::control_plane::ServerRole;
 use vdc_types::job::JobKind;
@@ -22,7 +20,6 @@ use vdc_types::{Step, Task, TaskState, VmPowerState};
 const TEMPLATE: &str = "debian-busybox";
 const TASK_TIMEOUT: Duration = Duration::from_secs(240);
 const ELECTION: Duration = Duration::from_secs(60);
-const FAILOVER_WAIT: Duration = Duration::from_secs(180);
 
 /// The task once it ended (any server may answer).
 async fn wait_final(c: &Client, id: &str) -> Task {
@@ -56,7 +53,7 @@ fn cli(lab: &TestLab, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_leader_killed_mid_create_mid_migration_and_mid_failover_an_etcd_member_killed() {
+async fn the_leader_killed_mid_create_and_mid_migration_an_etcd_member_killed() {
     let lab = TestLab::builder(2)
         .control_plane(3)
         .vdc_binary(env!("CARGO_BIN_EXE_vdc"))
@@ -181,37 +178,17 @@ async fn the_leader_killed_mid_create_mid_migration_and_mid_failover_an_etcd_mem
         .vm_action("cp-1", "stop", serde_json::json!({}))
         .await
         .expect("stop accepted");
-    assert_eq!(wait_final(c, &t.id).await.state, TaskState::Succeeded);
+    let stopped = wait_final(c, &t.id).await;
+    assert_eq!(stopped.state, TaskState::Succeeded, "{stopped:?}");
     wait_vm(c, "cp-1", |v| v.state == VmPowerState::Stopped).await;
 
-    // 4. HA with the leader killed: the VM's host dies, and the leader
-    //    with it; the next leader restarts the VM on the other host, once.
-    lab.heal_member(&first);
-    let t = c
-        .vm_action("cp-1", "start", serde_json::json!({}))
-        .await
-        .expect("start accepted");
-    assert_eq!(wait_final(c, &t.id).await.state, TaskState::Succeeded);
-    let running = wait_vm(c, "cp-1", |v| {
-        v.state == VmPowerState::Running && v.guest.ready
-    })
-    .await;
-    let lost_host = running.owner.clone().expect("an owner");
-    eprintln!("{}", lab.fail_host(&lost_host, Fault::Kill));
-    kill_leader(&lab).await;
-    let restarted = wait_vm_timeout(c, "cp-1", FAILOVER_WAIT, |v| {
-        v.state == VmPowerState::Running
-            && v.owner.as_deref().is_some_and(|o| o != lost_host)
-            && v.operation.is_none()
-            && v.guest.ready
-    })
-    .await;
-    assert_eq!(restarted.id, vm.id);
-
     // No task left unfinished; no VM ran twice.
-    for t in c.list_tasks().await.expect("tasks") {
-        assert!(t.state.is_final(), "task left unfinished: {t:?}");
-    }
+    // (A task ends just after it releases its VM: wait, with a deadline.)
+    wait_until_async(TASK_TIMEOUT, "every task to end", || async {
+        let tasks = c.list_tasks().await.ok()?;
+        tasks.iter().all(|t| t.state.is_final()).then_some(())
+    })
+    .await;
     no_twins.check();
 
     // The stream saw every stored event since it opened, once, in order,
