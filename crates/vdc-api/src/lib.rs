@@ -11,10 +11,12 @@
 
 pub mod auth;
 mod backup;
+mod control_plane;
 mod cpu_baseline;
 pub mod credentials;
 pub mod error;
 mod events;
+pub mod forward;
 mod ha;
 mod join;
 mod maintenance;

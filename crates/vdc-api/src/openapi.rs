@@ -19,6 +19,7 @@ use vdc_types::{
 };
 
 use crate::backup::BackupPaths;
+use crate::control_plane::ControlPlanePaths;
 use crate::join;
 use crate::routes::*;
 use crate::{events, ha, maintenance, migration, templates_vm};
@@ -180,7 +181,7 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::snapshot::InstantCloneRequest,
         vdc_types::snapshot::RunningCloneRequest
     )),
-    modifiers(&BackupPaths, &BearerAuth)
+    modifiers(&BackupPaths, &ControlPlanePaths, &BearerAuth)
 )]
 pub struct ApiDoc;
 

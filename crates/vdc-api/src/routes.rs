@@ -51,6 +51,29 @@ impl AppState {
         })
     }
 
+    /// Like [`AppState::open`], as the server `cp` of a control plane:
+    /// leading at once (`leading`: the only server, on the embedded store)
+    /// or as a follower until it wins the election.
+    pub async fn open_in(
+        store: Arc<dyn vdc_store::Store>,
+        user_token: &str,
+        cp: vdc_control::control_plane::ControlPlane,
+        leading: bool,
+    ) -> Result<AppState, ApiError> {
+        let credentials = Credentials::open(store.clone(), user_token).await?;
+        let token = credentials.server_credential().to_string();
+        let cluster = if leading {
+            Cluster::open_leading(store, token, cp).await?
+        } else {
+            Cluster::open_follower(store, token, cp).await?
+        };
+        Ok(AppState {
+            cluster,
+            credentials: Arc::new(credentials),
+            ca: None,
+        })
+    }
+
     /// The same state with the cluster CA.
     pub fn with_ca(mut self, ca: crate::tls::CaState) -> AppState {
         self.ca = Some(Arc::new(ca));
@@ -185,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/report", post(join::agent_report))
         .route("/agent/join", post(join::agent_join))
         .merge(crate::backup::routes())
+        .merge(crate::control_plane::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,
@@ -204,7 +228,12 @@ pub fn router(state: AppState) -> Router {
         .route("/snapshots.js", get(crate::snapshots::web_script))
         .route("/net.js", get(crate::switches::web_script))
         .route("/nics.js", get(crate::nics::web_script))
+        .route("/controlplane.js", get(crate::control_plane::web_script))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::forward,
+        ))
         .with_state(state)
 }
 

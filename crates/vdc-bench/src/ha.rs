@@ -120,6 +120,7 @@ pub async fn run(args: HaArgs, json: bool) -> Result<(), BenchError> {
         step_timeout: Duration::from_secs(240),
         store: None,
         migration_network: false,
+        control_plane: 0,
     };
     eprintln!("bench: starting lab '{}' (2 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;

@@ -181,6 +181,7 @@ pub async fn run(args: MigrateArgs, json: bool) -> Result<(), BenchError> {
         step_timeout: Duration::from_secs(240),
         store: None,
         migration_network: false,
+        control_plane: 0,
     };
     eprintln!("bench: starting lab '{}' (3 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;

@@ -16,6 +16,7 @@
 //! - [`state`]: the versioned state file and the status view;
 //! - [`lifecycle`]: `up`, `status`, `down`;
 //! - [`fail`]: `fail HOST --kill|--isolate|--heal` (fault rehearsal);
+//! - [`control_plane`]: `--control-plane N` (etcd members and servers);
 //! - [`cli`]: the `vdc lab` subcommand.
 //!
 //! Everything needs root.
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod control_plane;
 pub mod error;
 pub mod fail;
 pub mod ip;

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+mod control_plane;
 mod error;
 mod faults;
 pub mod fencing;
@@ -114,9 +115,18 @@ pub struct TestLabBuilder {
     vdc_binary: Option<PathBuf>,
     step_timeout: Duration,
     store: Option<String>,
+    control_plane: usize,
 }
 
 impl TestLabBuilder {
+    /// Run `n` etcd members and `n` servers (one elected leader) instead of
+    /// one server on its embedded store; the lab's client knows every
+    /// server.
+    pub fn control_plane(mut self, n: usize) -> Self {
+        self.control_plane = n;
+        self
+    }
+
     /// Create and start `n` demo VMs (`demo-1`…) during start-up.
     pub fn demo_vms(mut self, n: usize) -> Self {
         self.demo_vms = n;
@@ -215,6 +225,7 @@ impl TestLabBuilder {
                     step_timeout: self.step_timeout,
                     store: self.store.clone(),
                     migration_network: self.migration_network,
+                    control_plane: self.control_plane,
                 };
                 match vdc_lab::up(&spec).await {
                     Ok(info) => {
@@ -288,6 +299,7 @@ impl TestLab {
             vdc_binary: None,
             step_timeout: Duration::from_secs(120),
             store: None,
+            control_plane: 0,
         }
     }
 
@@ -314,6 +326,14 @@ impl TestLab {
             );
         };
         section("server log".into(), &self.info.server.log);
+        for m in self
+            .info
+            .control_plane
+            .iter()
+            .filter(|m| m.name != "server-1")
+        {
+            section(format!("{} log", m.name), &m.log);
+        }
         for h in &self.info.hosts {
             section(format!("agent log of {}", h.name), &h.log);
             let Ok(vms) = std::fs::read_dir(h.state_dir.join("vms")) else {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod backup;
 pub mod clone;
+pub mod control_plane;
 pub mod error;
 pub mod event;
 pub mod ha;

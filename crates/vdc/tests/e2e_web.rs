@@ -240,6 +240,24 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
             .await,
     );
 
+    // The control plane: its store and the server that leads (this one).
+    let cp = c.control_plane().await.expect("control plane");
+    let leader = format!("leader {}", cp.served_by);
+    page(
+        "the control plane section",
+        browser
+            .wait_text("#cp-summary", PAGE_TIMEOUT, |t| {
+                t.contains("store redb") && t.contains(&leader)
+            })
+            .await,
+    );
+    page(
+        "the control plane's members",
+        browser
+            .wait_text("#cp-members tbody", PAGE_TIMEOUT, |t| t.contains("leader"))
+            .await,
+    );
+
     // Pause from the page: the page and the API agree.
     page(
         "clicking pause",
