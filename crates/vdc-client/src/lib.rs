@@ -7,6 +7,7 @@
 
 mod backup;
 mod clone;
+mod dr;
 mod ha;
 mod history;
 mod maintenance;

@@ -26,6 +26,7 @@ pub mod backup;
 pub mod clones;
 mod console;
 pub mod cpu_baseline;
+pub mod dr;
 pub mod events;
 pub mod ha;
 mod hosts;

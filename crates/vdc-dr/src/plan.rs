@@ -33,7 +33,11 @@ pub struct Plan {
     #[schema(minimum = 0, maximum = 1)]
     pub version: u32,
     /// Name (unique at this site).
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 63)]
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
     /// The site whose VMs the plan protects.
     pub protected_site: String,
@@ -198,7 +202,9 @@ pub enum PlanError {
     #[error("VM '{0}' has no replica at this site; enable its replication to this site first")]
     UnknownVm(String),
     /// A replica from another site.
-    #[error("VM '{vm}' is replicated from site '{from}', not from the plan's protected site '{site}'")]
+    #[error(
+        "VM '{vm}' is replicated from site '{from}', not from the plan's protected site '{site}'"
+    )]
     OtherSite {
         /// The VM.
         vm: String,
@@ -208,13 +214,17 @@ pub enum PlanError {
         site: String,
     },
     /// A mapping names a recovery network that does not exist.
-    #[error("recovery network '{0}' does not exist at this site; create it or map to another network")]
+    #[error(
+        "recovery network '{0}' does not exist at this site; create it or map to another network"
+    )]
     UnknownNetwork(String),
     /// A protected network mapped twice.
     #[error("protected network '{0}' is mapped twice; keep one mapping")]
     DuplicateMapping(String),
     /// A VM's network is not mapped.
-    #[error("VM '{vm}' uses network '{net}', which the plan does not map; add --map {net}=RECOVERY_NET")]
+    #[error(
+        "VM '{vm}' uses network '{net}', which the plan does not map; add --map {net}=RECOVERY_NET"
+    )]
     Unmapped {
         /// The VM.
         vm: String,
@@ -231,7 +241,9 @@ pub enum PlanError {
     #[error("VM '{0}': address '{1}' is not A.B.C.D/N")]
     BadAddress(String, String),
     /// A bad hostname.
-    #[error("VM '{0}': hostname '{1}' is not a valid host name (letters, digits, '-', at most 63)")]
+    #[error(
+        "VM '{0}': hostname '{1}' is not a valid host name (letters, digits, '-', at most 63)"
+    )]
     BadHostname(String, String),
     /// A timeout of zero or above a day.
     #[error("{0}: a timeout must be between 1 and {MAX_TIMEOUT_S} seconds")]
@@ -239,6 +251,11 @@ pub enum PlanError {
     /// An empty command or prompt.
     #[error("{0}: an empty command or prompt")]
     EmptyStep(String),
+    /// A test network's name is taken.
+    #[error(
+        "test network '{0}' already exists at this site; name another with test= in the mapping"
+    )]
+    TestNetworkTaken(String),
     /// The protected site is this site.
     #[error("the protected site '{0}' is this site; a plan recovers VMs of another site here")]
     SameSite(String),
@@ -249,6 +266,21 @@ pub fn test_network(plan: &str, m: &NetworkMapping) -> String {
     m.test
         .clone()
         .unwrap_or_else(|| format!("{plan}-{}", m.protected))
+}
+
+/// The isolated switch of a plan's test bubble: its name and its bridge
+/// (at most 15 characters, from a hash of the plan's name).
+pub fn bubble_switch(plan: &str) -> (String, String) {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in plan.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let name = if plan.len() <= 56 {
+        format!("{plan}-bubble")
+    } else {
+        format!("dr-bubble-{h:08x}")
+    };
+    (name, format!("drb{h:08x}"))
 }
 
 /// Every VM of the plan, in group order.
@@ -301,6 +333,9 @@ pub fn validate(
         }
         let t = test_network(&plan.name, m);
         vdc_types::names::validate_name("test network", &t).map_err(PlanError::Name)?;
+        if networks.contains(&t) {
+            return Err(PlanError::TestNetworkTaken(t));
+        }
         if !tests.insert(t.clone()) {
             return Err(PlanError::DuplicateTest(t));
         }
@@ -493,6 +528,26 @@ mod tests {
         let mut p = plan(&[&["db"]]);
         p.name = "bad name".into();
         assert!(matches!(check(&p), Err(PlanError::Name(..))));
+    }
+
+    #[test]
+    fn bubble_names_fit_a_bridge() {
+        let (n, b) = bubble_switch("p");
+        assert_eq!(n, "p-bubble");
+        assert!(b.len() <= 15);
+        let long = "x".repeat(63);
+        let (n, b) = bubble_switch(&long);
+        assert!(n.len() <= 63 && b.len() <= 15);
+        assert_ne!(bubble_switch("a").1, bubble_switch("b").1);
+    }
+
+    #[test]
+    fn a_taken_test_network_is_refused() {
+        let p = plan(&[&["db"]]);
+        assert_eq!(
+            validate(&p, "b", &replicas(&["db"]), &["dr".into(), "p-prod".into()]),
+            Err(PlanError::TestNetworkTaken("p-prod".into()))
+        );
     }
 
     #[test]

@@ -61,7 +61,14 @@ pub fn text(run: &Run) -> String {
             (Some(a), Some(b)) => secs(b.saturating_sub(a)),
             _ => String::new(),
         };
-        let _ = write!(s, "  {:<8} {:>12} {:>11}  {}", word(st.outcome), at, took, st.name);
+        let _ = write!(
+            s,
+            "  {:<8} {:>12} {:>11}  {}",
+            word(st.outcome),
+            at,
+            took,
+            st.name
+        );
         if let Some(d) = &st.detail {
             let _ = write!(s, " — {d}");
         }
@@ -104,6 +111,7 @@ mod tests {
             version: RUN_VERSION,
             id: "r1".into(),
             plan: "p".into(),
+            task: "t".into(),
             operation: Operation::Failover,
             state: RunState::Succeeded,
             protected_site: "a".into(),

@@ -113,8 +113,8 @@ pub fn may_start(state: PlanState, op: Operation, reprotects: u32) -> Result<(),
     let refuse = |state, hint| Err(StateError::Refused { state, hint });
     match (state, op) {
         (S::Ready, O::Test) => Ok(()),
-        (S::Ready, O::Migrate | O::Failover) if reprotects % 2 == 0 => Ok(()),
-        (S::Ready, O::Failback) if reprotects % 2 == 1 => Ok(()),
+        (S::Ready, O::Migrate | O::Failover) if reprotects.is_multiple_of(2) => Ok(()),
+        (S::Ready, O::Failback) if !reprotects.is_multiple_of(2) => Ok(()),
         (S::Ready, O::Failback) => refuse(
             "protecting its original site",
             "failback follows a failover or migration and a reprotect",
@@ -240,6 +240,9 @@ pub struct Run {
     pub id: String,
     /// The plan.
     pub plan: String,
+    /// The task that performs it.
+    #[serde(default)]
+    pub task: String,
     /// The operation.
     pub operation: Operation,
     /// State.
@@ -312,7 +315,10 @@ mod tests {
     #[test]
     fn rto_is_the_last_ready_vm() {
         assert_eq!(rto_ms(1000, &[]), None);
-        assert_eq!(rto_ms(1000, &[out(Some(1500)), out(Some(4000))]), Some(3000));
+        assert_eq!(
+            rto_ms(1000, &[out(Some(1500)), out(Some(4000))]),
+            Some(3000)
+        );
         assert_eq!(rto_ms(1000, &[out(Some(1500)), out(None)]), None);
     }
 

@@ -106,7 +106,11 @@ impl Step {
                 Some(vm.clone()),
             ),
             Step::Shutdown { vm } => (format!("shut down {vm}"), None, Some(vm.clone())),
-            Step::Fence => ("power off the protected VMs if reachable".into(), None, None),
+            Step::Fence => (
+                "power off the protected VMs if reachable".into(),
+                None,
+                None,
+            ),
             Step::Recover { group } => (format!("recover group {group}"), Some(*group), None),
             Step::AwaitReady { group } => (
                 format!("wait until group {group} is ready"),
@@ -192,9 +196,11 @@ pub fn steps(plan: &Plan, op: Operation) -> Vec<Step> {
             recover(&mut out);
         }
         Operation::Cleanup => {
-            out.extend(vms.iter().rev().map(|v| Step::RemoveClone {
-                vm: v.to_string(),
-            }));
+            out.extend(
+                vms.iter()
+                    .rev()
+                    .map(|v| Step::RemoveClone { vm: v.to_string() }),
+            );
             out.push(Step::RemoveBubble);
         }
         Operation::Migrate | Operation::Failback => {
@@ -283,11 +289,27 @@ mod tests {
         assert!(pos(&Step::AwaitReady { group: 1 }) < pos(&Step::Recover { group: 2 }));
         let prompt = s
             .iter()
-            .position(|x| matches!(x, Step::Custom { group: Some(2), when: "pre", .. }))
+            .position(|x| {
+                matches!(
+                    x,
+                    Step::Custom {
+                        group: Some(2),
+                        when: "pre",
+                        ..
+                    }
+                )
+            })
             .unwrap();
         assert!(pos(&Step::AwaitReady { group: 1 }) < prompt);
         assert!(prompt < pos(&Step::Recover { group: 2 }));
-        assert!(matches!(s.last(), Some(Step::Custom { group: None, when: "post", .. })));
+        assert!(matches!(
+            s.last(),
+            Some(Step::Custom {
+                group: None,
+                when: "post",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -298,7 +320,12 @@ mod tests {
         for vm in ["db", "web", "app"] {
             let vm = vm.to_string();
             let shut = pos(&Step::Shutdown { vm: vm.clone() });
-            assert!(pos(&Step::Sync { vm: vm.clone(), last: false }) < shut);
+            assert!(
+                pos(&Step::Sync {
+                    vm: vm.clone(),
+                    last: false
+                }) < shut
+            );
             assert!(shut < pos(&Step::Sync { vm, last: true }));
         }
         let last_sync = pos(&Step::Sync {
