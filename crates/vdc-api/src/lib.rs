@@ -13,6 +13,7 @@ pub mod auth;
 mod backup;
 mod cpu_baseline;
 pub mod credentials;
+pub(crate) mod dr;
 pub mod error;
 mod events;
 mod ha;

@@ -180,6 +180,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/report", post(join::agent_report))
         .route("/agent/join", post(join::agent_join))
         .merge(crate::backup::routes())
+        .merge(crate::dr::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,
@@ -198,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .route("/templates.js", get(templates_vm::web_script))
         .route("/snapshots.js", get(crate::snapshots::web_script))
         .route("/net.js", get(crate::switches::web_script))
+        .route("/dr.js", get(crate::dr::web_script))
         .fallback(not_found)
         .with_state(state)
 }

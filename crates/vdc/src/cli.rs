@@ -100,6 +100,9 @@ pub enum Command {
     /// Virtual switches realized on every host.
     #[command(subcommand)]
     Switch(crate::switches::SwitchCmd),
+    /// Recovery plans and DR runs: test, migrate, failover, reprotect, failback.
+    #[command(subcommand)]
+    Plan(crate::plan::PlanCmd),
     /// Templates VMs are deployed from.
     #[command(subcommand)]
     Template(TemplateCmd),

@@ -26,6 +26,7 @@ mod ha_groups;
 mod join;
 mod maintenance;
 mod migration_tls;
+mod plan;
 mod snapshot;
 mod switches;
 mod vm_commands;
