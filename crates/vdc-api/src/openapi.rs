@@ -19,6 +19,7 @@ use vdc_types::{
 };
 
 use crate::backup::BackupPaths;
+use crate::sites::SitesPaths;
 use crate::join;
 use crate::routes::*;
 use crate::{events, ha, maintenance, migration, templates_vm};
@@ -176,7 +177,7 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::snapshot::InstantCloneRequest,
         vdc_types::snapshot::RunningCloneRequest
     )),
-    modifiers(&BackupPaths, &BearerAuth)
+    modifiers(&BackupPaths, &SitesPaths, &BearerAuth)
 )]
 pub struct ApiDoc;
 

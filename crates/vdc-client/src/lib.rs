@@ -11,6 +11,7 @@ mod ha;
 mod history;
 mod maintenance;
 mod migration;
+mod sites;
 mod snapshot;
 mod switches;
 mod tls;
