@@ -76,6 +76,10 @@ pub struct ServerArgs {
     /// The URL paired sites call this server at.
     #[arg(long, env = "VDC_SITE_URL")]
     pub site_url: Option<String>,
+    /// The address of this server that peer sites' hosts reach: replication
+    /// streams from them are relayed there to this site's hosts.
+    #[arg(long, env = "VDC_RELAY_ADDRESS")]
+    pub relay_address: Option<std::net::IpAddr>,
 }
 
 fn parse_cpu_baseline(s: &str) -> Result<vdc_sched::cpu_baseline::BaselineMode, String> {
@@ -157,6 +161,7 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     state
         .cluster
         .set_local_site(&args.site_name, args.site_url.clone());
+    state.cluster.set_relay_address(args.relay_address);
     state.cluster.spawn_monitor();
     let app = router(state);
     let mut servers = Vec::new();

@@ -42,6 +42,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct SiteState {
     local: std::sync::RwLock<LocalSite>,
+    relay: std::sync::RwLock<Option<std::net::IpAddr>>,
     links: std::sync::Mutex<HashMap<String, Link>>,
 }
 
@@ -53,6 +54,7 @@ impl Default for SiteState {
                 url: None,
             }),
             links: Default::default(),
+            relay: Default::default(),
         }
     }
 }
@@ -97,6 +99,17 @@ impl Cluster {
             name: name.to_string(),
             url,
         };
+    }
+
+    /// Sets the address of this server peer sites' hosts reach (replication
+    /// relays listen there).
+    pub fn set_relay_address(&self, addr: Option<std::net::IpAddr>) {
+        *self.sites.relay.write().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// The address replication relays listen on, if set.
+    pub(crate) fn relay_address(&self) -> Option<std::net::IpAddr> {
+        *self.sites.relay.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `GET /api/v1/sites/local`.
