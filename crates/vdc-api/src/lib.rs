@@ -23,6 +23,7 @@ mod migration;
 mod openapi;
 mod routes;
 mod server;
+mod sites;
 mod snapshots;
 pub mod store_url;
 mod switches;

@@ -20,6 +20,7 @@ use vdc_types::{
 
 use crate::backup::BackupPaths;
 use crate::dr::DrPaths;
+use crate::sites::SitesPaths;
 use crate::join;
 use crate::routes::*;
 use crate::{events, ha, maintenance, migration, templates_vm};
@@ -177,7 +178,7 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::snapshot::InstantCloneRequest,
         vdc_types::snapshot::RunningCloneRequest
     )),
-    modifiers(&BackupPaths, &DrPaths, &BearerAuth)
+    modifiers(&BackupPaths, &DrPaths, &SitesPaths, &BearerAuth)
 )]
 pub struct ApiDoc;
 

@@ -70,6 +70,16 @@ pub struct ServerArgs {
     /// HA: do not restart the VMs of failed hosts (states are still judged).
     #[arg(long)]
     pub ha_disabled: bool,
+    /// This installation's site name (replication and DR between sites).
+    #[arg(long, env = "VDC_SITE_NAME", default_value = vdc_types::site::DEFAULT_SITE_NAME)]
+    pub site_name: String,
+    /// The URL paired sites call this server at.
+    #[arg(long, env = "VDC_SITE_URL")]
+    pub site_url: Option<String>,
+    /// The address of this server that peer sites' hosts reach: replication
+    /// streams from them are relayed there to this site's hosts.
+    #[arg(long, env = "VDC_RELAY_ADDRESS")]
+    pub relay_address: Option<std::net::IpAddr>,
 }
 
 fn parse_cpu_baseline(s: &str) -> Result<vdc_sched::cpu_baseline::BaselineMode, String> {
@@ -146,6 +156,12 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             datastore: std::time::Duration::from_millis(args.ha_datastore_timeout_ms),
         },
     });
+    vdc_types::names::validate_name("site", &args.site_name)
+        .map_err(|e| anyhow::anyhow!("--site-name: {e}"))?;
+    state
+        .cluster
+        .set_local_site(&args.site_name, args.site_url.clone());
+    state.cluster.set_relay_address(args.relay_address);
     state.cluster.spawn_monitor();
     let app = router(state);
     let mut servers = Vec::new();

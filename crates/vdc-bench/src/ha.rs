@@ -119,6 +119,7 @@ pub async fn run(args: HaArgs, json: bool) -> Result<(), BenchError> {
         net_only: false,
         step_timeout: Duration::from_secs(240),
         store: None,
+        site_name: None,
     };
     eprintln!("bench: starting lab '{}' (2 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;

@@ -12,6 +12,7 @@ mod ha;
 mod history;
 mod maintenance;
 mod migration;
+mod sites;
 mod snapshot;
 mod switches;
 mod tls;

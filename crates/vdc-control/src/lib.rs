@@ -43,7 +43,9 @@ mod networks;
 mod ova;
 pub mod ownership;
 pub mod record;
+pub mod replication;
 pub mod resume;
+pub mod sites;
 mod snapshots;
 pub mod switches;
 pub mod tasks;
@@ -133,6 +135,8 @@ pub struct Cluster {
     pub(crate) cpu_baseline: std::sync::RwLock<vdc_sched::cpu_baseline::BaselineMode>,
     /// VM records by host, for the reports (see [`vm_index`]).
     pub(crate) vm_index: Arc<vm_index::SharedIndex>,
+    /// This site's name and its peers' links (see [`sites`]).
+    pub(crate) sites: sites::SiteState,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -183,6 +187,7 @@ impl Cluster {
             cpu_baseline: Default::default(),
             ha: std::sync::Mutex::new(Default::default()),
             vm_index: index,
+            sites: Default::default(),
         });
         cluster.release_orphaned_operations(true).await?;
         cluster.migrate_networks().await?;
@@ -212,6 +217,7 @@ impl Cluster {
     /// releases VM operations whose task ended without releasing them.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         self.spawn_backup_jobs();
+        self.spawn_site_monitor();
         let ha = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ha::HA_TICK);

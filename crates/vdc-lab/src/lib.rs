@@ -29,6 +29,7 @@ pub mod lifecycle;
 pub mod net;
 pub mod plan;
 pub mod process;
+pub mod sites;
 pub mod state;
 pub mod teardown;
 

@@ -75,6 +75,8 @@ pub struct LabSpec {
     /// The server's `--store` (default: the embedded store in its data
     /// directory).
     pub store: Option<String>,
+    /// The server's site name (default `default`); see [`crate::sites`].
+    pub site_name: Option<String>,
 }
 
 impl LabSpec {
@@ -95,6 +97,7 @@ impl LabSpec {
             net_only: false,
             step_timeout: Duration::from_secs(120),
             store: None,
+            site_name: None,
         }
     }
 
@@ -103,14 +106,16 @@ impl LabSpec {
         let index = self
             .subnet_index
             .unwrap_or_else(|| plan::default_subnet_index(&self.lab_id));
-        LabPlan::new(
+        let mut plan = LabPlan::new(
             &self.lab_id,
             self.hosts,
             index,
             self.port,
             &self.state_root,
             &self.data_root,
-        )
+        )?;
+        plan.site_name = self.site_name.clone();
+        Ok(plan)
     }
 }
 

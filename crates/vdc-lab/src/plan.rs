@@ -149,6 +149,9 @@ pub struct LabPlan {
     pub server_log: PathBuf,
     /// The hosts, in order.
     pub hosts: Vec<HostPlan>,
+    /// The server's site name (`--site-name`), when the lab is one site of
+    /// several.
+    pub site_name: Option<String>,
 }
 
 impl LabPlan {
@@ -201,6 +204,7 @@ impl LabPlan {
             state_dir,
             data_dir,
             hosts,
+            site_name: None,
         })
     }
 
@@ -246,6 +250,17 @@ impl LabPlan {
             self.server_data_dir.display().to_string(),
             "--token-file".into(),
             self.token_file().display().to_string(),
+            "--site-name".into(),
+            self.site_name
+                .clone()
+                .unwrap_or_else(|| vdc_types::site::DEFAULT_SITE_NAME.to_string()),
+            // Peer sites' servers call this one on this machine's loopback.
+            "--site-url".into(),
+            self.api_url(),
+            // Peer sites' hosts reach this server on the lab bridge (see
+            // `sites`).
+            "--relay-address".into(),
+            self.gateway.to_string(),
         ]
     }
 

@@ -93,6 +93,9 @@ pub struct LabState {
     pub net_only: bool,
     /// When `up` started.
     pub created_ms: u64,
+    /// The server's site name, when the lab is one site of several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 impl LabState {
@@ -141,6 +144,7 @@ impl LabState {
             datastores,
             net_only,
             created_ms: vdc_types::now_ms(),
+            site: plan.site_name.clone(),
         }
     }
 
@@ -230,6 +234,7 @@ impl LabState {
                 })
                 .collect(),
             datastores: self.datastores.clone(),
+            site: self.site.clone(),
         }
     }
 }
@@ -315,6 +320,9 @@ pub struct LabInfo {
     pub hosts: Vec<HostStatus>,
     /// The datastores.
     pub datastores: Vec<DatastoreRecord>,
+    /// The server's site name, when the lab is one site of several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod faults;
 pub mod fencing;
 mod guest;
 pub mod ha;
+mod sites;
 mod wait;
 pub mod webdriver;
 
@@ -42,6 +43,7 @@ pub use error::TestInfraError;
 pub use guest::{
     guest_request, guest_request_timeout, guest_sink, guest_udp_request, GuestSession,
 };
+pub use sites::TwoSiteLab;
 pub use wait::{wait_until, wait_until_async, wait_vm, wait_vm_timeout, VM_WAIT_TIMEOUT};
 
 /// The repository root (two levels above this crate).
@@ -113,6 +115,7 @@ pub struct TestLabBuilder {
     vdc_binary: Option<PathBuf>,
     step_timeout: Duration,
     store: Option<String>,
+    site_name: Option<String>,
 }
 
 impl TestLabBuilder {
@@ -144,6 +147,12 @@ impl TestLabBuilder {
     /// The server's `--store` (default: the embedded store).
     pub fn store(mut self, url: impl Into<String>) -> Self {
         self.store = Some(url.into());
+        self
+    }
+
+    /// The server's site name (default `default`).
+    pub fn site_name(mut self, name: impl Into<String>) -> Self {
+        self.site_name = Some(name.into());
         self
     }
 
@@ -206,6 +215,7 @@ impl TestLabBuilder {
                     net_only: self.net_only,
                     step_timeout: self.step_timeout,
                     store: self.store.clone(),
+                    site_name: self.site_name.clone(),
                 };
                 match vdc_lab::up(&spec).await {
                     Ok(info) => {
@@ -278,6 +288,7 @@ impl TestLab {
             vdc_binary: None,
             step_timeout: Duration::from_secs(120),
             store: None,
+            site_name: None,
         }
     }
 

@@ -118,6 +118,9 @@ pub enum Command {
     /// Backup jobs: VMs backed up on a schedule, then pruned.
     #[command(subcommand, name = "backup-job")]
     BackupJob(crate::backup::BackupJobCmd),
+    /// Sites: this installation and the paired ones.
+    #[command(subcommand)]
+    Site(crate::site::SiteCmd),
     /// Long-running operations.
     #[command(subcommand)]
     Task(TaskCmd),

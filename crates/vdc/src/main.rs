@@ -25,6 +25,7 @@ mod ha;
 mod ha_groups;
 mod join;
 mod maintenance;
+mod site;
 mod migration_tls;
 mod plan;
 mod snapshot;

@@ -18,15 +18,12 @@ fn no_replication() -> ApiError {
 impl Cluster {
     /// This site's name.
     pub(crate) fn dr_site_name(&self) -> String {
-        std::env::var("VDC_SITE_NAME").unwrap_or_else(|_| "default".into())
+        self.local_site().name
     }
 
     /// A client of paired site `site`.
     pub(crate) async fn dr_peer(&self, site: &str) -> Result<vdc_client::Client, ApiError> {
-        Err(ApiError::new(
-            ErrorCode::HostUnavailable,
-            format!("site '{site}' is not paired"),
-        ))
+        self.site_client(site).await
     }
 
     /// `GET /replicas`.

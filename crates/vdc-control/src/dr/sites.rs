@@ -145,7 +145,7 @@ fn remote_err(site: &str, e: vdc_client::ClientError) -> ApiError {
     match e {
         vdc_client::ClientError::Api(e) => e,
         other => ApiError::new(
-            ErrorCode::HostUnavailable,
+            ErrorCode::SiteUnreachable,
             format!("site '{site}' does not answer: {other}; check its server and the link"),
         ),
     }
