@@ -48,9 +48,11 @@ async fn sites_pair_and_see_each_other() {
         "{again}"
     );
     lab.kill_site("b");
-    wait_until_async(Duration::from_secs(30), "site b seen unreachable", || async {
-        a.get_site("b").await.ok().filter(|s| !s.reachable)
-    })
+    wait_until_async(
+        Duration::from_secs(30),
+        "site b seen unreachable",
+        || async { a.get_site("b").await.ok().filter(|s| !s.reachable) },
+    )
     .await;
     let events = a.event_history("site.*").await.expect("events");
     assert!(events.iter().any(|e| e.topic == "site.paired"));
