@@ -181,6 +181,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/join", post(join::agent_join))
         .merge(crate::backup::routes())
         .merge(crate::sites::routes())
+        .merge(crate::replication::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,
