@@ -21,6 +21,7 @@ mod join;
 mod maintenance;
 mod migration;
 mod openapi;
+mod replication;
 mod routes;
 mod server;
 mod sites;

@@ -182,6 +182,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::backup::routes())
         .merge(crate::dr::routes())
         .merge(crate::sites::routes())
+        .merge(crate::replication::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,

@@ -110,5 +110,6 @@ pub(crate) struct SitesPaths;
 impl utoipa::Modify for SitesPaths {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         doc.merge(SitesApi::openapi());
+        doc.merge(crate::replication::ReplicationApi::openapi());
     }
 }

@@ -12,6 +12,7 @@ mod ha;
 mod history;
 mod maintenance;
 mod migration;
+pub mod replication;
 mod sites;
 mod snapshot;
 mod switches;

@@ -137,6 +137,8 @@ pub struct Cluster {
     pub(crate) vm_index: Arc<vm_index::SharedIndex>,
     /// This site's name and its peers' links (see [`sites`]).
     pub(crate) sites: sites::SiteState,
+    /// Replications and replicas at run time (see [`replication`]).
+    pub(crate) replication: replication::Runtime,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -188,6 +190,7 @@ impl Cluster {
             ha: std::sync::Mutex::new(Default::default()),
             vm_index: index,
             sites: Default::default(),
+            replication: Default::default(),
         });
         cluster.release_orphaned_operations(true).await?;
         cluster.migrate_networks().await?;
@@ -218,6 +221,8 @@ impl Cluster {
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         self.spawn_backup_jobs();
         self.spawn_site_monitor();
+        let me = self.clone();
+        tokio::spawn(async move { me.resume_replications().await });
         let ha = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ha::HA_TICK);

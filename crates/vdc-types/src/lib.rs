@@ -22,6 +22,7 @@ pub mod limits;
 pub mod migration;
 pub mod names;
 pub mod ova;
+pub mod replication;
 pub mod site;
 pub mod snapshot;
 pub mod switch;
