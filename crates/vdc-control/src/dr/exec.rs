@@ -464,7 +464,12 @@ impl Exec {
                 }
                 let t = r.recover(&v.name, body).await?;
                 wait_task(r.as_ref(), &t.id, TASK_WAIT).await?;
-                Ok::<_, ApiError>((v.name.clone(), name, Some(point.id), Some(point.time_ms)))
+                Ok::<_, ApiError>((
+                    v.name.clone(),
+                    name,
+                    Some(point.id.to_string()),
+                    Some(point.time_ms),
+                ))
             }
         });
         let results = futures::future::join_all(jobs).await;

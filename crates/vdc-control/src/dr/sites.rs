@@ -54,7 +54,7 @@ pub struct NicView {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PointView {
     /// Id.
-    pub id: String,
+    pub id: u64,
     /// When it was taken.
     pub time_ms: u64,
 }
