@@ -322,13 +322,26 @@ impl Exec {
             }
             Step::Replicate { vm } => {
                 let r = self.recovery.clone();
-                // The failed-over replica's disk became the VM's own: the
-                // record goes, so the VM can replicate under its name.
-                r.delete_replica(vm).await?;
-                r.replicate(vm, &self.run.protected_site).await?;
+                // A failed-over replica whose point the VM still runs on
+                // stays (its record goes with the VM, at the next
+                // reprotect's retire step).
+                let kept = match r.delete_replica(vm).await {
+                    Ok(_) => None,
+                    Err(e) if e.code == vdc_types::ErrorCode::InvalidState => Some(e.message),
+                    Err(e) => return Err(e),
+                };
+                let t = r.replicate(vm, &self.run.protected_site).await?;
+                wait_task(r.as_ref(), &t.id, TASK_WAIT).await?;
+                let mut detail = format!(
+                    "replicated to site {} (first full copy done)",
+                    self.run.protected_site
+                );
+                if let Some(k) = kept {
+                    detail += &format!("; old replica record kept: {k}");
+                }
                 Ok(Done {
                     outcome: StepOutcome::Ok,
-                    detail: Some(format!("replicating to site {}", self.run.protected_site)),
+                    detail: Some(detail),
                 })
             }
             Step::SwapDirection => {

@@ -57,9 +57,12 @@ impl Cluster {
     }
 
     /// `POST /replications`.
-    pub(crate) async fn dr_local_replicate(self: &Arc<Self>, body: Value) -> Result<(), ApiError> {
+    pub(crate) async fn dr_local_replicate(
+        self: &Arc<Self>,
+        body: Value,
+    ) -> Result<Task, ApiError> {
         let req: EnableReplicationRequest = from_value(body, "replication request")?;
-        self.enable_replication(req).await.map(drop)
+        Ok(self.enable_replication(req).await?.1)
     }
 
     /// `DELETE /replications/{vm}`.

@@ -81,8 +81,8 @@ pub trait SiteOps: Send + Sync {
     async fn recover(&self, vm: &str, body: Value) -> Result<Task, ApiError>;
     /// Starts `replication.sync` of `vm` (a point applied remotely).
     async fn sync(&self, vm: &str) -> Result<Task, ApiError>;
-    /// Replicates `vm` to `site`.
-    async fn replicate(&self, vm: &str, site: &str) -> Result<(), ApiError>;
+    /// Replicates `vm` to `site`; the task of its first full copy.
+    async fn replicate(&self, vm: &str, site: &str) -> Result<Task, ApiError>;
     /// Stops replicating `vm` (false: it was not replicated).
     async fn stop_replication(&self, vm: &str) -> Result<bool, ApiError>;
     /// Deletes the replica of `vm` (false: there was none).
@@ -198,12 +198,14 @@ impl SiteOps for Remote {
             .await
             .map_err(|e| remote_err(&self.name, e))
     }
-    async fn replicate(&self, vm: &str, site: &str) -> Result<(), ApiError> {
-        self.client
+    async fn replicate(&self, vm: &str, site: &str) -> Result<Task, ApiError> {
+        let v = self
+            .client
             .post_value("/replications", &replicate_body(vm, site))
             .await
-            .map(drop)
-            .map_err(|e| remote_err(&self.name, e))
+            .map_err(|e| remote_err(&self.name, e))?;
+        serde_json::from_value(v["task"].clone())
+            .map_err(|e| ApiError::internal(format!("replication of {vm}: no task: {e}")))
     }
     async fn stop_replication(&self, vm: &str) -> Result<bool, ApiError> {
         match self
@@ -295,7 +297,7 @@ impl SiteOps for Local {
     async fn sync(&self, vm: &str) -> Result<Task, ApiError> {
         self.cluster.dr_local_sync(vm).await
     }
-    async fn replicate(&self, vm: &str, site: &str) -> Result<(), ApiError> {
+    async fn replicate(&self, vm: &str, site: &str) -> Result<Task, ApiError> {
         self.cluster
             .dr_local_replicate(replicate_body(vm, site))
             .await
