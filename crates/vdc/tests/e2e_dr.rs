@@ -1,0 +1,312 @@
+//! Recovery plans on real guests across two sites (one lab, one VM `app`
+//! at site `a`, replicated to site `b`; the plan is stored at site `b`):
+//!
+//! 1. a plan naming a VM without a replica at `b` is refused; the plan is
+//!    created from a TOML file with `vdc plan create --file`;
+//! 2. **test**: the clone `app-test` boots at `b` in an isolated bubble and
+//!    reads the replicated data, cannot reach the protected guest; the
+//!    protected guest keeps its boot id and replication keeps taking
+//!    points; the run's report has each step, the RTO and app's RPO;
+//! 3. **cleanup** removes the clone, its disk files, the bubble's switch
+//!    and port group;
+//! 4. **planned migration** loses nothing: the guest's sequence file at `b`
+//!    ends with the last number written at `a`; RPO 0;
+//! 5. **reprotect** replicates `app` back to `a` and swaps the plan;
+//!    **failback** brings it home with what was written at `b`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use vdc_client::{Client, ClientError};
+use vdc_dr::{Run, RunState, StepOutcome};
+use vdc_test_infra::{wait_until, wait_until_async, wait_vm, TestLab, TwoSiteLab, VM_WAIT_TIMEOUT};
+use vdc_types::api::CreateVmRequest;
+use vdc_types::replication::EnableReplicationRequest;
+use vdc_types::{ErrorCode, Task, TaskState, Vm, VmPowerState};
+
+const TEMPLATE: &str = "debian-busybox";
+const TASK_TIMEOUT: Duration = Duration::from_secs(300);
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn run_task(c: &Client, t: Task) -> Task {
+    let done = c
+        .wait_task(&t.id, TASK_TIMEOUT, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("task {} {} failed: {e}", t.kind, t.target));
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    done
+}
+
+async fn ready(c: &Client, name: &str) -> Vm {
+    wait_vm(c, name, |v| {
+        v.state == VmPowerState::Running && v.guest.ready && v.guest.address.is_some()
+    })
+    .await
+}
+
+fn ask(lab: &TestLab, ip: &str, cmd: &str) -> String {
+    let lines = wait_until(VM_WAIT_TIMEOUT, "the guest's service", || {
+        lab.guest_request("host-1", ip, &[cmd]).ok()
+    });
+    lines.get(1).cloned().unwrap_or_default()
+}
+
+/// Runs `op` of plan `p` at `c` and waits for the run to end.
+async fn run_plan(c: &Client, p: &str, op: &str) -> Run {
+    let started = c
+        .run_plan(p, op)
+        .await
+        .unwrap_or_else(|e| panic!("{op}: {e}"));
+    assert_eq!(started.state, RunState::Running);
+    let end = wait_until_async(RUN_TIMEOUT, &format!("the {op} run ends"), || async {
+        c.get_dr_run(&started.id)
+            .await
+            .ok()
+            .filter(|r| matches!(r.state, RunState::Succeeded | RunState::Failed))
+    })
+    .await;
+    assert_eq!(
+        end.state,
+        RunState::Succeeded,
+        "{op}:\n{}",
+        vdc_dr::report::text(&end)
+    );
+    assert!(end.steps.iter().all(
+        |s| matches!(s.outcome, StepOutcome::Ok | StepOutcome::Skipped)
+            && s.started_ms.is_some()
+            && s.finished_ms >= s.started_ms
+    ));
+    end
+}
+
+fn vdc(lab: &TestLab, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vdc"))
+        .args(args)
+        .env("VDC_URL", &lab.info.api_url)
+        .env("VDC_TOKEN_FILE", &lab.info.token_file)
+        .env_remove("VDC_TOKEN")
+        .output()
+        .expect("vdc");
+    assert!(
+        out.status.success(),
+        "vdc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ip"])
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_test_cleanup_migrate_reprotect_failback() {
+    let lab = TwoSiteLab::start(
+        TestLab::builder(1).vdc_binary(env!("CARGO_BIN_EXE_vdc")),
+        TestLab::builder(1).vdc_binary(env!("CARGO_BIN_EXE_vdc")),
+    )
+    .await;
+    let (a, b) = (&lab.a.client, &lab.b.client);
+    let t = a
+        .create_vm(&CreateVmRequest {
+            name: "app".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    run_task(a, t).await;
+    let prod = ready(a, "app").await;
+    let prod_ip = prod.guest.address.clone().expect("address");
+    assert_eq!(ask(&lab.a, &prod_ip, "write k1 before-test"), "ok");
+    let enabled = a
+        .enable_replication(&EnableReplicationRequest {
+            vm: "app".into(),
+            site: "b".into(),
+            rpo_s: 10,
+            mode: Default::default(),
+            retain_last: 4,
+            on_link_loss: Default::default(),
+            quiesce_every_s: 0,
+            datastore: None,
+        })
+        .await
+        .expect("enable");
+    run_task(a, enabled.task).await;
+
+    // 1. A VM without a replica here is refused; the plan from a file.
+    let dir = tempfile::tempdir().expect("tmp");
+    let ghost = dir.path().join("ghost.toml");
+    std::fs::write(
+        &ghost,
+        "name = \"g\"\nprotected_site = \"a\"\n[[groups]]\nvms = [{ name = \"ghost\" }]\n[[networks]]\nprotected = \"lab\"\nrecovery = \"lab\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_vdc"))
+        .args(["plan", "create", "--file", ghost.to_str().unwrap()])
+        .env("VDC_URL", &lab.b.info.api_url)
+        .env("VDC_TOKEN_FILE", &lab.b.info.token_file)
+        .env_remove("VDC_TOKEN")
+        .output()
+        .expect("vdc");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VM 'ghost' has no replica at this site"),
+        "{err}"
+    );
+    let file = dir.path().join("plan.toml");
+    std::fs::write(
+        &file,
+        "name = \"p\"\nprotected_site = \"a\"\n[[groups]]\nvms = [{ name = \"app\", wait = { kind = \"guest\", timeout_s = 300 } }]\npost_steps = [{ kind = \"command\", command = \"true\", timeout_s = 10 }]\n[[networks]]\nprotected = \"lab\"\nrecovery = \"lab\"\n",
+    )
+    .expect("write");
+    vdc(
+        &lab.b,
+        &["plan", "create", "--file", file.to_str().unwrap()],
+    );
+    let plan = b.get_plan("p").await.expect("plan");
+    assert_eq!(
+        (plan.protected_site.as_str(), plan.recovery_site.as_str()),
+        ("a", "b")
+    );
+
+    // 2. Test: an isolated clone; production and replication untouched.
+    let boot = prod.guest.boot_id.clone().expect("boot id");
+    let points_before = a.get_replication("app").await.expect("repl").points;
+    let test = run_plan(b, "p", "test").await;
+    let clone = ready(b, "app-test").await;
+    assert_eq!(clone.nics[0].network, "p-lab", "{:?}", clone.nics);
+    let (_, bridge) = vdc_dr::plan::bubble_switch("p");
+    let sw = b.get_switch("p-bubble").await.expect("bubble switch");
+    assert!(sw.switch.uplinks.is_empty(), "{sw:?}");
+    // Reach the clone from its host through a port of the bubble only.
+    let ns = lab.b.netns("host-1").to_string();
+    let clone_ip = clone.guest.address.clone().expect("clone address");
+    in_ns(
+        &ns,
+        &[
+            "link", "add", "vdcdr0", "type", "veth", "peer", "name", "vdcdr1",
+        ],
+    );
+    in_ns(&ns, &["link", "set", "vdcdr1", "master", &bridge, "up"]);
+    in_ns(&ns, &["link", "set", "vdcdr0", "up"]);
+    in_ns(
+        &ns,
+        &["route", "add", &format!("{clone_ip}/32"), "dev", "vdcdr0"],
+    );
+    assert_eq!(ask(&lab.b, &clone_ip, "read k1"), "before-test");
+    assert_eq!(
+        ask(&lab.b, &clone_ip, &format!("probe {prod_ip}")),
+        "probe failed",
+        "the test clone reached the protected guest"
+    );
+    in_ns(&ns, &["link", "del", "vdcdr0"]);
+    let t = a.sync_replication("app", false).await.expect("sync");
+    run_task(a, t).await;
+    let r = a.get_replication("app").await.expect("replication");
+    assert!(r.points > points_before, "{r:?}");
+    assert_eq!(
+        a.get_vm("app").await.expect("app").guest.boot_id.as_deref(),
+        Some(boot.as_str())
+    );
+    assert!(test.rto_ms.is_some(), "{test:?}");
+    let v = &test.vms[0];
+    assert_eq!(
+        (v.vm.as_str(), v.recovered_as.as_str()),
+        ("app", "app-test")
+    );
+    assert!(v.rpo_ms.is_some() && v.point.is_some(), "{v:?}");
+    let report = vdc(&lab.b, &["plan", "report", &test.id]);
+    for words in [
+        "recover group 1",
+        "RTO (start to last VM ready)",
+        "RPO",
+        "build the isolated test network",
+    ] {
+        assert!(report.contains(words), "{words}: {report}");
+    }
+
+    // 3. Cleanup leaves no trace.
+    let disks: Vec<std::path::PathBuf> = clone
+        .disks
+        .iter()
+        .map(|d| {
+            let ds = lab
+                .b
+                .info
+                .datastores
+                .iter()
+                .find(|x| x.name == d.datastore)
+                .expect("datastore");
+            ds.path.join(&d.path)
+        })
+        .collect();
+    assert!(disks.iter().all(|p| p.exists()), "{disks:?}");
+    run_plan(b, "p", "cleanup").await;
+    assert!(
+        matches!(b.get_vm("app-test").await, Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound)
+    );
+    assert!(
+        matches!(b.get_switch("p-bubble").await, Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound)
+    );
+    assert!(
+        matches!(b.get_network("p-lab").await, Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound)
+    );
+    for d in &disks {
+        assert!(!d.exists(), "{} left", d.display());
+        assert!(!d.parent().expect("dir").exists(), "{} left", d.display());
+    }
+
+    // 4. Planned migration loses nothing.
+    for n in 1..=5 {
+        assert_eq!(ask(&lab.a, &prod_ip, &format!("write seq {n}")), "ok");
+    }
+    let mig = run_plan(b, "p", "migrate").await;
+    assert_eq!(mig.vms[0].rpo_ms, Some(0), "{mig:?}");
+    assert_eq!(
+        a.get_vm("app").await.expect("app").state,
+        VmPowerState::Stopped
+    );
+    let moved = ready(b, "app").await;
+    let b_ip = moved.guest.address.clone().expect("address");
+    assert_eq!(ask(&lab.b, &b_ip, "read seq"), "5");
+    assert_ne!(moved.guest.boot_id.as_deref(), Some(boot.as_str()));
+
+    // 5. Reprotect, write at b, fail back home.
+    run_plan(b, "p", "reprotect").await;
+    let plan = b.get_plan("p").await.expect("plan");
+    assert_eq!(
+        (plan.protected_site.as_str(), plan.recovery_site.as_str()),
+        ("b", "a")
+    );
+    assert_eq!(b.get_replication("app").await.expect("back").site, "a");
+    assert_eq!(ask(&lab.b, &b_ip, "write seq 9"), "ok");
+    let back = run_plan(b, "p", "failback").await;
+    assert_eq!(back.vms[0].rpo_ms, Some(0), "{back:?}");
+    let home = ready(a, "app").await;
+    let home_ip = home.guest.address.clone().expect("address");
+    assert_eq!(ask(&lab.a, &home_ip, "read seq"), "9");
+    assert_eq!(ask(&lab.a, &home_ip, "read k1"), "before-test");
+    let events = b.event_history("dr.*").await.expect("events");
+    for topic in [
+        "dr.plan_created",
+        "dr.run_started",
+        "dr.step",
+        "dr.run_finished",
+        "dr.cleanup",
+    ] {
+        assert!(events.iter().any(|e| e.topic == topic), "{topic}");
+    }
+}
