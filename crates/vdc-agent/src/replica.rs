@@ -59,17 +59,31 @@ impl Agent {
         cell: &JobCell,
         req: ReplicateJobRequest,
     ) -> Result<JobResult, ApiError> {
-        let vm = self
-            .slot(&req.config.id)?
-            .vm()
-            .ok_or_else(|| ApiError::invalid_state(format!("VM '{}' is not running here", req.config.name)))?;
-        if !req.full && !vm.has_usable_bitmap(&req.disk, &req.bitmap).await.map_err(|e| host_err(crate::error::chain(&e)))? {
+        let vm = self.slot(&req.config.id)?.vm().ok_or_else(|| {
+            ApiError::invalid_state(format!("VM '{}' is not running here", req.config.name))
+        })?;
+        if !req.full
+            && !vm
+                .has_usable_bitmap(&req.disk, &req.bitmap)
+                .await
+                .map_err(|e| host_err(crate::error::chain(&e)))?
+        {
             return Err(ApiError::new(
                 ErrorCode::InvalidState,
-                format!("bitmap-missing: disk {} of VM '{}' has no usable replication bitmap '{}'", req.disk, req.config.name, req.bitmap),
+                format!(
+                    "bitmap-missing: disk {} of VM '{}' has no usable replication bitmap '{}'",
+                    req.disk, req.config.name, req.bitmap
+                ),
             ));
         }
-        cell.progress(2, if req.full { "copying the whole disk" } else { "shipping the changed blocks" });
+        cell.progress(
+            2,
+            if req.full {
+                "copying the whole disk"
+            } else {
+                "shipping the changed blocks"
+            },
+        );
         let qga = vm.paths().guest_agent_socket();
         let frozen = req.quiesce
             && req.config.guest_agent
@@ -114,7 +128,10 @@ impl Agent {
         &self,
         req: ServePointRequest,
     ) -> Result<ServePointResponse, ApiError> {
-        for name in std::iter::once(&req.file).chain(req.backing.iter()).chain(req.keep.iter()) {
+        for name in std::iter::once(&req.file)
+            .chain(req.backing.iter())
+            .chain(req.keep.iter())
+        {
             check_file_name(name)?;
         }
         let dir = self.resolve(&req.datastore, &req.dir)?;
@@ -170,7 +187,10 @@ impl Agent {
             .insert(image.clone(), child);
         let deadline = tokio::time::Instant::now() + NBD_WAIT;
         loop {
-            if tokio::net::TcpStream::connect((address.as_str(), port)).await.is_ok() {
+            if tokio::net::TcpStream::connect((address.as_str(), port))
+                .await
+                .is_ok()
+            {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -224,7 +244,9 @@ impl Agent {
 /// Point files are plain names inside the replica directory.
 fn check_file_name(name: &str) -> Result<(), ApiError> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') || !name.ends_with(".qcow2") {
-        return Err(ApiError::invalid(format!("'{name}' is not a point image name")));
+        return Err(ApiError::invalid(format!(
+            "'{name}' is not a point image name"
+        )));
     }
     Ok(())
 }
@@ -266,7 +288,9 @@ async fn stop_serving(image: &Path, clean: bool) -> bool {
         match tokio::time::timeout(NBD_WAIT, child.wait()).await {
             Ok(Ok(status)) => return status.success(),
             Ok(Err(e)) => tracing::warn!(error = %e, "qemu-nbd wait"),
-            Err(_) => tracing::warn!(image = %image.display(), "qemu-nbd did not end after SIGTERM"),
+            Err(_) => {
+                tracing::warn!(image = %image.display(), "qemu-nbd did not end after SIGTERM")
+            }
         }
     }
     if let Err(e) = child.start_kill() {
@@ -299,7 +323,13 @@ async fn merge_points(dir: &Path, older: &str, newer: &str) -> Result<(), ApiErr
             )))
         }
     };
-    run(vec!["commit".into(), "-q".into(), "-d".into(), newer.into()]).await?;
+    run(vec![
+        "commit".into(),
+        "-q".into(),
+        "-d".into(),
+        newer.into(),
+    ])
+    .await?;
     let (o, n) = (dir.join(older), dir.join(newer));
     crate::agent::datastore_io("merge points", move || -> std::io::Result<()> {
         std::fs::File::open(&o)?.sync_all()?;

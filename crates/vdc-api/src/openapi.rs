@@ -19,9 +19,9 @@ use vdc_types::{
 };
 
 use crate::backup::BackupPaths;
-use crate::sites::SitesPaths;
 use crate::join;
 use crate::routes::*;
+use crate::sites::SitesPaths;
 use crate::{events, ha, maintenance, migration, templates_vm};
 
 /// The OpenAPI document.

@@ -21,7 +21,10 @@ use crate::routes::AppState;
 /// The replication routes, nested under `/api/v1`.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/replications", get(list_replications).post(enable_replication))
+        .route(
+            "/replications",
+            get(list_replications).post(enable_replication),
+        )
         .route(
             "/replications/{vm}",
             get(get_replication).delete(disable_replication),
@@ -89,7 +92,9 @@ pub(crate) struct EnabledReplication {
 
 /// Every replication of this site's VMs, with its lag.
 #[utoipa::path(get, path = "/api/v1/replications", responses((status = 200, body = [Replication])))]
-pub(crate) async fn list_replications(State(st): State<AppState>) -> ApiResult<Json<Vec<Replication>>> {
+pub(crate) async fn list_replications(
+    State(st): State<AppState>,
+) -> ApiResult<Json<Vec<Replication>>> {
     Ok(Json(st.cluster.list_replications().await?))
 }
 
@@ -103,7 +108,10 @@ pub(crate) async fn enable_replication(
     ApiJson(req): ApiJson<EnableReplicationRequest>,
 ) -> ApiResult<(StatusCode, Json<EnabledReplication>)> {
     let (replication, task) = st.cluster.enable_replication(req).await?;
-    Ok((StatusCode::CREATED, Json(EnabledReplication { replication, task })))
+    Ok((
+        StatusCode::CREATED,
+        Json(EnabledReplication { replication, task }),
+    ))
 }
 
 /// One replication.

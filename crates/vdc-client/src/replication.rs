@@ -44,8 +44,11 @@ impl Client {
     }
     /// `DELETE /replications/{vm}`.
     pub async fn disable_replication(&self, vm: &str) -> Result<(), ClientError> {
-        self.send(self.req(reqwest::Method::DELETE, &format!("/replications/{}", seg(vm))))
-            .await
+        self.send(self.req(
+            reqwest::Method::DELETE,
+            &format!("/replications/{}", seg(vm)),
+        ))
+        .await
     }
     /// `GET /replicas`.
     pub async fn list_replicas(&self) -> Result<Vec<Replica>, ClientError> {
@@ -56,8 +59,13 @@ impl Client {
         self.get(&format!("/replicas/{}", seg(vm))).await
     }
     /// `POST /replicas/{vm}/recover`: the `vm.create` task of the VM made.
-    pub async fn recover_replica(&self, vm: &str, req: &RecoverRequest) -> Result<Task, ClientError> {
-        self.post(&format!("/replicas/{}/recover", seg(vm)), req).await
+    pub async fn recover_replica(
+        &self,
+        vm: &str,
+        req: &RecoverRequest,
+    ) -> Result<Task, ClientError> {
+        self.post(&format!("/replicas/{}/recover", seg(vm)), req)
+            .await
     }
     /// `DELETE /replicas/{vm}`.
     pub async fn delete_replica(&self, vm: &str) -> Result<(), ClientError> {
@@ -70,7 +78,8 @@ impl Client {
         vm: &str,
         req: &BeginPointRequest,
     ) -> Result<BeginPointResponse, ClientError> {
-        self.post(&format!("/replicas/{}/points", seg(vm)), req).await
+        self.post(&format!("/replicas/{}/points", seg(vm)), req)
+            .await
     }
     /// `POST /replicas/{vm}/points/{id}/commit`.
     pub async fn commit_replica_point(
@@ -92,7 +101,10 @@ impl Client {
     }
     /// `POST /replicas/{vm}/stopped`: the protected site stopped.
     pub async fn replica_stopped(&self, vm: &str) -> Result<Replica, ClientError> {
-        self.post(&format!("/replicas/{}/stopped", seg(vm)), &serde_json::json!({}))
-            .await
+        self.post(
+            &format!("/replicas/{}/stopped", seg(vm)),
+            &serde_json::json!({}),
+        )
+        .await
     }
 }

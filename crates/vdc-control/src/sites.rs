@@ -82,7 +82,9 @@ pub fn site_error(site: &str, e: ClientError) -> ApiError {
         }
         ClientError::Transport { .. } => ApiError::new(
             ErrorCode::SiteUnreachable,
-            format!("site '{site}' does not answer ({e}); check its server and the link, then retry"),
+            format!(
+                "site '{site}' does not answer ({e}); check its server and the link, then retry"
+            ),
         ),
         other => ApiError::new(
             ErrorCode::SiteUnreachable,
@@ -382,7 +384,10 @@ impl Cluster {
             let (ok, why) = match answer {
                 Ok(Ok(_)) => (true, String::new()),
                 Ok(Err(e)) => (false, e.to_string()),
-                Err(_) => (false, format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+                Err(_) => (
+                    false,
+                    format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+                ),
             };
             let before = {
                 let mut links = self.sites.links.lock().unwrap_or_else(|p| p.into_inner());

@@ -182,8 +182,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             let text = match (a.output, &other) {
                 (OutputFormat::Json, None) => serde_json::to_string_pretty(&info)? + "\n",
                 (OutputFormat::Json, Some(b)) => {
-                    serde_json::to_string_pretty(&serde_json::json!({"sites": [&info, b]}))?
-                        + "\n"
+                    serde_json::to_string_pretty(&serde_json::json!({"sites": [&info, b]}))? + "\n"
                 }
                 (OutputFormat::Table, None) => status_table(&info),
                 (OutputFormat::Table, Some(b)) => format!(
@@ -243,9 +242,15 @@ async fn up_two_sites(a: LabSpec) -> anyhow::Result<()> {
     b.port = a.port.checked_add(1).unwrap_or(a.port - 1);
     b.demo_vms = 0;
     b.site_name = Some(crate::sites::SITE_NAMES[1].to_string());
-    eprintln!("starting site a (lab '{}') with {} host(s)...", a.lab_id, a.hosts);
+    eprintln!(
+        "starting site a (lab '{}') with {} host(s)...",
+        a.lab_id, a.hosts
+    );
     let info_a = lifecycle::up(&a).await?;
-    eprintln!("starting site b (lab '{}') with {} host(s)...", b.lab_id, b.hosts);
+    eprintln!(
+        "starting site b (lab '{}') with {} host(s)...",
+        b.lab_id, b.hosts
+    );
     let info_b = match lifecycle::up(&b).await {
         Ok(i) => i,
         Err(e) => {

@@ -144,11 +144,7 @@ impl Vm {
         }
         between.await;
         let ended = self.wait_concluded(&job).await;
-        if let Err(e) = self
-            .qmp()
-            .execute("job-dismiss", json!({"id": job}))
-            .await
-        {
+        if let Err(e) = self.qmp().execute("job-dismiss", json!({"id": job})).await {
             tracing::debug!(vm = %self.id(), error = %e, "job-dismiss");
         }
         ended

@@ -121,7 +121,11 @@ impl Cluster {
         };
         progress(
             10,
-            if full { "copying the whole disk".into() } else { "shipping the changed blocks".into() },
+            if full {
+                "copying the whole disk".into()
+            } else {
+                "shipping the changed blocks".into()
+            },
         )
         .await;
         let shipped = self.run_replicate_job(&host, &url, job, ctx).await;
@@ -132,12 +136,17 @@ impl Cluster {
                     tracing::warn!(vm, error = %a, "cannot abort the point at the recovery site; its next point removes it");
                 }
                 if e.message.contains("bitmap-missing") {
-                    self.need_full(vm, "the replication's dirty bitmap was lost").await;
+                    self.need_full(vm, "the replication's dirty bitmap was lost")
+                        .await;
                 }
                 return Err(self.cycle_failed(vm, e).await);
             }
         };
-        progress(92, format!("applying point {} at site {}", begin.point, r.site)).await;
+        progress(
+            92,
+            format!("applying point {} at site {}", begin.point, r.site),
+        )
+        .await;
         let commit = peer
             .commit_replica_point(
                 vm,
@@ -155,7 +164,8 @@ impl Cluster {
             Err(e) => {
                 // The bitmap was cleared when the job succeeded: what it
                 // shipped is only in the dropped point, so copy everything.
-                self.need_full(vm, "a shipped point could not be applied").await;
+                self.need_full(vm, "a shipped point could not be applied")
+                    .await;
                 return Err(self.cycle_failed(vm, site_error(&r.site, e)).await);
             }
         };
@@ -163,8 +173,8 @@ impl Cluster {
         Ok(point)
     }
 
-    /// Runs the `replicate` job on `host`: under the task when there is
-    /// one, else followed directly.
+    /// Runs the `replicate` job on `host` and follows it (its progress goes
+    /// to the task, if any).
     async fn run_replicate_job(
         &self,
         host: &str,
@@ -172,28 +182,25 @@ impl Cluster {
         request: ReplicateJobRequest,
         ctx: Option<&TaskCtx>,
     ) -> Result<ReplicatedPoint, ApiError> {
-        let op = JobOp::Replicate { request };
-        let result = match ctx {
-            Some(ctx) => self.agent_job(ctx, host, url, op, (10, 90)).await?,
-            None => {
-                let req = JobRequest {
-                    operation_id: format!("repl-{}", uuid::Uuid::new_v4().simple()),
-                    op,
-                };
-                let mut job = self.agents.submit_job(host, url, &req).await?;
-                while !job.state.is_final() {
-                    job = self.agents.job(host, url, &job.id, 5).await?;
-                }
-                match (job.state, job.result, job.error) {
-                    (vdc_types::job::JobState::Succeeded, Some(r), _) => r,
-                    (_, _, Some(e)) => return Err(e),
-                    (s, _, None) => {
-                        return Err(ApiError::new(
-                            ErrorCode::HostError,
-                            format!("the replicate job on host '{host}' ended {s}"),
-                        ))
-                    }
-                }
+        let req = JobRequest {
+            operation_id: format!("repl-{}", uuid::Uuid::new_v4().simple()),
+            op: JobOp::Replicate { request },
+        };
+        let mut job = self.agents.submit_job(host, url, &req).await?;
+        while !job.state.is_final() {
+            if let (Some(c), Some(stage)) = (ctx, &job.stage) {
+                c.progress(10 + job.progress * 8 / 10, stage).await;
+            }
+            job = self.agents.job(host, url, &job.id, 2).await?;
+        }
+        let result = match (job.state, job.result, job.error) {
+            (vdc_types::job::JobState::Succeeded, Some(r), _) => r,
+            (_, _, Some(e)) => return Err(e),
+            (s, _, None) => {
+                return Err(ApiError::new(
+                    ErrorCode::HostError,
+                    format!("the replicate job on host '{host}' ended {s}"),
+                ))
             }
         };
         match result {
@@ -229,8 +236,7 @@ impl Cluster {
     async fn cycle_failed(&self, vm: &str, e: ApiError) -> ApiError {
         let link = e.code == ErrorCode::SiteUnreachable
             || e.message.contains("Connection refused")
-            || e.message.contains("connect")
-                && e.message.contains("nbd");
+            || e.message.contains("connect") && e.message.contains("nbd");
         let msg = e.message.clone();
         let before = self.replication_record(vm).await.ok();
         let updated = self
@@ -258,7 +264,12 @@ impl Cluster {
                 )
                 .await;
             if let Err(a) = self
-                .raise_alarm(LINK_ALARM, vm, AlarmSeverity::Critical, &format!("replication link down: {msg}"))
+                .raise_alarm(
+                    LINK_ALARM,
+                    vm,
+                    AlarmSeverity::Critical,
+                    &format!("replication link down: {msg}"),
+                )
                 .await
             {
                 tracing::warn!(vm, error = %a, "cannot raise the replication link alarm");
@@ -280,7 +291,8 @@ impl Cluster {
         let quiesced = shipped.consistency == vdc_types::replication::PointConsistency::Quiesced;
         let r = self
             .update_replication(vm, |r| {
-                r.achieved_rpo_ms = Some(now.saturating_sub(r.last_point_ms.unwrap_or(r.enabled_ms)));
+                r.achieved_rpo_ms =
+                    Some(now.saturating_sub(r.last_point_ms.unwrap_or(r.enabled_ms)));
                 r.last_point_ms = Some(point.time_ms);
                 if quiesced {
                     r.last_quiesced_ms = Some(point.time_ms);
@@ -297,7 +309,10 @@ impl Cluster {
             .publish(
                 "replication.point",
                 vm,
-                format!("point {} of {vm} applied at site {site} ({} bytes)", point.id, shipped.bytes),
+                format!(
+                    "point {} of {vm} applied at site {site} ({} bytes)",
+                    point.id, shipped.bytes
+                ),
                 json!({"vm": vm, "site": site, "point": point.id, "time_ms": point.time_ms,
                        "bytes": shipped.bytes, "consistency": shipped.consistency,
                        "achieved_rpo_ms": r.achieved_rpo_ms}),
@@ -343,7 +358,10 @@ impl Cluster {
         };
         let lag = now_ms().saturating_sub(last);
         if lag <= r.rpo_s * 1000
-            || matches!(r.state, ReplicationState::RpoViolated | ReplicationState::Stopped)
+            || matches!(
+                r.state,
+                ReplicationState::RpoViolated | ReplicationState::Stopped
+            )
         {
             return;
         }
@@ -364,7 +382,11 @@ impl Cluster {
                 RPO_ALARM,
                 vm,
                 AlarmSeverity::Warning,
-                &format!("newest point is {} s old; the RPO target is {} s", lag / 1000, r.rpo_s),
+                &format!(
+                    "newest point is {} s old; the RPO target is {} s",
+                    lag / 1000,
+                    r.rpo_s
+                ),
             )
             .await;
         if let Err(e) = raised {
@@ -375,7 +397,11 @@ impl Cluster {
                 .publish(
                     "replication.rpo_violated",
                     vm,
-                    format!("replication of {vm} is {} s behind; its RPO target is {} s", lag / 1000, r.rpo_s),
+                    format!(
+                        "replication of {vm} is {} s behind; its RPO target is {} s",
+                        lag / 1000,
+                        r.rpo_s
+                    ),
                     json!({"vm": vm, "lag_ms": lag, "rpo_s": r.rpo_s}),
                 )
                 .await;

@@ -33,8 +33,8 @@ use std::sync::Arc;
 use serde_json::json;
 use vdc_store::{StoreError, StoreExt};
 use vdc_types::replication::{
-    EnableReplicationRequest, Replication, ReplicationMode, ReplicationState, SyncReplicationRequest,
-    REPLICATION_VERSION,
+    EnableReplicationRequest, Replication, ReplicationMode, ReplicationState,
+    SyncReplicationRequest, REPLICATION_VERSION,
 };
 use vdc_types::{now_ms, ApiError, ErrorCode, Task, VmPowerState};
 
@@ -188,7 +188,10 @@ impl Cluster {
             Err(StoreError::AlreadyExists(_)) => {
                 return Err(ApiError::new(
                     ErrorCode::AlreadyExists,
-                    format!("VM '{}' is already replicated; see 'vdc replication show {}'", req.vm, req.vm),
+                    format!(
+                        "VM '{}' is already replicated; see 'vdc replication show {}'",
+                        req.vm, req.vm
+                    ),
                 ))
             }
             Err(e) => return Err(store_err(e)),
@@ -197,7 +200,10 @@ impl Cluster {
             .publish(
                 "replication.enabled",
                 &req.vm,
-                format!("replication of {} to site {} enabled (RPO {} s)", req.vm, req.site, req.rpo_s),
+                format!(
+                    "replication of {} to site {} enabled (RPO {} s)",
+                    req.vm, req.site, req.rpo_s
+                ),
                 json!({"vm": req.vm, "site": req.site, "rpo_s": req.rpo_s, "mode": req.mode}),
             )
             .await;
@@ -205,11 +211,16 @@ impl Cluster {
         let vm = req.vm.clone();
         let task = self
             .tasks
-            .spawn("replication.initial_sync", "vm", &req.vm, move |ctx| async move {
-                let r = me.run_cycle(&vm, false, Some(&ctx)).await;
-                me.spawn_replication_loop(&vm);
-                r.map(drop)
-            })
+            .spawn(
+                "replication.initial_sync",
+                "vm",
+                &req.vm,
+                move |ctx| async move {
+                    let r = me.run_cycle(&vm, false, Some(&ctx)).await;
+                    me.spawn_replication_loop(&vm);
+                    r.map(drop)
+                },
+            )
             .await?;
         Ok((r, task))
     }
@@ -223,7 +234,9 @@ impl Cluster {
     ) -> Result<Task, ApiError> {
         let r = self.replication_record(vm).await?;
         if r.state == ReplicationState::Stopped {
-            return Err(ApiError::invalid_state(format!("the replication of '{vm}' is stopped")));
+            return Err(ApiError::invalid_state(format!(
+                "the replication of '{vm}' is stopped"
+            )));
         }
         let me = self.clone();
         let n = vm.to_string();

@@ -109,7 +109,9 @@ impl Cluster {
                 .await?
                 .into_iter()
                 .find(|d| d.kind == DatastoreKind::Shared)
-                .ok_or_else(|| ApiError::invalid("this site has no shared datastore for the replica; name one"))?,
+                .ok_or_else(|| {
+                    ApiError::invalid("this site has no shared datastore for the replica; name one")
+                })?,
         };
         let host = self
             .capacities()
@@ -119,7 +121,10 @@ impl Cluster {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::HostUnavailable,
-                    format!("no connected host of this site mounts datastore '{}'", ds.name),
+                    format!(
+                        "no connected host of this site mounts datastore '{}'",
+                        ds.name
+                    ),
                 )
             })?;
         Ok((ds.name, host.name))
@@ -134,7 +139,9 @@ impl Cluster {
     ) -> Result<BeginPointResponse, ApiError> {
         vdc_types::names::validate_name("VM", vm).map_err(ApiError::invalid)?;
         let relay_ip = self.relay_address().ok_or_else(|| {
-            ApiError::invalid_state("this server has no --relay-address: peer hosts cannot reach it for replication")
+            ApiError::invalid_state(
+                "this server has no --relay-address: peer hosts cannot reach it for replication",
+            )
         })?;
         let mut r = match self.get_replica(vm).await {
             Ok(r) => r,
@@ -161,7 +168,10 @@ impl Cluster {
         if r.source_site != req.source_site {
             return Err(ApiError::new(
                 ErrorCode::AlreadyExists,
-                format!("a replica of a VM '{vm}' from site '{}' exists here", r.source_site),
+                format!(
+                    "a replica of a VM '{vm}' from site '{}' exists here",
+                    r.source_site
+                ),
             ));
         }
         if r.state == ReplicaState::FailedOver {
@@ -175,15 +185,13 @@ impl Cluster {
                 "the replica of '{vm}' has no point yet: the first point must be a full copy"
             )));
         }
-        let id = r
-            .points
-            .last()
-            .map(|p| p.id)
-            .max(r.applying)
-            .unwrap_or(0)
-            + 1;
+        let id = r.points.last().map(|p| p.id).max(r.applying).unwrap_or(0) + 1;
         let file = point_file(id);
-        let backing = if req.full { None } else { last.map(|p| p.file.clone()) };
+        let backing = if req.full {
+            None
+        } else {
+            last.map(|p| p.file.clone())
+        };
         self.drop_relay(vm);
         let url = self.agent_url(&r.host).await?;
         let served: ServePointResponse = self
@@ -298,7 +306,10 @@ impl Cluster {
             .publish(
                 "replica.point",
                 vm,
-                format!("point {id} of {vm} from site {} applied ({} bytes)", r.source_site, req.bytes),
+                format!(
+                    "point {id} of {vm} from site {} applied ({} bytes)",
+                    r.source_site, req.bytes
+                ),
                 json!({"vm": vm, "point": id, "time_ms": req.time_ms, "bytes": req.bytes,
                        "consistency": req.consistency, "merged": n}),
             )
@@ -441,7 +452,10 @@ impl Cluster {
                     .publish(
                         "replica.recovered",
                         vm,
-                        format!("VM {name} made from point {} of {vm} ({:?})", point.id, req.mode),
+                        format!(
+                            "VM {name} made from point {} of {vm} ({:?})",
+                            point.id, req.mode
+                        ),
                         json!({"vm": vm, "recovered_vm": name, "point": point.id,
                                "point_ms": point.time_ms, "mode": req.mode, "site": r.source_site,
                                "task": task.id}),
