@@ -26,6 +26,7 @@ mod ha_groups;
 mod join;
 mod maintenance;
 mod migration_tls;
+mod replication;
 mod site;
 mod snapshot;
 mod switches;
