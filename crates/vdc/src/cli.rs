@@ -121,6 +121,12 @@ pub enum Command {
     /// Sites: this installation and the paired ones.
     #[command(subcommand)]
     Site(crate::site::SiteCmd),
+    /// Replication of this site's VMs to a paired site.
+    #[command(subcommand)]
+    Replication(crate::replication::ReplicationCmd),
+    /// Replicas of a paired site's VMs kept here, and recovery from them.
+    #[command(subcommand)]
+    Replica(crate::replication::ReplicaCmd),
     /// Long-running operations.
     #[command(subcommand)]
     Task(TaskCmd),

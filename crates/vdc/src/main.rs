@@ -27,6 +27,7 @@ mod join;
 mod maintenance;
 mod migration_tls;
 mod plan;
+mod replication;
 mod site;
 mod snapshot;
 mod switches;

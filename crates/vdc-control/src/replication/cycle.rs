@@ -173,8 +173,8 @@ impl Cluster {
         Ok(point)
     }
 
-    /// Runs the `replicate` job on `host`: under the task when there is
-    /// one, else followed directly.
+    /// Runs the `replicate` job on `host` and follows it (its progress goes
+    /// to the task, if any).
     async fn run_replicate_job(
         &self,
         host: &str,
@@ -182,28 +182,25 @@ impl Cluster {
         request: ReplicateJobRequest,
         ctx: Option<&TaskCtx>,
     ) -> Result<ReplicatedPoint, ApiError> {
-        let op = JobOp::Replicate { request };
-        let result = match ctx {
-            Some(ctx) => self.agent_job(ctx, host, url, op, (10, 90)).await?,
-            None => {
-                let req = JobRequest {
-                    operation_id: format!("repl-{}", uuid::Uuid::new_v4().simple()),
-                    op,
-                };
-                let mut job = self.agents.submit_job(host, url, &req).await?;
-                while !job.state.is_final() {
-                    job = self.agents.job(host, url, &job.id, 5).await?;
-                }
-                match (job.state, job.result, job.error) {
-                    (vdc_types::job::JobState::Succeeded, Some(r), _) => r,
-                    (_, _, Some(e)) => return Err(e),
-                    (s, _, None) => {
-                        return Err(ApiError::new(
-                            ErrorCode::HostError,
-                            format!("the replicate job on host '{host}' ended {s}"),
-                        ))
-                    }
-                }
+        let req = JobRequest {
+            operation_id: format!("repl-{}", uuid::Uuid::new_v4().simple()),
+            op: JobOp::Replicate { request },
+        };
+        let mut job = self.agents.submit_job(host, url, &req).await?;
+        while !job.state.is_final() {
+            if let (Some(c), Some(stage)) = (ctx, &job.stage) {
+                c.progress(10 + job.progress * 8 / 10, stage).await;
+            }
+            job = self.agents.job(host, url, &job.id, 2).await?;
+        }
+        let result = match (job.state, job.result, job.error) {
+            (vdc_types::job::JobState::Succeeded, Some(r), _) => r,
+            (_, _, Some(e)) => return Err(e),
+            (s, _, None) => {
+                return Err(ApiError::new(
+                    ErrorCode::HostError,
+                    format!("the replicate job on host '{host}' ended {s}"),
+                ))
             }
         };
         match result {
