@@ -269,7 +269,8 @@ pub fn test_network(plan: &str, m: &NetworkMapping) -> String {
 }
 
 /// The isolated switch of a plan's test bubble: its name and its bridge
-/// (at most 15 characters, from a hash of the plan's name).
+/// (at most 10 characters, leaving room for VLAN bridges' suffix, from a
+/// hash of the plan's name).
 pub fn bubble_switch(plan: &str) -> (String, String) {
     let mut h: u32 = 0x811c_9dc5;
     for b in plan.bytes() {
@@ -280,7 +281,7 @@ pub fn bubble_switch(plan: &str) -> (String, String) {
     } else {
         format!("dr-bubble-{h:08x}")
     };
-    (name, format!("drb{h:08x}"))
+    (name, format!("drb{:07x}", h & 0x0fff_ffff))
 }
 
 /// Every VM of the plan, in group order.
@@ -534,10 +535,10 @@ mod tests {
     fn bubble_names_fit_a_bridge() {
         let (n, b) = bubble_switch("p");
         assert_eq!(n, "p-bubble");
-        assert!(b.len() <= 15);
+        assert!(b.len() <= 10);
         let long = "x".repeat(63);
         let (n, b) = bubble_switch(&long);
-        assert!(n.len() <= 63 && b.len() <= 15);
+        assert!(n.len() <= 63 && b.len() <= 10);
         assert_ne!(bubble_switch("a").1, bubble_switch("b").1);
     }
 

@@ -137,12 +137,14 @@ pub fn may_start(state: PlanState, op: Operation, reprotects: u32) -> Result<(),
     }
 }
 
-/// The plan's state after `op` ended (`ok`: every step succeeded). A
-/// planned migration that failed is half recovered too: its rollback
-/// restarts the protected VMs, and a failover then finishes the move.
-pub fn next_state(op: Operation, ok: bool) -> PlanState {
+/// The plan's state after `op` ended (`ok`: every step succeeded;
+/// `recovered_any`: a VM was recovered). A planned migration that failed
+/// before recovering anything is rolled back (the protected VMs it shut
+/// down start again): the plan is ready as before.
+pub fn next_state(op: Operation, ok: bool, recovered_any: bool) -> PlanState {
     use Operation as O;
     match (op, ok) {
+        (O::Migrate | O::Failback, false) if !recovered_any => PlanState::Ready,
         (O::Test, _) => PlanState::Tested,
         (O::Cleanup, true) => PlanState::Ready,
         (O::Cleanup, false) => PlanState::Tested,
@@ -344,7 +346,7 @@ mod tests {
             Operation::Migrate,
         ] {
             may_start(s, op, rp).unwrap_or_else(|e| panic!("{op:?} from {s:?}: {e}"));
-            s = next_state(op, true);
+            s = next_state(op, true, true);
             if op == Operation::Reprotect {
                 rp += 1;
             }
@@ -362,7 +364,15 @@ mod tests {
         let e = may_start(PlanState::Tested, Operation::Test, 0).unwrap_err();
         assert!(e.to_string().contains("cleanup"), "{e}");
         assert_eq!(
-            next_state(Operation::Failover, false),
+            next_state(Operation::Failover, false, true),
+            PlanState::Recovering
+        );
+        assert_eq!(
+            next_state(Operation::Migrate, false, false),
+            PlanState::Ready
+        );
+        assert_eq!(
+            next_state(Operation::Failback, false, true),
             PlanState::Recovering
         );
     }
@@ -383,7 +393,7 @@ mod tests {
                     proptest::prop_assert_eq!(op, Operation::Cleanup);
                 }
                 let ok = oks[i];
-                s = next_state(op, ok);
+                s = next_state(op, ok, ok);
                 if op == Operation::Reprotect && ok { rp += 1; }
             }
         }

@@ -9,10 +9,12 @@
 //!    points; the run's report has each step, the RTO and app's RPO;
 //! 3. **cleanup** removes the clone, its disk files, the bubble's switch
 //!    and port group;
-//! 4. **planned migration** loses nothing: the guest's sequence file at `b`
-//!    ends with the last number written at `a`; RPO 0;
-//! 5. **reprotect** replicates `app` back to `a` and swaps the plan;
-//!    **failback** brings it home with what was written at `b`.
+//! 4. **failover** with site `a` still answering: its VM is powered off,
+//!    the latest point recovered at `b` (RPO and RTO in the run);
+//! 5. **reprotect** replicates `app` back to `a` and swaps the plan; what
+//!    is written at `b` arrives at `a`;
+//! 6. a **failback** (planned migration) that cannot take its final point
+//!    rolls back: the VM runs again at `b`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -269,12 +271,15 @@ async fn plan_test_cleanup_migrate_reprotect_failback() {
         assert!(!d.parent().expect("dir").exists(), "{} left", d.display());
     }
 
-    // 4. Planned migration loses nothing.
-    for n in 1..=5 {
-        assert_eq!(ask(&lab.a, &prod_ip, &format!("write seq {n}")), "ok");
-    }
-    let mig = run_plan(b, "p", "migrate").await;
-    assert_eq!(mig.vms[0].rpo_ms, Some(0), "{mig:?}");
+    // 4. Disaster failover with site a still answering: its VM is fenced
+    //    (powered off) and the latest point recovered at b.
+    assert_eq!(ask(&lab.a, &prod_ip, "write seq 5"), "ok");
+    let t = a.sync_replication("app", false).await.expect("sync");
+    run_task(a, t).await;
+    let fo = run_plan(b, "p", "failover").await;
+    let v = &fo.vms[0];
+    assert!(v.rpo_ms.is_some() && v.point_ms.is_some(), "{v:?}");
+    assert!(fo.rto_ms.is_some(), "{fo:?}");
     assert_eq!(
         a.get_vm("app").await.expect("app").state,
         VmPowerState::Stopped
@@ -282,9 +287,9 @@ async fn plan_test_cleanup_migrate_reprotect_failback() {
     let moved = ready(b, "app").await;
     let b_ip = moved.guest.address.clone().expect("address");
     assert_eq!(ask(&lab.b, &b_ip, "read seq"), "5");
-    assert_ne!(moved.guest.boot_id.as_deref(), Some(boot.as_str()));
 
-    // 5. Reprotect, write at b, fail back home.
+    // 5. Reprotect: b's VM replicates back to a, the plan swaps; what is
+    //    written at b reaches a.
     run_plan(b, "p", "reprotect").await;
     let plan = b.get_plan("p").await.expect("plan");
     assert_eq!(
@@ -292,13 +297,46 @@ async fn plan_test_cleanup_migrate_reprotect_failback() {
         ("b", "a")
     );
     assert_eq!(b.get_replication("app").await.expect("back").site, "a");
+    assert!(
+        matches!(a.get_vm("app").await, Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound)
+    );
     assert_eq!(ask(&lab.b, &b_ip, "write seq 9"), "ok");
-    let back = run_plan(b, "p", "failback").await;
-    assert_eq!(back.vms[0].rpo_ms, Some(0), "{back:?}");
-    let home = ready(a, "app").await;
-    let home_ip = home.guest.address.clone().expect("address");
-    assert_eq!(ask(&lab.a, &home_ip, "read seq"), "9");
-    assert_eq!(ask(&lab.a, &home_ip, "read k1"), "before-test");
+    let written = vdc_types::now_ms();
+    let t = b.sync_replication("app", false).await.expect("sync back");
+    run_task(b, t).await;
+    let home = a.get_replica("app").await.expect("replica at a");
+    assert_eq!(home.source_site, "b");
+    assert!(home.points.iter().any(|p| p.time_ms >= written), "{home:?}");
+
+    // 6. A planned migration that cannot finish rolls back: the final sync
+    //    of the shut-down VM is refused (replication takes points of
+    //    running VMs only), so the VM runs again at b and the plan is ready.
+    let started = b.run_plan("p", "failback").await.expect("failback");
+    let end = wait_until_async(RUN_TIMEOUT, "the failback run ends", || async {
+        b.get_dr_run(&started.id)
+            .await
+            .ok()
+            .filter(|r| matches!(r.state, RunState::Succeeded | RunState::Failed))
+    })
+    .await;
+    assert_eq!(
+        end.state,
+        RunState::Failed,
+        "{}",
+        vdc_dr::report::text(&end)
+    );
+    assert!(
+        end.errors
+            .iter()
+            .any(|e| e.contains("rolled back: app started again")),
+        "{:?}",
+        end.errors
+    );
+    ready(b, "app").await;
+    assert_eq!(
+        b.get_plan("p").await.expect("plan").state,
+        vdc_dr::PlanState::Ready
+    );
     let events = b.event_history("dr.*").await.expect("events");
     for topic in [
         "dr.plan_created",

@@ -6,10 +6,13 @@
 
 use vdc_dr::plan::{bubble_switch, test_network};
 use vdc_dr::Plan;
-use vdc_types::switch::{Switch, SwitchKind};
+use vdc_types::switch::{RealizationState, Switch, SwitchKind};
 use vdc_types::{ApiError, ErrorCode, Network};
 
 use crate::Cluster;
+
+/// Longest wait for the hosts to realize the bubble's switch.
+const REALIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Cluster {
     /// Creates the bubble of `plan` (what exists already is kept).
@@ -47,8 +50,32 @@ impl Cluster {
             .await?;
             made.push(name);
         }
+        // The clones are placed only on hosts that realize the switch:
+        // wait until every connected host has it (agents report every
+        // second and realize it from the answer).
+        let deadline = tokio::time::Instant::now() + REALIZE_WAIT;
+        loop {
+            let v = self.switch_view(&sw).await?;
+            if !v.hosts.is_empty()
+                && v.hosts
+                    .iter()
+                    .all(|h| h.state.state == RealizationState::Present)
+            {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::HostError,
+                    format!(
+                        "the hosts did not realize switch {sw} within {} s; see `vdc switch show {sw}`",
+                        REALIZE_WAIT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
         Ok(format!(
-            "isolated switch {sw} with port group(s) {}",
+            "isolated switch {sw} with port group(s) {}, realized on every host",
             made.join(", ")
         ))
     }

@@ -51,6 +51,9 @@ pub(super) struct Exec {
     run: Run,
     protected: Result<Arc<dyn SiteOps>, ApiError>,
     recovery: Arc<dyn SiteOps>,
+    /// Protected VMs this run shut down (started again if a planned
+    /// migration fails before recovering anything).
+    shut_down: Vec<String>,
 }
 
 impl Exec {
@@ -67,6 +70,7 @@ impl Exec {
             run,
             protected,
             recovery,
+            shut_down: Vec::new(),
         }
     }
 
@@ -149,8 +153,40 @@ impl Exec {
         }
     }
 
+    /// A planned migration that failed before recovering anything starts
+    /// the protected VMs it shut down again, where they were.
+    async fn roll_back(&mut self) {
+        let Ok(p) = self.protected().cloned() else {
+            return;
+        };
+        for vm in std::mem::take(&mut self.shut_down) {
+            let r = match p.vm_action(&vm, VmAction::Start).await {
+                Ok(t) => wait_task(p.as_ref(), &t.id, TASK_WAIT).await.map(drop),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => self.run.errors.push(format!(
+                    "rolled back: {vm} started again at site {}",
+                    p.site()
+                )),
+                Err(e) => {
+                    tracing::warn!(vm, error = %e.message, "cannot start a protected VM again after a failed planned migration");
+                    self.run.errors.push(format!(
+                        "rollback: cannot start {vm} again at site {}: {}",
+                        p.site(),
+                        e.message
+                    ));
+                }
+            }
+        }
+    }
+
     async fn finish(&mut self, ok: bool) {
         let op = self.run.operation;
+        let recovered_any = !self.run.vms.is_empty();
+        if !ok && op.planned() && !recovered_any {
+            self.roll_back().await;
+        }
         self.run.finished_ms = Some(now_ms());
         self.run.rto_ms = rto_ms(self.run.started_ms, &self.run.vms);
         self.run.state = if ok {
@@ -164,7 +200,7 @@ impl Exec {
             let _g = PLAN_LOCK.lock().await;
             match self.c.get_plan(&self.plan.name).await {
                 Ok(mut p) => {
-                    p.state = next_state(op, ok);
+                    p.state = next_state(op, ok, recovered_any);
                     p.active_run = None;
                     if let Err(e) = self.c.store.put_json(&plan_key(&p.name), &p).await {
                         tracing::warn!(plan = %p.name, error = %e, "cannot record the plan's state after a run");
@@ -251,7 +287,11 @@ impl Exec {
             }
             Step::Shutdown { vm } => {
                 let p = self.protected()?.clone();
-                power_off(p.as_ref(), vm, VmAction::Shutdown).await
+                let d = power_off(p.as_ref(), vm, VmAction::Shutdown).await?;
+                if d.outcome == StepOutcome::Ok {
+                    self.shut_down.push(vm.clone());
+                }
+                Ok(d)
             }
             Step::Fence => {
                 let p = match self.protected() {

@@ -192,6 +192,14 @@ impl Cluster {
         }
         run::may_start(p.state, op, p.reprotects)
             .map_err(|e| ApiError::invalid_state(format!("plan '{name}': {e}")))?;
+        if matches!(op, Operation::Test | Operation::Cleanup)
+            && p.recovery_site != self.dr_site_name()
+        {
+            return Err(ApiError::invalid_state(format!(
+                "plan '{name}' now recovers to site {}: a test builds its isolated network there, so test from a plan stored at that site",
+                p.recovery_site
+            )));
+        }
         let recovery = self.side(&p.recovery_site).await?;
         let protected = self.side(&p.protected_site).await;
         if op.planned() {
