@@ -7,8 +7,9 @@
 //!    reads the replicated data, cannot reach the protected guest; the
 //!    protected guest keeps its boot id and replication keeps taking
 //!    points; the run's report has each step, the RTO and app's RPO;
-//! 3. **cleanup** removes the clone, its disk files, the bubble's switch
-//!    and port group;
+//! 3. the web page (Chromium) shows the plan tested and the run's step
+//!    timeline; its **cleanup** button removes the clone, its disk files,
+//!    the bubble's switch and port group;
 //! 4. **failover** with site `a` still answering: its VM is powered off,
 //!    the latest point recovered at `b` (RPO and RTO in the run);
 //! 5. **reprotect** replicates `app` back to `a` and swaps the plan; what
@@ -21,7 +22,10 @@ use std::time::Duration;
 
 use vdc_client::{Client, ClientError};
 use vdc_dr::{Run, RunState, StepOutcome};
-use vdc_test_infra::{wait_until, wait_until_async, wait_vm, TestLab, TwoSiteLab, VM_WAIT_TIMEOUT};
+use vdc_test_infra::webdriver::{Browser, WebDriverError};
+use vdc_test_infra::{
+    error_chain, wait_until, wait_until_async, wait_vm, TestLab, TwoSiteLab, VM_WAIT_TIMEOUT,
+};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::replication::EnableReplicationRequest;
 use vdc_types::{ErrorCode, Task, TaskState, Vm, VmPowerState};
@@ -107,6 +111,93 @@ fn in_ns(ns: &str, args: &[&str]) {
         out.status.success(),
         "ip {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Longest wait for the page to show something.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The value of a browser step, or a panic naming the step and the cause.
+fn page<T>(step: &str, r: Result<T, WebDriverError>) -> T {
+    r.unwrap_or_else(|e| panic!("{step}: {}", error_chain(&e)))
+}
+
+/// In the web page of `lab`: the plan is tested, the test run's steps
+/// show, and the plan's cleanup button cleans up (the run succeeds).
+async fn web_cleanup(lab: &TestLab, test_run: &str) {
+    let browser = match Browser::start().await {
+        Ok(b) => b,
+        Err(e) => panic!(
+            "starting headless Chromium (install it with scripts/setup.sh --deps-only --test-deps): {}",
+            error_chain(&e)
+        ),
+    };
+    let token = std::fs::read_to_string(&lab.info.token_file).expect("token");
+    page(
+        "open the page",
+        browser
+            .goto(&format!("{}/#token={}", lab.info.api_url, token.trim()))
+            .await,
+    );
+    page(
+        "the plan shows tested",
+        browser
+            .wait_row("#plans tbody tr", PAGE_TIMEOUT, |r| {
+                r.first().map(String::as_str) == Some("p")
+                    && r.get(4).map(String::as_str) == Some("tested")
+            })
+            .await,
+    );
+    page(
+        "show the test run",
+        browser
+            .click_css(
+                &format!(r#"button[data-run-show="{test_run}"]"#),
+                PAGE_TIMEOUT,
+            )
+            .await,
+    );
+    let steps = page(
+        "the run's timeline",
+        browser
+            .wait_text("#dr-steps", PAGE_TIMEOUT, |t| {
+                t.contains("recover group 1") && t.contains("build the isolated test network")
+            })
+            .await,
+    );
+    assert!(!steps.contains("failed"), "{steps}");
+    page(
+        "the run's RTO",
+        browser
+            .wait_text("#dr-rto", PAGE_TIMEOUT, |t| t.ends_with(" s"))
+            .await,
+    );
+    page(
+        "cleanup from the page",
+        browser
+            .click_css(r#"button[data-plan-op="p:cleanup"]"#, PAGE_TIMEOUT)
+            .await,
+    );
+    page(
+        "the plan shows ready again",
+        browser
+            .wait_row("#plans tbody tr", RUN_TIMEOUT, |r| {
+                r.first().map(String::as_str) == Some("p")
+                    && r.get(4).map(String::as_str) == Some("ready")
+            })
+            .await,
+    );
+    let plan = lab.client.get_plan("p").await.expect("plan");
+    let run = lab
+        .client
+        .get_dr_run(plan.last_run.as_deref().expect("last run"))
+        .await
+        .expect("cleanup run");
+    assert_eq!(
+        (run.operation, run.state),
+        (vdc_dr::Operation::Cleanup, RunState::Succeeded),
+        "{}",
+        vdc_dr::report::text(&run)
     );
 }
 
@@ -256,7 +347,7 @@ async fn plan_test_cleanup_migrate_reprotect_failback() {
         })
         .collect();
     assert!(disks.iter().all(|p| p.exists()), "{disks:?}");
-    run_plan(b, "p", "cleanup").await;
+    web_cleanup(&lab.b, &test.id).await;
     assert!(
         matches!(b.get_vm("app-test").await, Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound)
     );
