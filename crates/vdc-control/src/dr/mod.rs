@@ -16,6 +16,7 @@ mod bubble;
 mod exec;
 mod local;
 pub mod sites;
+mod waits;
 
 use std::sync::Arc;
 
