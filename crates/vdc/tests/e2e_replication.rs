@@ -177,3 +177,155 @@ async fn async_replication_recovers_the_latest_point() {
         "{replica:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_failover_loses_at_most_the_rpo_and_never_uses_a_half_applied_point() {
+    const RPO_S: u64 = 10;
+    let lab = TwoSiteLab::start(
+        TestLab::builder(1).vdc_binary(env!("CARGO_BIN_EXE_vdc")),
+        TestLab::builder(1).vdc_binary(env!("CARGO_BIN_EXE_vdc")),
+    )
+    .await;
+    let (a, b) = (&lab.a.client, &lab.b.client);
+    let t = a
+        .create_vm(&CreateVmRequest {
+            name: "db".into(),
+            template: Some(TEMPLATE.into()),
+            memory_mib: Some(128),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    run_task(a, t).await;
+    let vm = ready(a, "db").await;
+    // The guest appends a sequence number to a synced file every 100 ms.
+    a.console_input(
+        "db",
+        "(i=0; while true; do i=$((i+1)); echo $i > /data/seq.t; mv /data/seq.t /data/seq; sync; sleep 0.1; done) >/dev/null 2>&1 &\n",
+    )
+    .await
+    .expect("console");
+    let seq = |lab: &TestLab, vm: &Vm| ask(lab, vm, "read seq").parse::<u64>().unwrap_or(0);
+    wait_until(VM_WAIT_TIMEOUT, "the guest counts", || {
+        (seq(&lab.a, &vm) > 3).then_some(())
+    });
+
+    let enabled = a
+        .enable_replication(&EnableReplicationRequest {
+            vm: "db".into(),
+            site: "b".into(),
+            rpo_s: RPO_S,
+            mode: Default::default(),
+            retain_last: 3,
+            on_link_loss: Default::default(),
+            quiesce_every_s: 0,
+            datastore: None,
+        })
+        .await
+        .expect("enable");
+    run_task(a, enabled.task).await;
+
+    // A point killed half-way (its NBD server at site b dies) is never
+    // listed, and the next point makes up for it.
+    a.console_input(
+        "db",
+        "dd if=/dev/urandom of=/data/big bs=1M count=48 2>/dev/null; sync\n",
+    )
+    .await
+    .expect("console");
+    let killed = wait_until_async(
+        Duration::from_secs(120),
+        "a point being applied",
+        || async {
+            let r = b.get_replica("db").await.ok()?;
+            let id = r.applying?;
+            let pids = vdc_lab::fail::processes_in_netns(lab.b.netns("host-1"));
+            let nbd: Vec<u32> = pids
+                .into_iter()
+                .filter(|p| vdc_lab::process::cmdline(*p).is_some_and(|c| c.contains("qemu-nbd")))
+                .collect();
+            if nbd.is_empty() {
+                return None;
+            }
+            for p in nbd {
+                vdc_lab::process::ProcessHandle::of(p).kill();
+            }
+            Some(id)
+        },
+    )
+    .await;
+    let replica = wait_until_async(
+        Duration::from_secs(120),
+        "a point after the killed one",
+        || async {
+            b.get_replica("db")
+                .await
+                .ok()
+                .filter(|r| r.points.last().is_some_and(|p| p.id > killed))
+        },
+    )
+    .await;
+    assert!(replica.points.iter().all(|p| p.id != killed), "{replica:?}");
+    let dir = lab
+        .b
+        .info
+        .datastores
+        .iter()
+        .find(|d| d.name == replica.datastore)
+        .expect("datastore")
+        .path
+        .join(&replica.dir);
+    let listed: Vec<String> = replica.points.iter().map(|p| p.file.clone()).collect();
+    for e in std::fs::read_dir(&dir).expect("replica dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".qcow2") {
+            assert!(
+                listed.contains(&name) || replica.applying.is_some(),
+                "{name} is neither listed nor being applied: {replica:?}"
+            );
+        }
+    }
+
+    // Let a few more points arrive, then lose site a.
+    let before = a.get_replication("db").await.expect("replication").points;
+    wait_until_async(Duration::from_secs(120), "two more points", || async {
+        a.get_replication("db")
+            .await
+            .ok()
+            .filter(|r| r.points >= before + 2)
+    })
+    .await;
+    let last_written = seq(&lab.a, &vm);
+    lab.kill_site("a");
+
+    let t = b
+        .recover_replica(
+            "db",
+            &RecoverRequest {
+                point: None,
+                name: None,
+                mode: RecoverMode::Failover,
+                network_map: [("lab".to_string(), "lab".to_string())].into(),
+                ip: None,
+                hostname: None,
+                host: None,
+                start: true,
+            },
+        )
+        .await
+        .expect("failover");
+    run_task(b, t).await;
+    let recovered_vm = ready(b, "db").await;
+    let recovered = seq(&lab.b, &recovered_vm);
+    let per_rpo = RPO_S * 10;
+    assert!(
+        recovered > 0 && recovered + per_rpo >= last_written,
+        "recovered {recovered}, last written at least {last_written}: more than {RPO_S} s lost"
+    );
+    let replica = b.get_replica("db").await.expect("replica");
+    assert_eq!(
+        replica.state,
+        vdc_types::replication::ReplicaState::FailedOver
+    );
+}

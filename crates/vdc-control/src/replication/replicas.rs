@@ -161,6 +161,7 @@ impl Cluster {
                     latest_point_ms: None,
                     pins: Vec::new(),
                     applying: None,
+                    last_begun: 0,
                 }
             }
             Err(e) => return Err(e),
@@ -185,7 +186,14 @@ impl Cluster {
                 "the replica of '{vm}' has no point yet: the first point must be a full copy"
             )));
         }
-        let id = r.points.last().map(|p| p.id).max(r.applying).unwrap_or(0) + 1;
+        let id = r
+            .points
+            .last()
+            .map(|p| p.id)
+            .max(r.applying)
+            .unwrap_or(0)
+            .max(r.last_begun)
+            + 1;
         let file = point_file(id);
         let backing = if req.full {
             None
@@ -223,6 +231,7 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .insert(vm.to_string(), relay);
         r.applying = Some(id);
+        r.last_begun = id;
         r.config = req.config;
         r.mode = req.mode;
         if r.state == ReplicaState::Stopped {
