@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vdc_client::Client;
 use vdc_test_infra::fencing::{pid_killed, pid_running, read_lease, read_pid, LoopDatastore};
-use vdc_test_infra::{wait_until, wait_vm, TestLab, VM_WAIT_TIMEOUT};
+use vdc_test_infra::{wait_until, wait_until_async, wait_vm, TestLab, VM_WAIT_TIMEOUT};
 use vdc_types::api::CreateVmRequest;
 use vdc_types::{ErrorCode, Vm, VmPowerState};
 
@@ -194,8 +194,17 @@ async fn frozen_or_killed_agent_leaves_vms_running_and_leased() {
     assert!(pid_running(qemu));
     assert_eq!(identity(&lab, "host-2", &vm).0, boot);
 
-    // A power-off releases the lease and ends the supervisor.
-    action(c, "fz-1", "stop").await.expect("stop");
+    // A power-off releases the lease and ends the supervisor. (On a loaded
+    // machine a late report can show the VM `unknown` for a moment, which
+    // refuses the stop: ask again once the host reports.)
+    wait_until_async(VM_WAIT_TIMEOUT, "the stop to be accepted", || async {
+        match action(c, "fz-1", "stop").await {
+            Ok(()) => Some(()),
+            Err(e) if e.contains("stopped reporting") => None,
+            Err(e) => panic!("stop: {e}"),
+        }
+    })
+    .await;
     assert_eq!(read_lease(&vm_dir), None, "lease released");
     wait_until(VM_WAIT_TIMEOUT, "the supervisor to exit", || {
         (!pid_running(supervisor)).then_some(())
