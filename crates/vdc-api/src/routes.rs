@@ -200,6 +200,7 @@ pub fn router(state: AppState) -> Router {
         .route("/templates.js", get(templates_vm::web_script))
         .route("/snapshots.js", get(crate::snapshots::web_script))
         .route("/net.js", get(crate::switches::web_script))
+        .route("/replication.js", get(crate::replication::web_script))
         .fallback(not_found)
         .with_state(state)
 }
