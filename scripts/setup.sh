@@ -7,7 +7,9 @@
 #   --deps-only    install packages only
 #   --image-only   build the guest image only
 #   --test-deps    also install what the tests need (chromium, chromium-driver,
-#                  python3-venv; schemathesis from PyPI into its own venv)
+#                  python3-venv; restic and borgbackup, the peers of
+#                  `vdc bench backup`, whose smoke runs in CI; schemathesis
+#                  from PyPI into its own venv)
 #   --bench-deps   also install the peers the benchmarks run against:
 #                  libvirt (libvirt-daemon, libvirt-clients,
 #                  libvirt-daemon-driver-qemu) from bookworm-backports, to
@@ -72,9 +74,11 @@ base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlin
 # libvirt peer of `vdc bench migrate` (libvirt 11, built for QEMU 10).
 bench_pkgs=(libvirt-daemon libvirt-clients libvirt-daemon-driver-qemu)
 # Packages from bookworm for the tests (--test-deps): the web page's
-# end-to-end test drives a headless Chromium over WebDriver; schemathesis
-# (the API contract check) lives in a Python venv.
-test_pkgs=(chromium chromium-driver python3-venv)
+# end-to-end test drives a headless Chromium over WebDriver; restic and borg
+# are the peers of `vdc bench backup` (small, from bookworm; its smoke runs
+# in CI, so they are test deps, not bench-only); schemathesis (the API
+# contract check) lives in a Python venv.
+test_pkgs=(chromium chromium-driver python3-venv restic borgbackup)
 # Where scripts/schemathesis.sh finds schemathesis, and which version.
 schemathesis_venv=/var/cache/vdc/schemathesis
 schemathesis_req='schemathesis>=4.32,<5'

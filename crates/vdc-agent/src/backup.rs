@@ -42,7 +42,7 @@ use crate::qemu_nbd::QemuNbd;
 /// How often progress is sampled.
 pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// Threads a restore reads and writes chunks with.
-pub(crate) const RESTORE_THREADS: usize = 4;
+pub(crate) use vdc_backup::restore::RESTORE_THREADS;
 
 pub(crate) fn backup_err(e: BackupError) -> ApiError {
     match e {

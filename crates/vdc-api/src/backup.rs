@@ -10,7 +10,7 @@ use utoipa::{IntoParams, OpenApi};
 use vdc_types::backup::{
     AddBackupStoreRequest, Backup, BackupJob, BackupStore, Consistency, CreateBackupJobRequest,
     DiskBackup, DiskRead, FileEntry, GcReport, PruneReport, PruneRequest, RestoreRequest,
-    Retention, RunBackupRequest, VerifyReport,
+    Retention, RunBackupRequest, SyncReport, SyncRequest, VerifyReport,
 };
 use vdc_types::{ApiError, Task};
 
@@ -24,6 +24,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/backup-stores/{name}", delete(remove_store))
         .route("/backup-stores/{name}/prune", post(prune))
         .route("/backup-stores/{name}/gc", post(gc))
+        .route("/backup-stores/{name}/sync", post(sync))
         .route("/vms/{name}/backup", post(run_backup))
         .route("/backups", get(list_backups))
         .route("/backups/{id}", get(get_backup).delete(remove_backup))
@@ -44,6 +45,7 @@ pub(crate) fn routes() -> Router<AppState> {
         remove_store,
         prune,
         gc,
+        sync,
         run_backup,
         list_backups,
         get_backup,
@@ -64,6 +66,8 @@ pub(crate) fn routes() -> Router<AppState> {
         RestoreRequest,
         Retention,
         RunBackupRequest,
+        SyncReport,
+        SyncRequest,
         VerifyReport
     ))
 )]
@@ -144,6 +148,19 @@ pub(crate) async fn gc(
     Path(name): Path<String>,
 ) -> ApiResult<Json<GcReport>> {
     Ok(Json(st.cluster.gc_backup_store(&name).await?))
+}
+
+/// Off-site copy: sends the backups of this store (of one VM, with `vm`)
+/// that store `to` lacks, only the chunks it lacks, each checked on
+/// arrival, each backup's manifest after its chunks.
+#[utoipa::path(post, path = "/api/v1/backup-stores/{name}/sync", params(("name" = String, Path)), request_body = SyncRequest,
+    responses((status = 200, body = SyncReport), (status = 400, body = ApiError, description = "the same store, or stores with different keys"), (status = 404, body = ApiError), (status = 502, body = ApiError, description = "a chunk missing or damaged in the source")))]
+pub(crate) async fn sync(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SyncRequest>,
+) -> ApiResult<Json<SyncReport>> {
+    Ok(Json(st.cluster.sync_backup_stores(&name, &req).await?))
 }
 
 /// Backs a VM up (a `backup.run` task): running or paused VMs at one

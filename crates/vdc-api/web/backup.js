@@ -3,7 +3,8 @@
 // back a VM up into a store, and the backups (newest first) with their
 // consistency, counts and state, each with a verify action, and a form to
 // restore one as a new VM on a chosen host, or over the original VM when
-// it is powered off. Uses the page's `api`, `esc`, `rows` and `$`.
+// it is powered off, and a form to sync one store into another (off-site
+// copy), which shows what the sync sent. Uses the page's `api`, `esc`, `rows` and `$`.
 window.backupUi = (() => {
   function section() {
     if ($("#backups-section")) return;
@@ -22,6 +23,12 @@ window.backupUi = (() => {
         <select name="host" id="restore-host"><option value="">(any host)</option></select>
         <button>Restore</button>
       </form>
+      <form class="create" id="backup-sync" title="copy the backups the second store lacks into it (off-site copy)">
+        <select name="from" id="sync-from"></select> →
+        <select name="to" id="sync-to"></select>
+        <input name="vm" id="sync-vm" placeholder="VM (empty: every backup)">
+        <button>Sync</button> <span id="sync-result"></span>
+      </form>
       <table id="backups"><thead><tr><th>Backup</th><th>VM</th><th>Store</th><th>Time</th><th>Consistency</th><th>Size</th><th>Read</th><th>New</th><th>Reused</th><th>State</th><th>Actions</th></tr></thead><tbody></tbody></table>
       <table id="backup-stores"><thead><tr><th>Store</th><th>Path</th><th>Encrypted</th></tr></thead><tbody></tbody></table>`;
     $("main").insertBefore(s, $("#tasks").closest("section"));
@@ -35,6 +42,17 @@ window.backupUi = (() => {
       if (name && f.get("host")) body.host = f.get("host");
       await run(() => api("POST", "/backups/" + encodeURIComponent(id) + "/restore", body));
       ev.target.reset();
+    };
+    $("#backup-sync").onsubmit = async (ev) => {
+      ev.preventDefault();
+      const f = new FormData(ev.target), vm = String(f.get("vm") || "").trim();
+      const body = { to: f.get("to") };
+      if (vm) body.vm = vm;
+      $("#sync-result").textContent = "";
+      await run(async () => {
+        const r = await api("POST", "/backup-stores/" + encodeURIComponent(f.get("from")) + "/sync", body);
+        $("#sync-result").textContent = `${r.backups_copied.length} backup(s) copied, ${r.chunks_sent} chunk(s) sent, ${r.chunks_present} already there`;
+      });
     };
     $("#backup-run").onsubmit = async (ev) => {
       ev.preventDefault();
@@ -62,6 +80,8 @@ window.backupUi = (() => {
     catch (e) { $("#backup-msg").textContent = e.message; return; }
     fillSel("#backup-vm", vms.map((v) => v.name));
     fillSel("#backup-store", stores.map((s) => s.name));
+    fillSel("#sync-from", stores.map((s) => s.name));
+    fillSel("#sync-to", stores.map((s) => s.name));
     lastBackups = backups;
     fillSel("#restore-backup", backups.slice().reverse().map((b) => b.id));
     const hsel = $("#restore-host"), hcur = hsel.value;
@@ -76,6 +96,6 @@ window.backupUi = (() => {
       const r = await api("POST", "/backups/" + encodeURIComponent(id) + "/verify?store=" + encodeURIComponent(store), {});
       if (r.damaged) throw new Error(`backup ${id} is damaged: ${r.damaged_chunks.length} chunk(s) missing or failing their digest`);
     }),
-    topics: ["backup.started", "backup.completed", "backup.failed", "backup.restored", "backup.restore_failed", "backup.verified", "backup.damaged", "backup.removed", "backup.gc", "backup.store_added", "backup.store_removed"],
+    topics: ["backup.started", "backup.completed", "backup.failed", "backup.restored", "backup.restore_failed", "backup.verified", "backup.damaged", "backup.removed", "backup.gc", "backup.store_added", "backup.store_removed", "backup.synced"],
   };
 })();

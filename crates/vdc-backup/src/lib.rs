@@ -29,6 +29,7 @@ pub mod restore;
 pub mod retention;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod verify;
 
 pub use error::BackupError;

@@ -458,7 +458,7 @@ fn temp_name(path: &Path) -> PathBuf {
 
 /// Writes `data` to a temporary file, fsyncs it and renames it to `path`
 /// (the directory is not synced; see [`write_atomic`]).
-fn write_file_synced(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_file_synced(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = temp_name(path);
     let r = (|| {
         let mut f = std::fs::File::create(&tmp)?;

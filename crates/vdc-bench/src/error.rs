@@ -93,6 +93,9 @@ pub enum BenchError {
     /// Waited too long.
     #[error("timed out waiting for {0}")]
     Timeout(String),
+    /// A backup store step failed.
+    #[error("vdc backup")]
+    Backup(#[from] vdc_backup::BackupError),
     /// A trial's events lack one its figures need.
     #[error("the server's events lack a measure")]
     MissingEvent(#[from] crate::ha_report::MissingEvent),

@@ -4,9 +4,11 @@
 //! workloads, and prints medians and ratios (see [`migrate`]); `vdc bench
 //! ha` kills a host running several VMs, again and again, and times their
 //! restart on the other host, detection apart (see [`ha`]); `vdc bench
-//! control-plane` loads one server with simulated hosts and VMs (see
+//! backup` backs up one disk image with vdc, restic and borg (see
+//! [`backup`]); `vdc bench control-plane` loads one server with simulated hosts and VMs (see
 //! [`control_plane`], [`sim`]).
 
+pub mod backup;
 pub mod control_plane;
 pub mod error;
 pub mod guest;
@@ -47,6 +49,11 @@ pub enum BenchCommand {
     /// (no QEMU), API latency under load, report ingestion, HA planning
     /// time and server memory.
     ControlPlane(control_plane::ControlPlaneArgs),
+    /// Backup, vdc against restic and borg, on the same disk image: full,
+    /// incremental after a small change, restore; throughputs, store
+    /// sizes and ratios (needs root for dropping the page cache, and
+    /// restic and borg: scripts/setup.sh --test-deps).
+    Backup(backup::BackupBenchArgs),
 }
 
 /// Runs a benchmark; `json` prints the figures as JSON instead of tables.
@@ -55,5 +62,6 @@ pub async fn run(args: BenchArgs, json: bool) -> Result<(), BenchError> {
         BenchCommand::Migrate(a) => migrate::run(a, json).await,
         BenchCommand::Ha(a) => ha::run(a, json).await,
         BenchCommand::ControlPlane(a) => control_plane::run(a, json).await,
+        BenchCommand::Backup(a) => backup::run(a, json).await,
     }
 }

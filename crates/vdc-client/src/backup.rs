@@ -2,7 +2,8 @@
 
 use vdc_types::backup::{
     AddBackupStoreRequest, Backup, BackupJob, BackupStore, CreateBackupJobRequest, FileEntry,
-    GcReport, PruneReport, PruneRequest, RestoreRequest, RunBackupRequest, VerifyReport,
+    GcReport, PruneReport, PruneRequest, RestoreRequest, RunBackupRequest, SyncReport, SyncRequest,
+    VerifyReport,
 };
 use vdc_types::Task;
 
@@ -122,6 +123,16 @@ impl Client {
             &serde_json::json!({}),
         )
         .await
+    }
+
+    /// `POST /backup-stores/{name}/sync`.
+    pub async fn sync_backup_stores(
+        &self,
+        from: &str,
+        req: &SyncRequest,
+    ) -> Result<SyncReport, ClientError> {
+        self.post(&format!("/backup-stores/{}/sync", seg(from)), req)
+            .await
     }
 
     /// `GET /backup-jobs`.

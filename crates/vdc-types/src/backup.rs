@@ -322,3 +322,32 @@ pub struct FileEntry {
     /// Size in bytes.
     pub size: u64,
 }
+
+/// `POST /api/v1/backup-stores/{name}/sync`: copy the backups of store
+/// `name` that store `to` lacks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SyncRequest {
+    /// The store to copy to (unencrypted like the source, or encrypted with
+    /// the same key).
+    pub to: String,
+    /// Only this VM's backups (default: every backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SyncReport {
+    /// Backups copied (their manifests written last, after their chunks).
+    pub backups_copied: Vec<String>,
+    /// Backups the target already had.
+    pub backups_present: u64,
+    /// Backups not copied because the last verify marked them damaged.
+    pub backups_skipped_damaged: Vec<String>,
+    /// Chunks sent (the target lacked them); each checked on arrival.
+    pub chunks_sent: u64,
+    /// Chunks the copied backups need that the target already had.
+    pub chunks_present: u64,
+    /// Bytes of chunk files sent.
+    pub bytes_sent: u64,
+}

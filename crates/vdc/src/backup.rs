@@ -297,6 +297,8 @@ pub enum BackupCmd {
         #[arg(long)]
         store: String,
     },
+    /// Copy the backups another store lacks into it (off-site copy).
+    Sync(crate::backup_sync::SyncArgs),
 }
 
 /// Runs `vdc backup-store …`.
@@ -581,5 +583,6 @@ pub(crate) async fn backup(ctx: &Ctx, cmd: BackupCmd) -> Result<(), CliError> {
                 r.chunks_pending
             ))
         }
+        BackupCmd::Sync(a) => crate::backup_sync::sync(ctx, a).await,
     }
 }

@@ -15,6 +15,7 @@
 //! subcommand; print `error: ...` and exit with the mapped code on failure.
 
 mod backup;
+mod backup_sync;
 mod cli;
 mod clone_cli;
 mod commands;

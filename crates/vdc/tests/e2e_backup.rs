@@ -18,10 +18,14 @@
 //!    backup; an encrypted store holds none of the guest's plaintext; after
 //!    prune and gc the kept backup (incremental, its unchanged chunks from
 //!    the pruned one) verifies whole and restores;
-//! 6. refusals: an unknown store, a restore over a running VM;
+//!    The encrypted store synced (CLI) to a second store with the same key:
+//!    the kept backup is copied and restores from there;
+//! 6. refusals: an unknown store, a restore over a running VM, a sync
+//!    toward a store with another key;
 //! 7. the web page (Chromium) lists the backups with their state (the
 //!    damaged one marked), backs a VM up and restores a backup as a new
-//!    VM from its forms;
+//!    VM from its forms, and syncs the encrypted store again: only the
+//!    chunks of the one new backup are sent;
 //! 8. a backup job every second with keep-last 1 backs a VM up again and
 //!    again and prunes down to one backup.
 
@@ -377,7 +381,68 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
         .expect("restore");
     run_task(c, t).await;
 
+    // Off-site sync (CLI) to a second store with the same key; the kept
+    // backup restores from there.
+    let enc2_dir = dir.path().join("enc2");
+    c.add_backup_store(&AddBackupStoreRequest {
+        name: "enc2".into(),
+        path: enc2_dir.to_string_lossy().into(),
+        encryption_key: Some(key.to_string_lossy().into()),
+    })
+    .await
+    .expect("second encrypted store");
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_vdc"))
+        .args([
+            "backup", "sync", "--from", "enc", "--to", "enc2", "-o", "json",
+        ])
+        .env("VDC_URL", lab.info.api_url.as_str())
+        .env("VDC_TOKEN_FILE", &lab.info.token_file)
+        .output()
+        .expect("vdc backup sync");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let r: vdc_types::backup::SyncReport =
+        serde_json::from_slice(&cli.stdout).expect("sync report");
+    assert_eq!(r.backups_copied, vec![encs[1].id.clone()], "{r:?}");
+    assert!(r.chunks_sent >= 1 && r.chunks_present == 0, "{r:?}");
+    let t = c
+        .restore_backup(
+            &encs[1].id,
+            &RestoreRequest {
+                store: Some("enc2".into()),
+                name: Some("fromsync".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("restore from the synced store");
+    run_task(c, t).await;
+    // One more backup into enc: the web page's sync sends only its chunks.
+    assert_eq!(ask(&lab, &vm, "write k3 after-the-sync"), "ok");
+    run_task(c, c.run_backup("src", "enc").await.expect("backup")).await;
+    let e3 = c.list_backups(Some("enc"), None).await.expect("list")[1].clone();
+    assert!(matches!(e3.disks[0].read, DiskRead::Incremental { .. }));
+
     // 6. Refusals change nothing.
+    let other = c
+        .sync_backup_stores(
+            "enc",
+            &vdc_types::backup::SyncRequest {
+                to: "s1".into(),
+                vm: None,
+            },
+        )
+        .await;
+    match other {
+        Err(ClientError::Api(e)) => {
+            assert_eq!(e.code, ErrorCode::InvalidInput, "{}", e.message);
+            assert!(e.message.contains("encrypted"), "{}", e.message);
+        }
+        other => panic!("a sync toward a store with another key: {other:?}"),
+    }
     let (code, msg) = api_code(c.run_backup("src", "nope").await);
     assert_eq!(code, ErrorCode::NotFound, "{msg}");
     let (code, msg) = api_code(c.restore_backup(&b1.id, &RestoreRequest::default()).await);
@@ -391,7 +456,7 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
         5
     );
     // 7. The web page.
-    web_page(&lab, &b1.id, &b2.id).await;
+    web_page(&lab, &b1.id, &b2.id, &e3).await;
 
     // 8. A backup job every second keeping the last backup: it runs
     // again and again, pruning what its retention drops.
@@ -426,7 +491,7 @@ fn page<T>(step: &str, r: Result<T, WebDriverError>) -> T {
     r.unwrap_or_else(|e| panic!("{step}: {}", vdc_test_infra::error_chain(&e)))
 }
 
-async fn web_page(lab: &TestLab, b1: &str, b2: &str) {
+async fn web_page(lab: &TestLab, b1: &str, b2: &str, e3: &vdc_types::backup::Backup) {
     const PAGE: Duration = Duration::from_secs(60);
     let c = &lab.client;
     let browser = page("starting headless Chromium", Browser::start().await);
@@ -517,4 +582,27 @@ async fn web_page(lab: &TestLab, b1: &str, b2: &str) {
         c.get_vm("fromweb").await.expect("fromweb").state,
         VmPowerState::Stopped
     );
+    // Sync enc to enc2 from the form: only the new backup's chunks go.
+    page(
+        "choosing enc → enc2",
+        browser
+            .execute(
+                "document.querySelector('#sync-from').value = 'enc'; document.querySelector('#sync-to').value = 'enc2'; return 1;",
+                vec![],
+            )
+            .await,
+    );
+    page("sync", browser.click_css("#backup-sync button", PAGE).await);
+    let want = format!(
+        "1 backup(s) copied, {} chunk(s) sent",
+        e3.disks[0].chunks_new
+    );
+    page(
+        "the sync's result",
+        browser
+            .wait_text("#sync-result", PAGE, |t| t.starts_with(&want))
+            .await,
+    );
+    let synced = c.list_backups(Some("enc2"), None).await.expect("enc2");
+    assert_eq!(synced.last().map(|b| b.id.as_str()), Some(e3.id.as_str()));
 }

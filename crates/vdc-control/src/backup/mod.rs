@@ -24,6 +24,7 @@ mod files;
 pub mod jobs;
 mod restore;
 mod run;
+mod sync;
 
 use std::path::{Path, PathBuf};
 
