@@ -241,3 +241,14 @@ pub(crate) async fn replica_stopped(
 ) -> ApiResult<Json<Replica>> {
     Ok(Json(st.cluster.replica_stopped(&vm).await?))
 }
+
+/// The sites and replication part of the web page.
+pub(crate) async fn web_script() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../web/replication.js"),
+    )
+}

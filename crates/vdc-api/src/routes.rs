@@ -202,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/snapshots.js", get(crate::snapshots::web_script))
         .route("/net.js", get(crate::switches::web_script))
         .route("/dr.js", get(crate::dr::web_script))
+        .route("/replication.js", get(crate::replication::web_script))
         .fallback(not_found)
         .with_state(state)
 }

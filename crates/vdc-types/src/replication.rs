@@ -278,6 +278,9 @@ pub struct Replica {
     /// The point being applied (never listed, never used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applying: Option<u64>,
+    /// The last point id handed out (ids of dropped points are not reused).
+    #[serde(default)]
+    pub last_begun: u64,
 }
 
 /// `POST /api/v1/replicas/{vm}/points`: the protected site starts a point.

@@ -36,6 +36,22 @@ pub fn cycle_interval(rpo_s: u64) -> Duration {
     Duration::from_millis((rpo_s * 1000 / 3).max(1000))
 }
 
+/// Whether a failed cycle means the link to the recovery site is down:
+/// its server does not answer, or the host cannot open the NBD export
+/// through the relay.
+pub fn is_link_error(e: &ApiError) -> bool {
+    e.code == ErrorCode::SiteUnreachable
+        || [
+            "Failed to connect",
+            "Connection refused",
+            "No route to host",
+            "Network is unreachable",
+            "Connection reset",
+        ]
+        .iter()
+        .any(|m| e.message.contains(m))
+}
+
 /// What the recovery site needs to make a VM of the replica.
 fn replica_config(c: &VmConfig) -> ReplicaConfig {
     ReplicaConfig {
@@ -234,9 +250,7 @@ impl Cluster {
     /// Records a failed cycle: the link is down when the recovery site
     /// does not answer, else the replication is in error. Returns `e`.
     async fn cycle_failed(&self, vm: &str, e: ApiError) -> ApiError {
-        let link = e.code == ErrorCode::SiteUnreachable
-            || e.message.contains("Connection refused")
-            || e.message.contains("connect") && e.message.contains("nbd");
+        let link = is_link_error(&e);
         let msg = e.message.clone();
         let before = self.replication_record(vm).await.ok();
         let updated = self
@@ -465,5 +479,30 @@ impl Cluster {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&vm);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_errors_are_told_from_others() {
+        let unreachable = ApiError::new(ErrorCode::SiteUnreachable, "site 'b' does not answer");
+        assert!(is_link_error(&unreachable));
+        let nbd = ApiError::new(
+            ErrorCode::HostError,
+            "shipping disk disk0: QMP command blockdev-add nbd failed: Failed to connect to '10.77.1.1:4000': No route to host",
+        );
+        assert!(is_link_error(&nbd));
+        assert!(!is_link_error(&ApiError::invalid_state(
+            "VM 'x' is stopped"
+        )));
+    }
+
+    #[test]
+    fn cycles_run_three_times_per_rpo_and_at_most_every_second() {
+        assert_eq!(cycle_interval(30), Duration::from_secs(10));
+        assert_eq!(cycle_interval(1), Duration::from_secs(1));
     }
 }

@@ -253,15 +253,22 @@ impl Cluster {
         let r = self.replication_record(vm).await?;
         let lock = self.replication.lock(vm);
         let _held = lock.lock().await;
+        // The recovery site first: once the record is gone here, the replica
+        // there already says it is stopped.
+        match self.site_client(&r.site).await {
+            Ok(peer) => {
+                if let Err(e) = peer.replica_stopped(vm).await {
+                    tracing::warn!(vm, site = %r.site, error = %e, "cannot tell the recovery site that replication stopped");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(vm, site = %r.site, error = %e, "cannot tell the recovery site that replication stopped")
+            }
+        }
         self.store
             .delete(&replication_key(vm))
             .await
             .map_err(store_err)?;
-        if let Ok(peer) = self.site_client(&r.site).await {
-            if let Err(e) = peer.replica_stopped(vm).await {
-                tracing::warn!(vm, site = %r.site, error = %e, "cannot tell the recovery site that replication stopped");
-            }
-        }
         for kind in ["replication.rpo", "replication.link"] {
             if let Err(e) = self.clear_alarms(kind, vm, "replication disabled").await {
                 tracing::warn!(vm, error = %e, "cannot clear a replication alarm");

@@ -53,20 +53,19 @@ pub(crate) struct Applying {
     relays: std::sync::Mutex<HashMap<String, Relay>>,
 }
 
-/// Which points to merge away so that at most `retain` stay once `new`
-/// is added: pairs (oldest, next), never when the oldest is pinned.
+/// How many of the oldest points to merge away so that at most `retain`
+/// stay once a new one is added. A VM made from any point has the whole
+/// chain up to it open (QEMU holds its image locks), so while a point is
+/// pinned nothing is merged; the newest listed point is never merged into
+/// the one being added.
 pub fn retention_merges(points: &[ReplicaPoint], pins: &[ReplicaPin], retain: u32) -> usize {
-    let retain = retain.max(1) as usize;
-    let mut n = 0;
-    let total = points.len() + 1;
-    while total - n > retain && n + 1 < points.len() + 1 {
-        let oldest = &points[n];
-        if pins.iter().any(|p| p.point == oldest.id) || n + 1 >= points.len() {
-            break;
-        }
-        n += 1;
+    if !pins.is_empty() {
+        return 0;
     }
-    n
+    let keep = retain.max(1) as usize;
+    (points.len() + 1)
+        .saturating_sub(keep)
+        .min(points.len().saturating_sub(1))
 }
 
 impl Cluster {
@@ -161,6 +160,7 @@ impl Cluster {
                     latest_point_ms: None,
                     pins: Vec::new(),
                     applying: None,
+                    last_begun: 0,
                 }
             }
             Err(e) => return Err(e),
@@ -185,7 +185,14 @@ impl Cluster {
                 "the replica of '{vm}' has no point yet: the first point must be a full copy"
             )));
         }
-        let id = r.points.last().map(|p| p.id).max(r.applying).unwrap_or(0) + 1;
+        let id = r
+            .points
+            .last()
+            .map(|p| p.id)
+            .max(r.applying)
+            .unwrap_or(0)
+            .max(r.last_begun)
+            + 1;
         let file = point_file(id);
         let backing = if req.full {
             None
@@ -223,6 +230,7 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .insert(vm.to_string(), relay);
         r.applying = Some(id);
+        r.last_begun = id;
         r.config = req.config;
         r.mode = req.mode;
         if r.state == ReplicaState::Stopped {
@@ -268,6 +276,14 @@ impl Cluster {
             bytes: req.bytes,
             file: point_file(id),
         };
+        // Pins of VMs deleted since go.
+        let mut live = Vec::new();
+        for p in &r.pins {
+            if self.record(&p.vm).await.is_ok() {
+                live.push(p.clone());
+            }
+        }
+        r.pins = live;
         let n = retention_merges(&r.points, &r.pins, req.retain_last);
         let merge: Vec<(String, String)> = (0..n)
             .map(|i| (r.points[i].file.clone(), r.points[i + 1].file.clone()))
@@ -539,5 +555,6 @@ mod tests {
             mode: RecoverMode::Test,
         };
         assert_eq!(retention_merges(&points(5), &[pin], 3), 0);
+        assert_eq!(retention_merges(&points(4), &[], 1), 3);
     }
 }
