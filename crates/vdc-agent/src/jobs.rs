@@ -294,6 +294,7 @@ impl Agent {
                 self.receive_vm(request, &cell.cancel, progress).await
             }
             JobOp::Backup { request } => self.backup_job(cell, request).await,
+            JobOp::Replicate { request } => self.replicate_job(cell, request).await,
             JobOp::Restore { request } => self.restore_job(cell, request).await,
             JobOp::ExportOva { request } => {
                 cell.progress(1, "converting the disks");

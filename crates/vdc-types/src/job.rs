@@ -58,6 +58,8 @@ pub enum JobKind {
     ExportOva,
     /// Take, revert or delete a snapshot.
     Snapshot,
+    /// Ship a VM's changed blocks to its replica at another site.
+    Replicate,
 }
 
 impl std::fmt::Display for JobKind {
@@ -76,6 +78,7 @@ impl std::fmt::Display for JobKind {
             JobKind::Restore => "restore",
             JobKind::ExportOva => "OVA export",
             JobKind::Snapshot => "snapshot",
+            JobKind::Replicate => "replication",
         })
     }
 }
@@ -153,6 +156,11 @@ pub enum JobOp {
         /// Which VM and what to do.
         request: crate::snapshot::SnapshotJobRequest,
     },
+    /// See [`JobKind::Replicate`].
+    Replicate {
+        /// Which VM, where to.
+        request: crate::replication::ReplicateJobRequest,
+    },
 }
 
 impl JobOp {
@@ -172,6 +180,7 @@ impl JobOp {
             JobOp::Restore { .. } => JobKind::Restore,
             JobOp::ExportOva { .. } => JobKind::ExportOva,
             JobOp::Snapshot { .. } => JobKind::Snapshot,
+            JobOp::Replicate { .. } => JobKind::Replicate,
         }
     }
 
@@ -190,6 +199,7 @@ impl JobOp {
             JobOp::Restore { request } => Some(&request.config.id),
             JobOp::ExportOva { request } => Some(&request.config.id),
             JobOp::Snapshot { request } => Some(&request.config.id),
+            JobOp::Replicate { request } => Some(&request.config.id),
         }
     }
 }
@@ -260,6 +270,8 @@ pub enum JobResult {
     },
     /// The VM's snapshot tree after the operation.
     Snapshots(crate::snapshot::SnapshotTree),
+    /// The point a replicate job shipped.
+    Replicated(crate::replication::ReplicatedPoint),
 }
 
 /// A job as the agent reports it.
