@@ -139,7 +139,7 @@ pub(crate) async fn disable_replication(
 /// A point now: the task (`replication.sync`) ends when the point is
 /// applied at the recovery site.
 #[utoipa::path(post, path = "/api/v1/replications/{vm}/sync", params(("vm" = String, Path)), request_body = SyncReplicationRequest,
-    responses((status = 202, body = Task), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 202, body = Task), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub(crate) async fn sync_replication(
     State(st): State<AppState>,
     Path(vm): Path<String>,
@@ -212,7 +212,7 @@ pub(crate) async fn begin_point(
 /// (Called by the protected site.) The point is written: flushed, then
 /// listed.
 #[utoipa::path(post, path = "/api/v1/replicas/{vm}/points/{id}/commit", params(("vm" = String, Path), ("id" = u64, Path)), request_body = CommitPointRequest,
-    responses((status = 200, body = ReplicaPoint), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 200, body = ReplicaPoint), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub(crate) async fn commit_point(
     State(st): State<AppState>,
     Path((vm, id)): Path<(String, u64)>,

@@ -522,7 +522,8 @@ mod tests {
         assert_eq!(
             p.server_args().join(" "),
             "server --listen 127.0.0.1:8500 --listen 10.77.0.1:8500 \
-             --data-dir /data/lab/server --token-file /state/lab/token"
+             --data-dir /data/lab/server --token-file /state/lab/token \
+             --site-name default --site-url http://127.0.0.1:8500 --relay-address 10.77.0.1"
         );
         assert_eq!(
             p.agent_args(&p.hosts[0]).join(" "),
