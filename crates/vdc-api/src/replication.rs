@@ -211,25 +211,36 @@ pub(crate) async fn begin_point(
 
 /// (Called by the protected site.) The point is written: flushed, then
 /// listed.
-#[utoipa::path(post, path = "/api/v1/replicas/{vm}/points/{id}/commit", params(("vm" = String, Path), ("id" = u64, Path)), request_body = CommitPointRequest,
+#[utoipa::path(post, path = "/api/v1/replicas/{vm}/points/{id}/commit", params(("vm" = String, Path), ("id" = String, Path, description = "the point's number")), request_body = CommitPointRequest,
     responses((status = 200, body = ReplicaPoint), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub(crate) async fn commit_point(
     State(st): State<AppState>,
-    Path((vm, id)): Path<(String, u64)>,
+    Path((vm, id)): Path<(String, String)>,
     ApiJson(req): ApiJson<CommitPointRequest>,
 ) -> ApiResult<Json<ReplicaPoint>> {
+    let id = point_id(&id)?;
     Ok(Json(st.cluster.commit_point(&vm, id, req).await?))
 }
 
 /// (Called by the protected site.) Drops a point being applied.
-#[utoipa::path(delete, path = "/api/v1/replicas/{vm}/points/{id}", params(("vm" = String, Path), ("id" = u64, Path)),
-    responses((status = 204), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/api/v1/replicas/{vm}/points/{id}", params(("vm" = String, Path), ("id" = String, Path, description = "the point's number")),
+    responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub(crate) async fn abort_point(
     State(st): State<AppState>,
-    Path((vm, id)): Path<(String, u64)>,
+    Path((vm, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    let id = point_id(&id)?;
     st.cluster.abort_point(&vm, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A point's number from the path.
+fn point_id(s: &str) -> Result<u64, vdc_types::ApiError> {
+    s.parse().map_err(|_| {
+        vdc_types::ApiError::invalid(format!(
+            "'{s}' is not a point number; use the number from 'vdc replica show VM'"
+        ))
+    })
 }
 
 /// (Called by the protected site.) Replication of the VM stopped.
