@@ -153,3 +153,86 @@ fn qemu_reads_a_backup_served_over_nbd_as_the_original_image() {
     );
     server.stop();
 }
+
+/// Speaks the protocol by hand: NBD_OPT_EXPORT_NAME, a write (refused with
+/// EPERM, its payload skipped), then a read on the same connection; and
+/// vdc's own client reads through NBD_OPT_GO, and is refused an unknown
+/// export by name.
+#[test]
+fn writes_are_refused_with_eperm_and_unknown_exports_by_name() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open_or_init(&dir.path().join("store"), None).expect("store");
+    let size = 1u64 << 20;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let (name, _, _) = store.put_chunk(&data).expect("chunk");
+    let index = vdc_backup::store::DiskIndex {
+        disk: "disk0".into(),
+        chunks: vec![Some(name)],
+    };
+    let sock = dir.path().join("export.sock");
+    let server = NbdServer::start(store, index, size, "disk0", &sock).expect("serve");
+
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    let mut hello = [0u8; 18];
+    s.read_exact(&mut hello).expect("hello");
+    assert_eq!(&hello[..16], b"NBDMAGICIHAVEOPT");
+    let mut m = Vec::new();
+    m.extend_from_slice(&3u32.to_be_bytes());
+    m.extend_from_slice(b"IHAVEOPT");
+    m.extend_from_slice(&1u32.to_be_bytes());
+    m.extend_from_slice(&5u32.to_be_bytes());
+    m.extend_from_slice(b"disk0");
+    s.write_all(&m).expect("export name");
+    let mut info = [0u8; 10];
+    s.read_exact(&mut info).expect("size and flags");
+    assert_eq!(u64::from_be_bytes(info[..8].try_into().unwrap()), size);
+    assert_ne!(u16::from_be_bytes([info[8], info[9]]) & 2, 0, "READ_ONLY");
+    let request = |typ: u16, handle: u64, off: u64, len: u32| {
+        let mut r = Vec::new();
+        r.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&typ.to_be_bytes());
+        r.extend_from_slice(&handle.to_be_bytes());
+        r.extend_from_slice(&off.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        r
+    };
+    let mut w = request(1, 7, 0, 512);
+    w.extend_from_slice(&[0xffu8; 512]);
+    s.write_all(&w).expect("write request");
+    let mut rep = [0u8; 16];
+    s.read_exact(&mut rep).expect("write reply");
+    assert_eq!(
+        u32::from_be_bytes(rep[4..8].try_into().unwrap()),
+        1,
+        "EPERM"
+    );
+    assert_eq!(u64::from_be_bytes(rep[8..16].try_into().unwrap()), 7);
+    s.write_all(&request(0, 8, 1000, 16)).expect("read request");
+    s.read_exact(&mut rep).expect("read reply");
+    assert_eq!(u32::from_be_bytes(rep[4..8].try_into().unwrap()), 0);
+    let mut got = [0u8; 16];
+    s.read_exact(&mut got).expect("read data");
+    assert_eq!(
+        &got[..],
+        &data[1000..1016],
+        "a refused write changed nothing"
+    );
+    s.write_all(&request(2, 9, 0, 0)).expect("disc");
+
+    let mut c = vdc_backup::nbd::NbdClient::connect(&sock, "disk0").expect("go");
+    assert_eq!(c.size(), size);
+    let mut buf = vec![0u8; 4096];
+    c.read_at(size - 4096, &mut buf).expect("read");
+    assert_eq!(&buf[..], &data[(size - 4096) as usize..]);
+    drop(c);
+    let e = vdc_backup::nbd::NbdClient::connect(&sock, "other")
+        .err()
+        .expect("unknown export");
+    assert!(
+        e.to_string().contains("other") || e.to_string().contains("NBD"),
+        "{e}"
+    );
+    server.stop();
+}
