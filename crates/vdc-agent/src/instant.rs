@@ -48,11 +48,9 @@ impl InstantExports {
 
     /// The sockets serving VM `id`, if it has exports.
     pub(crate) fn sockets(&self, id: &str) -> Option<Vec<String>> {
-        self.lock().get(id).map(|v| {
-            v.iter()
-                .map(|s| s.socket().display().to_string())
-                .collect()
-        })
+        self.lock()
+            .get(id)
+            .map(|v| v.iter().map(|s| s.socket().display().to_string()).collect())
     }
 
     /// Ends VM `id`'s exports (sockets removed); the sockets it had.
@@ -74,7 +72,11 @@ fn qemu_img_error(what: &str, detail: impl std::fmt::Display) -> ApiError {
 }
 
 /// Creates a qcow2 overlay at `path` whose backing is the NBD export.
-async fn create_overlay(path: &std::path::Path, socket: &str, export: &str) -> Result<(), ApiError> {
+async fn create_overlay(
+    path: &std::path::Path,
+    socket: &str,
+    export: &str,
+) -> Result<(), ApiError> {
     let backing = format!("nbd+unix:///{export}?socket={socket}");
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-b", &backing, "-F", "raw"])

@@ -8,6 +8,9 @@
 //!    local datastore, boots and its guest reads the original data;
 //!    File-level restore lists `/data` of the backup and extracts the
 //!    file (API and CLI) without running a VM;
+//!    An instant restore of the backup as a new VM boots from the backup
+//!    served over NBD, reads the original data, and once its disk is
+//!    copied the export is gone and the VM survives a stop/start;
 //! 3. the VM stopped is backed up again (consistency `stopped`), still
 //!    incrementally: the bitmap survived the stop in the qcow2;
 //! 4. a flipped byte in one chunk file: verify reports the backup damaged,
@@ -217,6 +220,68 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
             .trim(),
         "original-2718"
     );
+
+    // 2b. Instant restore of b1 as a new VM on host-2: it boots from the
+    // backup served over NBD and reads the original data; when its disk is
+    // copied the export's socket is gone, and the VM survives a stop/start
+    // on its own disk.
+    action(c, "restored", VmAction::Stop).await;
+    let t = c
+        .restore_backup(
+            &b1.id,
+            &RestoreRequest {
+                name: Some("instant".into()),
+                host: Some("host-2".into()),
+                datastore: Some("local-host-2".into()),
+                instant: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("instant restore");
+    let inst = ready(c, "instant").await;
+    assert_eq!(inst.owner.as_deref(), Some("host-2"));
+    assert_eq!(ask(&lab, &inst, "read k1"), "original-2718");
+    let done = run_task(c, t).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    let events = c.events_after(0, "backup.*", 2000).await.expect("events");
+    let seen = |topic: &str| {
+        events
+            .iter()
+            .find(|e| e.topic == topic && e.object == "instant")
+            .cloned()
+            .unwrap_or_else(|| panic!("no {topic} event: {events:?}"))
+    };
+    let started = seen("backup.instant_restore_started");
+    let finished = seen("backup.instant_restore_finished");
+    assert!(started.seq < finished.seq);
+    let sockets = started.data["exports"].as_array().expect("exports").clone();
+    assert!(!sockets.is_empty(), "{started:?}");
+    for s in &sockets {
+        let s = s.as_str().expect("socket path");
+        assert!(
+            !std::path::Path::new(s).exists(),
+            "the export {s} is still there"
+        );
+    }
+    action(c, "instant", VmAction::Stop).await;
+    action(c, "instant", VmAction::Start).await;
+    let inst = ready(c, "instant").await;
+    assert_eq!(ask(&lab, &inst, "read k1"), "original-2718");
+    action(c, "instant", VmAction::Stop).await;
+    // An instant restore needs a new VM's name.
+    let (code, msg) = api_code(
+        c.restore_backup(
+            &b1.id,
+            &RestoreRequest {
+                instant: true,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    assert_eq!(code, ErrorCode::InvalidInput, "{msg}");
+    assert!(msg.contains("name"), "{msg}");
 
     // 3. The stopped VM backed up again: its data chunks are in the store.
     action(c, "src", VmAction::Stop).await;

@@ -74,7 +74,9 @@ impl Cluster {
             .publish(
                 "backup.instant_restore_started",
                 name,
-                format!("VM {name} runs from backup {id} on host {host}; its disks are being copied"),
+                format!(
+                    "VM {name} runs from backup {id} on host {host}; its disks are being copied"
+                ),
                 json!({"backup": id, "host": host, "exports": sockets, "task": ctx.id()}),
             )
             .await;
