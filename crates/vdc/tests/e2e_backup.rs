@@ -27,7 +27,7 @@
 //!    toward a store with another key;
 //! 7. the web page (Chromium) lists the backups with their state (the
 //!    damaged one marked), backs a VM up and restores a backup as a new
-//!    VM from its forms, and syncs the encrypted store again: only the
+//!    VM from its forms (once instantly), and syncs the encrypted store again: only the
 //!    chunks of the one new backup are sent;
 //! 8. a backup job every second with keep-last 1 backs a VM up again and
 //!    again and prunes down to one backup.
@@ -647,6 +647,50 @@ async fn web_page(lab: &TestLab, b1: &str, b2: &str, e3: &vdc_types::backup::Bac
         c.get_vm("fromweb").await.expect("fromweb").state,
         VmPowerState::Stopped
     );
+    // The same backup restored instantly from the form (the box ticked):
+    // the task ends with the new VM running on its copied disk.
+    page(
+        "choosing the backup again",
+        browser
+            .execute(
+                "document.querySelector('#restore-backup').value = arguments[0]; return 1;",
+                vec![serde_json::json!(newest)],
+            )
+            .await,
+    );
+    let input = page(
+        "the restore name field",
+        browser.find("#restore-name").await,
+    );
+    page(
+        "typing the name",
+        browser.send_keys(&input, "webinstant").await,
+    );
+    page(
+        "ticking instant",
+        browser.click_css("#restore-instant", PAGE).await,
+    );
+    page(
+        "restore instantly",
+        browser.click_css("#backup-restore button", PAGE).await,
+    );
+    let t = wait_until_async(
+        TASK_TIMEOUT,
+        "the instant restore of webinstant",
+        || async {
+            let tasks = c.list_tasks().await.ok()?;
+            tasks.into_iter().find(|t| {
+                t.kind == "backup.restore" && t.target == "webinstant" && t.state.is_final()
+            })
+        },
+    )
+    .await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(
+        c.get_vm("webinstant").await.expect("webinstant").state,
+        VmPowerState::Running
+    );
+    action(c, "webinstant", VmAction::Stop).await;
     // Sync enc to enc2 from the form: only the new backup's chunks go.
     page(
         "choosing enc → enc2",
