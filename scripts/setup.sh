@@ -66,10 +66,12 @@ backports_pkgs=(qemu-system-x86 linux-image-amd64)
 # is the replicated store (`vdc server --store etcd://`, the labs with
 # several servers, the etcd store's tests); e2fsprogs' debugfs also reads
 # backed-up file systems (file-level restore), and qemu-utils (preinstalled)
-# brings qemu-nbd and qemu-img for backups of stopped VMs.
+# brings qemu-nbd and qemu-img for backups of stopped VMs; nftables
+# (bridge family) enforces port groups' security policy and outbound
+# shaping on the VMs' taps.
 base_pkgs=(busybox-static cpio iproute2 xz-utils syslinux syslinux-common extlinux
     dosfstools mtools fdisk e2fsprogs gcc libc6-dev
-    protobuf-compiler libprotobuf-dev etcd-server)
+    protobuf-compiler libprotobuf-dev etcd-server nftables)
 # Packages from bookworm-backports for the benchmarks (--bench-deps): the
 # libvirt peer of `vdc bench migrate` (libvirt 11, built for QEMU 10).
 bench_pkgs=(libvirt-daemon libvirt-clients libvirt-daemon-driver-qemu)

@@ -98,6 +98,8 @@ pub(crate) struct Agent {
     pub(crate) switches: crate::switches::Switches,
     /// NBD exports of instantly restored VMs (see `instant`).
     pub(crate) instant: crate::instant::InstantExports,
+    /// The NICs' port rules last applied.
+    pub(crate) port_rules: crate::port_rules::PortRules,
 }
 
 impl Agent {
@@ -162,6 +164,7 @@ impl Agent {
             tls: crate::tls::HostTls::open(&config.state_dir),
             switches: Default::default(),
             instant: Default::default(),
+            port_rules: Default::default(),
             config,
         }))
     }

@@ -102,6 +102,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route(&format!("{VM}/resume"), post(resume))
         .route(&format!("{VM}/suspend"), post(suspend))
         .route(&format!("{VM}/ha"), put(set_ha))
+        .route(&format!("{VM}/nics/plug"), post(plug_nic))
+        .route(&format!("{VM}/nics/unplug"), post(unplug_nic))
         .route(&format!("{VM}/snapshots"), post(snapshot_tree))
         .route(&format!("{VM}/guest-identity"), post(guest_identity))
         .route(&format!("{VM}/console"), get(console))
@@ -233,6 +235,22 @@ async fn set_ha(
     Body(ha): Body<vdc_types::ha::VmHa>,
 ) -> ApiResult<vdc_types::ha::VmHa> {
     Ok(Json(agent.set_ha(&id, ha).await?))
+}
+
+async fn plug_nic(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<vdc_types::nic::NicHotplug>,
+) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.plug_nic(&id, req).await?))
+}
+
+async fn unplug_nic(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Body(req): Body<vdc_types::nic::NicHotplug>,
+) -> ApiResult<VmRuntime> {
+    Ok(Json(agent.unplug_nic(&id, req).await?))
 }
 
 async fn suspend(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> ApiResult<VmRuntime> {

@@ -80,7 +80,9 @@ pub struct AgentArgs {
     /// Address and port of the agent API.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// Base URL of the server, e.g. http://10.77.0.1:8500.
+    /// Base URL of the server, e.g. http://10.77.0.1:8500; several
+    /// servers of one control plane separated by commas (the agent reports
+    /// to the next when one does not answer).
     #[arg(long = "server")]
     pub server: String,
     /// File holding this host's agent credential (made by `vdc host add`).
@@ -216,7 +218,8 @@ pub struct AgentConfig {
     pub migration_address: String,
     /// Address the agent API listens on.
     pub listen: SocketAddr,
-    /// Base URL of the server (no trailing slash).
+    /// Base URL of the server (no trailing slash), or several separated by
+    /// commas.
     pub server_url: String,
     /// This host's agent credential, presented to the server.
     pub credential: String,

@@ -29,6 +29,11 @@ use crate::snapshot::{read_tree, write_tree};
 
 /// How long the guest agent of a just-resumed clone may take to answer.
 const IDENTITY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Longest wait for one attempt (connect and sync): a resumed guest's
+/// agent may drop the first sync, and the next attempt answers at once.
+const IDENTITY_ATTEMPT: std::time::Duration = std::time::Duration::from_millis(800);
+/// Pause between attempts.
+const IDENTITY_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn remove_logged(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
@@ -267,8 +272,7 @@ impl Agent {
         loop {
             let attempt = async {
                 let mut agent =
-                    vdc_qemu::qga::GuestAgent::connect(&socket, std::time::Duration::from_secs(3))
-                        .await?;
+                    vdc_qemu::qga::GuestAgent::connect(&socket, IDENTITY_ATTEMPT).await?;
                 agent.set_identity(&identity).await
             }
             .await;
@@ -283,7 +287,7 @@ impl Agent {
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     return Err(host_error("the guest agent did not take the identity", &e))
                 }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                Err(_) => tokio::time::sleep(IDENTITY_RETRY).await,
             }
         }
     }

@@ -19,6 +19,20 @@ use crate::provision::check_config;
 /// The tap ports a VM needs and its NIC devices.
 pub(crate) type NicPlan = (Vec<vdc_net::TapPort>, Vec<vdc_qemu::NicDevice>);
 
+/// Tap of NIC `index` of `nics` of VM `vm_id`: numbered like its device
+/// id (`net<k>` → k, a hot-plug NIC on port p → 100 + p), so it stays the
+/// same while hot-plug NICs come and go.
+pub(crate) fn nic_tap(vm_id: &str, nics: &[vdc_types::NicSpec], index: usize) -> String {
+    let n = match nics.get(index).and_then(|n| n.port) {
+        Some(p) => 100 + p,
+        None => nics[..index.min(nics.len())]
+            .iter()
+            .filter(|n| n.port.is_none())
+            .count() as u32,
+    };
+    vdc_net::tap_name(vm_id, n)
+}
+
 impl Agent {
     /// `POST /vms/{id}/start`.
     pub async fn start(
@@ -264,6 +278,7 @@ impl Agent {
         slot.inner().vm_supervisor = Some(guard.process.clone());
         supervisor::start(self.clone(), slot.clone(), vm, layout);
         tracing::info!(vm = %config.name, resumed = suspended, "started");
+        self.ports_changed();
         Ok(slot.apply(Input::Launched))
     }
 
@@ -283,7 +298,7 @@ impl Agent {
                         config.name, nic.network
                     ))
                 })?;
-            let tap = vdc_net::tap_name(&config.id, i as u32);
+            let tap = nic_tap(&config.id, &config.nics, i);
             taps.push(vdc_net::TapPort {
                 tap: tap.clone(),
                 bridge,
@@ -291,9 +306,10 @@ impl Agent {
                 vlan_bridge: nic.switch.is_some() && nic.vlan.is_some_and(|v| v != 1),
             });
             nics.push(vdc_qemu::NicDevice {
-                id: format!("net{i}"),
+                id: vdc_types::NicSpec::device_id(&config.nics, i),
                 mac: nic.mac.clone(),
                 tap,
+                port: nic.port,
             });
         }
 
@@ -347,6 +363,7 @@ impl Agent {
             incoming,
             paused: false,
             guest_agent: config.guest_agent,
+            hotplug_ports: config.hotplug_ports,
         }
     }
 

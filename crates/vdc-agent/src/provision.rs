@@ -72,6 +72,7 @@ impl Agent {
         }
         let mut image_format = ImageFormat::Qcow2;
         let mut ova_spec = None;
+        let mut template_bytes = 0;
         let template = match &req.boot_source {
             DiskSource::Blank => None,
             DiskSource::Template {
@@ -86,9 +87,15 @@ impl Agent {
                         format!("template disk '{path}' not found on datastore '{datastore}'"),
                     ));
                 }
-                image::inspect(&p, Some(ImageFormat::Qcow2), &self.datastore_roots())
-                    .await
-                    .map_err(|e| disk_error(format!("template disk '{path}'"), e))?;
+                let (_, size) = image::inspect_sized(
+                    &p,
+                    Some(ImageFormat::Qcow2),
+                    &self.datastore_roots(),
+                    qemu_img::INFO_TIMEOUT,
+                )
+                .await
+                .map_err(|e| disk_error(format!("template disk '{path}'"), e))?;
+                template_bytes = size;
                 Some((p, *linked))
             }
             DiskSource::OvaDisk { ova, offset, size } => {
@@ -118,12 +125,25 @@ impl Agent {
                 .map_err(|e| disk_error(format!("disk '{}' to copy", f.path), e))?;
             copies.push(p);
         }
+        let mut images = Vec::new();
+        for (i, source) in req.data_images.iter().enumerate() {
+            let DiskSource::OvaDisk { ova, offset, size } = source else {
+                return Err(ApiError::invalid(
+                    "a data disk read from elsewhere must be a disk of an OVA",
+                ));
+            };
+            let p = self.checked_ova(ova)?;
+            let spec = qemu_img::vmdk_slice(&p, *offset, *size);
+            crate::ova_read::check_single_vmdk(&spec, ova, &format!("data disk {}", i + 1)).await?;
+            images.push(spec);
+        }
         let made = self
             .make_disks(
                 &config,
                 &layout,
                 (template.map(|(p, l)| (p, l, image_format)), ova_spec),
-                &copies,
+                (&copies, &images),
+                template_bytes,
             )
             .await
             .and_then(|()| {
@@ -156,7 +176,8 @@ impl Agent {
         config: &VmConfig,
         layout: &Layout,
         (template, ova_spec): (Option<(PathBuf, bool, ImageFormat)>, Option<String>),
-        copies: &[PathBuf],
+        (copies, images): (&[PathBuf], &[String]),
+        template_bytes: u64,
     ) -> Result<(), ApiError> {
         for (i, (disk, path)) in config.disks.iter().zip(&layout.disks).enumerate() {
             if let Some(parent) = path.parent() {
@@ -169,9 +190,17 @@ impl Agent {
             }
             let what = format!("cannot create disk '{}'", disk.name);
             match (i, &template) {
+                (0, Some((src, true, _))) if disk.size_bytes >= template_bytes => {
+                    // One run: the size is given (at least the template's,
+                    // read when it was checked), nothing to read back or
+                    // grow.
+                    qemu_img::create_linked_clone(path, src, Some(disk.size_bytes))
+                        .await
+                        .map_err(|e| disk_error(&what, e))?;
+                }
                 (0, Some((src, linked, format))) => {
                     if *linked {
-                        qemu_img::create_linked_clone(path, src).await
+                        qemu_img::create_linked_clone(path, src, None).await
                     } else {
                         qemu_img::convert_to_qcow2(src, *format, path).await
                     }
@@ -205,6 +234,20 @@ impl Agent {
                     qemu_img::convert_to_qcow2(&copies[i - 1], ImageFormat::Qcow2, path)
                         .await
                         .map_err(|e| disk_error(&what, e))?
+                }
+                (i, _) if i > copies.len() && i - copies.len() <= images.len() => {
+                    qemu_img::convert_spec_to_qcow2(&images[i - copies.len() - 1], path)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?;
+                    let size = qemu_img::info(path, ImageFormat::Qcow2)
+                        .await
+                        .map_err(|e| disk_error(&what, e))?
+                        .virtual_size;
+                    if disk.size_bytes > size {
+                        qemu_img::grow(path, disk.size_bytes)
+                            .await
+                            .map_err(|e| disk_error(&what, e))?;
+                    }
                 }
                 _ => qemu_img::create_qcow2(path, disk.size_bytes)
                     .await

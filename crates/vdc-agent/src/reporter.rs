@@ -9,6 +9,12 @@
 //! with 401 or 403, e.g. after the server's store was replaced) the agent
 //! calls `POST /api/v1/agent/join` with its agent credential; the answer
 //! holds the server credential, the only one its API accepts from then on.
+//!
+//! # Several servers
+//! `--server` may list several servers, separated by commas (the servers
+//! of one control plane). The agent reports to one; when it cannot reach
+//! it (no HTTP answer), it goes on with the next. Any server takes the
+//! report: followers forward it to the leader.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +39,8 @@ pub(crate) async fn run(agent: Arc<Agent>) {
             return;
         }
     };
-    let url = format!("{}/api/v1/agent/report", agent.config.server_url);
-    let join_url = format!("{}/api/v1/agent/join", agent.config.server_url);
+    let servers = server_list(&agent.config.server_url);
+    let mut server = 0usize;
     let epoch = std::time::Instant::now();
     let last_ok = Arc::new(std::sync::atomic::AtomicU64::new(0));
     if let Some(iso) = agent.config.isolation {
@@ -69,6 +75,8 @@ pub(crate) async fn run(agent: Arc<Agent>) {
             // one close to its end: ask again, at most every few minutes.
             must_join = true;
         }
+        let url = format!("{}/api/v1/agent/report", servers[server]);
+        let join_url = format!("{}/api/v1/agent/join", servers[server]);
         if must_join {
             match join(&client, &join_url, &agent).await {
                 Ok(()) => {
@@ -79,6 +87,9 @@ pub(crate) async fn run(agent: Arc<Agent>) {
                     if !failing {
                         tracing::warn!(url = %join_url, error = %e, "cannot join the cluster; retrying every second");
                         failing = true;
+                    }
+                    if matches!(e, JoinError::Transport(_)) {
+                        server = (server + 1) % servers.len();
                     }
                     tokio::time::sleep(PERIOD).await;
                     continue;
@@ -94,8 +105,11 @@ pub(crate) async fn run(agent: Arc<Agent>) {
             .await
             .and_then(|r| r.error_for_status());
         if let Err(e) = &sent {
-            if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) {
-                must_join = true;
+            match e.status().map(|s| s.as_u16()) {
+                Some(401 | 403) => must_join = true,
+                // No answer at all: this server is down; the next one.
+                None => server = (server + 1) % servers.len(),
+                Some(_) => {}
             }
         }
         let sent = match sent {
@@ -129,6 +143,21 @@ pub(crate) async fn run(agent: Arc<Agent>) {
         }
         tokio::time::sleep(MIN_GAP).await;
         let _ = tokio::time::timeout_at(next_sample, agent.changed.notified()).await;
+    }
+}
+
+/// The servers of `--server` (comma-separated), without trailing slashes;
+/// never empty.
+fn server_list(s: &str) -> Vec<String> {
+    let v: Vec<String> = s
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if v.is_empty() {
+        vec![s.to_string()]
+    } else {
+        v
     }
 }
 
@@ -222,4 +251,18 @@ async fn join(client: &reqwest::Client, url: &str, agent: &Agent) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_list;
+
+    #[test]
+    fn several_servers() {
+        assert_eq!(
+            server_list("http://a:1/, http://b:2"),
+            vec!["http://a:1".to_string(), "http://b:2".to_string()]
+        );
+        assert_eq!(server_list("http://a:1"), vec!["http://a:1".to_string()]);
+    }
 }

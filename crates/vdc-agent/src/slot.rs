@@ -171,6 +171,16 @@ impl VmSlot {
         self.changed.notify_one();
     }
 
+    /// Records the slot's taps (and state) in the runtime directory, after
+    /// a NIC came or went while the VM runs.
+    pub fn persist_taps(&self) {
+        let (rt, taps) = {
+            let inner = self.inner();
+            (inner.runtime.clone(), inner.taps.clone())
+        };
+        self.persist_state(&rt, taps);
+    }
+
     /// Writes the configuration copy into the runtime directory.
     pub fn persist_config(&self) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.run_dir)?;

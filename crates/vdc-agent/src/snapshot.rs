@@ -501,7 +501,7 @@ impl Agent {
 
 /// The backing file of `image`: its resolved path and the name written in
 /// its header (`None`: no backing file).
-async fn backing_of(image: &Path) -> Result<Option<(PathBuf, String)>, ApiError> {
+pub(crate) async fn backing_of(image: &Path) -> Result<Option<(PathBuf, String)>, ApiError> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
         .arg(image)

@@ -11,6 +11,11 @@
 //! 4. the VM's configuration (slot, runtime copy and `vm.json`) names the
 //!    new image; only then is the old image removed.
 //!
+//! A disk that is a chain of snapshot overlays moves whole: its frozen
+//! images are copied, then only its active layer is mirrored
+//! (`storage_chain`); the tree stays in the VM's home directory and names
+//! the same files, now next to the disk's new place.
+//!
 //! A failure or cancel before a disk's switch removes its new image; the
 //! VM keeps running on the old one. Disks switched before stay switched
 //! (and are recorded so): the server learns which from the job's result
@@ -64,6 +69,12 @@ impl Agent {
             }
             let old_path = self.resolve(&old_disk.datastore, &old_disk.path)?;
             let new_path = self.resolve(&new_disk.datastore, &new_disk.path)?;
+            // A chain of snapshot overlays moves whole (`storage_chain`).
+            let home = self.layout(&current)?.vm_dir.path().to_path_buf();
+            let chain = crate::storage_chain::plan(
+                &crate::snapshot::read_tree(&home).await?,
+                &old_disk.name,
+            );
             let (np, dir) = (new_path.clone(), new_path.parent().map(PathBuf::from));
             let free = target_ds
                 .capacity()
@@ -110,35 +121,59 @@ impl Agent {
                 .await
                 .map_err(|e| disk_error(format!("cannot read disk '{}'", old_disk.name), e))?
                 .virtual_size;
-            qemu_img::create_qcow2(&new_path, virtual_size)
-                .await
-                .map_err(|e| {
-                    undo(disk_error(
-                        format!("cannot create the new image of disk '{}'", old_disk.name),
-                        e,
-                    ))
-                })?;
             let stage = format!(
                 "mirroring disk '{}' to datastore '{}'",
                 old_disk.name, new_disk.datastore
             );
             progress((i * 100 / count) as u8, &stage);
-            let mirrored = vm
-                .mirror_disk(
+            let tick = |p: vdc_qemu::MirrorProgress| {
+                let part = (p.done.min(p.total) * 95).checked_div(p.total).unwrap_or(0);
+                progress(((i as u64 * 100 + part) / count as u64) as u8, &stage);
+            };
+            let dirs = (
+                old_path.parent().unwrap_or(&home).to_path_buf(),
+                new_path.parent().unwrap_or(&home).to_path_buf(),
+            );
+            if let Some(plan) = &chain {
+                let mirrored = crate::storage_chain::mirror_chain(
+                    &vm,
                     &old_disk.name,
-                    &new_path,
+                    (&dirs.0, &dirs.1),
+                    plan,
+                    virtual_size,
                     target_ds.cache,
-                    |p| {
-                        let part = (p.done.min(p.total) * 95).checked_div(p.total).unwrap_or(0);
-                        progress(((i as u64 * 100 + part) / count as u64) as u8, &stage);
-                    },
+                    tick,
                     cancel.cancelled(),
                 )
                 .await;
-            match mirrored {
-                Ok(()) => {}
-                Err(MirrorError::Cancelled) => return Err(undo(cancelled())),
-                Err(e) => return Err(undo(host_error("storage migration failed", &e))),
+                match mirrored {
+                    Ok(()) => {}
+                    Err(None) => return Err(undo(cancelled())),
+                    Err(Some(e)) => return Err(undo(e)),
+                }
+            } else {
+                qemu_img::create_qcow2(&new_path, virtual_size)
+                    .await
+                    .map_err(|e| {
+                        undo(disk_error(
+                            format!("cannot create the new image of disk '{}'", old_disk.name),
+                            e,
+                        ))
+                    })?;
+                let mirrored = vm
+                    .mirror_disk(
+                        &old_disk.name,
+                        &new_path,
+                        target_ds.cache,
+                        tick,
+                        cancel.cancelled(),
+                    )
+                    .await;
+                match mirrored {
+                    Ok(()) => {}
+                    Err(MirrorError::Cancelled) => return Err(undo(cancelled())),
+                    Err(e) => return Err(undo(host_error("storage migration failed", &e))),
+                }
             }
             // Switched: the new image is the disk from now on.
             let mut now = current.clone();
@@ -158,6 +193,9 @@ impl Agent {
                 tracing::warn!(vm = %now.name, error = %e.message, "the VM runs on its new image, but vm.json still names the old one");
             }
             remove_logged(&old_path);
+            if let Some(plan) = &chain {
+                crate::storage_chain::remove_old(&dirs.0, plan);
+            }
             tracing::info!(vm = %now.name, disk = %old_disk.name, datastore = %new_disk.datastore, "disk mirrored and switched");
         }
         slot.notify();

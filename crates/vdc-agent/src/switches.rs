@@ -6,7 +6,8 @@
 //! when the desired set changed and every [`PERIOD`] otherwise, so a
 //! restarted agent or a rebooted host recreates what is missing and
 //! reports drift. VM taps are never touched: only bridges and uplinks.
-//! The states go into the next report.
+//! The states go into the next report. Each pass also reconciles the
+//! NICs' port rules (`port_rules`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +36,11 @@ impl Switches {
             *d = Some(answer.switches);
             self.wake.notify_one();
         }
+    }
+
+    /// Wakes the reconciler (a NIC came or went).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// The states to report.
@@ -78,6 +84,7 @@ pub(crate) async fn run(agent: Arc<Agent>) {
                 agent.changed.notify_one();
             }
         }
+        agent.reconcile_port_rules().await;
         let _ = tokio::time::timeout(PERIOD, agent.switches.wake.notified()).await;
     }
 }

@@ -3,8 +3,8 @@
 //! protocol is drawn in `vdc_types::transfer`).
 //!
 //! # Source side: exports
-//! `POST /agent/v1/exports` (server credential) lists the VM's disks and
-//! its `suspend.state`, reads each once for its size and SHA-256, and keeps
+//! `POST /agent/v1/exports` (server credential) lists the VM's configured
+//! disk files, its `suspend.state` and its snapshot chains' files, reads each once for its size and SHA-256, and keeps
 //! the SHA-256 of the one-time token the server chose. `GET
 //! /agent/v1/exports/{id}/files/{name}` is the one agent route that does
 //! not want the server credential: it wants that token, and serves only
@@ -18,9 +18,12 @@
 //! 2. create the VM directory; download each file to `NAME.part`, hashing
 //!    it as it arrives; compare the SHA-256 with the export's; fsync;
 //!    rename to its place;
-//! 3. write `vm.json` (the configuration for this host), fsync the
-//!    directory, and know the VM (stopped, or suspended with its state
-//!    file).
+//! 3. check each disk's snapshot chain opens (`transfer_chain`), write
+//!    `vm.json` (the configuration for this host), fsync the directory,
+//!    and know the VM (stopped, or suspended with its state file).
+//!
+//! A VM with snapshots moves with its whole tree: every image of each
+//! chain, the memory state files and `snapshots.json` (`transfer_chain`).
 //!
 //! A failure or a cancel at any step removes every file the job made and
 //! the directory: nothing half-made stays on the destination.
@@ -120,13 +123,24 @@ impl Agent {
             }
         }
         let layout = self.layout(&config)?;
-        let mut named: Vec<(String, PathBuf)> = config
+        // The configured files (the bases of any snapshot chains), then
+        // the chains' files (`transfer_chain`).
+        let configured: Vec<(String, PathBuf)> = config
             .disks
             .iter()
-            .zip(&layout.disks)
-            .map(|(d, p)| (disk_file(&d.name), p.clone()))
+            .map(|d| Ok((d.name.clone(), self.resolve(&d.datastore, &d.path)?)))
+            .collect::<Result<_, ApiError>>()?;
+        let mut named: Vec<(String, PathBuf)> = configured
+            .iter()
+            .map(|(d, p)| (disk_file(d), p.clone()))
             .collect();
         named.push((STATE_FILE.to_string(), layout.vm_dir.suspend_state()));
+        let tree = crate::snapshot::read_tree(layout.vm_dir.path()).await?;
+        named.extend(crate::transfer_chain::chain_files(
+            &configured,
+            layout.vm_dir.path(),
+            &tree,
+        ));
         let vm = config.name.clone();
         let files = tokio::task::spawn_blocking(move || describe(&vm, named))
             .await
@@ -258,11 +272,19 @@ impl Agent {
             .await?;
             done += file.size_bytes;
         }
+        self.verify_received(req).await?;
         let (vm_dir, config) = (layout.vm_dir.clone(), req.config.clone());
         tokio::task::spawn_blocking(move || vm_dir.write_config(&config))
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("receive: {e}")))?
             .map_err(|e| disk_error("cannot write vm.json", e))
+    }
+
+    /// Checks the copied disks before the VM is known here: each active
+    /// image (the tree, if any, was copied) opens with its backing chain.
+    async fn verify_received(&self, req: &ReceiveVmRequest) -> Result<(), ApiError> {
+        let active = self.layout(&req.config)?.disks;
+        crate::transfer_chain::verify_chains(&active).await
     }
 }
 
@@ -276,6 +298,10 @@ fn targets(
         .map(|f| {
             let path = if f.name == STATE_FILE {
                 Some(layout.vm_dir.suspend_state())
+            } else if let Some(p) =
+                crate::transfer_chain::chain_target(&f.name, layout.vm_dir.path())
+            {
+                Some(p?)
             } else {
                 req.config
                     .disks

@@ -386,6 +386,7 @@ async fn vm_lifecycle_through_the_agent_api() {
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
         guest_agent: false,
+        hotplug_ports: 0,
     };
     let mut escaping = config.clone();
     escaping.disks[0].path = "../escape.qcow2".into();
@@ -934,6 +935,7 @@ async fn image_import_and_destroy_stay_inside_allowed_places() {
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
         guest_agent: false,
+        hotplug_ports: 0,
     };
     let _: VmRuntime = c
         .ok(

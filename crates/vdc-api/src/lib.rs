@@ -11,14 +11,17 @@
 
 pub mod auth;
 mod backup;
+mod control_plane;
 mod cpu_baseline;
 pub mod credentials;
 pub mod error;
 mod events;
+pub mod forward;
 mod ha;
 mod join;
 mod maintenance;
 mod migration;
+mod nics;
 mod openapi;
 mod routes;
 mod server;

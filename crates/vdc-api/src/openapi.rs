@@ -19,6 +19,7 @@ use vdc_types::{
 };
 
 use crate::backup::BackupPaths;
+use crate::control_plane::ControlPlanePaths;
 use crate::join;
 use crate::routes::*;
 use crate::{events, ha, maintenance, migration, templates_vm};
@@ -55,6 +56,8 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         crate::switches::create_switch,
         crate::switches::get_switch,
         crate::switches::delete_switch,
+        crate::nics::add_nic,
+        crate::nics::remove_nic,
         list_templates,
         create_template,
         list_vms,
@@ -170,13 +173,15 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::ova::ImportOvaRequest,
         vdc_types::ova::ImportOvaResponse,
         vdc_types::snapshot::SnapshotList,
+        vdc_types::nic::AddNicRequest,
+        vdc_types::nic::NicChange,
         vdc_types::snapshot::Snapshot,
         vdc_types::snapshot::Consistency,
         vdc_types::snapshot::CreateSnapshotRequest,
         vdc_types::snapshot::InstantCloneRequest,
         vdc_types::snapshot::RunningCloneRequest
     )),
-    modifiers(&BackupPaths, &BearerAuth)
+    modifiers(&BackupPaths, &ControlPlanePaths, &BearerAuth)
 )]
 pub struct ApiDoc;
 

@@ -51,6 +51,29 @@ impl AppState {
         })
     }
 
+    /// Like [`AppState::open`], as the server `cp` of a control plane:
+    /// leading at once (`leading`: the only server, on the embedded store)
+    /// or as a follower until it wins the election.
+    pub async fn open_in(
+        store: Arc<dyn vdc_store::Store>,
+        user_token: &str,
+        cp: vdc_control::control_plane::ControlPlane,
+        leading: bool,
+    ) -> Result<AppState, ApiError> {
+        let credentials = Credentials::open(store.clone(), user_token).await?;
+        let token = credentials.server_credential().to_string();
+        let cluster = if leading {
+            Cluster::open_leading(store, token, cp).await?
+        } else {
+            Cluster::open_follower(store, token, cp).await?
+        };
+        Ok(AppState {
+            cluster,
+            credentials: Arc::new(credentials),
+            ca: None,
+        })
+    }
+
     /// The same state with the cluster CA.
     pub fn with_ca(mut self, ca: crate::tls::CaState) -> AppState {
         self.ca = Some(Arc::new(ca));
@@ -131,6 +154,11 @@ pub fn router(state: AppState) -> Router {
             get(templates_vm::get_template).delete(templates_vm::delete_template),
         )
         .route("/vms/{name}/clone", post(templates_vm::clone_vm))
+        .route("/vms/{name}/nics", post(crate::nics::add_nic))
+        .route(
+            "/vms/{name}/nics/{nic}",
+            axum::routing::delete(crate::nics::remove_nic),
+        )
         .route("/imports/disk", post(templates_vm::import_disk))
         .route("/imports/ova", post(templates_vm::import_ova))
         .route("/vms/{name}/export", post(templates_vm::export_vm))
@@ -180,6 +208,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/report", post(join::agent_report))
         .route("/agent/join", post(join::agent_join))
         .merge(crate::backup::routes())
+        .merge(crate::control_plane::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,
@@ -198,7 +227,13 @@ pub fn router(state: AppState) -> Router {
         .route("/templates.js", get(templates_vm::web_script))
         .route("/snapshots.js", get(crate::snapshots::web_script))
         .route("/net.js", get(crate::switches::web_script))
+        .route("/nics.js", get(crate::nics::web_script))
+        .route("/controlplane.js", get(crate::control_plane::web_script))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::forward,
+        ))
         .with_state(state)
 }
 

@@ -70,6 +70,21 @@ pub struct ServerArgs {
     /// HA: do not restart the VMs of failed hosts (states are still judged).
     #[arg(long)]
     pub ha_disabled: bool,
+    /// This server's id in the control plane (default: a random one).
+    #[arg(long, env = "VDC_SERVER_ID", value_parser = parse_server_id)]
+    pub server_id: Option<String>,
+    /// Where the other servers reach this one's API, for forwarding
+    /// (default: `http://` and the first `--listen` address).
+    #[arg(long, env = "VDC_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// On etcd: how long a dead leader holds the role, milliseconds (its
+    /// lease's TTL; the leader renews it four times as often).
+    #[arg(long, env = "VDC_LEADER_LEASE_MS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(2000..=60_000))]
+    pub leader_lease_ms: u64,
+}
+
+fn parse_server_id(s: &str) -> Result<String, String> {
+    vdc_types::names::validate_name("server id", s).map(|_| s.to_string())
 }
 
 fn parse_cpu_baseline(s: &str) -> Result<vdc_sched::cpu_baseline::BaselineMode, String> {
@@ -96,17 +111,34 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let store = args
+    let store_url = args
         .store
         .clone()
-        .unwrap_or_else(|| crate::store_url::StoreUrl::default_for(&args.data_dir))
+        .unwrap_or_else(|| crate::store_url::StoreUrl::default_for(&args.data_dir));
+    // The embedded store is one process's file: its server is the only
+    // one and leads at once. On etcd the servers elect a leader.
+    let (kind, single) = match &store_url {
+        crate::store_url::StoreUrl::Redb(_) => ("redb", true),
+        crate::store_url::StoreUrl::Etcd(_) => ("etcd", false),
+    };
+    let store = store_url
         .open()
         .await
         .context("cannot open the cluster store")?;
     let ca = crate::tls::CaState::open(&args.data_dir)
         .await
         .context("cannot open or make the cluster CA")?;
-    let state = AppState::open(store, &token)
+    let id = args
+        .server_id
+        .clone()
+        .unwrap_or_else(|| format!("server-{:08x}", rand::random::<u32>()));
+    let url = match (&args.advertise_url, args.listen.first()) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Some(addr)) => format!("http://{addr}"),
+        (None, None) => anyhow::bail!("give --listen or --advertise-url"),
+    };
+    let cp = vdc_control::control_plane::ControlPlane::new(&id, &url, kind);
+    let state = AppState::open_in(store, &token, cp, single)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the control plane: {e}"))?
         .with_ca(ca);
@@ -146,7 +178,18 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             datastore: std::time::Duration::from_millis(args.ha_datastore_timeout_ms),
         },
     });
-    state.cluster.spawn_monitor();
+    if single {
+        state.cluster.spawn_monitor();
+    } else {
+        let cluster = state.cluster.clone();
+        let ttl = std::time::Duration::from_millis(args.leader_lease_ms);
+        tokio::spawn(async move {
+            if let Err(e) = cluster.run_control_plane(ttl).await {
+                tracing::error!(error = %e, "cannot take the lead; exiting");
+                std::process::exit(vdc_control::control_plane::LOST_LEADERSHIP_EXIT);
+            }
+        });
+    }
     let app = router(state);
     let mut servers = Vec::new();
     for addr in &args.listen {

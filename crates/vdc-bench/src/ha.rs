@@ -119,6 +119,8 @@ pub async fn run(args: HaArgs, json: bool) -> Result<(), BenchError> {
         net_only: false,
         step_timeout: Duration::from_secs(240),
         store: None,
+        migration_network: false,
+        control_plane: 0,
     };
     eprintln!("bench: starting lab '{}' (2 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;

@@ -60,6 +60,7 @@ pub fn vm_config(i: usize) -> VmConfig {
         ha: Default::default(),
         linked_clone: false,
         guest_agent: false,
+        hotplug_ports: 0,
     }
 }
 

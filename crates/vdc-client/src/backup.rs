@@ -201,7 +201,7 @@ impl Client {
                 Self::files_query(store, disk, path)
             ),
         );
-        let resp = rb.send().await.map_err(|source| self.transport(source))?;
+        let resp = self.execute(rb).await?;
         let status = resp.status();
         let bytes = self.read_answer(resp).await?;
         if !status.is_success() {

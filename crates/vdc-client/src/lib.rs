@@ -7,17 +7,20 @@
 
 mod backup;
 mod clone;
+mod control_plane;
+mod events;
+mod failover;
 mod ha;
 mod history;
 mod maintenance;
 mod migration;
+mod nics;
 mod snapshot;
 mod switches;
 mod tls;
 
 use std::time::{Duration, Instant};
 
-use futures::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use vdc_types::api::{CreateVmRequest, VersionInfo};
@@ -26,6 +29,9 @@ use vdc_types::{ApiError, Datastore, Event, Host, Task, TaskState, Vm};
 
 /// Default API URL of the lab.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8500";
+/// How long a client of several servers tries to resume a broken event
+/// stream on another one.
+pub const RESUME_PATIENCE: Duration = Duration::from_secs(30);
 /// Largest answer the client reads (event history, long lists).
 pub const ANSWER_MAX: usize = 32 << 20;
 /// Largest event-stream frame the client buffers.
@@ -94,23 +100,24 @@ impl ClientError {
     }
 }
 
-/// A connection to one vdc server.
+/// A connection to a vdc server, or to any of several (see [`failover`]).
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    servers: std::sync::Arc<failover::Servers>,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8500`).
+    /// A client of the server at `base_url` (e.g. `http://127.0.0.1:8500`),
+    /// or of any of several separated by commas.
     pub fn new(base_url: &str, token: Option<String>) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
         Client {
-            base: base_url.trim_end_matches('/').to_string(),
+            servers: std::sync::Arc::new(failover::Servers::parse(base_url)),
             token,
             http,
         }
@@ -119,10 +126,12 @@ impl Client {
     /// A client configured from `VDC_URL`, `VDC_TOKEN` or `VDC_TOKEN_FILE`.
     pub fn from_env() -> Result<Client, ClientError> {
         let url = std::env::var("VDC_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ClientError::Config(format!(
-                "VDC_URL '{url}' must start with http:// or https://"
-            )));
+        for u in url.split(',').map(str::trim) {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ClientError::Config(format!(
+                    "VDC_URL '{url}': each server's URL must start with http:// or https:// (several are separated by commas)"
+                )));
+            }
         }
         let token = match std::env::var("VDC_TOKEN") {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
@@ -163,18 +172,18 @@ impl Client {
 
     fn transport(&self, source: reqwest::Error) -> ClientError {
         ClientError::Transport {
-            url: self.base.clone(),
+            url: self.servers.current().to_string(),
             source,
         }
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use.
     pub fn base_url(&self) -> &str {
-        &self.base
+        self.servers.current()
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{}", self.base, path)
+        format!("{}/api/v1{}", self.servers.current(), path)
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -189,7 +198,7 @@ impl Client {
         &self,
         rb: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let resp = rb.send().await.map_err(|source| self.transport(source))?;
+        let resp = self.execute(rb).await?;
         let status = resp.status();
         let bytes = self.read_answer(resp).await?;
         if !status.is_success() {
@@ -347,11 +356,7 @@ impl Client {
             .await
     }
     async fn console_get(&self, path: &str) -> Result<(String, u64), ClientError> {
-        let resp = self
-            .req(reqwest::Method::GET, path)
-            .send()
-            .await
-            .map_err(|source| self.transport(source))?;
+        let resp = self.execute(self.req(reqwest::Method::GET, path)).await?;
         let status = resp.status();
         let offset = resp
             .headers()
@@ -426,150 +431,7 @@ impl Client {
             delay = (delay * 2).min(Duration::from_millis(250));
         }
     }
-
-    /// Subscribes to the event stream (Server-Sent Events), filtered by topic
-    /// patterns such as `vm.*` (all events when `topics` is empty).
-    ///
-    /// When the server says this subscriber fell behind (an `event: lagged`
-    /// frame), the stream reconnects by itself and resumes after the last
-    /// event it delivered, from the server's history.
-    pub async fn events(
-        &self,
-        topics: &[String],
-    ) -> Result<impl Stream<Item = Result<Event, ClientError>>, ClientError> {
-        let topics = topics.to_vec();
-        let first = self.open_event_stream(&topics, None).await?;
-        let me = self.clone();
-        Ok(async_stream::stream! {
-            use futures::StreamExt;
-            let mut resp = first;
-            let mut last: Option<u64> = None;
-            loop {
-                let mut body = resp.bytes_stream();
-                let mut buf: Vec<u8> = Vec::new();
-                let mut lagged = false;
-                'read: while let Some(chunk) = body.next().await {
-                    let chunk = match chunk {
-                        Ok(c) => c,
-                        Err(source) => {
-                            yield Err(ClientError::Transport { url: me.base.clone(), source });
-                            return;
-                        }
-                    };
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() > EVENT_FRAME_MAX && !buf.windows(2).any(|w| w == b"\n\n") {
-                        yield Err(ClientError::TooLarge { url: me.base.clone(), max: EVENT_FRAME_MAX });
-                        return;
-                    }
-                    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                        let frame: Vec<u8> = buf.drain(..end + 2).collect();
-                        let frame = String::from_utf8_lossy(&frame);
-                        match sse_frame(&frame) {
-                            SseFrame::Lagged => {
-                                lagged = true;
-                                break 'read;
-                            }
-                            SseFrame::Data(data) => {
-                                let ev = serde_json::from_str::<Event>(&data).map_err(ClientError::Decode);
-                                if let Ok(e) = &ev {
-                                    last = Some(e.seq);
-                                }
-                                yield ev;
-                            }
-                            SseFrame::Other => {}
-                        }
-                    }
-                }
-                if !lagged {
-                    return;
-                }
-                resp = match me.open_event_stream(&topics, Some(last.unwrap_or(0))).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        yield Err(e);
-                        return;
-                    }
-                };
-            }
-        })
-    }
-
-    async fn open_event_stream(
-        &self,
-        topics: &[String],
-        after: Option<u64>,
-    ) -> Result<reqwest::Response, ClientError> {
-        let mut query = Vec::new();
-        if !topics.is_empty() {
-            query.push(format!(
-                "topics={}",
-                topics.iter().map(|t| seg(t)).collect::<Vec<_>>().join(",")
-            ));
-        }
-        if let Some(a) = after {
-            query.push(format!("after={a}"));
-        }
-        let mut path = "/events/stream".to_string();
-        if !query.is_empty() {
-            path.push('?');
-            path.push_str(&query.join("&"));
-        }
-        let resp = self
-            .req(reqwest::Method::GET, &path)
-            .send()
-            .await
-            .map_err(|source| self.transport(source))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Api(
-                serde_json::from_str(&text)
-                    .unwrap_or_else(|_| ApiError::internal(format!("server answered {status}"))),
-            ));
-        }
-        Ok(resp)
-    }
 }
-
-/// What one SSE frame carries.
-#[derive(Debug, PartialEq, Eq)]
-enum SseFrame {
-    /// The server dropped events for this subscriber.
-    Lagged,
-    /// An event's JSON.
-    Data(String),
-    /// A comment or keep-alive.
-    Other,
-}
-
-fn sse_frame(frame: &str) -> SseFrame {
-    let kind = frame
-        .lines()
-        .find_map(|l| l.strip_prefix("event:"))
-        .map(str::trim);
-    if kind == Some("lagged") {
-        return SseFrame::Lagged;
-    }
-    match sse_data(frame) {
-        Some(d) => SseFrame::Data(d),
-        None => SseFrame::Other,
-    }
-}
-
-/// The `data:` payload of one SSE frame, if it has one.
-fn sse_data(frame: &str) -> Option<String> {
-    let lines: Vec<&str> = frame
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|l| l.strip_prefix(' ').unwrap_or(l))
-        .collect();
-    if lines.is_empty() {
-        None
-    } else {
-        Some(lines.join("\n"))
-    }
-}
-
 /// Percent-encodes one URL path segment.
 fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -586,32 +448,6 @@ fn seg(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_frames() {
-        assert_eq!(
-            sse_data("data: {\"a\":1}\n\n").as_deref(),
-            Some("{\"a\":1}")
-        );
-        assert_eq!(sse_data(": keep-alive\n\n"), None);
-        assert_eq!(
-            sse_data("event: x\ndata:a\ndata: b\n\n").as_deref(),
-            Some("a\nb")
-        );
-    }
-
-    #[test]
-    fn lagged_frames_are_recognised() {
-        assert_eq!(
-            sse_frame("event: lagged\ndata: 3 events were dropped\n\n"),
-            SseFrame::Lagged
-        );
-        assert_eq!(
-            sse_frame("id: 4\nevent: vm.created\ndata: {}\n\n"),
-            SseFrame::Data("{}".into())
-        );
-        assert_eq!(sse_frame(": keep-alive\n\n"), SseFrame::Other);
-    }
 
     #[test]
     fn segments_are_encoded() {

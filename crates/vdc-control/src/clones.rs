@@ -43,6 +43,11 @@ pub(crate) struct Origin {
     pub boot_bytes: Option<u64>,
     /// The data disks' files and sizes, in order.
     pub data: Vec<(DiskFile, u64)>,
+    /// Further data disks read from elsewhere (an OVA's), with their
+    /// sizes, after `data`.
+    pub data_images: Vec<(DiskSource, u64)>,
+    /// Networks of the NICs after the first (an OVA's), in order.
+    pub more_networks: Vec<String>,
 }
 
 /// The address a create asks for (guest customization).
@@ -185,15 +190,16 @@ impl Cluster {
     ) -> Result<Task, ApiError> {
         let rec = self.record(source).await?;
         rec.decide(VmAction::Clone, None)?;
-        self.refuse_copy_with_snapshots(&rec, "a clone of a powered-off VM")
-            .await?;
         if req.linked {
             return Err(ApiError::invalid(format!(
                 "a linked clone reads a base that never changes, and VM '{source}' can change: make a template of it first ('vdc vm to-template {source} --keep-vm --name T', then 'vdc vm create {} --template T --linked'), or clone it in full",
                 req.name
             )));
         }
-        let Some((boot, data)) = rec.config.disks.split_first() else {
+        // With snapshots, the clone copies the current images (flattened);
+        // it has no snapshots of its own.
+        let disks = self.current_disks(&rec).await?;
+        let Some((boot, data)) = disks.split_first() else {
             return Err(ApiError::invalid_state(format!(
                 "VM '{source}' has no disk to clone"
             )));
@@ -217,6 +223,7 @@ impl Cluster {
                     )
                 })
                 .collect(),
+            ..Default::default()
         };
         let create = CreateVmRequest {
             name: req.name.clone(),

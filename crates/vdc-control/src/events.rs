@@ -1,5 +1,12 @@
 //! The event bus: every event is numbered, kept in the store (a bounded
 //! history) and broadcast to live subscribers (the SSE stream, webhooks).
+//!
+//! Event numbers are global to the control plane: only the leader
+//! publishes, through its fenced store, continuing the numbering it finds
+//! there when it takes the lead ([`EventBus::take_over`]). A follower's bus
+//! mirrors the events the leader writes ([`EventBus::follow`]), so that a
+//! subscriber of any server sees the same events under the same numbers,
+//! and resumes on another server with `after` without a gap or a repeat.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,6 +29,10 @@ pub struct EventBus {
 struct BusState {
     next_seq: u64,
     keys: VecDeque<String>,
+    /// Highest number broadcast to subscribers.
+    last_sent: u64,
+    /// The mirror of a follower's bus, stopped when it takes the lead.
+    follower: Option<tokio::task::AbortHandle>,
 }
 
 fn key(seq: u64) -> String {
@@ -42,11 +53,87 @@ impl EventBus {
         Ok(EventBus {
             store,
             tx,
-            state: Mutex::new(BusState { next_seq, keys }),
+            state: Mutex::new(BusState {
+                next_seq,
+                keys,
+                last_sent: next_seq - 1,
+                follower: None,
+            }),
         })
     }
 
-    /// Publishes an event.
+    /// Mirrors the events another server (the leader) writes to the store
+    /// to this bus's subscribers, until [`EventBus::take_over`].
+    pub async fn follow(self: Arc<Self>) {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match me.store.watch(PREFIX).await {
+                    Ok(mut watch) => {
+                        // Events written before the watch began.
+                        me.catch_up().await;
+                        while let Some(ev) = watch.recv().await {
+                            match ev {
+                                Ok(vdc_store::WatchEvent::Put(kv)) => {
+                                    if let Ok(ev) = serde_json::from_slice::<Event>(&kv.value) {
+                                        me.mirror(ev).await;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "event watch ended");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot watch the events"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        self.state.lock().await.follower = Some(task.abort_handle());
+    }
+
+    async fn mirror(&self, ev: Event) {
+        let mut st = self.state.lock().await;
+        if ev.seq > st.last_sent {
+            st.last_sent = ev.seq;
+            st.next_seq = st.next_seq.max(ev.seq + 1);
+            let _no_subscriber = self.tx.send(ev);
+        }
+    }
+
+    /// Broadcasts the stored events this bus has not sent yet.
+    async fn catch_up(&self) {
+        let after = self.state.lock().await.last_sent;
+        for ev in self.history(after, usize::MAX).await {
+            self.mirror(ev).await;
+        }
+    }
+
+    /// This server takes the lead: stops mirroring, sends what the old
+    /// leader wrote and was not mirrored yet, and continues the numbering
+    /// from the store.
+    pub async fn take_over(&self) -> Result<(), vdc_store::StoreError> {
+        if let Some(task) = self.state.lock().await.follower.take() {
+            task.abort();
+        }
+        self.catch_up().await;
+        let existing = self.store.list(PREFIX).await?;
+        let mut st = self.state.lock().await;
+        st.keys = existing.iter().map(|kv| kv.key.clone()).collect();
+        let stored_next = existing
+            .last()
+            .and_then(|kv| kv.key[PREFIX.len()..].parse::<u64>().ok())
+            .map(|s| s + 1)
+            .unwrap_or(1);
+        st.next_seq = st.next_seq.max(stored_next);
+        Ok(())
+    }
+
+    /// Publishes an event: stored, then sent to subscribers (an event the
+    /// store refused is logged and not sent).
     pub async fn publish(
         &self,
         topic: &str,
@@ -63,19 +150,23 @@ impl EventBus {
             message: message.into(),
             data,
         };
-        st.next_seq += 1;
         let k = key(ev.seq);
         if let Err(e) = self.store.put_json(&k, &ev).await {
-            tracing::warn!(error = %e, "cannot record event");
-        } else {
-            st.keys.push_back(k);
+            // Not stored, not sent: an event is what the store holds, so
+            // that its number means the same on every server (a deposed
+            // leader's refused write must not reach any subscriber).
+            tracing::warn!(error = %e, topic = %ev.topic, "cannot record event; not sent");
+            return ev;
         }
+        st.next_seq += 1;
+        st.keys.push_back(k);
         while st.keys.len() > HISTORY {
             if let Some(old) = st.keys.pop_front() {
                 let _ = self.store.delete(&old).await;
             }
         }
         tracing::info!(topic = %ev.topic, object = %ev.object, "{}", ev.message);
+        st.last_sent = st.last_sent.max(ev.seq);
         let _ = self.tx.send(ev.clone());
         ev
     }

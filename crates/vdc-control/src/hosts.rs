@@ -351,6 +351,7 @@ impl Cluster {
             cpu_baseline: None,
             tls: r.and_then(|r| r.tls.clone()),
             switches: r.map(|r| r.switches.clone()).unwrap_or_default(),
+            migration_address: r.and_then(|r| r.migration_address.clone()),
         }
     }
 

@@ -102,6 +102,7 @@ impl Cluster {
             }),
             boot_bytes: Some(seen.size_bytes),
             data: Vec::new(),
+            ..Default::default()
         };
         self.create_vm_from(create, origin).await
     }

@@ -118,6 +118,8 @@ mod tests {
 
     fn journal(steps: Vec<Step>) -> TaskJournal {
         let mut j = TaskJournal::new(TaskParams::VmCreate {
+            data_images: Vec::new(),
+            more_networks: Vec::new(),
             vm_id: "id".into(),
             start: true,
             host: None,

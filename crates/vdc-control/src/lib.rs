@@ -25,8 +25,10 @@ pub mod answers;
 pub mod backup;
 pub mod clones;
 mod console;
+pub mod control_plane;
 pub mod cpu_baseline;
 pub mod events;
+pub mod fence;
 pub mod ha;
 mod hosts;
 mod imports;
@@ -39,6 +41,7 @@ pub mod maintenance;
 pub mod migration;
 mod moves;
 mod networks;
+mod nics;
 mod ova;
 pub mod ownership;
 pub mod record;
@@ -132,6 +135,10 @@ pub struct Cluster {
     pub(crate) cpu_baseline: std::sync::RwLock<vdc_sched::cpu_baseline::BaselineMode>,
     /// VM records by host, for the reports (see [`vm_index`]).
     pub(crate) vm_index: Arc<vm_index::SharedIndex>,
+    /// The store as written through (fenced once this server leads).
+    pub(crate) fenced: Arc<fence::FencedStore>,
+    /// This server's place among several (see [`control_plane`]).
+    pub control_plane: Arc<control_plane::ControlPlane>,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -157,9 +164,53 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Opens the control plane on `store`; `token` authenticates the server
-    /// to the agents.
+    /// Opens the control plane on `store` as its only server, leading at
+    /// once; `token` authenticates the server to the agents.
     pub async fn open(store: Arc<dyn Store>, token: String) -> Result<Arc<Cluster>, ApiError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let cp = control_plane::ControlPlane::new(&id, "", "redb");
+        Cluster::open_leading(store, token, cp).await
+    }
+
+    /// Opens the control plane on `store` as its only server (the embedded
+    /// store, which one process holds), leading at once.
+    pub async fn open_leading(
+        store: Arc<dyn Store>,
+        token: String,
+        cp: control_plane::ControlPlane,
+    ) -> Result<Arc<Cluster>, ApiError> {
+        let record = leader::LeaderRecord {
+            version: leader::LEADER_VERSION,
+            id: cp.id.clone(),
+            url: cp.url.clone(),
+            since_ms: vdc_types::now_ms(),
+        };
+        let cluster = Cluster::build(store, token, cp).await?;
+        cluster.control_plane.set_leading(record);
+        cluster.lead().await?;
+        Ok(cluster)
+    }
+
+    /// Opens the control plane on `store` as one of several servers: a
+    /// follower that runs no controller until it wins the election
+    /// ([`Cluster::run_control_plane`]).
+    pub async fn open_follower(
+        store: Arc<dyn Store>,
+        token: String,
+        cp: control_plane::ControlPlane,
+    ) -> Result<Arc<Cluster>, ApiError> {
+        let cluster = Cluster::build(store, token, cp).await?;
+        cluster.events.clone().follow().await;
+        Ok(cluster)
+    }
+
+    async fn build(
+        store: Arc<dyn Store>,
+        token: String,
+        cp: control_plane::ControlPlane,
+    ) -> Result<Arc<Cluster>, ApiError> {
+        let fenced = Arc::new(fence::FencedStore::new(store));
+        let store: Arc<dyn Store> = fenced.clone();
         let events = Arc::new(EventBus::open(store.clone()).await.map_err(store_err)?);
         let tasks = Arc::new(
             TaskEngine::open(store.clone(), events.clone())
@@ -168,7 +219,7 @@ impl Cluster {
         );
         let index = Arc::new(vm_index::SharedIndex::default());
         vm_index::spawn(&store, index.clone());
-        let cluster = Arc::new(Cluster {
+        Ok(Arc::new(Cluster {
             store,
             events,
             tasks,
@@ -182,11 +233,18 @@ impl Cluster {
             cpu_baseline: Default::default(),
             ha: std::sync::Mutex::new(Default::default()),
             vm_index: index,
-        });
-        cluster.release_orphaned_operations(true).await?;
-        cluster.migrate_networks().await?;
-        cluster
-            .events
+            fenced,
+            control_plane: Arc::new(cp),
+        }))
+    }
+
+    /// What a server does when it starts leading: releases the VM
+    /// operations no task holds, brings old records up to date, and
+    /// resumes or reconciles the tasks left unfinished.
+    pub(crate) async fn lead(self: &Arc<Self>) -> Result<(), ApiError> {
+        self.release_orphaned_operations(true).await?;
+        self.migrate_networks().await?;
+        self.events
             .publish(
                 "server.started",
                 "server",
@@ -196,8 +254,8 @@ impl Cluster {
             .await;
         // Tasks a previous server left unfinished: resumed or reconciled
         // once the hosts have reported (see `resume`).
-        cluster.spawn_resume().await;
-        Ok(cluster)
+        self.spawn_resume().await;
+        Ok(())
     }
 
     /// Whether the per-host VM index is built: reports then cost

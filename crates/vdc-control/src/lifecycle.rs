@@ -26,6 +26,7 @@
 //!  stopped,crashed restore                 restoring               stopped
 //!  stopped        clone                    cloning                 same state
 //!  stopped        convert_to_template      converting_to_template  (gone: a template)
+//!  stopped,running reconfigure (NIC add/remove) reconfiguring       same state
 //!  (new record)   create                   creating                stopped (or running)
 //! ```
 //!
@@ -165,6 +166,7 @@ pub fn allowed_states(action: VmAction) -> Vec<VmPowerState> {
         // snapshot first.
         VmAction::Clone => vec![S::Stopped],
         VmAction::ConvertToTemplate => vec![S::Stopped],
+        VmAction::Reconfigure => vec![S::Stopped, S::Running],
     }
 }
 
@@ -241,6 +243,7 @@ pub fn decide(now: &Now<'_>, action: VmAction, target: Option<&str>) -> Result<S
         VmAction::Restore => step(VmOperation::Restoring, None, Done::State(S::Stopped)),
         VmAction::Clone => step(VmOperation::Cloning, None, same),
         VmAction::ConvertToTemplate => step(VmOperation::ConvertingToTemplate, None, Done::Gone),
+        VmAction::Reconfigure => step(VmOperation::Reconfiguring, None, same),
     })
 }
 
@@ -294,6 +297,7 @@ mod tests {
             Just(VmOperation::BackingUp),
             Just(VmOperation::Cloning),
             Just(VmOperation::ConvertingToTemplate),
+            Just(VmOperation::Reconfiguring),
             Just(VmOperation::Migrating {
                 source: "a".into(),
                 target: "b".into()
@@ -346,7 +350,8 @@ mod tests {
                 VmAction::Reset,
                 VmAction::Pause,
                 VmAction::Suspend,
-                VmAction::Migrate
+                VmAction::Migrate,
+                VmAction::Reconfigure
             ]
         );
     }

@@ -62,6 +62,15 @@ impl Cluster {
             }
         };
         switches::rules::check_port_group_vlans(&n, &switch).map_err(ApiError::invalid)?;
+        if let Some(s) = &n.outbound_shaping {
+            switches::rules::check_shaping(s)
+                .map_err(|e| ApiError::invalid(format!("outbound shaping: {e}")))?;
+            if s.peak_kbit.is_some() {
+                return Err(ApiError::invalid(
+                    "outbound shaping takes an average rate and a burst; a peak rate applies toward the VM only (shaping)",
+                ));
+            }
+        }
         if let Some(s) = &n.shaping {
             switches::rules::check_shaping(s).map_err(ApiError::invalid)?;
         }

@@ -46,8 +46,6 @@ impl Cluster {
         }
         let rec = self.record(name).await?;
         rec.decide(VmAction::Clone, None)?;
-        self.refuse_copy_with_snapshots(&rec, "an OVA export")
-            .await?;
         if let Some(h) = &req.host {
             self.agent_url(h).await?;
         }
@@ -125,16 +123,7 @@ impl Cluster {
         let Some(boot) = seen.disks.first() else {
             return Err(ApiError::invalid("the OVA has no disk to boot from"));
         };
-        let mut ignored = seen.ignored.clone();
-        for d in seen.disks.iter().skip(1) {
-            ignored.push(format!(
-                "disk '{}' (only the boot disk is imported)",
-                d.file
-            ));
-        }
-        for n in seen.networks.iter().skip(1) {
-            ignored.push(format!("a NIC on network '{n}' (one NIC is imported)"));
-        }
+        let ignored = seen.ignored.clone();
         for k in req.network_map.keys() {
             if !seen.networks.contains(k) {
                 return Err(ApiError::invalid(format!(
@@ -143,20 +132,20 @@ impl Cluster {
                 )));
             }
         }
-        let network = match seen.networks.first() {
-            None => None,
-            Some(n) => {
-                let target = req.network_map.get(n).unwrap_or(n);
-                match self.get_network(target).await {
-                    Ok(net) => Some(net.name),
-                    Err(_) => {
-                        return Err(ApiError::invalid(format!(
-                            "the OVA's network '{n}' has no vdc network '{target}'; map it: --network-map '{n}=NETWORK'"
-                        )))
-                    }
+        // Every NIC, each on its mapped network, in the descriptor's order.
+        let mut networks = Vec::new();
+        for n in &seen.networks {
+            let target = req.network_map.get(n).unwrap_or(n);
+            match self.get_network(target).await {
+                Ok(net) => networks.push(net.name),
+                Err(_) => {
+                    return Err(ApiError::invalid(format!(
+                        "the OVA's network '{n}' has no vdc network '{target}'; map it: --network-map '{n}=NETWORK'"
+                    )))
                 }
             }
-        };
+        }
+        let network = networks.first().cloned();
         let name = req.name.clone().unwrap_or_else(|| seen.name.clone());
         let create = CreateVmRequest {
             name: name.clone(),
@@ -176,6 +165,25 @@ impl Cluster {
             }),
             boot_bytes: seen.capacities.first().copied().filter(|c| *c > 0),
             data: Vec::new(),
+            // Every further disk, read in place from the tar like the
+            // boot disk.
+            data_images: seen
+                .disks
+                .iter()
+                .zip(seen.capacities.iter().chain(std::iter::repeat(&0)))
+                .skip(1)
+                .map(|(d, cap)| {
+                    (
+                        DiskSource::OvaDisk {
+                            ova: req.source.clone(),
+                            offset: d.offset,
+                            size: d.size,
+                        },
+                        *cap,
+                    )
+                })
+                .collect(),
+            more_networks: networks.iter().skip(1).cloned().collect(),
         };
         let task = self.create_vm_from(create, origin).await?;
         Ok(ImportOvaResponse {

@@ -172,6 +172,7 @@ mod tests {
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             ha: Default::default(),
             guest_agent: false,
+            hotplug_ports: 0,
         };
         let mut r = VmRecord::new(config, state, owner.map(str::to_string));
         r.since_ms = since;

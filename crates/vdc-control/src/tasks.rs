@@ -195,6 +195,22 @@ impl TaskEngine {
         })
     }
 
+    /// Reads again the unfinished tasks, for a server that takes the lead
+    /// from another: the tasks the old leader was running are now this
+    /// server's to resume or reconcile.
+    pub async fn reload_unfinished(&self) -> Result<(), vdc_store::StoreError> {
+        let unfinished: Vec<Task> = self
+            .store
+            .list_json::<Task>(PREFIX)
+            .await?
+            .into_iter()
+            .map(|(_, t)| t)
+            .filter(|t| !t.state.is_final())
+            .collect();
+        *self.unfinished.lock().await = unfinished;
+        Ok(())
+    }
+
     /// The tasks a previous server left unfinished (once; later calls
     /// return nothing).
     pub async fn take_unfinished(&self) -> Vec<Task> {

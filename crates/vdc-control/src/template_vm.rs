@@ -158,8 +158,9 @@ impl Cluster {
             VmAction::ConvertToTemplate
         };
         rec.decide(action, None)?;
-        self.refuse_copy_with_snapshots(&rec, "a template made from a VM")
-            .await?;
+        if !req.keep_vm {
+            self.refuse_convert_with_snapshots(&rec).await?;
+        }
         let boot = rec
             .config
             .disks
@@ -322,7 +323,11 @@ impl Cluster {
         tpl: &Template,
     ) -> Result<u64, ApiError> {
         let rec = self.record(vm).await?;
-        let boot = &rec.config.disks[0];
+        // The current image (flattened through its snapshot chain).
+        let disks = self.current_disks(&rec).await?;
+        let boot = disks
+            .first()
+            .ok_or_else(|| ApiError::invalid_state(format!("VM '{vm}' has no disk")))?;
         let reach_template = self.hosts_reaching(&tpl.datastore).await;
         let host = self
             .hosts_reaching(&boot.datastore)

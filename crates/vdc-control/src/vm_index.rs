@@ -283,6 +283,7 @@ mod tests {
             ha: Default::default(),
             linked_clone: false,
             guest_agent: false,
+            hotplug_ports: 0,
         };
         VmRecord::new(config, VmPowerState::Running, owner.map(str::to_string))
     }

@@ -132,7 +132,7 @@ pub fn check_relative_path(datastore: &str, path: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
-fn random_mac() -> String {
+pub(crate) fn random_mac() -> String {
     let b: [u8; 3] = rand::random();
     format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
 }
@@ -280,13 +280,32 @@ impl Cluster {
                 size_bytes: d.size_gib * GIB,
             });
         }
-        for (i, (_, size_bytes)) in origin.data.iter().enumerate() {
+        let copied = origin.data.iter().map(|(_, s)| *s);
+        let read = origin.data_images.iter().map(|(_, s)| *s);
+        for (i, size_bytes) in copied.chain(read).enumerate() {
             disks.push(DiskSpec {
                 name: format!("disk{}", i + 1),
                 datastore: datastore.name.clone(),
                 path: format!("{}/disk{}.qcow2", req.name, i + 1),
-                size_bytes: *size_bytes,
+                size_bytes,
             });
+        }
+        let mut switches: Vec<String> = network
+            .as_ref()
+            .and_then(|n| n.switch.clone())
+            .into_iter()
+            .collect();
+        if !origin.more_networks.is_empty() && network.is_none() {
+            return Err(ApiError::invalid(
+                "further NICs need a first one: name its network",
+            ));
+        }
+        for n in &origin.more_networks {
+            if let Some(s) = self.get_network(n).await?.switch {
+                if !switches.contains(&s) {
+                    switches.push(s);
+                }
+            }
         }
         let cpu_model = self.vm_cpu_model().await;
         let demand = Demand {
@@ -294,11 +313,7 @@ impl Cluster {
             memory_mib,
             datastores: datastores.clone(),
             cpu_model: Some(cpu_model.to_string()),
-            switches: network
-                .as_ref()
-                .and_then(|n| n.switch.clone())
-                .into_iter()
-                .collect(),
+            switches,
         };
         vdc_sched::check_fits_any(&demand, &connected).map_err(placement_err)?;
         if req.start {
@@ -345,6 +360,7 @@ impl Cluster {
                 group: ha_group,
             },
             guest_agent: true,
+            hotplug_ports: vdc_types::vm::DEFAULT_HOTPLUG_PORTS,
         };
         let mut rec = VmRecord::new(config, VmPowerState::Stopped, None);
         rec.operation = Some(InFlight {
@@ -376,6 +392,8 @@ impl Cluster {
                 (None, None) => DiskSource::Blank,
             },
             data_sources: origin.data.into_iter().map(|(f, _)| f).collect(),
+            data_images: origin.data_images.into_iter().map(|(s, _)| s).collect(),
+            more_networks: origin.more_networks,
             address: custom.address,
             dhcp: custom.dhcp,
         };

@@ -103,3 +103,56 @@ async fn election_on_the_embedded_store() {
 async fn election_on_etcd() {
     election(Arc::new(OwnedEtcdStore::start().await)).await;
 }
+
+/// The store a leader's controllers write through: every write (put,
+/// delete, compare-and-swap) of a deposed leader is refused and wakes
+/// `lost()`; the new leader's go through; before a fence is set nothing is
+/// changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_fenced_store_refuses_every_write() {
+    use vdc_control::fence::FencedStore;
+    let raw = common::memory_store().await;
+    let old = Arc::new(FencedStore::new(raw.clone()));
+    old.put("/y", b"unfenced".to_vec())
+        .await
+        .expect("no fence yet");
+    let a = match leader::try_lead(&*raw, "a", "http://a", TTL)
+        .await
+        .expect("try")
+    {
+        Campaign::Won(l) => l,
+        lost => panic!("a must lead: {lost:?}"),
+    };
+    old.set_fence(a.fence());
+    old.put("/y", b"by a".to_vec()).await.expect("a's write");
+    a.clone().resign(&*raw).await.expect("resign");
+    let b = match leader::try_lead(&*raw, "b", "http://b", TTL)
+        .await
+        .expect("try")
+    {
+        Campaign::Won(l) => l,
+        lost => panic!("b must lead: {lost:?}"),
+    };
+    let lost = {
+        let old = old.clone();
+        tokio::spawn(async move { old.lost().await })
+    };
+    assert!(old.put("/y", b"by old a".to_vec()).await.is_err());
+    assert!(old.delete("/y").await.is_err());
+    let cas = old
+        .txn(
+            vec![vdc_store::Compare::Exists("/y".into())],
+            vec![put("/y", "cas by old a")],
+            vec![],
+        )
+        .await;
+    assert!(cas.is_err(), "{cas:?}");
+    tokio::time::timeout(DEADLINE, lost)
+        .await
+        .expect("lost() wakes")
+        .expect("task");
+    let new = FencedStore::new(raw.clone());
+    new.set_fence(b.fence());
+    new.put("/y", b"by b".to_vec()).await.expect("b's write");
+    assert_eq!(raw.get("/y").await.expect("get").expect("y").value, b"by b");
+}

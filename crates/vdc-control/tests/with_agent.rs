@@ -266,6 +266,7 @@ async fn the_same_operation_id_twice_is_one_job() {
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
         guest_agent: false,
+        hotplug_ports: 0,
     };
     let req = JobRequest {
         operation_id: "task-1.0".into(),
@@ -274,6 +275,7 @@ async fn the_same_operation_id_twice_is_one_job() {
                 config: config.clone(),
                 boot_source: vdc_types::agent::DiskSource::Blank,
                 data_sources: Vec::new(),
+                data_images: Vec::new(),
             },
         },
     };

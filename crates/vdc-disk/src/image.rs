@@ -178,6 +178,18 @@ pub async fn inspect_within(
     datastores: &[PathBuf],
     timeout: std::time::Duration,
 ) -> Result<ImageFormat, DiskError> {
+    inspect_sized(source, stated, datastores, timeout)
+        .await
+        .map(|(f, _)| f)
+}
+
+/// [`inspect_within`], also giving the image's virtual size.
+pub async fn inspect_sized(
+    source: &Path,
+    stated: Option<ImageFormat>,
+    datastores: &[PathBuf],
+    timeout: std::time::Duration,
+) -> Result<(ImageFormat, u64), DiskError> {
     let refuse = |path: &Path, reason| DiskError::ImageRefused {
         path: path.to_path_buf(),
         reason,
@@ -193,11 +205,11 @@ pub async fn inspect_within(
             other => other?,
         };
         let format = check_layer(stated, &probed).map_err(|r| refuse(source, r))?;
-        top.get_or_insert(format);
+        top.get_or_insert((format, probed.virtual_size));
         let Some((backing, backing_format)) =
             backing_of(&current, &probed).map_err(|r| refuse(source, r))?
         else {
-            return Ok(top.unwrap_or(format));
+            return Ok(top.unwrap_or((format, probed.virtual_size)));
         };
         let outside = || ImageRefusal::BackingOutside {
             backing: probed.backing_file.clone().unwrap_or_default(),

@@ -223,27 +223,32 @@ pub async fn convert_to_qcow2(
 /// qcow2 image (a linked clone of a template). The backing file is recorded
 /// relative to `dest`'s directory ([`relative_backing`]): a datastore is
 /// mounted at a different path on each host, and both files live in the
-/// same datastore, so only a relative path works everywhere.
-pub async fn create_linked_clone(dest: &Path, backing: &Path) -> Result<(), DiskError> {
+/// same datastore, so only a relative path works everywhere. `size`: the
+/// clone's virtual size, at least the backing file's (default: the
+/// backing file's).
+pub async fn create_linked_clone(
+    dest: &Path,
+    backing: &Path,
+    size: Option<u64>,
+) -> Result<(), DiskError> {
     let rel = relative_backing(dest, backing)?;
     let fmt = ImageFormat::Qcow2.as_str();
-    run(
-        "create",
-        dest,
-        &[
-            "create".as_ref(),
-            "-q".as_ref(),
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-F".as_ref(),
-            fmt.as_ref(),
-            "-b".as_ref(),
-            rel.as_os_str(),
-            dest.as_os_str(),
-        ],
-    )
-    .await
-    .map(drop)
+    let size = size.map(|s| s.to_string());
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        fmt.as_ref(),
+        "-b".as_ref(),
+        rel.as_os_str(),
+        dest.as_os_str(),
+    ];
+    if let Some(s) = &size {
+        args.push(s.as_ref());
+    }
+    run("create", dest, &args).await.map(drop)
 }
 
 /// Records `backing` (a qcow2 image) as the backing file of the qcow2 image
@@ -513,7 +518,7 @@ mod tests {
         );
 
         let linked = dir.path().join("linked.qcow2");
-        create_linked_clone(&linked, &base).await.unwrap();
+        create_linked_clone(&linked, &base, None).await.unwrap();
         let li = info(&linked, ImageFormat::Qcow2).await.unwrap();
         assert_eq!(li.backing_file.as_deref(), Some(base.to_str().unwrap()));
         let raw = std::process::Command::new(QEMU_IMG)

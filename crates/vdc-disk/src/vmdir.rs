@@ -240,6 +240,7 @@ mod tests {
             cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
             ha: Default::default(),
             guest_agent: false,
+            hotplug_ports: 0,
         }
     }
 

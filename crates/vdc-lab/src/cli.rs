@@ -36,9 +36,10 @@ pub enum LabCommand {
 
 /// Options of `vdc lab fail`.
 #[derive(Debug, Clone, Args)]
-#[command(group(clap::ArgGroup::new("fault").required(true).args(["kill", "isolate", "heal"])))]
+#[command(group(clap::ArgGroup::new("fault").args(["kill", "isolate", "heal"])))]
 pub struct FailArgs {
-    /// The host (e.g. host-2).
+    /// The host (e.g. host-2), or a member of the control plane
+    /// (`server-N`, `etcd-N`: killed, or with `--heal` started again).
     pub host: String,
     /// Kill the host's agent and every QEMU and supervisor in its namespace at once.
     #[arg(long)]
@@ -97,8 +98,16 @@ pub struct UpArgs {
     pub net_only: bool,
     /// The server's store: `redb:PATH` or `etcd://HOST:PORT[,...]`
     /// (default: the embedded store in the lab's data directory).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "control_plane")]
     pub store: Option<String>,
+    /// Give every host a second network for live migration streams
+    /// (`mig0`, 10.78.N.0/24): migrations between hosts travel on it.
+    #[arg(long)]
+    pub migration_network: bool,
+    /// Run N etcd members and N servers (one elected leader) instead of
+    /// one server on its embedded store.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub control_plane: Option<u64>,
 }
 
 /// Output format of `vdc lab status`.
@@ -154,6 +163,8 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 net_only: a.net_only,
                 step_timeout: std::time::Duration::from_secs(a.timeout.max(1)),
                 store: a.store,
+                migration_network: a.migration_network,
+                control_plane: a.control_plane.unwrap_or(0) as usize,
             };
             eprintln!(
                 "starting lab '{}' with {} host(s)...",
@@ -163,14 +174,41 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             print!("{}", tour(&info, spec.demo_vms, spec.net_only));
         }
         LabCommand::Status(a) => {
-            let info = lifecycle::status(&a.lab_id, &a.state_root)?;
+            let mut info = lifecycle::status(&a.lab_id, &a.state_root)?;
+            if !info.control_plane.is_empty() {
+                // Which server leads: any live server answers.
+                if let Ok(c) = lifecycle::client(&info) {
+                    info.leader = c
+                        .control_plane()
+                        .await
+                        .ok()
+                        .and_then(|s| s.leader.map(|l| l.id));
+                }
+            }
             let text = match a.output {
                 OutputFormat::Json => serde_json::to_string_pretty(&info)? + "\n",
                 OutputFormat::Table => status_table(&info),
             };
             std::io::stdout().write_all(text.as_bytes())?;
         }
+        LabCommand::Fail(a) if a.host.starts_with("server-") || a.host.starts_with("etcd-") => {
+            if a.isolate {
+                anyhow::bail!("a control-plane member can be killed or healed, not isolated");
+            }
+            let mut state = crate::state::LabState::load(&a.lab_id, &a.state_root)?
+                .ok_or_else(|| crate::LabError::NotUp(a.lab_id.clone()))?;
+            println!(
+                "{}",
+                crate::control_plane::fail_member(&mut state, &a.host, a.heal)?
+            );
+        }
         LabCommand::Fail(a) => {
+            if !(a.kill || a.isolate || a.heal) {
+                anyhow::bail!(
+                    "say what to do with host {}: --kill, --isolate or --heal",
+                    a.host
+                );
+            }
             let fault = if a.kill {
                 crate::fail::Fault::Kill
             } else if a.isolate {
@@ -214,6 +252,26 @@ pub fn status_table(info: &LabInfo) -> String {
         pid(info.server.pid),
         yes_no(info.server.alive)
     );
+    if !info.control_plane.is_empty() {
+        out += &format!(
+            "control plane  leader {}\n{:<10} {:<24} {:>8}  {}\n",
+            info.leader.as_deref().unwrap_or("(none answered)"),
+            "MEMBER",
+            "URL",
+            "PID",
+            "ALIVE"
+        );
+        for m in &info.control_plane {
+            out += &format!(
+                "{:<10} {:<24} {:>8}  {}\n",
+                m.name,
+                m.url,
+                pid(m.pid),
+                yes_no(m.alive)
+            );
+        }
+        out += "\n";
+    }
     out += &format!(
         "{:<10} {:<16} {:<14} {:>8}  {}\n",
         "HOST", "NETNS", "ADDRESS", "AGENT", "ALIVE"
@@ -253,8 +311,10 @@ pub fn tour(info: &LabInfo, demo_vms: usize, net_only: bool) -> String {
         out += &format!("\nnetwork only (no server, no agents). Remove it with: {down}\n");
         return out;
     }
+    // With several servers: the first for the browser, all for the CLI.
+    let first = info.api_url.split(',').next().unwrap_or(&info.api_url);
     out += &format!(
-        "\nAPI      {api}/api/v1\nweb page {api}/\ntoken    {token}\n\n\
+        "\nAPI      {first}/api/v1\nweb page {first}/\ntoken    {token}\n\n\
          Try:\n  export VDC_URL={api} VDC_TOKEN_FILE={token}\n  vdc host list\n  vdc vm list\n",
         api = info.api_url
     );
@@ -264,7 +324,7 @@ pub fn tour(info: &LabInfo, demo_vms: usize, net_only: bool) -> String {
     out += &format!(
         "  curl -H \"Authorization: Bearer $(cat {token})\" {}/api/v1/vms\n  \
          vdc lab status\n\nWhen done: {down}\n",
-        info.api_url
+        first
     );
     out
 }

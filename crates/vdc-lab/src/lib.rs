@@ -11,10 +11,12 @@
 //! Layout of the crate:
 //! - [`plan`]: pure naming and addressing rules (unit-tested);
 //! - [`ip`], [`net`]: the network, through the `ip` command;
+//!   [`migration_net`]: the optional migration network;
 //! - [`process`]: detached processes, liveness, termination;
 //! - [`state`]: the versioned state file and the status view;
 //! - [`lifecycle`]: `up`, `status`, `down`;
 //! - [`fail`]: `fail HOST --kill|--isolate|--heal` (fault rehearsal);
+//! - [`control_plane`]: `--control-plane N` (etcd members and servers);
 //! - [`cli`]: the `vdc lab` subcommand.
 //!
 //! Everything needs root.
@@ -22,10 +24,12 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod control_plane;
 pub mod error;
 pub mod fail;
 pub mod ip;
 pub mod lifecycle;
+pub mod migration_net;
 pub mod net;
 pub mod plan;
 pub mod process;

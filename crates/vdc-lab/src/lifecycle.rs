@@ -75,6 +75,12 @@ pub struct LabSpec {
     /// The server's `--store` (default: the embedded store in its data
     /// directory).
     pub store: Option<String>,
+    /// Give the hosts a migration network ([`crate::migration_net`]).
+    pub migration_network: bool,
+    /// Members of the control plane: 0 (default) runs one server on
+    /// `store`; N runs an N-member etcd cluster and N servers on it (see
+    /// [`crate::control_plane`]).
+    pub control_plane: usize,
 }
 
 impl LabSpec {
@@ -95,6 +101,8 @@ impl LabSpec {
             net_only: false,
             step_timeout: Duration::from_secs(120),
             store: None,
+            migration_network: false,
+            control_plane: 0,
         }
     }
 
@@ -103,14 +111,16 @@ impl LabSpec {
         let index = self
             .subnet_index
             .unwrap_or_else(|| plan::default_subnet_index(&self.lab_id));
-        LabPlan::new(
+        let mut plan = LabPlan::new(
             &self.lab_id,
             self.hosts,
             index,
             self.port,
             &self.state_root,
             &self.data_root,
-        )
+        )?;
+        plan.migration_network = self.migration_network;
+        Ok(plan)
     }
 }
 
@@ -165,6 +175,9 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo> {
         prepare_dirs(&plan)?;
         state.save()?;
         crate::net::create(&plan)?;
+        if plan.migration_network {
+            crate::migration_net::create(&plan)?;
+        }
         if !spec.net_only {
             start_cluster(spec, &plan, &mut state, image.as_deref()).await?;
         }
@@ -255,14 +268,32 @@ async fn start_cluster(
     image: Option<&Path>,
 ) -> Result<()> {
     let timeout = spec.step_timeout;
+    let n = spec.control_plane;
     let mut server_args = plan.server_args();
-    if let Some(store) = &spec.store {
+    if n > 0 {
+        use crate::control_plane as cp;
+        if spec.store.is_some() || n > cp::MAX_MEMBERS {
+            return Err(LabError::Fault(format!(
+                "--control-plane takes 1 to {} members and runs its own etcd: give no --store",
+                cp::MAX_MEMBERS
+            )));
+        }
+        state.members = cp::etcd_members(plan, n);
+        state
+            .members
+            .extend((1..=n).map(|i| cp::server_member(plan, &spec.vdc_binary, i, n)));
+        state.api_url = cp::api_urls(plan, n);
+        state.lab_api_url = cp::lab_api_urls(plan, n);
+        state.save()?;
+        cp::start_etcd(state, timeout).await?;
+        server_args = state.members[n].args.clone();
+    } else if let Some(store) = &spec.store {
         server_args.extend(["--store".to_string(), store.clone()]);
     }
     let server = process::spawn_detached(&spec.vdc_binary, &server_args, &plan.server_log, None)?;
     state.server = Some(server);
     state.save()?;
-    let client = Client::new(&plan.api_url(), Some(read_token(&plan.token_file())?));
+    let client = Client::new(&state.api_url, Some(read_token(&plan.token_file())?));
     wait_for(
         "the vdc server API",
         timeout,
@@ -271,6 +302,14 @@ async fn start_cluster(
         || async { client.version().await.ok().map(|_| ()) },
     )
     .await?;
+    if n > 0 {
+        // The first server made the cluster CA: the others share it.
+        state.members[n].process = Some(server);
+        for m in state.members.iter_mut().skip(n + 1) {
+            m.start()?;
+        }
+        state.save()?;
+    }
 
     for host in &plan.hosts {
         let added = client
@@ -282,13 +321,17 @@ async fn start_cluster(
             })?;
         state::write_private(&host.credential_file(), &format!("{}\n", added.credential))?;
     }
+    let agent_servers = state.lab_api_url.clone();
     for (host, record) in plan.hosts.iter().zip(state.hosts.iter_mut()) {
-        let agent = process::spawn_detached(
-            &spec.vdc_binary,
-            &plan.agent_args(host),
-            &host.log_file,
-            Some(&host.netns),
-        )?;
+        let mut args = plan.agent_args(host);
+        if n > 0 {
+            // Every server, so that reports go on when one dies.
+            if let Some(i) = args.iter().position(|a| a == "--server") {
+                args[i + 1] = agent_servers.clone();
+            }
+        }
+        let agent =
+            process::spawn_detached(&spec.vdc_binary, &args, &host.log_file, Some(&host.netns))?;
         record.agent = Some(agent);
     }
     state.save()?;

@@ -187,5 +187,8 @@ pub fn destroy(lab_id: &str, known_netns: &[String]) -> Vec<String> {
     if let Err(e) = ip_delete(&["link", "delete", &plan::bridge_name(lab_id)]) {
         failures.push(e.to_string());
     }
+    if let Err(e) = crate::migration_net::destroy(lab_id) {
+        failures.push(e.to_string());
+    }
     failures
 }

@@ -149,6 +149,9 @@ pub struct LabPlan {
     pub server_log: PathBuf,
     /// The hosts, in order.
     pub hosts: Vec<HostPlan>,
+    /// The hosts also get a migration network
+    /// ([`crate::migration_net`]); their agents take migrations on it.
+    pub migration_network: bool,
 }
 
 impl LabPlan {
@@ -201,6 +204,7 @@ impl LabPlan {
             state_dir,
             data_dir,
             hosts,
+            migration_network: false,
         })
     }
 
@@ -282,6 +286,19 @@ impl LabPlan {
             "--isolation-address".into(),
             self.gateway.to_string(),
         ]
+        .into_iter()
+        .chain(
+            self.migration_network
+                .then(|| {
+                    [
+                        "--migration-address".to_string(),
+                        crate::migration_net::address(self, host).to_string(),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .collect()
     }
 
     /// The network object created through the API: the hosts' `vmbr0`

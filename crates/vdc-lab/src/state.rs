@@ -91,6 +91,10 @@ pub struct LabState {
     /// Only the network was set up (no server, no agents).
     #[serde(default)]
     pub net_only: bool,
+    /// The control plane's etcd members and servers (`--control-plane`;
+    /// empty: one server, [`LabState::server`], on its embedded store).
+    #[serde(default)]
+    pub members: Vec<crate::control_plane::MemberProcess>,
     /// When `up` started.
     pub created_ms: u64,
 }
@@ -125,6 +129,7 @@ impl LabState {
             data_dir: plan.data_dir.clone(),
             server_log: plan.server_log.clone(),
             server: None,
+            members: Vec::new(),
             hosts: plan
                 .hosts
                 .iter()
@@ -193,6 +198,10 @@ impl LabState {
     pub fn any_alive(&self) -> bool {
         self.server.is_some_and(|p| p.is_alive())
             || self
+                .members
+                .iter()
+                .any(|m| m.process.is_some_and(|p| p.is_alive()))
+            || self
                 .hosts
                 .iter()
                 .any(|h| h.agent.is_some_and(|p| p.is_alive()))
@@ -230,6 +239,8 @@ impl LabState {
                 })
                 .collect(),
             datastores: self.datastores.clone(),
+            control_plane: self.members.iter().map(|m| m.status()).collect(),
+            leader: None,
         }
     }
 }
@@ -315,6 +326,14 @@ pub struct LabInfo {
     pub hosts: Vec<HostStatus>,
     /// The datastores.
     pub datastores: Vec<DatastoreRecord>,
+    /// The control plane's etcd members and servers (empty: one server on
+    /// its embedded store).
+    #[serde(default)]
+    pub control_plane: Vec<crate::control_plane::MemberStatus>,
+    /// The id of the leading server, as a server answered (`vdc lab
+    /// status` asks; `None` without a control plane or when none answered).
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 #[cfg(test)]

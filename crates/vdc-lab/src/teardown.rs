@@ -77,6 +77,13 @@ pub fn down_blocking(lab_id: &str, state_root: &Path) -> Result<()> {
             }
         }
     }
+    for m in state.iter().flat_map(|s| s.members.iter()) {
+        if let Some(p) = m.process {
+            if !p.terminate(grace) {
+                failures.push(format!("{} (pid {}) survived SIGKILL", m.name, p.pid));
+            }
+        }
+    }
     if let Some(server) = state.as_ref().and_then(|s| s.server) {
         if !server.terminate(grace) {
             failures.push(format!("server (pid {}) survived SIGKILL", server.pid));

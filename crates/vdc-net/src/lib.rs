@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod plan;
+pub mod ports;
 pub mod switch;
 
 pub use switch::{attach_port, TapPort};

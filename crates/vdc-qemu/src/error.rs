@@ -97,6 +97,9 @@ pub enum QemuError {
     /// The QEMU process is gone.
     #[error("the QEMU process has exited")]
     Exited,
+    /// A NIC without a hot-plug port cannot be plugged or unplugged.
+    #[error("the NIC has no hot-plug port")]
+    NotHotplug,
     /// The process would not die even after SIGKILL.
     #[error("QEMU process {pid} survived SIGKILL")]
     Unkillable {

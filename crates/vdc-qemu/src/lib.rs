@@ -14,6 +14,7 @@
 //!   [`qga::thaw`]) and a new identity for a guest.
 //! - [`snapshot`]: external qcow2 overlays taken, merged and reverted,
 //!   memory state to and from a file.
+//! - [`hotplug`]: NICs plugged into and unplugged from a running VM.
 //! - [`process`]: watching and signalling a process by pidfd (QEMU, and
 //!   the VM supervisor beside it).
 //! - [`tail_file`]: the end of the serial console log.
@@ -24,6 +25,7 @@ mod error;
 pub mod fleece;
 pub mod guest;
 pub mod host;
+pub mod hotplug;
 mod log;
 pub mod mirror;
 pub mod nbd;

@@ -55,6 +55,24 @@ pub enum MirrorError {
     },
 }
 
+/// What a mirror copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MirrorSync {
+    /// The whole disk, into a standalone image.
+    Full,
+    /// The active layer only, onto an image backed by a copy of the rest.
+    Top,
+}
+
+impl MirrorSync {
+    fn as_str(self) -> &'static str {
+        match self {
+            MirrorSync::Full => "full",
+            MirrorSync::Top => "top",
+        }
+    }
+}
+
 /// Progress of a mirror: bytes copied of bytes to copy (both grow while
 /// the guest writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +93,46 @@ impl Vm {
         disk: &str,
         target: &Path,
         cache: DiskCacheMode,
+        progress: impl Fn(MirrorProgress) + Sync,
+        cancelled: impl Future<Output = ()>,
+    ) -> Result<(), MirrorError> {
+        self.mirror_with(disk, target, cache, MirrorSync::Full, progress, cancelled)
+            .await
+    }
+
+    /// Mirrors the active layer of disk `disk`, a chain of snapshot
+    /// overlays, onto `target`: a new overlay whose header names a copy
+    /// of the chain below (made by the caller, byte for byte). QEMU opens
+    /// that copy as the target's backing, `sync=top` copies only what the
+    /// active layer holds, and after the switch the old chain's nodes
+    /// `old_nodes` (top first: the nodes vdc added, by name) are deleted,
+    /// which closes the old images.
+    pub async fn mirror_top(
+        &self,
+        disk: &str,
+        target: &Path,
+        cache: DiskCacheMode,
+        old_nodes: &[String],
+        progress: impl Fn(MirrorProgress) + Sync,
+        cancelled: impl Future<Output = ()>,
+    ) -> Result<(), MirrorError> {
+        self.mirror_with(disk, target, cache, MirrorSync::Top, progress, cancelled)
+            .await?;
+        for node in old_nodes {
+            self.delete_node(node).await;
+            if node == disk {
+                self.delete_node(&format!("{disk}-file")).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn mirror_with(
+        &self,
+        disk: &str,
+        target: &Path,
+        cache: DiskCacheMode,
+        sync: MirrorSync,
         progress: impl Fn(MirrorProgress) + Sync,
         cancelled: impl Future<Output = ()>,
     ) -> Result<(), MirrorError> {
@@ -115,7 +173,7 @@ impl Vm {
                     "job-id": job,
                     "device": source,
                     "target": target_node,
-                    "sync": "full",
+                    "sync": sync.as_str(),
                 }),
             )
             .await
@@ -147,7 +205,7 @@ impl Vm {
             tracing::warn!(vm = %self.id(), disk, error = %e, "the mirror's end was not seen, but the disk reads the new image");
         }
         self.delete_node(&source).await;
-        if source == disk {
+        if source == disk && sync == MirrorSync::Full {
             // The spec's nodes were added one by one; a mirror's file node
             // goes with its format node.
             self.delete_node(&format!("{disk}-file")).await;

@@ -81,6 +81,9 @@ pub struct MachineSpec {
     /// of the device model: the same value for every start, resume and
     /// migration of one VM.
     pub guest_agent: bool,
+    /// Spare PCIe root ports `hp0` … for NIC hot plug (part of the device
+    /// model, like [`MachineSpec::guest_agent`]).
+    pub hotplug_ports: u32,
 }
 
 /// One qcow2 disk image.
@@ -106,6 +109,40 @@ pub struct NicDevice {
     pub mac: String,
     /// Tap device name.
     pub tap: String,
+    /// Hot-plug root port (`hp<port>`) the NIC sits on; `None`: the root
+    /// complex.
+    pub port: Option<u32>,
+}
+
+impl NicDevice {
+    /// The `-netdev` value (and `netdev_add` arguments): the tap backend
+    /// `hn-<id>`.
+    pub fn netdev_opt(&self) -> String {
+        format!(
+            "tap,id=hn-{},ifname={},script=no,downscript=no",
+            escape_opt(&self.id),
+            escape_opt(&self.tap)
+        )
+    }
+
+    /// The `-device` value: a virtio-net-pci on the root complex or on its
+    /// hot-plug port.
+    pub fn device_opt(&self) -> String {
+        let id = escape_opt(&self.id);
+        let mut d = format!(
+            "virtio-net-pci,netdev=hn-{id},id={id},mac={}",
+            escape_opt(&self.mac)
+        );
+        if let Some(p) = self.port {
+            d.push_str(&format!(",bus={}", hotplug_port_id(p)));
+        }
+        d
+    }
+}
+
+/// Device id of hot-plug root port `port`: `hp<port>`.
+pub fn hotplug_port_id(port: u32) -> String {
+    format!("hp{port}")
 }
 
 /// Where the memory state of a VM started with [`MachineSpec::incoming`]
@@ -317,20 +354,8 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
         push(&["-device", &dev]);
     }
 
-    for nic in &spec.nics {
-        let id = escape_opt(&nic.id);
-        push(&[
-            "-netdev",
-            &format!(
-                "tap,id=hn-{id},ifname={},script=no,downscript=no",
-                escape_opt(&nic.tap)
-            ),
-            "-device",
-            &format!(
-                "virtio-net-pci,netdev=hn-{id},id={id},mac={}",
-                escape_opt(&nic.mac)
-            ),
-        ]);
+    for nic in spec.nics.iter().filter(|n| n.port.is_none()) {
+        push(&["-netdev", &nic.netdev_opt(), "-device", &nic.device_opt()]);
     }
 
     if !spec.smbios_oem_strings.is_empty() {
@@ -343,6 +368,18 @@ pub fn command_line(spec: &MachineSpec, paths: &VmPaths) -> Vec<String> {
     }
 
     push(&["-device", "virtio-balloon-pci,id=balloon0"]);
+
+    // Hot-plug ports after every device of older VMs, so those keep their
+    // PCI addresses; then the NICs hot-plugged onto them.
+    for p in 0..spec.hotplug_ports {
+        push(&[
+            "-device",
+            &format!("pcie-root-port,id={},chassis={}", hotplug_port_id(p), p + 1),
+        ]);
+    }
+    for nic in spec.nics.iter().filter(|n| n.port.is_some()) {
+        push(&["-netdev", &nic.netdev_opt(), "-device", &nic.device_opt()]);
+    }
 
     if spec.incoming.is_some() {
         push(&["-incoming", "defer"]);
@@ -386,11 +423,13 @@ mod tests {
                 id: "net0".into(),
                 mac: "52:54:00:12:34:56".into(),
                 tap: "vdct0".into(),
+                port: None,
             }],
             smbios_oem_strings: vec!["vdc.hostname=web-1".into(), "vdc.x=a,b".into()],
             incoming: None,
             paused: false,
             guest_agent: false,
+            hotplug_ports: 0,
         }
     }
 
@@ -514,6 +553,34 @@ mod tests {
         assert_eq!(
             values(&args, "-smbios"),
             ["type=11,value=vdc.hostname=web-1,value=vdc.x=a,,b"]
+        );
+    }
+
+    #[test]
+    fn hotplug_ports_come_after_the_older_devices_and_carry_their_nics() {
+        let none = command_line(&spec(), &paths());
+        assert!(!none.iter().any(|a| a.starts_with("pcie-root-port")));
+        let mut s = spec();
+        s.hotplug_ports = 2;
+        s.nics.push(NicDevice {
+            id: "hpnet1".into(),
+            mac: "52:54:00:12:34:57".into(),
+            tap: "vdct101".into(),
+            port: Some(1),
+        });
+        let args = command_line(&s, &paths());
+        // The devices of a VM without ports keep their order (and so
+        // their PCI addresses).
+        assert_eq!(args[..none.len()], none[..]);
+        let devices = values(&args, "-device");
+        let n = devices.len();
+        assert_eq!(
+            devices[n - 3..],
+            [
+                "pcie-root-port,id=hp0,chassis=1",
+                "pcie-root-port,id=hp1,chassis=2",
+                "virtio-net-pci,netdev=hn-hpnet1,id=hpnet1,mac=52:54:00:12:34:57,bus=hp1",
+            ]
         );
     }
 

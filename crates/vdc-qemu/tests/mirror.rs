@@ -103,6 +103,7 @@ async fn a_mirror_switches_the_running_disk_and_a_cancelled_one_does_not() {
         incoming: None,
         paused: false,
         guest_agent: false,
+        hotplug_ports: 0,
     };
     let vm = Vm::launch(&spec, &paths).await.expect("launch");
     let deadline = Instant::now() + BOOT_TIMEOUT;

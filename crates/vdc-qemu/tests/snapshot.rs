@@ -107,6 +107,7 @@ fn spec(name: &str, disk: &Path, incoming: Option<Incoming>) -> MachineSpec {
         incoming,
         paused: false,
         guest_agent: true,
+        hotplug_ports: 0,
     }
 }
 

@@ -87,6 +87,7 @@ fn fixture(name: &str) -> Fixture {
         incoming: None,
         paused: false,
         guest_agent: false,
+        hotplug_ports: 0,
     };
     Fixture {
         _dir: dir,

@@ -126,6 +126,39 @@ pub(crate) fn is_lease_not_found(e: &etcd::Error) -> bool {
     }
 }
 
+/// Whether `e` says the member could not be reached (a connection that
+/// broke or was refused), rather than a refusal by etcd.
+pub(crate) fn is_unreachable(e: &etcd::Error) -> bool {
+    match e {
+        etcd::Error::TransportError(_) | etcd::Error::IoError(_) => true,
+        // gRPC codes: 1 cancelled, 2 unknown, 14 unavailable.
+        etcd::Error::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 14),
+        _ => false,
+    }
+}
+
+/// Whether `e` says the request never left this process: the connection
+/// to the member it was meant for could not be made (the member is gone).
+/// Such a write can be sent again without being applied twice.
+pub(crate) fn never_sent(e: &etcd::Error) -> bool {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    if let etcd::Error::GRpcStatus(s) = e {
+        text.push_str(s.message());
+    }
+    [
+        "tcp connect error",
+        "error trying to connect",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
 /// A store error from an etcd client error.
 pub(crate) fn backend(e: etcd::Error) -> StoreError {
     StoreError::backend(e)

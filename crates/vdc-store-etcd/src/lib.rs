@@ -232,12 +232,12 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self
-            .client
-            .clone()
-            .get(self.namespace.key(key), None)
-            .await
-            .map_err(backend)?;
+        let response = read_retry(|| {
+            let (mut client, key) = (self.client.clone(), self.namespace.key(key));
+            async move { client.get(key, None).await }
+        })
+        .await
+        .map_err(backend)?;
         response
             .kvs()
             .first()
@@ -249,12 +249,13 @@ impl Store for EtcdStore {
         if key.is_empty() {
             return Err(StoreError::InvalidKey);
         }
-        let response = self
-            .client
-            .clone()
-            .put(self.namespace.key(key), value, None)
-            .await
-            .map_err(backend)?;
+        let response = write_retry(|| {
+            let (mut client, key, value) =
+                (self.client.clone(), self.namespace.key(key), value.clone());
+            async move { client.put(key, value, None).await }
+        })
+        .await
+        .map_err(backend)?;
         Ok(header_revision(response.header()))
     }
 
@@ -262,23 +263,27 @@ impl Store for EtcdStore {
         if key.is_empty() {
             return Err(StoreError::InvalidKey);
         }
-        let response = self
-            .client
-            .clone()
-            .delete(self.namespace.key(key), None)
-            .await
-            .map_err(backend)?;
+        let response = write_retry(|| {
+            let (mut client, key) = (self.client.clone(), self.namespace.key(key));
+            async move { client.delete(key, None).await }
+        })
+        .await
+        .map_err(backend)?;
         Ok(response.deleted() > 0)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         let (start, end) = self.namespace.range(prefix);
-        let response = self
-            .lists
-            .clone()
-            .get(start, Some(etcd::GetOptions::new().with_range(end)))
-            .await
-            .map_err(backend)?;
+        let response = read_retry(|| {
+            let (mut lists, start, end) = (self.lists.clone(), start.clone(), end.clone());
+            async move {
+                lists
+                    .get(start, Some(etcd::GetOptions::new().with_range(end)))
+                    .await
+            }
+        })
+        .await
+        .map_err(backend)?;
         response
             .kvs()
             .iter()
@@ -311,7 +316,12 @@ impl Store for EtcdStore {
             )
             .and_then(branch(&success, success_ok.is_ok()))
             .or_else(branch(&failure, failure_ok.is_ok()));
-        let response = match self.client.clone().txn(txn).await {
+        let sent = write_retry(|| {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await;
+        let response = match sent {
             Ok(response) => response,
             Err(e) if is_lease_not_found(&e) => {
                 let ops: Vec<&Op> = success.iter().chain(&failure).collect();
@@ -394,14 +404,58 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
-        let options = etcd::GetOptions::new().with_count_only();
-        let response = self
-            .client
-            .clone()
-            .get(self.namespace.key(""), Some(options))
-            .await
-            .map_err(backend)?;
+        let response = read_retry(|| {
+            let (mut client, key) = (self.client.clone(), self.namespace.key(""));
+            async move {
+                let options = etcd::GetOptions::new().with_count_only();
+                client.get(key, Some(options)).await
+            }
+        })
+        .await
+        .map_err(backend)?;
         Ok(header_revision(response.header()))
+    }
+}
+
+/// Attempts of a read whose member went away (the client's balancer then
+/// sends the next attempt to another member).
+const READ_ATTEMPTS: u32 = 4;
+
+/// Runs a read again when the member it went to could not be reached:
+/// reads change nothing, so a second attempt is always safe.
+async fn read_retry<T, F, Fut>(read: F) -> Result<T, etcd::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd::Error>>,
+{
+    retry(read, convert::is_unreachable).await
+}
+
+/// Runs a write again only when it never left this process (no connection
+/// to its member): one that broke off may have been applied.
+async fn write_retry<T, F, Fut>(write: F) -> Result<T, etcd::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd::Error>>,
+{
+    retry(write, convert::never_sent).await
+}
+
+async fn retry<T, F, Fut>(call: F, again: fn(&etcd::Error) -> bool) -> Result<T, etcd::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < READ_ATTEMPTS && again(&e) => {
+                tracing::debug!(error = %e, attempt, "etcd read failed; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250 * attempt as u64)).await;
+            }
+            r => return r,
+        }
     }
 }
 

@@ -161,6 +161,78 @@ pub fn guest_sink(
     .map_err(|_| TestInfraError::Thread)?
 }
 
+/// Has the guest at `addr:port` send `bytes` bytes (its `source`
+/// command) to a listener this call opens in namespace `netns` on
+/// `listen` (an address of that namespace and a port); returns how long
+/// the bytes received after the first `skip` took, and how many those
+/// were (a policer's initial bucket passes at line rate).
+pub fn guest_source(
+    netns: &str,
+    addr: &str,
+    port: u16,
+    listen: SocketAddr,
+    (bytes, skip): (usize, usize),
+    timeout: Duration,
+) -> Result<(Duration, usize), TestInfraError> {
+    let netns = netns.to_string();
+    let target = format!("{addr}:{port}");
+    std::thread::spawn(move || {
+        enter_netns(&netns)?;
+        let io = |what| {
+            let addr = target.clone();
+            move |source| TestInfraError::Guest { addr, what, source }
+        };
+        let listener = std::net::TcpListener::bind(listen).map_err(io("listen"))?;
+        let sock: SocketAddr = target.parse().map_err(|_| TestInfraError::Guest {
+            addr: target.clone(),
+            what: "parse address",
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        let stream = TcpStream::connect_timeout(&sock, timeout).map_err(io("connect"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(io("set timeout"))?;
+        let mut writer = stream.try_clone().map_err(io("clone socket"))?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(io("read"))?;
+        writer
+            .write_all(format!("source {} {} {bytes}\n", listen.ip(), listen.port()).as_bytes())
+            .map_err(io("write"))?;
+        listener.set_nonblocking(false).map_err(io("listen"))?;
+        let (mut data, _) = listener.accept().map_err(io("accept"))?;
+        data.set_read_timeout(Some(timeout))
+            .map_err(io("set timeout"))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        let mut started = None;
+        while got < bytes {
+            let n = std::io::Read::read(&mut data, &mut buf).map_err(io("receive"))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+            if got >= skip && started.is_none() {
+                started = Some((std::time::Instant::now(), got));
+            }
+        }
+        let (took, counted) = started
+            .map(|(s, at)| (s.elapsed(), got - at))
+            .unwrap_or_default();
+        drop(data);
+        line.clear();
+        reader.read_line(&mut line).map_err(io("read"))?;
+        if got < bytes || !line.starts_with("source ok") {
+            return Err(TestInfraError::GuestClosed(format!(
+                "{target}: {got} of {bytes} bytes, then: {line}"
+            )));
+        }
+        Ok((took, counted))
+    })
+    .join()
+    .map_err(|_| TestInfraError::Thread)?
+}
+
 /// Sends one datagram with `payload` from namespace `netns` to the guest's
 /// UDP service at `addr:port` and returns its answer, `BOOT_ID COUNTER
 /// PAYLOAD` (see the guest image docs). Waits up to `timeout`.

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+mod control_plane;
 mod error;
 mod faults;
 pub mod fencing;
@@ -40,7 +41,7 @@ use vdc_lab::{LabError, LabInfo, LabSpec};
 
 pub use error::TestInfraError;
 pub use guest::{
-    guest_request, guest_request_timeout, guest_sink, guest_udp_request, GuestSession,
+    guest_request, guest_request_timeout, guest_sink, guest_source, guest_udp_request, GuestSession,
 };
 pub use wait::{wait_until, wait_until_async, wait_vm, wait_vm_timeout, VM_WAIT_TIMEOUT};
 
@@ -110,12 +111,22 @@ pub struct TestLabBuilder {
     demo_vms: usize,
     template: bool,
     net_only: bool,
+    migration_network: bool,
     vdc_binary: Option<PathBuf>,
     step_timeout: Duration,
     store: Option<String>,
+    control_plane: usize,
 }
 
 impl TestLabBuilder {
+    /// Run `n` etcd members and `n` servers (one elected leader) instead of
+    /// one server on its embedded store; the lab's client knows every
+    /// server.
+    pub fn control_plane(mut self, n: usize) -> Self {
+        self.control_plane = n;
+        self
+    }
+
     /// Create and start `n` demo VMs (`demo-1`…) during start-up.
     pub fn demo_vms(mut self, n: usize) -> Self {
         self.demo_vms = n;
@@ -126,6 +137,13 @@ impl TestLabBuilder {
     /// (default yes).
     pub fn template(mut self, yes: bool) -> Self {
         self.template = yes;
+        self
+    }
+
+    /// Give every host a migration network (`mig0`, the agents'
+    /// `--migration-address`).
+    pub fn migration_network(mut self, yes: bool) -> Self {
+        self.migration_network = yes;
         self
     }
 
@@ -206,6 +224,8 @@ impl TestLabBuilder {
                     net_only: self.net_only,
                     step_timeout: self.step_timeout,
                     store: self.store.clone(),
+                    migration_network: self.migration_network,
+                    control_plane: self.control_plane,
                 };
                 match vdc_lab::up(&spec).await {
                     Ok(info) => {
@@ -275,9 +295,11 @@ impl TestLab {
             demo_vms: 0,
             template: true,
             net_only: false,
+            migration_network: false,
             vdc_binary: None,
             step_timeout: Duration::from_secs(120),
             store: None,
+            control_plane: 0,
         }
     }
 
@@ -304,6 +326,14 @@ impl TestLab {
             );
         };
         section("server log".into(), &self.info.server.log);
+        for m in self
+            .info
+            .control_plane
+            .iter()
+            .filter(|m| m.name != "server-1")
+        {
+            section(format!("{} log", m.name), &m.log);
+        }
         for h in &self.info.hosts {
             section(format!("agent log of {}", h.name), &h.log);
             let Ok(vms) = std::fs::read_dir(h.state_dir.join("vms")) else {

@@ -218,6 +218,10 @@ pub struct ProvisionVmRequest {
     /// of a VM); a disk without one here is blank.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_sources: Vec<DiskFile>,
+    /// Sources of the data disks after those of `data_sources`, in order
+    /// (an OVA's further disks, read in place: [`DiskSource::OvaDisk`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_images: Vec<DiskSource>,
 }
 
 /// `POST /agent/v1/vms/{id}/start`: take the VM's lock and launch QEMU (or

@@ -79,6 +79,11 @@ pub struct Host {
     /// How the host realizes each switch (as last reported).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub switches: Vec<crate::switch::HostSwitchState>,
+    /// The host's migration network address (vSphere's vMotion network):
+    /// live migrations to the host come in on it. The management address
+    /// unless its agent runs with `--migration-address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_address: Option<String>,
 }
 
 /// How one host's CPU meets the cluster's CPU baseline.
@@ -276,4 +281,14 @@ pub struct Network {
     /// Traffic shaping toward each NIC of the port group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shaping: Option<crate::switch::Shaping>,
+    /// Traffic shaping of what each NIC of the port group sends (from the
+    /// VM): average rate and burst, policed on the host (frames over the
+    /// rate are dropped; TCP settles at the rate). A peak rate is not
+    /// applied in this direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_shaping: Option<crate::switch::Shaping>,
+    /// Security policy of the port group's NICs (none: forged transmits
+    /// allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::switch::SecurityPolicy>,
 }

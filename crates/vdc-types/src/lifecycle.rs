@@ -50,11 +50,14 @@ pub enum VmAction {
     /// Make the VM a template: its boot disk becomes the template's image
     /// and the VM is gone.
     ConvertToTemplate,
+    /// Change the VM's virtual hardware: add or remove a NIC (hot plug
+    /// while it runs).
+    Reconfigure,
 }
 
 impl VmAction {
     /// Every action, in the order above.
-    pub const ALL: [VmAction; 15] = [
+    pub const ALL: [VmAction; 16] = [
         VmAction::Start,
         VmAction::Stop,
         VmAction::Shutdown,
@@ -70,6 +73,7 @@ impl VmAction {
         VmAction::Restore,
         VmAction::Clone,
         VmAction::ConvertToTemplate,
+        VmAction::Reconfigure,
     ];
 
     /// The power actions posted to `POST /api/v1/vms/{name}/{action}`
@@ -102,6 +106,7 @@ impl VmAction {
             VmAction::Restore => "restore",
             VmAction::Clone => "clone",
             VmAction::ConvertToTemplate => "convert_to_template",
+            VmAction::Reconfigure => "reconfigure",
         }
     }
 
@@ -193,6 +198,8 @@ pub enum VmOperation {
     Cloning,
     /// It is becoming a template.
     ConvertingToTemplate,
+    /// Its virtual hardware is being changed (a NIC added or removed).
+    Reconfiguring,
 }
 
 impl VmOperation {
@@ -215,6 +222,7 @@ impl VmOperation {
             VmOperation::Restoring => "restoring",
             VmOperation::Cloning => "cloning",
             VmOperation::ConvertingToTemplate => "converting_to_template",
+            VmOperation::Reconfiguring => "reconfiguring",
         }
     }
 
@@ -237,6 +245,7 @@ impl VmOperation {
             VmOperation::Restoring => "backup.restore",
             VmOperation::Cloning => "vm.clone",
             VmOperation::ConvertingToTemplate => "vm.convert_to_template",
+            VmOperation::Reconfiguring => "vm.reconfigure",
         }
     }
 

@@ -55,6 +55,30 @@ pub struct Shaping {
     pub burst_kib: u32,
 }
 
+/// Security policy of a port group's NICs (vSphere's words), enforced by
+/// each host on the frames a VM sends (nftables, bridge family, on the
+/// NIC's tap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecurityPolicy {
+    /// Frames whose source MAC is not the NIC's own pass (`true`, the
+    /// default: a Linux bridge forwards them) or are dropped (`false`:
+    /// a guest that changes its MAC, or spoofs another, is cut off).
+    #[serde(default = "yes")]
+    pub forged_transmits: bool,
+}
+
+impl Default for SecurityPolicy {
+    fn default() -> Self {
+        SecurityPolicy {
+            forged_transmits: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// How a switch's bridge comes to exist on a host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -133,12 +133,31 @@ pub enum TaskParams {
         /// Sources of the data disks (a clone of a VM), in order.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         data_sources: Vec<crate::agent::DiskFile>,
+        /// Sources of the data disks after `data_sources` (an OVA's
+        /// further disks), in order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        data_images: Vec<DiskSource>,
+        /// Networks of the NICs after the first, in order (each gets an
+        /// address from its network's pool).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        more_networks: Vec<String>,
         /// Address asked for the NIC (guest customization), CIDR.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         address: Option<String>,
         /// The guest asks DHCP for its address.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dhcp: bool,
+    },
+    /// A snapshot taken or deleted (`snapshot.create`, `snapshot.delete`):
+    /// the action is kept, so a restarted server attaches to its job.
+    Snapshot {
+        /// Id of the VM.
+        vm_id: String,
+        /// Host of the job, if known when the task began.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        /// What the job does.
+        action: crate::snapshot::SnapshotAction,
     },
     /// A power operation on a VM (`vm.start`, `vm.stop`, `vm.shutdown`,
     /// `vm.suspend`, …; the task's kind says which).

@@ -28,7 +28,17 @@ use crate::UnixMillis;
 /// - 6: [`VmConfig::guest_agent`] (the QEMU guest agent channel in the
 ///   device model); a version 5 or older configuration has none, and its VM keeps
 ///   running, resuming and migrating without it.
-pub const VM_CONFIG_VERSION: u32 = 6;
+/// - 7: [`VmConfig::hotplug_ports`] (spare PCIe root ports for NIC hot
+///   plug in the device model) and [`NicSpec::port`]; a version 6 or older
+///   configuration has no spare port: its NICs can be added and removed
+///   while it is powered off only.
+pub const VM_CONFIG_VERSION: u32 = 7;
+
+/// Spare PCIe root ports new VMs get for NIC hot plug
+/// ([`VmConfig::hotplug_ports`]).
+pub const DEFAULT_HOTPLUG_PORTS: u32 = 4;
+/// Most hot-plug ports a VM may have.
+pub const MAX_HOTPLUG_PORTS: u32 = 16;
 
 /// Machine type of new VMs: Q35, pinned to a QEMU version so the virtual
 /// hardware never changes under a VM (upgrades, migration between hosts).
@@ -189,6 +199,39 @@ pub struct NicSpec {
     /// applies it to the tap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shaping: Option<crate::switch::Shaping>,
+    /// Shaping of what the NIC sends, filled in by the server from the
+    /// port group; the agent polices it on the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_shaping: Option<crate::switch::Shaping>,
+    /// Security policy of the port group, filled in by the server; the
+    /// agent enforces it on the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<crate::switch::SecurityPolicy>,
+    /// Hot-plug root port the NIC sits on (`hp<port>`), for a NIC added to
+    /// a VM with spare ports ([`VmConfig::hotplug_ports`]); `None`: a NIC
+    /// on the root complex, part of the VM since it was created, which
+    /// cannot be unplugged while the VM runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u32>,
+}
+
+impl NicSpec {
+    /// QEMU device id of NIC `index` of `nics`: `net<k>` for the `k`-th
+    /// NIC on the root complex, `hpnet<port>` for a NIC on a hot-plug
+    /// port. Stable while NICs are added and removed on a running VM
+    /// (only hot-plug NICs come and go then).
+    pub fn device_id(nics: &[NicSpec], index: usize) -> String {
+        match nics.get(index).and_then(|n| n.port) {
+            Some(p) => format!("hpnet{p}"),
+            None => {
+                let k = nics[..index.min(nics.len())]
+                    .iter()
+                    .filter(|n| n.port.is_none())
+                    .count();
+                format!("net{k}")
+            }
+        }
+    }
 }
 
 /// Everything needed to run a VM on any host: written by the server, kept in
@@ -240,9 +283,27 @@ pub struct VmConfig {
     /// false for older configurations: part of the pinned device model.
     #[serde(default)]
     pub guest_agent: bool,
+    /// Spare PCIe root ports (`hp0` …) in the device model, where NICs are
+    /// hot-plugged while the VM runs (version 7; 0 for older
+    /// configurations: part of the pinned device model).
+    #[serde(default)]
+    pub hotplug_ports: u32,
 }
 
 impl VmConfig {
+    /// The first hot-plug port no NIC uses, if any.
+    pub fn free_hotplug_port(&self) -> Option<u32> {
+        (0..self.hotplug_ports).find(|p| !self.nics.iter().any(|n| n.port == Some(*p)))
+    }
+
+    /// Index of the NIC called `nic`: its device id (`net0`, `hpnet1`) or
+    /// its MAC address.
+    pub fn nic_index(&self, nic: &str) -> Option<usize> {
+        (0..self.nics.len()).find(|i| {
+            NicSpec::device_id(&self.nics, *i) == nic || self.nics[*i].mac.eq_ignore_ascii_case(nic)
+        })
+    }
+
     /// Whether the VM's disks may read template `name`'s image (a linked
     /// clone of it), so the template must stay.
     pub fn may_use_template(&self, name: &str) -> bool {
@@ -365,5 +426,44 @@ mod tests {
         for bad in ["", "q35,accel=kvm", "host -x", "a=b", &"x".repeat(65)] {
             assert!(validate_qemu_model("x", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn nic_device_ids_stay_put_as_hot_plug_nics_come_and_go() {
+        let nic = |port| NicSpec {
+            port,
+            ..Default::default()
+        };
+        let nics = vec![nic(None), nic(Some(2)), nic(None), nic(Some(0))];
+        let ids: Vec<String> = (0..nics.len())
+            .map(|i| NicSpec::device_id(&nics, i))
+            .collect();
+        assert_eq!(ids, ["net0", "hpnet2", "net1", "hpnet0"]);
+        let mut fewer = nics.clone();
+        fewer.remove(1);
+        assert_eq!(NicSpec::device_id(&fewer, 1), "net1");
+        assert_eq!(NicSpec::device_id(&fewer, 2), "hpnet0");
+    }
+
+    #[test]
+    fn version_6_configs_have_no_hot_plug_port() {
+        let v6 = r#"{"version":6,"id":"i","name":"web-1","cpus":1,"memory_mib":128,
+            "datastore":"shared","dir":"web-1","disks":[],
+            "nics":[{"network":"n","mac":"52:54:00:00:00:01"}],
+            "hostname":"web-1","created_ms":5}"#;
+        let mut c: VmConfig = serde_json::from_str(v6).unwrap();
+        assert_eq!(c.hotplug_ports, 0);
+        assert_eq!(c.nics[0].port, None);
+        assert_eq!(c.free_hotplug_port(), None);
+        c.hotplug_ports = 2;
+        c.nics.push(NicSpec {
+            port: Some(0),
+            mac: "52:54:00:00:00:02".into(),
+            ..Default::default()
+        });
+        assert_eq!(c.free_hotplug_port(), Some(1));
+        assert_eq!(c.nic_index("hpnet0"), Some(1));
+        assert_eq!(c.nic_index("52:54:00:00:00:01"), Some(0));
+        assert_eq!(c.nic_index("net1"), None);
     }
 }

@@ -383,6 +383,9 @@ pub enum VmCmd {
     /// Snapshots: create, list, revert, delete.
     #[command(subcommand)]
     Snapshot(crate::snapshot::SnapshotCmd),
+    /// NICs: list, add, remove (hot plug while the VM runs).
+    #[command(subcommand)]
+    Nic(crate::nics::NicCmd),
     /// Fork a running VM into a new running VM (resumed, not booted) that
     /// takes its own hostname, MAC and address.
     InstantClone(crate::snapshot::InstantCloneArgs),

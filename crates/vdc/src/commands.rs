@@ -187,6 +187,10 @@ async fn host_show(ctx: &Ctx, name: &str) -> Result<(), CliError> {
             h.maintenance.map_or("-", |m| m.as_str()).to_string(),
         ),
         ("address", h.address.clone()),
+        (
+            "migration network",
+            h.migration_address.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("agent", h.agent_url.clone()),
         ("accelerator", h.accelerator.as_str().to_string()),
         ("qemu", h.qemu_version.clone()),
@@ -292,7 +296,10 @@ pub fn network_table(nets: &[Network]) -> String {
 async fn network_create(ctx: &Ctx, a: NetworkCreateArgs) -> Result<(), CliError> {
     check_name("network", &a.name)?;
     check_cidr(&a.subnet).map_err(CliError::Usage)?;
+    let (outbound_shaping, security) = crate::switches::network_policy(&a);
     let net = Network {
+        outbound_shaping,
+        security,
         name: a.name,
         bridge: a.bridge.unwrap_or_default(),
         switch: a.switch,
@@ -691,6 +698,7 @@ mod tests {
                 reason: "CPU lacks flags of Haswell-noTSX-v1: avx2, fma".into(),
             }),
             tls: None,
+            migration_address: None,
         };
         let out = host_table(&[h]);
         let lines: Vec<Vec<&str>> = out

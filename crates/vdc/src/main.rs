@@ -27,6 +27,7 @@ mod ha_groups;
 mod join;
 mod maintenance;
 mod migration_tls;
+mod nics;
 mod snapshot;
 mod switches;
 mod vm_commands;

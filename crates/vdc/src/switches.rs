@@ -285,6 +285,16 @@ pub struct NetworkCreateArgs {
     /// Shaping: burst, KiB.
     #[arg(long, requires = "average_kbit")]
     pub burst_kib: Option<u32>,
+    /// Outbound shaping (what each NIC sends): average rate, kbit/s.
+    #[arg(long, requires = "outbound_burst_kib")]
+    pub outbound_average_kbit: Option<u32>,
+    /// Outbound shaping: burst, KiB.
+    #[arg(long, requires = "outbound_average_kbit")]
+    pub outbound_burst_kib: Option<u32>,
+    /// Security policy: drop frames a NIC sends with a source MAC other
+    /// than its own (vSphere "forged transmits: reject").
+    #[arg(long)]
+    pub reject_forged_transmits: bool,
     /// Subnet, CIDR notation (e.g. 10.77.0.0/24).
     #[arg(long, value_name = "CIDR")]
     pub subnet: String,
@@ -294,4 +304,26 @@ pub struct NetworkCreateArgs {
     /// Gateway handed to guests.
     #[arg(long, value_name = "IP")]
     pub gateway: Option<std::net::IpAddr>,
+}
+
+/// The outbound shaping and security policy of `vdc network create`.
+pub(crate) fn network_policy(
+    a: &NetworkCreateArgs,
+) -> (
+    Option<vdc_types::switch::Shaping>,
+    Option<vdc_types::switch::SecurityPolicy>,
+) {
+    let outbound = a
+        .outbound_average_kbit
+        .map(|average_kbit| vdc_types::switch::Shaping {
+            average_kbit,
+            peak_kbit: None,
+            burst_kib: a.outbound_burst_kib.unwrap_or_default(),
+        });
+    let security = a
+        .reject_forged_transmits
+        .then_some(vdc_types::switch::SecurityPolicy {
+            forged_transmits: false,
+        });
+    (outbound, security)
 }

@@ -106,6 +106,7 @@ pub(crate) async fn vm(ctx: &Ctx, cmd: VmCmd) -> Result<(), CliError> {
         }
         VmCmd::Delete { name, yes, wait } => vm_delete(ctx, &name, yes, wait).await,
         VmCmd::Snapshot(cmd) => crate::snapshot::run(ctx, cmd).await,
+        VmCmd::Nic(cmd) => crate::nics::run(ctx, cmd).await,
         VmCmd::InstantClone(a) => crate::snapshot::instant_clone(ctx, a).await,
         VmCmd::CloneRunning(a) => crate::snapshot::clone_running(ctx, a).await,
         VmCmd::Console {
@@ -341,11 +342,12 @@ pub fn vm_details(v: &Vm, datastores: &[Datastore], now: u64) -> String {
             ),
         ));
     }
-    for n in &v.nics {
+    for (i, n) in v.nics.iter().enumerate() {
         pairs.push((
             "nic",
             format!(
-                "{} {} ip {} gw {}",
+                "{} {} {} ip {} gw {}",
+                vdc_types::NicSpec::device_id(&v.nics, i),
                 n.network,
                 n.mac,
                 or_dash(n.ip.as_deref()),

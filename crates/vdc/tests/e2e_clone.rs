@@ -282,11 +282,106 @@ async fn clones_and_templates_from_powered_off_vms() {
         let t = c.delete_vm(&name).await.unwrap();
         run_task(c, t).await;
     }
+    dhcp_clone(&lab).await;
     c.delete_template("golden")
         .await
         .expect("unused template deleted");
     assert!(!shared.path.join("templates/golden.qcow2").exists());
     assert!(c.template("golden").await.is_err());
+}
+
+/// A DHCP server on the lab network (busybox `udhcpd` in host-1's
+/// namespace, on its VM bridge, leasing `.220`–`.229`, outside vdc's
+/// pool), stopped when dropped.
+struct DhcpServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl DhcpServer {
+    fn start(lab: &TestLab) -> DhcpServer {
+        let n = lab.info.subnet_index;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("udhcpd.conf");
+        let leases = dir.path().join("leases");
+        std::fs::write(&leases, b"").expect("lease file");
+        std::fs::write(
+            &conf,
+            format!(
+                "start 10.77.{n}.220\nend 10.77.{n}.229\ninterface vmbr0\nmax_leases 10\n\
+                 lease_file {}\npidfile {}\nopt subnet 255.255.255.0\nopt lease 600\n",
+                leases.display(),
+                dir.path().join("pid").display()
+            ),
+        )
+        .expect("udhcpd.conf");
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.netns("host-1"),
+                "busybox",
+                "udhcpd",
+                "-f",
+            ])
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start udhcpd");
+        DhcpServer { child, _dir: dir }
+    }
+}
+
+impl Drop for DhcpServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("cannot stop udhcpd: {e}");
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("cannot reap udhcpd: {e}");
+        }
+    }
+}
+
+/// Guest customization with DHCP: a linked clone of "golden" made with
+/// `dhcp` takes its address from the network's DHCP server and answers
+/// on it with its customized hostname.
+async fn dhcp_clone(lab: &TestLab) {
+    let c = &lab.client;
+    let n = lab.info.subnet_index;
+    let _server = DhcpServer::start(lab);
+    let t = c
+        .create_vm(&CreateVmRequest {
+            name: "lc-dhcp".into(),
+            template: Some("golden".into()),
+            linked_clone: true,
+            memory_mib: Some(80),
+            start: true,
+            hostname: Some("leased".into()),
+            dhcp: true,
+            ..Default::default()
+        })
+        .await
+        .expect("linked clone with DHCP accepted");
+    run_task(c, t).await;
+    let v = running(c, "lc-dhcp").await;
+    let ip = v.guest.address.clone().expect("the leased address");
+    let last: u8 = ip
+        .strip_prefix(&format!("10.77.{n}."))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("address {ip} is not on the lab network"));
+    assert!(
+        (220..=229).contains(&last),
+        "{ip} is not from the DHCP server's range"
+    );
+    assert_eq!(ask(lab, &ip, "note"), ("leased".into(), "from-src".into()));
+    let t = c
+        .vm_action("lc-dhcp", VmAction::Stop, json!({}))
+        .await
+        .unwrap();
+    run_task(c, t).await;
+    let t = c.delete_vm("lc-dhcp").await.unwrap();
+    run_task(c, t).await;
 }
 
 /// V2V: a VMDK made by `qemu-img convert` imports as a new VM and boots;
@@ -516,4 +611,108 @@ async fn a_vmdk_imports_and_boots() {
     let v = running(c, "from-ova").await;
     assert_eq!(v.memory_mib, 96);
     assert_eq!(v.guest.hostname.as_deref(), Some("from-ova"));
+    let t = c
+        .vm_action("from-ova", VmAction::Stop, json!({}))
+        .await
+        .unwrap();
+    run_task(c, t).await;
+
+    two_disks_and_two_nics(&lab, dir, &import).await;
+}
+
+/// An OVA with two disks and two NICs (written here by `vdc_ovf`, from the
+/// disk an export made) imports whole: every disk and every NIC, none
+/// reported as ignored; it boots and answers on its first NIC's address.
+async fn two_disks_and_two_nics(lab: &TestLab, dir: &std::path::Path, import: &std::path::Path) {
+    let c = &lab.client;
+    let vmdk = dir.join("v2v-disk0.vmdk");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&vmdk)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let capacity = info["virtual-size"].as_u64().expect("virtual size");
+    let size = std::fs::metadata(&vmdk).unwrap().len();
+    let mut disks = Vec::new();
+    for i in 0..2 {
+        let file = format!("two-disk{i}.vmdk");
+        std::fs::copy(&vmdk, dir.join(&file)).unwrap();
+        disks.push(vdc_ovf::OvfDisk {
+            file,
+            file_size: Some(size),
+            capacity_bytes: capacity,
+        });
+    }
+    let nic = vdc_ovf::OvfNic {
+        network: "lab".into(),
+        mac: None,
+    };
+    let descriptor = vdc_ovf::write_descriptor(&vdc_ovf::OvfSystem {
+        name: "two".into(),
+        cpus: 1,
+        memory_mib: 96,
+        disks,
+        nics: vec![nic.clone(), nic],
+    });
+    std::fs::write(dir.join("two.ovf"), descriptor).unwrap();
+    let ova = import.join("two.ova");
+    let st = std::process::Command::new("tar")
+        .args(["--format=ustar", "-cf"])
+        .arg(&ova)
+        .arg("-C")
+        .arg(dir)
+        .args(["two.ovf", "two-disk0.vmdk", "two-disk1.vmdk"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = c
+        .import_ova(&vdc_types::ova::ImportOvaRequest {
+            source: ova.display().to_string(),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("import accepted");
+    assert!(
+        !r.ignored
+            .iter()
+            .any(|i| i.contains("disk") || i.contains("NIC")),
+        "{:?}",
+        r.ignored
+    );
+    run_task(c, r.task).await;
+    let v = running(c, "two").await;
+    assert_eq!(v.disks.len(), 2, "{:?}", v.disks);
+    assert_eq!(v.nics.len(), 2, "{:?}", v.nics);
+    assert!(v.nics.iter().all(|n| n.network == "lab" && n.ip.is_some()));
+    assert_ne!(v.nics[0].ip, v.nics[1].ip);
+    assert_ne!(v.nics[0].mac, v.nics[1].mac);
+    let ip = v.guest.address.clone().expect("address");
+    let greeting =
+        vdc_test_infra::wait_until(Duration::from_secs(120), "the guest's service", || {
+            lab.guest_request("host-1", &ip, &[]).ok()
+        });
+    assert!(greeting[0].starts_with("two "), "{greeting:?}");
+    let shared = lab
+        .info
+        .datastores
+        .iter()
+        .find(|d| d.kind == "shared")
+        .unwrap();
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(shared.path.join("two/disk1.qcow2"))
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"].as_u64(), Some(capacity), "{info}");
+    let lines = lab.qemu_command_lines("two");
+    let netdevs = lines
+        .iter()
+        .flat_map(|(_, args)| args.iter())
+        .filter(|a| a.starts_with("virtio-net-pci,"))
+        .count();
+    assert_eq!(netdevs, 2, "{lines:?}");
 }

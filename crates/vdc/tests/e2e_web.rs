@@ -187,6 +187,47 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
     );
     assert!(c.get_switch("websw").await.is_err(), "websw deleted");
 
+    // NICs: demo-1's "reconfigure" action picks it in the NIC form; a NIC
+    // added there is hot-plugged (listed with its hot-plug port), and its
+    // remove button unplugs it.
+    page(
+        "clicking demo-1's reconfigure action",
+        browser
+            .click_css(
+                "#vms tr[data-vm=\"demo-1\"] button[data-action=\"reconfigure\"]",
+                PAGE_TIMEOUT,
+            )
+            .await,
+    );
+    page(
+        "clicking add NIC",
+        browser.click_css("#nic-add button", PAGE_TIMEOUT).await,
+    );
+    page(
+        "demo-1's hot-plugged NIC in the NIC table",
+        browser
+            .wait_row("#nics tbody tr", PAGE_TIMEOUT, |r| {
+                cell(r, 0) == "demo-1" && cell(r, 1) == "hpnet0" && cell(r, 5) == "hp0"
+            })
+            .await,
+    );
+    let vm_now = c.get_vm("demo-1").await.expect("demo-1");
+    assert_eq!(vm_now.nics.len(), 2, "{:?}", vm_now.nics);
+    assert_eq!(vm_now.state, vdc_types::VmPowerState::Running);
+    page(
+        "clicking remove on the hot-plugged NIC",
+        browser
+            .click_css("[data-nic-remove=\"demo-1/hpnet0\"]", PAGE_TIMEOUT)
+            .await,
+    );
+    page(
+        "the NIC gone from the NIC table",
+        browser
+            .wait_text("#nics tbody", PAGE_TIMEOUT, |t| !t.contains("hpnet0"))
+            .await,
+    );
+    assert_eq!(c.get_vm("demo-1").await.expect("demo-1").nics.len(), 1);
+
     page(
         "the CPU baseline above the host table",
         browser
@@ -196,6 +237,24 @@ async fn drive_page(lab: &TestLab, browser: &Browser, vm: &Vm) {
                     vdc_types::vm::DEFAULT_CPU_MODEL
                 ))
             })
+            .await,
+    );
+
+    // The control plane: its store and the server that leads (this one).
+    let cp = c.control_plane().await.expect("control plane");
+    let leader = format!("leader {}", cp.served_by);
+    page(
+        "the control plane section",
+        browser
+            .wait_text("#cp-summary", PAGE_TIMEOUT, |t| {
+                t.contains("store redb") && t.contains(&leader)
+            })
+            .await,
+    );
+    page(
+        "the control plane's members",
+        browser
+            .wait_text("#cp-members tbody", PAGE_TIMEOUT, |t| t.contains("leader"))
             .await,
     );
 

@@ -125,6 +125,7 @@ impl Agent {
             }
             slot.inner().taps.push(port.tap.clone());
         }
+        self.ports_changed();
         cell.progress(10, "starting QEMU for the incoming VM");
         let incoming = if req.copy_storage {
             vdc_qemu::Incoming::DeferPaused

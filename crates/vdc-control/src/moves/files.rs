@@ -65,7 +65,9 @@ impl Cluster {
             &known,
         )?;
         if let FilesPlan::Copy { datastore } = &plan {
-            self.refuse_disk_copy_with_snapshots(&rec).await?;
+            // The snapshot tree moves with the files (every image of each
+            // chain); clones that read its images would be left behind.
+            self.refuse_with_clones(&rec, "a move of its files").await?;
             // Checked here, before anything moves (the destination agent
             // checks again before it copies).
             self.storage_room(name, &rec, datastore).await?;

@@ -69,7 +69,9 @@ impl Cluster {
             ));
         }
         let url = self.agent_url(&host).await?;
-        self.refuse_disk_copy_with_snapshots(&rec).await?;
+        // A chain of snapshot overlays moves whole (the agent copies its
+        // frozen images, then mirrors the active layer).
+        self.refuse_with_clones(&rec, "a move of its disks").await?;
         let (_, step) = self.claim_move(name, &host).await?;
         let params = super::move_params(
             &rec,

@@ -250,6 +250,9 @@ impl Cluster {
                 .await
             }
             (TaskKind::VmFailover, _) => self.failover_body(ctx, name).await,
+            (TaskKind::Snapshot, Some(TaskParams::Snapshot { action, .. })) => {
+                self.snapshot_body(ctx, name, action).await
+            }
             (TaskKind::VmStart, Some(TaskParams::VmPower { host, .. })) => {
                 self.start_body(ctx, name, host, VmPowerState::Stopped)
                     .await

@@ -33,7 +33,7 @@ pub(crate) mod driver;
 
 use vdc_types::job::{JobKind, JobState};
 use vdc_types::task::JOURNAL_VERSION;
-use vdc_types::{TaskJournal, VmPowerState};
+use vdc_types::{TaskJournal, TaskParams, VmPowerState};
 
 use crate::journal;
 
@@ -64,6 +64,8 @@ pub enum TaskKind {
     TemplateImport,
     /// `vm.migrate`.
     VmMigrate,
+    /// `snapshot.create`, `snapshot.delete`.
+    Snapshot,
     /// Anything else.
     Other,
 }
@@ -84,6 +86,7 @@ impl TaskKind {
             "vm.failover" => TaskKind::VmFailover,
             "template.import" => TaskKind::TemplateImport,
             "vm.migrate" => TaskKind::VmMigrate,
+            "snapshot.create" | "snapshot.delete" => TaskKind::Snapshot,
             _ => TaskKind::Other,
         }
     }
@@ -334,6 +337,26 @@ pub fn decide(
             } else {
                 Decision::Continue
             }
+        }
+        TaskKind::Snapshot => {
+            if world.record.is_none() {
+                return fail("the VM no longer exists", None);
+            }
+            let has_action = matches!(journal.params, TaskParams::Snapshot { .. });
+            if has_action && pending.is_some() && job_known {
+                return Decision::Continue;
+            }
+            if has_action && journal::job_succeeded(journal, JobKind::Snapshot) {
+                // The job ended well; only the task's end was lost.
+                return Decision::Finish {
+                    outcome: Outcome::Succeeded,
+                    record: None,
+                };
+            }
+            fail(
+                "the server restarted while the snapshot job was sent or after its host lost it; see 'vdc vm snapshot list' and retry",
+                None,
+            )
         }
         TaskKind::Other => fail(
             "the server stopped while this task ran; check the object's state and retry",

@@ -7,6 +7,8 @@ use VmPowerState as S;
 
 fn create_journal(steps: Vec<Step>) -> TaskJournal {
     let mut j = TaskJournal::new(TaskParams::VmCreate {
+        data_images: Vec::new(),
+        more_networks: Vec::new(),
         vm_id: "id".into(),
         start: false,
         host: None,
@@ -306,4 +308,75 @@ fn delete_and_import() {
         decide(TaskKind::TemplateImport, Some(&j), false, &lost),
         Decision::RollBack { .. }
     ));
+}
+
+#[test]
+fn a_snapshot_task_attaches_to_its_job_or_fails_cleanly() {
+    let create =
+        vdc_types::snapshot::SnapshotAction::Create(vdc_types::snapshot::CreateSnapshotRequest {
+            name: "s1".into(),
+            description: String::new(),
+            memory: true,
+        });
+    let snap_journal = |steps: Vec<Step>| {
+        let mut j = create_journal(steps);
+        j.params = TaskParams::Snapshot {
+            vm_id: "id".into(),
+            host: Some("host-1".into()),
+            action: create.clone(),
+        };
+        j
+    };
+    let sent = snap_journal(vec![submitted("t.0", JobKind::Snapshot)]);
+    let running = VmSeen::Reported(S::Running);
+    let known = world(
+        Some(S::Running),
+        Some(JobSeen::Known(JobState::Running)),
+        running,
+    );
+    assert_eq!(
+        decide(TaskKind::Snapshot, Some(&sent), false, &known),
+        Decision::Continue
+    );
+    let lost = world(Some(S::Running), Some(JobSeen::Unknown), running);
+    failed_with(
+        &decide(TaskKind::Snapshot, Some(&sent), false, &lost),
+        None,
+        "snapshot list",
+    );
+    let never = snap_journal(vec![]);
+    failed_with(
+        &decide(TaskKind::Snapshot, Some(&never), false, &known),
+        None,
+        "retry",
+    );
+    // A revert keeps the power journal: it is never continued.
+    let revert = power_journal(vec![submitted("t.0", JobKind::Snapshot)]);
+    failed_with(
+        &decide(TaskKind::Snapshot, Some(&revert), false, &known),
+        None,
+        "retry",
+    );
+    let gone = world(None, Some(JobSeen::Known(JobState::Running)), running);
+    failed_with(
+        &decide(TaskKind::Snapshot, Some(&sent), false, &gone),
+        None,
+        "no longer exists",
+    );
+    let ended = snap_journal(vec![
+        submitted("t.0", JobKind::Snapshot),
+        Step::JobEnded {
+            operation_id: "t.0".into(),
+            state: JobState::Succeeded,
+        },
+    ]);
+    assert_eq!(
+        decide(TaskKind::Snapshot, Some(&ended), false, &lost),
+        Decision::Finish {
+            outcome: Outcome::Succeeded,
+            record: None
+        }
+    );
+    assert_eq!(TaskKind::parse("snapshot.create"), TaskKind::Snapshot);
+    assert_eq!(TaskKind::parse("snapshot.revert"), TaskKind::Other);
 }

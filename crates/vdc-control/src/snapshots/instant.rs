@@ -35,6 +35,27 @@ use crate::Cluster;
 
 /// Longest wait for the clone's create task.
 const CREATE_WAIT: Duration = Duration::from_secs(300);
+/// Milliseconds each step of a fork took, in order (published with the
+/// event: where an instant clone's time goes).
+pub(super) struct Steps(serde_json::Map<String, serde_json::Value>, u64);
+
+impl Steps {
+    fn new(t0: u64) -> Steps {
+        Steps(serde_json::Map::new(), t0)
+    }
+
+    /// Step `name` ended now.
+    fn mark(&mut self, name: &str) {
+        let now = now_ms();
+        self.0
+            .insert(name.into(), now.saturating_sub(self.1).into());
+        self.1 = now;
+    }
+}
+
+/// How often the clone's create task is read while it runs (a store read;
+/// the fork waits on it).
+const TASK_POLL: Duration = Duration::from_millis(20);
 
 /// How a running VM is cloned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +182,11 @@ impl Cluster {
         };
         let task = self.create_vm(create).await?;
         self.wait_task_end(&task.id).await?;
-        let result = self.fork_and_resume(ctx, &src, name, &host, how).await;
+        let mut steps = Steps::new(t0);
+        steps.mark("create");
+        let result = self
+            .fork_and_resume(ctx, &src, name, &host, how, &mut steps)
+            .await;
         if let Err(e) = &result {
             tracing::warn!(vm = %name, error = %e.message, "instant clone failed; deleting the clone");
             match self.delete_vm(name).await {
@@ -187,7 +212,7 @@ impl Cluster {
                 topic,
                 name,
                 format!("VM {name} {what} from running VM {source} in {took} ms"),
-                json!({"source": source, "host": host, "ms": took, "linked": how == Fork::Linked}),
+                json!({"source": source, "host": host, "ms": took, "linked": how == Fork::Linked, "steps_ms": steps.0}),
             )
             .await;
         Ok(())
@@ -200,6 +225,7 @@ impl Cluster {
         name: &str,
         host: &str,
         how: Fork,
+        steps: &mut Steps,
     ) -> Result<(), ApiError> {
         let clone = self.record(name).await?;
         let url = self.agent_url(host).await?;
@@ -217,7 +243,7 @@ impl Cluster {
             .agent_job(ctx, host, &url, JobOp::Snapshot { request }, (30, 60))
             .await?
         {
-            JobResult::Snapshots(_) => {}
+            JobResult::Snapshots(_) => steps.mark("fork"),
             _ => {
                 return Err(ApiError::new(
                     ErrorCode::HostError,
@@ -250,6 +276,7 @@ impl Cluster {
             .await?;
         self.start_body(ctx, name, Some(host.to_string()), VmPowerState::Suspended)
             .await?;
+        steps.mark("resume");
         ctx.progress(90, "giving the clone its identity").await;
         let clone = self.record(name).await?;
         let nic = clone.config.nics.first();
@@ -269,6 +296,7 @@ impl Cluster {
                 Duration::from_secs(40),
             )
             .await?;
+        steps.mark("identity");
         Ok(())
     }
 
@@ -292,7 +320,7 @@ impl Cluster {
                     format!("task {id} did not end in time"),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(TASK_POLL).await;
         }
     }
 }

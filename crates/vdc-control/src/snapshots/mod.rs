@@ -48,6 +48,24 @@ fn refused(vm: &str, e: SnapshotRefusal) -> ApiError {
     }
 }
 
+/// `disks` with each path naming the active image `tree` records for it
+/// (in the configured file's directory).
+fn current_disks(disks: &[vdc_types::DiskSpec], tree: &SnapshotTree) -> Vec<vdc_types::DiskSpec> {
+    disks
+        .iter()
+        .map(|d| match tree.active.get(&d.name) {
+            Some(file) => {
+                let path = match d.path.rsplit_once('/') {
+                    Some((dir, _)) => format!("{dir}/{file}"),
+                    None => file.clone(),
+                };
+                vdc_types::DiskSpec { path, ..d.clone() }
+            }
+            None => d.clone(),
+        })
+        .collect()
+}
+
 fn tree_result(r: JobResult) -> Result<SnapshotTree, ApiError> {
     match r {
         JobResult::Snapshots(t) => Ok(t),
@@ -89,10 +107,11 @@ impl Cluster {
             .await
     }
 
-    /// Refuses a move that copies VM `rec`'s disks while they are chains
-    /// of snapshot overlays: the copy and mirror paths move the configured
-    /// disk files only. Moves that keep the files where they are (live
-    /// migration or a restart on shared storage) keep the snapshots.
+    /// Refuses a live migration with storage of VM `rec` while its disks
+    /// are chains of snapshot overlays: the mirror to another host moves
+    /// the active images only. A stopped VM's move (`moves::files`) and a
+    /// running VM's storage migration on its host (`moves::storage`) carry
+    /// the whole chain; moves that keep the files keep the snapshots too.
     pub(crate) async fn refuse_disk_copy_with_snapshots(
         &self,
         rec: &VmRecord,
@@ -103,19 +122,17 @@ impl Cluster {
         }
         let name = &rec.config.name;
         Err(ApiError::invalid_state(format!(
-            "VM '{name}' has snapshots ({} in its tree): its disks are chains of overlays that a move of its disks does not carry yet; delete its snapshots and move it while stopped, or move it between hosts on shared storage ('vdc vm snapshot list {name}')",
+            "VM '{name}' has snapshots ({} in its tree): a live migration with its disks to another host does not carry its chain of overlays; move its disks on its host ('vdc vm migrate {name} --datastore DS'), or stop it and move it with its snapshots ('vdc vm migrate {name} --to HOST --datastore DS'), or delete its snapshots first ('vdc vm snapshot list {name}')",
             tree.snapshots.len()
         )))
     }
 
-    /// Refuses `what` (a clone, a template, an export: copies that read the
-    /// configured disk files) of VM `rec` while its disks are chains of
-    /// snapshot overlays: the configured file is then a frozen image, not
-    /// the guest's current disk.
-    pub(crate) async fn refuse_copy_with_snapshots(
+    /// Refuses the instant convert of VM `rec` into a template while its
+    /// disks are chains of snapshot overlays: the template keeps the
+    /// configured file, a frozen image, not the guest's current disk.
+    pub(crate) async fn refuse_convert_with_snapshots(
         &self,
         rec: &VmRecord,
-        what: &str,
     ) -> Result<(), ApiError> {
         let tree = self.tree_of(rec).await?;
         if tree.active.is_empty() {
@@ -123,16 +140,33 @@ impl Cluster {
         }
         let name = &rec.config.name;
         Err(ApiError::invalid_state(format!(
-            "VM '{name}' has snapshots ({} in its tree): {what} copies its configured disk files, not its chain of overlays; delete its snapshots first ('vdc vm snapshot list {name}'), or start it and clone it running ('vdc vm clone-running {name} NEW')",
+            "VM '{name}' has snapshots ({} in its tree): a convert keeps its first disk image, not its chain of overlays; clone it to a template instead ('--keep-vm'), which copies its current disk, or delete its snapshots first ('vdc vm snapshot list {name}')",
             tree.snapshots.len()
         )))
     }
 
-    /// Refuses to delete VM `rec` while linked or instant clones read its
-    /// snapshot images.
-    pub(crate) async fn refuse_delete_with_clones(&self, rec: &VmRecord) -> Result<(), ApiError> {
+    /// The disks of powered-off VM `rec` as the guest sees them now: each
+    /// path names the active image of its snapshot chain (next to the
+    /// configured file), so a copy that reads it (`qemu-img convert` reads
+    /// the whole chain) gets the current data, flattened. Without
+    /// snapshots these are the configured disks.
+    pub(crate) async fn current_disks(
+        &self,
+        rec: &VmRecord,
+    ) -> Result<Vec<vdc_types::DiskSpec>, ApiError> {
+        let tree = self.tree_of(rec).await?;
+        Ok(current_disks(&rec.config.disks, &tree))
+    }
+
+    /// Refuses `what` (a delete, a move of its files) of VM `rec` while
+    /// linked or instant clones read its snapshot images.
+    pub(crate) async fn refuse_with_clones(
+        &self,
+        rec: &VmRecord,
+        what: &str,
+    ) -> Result<(), ApiError> {
         let Ok(tree) = self.tree_of(rec).await else {
-            // No host reaches its files: the delete itself says so.
+            // No host reaches its files: the operation itself says so.
             return Ok(());
         };
         let mut alive = Vec::new();
@@ -145,7 +179,7 @@ impl Cluster {
             return Ok(());
         }
         Err(ApiError::invalid_state(format!(
-            "VM '{}' is the base of clone(s) {}: their disks read its snapshot images; delete them first",
+            "VM '{}' is the base of clone(s) {}: their disks read its snapshot images, so {what} is refused; delete them first",
             rec.config.name,
             alive.join(", ")
         )))
@@ -226,12 +260,22 @@ impl Cluster {
         let (rec, _) = self.begin_operation(name, VmAction::Snapshot, None).await?;
         let me = self.clone();
         let n = name.to_string();
-        // Journaled like a power task: a server restart fails it (its kind
-        // is not resumed) with the VM's operation released.
-        let params = vdc_types::TaskParams::VmPower {
-            vm_id: rec.config.id.clone(),
-            host: rec.owner.clone(),
-            shutdown_timeout_s: None,
+        // Create and delete keep their action: a restarted server attaches
+        // to their job (`resume`). A revert (it powers the VM off first) is
+        // journaled like a power task: a restart fails it, the VM released.
+        let params = match &action {
+            SnapshotAction::Create(_) | SnapshotAction::Delete { .. } => {
+                vdc_types::TaskParams::Snapshot {
+                    vm_id: rec.config.id.clone(),
+                    host: rec.owner.clone(),
+                    action: action.clone(),
+                }
+            }
+            _ => vdc_types::TaskParams::VmPower {
+                vm_id: rec.config.id.clone(),
+                host: rec.owner.clone(),
+                shutdown_timeout_s: None,
+            },
         };
         self.spawn_operation(name, kind, Some(params), move |ctx| async move {
             me.snapshot_body(&ctx, &n, action).await
@@ -239,7 +283,9 @@ impl Cluster {
         .await
     }
 
-    async fn snapshot_body(
+    /// The body of a snapshot task (also run again by a restarted server,
+    /// which attaches to its journaled job).
+    pub(crate) async fn snapshot_body(
         self: &Arc<Self>,
         ctx: &TaskCtx,
         name: &str,
@@ -329,5 +375,30 @@ impl Cluster {
             SnapshotAction::InstantClone { .. } => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_disks_name_the_active_images_next_to_the_configured_files() {
+        let disks: Vec<vdc_types::DiskSpec> = serde_json::from_value(json!([
+            {"name": "disk0", "datastore": "a", "path": "web/disk0.qcow2", "size_bytes": 1},
+            {"name": "disk1", "datastore": "a", "path": "disk1.qcow2", "size_bytes": 1},
+            {"name": "disk2", "datastore": "a", "path": "web/disk2.qcow2", "size_bytes": 1}
+        ]))
+        .unwrap();
+        let mut tree = SnapshotTree::new();
+        tree.active.insert("disk0".into(), "disk0.abc.qcow2".into());
+        tree.active.insert("disk1".into(), "disk1.def.qcow2".into());
+        let now = current_disks(&disks, &tree);
+        let paths: Vec<&str> = now.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["web/disk0.abc.qcow2", "disk1.def.qcow2", "web/disk2.qcow2"]
+        );
+        assert_eq!(current_disks(&disks, &SnapshotTree::new()), disks);
     }
 }

@@ -288,6 +288,8 @@ pub fn attach(nic: &mut vdc_types::NicSpec, net: &Network) {
     nic.switch = net.switch.clone();
     nic.vlan = net.vlan;
     nic.shaping = net.shaping;
+    nic.outbound_shaping = net.outbound_shaping;
+    nic.security = net.security;
 }
 
 /// The switches of a VM's port groups, once each.

@@ -33,6 +33,8 @@ impl Cluster {
             network,
             boot_source,
             data_sources,
+            data_images,
+            more_networks,
             address,
             dhcp,
             ..
@@ -49,7 +51,8 @@ impl Cluster {
                 start,
                 host,
                 network,
-                (boot_source, data_sources),
+                (boot_source, data_sources, data_images),
+                &more_networks,
                 Asked { address, dhcp },
             )
             .await;
@@ -101,7 +104,12 @@ impl Cluster {
         start: bool,
         host: Option<String>,
         network: Option<String>,
-        (boot_source, data_sources): (DiskSource, Vec<vdc_types::agent::DiskFile>),
+        (boot_source, data_sources, data_images): (
+            DiskSource,
+            Vec<vdc_types::agent::DiskFile>,
+            Vec<DiskSource>,
+        ),
+        more_networks: &[String],
         asked: Asked,
     ) -> Result<(), ApiError> {
         let mut rec = self.record(name).await?;
@@ -146,6 +154,7 @@ impl Cluster {
                     .await?
                     .1;
             }
+            rec = self.add_more_nics(ctx, name, rec, more_networks).await?;
         }
         ctx.check_cancel()?;
         let host = match journal::placed(&done) {
@@ -187,6 +196,7 @@ impl Cluster {
                 config: rec.config.clone(),
                 boot_source,
                 data_sources,
+                data_images,
             };
             self.agent_job(ctx, &host, &url, JobOp::Provision { request }, (10, 45))
                 .await?;
@@ -214,5 +224,55 @@ impl Cluster {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The NICs after the first (an OVA's), one per network of
+    /// `more_networks` not yet on the record, each with an address from
+    /// its network's pool (journaled, so a resumed create reuses it).
+    async fn add_more_nics(
+        &self,
+        ctx: &TaskCtx,
+        name: &str,
+        mut rec: crate::VmRecord,
+        more_networks: &[String],
+    ) -> Result<crate::VmRecord, ApiError> {
+        let first_journaled = usize::from(rec.config.nics.first().is_some_and(|n| n.ip.is_some()));
+        for (k, net_name) in more_networks.iter().enumerate() {
+            if rec.config.nics.len() > k + 1 {
+                continue;
+            }
+            let net = self.get_network(net_name).await?;
+            let done = ctx.journal_now().await?;
+            let ip = match journal::addresses(&done).get(first_journaled + k) {
+                Some((_, address)) => address.clone(),
+                None => {
+                    let ip = self.allocate_ip(&net, name).await?;
+                    ctx.journal(Step::AddressAllocated {
+                        network: net.name.clone(),
+                        address: ip.clone(),
+                    })
+                    .await?;
+                    ip
+                }
+            };
+            let mut nic = NicSpec {
+                network: net.name.clone(),
+                mac: random_mac(),
+                ip: Some(ip),
+                gateway: net.gateway.clone(),
+                ..Default::default()
+            };
+            crate::switches::attach(&mut nic, &net);
+            rec = self
+                .update_record(name, |mut r| {
+                    if r.config.nics.len() == k + 1 {
+                        r.config.nics.push(nic.clone());
+                    }
+                    Ok(r)
+                })
+                .await?
+                .1;
+        }
+        Ok(rec)
     }
 }

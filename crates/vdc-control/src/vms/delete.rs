@@ -17,7 +17,7 @@ impl Cluster {
     pub async fn delete_vm(self: &Arc<Self>, name: &str) -> Result<Task, ApiError> {
         let rec = self.record(name).await?;
         rec.decide(VmAction::Delete, None)?;
-        self.refuse_delete_with_clones(&rec).await?;
+        self.refuse_with_clones(&rec, "a delete").await?;
         let (rec, step) = self.begin_operation(name, VmAction::Delete, None).await?;
         let me = self.clone();
         let n = name.to_string();

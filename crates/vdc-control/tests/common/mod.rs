@@ -108,6 +108,7 @@ pub fn config(name: &str) -> VmConfig {
         cpu_model: vdc_types::vm::DEFAULT_CPU_MODEL.into(),
         ha: Default::default(),
         guest_agent: false,
+        hotplug_ports: 0,
     }
 }
 
