@@ -244,9 +244,8 @@ impl Agent {
                         .iter()
                         .filter(|(j, _, _)| jobs.contains(j))
                         .fold((0u64, 0u64), |(d, t), (_, o, l)| (d + o, t + l));
-                    if total > 0 {
-                        let p = 2 + done * 95 / total;
-                        cell.progress(p.min(97) as u8, "copying the disks from the backup");
+                    if let Some(p) = (done * 95).checked_div(total) {
+                        cell.progress((2 + p).min(97) as u8, "copying the disks from the backup");
                     }
                 }
                 _ = cell.cancel.cancelled() => {
