@@ -119,6 +119,8 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
         .route("/agent/v1/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/agent/v1/jobs/{id}/proceed", post(proceed_job))
         .route("/agent/v1/lease-watches", put(set_lease_watches))
+        .route("/agent/v1/replica-points", post(serve_point))
+        .route("/agent/v1/replica-points/end", post(end_point))
         .route("/agent/v1/exports", post(open_export))
         .route("/agent/v1/exports/{id}", delete(close_export))
         .fallback(not_found)
@@ -432,6 +434,21 @@ async fn proceed_job(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, Failure> {
     Ok(Json(agent.jobs().proceed(&id)?))
+}
+
+async fn serve_point(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::replication::ServePointRequest>,
+) -> ApiResult<vdc_types::replication::ServePointResponse> {
+    Ok(Json(agent.serve_point(req).await?))
+}
+
+async fn end_point(
+    State(agent): State<Arc<Agent>>,
+    Body(req): Body<vdc_types::replication::EndPointRequest>,
+) -> ApiResult<serde_json::Value> {
+    agent.end_point(req).await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 async fn open_export(

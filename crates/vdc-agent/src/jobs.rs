@@ -294,6 +294,7 @@ impl Agent {
                 self.receive_vm(request, &cell.cancel, progress).await
             }
             JobOp::Backup { request } => self.backup_job(cell, request).await,
+            JobOp::Replicate { request } => self.replicate_job(cell, request).await,
             JobOp::Restore { request } => self.restore_job(cell, request).await,
             JobOp::InstantServe { request } => self.instant_serve_job(cell, request).await,
             JobOp::InstantStream { request } => self.instant_stream_job(cell, request).await,

@@ -65,6 +65,7 @@ mod prelaunch;
 mod provision;
 mod qemu_nbd;
 mod recover;
+mod replica;
 mod reporter;
 mod restore;
 mod slot;

@@ -19,6 +19,11 @@
 //! |---|---|
 //! | `/credentials/agents/<host>` | [`AgentCredentialRecord`] |
 //! | `/credentials/server` | [`ServerCredentialRecord`] |
+//! | `/credentials/sites/<site>` | [`SiteCredentialRecord`] |
+//!
+//! # Site tokens
+//! Pairing with a peer site mints `vdcs.<site>.<secret>` for the peer to
+//! call this site with (kept only as its SHA-256); it acts as an operator.
 
 use std::sync::Arc;
 
@@ -34,6 +39,22 @@ use vdc_types::{ApiError, ErrorCode, UnixMillis};
 pub const CREDENTIALS_VERSION: u32 = 1;
 const AGENTS_PREFIX: &str = "/credentials/agents/";
 const SERVER_KEY: &str = "/credentials/server";
+const SITES_PREFIX: &str = "/credentials/sites/";
+/// First part of a site token.
+const SITE_TOKEN_PREFIX: &str = "vdcs.";
+
+/// The token a paired site calls this one with, as the server keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteCredentialRecord {
+    /// Record format version ([`CREDENTIALS_VERSION`]).
+    pub version: u32,
+    /// The peer site the token was made for.
+    pub site: String,
+    /// SHA-256 of the token.
+    pub hash: SecretHash,
+    /// When it was made.
+    pub added_ms: UnixMillis,
+}
 
 /// A host's agent credential as the server keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +129,13 @@ fn check_version(key: &str, found: u32) -> Result<(), CredentialError> {
     Ok(())
 }
 
+/// The site a site token names, if `token` has the site form.
+fn site_token_site(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix(SITE_TOKEN_PREFIX)?;
+    let (site, secret) = rest.rsplit_once('.')?;
+    (!site.is_empty() && !secret.is_empty()).then_some(site)
+}
+
 impl Credentials {
     /// Opens the registry; `user_token` is the administrator's token. The
     /// server credential is made on first use and kept in the store.
@@ -145,6 +173,16 @@ impl Credentials {
 
     /// Who holds `bearer`, or `None` for an unknown secret.
     pub async fn authenticate(&self, bearer: &str) -> Result<Option<Principal>, CredentialError> {
+        if let Some(site) = site_token_site(bearer) {
+            let key = format!("{SITES_PREFIX}{site}");
+            let Some(rec) = self.store.get_json::<SiteCredentialRecord>(&key).await? else {
+                return Ok(None);
+            };
+            check_version(&key, rec.version)?;
+            return Ok(rec.hash.matches(bearer).then_some(Principal::User {
+                role: Role::Operator,
+            }));
+        }
         if let Some(host) = agent_credential_host(bearer) {
             let Some(rec) = self.agent_record(host).await? else {
                 return Ok(None);
@@ -203,6 +241,30 @@ impl Credentials {
             )),
             Err(e) => Err(CredentialError::Store(e).into()),
         }
+    }
+
+    /// Mints the token paired site `site` calls this site with, replacing
+    /// any earlier one.
+    pub async fn add_site(&self, site: &str) -> Result<String, ApiError> {
+        vdc_types::names::validate_name("site", site).map_err(ApiError::invalid)?;
+        let token = format!("{SITE_TOKEN_PREFIX}{site}.{}", new_secret());
+        let rec = SiteCredentialRecord {
+            version: CREDENTIALS_VERSION,
+            site: site.to_string(),
+            hash: SecretHash::of(&token),
+            added_ms: vdc_types::now_ms(),
+        };
+        self.store
+            .put_json(&format!("{SITES_PREFIX}{site}"), &rec)
+            .await
+            .map_err(CredentialError::Store)?;
+        Ok(token)
+    }
+
+    /// Revokes the token of paired site `site` (nothing if it has none).
+    pub async fn remove_site(&self, site: &str) -> Result<(), CredentialError> {
+        self.store.delete(&format!("{SITES_PREFIX}{site}")).await?;
+        Ok(())
     }
 
     /// Records that `host`'s agent joined.

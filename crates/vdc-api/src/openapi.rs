@@ -20,8 +20,10 @@ use vdc_types::{
 
 use crate::backup::BackupPaths;
 use crate::control_plane::ControlPlanePaths;
+use crate::dr::DrPaths;
 use crate::join;
 use crate::routes::*;
+use crate::sites::SitesPaths;
 use crate::{events, ha, maintenance, migration, templates_vm};
 
 /// The OpenAPI document.
@@ -181,7 +183,7 @@ use crate::{events, ha, maintenance, migration, templates_vm};
         vdc_types::snapshot::InstantCloneRequest,
         vdc_types::snapshot::RunningCloneRequest
     )),
-    modifiers(&BackupPaths, &ControlPlanePaths, &BearerAuth)
+    modifiers(&BackupPaths, &ControlPlanePaths, &DrPaths, &SitesPaths, &BearerAuth)
 )]
 pub struct ApiDoc;
 

@@ -209,6 +209,9 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/join", post(join::agent_join))
         .merge(crate::backup::routes())
         .merge(crate::control_plane::routes())
+        .merge(crate::dr::routes())
+        .merge(crate::sites::routes())
+        .merge(crate::replication::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::auth,
@@ -229,6 +232,8 @@ pub fn router(state: AppState) -> Router {
         .route("/net.js", get(crate::switches::web_script))
         .route("/nics.js", get(crate::nics::web_script))
         .route("/controlplane.js", get(crate::control_plane::web_script))
+        .route("/dr.js", get(crate::dr::web_script))
+        .route("/replication.js", get(crate::replication::web_script))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),

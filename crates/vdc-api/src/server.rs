@@ -81,6 +81,16 @@ pub struct ServerArgs {
     /// lease's TTL; the leader renews it four times as often).
     #[arg(long, env = "VDC_LEADER_LEASE_MS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(2000..=60_000))]
     pub leader_lease_ms: u64,
+    /// This installation's site name (replication and DR between sites).
+    #[arg(long, env = "VDC_SITE_NAME", default_value = vdc_types::site::DEFAULT_SITE_NAME)]
+    pub site_name: String,
+    /// The URL paired sites call this server at.
+    #[arg(long, env = "VDC_SITE_URL")]
+    pub site_url: Option<String>,
+    /// The address of this server that peer sites' hosts reach: replication
+    /// streams from them are relayed there to this site's hosts.
+    #[arg(long, env = "VDC_RELAY_ADDRESS")]
+    pub relay_address: Option<std::net::IpAddr>,
 }
 
 fn parse_server_id(s: &str) -> Result<String, String> {
@@ -178,6 +188,12 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             datastore: std::time::Duration::from_millis(args.ha_datastore_timeout_ms),
         },
     });
+    vdc_types::names::validate_name("site", &args.site_name)
+        .map_err(|e| anyhow::anyhow!("--site-name: {e}"))?;
+    state
+        .cluster
+        .set_local_site(&args.site_name, args.site_url.clone());
+    state.cluster.set_relay_address(args.relay_address);
     if single {
         state.cluster.spawn_monitor();
     } else {

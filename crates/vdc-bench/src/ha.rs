@@ -121,6 +121,7 @@ pub async fn run(args: HaArgs, json: bool) -> Result<(), BenchError> {
         store: None,
         migration_network: false,
         control_plane: 0,
+        site_name: None,
     };
     eprintln!("bench: starting lab '{}' (2 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;

@@ -182,6 +182,7 @@ pub async fn run(args: MigrateArgs, json: bool) -> Result<(), BenchError> {
         store: None,
         migration_network: false,
         control_plane: 0,
+        site_name: None,
     };
     eprintln!("bench: starting lab '{}' (3 hosts)", spec.lab_id);
     let info = vdc_lab::up(&spec).await?;

@@ -27,6 +27,7 @@ pub mod clones;
 mod console;
 pub mod control_plane;
 pub mod cpu_baseline;
+pub mod dr;
 pub mod events;
 pub mod fence;
 pub mod ha;
@@ -45,7 +46,9 @@ mod nics;
 mod ova;
 pub mod ownership;
 pub mod record;
+pub mod replication;
 pub mod resume;
+pub mod sites;
 mod snapshots;
 pub mod switches;
 pub mod tasks;
@@ -139,6 +142,10 @@ pub struct Cluster {
     pub(crate) fenced: Arc<fence::FencedStore>,
     /// This server's place among several (see [`control_plane`]).
     pub control_plane: Arc<control_plane::ControlPlane>,
+    /// This site's name and its peers' links (see [`sites`]).
+    pub(crate) sites: sites::SiteState,
+    /// Replications and replicas at run time (see [`replication`]).
+    pub(crate) replication: replication::Runtime,
 }
 
 pub(crate) fn store_err(e: StoreError) -> ApiError {
@@ -235,6 +242,8 @@ impl Cluster {
             vm_index: index,
             fenced,
             control_plane: Arc::new(cp),
+            sites: Default::default(),
+            replication: Default::default(),
         }))
     }
 
@@ -269,6 +278,9 @@ impl Cluster {
     /// releases VM operations whose task ended without releasing them.
     pub fn spawn_monitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         self.spawn_backup_jobs();
+        self.spawn_site_monitor();
+        let me = self.clone();
+        tokio::spawn(async move { me.resume_replications().await });
         let ha = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ha::HA_TICK);

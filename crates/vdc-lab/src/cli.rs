@@ -38,8 +38,9 @@ pub enum LabCommand {
 #[derive(Debug, Clone, Args)]
 #[command(group(clap::ArgGroup::new("fault").args(["kill", "isolate", "heal"])))]
 pub struct FailArgs {
-    /// The host (e.g. host-2), or a member of the control plane
-    /// (`server-N`, `etcd-N`: killed, or with `--heal` started again).
+    /// The host (e.g. host-2), a member of the control plane (`server-N`,
+    /// `etcd-N`: killed, or with `--heal` started again), or a whole site
+    /// of a two-site lab (`site-a`, `site-b`; only with --kill).
     pub host: String,
     /// Kill the host's agent and every QEMU and supervisor in its namespace at once.
     #[arg(long)]
@@ -108,6 +109,10 @@ pub struct UpArgs {
     /// one server on its embedded store.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=5))]
     pub control_plane: Option<u64>,
+    /// Number of sites: 2 brings up a second installation (lab `<id>b`,
+    /// API port + 1) as site `b`, paired with this one as site `a`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub sites: u8,
 }
 
 /// Output format of `vdc lab status`.
@@ -149,6 +154,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     match args.command {
         LabCommand::Up(a) => {
             let vdc = std::env::current_exe()?;
+            let sites = a.sites;
             let spec = LabSpec {
                 lab_id: a.lab_id,
                 hosts: a.hosts,
@@ -165,7 +171,11 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 store: a.store,
                 migration_network: a.migration_network,
                 control_plane: a.control_plane.unwrap_or(0) as usize,
+                site_name: (sites > 1).then(|| crate::sites::SITE_NAMES[0].to_string()),
             };
+            if sites > 1 {
+                return up_two_sites(spec).await;
+            }
             eprintln!(
                 "starting lab '{}' with {} host(s)...",
                 spec.lab_id, spec.hosts
@@ -185,9 +195,22 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                         .and_then(|s| s.leader.map(|l| l.id));
                 }
             }
-            let text = match a.output {
-                OutputFormat::Json => serde_json::to_string_pretty(&info)? + "\n",
-                OutputFormat::Table => status_table(&info),
+            let second = crate::sites::second_site_lab_id(&a.lab_id);
+            let other = match crate::state::LabState::load(&second, &a.state_root) {
+                Ok(Some(_)) => Some(lifecycle::status(&second, &a.state_root)?),
+                _ => None,
+            };
+            let text = match (a.output, &other) {
+                (OutputFormat::Json, None) => serde_json::to_string_pretty(&info)? + "\n",
+                (OutputFormat::Json, Some(b)) => {
+                    serde_json::to_string_pretty(&serde_json::json!({"sites": [&info, b]}))? + "\n"
+                }
+                (OutputFormat::Table, None) => status_table(&info),
+                (OutputFormat::Table, Some(b)) => format!(
+                    "site a\n{}\nsite b\n{}",
+                    status_table(&info),
+                    status_table(b)
+                ),
             };
             std::io::stdout().write_all(text.as_bytes())?;
         }
@@ -201,6 +224,16 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
                 "{}",
                 crate::control_plane::fail_member(&mut state, &a.host, a.heal)?
             );
+        }
+        LabCommand::Fail(a) if a.host.starts_with("site-") => {
+            let Some(lab) = crate::sites::site_lab_id(&a.lab_id, &a.host) else {
+                anyhow::bail!("'{}' names no site; use site-a or site-b", a.host);
+            };
+            anyhow::ensure!(
+                a.kill,
+                "a whole site can only be killed (--kill); heal it with 'vdc lab down' and up"
+            );
+            println!("{}", crate::sites::kill_site(&lab, &a.state_root)?);
         }
         LabCommand::Fail(a) => {
             if !(a.kill || a.isolate || a.heal) {
@@ -222,10 +255,54 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             );
         }
         LabCommand::Down(a) => {
+            let second = crate::sites::second_site_lab_id(&a.lab_id);
+            if let Ok(Some(_)) = crate::state::LabState::load(&second, &a.state_root) {
+                crate::teardown::down(&second, &a.state_root).await?;
+                println!("lab '{second}' (site b) is down");
+            }
             crate::teardown::down(&a.lab_id, &a.state_root).await?;
             println!("lab '{}' is down", a.lab_id);
         }
     }
+    Ok(())
+}
+
+/// `vdc lab up --sites 2` (see [`crate::sites`]).
+async fn up_two_sites(a: LabSpec) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.lab_id.len() < crate::plan::MAX_LAB_ID_LEN,
+        "with --sites 2 the lab id must be at most {} characters (site b's lab is '<id>b')",
+        crate::plan::MAX_LAB_ID_LEN - 1
+    );
+    let mut b = a.clone();
+    b.lab_id = crate::sites::second_site_lab_id(&a.lab_id);
+    b.subnet_index = None;
+    b.port = a.port.checked_add(1).unwrap_or(a.port - 1);
+    b.demo_vms = 0;
+    b.site_name = Some(crate::sites::SITE_NAMES[1].to_string());
+    eprintln!(
+        "starting site a (lab '{}') with {} host(s)...",
+        a.lab_id, a.hosts
+    );
+    let info_a = lifecycle::up(&a).await?;
+    eprintln!(
+        "starting site b (lab '{}') with {} host(s)...",
+        b.lab_id, b.hosts
+    );
+    let info_b = match lifecycle::up(&b).await {
+        Ok(i) => i,
+        Err(e) => {
+            if let Err(down) = crate::teardown::down(&a.lab_id, &a.state_root).await {
+                eprintln!("tearing down site a: {down}");
+            }
+            return Err(e.into());
+        }
+    };
+    crate::sites::link(&info_a, &info_b)?;
+    crate::sites::pair(&info_a, &info_b).await?;
+    print!("site a\n{}", tour(&info_a, a.demo_vms, a.net_only));
+    print!("site b\n{}", tour(&info_b, 0, b.net_only));
+    println!("the sites are paired: 'vdc site list' at either site");
     Ok(())
 }
 

@@ -33,6 +33,7 @@ pub mod migration_net;
 pub mod net;
 pub mod plan;
 pub mod process;
+pub mod sites;
 pub mod state;
 pub mod teardown;
 

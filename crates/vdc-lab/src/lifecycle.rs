@@ -81,6 +81,8 @@ pub struct LabSpec {
     /// `store`; N runs an N-member etcd cluster and N servers on it (see
     /// [`crate::control_plane`]).
     pub control_plane: usize,
+    /// The server's site name (default `default`); see [`crate::sites`].
+    pub site_name: Option<String>,
 }
 
 impl LabSpec {
@@ -103,6 +105,7 @@ impl LabSpec {
             store: None,
             migration_network: false,
             control_plane: 0,
+            site_name: None,
         }
     }
 
@@ -120,6 +123,7 @@ impl LabSpec {
             &self.data_root,
         )?;
         plan.migration_network = self.migration_network;
+        plan.site_name = self.site_name.clone();
         Ok(plan)
     }
 }

@@ -152,6 +152,9 @@ pub struct LabPlan {
     /// The hosts also get a migration network
     /// ([`crate::migration_net`]); their agents take migrations on it.
     pub migration_network: bool,
+    /// The server's site name (`--site-name`), when the lab is one site of
+    /// several.
+    pub site_name: Option<String>,
 }
 
 impl LabPlan {
@@ -205,6 +208,7 @@ impl LabPlan {
             data_dir,
             hosts,
             migration_network: false,
+            site_name: None,
         })
     }
 
@@ -250,6 +254,17 @@ impl LabPlan {
             self.server_data_dir.display().to_string(),
             "--token-file".into(),
             self.token_file().display().to_string(),
+            "--site-name".into(),
+            self.site_name
+                .clone()
+                .unwrap_or_else(|| vdc_types::site::DEFAULT_SITE_NAME.to_string()),
+            // Peer sites' servers call this one on this machine's loopback.
+            "--site-url".into(),
+            self.api_url(),
+            // Peer sites' hosts reach this server on the lab bridge (see
+            // `sites`).
+            "--relay-address".into(),
+            self.gateway.to_string(),
         ]
     }
 
@@ -507,7 +522,8 @@ mod tests {
         assert_eq!(
             p.server_args().join(" "),
             "server --listen 127.0.0.1:8500 --listen 10.77.0.1:8500 \
-             --data-dir /data/lab/server --token-file /state/lab/token"
+             --data-dir /data/lab/server --token-file /state/lab/token \
+             --site-name default --site-url http://127.0.0.1:8500 --relay-address 10.77.0.1"
         );
         assert_eq!(
             p.agent_args(&p.hosts[0]).join(" "),

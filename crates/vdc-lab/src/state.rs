@@ -97,6 +97,9 @@ pub struct LabState {
     pub members: Vec<crate::control_plane::MemberProcess>,
     /// When `up` started.
     pub created_ms: u64,
+    /// The server's site name, when the lab is one site of several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 impl LabState {
@@ -146,6 +149,7 @@ impl LabState {
             datastores,
             net_only,
             created_ms: vdc_types::now_ms(),
+            site: plan.site_name.clone(),
         }
     }
 
@@ -241,6 +245,7 @@ impl LabState {
             datastores: self.datastores.clone(),
             control_plane: self.members.iter().map(|m| m.status()).collect(),
             leader: None,
+            site: self.site.clone(),
         }
     }
 }
@@ -334,6 +339,9 @@ pub struct LabInfo {
     /// status` asks; `None` without a control plane or when none answered).
     #[serde(default)]
     pub leader: Option<String>,
+    /// The server's site name, when the lab is one site of several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 #[cfg(test)]

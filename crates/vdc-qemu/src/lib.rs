@@ -31,6 +31,7 @@ pub mod mirror;
 pub mod nbd;
 pub mod process;
 pub mod qga;
+pub mod replicate;
 pub mod snapshot;
 pub mod spec;
 pub mod vm;

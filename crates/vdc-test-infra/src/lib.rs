@@ -26,6 +26,7 @@ mod faults;
 pub mod fencing;
 mod guest;
 pub mod ha;
+mod sites;
 mod wait;
 pub mod webdriver;
 
@@ -43,6 +44,7 @@ pub use error::TestInfraError;
 pub use guest::{
     guest_request, guest_request_timeout, guest_sink, guest_source, guest_udp_request, GuestSession,
 };
+pub use sites::TwoSiteLab;
 pub use wait::{wait_until, wait_until_async, wait_vm, wait_vm_timeout, VM_WAIT_TIMEOUT};
 
 /// The repository root (two levels above this crate).
@@ -116,6 +118,7 @@ pub struct TestLabBuilder {
     step_timeout: Duration,
     store: Option<String>,
     control_plane: usize,
+    site_name: Option<String>,
 }
 
 impl TestLabBuilder {
@@ -162,6 +165,12 @@ impl TestLabBuilder {
     /// The server's `--store` (default: the embedded store).
     pub fn store(mut self, url: impl Into<String>) -> Self {
         self.store = Some(url.into());
+        self
+    }
+
+    /// The server's site name (default `default`).
+    pub fn site_name(mut self, name: impl Into<String>) -> Self {
+        self.site_name = Some(name.into());
         self
     }
 
@@ -226,6 +235,7 @@ impl TestLabBuilder {
                     store: self.store.clone(),
                     migration_network: self.migration_network,
                     control_plane: self.control_plane,
+                    site_name: self.site_name.clone(),
                 };
                 match vdc_lab::up(&spec).await {
                     Ok(info) => {
@@ -300,6 +310,7 @@ impl TestLab {
             step_timeout: Duration::from_secs(120),
             store: None,
             control_plane: 0,
+            site_name: None,
         }
     }
 

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     HostError,
     /// The target host is not connected (503).
     HostUnavailable,
+    /// A paired site does not answer (503).
+    SiteUnreachable,
     /// The operation was cancelled (409).
     Cancelled,
     /// The request body is larger than the route accepts (413).
@@ -54,7 +56,7 @@ impl ErrorCode {
             | ErrorCode::InsufficientCapacity
             | ErrorCode::Cancelled => 409,
             ErrorCode::HostError => 502,
-            ErrorCode::HostUnavailable => 503,
+            ErrorCode::HostUnavailable | ErrorCode::SiteUnreachable => 503,
             ErrorCode::Internal => 500,
         }
     }

@@ -64,6 +64,8 @@ pub enum JobKind {
     ExportOva,
     /// Take, revert or delete a snapshot.
     Snapshot,
+    /// Ship a VM's changed blocks to its replica at another site.
+    Replicate,
 }
 
 impl std::fmt::Display for JobKind {
@@ -84,6 +86,7 @@ impl std::fmt::Display for JobKind {
             JobKind::InstantStream => "instant restore copy",
             JobKind::ExportOva => "OVA export",
             JobKind::Snapshot => "snapshot",
+            JobKind::Replicate => "replication",
         })
     }
 }
@@ -171,6 +174,11 @@ pub enum JobOp {
         /// Which VM and what to do.
         request: crate::snapshot::SnapshotJobRequest,
     },
+    /// See [`JobKind::Replicate`].
+    Replicate {
+        /// Which VM, where to.
+        request: crate::replication::ReplicateJobRequest,
+    },
 }
 
 impl JobOp {
@@ -192,6 +200,7 @@ impl JobOp {
             JobOp::InstantStream { .. } => JobKind::InstantStream,
             JobOp::ExportOva { .. } => JobKind::ExportOva,
             JobOp::Snapshot { .. } => JobKind::Snapshot,
+            JobOp::Replicate { .. } => JobKind::Replicate,
         }
     }
 
@@ -213,6 +222,7 @@ impl JobOp {
             JobOp::InstantStream { request } => Some(&request.config.id),
             JobOp::ExportOva { request } => Some(&request.config.id),
             JobOp::Snapshot { request } => Some(&request.config.id),
+            JobOp::Replicate { request } => Some(&request.config.id),
         }
     }
 }
@@ -289,6 +299,8 @@ pub enum JobResult {
         /// Socket paths, one per disk.
         sockets: Vec<String>,
     },
+    /// The point a replicate job shipped.
+    Replicated(crate::replication::ReplicatedPoint),
 }
 
 /// A job as the agent reports it.

@@ -24,6 +24,8 @@ pub mod migration;
 pub mod names;
 pub mod nic;
 pub mod ova;
+pub mod replication;
+pub mod site;
 pub mod snapshot;
 pub mod switch;
 pub mod task;

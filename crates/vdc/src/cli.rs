@@ -100,6 +100,9 @@ pub enum Command {
     /// Virtual switches realized on every host.
     #[command(subcommand)]
     Switch(crate::switches::SwitchCmd),
+    /// Recovery plans and DR runs: test, migrate, failover, reprotect, failback.
+    #[command(subcommand)]
+    Plan(crate::plan::PlanCmd),
     /// Templates VMs are deployed from.
     #[command(subcommand)]
     Template(TemplateCmd),
@@ -115,6 +118,15 @@ pub enum Command {
     /// Backup jobs: VMs backed up on a schedule, then pruned.
     #[command(subcommand, name = "backup-job")]
     BackupJob(crate::backup::BackupJobCmd),
+    /// Sites: this installation and the paired ones.
+    #[command(subcommand)]
+    Site(crate::site::SiteCmd),
+    /// Replication of this site's VMs to a paired site.
+    #[command(subcommand)]
+    Replication(crate::replication::ReplicationCmd),
+    /// Replicas of a paired site's VMs kept here, and recovery from them.
+    #[command(subcommand)]
+    Replica(crate::replication::ReplicaCmd),
     /// Long-running operations.
     #[command(subcommand)]
     Task(TaskCmd),

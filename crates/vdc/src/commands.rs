@@ -70,6 +70,10 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Network(NetworkCmd::Create(a)) => network_create(ctx, a).await,
         Command::Network(NetworkCmd::More(c)) => crate::switches::network_more(ctx, c).await,
         Command::Switch(c) => crate::switches::switch(ctx, c).await,
+        Command::Plan(c) => crate::plan::plan(ctx, c).await,
+        Command::Site(c) => crate::site::site(ctx, c).await,
+        Command::Replication(c) => crate::replication::replication(ctx, c).await,
+        Command::Replica(c) => crate::replication::replica(ctx, c).await,
         Command::Template(TemplateCmd::List) => template_list(ctx).await,
         Command::Template(TemplateCmd::Import(a)) => template_import(ctx, a).await,
         Command::Template(TemplateCmd::Show { name }) => {

@@ -123,6 +123,7 @@ pub fn api_exit_code(code: ErrorCode) -> u8 {
         | ErrorCode::Timeout
         | ErrorCode::HostError
         | ErrorCode::HostUnavailable
+        | ErrorCode::SiteUnreachable
         | ErrorCode::Cancelled
         | ErrorCode::Internal => EXIT_OTHER,
     }
