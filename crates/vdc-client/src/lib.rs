@@ -8,9 +8,9 @@
 mod backup;
 mod clone;
 mod control_plane;
+mod dr;
 mod events;
 mod failover;
-mod dr;
 mod ha;
 mod history;
 mod maintenance;
