@@ -96,6 +96,8 @@ pub(crate) struct Agent {
     pub(crate) tls: crate::tls::HostTls,
     /// The cluster's switches on this host (see `switches`).
     pub(crate) switches: crate::switches::Switches,
+    /// NBD exports of instantly restored VMs (see `instant`).
+    pub(crate) instant: crate::instant::InstantExports,
     /// The NICs' port rules last applied.
     pub(crate) port_rules: crate::port_rules::PortRules,
 }
@@ -161,6 +163,7 @@ impl Agent {
             server_credential: Mutex::new(config.server_credential.as_deref().map(SecretHash::of)),
             tls: crate::tls::HostTls::open(&config.state_dir),
             switches: Default::default(),
+            instant: Default::default(),
             port_rules: Default::default(),
             config,
         }))

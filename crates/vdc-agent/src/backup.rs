@@ -74,7 +74,7 @@ pub(crate) async fn open_store(path: &str, key: Option<&str>) -> Result<Store, A
     .map_err(backup_err)
 }
 
-fn socket_path(tag: &str) -> PathBuf {
+pub(crate) fn socket_path(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!(
         "vdc-{tag}-{}-{:08x}.sock",
         std::process::id(),

@@ -296,6 +296,8 @@ impl Agent {
             JobOp::Backup { request } => self.backup_job(cell, request).await,
             JobOp::Replicate { request } => self.replicate_job(cell, request).await,
             JobOp::Restore { request } => self.restore_job(cell, request).await,
+            JobOp::InstantServe { request } => self.instant_serve_job(cell, request).await,
+            JobOp::InstantStream { request } => self.instant_stream_job(cell, request).await,
             JobOp::ExportOva { request } => {
                 cell.progress(1, "converting the disks");
                 let target = self.check_ova_target(&request.ova)?;

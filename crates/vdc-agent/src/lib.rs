@@ -50,6 +50,7 @@ mod ha_settings;
 mod heartbeat;
 mod hoststats;
 mod images;
+mod instant;
 mod instant_clone;
 mod isolation;
 mod jobs;

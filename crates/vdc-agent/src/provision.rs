@@ -275,6 +275,10 @@ impl Agent {
             }
         }
         let layout = self.layout(&config)?;
+        let ended = self.instant.end(id);
+        if !ended.is_empty() {
+            tracing::info!(vm = %config.name, ?ended, "ended the exports of an instant restore");
+        }
         if slot.is_none() && !layout.vm_dir.exists() {
             return Err(ApiError::not_found("VM", &config.name));
         }

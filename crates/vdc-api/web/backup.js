@@ -2,8 +2,9 @@
 // Backups on the web page: a section of its own with the stores, a form to
 // back a VM up into a store, and the backups (newest first) with their
 // consistency, counts and state, each with a verify action, and a form to
-// restore one as a new VM on a chosen host, or over the original VM when
-// it is powered off, and a form to sync one store into another (off-site
+// restore one as a new VM on a chosen host (instantly: started from the
+// backup while its disks are copied), or over the original VM when it is
+// powered off, and a form to sync one store into another (off-site
 // copy), which shows what the sync sent. Uses the page's `api`, `esc`, `rows` and `$`.
 window.backupUi = (() => {
   function section() {
@@ -21,6 +22,7 @@ window.backupUi = (() => {
         <select name="backup" id="restore-backup"></select>
         <input name="name" id="restore-name" placeholder="new VM name (empty: over the original)">
         <select name="host" id="restore-host"><option value="">(any host)</option></select>
+        <label title="start the new VM at once from the backup; its disks are copied while it runs"><input type="checkbox" name="instant" id="restore-instant"> instant</label>
         <button>Restore</button>
       </form>
       <form class="create" id="backup-sync" title="copy the backups the second store lacks into it (off-site copy)">
@@ -40,6 +42,10 @@ window.backupUi = (() => {
       const body = { store: b ? b.store : undefined };
       if (name) body.name = name;
       if (name && f.get("host")) body.host = f.get("host");
+      if (f.get("instant")) {
+        if (!name) { $("#backup-msg").textContent = "an instant restore starts a new VM: give its name"; return; }
+        body.instant = true;
+      }
       await run(() => api("POST", "/backups/" + encodeURIComponent(id) + "/restore", body));
       ev.target.reset();
     };
@@ -96,6 +102,6 @@ window.backupUi = (() => {
       const r = await api("POST", "/backups/" + encodeURIComponent(id) + "/verify?store=" + encodeURIComponent(store), {});
       if (r.damaged) throw new Error(`backup ${id} is damaged: ${r.damaged_chunks.length} chunk(s) missing or failing their digest`);
     }),
-    topics: ["backup.started", "backup.completed", "backup.failed", "backup.restored", "backup.restore_failed", "backup.verified", "backup.damaged", "backup.removed", "backup.gc", "backup.store_added", "backup.store_removed", "backup.synced"],
+    topics: ["backup.started", "backup.completed", "backup.failed", "backup.restored", "backup.restore_failed", "backup.instant_restore_started", "backup.instant_restore_finished", "backup.instant_restore_failed", "backup.verified", "backup.damaged", "backup.removed", "backup.gc", "backup.store_added", "backup.store_removed", "backup.synced"],
   };
 })();

@@ -25,6 +25,7 @@ pub mod gc;
 pub mod incremental;
 pub mod key;
 pub mod nbd;
+pub mod nbd_server;
 pub mod restore;
 pub mod retention;
 pub mod session;

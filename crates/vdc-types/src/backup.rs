@@ -166,6 +166,11 @@ pub struct RestoreRequest {
     /// Restore only this disk (over the original VM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
+    /// Instant restore (a new VM only): the VM starts at once on overlays
+    /// whose backing is the backup served over NBD, and its disks are
+    /// copied into the overlays while it runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub instant: bool,
 }
 
 /// `POST /api/v1/backups/{id}/verify` answer.
@@ -211,6 +216,18 @@ pub struct RestoreJobRequest {
     pub config: VmConfig,
     /// Pairs (disk in the backup, disk of `config`) to write.
     pub disks: Vec<(String, String)>,
+}
+
+/// Agent job `instant_stream`: copy an instantly restored VM's disks from
+/// the backup's exports into their overlays while it runs, then end the
+/// exports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstantStreamRequest {
+    /// The VM (running on the host that serves its exports).
+    pub config: VmConfig,
+    /// End the exports without copying (the VM never started).
+    #[serde(default)]
+    pub abandon: bool,
 }
 
 /// How many backups to keep, per rule (0: the rule is off).

@@ -54,6 +54,12 @@ pub enum JobKind {
     Backup,
     /// Write a backup's disks into a VM's images.
     Restore,
+    /// Serve a backup's disks over NBD and put overlays on them in place
+    /// of a VM's images (the first half of an instant restore).
+    InstantServe,
+    /// Copy an instantly restored VM's disks into its overlays while it
+    /// runs, then end the exports.
+    InstantStream,
     /// Write a stopped VM as an OVA.
     ExportOva,
     /// Take, revert or delete a snapshot.
@@ -76,6 +82,8 @@ impl std::fmt::Display for JobKind {
             JobKind::ReceiveVm => "VM copy",
             JobKind::Backup => "backup",
             JobKind::Restore => "restore",
+            JobKind::InstantServe => "instant restore",
+            JobKind::InstantStream => "instant restore copy",
             JobKind::ExportOva => "OVA export",
             JobKind::Snapshot => "snapshot",
             JobKind::Replicate => "replication",
@@ -146,6 +154,16 @@ pub enum JobOp {
         /// Which backup, into which images.
         request: crate::backup::RestoreJobRequest,
     },
+    /// See [`JobKind::InstantServe`].
+    InstantServe {
+        /// Which backup, under which images.
+        request: crate::backup::RestoreJobRequest,
+    },
+    /// See [`JobKind::InstantStream`].
+    InstantStream {
+        /// Which VM.
+        request: crate::backup::InstantStreamRequest,
+    },
     /// See [`JobKind::ExportOva`].
     ExportOva {
         /// The VM and the OVA file.
@@ -178,6 +196,8 @@ impl JobOp {
             JobOp::ReceiveVm { .. } => JobKind::ReceiveVm,
             JobOp::Backup { .. } => JobKind::Backup,
             JobOp::Restore { .. } => JobKind::Restore,
+            JobOp::InstantServe { .. } => JobKind::InstantServe,
+            JobOp::InstantStream { .. } => JobKind::InstantStream,
             JobOp::ExportOva { .. } => JobKind::ExportOva,
             JobOp::Snapshot { .. } => JobKind::Snapshot,
             JobOp::Replicate { .. } => JobKind::Replicate,
@@ -196,7 +216,10 @@ impl JobOp {
             JobOp::MirrorDisks { request } => Some(&request.config.id),
             JobOp::ReceiveVm { request } => Some(&request.config.id),
             JobOp::Backup { request } => Some(&request.config.id),
-            JobOp::Restore { request } => Some(&request.config.id),
+            JobOp::Restore { request } | JobOp::InstantServe { request } => {
+                Some(&request.config.id)
+            }
+            JobOp::InstantStream { request } => Some(&request.config.id),
             JobOp::ExportOva { request } => Some(&request.config.id),
             JobOp::Snapshot { request } => Some(&request.config.id),
             JobOp::Replicate { request } => Some(&request.config.id),
@@ -270,6 +293,12 @@ pub enum JobResult {
     },
     /// The VM's snapshot tree after the operation.
     Snapshots(crate::snapshot::SnapshotTree),
+    /// An instant restore's exports: the unix sockets serving the backup's
+    /// disks (up while the VM's disks are copied; gone after).
+    InstantExports {
+        /// Socket paths, one per disk.
+        sockets: Vec<String>,
+    },
     /// The point a replicate job shipped.
     Replicated(crate::replication::ReplicatedPoint),
 }

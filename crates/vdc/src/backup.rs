@@ -230,6 +230,10 @@ pub enum BackupCmd {
         /// Only this disk, over the original VM.
         #[arg(long)]
         disk: Option<String>,
+        /// Start the new VM at once from the backup; its disks are copied
+        /// while it runs (the task ends when they are).
+        #[arg(long, requires = "name")]
+        instant: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -464,6 +468,7 @@ pub(crate) async fn backup(ctx: &Ctx, cmd: BackupCmd) -> Result<(), CliError> {
             host,
             datastore,
             disk,
+            instant,
             wait,
         } => {
             let req = RestoreRequest {
@@ -472,6 +477,7 @@ pub(crate) async fn backup(ctx: &Ctx, cmd: BackupCmd) -> Result<(), CliError> {
                 host,
                 datastore,
                 disk,
+                instant,
             };
             let task = c.restore_backup(&id, &req).await?;
             finish_task(ctx, task, wait).await

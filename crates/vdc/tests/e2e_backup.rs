@@ -8,6 +8,9 @@
 //!    local datastore, boots and its guest reads the original data;
 //!    File-level restore lists `/data` of the backup and extracts the
 //!    file (API and CLI) without running a VM;
+//!    An instant restore of the backup as a new VM boots from the backup
+//!    served over NBD, reads the original data, and once its disk is
+//!    copied the export is gone and the VM survives a stop/start;
 //! 3. the VM stopped is backed up again (consistency `stopped`), still
 //!    incrementally: the bitmap survived the stop in the qcow2;
 //! 4. a flipped byte in one chunk file: verify reports the backup damaged,
@@ -24,7 +27,7 @@
 //!    toward a store with another key;
 //! 7. the web page (Chromium) lists the backups with their state (the
 //!    damaged one marked), backs a VM up and restores a backup as a new
-//!    VM from its forms, and syncs the encrypted store again: only the
+//!    VM from its forms (once instantly), and syncs the encrypted store again: only the
 //!    chunks of the one new backup are sent;
 //! 8. a backup job every second with keep-last 1 backs a VM up again and
 //!    again and prunes down to one backup.
@@ -217,6 +220,68 @@ async fn backup_while_running_restore_elsewhere_and_damage_is_loud() {
             .trim(),
         "original-2718"
     );
+
+    // 2b. Instant restore of b1 as a new VM on host-2: it boots from the
+    // backup served over NBD and reads the original data; when its disk is
+    // copied the export's socket is gone, and the VM survives a stop/start
+    // on its own disk.
+    action(c, "restored", VmAction::Stop).await;
+    let t = c
+        .restore_backup(
+            &b1.id,
+            &RestoreRequest {
+                name: Some("instant".into()),
+                host: Some("host-2".into()),
+                datastore: Some("local-host-2".into()),
+                instant: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("instant restore");
+    let inst = ready(c, "instant").await;
+    assert_eq!(inst.owner.as_deref(), Some("host-2"));
+    assert_eq!(ask(&lab, &inst, "read k1"), "original-2718");
+    let done = run_task(c, t).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    let events = c.events_after(0, "backup.*", 2000).await.expect("events");
+    let seen = |topic: &str| {
+        events
+            .iter()
+            .find(|e| e.topic == topic && e.object == "instant")
+            .cloned()
+            .unwrap_or_else(|| panic!("no {topic} event: {events:?}"))
+    };
+    let started = seen("backup.instant_restore_started");
+    let finished = seen("backup.instant_restore_finished");
+    assert!(started.seq < finished.seq);
+    let sockets = started.data["exports"].as_array().expect("exports").clone();
+    assert!(!sockets.is_empty(), "{started:?}");
+    for s in &sockets {
+        let s = s.as_str().expect("socket path");
+        assert!(
+            !std::path::Path::new(s).exists(),
+            "the export {s} is still there"
+        );
+    }
+    action(c, "instant", VmAction::Stop).await;
+    action(c, "instant", VmAction::Start).await;
+    let inst = ready(c, "instant").await;
+    assert_eq!(ask(&lab, &inst, "read k1"), "original-2718");
+    action(c, "instant", VmAction::Stop).await;
+    // An instant restore needs a new VM's name.
+    let (code, msg) = api_code(
+        c.restore_backup(
+            &b1.id,
+            &RestoreRequest {
+                instant: true,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
+    assert_eq!(code, ErrorCode::InvalidInput, "{msg}");
+    assert!(msg.contains("name"), "{msg}");
 
     // 3. The stopped VM backed up again: its data chunks are in the store.
     action(c, "src", VmAction::Stop).await;
@@ -593,16 +658,69 @@ async fn web_page(lab: &TestLab, b1: &str, b2: &str, e3: &vdc_types::backup::Bac
             .await,
     );
     page("sync", browser.click_css("#backup-sync button", PAGE).await);
-    let want = format!(
-        "1 backup(s) copied, {} chunk(s) sent",
-        e3.disks[0].chunks_new
-    );
-    page(
+    // What enc2 lacks: e3's new chunks, and any chunk e3 shares only with
+    // the first enc backup (never synced); never all of e3's chunks.
+    let shown = page(
         "the sync's result",
         browser
-            .wait_text("#sync-result", PAGE, |t| t.starts_with(&want))
+            .wait_text("#sync-result", PAGE, |t| {
+                t.starts_with("1 backup(s) copied, ")
+            })
             .await,
+    );
+    let counts: Vec<u64> = shown
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let d3 = &e3.disks[0];
+    assert!(
+        matches!(counts[..], [1, sent, present] if sent >= d3.chunks_new && present > 0 && sent + present <= d3.chunks - d3.chunks_zero),
+        "{shown}: {d3:?}"
     );
     let synced = c.list_backups(Some("enc2"), None).await.expect("enc2");
     assert_eq!(synced.last().map(|b| b.id.as_str()), Some(e3.id.as_str()));
+    // The same backup restored instantly from the form (the box ticked):
+    // the task ends with the new VM running on its copied disk.
+    page(
+        "choosing the backup again",
+        browser
+            .execute(
+                "document.querySelector('#restore-backup').value = arguments[0]; return 1;",
+                vec![serde_json::json!(newest)],
+            )
+            .await,
+    );
+    let input = page(
+        "the restore name field",
+        browser.find("#restore-name").await,
+    );
+    page(
+        "typing the name",
+        browser.send_keys(&input, "webinstant").await,
+    );
+    page(
+        "ticking instant",
+        browser.click_css("#restore-instant", PAGE).await,
+    );
+    page(
+        "restore instantly",
+        browser.click_css("#backup-restore button", PAGE).await,
+    );
+    let t = wait_until_async(
+        TASK_TIMEOUT,
+        "the instant restore of webinstant",
+        || async {
+            let tasks = c.list_tasks().await.ok()?;
+            tasks.into_iter().find(|t| {
+                t.kind == "backup.restore" && t.target == "webinstant" && t.state.is_final()
+            })
+        },
+    )
+    .await;
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(
+        c.get_vm("webinstant").await.expect("webinstant").state,
+        VmPowerState::Running
+    );
+    action(c, "webinstant", VmAction::Stop).await;
 }

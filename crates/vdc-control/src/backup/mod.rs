@@ -21,6 +21,7 @@
 //! ```
 
 mod files;
+mod instant;
 pub mod jobs;
 mod restore;
 mod run;

@@ -36,6 +36,11 @@ impl Cluster {
             disks: Vec::new(),
         };
         let Some(new) = req.name.clone() else {
+            if req.instant {
+                return Err(ApiError::invalid(
+                    "an instant restore starts a new VM; give its name (--name)",
+                ));
+            }
             return self
                 .restore_over(&backup.vm, req, base, &backup.disks)
                 .await;
@@ -69,6 +74,7 @@ impl Cluster {
             ..Default::default()
         };
         let created = self.create_vm(create).await?;
+        let (instant, disks) = (req.instant, backup.disks.clone());
         let me = self.clone();
         let n = new.clone();
         let params = vdc_types::TaskParams::Restore {
@@ -83,6 +89,9 @@ impl Cluster {
                 Some(params),
                 move |ctx| async move {
                     me.wait_backup_task(&created.id, CREATE_WAIT).await?;
+                    if instant {
+                        return me.instant_restore_body(&ctx, &n, base, &disks).await;
+                    }
                     let r = me.restore_new_body(&ctx, &n, base).await;
                     if r.is_err() {
                         me.undo_new_vm(&n).await;
@@ -143,7 +152,7 @@ impl Cluster {
     }
 
     /// Removes the VM a failed restore created (logged on failure).
-    async fn undo_new_vm(self: &Arc<Self>, name: &str) {
+    pub(super) async fn undo_new_vm(self: &Arc<Self>, name: &str) {
         let deleted = match self.delete_vm(name).await {
             Ok(t) => self.wait_backup_task(&t.id, CREATE_WAIT).await.map(drop),
             Err(e) => Err(e),
