@@ -217,18 +217,9 @@ impl Agent {
                 }
                 (0, None) if ova_spec.is_some() => {
                     let spec = ova_spec.as_deref().unwrap_or_default();
-                    qemu_img::convert_spec_to_qcow2(spec, path)
+                    import_grown(spec, path, disk.size_bytes)
                         .await
                         .map_err(|e| disk_error(&what, e))?;
-                    let size = qemu_img::info(path, ImageFormat::Qcow2)
-                        .await
-                        .map_err(|e| disk_error(&what, e))?
-                        .virtual_size;
-                    if disk.size_bytes > size {
-                        qemu_img::grow(path, disk.size_bytes)
-                            .await
-                            .map_err(|e| disk_error(&what, e))?;
-                    }
                 }
                 (i, _) if i > 0 && i <= copies.len() => {
                     qemu_img::convert_to_qcow2(&copies[i - 1], ImageFormat::Qcow2, path)
@@ -236,18 +227,9 @@ impl Agent {
                         .map_err(|e| disk_error(&what, e))?
                 }
                 (i, _) if i > copies.len() && i - copies.len() <= images.len() => {
-                    qemu_img::convert_spec_to_qcow2(&images[i - copies.len() - 1], path)
+                    import_grown(&images[i - copies.len() - 1], path, disk.size_bytes)
                         .await
                         .map_err(|e| disk_error(&what, e))?;
-                    let size = qemu_img::info(path, ImageFormat::Qcow2)
-                        .await
-                        .map_err(|e| disk_error(&what, e))?
-                        .virtual_size;
-                    if disk.size_bytes > size {
-                        qemu_img::grow(path, disk.size_bytes)
-                            .await
-                            .map_err(|e| disk_error(&what, e))?;
-                    }
                 }
                 _ => qemu_img::create_qcow2(path, disk.size_bytes)
                     .await
@@ -416,6 +398,17 @@ impl Agent {
     pub(crate) fn import_roots(&self) -> Vec<PathBuf> {
         canonical_roots(self.config.import_dirs.iter().map(PathBuf::as_path))
     }
+}
+
+/// Writes the image `spec` names (an OVA member or a foreign image) as
+/// qcow2 at `path`, grown to `size_bytes` when it is smaller.
+async fn import_grown(spec: &str, path: &Path, size_bytes: u64) -> Result<(), vdc_disk::DiskError> {
+    qemu_img::convert_spec_to_qcow2(spec, path).await?;
+    let size = qemu_img::info(path, ImageFormat::Qcow2).await?.virtual_size;
+    if size_bytes > size {
+        qemu_img::grow(path, size_bytes).await?;
+    }
+    Ok(())
 }
 
 fn canonical_roots<'a>(dirs: impl Iterator<Item = &'a Path>) -> Vec<PathBuf> {
